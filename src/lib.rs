@@ -1,0 +1,20 @@
+//! dynakv core: the deterministic heart of a Dynamo-style key-value store.
+//!
+//! Every concern here is plain Rust with no threads, sockets or clocks: it
+//! takes inputs (messages, the current time as a number) and returns outputs.
+//! The `dynakv-actors` crate wraps each concern in a thin actix actor.
+//!
+//! - [`ring`] and [`ownership`]: partitions, owners, preference lists;
+//! - [`version`]: dotted version vector sets (siblings and contexts);
+//! - [`merkle`]: per-partition hash trees for anti-entropy;
+//! - [`wire`]: frames and the client and peer protocols;
+//! - [`config`]: the typed, validated node configuration;
+//! - [`error`]: the crate's one error type.
+
+pub mod error;
+pub mod node;
+pub mod ownership;
+pub mod ring;
+
+pub use error::{Error, ErrorKind, Result};
+pub use node::NodeId;

@@ -1,0 +1,410 @@
+//! The ring: keys to partitions, partitions to preference lists.
+//!
+//! The 64-bit key-hash space is cut into Q equal partitions (Q a power of two,
+//! fixed when the cluster is created): a key's partition is the top log2(Q)
+//! bits of its hash. The `Ownership` table names one owner per partition; the
+//! preference list of a partition is the first N distinct nodes met walking
+//! the table from that partition onwards, and continuing the walk gives the
+//! fallback order for sloppy quorum.
+//!
+//! A `Ring` is computed from the ownership table alone, so every node holding
+//! the same table routes identically. Liveness never changes it: `route` skips
+//! nodes that are down and picks stand-ins further along the walk, each
+//! carrying a hint for the owner it replaces.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use crate::error::{Error, Result};
+use crate::node::NodeId;
+use crate::ownership::Ownership;
+
+/// Seed of the key hash. Part of the on-disk and on-wire format: changing it
+/// moves every key to another partition.
+const KEY_HASH_SEED: u64 = 0x6479_6e61_6b76_0001; // "dynakv" + format 1
+/// Seed of the receiver ranking used when planning moves.
+const RANK_SEED: u64 = 0x6479_6e61_6b76_0002;
+
+/// Smallest and largest accepted Q. Below 8 a ring cannot spread 3 replicas
+/// over more than a handful of nodes; above 2^16 the ownership table (gossiped
+/// in full) grows past a megabyte.
+pub const MIN_PARTITIONS: u32 = 8;
+pub const MAX_PARTITIONS: u32 = 1 << 16;
+
+/// The stable hash of a user key. Pinned by golden tests: the same key maps
+/// to the same partition on every platform and every version.
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxh3_64_with_seed(key, KEY_HASH_SEED)
+}
+
+/// Deterministic preference of a node for a partition (used by the planner).
+pub(crate) fn rank(node: &NodeId, p: Partition) -> u64 {
+    let mut buf = Vec::with_capacity(node.as_str().len() + 4);
+    buf.extend_from_slice(node.as_str().as_bytes());
+    buf.extend_from_slice(&p.0.to_be_bytes());
+    xxh3_64_with_seed(&buf, RANK_SEED)
+}
+
+pub fn validate_partition_count(q: u32) -> Result<()> {
+    if !q.is_power_of_two() {
+        return Err(Error::Config(format!(
+            "partitions = {q} is not a power of two"
+        )));
+    }
+    if !(MIN_PARTITIONS..=MAX_PARTITIONS).contains(&q) {
+        return Err(Error::Config(format!(
+            "partitions = {q} is outside {MIN_PARTITIONS}..={MAX_PARTITIONS}"
+        )));
+    }
+    Ok(())
+}
+
+/// One of the Q equal ranges of the key-hash space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Partition(pub u32);
+
+impl Partition {
+    /// The partition holding `hash` in a ring of `q` partitions.
+    pub fn of_hash(hash: u64, q: u32) -> Partition {
+        let bits = q.trailing_zeros();
+        Partition(hash.checked_shr(64 - bits).unwrap_or(0) as u32)
+    }
+
+    pub fn of_key(key: &[u8], q: u32) -> Partition {
+        Partition::of_hash(key_hash(key), q)
+    }
+
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    /// Storage prefix: big-endian, so a partition is a contiguous key range.
+    pub fn prefix(self) -> [u8; 4] {
+        self.0.to_be_bytes()
+    }
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "p{}", self.0)
+    }
+}
+
+/// Where one copy of a write goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub node: &'a NodeId,
+    /// Set when `node` stands in for an owner that is down: the owner to hand
+    /// the write back to.
+    pub hint_for: Option<&'a NodeId>,
+}
+
+/// Routing view of an ownership table. Cheap to query; rebuilt when the
+/// table changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ring {
+    /// Every node named in the table, sorted; owners are indexes into this.
+    nodes: Vec<NodeId>,
+    current: Vec<u16>,
+    /// Owners once in-flight moves complete; equal to `current` when none are.
+    pending: Vec<u16>,
+}
+
+impl Ring {
+    pub fn new(table: &Ownership) -> Ring {
+        let mut nodes: Vec<NodeId> = table
+            .entries()
+            .iter()
+            .flat_map(|e| std::iter::once(&e.owner).chain(e.next.as_ref()))
+            .cloned()
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        let idx = |id: &NodeId| {
+            nodes
+                .binary_search(id)
+                .expect("every id of the table is in nodes") as u16
+        };
+        let current = table.entries().iter().map(|e| idx(&e.owner)).collect();
+        let pending = table
+            .entries()
+            .iter()
+            .map(|e| idx(e.pending_owner()))
+            .collect();
+        Ring {
+            nodes,
+            current,
+            pending,
+        }
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.current.len() as u32
+    }
+
+    pub fn partition_of(&self, key: &[u8]) -> Partition {
+        Partition::of_key(key, self.partition_count())
+    }
+
+    /// Every node the table names.
+    pub fn nodes(&self) -> &[NodeId] {
+        &self.nodes
+    }
+
+    pub fn owner(&self, p: Partition) -> &NodeId {
+        &self.nodes[self.current[p.index()] as usize]
+    }
+
+    /// Distinct current owners in walk order from `p`, each node once.
+    pub fn walk(&self, p: Partition) -> impl Iterator<Item = &NodeId> + '_ {
+        walk(&self.current, p).map(|i| &self.nodes[i as usize])
+    }
+
+    /// The first `n` distinct nodes walking the ring from `p`.
+    pub fn preference_list(&self, p: Partition, n: usize) -> Vec<&NodeId> {
+        self.walk(p).take(n).collect()
+    }
+
+    /// The preference list once in-flight moves complete.
+    pub fn pending_preference_list(&self, p: Partition, n: usize) -> Vec<&NodeId> {
+        walk(&self.pending, p)
+            .take(n)
+            .map(|i| &self.nodes[i as usize])
+            .collect()
+    }
+
+    /// Whether any partition is changing hands.
+    pub fn is_moving(&self) -> bool {
+        self.current != self.pending
+    }
+
+    /// Where the `n` copies of a write to `p` go when only nodes for which
+    /// `is_up` holds can take them: owners that are up take their own copy;
+    /// each owner that is down is replaced by the next node up further along
+    /// the walk, which keeps a hint for it. Returns fewer than `n` targets
+    /// only when fewer than `n` nodes are up.
+    pub fn route(
+        &self,
+        p: Partition,
+        n: usize,
+        is_up: impl Fn(&NodeId) -> bool,
+    ) -> Vec<Target<'_>> {
+        let mut targets = Vec::with_capacity(n);
+        let mut missing = Vec::new();
+        let mut walk = self.walk(p);
+        for node in walk.by_ref().take(n) {
+            if is_up(node) {
+                targets.push(Target {
+                    node,
+                    hint_for: None,
+                });
+            } else {
+                missing.push(node);
+            }
+        }
+        let mut missing = missing.into_iter();
+        for node in walk {
+            if targets.len() == n {
+                break;
+            }
+            if is_up(node) {
+                targets.push(Target {
+                    node,
+                    hint_for: missing.next(),
+                });
+            }
+        }
+        targets
+    }
+
+    /// The partitions whose preference list (current or pending) includes
+    /// `node`: the data that node must hold.
+    pub fn replicated_by(&self, node: &NodeId, n: usize) -> Vec<Partition> {
+        let Ok(i) = self.nodes.binary_search(node) else {
+            return Vec::new();
+        };
+        let i = i as u16;
+        (0..self.partition_count())
+            .map(Partition)
+            .filter(|&p| {
+                walk(&self.current, p).take(n).any(|o| o == i)
+                    || walk(&self.pending, p).take(n).any(|o| o == i)
+            })
+            .collect()
+    }
+
+    /// How many partitions each node owns now, by node.
+    pub fn owned_counts(&self) -> Vec<(&NodeId, usize)> {
+        let mut counts = vec![0usize; self.nodes.len()];
+        for &o in &self.current {
+            counts[o as usize] += 1;
+        }
+        self.nodes.iter().zip(counts).collect()
+    }
+
+    /// How many partitions each node is a replica of (its load), by node.
+    pub fn replica_counts(&self, n: usize) -> Vec<(&NodeId, usize)> {
+        let mut counts = vec![0usize; self.nodes.len()];
+        for p in 0..self.partition_count() {
+            for o in walk(&self.current, Partition(p)).take(n) {
+                counts[o as usize] += 1;
+            }
+        }
+        self.nodes.iter().zip(counts).collect()
+    }
+}
+
+/// Distinct owners walking `owners` cyclically from `p`.
+fn walk(owners: &[u16], p: Partition) -> impl Iterator<Item = u16> + '_ {
+    let q = owners.len();
+    let mut seen: Vec<u16> = Vec::with_capacity(4);
+    (0..q).filter_map(move |k| {
+        let o = owners[(p.index() + k) % q];
+        if seen.contains(&o) {
+            None
+        } else {
+            seen.push(o);
+            Some(o)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::ownership::{Capacity, Ownership};
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    fn ring_of(n: usize, q: u32) -> Ring {
+        let members: Vec<Capacity> = (0..n)
+            .map(|i| Capacity::new(id(&format!("n{i:02}")), 1))
+            .collect();
+        Ring::new(&Ownership::found(q, &members, 3).unwrap())
+    }
+
+    #[test]
+    fn key_hash_is_pinned() {
+        // Golden values, cross-checked against the reference C implementation
+        // (python-xxhash's xxh3_64 with the same seed). If they change, every
+        // stored key moves to another partition.
+        assert_eq!(key_hash(b""), 0x3677_6665_ed06_80d5);
+        assert_eq!(key_hash(b"hello"), 0x2246_d449_35cc_d45d);
+        assert_eq!(key_hash(b"user:42"), 0xf5c9_a166_f3a2_e2fe);
+        assert_eq!(Partition::of_key(b"", 1024), Partition(217));
+        assert_eq!(Partition::of_key(b"hello", 1024), Partition(137));
+        assert_eq!(Partition::of_key(b"user:42", 1024), Partition(983));
+    }
+
+    #[test]
+    fn partitions_are_equal_ranges_of_the_hash_space() {
+        assert_eq!(Partition::of_hash(0, 1024), Partition(0));
+        assert_eq!(Partition::of_hash(u64::MAX, 1024), Partition(1023));
+        assert_eq!(Partition::of_hash(1 << 63, 1024), Partition(512));
+        assert_eq!(Partition::of_hash((1 << 54) - 1, 1024), Partition(0));
+        assert_eq!(Partition::of_hash(1 << 54, 1024), Partition(1));
+        assert_eq!(Partition::of_hash(u64::MAX, 8), Partition(7));
+        assert_eq!(Partition(258).prefix(), [0, 0, 1, 2]);
+    }
+
+    #[test]
+    fn partition_count_must_be_a_bounded_power_of_two() {
+        assert!(validate_partition_count(1024).is_ok());
+        assert!(validate_partition_count(1000).is_err());
+        assert!(validate_partition_count(4).is_err());
+        assert!(validate_partition_count(1 << 17).is_err());
+    }
+
+    #[test]
+    fn preference_list_is_distinct_and_starts_at_the_owner() {
+        let ring = ring_of(5, 64);
+        for p in 0..64 {
+            let p = Partition(p);
+            let pl = ring.preference_list(p, 3);
+            assert_eq!(pl.len(), 3);
+            assert_eq!(pl[0], ring.owner(p));
+            assert!(pl[0] != pl[1] && pl[1] != pl[2] && pl[0] != pl[2]);
+            // the continued walk visits every node exactly once
+            let all: Vec<_> = ring.walk(p).collect();
+            assert_eq!(all.len(), 5);
+            assert_eq!(&all[..3], &pl[..]);
+        }
+    }
+
+    #[test]
+    fn small_clusters_give_every_node() {
+        let ring = ring_of(2, 16);
+        assert_eq!(ring.preference_list(Partition(3), 3).len(), 2);
+    }
+
+    #[test]
+    fn route_replaces_down_owners_with_hinted_stand_ins() {
+        let ring = ring_of(5, 64);
+        let p = Partition(10);
+        let walk: Vec<NodeId> = ring.walk(p).cloned().collect();
+        let down = walk[1].clone();
+        let targets = ring.route(p, 3, |n| *n != down);
+        assert_eq!(targets.len(), 3);
+        assert_eq!(
+            targets[0],
+            Target {
+                node: &walk[0],
+                hint_for: None
+            }
+        );
+        assert_eq!(
+            targets[1],
+            Target {
+                node: &walk[2],
+                hint_for: None
+            }
+        );
+        assert_eq!(
+            targets[2],
+            Target {
+                node: &walk[3],
+                hint_for: Some(&walk[1])
+            }
+        );
+        // liveness changed routing, not ownership
+        assert_eq!(ring.preference_list(p, 3)[1], &walk[1]);
+    }
+
+    proptest! {
+        #[test]
+        fn route_properties(nodes in 1usize..9, n in 1usize..5, down_mask in 0u32..512, p in 0u32..64) {
+            let ring = ring_of(nodes, 64);
+            let p = Partition(p);
+            let is_up = |x: &NodeId| {
+                let i = ring.nodes().iter().position(|y| y == x).unwrap();
+                down_mask & (1 << i) == 0
+            };
+            let up = ring.nodes().iter().filter(|x| is_up(x)).count();
+            let targets = ring.route(p, n, is_up);
+            let pl = ring.preference_list(p, n);
+            prop_assert_eq!(targets.len(), n.min(up));
+            let mut seen = std::collections::BTreeSet::new();
+            for t in &targets {
+                prop_assert!(is_up(t.node), "a down node was routed to");
+                prop_assert!(seen.insert(t.node), "a node was routed to twice");
+                match t.hint_for {
+                    None => prop_assert!(pl.contains(&t.node)),
+                    Some(owner) => {
+                        prop_assert!(!pl.contains(&t.node), "a stand-in is itself an owner");
+                        prop_assert!(pl.contains(&owner) && !is_up(owner));
+                    }
+                }
+            }
+            // every owner that is up takes its own copy
+            for o in pl.iter().filter(|o| is_up(o)) {
+                prop_assert!(targets.iter().any(|t| t.node == *o && t.hint_for.is_none()));
+            }
+        }
+    }
+}
