@@ -12,9 +12,13 @@
 //! - [`error`]: the crate's one error type.
 
 pub mod error;
+pub mod merkle;
 pub mod node;
 pub mod ownership;
+pub mod peer;
 pub mod ring;
+pub mod version;
+pub mod wire;
 
 pub use error::{Error, ErrorKind, Result};
 pub use node::NodeId;

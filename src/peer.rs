@@ -1,0 +1,44 @@
+//! The peer protocol's message types.
+//!
+//! A peer connection carries `PeerFrame`s: the connecting node opens with
+//! `Hello`, the accepting node answers `Welcome`, then both sides exchange
+//! `Envelope`s. Each concern (replica, gossip, hints, anti-entropy, handoff)
+//! owns one variant of `PeerMsg` and the enum inside it; the Bridge routes on
+//! the variant and understands nothing else.
+//!
+//! Variants are only ever appended: the index is on the wire.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorKind;
+use crate::node::NodeId;
+use crate::wire::Envelope;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerFrame {
+    /// First frame from the connecting side.
+    Hello(PeerHello),
+    /// The accepting side's answer to a valid `Hello`.
+    Welcome(PeerHello),
+    Envelope(Envelope),
+}
+
+/// Who is on the other end of a peer connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHello {
+    /// Must match the receiver's cluster name, or the connection is refused.
+    pub cluster: String,
+    pub node: NodeId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// Liveness probe; answered with `Pong`.
+    Ping,
+    Pong,
+    /// A request could not be served.
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
