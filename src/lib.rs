@@ -11,6 +11,7 @@
 //! - [`config`]: the typed, validated node configuration;
 //! - [`error`]: the crate's one error type.
 
+pub mod config;
 pub mod error;
 pub mod merkle;
 pub mod node;

@@ -12,6 +12,7 @@
 //! nodes that are down and picks stand-ins further along the walk, each
 //! carrying a hint for the owner it replaces.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -110,6 +111,9 @@ pub struct Ring {
     current: Vec<u16>,
     /// Owners once in-flight moves complete; equal to `current` when none are.
     pending: Vec<u16>,
+    /// Distinct nodes in `current` and in `pending` (walks stop there).
+    current_distinct: usize,
+    pending_distinct: usize,
 }
 
 impl Ring {
@@ -127,13 +131,16 @@ impl Ring {
                 .binary_search(id)
                 .expect("every id of the table is in nodes") as u16
         };
-        let current = table.entries().iter().map(|e| idx(&e.owner)).collect();
-        let pending = table
+        let current: Vec<u16> = table.entries().iter().map(|e| idx(&e.owner)).collect();
+        let pending: Vec<u16> = table
             .entries()
             .iter()
             .map(|e| idx(e.pending_owner()))
             .collect();
+        let distinct = |owners: &[u16]| owners.iter().collect::<BTreeSet<_>>().len();
         Ring {
+            current_distinct: distinct(&current),
+            pending_distinct: distinct(&pending),
             nodes,
             current,
             pending,
@@ -159,7 +166,7 @@ impl Ring {
 
     /// Distinct current owners in walk order from `p`, each node once.
     pub fn walk(&self, p: Partition) -> impl Iterator<Item = &NodeId> + '_ {
-        walk(&self.current, p).map(|i| &self.nodes[i as usize])
+        walk(&self.current, self.current_distinct, p).map(|i| &self.nodes[i as usize])
     }
 
     /// The first `n` distinct nodes walking the ring from `p`.
@@ -169,7 +176,7 @@ impl Ring {
 
     /// The preference list once in-flight moves complete.
     pub fn pending_preference_list(&self, p: Partition, n: usize) -> Vec<&NodeId> {
-        walk(&self.pending, p)
+        walk(&self.pending, self.pending_distinct, p)
             .take(n)
             .map(|i| &self.nodes[i as usize])
             .collect()
@@ -229,8 +236,12 @@ impl Ring {
         (0..self.partition_count())
             .map(Partition)
             .filter(|&p| {
-                walk(&self.current, p).take(n).any(|o| o == i)
-                    || walk(&self.pending, p).take(n).any(|o| o == i)
+                walk(&self.current, self.current_distinct, p)
+                    .take(n)
+                    .any(|o| o == i)
+                    || walk(&self.pending, self.pending_distinct, p)
+                        .take(n)
+                        .any(|o| o == i)
             })
             .collect()
     }
@@ -248,7 +259,7 @@ impl Ring {
     pub fn replica_counts(&self, n: usize) -> Vec<(&NodeId, usize)> {
         let mut counts = vec![0usize; self.nodes.len()];
         for p in 0..self.partition_count() {
-            for o in walk(&self.current, Partition(p)).take(n) {
+            for o in walk(&self.current, self.current_distinct, Partition(p)).take(n) {
                 counts[o as usize] += 1;
             }
         }
@@ -256,19 +267,26 @@ impl Ring {
     }
 }
 
-/// Distinct owners walking `owners` cyclically from `p`.
-fn walk(owners: &[u16], p: Partition) -> impl Iterator<Item = u16> + '_ {
+/// Distinct owners walking `owners` cyclically from `p`; stops once all
+/// `distinct` nodes have been met, so a full walk of a small cluster does not
+/// scan the whole table.
+fn walk(owners: &[u16], distinct: usize, p: Partition) -> impl Iterator<Item = u16> + '_ {
     let q = owners.len();
     let mut seen: Vec<u16> = Vec::with_capacity(4);
-    (0..q).filter_map(move |k| {
-        let o = owners[(p.index() + k) % q];
-        if seen.contains(&o) {
-            None
-        } else {
-            seen.push(o);
-            Some(o)
-        }
-    })
+    (0..q)
+        .map_while(move |k| {
+            if seen.len() == distinct {
+                return None;
+            }
+            let o = owners[(p.index() + k) % q];
+            if seen.contains(&o) {
+                Some(None)
+            } else {
+                seen.push(o);
+                Some(Some(o))
+            }
+        })
+        .flatten()
 }
 
 #[cfg(test)]

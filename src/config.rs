@@ -1,0 +1,479 @@
+//! The node configuration: one typed struct, layered and validated.
+//!
+//! Sources, later ones winning: the defaults in `conf/default.toml` (compiled
+//! into the binary, and kept equal to `Config::default()` by a test), the
+//! node's own file, then environment variables `DYNAKV__SECTION__KEY`
+//! (for example `DYNAKV__CLUSTER__N=5`; lists are comma-separated).
+//! Unknown keys are errors, so a typo does not silently fall back to a
+//! default. `validate()` runs on every load and explains what is wrong.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use config::{Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::node::NodeId;
+use crate::ring::validate_partition_count;
+
+/// The annotated defaults, the first configuration layer.
+pub const DEFAULT_TOML: &str = include_str!("../conf/default.toml");
+
+/// Largest replication factor accepted: beyond this a write fans out to more
+/// nodes than any Dynamo deployment uses, and quorum arithmetic gains nothing.
+pub const MAX_N: u8 = 16;
+/// Largest weight: a node may be at most this many times a weight-1 node.
+pub const MAX_WEIGHT: u32 = 1000;
+/// Room a frame needs beyond key and value (ids, context, framing).
+const FRAME_OVERHEAD: u64 = 64 << 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSection,
+    pub cluster: ClusterSection,
+    pub storage: StorageSection,
+    pub limits: LimitsSection,
+    pub timeouts: TimeoutsSection,
+    pub log: LogSection,
+}
+
+/// This node's identity and where it listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// Stable name of the node; must be unique in the cluster.
+    pub id: String,
+    /// Address clients connect to (`host:port`).
+    pub client_addr: String,
+    /// Address peers connect to (`host:port`).
+    pub peer_addr: String,
+    /// Directory of the node's storage; created if missing.
+    pub data_dir: PathBuf,
+    /// Capacity relative to other nodes: a weight-2 node owns twice the
+    /// partitions of a weight-1 node.
+    pub weight: u32,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: "node1".into(),
+            client_addr: "127.0.0.1:7001".into(),
+            peer_addr: "127.0.0.1:7101".into(),
+            data_dir: PathBuf::from("data/node1"),
+            weight: 1,
+        }
+    }
+}
+
+/// Settings every member of a cluster must share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Name checked in every hello; nodes of different clusters never talk.
+    pub name: String,
+    /// Number of partitions Q, a power of two; fixed when the cluster is created.
+    pub partitions: u32,
+    /// Replicas per key.
+    pub n: u8,
+    /// Default read quorum.
+    pub r: u8,
+    /// Default write quorum.
+    pub w: u8,
+    /// Peer addresses of other members to contact at start-up.
+    pub seeds: Vec<String>,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            name: "dynakv".into(),
+            partitions: 1024,
+            n: 3,
+            r: 2,
+            w: 2,
+            seeds: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// Acknowledge a write only once it is on disk; concurrent writes share
+    /// one fsync (group commit).
+    Always,
+    /// Acknowledge once written to the OS; fsync every `fsync_interval_ms`.
+    Periodic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    pub fsync: Fsync,
+    /// Interval between fsyncs in periodic mode.
+    pub fsync_interval_ms: u64,
+    /// Block cache size in MiB.
+    pub cache_mb: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            fsync: Fsync::Periodic,
+            fsync_interval_ms: 1000,
+            cache_mb: 64,
+        }
+    }
+}
+
+/// Bounds on everything that arrives from the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_frame_bytes: u32,
+    pub max_key_bytes: u32,
+    pub max_value_bytes: u32,
+    /// Siblings one key may hold; a write that would exceed it is refused.
+    pub max_siblings: u32,
+    /// Client connections served at once; more are refused.
+    pub max_connections: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_frame_bytes: 16 << 20,
+            max_key_bytes: 4096,
+            max_value_bytes: 4 << 20,
+            max_siblings: 100,
+            max_connections: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsSection {
+    /// A get, put or delete that has not reached its quorum by then fails.
+    pub request_ms: u64,
+    /// Giving up on opening a peer connection.
+    pub connect_ms: u64,
+}
+
+impl Default for TimeoutsSection {
+    fn default() -> Self {
+        TimeoutsSection {
+            request_ms: 5000,
+            connect_ms: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` or `json`, written to stderr.
+    pub format: LogFormat,
+    /// Filter used when `RUST_LOG` is not set.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the layers: embedded defaults, then `file` (if given), then the
+    /// process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config> {
+        Config::load_with_env(file, None)
+    }
+
+    /// As `load`, with the environment given as a map (for tests) instead of
+    /// read from the process.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Config> {
+        let mut builder =
+            config::Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(Error::Config(format!(
+                    "configuration file {} not found",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        let environment = Environment::with_prefix("DYNAKV")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("cluster.seeds")
+            .source(env);
+        let config: Config = builder
+            .add_source(environment)
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses one TOML document on top of the defaults (no environment).
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let config: Config = config::Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .add_source(File::from_str(text, FileFormat::Toml))
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value and the relations between them.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        NodeId::new(self.node.id.clone()).map_err(|e| Error::Config(format!("node.id: {e}")))?;
+        check_addr("node.client_addr", &self.node.client_addr)?;
+        check_addr("node.peer_addr", &self.node.peer_addr)?;
+        if self.node.client_addr == self.node.peer_addr {
+            return bad("node.client_addr and node.peer_addr must differ".into());
+        }
+        if self.node.data_dir.as_os_str().is_empty() {
+            return bad("node.data_dir is empty".into());
+        }
+        if !(1..=MAX_WEIGHT).contains(&self.node.weight) {
+            return bad(format!(
+                "node.weight = {} must be between 1 and {MAX_WEIGHT}",
+                self.node.weight
+            ));
+        }
+
+        let c = &self.cluster;
+        if c.name.is_empty() || c.name.len() > 64 {
+            return bad("cluster.name must be 1 to 64 bytes".into());
+        }
+        validate_partition_count(c.partitions)
+            .map_err(|e| Error::Config(format!("cluster.{e}")))?;
+        if !(1..=MAX_N).contains(&c.n) {
+            return bad(format!("cluster.n = {} must be between 1 and {MAX_N}", c.n));
+        }
+        for (name, q) in [("r", c.r), ("w", c.w)] {
+            if q == 0 {
+                return bad(format!(
+                    "cluster.{name} = 0: at least one replica must answer"
+                ));
+            }
+            if q > c.n {
+                return bad(format!(
+                    "cluster.{name} = {q} is greater than cluster.n = {}: a quorum cannot exceed the replicas",
+                    c.n
+                ));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for seed in &c.seeds {
+            check_addr("cluster.seeds", seed)?;
+            if !seen.insert(seed) {
+                return bad(format!("cluster.seeds lists {seed} twice"));
+            }
+        }
+
+        if self.storage.fsync_interval_ms == 0 {
+            return bad("storage.fsync_interval_ms must be positive".into());
+        }
+
+        let l = &self.limits;
+        if l.max_key_bytes == 0
+            || l.max_value_bytes == 0
+            || l.max_siblings == 0
+            || l.max_connections == 0
+        {
+            return bad("limits.* must all be positive".into());
+        }
+        let needed = u64::from(l.max_key_bytes) + u64::from(l.max_value_bytes) + FRAME_OVERHEAD;
+        if u64::from(l.max_frame_bytes) < needed {
+            return bad(format!(
+                "limits.max_frame_bytes = {} cannot carry a key of {} and a value of {} bytes (needs at least {needed})",
+                l.max_frame_bytes, l.max_key_bytes, l.max_value_bytes
+            ));
+        }
+
+        if self.timeouts.request_ms == 0 || self.timeouts.connect_ms == 0 {
+            return bad("timeouts.* must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// This node's id (validated by `validate`).
+    pub fn node_id(&self) -> NodeId {
+        NodeId::new(self.node.id.clone()).expect("validated at load")
+    }
+}
+
+/// Accepts `host:port` with a non-empty host (a name or an IP, IPv6 in
+/// brackets) and a port from 1 to 65535. Names are resolved when used.
+pub fn check_addr(what: &str, addr: &str) -> Result<()> {
+    let err = |why: &str| {
+        Err(Error::Config(format!(
+            "{what}: {addr:?} {why}; expected host:port"
+        )))
+    };
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return err("has no port");
+    };
+    if host.is_empty() {
+        return err("has no host");
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return err("is an IPv6 address without brackets");
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return err("is not a host name");
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => err("has a bad port"),
+        Ok(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn default_toml_matches_the_defaults_in_code() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = std::env::temp_dir().join(format!("dynakv-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("node.toml");
+        std::fs::write(
+            &file,
+            "[node]\nid = \"from-file\"\n[cluster]\nn = 5\nr = 3\n",
+        )
+        .unwrap();
+        let c = Config::load_with_env(
+            Some(&file),
+            env(&[
+                ("DYNAKV__CLUSTER__R", "4"),
+                ("DYNAKV__CLUSTER__SEEDS", "a:1,b:2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.node.id, "from-file");
+        assert_eq!(c.cluster.n, 5);
+        assert_eq!(c.cluster.r, 4);
+        assert_eq!(c.cluster.w, 2, "untouched keys keep their default");
+        assert_eq!(c.cluster.seeds, vec!["a:1", "b:2"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn environment_values_are_type_checked() {
+        let e = Config::load_with_env(None, env(&[("DYNAKV__CLUSTER__N", "abc")])).unwrap_err();
+        assert!(e.to_string().contains("cluster.n"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let e = Config::load(Some(Path::new("/nonexistent/dynakv.toml"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/dynakv.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        assert!(err("[cluster]\nr = 4").contains("cluster.r = 4 is greater than cluster.n = 3"));
+        assert!(err("[cluster]\nw = 4").contains("cluster.w = 4"));
+        assert!(err("[cluster]\nr = 0").contains("cluster.r = 0"));
+        assert!(err("[cluster]\npartitions = 1000").contains("not a power of two"));
+        assert!(err("[node]\nid = \"\"").contains("node id is empty"));
+        assert!(err("[node]\nid = \"a b\"").contains("node.id"));
+        assert!(err("[node]\npeer_addr = \"localhost\"").contains("has no port"));
+        assert!(err("[node]\nclient_addr = \"h:99999\"").contains("bad port"));
+        assert!(err("[cluster]\nseeds = [\"a:1\", \"a:1\"]").contains("lists a:1 twice"));
+        assert!(err("[cluster]\nseeds = [\"nope\"]").contains("cluster.seeds"));
+        assert!(err("[node]\nweight = 0").contains("node.weight"));
+        assert!(err("[storage]\nfsync = \"sometimes\"").contains("sometimes"));
+        assert!(err("[limits]\nmax_frame_bytes = 1000").contains("max_frame_bytes"));
+        assert!(
+            err("[cluster]\nreplicas = 3").contains("replicas"),
+            "unknown keys are errors"
+        );
+    }
+
+    #[test]
+    fn addresses() {
+        for ok in [
+            "127.0.0.1:7001",
+            "localhost:1",
+            "db-1.example:65535",
+            "[::1]:7001",
+        ] {
+            assert!(check_addr("x", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ":7001",
+            "host:",
+            "host:0",
+            "::1:7001",
+            "a b:1",
+            "host:port",
+        ] {
+            assert!(check_addr("x", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numeric_looking_strings_from_the_environment_stay_strings() {
+        let env = Some(
+            [
+                ("DYNAKV__NODE__ID", "7"),
+                ("DYNAKV__NODE__DATA_DIR", "/tmp/x"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.node.id, "7");
+        assert_eq!(c.node.data_dir, PathBuf::from("/tmp/x"));
+    }
+}
