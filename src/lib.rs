@@ -12,11 +12,14 @@
 //! - [`error`]: the crate's one error type.
 
 pub mod config;
+pub mod coordinator;
 pub mod error;
+pub mod membership;
 pub mod merkle;
 pub mod node;
 pub mod ownership;
 pub mod peer;
+pub mod replica;
 pub mod ring;
 pub mod version;
 pub mod wire;

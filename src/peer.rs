@@ -11,7 +11,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
+use crate::membership::GossipMsg;
 use crate::node::NodeId;
+use crate::replica::ReplicaMsg;
 use crate::wire::Envelope;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,4 +43,6 @@ pub enum PeerMsg {
         kind: ErrorKind,
         message: String,
     },
+    Replica(ReplicaMsg),
+    Gossip(GossipMsg),
 }

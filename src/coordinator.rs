@@ -1,0 +1,590 @@
+//! Coordinator sessions: one state machine per client get, put or delete.
+//!
+//! A session is given its targets (the routed preference list: owners that
+//! are up, plus hinted stand-ins for owners that are down) and a quorum. It
+//! emits the replica requests to send, takes the replies (or failures) as
+//! they come, and answers the client exactly once: after R (get) or W
+//! (put/delete) successes, as soon as that quorum has become impossible, or
+//! with a quorum error when the shell reports the deadline.
+//!
+//! - Get: reads every target, merges what it reads; once every target has
+//!   answered (or the deadline passed) `repairs()` names the replicas that
+//!   answered with less than the merged set (read repair).
+//! - Put: asks the first target to mint the new version (`Update`); if that
+//!   target fails, the next one mints. The minted sibling set is then written
+//!   to every other target; the minter's own write counts toward W.
+//!
+//! Errors that say the request itself is wrong (a bad context, too many
+//! siblings) end the session at once; a node that is down or slow only
+//! costs its vote.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::node::NodeId;
+use crate::replica::ReplicaMsg;
+use crate::version::{Context, Dot, SiblingSet, Value};
+
+/// A replica request the shell must send, to a node (possibly itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub to: NodeId,
+    pub msg: ReplicaMsg,
+}
+
+/// A routed replica: a node, and the owner it stands in for if it is a
+/// sloppy-quorum stand-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub node: NodeId,
+    pub hint_for: Option<NodeId>,
+}
+
+impl Replica {
+    pub fn owner(node: NodeId) -> Self {
+        Replica {
+            node,
+            hint_for: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vote {
+    Waiting,
+    Yes,
+    No,
+}
+
+/// Votes of the targets, by index.
+#[derive(Debug, Clone)]
+struct Tally {
+    votes: Vec<Vote>,
+    needed: usize,
+}
+
+impl Tally {
+    fn new(targets: usize, needed: usize) -> Self {
+        Tally {
+            votes: vec![Vote::Waiting; targets],
+            needed,
+        }
+    }
+
+    fn yes(&self) -> usize {
+        self.votes.iter().filter(|v| **v == Vote::Yes).count()
+    }
+
+    fn reached(&self) -> bool {
+        self.yes() >= self.needed
+    }
+
+    fn impossible(&self) -> bool {
+        self.votes.iter().filter(|v| **v != Vote::No).count() < self.needed
+    }
+
+    fn complete(&self) -> bool {
+        self.votes.iter().all(|v| *v != Vote::Waiting)
+    }
+
+    fn quorum_error(&self) -> Error {
+        Error::Quorum {
+            needed: self.needed as u8,
+            got: self.yes() as u8,
+        }
+    }
+}
+
+fn index_of(targets: &[Replica], from: &NodeId) -> Option<usize> {
+    targets.iter().position(|t| &t.node == from)
+}
+
+pub struct GetSession {
+    key: Vec<u8>,
+    targets: Vec<Replica>,
+    tally: Tally,
+    /// What each target answered, by index.
+    states: Vec<Option<SiblingSet>>,
+    merged: SiblingSet,
+    answered: bool,
+}
+
+impl GetSession {
+    /// Starts a read of `key` from `targets`, answering after `r` replies.
+    pub fn start(key: Vec<u8>, targets: Vec<Replica>, r: usize) -> (Self, Vec<Request>) {
+        let requests = targets
+            .iter()
+            .map(|t| Request {
+                to: t.node.clone(),
+                msg: ReplicaMsg::Read { key: key.clone() },
+            })
+            .collect();
+        let session = GetSession {
+            key,
+            tally: Tally::new(targets.len(), r),
+            states: vec![None; targets.len()],
+            targets,
+            merged: SiblingSet::new(),
+            answered: false,
+        };
+        (session, requests)
+    }
+
+    /// The answer for the client if none was given yet and one is due:
+    /// right at the start when fewer than R targets exist.
+    pub fn initial_answer(&mut self) -> Option<Result<SiblingSet>> {
+        self.answer_if_due()
+    }
+
+    /// Takes a reply (or the failure to get one) from `from`.
+    pub fn on_reply(
+        &mut self,
+        from: &NodeId,
+        reply: Result<ReplicaMsg>,
+    ) -> Option<Result<SiblingSet>> {
+        let i = index_of(&self.targets, from)?;
+        if self.tally.votes[i] != Vote::Waiting {
+            return None;
+        }
+        match reply {
+            Ok(ReplicaMsg::State { state }) => {
+                self.merged = self.merged.merge(&state);
+                self.states[i] = Some(state);
+                self.tally.votes[i] = Vote::Yes;
+            }
+            Ok(_) | Err(_) => self.tally.votes[i] = Vote::No,
+        }
+        self.answer_if_due()
+    }
+
+    /// The deadline passed: answer with a quorum error if not answered yet.
+    pub fn on_timeout(&mut self) -> Option<Result<SiblingSet>> {
+        if self.answered {
+            return None;
+        }
+        self.answered = true;
+        Some(Err(self.tally.quorum_error()))
+    }
+
+    fn answer_if_due(&mut self) -> Option<Result<SiblingSet>> {
+        if self.answered {
+            return None;
+        }
+        if self.tally.reached() {
+            self.answered = true;
+            return Some(Ok(self.merged.clone()));
+        }
+        if self.tally.impossible() {
+            self.answered = true;
+            return Some(Err(self.tally.quorum_error()));
+        }
+        None
+    }
+
+    /// Every target has answered or failed: nothing more will arrive.
+    pub fn is_complete(&self) -> bool {
+        self.tally.complete()
+    }
+
+    /// Read repair: writes of the merged set to every target that answered
+    /// with less than it. Call once, when complete or at the deadline.
+    pub fn repairs(&self) -> Vec<Request> {
+        self.targets
+            .iter()
+            .zip(&self.states)
+            .filter_map(|(t, state)| {
+                let state = state.as_ref()?;
+                (!state.contains(&self.merged)).then(|| Request {
+                    to: t.node.clone(),
+                    msg: ReplicaMsg::Write {
+                        key: self.key.clone(),
+                        state: self.merged.clone(),
+                        hint_for: t.hint_for.clone(),
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+/// A put's answer: the minted sibling set and the new value's dot.
+pub type Written = (SiblingSet, Dot);
+
+pub struct PutSession {
+    key: Vec<u8>,
+    context: Context,
+    value: Value,
+    targets: Vec<Replica>,
+    tally: Tally,
+    /// Index of the target asked to mint; None once minted (or given up).
+    minter: Option<usize>,
+    written: Option<Written>,
+    answered: bool,
+}
+
+impl PutSession {
+    /// Starts a write of `value` (or a tombstone) over what `context` covers,
+    /// answering after `w` acknowledgements.
+    pub fn start(
+        key: Vec<u8>,
+        context: Context,
+        value: Value,
+        targets: Vec<Replica>,
+        w: usize,
+    ) -> (Self, Vec<Request>) {
+        let mut session = PutSession {
+            key,
+            context,
+            value,
+            tally: Tally::new(targets.len(), w),
+            targets,
+            minter: None,
+            written: None,
+            answered: false,
+        };
+        let requests = session.mint_with(0);
+        (session, requests)
+    }
+
+    /// The answer due right at the start (fewer than W targets exist).
+    pub fn initial_answer(&mut self) -> Option<Result<Written>> {
+        self.answer_if_due()
+    }
+
+    /// Asks target `i` (or the next one that has not failed) to mint.
+    fn mint_with(&mut self, from: usize) -> Vec<Request> {
+        let next = (from..self.targets.len()).find(|&i| self.tally.votes[i] == Vote::Waiting);
+        self.minter = next;
+        next.map(|i| Request {
+            to: self.targets[i].node.clone(),
+            msg: ReplicaMsg::Update {
+                key: self.key.clone(),
+                context: self.context.clone(),
+                value: self.value.clone(),
+                hint_for: self.targets[i].hint_for.clone(),
+            },
+        })
+        .into_iter()
+        .collect()
+    }
+
+    /// Takes a reply from `from`; returns requests to send next and the
+    /// client's answer if it is now due.
+    pub fn on_reply(
+        &mut self,
+        from: &NodeId,
+        reply: Result<ReplicaMsg>,
+    ) -> (Vec<Request>, Option<Result<Written>>) {
+        let Some(i) = index_of(&self.targets, from) else {
+            return (Vec::new(), None);
+        };
+        if self.tally.votes[i] != Vote::Waiting {
+            return (Vec::new(), None);
+        }
+        let mut requests = Vec::new();
+        match (self.minter == Some(i), reply) {
+            (true, Ok(ReplicaMsg::Updated { state, dot })) => {
+                self.tally.votes[i] = Vote::Yes;
+                self.minter = None;
+                requests = self
+                    .targets
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| self.tally.votes[*j] == Vote::Waiting)
+                    .map(|(_, t)| Request {
+                        to: t.node.clone(),
+                        msg: ReplicaMsg::Write {
+                            key: self.key.clone(),
+                            state: state.clone(),
+                            hint_for: t.hint_for.clone(),
+                        },
+                    })
+                    .collect();
+                self.written = Some((state, dot));
+            }
+            (true, Err(e)) if is_refusal(&e) => {
+                // The request itself is wrong; every replica would refuse it.
+                self.tally.votes[i] = Vote::No;
+                self.minter = None;
+                if !self.answered {
+                    self.answered = true;
+                    return (Vec::new(), Some(Err(e)));
+                }
+            }
+            (true, _) => {
+                self.tally.votes[i] = Vote::No;
+                requests = self.mint_with(i + 1);
+            }
+            (false, Ok(ReplicaMsg::Ack)) if self.written.is_some() => {
+                self.tally.votes[i] = Vote::Yes
+            }
+            (false, _) => self.tally.votes[i] = Vote::No,
+        }
+        (requests, self.answer_if_due())
+    }
+
+    /// The deadline passed: answer with a quorum error if not answered yet.
+    pub fn on_timeout(&mut self) -> Option<Result<Written>> {
+        if self.answered {
+            return None;
+        }
+        self.answered = true;
+        Some(Err(self.tally.quorum_error()))
+    }
+
+    fn answer_if_due(&mut self) -> Option<Result<Written>> {
+        if self.answered {
+            return None;
+        }
+        if let Some(written) = self.written.as_ref().filter(|_| self.tally.reached()) {
+            self.answered = true;
+            return Some(Ok(written.clone()));
+        }
+        if self.tally.impossible() || (self.written.is_none() && self.minter.is_none()) {
+            self.answered = true;
+            return Some(Err(self.tally.quorum_error()));
+        }
+        None
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.tally.complete() || (self.written.is_none() && self.minter.is_none())
+    }
+}
+
+/// Whether a replica's error says the request is unacceptable (as opposed to
+/// the replica being unable to serve it right now).
+fn is_refusal(e: &Error) -> bool {
+    e.kind() == ErrorKind::InvalidRequest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::Actor;
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    fn owners(names: &[&str]) -> Vec<Replica> {
+        names.iter().map(|n| Replica::owner(id(n))).collect()
+    }
+
+    fn state(v: &str, actor: u64) -> SiblingSet {
+        SiblingSet::new()
+            .update(
+                &Context::default(),
+                Value::Data(v.as_bytes().to_vec()),
+                Actor(actor),
+            )
+            .unwrap()
+    }
+
+    fn down() -> Error {
+        Error::Unavailable("peer down".into())
+    }
+
+    #[test]
+    fn get_answers_after_r_replies_and_repairs_stale_replicas() {
+        let (mut s, reqs) = GetSession::start(b"k".to_vec(), owners(&["a", "b", "c"]), 2);
+        assert_eq!(reqs.len(), 3);
+        assert!(s.initial_answer().is_none());
+        let newer = state("new", 1);
+        assert!(
+            s.on_reply(
+                &id("a"),
+                Ok(ReplicaMsg::State {
+                    state: newer.clone()
+                })
+            )
+            .is_none()
+        );
+        let answer = s.on_reply(
+            &id("b"),
+            Ok(ReplicaMsg::State {
+                state: SiblingSet::new(),
+            }),
+        );
+        assert_eq!(answer, Some(Ok(newer.clone())));
+        assert!(!s.is_complete());
+        // a late reply is taken into the repair
+        assert!(
+            s.on_reply(
+                &id("c"),
+                Ok(ReplicaMsg::State {
+                    state: newer.clone()
+                })
+            )
+            .is_none()
+        );
+        assert!(s.is_complete());
+        let repairs = s.repairs();
+        assert_eq!(repairs.len(), 1);
+        assert_eq!(repairs[0].to, id("b"));
+        assert!(matches!(&repairs[0].msg, ReplicaMsg::Write { state, .. } if *state == newer));
+    }
+
+    #[test]
+    fn get_merges_concurrent_siblings() {
+        let (mut s, _) = GetSession::start(b"k".to_vec(), owners(&["a", "b", "c"]), 2);
+        s.on_reply(
+            &id("a"),
+            Ok(ReplicaMsg::State {
+                state: state("x", 1),
+            }),
+        );
+        let merged = s
+            .on_reply(
+                &id("b"),
+                Ok(ReplicaMsg::State {
+                    state: state("y", 2),
+                }),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(merged.sibling_count(), 2);
+        assert_eq!(
+            s.repairs().len(),
+            2,
+            "both replicas miss the other's sibling"
+        );
+    }
+
+    #[test]
+    fn get_fails_fast_when_quorum_becomes_impossible() {
+        let (mut s, _) = GetSession::start(b"k".to_vec(), owners(&["a", "b", "c"]), 2);
+        assert!(s.on_reply(&id("a"), Err(down())).is_none());
+        let e = s.on_reply(&id("b"), Err(down())).unwrap().unwrap_err();
+        assert_eq!(e, Error::Quorum { needed: 2, got: 0 });
+        assert!(s.on_timeout().is_none(), "answered only once");
+    }
+
+    #[test]
+    fn get_times_out_with_a_quorum_error() {
+        let (mut s, _) = GetSession::start(b"k".to_vec(), owners(&["a", "b", "c"]), 2);
+        s.on_reply(
+            &id("a"),
+            Ok(ReplicaMsg::State {
+                state: SiblingSet::new(),
+            }),
+        );
+        assert_eq!(
+            s.on_timeout(),
+            Some(Err(Error::Quorum { needed: 2, got: 1 }))
+        );
+        // replies from strangers and duplicates are ignored
+        assert!(s.on_reply(&id("zz"), Ok(ReplicaMsg::Ack)).is_none());
+    }
+
+    #[test]
+    fn too_few_targets_fail_at_once() {
+        let (mut g, _) = GetSession::start(b"k".to_vec(), owners(&["a"]), 2);
+        assert!(matches!(
+            g.initial_answer(),
+            Some(Err(Error::Quorum { .. }))
+        ));
+        let (mut p, _) = PutSession::start(
+            b"k".to_vec(),
+            Context::default(),
+            Value::Tombstone,
+            owners(&[]),
+            1,
+        );
+        assert!(matches!(
+            p.initial_answer(),
+            Some(Err(Error::Quorum { .. }))
+        ));
+    }
+
+    #[test]
+    fn put_mints_at_the_first_target_then_writes_the_rest() {
+        let (mut s, reqs) = PutSession::start(
+            b"k".to_vec(),
+            Context::default(),
+            Value::Data(b"v".to_vec()),
+            owners(&["a", "b", "c"]),
+            2,
+        );
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].to, id("a"));
+        assert!(matches!(reqs[0].msg, ReplicaMsg::Update { .. }));
+        let minted = state("v", 1);
+        let dot = minted.siblings().next().unwrap().dot;
+        let (writes, answer) = s.on_reply(
+            &id("a"),
+            Ok(ReplicaMsg::Updated {
+                state: minted.clone(),
+                dot,
+            }),
+        );
+        assert!(answer.is_none());
+        assert_eq!(
+            writes.iter().map(|r| r.to.clone()).collect::<Vec<_>>(),
+            vec![id("b"), id("c")]
+        );
+        let (_, answer) = s.on_reply(&id("c"), Ok(ReplicaMsg::Ack));
+        assert_eq!(answer, Some(Ok((minted, dot))));
+        assert!(!s.is_complete());
+        s.on_reply(&id("b"), Err(down()));
+        assert!(s.is_complete());
+    }
+
+    #[test]
+    fn put_moves_to_the_next_minter_when_one_fails() {
+        let (mut s, _) = PutSession::start(
+            b"k".to_vec(),
+            Context::default(),
+            Value::Tombstone,
+            owners(&["a", "b", "c"]),
+            2,
+        );
+        let (next, answer) = s.on_reply(&id("a"), Err(down()));
+        assert!(answer.is_none());
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].to, id("b"));
+        let minted = state("x", 2);
+        let dot = minted.siblings().next().unwrap().dot;
+        let (writes, _) = s.on_reply(&id("b"), Ok(ReplicaMsg::Updated { state: minted, dot }));
+        assert_eq!(writes.len(), 1, "only c is left to write; a failed");
+        let (_, answer) = s.on_reply(&id("c"), Err(down()));
+        assert_eq!(answer, Some(Err(Error::Quorum { needed: 2, got: 1 })));
+    }
+
+    #[test]
+    fn a_refused_request_ends_the_put_at_once() {
+        let (mut s, _) = PutSession::start(
+            b"k".to_vec(),
+            Context::default(),
+            Value::Tombstone,
+            owners(&["a", "b", "c"]),
+            2,
+        );
+        let refusal = Error::InvalidRequest("too many siblings".into());
+        let (next, answer) = s.on_reply(&id("a"), Err(refusal.clone()));
+        assert!(next.is_empty());
+        assert_eq!(answer, Some(Err(refusal)));
+    }
+
+    #[test]
+    fn stand_ins_carry_their_hint() {
+        let targets = vec![
+            Replica::owner(id("a")),
+            Replica {
+                node: id("d"),
+                hint_for: Some(id("b")),
+            },
+        ];
+        let (mut s, _) = PutSession::start(
+            b"k".to_vec(),
+            Context::default(),
+            Value::Tombstone,
+            targets,
+            2,
+        );
+        let minted = state("x", 1);
+        let dot = minted.siblings().next().unwrap().dot;
+        let (writes, _) = s.on_reply(&id("a"), Ok(ReplicaMsg::Updated { state: minted, dot }));
+        assert!(
+            matches!(&writes[0].msg, ReplicaMsg::Write { hint_for: Some(h), .. } if *h == id("b"))
+        );
+    }
+}

@@ -1,0 +1,427 @@
+//! The replica: one node's stored copy of the keys it replicates.
+//!
+//! Receives reads, coordinator updates (which mint a new dot with this
+//! replica's actor) and writes of sibling sets from other replicas (merged
+//! with the DVV join). Keeps a hash tree per partition current on every
+//! write. Storage is behind the small `Store` trait: fjall in the node, a
+//! `BTreeMap` in tests and the simulator.
+//!
+//! Invariants:
+//! - a stored value is always the DVV merge of everything this replica was
+//!   given for the key, so writes are idempotent and order-independent;
+//! - the tree of a partition always equals a rebuild from a scan of it;
+//! - the stored key is `partition (u32, big-endian) ++ user key`, so a
+//!   partition is one contiguous range.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::merkle::{HashTree, item_hash, segment_of};
+use crate::node::NodeId;
+use crate::ring::Partition;
+use crate::version::{Actor, Context, Dot, SiblingSet, Value};
+
+/// Messages of the replica concern between nodes (`PeerMsg::Replica`).
+/// Variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaMsg {
+    /// Read the local copy; answered with `State`.
+    Read {
+        key: Vec<u8>,
+    },
+    /// Coordinate a write here: supersede what `context` covers, mint a dot
+    /// with this replica's actor. Answered with `Updated`. `hint_for` names
+    /// the owner this replica stands in for (sloppy quorum).
+    Update {
+        key: Vec<u8>,
+        context: Context,
+        value: Value,
+        hint_for: Option<NodeId>,
+    },
+    /// Merge a sibling set minted elsewhere. Answered with `Ack`.
+    Write {
+        key: Vec<u8>,
+        state: SiblingSet,
+        hint_for: Option<NodeId>,
+    },
+    State {
+        state: SiblingSet,
+    },
+    Updated {
+        state: SiblingSet,
+        dot: Dot,
+    },
+    Ack,
+}
+
+/// A key-value store holding one keyspace. Keys are compared bytewise.
+pub trait Store {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+    fn remove(&mut self, key: &[u8]) -> Result<()>;
+    /// Up to `limit` entries whose key starts with `prefix` and comes after
+    /// `after` (from the start if None), in key order.
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+}
+
+/// The in-memory twin of the fjall store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemStore {
+    pub map: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Store for MemStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.map.get(key).cloned())
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.map.insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Result<()> {
+        self.map.remove(key);
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        Ok(self
+            .map
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+/// The stored key of `key`: partition prefix, then the user key.
+pub fn storage_key(p: Partition, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&p.prefix());
+    k.extend_from_slice(key);
+    k
+}
+
+/// Splits a stored key back into partition and user key.
+pub fn split_storage_key(stored: &[u8]) -> Result<(Partition, &[u8])> {
+    match stored {
+        [a, b, c, d, key @ ..] => Ok((Partition(u32::from_be_bytes([*a, *b, *c, *d])), key)),
+        _ => Err(Error::Storage(format!(
+            "stored key of {} bytes has no partition prefix",
+            stored.len()
+        ))),
+    }
+}
+
+pub fn encode_state(state: &SiblingSet) -> Vec<u8> {
+    postcard::to_stdvec(state).expect("encoding to a Vec cannot fail")
+}
+
+pub fn decode_state(bytes: &[u8]) -> Result<SiblingSet> {
+    let (state, rest): (SiblingSet, _) = postcard::take_from_bytes(bytes)
+        .map_err(|e| Error::Storage(format!("undecodable sibling set: {e}")))?;
+    if !rest.is_empty() {
+        return Err(Error::Storage(format!(
+            "{} trailing bytes after a sibling set",
+            rest.len()
+        )));
+    }
+    Ok(state)
+}
+
+/// Sets merged in from peers may exceed the configured sibling limit (the
+/// limit is enforced where writes are minted), but never by this factor: a
+/// bound on what a peer can make us store.
+const MERGE_SIBLING_FACTOR: usize = 4;
+/// Entries read per step when scanning storage at start-up.
+const SCAN_CHUNK: usize = 4096;
+
+pub struct Replica<S: Store> {
+    store: S,
+    q: u32,
+    actor: Actor,
+    max_siblings: usize,
+    trees: HashMap<Partition, HashTree>,
+    keys: u64,
+}
+
+/// What opening a replica found in storage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    pub keys: u64,
+    pub partitions: usize,
+    /// Records that could not be decoded (left in place, logged by the shell).
+    pub corrupt: Vec<Vec<u8>>,
+}
+
+impl<S: Store> Replica<S> {
+    /// Opens a replica over `store`, scanning it once to count keys and
+    /// build every partition's hash tree.
+    pub fn open(store: S, q: u32, actor: Actor, max_siblings: usize) -> Result<(Self, OpenReport)> {
+        let mut report = OpenReport::default();
+        let mut items: HashMap<Partition, Vec<(usize, u64)>> = HashMap::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let chunk = store.scan(&[], after.as_deref(), SCAN_CHUNK)?;
+            for (stored, value) in &chunk {
+                let (p, key) = split_storage_key(stored)?;
+                match decode_state(value) {
+                    Ok(_) => {
+                        items
+                            .entry(p)
+                            .or_default()
+                            .push((segment_of(key, q), item_hash(key, value)));
+                        report.keys += 1;
+                    }
+                    Err(_) => report.corrupt.push(stored.clone()),
+                }
+            }
+            match chunk.last() {
+                Some((k, _)) if chunk.len() == SCAN_CHUNK => after = Some(k.clone()),
+                _ => break,
+            }
+        }
+        let trees: HashMap<Partition, HashTree> = items
+            .into_iter()
+            .map(|(p, items)| (p, HashTree::from_items(items)))
+            .collect();
+        report.partitions = trees.len();
+        let replica = Replica {
+            store,
+            q,
+            actor,
+            max_siblings,
+            trees,
+            keys: report.keys,
+        };
+        Ok((replica, report))
+    }
+
+    pub fn actor(&self) -> Actor {
+        self.actor
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.q
+    }
+
+    pub fn key_count(&self) -> u64 {
+        self.keys
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The hash tree of `p` (empty if this replica holds nothing there).
+    pub fn tree(&self, p: Partition) -> HashTree {
+        self.trees.get(&p).cloned().unwrap_or_default()
+    }
+
+    /// The local copy of `key`; empty if absent.
+    pub fn read(&self, key: &[u8]) -> Result<SiblingSet> {
+        Ok(self.stored(key)?.map(|(s, _)| s).unwrap_or_default())
+    }
+
+    /// The stored copy and its encoding, if the key is stored.
+    fn stored(&self, key: &[u8]) -> Result<Option<(SiblingSet, Vec<u8>)>> {
+        let p = Partition::of_key(key, self.q);
+        match self.store.get(&storage_key(p, key))? {
+            Some(bytes) => Ok(Some((decode_state(&bytes)?, bytes))),
+            None => Ok(None),
+        }
+    }
+
+    /// Coordinates a write: the new value supersedes what `ctx` covers and
+    /// gets a fresh dot of this replica's actor. Refused if the key would
+    /// hold more than the sibling limit (the client must resolve first).
+    pub fn update(&mut self, key: &[u8], ctx: &Context, value: Value) -> Result<(SiblingSet, Dot)> {
+        let stored = self.stored(key)?;
+        let current = stored.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
+        let next = current.update(ctx, value, self.actor)?;
+        if next.sibling_count() > self.max_siblings {
+            return Err(Error::InvalidRequest(format!(
+                "key would hold {} siblings, more than the limit of {}: read it and write back with its context to resolve them",
+                next.sibling_count(),
+                self.max_siblings
+            )));
+        }
+        let dot = Dot {
+            actor: self.actor,
+            counter: next.context().get(self.actor),
+        };
+        self.store_state(key, stored.map(|(_, bytes)| bytes), &next)?;
+        Ok((next, dot))
+    }
+
+    /// Merges a sibling set minted elsewhere. Returns the merged local copy;
+    /// writes nothing when the local copy already contains `incoming`.
+    pub fn merge(&mut self, key: &[u8], incoming: &SiblingSet) -> Result<SiblingSet> {
+        incoming.validate(self.max_siblings.saturating_mul(MERGE_SIBLING_FACTOR))?;
+        let stored = self.stored(key)?;
+        let current = stored.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
+        let merged = current.merge(incoming);
+        if stored.is_none() || merged != current {
+            self.store_state(key, stored.map(|(_, bytes)| bytes), &merged)?;
+        }
+        Ok(merged)
+    }
+
+    /// Writes `new` over the stored encoding `old` (None: a new key).
+    fn store_state(&mut self, key: &[u8], old: Option<Vec<u8>>, new: &SiblingSet) -> Result<()> {
+        let p = Partition::of_key(key, self.q);
+        let encoded = encode_state(new);
+        self.store.put(&storage_key(p, key), &encoded)?;
+        let old_hash = old.map(|bytes| item_hash(key, &bytes));
+        if old_hash.is_none() {
+            self.keys += 1;
+        }
+        self.trees.entry(p).or_default().update(
+            segment_of(key, self.q),
+            old_hash,
+            Some(item_hash(key, &encoded)),
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica() -> Replica<MemStore> {
+        Replica::open(MemStore::default(), 64, Actor(1), 5)
+            .unwrap()
+            .0
+    }
+
+    fn data(s: &str) -> Value {
+        Value::Data(s.as_bytes().to_vec())
+    }
+
+    fn rebuilt_trees(r: &Replica<MemStore>) -> HashMap<Partition, HashTree> {
+        Replica::open(r.store().clone(), 64, Actor(1), 5)
+            .unwrap()
+            .0
+            .trees
+    }
+
+    #[test]
+    fn update_mints_dots_and_persists() {
+        let mut r = replica();
+        let (s, dot) = r.update(b"k", &Context::default(), data("v")).unwrap();
+        assert_eq!(
+            dot,
+            Dot {
+                actor: Actor(1),
+                counter: 1
+            }
+        );
+        assert_eq!(r.read(b"k").unwrap(), s);
+        assert_eq!(r.key_count(), 1);
+        let (s2, dot2) = r.update(b"k", &s.context(), data("w")).unwrap();
+        assert_eq!(dot2.counter, 2);
+        assert_eq!(s2.values().collect::<Vec<_>>(), vec![b"w".as_slice()]);
+        assert_eq!(r.key_count(), 1);
+    }
+
+    #[test]
+    fn merge_is_idempotent_and_keeps_trees_exact() {
+        let mut a = replica();
+        let mut b = Replica::open(MemStore::default(), 64, Actor(2), 5)
+            .unwrap()
+            .0;
+        for i in 0..50u32 {
+            let key = format!("key{i}").into_bytes();
+            let (s, _) = a
+                .update(
+                    &key,
+                    &Context::default(),
+                    Value::Data(i.to_le_bytes().to_vec()),
+                )
+                .unwrap();
+            b.merge(&key, &s).unwrap();
+            b.merge(&key, &s).unwrap();
+        }
+        assert_eq!(a.store().map, b.store().map);
+        assert_eq!(a.trees, b.trees);
+        assert_eq!(a.trees, rebuilt_trees(&a));
+        assert_eq!(b.key_count(), 50);
+    }
+
+    #[test]
+    fn the_sibling_limit_refuses_new_writes_not_merges() {
+        let mut r = replica();
+        for i in 0..5 {
+            r.update(b"k", &Context::default(), data(&i.to_string()))
+                .unwrap();
+        }
+        let e = r
+            .update(b"k", &Context::default(), data("six"))
+            .unwrap_err();
+        assert!(e.to_string().contains("siblings"), "{e}");
+        // resolving with the context is always possible
+        let ctx = r.read(b"k").unwrap().context();
+        r.update(b"k", &ctx, data("resolved")).unwrap();
+        assert_eq!(r.read(b"k").unwrap().sibling_count(), 1);
+    }
+
+    #[test]
+    fn corrupt_records_are_reported_not_fatal() {
+        let mut store = MemStore::default();
+        store
+            .put(
+                &storage_key(Partition::of_key(b"bad", 64), b"bad"),
+                &[0xff, 0xff],
+            )
+            .unwrap();
+        let (r, report) = Replica::open(store, 64, Actor(1), 5).unwrap();
+        assert_eq!(report.corrupt.len(), 1);
+        assert_eq!(report.keys, 0);
+        assert!(matches!(r.read(b"bad"), Err(Error::Storage(_))));
+    }
+
+    #[test]
+    fn storage_keys_round_trip() {
+        let k = storage_key(Partition(0x01020304), b"user");
+        assert_eq!(k, b"\x01\x02\x03\x04user");
+        assert_eq!(
+            split_storage_key(&k).unwrap(),
+            (Partition(0x01020304), &b"user"[..])
+        );
+        assert!(split_storage_key(b"abc").is_err());
+    }
+
+    #[test]
+    fn scan_pages_through_a_prefix() {
+        let mut s = MemStore::default();
+        for i in 0..10u8 {
+            s.put(&[1, i], &[i]).unwrap();
+            s.put(&[2, i], &[i]).unwrap();
+        }
+        let first = s.scan(&[1], None, 4).unwrap();
+        assert_eq!(first.len(), 4);
+        let rest = s.scan(&[1], Some(&first[3].0), 100).unwrap();
+        assert_eq!(rest.len(), 6);
+        assert!(rest.iter().all(|(k, _)| k[0] == 1));
+    }
+}
