@@ -36,6 +36,7 @@ pub struct Config {
     pub storage: StorageSection,
     pub limits: LimitsSection,
     pub timeouts: TimeoutsSection,
+    pub gossip: GossipSection,
     pub log: LogSection,
 }
 
@@ -169,6 +170,19 @@ impl Default for TimeoutsSection {
             request_ms: 5000,
             connect_ms: 2000,
         }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GossipSection {
+    /// Interval between gossip rounds (each pushes the view to one random peer).
+    pub interval_ms: u64,
+}
+
+impl Default for GossipSection {
+    fn default() -> Self {
+        GossipSection { interval_ms: 1000 }
     }
 }
 
@@ -320,6 +334,9 @@ impl Config {
 
         if self.timeouts.request_ms == 0 || self.timeouts.connect_ms == 0 {
             return bad("timeouts.* must be positive".into());
+        }
+        if self.gossip.interval_ms == 0 {
+            return bad("gossip.interval_ms must be positive".into());
         }
         Ok(())
     }

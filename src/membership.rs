@@ -209,6 +209,22 @@ impl View {
     pub fn ring(&self) -> Option<Ring> {
         self.ownership.as_ref().map(Ring::new)
     }
+
+    /// The encoding persisted in the node's `meta` keyspace.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("encoding to a Vec cannot fail")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<View> {
+        let (view, rest): (View, _) = postcard::take_from_bytes(bytes)
+            .map_err(|e| Error::Storage(format!("unreadable membership view: {e}")))?;
+        if !rest.is_empty() {
+            return Err(Error::Storage(
+                "trailing bytes after the membership view".into(),
+            ));
+        }
+        Ok(view)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

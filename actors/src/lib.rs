@@ -1,1 +1,18 @@
-//! The dynakv node: actors over the core crate. Built in the next issue.
+//! The dynakv node: one thin actix actor per concern of the core crate, the
+//! TCP bridge between nodes, the client server, the Rust client and the
+//! `dynakv` binary. `node::start` shows how the actors fit together.
+
+pub mod bridge;
+pub mod client;
+pub mod client_server;
+pub mod codec;
+pub mod coordinator;
+pub mod dev;
+pub mod events;
+pub mod logging;
+pub mod membership;
+pub mod node;
+pub mod replica;
+pub mod ring;
+pub mod session;
+pub mod storage;

@@ -1,0 +1,258 @@
+//! The Rust client: an async API over the binary client protocol.
+//!
+//! One `Client` keeps one connection to one node and reuses it for every
+//! call; calls from many tasks are pipelined on it (each request carries an
+//! id, replies are matched by id). If the connection breaks, the calls in
+//! flight fail and the next call reconnects.
+//!
+//! ```no_run
+//! # async fn demo() -> dynakv::Result<()> {
+//! use dynakv_actors::client::Client;
+//! let client = Client::connect("127.0.0.1:7001", "dynakv").await?;
+//! let written = client.put(b"k", b"v", &[], None).await?;
+//! let read = client.get(b"k", None).await?;
+//! assert_eq!(read.values, vec![b"v".to_vec()]);
+//! client.put(b"k", b"v2", &read.context, None).await?; // supersedes v
+//! # let _ = written; Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dynakv::wire::{
+    ClientOp, ClientReply, ClientRequest, ClientResponse, DEFAULT_MAX_FRAME, LocalCopy,
+    StatusReport,
+};
+use dynakv::{Error, NodeId, Result};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{Mutex as AsyncMutex, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::codec::Codec;
+
+type ClientCodec = Codec<ClientResponse, ClientRequest>;
+
+/// What a get returns: every live sibling and the context to write back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    pub values: Vec<Vec<u8>>,
+    pub context: Vec<u8>,
+}
+
+/// What a put or delete returns: the context after the write, and the
+/// values of other siblings the coordinator knew (usually none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteResult {
+    pub context: Vec<u8>,
+    pub others: Vec<Vec<u8>>,
+}
+
+/// Connection timeout used by `connect`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Waiters = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<ClientReply>>>>>;
+
+struct Connection {
+    writer: AsyncMutex<FramedWrite<OwnedWriteHalf, ClientCodec>>,
+    /// None once the connection has failed.
+    waiters: Waiters,
+    node: NodeId,
+}
+
+impl Connection {
+    async fn open(addr: &str, cluster: &str, token: Option<String>) -> Result<Connection> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::Unavailable(format!("connecting to {addr} timed out")))?
+            .map_err(|e| Error::Unavailable(format!("cannot connect to {addr}: {e}")))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| Error::Unavailable(format!("socket setup failed: {e}")))?;
+        let (read, write) = stream.into_split();
+        let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
+        let reader_waiters = waiters.clone();
+        let mut frames = FramedRead::new(read, ClientCodec::new(DEFAULT_MAX_FRAME));
+        tokio::spawn(async move {
+            while let Some(Ok(ClientResponse { id, reply })) = frames.next().await {
+                let waiter = reader_waiters
+                    .lock()
+                    .ok()
+                    .and_then(|mut w| w.as_mut()?.remove(&id));
+                if let Some(w) = waiter {
+                    let _ = w.send(reply);
+                }
+            }
+            // Dropping the senders fails every call in flight.
+            if let Ok(mut w) = reader_waiters.lock() {
+                *w = None;
+            }
+        });
+        let mut conn = Connection {
+            writer: AsyncMutex::new(FramedWrite::new(write, ClientCodec::new(DEFAULT_MAX_FRAME))),
+            waiters,
+            node: NodeId::new("unknown").expect("a valid id"),
+        };
+        match conn
+            .call(
+                0,
+                ClientOp::Hello {
+                    cluster: cluster.to_string(),
+                    token,
+                },
+            )
+            .await?
+        {
+            ClientReply::Hello { node, .. } => conn.node = node,
+            other => return Err(unexpected(other)),
+        }
+        Ok(conn)
+    }
+
+    fn is_open(&self) -> bool {
+        self.waiters.lock().map(|w| w.is_some()).unwrap_or(false)
+    }
+
+    async fn call(&self, id: u64, op: ClientOp) -> Result<ClientReply> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiters = self
+                .waiters
+                .lock()
+                .map_err(|_| Error::Internal("client state poisoned".into()))?;
+            let Some(waiters) = waiters.as_mut() else {
+                return Err(Error::Unavailable("connection closed".into()));
+            };
+            waiters.insert(id, tx);
+        }
+        self.writer
+            .lock()
+            .await
+            .send(ClientRequest { id, op })
+            .await
+            .map_err(|e| e.0)?;
+        let reply = rx
+            .await
+            .map_err(|_| Error::Unavailable("connection closed before the reply".into()))?;
+        match reply {
+            ClientReply::Error { kind, message } => Err(Error::from_wire(kind, message)),
+            reply => Ok(reply),
+        }
+    }
+}
+
+pub struct Client {
+    addr: String,
+    cluster: String,
+    token: Option<String>,
+    conn: AsyncMutex<Option<Arc<Connection>>>,
+    next_id: AtomicU64,
+}
+
+impl Client {
+    /// Connects to the node at `addr` of cluster `cluster` (empty: any).
+    pub async fn connect(addr: &str, cluster: &str) -> Result<Client> {
+        Client::connect_with_token(addr, cluster, None).await
+    }
+
+    pub async fn connect_with_token(
+        addr: &str,
+        cluster: &str,
+        token: Option<String>,
+    ) -> Result<Client> {
+        let conn = Connection::open(addr, cluster, token.clone()).await?;
+        Ok(Client {
+            addr: addr.to_string(),
+            cluster: cluster.to_string(),
+            token,
+            conn: AsyncMutex::new(Some(Arc::new(conn))),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The node this client is connected to.
+    pub async fn node(&self) -> Result<NodeId> {
+        Ok(self.connection().await?.node.clone())
+    }
+
+    async fn connection(&self) -> Result<Arc<Connection>> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| c.is_open()) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Connection::open(&self.addr, &self.cluster, self.token.clone()).await?);
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn call(&self, op: ClientOp) -> Result<ClientReply> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.connection().await?.call(id, op).await
+    }
+
+    pub async fn get(&self, key: &[u8], r: Option<u8>) -> Result<ReadResult> {
+        match self
+            .call(ClientOp::Get {
+                key: key.to_vec(),
+                r,
+            })
+            .await?
+        {
+            ClientReply::Value { values, context } => Ok(ReadResult { values, context }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        context: &[u8],
+        w: Option<u8>,
+    ) -> Result<WriteResult> {
+        let op = ClientOp::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            context: context.to_vec(),
+            w,
+        };
+        written(self.call(op).await?)
+    }
+
+    pub async fn delete(&self, key: &[u8], context: &[u8], w: Option<u8>) -> Result<WriteResult> {
+        let op = ClientOp::Delete {
+            key: key.to_vec(),
+            context: context.to_vec(),
+            w,
+        };
+        written(self.call(op).await?)
+    }
+
+    pub async fn status(&self) -> Result<StatusReport> {
+        match self.call(ClientOp::Status).await? {
+            ClientReply::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn inspect(&self, key: &[u8]) -> Result<LocalCopy> {
+        match self.call(ClientOp::Inspect { key: key.to_vec() }).await? {
+            ClientReply::Local(l) => Ok(l),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn written(reply: ClientReply) -> Result<WriteResult> {
+    match reply {
+        ClientReply::Written { context, others } => Ok(WriteResult { context, others }),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(reply: ClientReply) -> Error {
+    Error::Malformed(format!("unexpected reply {reply:?}"))
+}

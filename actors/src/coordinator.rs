@@ -1,0 +1,349 @@
+//! Coordinator: turns client operations into coordinator sessions.
+//!
+//! Receives `Execute` (one client operation) and `RingChanged`. For a get,
+//! put or delete it validates the request, routes the key's partition to its
+//! targets (the first N healthy nodes of the extended preference list) and
+//! starts one `Session` actor, whose outcome it turns into the client's
+//! reply. Any node coordinates any key: the version of a put is minted by
+//! the first target, a replica of the key, so coordination needs no
+//! forwarding. It also answers `status` and `inspect` from local state.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use dynakv::coordinator::{GetSession, PutSession, Replica as Target};
+use dynakv::version::{Context as VersionContext, SiblingSet, Value};
+use dynakv::wire::{ClientOp, ClientReply, LocalCopy, MemberStatus, StatusReport};
+use dynakv::{Error, NodeId, Result};
+use tokio::sync::oneshot;
+use tracing::info_span;
+
+use crate::events::Events;
+use crate::replica::{ReadLocal, Replica, Stats, mailbox_error};
+use crate::ring::{RingChanged, Topology};
+use crate::session::{Kind, Outcome, Router, Session, SessionEnv};
+
+/// One client operation; answered with the client's reply.
+#[derive(Message)]
+#[rtype(result = "ClientReply")]
+pub struct Execute(pub ClientOp);
+
+/// What the coordinator needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct CoordinatorSettings {
+    pub cluster: String,
+    pub n: u8,
+    pub r: u8,
+    pub w: u8,
+    pub request_timeout: Duration,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+pub struct Coordinator {
+    settings: CoordinatorSettings,
+    sessions: SessionEnv,
+    topology: Option<Topology>,
+    next_request: u64,
+}
+
+impl Coordinator {
+    pub fn new(settings: CoordinatorSettings, router: Router, events: Events) -> Self {
+        let sessions = SessionEnv {
+            router,
+            deadline: settings.request_timeout,
+            events,
+        };
+        Coordinator {
+            settings,
+            sessions,
+            topology: None,
+            next_request: 0,
+        }
+    }
+
+    fn me(&self) -> &NodeId {
+        &self.sessions.router.me
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::InvalidRequest("empty key".into()));
+        }
+        if key.len() > self.settings.max_key_bytes {
+            return Err(Error::InvalidRequest(format!(
+                "key of {} bytes exceeds the limit of {}",
+                key.len(),
+                self.settings.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn quorum(&self, what: &str, asked: Option<u8>, default: u8) -> Result<usize> {
+        let q = asked.unwrap_or(default);
+        if q == 0 || q > self.settings.n {
+            return Err(Error::InvalidRequest(format!(
+                "{what} = {q} must be between 1 and N = {}",
+                self.settings.n
+            )));
+        }
+        Ok(usize::from(q))
+    }
+
+    /// The targets for `key`: every node of the preference list.
+    fn targets(&self, key: &[u8]) -> Result<(u32, Vec<Target>)> {
+        let ring = self
+            .topology
+            .as_ref()
+            .and_then(|t| t.ring.clone())
+            .ok_or_else(|| {
+                Error::Unavailable("the cluster is not formed yet (waiting for its seeds)".into())
+            })?;
+        let p = ring.partition_of(key);
+        let targets = ring
+            .route(p, usize::from(self.settings.n), |_| true)
+            .into_iter()
+            .map(|t| Target {
+                node: t.node.clone(),
+                hint_for: t.hint_for.cloned(),
+            })
+            .collect();
+        Ok((p.0, targets))
+    }
+
+    /// Starts a session and returns the future of its outcome.
+    fn session(
+        &mut self,
+        op: &'static str,
+        key: Vec<u8>,
+        partition: u32,
+        start: impl FnOnce() -> (Kind, Vec<dynakv::coordinator::Request>),
+    ) -> oneshot::Receiver<Result<Outcome>> {
+        self.next_request += 1;
+        let span =
+            info_span!("session", op, partition, request = self.next_request, node = %self.me());
+        let (tx, rx) = oneshot::channel();
+        let (kind, initial) = start();
+        Session::new(kind, initial, key, self.sessions.clone(), tx, span).start();
+        rx
+    }
+
+    fn execute(&mut self, op: ClientOp) -> Result<Pending> {
+        match op {
+            ClientOp::Get { key, r } => {
+                self.check_key(&key)?;
+                let r = self.quorum("r", r, self.settings.r)?;
+                let (p, targets) = self.targets(&key)?;
+                let k = key.clone();
+                let rx = self.session("get", key, p, move || {
+                    let (s, reqs) = GetSession::start(k, targets, r);
+                    (Kind::Get(s), reqs)
+                });
+                Ok(Pending::Session(rx))
+            }
+            ClientOp::Put {
+                key,
+                value,
+                context,
+                w,
+            } => {
+                if value.len() > self.settings.max_value_bytes {
+                    return Err(Error::InvalidRequest(format!(
+                        "value of {} bytes exceeds the limit of {}",
+                        value.len(),
+                        self.settings.max_value_bytes
+                    )));
+                }
+                self.write(key, Value::Data(value), &context, w, "put")
+            }
+            ClientOp::Delete { key, context, w } => {
+                self.write(key, Value::Tombstone, &context, w, "delete")
+            }
+            ClientOp::Status => Ok(Pending::Status(self.status_base())),
+            ClientOp::Inspect { key } => {
+                self.check_key(&key)?;
+                let q = self.topology.as_ref().map_or(1, |t| t.view.partitions);
+                let partition = dynakv::ring::Partition::of_key(&key, q).0;
+                Ok(Pending::Inspect { key, partition })
+            }
+            ClientOp::Hello { .. } => Err(Error::InvalidRequest(
+                "hello is only valid as the first message".into(),
+            )),
+        }
+    }
+
+    fn write(
+        &mut self,
+        key: Vec<u8>,
+        value: Value,
+        context: &[u8],
+        w: Option<u8>,
+        op: &'static str,
+    ) -> Result<Pending> {
+        self.check_key(&key)?;
+        let w = self.quorum("w", w, self.settings.w)?;
+        let ctx = VersionContext::from_bytes(context)?;
+        let (p, targets) = self.targets(&key)?;
+        let k = key.clone();
+        let rx = self.session(op, key, p, move || {
+            let (s, reqs) = PutSession::start(k, ctx, value, targets, w);
+            (Kind::Put(s), reqs)
+        });
+        Ok(Pending::Session(rx))
+    }
+
+    /// Everything in the status report that this actor knows itself.
+    fn status_base(&self) -> StatusReport {
+        let me = self.me().clone();
+        let Some(t) = &self.topology else {
+            return StatusReport {
+                node: me,
+                cluster: self.settings.cluster.clone(),
+                partitions: 0,
+                n: self.settings.n,
+                members: Vec::new(),
+                keys: 0,
+                hints: Vec::new(),
+                notes: vec!["membership not started".into()],
+            };
+        };
+        let n = usize::from(self.settings.n);
+        let (owned, replicated) = match &t.ring {
+            Some(ring) => (ring.owned_counts(), ring.replica_counts(n)),
+            None => (Vec::new(), Vec::new()),
+        };
+        let count = |counts: &[(&NodeId, usize)], id: &NodeId| {
+            counts
+                .iter()
+                .find(|(n, _)| *n == id)
+                .map_or(0, |(_, c)| *c as u32)
+        };
+        let members = t
+            .view
+            .members
+            .values()
+            .map(|m| MemberStatus {
+                node: m.id.clone(),
+                peer_addr: m.peer_addr.clone(),
+                client_addr: m.client_addr.clone(),
+                weight: m.weight,
+                state: m.status.as_str().to_string(),
+                liveness: "up".to_string(),
+                owned: count(&owned, &m.id),
+                replicated: count(&replicated, &m.id),
+            })
+            .collect();
+        let mut notes = Vec::new();
+        if t.ring.is_none() {
+            notes.push("no ring yet: waiting for every seed to be known".into());
+        }
+        StatusReport {
+            node: me,
+            cluster: t.view.cluster.clone(),
+            partitions: t.view.partitions,
+            n: self.settings.n,
+            members,
+            keys: 0,
+            hints: Vec::new(),
+            notes,
+        }
+    }
+}
+
+/// An operation under way.
+enum Pending {
+    Session(oneshot::Receiver<Result<Outcome>>),
+    Status(StatusReport),
+    Inspect { key: Vec<u8>, partition: u32 },
+}
+
+impl Actor for Coordinator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(16_384);
+    }
+}
+
+impl Handler<RingChanged> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, RingChanged(t): RingChanged, _: &mut Context<Self>) {
+        self.topology = Some(t);
+    }
+}
+
+impl Handler<Execute> for Coordinator {
+    type Result = ResponseFuture<ClientReply>;
+
+    fn handle(&mut self, Execute(op): Execute, _: &mut Context<Self>) -> Self::Result {
+        let pending = self.execute(op);
+        let replica = self.sessions.router.replica.clone();
+        let me = self.me().clone();
+        Box::pin(async move {
+            let reply = match pending {
+                Ok(pending) => finish(pending, replica, me).await,
+                Err(e) => Err(e),
+            };
+            reply.unwrap_or_else(|e| ClientReply::error(&e))
+        })
+    }
+}
+
+async fn finish(pending: Pending, replica: Addr<Replica>, me: NodeId) -> Result<ClientReply> {
+    match pending {
+        Pending::Session(rx) => {
+            let outcome = rx
+                .await
+                .map_err(|_| Error::Internal("session stopped without answering".into()))??;
+            Ok(match outcome {
+                Outcome::Read(state) => ClientReply::Value {
+                    values: state.values().map(<[u8]>::to_vec).collect(),
+                    context: state.context().to_bytes(),
+                },
+                Outcome::Written((state, dot)) => ClientReply::Written {
+                    context: state.context().to_bytes(),
+                    others: others(&state, dot),
+                },
+            })
+        }
+        Pending::Status(mut report) => {
+            report.keys = replica.send(Stats).await.map_err(mailbox_error)??.keys;
+            Ok(ClientReply::Status(report))
+        }
+        Pending::Inspect { key, partition } => {
+            let state = replica
+                .send(ReadLocal(key))
+                .await
+                .map_err(mailbox_error)??;
+            Ok(ClientReply::Local(LocalCopy {
+                node: me,
+                partition,
+                siblings: state
+                    .siblings()
+                    .map(|s| {
+                        let value = match s.value {
+                            Value::Data(d) => Some(d.clone()),
+                            Value::Tombstone => None,
+                        };
+                        (s.dot.actor.0, s.dot.counter, value)
+                    })
+                    .collect(),
+                context: state.context().to_bytes(),
+            }))
+        }
+    }
+}
+
+/// The live values of `state` other than the one written with `dot`.
+fn others(state: &SiblingSet, dot: dynakv::version::Dot) -> Vec<Vec<u8>> {
+    state
+        .siblings()
+        .filter(|s| s.dot != dot)
+        .filter_map(|s| match s.value {
+            Value::Data(d) => Some(d.clone()),
+            Value::Tombstone => None,
+        })
+        .collect()
+}

@@ -1,0 +1,45 @@
+//! The node's event stream: what tests (and operators' tools) wait on
+//! instead of sleeping. Every event names the node it happened on, so the
+//! streams of a whole cluster can be read together.
+
+use dynakv::NodeId;
+use tokio::sync::broadcast;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// This node's membership view changed.
+    ViewChanged {
+        node: NodeId,
+        members: usize,
+        ring: bool,
+    },
+    /// A get found replicas behind the merged result and wrote it back.
+    ReadRepair {
+        node: NodeId,
+        key: Vec<u8>,
+        replicas: usize,
+    },
+}
+
+/// Events a slow subscriber may fall behind by before it misses some.
+const CAPACITY: usize = 4096;
+
+#[derive(Clone)]
+pub struct Events(broadcast::Sender<Event>);
+
+impl Default for Events {
+    fn default() -> Self {
+        Events(broadcast::channel(CAPACITY).0)
+    }
+}
+
+impl Events {
+    pub fn emit(&self, event: Event) {
+        // No subscriber is fine: events are for whoever listens.
+        let _ = self.0.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.0.subscribe()
+    }
+}

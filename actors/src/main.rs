@@ -1,0 +1,314 @@
+//! `dynakv`: run a node, run a whole local cluster, or talk to one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use clap::{Parser, Subcommand};
+use dynakv::config::{Config, LogFormat};
+use dynakv::wire::{LocalCopy, StatusReport};
+use dynakv::{Error, Result};
+use dynakv_actors::client::Client;
+use dynakv_actors::{dev, logging, node};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "dynakv",
+    version,
+    about = "A Dynamo-style distributed key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options of the commands that talk to a node.
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// Client address of the node to talk to.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    node: String,
+    /// Cluster name the node must have (empty: any).
+    #[arg(long, default_value = "")]
+    cluster: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node from a configuration file.
+    Serve {
+        /// Configuration file, layered over the defaults (see conf/default.toml).
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Log format, overriding the configuration.
+        #[arg(long, value_parser = ["text", "json"])]
+        log_format: Option<String>,
+    },
+    /// Run a whole local cluster in this process.
+    Dev {
+        #[arg(long, default_value_t = 3)]
+        nodes: u16,
+        /// Client ports are P, P+1, ...; peer ports P+100, P+101, ...
+        #[arg(long, default_value_t = 7001)]
+        base_port: u16,
+        #[arg(long, default_value = "data/dev")]
+        data_dir: PathBuf,
+    },
+    /// Write a value; prints the new context.
+    Put {
+        key: String,
+        value: String,
+        /// Context from an earlier get (supersedes what that get returned).
+        #[arg(long, default_value = "")]
+        context: String,
+        #[arg(long)]
+        w: Option<u8>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Read a key: every sibling and the context.
+    Get {
+        key: String,
+        #[arg(long)]
+        r: Option<u8>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a key (writes a tombstone); prints the new context.
+    Delete {
+        key: String,
+        #[arg(long, default_value = "")]
+        context: String,
+        #[arg(long)]
+        w: Option<u8>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// This node's local copy of a key, with dots, without quorum.
+    Inspect {
+        key: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The cluster as this node sees it.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Serve { config, log_format } => serve(config, log_format),
+        Command::Dev {
+            nodes,
+            base_port,
+            data_dir,
+        } => {
+            logging::init("info", LogFormat::Text);
+            actix::System::new().block_on(dev::run(nodes, base_port, data_dir))
+        }
+        command => {
+            logging::init("warn", LogFormat::Text);
+            actix::System::new().block_on(client_command(command))
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: Option<PathBuf>, log_format: Option<String>) -> Result<()> {
+    let config = Config::load(path.as_deref())?;
+    let format = match log_format.as_deref() {
+        Some("json") => LogFormat::Json,
+        Some(_) => LogFormat::Text,
+        None => config.log.format,
+    };
+    logging::init(&config.log.level, format);
+    actix::System::new().block_on(async move {
+        let listeners = node::Listeners::bind(&config)?;
+        let handle = node::start(&config, listeners)?;
+        dev::wait_for_signal().await;
+        handle.stop().await
+    })
+}
+
+fn context_arg(text: &str) -> Result<Vec<u8>> {
+    B64.decode(text.trim())
+        .map_err(|e| Error::InvalidContext(format!("--context is not base64url: {e}")))
+}
+
+/// A value as text when it is UTF-8, else as base64.
+fn show(value: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(value) {
+        Ok(s) => json!(s),
+        Err(_) => json!({ "base64": B64.encode(value) }),
+    }
+}
+
+async fn client_command(command: Command) -> Result<()> {
+    let (target, run): (Target, _) = match command {
+        Command::Put {
+            key,
+            value,
+            context,
+            w,
+            target,
+        } => (target, Op::Put(key, value, context_arg(&context)?, w)),
+        Command::Get {
+            key,
+            r,
+            json,
+            target,
+        } => (target, Op::Get(key, r, json)),
+        Command::Delete {
+            key,
+            context,
+            w,
+            target,
+        } => (target, Op::Delete(key, context_arg(&context)?, w)),
+        Command::Inspect { key, json, target } => (target, Op::Inspect(key, json)),
+        Command::Status { json, target } => (target, Op::Status(json)),
+        Command::Serve { .. } | Command::Dev { .. } => unreachable!("handled in main"),
+    };
+    let client = Client::connect(&target.node, &target.cluster).await?;
+    match run {
+        Op::Put(key, value, ctx, w) => {
+            let written = client
+                .put(key.as_bytes(), value.as_bytes(), &ctx, w)
+                .await?;
+            println!("{}", B64.encode(&written.context));
+            if !written.others.is_empty() {
+                eprintln!(
+                    "note: {} concurrent sibling(s) exist; `get` and write back to resolve",
+                    written.others.len()
+                );
+            }
+        }
+        Op::Delete(key, ctx, w) => {
+            let written = client.delete(key.as_bytes(), &ctx, w).await?;
+            println!("{}", B64.encode(&written.context));
+        }
+        Op::Get(key, r, as_json) => {
+            let read = client.get(key.as_bytes(), r).await?;
+            let context = B64.encode(&read.context);
+            if as_json {
+                let values: Vec<_> = read.values.iter().map(|v| show(v)).collect();
+                println!("{}", json!({ "values": values, "context": context }));
+            } else {
+                if read.values.is_empty() {
+                    println!("(not found)");
+                }
+                for v in &read.values {
+                    match show(v) {
+                        serde_json::Value::String(s) => println!("{s}"),
+                        other => println!("{other}"),
+                    }
+                }
+                println!("context: {context}");
+            }
+        }
+        Op::Inspect(key, as_json) => print_local(&client.inspect(key.as_bytes()).await?, as_json),
+        Op::Status(as_json) => print_status(&client.status().await?, as_json)?,
+    }
+    Ok(())
+}
+
+enum Op {
+    Put(String, String, Vec<u8>, Option<u8>),
+    Get(String, Option<u8>, bool),
+    Delete(String, Vec<u8>, Option<u8>),
+    Inspect(String, bool),
+    Status(bool),
+}
+
+fn print_local(local: &LocalCopy, as_json: bool) {
+    let siblings: Vec<_> = local
+        .siblings
+        .iter()
+        .map(|(actor, counter, value)| {
+            json!({
+                "dot": format!("{actor:016x}:{counter}"),
+                "value": value.as_deref().map(show),
+            })
+        })
+        .collect();
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "node": local.node.as_str(),
+                "partition": local.partition,
+                "siblings": siblings,
+                "context": B64.encode(&local.context),
+            })
+        );
+        return;
+    }
+    println!("node {} partition {}", local.node, local.partition);
+    if local.siblings.is_empty() {
+        println!("(no local copy)");
+    }
+    for (actor, counter, value) in &local.siblings {
+        match value {
+            Some(v) => println!("{actor:016x}:{counter}  {}", show(v)),
+            None => println!("{actor:016x}:{counter}  (tombstone)"),
+        }
+    }
+}
+
+fn print_status(s: &StatusReport, as_json: bool) -> Result<()> {
+    if as_json {
+        let text = serde_json::to_string(s).map_err(|e| Error::Internal(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!(
+        "node {}  cluster {}  partitions {}  N={}  keys here {}",
+        s.node, s.cluster, s.partitions, s.n, s.keys
+    );
+    println!(
+        "{:<16} {:<9} {:<8} {:>6} {:>7} {:>8}  {:<21} {:<21}",
+        "member", "state", "liveness", "weight", "owned", "replicas", "peer", "client"
+    );
+    let total: u32 = s.members.iter().map(|m| m.owned).sum();
+    for m in &s.members {
+        let share = if total == 0 {
+            0.0
+        } else {
+            100.0 * f64::from(m.owned) / f64::from(total)
+        };
+        println!(
+            "{:<16} {:<9} {:<8} {:>6} {:>6.1}% {:>8}  {:<21} {:<21}",
+            m.node.as_str(),
+            m.state,
+            m.liveness,
+            m.weight,
+            share,
+            m.replicated,
+            m.peer_addr,
+            m.client_addr
+        );
+    }
+    for (target, count) in &s.hints {
+        println!("hints for {target}: {count}");
+    }
+    for note in &s.notes {
+        println!("note: {note}");
+    }
+    Ok(())
+}

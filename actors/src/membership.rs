@@ -1,0 +1,173 @@
+//! Membership: gossips this node's view of the cluster.
+//!
+//! Receives: `GossipIn` (a peer's push, via the Bridge; answered with this
+//! node's view), its own gossip timer, and replies to its pushes.
+//! Emits: pushes to one random peer per interval (to every unknown seed
+//! until the cluster is founded), the address book to the Bridge, and
+//! `ViewChanged` to the Ring actor. Persists the view in the `meta` keyspace
+//! on every change, so a restart keeps the ring.
+//!
+//! All decisions (merge, founding, claims, validation) are the core's
+//! `dynakv::membership::Membership`; this actor only carries them out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use dynakv::membership::{Destination, GossipMsg, Membership as Core, View};
+use dynakv::peer::PeerMsg;
+use dynakv::replica::Store;
+use dynakv::{Error, NodeId, Result};
+use tracing::{debug, warn};
+
+use crate::bridge::{Bridge, Call, CallAddr, GossipIn, SetAddresses};
+use crate::events::{Event, Events};
+use crate::ring::{Ring, ViewChanged};
+use crate::storage::FjallStore;
+
+/// Key of the persisted view in the `meta` keyspace.
+const VIEW_KEY: &[u8] = b"view";
+
+/// Loads the view persisted by an earlier run, if any.
+pub fn load_view(meta: &FjallStore) -> Result<Option<View>> {
+    match meta.get(VIEW_KEY)? {
+        None => Ok(None),
+        Some(bytes) => View::from_bytes(&bytes).map(Some),
+    }
+}
+
+/// Asks for the current view.
+#[derive(Message)]
+#[rtype(result = "Arc<View>")]
+pub struct CurrentView;
+
+pub struct Membership {
+    core: Core,
+    bridge: Addr<Bridge>,
+    ring: Addr<Ring>,
+    meta: FjallStore,
+    interval: Duration,
+    call_timeout: Duration,
+    events: Events,
+    rng: fastrand::Rng,
+}
+
+impl Membership {
+    pub fn new(
+        core: Core,
+        bridge: Addr<Bridge>,
+        ring: Addr<Ring>,
+        meta: FjallStore,
+        interval: Duration,
+        events: Events,
+    ) -> Self {
+        Membership {
+            core,
+            bridge,
+            ring,
+            meta,
+            interval,
+            // A push is answered at once; a slow answer is a lost round.
+            call_timeout: interval.max(Duration::from_millis(500)),
+            events,
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    /// Tells everyone who depends on the view that it changed.
+    fn publish(&mut self) {
+        let view = Arc::new(self.core.view().clone());
+        if let Err(e) = self.meta.put(VIEW_KEY, &view.to_bytes()) {
+            warn!(error = %e, "persisting the membership view failed");
+        }
+        let book = view
+            .members
+            .values()
+            .filter(|m| m.id != *self.core.me())
+            .map(|m| (m.id.clone(), m.peer_addr.clone()))
+            .collect();
+        self.bridge.do_send(SetAddresses(book));
+        self.events.emit(Event::ViewChanged {
+            node: self.core.me().clone(),
+            members: view.members.len(),
+            ring: view.ownership.is_some(),
+        });
+        self.ring.do_send(ViewChanged(view));
+    }
+
+    fn receive(&mut self, from: &NodeId, msg: GossipMsg) -> Result<Option<GossipMsg>> {
+        match self.core.on_gossip(from, msg) {
+            Ok((reply, changed)) => {
+                if changed {
+                    self.publish();
+                }
+                Ok(reply.map(|r| r.msg))
+            }
+            Err(e) => {
+                warn!(%from, error = %e, "gossip rejected");
+                Err(e)
+            }
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        for out in self.core.tick(self.rng.u64(..)) {
+            let msg = PeerMsg::Gossip(out.msg);
+            let timeout = self.call_timeout;
+            let call = match out.to {
+                Destination::Node(to) => {
+                    let from = to.clone();
+                    let sent = self.bridge.send(Call { to, msg, timeout });
+                    Box::pin(async move {
+                        sent.await
+                            .map_err(|e| Error::Unavailable(e.to_string()))?
+                            .map(|m| (from, m))
+                    })
+                        as std::pin::Pin<
+                            Box<dyn std::future::Future<Output = Result<(NodeId, PeerMsg)>>>,
+                        >
+                }
+                Destination::Addr(addr) => {
+                    let sent = self.bridge.send(CallAddr { addr, msg, timeout });
+                    Box::pin(
+                        async move { sent.await.map_err(|e| Error::Unavailable(e.to_string()))? },
+                    )
+                }
+            };
+            ctx.spawn(call.into_actor(self).map(|answer, act, _| match answer {
+                Ok((from, PeerMsg::Gossip(reply))) => {
+                    let _ = act.receive(&from, reply);
+                }
+                Ok((from, other)) => debug!(%from, ?other, "unexpected answer to gossip"),
+                Err(e) => debug!(error = %e, "gossip round failed"),
+            }));
+        }
+    }
+}
+
+impl Actor for Membership {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+        self.publish();
+        self.tick(ctx);
+        ctx.run_interval(self.interval, |act, ctx| act.tick(ctx));
+    }
+}
+
+impl Handler<GossipIn> for Membership {
+    type Result = Result<Option<GossipMsg>>;
+
+    fn handle(&mut self, GossipIn { from, msg }: GossipIn, _: &mut Context<Self>) -> Self::Result {
+        self.receive(&from, msg)
+    }
+}
+
+impl Handler<CurrentView> for Membership {
+    type Result = Arc<View>;
+
+    fn handle(&mut self, _: CurrentView, _: &mut Context<Self>) -> Self::Result {
+        Arc::new(self.core.view().clone())
+    }
+}

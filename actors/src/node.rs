@@ -1,0 +1,245 @@
+//! One node: every actor, started in dependency order and wired together.
+//! Reading `start` tells you the architecture.
+//!
+//! ```text
+//! storage (fjall) ── Replica ── StorageWorker, Syncer      (data, trees, fsync)
+//!                   Bridge (peer port) ─────────────────────  routes Envelopes
+//!                   Ring ◄── Membership (gossip, view)        ViewChanged
+//!                   Coordinator ◄── Ring                       RingChanged
+//!                   Coordinator ── Session per request ── Router ── Replica | Bridge
+//!                   ClientServer (client port) ── ClientConn ── Coordinator
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix::prelude::*;
+use dynakv::config::Config;
+use dynakv::membership::{
+    Member, Membership as MembershipCore, Settings as MembershipSettings, Status,
+};
+use dynakv::version::Actor as Writer;
+use dynakv::{Error, NodeId, Result};
+use tracing::info;
+
+use crate::bridge::{Bridge, BridgeSettings, Control, Fault, RegisterGossip};
+use crate::client_server::{ClientServer, ClientSettings};
+use crate::coordinator::{Coordinator, CoordinatorSettings};
+use crate::events::Events;
+use crate::membership::{Membership, load_view};
+use crate::replica::{Flush, Replica, ReplicaSettings};
+use crate::ring::{Ring, Subscribe};
+use crate::session::Router;
+use crate::storage::Storage;
+
+/// The node's two listening sockets, bound before the actors start (so a
+/// test can bind port 0 and learn the port first).
+pub struct Listeners {
+    pub client: std::net::TcpListener,
+    pub peer: std::net::TcpListener,
+}
+
+impl Listeners {
+    pub fn bind(config: &Config) -> Result<Listeners> {
+        let bind = |what: &str, addr: &str| {
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| Error::Unavailable(format!("cannot listen on {what} {addr}: {e}")))
+        };
+        Ok(Listeners {
+            client: bind("client address", &config.node.client_addr)?,
+            peer: bind("peer address", &config.node.peer_addr)?,
+        })
+    }
+}
+
+/// Every actor of a running node, for tests and the binary.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub id: NodeId,
+    pub client_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub replica: Addr<Replica>,
+    pub bridge: Addr<Bridge>,
+    pub membership: Addr<Membership>,
+    pub ring: Addr<Ring>,
+    pub coordinator: Addr<Coordinator>,
+    pub client_server: Addr<ClientServer>,
+    pub events: Events,
+}
+
+/// The address others should use: the configured one, with the bound port
+/// when the configuration asked for port 0.
+fn advertised(configured: &str, bound: SocketAddr) -> String {
+    match configured.rsplit_once(':') {
+        Some((host, "0")) => format!("{host}:{}", bound.port()),
+        _ => configured.to_string(),
+    }
+}
+
+fn tokio_listener(l: std::net::TcpListener) -> Result<tokio::net::TcpListener> {
+    l.set_nonblocking(true)
+        .and_then(|_| tokio::net::TcpListener::from_std(l))
+        .map_err(|e| Error::Unavailable(format!("listener setup failed: {e}")))
+}
+
+/// Starts a node. Must run inside an actix System.
+pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
+    config.validate()?;
+    let me = config.node_id();
+    let events = Events::default();
+    let local = |l: &std::net::TcpListener| {
+        l.local_addr()
+            .map_err(|e| Error::Unavailable(e.to_string()))
+    };
+    let (client_addr, peer_addr) = (local(&listeners.client)?, local(&listeners.peer)?);
+
+    // Storage and the replica first: everything else routes to them.
+    let storage = Storage::open(&config.node.data_dir, config.storage.cache_mb)?;
+    let meta = storage.meta();
+    let persisted = load_view(&meta)?;
+    // A fresh writer identity per start: a node never reuses a dot, even if a
+    // crash lost writes it had coordinated.
+    let writer =
+        Writer(getrandom::u64().map_err(|e| Error::Internal(format!("no randomness: {e}")))?);
+    let replica = Replica::start(
+        storage,
+        ReplicaSettings {
+            partitions: config.cluster.partitions,
+            writer,
+            max_siblings: config.limits.max_siblings as usize,
+            fsync: config.storage.fsync,
+            fsync_interval: Duration::from_millis(config.storage.fsync_interval_ms),
+        },
+    )?;
+
+    // The Bridge: peers reach the replica (and soon membership) through it.
+    let bridge = Bridge::new(
+        BridgeSettings {
+            me: me.clone(),
+            cluster: config.cluster.name.clone(),
+            max_frame: config.limits.max_frame_bytes,
+            connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
+        },
+        tokio_listener(listeners.peer)?,
+        replica.clone(),
+    )
+    .start();
+
+    // Ring, then membership, which feeds it views.
+    let ring = Ring::default().start();
+    let core = MembershipCore::new(
+        MembershipSettings {
+            me: Member {
+                id: me.clone(),
+                peer_addr: advertised(&config.node.peer_addr, peer_addr),
+                client_addr: advertised(&config.node.client_addr, client_addr),
+                weight: config.node.weight,
+                status: Status::Joining,
+                version: 0,
+            },
+            cluster: config.cluster.name.clone(),
+            partitions: config.cluster.partitions,
+            n: usize::from(config.cluster.n),
+            seeds: config.cluster.seeds.clone(),
+        },
+        persisted,
+    );
+    let membership = Membership::new(
+        core,
+        bridge.clone(),
+        ring.clone(),
+        meta,
+        Duration::from_millis(config.gossip.interval_ms),
+        events.clone(),
+    )
+    .start();
+    bridge.do_send(RegisterGossip(membership.clone().recipient()));
+
+    // The coordinator routes with the ring it is sent.
+    let router = Router {
+        me: me.clone(),
+        replica: replica.clone(),
+        bridge: bridge.clone(),
+        timeout: Duration::from_millis(config.timeouts.request_ms),
+    };
+    let coordinator = Coordinator::new(
+        CoordinatorSettings {
+            cluster: config.cluster.name.clone(),
+            n: config.cluster.n,
+            r: config.cluster.r,
+            w: config.cluster.w,
+            request_timeout: Duration::from_millis(config.timeouts.request_ms),
+            max_key_bytes: config.limits.max_key_bytes as usize,
+            max_value_bytes: config.limits.max_value_bytes as usize,
+        },
+        router,
+        events.clone(),
+    )
+    .start();
+    ring.do_send(Subscribe(coordinator.clone().recipient()));
+
+    // Clients last: by now every request has somewhere to go.
+    let client_server = ClientServer::new(
+        ClientSettings {
+            me: me.clone(),
+            cluster: config.cluster.name.clone(),
+            max_frame: config.limits.max_frame_bytes,
+            max_connections: config.limits.max_connections as usize,
+        },
+        tokio_listener(listeners.client)?,
+        coordinator.clone(),
+    )
+    .start();
+
+    info!(node = %me, %client_addr, %peer_addr, "node started");
+    Ok(NodeHandle {
+        id: me,
+        client_addr,
+        peer_addr,
+        replica,
+        bridge,
+        membership,
+        ring,
+        coordinator,
+        client_server,
+        events,
+    })
+}
+
+impl NodeHandle {
+    /// Stops serving, makes every write durable, and stops every actor.
+    pub async fn stop(self) -> Result<()> {
+        self.client_server.do_send(Shutdown);
+        self.coordinator.do_send(Shutdown);
+        self.membership.do_send(Shutdown);
+        self.bridge.do_send(Shutdown);
+        self.ring.do_send(Shutdown);
+        let flushed = self.replica.send(Flush).await;
+        self.replica.do_send(Shutdown);
+        info!(node = %self.id, "node stopped");
+        flushed.map_err(crate::replica::mailbox_error)?
+    }
+
+    /// Injects a network fault at this node's Bridge.
+    pub fn fault(&self, fault: Fault) {
+        self.bridge.do_send(Control(fault));
+    }
+}
+
+/// Asks an actor to stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+macro_rules! stop_on_shutdown {
+    ($($actor:ty),* $(,)?) => {
+        $(impl Handler<Shutdown> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+                ctx.stop();
+            }
+        })*
+    };
+}
+
+stop_on_shutdown!(Replica, Bridge, Membership, Ring, Coordinator, ClientServer);

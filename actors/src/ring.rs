@@ -1,0 +1,72 @@
+//! Ring: the routing view of the cluster.
+//!
+//! Receives `ViewChanged` from membership; recomputes the ring when the
+//! ownership table changed and publishes `RingChanged` (the view and its
+//! ring) to every subscriber (the coordinator, and the concerns that act
+//! per partition). Liveness is not its business: a node that is down is
+//! skipped when routing, never removed from the ring.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use dynakv::membership::View;
+use dynakv::ring;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ViewChanged(pub Arc<View>);
+
+/// The view and the ring computed from it (None until the cluster is founded).
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub view: Arc<View>,
+    pub ring: Option<Arc<ring::Ring>>,
+}
+
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct RingChanged(pub Topology);
+
+/// Adds a subscriber; it is sent the current topology at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe(pub Recipient<RingChanged>);
+
+#[derive(Default)]
+pub struct Ring {
+    current: Option<Topology>,
+    subscribers: Vec<Recipient<RingChanged>>,
+}
+
+impl Actor for Ring {
+    type Context = Context<Self>;
+}
+
+impl Handler<ViewChanged> for Ring {
+    type Result = ();
+
+    fn handle(&mut self, ViewChanged(view): ViewChanged, _: &mut Context<Self>) {
+        let unchanged = self
+            .current
+            .as_ref()
+            .filter(|t| t.view.ownership == view.ownership)
+            .map(|t| t.ring.clone());
+        let ring = unchanged.unwrap_or_else(|| view.ring().map(Arc::new));
+        let topology = Topology { view, ring };
+        for s in &self.subscribers {
+            s.do_send(RingChanged(topology.clone()));
+        }
+        self.current = Some(topology);
+    }
+}
+
+impl Handler<Subscribe> for Ring {
+    type Result = ();
+
+    fn handle(&mut self, Subscribe(r): Subscribe, _: &mut Context<Self>) {
+        if let Some(t) = &self.current {
+            r.do_send(RingChanged(t.clone()));
+        }
+        self.subscribers.push(r);
+    }
+}

@@ -1,0 +1,209 @@
+//! Session: one coordinator session, for one client get, put or delete.
+//!
+//! Started by the Coordinator with its targets; sends the core session's
+//! requests through the `Router`, feeds it the replies and the deadline,
+//! answers the client once (through a oneshot), then, for a get, sends the
+//! read repairs, and stops. Runs in a span carrying the key's partition and
+//! the request id.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use actix::prelude::*;
+use dynakv::coordinator::{GetSession, PutSession, Request, Written};
+use dynakv::peer::PeerMsg;
+use dynakv::replica::ReplicaMsg;
+use dynakv::version::SiblingSet;
+use dynakv::{Error, NodeId, Result};
+use tokio::sync::oneshot;
+use tracing::{Instrument, Span, debug};
+
+use crate::bridge::{Bridge, Call};
+use crate::events::{Event, Events};
+use crate::replica::{Replica, ReplicaRequest, mailbox_error};
+
+/// Sends replica requests to this node's replica by mailbox, and to other
+/// nodes' replicas through the Bridge.
+#[derive(Clone)]
+pub struct Router {
+    pub me: NodeId,
+    pub replica: Addr<Replica>,
+    pub bridge: Addr<Bridge>,
+    pub timeout: Duration,
+}
+
+pub type ReplyFuture = Pin<Box<dyn Future<Output = Result<ReplicaMsg>>>>;
+
+impl Router {
+    pub fn call(&self, to: NodeId, msg: ReplicaMsg) -> ReplyFuture {
+        if to == self.me {
+            let sent = self.replica.send(ReplicaRequest(msg));
+            Box::pin(async move { sent.await.map_err(mailbox_error)? })
+        } else {
+            let sent = self.bridge.send(Call {
+                to,
+                msg: PeerMsg::Replica(msg),
+                timeout: self.timeout,
+            });
+            Box::pin(async move {
+                match sent.await.map_err(mailbox_error)?? {
+                    PeerMsg::Replica(reply) => Ok(reply),
+                    PeerMsg::Error { kind, message } => Err(Error::from_wire(kind, message)),
+                    other => Err(Error::Malformed(format!(
+                        "replica request answered with {other:?}"
+                    ))),
+                }
+            })
+        }
+    }
+}
+
+/// What a session answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Read(SiblingSet),
+    Written(Written),
+}
+
+pub enum Kind {
+    Get(GetSession),
+    Put(PutSession),
+}
+
+/// What every session of a coordinator shares.
+#[derive(Clone)]
+pub struct SessionEnv {
+    pub router: Router,
+    pub deadline: Duration,
+    pub events: Events,
+}
+
+pub struct Session {
+    kind: Kind,
+    initial: Vec<Request>,
+    env: SessionEnv,
+    respond: Option<oneshot::Sender<Result<Outcome>>>,
+    key: Vec<u8>,
+    span: Span,
+}
+
+impl Session {
+    pub fn new(
+        kind: Kind,
+        initial: Vec<Request>,
+        key: Vec<u8>,
+        env: SessionEnv,
+        respond: oneshot::Sender<Result<Outcome>>,
+        span: Span,
+    ) -> Self {
+        Session {
+            kind,
+            initial,
+            env,
+            respond: Some(respond),
+            key,
+            span,
+        }
+    }
+
+    fn send(&mut self, requests: Vec<Request>, ctx: &mut Context<Self>) {
+        for r in requests {
+            let to = r.to.clone();
+            let reply = self
+                .env
+                .router
+                .call(r.to, r.msg)
+                .instrument(self.span.clone());
+            ctx.spawn(
+                reply
+                    .into_actor(self)
+                    .map(move |reply, act, ctx| act.on_reply(&to, reply, ctx)),
+            );
+        }
+    }
+
+    fn answer(&mut self, outcome: Option<Result<Outcome>>) {
+        if let Some(outcome) = outcome
+            && let Some(respond) = self.respond.take()
+        {
+            let _ = respond.send(outcome);
+        }
+    }
+
+    fn on_reply(&mut self, from: &NodeId, reply: Result<ReplicaMsg>, ctx: &mut Context<Self>) {
+        if let Err(e) = &reply {
+            self.span
+                .in_scope(|| debug!(%from, error = %e, "replica did not answer"));
+        }
+        let (next, outcome, complete) = match &mut self.kind {
+            Kind::Get(g) => {
+                let outcome = g.on_reply(from, reply).map(|r| r.map(Outcome::Read));
+                (Vec::new(), outcome, g.is_complete())
+            }
+            Kind::Put(p) => {
+                let (next, outcome) = p.on_reply(from, reply);
+                (
+                    next,
+                    outcome.map(|r| r.map(Outcome::Written)),
+                    p.is_complete(),
+                )
+            }
+        };
+        self.answer(outcome);
+        self.send(next, ctx);
+        if complete {
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let initial = match &mut self.kind {
+            Kind::Get(g) => g.initial_answer().map(|r| r.map(Outcome::Read)),
+            Kind::Put(p) => p.initial_answer().map(|r| r.map(Outcome::Written)),
+        };
+        if initial.is_some() {
+            self.answer(initial);
+            return ctx.stop();
+        }
+        let requests = std::mem::take(&mut self.initial);
+        self.send(requests, ctx);
+        ctx.run_later(self.env.deadline, |act, ctx| {
+            let outcome = match &mut act.kind {
+                Kind::Get(g) => g.on_timeout().map(|r| r.map(Outcome::Read)),
+                Kind::Put(p) => p.on_timeout().map(|r| r.map(Outcome::Written)),
+            };
+            act.answer(outcome);
+            ctx.stop();
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        // Read repair: detached, it must not hold the session open.
+        if let Kind::Get(g) = &self.kind {
+            let repairs = g.repairs();
+            if !repairs.is_empty() {
+                self.env.events.emit(Event::ReadRepair {
+                    node: self.env.router.me.clone(),
+                    key: self.key.clone(),
+                    replicas: repairs.len(),
+                });
+                self.span
+                    .in_scope(|| debug!(replicas = repairs.len(), "read repair"));
+                for r in repairs {
+                    let fut = self.env.router.call(r.to, r.msg);
+                    actix::spawn(async move {
+                        let _ = fut.await;
+                    });
+                }
+            }
+        }
+        self.answer(Some(Err(Error::Internal(
+            "session ended without an answer".into(),
+        ))));
+    }
+}
