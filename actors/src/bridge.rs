@@ -22,6 +22,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use actix::WeakAddr;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use dynakv::membership::GossipMsg;
@@ -133,6 +134,8 @@ pub struct Bridge {
     links: HashMap<NodeId, Addr<Link>>,
     /// Outbound links opened by address, until the peer says who it is.
     seed_links: HashMap<String, Addr<Link>>,
+    /// Links peers opened to us (closed with the Bridge).
+    inbound: Vec<WeakAddr<Link>>,
     /// Peers that failed: no new link before the instant; the next backoff.
     backoff: HashMap<NodeId, (Instant, Duration)>,
     pending: HashMap<u64, Pending>,
@@ -150,6 +153,7 @@ impl Bridge {
             book: HashMap::new(),
             links: HashMap::new(),
             seed_links: HashMap::new(),
+            inbound: Vec::new(),
             backoff: HashMap::new(),
             pending: HashMap::new(),
             next_corr: 0,
@@ -274,6 +278,15 @@ impl Actor for Bridge {
             }));
         }
     }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        // Peers must see this node go away, not a silent connection.
+        let outbound = self.links.values().chain(self.seed_links.values()).cloned();
+        let inbound = self.inbound.iter().filter_map(WeakAddr::upgrade);
+        for link in outbound.chain(inbound) {
+            link.do_send(Close);
+        }
+    }
 }
 
 impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for Bridge {
@@ -288,9 +301,11 @@ impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for Bridge {
                 let bridge = ctx.address();
                 let hello = self.hello();
                 let settings = self.settings.clone();
-                Link::create(move |link_ctx| {
+                let link = Link::create(move |link_ctx| {
                     Link::inbound(bridge, stream, hello, &settings, link_ctx)
                 });
+                self.inbound.retain(|l| l.upgrade().is_some());
+                self.inbound.push(link.downgrade());
             }
             Err(e) => warn!(error = %e, "accepting a peer connection failed"),
         }

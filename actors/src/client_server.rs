@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use actix::WeakAddr;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use dynakv::wire::{ClientOp, ClientReply, ClientRequest, ClientResponse};
@@ -44,6 +45,7 @@ pub struct ClientServer {
     listener: Option<TcpListener>,
     coordinator: Addr<Coordinator>,
     open: Arc<AtomicUsize>,
+    conns: Vec<WeakAddr<ClientConn>>,
 }
 
 impl ClientServer {
@@ -57,6 +59,7 @@ impl ClientServer {
             listener: Some(listener),
             coordinator,
             open: Arc::new(AtomicUsize::new(0)),
+            conns: Vec::new(),
         }
     }
 }
@@ -71,7 +74,18 @@ impl Actor for ClientServer {
             }));
         }
     }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        for conn in self.conns.iter().filter_map(WeakAddr::upgrade) {
+            conn.do_send(Hangup);
+        }
+    }
 }
+
+/// Closes a client connection (the node is stopping).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Hangup;
 
 impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for ClientServer {
     fn handle(
@@ -94,7 +108,7 @@ impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for ClientServer {
         let settings = self.settings.clone();
         let coordinator = self.coordinator.clone();
         let open = self.open.clone();
-        ClientConn::create(move |ctx| {
+        let conn = ClientConn::create(move |ctx| {
             let (read, write) = stream.into_split();
             ctx.add_stream(FramedRead::new(read, ServerCodec::new(settings.max_frame)));
             let writer = FramedWrite::new(write, ServerCodec::new(settings.max_frame), ctx);
@@ -105,10 +119,13 @@ impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for ClientServer {
                 writer,
                 greeted: false,
                 closing: false,
+                read_done: false,
                 in_flight: 0,
                 open,
             }
         });
+        self.conns.retain(|c| c.upgrade().is_some());
+        self.conns.push(conn.downgrade());
     }
 }
 
@@ -121,6 +138,8 @@ pub struct ClientConn {
     greeted: bool,
     /// Set once the connection is being closed: nothing more is read.
     closing: bool,
+    /// Set once the client has stopped sending.
+    read_done: bool,
     in_flight: usize,
     open: Arc<AtomicUsize>,
 }
@@ -136,6 +155,13 @@ impl ClientConn {
         self.reply(id, ClientReply::error(error));
         self.writer.close();
         self.closing = true;
+    }
+
+    fn close_when_drained(&mut self) {
+        if self.read_done && self.in_flight == 0 && !self.closing {
+            self.closing = true;
+            self.writer.close();
+        }
     }
 
     fn greet(&mut self, id: u64, op: ClientOp) {
@@ -198,12 +224,24 @@ impl StreamHandler<Result<ClientRequest, CodecError>> for ClientConn {
                     ClientReply::error(&Error::Unavailable(format!("coordinator unavailable: {e}")))
                 });
                 conn.reply(id, reply);
+                conn.close_when_drained();
             },
         ));
     }
 
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        debug!(peer = %self.peer, "client disconnected");
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // The client sent its last request: answer what is in flight, then
+        // close (the writer's `finished` stops the actor).
+        debug!(peer = %self.peer, "client finished sending");
+        self.read_done = true;
+        self.close_when_drained();
+    }
+}
+
+impl Handler<Hangup> for ClientConn {
+    type Result = ();
+
+    fn handle(&mut self, _: Hangup, ctx: &mut Context<Self>) {
         ctx.stop();
     }
 }

@@ -52,6 +52,7 @@ impl Coordinator {
         let sessions = SessionEnv {
             router,
             deadline: settings.request_timeout,
+            mint_timeout: settings.request_timeout / (u32::from(settings.n) + 1),
             events,
         };
         Coordinator {
@@ -101,7 +102,7 @@ impl Coordinator {
                 Error::Unavailable("the cluster is not formed yet (waiting for its seeds)".into())
             })?;
         let p = ring.partition_of(key);
-        let targets = ring
+        let mut targets: Vec<Target> = ring
             .route(p, usize::from(self.settings.n), |_| true)
             .into_iter()
             .map(|t| Target {
@@ -109,6 +110,11 @@ impl Coordinator {
                 hint_for: t.hint_for.cloned(),
             })
             .collect();
+        // A put is minted by the first target: this node when it is one,
+        // which saves a round trip and does not depend on a peer.
+        if let Some(i) = targets.iter().position(|t| &t.node == self.me()) {
+            targets[..=i].rotate_right(1);
+        }
         Ok((p.0, targets))
     }
 

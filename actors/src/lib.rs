@@ -16,3 +16,5 @@ pub mod replica;
 pub mod ring;
 pub mod session;
 pub mod storage;
+#[cfg(feature = "testkit")]
+pub mod testkit;

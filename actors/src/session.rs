@@ -37,6 +37,11 @@ pub type ReplyFuture = Pin<Box<dyn Future<Output = Result<ReplicaMsg>>>>;
 
 impl Router {
     pub fn call(&self, to: NodeId, msg: ReplicaMsg) -> ReplyFuture {
+        self.call_within(to, msg, self.timeout)
+    }
+
+    /// As `call`, giving a peer at most `timeout` to answer.
+    pub fn call_within(&self, to: NodeId, msg: ReplicaMsg, timeout: Duration) -> ReplyFuture {
         if to == self.me {
             let sent = self.replica.send(ReplicaRequest(msg));
             Box::pin(async move { sent.await.map_err(mailbox_error)? })
@@ -44,7 +49,7 @@ impl Router {
             let sent = self.bridge.send(Call {
                 to,
                 msg: PeerMsg::Replica(msg),
-                timeout: self.timeout,
+                timeout,
             });
             Box::pin(async move {
                 match sent.await.map_err(mailbox_error)?? {
@@ -75,7 +80,12 @@ pub enum Kind {
 #[derive(Clone)]
 pub struct SessionEnv {
     pub router: Router,
+    /// The whole session's deadline.
     pub deadline: Duration,
+    /// How long one target may take to mint a put before the next one is
+    /// asked: a slice of the deadline, so a silent first target leaves time
+    /// for the others.
+    pub mint_timeout: Duration,
     pub events: Events,
 }
 
@@ -110,10 +120,14 @@ impl Session {
     fn send(&mut self, requests: Vec<Request>, ctx: &mut Context<Self>) {
         for r in requests {
             let to = r.to.clone();
+            let timeout = match r.msg {
+                ReplicaMsg::Update { .. } => self.env.mint_timeout,
+                _ => self.env.deadline,
+            };
             let reply = self
                 .env
                 .router
-                .call(r.to, r.msg)
+                .call_within(r.to, r.msg, timeout)
                 .instrument(self.span.clone());
             ctx.spawn(
                 reply

@@ -1,0 +1,205 @@
+//! Whole clusters in one process, for tests (feature `testkit`).
+//!
+//! `Cluster::start(n)` starts n nodes on loopback with free ports and temp
+//! dirs, waits until they have formed a ring, and hands out every node's
+//! actor addresses (`node(i)`), clients, fault controls and restarts. Tests
+//! wait on conditions with `eventually` (polling with a deadline) or on the
+//! nodes' event streams, never on fixed sleeps.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use dynakv::config::Config;
+use dynakv::{Error, NodeId, Result};
+use tempfile::TempDir;
+
+use crate::bridge::Fault;
+use crate::client::Client;
+use crate::dev::{cluster_config, wait_formed};
+use crate::node::{self, Listeners, NodeHandle};
+
+/// How long a test cluster may take to form, and a restarted node to reopen
+/// its storage (the old process's threads release the lock asynchronously).
+const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct Cluster {
+    nodes: Vec<Option<NodeHandle>>,
+    configs: Vec<Config>,
+    dir: TempDir,
+}
+
+/// Settings that make tests quick: fast gossip, short request deadlines.
+pub fn quick(c: &mut Config) {
+    c.gossip.interval_ms = 50;
+    c.timeouts.request_ms = 2000;
+    c.timeouts.connect_ms = 1000;
+    c.storage.cache_mb = 8;
+}
+
+impl Cluster {
+    /// Starts `n` nodes with `quick` settings.
+    pub async fn start(n: usize) -> Result<Cluster> {
+        Cluster::start_with(n, |_| {}).await
+    }
+
+    /// Starts `n` nodes with `quick` settings, then `tweak` applied to each
+    /// node's configuration.
+    pub async fn start_with(n: usize, tweak: impl Fn(&mut Config)) -> Result<Cluster> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Internal(format!("no temp dir: {e}")))?;
+        let mut listeners = Vec::new();
+        let mut addrs: Vec<(SocketAddr, SocketAddr)> = Vec::new();
+        for _ in 0..n {
+            let bind = || {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .map_err(|e| Error::Unavailable(e.to_string()))
+            };
+            let (client, peer) = (bind()?, bind()?);
+            let local = |l: &std::net::TcpListener| {
+                l.local_addr()
+                    .map_err(|e| Error::Unavailable(e.to_string()))
+            };
+            addrs.push((local(&client)?, local(&peer)?));
+            listeners.push(Listeners { client, peer });
+        }
+        let mut configs = Vec::new();
+        let mut nodes = Vec::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            let mut config = cluster_config(i + 1, &addrs, dir.path());
+            quick(&mut config);
+            tweak(&mut config);
+            nodes.push(Some(node::start(&config, l)?));
+            configs.push(config);
+        }
+        let cluster = Cluster {
+            nodes,
+            configs,
+            dir,
+        };
+        wait_formed(&cluster.running(), DEADLINE).await?;
+        Ok(cluster)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node `i` (from 0). Panics if it is stopped: a test bug.
+    pub fn node(&self, i: usize) -> &NodeHandle {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    pub fn config(&self, i: usize) -> &Config {
+        &self.configs[i]
+    }
+
+    pub fn id(&self, i: usize) -> NodeId {
+        self.configs[i].node_id()
+    }
+
+    /// Index of the node with this id.
+    pub fn index_of(&self, id: &NodeId) -> usize {
+        self.configs
+            .iter()
+            .position(|c| c.node_id() == *id)
+            .expect("a node of this cluster")
+    }
+
+    pub fn running(&self) -> Vec<NodeHandle> {
+        self.nodes.iter().flatten().cloned().collect()
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// A client connected to node `i`.
+    pub async fn client(&self, i: usize) -> Result<Client> {
+        Client::connect(
+            &self.configs[i].node.client_addr,
+            &self.configs[i].cluster.name,
+        )
+        .await
+    }
+
+    /// Cuts every node in `away` off from every other node (both ways).
+    pub fn partition(&self, away: &[usize]) {
+        let ids = |set: &mut dyn Iterator<Item = usize>| set.map(|i| self.id(i)).collect();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(node) = node else { continue };
+            let blocked = if away.contains(&i) {
+                ids(&mut (0..self.len()).filter(|j| *j != i))
+            } else {
+                ids(&mut away.iter().copied())
+            };
+            node.fault(Fault::Partition(blocked));
+        }
+    }
+
+    pub fn heal(&self) {
+        for node in self.nodes.iter().flatten() {
+            node.fault(Fault::Heal);
+        }
+    }
+
+    /// Stops node `i` (flushing its storage), keeping its data dir.
+    pub async fn stop_node(&mut self, i: usize) -> Result<()> {
+        match self.nodes[i].take() {
+            Some(node) => node.stop().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Starts node `i` again on the same ports and data dir.
+    pub async fn restart_node(&mut self, i: usize) -> Result<()> {
+        self.stop_node(i).await?;
+        let config = self.configs[i].clone();
+        let node = eventually(DEADLINE, "the restarted node to reopen its storage", || {
+            let config = config.clone();
+            async move {
+                let listeners = Listeners::bind(&config)?;
+                node::start(&config, listeners)
+            }
+        })
+        .await?;
+        self.nodes[i] = Some(node);
+        Ok(())
+    }
+
+    /// Stops every node.
+    pub async fn stop(mut self) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            self.stop_node(i).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Retries `attempt` until it succeeds or `deadline` passes; the error then
+/// names what was awaited and the last failure.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if start.elapsed() > deadline => {
+                return Err(Error::Internal(format!(
+                    "gave up waiting for {what} after {deadline:?}: {e}"
+                )));
+            }
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+        }
+    }
+}
