@@ -156,10 +156,10 @@ async fn read_repair_heals_a_replica_written_behind_the_clusters_back() {
     );
     let repaired = tokio::time::timeout(WAIT, async {
         loop {
-            if let Ok(Event::ReadRepair { key, replicas, .. }) = events.recv().await {
-                if key == b"k" {
-                    return replicas;
-                }
+            if let Ok(Event::ReadRepair { key, replicas, .. }) = events.recv().await
+                && key == b"k"
+            {
+                return replicas;
             }
         }
     })
