@@ -1,0 +1,159 @@
+//! Real `dynakv serve` processes on loopback, for process-level tests.
+
+#![allow(dead_code, clippy::unwrap_used)] // shared by several test files
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dynakv_actors::client::Client;
+use tempfile::TempDir;
+
+/// The `dynakv` binary next to this test executable (built by
+/// `cargo test --workspace`), building it if it is not there.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("dynakv");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "dynakv-actors", "--bin", "dynakv"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the dynakv binary failed");
+    }
+    bin
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct ProcessCluster {
+    pub dir: TempDir,
+    pub client_addrs: Vec<String>,
+    configs: Vec<PathBuf>,
+    procs: Vec<Option<Child>>,
+}
+
+impl ProcessCluster {
+    /// Writes a config per node (every other node as a seed, `extra` TOML
+    /// appended to each) and starts them all.
+    pub fn start(n: usize, extra: &str) -> ProcessCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let mut configs = Vec::new();
+        for (i, (client, _)) in ports.iter().enumerate() {
+            let seeds: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, (_, p))| format!("\"127.0.0.1:{p}\""))
+                .collect();
+            let toml = format!(
+                "[node]\nid = \"node{id}\"\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"127.0.0.1:{peer}\"\n\
+                 data_dir = \"{data}\"\n\n[cluster]\nseeds = [{seeds}]\n\n[gossip]\ninterval_ms = 100\n\n\
+                 [timeouts]\nrequest_ms = 2000\nconnect_ms = 500\n{extra}\n",
+                id = i + 1,
+                peer = ports[i].1,
+                data = dir.path().join(format!("node{}", i + 1)).display(),
+                seeds = seeds.join(", "),
+            );
+            let path = dir.path().join(format!("node{}.toml", i + 1));
+            std::fs::write(&path, toml).unwrap();
+            configs.push(path);
+        }
+        let mut cluster = ProcessCluster {
+            client_addrs: ports
+                .iter()
+                .map(|(c, _)| format!("127.0.0.1:{c}"))
+                .collect(),
+            dir,
+            configs,
+            procs: (0..n).map(|_| None).collect(),
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{}.log", i + 1))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .unwrap();
+        let child = Command::new(binary())
+            .args(["serve", "-c"])
+            .arg(&self.configs[i])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.procs[i] = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.procs[i].take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+    }
+
+    /// The end of node `i`'s log, for failure messages.
+    pub fn log_tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits until node `i` answers status with a formed ring of `members`.
+    pub async fn wait_formed(&self, i: usize, members: usize, deadline: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok(c) = Client::connect(&self.client_addrs[i], "").await
+                && let Ok(s) = c.status().await
+                && s.members.len() == members
+                && s.members.iter().all(|m| m.owned > 0)
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "node{} did not form a cluster of {members} in {deadline:?}; its log:\n{}",
+                i + 1,
+                self.log_tail(i)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for i in 0..self.procs.len() {
+            self.kill(i);
+        }
+    }
+}
