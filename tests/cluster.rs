@@ -360,3 +360,59 @@ async fn bad_requests_are_refused_with_clear_errors() {
     c.put(b"k", b"v", &[], None).await.unwrap();
     cluster.stop().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn pipelined_requests_on_one_connection_are_answered_correctly() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let client = std::sync::Arc::new(cluster.client(0).await.unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200u32 {
+        let c = client.clone();
+        tasks.spawn(async move {
+            let key = format!("pipelined-{i}");
+            c.put(key.as_bytes(), &i.to_be_bytes(), &[], None)
+                .await
+                .unwrap();
+            let read = c.get(key.as_bytes(), None).await.unwrap();
+            assert_eq!(read.values, vec![i.to_be_bytes().to_vec()], "{key}");
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    cluster.stop().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn fsync_always_acknowledges_after_a_shared_fsync() {
+    let cluster = Cluster::start_with(3, |c| c.storage.fsync = dynakv::config::Fsync::Always)
+        .await
+        .unwrap();
+    let client = std::sync::Arc::new(cluster.client(0).await.unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100u32 {
+        let c = client.clone();
+        tasks.spawn(async move {
+            c.put(format!("durable-{i}").as_bytes(), b"v", &[], None)
+                .await
+                .map(|_| ())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let stats = cluster
+        .node(0)
+        .replica
+        .send(dynakv_actors::replica::Stats)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stats.writes >= 100, "{stats:?}");
+    assert!(stats.syncs > 0, "writes were synced: {stats:?}");
+    assert!(
+        stats.syncs < stats.writes,
+        "concurrent writes share fsyncs: {stats:?}"
+    );
+    cluster.stop().await.unwrap();
+}

@@ -43,6 +43,17 @@ pub struct Stats;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, MessageResponse)]
 pub struct ReplicaStats {
     pub keys: u64,
+    /// Writes applied since start.
+    pub writes: u64,
+    /// fsyncs since start (with group commit, fewer than writes).
+    pub syncs: u64,
+}
+
+/// Counters shared by the worker (which writes) and the syncer (which syncs).
+#[derive(Debug, Default)]
+struct Counters {
+    written: AtomicU64,
+    syncs: AtomicU64,
 }
 
 /// Makes every write so far durable (used at shutdown).
@@ -83,17 +94,17 @@ impl Replica {
             partitions = report.partitions,
             "storage opened"
         );
-        let written = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(Counters::default());
         let first = Mutex::new(Some(core));
         let worker_storage = storage.clone();
-        let worker_written = written.clone();
+        let worker_counters = counters.clone();
         let worker = SyncArbiter::start(1, move || {
             let core = first.lock().ok().and_then(|mut c| c.take());
-            StorageWorker::new(core, &worker_storage, settings, worker_written.clone())
+            StorageWorker::new(core, &worker_storage, settings, worker_counters.clone())
         });
         let syncer = SyncArbiter::start(1, move || Syncer {
             storage: storage.clone(),
-            written: written.clone(),
+            counters: counters.clone(),
             synced: 0,
         });
         Ok(Replica {
@@ -193,7 +204,7 @@ struct Apply(ReplicaMsg);
 
 pub struct StorageWorker {
     core: Option<Core<FjallStore>>,
-    written: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 }
 
 impl StorageWorker {
@@ -201,7 +212,7 @@ impl StorageWorker {
         core: Option<Core<FjallStore>>,
         storage: &Storage,
         settings: ReplicaSettings,
-        written: Arc<AtomicU64>,
+        counters: Arc<Counters>,
     ) -> Self {
         // A restarted worker (after its thread stopped) reopens storage.
         let core = core.or_else(|| {
@@ -218,7 +229,7 @@ impl StorageWorker {
                 }
             }
         });
-        StorageWorker { core, written }
+        StorageWorker { core, counters }
     }
 
     fn core(&mut self) -> Result<&mut Core<FjallStore>> {
@@ -267,7 +278,7 @@ impl Handler<Apply> for StorageWorker {
                 return Err(Error::InvalidRequest("not a replica request".into()));
             }
         };
-        let seq = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let seq = self.counters.written.fetch_add(1, Ordering::SeqCst) + 1;
         Ok((reply, Some(seq)))
     }
 }
@@ -278,6 +289,8 @@ impl Handler<Stats> for StorageWorker {
     fn handle(&mut self, _: Stats, _: &mut SyncContext<Self>) -> Self::Result {
         Ok(ReplicaStats {
             keys: self.core()?.key_count(),
+            writes: self.counters.written.load(Ordering::Relaxed),
+            syncs: self.counters.syncs.load(Ordering::Relaxed),
         })
     }
 }
@@ -296,7 +309,7 @@ struct SyncNow;
 
 pub struct Syncer {
     storage: Storage,
-    written: Arc<AtomicU64>,
+    counters: Arc<Counters>,
     synced: u64,
 }
 
@@ -306,8 +319,9 @@ impl Syncer {
             return Ok(());
         }
         // Everything written before this load is covered by the persist.
-        let upto = self.written.load(Ordering::SeqCst);
+        let upto = self.counters.written.load(Ordering::SeqCst);
         self.storage.persist()?;
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         self.synced = upto;
         Ok(())
     }
@@ -329,8 +343,9 @@ impl Handler<SyncNow> for Syncer {
     type Result = Result<()>;
 
     fn handle(&mut self, _: SyncNow, _: &mut SyncContext<Self>) -> Self::Result {
-        let upto = self.written.load(Ordering::SeqCst);
+        let upto = self.counters.written.load(Ordering::SeqCst);
         self.storage.persist()?;
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         self.synced = upto;
         Ok(())
     }
