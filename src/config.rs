@@ -37,6 +37,7 @@ pub struct Config {
     pub limits: LimitsSection,
     pub timeouts: TimeoutsSection,
     pub gossip: GossipSection,
+    pub hints: HintsSection,
     pub log: LogSection,
 }
 
@@ -178,11 +179,46 @@ impl Default for TimeoutsSection {
 pub struct GossipSection {
     /// Interval between gossip rounds (each pushes the view to one random peer).
     pub interval_ms: u64,
+    /// A peer whose heartbeat has not advanced for this long is suspect
+    /// (requests are routed around it).
+    pub suspect_after_ms: u64,
+    /// ... and after this long, down.
+    pub down_after_ms: u64,
 }
 
 impl Default for GossipSection {
     fn default() -> Self {
-        GossipSection { interval_ms: 1000 }
+        GossipSection {
+            interval_ms: 1000,
+            suspect_after_ms: 5000,
+            down_after_ms: 15_000,
+        }
+    }
+}
+
+/// Hinted handoff: writes a stand-in holds for an owner that was down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HintsSection {
+    /// Deliver hints when their owner is seen up again. Switch off to keep
+    /// hints (tests of anti-entropy do).
+    pub deliver: bool,
+    /// Keys per delivery batch.
+    pub batch_size: u32,
+    /// Pause between two batches to one owner, in ms (pacing).
+    pub pause_ms: u64,
+    /// Interval between checks for deliverable hints, in ms.
+    pub interval_ms: u64,
+}
+
+impl Default for HintsSection {
+    fn default() -> Self {
+        HintsSection {
+            deliver: true,
+            batch_size: 256,
+            pause_ms: 10,
+            interval_ms: 1000,
+        }
     }
 }
 
@@ -335,8 +371,19 @@ impl Config {
         if self.timeouts.request_ms == 0 || self.timeouts.connect_ms == 0 {
             return bad("timeouts.* must be positive".into());
         }
-        if self.gossip.interval_ms == 0 {
+        let g = &self.gossip;
+        if g.interval_ms == 0 {
             return bad("gossip.interval_ms must be positive".into());
+        }
+        if g.suspect_after_ms <= g.interval_ms || g.down_after_ms < g.suspect_after_ms {
+            return bad(format!(
+                "gossip timeouts must satisfy interval_ms ({}) < suspect_after_ms ({}) <= down_after_ms ({})",
+                g.interval_ms, g.suspect_after_ms, g.down_after_ms
+            ));
+        }
+        let h = &self.hints;
+        if h.batch_size == 0 || h.interval_ms == 0 {
+            return bad("hints.batch_size and hints.interval_ms must be positive".into());
         }
         Ok(())
     }

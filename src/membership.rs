@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::check_addr;
 use crate::error::{Error, Result};
+use crate::liveness::{FailureDetector, Health, Heartbeats};
 use crate::node::NodeId;
 use crate::ownership::{Capacity, Move, Ownership};
 use crate::ring::Ring;
@@ -51,6 +52,11 @@ impl Status {
     /// Counts for ownership: partitions are planned over these members.
     pub fn is_active(self) -> bool {
         matches!(self, Status::Joining | Status::Up)
+    }
+
+    /// Still a running member (not gone for good).
+    pub fn is_live(self) -> bool {
+        !matches!(self, Status::Left | Status::Removed)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -229,13 +235,15 @@ impl View {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GossipMsg {
-    /// The sender's view; the receiver merges it and answers with `Reply`
-    /// carrying its own (merged) view.
+    /// The sender's view and heartbeat counters; the receiver merges them
+    /// and answers with `Reply` carrying its own.
     Push {
         view: View,
+        heartbeats: Heartbeats,
     },
     Reply {
         view: View,
+        heartbeats: Heartbeats,
     },
 }
 
@@ -253,6 +261,21 @@ pub struct Outgoing {
     pub msg: GossipMsg,
 }
 
+/// What an input changed, so the shell knows what to publish.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// The view (members or ownership): persist it, recompute the ring.
+    pub view: bool,
+    /// Some peer's health: re-route.
+    pub liveness: bool,
+}
+
+impl Changed {
+    pub fn any(self) -> bool {
+        self.view || self.liveness
+    }
+}
+
 /// This node's membership state machine.
 #[derive(Debug, Clone)]
 pub struct Membership {
@@ -260,6 +283,7 @@ pub struct Membership {
     n: usize,
     seeds: Vec<String>,
     view: View,
+    detector: FailureDetector,
 }
 
 /// The settings membership needs from the node's configuration.
@@ -270,13 +294,16 @@ pub struct Settings {
     pub partitions: u32,
     pub n: usize,
     pub seeds: Vec<String>,
+    /// Failure detection timeouts, in milliseconds.
+    pub suspect_after: u64,
+    pub down_after: u64,
 }
 
 impl Membership {
     /// Starts from a persisted view if there is one. This node's own record
     /// is refreshed from the settings (addresses and weight may have changed
     /// in the config) with a higher version.
-    pub fn new(settings: Settings, persisted: Option<View>) -> Self {
+    pub fn new(settings: Settings, persisted: Option<View>, now: u64) -> Self {
         let mut view =
             persisted.unwrap_or_else(|| View::new(settings.cluster.clone(), settings.partitions));
         let me = settings.me;
@@ -307,11 +334,13 @@ impl Membership {
             .filter(|s| *s != view.members[&id].peer_addr)
             .collect();
         let mut membership = Membership {
+            detector: FailureDetector::new(id.clone(), settings.suspect_after, settings.down_after),
             me: id,
             n: settings.n,
             seeds,
             view,
         };
+        membership.track_members(now);
         membership.settle();
         membership
     }
@@ -328,6 +357,20 @@ impl Membership {
         self.view.members.get(id)
     }
 
+    /// This node's belief about a member's health.
+    pub fn health(&self, id: &NodeId) -> Health {
+        self.detector.health(id)
+    }
+
+    /// This node's belief about every member's health.
+    pub fn health_map(&self) -> BTreeMap<NodeId, Health> {
+        self.view
+            .members
+            .keys()
+            .map(|id| (id.clone(), self.detector.health(id)))
+            .collect()
+    }
+
     /// Seeds that are not yet known as members.
     fn unknown_seeds(&self) -> Vec<&String> {
         self.seeds
@@ -336,9 +379,32 @@ impl Membership {
             .collect()
     }
 
-    /// One gossip round: push the view to a random peer (a known member, or
-    /// a seed not yet known). `rand` is any random number.
-    pub fn tick(&mut self, rand: u64) -> Vec<Outgoing> {
+    fn track_members(&mut self, now: u64) {
+        for (id, m) in &self.view.members {
+            if matches!(m.status, Status::Left | Status::Removed) {
+                self.detector.forget(id);
+            } else {
+                self.detector.track(id, now);
+            }
+        }
+    }
+
+    fn push(&self) -> GossipMsg {
+        GossipMsg::Push {
+            view: self.view.clone(),
+            heartbeats: self.detector.heartbeats(),
+        }
+    }
+
+    /// One gossip round at time `now`: beat, apply the failure detector's
+    /// timeouts, and push the view to a random peer (a known member, or a
+    /// seed not yet known). `rand` is any random number.
+    pub fn tick(&mut self, now: u64, rand: u64) -> (Vec<Outgoing>, Changed) {
+        self.detector.beat();
+        let changed = Changed {
+            view: false,
+            liveness: !self.detector.tick(now).is_empty(),
+        };
         let mut candidates: Vec<Destination> = self
             .view
             .members
@@ -354,37 +420,84 @@ impl Membership {
         // Until every seed is known, contact all of them each round: founding
         // waits for them.
         if self.view.ownership.is_none() && !unknown.is_empty() {
-            return unknown
+            let out = unknown
                 .into_iter()
                 .map(|to| Outgoing {
                     to,
-                    msg: GossipMsg::Push {
-                        view: self.view.clone(),
-                    },
+                    msg: self.push(),
                 })
                 .collect();
+            return (out, changed);
         }
         candidates.extend(unknown);
         if candidates.is_empty() {
-            return Vec::new();
+            return (Vec::new(), changed);
         }
         let to = candidates.swap_remove((rand % candidates.len() as u64) as usize);
-        vec![Outgoing {
-            to,
-            msg: GossipMsg::Push {
-                view: self.view.clone(),
-            },
-        }]
+        (
+            vec![Outgoing {
+                to,
+                msg: self.push(),
+            }],
+            changed,
+        )
     }
 
-    /// Takes a gossip message from `from`. Returns the answer to send (if
-    /// any) and whether the view changed.
-    pub fn on_gossip(&mut self, from: &NodeId, msg: GossipMsg) -> Result<(Option<Outgoing>, bool)> {
-        let (view, push) = match msg {
-            GossipMsg::Push { view } => (view, true),
-            GossipMsg::Reply { view } => (view, false),
+    /// A request to `peer` failed (refused, lost, or unanswered in time).
+    pub fn on_unreachable(&mut self, peer: &NodeId) -> Changed {
+        Changed {
+            view: false,
+            liveness: self.detector.failed(peer).is_some(),
+        }
+    }
+
+    /// `peer` accepted a connection: it is up.
+    pub fn on_reachable(&mut self, peer: &NodeId, now: u64) -> Changed {
+        Changed {
+            view: false,
+            liveness: self.detector.reached(peer, now).is_some(),
+        }
+    }
+
+    /// Takes a gossip message from `from` at time `now`. Returns the answer
+    /// to send (if any) and what changed.
+    pub fn on_gossip(
+        &mut self,
+        from: &NodeId,
+        msg: GossipMsg,
+        now: u64,
+    ) -> Result<(Option<Outgoing>, Changed)> {
+        let (view, heartbeats, push) = match msg {
+            GossipMsg::Push { view, heartbeats } => (view, heartbeats, true),
+            GossipMsg::Reply { view, heartbeats } => (view, heartbeats, false),
         };
         view.validate(&self.view.cluster, self.view.partitions)?;
+        if heartbeats.len() > MAX_MEMBERS {
+            return Err(Error::Malformed(format!("{} heartbeats", heartbeats.len())));
+        }
+        self.check_identity(from, &view)?;
+        let mut changed = Changed {
+            view: self.view.merge(&view)?,
+            liveness: false,
+        };
+        if changed.view {
+            self.track_members(now);
+            self.settle();
+        }
+        changed.liveness |= !self.detector.observe(&heartbeats, now).is_empty();
+        changed.liveness |= self.detector.reached(from, now).is_some();
+        let reply = push.then(|| Outgoing {
+            to: Destination::Node(from.clone()),
+            msg: GossipMsg::Reply {
+                view: self.view.clone(),
+                heartbeats: self.detector.heartbeats(),
+            },
+        });
+        Ok((reply, changed))
+    }
+
+    /// Rejects views that would let one node pass for another.
+    fn check_identity(&mut self, from: &NodeId, view: &View) -> Result<()> {
         if let Some(claimed) = view.members.get(&self.me) {
             let mine = &self.view.members[&self.me];
             if claimed.supersedes(mine) && claimed.status != Status::Removed {
@@ -416,17 +529,23 @@ impl Membership {
                 sender.peer_addr, known.peer_addr
             )));
         }
-        let changed = self.view.merge(&view)?;
-        if changed {
-            self.settle();
+        // Two live nodes cannot share an address: a new id at a live member's
+        // address is an impersonation (or a misconfiguration) until the old
+        // member is removed.
+        for m in view.members.values() {
+            if self.view.members.contains_key(&m.id) || !m.status.is_live() {
+                continue;
+            }
+            if let Some(holder) = self.view.members.values().find(|k| {
+                k.status.is_live() && (k.peer_addr == m.peer_addr || k.client_addr == m.client_addr)
+            }) {
+                return Err(Error::Malformed(format!(
+                    "{from} introduced {} at an address of live member {}",
+                    m.id, holder.id
+                )));
+            }
         }
-        let reply = push.then(|| Outgoing {
-            to: Destination::Node(from.clone()),
-            msg: GossipMsg::Reply {
-                view: self.view.clone(),
-            },
-        });
-        Ok((reply, changed))
+        Ok(())
     }
 
     /// After a change: found the table if due, then claim what this node
@@ -510,6 +629,15 @@ mod tests {
                 .iter()
                 .map(|s| format!("127.0.0.1:{}", 7100 + s))
                 .collect(),
+            suspect_after: 3000,
+            down_after: 10_000,
+        }
+    }
+
+    fn push(view: View) -> GossipMsg {
+        GossipMsg::Push {
+            view,
+            heartbeats: Heartbeats::new(),
         }
     }
 
@@ -530,7 +658,7 @@ mod tests {
                     .clone(),
             };
             let node = nodes.iter_mut().find(|n| n.me == to).unwrap();
-            let (reply, _) = node.on_gossip(&from, out.msg).unwrap();
+            let (reply, _) = node.on_gossip(&from, out.msg, 0).unwrap();
             if let Some(r) = reply {
                 queue.push((to, r));
             }
@@ -541,7 +669,7 @@ mod tests {
         for round in 0..count {
             for i in 0..nodes.len() {
                 let me = nodes[i].me.clone();
-                let out = nodes[i].tick(round * 7 + i as u64);
+                let (out, _) = nodes[i].tick(round * 100, round * 7 + i as u64);
                 run(nodes, out.into_iter().map(|o| (me.clone(), o)).collect());
             }
         }
@@ -550,7 +678,7 @@ mod tests {
     #[test]
     fn nodes_started_with_the_same_seeds_found_identical_tables() {
         let mut nodes: Vec<Membership> = (1..=3)
-            .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
+            .map(|i| Membership::new(settings(i, &[1, 2, 3]), None, 0))
             .collect();
         assert!(
             nodes.iter().all(|n| n.ring().is_none()),
@@ -566,15 +694,15 @@ mod tests {
 
     #[test]
     fn a_lone_node_founds_at_once() {
-        let m = Membership::new(settings(1, &[]), None);
+        let m = Membership::new(settings(1, &[]), None, 0);
         assert!(m.ring().is_some());
         assert_eq!(m.member(m.me()).unwrap().status, Status::Up);
     }
 
     #[test]
     fn a_later_node_claims_its_share_as_pending_moves() {
-        let mut nodes = vec![Membership::new(settings(1, &[]), None)];
-        nodes.push(Membership::new(settings(2, &[1]), None));
+        let mut nodes = vec![Membership::new(settings(1, &[]), None, 0)];
+        nodes.push(Membership::new(settings(2, &[1]), None, 0));
         rounds(&mut nodes, 3);
         let table = nodes[0].view().ownership.clone().unwrap();
         let incoming = table.incoming(nodes[1].me());
@@ -592,11 +720,11 @@ mod tests {
 
     #[test]
     fn a_restart_keeps_the_view_and_refreshes_its_record() {
-        let m = Membership::new(settings(1, &[]), None);
+        let m = Membership::new(settings(1, &[]), None, 0);
         let persisted = m.view().clone();
         let mut s = settings(1, &[]);
         s.me.client_addr = "127.0.0.1:9999".into();
-        let again = Membership::new(s, Some(persisted.clone()));
+        let again = Membership::new(s, Some(persisted.clone()), 0);
         let rec = again.member(again.me()).unwrap();
         assert_eq!(rec.client_addr, "127.0.0.1:9999");
         assert!(rec.version > persisted.members[again.me()].version);
@@ -605,72 +733,144 @@ mod tests {
 
     #[test]
     fn a_stale_own_record_after_a_restart_is_outranked() {
-        let mut a = Membership::new(settings(1, &[]), None);
+        let mut a = Membership::new(settings(1, &[]), None, 0);
         let mut gossip = a.view().clone();
         gossip.members.get_mut(a.me()).unwrap().version += 3;
         let stale_version = gossip.members[a.me()].version;
         let from = NodeId::new("n2").unwrap();
-        a.on_gossip(&from, GossipMsg::Push { view: gossip })
-            .unwrap();
+        a.on_gossip(&from, push(gossip), 0).unwrap();
         assert!(a.member(a.me()).unwrap().version > stale_version);
         assert_eq!(a.member(a.me()).unwrap().status, Status::Up);
     }
 
     #[test]
     fn bad_gossip_is_rejected_and_leaves_the_view_alone() {
-        let mut a = Membership::new(settings(1, &[]), None);
+        let mut a = Membership::new(settings(1, &[]), None, 0);
         let before = a.view().clone();
         let from = NodeId::new("n9").unwrap();
+        let stranger = |peer: &str, client: &str| Member {
+            id: from.clone(),
+            peer_addr: peer.into(),
+            client_addr: client.into(),
+            weight: 1,
+            status: Status::Up,
+            version: 1,
+        };
 
         let mut other_cluster = before.clone();
         other_cluster.cluster = "else".into();
-        assert!(
-            a.on_gossip(
-                &from,
-                GossipMsg::Push {
-                    view: other_cluster
-                }
-            )
-            .is_err()
-        );
-
-        let mut impersonation = before.clone();
-        let me = impersonation.members.get_mut(a.me()).unwrap();
+        let mut own_record_elsewhere = before.clone();
+        let me = own_record_elsewhere.members.get_mut(a.me()).unwrap();
         me.version += 5;
         me.peer_addr = "10.0.0.9:7101".into();
-        assert!(
-            a.on_gossip(
-                &from,
-                GossipMsg::Push {
-                    view: impersonation
-                }
-            )
-            .is_err()
-        );
-
         let mut bad_addr = before.clone();
-        bad_addr.members.insert(
-            from.clone(),
-            Member {
-                id: from.clone(),
-                peer_addr: "nowhere".into(),
-                client_addr: "127.0.0.1:1".into(),
-                weight: 1,
-                status: Status::Up,
-                version: 1,
-            },
-        );
-        assert!(
-            a.on_gossip(&from, GossipMsg::Push { view: bad_addr })
-                .is_err()
-        );
-
+        bad_addr
+            .members
+            .insert(from.clone(), stranger("nowhere", "127.0.0.1:1"));
+        // a new id at the address of a live member
+        let mut address_thief = before.clone();
+        address_thief
+            .members
+            .insert(from.clone(), stranger("127.0.0.1:7101", "10.0.0.9:1"));
         let mut wrong_q = before.clone();
         wrong_q.partitions = 128;
-        assert!(
-            a.on_gossip(&from, GossipMsg::Push { view: wrong_q })
-                .is_err()
-        );
+        let mut unknown_owner = before.clone();
+        let mut table = unknown_owner.ownership.clone().unwrap();
+        let mut entries = table.entries().to_vec();
+        entries[0].owner = NodeId::new("ghost").unwrap();
+        entries[0].epoch = 99;
+        table = Ownership::from_entries(entries).unwrap();
+        unknown_owner.ownership = Some(table);
+
+        for (what, view) in [
+            ("another cluster", other_cluster),
+            ("our id at another address", own_record_elsewhere),
+            ("an unparseable address", bad_addr),
+            ("a live member's address", address_thief),
+            ("another partition count", wrong_q),
+            ("an owner that is not a member", unknown_owner),
+        ] {
+            let e = a.on_gossip(&from, push(view), 0);
+            assert!(e.is_err(), "{what} was accepted");
+        }
         assert_eq!(a.view(), &before);
+        // a well-formed newcomer is accepted
+        let mut fine = before.clone();
+        fine.members
+            .insert(from.clone(), stranger("127.0.0.1:7109", "127.0.0.1:7009"));
+        assert!(a.on_gossip(&from, push(fine), 0).unwrap().1.view);
+    }
+
+    #[test]
+    fn heartbeats_in_gossip_keep_peers_up_and_silence_takes_them_down() {
+        let mut nodes: Vec<Membership> = (1..=3)
+            .map(|i| Membership::new(settings(i, &[1, 2, 3]), None, 0))
+            .collect();
+        rounds(&mut nodes, 3);
+        let n3 = nodes[2].me().clone();
+        assert_eq!(nodes[0].health(&n3), Health::Up);
+        // node 3 falls silent; nodes 1 and 2 keep gossiping with each other
+        let mut alive: Vec<Membership> = nodes[..2].to_vec();
+        let mut seen = Vec::new();
+        let mut now = 300;
+        while now < 16_000 {
+            now += 100;
+            for i in 0..2 {
+                let (me, other) = (alive[i].me().clone(), alive[1 - i].me().clone());
+                let (out, _) = alive[i].tick(now, now);
+                for o in out
+                    .into_iter()
+                    .filter(|o| o.to == Destination::Node(other.clone()))
+                {
+                    let (reply, _) = alive[1 - i].on_gossip(&me, o.msg, now).unwrap();
+                    let reply = reply.unwrap();
+                    alive[i].on_gossip(&other, reply.msg, now).unwrap();
+                }
+            }
+            seen.push(alive[0].health(&n3));
+        }
+        assert!(seen.contains(&Health::Suspect), "suspect before down");
+        assert_eq!(alive[0].health(&n3), Health::Down);
+        assert_eq!(
+            alive[0].health(alive[1].me()),
+            Health::Up,
+            "the live peer stays up"
+        );
+        assert_eq!(alive[0].health_map()[&n3], Health::Down);
+
+        // node 3 speaks again: its newer heartbeat brings it back up
+        let mut back = nodes[2].clone();
+        back.tick(now, 0);
+        let push = GossipMsg::Push {
+            view: back.view().clone(),
+            heartbeats: back.detector.heartbeats(),
+        };
+        let (_, changed) = alive[0].on_gossip(&n3, push, now).unwrap();
+        assert!(changed.liveness);
+        assert_eq!(alive[0].health(&n3), Health::Up);
+        // a failed request suspects it at once
+        assert!(alive[0].on_unreachable(&n3).liveness);
+        assert_eq!(alive[0].health(&n3), Health::Suspect);
+        assert!(alive[0].on_reachable(&n3, now).liveness);
+    }
+
+    #[test]
+    fn five_nodes_converge_to_one_view_and_one_ring() {
+        let mut nodes: Vec<Membership> = (1..=5)
+            .map(|i| Membership::new(settings(i, &[1, 2, 3, 4, 5]), None, 0))
+            .collect();
+        let mut rounds_needed = 0;
+        while rounds_needed < 20 {
+            rounds(&mut nodes, 1);
+            rounds_needed += 1;
+            let views: Vec<&View> = nodes.iter().map(|n| n.view()).collect();
+            if views[0].ownership.is_some() && views.windows(2).all(|w| w[0] == w[1]) {
+                break;
+            }
+        }
+        assert!(rounds_needed <= 3, "took {rounds_needed} rounds");
+        let rings: Vec<Ring> = nodes.iter().map(|n| n.ring().unwrap()).collect();
+        assert!(rings.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(rings[0].owned_counts().len(), 5);
     }
 }

@@ -78,10 +78,23 @@ pub struct GossipIn {
     pub msg: GossipMsg,
 }
 
+/// What the Bridge learns about a peer's liveness, for membership.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum Reachability {
+    /// A connection to the peer was established.
+    Reached(NodeId),
+    /// The peer refused or dropped a connection, or left a request unanswered.
+    Lost(NodeId),
+}
+
 /// Where membership listens.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct RegisterGossip(pub Recipient<GossipIn>);
+pub struct Register {
+    pub gossip: Recipient<GossipIn>,
+    pub reachability: Recipient<Reachability>,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
@@ -142,6 +155,7 @@ pub struct Bridge {
     next_corr: u64,
     replica: Addr<Replica>,
     gossip: Option<Recipient<GossipIn>>,
+    reachability: Option<Recipient<Reachability>>,
     faults: Faults,
 }
 
@@ -159,6 +173,7 @@ impl Bridge {
             next_corr: 0,
             replica,
             gossip: None,
+            reachability: None,
             faults: Faults::default(),
         }
     }
@@ -235,7 +250,7 @@ impl Bridge {
             },
         );
         if !self.faults.loses(&to) {
-            let frame = self.envelope(to, Corr::Request(corr), msg);
+            let frame = self.envelope(to.clone(), Corr::Request(corr), msg);
             self.transmit(&link, frame, ctx);
         }
         Box::pin(
@@ -246,10 +261,21 @@ impl Bridge {
                     match answer {
                         Ok(Ok(reply)) => reply,
                         Ok(Err(_)) => Err(Error::Unavailable("connection lost".into())),
-                        Err(_) => Err(Error::Timeout),
+                        Err(_) => {
+                            if to != act.settings.me {
+                                act.report(Reachability::Lost(to));
+                            }
+                            Err(Error::Timeout)
+                        }
                     }
                 }),
         )
+    }
+
+    fn report(&self, r: Reachability) {
+        if let Some(to) = &self.reachability {
+            to.do_send(r);
+        }
     }
 
     fn fail_pending(&mut self, link: &Addr<Link>, why: &str) {
@@ -379,11 +405,12 @@ impl Handler<SetAddresses> for Bridge {
     }
 }
 
-impl Handler<RegisterGossip> for Bridge {
+impl Handler<Register> for Bridge {
     type Result = ();
 
-    fn handle(&mut self, RegisterGossip(r): RegisterGossip, _: &mut Context<Self>) {
-        self.gossip = Some(r);
+    fn handle(&mut self, r: Register, _: &mut Context<Self>) {
+        self.gossip = Some(r.gossip);
+        self.reachability = Some(r.reachability);
     }
 }
 
@@ -440,6 +467,7 @@ impl Handler<LinkUp> for Bridge {
             return;
         }
         self.backoff.remove(&up.peer);
+        self.report(Reachability::Reached(up.peer.clone()));
         if let Some(addr) = &up.addr
             && self.seed_links.get(addr) == Some(&up.link)
         {
@@ -478,6 +506,7 @@ impl Handler<LinkDown> for Bridge {
                 .backoff
                 .get(&peer)
                 .map_or(BACKOFF_MIN, |(_, b)| (*b * 2).min(BACKOFF_MAX));
+            self.report(Reachability::Lost(peer.clone()));
             self.backoff.insert(peer, (Instant::now() + next, next));
         }
     }

@@ -102,8 +102,9 @@ impl Coordinator {
                 Error::Unavailable("the cluster is not formed yet (waiting for its seeds)".into())
             })?;
         let p = ring.partition_of(key);
+        let topology = self.topology.as_ref().expect("a ring implies a topology");
         let mut targets: Vec<Target> = ring
-            .route(p, usize::from(self.settings.n), |_| true)
+            .route(p, usize::from(self.settings.n), |n| topology.is_up(n))
             .into_iter()
             .map(|t| Target {
                 node: t.node.clone(),
@@ -235,7 +236,7 @@ impl Coordinator {
                 client_addr: m.client_addr.clone(),
                 weight: m.weight,
                 state: m.status.as_str().to_string(),
-                liveness: "up".to_string(),
+                liveness: t.health.get(&m.id).map_or("up", |h| h.as_str()).to_string(),
                 owned: count(&owned, &m.id),
                 replicated: count(&replicated, &m.id),
             })

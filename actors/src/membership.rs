@@ -1,26 +1,28 @@
-//! Membership: gossips this node's view of the cluster.
+//! Membership: gossips this node's view of the cluster and detects failures.
 //!
 //! Receives: `GossipIn` (a peer's push, via the Bridge; answered with this
-//! node's view), its own gossip timer, and replies to its pushes.
+//! node's view), `Reachability` (the Bridge saw a peer fail or connect), its
+//! own gossip timer, and replies to its pushes.
 //! Emits: pushes to one random peer per interval (to every unknown seed
 //! until the cluster is founded), the address book to the Bridge, and
-//! `ViewChanged` to the Ring actor. Persists the view in the `meta` keyspace
-//! on every change, so a restart keeps the ring.
+//! `ViewChanged` (view and liveness) to the Ring actor. Persists the view in
+//! the `meta` keyspace on every change, so a restart keeps the ring.
 //!
-//! All decisions (merge, founding, claims, validation) are the core's
-//! `dynakv::membership::Membership`; this actor only carries them out.
+//! All decisions (merge, founding, claims, validation, failure detection)
+//! are the core's `dynakv::membership::Membership`; this actor supplies the
+//! clock and carries the decisions out.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use dynakv::membership::{Destination, GossipMsg, Membership as Core, View};
+use dynakv::membership::{Changed, Destination, GossipMsg, Membership as Core, View};
 use dynakv::peer::PeerMsg;
 use dynakv::replica::Store;
 use dynakv::{Error, NodeId, Result};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::bridge::{Bridge, Call, CallAddr, GossipIn, SetAddresses};
+use crate::bridge::{Bridge, Call, CallAddr, GossipIn, Reachability, SetAddresses};
 use crate::events::{Event, Events};
 use crate::ring::{Ring, ViewChanged};
 use crate::storage::FjallStore;
@@ -41,6 +43,22 @@ pub fn load_view(meta: &FjallStore) -> Result<Option<View>> {
 #[rtype(result = "Arc<View>")]
 pub struct CurrentView;
 
+/// Milliseconds on this process's monotonic clock: the core's `now`.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock(Instant::now())
+    }
+}
+
+impl Clock {
+    pub fn now(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
 pub struct Membership {
     core: Core,
     bridge: Addr<Bridge>,
@@ -50,6 +68,7 @@ pub struct Membership {
     call_timeout: Duration,
     events: Events,
     rng: fastrand::Rng,
+    clock: Clock,
 }
 
 impl Membership {
@@ -60,6 +79,7 @@ impl Membership {
         meta: FjallStore,
         interval: Duration,
         events: Events,
+        clock: Clock,
     ) -> Self {
         Membership {
             core,
@@ -71,36 +91,47 @@ impl Membership {
             call_timeout: interval.max(Duration::from_millis(500)),
             events,
             rng: fastrand::Rng::new(),
+            clock,
         }
     }
 
-    /// Tells everyone who depends on the view that it changed.
-    fn publish(&mut self) {
-        let view = Arc::new(self.core.view().clone());
-        if let Err(e) = self.meta.put(VIEW_KEY, &view.to_bytes()) {
-            warn!(error = %e, "persisting the membership view failed");
+    /// Tells everyone who depends on the view or on liveness what changed.
+    fn publish(&mut self, changed: Changed) {
+        if !changed.any() {
+            return;
         }
-        let book = view
-            .members
-            .values()
-            .filter(|m| m.id != *self.core.me())
-            .map(|m| (m.id.clone(), m.peer_addr.clone()))
-            .collect();
-        self.bridge.do_send(SetAddresses(book));
-        self.events.emit(Event::ViewChanged {
-            node: self.core.me().clone(),
-            members: view.members.len(),
-            ring: view.ownership.is_some(),
+        let view = Arc::new(self.core.view().clone());
+        if changed.view {
+            if let Err(e) = self.meta.put(VIEW_KEY, &view.to_bytes()) {
+                warn!(error = %e, "persisting the membership view failed");
+            }
+            let book = view
+                .members
+                .values()
+                .filter(|m| m.id != *self.core.me())
+                .map(|m| (m.id.clone(), m.peer_addr.clone()))
+                .collect();
+            self.bridge.do_send(SetAddresses(book));
+            self.events.emit(Event::ViewChanged {
+                node: self.core.me().clone(),
+                members: view.members.len(),
+                ring: view.ownership.is_some(),
+            });
+        }
+        if changed.liveness {
+            let health = self.core.health_map();
+            info!(?health, "liveness changed");
+        }
+        self.ring.do_send(ViewChanged {
+            view,
+            health: Arc::new(self.core.health_map()),
         });
-        self.ring.do_send(ViewChanged(view));
     }
 
     fn receive(&mut self, from: &NodeId, msg: GossipMsg) -> Result<Option<GossipMsg>> {
-        match self.core.on_gossip(from, msg) {
+        match self.core.on_gossip(from, msg, self.clock.now()) {
             Ok((reply, changed)) => {
-                if changed {
-                    self.publish();
-                }
+                self.publish(changed);
                 Ok(reply.map(|r| r.msg))
             }
             Err(e) => {
@@ -111,7 +142,9 @@ impl Membership {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        for out in self.core.tick(self.rng.u64(..)) {
+        let (outgoing, changed) = self.core.tick(self.clock.now(), self.rng.u64(..));
+        self.publish(changed);
+        for out in outgoing {
             let msg = PeerMsg::Gossip(out.msg);
             let timeout = self.call_timeout;
             let call = match out.to {
@@ -150,7 +183,10 @@ impl Actor for Membership {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
-        self.publish();
+        self.publish(Changed {
+            view: true,
+            liveness: true,
+        });
         self.tick(ctx);
         ctx.run_interval(self.interval, |act, ctx| act.tick(ctx));
     }
@@ -161,6 +197,21 @@ impl Handler<GossipIn> for Membership {
 
     fn handle(&mut self, GossipIn { from, msg }: GossipIn, _: &mut Context<Self>) -> Self::Result {
         self.receive(&from, msg)
+    }
+}
+
+impl Handler<Reachability> for Membership {
+    type Result = ();
+
+    fn handle(&mut self, r: Reachability, _: &mut Context<Self>) {
+        let changed = match &r {
+            Reachability::Lost(peer) => self.core.on_unreachable(peer),
+            Reachability::Reached(peer) => self.core.on_reachable(peer, self.clock.now()),
+        };
+        if changed.liveness {
+            debug!(?r, "direct evidence of a peer's liveness");
+        }
+        self.publish(changed);
     }
 }
 

@@ -22,11 +22,11 @@ use dynakv::version::Actor as Writer;
 use dynakv::{Error, NodeId, Result};
 use tracing::info;
 
-use crate::bridge::{Bridge, BridgeSettings, Control, Fault, RegisterGossip};
+use crate::bridge::{Bridge, BridgeSettings, Control, Fault, Register};
 use crate::client_server::{ClientServer, ClientSettings};
 use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::events::Events;
-use crate::membership::{Membership, load_view};
+use crate::membership::{Clock, Membership, load_view};
 use crate::replica::{Flush, Replica, ReplicaSettings};
 use crate::ring::{Ring, Subscribe};
 use crate::session::Router;
@@ -127,6 +127,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
 
     // Ring, then membership, which feeds it views.
     let ring = Ring::default().start();
+    let clock = Clock::default();
     let core = MembershipCore::new(
         MembershipSettings {
             me: Member {
@@ -141,8 +142,11 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             partitions: config.cluster.partitions,
             n: usize::from(config.cluster.n),
             seeds: config.cluster.seeds.clone(),
+            suspect_after: config.gossip.suspect_after_ms,
+            down_after: config.gossip.down_after_ms,
         },
         persisted,
+        clock.now(),
     );
     let membership = Membership::new(
         core,
@@ -151,9 +155,13 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
         meta,
         Duration::from_millis(config.gossip.interval_ms),
         events.clone(),
+        clock,
     )
     .start();
-    bridge.do_send(RegisterGossip(membership.clone().recipient()));
+    bridge.do_send(Register {
+        gossip: membership.clone().recipient(),
+        reachability: membership.clone().recipient(),
+    });
 
     // The coordinator routes with the ring it is sent.
     let router = Router {

@@ -6,21 +6,37 @@
 //! per partition). Liveness is not its business: a node that is down is
 //! skipped when routing, never removed from the ring.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use dynakv::NodeId;
+use dynakv::liveness::Health;
 use dynakv::membership::View;
 use dynakv::ring;
 
+/// The view, or this node's belief about members' health, changed.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ViewChanged(pub Arc<View>);
+pub struct ViewChanged {
+    pub view: Arc<View>,
+    pub health: Arc<BTreeMap<NodeId, Health>>,
+}
 
-/// The view and the ring computed from it (None until the cluster is founded).
+/// The view, the ring computed from it (None until the cluster is founded)
+/// and the health of each member as this node sees it.
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub view: Arc<View>,
     pub ring: Option<Arc<ring::Ring>>,
+    pub health: Arc<BTreeMap<NodeId, Health>>,
+}
+
+impl Topology {
+    /// Whether requests may be routed to `node`.
+    pub fn is_up(&self, node: &NodeId) -> bool {
+        self.health.get(node).is_none_or(|h| *h == Health::Up)
+    }
 }
 
 #[derive(Message, Clone)]
@@ -45,14 +61,14 @@ impl Actor for Ring {
 impl Handler<ViewChanged> for Ring {
     type Result = ();
 
-    fn handle(&mut self, ViewChanged(view): ViewChanged, _: &mut Context<Self>) {
+    fn handle(&mut self, ViewChanged { view, health }: ViewChanged, _: &mut Context<Self>) {
         let unchanged = self
             .current
             .as_ref()
             .filter(|t| t.view.ownership == view.ownership)
             .map(|t| t.ring.clone());
         let ring = unchanged.unwrap_or_else(|| view.ring().map(Arc::new));
-        let topology = Topology { view, ring };
+        let topology = Topology { view, ring, health };
         for s in &self.subscribers {
             s.do_send(RingChanged(topology.clone()));
         }
