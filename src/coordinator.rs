@@ -1,11 +1,16 @@
 //! Coordinator sessions: one state machine per client get, put or delete.
 //!
 //! A session is given its targets (the routed preference list: owners that
-//! are up, plus hinted stand-ins for owners that are down) and a quorum. It
+//! are up, plus hinted stand-ins for owners that are down), the fallbacks
+//! (further healthy nodes of the extended preference list) and a quorum. It
 //! emits the replica requests to send, takes the replies (or failures) as
 //! they come, and answers the client exactly once: after R (get) or W
 //! (put/delete) successes, as soon as that quorum has become impossible, or
 //! with a quorum error when the shell reports the deadline.
+//!
+//! Sloppy quorum: when a target fails (refused, lost, or silent past its
+//! per-request timeout), the next fallback takes its place, holding a hint
+//! for the owner the failed target stood for.
 //!
 //! - Get: reads every target, merges what it reads; once every target has
 //!   answered (or the deadline passed) `repairs()` names the replicas that
@@ -17,6 +22,8 @@
 //! Errors that say the request itself is wrong (a bad context, too many
 //! siblings) end the session at once; a node that is down or slow only
 //! costs its vote.
+
+use std::collections::VecDeque;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::node::NodeId;
@@ -54,19 +61,44 @@ enum Vote {
     No,
 }
 
-/// Votes of the targets, by index.
+/// The targets of a session, their votes, and the fallbacks left.
 #[derive(Debug, Clone)]
 struct Tally {
+    targets: Vec<Replica>,
     votes: Vec<Vote>,
+    fallbacks: VecDeque<NodeId>,
     needed: usize,
 }
 
 impl Tally {
-    fn new(targets: usize, needed: usize) -> Self {
+    fn new(targets: Vec<Replica>, fallbacks: Vec<NodeId>, needed: usize) -> Self {
         Tally {
-            votes: vec![Vote::Waiting; targets],
+            votes: vec![Vote::Waiting; targets.len()],
+            targets,
+            fallbacks: fallbacks.into(),
             needed,
         }
+    }
+
+    fn index_of(&self, from: &NodeId) -> Option<usize> {
+        self.targets.iter().position(|t| &t.node == from)
+    }
+
+    /// Records target `i`'s failure and, if a fallback is left, adds it as a
+    /// new target standing in for the same owner. Returns its index.
+    fn fail(&mut self, i: usize) -> Option<usize> {
+        self.votes[i] = Vote::No;
+        let node = self.fallbacks.pop_front()?;
+        let owner = self.targets[i]
+            .hint_for
+            .clone()
+            .unwrap_or_else(|| self.targets[i].node.clone());
+        self.targets.push(Replica {
+            node,
+            hint_for: Some(owner),
+        });
+        self.votes.push(Vote::Waiting);
+        Some(self.targets.len() - 1)
     }
 
     fn yes(&self) -> usize {
@@ -93,13 +125,8 @@ impl Tally {
     }
 }
 
-fn index_of(targets: &[Replica], from: &NodeId) -> Option<usize> {
-    targets.iter().position(|t| &t.node == from)
-}
-
 pub struct GetSession {
     key: Vec<u8>,
-    targets: Vec<Replica>,
     tally: Tally,
     /// What each target answered, by index.
     states: Vec<Option<SiblingSet>>,
@@ -108,20 +135,19 @@ pub struct GetSession {
 }
 
 impl GetSession {
-    /// Starts a read of `key` from `targets`, answering after `r` replies.
-    pub fn start(key: Vec<u8>, targets: Vec<Replica>, r: usize) -> (Self, Vec<Request>) {
-        let requests = targets
-            .iter()
-            .map(|t| Request {
-                to: t.node.clone(),
-                msg: ReplicaMsg::Read { key: key.clone() },
-            })
-            .collect();
+    /// Starts a read of `key` from `targets`, answering after `r` replies;
+    /// `fallbacks` replace targets that fail.
+    pub fn start(
+        key: Vec<u8>,
+        targets: Vec<Replica>,
+        fallbacks: Vec<NodeId>,
+        r: usize,
+    ) -> (Self, Vec<Request>) {
+        let requests = targets.iter().map(|t| read(&t.node, &key)).collect();
         let session = GetSession {
-            key,
-            tally: Tally::new(targets.len(), r),
             states: vec![None; targets.len()],
-            targets,
+            tally: Tally::new(targets, fallbacks, r),
+            key,
             merged: SiblingSet::new(),
             answered: false,
         };
@@ -134,25 +160,35 @@ impl GetSession {
         self.answer_if_due()
     }
 
-    /// Takes a reply (or the failure to get one) from `from`.
+    /// Takes a reply (or the failure to get one) from `from`; returns the
+    /// requests to send next and the client's answer if it is now due.
     pub fn on_reply(
         &mut self,
         from: &NodeId,
         reply: Result<ReplicaMsg>,
-    ) -> Option<Result<SiblingSet>> {
-        let i = index_of(&self.targets, from)?;
-        if self.tally.votes[i] != Vote::Waiting {
-            return None;
-        }
+    ) -> (Vec<Request>, Option<Result<SiblingSet>>) {
+        let Some(i) = self
+            .tally
+            .index_of(from)
+            .filter(|&i| self.tally.votes[i] == Vote::Waiting)
+        else {
+            return (Vec::new(), None);
+        };
+        let mut next = Vec::new();
         match reply {
             Ok(ReplicaMsg::State { state }) => {
                 self.merged = self.merged.merge(&state);
                 self.states[i] = Some(state);
                 self.tally.votes[i] = Vote::Yes;
             }
-            Ok(_) | Err(_) => self.tally.votes[i] = Vote::No,
+            Ok(_) | Err(_) => {
+                if let Some(j) = self.tally.fail(i) {
+                    self.states.push(None);
+                    next.push(read(&self.tally.targets[j].node, &self.key));
+                }
+            }
         }
-        self.answer_if_due()
+        (next, self.answer_if_due())
     }
 
     /// The deadline passed: answer with a quorum error if not answered yet.
@@ -187,7 +223,8 @@ impl GetSession {
     /// Read repair: writes of the merged set to every target that answered
     /// with less than it. Call once, when complete or at the deadline.
     pub fn repairs(&self) -> Vec<Request> {
-        self.targets
+        self.tally
+            .targets
             .iter()
             .zip(&self.states)
             .filter_map(|(t, state)| {
@@ -205,6 +242,13 @@ impl GetSession {
     }
 }
 
+fn read(to: &NodeId, key: &[u8]) -> Request {
+    Request {
+        to: to.clone(),
+        msg: ReplicaMsg::Read { key: key.to_vec() },
+    }
+}
+
 /// A put's answer: the minted sibling set and the new value's dot.
 pub type Written = (SiblingSet, Dot);
 
@@ -212,7 +256,6 @@ pub struct PutSession {
     key: Vec<u8>,
     context: Context,
     value: Value,
-    targets: Vec<Replica>,
     tally: Tally,
     /// Index of the target asked to mint; None once minted (or given up).
     minter: Option<usize>,
@@ -222,20 +265,21 @@ pub struct PutSession {
 
 impl PutSession {
     /// Starts a write of `value` (or a tombstone) over what `context` covers,
-    /// answering after `w` acknowledgements.
+    /// answering after `w` acknowledgements; `fallbacks` replace targets
+    /// that fail.
     pub fn start(
         key: Vec<u8>,
         context: Context,
         value: Value,
         targets: Vec<Replica>,
+        fallbacks: Vec<NodeId>,
         w: usize,
     ) -> (Self, Vec<Request>) {
         let mut session = PutSession {
             key,
             context,
             value,
-            tally: Tally::new(targets.len(), w),
-            targets,
+            tally: Tally::new(targets, fallbacks, w),
             minter: None,
             written: None,
             answered: false,
@@ -251,19 +295,35 @@ impl PutSession {
 
     /// Asks target `i` (or the next one that has not failed) to mint.
     fn mint_with(&mut self, from: usize) -> Vec<Request> {
-        let next = (from..self.targets.len()).find(|&i| self.tally.votes[i] == Vote::Waiting);
+        let next = (from..self.tally.targets.len()).find(|&i| self.tally.votes[i] == Vote::Waiting);
         self.minter = next;
-        next.map(|i| Request {
-            to: self.targets[i].node.clone(),
-            msg: ReplicaMsg::Update {
-                key: self.key.clone(),
-                context: self.context.clone(),
-                value: self.value.clone(),
-                hint_for: self.targets[i].hint_for.clone(),
-            },
+        next.map(|i| {
+            let t = &self.tally.targets[i];
+            Request {
+                to: t.node.clone(),
+                msg: ReplicaMsg::Update {
+                    key: self.key.clone(),
+                    context: self.context.clone(),
+                    value: self.value.clone(),
+                    hint_for: t.hint_for.clone(),
+                },
+            }
         })
         .into_iter()
         .collect()
+    }
+
+    /// The write of the minted set to target `i`.
+    fn write_to(&self, i: usize, state: &SiblingSet) -> Request {
+        let t = &self.tally.targets[i];
+        Request {
+            to: t.node.clone(),
+            msg: ReplicaMsg::Write {
+                key: self.key.clone(),
+                state: state.clone(),
+                hint_for: t.hint_for.clone(),
+            },
+        }
     }
 
     /// Takes a reply from `from`; returns requests to send next and the
@@ -273,34 +333,25 @@ impl PutSession {
         from: &NodeId,
         reply: Result<ReplicaMsg>,
     ) -> (Vec<Request>, Option<Result<Written>>) {
-        let Some(i) = index_of(&self.targets, from) else {
+        let Some(i) = self
+            .tally
+            .index_of(from)
+            .filter(|&i| self.tally.votes[i] == Vote::Waiting)
+        else {
             return (Vec::new(), None);
         };
-        if self.tally.votes[i] != Vote::Waiting {
-            return (Vec::new(), None);
-        }
-        let mut requests = Vec::new();
+        let mut next = Vec::new();
         match (self.minter == Some(i), reply) {
             (true, Ok(ReplicaMsg::Updated { state, dot })) => {
                 self.tally.votes[i] = Vote::Yes;
                 self.minter = None;
-                requests = self
-                    .targets
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| self.tally.votes[*j] == Vote::Waiting)
-                    .map(|(_, t)| Request {
-                        to: t.node.clone(),
-                        msg: ReplicaMsg::Write {
-                            key: self.key.clone(),
-                            state: state.clone(),
-                            hint_for: t.hint_for.clone(),
-                        },
-                    })
+                next = (0..self.tally.targets.len())
+                    .filter(|&j| self.tally.votes[j] == Vote::Waiting)
+                    .map(|j| self.write_to(j, &state))
                     .collect();
                 self.written = Some((state, dot));
             }
-            (true, Err(e)) if is_refusal(&e) => {
+            (true, Err(e)) if e.kind() == ErrorKind::InvalidRequest => {
                 // The request itself is wrong; every replica would refuse it.
                 self.tally.votes[i] = Vote::No;
                 self.minter = None;
@@ -310,15 +361,21 @@ impl PutSession {
                 }
             }
             (true, _) => {
-                self.tally.votes[i] = Vote::No;
-                requests = self.mint_with(i + 1);
+                // The fallback (if any) is appended; the next waiting target,
+                // perhaps that fallback, mints.
+                self.tally.fail(i);
+                next = self.mint_with(i + 1);
             }
             (false, Ok(ReplicaMsg::Ack)) if self.written.is_some() => {
                 self.tally.votes[i] = Vote::Yes
             }
-            (false, _) => self.tally.votes[i] = Vote::No,
+            (false, _) => {
+                if let (Some(j), Some((state, _))) = (self.tally.fail(i), &self.written) {
+                    next.push(self.write_to(j, state));
+                }
+            }
         }
-        (requests, self.answer_if_due())
+        (next, self.answer_if_due())
     }
 
     /// The deadline passed: answer with a quorum error if not answered yet.
@@ -350,12 +407,6 @@ impl PutSession {
     }
 }
 
-/// Whether a replica's error says the request is unacceptable (as opposed to
-/// the replica being unable to serve it right now).
-fn is_refusal(e: &Error) -> bool {
-    e.kind() == ErrorKind::InvalidRequest
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,13 +430,40 @@ mod tests {
             .unwrap()
     }
 
+    fn minted(v: &str, actor: u64) -> ReplicaMsg {
+        let state = state(v, actor);
+        let dot = state.siblings().next().unwrap().dot;
+        ReplicaMsg::Updated { state, dot }
+    }
+
     fn down() -> Error {
         Error::Unavailable("peer down".into())
     }
 
+    fn get(targets: &[&str], fallbacks: &[&str], r: usize) -> GetSession {
+        GetSession::start(
+            b"k".to_vec(),
+            owners(targets),
+            fallbacks.iter().map(|f| id(f)).collect(),
+            r,
+        )
+        .0
+    }
+
+    fn put(targets: &[&str], fallbacks: &[&str], w: usize) -> (PutSession, Vec<Request>) {
+        PutSession::start(
+            b"k".to_vec(),
+            Context::default(),
+            Value::Data(b"v".to_vec()),
+            owners(targets),
+            fallbacks.iter().map(|f| id(f)).collect(),
+            w,
+        )
+    }
+
     #[test]
     fn get_answers_after_r_replies_and_repairs_stale_replicas() {
-        let (mut s, reqs) = GetSession::start(b"k".to_vec(), owners(&["a", "b", "c"]), 2);
+        let (mut s, reqs) = GetSession::start(b"k".to_vec(), owners(&["a", "b", "c"]), vec![], 2);
         assert_eq!(reqs.len(), 3);
         assert!(s.initial_answer().is_none());
         let newer = state("new", 1);
@@ -396,9 +474,10 @@ mod tests {
                     state: newer.clone()
                 })
             )
+            .1
             .is_none()
         );
-        let answer = s.on_reply(
+        let (_, answer) = s.on_reply(
             &id("b"),
             Ok(ReplicaMsg::State {
                 state: SiblingSet::new(),
@@ -414,6 +493,7 @@ mod tests {
                     state: newer.clone()
                 })
             )
+            .1
             .is_none()
         );
         assert!(s.is_complete());
@@ -425,7 +505,7 @@ mod tests {
 
     #[test]
     fn get_merges_concurrent_siblings() {
-        let (mut s, _) = GetSession::start(b"k".to_vec(), owners(&["a", "b", "c"]), 2);
+        let mut s = get(&["a", "b", "c"], &[], 2);
         s.on_reply(
             &id("a"),
             Ok(ReplicaMsg::State {
@@ -439,6 +519,7 @@ mod tests {
                     state: state("y", 2),
                 }),
             )
+            .1
             .unwrap()
             .unwrap();
         assert_eq!(merged.sibling_count(), 2);
@@ -451,16 +532,39 @@ mod tests {
 
     #[test]
     fn get_fails_fast_when_quorum_becomes_impossible() {
-        let (mut s, _) = GetSession::start(b"k".to_vec(), owners(&["a", "b", "c"]), 2);
-        assert!(s.on_reply(&id("a"), Err(down())).is_none());
-        let e = s.on_reply(&id("b"), Err(down())).unwrap().unwrap_err();
+        let mut s = get(&["a", "b", "c"], &[], 2);
+        assert!(s.on_reply(&id("a"), Err(down())).1.is_none());
+        let e = s.on_reply(&id("b"), Err(down())).1.unwrap().unwrap_err();
         assert_eq!(e, Error::Quorum { needed: 2, got: 0 });
         assert!(s.on_timeout().is_none(), "answered only once");
     }
 
     #[test]
+    fn get_reads_a_fallback_in_place_of_a_failed_target() {
+        let mut s = get(&["a", "b", "c"], &["d"], 2);
+        let (next, answer) = s.on_reply(&id("a"), Err(down()));
+        assert!(answer.is_none());
+        assert_eq!(next, vec![read(&id("d"), b"k")]);
+        s.on_reply(&id("b"), Err(down()));
+        let (_, answer) = s.on_reply(
+            &id("d"),
+            Ok(ReplicaMsg::State {
+                state: state("x", 1),
+            }),
+        );
+        assert!(answer.is_none());
+        let (_, answer) = s.on_reply(
+            &id("c"),
+            Ok(ReplicaMsg::State {
+                state: state("x", 1),
+            }),
+        );
+        assert!(matches!(answer, Some(Ok(_))));
+    }
+
+    #[test]
     fn get_times_out_with_a_quorum_error() {
-        let (mut s, _) = GetSession::start(b"k".to_vec(), owners(&["a", "b", "c"]), 2);
+        let mut s = get(&["a", "b", "c"], &[], 2);
         s.on_reply(
             &id("a"),
             Ok(ReplicaMsg::State {
@@ -472,23 +576,17 @@ mod tests {
             Some(Err(Error::Quorum { needed: 2, got: 1 }))
         );
         // replies from strangers and duplicates are ignored
-        assert!(s.on_reply(&id("zz"), Ok(ReplicaMsg::Ack)).is_none());
+        assert_eq!(s.on_reply(&id("zz"), Ok(ReplicaMsg::Ack)), (vec![], None));
     }
 
     #[test]
     fn too_few_targets_fail_at_once() {
-        let (mut g, _) = GetSession::start(b"k".to_vec(), owners(&["a"]), 2);
+        let mut g = get(&["a"], &[], 2);
         assert!(matches!(
             g.initial_answer(),
             Some(Err(Error::Quorum { .. }))
         ));
-        let (mut p, _) = PutSession::start(
-            b"k".to_vec(),
-            Context::default(),
-            Value::Tombstone,
-            owners(&[]),
-            1,
-        );
+        let (mut p, _) = put(&[], &[], 1);
         assert!(matches!(
             p.initial_answer(),
             Some(Err(Error::Quorum { .. }))
@@ -497,32 +595,22 @@ mod tests {
 
     #[test]
     fn put_mints_at_the_first_target_then_writes_the_rest() {
-        let (mut s, reqs) = PutSession::start(
-            b"k".to_vec(),
-            Context::default(),
-            Value::Data(b"v".to_vec()),
-            owners(&["a", "b", "c"]),
-            2,
-        );
+        let (mut s, reqs) = put(&["a", "b", "c"], &[], 2);
         assert_eq!(reqs.len(), 1);
         assert_eq!(reqs[0].to, id("a"));
         assert!(matches!(reqs[0].msg, ReplicaMsg::Update { .. }));
-        let minted = state("v", 1);
-        let dot = minted.siblings().next().unwrap().dot;
-        let (writes, answer) = s.on_reply(
-            &id("a"),
-            Ok(ReplicaMsg::Updated {
-                state: minted.clone(),
-                dot,
-            }),
-        );
+        let reply = minted("v", 1);
+        let ReplicaMsg::Updated { state, dot } = reply.clone() else {
+            unreachable!()
+        };
+        let (writes, answer) = s.on_reply(&id("a"), Ok(reply));
         assert!(answer.is_none());
         assert_eq!(
             writes.iter().map(|r| r.to.clone()).collect::<Vec<_>>(),
             vec![id("b"), id("c")]
         );
         let (_, answer) = s.on_reply(&id("c"), Ok(ReplicaMsg::Ack));
-        assert_eq!(answer, Some(Ok((minted, dot))));
+        assert_eq!(answer, Some(Ok((state, dot))));
         assert!(!s.is_complete());
         s.on_reply(&id("b"), Err(down()));
         assert!(s.is_complete());
@@ -530,34 +618,53 @@ mod tests {
 
     #[test]
     fn put_moves_to_the_next_minter_when_one_fails() {
-        let (mut s, _) = PutSession::start(
-            b"k".to_vec(),
-            Context::default(),
-            Value::Tombstone,
-            owners(&["a", "b", "c"]),
-            2,
-        );
+        let (mut s, _) = put(&["a", "b", "c"], &[], 2);
         let (next, answer) = s.on_reply(&id("a"), Err(down()));
         assert!(answer.is_none());
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].to, id("b"));
-        let minted = state("x", 2);
-        let dot = minted.siblings().next().unwrap().dot;
-        let (writes, _) = s.on_reply(&id("b"), Ok(ReplicaMsg::Updated { state: minted, dot }));
+        let (writes, _) = s.on_reply(&id("b"), Ok(minted("x", 2)));
         assert_eq!(writes.len(), 1, "only c is left to write; a failed");
         let (_, answer) = s.on_reply(&id("c"), Err(down()));
         assert_eq!(answer, Some(Err(Error::Quorum { needed: 2, got: 1 })));
     }
 
     #[test]
-    fn a_refused_request_ends_the_put_at_once() {
-        let (mut s, _) = PutSession::start(
-            b"k".to_vec(),
-            Context::default(),
-            Value::Tombstone,
-            owners(&["a", "b", "c"]),
-            2,
+    fn a_failed_replica_is_replaced_by_a_hinted_fallback() {
+        let (mut s, _) = put(&["a", "b", "c"], &["d", "e"], 2);
+        s.on_reply(&id("a"), Ok(minted("x", 1)));
+        // b fails after minting: d takes its copy with a hint for b
+        let (next, answer) = s.on_reply(&id("b"), Err(Error::Timeout));
+        assert!(answer.is_none());
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].to, id("d"));
+        assert!(
+            matches!(&next[0].msg, ReplicaMsg::Write { hint_for: Some(h), .. } if *h == id("b"))
         );
+        // d fails too: e stands in for b (not for d)
+        let (next, _) = s.on_reply(&id("d"), Err(down()));
+        assert!(
+            matches!(&next[0].msg, ReplicaMsg::Write { hint_for: Some(h), .. } if *h == id("b"))
+        );
+        let (_, answer) = s.on_reply(&id("e"), Ok(ReplicaMsg::Ack));
+        assert!(matches!(answer, Some(Ok(_))), "{answer:?}");
+    }
+
+    #[test]
+    fn a_failed_minter_is_replaced_too() {
+        let (mut s, _) = put(&["a"], &["d"], 1);
+        let (next, _) = s.on_reply(&id("a"), Err(down()));
+        assert_eq!(next.len(), 1);
+        assert!(
+            matches!(&next[0].msg, ReplicaMsg::Update { hint_for: Some(h), .. } if *h == id("a"))
+        );
+        let (_, answer) = s.on_reply(&id("d"), Ok(minted("x", 4)));
+        assert!(matches!(answer, Some(Ok(_))));
+    }
+
+    #[test]
+    fn a_refused_request_ends_the_put_at_once() {
+        let (mut s, _) = put(&["a", "b", "c"], &["d"], 2);
         let refusal = Error::InvalidRequest("too many siblings".into());
         let (next, answer) = s.on_reply(&id("a"), Err(refusal.clone()));
         assert!(next.is_empty());
@@ -578,11 +685,10 @@ mod tests {
             Context::default(),
             Value::Tombstone,
             targets,
+            vec![],
             2,
         );
-        let minted = state("x", 1);
-        let dot = minted.siblings().next().unwrap().dot;
-        let (writes, _) = s.on_reply(&id("a"), Ok(ReplicaMsg::Updated { state: minted, dot }));
+        let (writes, _) = s.on_reply(&id("a"), Ok(minted("x", 1)));
         assert!(
             matches!(&writes[0].msg, ReplicaMsg::Write { hint_for: Some(h), .. } if *h == id("b"))
         );

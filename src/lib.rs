@@ -14,6 +14,7 @@
 pub mod config;
 pub mod coordinator;
 pub mod error;
+pub mod hints;
 pub mod liveness;
 pub mod membership;
 pub mod merkle;

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
+use crate::hints::HintMsg;
 use crate::membership::GossipMsg;
 use crate::node::NodeId;
 use crate::replica::ReplicaMsg;
@@ -45,4 +46,5 @@ pub enum PeerMsg {
     },
     Replica(ReplicaMsg),
     Gossip(GossipMsg),
+    Hints(HintMsg),
 }

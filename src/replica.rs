@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::hints::HintLog;
 use crate::merkle::{HashTree, item_hash, segment_of};
 use crate::node::NodeId;
 use crate::ring::Partition;
@@ -157,6 +158,7 @@ const SCAN_CHUNK: usize = 4096;
 
 pub struct Replica<S: Store> {
     store: S,
+    hints: HintLog<S>,
     q: u32,
     actor: Actor,
     max_siblings: usize,
@@ -174,9 +176,15 @@ pub struct OpenReport {
 }
 
 impl<S: Store> Replica<S> {
-    /// Opens a replica over `store`, scanning it once to count keys and
-    /// build every partition's hash tree.
-    pub fn open(store: S, q: u32, actor: Actor, max_siblings: usize) -> Result<(Self, OpenReport)> {
+    /// Opens a replica over `store` (data) and `hints`, scanning the data
+    /// once to count keys and build every partition's hash tree.
+    pub fn open(
+        store: S,
+        hints: S,
+        q: u32,
+        actor: Actor,
+        max_siblings: usize,
+    ) -> Result<(Self, OpenReport)> {
         let mut report = OpenReport::default();
         let mut items: HashMap<Partition, Vec<(usize, u64)>> = HashMap::new();
         let mut after: Option<Vec<u8>> = None;
@@ -207,6 +215,7 @@ impl<S: Store> Replica<S> {
         report.partitions = trees.len();
         let replica = Replica {
             store,
+            hints: HintLog::open(hints)?,
             q,
             actor,
             max_siblings,
@@ -254,7 +263,14 @@ impl<S: Store> Replica<S> {
     /// Coordinates a write: the new value supersedes what `ctx` covers and
     /// gets a fresh dot of this replica's actor. Refused if the key would
     /// hold more than the sibling limit (the client must resolve first).
-    pub fn update(&mut self, key: &[u8], ctx: &Context, value: Value) -> Result<(SiblingSet, Dot)> {
+    /// `hint_for` names the owner this replica stands in for, if any.
+    pub fn update(
+        &mut self,
+        key: &[u8],
+        ctx: &Context,
+        value: Value,
+        hint_for: Option<&NodeId>,
+    ) -> Result<(SiblingSet, Dot)> {
         let stored = self.stored(key)?;
         let current = stored.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
         let next = current.update(ctx, value, self.actor)?;
@@ -269,14 +285,21 @@ impl<S: Store> Replica<S> {
             actor: self.actor,
             counter: next.context().get(self.actor),
         };
+        self.record_hint(key, hint_for)?;
         self.store_state(key, stored.map(|(_, bytes)| bytes), &next)?;
         Ok((next, dot))
     }
 
     /// Merges a sibling set minted elsewhere. Returns the merged local copy;
     /// writes nothing when the local copy already contains `incoming`.
-    pub fn merge(&mut self, key: &[u8], incoming: &SiblingSet) -> Result<SiblingSet> {
+    pub fn merge(
+        &mut self,
+        key: &[u8],
+        incoming: &SiblingSet,
+        hint_for: Option<&NodeId>,
+    ) -> Result<SiblingSet> {
         incoming.validate(self.max_siblings.saturating_mul(MERGE_SIBLING_FACTOR))?;
+        self.record_hint(key, hint_for)?;
         let stored = self.stored(key)?;
         let current = stored.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
         let merged = current.merge(incoming);
@@ -284,6 +307,80 @@ impl<S: Store> Replica<S> {
             self.store_state(key, stored.map(|(_, bytes)| bytes), &merged)?;
         }
         Ok(merged)
+    }
+
+    /// Removes `key` from this replica (a stand-in's copy after handoff, a
+    /// collected tombstone).
+    pub fn remove(&mut self, key: &[u8]) -> Result<()> {
+        let p = Partition::of_key(key, self.q);
+        let stored = storage_key(p, key);
+        if let Some(bytes) = self.store.get(&stored)? {
+            self.store.remove(&stored)?;
+            self.keys = self.keys.saturating_sub(1);
+            let tree = self.trees.entry(p).or_default();
+            tree.update(segment_of(key, self.q), Some(item_hash(key, &bytes)), None);
+            if tree.is_empty() {
+                self.trees.remove(&p);
+            }
+        }
+        Ok(())
+    }
+
+    fn record_hint(&mut self, key: &[u8], hint_for: Option<&NodeId>) -> Result<()> {
+        match hint_for {
+            Some(owner) => self.hints.record(owner, key),
+            None => Ok(()),
+        }
+    }
+
+    /// Hints held, per owner.
+    pub fn hints_pending(&self) -> &BTreeMap<NodeId, u64> {
+        self.hints.pending()
+    }
+
+    /// Up to `limit` keys hinted for `owner`, with their current local state.
+    pub fn hinted(&self, owner: &NodeId, limit: usize) -> Result<Vec<(Vec<u8>, SiblingSet)>> {
+        self.hints
+            .batch(owner, limit)?
+            .into_iter()
+            .map(|key| {
+                let state = self.read(&key)?;
+                Ok((key, state))
+            })
+            .collect()
+    }
+
+    /// `owner` merged `delivered` durably: clear each hint whose key is
+    /// unchanged since (a key written meanwhile keeps its hint for the next
+    /// batch), and drop this replica's copy of the keys `keep` rejects.
+    pub fn handed_off(
+        &mut self,
+        owner: &NodeId,
+        delivered: &[(Vec<u8>, SiblingSet)],
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<usize> {
+        let mut cleared = 0;
+        for (key, state) in delivered {
+            if self.read(key)? != *state {
+                continue;
+            }
+            self.hints.clear(owner, key)?;
+            cleared += 1;
+            if !keep(key) && !self.hints_for_other_owner(owner, key)? {
+                self.remove(key)?;
+            }
+        }
+        Ok(cleared)
+    }
+
+    /// Whether another owner still has a hint for `key` here.
+    fn hints_for_other_owner(&self, owner: &NodeId, key: &[u8]) -> Result<bool> {
+        for other in self.hints.pending().keys().filter(|o| *o != owner) {
+            if self.hints.is_hinted(other, key)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Writes `new` over the stored encoding `old` (None: a new key).
@@ -309,7 +406,7 @@ mod tests {
     use super::*;
 
     fn replica() -> Replica<MemStore> {
-        Replica::open(MemStore::default(), 64, Actor(1), 5)
+        Replica::open(MemStore::default(), MemStore::default(), 64, Actor(1), 5)
             .unwrap()
             .0
     }
@@ -319,7 +416,7 @@ mod tests {
     }
 
     fn rebuilt_trees(r: &Replica<MemStore>) -> HashMap<Partition, HashTree> {
-        Replica::open(r.store().clone(), 64, Actor(1), 5)
+        Replica::open(r.store().clone(), MemStore::default(), 64, Actor(1), 5)
             .unwrap()
             .0
             .trees
@@ -328,7 +425,9 @@ mod tests {
     #[test]
     fn update_mints_dots_and_persists() {
         let mut r = replica();
-        let (s, dot) = r.update(b"k", &Context::default(), data("v")).unwrap();
+        let (s, dot) = r
+            .update(b"k", &Context::default(), data("v"), None)
+            .unwrap();
         assert_eq!(
             dot,
             Dot {
@@ -338,7 +437,7 @@ mod tests {
         );
         assert_eq!(r.read(b"k").unwrap(), s);
         assert_eq!(r.key_count(), 1);
-        let (s2, dot2) = r.update(b"k", &s.context(), data("w")).unwrap();
+        let (s2, dot2) = r.update(b"k", &s.context(), data("w"), None).unwrap();
         assert_eq!(dot2.counter, 2);
         assert_eq!(s2.values().collect::<Vec<_>>(), vec![b"w".as_slice()]);
         assert_eq!(r.key_count(), 1);
@@ -347,7 +446,7 @@ mod tests {
     #[test]
     fn merge_is_idempotent_and_keeps_trees_exact() {
         let mut a = replica();
-        let mut b = Replica::open(MemStore::default(), 64, Actor(2), 5)
+        let mut b = Replica::open(MemStore::default(), MemStore::default(), 64, Actor(2), 5)
             .unwrap()
             .0;
         for i in 0..50u32 {
@@ -357,10 +456,11 @@ mod tests {
                     &key,
                     &Context::default(),
                     Value::Data(i.to_le_bytes().to_vec()),
+                    None,
                 )
                 .unwrap();
-            b.merge(&key, &s).unwrap();
-            b.merge(&key, &s).unwrap();
+            b.merge(&key, &s, None).unwrap();
+            b.merge(&key, &s, None).unwrap();
         }
         assert_eq!(a.store().map, b.store().map);
         assert_eq!(a.trees, b.trees);
@@ -372,16 +472,16 @@ mod tests {
     fn the_sibling_limit_refuses_new_writes_not_merges() {
         let mut r = replica();
         for i in 0..5 {
-            r.update(b"k", &Context::default(), data(&i.to_string()))
+            r.update(b"k", &Context::default(), data(&i.to_string()), None)
                 .unwrap();
         }
         let e = r
-            .update(b"k", &Context::default(), data("six"))
+            .update(b"k", &Context::default(), data("six"), None)
             .unwrap_err();
         assert!(e.to_string().contains("siblings"), "{e}");
         // resolving with the context is always possible
         let ctx = r.read(b"k").unwrap().context();
-        r.update(b"k", &ctx, data("resolved")).unwrap();
+        r.update(b"k", &ctx, data("resolved"), None).unwrap();
         assert_eq!(r.read(b"k").unwrap().sibling_count(), 1);
     }
 
@@ -394,7 +494,7 @@ mod tests {
                 &[0xff, 0xff],
             )
             .unwrap();
-        let (r, report) = Replica::open(store, 64, Actor(1), 5).unwrap();
+        let (r, report) = Replica::open(store, MemStore::default(), 64, Actor(1), 5).unwrap();
         assert_eq!(report.corrupt.len(), 1);
         assert_eq!(report.keys, 0);
         assert!(matches!(r.read(b"bad"), Err(Error::Storage(_))));
@@ -423,5 +523,37 @@ mod tests {
         let rest = s.scan(&[1], Some(&first[3].0), 100).unwrap();
         assert_eq!(rest.len(), 6);
         assert!(rest.iter().all(|(k, _)| k[0] == 1));
+    }
+
+    #[test]
+    fn hinted_writes_are_handed_off_then_dropped_unless_kept() {
+        let mut r = replica();
+        let owner = NodeId::new("owner").unwrap();
+        let (s1, _) = r
+            .update(b"k1", &Context::default(), data("a"), Some(&owner))
+            .unwrap();
+        r.merge(b"k2", &s1, Some(&owner)).unwrap();
+        r.update(b"k3", &Context::default(), data("c"), None)
+            .unwrap();
+        assert_eq!(r.hints_pending()[&owner], 2);
+        let batch = r.hinted(&owner, 10).unwrap();
+        assert_eq!(batch.len(), 2);
+        // a write to k2 races with the delivery: its hint stays
+        r.update(b"k2", &Context::default(), data("late"), Some(&owner))
+            .unwrap();
+        let cleared = r.handed_off(&owner, &batch, |k| k == b"k1").unwrap();
+        assert_eq!(cleared, 1);
+        assert_eq!(r.hints_pending()[&owner], 1);
+        assert_eq!(r.read(b"k1").unwrap(), s1, "kept: this node replicates k1");
+        let batch = r.hinted(&owner, 10).unwrap();
+        assert_eq!(batch[0].0, b"k2");
+        r.handed_off(&owner, &batch, |_| false).unwrap();
+        assert!(r.hints_pending().is_empty());
+        assert!(
+            r.read(b"k2").unwrap().is_empty(),
+            "dropped: not a replica of k2"
+        );
+        assert_eq!(r.key_count(), 2);
+        assert_eq!(r.trees, rebuilt_trees(&r));
     }
 }

@@ -226,6 +226,19 @@ impl Ring {
         targets
     }
 
+    /// Nodes for which `is_up` holds further along the walk than `targets`:
+    /// in order, the nodes that replace targets that fail.
+    pub fn fallbacks(
+        &self,
+        p: Partition,
+        targets: &[Target<'_>],
+        is_up: impl Fn(&NodeId) -> bool,
+    ) -> Vec<&NodeId> {
+        self.walk(p)
+            .filter(|n| is_up(n) && !targets.iter().any(|t| t.node == *n))
+            .collect()
+    }
+
     /// The partitions whose preference list (current or pending) includes
     /// `node`: the data that node must hold.
     pub fn replicated_by(&self, node: &NodeId, n: usize) -> Vec<Partition> {

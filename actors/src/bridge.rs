@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use actix::WeakAddr;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
+use dynakv::hints::HintMsg;
 use dynakv::membership::GossipMsg;
 use dynakv::peer::{PeerFrame, PeerHello, PeerMsg};
 use dynakv::wire::{Corr, Envelope};
@@ -37,7 +38,7 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
 use crate::codec::{Codec, CodecError};
-use crate::replica::{Replica, ReplicaRequest, mailbox_error};
+use crate::replica::{MergeHandoff, Replica, ReplicaRequest, mailbox_error};
 
 /// First and longest wait before reconnecting to a peer that failed.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -570,6 +571,19 @@ impl Bridge {
                         Ok(None) => {}
                         Err(e) => reply.send(error_msg(&e)),
                     }
+                });
+            }
+            PeerMsg::Hints(HintMsg::Deliver { entries }) => {
+                let replica = self.replica.clone();
+                actix::spawn(async move {
+                    let merged = replica
+                        .send(MergeHandoff(entries))
+                        .await
+                        .map_err(mailbox_error);
+                    reply.send(match merged.and_then(|r| r) {
+                        Ok(()) => PeerMsg::Hints(HintMsg::Delivered),
+                        Err(e) => error_msg(&e),
+                    });
                 });
             }
             PeerMsg::Ping => reply.send(PeerMsg::Pong),

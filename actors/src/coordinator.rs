@@ -52,7 +52,7 @@ impl Coordinator {
         let sessions = SessionEnv {
             router,
             deadline: settings.request_timeout,
-            mint_timeout: settings.request_timeout / (u32::from(settings.n) + 1),
+            attempt_timeout: settings.request_timeout / (u32::from(settings.n) + 1),
             events,
         };
         Coordinator {
@@ -92,19 +92,24 @@ impl Coordinator {
         Ok(usize::from(q))
     }
 
-    /// The targets for `key`: every node of the preference list.
-    fn targets(&self, key: &[u8]) -> Result<(u32, Vec<Target>)> {
-        let ring = self
-            .topology
-            .as_ref()
-            .and_then(|t| t.ring.clone())
-            .ok_or_else(|| {
-                Error::Unavailable("the cluster is not formed yet (waiting for its seeds)".into())
-            })?;
+    /// Where a request for `key` goes: the first N healthy nodes of the
+    /// extended preference list (hinted stand-ins for owners that are not
+    /// up), and the healthy nodes after them, to replace targets that fail.
+    fn targets(&self, key: &[u8]) -> Result<(u32, Vec<Target>, Vec<NodeId>)> {
+        let topology = self.topology.as_ref();
+        let ring = topology.and_then(|t| t.ring.clone()).ok_or_else(|| {
+            Error::Unavailable("the cluster is not formed yet (waiting for its seeds)".into())
+        })?;
+        let topology = topology.expect("a ring implies a topology");
+        let is_up = |n: &NodeId| topology.is_up(n);
         let p = ring.partition_of(key);
-        let topology = self.topology.as_ref().expect("a ring implies a topology");
-        let mut targets: Vec<Target> = ring
-            .route(p, usize::from(self.settings.n), |n| topology.is_up(n))
+        let routed = ring.route(p, usize::from(self.settings.n), is_up);
+        let fallbacks = ring
+            .fallbacks(p, &routed, is_up)
+            .into_iter()
+            .cloned()
+            .collect();
+        let mut targets: Vec<Target> = routed
             .into_iter()
             .map(|t| Target {
                 node: t.node.clone(),
@@ -116,7 +121,7 @@ impl Coordinator {
         if let Some(i) = targets.iter().position(|t| &t.node == self.me()) {
             targets[..=i].rotate_right(1);
         }
-        Ok((p.0, targets))
+        Ok((p.0, targets, fallbacks))
     }
 
     /// Starts a session and returns the future of its outcome.
@@ -141,10 +146,10 @@ impl Coordinator {
             ClientOp::Get { key, r } => {
                 self.check_key(&key)?;
                 let r = self.quorum("r", r, self.settings.r)?;
-                let (p, targets) = self.targets(&key)?;
+                let (p, targets, fallbacks) = self.targets(&key)?;
                 let k = key.clone();
                 let rx = self.session("get", key, p, move || {
-                    let (s, reqs) = GetSession::start(k, targets, r);
+                    let (s, reqs) = GetSession::start(k, targets, fallbacks, r);
                     (Kind::Get(s), reqs)
                 });
                 Ok(Pending::Session(rx))
@@ -191,10 +196,10 @@ impl Coordinator {
         self.check_key(&key)?;
         let w = self.quorum("w", w, self.settings.w)?;
         let ctx = VersionContext::from_bytes(context)?;
-        let (p, targets) = self.targets(&key)?;
+        let (p, targets, fallbacks) = self.targets(&key)?;
         let k = key.clone();
         let rx = self.session(op, key, p, move || {
-            let (s, reqs) = PutSession::start(k, ctx, value, targets, w);
+            let (s, reqs) = PutSession::start(k, ctx, value, targets, fallbacks, w);
             (Kind::Put(s), reqs)
         });
         Ok(Pending::Session(rx))
@@ -316,7 +321,9 @@ async fn finish(pending: Pending, replica: Addr<Replica>, me: NodeId) -> Result<
             })
         }
         Pending::Status(mut report) => {
-            report.keys = replica.send(Stats).await.map_err(mailbox_error)??.keys;
+            let stats = replica.send(Stats).await.map_err(mailbox_error)??;
+            report.keys = stats.keys;
+            report.hints = stats.hints;
             Ok(ClientReply::Status(report))
         }
         Pending::Inspect { key, partition } => {

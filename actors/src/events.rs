@@ -19,6 +19,12 @@ pub enum Event {
         key: Vec<u8>,
         replicas: usize,
     },
+    /// A delivery run handed `keys` hinted keys back to `owner`.
+    HintsDelivered {
+        node: NodeId,
+        owner: NodeId,
+        keys: usize,
+    },
 }
 
 /// Events a slow subscriber may fall behind by before it misses some.

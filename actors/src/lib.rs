@@ -9,6 +9,7 @@ pub mod codec;
 pub mod coordinator;
 pub mod dev;
 pub mod events;
+pub mod hints;
 pub mod logging;
 pub mod membership;
 pub mod node;

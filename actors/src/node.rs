@@ -26,6 +26,7 @@ use crate::bridge::{Bridge, BridgeSettings, Control, Fault, Register};
 use crate::client_server::{ClientServer, ClientSettings};
 use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::events::Events;
+use crate::hints::{Hints, HintsSettings};
 use crate::membership::{Clock, Membership, load_view};
 use crate::replica::{Flush, Replica, ReplicaSettings};
 use crate::ring::{Ring, Subscribe};
@@ -63,6 +64,7 @@ pub struct NodeHandle {
     pub membership: Addr<Membership>,
     pub ring: Addr<Ring>,
     pub coordinator: Addr<Coordinator>,
+    pub hints: Addr<Hints>,
     pub client_server: Addr<ClientServer>,
     pub events: Events,
 }
@@ -186,6 +188,24 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
     .start();
     ring.do_send(Subscribe(coordinator.clone().recipient()));
 
+    // Hints hand writes held for owners that were down back to them.
+    let hints = Hints::new(
+        HintsSettings {
+            me: me.clone(),
+            deliver: config.hints.deliver,
+            batch_size: config.hints.batch_size as usize,
+            pause: Duration::from_millis(config.hints.pause_ms),
+            interval: Duration::from_millis(config.hints.interval_ms),
+            n: usize::from(config.cluster.n),
+            call_timeout: Duration::from_millis(config.timeouts.request_ms),
+        },
+        replica.clone(),
+        bridge.clone(),
+        events.clone(),
+    )
+    .start();
+    ring.do_send(Subscribe(hints.clone().recipient()));
+
     // Clients last: by now every request has somewhere to go.
     let client_server = ClientServer::new(
         ClientSettings {
@@ -209,6 +229,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
         membership,
         ring,
         coordinator,
+        hints,
         client_server,
         events,
     })
@@ -219,6 +240,7 @@ impl NodeHandle {
     pub async fn stop(self) -> Result<()> {
         self.client_server.do_send(Shutdown);
         self.coordinator.do_send(Shutdown);
+        self.hints.do_send(Shutdown);
         self.membership.do_send(Shutdown);
         self.bridge.do_send(Shutdown);
         self.ring.do_send(Shutdown);
@@ -250,4 +272,12 @@ macro_rules! stop_on_shutdown {
     };
 }
 
-stop_on_shutdown!(Replica, Bridge, Membership, Ring, Coordinator, ClientServer);
+stop_on_shutdown!(
+    Replica,
+    Bridge,
+    Membership,
+    Ring,
+    Coordinator,
+    Hints,
+    ClientServer
+);

@@ -20,7 +20,7 @@ use actix::prelude::*;
 use dynakv::config::Fsync;
 use dynakv::replica::{Replica as Core, ReplicaMsg};
 use dynakv::version::{Actor as Writer, SiblingSet};
-use dynakv::{Error, Result};
+use dynakv::{Error, NodeId, Result};
 use tracing::{error, warn};
 
 use crate::storage::{FjallStore, Storage};
@@ -40,9 +40,11 @@ pub struct ReadLocal(pub Vec<u8>);
 #[rtype(result = "Result<ReplicaStats>")]
 pub struct Stats;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, MessageResponse)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, MessageResponse)]
 pub struct ReplicaStats {
     pub keys: u64,
+    /// Hints held, per owner.
+    pub hints: Vec<(NodeId, u64)>,
     /// Writes applied since start.
     pub writes: u64,
     /// fsyncs since start (with group commit, fewer than writes).
@@ -55,6 +57,35 @@ struct Counters {
     written: AtomicU64,
     syncs: AtomicU64,
 }
+
+/// Merges sibling sets handed off by a stand-in; answered once they are
+/// durable (per the fsync mode).
+#[derive(Message)]
+#[rtype(result = "Result<()>")]
+pub struct MergeHandoff(pub Vec<(Vec<u8>, SiblingSet)>);
+
+/// Up to `limit` keys hinted for `owner`, with their current local state.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(Vec<u8>, SiblingSet)>>")]
+pub struct TakeHints {
+    pub owner: NodeId,
+    pub limit: usize,
+}
+
+/// `owner` has durably merged `delivered`: clear those hints, and drop the
+/// local copy of every delivered key not in `keep`.
+#[derive(Message)]
+#[rtype(result = "Result<usize>")]
+pub struct HandedOff {
+    pub owner: NodeId,
+    pub delivered: Vec<(Vec<u8>, SiblingSet)>,
+    pub keep: Vec<Vec<u8>>,
+}
+
+/// The worker's side of `MergeHandoff`: returns the write's sequence number.
+#[derive(Message)]
+#[rtype(result = "Result<u64>")]
+struct MergeAll(Vec<(Vec<u8>, SiblingSet)>);
 
 /// Makes every write so far durable (used at shutdown).
 #[derive(Message)]
@@ -79,6 +110,7 @@ impl Replica {
     pub fn start(storage: Storage, settings: ReplicaSettings) -> Result<Addr<Replica>> {
         let (core, report) = Core::open(
             storage.data(),
+            storage.hints(),
             settings.partitions,
             settings.writer,
             settings.max_siblings,
@@ -185,6 +217,44 @@ impl Handler<Stats> for Replica {
     }
 }
 
+impl Handler<MergeHandoff> for Replica {
+    type Result = ResponseFuture<Result<()>>;
+
+    fn handle(
+        &mut self,
+        MergeHandoff(entries): MergeHandoff,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        let worker = self.worker.clone();
+        let syncer = (self.fsync == Fsync::Always).then(|| self.syncer.clone());
+        Box::pin(async move {
+            let seq = worker
+                .send(MergeAll(entries))
+                .await
+                .map_err(mailbox_error)??;
+            if let Some(syncer) = syncer {
+                syncer.send(Barrier(seq)).await.map_err(mailbox_error)??;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Messages the front passes straight to the storage worker.
+macro_rules! forward_to_worker {
+    ($($msg:ty => $out:ty),* $(,)?) => {
+        $(impl Handler<$msg> for Replica {
+            type Result = ResponseFuture<Result<$out>>;
+            fn handle(&mut self, msg: $msg, _: &mut Context<Self>) -> Self::Result {
+                let sent = self.worker.send(msg);
+                Box::pin(async move { sent.await.map_err(mailbox_error)? })
+            }
+        })*
+    };
+}
+
+forward_to_worker!(TakeHints => Vec<(Vec<u8>, SiblingSet)>, HandedOff => usize);
+
 impl Handler<Flush> for Replica {
     type Result = ResponseFuture<Result<()>>;
 
@@ -218,6 +288,7 @@ impl StorageWorker {
         let core = core.or_else(|| {
             match Core::open(
                 storage.data(),
+                storage.hints(),
                 settings.partitions,
                 settings.writer,
                 settings.max_siblings,
@@ -261,13 +332,17 @@ impl Handler<Apply> for StorageWorker {
                 key,
                 context,
                 value,
-                ..
+                hint_for,
             } => {
-                let (state, dot) = core.update(&key, &context, value)?;
+                let (state, dot) = core.update(&key, &context, value, hint_for.as_ref())?;
                 ReplicaMsg::Updated { state, dot }
             }
-            ReplicaMsg::Write { key, state, .. } => {
-                core.merge(&key, &state)?;
+            ReplicaMsg::Write {
+                key,
+                state,
+                hint_for,
+            } => {
+                core.merge(&key, &state, hint_for.as_ref())?;
                 ReplicaMsg::Ack
             }
             other => {
@@ -278,8 +353,47 @@ impl Handler<Apply> for StorageWorker {
                 return Err(Error::InvalidRequest("not a replica request".into()));
             }
         };
-        let seq = self.counters.written.fetch_add(1, Ordering::SeqCst) + 1;
-        Ok((reply, Some(seq)))
+        Ok((reply, Some(self.wrote())))
+    }
+}
+
+impl StorageWorker {
+    /// Counts a write; returns its sequence number for the durability barrier.
+    fn wrote(&self) -> u64 {
+        self.counters.written.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+impl Handler<MergeAll> for StorageWorker {
+    type Result = Result<u64>;
+
+    fn handle(&mut self, MergeAll(entries): MergeAll, _: &mut SyncContext<Self>) -> Self::Result {
+        let core = self.core()?;
+        for (key, state) in &entries {
+            core.merge(key, state, None)?;
+        }
+        Ok(self.wrote())
+    }
+}
+
+impl Handler<TakeHints> for StorageWorker {
+    type Result = Result<Vec<(Vec<u8>, SiblingSet)>>;
+
+    fn handle(&mut self, m: TakeHints, _: &mut SyncContext<Self>) -> Self::Result {
+        self.core()?.hinted(&m.owner, m.limit)
+    }
+}
+
+impl Handler<HandedOff> for StorageWorker {
+    type Result = Result<usize>;
+
+    fn handle(&mut self, m: HandedOff, _: &mut SyncContext<Self>) -> Self::Result {
+        let keep: std::collections::HashSet<Vec<u8>> = m.keep.into_iter().collect();
+        let cleared = self
+            .core()?
+            .handed_off(&m.owner, &m.delivered, |k| keep.contains(k))?;
+        self.wrote();
+        Ok(cleared)
     }
 }
 
@@ -287,8 +401,14 @@ impl Handler<Stats> for StorageWorker {
     type Result = Result<ReplicaStats>;
 
     fn handle(&mut self, _: Stats, _: &mut SyncContext<Self>) -> Self::Result {
+        let core = self.core()?;
         Ok(ReplicaStats {
-            keys: self.core()?.key_count(),
+            keys: core.key_count(),
+            hints: core
+                .hints_pending()
+                .iter()
+                .map(|(o, n)| (o.clone(), *n))
+                .collect(),
             writes: self.counters.written.load(Ordering::Relaxed),
             syncs: self.counters.syncs.load(Ordering::Relaxed),
         })

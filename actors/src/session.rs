@@ -82,10 +82,9 @@ pub struct SessionEnv {
     pub router: Router,
     /// The whole session's deadline.
     pub deadline: Duration,
-    /// How long one target may take to mint a put before the next one is
-    /// asked: a slice of the deadline, so a silent first target leaves time
-    /// for the others.
-    pub mint_timeout: Duration,
+    /// How long one replica may take to answer before the next one (or a
+    /// fallback) is asked in its place.
+    pub attempt_timeout: Duration,
     pub events: Events,
 }
 
@@ -120,10 +119,9 @@ impl Session {
     fn send(&mut self, requests: Vec<Request>, ctx: &mut Context<Self>) {
         for r in requests {
             let to = r.to.clone();
-            let timeout = match r.msg {
-                ReplicaMsg::Update { .. } => self.env.mint_timeout,
-                _ => self.env.deadline,
-            };
+            // Each request gets a slice of the deadline, so a silent target
+            // leaves time for a fallback to take its place.
+            let timeout = self.env.attempt_timeout;
             let reply = self
                 .env
                 .router
@@ -152,8 +150,8 @@ impl Session {
         }
         let (next, outcome, complete) = match &mut self.kind {
             Kind::Get(g) => {
-                let outcome = g.on_reply(from, reply).map(|r| r.map(Outcome::Read));
-                (Vec::new(), outcome, g.is_complete())
+                let (next, outcome) = g.on_reply(from, reply);
+                (next, outcome.map(|r| r.map(Outcome::Read)), g.is_complete())
             }
             Kind::Put(p) => {
                 let (next, outcome) = p.on_reply(from, reply);

@@ -32,6 +32,9 @@ pub struct Cluster {
 /// Settings that make tests quick: fast gossip, short request deadlines.
 pub fn quick(c: &mut Config) {
     c.gossip.interval_ms = 50;
+    c.gossip.suspect_after_ms = 1000;
+    c.gossip.down_after_ms = 3000;
+    c.hints.interval_ms = 100;
     c.timeouts.request_ms = 2000;
     c.timeouts.connect_ms = 1000;
     c.storage.cache_mb = 8;
