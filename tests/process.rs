@@ -157,3 +157,128 @@ async fn the_cli_puts_gets_inspects_and_reports() {
         assert!(err.starts_with("error: "), "{args:?}: {err}");
     }
 }
+
+/// The ring five processes found from their seed lists: founding is a
+/// deterministic function of the members, so the test can compute it too.
+fn founded_ring(nodes: usize) -> dynakv::ring::Ring {
+    use dynakv::ownership::{Capacity, Ownership};
+    let members: Vec<Capacity> = (1..=nodes)
+        .map(|i| Capacity::new(dynakv::NodeId::new(format!("node{i}")).unwrap(), 1))
+        .collect();
+    dynakv::ring::Ring::new(&Ownership::found(1024, &members, 3).unwrap())
+}
+
+#[actix_rt::test]
+async fn killing_two_owners_under_load_loses_no_acknowledged_write() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let mut cluster = ProcessCluster::start(5, "");
+    for i in 0..5 {
+        cluster.wait_formed(i, 5, WAIT).await;
+    }
+    // Keys owned by node2 and node3 (and one more node).
+    let ring = founded_ring(5);
+    let (n2, n3) = (
+        dynakv::NodeId::new("node2").unwrap(),
+        dynakv::NodeId::new("node3").unwrap(),
+    );
+    let owned = move |k: &str| {
+        let pl = ring.preference_list(ring.partition_of(k.as_bytes()), 3);
+        pl.contains(&&n2) && pl.contains(&&n3)
+    };
+
+    // A writer through node1 runs for the whole test.
+    let writer = Client::connect(&cluster.client_addrs[0], "").await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempted = Arc::new(AtomicUsize::new(0));
+    let task = {
+        let (stop, attempted) = (stop.clone(), attempted.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let keys = (0..).map(|i| format!("k{i}")).filter(|k| owned(k));
+            for key in keys {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                attempted.fetch_add(1, Ordering::Relaxed);
+                let value = format!("value-of-{key}");
+                if writer
+                    .put(key.as_bytes(), value.as_bytes(), &[], None)
+                    .await
+                    .is_ok()
+                {
+                    acked.push((key, value));
+                }
+            }
+            acked
+        })
+    };
+    // Waits until the writer has attempted `n` more writes.
+    let progress = |n: usize| {
+        let attempted = attempted.clone();
+        async move {
+            let target = attempted.load(Ordering::Relaxed) + n;
+            let start = std::time::Instant::now();
+            while attempted.load(Ordering::Relaxed) < target {
+                assert!(start.elapsed() < WAIT, "the writer stalled");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    progress(200).await;
+    cluster.kill(1);
+    cluster.kill(2);
+    progress(400).await;
+    cluster.restart(1);
+    cluster.restart(2);
+    cluster.wait_formed(1, 5, WAIT).await;
+    cluster.wait_formed(2, 5, WAIT).await;
+    progress(200).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = task.await.unwrap();
+    let tried = attempted.load(Ordering::Relaxed);
+    println!(
+        "write availability while two of three owners were killed and restarted: {}/{} = {:.4}",
+        acked.len(),
+        tried,
+        acked.len() as f64 / tried as f64
+    );
+
+    // Every acknowledged write reaches all three owners' local copies.
+    let ring = founded_ring(5);
+    let start = std::time::Instant::now();
+    for i in 0..5 {
+        let id = dynakv::NodeId::new(format!("node{}", i + 1)).unwrap();
+        let client = Client::connect(&cluster.client_addrs[i], "").await.unwrap();
+        for (key, value) in &acked {
+            if !ring
+                .preference_list(ring.partition_of(key.as_bytes()), 3)
+                .contains(&&id)
+            {
+                continue;
+            }
+            loop {
+                let local = client.inspect(key.as_bytes()).await.unwrap();
+                if local
+                    .siblings
+                    .iter()
+                    .any(|(_, _, v)| v.as_deref() == Some(value.as_bytes()))
+                {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < WAIT * 2,
+                    "{key} never reached {id}; its log:\n{}",
+                    cluster.log_tail(i)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    println!(
+        "every acknowledged write on all three owners {:?} after the writer stopped",
+        start.elapsed()
+    );
+}

@@ -312,3 +312,51 @@ async fn malformed_or_impossible_gossip_is_rejected_and_the_view_stays_sane() {
     client.put(b"still", b"serving", &[], None).await.unwrap();
     cluster.stop().await.unwrap();
 }
+
+/// Times hint delivery after a heal. CI runs it with 1,000 hinted writes;
+/// `DYNAKV_HINTED_WRITES=10000 cargo test --release --test sloppy_quorum
+/// hint_delivery -- --nocapture` gives the figure for 10,000.
+#[actix_rt::test]
+async fn hint_delivery_after_a_heal_is_complete_and_timed() {
+    let count: usize = std::env::var("DYNAKV_HINTED_WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let cluster = Cluster::start(5).await.unwrap();
+    let owner = 1;
+    let keys = keys_owned_by(&cluster, &[owner], count).await;
+    cluster.partition(&[owner]);
+    let client = std::sync::Arc::new(cluster.client(0).await.unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in keys.chunks(count.div_ceil(32)) {
+        let (c, chunk) = (client.clone(), chunk.to_vec());
+        tasks.spawn(async move {
+            for key in chunk {
+                c.put(key.as_bytes(), b"hinted", &[], None).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let id = cluster.id(owner);
+    wait_hints(&cluster, &id, count).await;
+
+    let healed = std::time::Instant::now();
+
+    cluster.heal();
+    eventually(WAIT * 4, "every hint to be delivered", || async {
+        match hints_for(&cluster, &id).await {
+            0 => Ok(()),
+            n => Err(Error::Unavailable(format!("{n} hints left"))),
+        }
+    })
+    .await
+    .unwrap();
+    let elapsed = healed.elapsed();
+    let written: Vec<(String, Vec<u8>)> =
+        keys.into_iter().map(|k| (k, b"hinted".to_vec())).collect();
+    wait_local(&cluster, owner, &written).await;
+    println!("{count} hinted writes delivered {elapsed:?} after the heal");
+    cluster.stop().await.unwrap();
+}

@@ -197,7 +197,8 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             pause: Duration::from_millis(config.hints.pause_ms),
             interval: Duration::from_millis(config.hints.interval_ms),
             n: usize::from(config.cluster.n),
-            call_timeout: Duration::from_millis(config.timeouts.request_ms),
+            // A batch to an owner that is not really back costs this long.
+            call_timeout: Duration::from_millis(config.timeouts.request_ms) / 4,
         },
         replica.clone(),
         bridge.clone(),

@@ -57,8 +57,9 @@ impl ProcessCluster {
                 .collect();
             let toml = format!(
                 "[node]\nid = \"node{id}\"\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"127.0.0.1:{peer}\"\n\
-                 data_dir = \"{data}\"\n\n[cluster]\nseeds = [{seeds}]\n\n[gossip]\ninterval_ms = 100\n\n\
-                 [timeouts]\nrequest_ms = 2000\nconnect_ms = 500\n{extra}\n",
+                 data_dir = \"{data}\"\n\n[cluster]\nseeds = [{seeds}]\n\n\
+                 [gossip]\ninterval_ms = 100\nsuspect_after_ms = 1000\ndown_after_ms = 3000\n\n\
+                 [hints]\ninterval_ms = 200\n\n[timeouts]\nrequest_ms = 2000\nconnect_ms = 500\n{extra}\n",
                 id = i + 1,
                 peer = ports[i].1,
                 data = dir.path().join(format!("node{}", i + 1)).display(),
