@@ -122,6 +122,16 @@ impl<S: Store> HintLog<S> {
         Ok(())
     }
 
+    /// Whether `key` has a hint for any owner.
+    pub fn is_hinted_for_anyone(&self, key: &[u8]) -> Result<bool> {
+        for owner in self.pending.keys() {
+            if self.is_hinted(owner, key)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Whether `key` has a hint for `owner`.
     pub fn is_hinted(&self, owner: &NodeId, key: &[u8]) -> Result<bool> {
         Ok(self.store.get(&hint_key(owner, key))?.is_some())

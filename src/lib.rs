@@ -11,6 +11,7 @@
 //! - [`config`]: the typed, validated node configuration;
 //! - [`error`]: the crate's one error type.
 
+pub mod anti_entropy;
 pub mod config;
 pub mod coordinator;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod ownership;
 pub mod peer;
 pub mod replica;
 pub mod ring;
+pub mod tombstones;
 pub mod version;
 pub mod wire;
 

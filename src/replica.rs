@@ -22,6 +22,7 @@ use crate::hints::HintLog;
 use crate::merkle::{HashTree, item_hash, segment_of};
 use crate::node::NodeId;
 use crate::ring::Partition;
+use crate::tombstones::{Holding, holding};
 use crate::version::{Actor, Context, Dot, SiblingSet, Value};
 
 /// Messages of the replica concern between nodes (`PeerMsg::Replica`).
@@ -326,6 +327,80 @@ impl<S: Store> Replica<S> {
         Ok(())
     }
 
+    /// The (key, item hash) of every key of `p` in the given segments, for
+    /// anti-entropy (one scan of the partition).
+    pub fn segment_items(&self, p: Partition, segments: &[u16]) -> Result<Vec<(Vec<u8>, u64)>> {
+        let wanted: std::collections::HashSet<usize> =
+            segments.iter().map(|&s| usize::from(s)).collect();
+        let mut items = Vec::new();
+        self.scan_partition(p, |key, value| {
+            if wanted.contains(&segment_of(key, self.q)) {
+                items.push((key.to_vec(), item_hash(key, value)));
+            }
+            Ok(())
+        })?;
+        Ok(items)
+    }
+
+    /// Calls `f` with every (user key, encoded state) of partition `p`.
+    pub fn scan_partition(
+        &self,
+        p: Partition,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let prefix = p.prefix();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let chunk = self.store.scan(&prefix, after.as_deref(), SCAN_CHUNK)?;
+            for (stored, value) in &chunk {
+                f(&stored[prefix.len()..], value)?;
+            }
+            match chunk.last() {
+                Some((k, _)) if chunk.len() == SCAN_CHUNK => after = Some(k.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Up to `limit` keys of `p` whose only siblings are tombstones.
+    pub fn tombstones(&self, p: Partition, limit: usize) -> Result<Vec<(Vec<u8>, SiblingSet)>> {
+        let mut found = Vec::new();
+        self.scan_partition(p, |key, value| {
+            if found.len() < limit {
+                let state = decode_state(value)?;
+                if state.is_deleted() {
+                    found.push((key.to_vec(), state));
+                }
+            }
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    /// Answers a collection probe: what this node holds for each key.
+    pub fn probe_tombstones(&self, entries: &[(Vec<u8>, SiblingSet)]) -> Result<Vec<Holding>> {
+        entries
+            .iter()
+            .map(|(key, probed)| {
+                let hinted = self.hints.is_hinted_for_anyone(key)?;
+                Ok(holding(&self.read(key)?, probed, hinted))
+            })
+            .collect()
+    }
+
+    /// Deletes each key whose copy is still exactly the given tombstone.
+    /// Returns how many were removed.
+    pub fn collect_tombstones(&mut self, entries: &[(Vec<u8>, SiblingSet)]) -> Result<usize> {
+        let mut removed = 0;
+        for (key, tombstone) in entries {
+            if tombstone.is_deleted() && self.read(key)? == *tombstone {
+                self.remove(key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn record_hint(&mut self, key: &[u8], hint_for: Option<&NodeId>) -> Result<()> {
         match hint_for {
             Some(owner) => self.hints.record(owner, key),
@@ -366,21 +441,11 @@ impl<S: Store> Replica<S> {
             }
             self.hints.clear(owner, key)?;
             cleared += 1;
-            if !keep(key) && !self.hints_for_other_owner(owner, key)? {
+            if !keep(key) && !self.hints.is_hinted_for_anyone(key)? {
                 self.remove(key)?;
             }
         }
         Ok(cleared)
-    }
-
-    /// Whether another owner still has a hint for `key` here.
-    fn hints_for_other_owner(&self, owner: &NodeId, key: &[u8]) -> Result<bool> {
-        for other in self.hints.pending().keys().filter(|o| *o != owner) {
-            if self.hints.is_hinted(other, key)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// Writes `new` over the stored encoding `old` (None: a new key).

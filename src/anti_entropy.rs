@@ -1,0 +1,574 @@
+//! Anti-entropy: two replicas of a partition find and repair what differs.
+//!
+//! One side (the initiator) drives an `Exchange`; the other answers each
+//! message from its current local state and keeps nothing between messages.
+//! The descent follows the hash tree of the partition, so the cost is set by
+//! how much the replicas differ, not by how much they hold:
+//!
+//! 1. `Root`: the initiator's root. Equal: done (one hash each way).
+//! 2. `Inner`: the responder's 16 inner hashes; the initiator keeps the
+//!    indexes that differ from its own.
+//! 3. `Leaves`: the responder's leaf hashes under those inner nodes; the
+//!    initiator keeps the segments that differ.
+//! 4. `Digest`: the initiator's (key, item hash) pairs of those segments.
+//!    The responder answers with its sibling sets for every key that differs
+//!    or that the initiator lacks, and names the keys it lacks or differs on.
+//! 5. `Push`: the initiator merges what it received and sends the sibling
+//!    sets the responder asked for; the responder merges them.
+//!
+//! Both sides merge with the DVV join, so an exchange is safe in any order,
+//! against concurrent writes, and when repeated.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::merkle::{FANOUT, HashTree, SEGMENTS, differing};
+use crate::replica::{Replica, Store};
+use crate::ring::Partition;
+use crate::version::SiblingSet;
+
+/// Messages of the anti-entropy concern (`PeerMsg::AntiEntropy`). Every
+/// request names its partition; the responder keeps no exchange state.
+/// Variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AeMsg {
+    Root {
+        partition: Partition,
+        root: u64,
+    },
+    /// The roots are equal.
+    Same,
+    /// The responder's inner hashes.
+    Inner {
+        inner: Vec<u64>,
+    },
+    LeavesOf {
+        partition: Partition,
+        inner: Vec<u8>,
+    },
+    /// The responder's leaf hashes under each requested inner node.
+    Leaves {
+        leaves: Vec<(u8, Vec<u64>)>,
+    },
+    Digest {
+        partition: Partition,
+        segments: Vec<u16>,
+        items: Vec<(Vec<u8>, u64)>,
+    },
+    /// The responder's sibling sets for keys that differ or that the
+    /// initiator lacks, and the keys it wants from the initiator.
+    Diff {
+        entries: Vec<(Vec<u8>, SiblingSet)>,
+        want: Vec<Vec<u8>>,
+    },
+    Push {
+        partition: Partition,
+        entries: Vec<(Vec<u8>, SiblingSet)>,
+    },
+    Pushed,
+}
+
+impl AeMsg {
+    /// Encoded size on the wire (for the byte budget and the figures).
+    pub fn wire_size(&self) -> usize {
+        postcard::experimental::serialized_size(self).unwrap_or(0)
+    }
+}
+
+/// What one exchange did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExchangeReport {
+    pub partition: Option<Partition>,
+    /// Keys repaired on this (initiating) side.
+    pub pulled: usize,
+    /// Keys sent to the responder to repair.
+    pub pushed: usize,
+    pub bytes_sent: usize,
+    pub bytes_received: usize,
+    /// Round trips made.
+    pub round_trips: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Stage {
+    AwaitRoot,
+    AwaitLeaves { inner: Vec<u8> },
+    AwaitDiff,
+    AwaitPushed,
+    Done,
+}
+
+/// The initiator's side of one exchange of one partition with one peer.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    partition: Partition,
+    tree: HashTree,
+    stage: Stage,
+    report: ExchangeReport,
+}
+
+impl Exchange {
+    /// Starts an exchange of `partition` from the local tree `tree`.
+    pub fn start(partition: Partition, tree: HashTree) -> (Exchange, AeMsg) {
+        let msg = AeMsg::Root {
+            partition,
+            root: tree.root(),
+        };
+        let mut ex = Exchange {
+            partition,
+            tree,
+            stage: Stage::AwaitRoot,
+            report: ExchangeReport {
+                partition: Some(partition),
+                ..ExchangeReport::default()
+            },
+        };
+        ex.sent(&msg);
+        (ex, msg)
+    }
+
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+
+    pub fn report(&self) -> &ExchangeReport {
+        &self.report
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.stage, Stage::Done)
+    }
+
+    fn sent(&mut self, msg: &AeMsg) {
+        self.report.bytes_sent += msg.wire_size();
+    }
+
+    fn send(&mut self, stage: Stage, msg: AeMsg) -> Result<Option<AeMsg>> {
+        self.sent(&msg);
+        self.stage = stage;
+        Ok(Some(msg))
+    }
+
+    fn finish(&mut self) -> Result<Option<AeMsg>> {
+        self.stage = Stage::Done;
+        Ok(None)
+    }
+
+    /// Takes the responder's answer; returns the next message to send, or
+    /// None when the exchange is complete. `local` is this node's replica:
+    /// the exchange reads its segments and merges what it pulls into it.
+    pub fn on_reply<S: Store>(
+        &mut self,
+        reply: AeMsg,
+        local: &mut Replica<S>,
+    ) -> Result<Option<AeMsg>> {
+        self.report.bytes_received += reply.wire_size();
+        self.report.round_trips += 1;
+        match (std::mem::replace(&mut self.stage, Stage::Done), reply) {
+            (Stage::AwaitRoot, AeMsg::Same) => self.finish(),
+            (Stage::AwaitRoot, AeMsg::Inner { inner }) if inner.len() == FANOUT => {
+                let wanted: Vec<u8> = differing(self.tree.inner(), &inner)
+                    .map(|i| i as u8)
+                    .collect();
+                if wanted.is_empty() {
+                    return self.finish();
+                }
+                let msg = AeMsg::LeavesOf {
+                    partition: self.partition,
+                    inner: wanted.clone(),
+                };
+                self.send(Stage::AwaitLeaves { inner: wanted }, msg)
+            }
+            (Stage::AwaitLeaves { inner }, AeMsg::Leaves { leaves }) => {
+                let mut segments = Vec::new();
+                for (i, theirs) in leaves {
+                    if !inner.contains(&i) || theirs.len() != FANOUT {
+                        return Err(Error::Malformed(format!(
+                            "leaves of inner node {i} not asked for"
+                        )));
+                    }
+                    let mine = self.tree.leaves_under(usize::from(i));
+                    segments.extend(
+                        differing(mine, &theirs).map(|j| (usize::from(i) * FANOUT + j) as u16),
+                    );
+                }
+                if segments.is_empty() {
+                    return self.finish();
+                }
+                let items = local.segment_items(self.partition, &segments)?;
+                let msg = AeMsg::Digest {
+                    partition: self.partition,
+                    segments,
+                    items,
+                };
+                self.send(Stage::AwaitDiff, msg)
+            }
+            (Stage::AwaitDiff, AeMsg::Diff { entries, want }) => {
+                let q = local.partition_count();
+                let mut sent_here = BTreeMap::new();
+                for (key, state) in entries {
+                    self.check_key(&key, q)?;
+                    let before = local.read(&key)?;
+                    if local.merge(&key, &state, None)? != before {
+                        self.report.pulled += 1;
+                    }
+                    sent_here.insert(key, state);
+                }
+                if want.is_empty() {
+                    return self.finish();
+                }
+                let mut pushed = Vec::with_capacity(want.len());
+                for key in want {
+                    self.check_key(&key, q)?;
+                    let state = local.read(&key)?;
+                    // A key the responder sent already holds what it had;
+                    // push it back only if this side knew more.
+                    if !state.is_empty() && sent_here.get(&key) != Some(&state) {
+                        pushed.push((key, state));
+                    }
+                }
+                self.report.pushed += pushed.len();
+                let msg = AeMsg::Push {
+                    partition: self.partition,
+                    entries: pushed,
+                };
+                self.send(Stage::AwaitPushed, msg)
+            }
+            (Stage::AwaitPushed, AeMsg::Pushed) => self.finish(),
+            (stage, reply) => Err(Error::Malformed(format!(
+                "anti-entropy answer {reply:?} does not fit stage {stage:?}"
+            ))),
+        }
+    }
+
+    fn check_key(&self, key: &[u8], q: u32) -> Result<()> {
+        if Partition::of_key(key, q) != self.partition {
+            return Err(Error::Malformed(
+                "anti-entropy entry of another partition".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The responder's side: answers one exchange message from local state.
+pub fn respond<S: Store>(local: &mut Replica<S>, msg: AeMsg) -> Result<AeMsg> {
+    let q = local.partition_count();
+    let check = |p: Partition| {
+        if p.0 >= q {
+            Err(Error::Malformed(format!("partition {p} out of range")))
+        } else {
+            Ok(())
+        }
+    };
+    match msg {
+        AeMsg::Root { partition, root } => {
+            check(partition)?;
+            let tree = local.tree(partition);
+            Ok(if tree.root() == root {
+                AeMsg::Same
+            } else {
+                AeMsg::Inner {
+                    inner: tree.inner().to_vec(),
+                }
+            })
+        }
+        AeMsg::LeavesOf { partition, inner } => {
+            check(partition)?;
+            let tree = local.tree(partition);
+            let leaves = inner
+                .into_iter()
+                .filter(|&i| usize::from(i) < FANOUT)
+                .map(|i| (i, tree.leaves_under(usize::from(i)).to_vec()))
+                .collect();
+            Ok(AeMsg::Leaves { leaves })
+        }
+        AeMsg::Digest {
+            partition,
+            segments,
+            items,
+        } => {
+            check(partition)?;
+            if segments.iter().any(|&s| usize::from(s) >= SEGMENTS) {
+                return Err(Error::Malformed("segment out of range".into()));
+            }
+            let theirs: BTreeMap<Vec<u8>, u64> = items.into_iter().collect();
+            let mine: BTreeMap<Vec<u8>, u64> = local
+                .segment_items(partition, &segments)?
+                .into_iter()
+                .collect();
+            let mut entries = Vec::new();
+            for (key, hash) in &mine {
+                if theirs.get(key) != Some(hash) {
+                    entries.push((key.clone(), local.read(key)?));
+                }
+            }
+            let want = theirs
+                .iter()
+                .filter(|(key, hash)| mine.get(*key) != Some(*hash))
+                .map(|(key, _)| key.clone())
+                .collect();
+            Ok(AeMsg::Diff { entries, want })
+        }
+        AeMsg::Push { partition, entries } => {
+            check(partition)?;
+            for (key, state) in &entries {
+                if Partition::of_key(key, q) != partition {
+                    return Err(Error::Malformed("pushed entry of another partition".into()));
+                }
+                local.merge(key, state, None)?;
+            }
+            Ok(AeMsg::Pushed)
+        }
+        other => Err(Error::Malformed(format!(
+            "{other:?} is not an anti-entropy request"
+        ))),
+    }
+}
+
+/// Runs a whole exchange of `p` between two replicas held in this process
+/// (tests, benchmarks, the simulator).
+pub fn exchange_locally<S: Store>(
+    initiator: &mut Replica<S>,
+    responder: &mut Replica<S>,
+    p: Partition,
+) -> Result<ExchangeReport> {
+    let (mut ex, mut msg) = Exchange::start(p, initiator.tree(p));
+    loop {
+        let reply = respond(responder, msg)?;
+        match ex.on_reply(reply, initiator)? {
+            Some(next) => msg = next,
+            None => return Ok(ex.report().clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::node::NodeId;
+    use crate::replica::MemStore;
+    use crate::version::{Actor, Context, Value};
+
+    const Q: u32 = 8;
+
+    fn replica(actor: u64) -> Replica<MemStore> {
+        Replica::open(
+            MemStore::default(),
+            MemStore::default(),
+            Q,
+            Actor(actor),
+            100,
+        )
+        .unwrap()
+        .0
+    }
+
+    fn put(r: &mut Replica<MemStore>, key: &str, value: &str) {
+        let ctx = r.read(key.as_bytes()).unwrap().context();
+        r.update(
+            key.as_bytes(),
+            &ctx,
+            Value::Data(value.as_bytes().to_vec()),
+            None,
+        )
+        .unwrap();
+    }
+
+    fn sync_all(a: &mut Replica<MemStore>, b: &mut Replica<MemStore>) -> ExchangeReport {
+        let mut total = ExchangeReport::default();
+        for p in 0..Q {
+            let r = exchange_locally(a, b, Partition(p)).unwrap();
+            total.pulled += r.pulled;
+            total.pushed += r.pushed;
+            total.bytes_sent += r.bytes_sent;
+            total.bytes_received += r.bytes_received;
+            total.round_trips += r.round_trips;
+        }
+        total
+    }
+
+    #[test]
+    fn replicas_in_agreement_exchange_only_roots() {
+        let (mut a, mut b) = (replica(1), replica(2));
+        for i in 0..500 {
+            put(&mut a, &format!("k{i}"), "v");
+        }
+        sync_all(&mut a, &mut b);
+        let report = sync_all(&mut a, &mut b);
+        assert_eq!(
+            report.round_trips, Q as usize,
+            "one round trip per partition"
+        );
+        assert_eq!((report.pulled, report.pushed), (0, 0));
+        assert!(
+            report.bytes_sent + report.bytes_received < 20 * Q as usize,
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn an_exchange_repairs_both_sides_and_only_what_differs() {
+        let (mut a, mut b) = (replica(1), replica(2));
+        for i in 0..2000 {
+            put(&mut a, &format!("k{i}"), "same");
+        }
+        sync_all(&mut a, &mut b);
+        put(&mut a, "only-a", "x");
+        put(&mut b, "only-b", "y");
+        put(&mut a, "k7", "a-changed");
+        put(&mut b, "k9", "b-changed");
+        let report = sync_all(&mut a, &mut b);
+        assert_eq!(report.pulled + report.pushed, 4, "{report:?}");
+        assert_eq!(a.store().map, b.store().map);
+        for p in 0..Q {
+            assert_eq!(a.tree(Partition(p)), b.tree(Partition(p)));
+        }
+    }
+
+    #[test]
+    fn concurrent_versions_both_survive_an_exchange() {
+        let (mut a, mut b) = (replica(1), replica(2));
+        a.update(b"k", &Context::default(), Value::Data(b"x".to_vec()), None)
+            .unwrap();
+        b.update(b"k", &Context::default(), Value::Data(b"y".to_vec()), None)
+            .unwrap();
+        sync_all(&mut a, &mut b);
+        assert_eq!(a.read(b"k").unwrap().sibling_count(), 2);
+        assert_eq!(a.read(b"k").unwrap(), b.read(b"k").unwrap());
+    }
+
+    #[test]
+    fn answers_that_do_not_fit_are_errors() {
+        let mut a = replica(1);
+        put(&mut a, "k", "v");
+        let p = Partition::of_key(b"k", Q);
+        let (mut ex, _) = Exchange::start(p, a.tree(p));
+        assert!(ex.on_reply(AeMsg::Pushed, &mut a).is_err());
+        let mut b = replica(2);
+        assert!(
+            respond(
+                &mut b,
+                AeMsg::Root {
+                    partition: Partition(Q + 1),
+                    root: 0
+                }
+            )
+            .is_err()
+        );
+        assert!(respond(&mut b, AeMsg::Same).is_err());
+        let foreign = (b"k".to_vec(), a.read(b"k").unwrap());
+        let wrong = Partition((p.0 + 1) % Q);
+        assert!(
+            respond(
+                &mut b,
+                AeMsg::Push {
+                    partition: wrong,
+                    entries: vec![foreign]
+                }
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_deleted_key_is_collected_only_when_every_replica_holds_the_tombstone() {
+        use crate::tombstones::{Holding, collectable};
+        let mut r: Vec<Replica<MemStore>> = (1..=3).map(replica).collect();
+        put(&mut r[0], "k", "v");
+        let v = r[0].read(b"k").unwrap();
+        for x in &mut r[1..] {
+            x.merge(b"k", &v, None).unwrap();
+        }
+        // the delete reaches A and B; C is down and keeps the value
+        let (t, _) = r[0]
+            .update(b"k", &v.context(), Value::Tombstone, None)
+            .unwrap();
+        r[1].merge(b"k", &t, None).unwrap();
+        let p = Partition::of_key(b"k", Q);
+        let ids: Vec<NodeId> = ["a", "b", "c"]
+            .iter()
+            .map(|n| NodeId::new(*n).unwrap())
+            .collect();
+        let replicas = |_| ids.iter().cloned().collect();
+        let probe = |r: &[Replica<MemStore>]| {
+            let found = r[0].tombstones(p, 10).unwrap();
+            let answers: Vec<(NodeId, Vec<Holding>)> = r
+                .iter()
+                .zip(&ids)
+                .map(|(x, id)| (id.clone(), x.probe_tombstones(&found).unwrap()))
+                .collect();
+            (found.clone(), collectable(found.len(), &answers, replicas))
+        };
+        let (found, ok) = probe(&r);
+        assert_eq!(found.len(), 1);
+        assert!(ok.is_empty(), "C still holds the value");
+        // anti-entropy brings C the tombstone; now it can go
+        let (a, c) = r.split_at_mut(2);
+        exchange_locally(&mut c[0], &mut a[0], p).unwrap();
+        let (found, ok) = probe(&r);
+        assert_eq!(ok, vec![0]);
+        for x in &mut r {
+            assert_eq!(x.collect_tombstones(&found).unwrap(), 1);
+        }
+        // more exchanges in every direction never bring anything back
+        for _ in 0..3 {
+            for i in 0..3 {
+                for j in 0..3 {
+                    if i != j {
+                        let (x, y) = if i < j {
+                            let (l, h) = r.split_at_mut(j);
+                            (&mut l[i], &mut h[0])
+                        } else {
+                            let (l, h) = r.split_at_mut(i);
+                            (&mut h[0], &mut l[j])
+                        };
+                        exchange_locally(x, y, p).unwrap();
+                    }
+                }
+            }
+        }
+        for x in &r {
+            assert!(x.read(b"k").unwrap().is_empty());
+            assert_eq!(x.key_count(), 0);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn exchanges_make_replicas_identical(
+            shared in prop::collection::vec(0u16..300, 0..100),
+            only_a in prop::collection::vec(0u16..300, 0..20),
+            only_b in prop::collection::vec(0u16..300, 0..20),
+        ) {
+            let (mut a, mut b) = (replica(1), replica(2));
+            for k in &shared {
+                let key = format!("k{k}");
+                put(&mut a, &key, "s");
+                let state = a.read(key.as_bytes()).unwrap();
+                b.merge(key.as_bytes(), &state, None).unwrap();
+            }
+            for k in &only_a { put(&mut a, &format!("k{k}"), "a"); }
+            for k in &only_b { put(&mut b, &format!("k{k}"), "b"); }
+            // the expected result: per key, the merge of both sides
+            let mut expected = a.store().map.clone();
+            for (k, v) in &b.store().map {
+                let theirs = crate::replica::decode_state(v).unwrap();
+                let merged = match expected.get(k) {
+                    Some(mine) => crate::replica::decode_state(mine).unwrap().merge(&theirs),
+                    None => theirs,
+                };
+                expected.insert(k.clone(), crate::replica::encode_state(&merged));
+            }
+            sync_all(&mut a, &mut b);
+            prop_assert_eq!(&a.store().map, &expected);
+            prop_assert_eq!(&b.store().map, &expected);
+            let again = sync_all(&mut a, &mut b);
+            prop_assert_eq!(again.pulled + again.pushed, 0);
+        }
+    }
+}

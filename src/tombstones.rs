@@ -1,0 +1,159 @@
+//! Tombstone collection: when a deleted key may finally be forgotten.
+//!
+//! A delete is a tombstone sibling written like any value. Removing it is
+//! only safe once no copy of the key anywhere could bring an older value
+//! back: so a tombstone is collected only after *every member* acknowledged,
+//! in answer to a probe, that it either holds exactly that tombstone (each
+//! replica of the key must) or holds nothing for the key, and that it keeps
+//! no hint for it. A member that does not answer blocks the collection;
+//! time alone never collects anything.
+//!
+//! The collector (the first replica of the partition) probes every member
+//! with a batch of its tombstone-only keys, keeps the keys every answer
+//! allows, and asks each node that holds them to delete them, which each
+//! does only if its copy is still that tombstone (a write that raced with
+//! the collection survives).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::NodeId;
+use crate::version::SiblingSet;
+
+/// Messages of tombstone collection (`PeerMsg::Tombstones`). Variants are
+/// only ever appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GcMsg {
+    /// What do you hold for these keys (given with the collector's
+    /// tombstone-only sibling sets)?
+    Probe {
+        entries: Vec<(Vec<u8>, SiblingSet)>,
+    },
+    /// One answer per probed key, in order.
+    Held {
+        held: Vec<Holding>,
+    },
+    /// Delete each key whose copy is still the given tombstone.
+    Collect {
+        entries: Vec<(Vec<u8>, SiblingSet)>,
+    },
+    Collected {
+        removed: u32,
+    },
+}
+
+/// What one member holds for one probed key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Holding {
+    /// Exactly the probed tombstone, and no hint for the key.
+    Same,
+    /// Nothing for the key, and no hint for it.
+    Absent,
+    /// Something else (an older value, a newer write), or a hint.
+    Other,
+}
+
+/// What a member holds for a probed key, given its local copy and whether
+/// it keeps a hint for the key.
+pub fn holding(local: &SiblingSet, probed: &SiblingSet, hinted: bool) -> Holding {
+    if hinted {
+        Holding::Other
+    } else if local == probed {
+        Holding::Same
+    } else if local.is_empty() && local.context().is_empty() {
+        Holding::Absent
+    } else {
+        Holding::Other
+    }
+}
+
+/// Decides which probed keys may be collected: `answers` must hold one
+/// answer per member (the caller only decides once every member answered),
+/// and `replicas(i)` names the replicas of key `i`, which must each hold
+/// the tombstone itself. Returns the indexes of the collectable keys.
+pub fn collectable(
+    keys: usize,
+    answers: &[(NodeId, Vec<Holding>)],
+    replicas: impl Fn(usize) -> BTreeSet<NodeId>,
+) -> Vec<usize> {
+    (0..keys)
+        .filter(|&i| {
+            let replicas = replicas(i);
+            let mut seen = BTreeSet::new();
+            let all_fine = answers.iter().all(|(node, held)| {
+                seen.insert(node);
+                match held.get(i) {
+                    Some(Holding::Same) => true,
+                    Some(Holding::Absent) => !replicas.contains(node),
+                    Some(Holding::Other) | None => false,
+                }
+            });
+            all_fine && replicas.iter().all(|r| seen.contains(r))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::{Actor, Context, Value};
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    #[test]
+    fn holdings() {
+        let v = SiblingSet::new()
+            .update(&Context::default(), Value::Data(b"v".to_vec()), Actor(1))
+            .unwrap();
+        let t = v.update(&v.context(), Value::Tombstone, Actor(1)).unwrap();
+        assert_eq!(holding(&t, &t, false), Holding::Same);
+        assert_eq!(holding(&t, &t, true), Holding::Other, "a hint blocks");
+        assert_eq!(holding(&SiblingSet::new(), &t, false), Holding::Absent);
+        assert_eq!(
+            holding(&v, &t, false),
+            Holding::Other,
+            "an older value blocks"
+        );
+    }
+
+    #[test]
+    fn every_replica_must_hold_it_and_nobody_may_hold_anything_else() {
+        let replicas = |_| [id("a"), id("b"), id("c")].into_iter().collect();
+        let answers = |held: [Holding; 4]| -> Vec<(NodeId, Vec<Holding>)> {
+            ["a", "b", "c", "d"]
+                .iter()
+                .zip(held)
+                .map(|(n, h)| (id(n), vec![h]))
+                .collect()
+        };
+        use Holding::*;
+        assert_eq!(
+            collectable(1, &answers([Same, Same, Same, Absent]), replicas),
+            vec![0]
+        );
+        assert_eq!(
+            collectable(1, &answers([Same, Same, Same, Same]), replicas),
+            vec![0]
+        );
+        assert!(
+            collectable(1, &answers([Same, Same, Absent, Absent]), replicas).is_empty(),
+            "a replica lacks it"
+        );
+        assert!(
+            collectable(1, &answers([Same, Same, Same, Other]), replicas).is_empty(),
+            "a stand-in holds more"
+        );
+        assert!(collectable(1, &answers([Same, Same, Other, Absent]), replicas).is_empty());
+        let missing_c: Vec<_> = answers([Same, Same, Same, Absent])
+            .into_iter()
+            .filter(|(n, _)| *n != id("c"))
+            .collect();
+        assert!(
+            collectable(1, &missing_c, replicas).is_empty(),
+            "a replica did not answer"
+        );
+    }
+}
