@@ -38,6 +38,7 @@ pub struct Config {
     pub timeouts: TimeoutsSection,
     pub gossip: GossipSection,
     pub hints: HintsSection,
+    pub anti_entropy: AntiEntropySection,
     pub log: LogSection,
 }
 
@@ -192,6 +193,36 @@ impl Default for GossipSection {
             interval_ms: 1000,
             suspect_after_ms: 5000,
             down_after_ms: 15_000,
+        }
+    }
+}
+
+/// Anti-entropy: background comparison of replicas by hash trees, and the
+/// collection of tombstones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AntiEntropySection {
+    pub enabled: bool,
+    /// Interval between exchange starts (one partition with one co-replica
+    /// each), in ms.
+    pub interval_ms: u64,
+    /// Budget of exchange traffic, in bytes per second: no exchange starts
+    /// while the last second's exchanges used more.
+    pub max_bytes_per_sec: u64,
+    /// Interval between tombstone collection rounds, in ms.
+    pub gc_interval_ms: u64,
+    /// Tombstones probed per partition and round.
+    pub gc_batch: u32,
+}
+
+impl Default for AntiEntropySection {
+    fn default() -> Self {
+        AntiEntropySection {
+            enabled: true,
+            interval_ms: 100,
+            max_bytes_per_sec: 10 << 20,
+            gc_interval_ms: 10_000,
+            gc_batch: 100,
         }
     }
 }
@@ -380,6 +411,14 @@ impl Config {
                 "gossip timeouts must satisfy interval_ms ({}) < suspect_after_ms ({}) <= down_after_ms ({})",
                 g.interval_ms, g.suspect_after_ms, g.down_after_ms
             ));
+        }
+        let ae = &self.anti_entropy;
+        if ae.interval_ms == 0
+            || ae.max_bytes_per_sec == 0
+            || ae.gc_interval_ms == 0
+            || ae.gc_batch == 0
+        {
+            return bad("anti_entropy.* must all be positive".into());
         }
         let h = &self.hints;
         if h.batch_size == 0 || h.interval_ms == 0 {

@@ -10,11 +10,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::anti_entropy::AeMsg;
 use crate::error::ErrorKind;
 use crate::hints::HintMsg;
 use crate::membership::GossipMsg;
 use crate::node::NodeId;
 use crate::replica::ReplicaMsg;
+use crate::tombstones::GcMsg;
 use crate::wire::Envelope;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,4 +49,6 @@ pub enum PeerMsg {
     Replica(ReplicaMsg),
     Gossip(GossipMsg),
     Hints(HintMsg),
+    AntiEntropy(AeMsg),
+    Tombstones(GcMsg),
 }

@@ -28,6 +28,7 @@ use actix::prelude::*;
 use dynakv::hints::HintMsg;
 use dynakv::membership::GossipMsg;
 use dynakv::peer::{PeerFrame, PeerHello, PeerMsg};
+use dynakv::tombstones::GcMsg;
 use dynakv::wire::{Corr, Envelope};
 use dynakv::{Error, NodeId, Result};
 use futures_util::stream;
@@ -38,7 +39,10 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
 use crate::codec::{Codec, CodecError};
-use crate::replica::{MergeHandoff, Replica, ReplicaRequest, mailbox_error};
+use crate::replica::{
+    AeRespond, CollectTombstones, MergeHandoff, ProbeTombstones, Replica, ReplicaRequest,
+    mailbox_error,
+};
 
 /// First and longest wait before reconnecting to a peer that failed.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -544,48 +548,54 @@ impl Bridge {
             to: from.clone(),
             corr,
         };
+        let replica = self.replica.clone();
         match msg {
-            PeerMsg::Replica(m) => {
-                let replica = self.replica.clone();
-                actix::spawn(async move {
-                    let answer = replica.send(ReplicaRequest(m)).await.map_err(mailbox_error);
-                    reply.send(match answer.and_then(|r| r) {
-                        Ok(m) => PeerMsg::Replica(m),
-                        Err(e) => error_msg(&e),
-                    });
-                });
-            }
+            PeerMsg::Replica(m) => reply.later(async move {
+                let answer = replica
+                    .send(ReplicaRequest(m))
+                    .await
+                    .map_err(mailbox_error)??;
+                Ok(Some(PeerMsg::Replica(answer)))
+            }),
             PeerMsg::Gossip(m) => {
-                let Some(gossip) = self.gossip.clone() else {
-                    return reply.send(error_msg(&Error::Unavailable(
-                        "membership not started".into(),
-                    )));
-                };
-                actix::spawn(async move {
+                let gossip = self.gossip.clone();
+                reply.later(async move {
+                    let gossip = gossip
+                        .ok_or_else(|| Error::Unavailable("membership not started".into()))?;
                     let answer = gossip
                         .send(GossipIn { from, msg: m })
                         .await
-                        .map_err(mailbox_error);
-                    match answer.and_then(|r| r) {
-                        Ok(Some(m)) => reply.send(PeerMsg::Gossip(m)),
-                        Ok(None) => {}
-                        Err(e) => reply.send(error_msg(&e)),
-                    }
+                        .map_err(mailbox_error)??;
+                    Ok(answer.map(PeerMsg::Gossip))
                 });
             }
-            PeerMsg::Hints(HintMsg::Deliver { entries }) => {
-                let replica = self.replica.clone();
-                actix::spawn(async move {
-                    let merged = replica
-                        .send(MergeHandoff(entries))
-                        .await
-                        .map_err(mailbox_error);
-                    reply.send(match merged.and_then(|r| r) {
-                        Ok(()) => PeerMsg::Hints(HintMsg::Delivered),
-                        Err(e) => error_msg(&e),
-                    });
-                });
-            }
+            PeerMsg::Hints(HintMsg::Deliver { entries }) => reply.later(async move {
+                replica
+                    .send(MergeHandoff(entries))
+                    .await
+                    .map_err(mailbox_error)??;
+                Ok(Some(PeerMsg::Hints(HintMsg::Delivered)))
+            }),
+            PeerMsg::AntiEntropy(m) => reply.later(async move {
+                let answer = replica.send(AeRespond(m)).await.map_err(mailbox_error)??;
+                Ok(Some(PeerMsg::AntiEntropy(answer)))
+            }),
+            PeerMsg::Tombstones(GcMsg::Probe { entries }) => reply.later(async move {
+                let held = replica
+                    .send(ProbeTombstones(entries))
+                    .await
+                    .map_err(mailbox_error)??;
+                Ok(Some(PeerMsg::Tombstones(GcMsg::Held { held })))
+            }),
+            PeerMsg::Tombstones(GcMsg::Collect { entries }) => reply.later(async move {
+                let removed = replica
+                    .send(CollectTombstones(entries))
+                    .await
+                    .map_err(mailbox_error)??;
+                Ok(Some(PeerMsg::Tombstones(GcMsg::Collected {
+                    removed: removed as u32,
+                })))
+            }),
             PeerMsg::Ping => reply.send(PeerMsg::Pong),
             other => debug!(%from, ?other, "unexpected peer message dropped"),
         }
@@ -608,6 +618,18 @@ struct Reply {
 }
 
 impl Reply {
+    /// Answers with what `answer` produces, once it is ready (an error
+    /// becomes a `PeerMsg::Error`; `None` sends nothing).
+    fn later(self, answer: impl std::future::Future<Output = Result<Option<PeerMsg>>> + 'static) {
+        actix::spawn(async move {
+            match answer.await {
+                Ok(Some(msg)) => self.send(msg),
+                Ok(None) => {}
+                Err(e) => self.send(error_msg(&e)),
+            }
+        });
+    }
+
     fn send(self, msg: PeerMsg) {
         if let Corr::Request(id) = self.corr {
             self.link.do_send(Frame(PeerFrame::Envelope(Envelope {

@@ -18,6 +18,7 @@ use dynakv::{Error, NodeId, Result};
 use tokio::sync::oneshot;
 use tracing::info_span;
 
+use crate::anti_entropy::{AntiEntropy, Summary};
 use crate::events::Events;
 use crate::replica::{ReadLocal, Replica, Stats, mailbox_error};
 use crate::ring::{RingChanged, Topology};
@@ -43,12 +44,19 @@ pub struct CoordinatorSettings {
 pub struct Coordinator {
     settings: CoordinatorSettings,
     sessions: SessionEnv,
+    /// Asked for its summary by `status`.
+    anti_entropy: Addr<AntiEntropy>,
     topology: Option<Topology>,
     next_request: u64,
 }
 
 impl Coordinator {
-    pub fn new(settings: CoordinatorSettings, router: Router, events: Events) -> Self {
+    pub fn new(
+        settings: CoordinatorSettings,
+        router: Router,
+        anti_entropy: Addr<AntiEntropy>,
+        events: Events,
+    ) -> Self {
         let sessions = SessionEnv {
             router,
             deadline: settings.request_timeout,
@@ -58,6 +66,7 @@ impl Coordinator {
         Coordinator {
             settings,
             sessions,
+            anti_entropy,
             topology: None,
             next_request: 0,
         }
@@ -291,11 +300,14 @@ impl Handler<Execute> for Coordinator {
 
     fn handle(&mut self, Execute(op): Execute, _: &mut Context<Self>) -> Self::Result {
         let pending = self.execute(op);
-        let replica = self.sessions.router.replica.clone();
-        let me = self.me().clone();
+        let local = Local {
+            replica: self.sessions.router.replica.clone(),
+            anti_entropy: self.anti_entropy.clone(),
+            me: self.me().clone(),
+        };
         Box::pin(async move {
             let reply = match pending {
-                Ok(pending) => finish(pending, replica, me).await,
+                Ok(pending) => finish(pending, local).await,
                 Err(e) => Err(e),
             };
             reply.unwrap_or_else(|e| ClientReply::error(&e))
@@ -303,7 +315,19 @@ impl Handler<Execute> for Coordinator {
     }
 }
 
-async fn finish(pending: Pending, replica: Addr<Replica>, me: NodeId) -> Result<ClientReply> {
+/// The local actors an operation may still need once its session is done.
+struct Local {
+    replica: Addr<Replica>,
+    anti_entropy: Addr<AntiEntropy>,
+    me: NodeId,
+}
+
+async fn finish(pending: Pending, local: Local) -> Result<ClientReply> {
+    let Local {
+        replica,
+        anti_entropy,
+        me,
+    } = local;
     match pending {
         Pending::Session(rx) => {
             let outcome = rx
@@ -324,6 +348,9 @@ async fn finish(pending: Pending, replica: Addr<Replica>, me: NodeId) -> Result<
             let stats = replica.send(Stats).await.map_err(mailbox_error)??;
             report.keys = stats.keys;
             report.hints = stats.hints;
+            report
+                .notes
+                .extend(anti_entropy.send(Summary).await.map_err(mailbox_error)?);
             Ok(ClientReply::Status(report))
         }
         Pending::Inspect { key, partition } => {

@@ -19,6 +19,17 @@ pub enum Event {
         key: Vec<u8>,
         replicas: usize,
     },
+    /// An anti-entropy exchange of `partition` with `peer` completed.
+    Exchanged {
+        node: NodeId,
+        peer: NodeId,
+        partition: u32,
+        pulled: usize,
+        pushed: usize,
+        bytes: usize,
+    },
+    /// A collection round removed `keys` tombstones from this node.
+    TombstonesCollected { node: NodeId, keys: usize },
     /// A delivery run handed `keys` hinted keys back to `owner`.
     HintsDelivered {
         node: NodeId,

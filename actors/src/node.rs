@@ -22,6 +22,7 @@ use dynakv::version::Actor as Writer;
 use dynakv::{Error, NodeId, Result};
 use tracing::info;
 
+use crate::anti_entropy::{AntiEntropy, AntiEntropySettings};
 use crate::bridge::{Bridge, BridgeSettings, Control, Fault, Register};
 use crate::client_server::{ClientServer, ClientSettings};
 use crate::coordinator::{Coordinator, CoordinatorSettings};
@@ -65,6 +66,7 @@ pub struct NodeHandle {
     pub ring: Addr<Ring>,
     pub coordinator: Addr<Coordinator>,
     pub hints: Addr<Hints>,
+    pub anti_entropy: Addr<AntiEntropy>,
     pub client_server: Addr<ClientServer>,
     pub events: Events,
 }
@@ -165,6 +167,25 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
         reachability: membership.clone().recipient(),
     });
 
+    // Anti-entropy compares this node's replicas with its co-replicas.
+    let anti_entropy = AntiEntropy::new(
+        AntiEntropySettings {
+            me: me.clone(),
+            enabled: config.anti_entropy.enabled,
+            n: usize::from(config.cluster.n),
+            interval: Duration::from_millis(config.anti_entropy.interval_ms),
+            max_bytes_per_sec: config.anti_entropy.max_bytes_per_sec,
+            gc_interval: Duration::from_millis(config.anti_entropy.gc_interval_ms),
+            gc_batch: config.anti_entropy.gc_batch as usize,
+            call_timeout: Duration::from_millis(config.timeouts.request_ms),
+        },
+        replica.clone(),
+        bridge.clone(),
+        events.clone(),
+    )
+    .start();
+    ring.do_send(Subscribe(anti_entropy.clone().recipient()));
+
     // The coordinator routes with the ring it is sent.
     let router = Router {
         me: me.clone(),
@@ -183,6 +204,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             max_value_bytes: config.limits.max_value_bytes as usize,
         },
         router,
+        anti_entropy.clone(),
         events.clone(),
     )
     .start();
@@ -231,6 +253,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
         ring,
         coordinator,
         hints,
+        anti_entropy,
         client_server,
         events,
     })
@@ -242,6 +265,7 @@ impl NodeHandle {
         self.client_server.do_send(Shutdown);
         self.coordinator.do_send(Shutdown);
         self.hints.do_send(Shutdown);
+        self.anti_entropy.do_send(Shutdown);
         self.membership.do_send(Shutdown);
         self.bridge.do_send(Shutdown);
         self.ring.do_send(Shutdown);
@@ -280,5 +304,6 @@ stop_on_shutdown!(
     Ring,
     Coordinator,
     Hints,
+    AntiEntropy,
     ClientServer
 );

@@ -17,8 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
+use dynakv::anti_entropy::{self, AeMsg, Exchange};
 use dynakv::config::Fsync;
 use dynakv::replica::{Replica as Core, ReplicaMsg};
+use dynakv::ring::Partition;
+use dynakv::tombstones::Holding;
 use dynakv::version::{Actor as Writer, SiblingSet};
 use dynakv::{Error, NodeId, Result};
 use tracing::{error, warn};
@@ -81,6 +84,40 @@ pub struct HandedOff {
     pub delivered: Vec<(Vec<u8>, SiblingSet)>,
     pub keep: Vec<Vec<u8>>,
 }
+
+/// Begins an anti-entropy exchange of a partition from the local tree.
+#[derive(Message)]
+#[rtype(result = "Result<(Exchange, AeMsg)>")]
+pub struct AeBegin(pub Partition);
+
+/// Feeds an exchange the peer's answer; returns it with the next message
+/// (None: the exchange is complete).
+#[derive(Message)]
+#[rtype(result = "Result<(Exchange, Option<AeMsg>)>")]
+pub struct AeContinue(pub Exchange, pub AeMsg);
+
+/// Answers a peer's anti-entropy message from local state.
+#[derive(Message)]
+#[rtype(result = "Result<AeMsg>")]
+pub struct AeRespond(pub AeMsg);
+
+/// Up to `limit` tombstone-only keys of a partition.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(Vec<u8>, SiblingSet)>>")]
+pub struct FindTombstones {
+    pub partition: Partition,
+    pub limit: usize,
+}
+
+/// What this node holds for each probed key.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Holding>>")]
+pub struct ProbeTombstones(pub Vec<(Vec<u8>, SiblingSet)>);
+
+/// Deletes each key whose copy is still the given tombstone.
+#[derive(Message)]
+#[rtype(result = "Result<usize>")]
+pub struct CollectTombstones(pub Vec<(Vec<u8>, SiblingSet)>);
 
 /// The worker's side of `MergeHandoff`: returns the write's sequence number.
 #[derive(Message)]
@@ -253,7 +290,16 @@ macro_rules! forward_to_worker {
     };
 }
 
-forward_to_worker!(TakeHints => Vec<(Vec<u8>, SiblingSet)>, HandedOff => usize);
+forward_to_worker!(
+    TakeHints => Vec<(Vec<u8>, SiblingSet)>,
+    HandedOff => usize,
+    AeBegin => (Exchange, AeMsg),
+    AeContinue => (Exchange, Option<AeMsg>),
+    AeRespond => AeMsg,
+    FindTombstones => Vec<(Vec<u8>, SiblingSet)>,
+    ProbeTombstones => Vec<Holding>,
+    CollectTombstones => usize,
+);
 
 impl Handler<Flush> for Replica {
     type Result = ResponseFuture<Result<()>>;
@@ -394,6 +440,72 @@ impl Handler<HandedOff> for StorageWorker {
             .handed_off(&m.owner, &m.delivered, |k| keep.contains(k))?;
         self.wrote();
         Ok(cleared)
+    }
+}
+
+impl Handler<AeBegin> for StorageWorker {
+    type Result = Result<(Exchange, AeMsg)>;
+
+    fn handle(&mut self, AeBegin(p): AeBegin, _: &mut SyncContext<Self>) -> Self::Result {
+        Ok(Exchange::start(p, self.core()?.tree(p)))
+    }
+}
+
+impl Handler<AeContinue> for StorageWorker {
+    type Result = Result<(Exchange, Option<AeMsg>)>;
+
+    fn handle(
+        &mut self,
+        AeContinue(mut ex, reply): AeContinue,
+        _: &mut SyncContext<Self>,
+    ) -> Self::Result {
+        let next = ex.on_reply(reply, self.core()?)?;
+        self.wrote();
+        Ok((ex, next))
+    }
+}
+
+impl Handler<AeRespond> for StorageWorker {
+    type Result = Result<AeMsg>;
+
+    fn handle(&mut self, AeRespond(msg): AeRespond, _: &mut SyncContext<Self>) -> Self::Result {
+        let answer = anti_entropy::respond(self.core()?, msg)?;
+        self.wrote();
+        Ok(answer)
+    }
+}
+
+impl Handler<FindTombstones> for StorageWorker {
+    type Result = Result<Vec<(Vec<u8>, SiblingSet)>>;
+
+    fn handle(&mut self, m: FindTombstones, _: &mut SyncContext<Self>) -> Self::Result {
+        self.core()?.tombstones(m.partition, m.limit)
+    }
+}
+
+impl Handler<ProbeTombstones> for StorageWorker {
+    type Result = Result<Vec<Holding>>;
+
+    fn handle(
+        &mut self,
+        ProbeTombstones(entries): ProbeTombstones,
+        _: &mut SyncContext<Self>,
+    ) -> Self::Result {
+        self.core()?.probe_tombstones(&entries)
+    }
+}
+
+impl Handler<CollectTombstones> for StorageWorker {
+    type Result = Result<usize>;
+
+    fn handle(
+        &mut self,
+        CollectTombstones(entries): CollectTombstones,
+        _: &mut SyncContext<Self>,
+    ) -> Self::Result {
+        let removed = self.core()?.collect_tombstones(&entries)?;
+        self.wrote();
+        Ok(removed)
     }
 }
 
