@@ -417,30 +417,26 @@ impl Membership {
             .into_iter()
             .map(|s| Destination::Addr(s.clone()))
             .collect();
-        // Until every seed is known, contact all of them each round: founding
-        // waits for them.
-        if self.view.ownership.is_none() && !unknown.is_empty() {
-            let out = unknown
-                .into_iter()
-                .map(|to| Outgoing {
-                    to,
-                    msg: self.push(),
-                })
-                .collect();
-            return (out, changed);
+        // A random known member, as every round; and until the cluster is
+        // founded, every seed not yet known too (founding waits for them).
+        let mut out: Vec<Destination> = Vec::new();
+        if !candidates.is_empty() {
+            out.push(candidates.swap_remove((rand % candidates.len() as u64) as usize));
         }
-        candidates.extend(unknown);
-        if candidates.is_empty() {
-            return (Vec::new(), changed);
+        if self.view.ownership.is_none() {
+            out.extend(unknown);
+        } else if out.is_empty() || rand.is_multiple_of(2) {
+            // Founded: now and then try a seed we lost track of.
+            out.extend(unknown.into_iter().take(1));
         }
-        let to = candidates.swap_remove((rand % candidates.len() as u64) as usize);
-        (
-            vec![Outgoing {
+        let out = out
+            .into_iter()
+            .map(|to| Outgoing {
                 to,
                 msg: self.push(),
-            }],
-            changed,
-        )
+            })
+            .collect();
+        (out, changed)
     }
 
     /// A request to `peer` failed (refused, lost, or unanswered in time).
@@ -872,5 +868,52 @@ mod tests {
         let rings: Vec<Ring> = nodes.iter().map(|n| n.ring().unwrap()).collect();
         assert!(rings.windows(2).all(|w| w[0] == w[1]));
         assert_eq!(rings[0].owned_counts().len(), 5);
+    }
+
+    #[test]
+    fn nodes_waiting_for_a_missing_seed_keep_each_other_alive() {
+        // node 4 is a seed of everyone but never starts: no table is founded,
+        // yet the three others keep exchanging heartbeats
+        let mut nodes: Vec<Membership> = (1..=3)
+            .map(|i| Membership::new(settings(i, &[1, 2, 3, 4]), None, 0))
+            .collect();
+        for round in 0..100u64 {
+            let now = round * 100;
+            for i in 0..3 {
+                let me = nodes[i].me().clone();
+                let (out, _) = nodes[i].tick(now, round * 3 + i as u64);
+                for o in out {
+                    let to = match &o.to {
+                        Destination::Node(id) => id.clone(),
+                        Destination::Addr(a) => {
+                            match nodes.iter().find(|n| &n.view.members[&n.me].peer_addr == a) {
+                                Some(n) => n.me.clone(),
+                                None => continue, // the missing seed
+                            }
+                        }
+                    };
+                    let j = nodes.iter().position(|n| n.me == to).unwrap();
+                    let (reply, _) = nodes[j].on_gossip(&me, o.msg, now).unwrap();
+                    if let Some(r) = reply {
+                        nodes[i].on_gossip(&to, r.msg, now).unwrap();
+                    }
+                }
+            }
+        }
+        assert!(
+            nodes.iter().all(|n| n.ring().is_none()),
+            "no founding without every seed"
+        );
+        for n in &nodes {
+            for other in &nodes {
+                assert_eq!(
+                    n.health(other.me()),
+                    Health::Up,
+                    "{} sees {} as down",
+                    n.me(),
+                    other.me()
+                );
+            }
+        }
     }
 }

@@ -25,13 +25,27 @@ pub fn binary() -> PathBuf {
     bin
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, below the kernel's ephemeral range
+/// (32768 and up on Linux), so an outgoing connection cannot take it between
+/// this check and the child process binding it. Ports are handed out from a
+/// per-process counter with a random start, so tests running in parallel in
+/// one binary never pick the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 512) as u16 * 20,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_000, "ran out of test ports");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct ProcessCluster {
@@ -142,9 +156,12 @@ impl ProcessCluster {
             }
             assert!(
                 start.elapsed() < deadline,
-                "node{} did not form a cluster of {members} in {deadline:?}; its log:\n{}",
+                "node{} did not form a cluster of {members} in {deadline:?}; the logs:\n{}",
                 i + 1,
-                self.log_tail(i)
+                (0..self.procs.len())
+                    .map(|j| format!("--- node{}\n{}", j + 1, self.log_tail(j)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
