@@ -129,10 +129,15 @@ impl AntiEntropy {
             peer.clone(),
             self.settings.call_timeout,
         );
-        ctx.spawn(run.into_actor(self).map(move |outcome, act, _| {
+        ctx.spawn(run.into_actor(self).map(move |outcome, act, ctx| {
             act.running = false;
             match outcome {
                 Ok(report) => {
+                    // A productive exchange (a node catching up) is followed
+                    // at once by the next, within the byte budget.
+                    if report.pulled + report.pushed > 0 {
+                        ctx.notify(Next);
+                    }
                     act.window.1 += (report.bytes_sent + report.bytes_received) as u64;
                     act.last.insert(p, (Instant::now(), peer.clone()));
                     let repaired = report.pulled + report.pushed;
@@ -362,6 +367,19 @@ impl Actor for AntiEntropy {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.settings.interval, |act, ctx| act.tick(ctx));
         ctx.run_interval(self.settings.gc_interval, |act, ctx| act.collect(ctx));
+    }
+}
+
+/// Start the next exchange now rather than at the next tick.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Next;
+
+impl Handler<Next> for AntiEntropy {
+    type Result = ();
+
+    fn handle(&mut self, _: Next, ctx: &mut Context<Self>) {
+        self.tick(ctx);
     }
 }
 
