@@ -26,6 +26,7 @@ pub mod replica;
 pub mod ring;
 pub mod tombstones;
 pub mod version;
+pub mod view;
 pub mod wire;
 
 pub use error::{Error, ErrorKind, Result};

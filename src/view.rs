@@ -1,0 +1,220 @@
+//! The membership view: every member's record and the ownership table.
+//!
+//! A `View` is a state-based CRDT: per node a `Member` record, merged by
+//! keeping the higher `version` (ties broken by content, so every node picks
+//! the same), and the `Ownership` table, merged per partition. Every node
+//! that has seen the same records holds the same view and computes the same
+//! ring. Views arrive from peers, so `validate` bounds and checks them
+//! before they are merged.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::check_addr;
+use crate::error::{Error, Result};
+use crate::node::NodeId;
+use crate::ownership::{Capacity, Ownership};
+use crate::ring::Ring;
+
+/// Most members a view may hold: bounds what a peer can make us store.
+pub const MAX_MEMBERS: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Status {
+    /// Known, receiving its partitions; serves as an extra replica.
+    Joining,
+    /// Serving its partitions.
+    Up,
+    /// Handing its partitions to others before it stops.
+    Leaving,
+    /// Gone after handing everything off.
+    Left,
+    /// Dropped from the ring by an operator (dead node).
+    Removed,
+}
+
+impl Status {
+    /// Counts for ownership: partitions are planned over these members.
+    pub fn is_active(self) -> bool {
+        matches!(self, Status::Joining | Status::Up)
+    }
+
+    /// Still a running member (not gone for good).
+    pub fn is_live(self) -> bool {
+        !matches!(self, Status::Left | Status::Removed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Joining => "joining",
+            Status::Up => "up",
+            Status::Leaving => "leaving",
+            Status::Left => "left",
+            Status::Removed => "removed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: NodeId,
+    pub peer_addr: String,
+    pub client_addr: String,
+    pub weight: u32,
+    pub status: Status,
+    /// Bumped on every change of this record; the merge keeps the higher.
+    pub version: u64,
+}
+
+impl Member {
+    /// Whether `self` wins over `other` in the merge.
+    pub fn supersedes(&self, other: &Member) -> bool {
+        (
+            self.version,
+            self.status,
+            &self.peer_addr,
+            &self.client_addr,
+            self.weight,
+        ) > (
+            other.version,
+            other.status,
+            &other.peer_addr,
+            &other.client_addr,
+            other.weight,
+        )
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_addr("peer_addr", &self.peer_addr).map_err(|e| Error::Malformed(e.to_string()))?;
+        check_addr("client_addr", &self.client_addr)
+            .map_err(|e| Error::Malformed(e.to_string()))?;
+        if !(1..=crate::config::MAX_WEIGHT).contains(&self.weight) {
+            return Err(Error::Malformed(format!(
+                "member {} has weight {}",
+                self.id, self.weight
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What a node knows about the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    pub cluster: String,
+    pub partitions: u32,
+    pub members: BTreeMap<NodeId, Member>,
+    pub ownership: Option<Ownership>,
+}
+
+impl View {
+    pub fn new(cluster: String, partitions: u32) -> Self {
+        View {
+            cluster,
+            partitions,
+            members: BTreeMap::new(),
+            ownership: None,
+        }
+    }
+
+    /// Checks a view that arrived from a peer before it is merged.
+    pub fn validate(&self, cluster: &str, partitions: u32) -> Result<()> {
+        if self.cluster != cluster {
+            return Err(Error::Malformed(format!(
+                "view of cluster {:?}, not {cluster:?}",
+                self.cluster
+            )));
+        }
+        if self.partitions != partitions {
+            return Err(Error::Malformed(format!(
+                "view with {} partitions, this cluster has {partitions}",
+                self.partitions
+            )));
+        }
+        if self.members.len() > MAX_MEMBERS {
+            return Err(Error::Malformed(format!(
+                "view with {} members",
+                self.members.len()
+            )));
+        }
+        for (id, m) in &self.members {
+            if *id != m.id {
+                return Err(Error::Malformed(format!(
+                    "member {} filed under {id}",
+                    m.id
+                )));
+            }
+            m.validate()?;
+        }
+        if let Some(table) = &self.ownership {
+            if table.partition_count() != partitions {
+                return Err(Error::Malformed("ownership table of another size".into()));
+            }
+            if let Some(e) = table.entries().iter().find(|e| {
+                !self.members.contains_key(&e.owner)
+                    || e.next
+                        .as_ref()
+                        .is_some_and(|n| !self.members.contains_key(n))
+            }) {
+                return Err(Error::Malformed(format!(
+                    "ownership names unknown node {}",
+                    e.owner
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// CRDT merge. Returns whether anything changed.
+    pub fn merge(&mut self, other: &View) -> Result<bool> {
+        let mut changed = false;
+        for (id, theirs) in &other.members {
+            match self.members.get(id) {
+                Some(mine) if !theirs.supersedes(mine) => {}
+                _ => {
+                    self.members.insert(id.clone(), theirs.clone());
+                    changed = true;
+                }
+            }
+        }
+        match (&mut self.ownership, &other.ownership) {
+            (Some(mine), Some(theirs)) => changed |= mine.merge(theirs)?,
+            (None, Some(theirs)) => {
+                self.ownership = Some(theirs.clone());
+                changed = true;
+            }
+            (_, None) => {}
+        }
+        Ok(changed)
+    }
+
+    /// Members whose partitions are planned: joining and up.
+    pub fn active(&self) -> Vec<Capacity> {
+        self.members
+            .values()
+            .filter(|m| m.status.is_active())
+            .map(|m| Capacity::new(m.id.clone(), m.weight))
+            .collect()
+    }
+
+    pub fn ring(&self) -> Option<Ring> {
+        self.ownership.as_ref().map(Ring::new)
+    }
+
+    /// The encoding persisted in the node's `meta` keyspace.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("encoding to a Vec cannot fail")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<View> {
+        let (view, rest): (View, _) = postcard::take_from_bytes(bytes)
+            .map_err(|e| Error::Storage(format!("unreadable membership view: {e}")))?;
+        if !rest.is_empty() {
+            return Err(Error::Storage(
+                "trailing bytes after the membership view".into(),
+            ));
+        }
+        Ok(view)
+    }
+}
