@@ -39,6 +39,7 @@ pub struct Config {
     pub gossip: GossipSection,
     pub hints: HintsSection,
     pub anti_entropy: AntiEntropySection,
+    pub handoff: HandoffSection,
     pub log: LogSection,
 }
 
@@ -87,6 +88,9 @@ pub struct ClusterSection {
     pub w: u8,
     /// Peer addresses of other members to contact at start-up.
     pub seeds: Vec<String>,
+    /// Join (or found) the seeds' cluster at start-up. Without it a fresh
+    /// node waits for `dynakv cluster join`.
+    pub auto_join: bool,
 }
 
 impl Default for ClusterSection {
@@ -98,6 +102,7 @@ impl Default for ClusterSection {
             r: 2,
             w: 2,
             seeds: Vec::new(),
+            auto_join: true,
         }
     }
 }
@@ -223,6 +228,28 @@ impl Default for AntiEntropySection {
             max_bytes_per_sec: 10 << 20,
             gc_interval_ms: 10_000,
             gc_batch: 100,
+        }
+    }
+}
+
+/// Partition transfers when members join, leave or change weight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandoffSection {
+    /// Keys per transferred chunk.
+    pub chunk_keys: u32,
+    /// Transfer budget, in bytes per second (pacing).
+    pub max_bytes_per_sec: u64,
+    /// Interval between checks for partitions to fetch or release, in ms.
+    pub interval_ms: u64,
+}
+
+impl Default for HandoffSection {
+    fn default() -> Self {
+        HandoffSection {
+            chunk_keys: 512,
+            max_bytes_per_sec: 50 << 20,
+            interval_ms: 1000,
         }
     }
 }
@@ -419,6 +446,10 @@ impl Config {
             || ae.gc_batch == 0
         {
             return bad("anti_entropy.* must all be positive".into());
+        }
+        let t = &self.handoff;
+        if t.chunk_keys == 0 || t.max_bytes_per_sec == 0 || t.interval_ms == 0 {
+            return bad("handoff.* must all be positive".into());
         }
         let h = &self.hints;
         if h.batch_size == 0 || h.interval_ms == 0 {

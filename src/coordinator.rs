@@ -54,6 +54,18 @@ impl Replica {
     }
 }
 
+/// Where a session's requests go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    /// The first N healthy nodes of the extended preference list.
+    pub targets: Vec<Replica>,
+    /// Healthy nodes further along, to replace targets that fail.
+    pub fallbacks: Vec<NodeId>,
+    /// Pending replicas (receiving the partition in a move): they are sent
+    /// every write too, but their acknowledgements do not count toward W.
+    pub pending: Vec<NodeId>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Vote {
     Waiting,
@@ -137,16 +149,11 @@ pub struct GetSession {
 impl GetSession {
     /// Starts a read of `key` from `targets`, answering after `r` replies;
     /// `fallbacks` replace targets that fail.
-    pub fn start(
-        key: Vec<u8>,
-        targets: Vec<Replica>,
-        fallbacks: Vec<NodeId>,
-        r: usize,
-    ) -> (Self, Vec<Request>) {
-        let requests = targets.iter().map(|t| read(&t.node, &key)).collect();
+    pub fn start(key: Vec<u8>, route: Route, r: usize) -> (Self, Vec<Request>) {
+        let requests = route.targets.iter().map(|t| read(&t.node, &key)).collect();
         let session = GetSession {
-            states: vec![None; targets.len()],
-            tally: Tally::new(targets, fallbacks, r),
+            states: vec![None; route.targets.len()],
+            tally: Tally::new(route.targets, route.fallbacks, r),
             key,
             merged: SiblingSet::new(),
             answered: false,
@@ -257,6 +264,7 @@ pub struct PutSession {
     context: Context,
     value: Value,
     tally: Tally,
+    pending: Vec<NodeId>,
     /// Index of the target asked to mint; None once minted (or given up).
     minter: Option<usize>,
     written: Option<Written>,
@@ -271,15 +279,15 @@ impl PutSession {
         key: Vec<u8>,
         context: Context,
         value: Value,
-        targets: Vec<Replica>,
-        fallbacks: Vec<NodeId>,
+        route: Route,
         w: usize,
     ) -> (Self, Vec<Request>) {
         let mut session = PutSession {
             key,
             context,
             value,
-            tally: Tally::new(targets, fallbacks, w),
+            tally: Tally::new(route.targets, route.fallbacks, w),
+            pending: route.pending,
             minter: None,
             written: None,
             answered: false,
@@ -349,6 +357,14 @@ impl PutSession {
                     .filter(|&j| self.tally.votes[j] == Vote::Waiting)
                     .map(|j| self.write_to(j, &state))
                     .collect();
+                next.extend(self.pending.iter().map(|node| Request {
+                    to: node.clone(),
+                    msg: ReplicaMsg::Write {
+                        key: self.key.clone(),
+                        state: state.clone(),
+                        hint_for: None,
+                    },
+                }));
                 self.written = Some((state, dot));
             }
             (true, Err(e)) if e.kind() == ErrorKind::InvalidRequest => {
@@ -440,30 +456,32 @@ mod tests {
         Error::Unavailable("peer down".into())
     }
 
+    fn route(targets: &[&str], fallbacks: &[&str]) -> Route {
+        Route {
+            targets: owners(targets),
+            fallbacks: fallbacks.iter().map(|f| id(f)).collect(),
+            pending: vec![],
+        }
+    }
+
     fn get(targets: &[&str], fallbacks: &[&str], r: usize) -> GetSession {
-        GetSession::start(
-            b"k".to_vec(),
-            owners(targets),
-            fallbacks.iter().map(|f| id(f)).collect(),
-            r,
-        )
-        .0
+        GetSession::start(b"k".to_vec(), route(targets, fallbacks), r).0
     }
 
     fn put(targets: &[&str], fallbacks: &[&str], w: usize) -> (PutSession, Vec<Request>) {
+        let value = Value::Data(b"v".to_vec());
         PutSession::start(
             b"k".to_vec(),
             Context::default(),
-            Value::Data(b"v".to_vec()),
-            owners(targets),
-            fallbacks.iter().map(|f| id(f)).collect(),
+            value,
+            route(targets, fallbacks),
             w,
         )
     }
 
     #[test]
     fn get_answers_after_r_replies_and_repairs_stale_replicas() {
-        let (mut s, reqs) = GetSession::start(b"k".to_vec(), owners(&["a", "b", "c"]), vec![], 2);
+        let (mut s, reqs) = GetSession::start(b"k".to_vec(), route(&["a", "b", "c"], &[]), 2);
         assert_eq!(reqs.len(), 3);
         assert!(s.initial_answer().is_none());
         let newer = state("new", 1);
@@ -680,17 +698,47 @@ mod tests {
                 hint_for: Some(id("b")),
             },
         ];
+        let route = Route {
+            targets,
+            ..Route::default()
+        };
         let (mut s, _) = PutSession::start(
             b"k".to_vec(),
             Context::default(),
             Value::Tombstone,
-            targets,
-            vec![],
+            route,
             2,
         );
         let (writes, _) = s.on_reply(&id("a"), Ok(minted("x", 1)));
         assert!(
             matches!(&writes[0].msg, ReplicaMsg::Write { hint_for: Some(h), .. } if *h == id("b"))
         );
+    }
+
+    #[test]
+    fn pending_replicas_get_every_write_but_no_vote() {
+        let route = Route {
+            targets: owners(&["a", "b", "c"]),
+            fallbacks: vec![],
+            pending: vec![id("new")],
+        };
+        let (mut s, _) = PutSession::start(
+            b"k".to_vec(),
+            Context::default(),
+            Value::Tombstone,
+            route,
+            3,
+        );
+        let (writes, _) = s.on_reply(&id("a"), Ok(minted("x", 1)));
+        let to: Vec<NodeId> = writes.iter().map(|w| w.to.clone()).collect();
+        assert_eq!(to, vec![id("b"), id("c"), id("new")]);
+        assert_eq!(
+            s.on_reply(&id("new"), Ok(ReplicaMsg::Ack)),
+            (vec![], None),
+            "no vote"
+        );
+        s.on_reply(&id("b"), Ok(ReplicaMsg::Ack));
+        let (_, answer) = s.on_reply(&id("c"), Ok(ReplicaMsg::Ack));
+        assert!(matches!(answer, Some(Ok(_))));
     }
 }

@@ -15,6 +15,7 @@ pub mod anti_entropy;
 pub mod config;
 pub mod coordinator;
 pub mod error;
+pub mod handoff;
 pub mod hints;
 pub mod liveness;
 pub mod membership;

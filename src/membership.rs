@@ -79,6 +79,9 @@ pub struct Membership {
     seeds: Vec<String>,
     view: View,
     detector: FailureDetector,
+    /// Whether this node takes part in the cluster: from the start with
+    /// `auto_join` (or a persisted view), else once told to `join`.
+    enabled: bool,
 }
 
 /// The settings membership needs from the node's configuration.
@@ -92,6 +95,9 @@ pub struct Settings {
     /// Failure detection timeouts, in milliseconds.
     pub suspect_after: u64,
     pub down_after: u64,
+    /// Join (or found) the cluster of the seeds at start-up. Without it, a
+    /// fresh node waits for an explicit `join`.
+    pub auto_join: bool,
 }
 
 impl Membership {
@@ -99,6 +105,7 @@ impl Membership {
     /// is refreshed from the settings (addresses and weight may have changed
     /// in the config) with a higher version.
     pub fn new(settings: Settings, persisted: Option<View>, now: u64) -> Self {
+        let enabled = settings.auto_join || persisted.is_some();
         let mut view =
             persisted.unwrap_or_else(|| View::new(settings.cluster.clone(), settings.partitions));
         let me = settings.me;
@@ -134,6 +141,7 @@ impl Membership {
             n: settings.n,
             seeds,
             view,
+            enabled,
         };
         membership.track_members(now);
         membership.settle();
@@ -195,6 +203,9 @@ impl Membership {
     /// timeouts, and push the view to a random peer (a known member, or a
     /// seed not yet known). `rand` is any random number.
     pub fn tick(&mut self, now: u64, rand: u64) -> (Vec<Outgoing>, Changed) {
+        if !self.enabled {
+            return (Vec::new(), Changed::default());
+        }
         self.detector.beat();
         let changed = Changed {
             view: false,
@@ -342,6 +353,9 @@ impl Membership {
     /// After a change: found the table if due, then claim what this node
     /// should receive. Returns the moves begun.
     fn settle(&mut self) -> Vec<Move> {
+        if !self.enabled {
+            return Vec::new();
+        }
         if self.view.ownership.is_none() {
             if !self.unknown_seeds().is_empty() {
                 return Vec::new();
@@ -397,6 +411,128 @@ impl Membership {
     pub fn ring(&self) -> Option<Ring> {
         self.view.ring()
     }
+
+    /// Whether this node takes part in the cluster yet.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn my_record(&mut self) -> &mut Member {
+        self.view
+            .members
+            .get_mut(&self.me)
+            .expect("own record is always present")
+    }
+
+    /// Joins the cluster `seed` (a peer address) belongs to.
+    pub fn join(&mut self, seed: String) -> Result<Changed> {
+        crate::config::check_addr("seed", &seed)?;
+        if self.view.members[&self.me].status.is_live()
+            && self.enabled
+            && self.view.ownership.is_some()
+        {
+            return Err(Error::InvalidRequest(format!(
+                "{} is already a member of a cluster",
+                self.me
+            )));
+        }
+        if !self.seeds.contains(&seed) {
+            self.seeds.push(seed);
+        }
+        self.enabled = true;
+        self.settle();
+        Ok(Changed {
+            view: true,
+            liveness: false,
+        })
+    }
+
+    /// Starts handing this node's partitions to the other members; it is
+    /// `Left` once it owns nothing (`mark_left`).
+    pub fn leave(&mut self) -> Result<Changed> {
+        let me = self.my_record();
+        if !me.status.is_active() {
+            return Err(Error::InvalidRequest(format!(
+                "{} is {}, it cannot leave",
+                me.id,
+                me.status.as_str()
+            )));
+        }
+        me.status = Status::Leaving;
+        me.version += 1;
+        self.settle();
+        Ok(Changed {
+            view: true,
+            liveness: false,
+        })
+    }
+
+    /// Drops a dead member from the ring: its partitions go to the others,
+    /// who rebuild them from the surviving replicas.
+    pub fn remove(&mut self, node: &NodeId) -> Result<Changed> {
+        if *node == self.me {
+            return Err(Error::InvalidRequest(
+                "a node cannot remove itself; use leave".into(),
+            ));
+        }
+        let Some(m) = self.view.members.get_mut(node) else {
+            return Err(Error::InvalidRequest(format!("{node} is not a member")));
+        };
+        if !m.status.is_live() {
+            return Err(Error::InvalidRequest(format!(
+                "{node} is already {}",
+                m.status.as_str()
+            )));
+        }
+        m.status = Status::Removed;
+        m.version += 1;
+        self.detector.forget(node);
+        self.settle();
+        Ok(Changed {
+            view: true,
+            liveness: true,
+        })
+    }
+
+    /// This node holds the data of every partition moving to it: it owns
+    /// them now.
+    pub fn commit_incoming(&mut self) -> Changed {
+        let me = self.me.clone();
+        let Some(table) = self.view.ownership.as_mut() else {
+            return Changed::default();
+        };
+        let incoming = table.incoming(&me);
+        let done = table.commit(&me, &incoming);
+        if done.is_empty() {
+            return Changed::default();
+        }
+        self.settle();
+        Changed {
+            view: true,
+            liveness: false,
+        }
+    }
+
+    /// A leaving node that owns nothing any more (and, the caller checked,
+    /// holds no data) has left.
+    pub fn mark_left(&mut self) -> Changed {
+        let me = self.me.clone();
+        let owns = self.view.ownership.as_ref().is_some_and(|t| {
+            t.entries()
+                .iter()
+                .any(|e| e.owner == me || e.next.as_ref() == Some(&me))
+        });
+        let rec = self.my_record();
+        if rec.status != Status::Leaving || owns {
+            return Changed::default();
+        }
+        rec.status = Status::Left;
+        rec.version += 1;
+        Changed {
+            view: true,
+            liveness: false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -422,6 +558,7 @@ mod tests {
                 .collect(),
             suspect_after: 3000,
             down_after: 10_000,
+            auto_join: true,
         }
     }
 

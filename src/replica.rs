@@ -58,6 +58,9 @@ pub enum ReplicaMsg {
     Ack,
 }
 
+/// A key with its sibling set, as moved between replicas.
+pub type Entry = (Vec<u8>, SiblingSet);
+
 /// A key-value store holding one keyspace. Keys are compared bytewise.
 pub trait Store {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
@@ -164,7 +167,14 @@ pub struct Replica<S: Store> {
     actor: Actor,
     max_siblings: usize,
     trees: HashMap<Partition, HashTree>,
-    keys: u64,
+    usage: HashMap<Partition, Usage>,
+}
+
+/// Keys and bytes (keys plus encoded sibling sets) one partition holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub keys: u64,
+    pub bytes: u64,
 }
 
 /// What opening a replica found in storage.
@@ -188,6 +198,7 @@ impl<S: Store> Replica<S> {
     ) -> Result<(Self, OpenReport)> {
         let mut report = OpenReport::default();
         let mut items: HashMap<Partition, Vec<(usize, u64)>> = HashMap::new();
+        let mut usage: HashMap<Partition, Usage> = HashMap::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
             let chunk = store.scan(&[], after.as_deref(), SCAN_CHUNK)?;
@@ -199,6 +210,9 @@ impl<S: Store> Replica<S> {
                             .entry(p)
                             .or_default()
                             .push((segment_of(key, q), item_hash(key, value)));
+                        let u = usage.entry(p).or_default();
+                        u.keys += 1;
+                        u.bytes += (key.len() + value.len()) as u64;
                         report.keys += 1;
                     }
                     Err(_) => report.corrupt.push(stored.clone()),
@@ -221,7 +235,7 @@ impl<S: Store> Replica<S> {
             actor,
             max_siblings,
             trees,
-            keys: report.keys,
+            usage,
         };
         Ok((replica, report))
     }
@@ -235,7 +249,12 @@ impl<S: Store> Replica<S> {
     }
 
     pub fn key_count(&self) -> u64 {
-        self.keys
+        self.usage.values().map(|u| u.keys).sum()
+    }
+
+    /// Keys and bytes held per partition (partitions holding none are absent).
+    pub fn usage(&self) -> &HashMap<Partition, Usage> {
+        &self.usage
     }
 
     pub fn store(&self) -> &S {
@@ -317,7 +336,12 @@ impl<S: Store> Replica<S> {
         let stored = storage_key(p, key);
         if let Some(bytes) = self.store.get(&stored)? {
             self.store.remove(&stored)?;
-            self.keys = self.keys.saturating_sub(1);
+            let u = self.usage.entry(p).or_default();
+            u.keys = u.keys.saturating_sub(1);
+            u.bytes = u.bytes.saturating_sub((key.len() + bytes.len()) as u64);
+            if u.keys == 0 {
+                self.usage.remove(&p);
+            }
             let tree = self.trees.entry(p).or_default();
             tree.update(segment_of(key, self.q), Some(item_hash(key, &bytes)), None);
             if tree.is_empty() {
@@ -360,6 +384,45 @@ impl<S: Store> Replica<S> {
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// Up to `limit` entries of `p` after key `after` (from its start if
+    /// None), in key order, and whether the partition ends there.
+    pub fn chunk(
+        &self,
+        p: Partition,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool)> {
+        let prefix = p.prefix();
+        let after = after.map(|k| storage_key(p, k));
+        let rows = self.store.scan(&prefix, after.as_deref(), limit)?;
+        let last = rows.len() < limit;
+        let entries = rows
+            .into_iter()
+            .map(|(stored, value)| Ok((stored[prefix.len()..].to_vec(), decode_state(&value)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((entries, last))
+    }
+
+    /// The partitions this replica holds data for.
+    pub fn held_partitions(&self) -> Vec<Partition> {
+        let mut held: Vec<Partition> = self.trees.keys().copied().collect();
+        held.sort();
+        held
+    }
+
+    /// Removes every key of `p` (a partition handed off). Returns how many.
+    pub fn drop_partition(&mut self, p: Partition) -> Result<usize> {
+        let mut keys = Vec::new();
+        self.scan_partition(p, |key, _| {
+            keys.push(key.to_vec());
+            Ok(())
+        })?;
+        for key in &keys {
+            self.remove(key)?;
+        }
+        Ok(keys.len())
     }
 
     /// Up to `limit` keys of `p` whose only siblings are tombstones.
@@ -453,10 +516,17 @@ impl<S: Store> Replica<S> {
         let p = Partition::of_key(key, self.q);
         let encoded = encode_state(new);
         self.store.put(&storage_key(p, key), &encoded)?;
-        let old_hash = old.map(|bytes| item_hash(key, &bytes));
-        if old_hash.is_none() {
-            self.keys += 1;
+        let u = self.usage.entry(p).or_default();
+        match &old {
+            Some(bytes) => {
+                u.bytes = u.bytes.saturating_sub(bytes.len() as u64) + encoded.len() as u64
+            }
+            None => {
+                u.keys += 1;
+                u.bytes += (key.len() + encoded.len()) as u64;
+            }
         }
+        let old_hash = old.map(|bytes| item_hash(key, &bytes));
         self.trees.entry(p).or_default().update(
             segment_of(key, self.q),
             old_hash,
@@ -530,6 +600,10 @@ mod tests {
         assert_eq!(a.store().map, b.store().map);
         assert_eq!(a.trees, b.trees);
         assert_eq!(a.trees, rebuilt_trees(&a));
+        let reopened = Replica::open(b.store().clone(), MemStore::default(), 64, Actor(3), 5)
+            .unwrap()
+            .0;
+        assert_eq!(b.usage(), reopened.usage());
         assert_eq!(b.key_count(), 50);
     }
 
@@ -620,5 +694,9 @@ mod tests {
         );
         assert_eq!(r.key_count(), 2);
         assert_eq!(r.trees, rebuilt_trees(&r));
+        let reopened = Replica::open(r.store().clone(), MemStore::default(), 64, Actor(3), 5)
+            .unwrap()
+            .0;
+        assert_eq!(r.usage(), reopened.usage());
     }
 }

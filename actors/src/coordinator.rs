@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use dynakv::coordinator::{GetSession, PutSession, Replica as Target};
+use dynakv::coordinator::{GetSession, PutSession, Replica as Target, Route};
 use dynakv::version::{Context as VersionContext, SiblingSet, Value};
 use dynakv::wire::{ClientOp, ClientReply, LocalCopy, MemberStatus, StatusReport};
 use dynakv::{Error, NodeId, Result};
@@ -104,18 +104,26 @@ impl Coordinator {
     /// Where a request for `key` goes: the first N healthy nodes of the
     /// extended preference list (hinted stand-ins for owners that are not
     /// up), and the healthy nodes after them, to replace targets that fail.
-    fn targets(&self, key: &[u8]) -> Result<(u32, Vec<Target>, Vec<NodeId>)> {
+    fn route(&self, key: &[u8]) -> Result<(u32, Route)> {
         let topology = self.topology.as_ref();
         let ring = topology.and_then(|t| t.ring.clone()).ok_or_else(|| {
             Error::Unavailable("the cluster is not formed yet (waiting for its seeds)".into())
         })?;
         let topology = topology.expect("a ring implies a topology");
         let is_up = |n: &NodeId| topology.is_up(n);
+        let n = usize::from(self.settings.n);
         let p = ring.partition_of(key);
-        let routed = ring.route(p, usize::from(self.settings.n), is_up);
+        let routed = ring.route(p, n, is_up);
         let fallbacks = ring
             .fallbacks(p, &routed, is_up)
             .into_iter()
+            .cloned()
+            .collect();
+        let current = ring.preference_list(p, n);
+        let pending = ring
+            .pending_preference_list(p, n)
+            .into_iter()
+            .filter(|node| !current.contains(node) && is_up(node))
             .cloned()
             .collect();
         let mut targets: Vec<Target> = routed
@@ -130,7 +138,12 @@ impl Coordinator {
         if let Some(i) = targets.iter().position(|t| &t.node == self.me()) {
             targets[..=i].rotate_right(1);
         }
-        Ok((p.0, targets, fallbacks))
+        let route = Route {
+            targets,
+            fallbacks,
+            pending,
+        };
+        Ok((p.0, route))
     }
 
     /// Starts a session and returns the future of its outcome.
@@ -155,10 +168,10 @@ impl Coordinator {
             ClientOp::Get { key, r } => {
                 self.check_key(&key)?;
                 let r = self.quorum("r", r, self.settings.r)?;
-                let (p, targets, fallbacks) = self.targets(&key)?;
+                let (p, route) = self.route(&key)?;
                 let k = key.clone();
                 let rx = self.session("get", key, p, move || {
-                    let (s, reqs) = GetSession::start(k, targets, fallbacks, r);
+                    let (s, reqs) = GetSession::start(k, route, r);
                     (Kind::Get(s), reqs)
                 });
                 Ok(Pending::Session(rx))
@@ -205,10 +218,10 @@ impl Coordinator {
         self.check_key(&key)?;
         let w = self.quorum("w", w, self.settings.w)?;
         let ctx = VersionContext::from_bytes(context)?;
-        let (p, targets, fallbacks) = self.targets(&key)?;
+        let (p, route) = self.route(&key)?;
         let k = key.clone();
         let rx = self.session(op, key, p, move || {
-            let (s, reqs) = PutSession::start(k, ctx, value, targets, fallbacks, w);
+            let (s, reqs) = PutSession::start(k, ctx, value, route, w);
             (Kind::Put(s), reqs)
         });
         Ok(Pending::Session(rx))

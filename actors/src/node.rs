@@ -148,6 +148,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             seeds: config.cluster.seeds.clone(),
             suspect_after: config.gossip.suspect_after_ms,
             down_after: config.gossip.down_after_ms,
+            auto_join: config.cluster.auto_join,
         },
         persisted,
         clock.now(),
