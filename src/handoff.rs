@@ -1,12 +1,16 @@
 //! Handoff: moving whole partitions when ownership changes.
 //!
-//! When a move of partition `p` to node X begins, X becomes a *pending*
-//! replica of the home partitions whose pending preference list includes it.
-//! X fetches each of them, in checksummed chunks (a range scan on the
-//! source), from a current replica; while it fetches, coordinators also send
-//! it every new write of those partitions (an extra, pending replica whose
-//! acknowledgement does not count toward W). Once X holds them all it commits
-//! its moves and owns them.
+//! A node keeps track of the home partitions it holds a full copy of (the
+//! partitions it replicated when the cluster was founded, and those it
+//! fetched since). Any other partition it replicates, now or once in-flight
+//! moves complete, it fetches, in checksummed chunks (a range scan on the
+//! source), from a current replica. That covers a joining node's new
+//! partitions, a node that inherits a leaver's, and a node that becomes a
+//! replica because *another* node's move shifted a preference list. While a
+//! node fetches, coordinators also send it every new write of the partitions
+//! moving to it (an extra, pending replica whose acknowledgement does not
+//! count toward W). Once it holds everything, it commits its moves and owns
+//! them.
 //!
 //! A node that holds a home partition it no longer replicates (it gave the
 //! partition away, left, or received a stray late write) *releases* it:
@@ -24,8 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::node::NodeId;
+use crate::ownership::Capacity;
 use crate::ring::{Partition, Ring};
 use crate::version::SiblingSet;
+use crate::view::View;
 
 /// Messages of the handoff concern (`PeerMsg::Handoff`). Variants are only
 /// ever appended.
@@ -92,15 +98,12 @@ pub fn verify_chunk(
     Ok(())
 }
 
-/// Home partitions `me` must fetch: its pending preference lists include
-/// it, its current ones do not.
-pub fn to_fetch(ring: &Ring, me: &NodeId, n: usize) -> Vec<Partition> {
-    (0..ring.partition_count())
-        .map(Partition)
-        .filter(|&p| {
-            ring.pending_preference_list(p, n).contains(&me)
-                && !ring.preference_list(p, n).contains(&me)
-        })
+/// Home partitions `me` must fetch: it replicates them, now or once
+/// in-flight moves complete, and holds no full copy yet.
+pub fn to_fetch(ring: &Ring, me: &NodeId, n: usize, progress: &Progress) -> Vec<Partition> {
+    ring.replicated_by(me, n)
+        .into_iter()
+        .filter(|&p| !progress.is_done(p))
         .collect()
 }
 
@@ -120,6 +123,113 @@ pub fn to_release(
             !current.contains(&me) && !pending.contains(&me) && current == pending
         })
         .collect()
+}
+
+/// A membership change an operator considers (`dynakv cluster plan`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlanChange {
+    Join { node: NodeId, weight: u32 },
+    Leave { node: NodeId },
+    Weight { node: NodeId, weight: u32 },
+}
+
+/// What a change would move, per node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanReport {
+    /// Partitions whose owner would change.
+    pub moves: u32,
+    pub rows: Vec<PlanRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanRow {
+    pub node: NodeId,
+    /// Home partitions (replicas) the node would receive, and their bytes.
+    pub receive: u32,
+    pub receive_bytes: u64,
+    /// Home partitions the node would hand off.
+    pub send: u32,
+    pub send_bytes: u64,
+}
+
+/// Works out, without changing anything, what `change` would move: per
+/// node, the replicas it would receive and hand off, with their size as
+/// `bytes_of` estimates it.
+pub fn preview(
+    view: &View,
+    change: &PlanChange,
+    n: usize,
+    bytes_of: impl Fn(Partition) -> u64,
+) -> Result<PlanReport> {
+    let mut table = view
+        .ownership
+        .clone()
+        .ok_or_else(|| Error::Unavailable("the cluster is not formed yet".into()))?;
+    let mut members = view.active();
+    let position =
+        |members: &[Capacity], node: &NodeId| members.iter().position(|m| m.node == *node);
+    match change {
+        PlanChange::Join { node, weight } => {
+            if position(&members, node).is_some() {
+                return Err(Error::InvalidRequest(format!("{node} is already a member")));
+            }
+            members.push(Capacity::new(node.clone(), *weight));
+        }
+        PlanChange::Leave { node } => {
+            let i = position(&members, node)
+                .ok_or_else(|| Error::InvalidRequest(format!("{node} is not an active member")))?;
+            members.remove(i);
+        }
+        PlanChange::Weight { node, weight } => {
+            let i = position(&members, node)
+                .ok_or_else(|| Error::InvalidRequest(format!("{node} is not an active member")))?;
+            members[i].weight = *weight;
+        }
+    }
+    let before = Ring::new(&table);
+    let moves = table.plan(&members, n)?;
+    table.begin(&moves);
+    let receivers: std::collections::BTreeSet<NodeId> =
+        moves.iter().map(|m| m.to.clone()).collect();
+    for r in &receivers {
+        let incoming = table.incoming(r);
+        table.commit(r, &incoming);
+    }
+    let after = Ring::new(&table);
+    let mut rows: BTreeMap<NodeId, PlanRow> = BTreeMap::new();
+    for p in (0..before.partition_count()).map(Partition) {
+        let old = before.pending_preference_list(p, n);
+        let new = after.preference_list(p, n);
+        let size = bytes_of(p);
+        for node in new.iter().filter(|x| !old.contains(x)) {
+            let r = rows
+                .entry((*node).clone())
+                .or_insert_with(|| empty_row(node));
+            r.receive += 1;
+            r.receive_bytes += size;
+        }
+        for node in old.iter().filter(|x| !new.contains(x)) {
+            let r = rows
+                .entry((*node).clone())
+                .or_insert_with(|| empty_row(node));
+            r.send += 1;
+            r.send_bytes += size;
+        }
+    }
+    Ok(PlanReport {
+        moves: moves.len() as u32,
+        rows: rows.into_values().collect(),
+    })
+}
+
+fn empty_row(node: &NodeId) -> PlanRow {
+    PlanRow {
+        node: node.clone(),
+        receive: 0,
+        receive_bytes: 0,
+        send: 0,
+        send_bytes: 0,
+    }
 }
 
 /// Where fetches stand, per home partition.
@@ -148,9 +258,22 @@ impl Progress {
         self.partitions.insert(p, step);
     }
 
-    /// Forgets partitions no longer to fetch (the ring changed).
-    pub fn retain(&mut self, wanted: &[Partition]) {
-        self.partitions.retain(|p, _| wanted.contains(p));
+    /// Forgets partitions `me` no longer replicates (the ring changed).
+    pub fn retain(&mut self, replicated: &[Partition]) {
+        self.partitions.retain(|p, _| replicated.contains(p));
+    }
+
+    /// Whether nothing is recorded: a node's first ring.
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty()
+    }
+
+    /// Records that `me` holds a full copy of the partitions it replicates
+    /// in `ring` (a node of the founding ring: the cluster starts empty).
+    pub fn adopt(&mut self, ring: &Ring, me: &NodeId, n: usize) {
+        for p in ring.replicated_by(me, n) {
+            self.partitions.insert(p, Fetched::Done);
+        }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -192,8 +315,16 @@ mod tests {
         let moves = table.plan(&members(5), 3).unwrap();
         table.begin(&moves);
         let ring = Ring::new(&table);
-        let fetch = to_fetch(&ring, &joiner, 3);
+        let fetch = to_fetch(&ring, &joiner, 3, &Progress::default());
         assert!(!fetch.is_empty());
+        // a founding member holds its partitions; it fetches only those it
+        // newly replicates
+        let founded = Ring::new(&Ownership::found(64, &members(4), 3).unwrap());
+        let mut founder = Progress::default();
+        founder.adopt(&founded, &id("n0"), 3);
+        for p in to_fetch(&ring, &id("n0"), 3, &founder) {
+            assert!(!founded.preference_list(p, 3).contains(&&id("n0")));
+        }
         // after the commit it replicates exactly those
         table.commit(&joiner, &table.incoming(&joiner));
         let after = Ring::new(&table);
@@ -263,5 +394,49 @@ mod tests {
         let mut kept = back.clone();
         kept.retain(&[Partition(2)]);
         assert!(kept.get(Partition(1)).is_none());
+    }
+
+    #[test]
+    fn a_plan_preview_moves_about_a_share_to_the_new_node() {
+        use crate::view::{Member, Status};
+        let mut view = View::new("c".into(), 64);
+        for m in members(4) {
+            view.members.insert(
+                m.node.clone(),
+                Member {
+                    id: m.node.clone(),
+                    peer_addr: format!("127.0.0.1:7{}", m.node.as_str().len()),
+                    client_addr: "127.0.0.1:1".into(),
+                    weight: 1,
+                    status: Status::Up,
+                    version: 1,
+                },
+            );
+        }
+        view.ownership = Some(Ownership::found(64, &members(4), 3).unwrap());
+        let join = PlanChange::Join {
+            node: id("n4"),
+            weight: 1,
+        };
+        let report = preview(&view, &join, 3, |_| 100).unwrap();
+        // the new node owns about 64/5 partitions and receives 3 replicas per owned partition
+        assert!((12..=13).contains(&report.moves), "{report:?}");
+        let new = report.rows.iter().find(|r| r.node == id("n4")).unwrap();
+        assert_eq!(new.receive, report.moves * 3);
+        assert_eq!(new.receive_bytes, u64::from(new.receive) * 100);
+        let sent: u32 = report.rows.iter().map(|r| r.send).sum();
+        assert_eq!(
+            sent, new.receive,
+            "every replica it receives another node hands off"
+        );
+        assert!(preview(&view, &PlanChange::Leave { node: id("nobody") }, 3, |_| 0).is_err());
+        let leave = preview(&view, &PlanChange::Leave { node: id("n0") }, 3, |_| 1).unwrap();
+        let n0 = leave.rows.iter().find(|r| r.node == id("n0")).unwrap();
+        assert_eq!(n0.receive, 0);
+        assert_eq!(
+            n0.send,
+            64 * 3 / 4,
+            "a leaving node hands off every replica it holds"
+        );
     }
 }

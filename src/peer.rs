@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::anti_entropy::AeMsg;
 use crate::error::ErrorKind;
+use crate::handoff::HandoffMsg;
 use crate::hints::HintMsg;
 use crate::membership::GossipMsg;
 use crate::node::NodeId;
@@ -51,4 +52,5 @@ pub enum PeerMsg {
     Hints(HintMsg),
     AntiEntropy(AeMsg),
     Tombstones(GcMsg),
+    Handoff(HandoffMsg),
 }

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::handoff::{PlanChange, PlanReport};
 use crate::node::NodeId;
 use crate::peer::PeerMsg;
 
@@ -171,6 +172,14 @@ pub enum ClientOp {
     Status,
     /// This node's local copy of a key, without quorum.
     Inspect { key: Vec<u8> },
+    /// Membership: join the cluster the node at peer address `seed` is in.
+    Join { seed: String },
+    /// Membership: hand this node's partitions off, then leave.
+    Leave,
+    /// Membership: drop a dead member (by id or address) from the ring.
+    Remove { node: String },
+    /// What a membership change would move (changes nothing).
+    Plan { change: PlanChange },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +214,11 @@ pub enum ClientReply {
         kind: ErrorKind,
         message: String,
     },
+    /// An administrative request was accepted.
+    Done {
+        message: String,
+    },
+    Plan(PlanReport),
 }
 
 impl ClientReply {

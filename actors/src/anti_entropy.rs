@@ -24,6 +24,7 @@ use dynakv::{Error, NodeId, Result};
 use tracing::{debug, info};
 
 use crate::bridge::{Bridge, Call};
+use crate::coordinator::Summary;
 use crate::events::{Event, Events};
 use crate::replica::{
     AeBegin, AeContinue, CollectTombstones, FindTombstones, ProbeTombstones, Replica, mailbox_error,
@@ -41,11 +42,6 @@ pub struct AntiEntropySettings {
     pub gc_batch: usize,
     pub call_timeout: Duration,
 }
-
-/// Lines for `status`.
-#[derive(Message)]
-#[rtype(result = "Vec<String>")]
-pub struct Summary;
 
 pub struct AntiEntropy {
     settings: AntiEntropySettings,
@@ -219,7 +215,7 @@ impl AntiEntropy {
 }
 
 /// Runs one exchange of `p` with `peer` to completion.
-async fn exchange(
+pub(crate) async fn exchange(
     replica: Addr<Replica>,
     bridge: Addr<Bridge>,
     p: Partition,

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use actix::WeakAddr;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
+use dynakv::handoff::HandoffMsg;
 use dynakv::hints::HintMsg;
 use dynakv::membership::GossipMsg;
 use dynakv::peer::{PeerFrame, PeerHello, PeerMsg};
@@ -40,13 +41,15 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{Codec, CodecError};
 use crate::replica::{
-    AeRespond, CollectTombstones, MergeHandoff, ProbeTombstones, Replica, ReplicaRequest,
+    AeRespond, Chunk, CollectTombstones, MergeHandoff, ProbeTombstones, Replica, ReplicaRequest,
     mailbox_error,
 };
 
 /// First and longest wait before reconnecting to a peer that failed.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Most keys a peer may ask for in one handoff chunk.
+const MAX_CHUNK_KEYS: usize = 4096;
 /// Frames a link holds while it connects; more are refused.
 const LINK_QUEUE: usize = 65_536;
 
@@ -595,6 +598,19 @@ impl Bridge {
                 Ok(Some(PeerMsg::Tombstones(GcMsg::Collected {
                     removed: removed as u32,
                 })))
+            }),
+            PeerMsg::Handoff(HandoffMsg::Fetch {
+                partition,
+                after,
+                limit,
+            }) => reply.later(async move {
+                let request = Chunk {
+                    partition,
+                    after,
+                    limit: (limit as usize).clamp(1, MAX_CHUNK_KEYS),
+                };
+                let (entries, last) = replica.send(request).await.map_err(mailbox_error)??;
+                Ok(Some(PeerMsg::Handoff(HandoffMsg::chunk(entries, last))))
             }),
             PeerMsg::Ping => reply.send(PeerMsg::Pong),
             other => debug!(%from, ?other, "unexpected peer message dropped"),

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dynakv::handoff::{PlanChange, PlanReport};
 use dynakv::wire::{
     ClientOp, ClientReply, ClientRequest, ClientResponse, DEFAULT_MAX_FRAME, LocalCopy,
     StatusReport,
@@ -243,6 +244,48 @@ impl Client {
             ClientReply::Local(l) => Ok(l),
             other => Err(unexpected(other)),
         }
+    }
+}
+
+impl Client {
+    /// Asks this node to join the cluster of the node at peer address `seed`.
+    pub async fn join(&self, seed: &str) -> Result<String> {
+        done(
+            self.call(ClientOp::Join {
+                seed: seed.to_string(),
+            })
+            .await?,
+        )
+    }
+
+    /// Asks this node to hand its partitions off and leave.
+    pub async fn leave(&self) -> Result<String> {
+        done(self.call(ClientOp::Leave).await?)
+    }
+
+    /// Asks this node to drop a dead member (id or address) from the ring.
+    pub async fn remove(&self, node: &str) -> Result<String> {
+        done(
+            self.call(ClientOp::Remove {
+                node: node.to_string(),
+            })
+            .await?,
+        )
+    }
+
+    /// What a membership change would move.
+    pub async fn plan(&self, change: PlanChange) -> Result<PlanReport> {
+        match self.call(ClientOp::Plan { change }).await? {
+            ClientReply::Plan(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn done(reply: ClientReply) -> Result<String> {
+    match reply {
+        ClientReply::Done { message } => Ok(message),
+        other => Err(unexpected(other)),
     }
 }
 

@@ -10,19 +10,30 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use actix::prelude::*;
 use dynakv::coordinator::{GetSession, PutSession, Replica as Target, Route};
+use dynakv::handoff::{PlanChange, preview};
+use dynakv::membership::View;
+use dynakv::ring::Partition;
 use dynakv::version::{Context as VersionContext, SiblingSet, Value};
 use dynakv::wire::{ClientOp, ClientReply, LocalCopy, MemberStatus, StatusReport};
 use dynakv::{Error, NodeId, Result};
 use tokio::sync::oneshot;
 use tracing::info_span;
 
-use crate::anti_entropy::{AntiEntropy, Summary};
 use crate::events::Events;
-use crate::replica::{ReadLocal, Replica, Stats, mailbox_error};
+use crate::membership::{Admin, Membership};
+use crate::replica::{PartitionUsage, ReadLocal, Replica, Stats, mailbox_error};
 use crate::ring::{RingChanged, Topology};
 use crate::session::{Kind, Outcome, Router, Session, SessionEnv};
+
+/// Asks a concern for its lines of `status`.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct Summary;
 
 /// One client operation; answered with the client's reply.
 #[derive(Message)]
@@ -44,8 +55,10 @@ pub struct CoordinatorSettings {
 pub struct Coordinator {
     settings: CoordinatorSettings,
     sessions: SessionEnv,
-    /// Asked for its summary by `status`.
-    anti_entropy: Addr<AntiEntropy>,
+    /// Takes operators' membership changes.
+    membership: Addr<Membership>,
+    /// Asked for their lines by `status`.
+    reporters: Vec<Recipient<Summary>>,
     topology: Option<Topology>,
     next_request: u64,
 }
@@ -54,7 +67,8 @@ impl Coordinator {
     pub fn new(
         settings: CoordinatorSettings,
         router: Router,
-        anti_entropy: Addr<AntiEntropy>,
+        membership: Addr<Membership>,
+        reporters: Vec<Recipient<Summary>>,
         events: Events,
     ) -> Self {
         let sessions = SessionEnv {
@@ -66,7 +80,8 @@ impl Coordinator {
         Coordinator {
             settings,
             sessions,
-            anti_entropy,
+            membership,
+            reporters,
             topology: None,
             next_request: 0,
         }
@@ -204,6 +219,17 @@ impl Coordinator {
             ClientOp::Hello { .. } => Err(Error::InvalidRequest(
                 "hello is only valid as the first message".into(),
             )),
+            ClientOp::Join { seed } => Ok(Pending::Admin(Admin::Join { seed })),
+            ClientOp::Leave => Ok(Pending::Admin(Admin::Leave)),
+            ClientOp::Remove { node } => Ok(Pending::Admin(Admin::Remove { node })),
+            ClientOp::Plan { change } => {
+                let view = self
+                    .topology
+                    .as_ref()
+                    .map(|t| t.view.clone())
+                    .ok_or_else(|| Error::Unavailable("membership not started".into()))?;
+                Ok(Pending::Plan { view, change })
+            }
         }
     }
 
@@ -290,6 +316,8 @@ enum Pending {
     Session(oneshot::Receiver<Result<Outcome>>),
     Status(StatusReport),
     Inspect { key: Vec<u8>, partition: u32 },
+    Admin(Admin),
+    Plan { view: Arc<View>, change: PlanChange },
 }
 
 impl Actor for Coordinator {
@@ -315,7 +343,9 @@ impl Handler<Execute> for Coordinator {
         let pending = self.execute(op);
         let local = Local {
             replica: self.sessions.router.replica.clone(),
-            anti_entropy: self.anti_entropy.clone(),
+            reporters: self.reporters.clone(),
+            membership: self.membership.clone(),
+            n: usize::from(self.settings.n),
             me: self.me().clone(),
         };
         Box::pin(async move {
@@ -331,17 +361,40 @@ impl Handler<Execute> for Coordinator {
 /// The local actors an operation may still need once its session is done.
 struct Local {
     replica: Addr<Replica>,
-    anti_entropy: Addr<AntiEntropy>,
+    reporters: Vec<Recipient<Summary>>,
+    membership: Addr<Membership>,
+    n: usize,
     me: NodeId,
 }
 
 async fn finish(pending: Pending, local: Local) -> Result<ClientReply> {
     let Local {
         replica,
-        anti_entropy,
+        reporters,
+        membership,
+        n,
         me,
     } = local;
     match pending {
+        Pending::Admin(op) => {
+            let message = membership.send(op).await.map_err(mailbox_error)??;
+            Ok(ClientReply::Done { message })
+        }
+        Pending::Plan { view, change } => {
+            // Sizes this node knows; other partitions count as the average.
+            let usage: HashMap<Partition, u64> = replica
+                .send(PartitionUsage)
+                .await
+                .map_err(mailbox_error)??
+                .into_iter()
+                .map(|(p, u)| (p, u.bytes))
+                .collect();
+            let average = usage.values().sum::<u64>() / (usage.len() as u64).max(1);
+            let report = preview(&view, &change, n, |p| {
+                usage.get(&p).copied().unwrap_or(average)
+            })?;
+            Ok(ClientReply::Plan(report))
+        }
         Pending::Session(rx) => {
             let outcome = rx
                 .await
@@ -361,9 +414,11 @@ async fn finish(pending: Pending, local: Local) -> Result<ClientReply> {
             let stats = replica.send(Stats).await.map_err(mailbox_error)??;
             report.keys = stats.keys;
             report.hints = stats.hints;
-            report
-                .notes
-                .extend(anti_entropy.send(Summary).await.map_err(mailbox_error)?);
+            for reporter in reporters {
+                report
+                    .notes
+                    .extend(reporter.send(Summary).await.map_err(mailbox_error)?);
+            }
             Ok(ClientReply::Status(report))
         }
         Pending::Inspect { key, partition } => {

@@ -30,6 +30,22 @@ pub enum Event {
     },
     /// A collection round removed `keys` tombstones from this node.
     TombstonesCollected { node: NodeId, keys: usize },
+    /// A home partition was fetched completely.
+    PartitionFetched {
+        node: NodeId,
+        partition: u32,
+        from: NodeId,
+        keys: u64,
+    },
+    /// A partition this node no longer replicates was synchronised with its
+    /// replicas and dropped.
+    PartitionReleased {
+        node: NodeId,
+        partition: u32,
+        keys: usize,
+    },
+    /// This node finished leaving the cluster.
+    Left { node: NodeId },
     /// A delivery run handed `keys` hinted keys back to `owner`.
     HintsDelivered {
         node: NodeId,

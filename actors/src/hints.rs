@@ -79,12 +79,56 @@ impl Hints {
                 return;
             };
             for (owner, _) in stats.hints {
-                if topology.is_up(&owner)
-                    && topology.view.members.contains_key(&owner)
-                    && act.busy.insert(owner.clone())
-                {
+                let live = topology
+                    .view
+                    .members
+                    .get(&owner)
+                    .is_some_and(|m| m.status.is_live());
+                if !live {
+                    // The owner left or was removed: its partitions have new
+                    // replicas, and this node's copies reach them when it
+                    // releases them (handoff). Hints of released keys go.
+                    act.forget_released(owner, ctx);
+                } else if topology.is_up(&owner) && act.busy.insert(owner.clone()) {
                     act.deliver(owner, ring.clone(), ctx);
                 }
+            }
+        }));
+    }
+
+    /// Clears the hints for a departed `owner` whose keys this node no longer
+    /// holds.
+    fn forget_released(&mut self, owner: NodeId, ctx: &mut Context<Self>) {
+        let replica = self.replica.clone();
+        let limit = self.settings.batch_size;
+        let run = async move {
+            let batch = replica
+                .send(TakeHints {
+                    owner: owner.clone(),
+                    limit,
+                })
+                .await
+                .map_err(mailbox_error)??;
+            let released: Vec<_> = batch
+                .into_iter()
+                .filter(|(_, state)| state.is_empty())
+                .collect();
+            if released.is_empty() {
+                return Ok(0);
+            }
+            let keep = released.iter().map(|(k, _)| k.clone()).collect();
+            replica
+                .send(HandedOff {
+                    owner,
+                    delivered: released,
+                    keep,
+                })
+                .await
+                .map_err(mailbox_error)?
+        };
+        ctx.spawn(run.into_actor(self).map(|cleared: Result<usize>, _, _| {
+            if let Ok(n @ 1..) = cleared {
+                debug!(hints = n, "hints of a departed owner cleared");
             }
         }));
     }

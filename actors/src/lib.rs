@@ -10,6 +10,7 @@ pub mod codec;
 pub mod coordinator;
 pub mod dev;
 pub mod events;
+pub mod handoff;
 pub mod hints;
 pub mod logging;
 pub mod membership;

@@ -7,9 +7,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use clap::{Parser, Subcommand};
 use dynakv::config::{Config, LogFormat};
+use dynakv::handoff::{PlanChange, PlanReport};
 use dynakv::wire::{LocalCopy, StatusReport};
-use dynakv::{Error, Result};
+use dynakv::{Error, NodeId, Result};
 use dynakv_actors::client::Client;
+use dynakv_actors::events::Event;
 use dynakv_actors::{dev, logging, node};
 use serde_json::json;
 
@@ -103,6 +105,56 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Change the cluster's membership.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Make the node at --node join the cluster of the node at --seed.
+    Join {
+        /// Client address of the node that joins.
+        #[arg(long)]
+        node: String,
+        /// Peer address of any member of the cluster to join.
+        #[arg(long)]
+        seed: String,
+    },
+    /// Make the node at --node hand its partitions off and leave.
+    Leave {
+        /// Client address of the node that leaves.
+        #[arg(long)]
+        node: String,
+    },
+    /// Drop a dead node from the ring; its data is rebuilt from the other replicas.
+    Remove {
+        /// The dead node: its id, or its peer or client address.
+        #[arg(long)]
+        node: String,
+        /// Client address of a live member to ask.
+        #[arg(long, default_value = "127.0.0.1:7001")]
+        via: String,
+    },
+    /// Show what a change would move, without changing anything.
+    Plan {
+        /// A node joining: ID or ID:WEIGHT.
+        #[arg(long, group = "change")]
+        join: Option<String>,
+        /// A node leaving (or being removed): ID.
+        #[arg(long, group = "change")]
+        leave: Option<String>,
+        /// A new weight: ID=WEIGHT.
+        #[arg(long, group = "change")]
+        weight: Option<String>,
+        /// Client address of a member to ask.
+        #[arg(long, default_value = "127.0.0.1:7001")]
+        via: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -142,7 +194,19 @@ fn serve(path: Option<PathBuf>, log_format: Option<String>) -> Result<()> {
     actix::System::new().block_on(async move {
         let listeners = node::Listeners::bind(&config)?;
         let handle = node::start(&config, listeners)?;
-        dev::wait_for_signal().await;
+        let mut events = handle.events.subscribe();
+        let left = async move {
+            while let Ok(event) = events.recv().await {
+                if matches!(event, Event::Left { .. }) {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = dev::wait_for_signal() => {}
+            _ = left => eprintln!("this node has left the cluster; stopping"),
+        }
         handle.stop().await
     })
 }
@@ -183,6 +247,7 @@ async fn client_command(command: Command) -> Result<()> {
         } => (target, Op::Delete(key, context_arg(&context)?, w)),
         Command::Inspect { key, json, target } => (target, Op::Inspect(key, json)),
         Command::Status { json, target } => (target, Op::Status(json)),
+        Command::Cluster { command } => return cluster(command).await,
         Command::Serve { .. } | Command::Dev { .. } => unreachable!("handled in main"),
     };
     let client = Client::connect(&target.node, &target.cluster).await?;
@@ -224,6 +289,90 @@ async fn client_command(command: Command) -> Result<()> {
         }
         Op::Inspect(key, as_json) => print_local(&client.inspect(key.as_bytes()).await?, as_json),
         Op::Status(as_json) => print_status(&client.status().await?, as_json)?,
+    }
+    Ok(())
+}
+
+async fn cluster(command: ClusterCommand) -> Result<()> {
+    let message = match command {
+        ClusterCommand::Join { node, seed } => {
+            Client::connect(&node, "").await?.join(&seed).await?
+        }
+        ClusterCommand::Leave { node } => Client::connect(&node, "").await?.leave().await?,
+        ClusterCommand::Remove { node, via } => {
+            Client::connect(&via, "").await?.remove(&node).await?
+        }
+        ClusterCommand::Plan {
+            join,
+            leave,
+            weight,
+            via,
+            json,
+        } => {
+            let change = plan_change(join, leave, weight)?;
+            let report = Client::connect(&via, "").await?.plan(change).await?;
+            return print_plan(&report, json);
+        }
+    };
+    println!("{message}");
+    Ok(())
+}
+
+fn plan_change(
+    join: Option<String>,
+    leave: Option<String>,
+    weight: Option<String>,
+) -> Result<PlanChange> {
+    let id =
+        |s: &str| NodeId::new(s).map_err(|e| Error::InvalidRequest(format!("bad node id: {e}")));
+    let number = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|_| Error::InvalidRequest(format!("bad weight {s:?}")))
+    };
+    match (join, leave, weight) {
+        (Some(j), None, None) => {
+            let (node, w) = j.split_once(':').unwrap_or((&j, "1"));
+            Ok(PlanChange::Join {
+                node: id(node)?,
+                weight: number(w)?,
+            })
+        }
+        (None, Some(l), None) => Ok(PlanChange::Leave { node: id(&l)? }),
+        (None, None, Some(w)) => {
+            let (node, w) = w
+                .split_once('=')
+                .ok_or_else(|| Error::InvalidRequest("--weight takes ID=WEIGHT".into()))?;
+            Ok(PlanChange::Weight {
+                node: id(node)?,
+                weight: number(w)?,
+            })
+        }
+        _ => Err(Error::InvalidRequest(
+            "give one of --join, --leave, --weight".into(),
+        )),
+    }
+}
+
+fn print_plan(report: &PlanReport, as_json: bool) -> Result<()> {
+    if as_json {
+        let text = serde_json::to_string(report).map_err(|e| Error::Internal(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!("{} partitions would change owner", report.moves);
+    println!(
+        "{:<16} {:>9} {:>14} {:>9} {:>14}",
+        "node", "receives", "bytes", "sends", "bytes"
+    );
+    for r in &report.rows {
+        println!(
+            "{:<16} {:>9} {:>14} {:>9} {:>14}",
+            r.node.as_str(),
+            r.receive,
+            r.receive_bytes,
+            r.send,
+            r.send_bytes
+        );
     }
     Ok(())
 }

@@ -215,6 +215,89 @@ impl Handler<Reachability> for Membership {
     }
 }
 
+/// This node holds every partition moving to it: take ownership.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CommitIncoming;
+
+/// This leaving node owns and holds nothing any more: it has left.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MarkLeft;
+
+/// An operator's membership change.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<String>")]
+pub enum Admin {
+    /// Join the cluster that the node at this peer address belongs to.
+    Join { seed: String },
+    /// Hand every partition to the other members, then leave.
+    Leave,
+    /// Drop a dead member (by id or address) from the ring.
+    Remove { node: String },
+}
+
+impl Handler<CommitIncoming> for Membership {
+    type Result = ();
+
+    fn handle(&mut self, _: CommitIncoming, _: &mut Context<Self>) {
+        let changed = self.core.commit_incoming();
+        if changed.view {
+            info!("committed the partitions moved to this node");
+        }
+        self.publish(changed);
+    }
+}
+
+impl Handler<MarkLeft> for Membership {
+    type Result = ();
+
+    fn handle(&mut self, _: MarkLeft, _: &mut Context<Self>) {
+        let changed = self.core.mark_left();
+        if changed.view {
+            info!("left the cluster");
+            self.events.emit(Event::Left {
+                node: self.core.me().clone(),
+            });
+        }
+        self.publish(changed);
+    }
+}
+
+impl Handler<Admin> for Membership {
+    type Result = Result<String>;
+
+    fn handle(&mut self, op: Admin, ctx: &mut Context<Self>) -> Self::Result {
+        info!(?op, "membership change requested");
+        let (changed, done) = match op {
+            Admin::Join { seed } => (
+                self.core.join(seed.clone())?,
+                format!("joining the cluster of {seed}"),
+            ),
+            Admin::Leave => (
+                self.core.leave()?,
+                "leaving: partitions are being handed off".to_string(),
+            ),
+            Admin::Remove { node } => {
+                let view = self.core.view();
+                let id = view
+                    .members
+                    .values()
+                    .find(|m| m.id.as_str() == node || m.peer_addr == node || m.client_addr == node)
+                    .map(|m| m.id.clone())
+                    .ok_or_else(|| Error::InvalidRequest(format!("no member {node}")))?;
+                (
+                    self.core.remove(&id)?,
+                    format!("{id} removed; its partitions are being rebuilt"),
+                )
+            }
+        };
+        self.publish(changed);
+        self.tick(ctx);
+        Ok(done)
+    }
+}
+
 impl Handler<CurrentView> for Membership {
     type Result = Arc<View>;
 

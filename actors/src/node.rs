@@ -27,6 +27,7 @@ use crate::bridge::{Bridge, BridgeSettings, Control, Fault, Register};
 use crate::client_server::{ClientServer, ClientSettings};
 use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::events::Events;
+use crate::handoff::{Handoff, HandoffSettings};
 use crate::hints::{Hints, HintsSettings};
 use crate::membership::{Clock, Membership, load_view};
 use crate::replica::{Flush, Replica, ReplicaSettings};
@@ -67,6 +68,7 @@ pub struct NodeHandle {
     pub coordinator: Addr<Coordinator>,
     pub hints: Addr<Hints>,
     pub anti_entropy: Addr<AntiEntropy>,
+    pub handoff: Addr<Handoff>,
     pub client_server: Addr<ClientServer>,
     pub events: Events,
 }
@@ -100,6 +102,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
     // Storage and the replica first: everything else routes to them.
     let storage = Storage::open(&config.node.data_dir, config.storage.cache_mb)?;
     let meta = storage.meta();
+    let meta_for_handoff = storage.meta();
     let persisted = load_view(&meta)?;
     // A fresh writer identity per start: a node never reuses a dot, even if a
     // crash lost writes it had coordinated.
@@ -187,6 +190,26 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
     .start();
     ring.do_send(Subscribe(anti_entropy.clone().recipient()));
 
+    // Handoff moves partitions when members join, leave or change weight.
+    let handoff = Handoff::new(
+        HandoffSettings {
+            me: me.clone(),
+            n: usize::from(config.cluster.n),
+            partitions: config.cluster.partitions,
+            chunk_keys: config.handoff.chunk_keys,
+            max_bytes_per_sec: config.handoff.max_bytes_per_sec,
+            interval: Duration::from_millis(config.handoff.interval_ms),
+            call_timeout: Duration::from_millis(config.timeouts.request_ms),
+        },
+        replica.clone(),
+        bridge.clone(),
+        membership.clone(),
+        meta_for_handoff,
+        events.clone(),
+    )
+    .start();
+    ring.do_send(Subscribe(handoff.clone().recipient()));
+
     // The coordinator routes with the ring it is sent.
     let router = Router {
         me: me.clone(),
@@ -205,7 +228,11 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             max_value_bytes: config.limits.max_value_bytes as usize,
         },
         router,
-        anti_entropy.clone(),
+        membership.clone(),
+        vec![
+            anti_entropy.clone().recipient(),
+            handoff.clone().recipient(),
+        ],
         events.clone(),
     )
     .start();
@@ -255,6 +282,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
         coordinator,
         hints,
         anti_entropy,
+        handoff,
         client_server,
         events,
     })
@@ -267,6 +295,7 @@ impl NodeHandle {
         self.coordinator.do_send(Shutdown);
         self.hints.do_send(Shutdown);
         self.anti_entropy.do_send(Shutdown);
+        self.handoff.do_send(Shutdown);
         self.membership.do_send(Shutdown);
         self.bridge.do_send(Shutdown);
         self.ring.do_send(Shutdown);
@@ -306,5 +335,6 @@ stop_on_shutdown!(
     Coordinator,
     Hints,
     AntiEntropy,
+    Handoff,
     ClientServer
 );

@@ -19,7 +19,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use dynakv::anti_entropy::{self, AeMsg, Exchange};
 use dynakv::config::Fsync;
-use dynakv::replica::{Replica as Core, ReplicaMsg};
+use dynakv::replica::{Entry, Replica as Core, ReplicaMsg, Usage};
 use dynakv::ring::Partition;
 use dynakv::tombstones::Holding;
 use dynakv::version::{Actor as Writer, SiblingSet};
@@ -118,6 +118,31 @@ pub struct ProbeTombstones(pub Vec<(Vec<u8>, SiblingSet)>);
 #[derive(Message)]
 #[rtype(result = "Result<usize>")]
 pub struct CollectTombstones(pub Vec<(Vec<u8>, SiblingSet)>);
+
+/// A chunk of a partition for a node fetching it: up to `limit` entries
+/// after `after`, and whether the partition ends there.
+#[derive(Message)]
+#[rtype(result = "Result<(Vec<Entry>, bool)>")]
+pub struct Chunk {
+    pub partition: Partition,
+    pub after: Option<Vec<u8>>,
+    pub limit: usize,
+}
+
+/// The partitions this replica holds data for.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Partition>>")]
+pub struct HeldPartitions;
+
+/// Drops every key of a partition (handed off); returns how many.
+#[derive(Message)]
+#[rtype(result = "Result<usize>")]
+pub struct DropPartition(pub Partition);
+
+/// Keys and bytes held per partition (for `cluster plan`).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(Partition, Usage)>>")]
+pub struct PartitionUsage;
 
 /// The worker's side of `MergeHandoff`: returns the write's sequence number.
 #[derive(Message)]
@@ -299,6 +324,10 @@ forward_to_worker!(
     FindTombstones => Vec<(Vec<u8>, SiblingSet)>,
     ProbeTombstones => Vec<Holding>,
     CollectTombstones => usize,
+    Chunk => (Vec<Entry>, bool),
+    HeldPartitions => Vec<Partition>,
+    DropPartition => usize,
+    PartitionUsage => Vec<(Partition, Usage)>,
 );
 
 impl Handler<Flush> for Replica {
@@ -506,6 +535,44 @@ impl Handler<CollectTombstones> for StorageWorker {
         let removed = self.core()?.collect_tombstones(&entries)?;
         self.wrote();
         Ok(removed)
+    }
+}
+
+impl Handler<Chunk> for StorageWorker {
+    type Result = Result<(Vec<Entry>, bool)>;
+
+    fn handle(&mut self, m: Chunk, _: &mut SyncContext<Self>) -> Self::Result {
+        self.core()?.chunk(m.partition, m.after.as_deref(), m.limit)
+    }
+}
+
+impl Handler<HeldPartitions> for StorageWorker {
+    type Result = Result<Vec<Partition>>;
+
+    fn handle(&mut self, _: HeldPartitions, _: &mut SyncContext<Self>) -> Self::Result {
+        Ok(self.core()?.held_partitions())
+    }
+}
+
+impl Handler<DropPartition> for StorageWorker {
+    type Result = Result<usize>;
+
+    fn handle(
+        &mut self,
+        DropPartition(p): DropPartition,
+        _: &mut SyncContext<Self>,
+    ) -> Self::Result {
+        let dropped = self.core()?.drop_partition(p)?;
+        self.wrote();
+        Ok(dropped)
+    }
+}
+
+impl Handler<PartitionUsage> for StorageWorker {
+    type Result = Result<Vec<(Partition, Usage)>>;
+
+    fn handle(&mut self, _: PartitionUsage, _: &mut SyncContext<Self>) -> Self::Result {
+        Ok(self.core()?.usage().iter().map(|(p, u)| (*p, *u)).collect())
     }
 }
 

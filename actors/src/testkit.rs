@@ -17,7 +17,10 @@ use tempfile::TempDir;
 use crate::bridge::Fault;
 use crate::client::Client;
 use crate::dev::{cluster_config, wait_formed};
+use crate::membership::CurrentView;
 use crate::node::{self, Listeners, NodeHandle};
+use crate::replica::{HeldPartitions, mailbox_error};
+use dynakv::membership::Status;
 
 /// How long a test cluster may take to form, and a restarted node to reopen
 /// its storage (the old process's threads release the lock asynchronously).
@@ -53,17 +56,9 @@ impl Cluster {
         let mut listeners = Vec::new();
         let mut addrs: Vec<(SocketAddr, SocketAddr)> = Vec::new();
         for _ in 0..n {
-            let bind = || {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .map_err(|e| Error::Unavailable(e.to_string()))
-            };
-            let (client, peer) = (bind()?, bind()?);
-            let local = |l: &std::net::TcpListener| {
-                l.local_addr()
-                    .map_err(|e| Error::Unavailable(e.to_string()))
-            };
-            addrs.push((local(&client)?, local(&peer)?));
-            listeners.push(Listeners { client, peer });
+            let (l, a) = bind_pair()?;
+            listeners.push(l);
+            addrs.push(a);
         }
         let mut configs = Vec::new();
         let mut nodes = Vec::new();
@@ -81,6 +76,85 @@ impl Cluster {
         };
         wait_formed(&cluster.running(), DEADLINE).await?;
         Ok(cluster)
+    }
+
+    /// Starts one more node (node{len+1}) with every current node as a
+    /// seed, `quick` settings and `tweak`; with `auto_join` it joins at once.
+    /// Returns its index.
+    pub async fn add_node(&mut self, tweak: impl Fn(&mut Config)) -> Result<usize> {
+        let (listeners, (client, peer)) = bind_pair()?;
+        let i = self.nodes.len();
+        let mut config = self.configs[0].clone();
+        config.node.id = format!("node{}", i + 1);
+        config.node.client_addr = client.to_string();
+        config.node.peer_addr = peer.to_string();
+        config.node.data_dir = self.dir.path().join(format!("node{}", i + 1));
+        config.node.weight = 1;
+        config.cluster.seeds = self
+            .configs
+            .iter()
+            .map(|c| c.node.peer_addr.clone())
+            .collect();
+        tweak(&mut config);
+        self.nodes.push(Some(node::start(&config, listeners)?));
+        self.configs.push(config);
+        Ok(i)
+    }
+
+    /// Waits until the cluster has settled after a membership change: every
+    /// running node holds the same view, no partition is moving, every
+    /// member is up (or gone), and no node holds a partition it does not
+    /// replicate.
+    pub async fn settled(&self, deadline: Duration) -> Result<()> {
+        eventually(deadline, "the cluster to settle", || async {
+            let mut views = Vec::new();
+            for n in self.running() {
+                views.push(
+                    n.membership
+                        .send(CurrentView)
+                        .await
+                        .map_err(mailbox_error)?,
+                );
+            }
+            let first = &views[0];
+            if views
+                .iter()
+                .any(|v| v.members != first.members || v.ownership != first.ownership)
+            {
+                return Err(Error::Unavailable("views differ".into()));
+            }
+            let ring = first
+                .ring()
+                .ok_or_else(|| Error::Unavailable("no ring".into()))?;
+            if ring.is_moving() {
+                return Err(Error::Unavailable("partitions are moving".into()));
+            }
+            if let Some(m) = first
+                .members
+                .values()
+                .find(|m| m.status.is_live() && m.status != Status::Up)
+            {
+                return Err(Error::Unavailable(format!(
+                    "{} is {}",
+                    m.id,
+                    m.status.as_str()
+                )));
+            }
+            let n = usize::from(self.configs[0].cluster.n);
+            for node in self.running() {
+                let held = node
+                    .replica
+                    .send(HeldPartitions)
+                    .await
+                    .map_err(mailbox_error)??;
+                let mine = ring.replicated_by(&node.id, n);
+                if let Some(p) = held.iter().find(|p| !mine.contains(p)) {
+                    return Err(Error::Unavailable(format!("{} still holds {p}", node.id)));
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub fn len(&self) -> usize {
@@ -180,6 +254,20 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// Two listeners (client, peer) on free loopback ports.
+fn bind_pair() -> Result<(Listeners, (SocketAddr, SocketAddr))> {
+    let bind = || {
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Unavailable(e.to_string()))
+    };
+    let (client, peer) = (bind()?, bind()?);
+    let local = |l: &std::net::TcpListener| {
+        l.local_addr()
+            .map_err(|e| Error::Unavailable(e.to_string()))
+    };
+    let addrs = (local(&client)?, local(&peer)?);
+    Ok((Listeners { client, peer }, addrs))
 }
 
 /// Retries `attempt` until it succeeds or `deadline` passes; the error then

@@ -1,0 +1,408 @@
+//! Handoff: streams the partitions this node receives, releases the ones it
+//! gave away, and finishes joins and leaves.
+//!
+//! Receives `RingChanged`, its timer and `Summary`. One transfer at a time:
+//! - *fetch*: a home partition this node is a pending replica of
+//!   (`dynakv::handoff::to_fetch`) is streamed from a current replica that is
+//!   up, in checksummed chunks of `handoff.chunk_keys` keys, paced to
+//!   `handoff.max_bytes_per_sec`. Progress is persisted in `meta` after each
+//!   chunk, so a crash of either side resumes where it stopped;
+//! - *commit*: once every such partition is here, membership commits this
+//!   node's incoming moves (it owns them now; a joining node becomes up);
+//! - *release*: a partition held but no longer replicated
+//!   (`to_release`) is synchronised with every current replica by an
+//!   anti-entropy exchange, then dropped;
+//! - *leave*: a leaving node that owns nothing and holds nothing has left.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use dynakv::handoff::{Fetched, HandoffMsg, Progress, to_fetch, to_release, verify_chunk};
+use dynakv::membership::Status;
+use dynakv::peer::PeerMsg;
+use dynakv::replica::Store;
+use dynakv::ring::Partition;
+use dynakv::{Error, NodeId};
+use tracing::{debug, info, warn};
+
+use crate::anti_entropy::exchange;
+use crate::bridge::{Bridge, Call};
+use crate::coordinator::Summary;
+use crate::events::{Event, Events};
+use crate::membership::{CommitIncoming, MarkLeft, Membership};
+use crate::replica::{DropPartition, HeldPartitions, MergeHandoff, Replica, mailbox_error};
+use crate::ring::{RingChanged, Topology};
+use crate::storage::FjallStore;
+
+/// Key of the fetch progress in the `meta` keyspace.
+const PROGRESS_KEY: &[u8] = b"handoff";
+
+#[derive(Debug, Clone)]
+pub struct HandoffSettings {
+    pub me: NodeId,
+    pub n: usize,
+    pub partitions: u32,
+    pub chunk_keys: u32,
+    pub max_bytes_per_sec: u64,
+    pub interval: Duration,
+    pub call_timeout: Duration,
+}
+
+/// A transfer under way, for `status`.
+#[derive(Debug, Clone)]
+struct Transfer {
+    partition: Partition,
+    from: NodeId,
+    keys: u64,
+    bytes: u64,
+    started: Instant,
+}
+
+pub struct Handoff {
+    settings: HandoffSettings,
+    replica: Addr<Replica>,
+    bridge: Addr<Bridge>,
+    membership: Addr<Membership>,
+    meta: FjallStore,
+    events: Events,
+    topology: Option<Topology>,
+    progress: Progress,
+    busy: bool,
+    current: Option<Transfer>,
+    /// Totals since start: keys and bytes fetched, partitions fetched and
+    /// released, and how long fetching took.
+    fetched: (u64, u64, u64, Duration),
+    released: u64,
+}
+
+impl Handoff {
+    pub fn new(
+        settings: HandoffSettings,
+        replica: Addr<Replica>,
+        bridge: Addr<Bridge>,
+        membership: Addr<Membership>,
+        meta: FjallStore,
+        events: Events,
+    ) -> Self {
+        let progress = match meta
+            .get(PROGRESS_KEY)
+            .and_then(|b| b.map(|b| Progress::from_bytes(&b)).transpose())
+        {
+            Ok(p) => p.unwrap_or_default(),
+            Err(e) => {
+                warn!(error = %e, "handoff progress unreadable; transfers restart from the beginning");
+                Progress::default()
+            }
+        };
+        Handoff {
+            settings,
+            replica,
+            bridge,
+            membership,
+            meta,
+            events,
+            topology: None,
+            progress,
+            busy: false,
+            current: None,
+            fetched: (0, 0, 0, Duration::ZERO),
+            released: 0,
+        }
+    }
+
+    fn save_progress(&self) {
+        if let Err(e) = self
+            .meta
+            .clone()
+            .put(PROGRESS_KEY, &self.progress.to_bytes())
+        {
+            warn!(error = %e, "persisting handoff progress failed");
+        }
+    }
+
+    /// Does the next thing due: fetch, commit, release, or finish leaving.
+    fn step(&mut self, ctx: &mut Context<Self>) {
+        if self.busy {
+            return;
+        }
+        let Some(t) = self.topology.clone() else {
+            return;
+        };
+        let Some(ring) = t.ring.clone() else { return };
+        let me = self.settings.me.clone();
+        let n = self.settings.n;
+        let up = t
+            .view
+            .members
+            .get(&me)
+            .is_some_and(|m| m.status == Status::Up);
+        if self.progress.is_empty() && up {
+            // A member of the founding ring (or a node that lost its
+            // records): what it replicates counts as here, anti-entropy
+            // repairs whatever is not.
+            self.progress.adopt(&ring, &me, n);
+            self.save_progress();
+        }
+        self.progress.retain(&ring.replicated_by(&me, n));
+        if let Some(&p) = to_fetch(&ring, &me, n, &self.progress).first() {
+            let source = ring
+                .preference_list(p, n)
+                .into_iter()
+                .find(|s| **s != me && t.is_up(s))
+                .cloned();
+            match source {
+                Some(from) => self.fetch(p, from, ctx),
+                None => debug!(partition = %p, "no current replica up to fetch from"),
+            }
+            return;
+        }
+        let incoming = t
+            .view
+            .ownership
+            .as_ref()
+            .is_some_and(|o| !o.incoming(&me).is_empty());
+        if incoming {
+            info!("every incoming partition fetched; committing");
+            self.membership.do_send(CommitIncoming);
+            return;
+        }
+        // Release what this node no longer replicates, then maybe finish a leave.
+        self.busy = true;
+        let held = self.replica.send(HeldPartitions);
+        ctx.spawn(held.into_actor(self).map(move |held, act, ctx| {
+            act.busy = false;
+            let Ok(Ok(held)) = held else { return };
+            let release = to_release(&ring, &me, n, held.iter().copied());
+            if let Some(&p) = release
+                .iter()
+                .find(|&&p| ring.preference_list(p, n).iter().all(|r| t.is_up(r)))
+            {
+                act.release(
+                    p,
+                    ring.preference_list(p, n).into_iter().cloned().collect(),
+                    ctx,
+                );
+            } else if held.is_empty()
+                && t.view
+                    .members
+                    .get(&me)
+                    .is_some_and(|m| m.status == Status::Leaving)
+            {
+                act.membership.do_send(MarkLeft);
+            }
+        }));
+    }
+
+    fn fetch(&mut self, p: Partition, from: NodeId, ctx: &mut Context<Self>) {
+        self.busy = true;
+        self.current = Some(Transfer {
+            partition: p,
+            from: from.clone(),
+            keys: 0,
+            bytes: 0,
+            started: Instant::now(),
+        });
+        let after = match self.progress.get(p) {
+            Some(Fetched::Upto(k)) => Some(k.clone()),
+            _ => None,
+        };
+        let request = HandoffMsg::Fetch {
+            partition: p,
+            after: after.clone(),
+            limit: self.settings.chunk_keys,
+        };
+        let call = self.bridge.send(Call {
+            to: from.clone(),
+            msg: PeerMsg::Handoff(request),
+            timeout: self.settings.call_timeout,
+        });
+        let replica = self.replica.clone();
+        let q = self.settings.partitions;
+        let chunk = async move {
+            let (entries, checksum, last) = match call.await.map_err(mailbox_error)?? {
+                PeerMsg::Handoff(HandoffMsg::Chunk {
+                    entries,
+                    checksum,
+                    last,
+                }) => (entries, checksum, last),
+                PeerMsg::Error { kind, message } => return Err(Error::from_wire(kind, message)),
+                other => return Err(Error::Malformed(format!("fetch answered with {other:?}"))),
+            };
+            verify_chunk(&entries, checksum, p, after.as_deref(), q)?;
+            let bytes: u64 = entries
+                .iter()
+                .map(|(k, s)| (k.len() + s.value_bytes()) as u64)
+                .sum();
+            let keys = entries.len() as u64;
+            let upto = entries.last().map(|(k, _)| k.clone());
+            replica
+                .send(MergeHandoff(entries))
+                .await
+                .map_err(mailbox_error)??;
+            Ok((upto, keys, bytes, last))
+        };
+        ctx.spawn(chunk.into_actor(self).map(move |outcome, act, ctx| {
+            act.busy = false;
+            match outcome {
+                Ok((upto, keys, bytes, last)) => {
+                    if let Some(t) = act.current.as_mut() {
+                        t.keys += keys;
+                        t.bytes += bytes;
+                    }
+                    act.fetched.0 += keys;
+                    act.fetched.1 += bytes;
+                    let step = match (last, upto) {
+                        (true, _) => Fetched::Done,
+                        (false, Some(k)) => Fetched::Upto(k),
+                        (false, None) => Fetched::Done,
+                    };
+                    let done = step == Fetched::Done;
+                    act.progress.record(p, step);
+                    act.save_progress();
+                    if done && let Some(t) = act.current.take() {
+                        act.fetched.2 += 1;
+                        act.fetched.3 += t.started.elapsed();
+                        act.events.emit(Event::PartitionFetched {
+                            node: act.settings.me.clone(),
+                            partition: p.0,
+                            from: t.from,
+                            keys: t.keys,
+                        });
+                    }
+                    // Pace: a chunk of `bytes` may be followed after
+                    // bytes / budget seconds.
+                    let pause = Duration::from_secs_f64(
+                        bytes as f64 / act.settings.max_bytes_per_sec as f64,
+                    );
+                    ctx.run_later(pause, |act, ctx| act.step(ctx));
+                }
+                Err(e) => {
+                    act.current = None;
+                    debug!(partition = %p, %from, error = %e, "fetch interrupted; resuming later");
+                }
+            }
+        }));
+    }
+
+    fn release(&mut self, p: Partition, replicas: Vec<NodeId>, ctx: &mut Context<Self>) {
+        self.busy = true;
+        let (replica, bridge, timeout) = (
+            self.replica.clone(),
+            self.bridge.clone(),
+            self.settings.call_timeout,
+        );
+        let me = self.settings.me.clone();
+        let sync = async move {
+            for r in replicas.into_iter().filter(|r| *r != me) {
+                exchange(replica.clone(), bridge.clone(), p, r, timeout).await?;
+            }
+            Ok::<(), Error>(())
+        };
+        ctx.spawn(sync.into_actor(self).map(move |synced, act, ctx| {
+            act.busy = false;
+            if let Err(e) = synced {
+                return debug!(partition = %p, error = %e, "release postponed");
+            }
+            // Drop only if the ring still says so.
+            let still = act
+                .topology
+                .as_ref()
+                .and_then(|t| t.ring.clone())
+                .is_some_and(|ring| {
+                    !to_release(&ring, &act.settings.me, act.settings.n, [p]).is_empty()
+                });
+            if !still {
+                return;
+            }
+            act.busy = true;
+            let dropped = act.replica.send(DropPartition(p));
+            ctx.spawn(dropped.into_actor(act).map(move |dropped, act, ctx| {
+                act.busy = false;
+                if let Ok(Ok(keys)) = dropped {
+                    act.released += 1;
+                    info!(partition = %p, keys, "partition handed off and released");
+                    act.events.emit(Event::PartitionReleased {
+                        node: act.settings.me.clone(),
+                        partition: p.0,
+                        keys,
+                    });
+                    ctx.notify(Step);
+                }
+            }));
+        }));
+    }
+}
+
+/// Look for work now.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Step;
+
+impl Handler<Step> for Handoff {
+    type Result = ();
+
+    fn handle(&mut self, _: Step, ctx: &mut Context<Self>) {
+        self.step(ctx);
+    }
+}
+
+impl Actor for Handoff {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.settings.interval, |act, ctx| act.step(ctx));
+    }
+}
+
+impl Handler<RingChanged> for Handoff {
+    type Result = ();
+
+    fn handle(&mut self, RingChanged(t): RingChanged, ctx: &mut Context<Self>) {
+        let moved = self
+            .topology
+            .as_ref()
+            .is_none_or(|old| old.view.ownership != t.view.ownership);
+        self.topology = Some(t);
+        if moved {
+            self.step(ctx);
+        }
+    }
+}
+
+impl Handler<Summary> for Handoff {
+    type Result = Vec<String>;
+
+    fn handle(&mut self, _: Summary, _: &mut Context<Self>) -> Self::Result {
+        let mut lines = Vec::new();
+        let ring = self.topology.as_ref().and_then(|t| t.ring.clone());
+        let remaining = ring.map_or(0, |r| {
+            to_fetch(&r, &self.settings.me, self.settings.n, &self.progress).len()
+        });
+        if let Some(t) = &self.current {
+            let secs = t.started.elapsed().as_secs_f64().max(0.001);
+            let per_partition = if self.fetched.2 > 0 {
+                self.fetched.3.as_secs_f64() / self.fetched.2 as f64
+            } else {
+                secs
+            };
+            lines.push(format!(
+                "handoff: receiving {} from {}: {} keys, {} bytes, {:.0} keys/s; {remaining} partitions to go, ETA {:.0} s",
+                t.partition,
+                t.from,
+                t.keys,
+                t.bytes,
+                t.keys as f64 / secs,
+                per_partition * remaining as f64
+            ));
+        } else if remaining > 0 {
+            lines.push(format!("handoff: {remaining} partitions to receive"));
+        }
+        if self.fetched.2 > 0 || self.released > 0 {
+            lines.push(format!(
+                "handoff: {} partitions received ({} keys, {} bytes), {} released",
+                self.fetched.2, self.fetched.0, self.fetched.1, self.released
+            ));
+        }
+        lines
+    }
+}
