@@ -282,3 +282,85 @@ async fn killing_two_owners_under_load_loses_no_acknowledged_write() {
         start.elapsed()
     );
 }
+
+#[actix_rt::test]
+async fn a_sigkilled_node_removed_from_the_ring_loses_no_acknowledged_write() {
+    let mut cluster = ProcessCluster::start(
+        5,
+        "[handoff]\ninterval_ms = 100\n\n[anti_entropy]\ninterval_ms = 20\n",
+    );
+    for i in 0..5 {
+        cluster.wait_formed(i, 5, WAIT).await;
+    }
+    let writer = Client::connect(&cluster.client_addrs[0], "").await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..600u32 {
+        let key = format!("k{i}");
+        if writer
+            .put(key.as_bytes(), &i.to_le_bytes(), &[], None)
+            .await
+            .is_ok()
+        {
+            acked.push((key, i));
+        }
+    }
+    cluster.kill(2);
+    let (ok, out, err) = cli(&[
+        "cluster",
+        "remove",
+        "--node",
+        "node3",
+        "--via",
+        &cluster.client_addrs[0],
+    ]);
+    assert!(ok && out.contains("removed"), "{out} {err}");
+
+    // Settled: every live node sees node3 removed and owning nothing, and
+    // has nothing left to receive.
+    let start = std::time::Instant::now();
+    loop {
+        let mut settled = true;
+        for i in [0, 1, 3, 4] {
+            let status = Client::connect(&cluster.client_addrs[i], "")
+                .await
+                .unwrap()
+                .status()
+                .await
+                .unwrap();
+            let node3 = status
+                .members
+                .iter()
+                .find(|m| m.node.as_str() == "node3")
+                .unwrap();
+            settled &= node3.state == "removed" && node3.owned == 0;
+            settled &= status
+                .members
+                .iter()
+                .filter(|m| m.state != "removed")
+                .all(|m| m.state == "up");
+            settled &= !status
+                .notes
+                .iter()
+                .any(|n| n.contains("to receive") || n.contains("receiving"));
+        }
+        if settled {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the cluster did not settle after the remove"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in [0, 1, 3, 4] {
+        let reader = Client::connect(&cluster.client_addrs[i], "").await.unwrap();
+        for (key, v) in &acked {
+            let read = reader.get(key.as_bytes(), None).await.unwrap();
+            assert!(
+                read.values.contains(&v.to_le_bytes().to_vec()),
+                "{key} lost (read via node{})",
+                i + 1
+            );
+        }
+    }
+}

@@ -333,6 +333,32 @@ impl Handoff {
     }
 }
 
+/// What this node has fetched since it started.
+#[derive(Message)]
+#[rtype(result = "Totals")]
+pub struct FetchTotals;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, MessageResponse)]
+pub struct Totals {
+    pub keys: u64,
+    pub bytes: u64,
+    pub partitions: u64,
+    pub released: u64,
+}
+
+impl Handler<FetchTotals> for Handoff {
+    type Result = Totals;
+
+    fn handle(&mut self, _: FetchTotals, _: &mut Context<Self>) -> Totals {
+        Totals {
+            keys: self.fetched.0,
+            bytes: self.fetched.1,
+            partitions: self.fetched.2,
+            released: self.released,
+        }
+    }
+}
+
 /// Look for work now.
 #[derive(Message)]
 #[rtype(result = "()")]
