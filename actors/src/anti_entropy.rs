@@ -30,6 +30,7 @@ use crate::replica::{
     AeBegin, AeContinue, CollectTombstones, FindTombstones, ProbeTombstones, Replica, mailbox_error,
 };
 use crate::ring::{RingChanged, Topology};
+use crate::supervise::shielded;
 
 #[derive(Debug, Clone)]
 pub struct AntiEntropySettings {
@@ -126,6 +127,7 @@ impl AntiEntropy {
             self.settings.call_timeout,
         );
         ctx.spawn(run.into_actor(self).map(move |outcome, act, ctx| {
+ shielded(NAME, act, ctx, |act, ctx| {
             act.running = false;
             match outcome {
                 Ok(report) => {
@@ -152,7 +154,8 @@ impl AntiEntropy {
                 }
                 Err(e) => debug!(%peer, partition = %p, error = %e, "anti-entropy exchange failed"),
             }
-        }));
+        })
+}));
     }
 
     /// One tombstone collection round over the partitions this node leads.
@@ -196,20 +199,22 @@ impl AntiEntropy {
             }
             Ok::<usize, Error>(collected)
         };
-        ctx.spawn(run.into_actor(self).map(|outcome, act, _| {
-            act.collecting = false;
-            match outcome {
-                Ok(0) => {}
-                Ok(keys) => {
-                    act.collected += keys as u64;
-                    info!(keys, "tombstones collected");
-                    act.events.emit(Event::TombstonesCollected {
-                        node: act.settings.me.clone(),
-                        keys,
-                    });
+        ctx.spawn(run.into_actor(self).map(|outcome, act, ctx| {
+            shielded(NAME, act, ctx, |act, _| {
+                act.collecting = false;
+                match outcome {
+                    Ok(0) => {}
+                    Ok(keys) => {
+                        act.collected += keys as u64;
+                        info!(keys, "tombstones collected");
+                        act.events.emit(Event::TombstonesCollected {
+                            node: act.settings.me.clone(),
+                            keys,
+                        });
+                    }
+                    Err(e) => debug!(error = %e, "tombstone collection postponed"),
                 }
-                Err(e) => debug!(error = %e, "tombstone collection postponed"),
-            }
+            })
         }));
     }
 }
@@ -357,12 +362,27 @@ async fn collect_partition(
     Ok(here)
 }
 
+const NAME: &str = "anti-entropy";
+
+/// Trees live with the replica; a restarted AntiEntropy forgets the
+/// exchange and collection under way and starts the next ones afresh.
+impl Supervised for AntiEntropy {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.running = false;
+        self.collecting = false;
+    }
+}
+
 impl Actor for AntiEntropy {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.settings.interval, |act, ctx| act.tick(ctx));
-        ctx.run_interval(self.settings.gc_interval, |act, ctx| act.collect(ctx));
+        ctx.run_interval(self.settings.interval, |act, ctx| {
+            shielded(NAME, act, ctx, |act, ctx| act.tick(ctx))
+        });
+        ctx.run_interval(self.settings.gc_interval, |act, ctx| {
+            shielded(NAME, act, ctx, |act, ctx| act.collect(ctx))
+        });
     }
 }
 
@@ -375,46 +395,52 @@ impl Handler<Next> for AntiEntropy {
     type Result = ();
 
     fn handle(&mut self, _: Next, ctx: &mut Context<Self>) {
-        self.tick(ctx);
+        shielded(NAME, self, ctx, |act, ctx| {
+            act.tick(ctx);
+        })
     }
 }
 
 impl Handler<RingChanged> for AntiEntropy {
     type Result = ();
 
-    fn handle(&mut self, RingChanged(t): RingChanged, _: &mut Context<Self>) {
-        self.topology = Some(t);
+    fn handle(&mut self, RingChanged(t): RingChanged, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            act.topology = Some(t);
+        })
     }
 }
 
 impl Handler<Summary> for AntiEntropy {
     type Result = Vec<String>;
 
-    fn handle(&mut self, _: Summary, _: &mut Context<Self>) -> Self::Result {
-        let mine = self
-            .topology
-            .as_ref()
-            .and_then(|t| t.ring.as_ref())
-            .map_or(0, |r| {
-                r.replicated_by(&self.settings.me, self.settings.n).len()
-            });
-        let mut lines = vec![format!(
-            "anti-entropy: {} of {mine} partitions exchanged, {} keys repaired, {} tombstones collected{}",
-            self.last.len(),
-            self.repaired,
-            self.collected,
-            if self.settings.enabled {
-                ""
-            } else {
-                " (disabled)"
+    fn handle(&mut self, _: Summary, ctx: &mut Context<Self>) -> Self::Result {
+        shielded(NAME, self, ctx, |act, _| -> Self::Result {
+            let mine = act
+                .topology
+                .as_ref()
+                .and_then(|t| t.ring.as_ref())
+                .map_or(0, |r| {
+                    r.replicated_by(&act.settings.me, act.settings.n).len()
+                });
+            let mut lines = vec![format!(
+                "anti-entropy: {} of {mine} partitions exchanged, {} keys repaired, {} tombstones collected{}",
+                act.last.len(),
+                act.repaired,
+                act.collected,
+                if act.settings.enabled {
+                    ""
+                } else {
+                    " (disabled)"
+                }
+            )];
+            if let Some((p, (at, peer))) = act.last.iter().min_by_key(|(_, (at, _))| *at) {
+                lines.push(format!(
+                    "anti-entropy: oldest last exchange {p} with {peer}, {:.1} s ago",
+                    at.elapsed().as_secs_f64()
+                ));
             }
-        )];
-        if let Some((p, (at, peer))) = self.last.iter().min_by_key(|(_, (at, _))| *at) {
-            lines.push(format!(
-                "anti-entropy: oldest last exchange {p} with {peer}, {:.1} s ago",
-                at.elapsed().as_secs_f64()
-            ));
-        }
-        lines
+            lines
+        })
     }
 }

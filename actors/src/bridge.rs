@@ -20,10 +20,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::WeakAddr;
-use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use dynakv::handoff::HandoffMsg;
 use dynakv::hints::HintMsg;
@@ -33,25 +33,22 @@ use dynakv::tombstones::GcMsg;
 use dynakv::wire::{Corr, Envelope};
 use dynakv::{Error, NodeId, Result};
 use futures_util::stream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use tokio_util::codec::FramedRead;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::codec::{Codec, CodecError};
+use crate::link::{Close, Frame, Link};
 use crate::replica::{
     AeRespond, Chunk, CollectTombstones, MergeHandoff, ProbeTombstones, Replica, ReplicaRequest,
     mailbox_error,
 };
+use crate::supervise::shielded;
 
 /// First and longest wait before reconnecting to a peer that failed.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Most keys a peer may ask for in one handoff chunk.
 const MAX_CHUNK_KEYS: usize = 4096;
-/// Frames a link holds while it connects; more are refused.
-const LINK_QUEUE: usize = 65_536;
 
 /// A request to peer `to`; answered with its reply, or an error when the
 /// peer is unreachable, the link drops, or `timeout` passes.
@@ -150,7 +147,11 @@ pub struct BridgeSettings {
 
 pub struct Bridge {
     settings: BridgeSettings,
-    listener: Option<TcpListener>,
+    /// The bound socket until `started` turns it into `listener` on the
+    /// node's thread; then shared so a restarted actor accepts on it again
+    /// (None once draining: nothing more is accepted).
+    bound: Option<std::net::TcpListener>,
+    listener: Option<Arc<TcpListener>>,
     book: HashMap<NodeId, String>,
     links: HashMap<NodeId, Addr<Link>>,
     /// Outbound links opened by address, until the peer says who it is.
@@ -168,10 +169,15 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    pub fn new(settings: BridgeSettings, listener: TcpListener, replica: Addr<Replica>) -> Self {
+    pub fn new(
+        settings: BridgeSettings,
+        listener: std::net::TcpListener,
+        replica: Addr<Replica>,
+    ) -> Self {
         Bridge {
             settings,
-            listener: Some(listener),
+            bound: Some(listener),
+            listener: None,
             book: HashMap::new(),
             links: HashMap::new(),
             seed_links: HashMap::new(),
@@ -264,20 +270,36 @@ impl Bridge {
         Box::pin(
             async move { tokio::time::timeout(timeout, rx).await }
                 .into_actor(self)
-                .map(move |answer, act, _| {
-                    act.pending.remove(&corr);
-                    match answer {
-                        Ok(Ok(reply)) => reply,
-                        Ok(Err(_)) => Err(Error::Unavailable("connection lost".into())),
-                        Err(_) => {
-                            if to != act.settings.me {
-                                act.report(Reachability::Lost(to));
+                .map(move |answer, act, ctx| {
+                    shielded(NAME, act, ctx, |act, _| {
+                        act.pending.remove(&corr);
+                        match answer {
+                            Ok(Ok(reply)) => reply,
+                            Ok(Err(_)) => Err(Error::Unavailable("connection lost".into())),
+                            Err(_) => {
+                                if to != act.settings.me {
+                                    act.report(Reachability::Lost(to));
+                                }
+                                Err(Error::Timeout)
                             }
-                            Err(Error::Timeout)
                         }
-                    }
+                    })
                 }),
         )
+    }
+
+    /// Closes every connection: peers see this node go away rather than a
+    /// silent socket.
+    fn close_links(&mut self) {
+        let outbound = self
+            .links
+            .drain()
+            .map(|(_, l)| l)
+            .chain(self.seed_links.drain().map(|(_, l)| l));
+        let inbound = self.inbound.drain(..).filter_map(|l| l.upgrade());
+        for link in outbound.chain(inbound) {
+            link.do_send(Close);
+        }
     }
 
     fn report(&self, r: Reachability) {
@@ -301,30 +323,49 @@ impl Bridge {
     }
 }
 
+const NAME: &str = "bridge";
+
+/// A restarted Bridge keeps its settings, address book, registrations and
+/// faults; it drops its connections (and the calls waiting on them), which
+/// are reopened on demand.
+impl Supervised for Bridge {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.close_links();
+        for (_, p) in self.pending.drain() {
+            let _ = p
+                .reply
+                .send(Err(Error::Unavailable("the bridge restarted".into())));
+        }
+        self.backoff.clear();
+    }
+}
+
 impl Actor for Bridge {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(16_384);
-        if let Some(listener) = self.listener.take() {
+        if let Some(bound) = self.bound.take() {
+            match crate::node::tokio_listener(bound) {
+                Ok(l) => self.listener = Some(Arc::new(l)),
+                Err(e) => error!(error = %e, "cannot listen"),
+            }
+        }
+        if let Some(listener) = self.listener.clone() {
             ctx.add_stream(stream::unfold(listener, |l| async move {
-                Some((l.accept().await, l))
+                let accepted = l.accept().await;
+                Some((accepted, l))
             }));
         }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        // Peers must see this node go away, not a silent connection.
-        let outbound = self.links.values().chain(self.seed_links.values()).cloned();
-        let inbound = self.inbound.iter().filter_map(WeakAddr::upgrade);
-        for link in outbound.chain(inbound) {
-            link.do_send(Close);
-        }
+        self.close_links();
     }
 }
 
-impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for Bridge {
-    fn handle(
+impl Bridge {
+    fn accept(
         &mut self,
         accepted: std::io::Result<(TcpStream, SocketAddr)>,
         ctx: &mut Context<Self>,
@@ -344,6 +385,16 @@ impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for Bridge {
             Err(e) => warn!(error = %e, "accepting a peer connection failed"),
         }
     }
+}
+
+impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for Bridge {
+    fn handle(
+        &mut self,
+        accepted: std::io::Result<(TcpStream, SocketAddr)>,
+        ctx: &mut Context<Self>,
+    ) {
+        shielded(NAME, self, ctx, |act, ctx| act.accept(accepted, ctx))
+    }
 
     fn finished(&mut self, _: &mut Context<Self>) {
         warn!("peer listener closed");
@@ -354,14 +405,16 @@ impl Handler<Call> for Bridge {
     type Result = ResponseActFuture<Self, Result<PeerMsg>>;
 
     fn handle(&mut self, call: Call, ctx: &mut Context<Self>) -> Self::Result {
-        let link = match self.link_to(&call.to, ctx) {
-            Ok(link) => link,
-            Err(e) => return Box::pin(fut::ready(Err(e))),
-        };
-        Box::pin(
-            self.request(link, call.to, call.msg, call.timeout, ctx)
-                .map(|answer, _, _| answer.map(|(_, msg)| msg)),
-        )
+        shielded(NAME, self, ctx, |act, ctx| -> Self::Result {
+            let link = match act.link_to(&call.to, ctx) {
+                Ok(link) => link,
+                Err(e) => return Box::pin(fut::ready(Err(e))),
+            };
+            Box::pin(
+                act.request(link, call.to, call.msg, call.timeout, ctx)
+                    .map(|answer, _, _| answer.map(|(_, msg)| msg)),
+            )
+        })
     }
 }
 
@@ -369,73 +422,81 @@ impl Handler<CallAddr> for Bridge {
     type Result = ResponseActFuture<Self, Result<(NodeId, PeerMsg)>>;
 
     fn handle(&mut self, call: CallAddr, ctx: &mut Context<Self>) -> Self::Result {
-        let known = self
-            .book
-            .iter()
-            .find(|(_, a)| **a == call.addr)
-            .map(|(n, _)| n.clone());
-        let (link, to) = match known {
-            Some(node) => match self.link_to(&node, ctx) {
-                Ok(link) => (link, node),
-                Err(e) => return Box::pin(fut::ready(Err(e))),
-            },
-            None => {
-                let link = match self.seed_links.get(&call.addr) {
-                    Some(link) => link.clone(),
-                    None => {
-                        let link = self.open_link(call.addr.clone(), ctx);
-                        self.seed_links.insert(call.addr.clone(), link.clone());
-                        link
-                    }
-                };
-                // Not known yet: the link fills in `to` once the peer has
-                // said who it is.
-                (link, self.settings.me.clone())
-            }
-        };
-        self.request(link, to, call.msg, call.timeout, ctx)
+        shielded(NAME, self, ctx, |act, ctx| -> Self::Result {
+            let known = act
+                .book
+                .iter()
+                .find(|(_, a)| **a == call.addr)
+                .map(|(n, _)| n.clone());
+            let (link, to) = match known {
+                Some(node) => match act.link_to(&node, ctx) {
+                    Ok(link) => (link, node),
+                    Err(e) => return Box::pin(fut::ready(Err(e))),
+                },
+                None => {
+                    let link = match act.seed_links.get(&call.addr) {
+                        Some(link) => link.clone(),
+                        None => {
+                            let link = act.open_link(call.addr.clone(), ctx);
+                            act.seed_links.insert(call.addr.clone(), link.clone());
+                            link
+                        }
+                    };
+                    // Not known yet: the link fills in `to` once the peer has
+                    // said who it is.
+                    (link, act.settings.me.clone())
+                }
+            };
+            act.request(link, to, call.msg, call.timeout, ctx)
+        })
     }
 }
 
 impl Handler<SetAddresses> for Bridge {
     type Result = ();
 
-    fn handle(&mut self, SetAddresses(book): SetAddresses, _: &mut Context<Self>) {
-        // A node whose address changed gets a new link on next use.
-        for (node, addr) in &book {
-            if self.book.get(node).is_some_and(|old| old != addr)
-                && let Some(link) = self.links.remove(node)
-            {
-                link.do_send(Close);
+    fn handle(&mut self, SetAddresses(book): SetAddresses, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            // A node whose address changed gets a new link on next use.
+            for (node, addr) in &book {
+                if act.book.get(node).is_some_and(|old| old != addr)
+                    && let Some(link) = act.links.remove(node)
+                {
+                    link.do_send(Close);
+                }
             }
-        }
-        self.book = book;
+            act.book = book;
+        })
     }
 }
 
 impl Handler<Register> for Bridge {
     type Result = ();
 
-    fn handle(&mut self, r: Register, _: &mut Context<Self>) {
-        self.gossip = Some(r.gossip);
-        self.reachability = Some(r.reachability);
+    fn handle(&mut self, r: Register, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            act.gossip = Some(r.gossip);
+            act.reachability = Some(r.reachability);
+        })
     }
 }
 
 impl Handler<Control> for Bridge {
     type Result = ();
 
-    fn handle(&mut self, Control(fault): Control, _: &mut Context<Self>) {
-        info!(?fault, "fault injected");
-        match fault {
-            Fault::Partition(peers) => self.faults.partitioned = peers,
-            Fault::Drop(fraction) => self.faults.drop = fraction.clamp(0.0, 1.0),
-            Fault::Delay(d) => self.faults.delay = d,
-            Fault::Heal => {
-                self.faults = Faults::default();
-                self.backoff.clear();
+    fn handle(&mut self, Control(fault): Control, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            info!(?fault, "fault injected");
+            match fault {
+                Fault::Partition(peers) => act.faults.partitioned = peers,
+                Fault::Drop(fraction) => act.faults.drop = fraction.clamp(0.0, 1.0),
+                Fault::Delay(d) => act.faults.delay = d,
+                Fault::Heal => {
+                    act.faults = Faults::default();
+                    act.backoff.clear();
+                }
             }
-        }
+        })
     }
 }
 
@@ -443,98 +504,104 @@ impl Handler<Control> for Bridge {
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct LinkUp {
-    link: Addr<Link>,
-    peer: NodeId,
+pub(crate) struct LinkUp {
+    pub(crate) link: Addr<Link>,
+    pub(crate) peer: NodeId,
     /// Set for outbound links opened by address.
-    addr: Option<String>,
-    outbound: bool,
+    pub(crate) addr: Option<String>,
+    pub(crate) outbound: bool,
 }
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct LinkDown {
-    link: Addr<Link>,
-    peer: Option<NodeId>,
-    addr: Option<String>,
-    outbound: bool,
+pub(crate) struct LinkDown {
+    pub(crate) link: Addr<Link>,
+    pub(crate) peer: Option<NodeId>,
+    pub(crate) addr: Option<String>,
+    pub(crate) outbound: bool,
 }
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Inbound {
-    env: Envelope,
-    link: Addr<Link>,
+pub(crate) struct Inbound {
+    pub(crate) env: Envelope,
+    pub(crate) link: Addr<Link>,
 }
 
 impl Handler<LinkUp> for Bridge {
     type Result = ();
 
-    fn handle(&mut self, up: LinkUp, _: &mut Context<Self>) {
-        if !up.outbound {
-            return;
-        }
-        self.backoff.remove(&up.peer);
-        self.report(Reachability::Reached(up.peer.clone()));
-        if let Some(addr) = &up.addr
-            && self.seed_links.get(addr) == Some(&up.link)
-        {
-            self.seed_links.remove(addr);
-            // Keep it as the peer's link unless it already has one.
-            self.links.entry(up.peer.clone()).or_insert(up.link);
-        }
+    fn handle(&mut self, up: LinkUp, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            if !up.outbound {
+                return;
+            }
+            act.backoff.remove(&up.peer);
+            act.report(Reachability::Reached(up.peer.clone()));
+            if let Some(addr) = &up.addr
+                && act.seed_links.get(addr) == Some(&up.link)
+            {
+                act.seed_links.remove(addr);
+                // Keep it as the peer's link unless it already has one.
+                act.links.entry(up.peer.clone()).or_insert(up.link);
+            }
+        })
     }
 }
 
 impl Handler<LinkDown> for Bridge {
     type Result = ();
 
-    fn handle(&mut self, down: LinkDown, _: &mut Context<Self>) {
-        self.fail_pending(&down.link, "connection to peer lost");
-        if !down.outbound {
-            return;
-        }
-        if let Some(addr) = &down.addr
-            && self.seed_links.get(addr) == Some(&down.link)
-        {
-            self.seed_links.remove(addr);
-        }
-        let peer = down.peer.or_else(|| {
-            let addr = down.addr.as_ref()?;
-            self.book
-                .iter()
-                .find(|(_, a)| *a == addr)
-                .map(|(n, _)| n.clone())
-        });
-        if let Some(peer) = peer {
-            if self.links.get(&peer) == Some(&down.link) {
-                self.links.remove(&peer);
+    fn handle(&mut self, down: LinkDown, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            act.fail_pending(&down.link, "connection to peer lost");
+            if !down.outbound {
+                return;
             }
-            let next = self
-                .backoff
-                .get(&peer)
-                .map_or(BACKOFF_MIN, |(_, b)| (*b * 2).min(BACKOFF_MAX));
-            self.report(Reachability::Lost(peer.clone()));
-            self.backoff.insert(peer, (Instant::now() + next, next));
-        }
+            if let Some(addr) = &down.addr
+                && act.seed_links.get(addr) == Some(&down.link)
+            {
+                act.seed_links.remove(addr);
+            }
+            let peer = down.peer.or_else(|| {
+                let addr = down.addr.as_ref()?;
+                act.book
+                    .iter()
+                    .find(|(_, a)| *a == addr)
+                    .map(|(n, _)| n.clone())
+            });
+            if let Some(peer) = peer {
+                if act.links.get(&peer) == Some(&down.link) {
+                    act.links.remove(&peer);
+                }
+                let next = act
+                    .backoff
+                    .get(&peer)
+                    .map_or(BACKOFF_MIN, |(_, b)| (*b * 2).min(BACKOFF_MAX));
+                act.report(Reachability::Lost(peer.clone()));
+                act.backoff.insert(peer, (Instant::now() + next, next));
+            }
+        })
     }
 }
 
 impl Handler<Inbound> for Bridge {
     type Result = ();
 
-    fn handle(&mut self, Inbound { env, link }: Inbound, _: &mut Context<Self>) {
-        if self.faults.loses(&env.from) {
-            return;
-        }
-        match env.corr {
-            Corr::Reply(id) => {
-                if let Some(p) = self.pending.remove(&id) {
-                    let _ = p.reply.send(Ok((env.from, env.msg)));
-                }
+    fn handle(&mut self, Inbound { env, link }: Inbound, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            if act.faults.loses(&env.from) {
+                return;
             }
-            Corr::Request(_) | Corr::OneWay => self.route(env, link),
-        }
+            match env.corr {
+                Corr::Reply(id) => {
+                    if let Some(p) = act.pending.remove(&id) {
+                        let _ = p.reply.send(Ok((env.from, env.msg)));
+                    }
+                }
+                Corr::Request(_) | Corr::OneWay => act.route(env, link),
+            }
+        })
     }
 }
 
@@ -655,236 +722,5 @@ impl Reply {
                 msg,
             })));
         }
-    }
-}
-
-// --- links -----------------------------------------------------------------
-
-/// A frame to write on a link.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Frame(PeerFrame);
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Close;
-
-type PeerCodec = Codec<PeerFrame, PeerFrame>;
-
-/// One TCP connection to a peer, opened by us (outbound, carries our
-/// requests and their replies) or by the peer (inbound, carries its requests
-/// and our replies).
-pub struct Link {
-    bridge: Addr<Bridge>,
-    /// The address dialled, for outbound links.
-    addr: Option<String>,
-    hello: PeerHello,
-    max_frame: u32,
-    connect_timeout: Duration,
-    peer: Option<NodeId>,
-    writer: Option<FramedWrite<PeerFrame, OwnedWriteHalf, PeerCodec>>,
-    queue: Vec<PeerFrame>,
-    ready: bool,
-}
-
-impl Link {
-    fn outbound(
-        bridge: Addr<Bridge>,
-        addr: String,
-        hello: PeerHello,
-        settings: &BridgeSettings,
-    ) -> Self {
-        Link {
-            bridge,
-            addr: Some(addr),
-            hello,
-            max_frame: settings.max_frame,
-            connect_timeout: settings.connect_timeout,
-            peer: None,
-            writer: None,
-            queue: Vec::new(),
-            ready: false,
-        }
-    }
-
-    fn inbound(
-        bridge: Addr<Bridge>,
-        stream: TcpStream,
-        hello: PeerHello,
-        settings: &BridgeSettings,
-        ctx: &mut Context<Self>,
-    ) -> Self {
-        let mut link = Link {
-            bridge,
-            addr: None,
-            hello,
-            max_frame: settings.max_frame,
-            connect_timeout: settings.connect_timeout,
-            peer: None,
-            writer: None,
-            queue: Vec::new(),
-            ready: false,
-        };
-        link.attach(stream, ctx);
-        link
-    }
-
-    fn attach(&mut self, stream: TcpStream, ctx: &mut Context<Self>) {
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(error = %e, "TCP_NODELAY not set");
-        }
-        let (read, write) = stream.into_split();
-        ctx.add_stream(FramedRead::new(read, PeerCodec::new(self.max_frame)));
-        self.writer = Some(FramedWrite::new(write, PeerCodec::new(self.max_frame), ctx));
-    }
-
-    fn write(&mut self, mut frame: PeerFrame) {
-        // Envelopes are addressed to whoever this link reaches.
-        if let (PeerFrame::Envelope(env), Some(peer)) = (&mut frame, &self.peer) {
-            env.to = peer.clone();
-        }
-        if let Some(w) = &mut self.writer {
-            w.write(frame);
-        }
-    }
-
-    fn outbound_link(&self) -> bool {
-        self.addr.is_some()
-    }
-}
-
-impl Actor for Link {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(LINK_QUEUE);
-        let Some(addr) = self.addr.clone() else {
-            return;
-        };
-        let timeout = self.connect_timeout;
-        ctx.wait(
-            async move { tokio::time::timeout(timeout, TcpStream::connect(addr)).await }
-                .into_actor(self)
-                .map(|connected, link, ctx| match connected {
-                    Ok(Ok(stream)) => {
-                        link.attach(stream, ctx);
-                        let hello = PeerFrame::Hello(link.hello.clone());
-                        link.write(hello);
-                    }
-                    Ok(Err(e)) => {
-                        debug!(addr = ?link.addr, error = %e, "peer connect failed");
-                        ctx.stop();
-                    }
-                    Err(_) => {
-                        debug!(addr = ?link.addr, "peer connect timed out");
-                        ctx.stop();
-                    }
-                }),
-        );
-    }
-
-    fn stopped(&mut self, ctx: &mut Self::Context) {
-        self.bridge.do_send(LinkDown {
-            link: ctx.address(),
-            peer: self.peer.clone(),
-            addr: self.addr.clone(),
-            outbound: self.outbound_link(),
-        });
-    }
-}
-
-impl Handler<Frame> for Link {
-    type Result = ();
-
-    fn handle(&mut self, Frame(frame): Frame, _: &mut Context<Self>) {
-        if self.ready {
-            self.write(frame);
-        } else if self.queue.len() < LINK_QUEUE {
-            self.queue.push(frame);
-        }
-    }
-}
-
-impl Handler<Close> for Link {
-    type Result = ();
-
-    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
-
-impl StreamHandler<std::result::Result<PeerFrame, CodecError>> for Link {
-    fn handle(
-        &mut self,
-        frame: std::result::Result<PeerFrame, CodecError>,
-        ctx: &mut Context<Self>,
-    ) {
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => {
-                warn!(peer = ?self.peer, addr = ?self.addr, error = %e, "closing peer connection");
-                return ctx.stop();
-            }
-        };
-        match (frame, self.ready, self.outbound_link()) {
-            (PeerFrame::Hello(h), false, false) => {
-                if h.cluster != self.hello.cluster {
-                    warn!(peer = %h.node, cluster = %h.cluster, "refusing a peer of another cluster");
-                    return ctx.stop();
-                }
-                self.peer = Some(h.node.clone());
-                self.ready = true;
-                self.write(PeerFrame::Welcome(self.hello.clone()));
-                self.bridge.do_send(LinkUp {
-                    link: ctx.address(),
-                    peer: h.node,
-                    addr: None,
-                    outbound: false,
-                });
-            }
-            (PeerFrame::Welcome(h), false, true) => {
-                if h.cluster != self.hello.cluster {
-                    warn!(peer = %h.node, cluster = %h.cluster, "peer belongs to another cluster");
-                    return ctx.stop();
-                }
-                self.peer = Some(h.node.clone());
-                self.ready = true;
-                for frame in std::mem::take(&mut self.queue) {
-                    self.write(frame);
-                }
-                self.bridge.do_send(LinkUp {
-                    link: ctx.address(),
-                    peer: h.node,
-                    addr: self.addr.clone(),
-                    outbound: true,
-                });
-            }
-            (PeerFrame::Envelope(env), true, _) => {
-                if Some(&env.from) != self.peer.as_ref() || env.to != self.hello.node {
-                    warn!(peer = ?self.peer, from = %env.from, to = %env.to, "misaddressed envelope; closing");
-                    return ctx.stop();
-                }
-                self.bridge.do_send(Inbound {
-                    env,
-                    link: ctx.address(),
-                });
-            }
-            (other, ready, outbound) => {
-                warn!(peer = ?self.peer, ready, outbound, frame = ?std::mem::discriminant(&other), "out-of-order peer frame; closing");
-                ctx.stop();
-            }
-        }
-    }
-
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        debug!(peer = ?self.peer, "peer connection closed");
-        ctx.stop();
-    }
-}
-
-impl WriteHandler<CodecError> for Link {
-    fn error(&mut self, err: CodecError, _: &mut Self::Context) -> Running {
-        warn!(peer = ?self.peer, error = %err, "peer write failed");
-        Running::Stop
     }
 }

@@ -20,11 +20,13 @@ use dynakv::{Error, NodeId};
 use futures_util::stream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::codec::{Codec, CodecError};
 use crate::coordinator::{Coordinator, Execute};
+use crate::supervise::shielded;
 
 /// Requests one connection may have in flight; more are refused as
 /// overloaded until replies drain.
@@ -42,7 +44,11 @@ pub struct ClientSettings {
 
 pub struct ClientServer {
     settings: ClientSettings,
-    listener: Option<TcpListener>,
+    /// The bound socket until `started` turns it into `listener` on the
+    /// node's thread; then shared so a restarted actor accepts on it again
+    /// (None once draining: nothing more is accepted).
+    bound: Option<std::net::TcpListener>,
+    listener: Option<Arc<TcpListener>>,
     coordinator: Addr<Coordinator>,
     open: Arc<AtomicUsize>,
     conns: Vec<WeakAddr<ClientConn>>,
@@ -51,12 +57,13 @@ pub struct ClientServer {
 impl ClientServer {
     pub fn new(
         settings: ClientSettings,
-        listener: TcpListener,
+        listener: std::net::TcpListener,
         coordinator: Addr<Coordinator>,
     ) -> Self {
         ClientServer {
             settings,
-            listener: Some(listener),
+            bound: Some(listener),
+            listener: None,
             coordinator,
             open: Arc::new(AtomicUsize::new(0)),
             conns: Vec::new(),
@@ -64,35 +71,63 @@ impl ClientServer {
     }
 }
 
+const NAME: &str = "client-server";
+
+/// The listener and the open connections outlive a restart; the server has
+/// nothing else to rebuild.
+impl Supervised for ClientServer {}
+
 impl Actor for ClientServer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Some(listener) = self.listener.take() {
-            ctx.add_stream(stream::unfold(listener, |l| async move {
-                Some((l.accept().await, l))
-            }));
+        if let Some(bound) = self.bound.take() {
+            match crate::node::tokio_listener(bound) {
+                Ok(l) => self.listener = Some(Arc::new(l)),
+                Err(e) => error!(error = %e, "cannot listen"),
+            }
         }
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        for conn in self.conns.iter().filter_map(WeakAddr::upgrade) {
-            conn.do_send(Hangup);
+        if let Some(listener) = self.listener.clone() {
+            ctx.add_stream(stream::unfold(listener, |l| async move {
+                let accepted = l.accept().await;
+                Some((accepted, l))
+            }));
         }
     }
 }
 
-/// Closes a client connection (the node is stopping).
+/// Stop accepting clients, let every open connection finish the requests
+/// it has in flight, and answer when they are closed or `within` passed.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Hangup;
+pub struct DrainAll {
+    pub within: std::time::Duration,
+}
 
-impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for ClientServer {
-    fn handle(
-        &mut self,
-        accepted: std::io::Result<(TcpStream, SocketAddr)>,
-        _: &mut Context<Self>,
-    ) {
+impl Handler<DrainAll> for ClientServer {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, DrainAll { within }: DrainAll, ctx: &mut Context<Self>) -> Self::Result {
+        // Restarting without the listener drops the accept stream.
+        self.listener = None;
+        ctx.stop();
+        let drained: Vec<_> = self
+            .conns
+            .iter()
+            .filter_map(WeakAddr::upgrade)
+            .map(|c| c.send(Drain))
+            .collect();
+        Box::pin(async move {
+            let all = futures_util::future::join_all(drained);
+            if tokio::time::timeout(within, all).await.is_err() {
+                warn!("client connections still busy at the shutdown deadline; closing them");
+            }
+        })
+    }
+}
+
+impl ClientServer {
+    fn accept(&mut self, accepted: std::io::Result<(TcpStream, SocketAddr)>) {
         let (stream, from) = match accepted {
             Ok(a) => a,
             Err(e) => return warn!(error = %e, "accepting a client connection failed"),
@@ -120,12 +155,24 @@ impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for ClientServer {
                 greeted: false,
                 closing: false,
                 read_done: false,
+                draining: false,
+                on_close: Vec::new(),
                 in_flight: 0,
                 open,
             }
         });
         self.conns.retain(|c| c.upgrade().is_some());
         self.conns.push(conn.downgrade());
+    }
+}
+
+impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for ClientServer {
+    fn handle(
+        &mut self,
+        accepted: std::io::Result<(TcpStream, SocketAddr)>,
+        ctx: &mut Context<Self>,
+    ) {
+        shielded(NAME, self, ctx, |act, _| act.accept(accepted))
     }
 }
 
@@ -138,8 +185,12 @@ pub struct ClientConn {
     greeted: bool,
     /// Set once the connection is being closed: nothing more is read.
     closing: bool,
-    /// Set once the client has stopped sending.
+    /// Set once the client has stopped sending (or the node is draining).
     read_done: bool,
+    /// The node is shutting down: new requests are refused.
+    draining: bool,
+    /// Told when the connection has closed.
+    on_close: Vec<oneshot::Sender<()>>,
     in_flight: usize,
     open: Arc<AtomicUsize>,
 }
@@ -198,6 +249,9 @@ impl Actor for ClientConn {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        for tx in self.on_close.drain(..) {
+            let _ = tx.send(());
+        }
     }
 }
 
@@ -212,6 +266,12 @@ impl StreamHandler<Result<ClientRequest, CodecError>> for ClientConn {
         };
         if !self.greeted {
             return self.greet(id, op);
+        }
+        if self.draining {
+            return self.reply(
+                id,
+                ClientReply::error(&Error::Unavailable("the node is shutting down".into())),
+            );
         }
         if self.in_flight >= MAX_IN_FLIGHT {
             return self.reply(id, ClientReply::error(&Error::Overloaded));
@@ -238,11 +298,24 @@ impl StreamHandler<Result<ClientRequest, CodecError>> for ClientConn {
     }
 }
 
-impl Handler<Hangup> for ClientConn {
-    type Result = ();
+/// Stop taking requests, answer those in flight, then close. Answered once
+/// the connection is closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
 
-    fn handle(&mut self, _: Hangup, ctx: &mut Context<Self>) {
-        ctx.stop();
+impl Handler<Drain> for ClientConn {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.on_close.push(tx);
+        self.draining = true;
+        self.read_done = true;
+        self.close_when_drained();
+        Box::pin(async move {
+            let _ = rx.await;
+        })
     }
 }
 

@@ -29,6 +29,7 @@ use crate::membership::{Admin, Membership};
 use crate::replica::{PartitionUsage, ReadLocal, Replica, Stats, mailbox_error};
 use crate::ring::{RingChanged, Topology};
 use crate::session::{Kind, Outcome, Router, Session, SessionEnv};
+use crate::supervise::shielded;
 
 /// Asks a concern for its lines of `status`.
 #[derive(Message)]
@@ -320,6 +321,12 @@ enum Pending {
     Plan { view: Arc<View>, change: PlanChange },
 }
 
+const NAME: &str = "coordinator";
+
+/// Sessions are actors of their own; the coordinator keeps only its
+/// settings and the last topology, which a restart keeps.
+impl Supervised for Coordinator {}
+
 impl Actor for Coordinator {
     type Context = Context<Self>;
 
@@ -331,29 +338,33 @@ impl Actor for Coordinator {
 impl Handler<RingChanged> for Coordinator {
     type Result = ();
 
-    fn handle(&mut self, RingChanged(t): RingChanged, _: &mut Context<Self>) {
-        self.topology = Some(t);
+    fn handle(&mut self, RingChanged(t): RingChanged, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            act.topology = Some(t);
+        })
     }
 }
 
 impl Handler<Execute> for Coordinator {
     type Result = ResponseFuture<ClientReply>;
 
-    fn handle(&mut self, Execute(op): Execute, _: &mut Context<Self>) -> Self::Result {
-        let pending = self.execute(op);
-        let local = Local {
-            replica: self.sessions.router.replica.clone(),
-            reporters: self.reporters.clone(),
-            membership: self.membership.clone(),
-            n: usize::from(self.settings.n),
-            me: self.me().clone(),
-        };
-        Box::pin(async move {
-            let reply = match pending {
-                Ok(pending) => finish(pending, local).await,
-                Err(e) => Err(e),
+    fn handle(&mut self, Execute(op): Execute, ctx: &mut Context<Self>) -> Self::Result {
+        shielded(NAME, self, ctx, |act, _| -> Self::Result {
+            let pending = act.execute(op);
+            let local = Local {
+                replica: act.sessions.router.replica.clone(),
+                reporters: act.reporters.clone(),
+                membership: act.membership.clone(),
+                n: usize::from(act.settings.n),
+                me: act.me().clone(),
             };
-            reply.unwrap_or_else(|e| ClientReply::error(&e))
+            Box::pin(async move {
+                let reply = match pending {
+                    Ok(pending) => finish(pending, local).await,
+                    Err(e) => Err(e),
+                };
+                reply.unwrap_or_else(|e| ClientReply::error(&e))
+            })
         })
     }
 }

@@ -33,9 +33,23 @@ use crate::membership::{CommitIncoming, MarkLeft, Membership};
 use crate::replica::{DropPartition, HeldPartitions, MergeHandoff, Replica, mailbox_error};
 use crate::ring::{RingChanged, Topology};
 use crate::storage::FjallStore;
+use crate::supervise::shielded;
 
 /// Key of the fetch progress in the `meta` keyspace.
 const PROGRESS_KEY: &[u8] = b"handoff";
+
+fn load_progress(meta: &FjallStore) -> Progress {
+    match meta
+        .get(PROGRESS_KEY)
+        .and_then(|b| b.map(|b| Progress::from_bytes(&b)).transpose())
+    {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            warn!(error = %e, "handoff progress unreadable; transfers restart from the beginning");
+            Progress::default()
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct HandoffSettings {
@@ -47,6 +61,10 @@ pub struct HandoffSettings {
     pub interval: Duration,
     pub call_timeout: Duration,
 }
+
+/// A merged chunk: the last key in it, its keys and bytes, and whether the
+/// partition ended there.
+type FetchedChunk = (Option<Vec<u8>>, u64, u64, bool);
 
 /// A transfer under way, for `status`.
 #[derive(Debug, Clone)]
@@ -84,16 +102,7 @@ impl Handoff {
         meta: FjallStore,
         events: Events,
     ) -> Self {
-        let progress = match meta
-            .get(PROGRESS_KEY)
-            .and_then(|b| b.map(|b| Progress::from_bytes(&b)).transpose())
-        {
-            Ok(p) => p.unwrap_or_default(),
-            Err(e) => {
-                warn!(error = %e, "handoff progress unreadable; transfers restart from the beginning");
-                Progress::default()
-            }
-        };
+        let progress = load_progress(&meta);
         Handoff {
             settings,
             replica,
@@ -170,26 +179,28 @@ impl Handoff {
         self.busy = true;
         let held = self.replica.send(HeldPartitions);
         ctx.spawn(held.into_actor(self).map(move |held, act, ctx| {
-            act.busy = false;
-            let Ok(Ok(held)) = held else { return };
-            let release = to_release(&ring, &me, n, held.iter().copied());
-            if let Some(&p) = release
-                .iter()
-                .find(|&&p| ring.preference_list(p, n).iter().all(|r| t.is_up(r)))
-            {
-                act.release(
-                    p,
-                    ring.preference_list(p, n).into_iter().cloned().collect(),
-                    ctx,
-                );
-            } else if held.is_empty()
-                && t.view
-                    .members
-                    .get(&me)
-                    .is_some_and(|m| m.status == Status::Leaving)
-            {
-                act.membership.do_send(MarkLeft);
-            }
+            shielded(NAME, act, ctx, |act, ctx| {
+                act.busy = false;
+                let Ok(Ok(held)) = held else { return };
+                let release = to_release(&ring, &me, n, held.iter().copied());
+                if let Some(&p) = release
+                    .iter()
+                    .find(|&&p| ring.preference_list(p, n).iter().all(|r| t.is_up(r)))
+                {
+                    act.release(
+                        p,
+                        ring.preference_list(p, n).into_iter().cloned().collect(),
+                        ctx,
+                    );
+                } else if held.is_empty()
+                    && t.view
+                        .members
+                        .get(&me)
+                        .is_some_and(|m| m.status == Status::Leaving)
+                {
+                    act.membership.do_send(MarkLeft);
+                }
+            })
         }));
     }
 
@@ -242,46 +253,61 @@ impl Handoff {
             Ok((upto, keys, bytes, last))
         };
         ctx.spawn(chunk.into_actor(self).map(move |outcome, act, ctx| {
-            act.busy = false;
-            match outcome {
-                Ok((upto, keys, bytes, last)) => {
-                    if let Some(t) = act.current.as_mut() {
-                        t.keys += keys;
-                        t.bytes += bytes;
-                    }
-                    act.fetched.0 += keys;
-                    act.fetched.1 += bytes;
-                    let step = match (last, upto) {
-                        (true, _) => Fetched::Done,
-                        (false, Some(k)) => Fetched::Upto(k),
-                        (false, None) => Fetched::Done,
-                    };
-                    let done = step == Fetched::Done;
-                    act.progress.record(p, step);
-                    act.save_progress();
-                    if done && let Some(t) = act.current.take() {
-                        act.fetched.2 += 1;
-                        act.fetched.3 += t.started.elapsed();
-                        act.events.emit(Event::PartitionFetched {
-                            node: act.settings.me.clone(),
-                            partition: p.0,
-                            from: t.from,
-                            keys: t.keys,
-                        });
-                    }
-                    // Pace: a chunk of `bytes` may be followed after
-                    // bytes / budget seconds.
-                    let pause = Duration::from_secs_f64(
-                        bytes as f64 / act.settings.max_bytes_per_sec as f64,
-                    );
-                    ctx.run_later(pause, |act, ctx| act.step(ctx));
-                }
-                Err(e) => {
-                    act.current = None;
-                    debug!(partition = %p, %from, error = %e, "fetch interrupted; resuming later");
-                }
-            }
+            shielded(NAME, act, ctx, |act, ctx| {
+                act.fetched_chunk(p, from, outcome, ctx)
+            })
         }));
+    }
+
+    /// One fetched chunk was merged (or the fetch failed): record progress,
+    /// then go on after the pause the byte budget asks for.
+    fn fetched_chunk(
+        &mut self,
+        p: Partition,
+        from: NodeId,
+        outcome: dynakv::Result<FetchedChunk>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.busy = false;
+        match outcome {
+            Ok((upto, keys, bytes, last)) => {
+                if let Some(t) = self.current.as_mut() {
+                    t.keys += keys;
+                    t.bytes += bytes;
+                }
+                self.fetched.0 += keys;
+                self.fetched.1 += bytes;
+                let step = match (last, upto) {
+                    (true, _) => Fetched::Done,
+                    (false, Some(k)) => Fetched::Upto(k),
+                    (false, None) => Fetched::Done,
+                };
+                let done = step == Fetched::Done;
+                self.progress.record(p, step);
+                self.save_progress();
+                if done && let Some(t) = self.current.take() {
+                    self.fetched.2 += 1;
+                    self.fetched.3 += t.started.elapsed();
+                    self.events.emit(Event::PartitionFetched {
+                        node: self.settings.me.clone(),
+                        partition: p.0,
+                        from: t.from,
+                        keys: t.keys,
+                    });
+                }
+                // Pace: a chunk of `bytes` may be followed after
+                // bytes / budget seconds.
+                let pause =
+                    Duration::from_secs_f64(bytes as f64 / self.settings.max_bytes_per_sec as f64);
+                ctx.run_later(pause, |act, ctx| {
+                    shielded(NAME, act, ctx, |act, ctx| act.step(ctx))
+                });
+            }
+            Err(e) => {
+                self.current = None;
+                debug!(partition = %p, %from, error = %e, "fetch interrupted; resuming later");
+            }
+        }
     }
 
     fn release(&mut self, p: Partition, replicas: Vec<NodeId>, ctx: &mut Context<Self>) {
@@ -299,36 +325,40 @@ impl Handoff {
             Ok::<(), Error>(())
         };
         ctx.spawn(sync.into_actor(self).map(move |synced, act, ctx| {
-            act.busy = false;
-            if let Err(e) = synced {
-                return debug!(partition = %p, error = %e, "release postponed");
-            }
-            // Drop only if the ring still says so.
-            let still = act
-                .topology
-                .as_ref()
-                .and_then(|t| t.ring.clone())
-                .is_some_and(|ring| {
-                    !to_release(&ring, &act.settings.me, act.settings.n, [p]).is_empty()
-                });
-            if !still {
-                return;
-            }
-            act.busy = true;
-            let dropped = act.replica.send(DropPartition(p));
-            ctx.spawn(dropped.into_actor(act).map(move |dropped, act, ctx| {
+            shielded(NAME, act, ctx, |act, ctx| {
                 act.busy = false;
-                if let Ok(Ok(keys)) = dropped {
-                    act.released += 1;
-                    info!(partition = %p, keys, "partition handed off and released");
-                    act.events.emit(Event::PartitionReleased {
-                        node: act.settings.me.clone(),
-                        partition: p.0,
-                        keys,
-                    });
-                    ctx.notify(Step);
+                if let Err(e) = synced {
+                    return debug!(partition = %p, error = %e, "release postponed");
                 }
-            }));
+                // Drop only if the ring still says so.
+                let still = act
+                    .topology
+                    .as_ref()
+                    .and_then(|t| t.ring.clone())
+                    .is_some_and(|ring| {
+                        !to_release(&ring, &act.settings.me, act.settings.n, [p]).is_empty()
+                    });
+                if !still {
+                    return;
+                }
+                act.busy = true;
+                let dropped = act.replica.send(DropPartition(p));
+                ctx.spawn(dropped.into_actor(act).map(move |dropped, act, ctx| {
+                    shielded(NAME, act, ctx, |act, ctx| {
+                        act.busy = false;
+                        if let Ok(Ok(keys)) = dropped {
+                            act.released += 1;
+                            info!(partition = %p, keys, "partition handed off and released");
+                            act.events.emit(Event::PartitionReleased {
+                                node: act.settings.me.clone(),
+                                partition: p.0,
+                                keys,
+                            });
+                            ctx.notify(Step);
+                        }
+                    })
+                }));
+            })
         }));
     }
 }
@@ -346,16 +376,24 @@ pub struct Totals {
     pub released: u64,
 }
 
+impl crate::supervise::Fallback for Totals {
+    fn fallback() -> Self {
+        Totals::default()
+    }
+}
+
 impl Handler<FetchTotals> for Handoff {
     type Result = Totals;
 
-    fn handle(&mut self, _: FetchTotals, _: &mut Context<Self>) -> Totals {
-        Totals {
-            keys: self.fetched.0,
-            bytes: self.fetched.1,
-            partitions: self.fetched.2,
-            released: self.released,
-        }
+    fn handle(&mut self, _: FetchTotals, ctx: &mut Context<Self>) -> Totals {
+        shielded(NAME, self, ctx, |act, _| -> Self::Result {
+            Totals {
+                keys: act.fetched.0,
+                bytes: act.fetched.1,
+                partitions: act.fetched.2,
+                released: act.released,
+            }
+        })
     }
 }
 
@@ -368,7 +406,20 @@ impl Handler<Step> for Handoff {
     type Result = ();
 
     fn handle(&mut self, _: Step, ctx: &mut Context<Self>) {
-        self.step(ctx);
+        shielded(NAME, self, ctx, |act, ctx| {
+            act.step(ctx);
+        })
+    }
+}
+
+const NAME: &str = "handoff";
+
+/// A restarted Handoff reloads its fetch progress from storage and resumes.
+impl Supervised for Handoff {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.busy = false;
+        self.current = None;
+        self.progress = load_progress(&self.meta);
     }
 }
 
@@ -376,7 +427,9 @@ impl Actor for Handoff {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.settings.interval, |act, ctx| act.step(ctx));
+        ctx.run_interval(self.settings.interval, |act, ctx| {
+            shielded(NAME, act, ctx, |act, ctx| act.step(ctx))
+        });
     }
 }
 
@@ -384,34 +437,37 @@ impl Handler<RingChanged> for Handoff {
     type Result = ();
 
     fn handle(&mut self, RingChanged(t): RingChanged, ctx: &mut Context<Self>) {
-        let moved = self
-            .topology
-            .as_ref()
-            .is_none_or(|old| old.view.ownership != t.view.ownership);
-        self.topology = Some(t);
-        if moved {
-            self.step(ctx);
-        }
+        shielded(NAME, self, ctx, |act, ctx| {
+            let moved = act
+                .topology
+                .as_ref()
+                .is_none_or(|old| old.view.ownership != t.view.ownership);
+            act.topology = Some(t);
+            if moved {
+                act.step(ctx);
+            }
+        })
     }
 }
 
 impl Handler<Summary> for Handoff {
     type Result = Vec<String>;
 
-    fn handle(&mut self, _: Summary, _: &mut Context<Self>) -> Self::Result {
-        let mut lines = Vec::new();
-        let ring = self.topology.as_ref().and_then(|t| t.ring.clone());
-        let remaining = ring.map_or(0, |r| {
-            to_fetch(&r, &self.settings.me, self.settings.n, &self.progress).len()
-        });
-        if let Some(t) = &self.current {
-            let secs = t.started.elapsed().as_secs_f64().max(0.001);
-            let per_partition = if self.fetched.2 > 0 {
-                self.fetched.3.as_secs_f64() / self.fetched.2 as f64
-            } else {
-                secs
-            };
-            lines.push(format!(
+    fn handle(&mut self, _: Summary, ctx: &mut Context<Self>) -> Self::Result {
+        shielded(NAME, self, ctx, |act, _| -> Self::Result {
+            let mut lines = Vec::new();
+            let ring = act.topology.as_ref().and_then(|t| t.ring.clone());
+            let remaining = ring.map_or(0, |r| {
+                to_fetch(&r, &act.settings.me, act.settings.n, &act.progress).len()
+            });
+            if let Some(t) = &act.current {
+                let secs = t.started.elapsed().as_secs_f64().max(0.001);
+                let per_partition = if act.fetched.2 > 0 {
+                    act.fetched.3.as_secs_f64() / act.fetched.2 as f64
+                } else {
+                    secs
+                };
+                lines.push(format!(
                 "handoff: receiving {} from {}: {} keys, {} bytes, {:.0} keys/s; {remaining} partitions to go, ETA {:.0} s",
                 t.partition,
                 t.from,
@@ -420,15 +476,16 @@ impl Handler<Summary> for Handoff {
                 t.keys as f64 / secs,
                 per_partition * remaining as f64
             ));
-        } else if remaining > 0 {
-            lines.push(format!("handoff: {remaining} partitions to receive"));
-        }
-        if self.fetched.2 > 0 || self.released > 0 {
-            lines.push(format!(
-                "handoff: {} partitions received ({} keys, {} bytes), {} released",
-                self.fetched.2, self.fetched.0, self.fetched.1, self.released
-            ));
-        }
-        lines
+            } else if remaining > 0 {
+                lines.push(format!("handoff: {remaining} partitions to receive"));
+            }
+            if act.fetched.2 > 0 || act.released > 0 {
+                lines.push(format!(
+                    "handoff: {} partitions received ({} keys, {} bytes), {} released",
+                    act.fetched.2, act.fetched.0, act.fetched.1, act.released
+                ));
+            }
+            lines
+        })
     }
 }

@@ -24,6 +24,7 @@ use crate::bridge::{Bridge, Call};
 use crate::events::{Event, Events};
 use crate::replica::{HandedOff, Replica, Stats, TakeHints, mailbox_error};
 use crate::ring::{RingChanged, Topology};
+use crate::supervise::shielded;
 
 #[derive(Debug, Clone)]
 pub struct HintsSettings {
@@ -71,28 +72,30 @@ impl Hints {
         }
         let stats = self.replica.send(Stats);
         ctx.spawn(stats.into_actor(self).map(|stats, act, ctx| {
-            let Ok(Ok(stats)) = stats else { return };
-            let Some(topology) = act.topology.clone() else {
-                return;
-            };
-            let Some(ring) = topology.ring.clone() else {
-                return;
-            };
-            for (owner, _) in stats.hints {
-                let live = topology
-                    .view
-                    .members
-                    .get(&owner)
-                    .is_some_and(|m| m.status.is_live());
-                if !live {
-                    // The owner left or was removed: its partitions have new
-                    // replicas, and this node's copies reach them when it
-                    // releases them (handoff). Hints of released keys go.
-                    act.forget_released(owner, ctx);
-                } else if topology.is_up(&owner) && act.busy.insert(owner.clone()) {
-                    act.deliver(owner, ring.clone(), ctx);
+            shielded(NAME, act, ctx, |act, ctx| {
+                let Ok(Ok(stats)) = stats else { return };
+                let Some(topology) = act.topology.clone() else {
+                    return;
+                };
+                let Some(ring) = topology.ring.clone() else {
+                    return;
+                };
+                for (owner, _) in stats.hints {
+                    let live = topology
+                        .view
+                        .members
+                        .get(&owner)
+                        .is_some_and(|m| m.status.is_live());
+                    if !live {
+                        // The owner left or was removed: its partitions have new
+                        // replicas, and this node's copies reach them when it
+                        // releases them (handoff). Hints of released keys go.
+                        act.forget_released(owner, ctx);
+                    } else if topology.is_up(&owner) && act.busy.insert(owner.clone()) {
+                        act.deliver(owner, ring.clone(), ctx);
+                    }
                 }
-            }
+            })
         }));
     }
 
@@ -151,7 +154,8 @@ impl Hints {
         ctx.spawn(
             async move { job.run().await }
                 .into_actor(self)
-                .map(move |outcome, act, _| {
+                .map(move |outcome, act, ctx| {
+ shielded(NAME, act, ctx, |act, _| {
                     act.busy.remove(&owner);
                     match outcome {
                         Ok(0) => {}
@@ -167,7 +171,8 @@ impl Hints {
                             debug!(%owner, error = %e, "hint delivery interrupted; retrying later")
                         }
                     }
-                }),
+                })
+}),
         );
     }
 }
@@ -242,11 +247,23 @@ impl Delivery {
     }
 }
 
+const NAME: &str = "hints";
+
+/// Hints live in storage; a restarted Hints actor only forgets which
+/// deliveries were under way (they resume at the next check).
+impl Supervised for Hints {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.busy.clear();
+    }
+}
+
 impl Actor for Hints {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.settings.interval, |act, ctx| act.check(ctx));
+        ctx.run_interval(self.settings.interval, |act, ctx| {
+            shielded(NAME, act, ctx, |act, ctx| act.check(ctx))
+        });
     }
 }
 
@@ -254,14 +271,16 @@ impl Handler<RingChanged> for Hints {
     type Result = ();
 
     fn handle(&mut self, RingChanged(t): RingChanged, ctx: &mut Context<Self>) {
-        // An owner coming back up is worth checking at once.
-        let newly_up = self
-            .topology
-            .as_ref()
-            .is_some_and(|old| t.health.iter().any(|(n, _)| t.is_up(n) && !old.is_up(n)));
-        self.topology = Some(t);
-        if newly_up {
-            self.check(ctx);
-        }
+        shielded(NAME, self, ctx, |act, ctx| {
+            // An owner coming back up is worth checking at once.
+            let newly_up = act
+                .topology
+                .as_ref()
+                .is_some_and(|old| t.health.iter().any(|(n, _)| t.is_up(n) && !old.is_up(n)));
+            act.topology = Some(t);
+            if newly_up {
+                act.check(ctx);
+            }
+        })
     }
 }

@@ -12,6 +12,7 @@ pub mod dev;
 pub mod events;
 pub mod handoff;
 pub mod hints;
+pub mod link;
 pub mod logging;
 pub mod membership;
 pub mod node;
@@ -19,5 +20,7 @@ pub mod replica;
 pub mod ring;
 pub mod session;
 pub mod storage;
+pub mod storage_worker;
+pub mod supervise;
 #[cfg(feature = "testkit")]
 pub mod testkit;

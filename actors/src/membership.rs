@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use dynakv::membership::{Changed, Destination, GossipMsg, Membership as Core, View};
+use dynakv::membership::{Changed, Destination, GossipMsg, Membership as Core, Settings, View};
 use dynakv::peer::PeerMsg;
 use dynakv::replica::Store;
 use dynakv::{Error, NodeId, Result};
@@ -26,6 +26,7 @@ use crate::bridge::{Bridge, Call, CallAddr, GossipIn, Reachability, SetAddresses
 use crate::events::{Event, Events};
 use crate::ring::{Ring, ViewChanged};
 use crate::storage::FjallStore;
+use crate::supervise::shielded;
 
 /// Key of the persisted view in the `meta` keyspace.
 const VIEW_KEY: &[u8] = b"view";
@@ -59,8 +60,18 @@ impl Clock {
     }
 }
 
+/// The actors membership talks to, and where it persists the view.
+pub struct Wiring {
+    pub bridge: Addr<Bridge>,
+    pub ring: Addr<Ring>,
+    pub meta: FjallStore,
+    pub events: Events,
+}
+
 pub struct Membership {
     core: Core,
+    /// Kept to rebuild the core after a supervised restart.
+    settings: Settings,
     bridge: Addr<Bridge>,
     ring: Addr<Ring>,
     meta: FjallStore,
@@ -72,17 +83,24 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// Builds the actor; its state comes from the view persisted in `meta`
+    /// (if any) and `settings`, as after a supervised restart.
     pub fn new(
-        core: Core,
-        bridge: Addr<Bridge>,
-        ring: Addr<Ring>,
-        meta: FjallStore,
+        settings: Settings,
+        wiring: Wiring,
         interval: Duration,
-        events: Events,
         clock: Clock,
-    ) -> Self {
-        Membership {
+    ) -> Result<Self> {
+        let Wiring {
+            bridge,
+            ring,
+            meta,
+            events,
+        } = wiring;
+        let core = Core::new(settings.clone(), load_view(&meta)?, clock.now());
+        Ok(Membership {
             core,
+            settings,
             bridge,
             ring,
             meta,
@@ -92,7 +110,7 @@ impl Membership {
             events,
             rng: fastrand::Rng::new(),
             clock,
-        }
+        })
     }
 
     /// Tells everyone who depends on the view or on liveness what changed.
@@ -167,13 +185,30 @@ impl Membership {
                     )
                 }
             };
-            ctx.spawn(call.into_actor(self).map(|answer, act, _| match answer {
-                Ok((from, PeerMsg::Gossip(reply))) => {
-                    let _ = act.receive(&from, reply);
-                }
-                Ok((from, other)) => debug!(%from, ?other, "unexpected answer to gossip"),
-                Err(e) => debug!(error = %e, "gossip round failed"),
+            ctx.spawn(call.into_actor(self).map(|answer, act, ctx| {
+                shielded(NAME, act, ctx, |act, _| match answer {
+                    Ok((from, PeerMsg::Gossip(reply))) => {
+                        let _ = act.receive(&from, reply);
+                    }
+                    Ok((from, other)) => debug!(%from, ?other, "unexpected answer to gossip"),
+                    Err(e) => debug!(error = %e, "gossip round failed"),
+                })
             }));
+        }
+    }
+}
+
+const NAME: &str = "membership";
+
+/// A restarted membership rebuilds its state from the persisted view;
+/// heartbeats and liveness start afresh and gossip refills them.
+impl Supervised for Membership {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        match load_view(&self.meta) {
+            Ok(view) => self.core = Core::new(self.settings.clone(), view, self.clock.now()),
+            Err(e) => {
+                warn!(error = %e, "the persisted view is unreadable; keeping the one in memory")
+            }
         }
     }
 }
@@ -195,23 +230,31 @@ impl Actor for Membership {
 impl Handler<GossipIn> for Membership {
     type Result = Result<Option<GossipMsg>>;
 
-    fn handle(&mut self, GossipIn { from, msg }: GossipIn, _: &mut Context<Self>) -> Self::Result {
-        self.receive(&from, msg)
+    fn handle(
+        &mut self,
+        GossipIn { from, msg }: GossipIn,
+        ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        shielded(NAME, self, ctx, |act, _| -> Self::Result {
+            act.receive(&from, msg)
+        })
     }
 }
 
 impl Handler<Reachability> for Membership {
     type Result = ();
 
-    fn handle(&mut self, r: Reachability, _: &mut Context<Self>) {
-        let changed = match &r {
-            Reachability::Lost(peer) => self.core.on_unreachable(peer),
-            Reachability::Reached(peer) => self.core.on_reachable(peer, self.clock.now()),
-        };
-        if changed.liveness {
-            debug!(?r, "direct evidence of a peer's liveness");
-        }
-        self.publish(changed);
+    fn handle(&mut self, r: Reachability, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            let changed = match &r {
+                Reachability::Lost(peer) => act.core.on_unreachable(peer),
+                Reachability::Reached(peer) => act.core.on_reachable(peer, act.clock.now()),
+            };
+            if changed.liveness {
+                debug!(?r, "direct evidence of a peer's liveness");
+            }
+            act.publish(changed);
+        })
     }
 }
 
@@ -240,27 +283,31 @@ pub enum Admin {
 impl Handler<CommitIncoming> for Membership {
     type Result = ();
 
-    fn handle(&mut self, _: CommitIncoming, _: &mut Context<Self>) {
-        let changed = self.core.commit_incoming();
-        if changed.view {
-            info!("committed the partitions moved to this node");
-        }
-        self.publish(changed);
+    fn handle(&mut self, _: CommitIncoming, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            let changed = act.core.commit_incoming();
+            if changed.view {
+                info!("committed the partitions moved to this node");
+            }
+            act.publish(changed);
+        })
     }
 }
 
 impl Handler<MarkLeft> for Membership {
     type Result = ();
 
-    fn handle(&mut self, _: MarkLeft, _: &mut Context<Self>) {
-        let changed = self.core.mark_left();
-        if changed.view {
-            info!("left the cluster");
-            self.events.emit(Event::Left {
-                node: self.core.me().clone(),
-            });
-        }
-        self.publish(changed);
+    fn handle(&mut self, _: MarkLeft, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            let changed = act.core.mark_left();
+            if changed.view {
+                info!("left the cluster");
+                act.events.emit(Event::Left {
+                    node: act.core.me().clone(),
+                });
+            }
+            act.publish(changed);
+        })
     }
 }
 
@@ -268,33 +315,37 @@ impl Handler<Admin> for Membership {
     type Result = Result<String>;
 
     fn handle(&mut self, op: Admin, ctx: &mut Context<Self>) -> Self::Result {
-        info!(?op, "membership change requested");
-        let (changed, done) = match op {
-            Admin::Join { seed } => (
-                self.core.join(seed.clone())?,
-                format!("joining the cluster of {seed}"),
-            ),
-            Admin::Leave => (
-                self.core.leave()?,
-                "leaving: partitions are being handed off".to_string(),
-            ),
-            Admin::Remove { node } => {
-                let view = self.core.view();
-                let id = view
-                    .members
-                    .values()
-                    .find(|m| m.id.as_str() == node || m.peer_addr == node || m.client_addr == node)
-                    .map(|m| m.id.clone())
-                    .ok_or_else(|| Error::InvalidRequest(format!("no member {node}")))?;
-                (
-                    self.core.remove(&id)?,
-                    format!("{id} removed; its partitions are being rebuilt"),
-                )
-            }
-        };
-        self.publish(changed);
-        self.tick(ctx);
-        Ok(done)
+        shielded(NAME, self, ctx, |act, ctx| -> Self::Result {
+            info!(?op, "membership change requested");
+            let (changed, done) = match op {
+                Admin::Join { seed } => (
+                    act.core.join(seed.clone())?,
+                    format!("joining the cluster of {seed}"),
+                ),
+                Admin::Leave => (
+                    act.core.leave()?,
+                    "leaving: partitions are being handed off".to_string(),
+                ),
+                Admin::Remove { node } => {
+                    let view = act.core.view();
+                    let id = view
+                        .members
+                        .values()
+                        .find(|m| {
+                            m.id.as_str() == node || m.peer_addr == node || m.client_addr == node
+                        })
+                        .map(|m| m.id.clone())
+                        .ok_or_else(|| Error::InvalidRequest(format!("no member {node}")))?;
+                    (
+                        act.core.remove(&id)?,
+                        format!("{id} removed; its partitions are being rebuilt"),
+                    )
+                }
+            };
+            act.publish(changed);
+            act.tick(ctx);
+            Ok(done)
+        })
     }
 }
 

@@ -11,25 +11,24 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
 use dynakv::config::Config;
-use dynakv::membership::{
-    Member, Membership as MembershipCore, Settings as MembershipSettings, Status,
-};
+use dynakv::membership::{Member, Settings as MembershipSettings, Status};
 use dynakv::version::Actor as Writer;
 use dynakv::{Error, NodeId, Result};
 use tracing::info;
 
 use crate::anti_entropy::{AntiEntropy, AntiEntropySettings};
 use crate::bridge::{Bridge, BridgeSettings, Control, Fault, Register};
-use crate::client_server::{ClientServer, ClientSettings};
+use crate::client_server::{ClientServer, ClientSettings, DrainAll};
 use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::events::Events;
 use crate::handoff::{Handoff, HandoffSettings};
 use crate::hints::{Hints, HintsSettings};
-use crate::membership::{Clock, Membership, load_view};
+use crate::membership::{Clock, Membership, Wiring as MembershipWiring};
 use crate::replica::{Flush, Replica, ReplicaSettings};
 use crate::ring::{Ring, Subscribe};
 use crate::session::Router;
@@ -71,6 +70,10 @@ pub struct NodeHandle {
     pub handoff: Addr<Handoff>,
     pub client_server: Addr<ClientServer>,
     pub events: Events,
+    /// The thread every actor of this node runs on (taken by `stop`).
+    arbiter: Arc<Mutex<Option<Arbiter>>>,
+    /// How long `stop` lets requests in flight finish.
+    drain_within: Duration,
 }
 
 /// The address others should use: the configured one, with the bound port
@@ -82,7 +85,9 @@ fn advertised(configured: &str, bound: SocketAddr) -> String {
     }
 }
 
-fn tokio_listener(l: std::net::TcpListener) -> Result<tokio::net::TcpListener> {
+/// Turns a bound listener into a tokio one, on the calling thread's runtime
+/// (so call it on the thread that will accept).
+pub(crate) fn tokio_listener(l: std::net::TcpListener) -> Result<tokio::net::TcpListener> {
     l.set_nonblocking(true)
         .and_then(|_| tokio::net::TcpListener::from_std(l))
         .map_err(|e| Error::Unavailable(format!("listener setup failed: {e}")))
@@ -99,11 +104,15 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
     };
     let (client_addr, peer_addr) = (local(&listeners.client)?, local(&listeners.peer)?);
 
+    // Every actor of this node runs on the node's own arbiter (thread):
+    // stopping it stops them all.
+    let arbiter = Arbiter::new();
+    let on = arbiter.handle();
+
     // Storage and the replica first: everything else routes to them.
     let storage = Storage::open(&config.node.data_dir, config.storage.cache_mb)?;
     let meta = storage.meta();
     let meta_for_handoff = storage.meta();
-    let persisted = load_view(&meta)?;
     // A fresh writer identity per start: a node never reuses a dot, even if a
     // crash lost writes it had coordinated.
     let writer =
@@ -117,6 +126,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             fsync: config.storage.fsync,
             fsync_interval: Duration::from_millis(config.storage.fsync_interval_ms),
         },
+        &on,
     )?;
 
     // The Bridge: peers reach the replica (and soon membership) through it.
@@ -127,45 +137,43 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             max_frame: config.limits.max_frame_bytes,
             connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
         },
-        tokio_listener(listeners.peer)?,
+        listeners.peer,
         replica.clone(),
-    )
-    .start();
+    );
+    let bridge = Supervisor::start_in_arbiter(&on, move |_| bridge);
 
     // Ring, then membership, which feeds it views.
-    let ring = Ring::default().start();
+    let ring = Supervisor::start_in_arbiter(&on, |_| Ring::default());
     let clock = Clock::default();
-    let core = MembershipCore::new(
-        MembershipSettings {
-            me: Member {
-                id: me.clone(),
-                peer_addr: advertised(&config.node.peer_addr, peer_addr),
-                client_addr: advertised(&config.node.client_addr, client_addr),
-                weight: config.node.weight,
-                status: Status::Joining,
-                version: 0,
-            },
-            cluster: config.cluster.name.clone(),
-            partitions: config.cluster.partitions,
-            n: usize::from(config.cluster.n),
-            seeds: config.cluster.seeds.clone(),
-            suspect_after: config.gossip.suspect_after_ms,
-            down_after: config.gossip.down_after_ms,
-            auto_join: config.cluster.auto_join,
+    let membership_settings = MembershipSettings {
+        me: Member {
+            id: me.clone(),
+            peer_addr: advertised(&config.node.peer_addr, peer_addr),
+            client_addr: advertised(&config.node.client_addr, client_addr),
+            weight: config.node.weight,
+            status: Status::Joining,
+            version: 0,
         },
-        persisted,
-        clock.now(),
-    );
+        cluster: config.cluster.name.clone(),
+        partitions: config.cluster.partitions,
+        n: usize::from(config.cluster.n),
+        seeds: config.cluster.seeds.clone(),
+        suspect_after: config.gossip.suspect_after_ms,
+        down_after: config.gossip.down_after_ms,
+        auto_join: config.cluster.auto_join,
+    };
     let membership = Membership::new(
-        core,
-        bridge.clone(),
-        ring.clone(),
-        meta,
+        membership_settings,
+        MembershipWiring {
+            bridge: bridge.clone(),
+            ring: ring.clone(),
+            meta,
+            events: events.clone(),
+        },
         Duration::from_millis(config.gossip.interval_ms),
-        events.clone(),
         clock,
-    )
-    .start();
+    )?;
+    let membership = Supervisor::start_in_arbiter(&on, move |_| membership);
     bridge.do_send(Register {
         gossip: membership.clone().recipient(),
         reachability: membership.clone().recipient(),
@@ -186,8 +194,8 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
         replica.clone(),
         bridge.clone(),
         events.clone(),
-    )
-    .start();
+    );
+    let anti_entropy = Supervisor::start_in_arbiter(&on, move |_| anti_entropy);
     ring.do_send(Subscribe(anti_entropy.clone().recipient()));
 
     // Handoff moves partitions when members join, leave or change weight.
@@ -206,8 +214,8 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
         membership.clone(),
         meta_for_handoff,
         events.clone(),
-    )
-    .start();
+    );
+    let handoff = Supervisor::start_in_arbiter(&on, move |_| handoff);
     ring.do_send(Subscribe(handoff.clone().recipient()));
 
     // The coordinator routes with the ring it is sent.
@@ -234,8 +242,8 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             handoff.clone().recipient(),
         ],
         events.clone(),
-    )
-    .start();
+    );
+    let coordinator = Supervisor::start_in_arbiter(&on, move |_| coordinator);
     ring.do_send(Subscribe(coordinator.clone().recipient()));
 
     // Hints hand writes held for owners that were down back to them.
@@ -253,8 +261,8 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
         replica.clone(),
         bridge.clone(),
         events.clone(),
-    )
-    .start();
+    );
+    let hints = Supervisor::start_in_arbiter(&on, move |_| hints);
     ring.do_send(Subscribe(hints.clone().recipient()));
 
     // Clients last: by now every request has somewhere to go.
@@ -265,10 +273,10 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             max_frame: config.limits.max_frame_bytes,
             max_connections: config.limits.max_connections as usize,
         },
-        tokio_listener(listeners.client)?,
+        listeners.client,
         coordinator.clone(),
-    )
-    .start();
+    );
+    let client_server = Supervisor::start_in_arbiter(&on, move |_| client_server);
 
     info!(node = %me, %client_addr, %peer_addr, "node started");
     Ok(NodeHandle {
@@ -285,22 +293,28 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
         handoff,
         client_server,
         events,
+        arbiter: Arc::new(Mutex::new(Some(arbiter))),
+        drain_within: Duration::from_millis(config.timeouts.request_ms) + Duration::from_secs(1),
     })
 }
 
 impl NodeHandle {
-    /// Stops serving, makes every write durable, and stops every actor.
+    /// Stops gracefully: stops accepting clients, lets requests in flight
+    /// finish (or fail) within the request timeout, makes every write
+    /// durable, then stops every actor of the node.
     pub async fn stop(self) -> Result<()> {
-        self.client_server.do_send(Shutdown);
-        self.coordinator.do_send(Shutdown);
-        self.hints.do_send(Shutdown);
-        self.anti_entropy.do_send(Shutdown);
-        self.handoff.do_send(Shutdown);
-        self.membership.do_send(Shutdown);
-        self.bridge.do_send(Shutdown);
-        self.ring.do_send(Shutdown);
+        let _ = self
+            .client_server
+            .send(DrainAll {
+                within: self.drain_within,
+            })
+            .await;
         let flushed = self.replica.send(Flush).await;
-        self.replica.do_send(Shutdown);
+        let arbiter = self.arbiter.lock().ok().and_then(|mut a| a.take());
+        if let Some(arbiter) = arbiter {
+            arbiter.stop();
+            let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
+        }
         info!(node = %self.id, "node stopped");
         flushed.map_err(crate::replica::mailbox_error)?
     }
@@ -311,30 +325,14 @@ impl NodeHandle {
     }
 }
 
-/// Asks an actor to stop.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown;
-
-macro_rules! stop_on_shutdown {
-    ($($actor:ty),* $(,)?) => {
-        $(impl Handler<Shutdown> for $actor {
-            type Result = ();
-            fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
-                ctx.stop();
-            }
-        })*
-    };
-}
-
-stop_on_shutdown!(
-    Replica,
-    Bridge,
-    Membership,
-    Ring,
-    Coordinator,
-    Hints,
-    AntiEntropy,
-    Handoff,
-    ClientServer
+crate::supervision_probes!(
+    Replica => "replica",
+    Bridge => "bridge",
+    Membership => "membership",
+    Ring => "ring",
+    Coordinator => "coordinator",
+    Hints => "hints",
+    AntiEntropy => "anti-entropy",
+    Handoff => "handoff",
+    ClientServer => "client-server",
 );

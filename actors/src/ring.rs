@@ -15,6 +15,8 @@ use dynakv::liveness::Health;
 use dynakv::membership::View;
 use dynakv::ring;
 
+use crate::supervise::shielded;
+
 /// The view, or this node's belief about members' health, changed.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -54,35 +56,45 @@ pub struct Ring {
     subscribers: Vec<Recipient<RingChanged>>,
 }
 
+const NAME: &str = "ring";
+
 impl Actor for Ring {
     type Context = Context<Self>;
 }
 
+/// The last topology and the subscribers are plain data that a panic cannot
+/// leave half-changed: a restarted Ring keeps them.
+impl Supervised for Ring {}
+
 impl Handler<ViewChanged> for Ring {
     type Result = ();
 
-    fn handle(&mut self, ViewChanged { view, health }: ViewChanged, _: &mut Context<Self>) {
-        let unchanged = self
-            .current
-            .as_ref()
-            .filter(|t| t.view.ownership == view.ownership)
-            .map(|t| t.ring.clone());
-        let ring = unchanged.unwrap_or_else(|| view.ring().map(Arc::new));
-        let topology = Topology { view, ring, health };
-        for s in &self.subscribers {
-            s.do_send(RingChanged(topology.clone()));
-        }
-        self.current = Some(topology);
+    fn handle(&mut self, ViewChanged { view, health }: ViewChanged, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            let unchanged = act
+                .current
+                .as_ref()
+                .filter(|t| t.view.ownership == view.ownership)
+                .map(|t| t.ring.clone());
+            let ring = unchanged.unwrap_or_else(|| view.ring().map(Arc::new));
+            let topology = Topology { view, ring, health };
+            for s in &act.subscribers {
+                s.do_send(RingChanged(topology.clone()));
+            }
+            act.current = Some(topology);
+        })
     }
 }
 
 impl Handler<Subscribe> for Ring {
     type Result = ();
 
-    fn handle(&mut self, Subscribe(r): Subscribe, _: &mut Context<Self>) {
-        if let Some(t) = &self.current {
-            r.do_send(RingChanged(t.clone()));
-        }
-        self.subscribers.push(r);
+    fn handle(&mut self, Subscribe(r): Subscribe, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            if let Some(t) = &act.current {
+                r.do_send(RingChanged(t.clone()));
+            }
+            act.subscribers.push(r);
+        })
     }
 }

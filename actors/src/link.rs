@@ -1,0 +1,255 @@
+//! Link: one TCP connection to a peer, owned by the Bridge.
+//!
+//! An outbound link (opened by this node) connects, says `Hello`, waits for
+//! the peer's `Welcome`, then carries this node's requests and the peer's
+//! replies; an inbound link (opened by the peer) waits for its `Hello`,
+//! answers `Welcome`, then carries the peer's requests and this node's
+//! replies. Frames written while connecting are queued. A bad frame, a
+//! misaddressed envelope or a peer of another cluster closes the link, with
+//! the reason logged. Every event goes to the Bridge, which routes.
+
+use std::time::Duration;
+
+use actix::io::{FramedWrite, WriteHandler};
+use actix::prelude::*;
+use dynakv::NodeId;
+use dynakv::peer::{PeerFrame, PeerHello};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio_util::codec::FramedRead;
+use tracing::{debug, warn};
+
+use crate::bridge::{Bridge, BridgeSettings, Inbound, LinkDown, LinkUp};
+use crate::codec::{Codec, CodecError};
+
+/// Frames a link holds while it connects; more are dropped.
+const LINK_QUEUE: usize = 65_536;
+
+/// A frame to write on a link.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Frame(pub PeerFrame);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Close;
+
+type PeerCodec = Codec<PeerFrame, PeerFrame>;
+
+/// One TCP connection to a peer, opened by us (outbound, carries our
+/// requests and their replies) or by the peer (inbound, carries its requests
+/// and our replies).
+pub struct Link {
+    bridge: Addr<Bridge>,
+    /// The address dialled, for outbound links.
+    addr: Option<String>,
+    hello: PeerHello,
+    max_frame: u32,
+    connect_timeout: Duration,
+    peer: Option<NodeId>,
+    writer: Option<FramedWrite<PeerFrame, OwnedWriteHalf, PeerCodec>>,
+    queue: Vec<PeerFrame>,
+    ready: bool,
+}
+
+impl Link {
+    pub(crate) fn outbound(
+        bridge: Addr<Bridge>,
+        addr: String,
+        hello: PeerHello,
+        settings: &BridgeSettings,
+    ) -> Self {
+        Link {
+            bridge,
+            addr: Some(addr),
+            hello,
+            max_frame: settings.max_frame,
+            connect_timeout: settings.connect_timeout,
+            peer: None,
+            writer: None,
+            queue: Vec::new(),
+            ready: false,
+        }
+    }
+
+    pub(crate) fn inbound(
+        bridge: Addr<Bridge>,
+        stream: TcpStream,
+        hello: PeerHello,
+        settings: &BridgeSettings,
+        ctx: &mut Context<Self>,
+    ) -> Self {
+        let mut link = Link {
+            bridge,
+            addr: None,
+            hello,
+            max_frame: settings.max_frame,
+            connect_timeout: settings.connect_timeout,
+            peer: None,
+            writer: None,
+            queue: Vec::new(),
+            ready: false,
+        };
+        link.attach(stream, ctx);
+        link
+    }
+
+    fn attach(&mut self, stream: TcpStream, ctx: &mut Context<Self>) {
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "TCP_NODELAY not set");
+        }
+        let (read, write) = stream.into_split();
+        ctx.add_stream(FramedRead::new(read, PeerCodec::new(self.max_frame)));
+        self.writer = Some(FramedWrite::new(write, PeerCodec::new(self.max_frame), ctx));
+    }
+
+    fn write(&mut self, mut frame: PeerFrame) {
+        // Envelopes are addressed to whoever this link reaches.
+        if let (PeerFrame::Envelope(env), Some(peer)) = (&mut frame, &self.peer) {
+            env.to = peer.clone();
+        }
+        if let Some(w) = &mut self.writer {
+            w.write(frame);
+        }
+    }
+
+    fn outbound_link(&self) -> bool {
+        self.addr.is_some()
+    }
+}
+
+impl Actor for Link {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(LINK_QUEUE);
+        let Some(addr) = self.addr.clone() else {
+            return;
+        };
+        let timeout = self.connect_timeout;
+        ctx.wait(
+            async move { tokio::time::timeout(timeout, TcpStream::connect(addr)).await }
+                .into_actor(self)
+                .map(|connected, link, ctx| match connected {
+                    Ok(Ok(stream)) => {
+                        link.attach(stream, ctx);
+                        let hello = PeerFrame::Hello(link.hello.clone());
+                        link.write(hello);
+                    }
+                    Ok(Err(e)) => {
+                        debug!(addr = ?link.addr, error = %e, "peer connect failed");
+                        ctx.stop();
+                    }
+                    Err(_) => {
+                        debug!(addr = ?link.addr, "peer connect timed out");
+                        ctx.stop();
+                    }
+                }),
+        );
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.bridge.do_send(LinkDown {
+            link: ctx.address(),
+            peer: self.peer.clone(),
+            addr: self.addr.clone(),
+            outbound: self.outbound_link(),
+        });
+    }
+}
+
+impl Handler<Frame> for Link {
+    type Result = ();
+
+    fn handle(&mut self, Frame(frame): Frame, _: &mut Context<Self>) {
+        if self.ready {
+            self.write(frame);
+        } else if self.queue.len() < LINK_QUEUE {
+            self.queue.push(frame);
+        }
+    }
+}
+
+impl Handler<Close> for Link {
+    type Result = ();
+
+    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl StreamHandler<std::result::Result<PeerFrame, CodecError>> for Link {
+    fn handle(
+        &mut self,
+        frame: std::result::Result<PeerFrame, CodecError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(peer = ?self.peer, addr = ?self.addr, error = %e, "closing peer connection");
+                return ctx.stop();
+            }
+        };
+        match (frame, self.ready, self.outbound_link()) {
+            (PeerFrame::Hello(h), false, false) => {
+                if h.cluster != self.hello.cluster {
+                    warn!(peer = %h.node, cluster = %h.cluster, "refusing a peer of another cluster");
+                    return ctx.stop();
+                }
+                self.peer = Some(h.node.clone());
+                self.ready = true;
+                self.write(PeerFrame::Welcome(self.hello.clone()));
+                self.bridge.do_send(LinkUp {
+                    link: ctx.address(),
+                    peer: h.node,
+                    addr: None,
+                    outbound: false,
+                });
+            }
+            (PeerFrame::Welcome(h), false, true) => {
+                if h.cluster != self.hello.cluster {
+                    warn!(peer = %h.node, cluster = %h.cluster, "peer belongs to another cluster");
+                    return ctx.stop();
+                }
+                self.peer = Some(h.node.clone());
+                self.ready = true;
+                for frame in std::mem::take(&mut self.queue) {
+                    self.write(frame);
+                }
+                self.bridge.do_send(LinkUp {
+                    link: ctx.address(),
+                    peer: h.node,
+                    addr: self.addr.clone(),
+                    outbound: true,
+                });
+            }
+            (PeerFrame::Envelope(env), true, _) => {
+                if Some(&env.from) != self.peer.as_ref() || env.to != self.hello.node {
+                    warn!(peer = ?self.peer, from = %env.from, to = %env.to, "misaddressed envelope; closing");
+                    return ctx.stop();
+                }
+                self.bridge.do_send(Inbound {
+                    env,
+                    link: ctx.address(),
+                });
+            }
+            (other, ready, outbound) => {
+                warn!(peer = ?self.peer, ready, outbound, frame = ?std::mem::discriminant(&other), "out-of-order peer frame; closing");
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        debug!(peer = ?self.peer, "peer connection closed");
+        ctx.stop();
+    }
+}
+
+impl WriteHandler<CodecError> for Link {
+    fn error(&mut self, err: CodecError, _: &mut Self::Context) -> Running {
+        warn!(peer = ?self.peer, error = %err, "peer write failed");
+        Running::Stop
+    }
+}
