@@ -148,6 +148,12 @@ pub struct LimitsSection {
     pub max_siblings: u32,
     /// Client connections served at once; more are refused.
     pub max_connections: u32,
+    /// Requests one client connection may have in flight; more are refused
+    /// as overloaded (retryable) until replies drain.
+    pub max_in_flight_per_connection: u32,
+    /// Get/put/delete sessions the node coordinates at once; more are
+    /// refused as overloaded.
+    pub max_in_flight: u32,
 }
 
 impl Default for LimitsSection {
@@ -158,6 +164,8 @@ impl Default for LimitsSection {
             max_value_bytes: 4 << 20,
             max_siblings: 100,
             max_connections: 1024,
+            max_in_flight_per_connection: 1024,
+            max_in_flight: 16_384,
         }
     }
 }
@@ -415,6 +423,8 @@ impl Config {
             || l.max_value_bytes == 0
             || l.max_siblings == 0
             || l.max_connections == 0
+            || l.max_in_flight == 0
+            || l.max_in_flight_per_connection == 0
         {
             return bad("limits.* must all be positive".into());
         }

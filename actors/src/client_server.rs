@@ -28,10 +28,6 @@ use crate::codec::{Codec, CodecError};
 use crate::coordinator::{Coordinator, Execute};
 use crate::supervise::shielded;
 
-/// Requests one connection may have in flight; more are refused as
-/// overloaded until replies drain.
-const MAX_IN_FLIGHT: usize = 1024;
-
 type ServerCodec = Codec<ClientRequest, ClientResponse>;
 
 #[derive(Debug, Clone)]
@@ -40,6 +36,8 @@ pub struct ClientSettings {
     pub cluster: String,
     pub max_frame: u32,
     pub max_connections: usize,
+    /// Requests one connection may have in flight.
+    pub max_in_flight: usize,
 }
 
 pub struct ClientServer {
@@ -273,7 +271,7 @@ impl StreamHandler<Result<ClientRequest, CodecError>> for ClientConn {
                 ClientReply::error(&Error::Unavailable("the node is shutting down".into())),
             );
         }
-        if self.in_flight >= MAX_IN_FLIGHT {
+        if self.in_flight >= self.settings.max_in_flight {
             return self.reply(id, ClientReply::error(&Error::Overloaded));
         }
         self.in_flight += 1;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::prelude::*;
 use dynakv::coordinator::{GetSession, PutSession, Replica as Target, Route};
@@ -51,6 +52,8 @@ pub struct CoordinatorSettings {
     pub request_timeout: Duration,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// Sessions coordinated at once; more are refused as overloaded.
+    pub max_in_flight: usize,
 }
 
 pub struct Coordinator {
@@ -77,6 +80,7 @@ impl Coordinator {
             deadline: settings.request_timeout,
             attempt_timeout: settings.request_timeout / (u32::from(settings.n) + 1),
             events,
+            in_flight: Arc::new(AtomicUsize::new(0)),
         };
         Coordinator {
             settings,
@@ -169,14 +173,19 @@ impl Coordinator {
         key: Vec<u8>,
         partition: u32,
         start: impl FnOnce() -> (Kind, Vec<dynakv::coordinator::Request>),
-    ) -> oneshot::Receiver<Result<Outcome>> {
+    ) -> Result<oneshot::Receiver<Result<Outcome>>> {
+        let running = self.sessions.in_flight.load(Ordering::Relaxed);
+        if running >= self.settings.max_in_flight {
+            return Err(Error::Overloaded);
+        }
+        self.sessions.in_flight.fetch_add(1, Ordering::Relaxed);
         self.next_request += 1;
         let span =
             info_span!("session", op, partition, request = self.next_request, node = %self.me());
         let (tx, rx) = oneshot::channel();
         let (kind, initial) = start();
         Session::new(kind, initial, key, self.sessions.clone(), tx, span).start();
-        rx
+        Ok(rx)
     }
 
     fn execute(&mut self, op: ClientOp) -> Result<Pending> {
@@ -189,7 +198,7 @@ impl Coordinator {
                 let rx = self.session("get", key, p, move || {
                     let (s, reqs) = GetSession::start(k, route, r);
                     (Kind::Get(s), reqs)
-                });
+                })?;
                 Ok(Pending::Session(rx))
             }
             ClientOp::Put {
@@ -250,7 +259,7 @@ impl Coordinator {
         let rx = self.session(op, key, p, move || {
             let (s, reqs) = PutSession::start(k, ctx, value, route, w);
             (Kind::Put(s), reqs)
-        });
+        })?;
         Ok(Pending::Session(rx))
     }
 

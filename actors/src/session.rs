@@ -8,6 +8,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -86,6 +88,8 @@ pub struct SessionEnv {
     /// fallback) is asked in its place.
     pub attempt_timeout: Duration,
     pub events: Events,
+    /// Sessions running; each decrements it when it ends.
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 pub struct Session {
@@ -195,6 +199,7 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.env.in_flight.fetch_sub(1, Ordering::Relaxed);
         // Read repair: detached, it must not hold the session open.
         if let Kind::Get(g) = &self.kind {
             let repairs = g.repairs();
