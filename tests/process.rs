@@ -364,3 +364,87 @@ async fn a_sigkilled_node_removed_from_the_ring_loses_no_acknowledged_write() {
         }
     }
 }
+
+/// Writes `count` keys through node `via`, returning those acknowledged.
+async fn write_keys(
+    cluster: &ProcessCluster,
+    via: usize,
+    prefix: &str,
+    count: u32,
+) -> Vec<(String, u32)> {
+    let client = Client::connect(&cluster.client_addrs[via], "")
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    for i in 0..count {
+        let key = format!("{prefix}{i}");
+        if client
+            .put(key.as_bytes(), &i.to_le_bytes(), &[], None)
+            .await
+            .is_ok()
+        {
+            acked.push((key, i));
+        }
+    }
+    acked
+}
+
+async fn assert_all_present(cluster: &ProcessCluster, via: usize, acked: &[(String, u32)]) {
+    let client = Client::connect(&cluster.client_addrs[via], "")
+        .await
+        .unwrap();
+    for (key, i) in acked {
+        let read = client.get(key.as_bytes(), None).await.unwrap();
+        assert!(
+            read.values.contains(&i.to_le_bytes().to_vec()),
+            "{key} lost"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn sigterm_drains_flushes_and_exits_zero_and_a_restart_has_every_write() {
+    let mut cluster = ProcessCluster::start(3, "");
+    for i in 0..3 {
+        cluster.wait_formed(i, 3, WAIT).await;
+    }
+    let acked = write_keys(&cluster, 0, "k", 300).await;
+    assert_eq!(acked.len(), 300);
+    for i in 0..3 {
+        let status = cluster.terminate(i);
+        assert!(status.success(), "node{} exited with {status}", i + 1);
+        assert!(
+            cluster.log_tail(i).contains("node stopped"),
+            "node{} did not stop gracefully:\n{}",
+            i + 1,
+            cluster.log_tail(i)
+        );
+    }
+    for i in 0..3 {
+        cluster.start_again(i);
+    }
+    for i in 0..3 {
+        cluster.wait_formed(i, 3, WAIT).await;
+    }
+    assert_all_present(&cluster, 1, &acked).await;
+}
+
+#[actix_rt::test]
+async fn with_fsync_always_every_acknowledged_write_survives_sigkill_of_every_node() {
+    let mut cluster = ProcessCluster::start(3, "[storage]\nfsync = \"always\"\n");
+    for i in 0..3 {
+        cluster.wait_formed(i, 3, WAIT).await;
+    }
+    let acked = write_keys(&cluster, 2, "durable", 300).await;
+    assert_eq!(acked.len(), 300);
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    for i in 0..3 {
+        cluster.start_again(i);
+    }
+    for i in 0..3 {
+        cluster.wait_formed(i, 3, WAIT).await;
+    }
+    assert_all_present(&cluster, 0, &acked).await;
+}

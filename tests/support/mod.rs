@@ -127,6 +127,23 @@ impl ProcessCluster {
         }
     }
 
+    /// SIGTERM, then waits for the process to exit; returns its status.
+    pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut child = self.procs[i].take().expect("node is running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        child.wait().unwrap()
+    }
+
+    /// Starts node `i` again (after `kill` or `terminate`).
+    pub fn start_again(&mut self, i: usize) {
+        assert!(self.procs[i].is_none(), "node{} is still running", i + 1);
+        self.spawn(i);
+    }
+
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
         self.spawn(i);
