@@ -40,6 +40,7 @@ pub struct Config {
     pub hints: HintsSection,
     pub anti_entropy: AntiEntropySection,
     pub handoff: HandoffSection,
+    pub security: SecuritySection,
     pub log: LogSection,
 }
 
@@ -260,6 +261,17 @@ impl Default for HandoffSection {
             interval_ms: 1000,
         }
     }
+}
+
+/// Who may talk to a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySection {
+    /// Secret every member shares; peers prove they hold it when they
+    /// connect (HMAC challenge). Empty: peers are not authenticated.
+    pub cluster_secret: String,
+    /// Token clients must present in their hello. Empty: none required.
+    pub client_token: String,
 }
 
 /// Hinted handoff: writes a stand-in holds for an owner that was down.

@@ -12,6 +12,7 @@
 //! - [`error`]: the crate's one error type.
 
 pub mod anti_entropy;
+pub mod auth;
 pub mod config;
 pub mod coordinator;
 pub mod error;

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::anti_entropy::AeMsg;
+use crate::auth::{Nonce, Proof};
 use crate::error::ErrorKind;
 use crate::handoff::HandoffMsg;
 use crate::hints::HintMsg;
@@ -24,9 +25,16 @@ use crate::wire::Envelope;
 pub enum PeerFrame {
     /// First frame from the connecting side.
     Hello(PeerHello),
-    /// The accepting side's answer to a valid `Hello`.
-    Welcome(PeerHello),
+    /// The accepting side's answer to a valid `Hello`, with its proof of the
+    /// cluster secret (`crate::auth`).
+    Welcome {
+        hello: PeerHello,
+        proof: Proof,
+    },
     Envelope(Envelope),
+    /// The connecting side's proof of the cluster secret; no envelope is
+    /// taken before it checks.
+    Proof(Proof),
 }
 
 /// Who is on the other end of a peer connection.
@@ -35,6 +43,8 @@ pub struct PeerHello {
     /// Must match the receiver's cluster name, or the connection is refused.
     pub cluster: String,
     pub node: NodeId,
+    /// Fresh for every connection; the other side's proof answers it.
+    pub nonce: Nonce,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

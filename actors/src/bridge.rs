@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use actix::WeakAddr;
 use actix::prelude::*;
+use dynakv::auth::NONCE_LEN;
 use dynakv::handoff::HandoffMsg;
 use dynakv::hints::HintMsg;
 use dynakv::membership::GossipMsg;
@@ -143,6 +144,8 @@ pub struct BridgeSettings {
     pub cluster: String,
     pub max_frame: u32,
     pub connect_timeout: Duration,
+    /// The cluster secret peers prove they hold (empty: no authentication).
+    pub secret: String,
 }
 
 pub struct Bridge {
@@ -192,10 +195,17 @@ impl Bridge {
         }
     }
 
+    /// This node's hello for a new connection, with a fresh nonce.
     fn hello(&self) -> PeerHello {
+        let mut nonce = [0u8; NONCE_LEN];
+        if let Err(e) = getrandom::fill(&mut nonce) {
+            // Never expected; a fixed nonce only weakens replay protection.
+            warn!(error = %e, "no randomness for a connection nonce");
+        }
         PeerHello {
             cluster: self.settings.cluster.clone(),
             node: self.settings.me.clone(),
+            nonce,
         }
     }
 

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use actix::WeakAddr;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
+use dynakv::auth;
 use dynakv::wire::{ClientOp, ClientReply, ClientRequest, ClientResponse};
 use dynakv::{Error, NodeId};
 use futures_util::stream;
@@ -38,6 +39,8 @@ pub struct ClientSettings {
     pub max_connections: usize,
     /// Requests one connection may have in flight.
     pub max_in_flight: usize,
+    /// Token clients must present (empty: none).
+    pub client_token: String,
 }
 
 pub struct ClientServer {
@@ -215,6 +218,14 @@ impl ClientConn {
 
     fn greet(&mut self, id: u64, op: ClientOp) {
         match op {
+            ClientOp::Hello { token, .. }
+                if !auth::client_allowed(&self.settings.client_token, token.as_deref()) =>
+            {
+                self.refuse(
+                    id,
+                    &Error::Unauthorized("missing or wrong client token".into()),
+                )
+            }
             ClientOp::Hello { cluster, .. }
                 if cluster.is_empty() || cluster == self.settings.cluster =>
             {

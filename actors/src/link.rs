@@ -13,6 +13,7 @@ use std::time::Duration;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use dynakv::NodeId;
+use dynakv::auth::{self, Nonce, Role};
 use dynakv::peer::{PeerFrame, PeerHello};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -43,10 +44,14 @@ pub struct Link {
     bridge: Addr<Bridge>,
     /// The address dialled, for outbound links.
     addr: Option<String>,
+    /// This side's hello, with the nonce fresh for this connection.
     hello: PeerHello,
+    secret: String,
     max_frame: u32,
     connect_timeout: Duration,
     peer: Option<NodeId>,
+    /// The peer's nonce, until its proof is checked (inbound links).
+    peer_nonce: Option<Nonce>,
     writer: Option<FramedWrite<PeerFrame, OwnedWriteHalf, PeerCodec>>,
     queue: Vec<PeerFrame>,
     ready: bool,
@@ -63,9 +68,11 @@ impl Link {
             bridge,
             addr: Some(addr),
             hello,
+            secret: settings.secret.clone(),
             max_frame: settings.max_frame,
             connect_timeout: settings.connect_timeout,
             peer: None,
+            peer_nonce: None,
             writer: None,
             queue: Vec::new(),
             ready: false,
@@ -83,9 +90,11 @@ impl Link {
             bridge,
             addr: None,
             hello,
+            secret: settings.secret.clone(),
             max_frame: settings.max_frame,
             connect_timeout: settings.connect_timeout,
             peer: None,
+            peer_nonce: None,
             writer: None,
             queue: Vec::new(),
             ready: false,
@@ -191,27 +200,86 @@ impl StreamHandler<std::result::Result<PeerFrame, CodecError>> for Link {
                 return ctx.stop();
             }
         };
+        let (cluster, me, secret) = (
+            self.hello.cluster.clone(),
+            self.hello.node.clone(),
+            self.secret.clone(),
+        );
         match (frame, self.ready, self.outbound_link()) {
-            (PeerFrame::Hello(h), false, false) => {
-                if h.cluster != self.hello.cluster {
+            // Inbound: the peer says who it is; answer with our proof.
+            (PeerFrame::Hello(h), false, false) if self.peer.is_none() => {
+                if h.cluster != cluster {
                     warn!(peer = %h.node, cluster = %h.cluster, "refusing a peer of another cluster");
                     return ctx.stop();
                 }
-                self.peer = Some(h.node.clone());
+                let proof = auth::prove(
+                    secret.as_bytes(),
+                    Role::Acceptor,
+                    &cluster,
+                    &me,
+                    &h.nonce,
+                    &self.hello.nonce,
+                );
+                self.peer = Some(h.node);
+                self.peer_nonce = Some(h.nonce);
+                self.write(PeerFrame::Welcome {
+                    hello: self.hello.clone(),
+                    proof,
+                });
+            }
+            // Inbound: the peer's proof; nothing else is taken before it.
+            (PeerFrame::Proof(proof), false, false) => {
+                let (Some(peer), Some(nonce)) = (self.peer.clone(), self.peer_nonce) else {
+                    warn!("peer sent a proof before its hello; closing");
+                    return ctx.stop();
+                };
+                if !auth::verify(
+                    secret.as_bytes(),
+                    Role::Connector,
+                    &cluster,
+                    &peer,
+                    &self.hello.nonce,
+                    &nonce,
+                    &proof,
+                ) {
+                    warn!(%peer, "refusing a peer that does not hold the cluster secret");
+                    return ctx.stop();
+                }
                 self.ready = true;
-                self.write(PeerFrame::Welcome(self.hello.clone()));
                 self.bridge.do_send(LinkUp {
                     link: ctx.address(),
-                    peer: h.node,
+                    peer,
                     addr: None,
                     outbound: false,
                 });
             }
-            (PeerFrame::Welcome(h), false, true) => {
-                if h.cluster != self.hello.cluster {
+            // Outbound: the peer's welcome and proof; send ours, then go.
+            (PeerFrame::Welcome { hello: h, proof }, false, true) => {
+                if h.cluster != cluster {
                     warn!(peer = %h.node, cluster = %h.cluster, "peer belongs to another cluster");
                     return ctx.stop();
                 }
+                if !auth::verify(
+                    secret.as_bytes(),
+                    Role::Acceptor,
+                    &cluster,
+                    &h.node,
+                    &self.hello.nonce,
+                    &h.nonce,
+                    &proof,
+                ) {
+                    warn!(peer = %h.node, addr = ?self.addr, "peer does not hold the cluster secret; closing");
+                    return ctx.stop();
+                }
+                let mine = auth::prove(
+                    secret.as_bytes(),
+                    Role::Connector,
+                    &cluster,
+                    &me,
+                    &h.nonce,
+                    &self.hello.nonce,
+                );
+                self.write(PeerFrame::Proof(mine));
                 self.peer = Some(h.node.clone());
                 self.ready = true;
                 for frame in std::mem::take(&mut self.queue) {

@@ -22,6 +22,14 @@ use serde_json::json;
     about = "A Dynamo-style distributed key-value store"
 )]
 struct Cli {
+    /// Client token, when the node requires one (security.client_token).
+    #[arg(
+        long,
+        global = true,
+        env = "DYNAKV_CLIENT_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -171,7 +179,7 @@ fn main() -> ExitCode {
         }
         command => {
             logging::init("warn", LogFormat::Text);
-            actix::System::new().block_on(client_command(command))
+            actix::System::new().block_on(client_command(command, cli.token))
         }
     };
     match outcome {
@@ -224,7 +232,7 @@ fn show(value: &[u8]) -> serde_json::Value {
     }
 }
 
-async fn client_command(command: Command) -> Result<()> {
+async fn client_command(command: Command, token: Option<String>) -> Result<()> {
     let (target, run): (Target, _) = match command {
         Command::Put {
             key,
@@ -247,10 +255,10 @@ async fn client_command(command: Command) -> Result<()> {
         } => (target, Op::Delete(key, context_arg(&context)?, w)),
         Command::Inspect { key, json, target } => (target, Op::Inspect(key, json)),
         Command::Status { json, target } => (target, Op::Status(json)),
-        Command::Cluster { command } => return cluster(command).await,
+        Command::Cluster { command } => return cluster(command, token).await,
         Command::Serve { .. } | Command::Dev { .. } => unreachable!("handled in main"),
     };
-    let client = Client::connect(&target.node, &target.cluster).await?;
+    let client = Client::connect_with_token(&target.node, &target.cluster, token).await?;
     match run {
         Op::Put(key, value, ctx, w) => {
             let written = client
@@ -293,15 +301,12 @@ async fn client_command(command: Command) -> Result<()> {
     Ok(())
 }
 
-async fn cluster(command: ClusterCommand) -> Result<()> {
+async fn cluster(command: ClusterCommand, token: Option<String>) -> Result<()> {
+    let connect = async |addr: &str| Client::connect_with_token(addr, "", token.clone()).await;
     let message = match command {
-        ClusterCommand::Join { node, seed } => {
-            Client::connect(&node, "").await?.join(&seed).await?
-        }
-        ClusterCommand::Leave { node } => Client::connect(&node, "").await?.leave().await?,
-        ClusterCommand::Remove { node, via } => {
-            Client::connect(&via, "").await?.remove(&node).await?
-        }
+        ClusterCommand::Join { node, seed } => connect(&node).await?.join(&seed).await?,
+        ClusterCommand::Leave { node } => connect(&node).await?.leave().await?,
+        ClusterCommand::Remove { node, via } => connect(&via).await?.remove(&node).await?,
         ClusterCommand::Plan {
             join,
             leave,
@@ -310,7 +315,7 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             json,
         } => {
             let change = plan_change(join, leave, weight)?;
-            let report = Client::connect(&via, "").await?.plan(change).await?;
+            let report = connect(&via).await?.plan(change).await?;
             return print_plan(&report, json);
         }
     };

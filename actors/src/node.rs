@@ -19,7 +19,7 @@ use dynakv::config::Config;
 use dynakv::membership::{Member, Settings as MembershipSettings, Status};
 use dynakv::version::Actor as Writer;
 use dynakv::{Error, NodeId, Result};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::anti_entropy::{AntiEntropy, AntiEntropySettings};
 use crate::bridge::{Bridge, BridgeSettings, Control, Fault, Register};
@@ -136,6 +136,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             cluster: config.cluster.name.clone(),
             max_frame: config.limits.max_frame_bytes,
             connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
+            secret: config.security.cluster_secret.clone(),
         },
         listeners.peer,
         replica.clone(),
@@ -274,12 +275,16 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             max_frame: config.limits.max_frame_bytes,
             max_connections: config.limits.max_connections as usize,
             max_in_flight: config.limits.max_in_flight_per_connection as usize,
+            client_token: config.security.client_token.clone(),
         },
         listeners.client,
         coordinator.clone(),
     );
     let client_server = Supervisor::start_in_arbiter(&on, move |_| client_server);
 
+    if config.security.cluster_secret.is_empty() {
+        warn!("security.cluster_secret is empty: peers are not authenticated");
+    }
     info!(node = %me, %client_addr, %peer_addr, "node started");
     Ok(NodeHandle {
         id: me,
