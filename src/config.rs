@@ -41,6 +41,7 @@ pub struct Config {
     pub anti_entropy: AntiEntropySection,
     pub handoff: HandoffSection,
     pub security: SecuritySection,
+    pub metrics: MetricsSection,
     pub log: LogSection,
 }
 
@@ -307,6 +308,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// The metrics endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `host:port` serving `GET /metrics` (Prometheus/OpenMetrics text).
+    /// Empty: no endpoint.
+    pub addr: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSection {
@@ -385,6 +395,9 @@ impl Config {
         check_addr("node.peer_addr", &self.node.peer_addr)?;
         if self.node.client_addr == self.node.peer_addr {
             return bad("node.client_addr and node.peer_addr must differ".into());
+        }
+        if !self.metrics.addr.is_empty() {
+            check_addr("metrics.addr", &self.metrics.addr)?;
         }
         if self.node.data_dir.as_os_str().is_empty() {
             return bad("node.data_dir is empty".into());

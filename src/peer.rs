@@ -1,8 +1,9 @@
 //! The peer protocol's message types.
 //!
 //! A peer connection carries `PeerFrame`s: the connecting node opens with
-//! `Hello`, the accepting node answers `Welcome`, then both sides exchange
-//! `Envelope`s. Each concern (replica, gossip, hints, anti-entropy, handoff)
+//! `Hello`, the accepting node answers `Welcome` with its proof of the
+//! cluster secret, the connecting node sends its `Proof`, then both sides
+//! exchange `Envelope`s. Each concern (replica, gossip, hints, anti-entropy, handoff)
 //! owns one variant of `PeerMsg` and the enum inside it; the Bridge routes on
 //! the variant and understands nothing else.
 //!
@@ -63,4 +64,17 @@ pub enum PeerMsg {
     AntiEntropy(AeMsg),
     Tombstones(GcMsg),
     Handoff(HandoffMsg),
+    /// Asks for the receiver's load, for `status`; answered with `Load`.
+    Stats,
+    Load(NodeLoad),
+}
+
+/// What a node holds, as `status` shows it for each member.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    pub keys: u64,
+    /// Bytes of keys and values.
+    pub bytes: u64,
+    /// Hints held, per owner they are for.
+    pub hints: Vec<(NodeId, u64)>,
 }

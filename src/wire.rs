@@ -182,6 +182,24 @@ pub enum ClientOp {
     Plan { change: PlanChange },
 }
 
+impl ClientOp {
+    /// A short stable name, used in metrics labels and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientOp::Hello { .. } => "hello",
+            ClientOp::Get { .. } => "get",
+            ClientOp::Put { .. } => "put",
+            ClientOp::Delete { .. } => "delete",
+            ClientOp::Status => "status",
+            ClientOp::Inspect { .. } => "inspect",
+            ClientOp::Join { .. } => "join",
+            ClientOp::Leave => "leave",
+            ClientOp::Remove { .. } => "remove",
+            ClientOp::Plan { .. } => "plan",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientResponse {
     pub id: u64,
@@ -270,6 +288,17 @@ pub struct MemberStatus {
     /// Partitions owned (primary) and replicated.
     pub owned: u32,
     pub replicated: u32,
+    /// What the member holds (None when it did not answer).
+    pub load: Option<MemberLoad>,
+    /// Hints the members that answered hold for this member.
+    pub hints_pending: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberLoad {
+    pub keys: u64,
+    /// Bytes of keys and values.
+    pub bytes: u64,
 }
 
 // ---------------------------------------------------------------------------

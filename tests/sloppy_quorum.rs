@@ -12,7 +12,7 @@ use dynakv::{Error, NodeId};
 use dynakv_actors::bridge::GossipIn;
 use dynakv_actors::membership::CurrentView;
 use dynakv_actors::replica::{ReadLocal, Stats};
-use dynakv_actors::testkit::{Cluster, eventually};
+use dynakv_actors::testkit::{Cluster, eventually, metric};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -48,6 +48,15 @@ async fn hints_for(cluster: &Cluster, owner: &NodeId) -> u64 {
             .filter(|(o, _)| o == owner)
             .map(|(_, c)| c)
             .sum::<u64>();
+    }
+    total
+}
+
+/// The sum over every node of one metric series, as scraped.
+async fn total_metric(cluster: &Cluster, series: &str) -> f64 {
+    let mut total = 0.0;
+    for i in 0..cluster.len() {
+        total += metric(&cluster.scrape(i).await.unwrap(), series);
     }
     total
 }
@@ -341,6 +350,8 @@ async fn hint_delivery_after_a_heal_is_complete_and_timed() {
     }
     let id = cluster.id(owner);
     wait_hints(&cluster, &id, count).await;
+    let pending = format!("dynakv_hints_pending{{member=\"{id}\"}}");
+    assert_eq!(total_metric(&cluster, &pending).await, count as f64);
 
     let healed = std::time::Instant::now();
 
@@ -358,5 +369,9 @@ async fn hint_delivery_after_a_heal_is_complete_and_timed() {
         keys.into_iter().map(|k| (k, b"hinted".to_vec())).collect();
     wait_local(&cluster, owner, &written).await;
     println!("{count} hinted writes delivered {elapsed:?} after the heal");
+    assert_eq!(total_metric(&cluster, &pending).await, 0.0);
+    // A batch whose ack was late is delivered (and counted) again.
+    let delivered = total_metric(&cluster, "dynakv_hints_delivered_keys_total").await;
+    assert!(delivered >= count as f64, "{delivered} delivered");
     cluster.stop().await.unwrap();
 }

@@ -23,13 +23,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::metrics::Metrics;
 use actix::WeakAddr;
 use actix::prelude::*;
 use dynakv::auth::NONCE_LEN;
 use dynakv::handoff::HandoffMsg;
 use dynakv::hints::HintMsg;
 use dynakv::membership::GossipMsg;
-use dynakv::peer::{PeerFrame, PeerHello, PeerMsg};
+use dynakv::peer::{NodeLoad, PeerFrame, PeerHello, PeerMsg};
 use dynakv::tombstones::GcMsg;
 use dynakv::wire::{Corr, Envelope};
 use dynakv::{Error, NodeId, Result};
@@ -41,7 +42,7 @@ use tracing::{debug, error, info, warn};
 use crate::link::{Close, Frame, Link};
 use crate::replica::{
     AeRespond, Chunk, CollectTombstones, MergeHandoff, ProbeTombstones, Replica, ReplicaRequest,
-    mailbox_error,
+    Stats, mailbox_error,
 };
 use crate::supervise::shielded;
 
@@ -146,6 +147,7 @@ pub struct BridgeSettings {
     pub connect_timeout: Duration,
     /// The cluster secret peers prove they hold (empty: no authentication).
     pub secret: String,
+    pub metrics: Metrics,
 }
 
 pub struct Bridge {
@@ -688,6 +690,14 @@ impl Bridge {
                 };
                 let (entries, last) = replica.send(request).await.map_err(mailbox_error)??;
                 Ok(Some(PeerMsg::Handoff(HandoffMsg::chunk(entries, last))))
+            }),
+            PeerMsg::Stats => reply.later(async move {
+                let stats = replica.send(Stats).await.map_err(mailbox_error)??;
+                Ok(Some(PeerMsg::Load(NodeLoad {
+                    keys: stats.keys,
+                    bytes: stats.bytes,
+                    hints: stats.hints,
+                })))
             }),
             PeerMsg::Ping => reply.send(PeerMsg::Pong),
             other => debug!(%from, ?other, "unexpected peer message dropped"),

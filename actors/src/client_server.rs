@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use actix::WeakAddr;
 use actix::io::{FramedWrite, WriteHandler};
@@ -27,6 +28,7 @@ use tracing::{debug, error, warn};
 
 use crate::codec::{Codec, CodecError};
 use crate::coordinator::{Coordinator, Execute};
+use crate::metrics::Metrics;
 use crate::supervise::shielded;
 
 type ServerCodec = Codec<ClientRequest, ClientResponse>;
@@ -41,6 +43,7 @@ pub struct ClientSettings {
     pub max_in_flight: usize,
     /// Token clients must present (empty: none).
     pub client_token: String,
+    pub metrics: Metrics,
 }
 
 pub struct ClientServer {
@@ -140,7 +143,8 @@ impl ClientServer {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, "TCP_NODELAY not set");
         }
-        self.open.fetch_add(1, Ordering::Relaxed);
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.settings.metrics.client_connections(open);
         let settings = self.settings.clone();
         let coordinator = self.coordinator.clone();
         let open = self.open.clone();
@@ -202,6 +206,19 @@ impl ClientConn {
     }
 
     /// Answers with an error and closes the connection once it is written.
+    /// Replies to request `id`, an operation `op` that arrived at
+    /// `started`, and counts it.
+    fn answer(&mut self, id: u64, op: &'static str, started: Instant, reply: ClientReply) {
+        let outcome = match &reply {
+            ClientReply::Error { kind, .. } => Some(*kind),
+            _ => None,
+        };
+        self.settings
+            .metrics
+            .request(op, outcome, started.elapsed());
+        self.reply(id, reply);
+    }
+
     fn refuse(&mut self, id: u64, error: &Error) {
         warn!(peer = %self.peer, error = %error, "closing client connection");
         self.reply(id, ClientReply::error(error));
@@ -257,7 +274,8 @@ impl Actor for ClientConn {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+        let open = self.open.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.settings.metrics.client_connections(open);
         for tx in self.on_close.drain(..) {
             let _ = tx.send(());
         }
@@ -276,14 +294,13 @@ impl StreamHandler<Result<ClientRequest, CodecError>> for ClientConn {
         if !self.greeted {
             return self.greet(id, op);
         }
+        let (name, started) = (op.name(), Instant::now());
         if self.draining {
-            return self.reply(
-                id,
-                ClientReply::error(&Error::Unavailable("the node is shutting down".into())),
-            );
+            let refused = Error::Unavailable("the node is shutting down".into());
+            return self.answer(id, name, started, ClientReply::error(&refused));
         }
         if self.in_flight >= self.settings.max_in_flight {
-            return self.reply(id, ClientReply::error(&Error::Overloaded));
+            return self.answer(id, name, started, ClientReply::error(&Error::Overloaded));
         }
         self.in_flight += 1;
         ctx.spawn(self.coordinator.send(Execute(op)).into_actor(self).map(
@@ -292,7 +309,7 @@ impl StreamHandler<Result<ClientRequest, CodecError>> for ClientConn {
                 let reply = answer.unwrap_or_else(|e| {
                     ClientReply::error(&Error::Unavailable(format!("coordinator unavailable: {e}")))
                 });
-                conn.reply(id, reply);
+                conn.answer(id, name, started, reply);
                 conn.close_when_drained();
             },
         ));

@@ -17,14 +17,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use actix::prelude::*;
 use dynakv::coordinator::{GetSession, PutSession, Replica as Target, Route};
 use dynakv::handoff::{PlanChange, preview};
+use dynakv::membership::MAX_MEMBERS;
 use dynakv::membership::View;
+use dynakv::peer::{NodeLoad, PeerMsg};
 use dynakv::ring::Partition;
 use dynakv::version::{Context as VersionContext, SiblingSet, Value};
-use dynakv::wire::{ClientOp, ClientReply, LocalCopy, MemberStatus, StatusReport};
+use dynakv::wire::{ClientOp, ClientReply, LocalCopy, MemberLoad, MemberStatus, StatusReport};
 use dynakv::{Error, NodeId, Result};
 use tokio::sync::oneshot;
 use tracing::info_span;
 
+use crate::bridge::{Bridge, Call};
 use crate::events::Events;
 use crate::membership::{Admin, Membership};
 use crate::replica::{PartitionUsage, ReadLocal, Replica, Stats, mailbox_error};
@@ -302,6 +305,8 @@ impl Coordinator {
                 liveness: t.health.get(&m.id).map_or("up", |h| h.as_str()).to_string(),
                 owned: count(&owned, &m.id),
                 replicated: count(&replicated, &m.id),
+                load: None,
+                hints_pending: 0,
             })
             .collect();
         let mut notes = Vec::new();
@@ -362,6 +367,8 @@ impl Handler<Execute> for Coordinator {
             let pending = act.execute(op);
             let local = Local {
                 replica: act.sessions.router.replica.clone(),
+                bridge: act.sessions.router.bridge.clone(),
+                ask_within: act.settings.request_timeout.min(STATUS_WAIT),
                 reporters: act.reporters.clone(),
                 membership: act.membership.clone(),
                 n: usize::from(act.settings.n),
@@ -381,6 +388,9 @@ impl Handler<Execute> for Coordinator {
 /// The local actors an operation may still need once its session is done.
 struct Local {
     replica: Addr<Replica>,
+    bridge: Addr<Bridge>,
+    /// How long `status` waits for each member's load.
+    ask_within: Duration,
     reporters: Vec<Recipient<Summary>>,
     membership: Addr<Membership>,
     n: usize,
@@ -390,6 +400,8 @@ struct Local {
 async fn finish(pending: Pending, local: Local) -> Result<ClientReply> {
     let Local {
         replica,
+        bridge,
+        ask_within,
         reporters,
         membership,
         n,
@@ -433,7 +445,13 @@ async fn finish(pending: Pending, local: Local) -> Result<ClientReply> {
         Pending::Status(mut report) => {
             let stats = replica.send(Stats).await.map_err(mailbox_error)??;
             report.keys = stats.keys;
-            report.hints = stats.hints;
+            report.hints = stats.hints.clone();
+            let mine = NodeLoad {
+                keys: stats.keys,
+                bytes: stats.bytes,
+                hints: stats.hints,
+            };
+            add_loads(&mut report, mine, &bridge, ask_within).await;
             for reporter in reporters {
                 report
                     .notes
@@ -462,6 +480,56 @@ async fn finish(pending: Pending, local: Local) -> Result<ClientReply> {
                 context: state.context().to_bytes(),
             }))
         }
+    }
+}
+
+/// Longest `status` waits for a member's load.
+const STATUS_WAIT: Duration = Duration::from_secs(2);
+
+/// Asks every other member that is not down for its load (at once, each
+/// within `within`) and fills in each member's load and the hints pending
+/// for it. Members that do not answer show no load.
+async fn add_loads(
+    report: &mut StatusReport,
+    mine: NodeLoad,
+    bridge: &Addr<Bridge>,
+    within: Duration,
+) {
+    let asked: Vec<NodeId> = report
+        .members
+        .iter()
+        .filter(|m| m.node != report.node && m.liveness != "down")
+        .filter(|m| matches!(m.state.as_str(), "joining" | "up" | "leaving"))
+        .map(|m| m.node.clone())
+        .collect();
+    let answers = futures_util::future::join_all(asked.iter().map(|to| {
+        bridge.send(Call {
+            to: to.clone(),
+            msg: PeerMsg::Stats,
+            timeout: within,
+        })
+    }))
+    .await;
+    let mut loads: HashMap<NodeId, NodeLoad> = asked
+        .into_iter()
+        .zip(answers)
+        .filter_map(|(node, answer)| match answer {
+            Ok(Ok(PeerMsg::Load(load))) if load.hints.len() <= MAX_MEMBERS => Some((node, load)),
+            _ => None,
+        })
+        .collect();
+    loads.insert(report.node.clone(), mine);
+    for m in &mut report.members {
+        m.load = loads.get(&m.node).map(|l| MemberLoad {
+            keys: l.keys,
+            bytes: l.bytes,
+        });
+        m.hints_pending = loads
+            .values()
+            .flat_map(|l| &l.hints)
+            .filter(|(owner, _)| *owner == m.node)
+            .map(|(_, count)| count)
+            .sum();
     }
 }
 

@@ -73,7 +73,7 @@ pub async fn run(nodes: u16, base_port: u16, data_dir: PathBuf) -> Result<()> {
             "--nodes must be between 1 and {MAX_DEV_NODES}"
         )));
     }
-    if u32::from(base_port) + 100 + u32::from(nodes) > u32::from(u16::MAX) || base_port == 0 {
+    if u32::from(base_port) + 200 + u32::from(nodes) > u32::from(u16::MAX) || base_port == 0 {
         return Err(Error::Config(format!(
             "--base-port {base_port} leaves no room for {nodes} nodes"
         )));
@@ -87,14 +87,23 @@ pub async fn run(nodes: u16, base_port: u16, data_dir: PathBuf) -> Result<()> {
         .collect();
     let mut handles = Vec::new();
     for i in 1..=addrs.len() {
-        let config = cluster_config(i, &addrs, &data_dir);
+        let mut config = cluster_config(i, &addrs, &data_dir);
+        config.metrics.addr = format!("127.0.0.1:{}", base_port + 199 + i as u16);
         let listeners = Listeners::bind(&config)?;
         handles.push(node::start(&config, listeners)?);
     }
     wait_formed(&handles, FORMATION_DEADLINE).await?;
     let n = handles.len().min(3);
     for h in &handles {
-        println!("{} ready: client {}", h.id, h.client_addr);
+        let metrics = h
+            .metrics_addr
+            .map(|a| format!(", metrics http://{a}/metrics"));
+        println!(
+            "{} ready: client {}{}",
+            h.id,
+            h.client_addr,
+            metrics.unwrap_or_default()
+        );
     }
     println!(
         "cluster ready: {} node(s), N={n}; try `dynakv put hello world` then `dynakv get hello` (Ctrl-C stops)",

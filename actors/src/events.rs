@@ -1,9 +1,12 @@
 //! The node's event stream: what tests (and operators' tools) wait on
 //! instead of sleeping. Every event names the node it happened on, so the
-//! streams of a whole cluster can be read together.
+//! streams of a whole cluster can be read together. Every event is also
+//! counted in the node's metrics.
 
 use dynakv::NodeId;
 use tokio::sync::broadcast;
+
+use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -58,21 +61,31 @@ pub enum Event {
 const CAPACITY: usize = 4096;
 
 #[derive(Clone)]
-pub struct Events(broadcast::Sender<Event>);
-
-impl Default for Events {
-    fn default() -> Self {
-        Events(broadcast::channel(CAPACITY).0)
-    }
+pub struct Events {
+    tx: broadcast::Sender<Event>,
+    metrics: Metrics,
 }
 
 impl Events {
+    pub fn new(metrics: Metrics) -> Events {
+        Events {
+            tx: broadcast::channel(CAPACITY).0,
+            metrics,
+        }
+    }
+
     pub fn emit(&self, event: Event) {
+        self.metrics.event(&event);
         // No subscriber is fine: events are for whoever listens.
-        let _ = self.0.send(event);
+        let _ = self.tx.send(event);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.0.subscribe()
+        self.tx.subscribe()
+    }
+
+    /// The node's metrics, for counts that are not events.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }

@@ -277,6 +277,7 @@ impl Handoff {
                 }
                 self.fetched.0 += keys;
                 self.fetched.1 += bytes;
+                self.events.metrics().handoff_chunk(keys, bytes);
                 let step = match (last, upto) {
                     (true, _) => Fetched::Done,
                     (false, Some(k)) => Fetched::Upto(k),

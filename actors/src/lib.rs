@@ -15,6 +15,7 @@ pub mod hints;
 pub mod link;
 pub mod logging;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod replica;
 pub mod ring;

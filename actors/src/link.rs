@@ -22,9 +22,12 @@ use tracing::{debug, warn};
 
 use crate::bridge::{Bridge, BridgeSettings, Inbound, LinkDown, LinkUp};
 use crate::codec::{Codec, CodecError};
+use crate::metrics::Metrics;
 
 /// Frames a link holds while it connects; more are dropped.
 const LINK_QUEUE: usize = 65_536;
+/// How long a connected peer has to finish the hello and proofs.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A frame to write on a link.
 #[derive(Message)]
@@ -47,6 +50,7 @@ pub struct Link {
     /// This side's hello, with the nonce fresh for this connection.
     hello: PeerHello,
     secret: String,
+    metrics: Metrics,
     max_frame: u32,
     connect_timeout: Duration,
     peer: Option<NodeId>,
@@ -69,6 +73,7 @@ impl Link {
             addr: Some(addr),
             hello,
             secret: settings.secret.clone(),
+            metrics: settings.metrics.clone(),
             max_frame: settings.max_frame,
             connect_timeout: settings.connect_timeout,
             peer: None,
@@ -91,6 +96,7 @@ impl Link {
             addr: None,
             hello,
             secret: settings.secret.clone(),
+            metrics: settings.metrics.clone(),
             max_frame: settings.max_frame,
             connect_timeout: settings.connect_timeout,
             peer: None,
@@ -132,6 +138,14 @@ impl Actor for Link {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(LINK_QUEUE);
+        // A peer that does not finish the handshake is not waited for.
+        ctx.run_later(self.connect_timeout + HANDSHAKE_TIMEOUT, |link, ctx| {
+            if !link.ready {
+                warn!(peer = ?link.peer, addr = ?link.addr, "peer did not finish the handshake in time; closing");
+                link.metrics.peer_refused();
+                ctx.stop();
+            }
+        });
         let Some(addr) = self.addr.clone() else {
             return;
         };
@@ -210,6 +224,7 @@ impl StreamHandler<std::result::Result<PeerFrame, CodecError>> for Link {
             (PeerFrame::Hello(h), false, false) if self.peer.is_none() => {
                 if h.cluster != cluster {
                     warn!(peer = %h.node, cluster = %h.cluster, "refusing a peer of another cluster");
+                    self.metrics.peer_refused();
                     return ctx.stop();
                 }
                 let proof = auth::prove(
@@ -243,6 +258,7 @@ impl StreamHandler<std::result::Result<PeerFrame, CodecError>> for Link {
                     &proof,
                 ) {
                     warn!(%peer, "refusing a peer that does not hold the cluster secret");
+                    self.metrics.peer_refused();
                     return ctx.stop();
                 }
                 self.ready = true;
@@ -253,22 +269,12 @@ impl StreamHandler<std::result::Result<PeerFrame, CodecError>> for Link {
                     outbound: false,
                 });
             }
-            // Outbound: the peer's welcome and proof; send ours, then go.
+            // Outbound: the peer's welcome and proof. Ours goes first, so a
+            // peer with another secret learns why it is refused and logs it.
             (PeerFrame::Welcome { hello: h, proof }, false, true) => {
                 if h.cluster != cluster {
                     warn!(peer = %h.node, cluster = %h.cluster, "peer belongs to another cluster");
-                    return ctx.stop();
-                }
-                if !auth::verify(
-                    secret.as_bytes(),
-                    Role::Acceptor,
-                    &cluster,
-                    &h.node,
-                    &self.hello.nonce,
-                    &h.nonce,
-                    &proof,
-                ) {
-                    warn!(peer = %h.node, addr = ?self.addr, "peer does not hold the cluster secret; closing");
+                    self.metrics.peer_refused();
                     return ctx.stop();
                 }
                 let mine = auth::prove(
@@ -280,6 +286,24 @@ impl StreamHandler<std::result::Result<PeerFrame, CodecError>> for Link {
                     &self.hello.nonce,
                 );
                 self.write(PeerFrame::Proof(mine));
+                if !auth::verify(
+                    secret.as_bytes(),
+                    Role::Acceptor,
+                    &cluster,
+                    &h.node,
+                    &self.hello.nonce,
+                    &h.nonce,
+                    &proof,
+                ) {
+                    warn!(peer = %h.node, addr = ?self.addr, "peer does not hold the cluster secret; closing");
+                    self.metrics.peer_refused();
+                    // Close once our proof is out (the peer logs its own
+                    // refusal); the writer's `finished` stops the link.
+                    if let Some(w) = &mut self.writer {
+                        w.close();
+                    }
+                    return;
+                }
                 self.peer = Some(h.node.clone());
                 self.ready = true;
                 for frame in std::mem::take(&mut self.queue) {

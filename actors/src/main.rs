@@ -60,7 +60,7 @@ enum Command {
     Dev {
         #[arg(long, default_value_t = 3)]
         nodes: u16,
-        /// Client ports are P, P+1, ...; peer ports P+100, P+101, ...
+        /// Client ports are P, P+1, ...; peer ports P+100, ...; metrics P+200, ...
         #[arg(long, default_value_t = 7001)]
         base_port: u16,
         #[arg(long, default_value = "data/dev")]
@@ -425,6 +425,22 @@ fn print_local(local: &LocalCopy, as_json: bool) {
     }
 }
 
+/// Bytes as B, KiB, MiB, GiB or TiB with one decimal.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 fn print_status(s: &StatusReport, as_json: bool) -> Result<()> {
     if as_json {
         let text = serde_json::to_string(s).map_err(|e| Error::Internal(e.to_string()))?;
@@ -432,12 +448,22 @@ fn print_status(s: &StatusReport, as_json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "node {}  cluster {}  partitions {}  N={}  keys here {}",
-        s.node, s.cluster, s.partitions, s.n, s.keys
+        "cluster {}  (asked {}, {} partitions, N={})",
+        s.cluster, s.node, s.partitions, s.n
     );
     println!(
-        "{:<16} {:<9} {:<8} {:>6} {:>7} {:>8}  {:<21} {:<21}",
-        "member", "state", "liveness", "weight", "owned", "replicas", "peer", "client"
+        "{:<16} {:<8} {:<8} {:>10} {:>10} {:>6} {:>8} {:>8} {:>6}  {:<21} {:<21}",
+        "member",
+        "state",
+        "liveness",
+        "load",
+        "keys",
+        "owns",
+        "replicas",
+        "hints",
+        "weight",
+        "peer",
+        "client"
     );
     let total: u32 = s.members.iter().map(|m| m.owned).sum();
     for m in &s.members {
@@ -446,20 +472,27 @@ fn print_status(s: &StatusReport, as_json: bool) -> Result<()> {
         } else {
             100.0 * f64::from(m.owned) / f64::from(total)
         };
+        let (load, keys) = match m.load {
+            Some(l) => (human_bytes(l.bytes), l.keys.to_string()),
+            None => ("?".into(), "?".into()),
+        };
         println!(
-            "{:<16} {:<9} {:<8} {:>6} {:>6.1}% {:>8}  {:<21} {:<21}",
+            "{:<16} {:<8} {:<8} {:>10} {:>10} {:>5.1}% {:>8} {:>8} {:>6}  {:<21} {:<21}",
             m.node.as_str(),
             m.state,
             m.liveness,
-            m.weight,
+            load,
+            keys,
             share,
             m.replicated,
+            m.hints_pending,
+            m.weight,
             m.peer_addr,
             m.client_addr
         );
     }
-    for (target, count) in &s.hints {
-        println!("hints for {target}: {count}");
+    if s.members.iter().any(|m| m.load.is_none()) {
+        println!("(? = the member did not answer; hints count only members that did)");
     }
     for note in &s.notes {
         println!("note: {note}");

@@ -29,16 +29,19 @@ use crate::events::Events;
 use crate::handoff::{Handoff, HandoffSettings};
 use crate::hints::{Hints, HintsSettings};
 use crate::membership::{Clock, Membership, Wiring as MembershipWiring};
+use crate::metrics::{Metrics, MetricsServer};
 use crate::replica::{Flush, Replica, ReplicaSettings};
 use crate::ring::{Ring, Subscribe};
 use crate::session::Router;
 use crate::storage::Storage;
 
-/// The node's two listening sockets, bound before the actors start (so a
-/// test can bind port 0 and learn the port first).
+/// The node's listening sockets, bound before the actors start (so a test
+/// can bind port 0 and learn the port first).
 pub struct Listeners {
     pub client: std::net::TcpListener,
     pub peer: std::net::TcpListener,
+    /// The metrics endpoint, when one is configured.
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -47,9 +50,14 @@ impl Listeners {
             std::net::TcpListener::bind(addr)
                 .map_err(|e| Error::Unavailable(format!("cannot listen on {what} {addr}: {e}")))
         };
+        let metrics = match config.metrics.addr.as_str() {
+            "" => None,
+            addr => Some(bind("metrics address", addr)?),
+        };
         Ok(Listeners {
             client: bind("client address", &config.node.client_addr)?,
             peer: bind("peer address", &config.node.peer_addr)?,
+            metrics,
         })
     }
 }
@@ -70,6 +78,8 @@ pub struct NodeHandle {
     pub handoff: Addr<Handoff>,
     pub client_server: Addr<ClientServer>,
     pub events: Events,
+    /// Where the metrics endpoint listens, if it does.
+    pub metrics_addr: Option<SocketAddr>,
     /// The thread every actor of this node runs on (taken by `stop`).
     arbiter: Arc<Mutex<Option<Arbiter>>>,
     /// How long `stop` lets requests in flight finish.
@@ -97,12 +107,14 @@ pub(crate) fn tokio_listener(l: std::net::TcpListener) -> Result<tokio::net::Tcp
 pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
     config.validate()?;
     let me = config.node_id();
-    let events = Events::default();
+    let metrics = Metrics::new();
+    let events = Events::new(metrics.clone());
     let local = |l: &std::net::TcpListener| {
         l.local_addr()
             .map_err(|e| Error::Unavailable(e.to_string()))
     };
     let (client_addr, peer_addr) = (local(&listeners.client)?, local(&listeners.peer)?);
+    let metrics_addr = listeners.metrics.as_ref().map(local).transpose()?;
 
     // Every actor of this node runs on the node's own arbiter (thread):
     // stopping it stops them all.
@@ -137,6 +149,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             max_frame: config.limits.max_frame_bytes,
             connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
             secret: config.security.cluster_secret.clone(),
+            metrics: metrics.clone(),
         },
         listeners.peer,
         replica.clone(),
@@ -276,16 +289,23 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             max_connections: config.limits.max_connections as usize,
             max_in_flight: config.limits.max_in_flight_per_connection as usize,
             client_token: config.security.client_token.clone(),
+            metrics: metrics.clone(),
         },
         listeners.client,
         coordinator.clone(),
     );
     let client_server = Supervisor::start_in_arbiter(&on, move |_| client_server);
 
+    if let Some(listener) = listeners.metrics {
+        let server = MetricsServer::new(metrics, replica.clone(), listener);
+        let server = Supervisor::start_in_arbiter(&on, move |_| server);
+        ring.do_send(Subscribe(server.recipient()));
+    }
+
     if config.security.cluster_secret.is_empty() {
         warn!("security.cluster_secret is empty: peers are not authenticated");
     }
-    info!(node = %me, %client_addr, %peer_addr, "node started");
+    info!(node = %me, %client_addr, %peer_addr, metrics = ?metrics_addr, "node started");
     Ok(NodeHandle {
         id: me,
         client_addr,
@@ -300,6 +320,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
         handoff,
         client_server,
         events,
+        metrics_addr,
         arbiter: Arc::new(Mutex::new(Some(arbiter))),
         drain_within: Duration::from_millis(config.timeouts.request_ms) + Duration::from_secs(1),
     })

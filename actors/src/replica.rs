@@ -46,6 +46,10 @@ pub struct Stats;
 #[derive(Debug, Clone, Default, PartialEq, Eq, MessageResponse)]
 pub struct ReplicaStats {
     pub keys: u64,
+    /// Bytes of keys and values stored.
+    pub bytes: u64,
+    /// Bytes of table files on disk.
+    pub disk_bytes: u64,
     /// Hints held, per owner.
     pub hints: Vec<(NodeId, u64)>,
     /// Writes applied since start.

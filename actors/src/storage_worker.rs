@@ -307,9 +307,12 @@ impl Handler<Stats> for StorageWorker {
 
     fn handle(&mut self, _: Stats, _: &mut SyncContext<Self>) -> Self::Result {
         let counters = self.counters.clone();
+        let disk_bytes = self.storage.disk_bytes();
         self.with_core(|core| {
             Ok(ReplicaStats {
                 keys: core.key_count(),
+                bytes: core.usage().values().map(|u| u.bytes).sum(),
+                disk_bytes,
                 hints: core
                     .hints_pending()
                     .iter()

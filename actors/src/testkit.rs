@@ -64,6 +64,7 @@ impl Cluster {
         let mut nodes = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
             let mut config = cluster_config(i + 1, &addrs, dir.path());
+            config.metrics.addr = metrics_addr(&l)?;
             quick(&mut config);
             tweak(&mut config);
             nodes.push(Some(node::start(&config, l)?));
@@ -90,6 +91,7 @@ impl Cluster {
         config.node.peer_addr = peer.to_string();
         config.node.data_dir = self.dir.path().join(format!("node{}", i + 1));
         config.node.weight = 1;
+        config.metrics.addr = metrics_addr(&listeners)?;
         config.cluster.seeds = self
             .configs
             .iter()
@@ -194,13 +196,36 @@ impl Cluster {
         self.dir.path()
     }
 
-    /// A client connected to node `i`.
+    /// A client connected to node `i` (with the client token, if the node
+    /// requires one).
     pub async fn client(&self, i: usize) -> Result<Client> {
-        Client::connect(
-            &self.configs[i].node.client_addr,
-            &self.configs[i].cluster.name,
-        )
-        .await
+        let c = &self.configs[i];
+        let token = Some(c.security.client_token.clone()).filter(|t| !t.is_empty());
+        Client::connect_with_token(&c.node.client_addr, &c.cluster.name, token).await
+    }
+
+    /// Node `i`'s metrics, as its HTTP endpoint serves them.
+    pub async fn scrape(&self, i: usize) -> Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let failed = |e: std::io::Error| Error::Unavailable(format!("scrape failed: {e}"));
+        let mut s = tokio::net::TcpStream::connect(&self.configs[i].metrics.addr)
+            .await
+            .map_err(failed)?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+            .await
+            .map_err(failed)?;
+        let mut response = String::new();
+        s.read_to_string(&mut response).await.map_err(failed)?;
+        match response.split_once("\r\n\r\n") {
+            Some((head, body))
+                if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
+            {
+                Ok(body.to_string())
+            }
+            _ => Err(Error::Unavailable(format!(
+                "bad scrape response: {response:.200}"
+            ))),
+        }
     }
 
     /// Cuts every node in `away` off from every other node (both ways).
@@ -256,7 +281,17 @@ impl Cluster {
     }
 }
 
-/// Two listeners (client, peer) on free loopback ports.
+/// The address of a test node's metrics listener.
+fn metrics_addr(l: &Listeners) -> Result<String> {
+    let addr = l.metrics.as_ref().map(|m| m.local_addr());
+    match addr {
+        Some(Ok(a)) => Ok(a.to_string()),
+        _ => Err(Error::Unavailable("no metrics listener".into())),
+    }
+}
+
+/// Listeners (client, peer, metrics) on free loopback ports; the client and
+/// peer addresses.
 fn bind_pair() -> Result<(Listeners, (SocketAddr, SocketAddr))> {
     let bind = || {
         std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Unavailable(e.to_string()))
@@ -267,7 +302,26 @@ fn bind_pair() -> Result<(Listeners, (SocketAddr, SocketAddr))> {
             .map_err(|e| Error::Unavailable(e.to_string()))
     };
     let addrs = (local(&client)?, local(&peer)?);
-    Ok((Listeners { client, peer }, addrs))
+    let metrics = Some(bind()?);
+    Ok((
+        Listeners {
+            client,
+            peer,
+            metrics,
+        },
+        addrs,
+    ))
+}
+
+/// The value of one series (name and labels exactly as rendered, e.g.
+/// `dynakv_requests_total{op="put",outcome="ok"}`) in a scrape; 0 when
+/// absent (counters and gauges start there).
+pub fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Retries `attempt` until it succeeds or `deadline` passes; the error then

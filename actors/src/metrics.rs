@@ -1,0 +1,468 @@
+//! Metrics: what a node counts, and the endpoint that serves it.
+//!
+//! `Metrics` is a cheap handle to the node's registry of counters, gauges
+//! and histograms (prometheus-client); the actors that see something happen
+//! count it. Most counts come from the node's event stream (`Events` counts
+//! every event it carries); requests are counted by the client connections,
+//! refused peers by the links, handoff bytes by the handoff actor.
+//!
+//! `MetricsServer` serves `GET /metrics` in the OpenMetrics text format
+//! (which Prometheus scrapes) from an HTTP listener (tiny_http, on its own
+//! thread). Gauges that describe state (storage size, hints pending, member
+//! liveness) are refreshed when scraped or when the topology changes.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use dynakv::ErrorKind;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use tracing::{debug, warn};
+
+use crate::events::Event;
+use crate::replica::{Replica, ReplicaStats, Stats};
+use crate::ring::RingChanged;
+use crate::supervise::shielded;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    op: &'static str,
+    /// "ok", or the error kind.
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabels {
+    member: String,
+}
+
+/// Request latency buckets: 100 µs to ~3.3 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+struct Inner {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<OpLabels, Histogram, fn() -> Histogram>,
+    quorum_failures: Family<OpLabels, Counter>,
+    read_repairs: Counter,
+    hints_pending: Family<MemberLabels, Gauge>,
+    hints_delivered: Counter,
+    ae_exchanges: Counter,
+    ae_keys_repaired: Counter,
+    ae_bytes: Counter,
+    tombstones_collected: Counter,
+    handoff_keys: Counter,
+    handoff_bytes: Counter,
+    partitions_fetched: Counter,
+    partitions_released: Counter,
+    member_up: Family<MemberLabels, Gauge>,
+    storage_keys: Gauge,
+    storage_bytes: Gauge,
+    storage_disk_bytes: Gauge,
+    client_connections: Gauge,
+    peers_refused: Counter,
+}
+
+/// The node's metrics; clones share them.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut inner = Inner {
+            registry: Registry::with_prefix("dynakv"),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            quorum_failures: Family::default(),
+            read_repairs: Counter::default(),
+            hints_pending: Family::default(),
+            hints_delivered: Counter::default(),
+            ae_exchanges: Counter::default(),
+            ae_keys_repaired: Counter::default(),
+            ae_bytes: Counter::default(),
+            tombstones_collected: Counter::default(),
+            handoff_keys: Counter::default(),
+            handoff_bytes: Counter::default(),
+            partitions_fetched: Counter::default(),
+            partitions_released: Counter::default(),
+            member_up: Family::default(),
+            storage_keys: Gauge::default(),
+            storage_bytes: Gauge::default(),
+            storage_disk_bytes: Gauge::default(),
+            client_connections: Gauge::default(),
+            peers_refused: Counter::default(),
+        };
+        let r = &mut inner.registry;
+        r.register(
+            "requests",
+            "Client requests answered, by operation and outcome (ok or the error kind)",
+            inner.requests.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Time from a client request's arrival to its answer, by operation",
+            Unit::Seconds,
+            inner.latency.clone(),
+        );
+        r.register(
+            "quorum_failures",
+            "Requests that failed because fewer than R or W replicas answered",
+            inner.quorum_failures.clone(),
+        );
+        r.register(
+            "read_repairs",
+            "Gets that wrote the merged result back to stale replicas",
+            inner.read_repairs.clone(),
+        );
+        r.register(
+            "hints_pending",
+            "Hinted writes this node holds, per owner they are for",
+            inner.hints_pending.clone(),
+        );
+        r.register(
+            "hints_delivered_keys",
+            "Hinted keys handed back to their owners",
+            inner.hints_delivered.clone(),
+        );
+        r.register(
+            "anti_entropy_exchanges",
+            "Anti-entropy exchanges of a partition with a co-replica completed",
+            inner.ae_exchanges.clone(),
+        );
+        r.register(
+            "anti_entropy_keys_repaired",
+            "Keys sent or received by anti-entropy because replicas differed",
+            inner.ae_keys_repaired.clone(),
+        );
+        r.register_with_unit(
+            "anti_entropy",
+            "Bytes exchanged by anti-entropy",
+            Unit::Bytes,
+            inner.ae_bytes.clone(),
+        );
+        r.register(
+            "tombstones_collected",
+            "Tombstones removed once every replica held them",
+            inner.tombstones_collected.clone(),
+        );
+        r.register(
+            "handoff_received_keys",
+            "Keys received by handoff (partitions moving to this node)",
+            inner.handoff_keys.clone(),
+        );
+        r.register_with_unit(
+            "handoff_received",
+            "Bytes received by handoff (keys and values)",
+            Unit::Bytes,
+            inner.handoff_bytes.clone(),
+        );
+        r.register(
+            "handoff_partitions_fetched",
+            "Partitions fetched completely by handoff",
+            inner.partitions_fetched.clone(),
+        );
+        r.register(
+            "handoff_partitions_released",
+            "Partitions handed off and dropped by this node",
+            inner.partitions_released.clone(),
+        );
+        r.register(
+            "member_up",
+            "1 when this node sees the member up, 0 when suspect or down",
+            inner.member_up.clone(),
+        );
+        r.register(
+            "storage_keys",
+            "Keys stored on this node",
+            inner.storage_keys.clone(),
+        );
+        r.register_with_unit(
+            "storage_data",
+            "Bytes of keys and values stored on this node",
+            Unit::Bytes,
+            inner.storage_bytes.clone(),
+        );
+        r.register_with_unit(
+            "storage_disk",
+            "Bytes of table files on disk (data and hints)",
+            Unit::Bytes,
+            inner.storage_disk_bytes.clone(),
+        );
+        r.register(
+            "client_connections",
+            "Client connections open",
+            inner.client_connections.clone(),
+        );
+        r.register(
+            "peer_connections_refused",
+            "Peer connections refused (wrong cluster or no proof of the cluster secret)",
+            inner.peers_refused.clone(),
+        );
+        Metrics(Arc::new(inner))
+    }
+
+    /// A client request answered after `elapsed`: `Ok` or its error kind.
+    pub fn request(&self, op: &'static str, outcome: Option<ErrorKind>, elapsed: Duration) {
+        let m = &self.0;
+        let labels = RequestLabels {
+            op,
+            outcome: outcome.map_or("ok", ErrorKind::as_str),
+        };
+        m.requests.get_or_create(&labels).inc();
+        m.latency
+            .get_or_create(&OpLabels { op })
+            .observe(elapsed.as_secs_f64());
+        if outcome == Some(ErrorKind::Quorum) {
+            m.quorum_failures.get_or_create(&OpLabels { op }).inc();
+        }
+    }
+
+    /// Counts what an event says happened.
+    pub fn event(&self, event: &Event) {
+        let m = &self.0;
+        match event {
+            Event::ReadRepair { .. } => {
+                m.read_repairs.inc();
+            }
+            Event::Exchanged {
+                pulled,
+                pushed,
+                bytes,
+                ..
+            } => {
+                m.ae_exchanges.inc();
+                m.ae_keys_repaired.inc_by((pulled + pushed) as u64);
+                m.ae_bytes.inc_by(*bytes as u64);
+            }
+            Event::TombstonesCollected { keys, .. } => {
+                m.tombstones_collected.inc_by(*keys as u64);
+            }
+            Event::PartitionFetched { .. } => {
+                m.partitions_fetched.inc();
+            }
+            Event::PartitionReleased { .. } => {
+                m.partitions_released.inc();
+            }
+            Event::HintsDelivered { keys, .. } => {
+                m.hints_delivered.inc_by(*keys as u64);
+            }
+            Event::ViewChanged { .. } | Event::Left { .. } => {}
+        }
+    }
+
+    /// A chunk of a partition received by handoff.
+    pub fn handoff_chunk(&self, keys: u64, bytes: u64) {
+        self.0.handoff_keys.inc_by(keys);
+        self.0.handoff_bytes.inc_by(bytes);
+    }
+
+    /// A peer connection refused.
+    pub fn peer_refused(&self) {
+        self.0.peers_refused.inc();
+    }
+
+    /// Client connections now open.
+    pub fn client_connections(&self, open: usize) {
+        self.0.client_connections.set(open as i64);
+    }
+
+    /// The storage figures and hints of a replica's stats.
+    fn replica(&self, stats: &ReplicaStats) {
+        let m = &self.0;
+        m.storage_keys.set(gauge(stats.keys));
+        m.storage_bytes.set(gauge(stats.bytes));
+        m.storage_disk_bytes.set(gauge(stats.disk_bytes));
+        m.hints_pending.clear();
+        for (owner, count) in &stats.hints {
+            m.hints_pending
+                .get_or_create(&MemberLabels {
+                    member: owner.to_string(),
+                })
+                .set(gauge(*count));
+        }
+    }
+
+    /// Liveness of every live member as this node sees it.
+    fn members(&self, topology: &crate::ring::Topology) {
+        let m = &self.0;
+        m.member_up.clear();
+        for member in topology.view.members.values() {
+            if !member.status.is_live() {
+                continue;
+            }
+            let up = topology.is_up(&member.id);
+            m.member_up
+                .get_or_create(&MemberLabels {
+                    member: member.id.to_string(),
+                })
+                .set(i64::from(up));
+        }
+    }
+
+    /// Everything, in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if let Err(e) = encode(&mut text, &self.0.registry) {
+            // Writing to a String cannot fail; say so if it ever does.
+            warn!(error = %e, "metrics could not be encoded");
+        }
+        text
+    }
+}
+
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The content type of `Metrics::render`.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One HTTP request, handed from the listener thread.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Scrape(tiny_http::Request);
+
+/// Serves the metrics over HTTP; keeps the liveness gauges current.
+pub struct MetricsServer {
+    metrics: Metrics,
+    replica: Addr<Replica>,
+    /// Taken by the first start; the server keeps running across restarts.
+    listener: Option<std::net::TcpListener>,
+    server: Option<Arc<tiny_http::Server>>,
+}
+
+impl MetricsServer {
+    pub fn new(metrics: Metrics, replica: Addr<Replica>, listener: std::net::TcpListener) -> Self {
+        MetricsServer {
+            metrics,
+            replica,
+            listener: Some(listener),
+            server: None,
+        }
+    }
+}
+
+const NAME: &str = "metrics";
+
+impl Actor for MetricsServer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(listener) = self.listener.take() else {
+            return;
+        };
+        let server = match tiny_http::Server::from_listener(listener, None) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                warn!(error = %e, "metrics endpoint could not start");
+                return;
+            }
+        };
+        let me = ctx.address();
+        let accepting = server.clone();
+        let spawned = std::thread::Builder::new()
+            .name("dynakv-metrics".into())
+            .spawn(move || {
+                // Ends when the server is unblocked (the actor stopped) or
+                // the actor is gone.
+                while let Ok(request) = accepting.recv() {
+                    if me.try_send(Scrape(request)).is_err() {
+                        break;
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => self.server = Some(server),
+            Err(e) => warn!(error = %e, "metrics endpoint thread could not start"),
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(server) = self.server.take() {
+            server.unblock();
+        }
+    }
+}
+
+/// The metrics and the server are shared handles a panic cannot corrupt.
+impl Supervised for MetricsServer {}
+
+impl Handler<RingChanged> for MetricsServer {
+    type Result = ();
+
+    fn handle(&mut self, RingChanged(t): RingChanged, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| act.metrics.members(&t))
+    }
+}
+
+impl Handler<Scrape> for MetricsServer {
+    type Result = ();
+
+    fn handle(&mut self, Scrape(request): Scrape, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, ctx| {
+            let path = request.url().split('?').next().unwrap_or_default();
+            if request.method() != &tiny_http::Method::Get || path != "/metrics" {
+                let missing = tiny_http::Response::from_string("not found: try GET /metrics\n")
+                    .with_status_code(404);
+                return respond(request, missing);
+            }
+            // Refresh the storage gauges first; serve the rest regardless.
+            let stats = act.replica.send(Stats).into_actor(act);
+            ctx.spawn(stats.map(move |stats, act, ctx| {
+                shielded(NAME, act, ctx, |act, _| {
+                    match stats {
+                        Ok(Ok(stats)) => act.metrics.replica(&stats),
+                        Ok(Err(e)) => debug!(error = %e, "storage stats unavailable for metrics"),
+                        Err(e) => debug!(error = %e, "replica unavailable for metrics"),
+                    }
+                    let header = tiny_http::Header::from_bytes(
+                        &b"Content-Type"[..],
+                        CONTENT_TYPE.as_bytes(),
+                    )
+                    .expect("a valid header");
+                    let body = tiny_http::Response::from_string(act.metrics.render());
+                    respond(request, body.with_header(header));
+                })
+            }));
+        })
+    }
+}
+
+/// Sends an HTTP response off the arbiter (a slow scraper may block it).
+fn respond<R: std::io::Read + Send + 'static>(
+    request: tiny_http::Request,
+    response: tiny_http::Response<R>,
+) {
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = request.respond(response) {
+            debug!(error = %e, "metrics response not sent");
+        }
+    });
+}

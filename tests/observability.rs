@@ -1,0 +1,192 @@
+//! What an operator sees: the metrics endpoint and `status`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use dynakv::{Error, ErrorKind};
+use dynakv_actors::testkit::{Cluster, eventually, metric};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until node `i`'s scrape shows `series` at `value`.
+async fn wait_metric(cluster: &Cluster, i: usize, series: &str, value: f64) {
+    eventually(WAIT, series, || async {
+        match metric(&cluster.scrape(i).await?, series) {
+            v if v == value => Ok(()),
+            v => Err(Error::Unavailable(format!("{series} = {v}"))),
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[actix_rt::test]
+async fn metrics_count_requests_failures_repairs_liveness_and_storage() {
+    // Nothing repairs behind the test's back: only reads do.
+    let cluster = Cluster::start_with(3, |c| {
+        c.hints.deliver = false;
+        c.anti_entropy.enabled = false;
+    })
+    .await
+    .unwrap();
+    let client = cluster.client(0).await.unwrap();
+    for i in 0..20u32 {
+        let key = format!("k{i}");
+        client.put(key.as_bytes(), b"v", &[], None).await.unwrap();
+        client.get(key.as_bytes(), None).await.unwrap();
+    }
+    let missing = client.get(&[], None).await.unwrap_err();
+    assert_eq!(missing.kind(), ErrorKind::InvalidRequest);
+
+    let text = cluster.scrape(0).await.unwrap();
+    assert_eq!(
+        metric(&text, r#"dynakv_requests_total{op="put",outcome="ok"}"#),
+        20.0
+    );
+    assert_eq!(
+        metric(&text, r#"dynakv_requests_total{op="get",outcome="ok"}"#),
+        20.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"dynakv_requests_total{op="get",outcome="invalid_request"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, r#"dynakv_request_duration_seconds_count{op="put"}"#),
+        20.0
+    );
+    assert!(metric(&text, r#"dynakv_request_duration_seconds_sum{op="put"}"#) > 0.0);
+    assert_eq!(
+        metric(
+            &text,
+            r#"dynakv_request_duration_seconds_bucket{le="+Inf",op="get"}"#
+        ),
+        21.0
+    );
+    // Every node holds every key (N = 3), and the gauge is read at scrape.
+    for i in 0..3 {
+        let text = cluster.scrape(i).await.unwrap();
+        assert_eq!(metric(&text, "dynakv_storage_keys"), 20.0, "node {i}");
+        assert!(metric(&text, "dynakv_storage_data_bytes") > 0.0);
+        assert_eq!(
+            metric(&text, "dynakv_client_connections"),
+            f64::from(i == 0)
+        );
+    }
+
+    // node3 cut off: node1 sees it down, and up again after the heal.
+    let up = r#"dynakv_member_up{member="node3"}"#;
+    wait_metric(&cluster, 0, up, 1.0).await;
+    cluster.partition(&[2]);
+    client.put(b"stale", b"new", &[], Some(2)).await.unwrap();
+    wait_metric(&cluster, 0, up, 0.0).await;
+    cluster.heal();
+    wait_metric(&cluster, 0, up, 1.0).await;
+
+    // node3 missed "stale": a read of all three repairs it.
+    eventually(WAIT, "a read of all three replicas", || async {
+        client.get(b"stale", Some(3)).await
+    })
+    .await
+    .unwrap();
+    wait_metric(&cluster, 0, "dynakv_read_repairs_total", 1.0).await;
+
+    // node1 alone cannot reach W = 2.
+    cluster.partition(&[0]);
+    let failed = client.put(b"alone", b"v", &[], Some(2)).await.unwrap_err();
+    assert_eq!(failed.kind(), ErrorKind::Quorum, "{failed}");
+    let text = cluster.scrape(0).await.unwrap();
+    assert_eq!(
+        metric(&text, r#"dynakv_quorum_failures_total{op="put"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, r#"dynakv_requests_total{op="put",outcome="quorum"}"#),
+        1.0
+    );
+    cluster.heal();
+    cluster.stop().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn status_shows_each_members_load_ownership_and_the_hints_waiting_for_it() {
+    let cluster = Cluster::start_with(4, |c| c.hints.deliver = false)
+        .await
+        .unwrap();
+    let client = cluster.client(0).await.unwrap();
+    let report = client.status().await.unwrap();
+    assert_eq!(report.members.len(), 4);
+    let owned: u32 = report.members.iter().map(|m| m.owned).sum();
+    assert_eq!(owned, report.partitions, "every partition has one owner");
+    for m in &report.members {
+        assert_eq!(m.state, "up");
+        assert!(m.owned > 0 && m.load.is_some(), "{m:?}");
+    }
+
+    // node4 away: writes it owns wait as hints on the others.
+    cluster.partition(&[3]);
+    eventually(WAIT, "node1 to see node4 down", || async {
+        let report = client.status().await?;
+        match report.members.iter().find(|m| m.node == cluster.id(3)) {
+            Some(m) if m.liveness == "down" => Ok(()),
+            m => Err(Error::Unavailable(format!("{m:?}"))),
+        }
+    })
+    .await
+    .unwrap();
+    for i in 0..100u32 {
+        client
+            .put(format!("k{i}").as_bytes(), b"v", &[], None)
+            .await
+            .unwrap();
+    }
+    // Stand-ins place hinted copies after answering the client.
+    let report = eventually(WAIT, "the hints to be counted", || async {
+        let report = client.status().await?;
+        let stored: u64 = report
+            .members
+            .iter()
+            .filter_map(|m| m.load.map(|l| l.keys))
+            .sum();
+        // 100 keys, 3 copies each, on the three members that answer
+        if stored == 300 {
+            Ok(report)
+        } else {
+            Err(Error::Unavailable(format!("{stored} copies")))
+        }
+    })
+    .await
+    .unwrap();
+    let away = report
+        .members
+        .iter()
+        .find(|m| m.node == cluster.id(3))
+        .unwrap();
+    assert_eq!(away.load, None, "node4 cannot answer");
+    let ring = cluster
+        .node(0)
+        .membership
+        .send(dynakv_actors::membership::CurrentView)
+        .await
+        .unwrap()
+        .ring()
+        .unwrap();
+    let for_away = (0..100u32)
+        .filter(|i| {
+            let key = format!("k{i}");
+            let pl = ring.preference_list(ring.partition_of(key.as_bytes()), 3);
+            pl.contains(&&cluster.id(3))
+        })
+        .count() as u64;
+    assert!(for_away > 0);
+    assert_eq!(away.hints_pending, for_away);
+    for m in report.members.iter().filter(|m| m.node != cluster.id(3)) {
+        assert_eq!(m.hints_pending, 0);
+    }
+    cluster.heal();
+    cluster.stop().await.unwrap();
+}
