@@ -721,6 +721,27 @@ mod tests {
             let e = a.on_gossip(&from, push(view), 0);
             assert!(e.is_err(), "{what} was accepted");
         }
+        // more members or heartbeats than any cluster may have
+        let mut crowd = before.clone();
+        for i in 0..=MAX_MEMBERS {
+            let id = NodeId::new(format!("m{i}")).unwrap();
+            let member = Member {
+                id: id.clone(),
+                peer_addr: format!("10.1.{}.{}:7100", i / 250, i % 250),
+                client_addr: format!("10.1.{}.{}:7000", i / 250, i % 250),
+                ..stranger("", "")
+            };
+            crowd.members.insert(id, member);
+        }
+        assert!(a.on_gossip(&from, push(crowd), 0).is_err(), "a crowd");
+        let heartbeats = (0..=MAX_MEMBERS)
+            .map(|i| (NodeId::new(format!("m{i}")).unwrap(), 1))
+            .collect();
+        let noisy = GossipMsg::Push {
+            view: before.clone(),
+            heartbeats,
+        };
+        assert!(a.on_gossip(&from, noisy, 0).is_err(), "too many heartbeats");
         assert_eq!(a.view(), &before);
         // a well-formed newcomer is accepted
         let mut fine = before.clone();

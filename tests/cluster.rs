@@ -416,3 +416,26 @@ async fn fsync_always_acknowledges_after_a_shared_fsync() {
     );
     cluster.stop().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn siblings_beyond_the_limit_are_refused_until_a_write_resolves_them() {
+    let cluster = Cluster::start_with(3, |c| c.limits.max_siblings = 3)
+        .await
+        .unwrap();
+    let c = cluster.client(0).await.unwrap();
+    for i in 0..3u8 {
+        c.put(b"k", &[i], &[], None).await.unwrap();
+    }
+    let e = c.put(b"k", b"one too many", &[], None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidRequest, "{e}");
+    assert!(e.to_string().contains("siblings"), "{e}");
+    let read = c.get(b"k", None).await.unwrap();
+    assert_eq!(read.values.len(), 3);
+    // a write with the read's context supersedes all three
+    c.put(b"k", b"resolved", &read.context, None).await.unwrap();
+    assert_eq!(
+        c.get(b"k", None).await.unwrap().values,
+        vec![b"resolved".to_vec()]
+    );
+    cluster.stop().await.unwrap();
+}
