@@ -20,6 +20,16 @@ use crate::ring::validate_partition_count;
 /// The annotated defaults, the first configuration layer.
 pub const DEFAULT_TOML: &str = include_str!("../conf/default.toml");
 
+/// Keys whose values are free text: taken from the environment verbatim.
+const TEXT_KEYS: [&str; 6] = [
+    "node.id",
+    "node.data_dir",
+    "cluster.name",
+    "security.cluster_secret",
+    "security.client_token",
+    "log.level",
+];
+
 /// Largest replication factor accepted: beyond this a write fans out to more
 /// nodes than any Dynamo deployment uses, and quorum arithmetic gains nothing.
 pub const MAX_N: u8 = 16;
@@ -348,8 +358,18 @@ impl Config {
         file: Option<&Path>,
         env: Option<HashMap<String, String>>,
     ) -> Result<Config> {
+        let mut vars: HashMap<String, String> = env.unwrap_or_else(|| std::env::vars().collect());
         let mut builder =
             config::Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        // Free text is taken as it is: parsing would turn "0123" into 123.
+        for key in TEXT_KEYS {
+            let var = format!("DYNAKV__{}", key.replace('.', "__").to_uppercase());
+            if let Some(value) = vars.remove(&var) {
+                builder = builder
+                    .set_override(key, value)
+                    .map_err(|e| Error::Config(e.to_string()))?;
+            }
+        }
         if let Some(path) = file {
             if !path.is_file() {
                 return Err(Error::Config(format!(
@@ -365,7 +385,7 @@ impl Config {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("cluster.seeds")
-            .source(env);
+            .source(Some(vars));
         let config: Config = builder
             .add_source(environment)
             .build()
@@ -546,6 +566,37 @@ mod tests {
     fn default_toml_matches_the_defaults_in_code() {
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
         assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn the_example_configurations_load() {
+        let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+        let mut files = vec![conf.join("dynakv.toml")];
+        for i in 1..=3 {
+            files.push(conf.join(format!("local/node{i}.toml")));
+        }
+        for file in files {
+            let c = Config::load_with_env(Some(&file), env(&[])).unwrap();
+            assert!(c.node.id.starts_with("node"), "{}", file.display());
+        }
+        // the environment conf/docker-compose.yml gives node2
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("DYNAKV__CLUSTER__NAME", "compose"),
+                ("DYNAKV__CLUSTER__SEEDS", "node1:7101,node2:7101,node3:7101"),
+                ("DYNAKV__NODE__DATA_DIR", "/var/lib/dynakv"),
+                ("DYNAKV__METRICS__ADDR", "0.0.0.0:9101"),
+                ("DYNAKV__SECURITY__CLUSTER_SECRET", "0123456789"),
+                ("DYNAKV__NODE__ID", "node2"),
+                ("DYNAKV__NODE__CLIENT_ADDR", "node2:7001"),
+                ("DYNAKV__NODE__PEER_ADDR", "node2:7101"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.cluster.seeds.len(), 3);
+        assert_eq!(c.security.cluster_secret, "0123456789", "kept as text");
+        assert_eq!(c.metrics.addr, "0.0.0.0:9101");
     }
 
     #[test]

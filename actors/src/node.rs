@@ -305,7 +305,8 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
     if config.security.cluster_secret.is_empty() {
         warn!("security.cluster_secret is empty: peers are not authenticated");
     }
-    info!(node = %me, %client_addr, %peer_addr, metrics = ?metrics_addr, "node started");
+    let metrics = metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+    info!(node = %me, %client_addr, %peer_addr, %metrics, "node started");
     Ok(NodeHandle {
         id: me,
         client_addr,
