@@ -204,3 +204,26 @@ async fn clients_must_present_the_configured_token() {
     assert_eq!(read.values, vec![b"v".to_vec()]);
     cluster.stop().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn a_peer_that_stalls_in_the_handshake_is_closed() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let config = cluster.config(0);
+    let mut s = TcpStream::connect(&config.node.peer_addr).await.unwrap();
+    let hello = PeerFrame::Hello(PeerHello {
+        cluster: config.cluster.name.clone(),
+        node: NodeId::new("slowpoke").unwrap(),
+        nonce: [1u8; NONCE_LEN],
+    });
+    s.write_all(&FrameCodec::default().to_frame(&hello).unwrap())
+        .await
+        .unwrap();
+    // Welcomed, then never proves itself: the node closes the connection.
+    let mut buf = Vec::new();
+    let welcome = read_frame(&mut s, &mut buf).await;
+    assert!(matches!(welcome, Some(PeerFrame::Welcome { .. })));
+    assert_eq!(read_frame(&mut s, &mut buf).await, None);
+    let refused = metric(&cluster.scrape(0).await.unwrap(), REFUSED);
+    assert_eq!(refused, 1.0);
+    cluster.stop().await.unwrap();
+}
