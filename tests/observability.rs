@@ -67,10 +67,11 @@ async fn metrics_count_requests_failures_repairs_liveness_and_storage() {
         ),
         21.0
     );
-    // Every node holds every key (N = 3), and the gauge is read at scrape.
+    // Every node holds every key (N = 3; the third copy may land after the
+    // answer), and the gauge is read at scrape.
     for i in 0..3 {
+        wait_metric(&cluster, i, "dynakv_storage_keys", 20.0).await;
         let text = cluster.scrape(i).await.unwrap();
-        assert_eq!(metric(&text, "dynakv_storage_keys"), 20.0, "node {i}");
         assert!(metric(&text, "dynakv_storage_data_bytes") > 0.0);
         assert_eq!(
             metric(&text, "dynakv_client_connections"),
@@ -117,6 +118,8 @@ async fn status_shows_each_members_load_ownership_and_the_hints_waiting_for_it()
     let cluster = Cluster::start_with(4, |c| c.hints.deliver = false)
         .await
         .unwrap();
+    // Formed is not yet settled: members are up once gossip says so.
+    cluster.settled(WAIT).await.unwrap();
     let client = cluster.client(0).await.unwrap();
     let report = client.status().await.unwrap();
     assert_eq!(report.members.len(), 4);

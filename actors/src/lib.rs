@@ -3,6 +3,7 @@
 //! `dynakv` binary. `node::start` shows how the actors fit together.
 
 pub mod anti_entropy;
+pub mod bench;
 pub mod bridge;
 pub mod client;
 pub mod client_server;

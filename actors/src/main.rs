@@ -1,5 +1,6 @@
 //! `dynakv`: run a node, run a whole local cluster, or talk to one.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,8 +13,13 @@ use dynakv::wire::{LocalCopy, StatusReport};
 use dynakv::{Error, NodeId, Result};
 use dynakv_actors::client::Client;
 use dynakv_actors::events::Event;
-use dynakv_actors::{dev, logging, node};
+use dynakv_actors::{bench, dev, logging, node};
 use serde_json::json;
+
+// glibc malloc's arena locking and consolidation showed up at the top of the
+// server's profile under load; mimalloc keeps per-thread free lists.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -113,6 +119,43 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Load a cluster and report throughput and latency percentiles.
+    Bench {
+        /// Client addresses of the nodes to spread clients over (comma-separated).
+        #[arg(long, default_value = "127.0.0.1:7001", value_delimiter = ',')]
+        node: Vec<String>,
+        /// Cluster name the nodes must have (empty: any).
+        #[arg(long, default_value = "")]
+        cluster: String,
+        /// Concurrent clients, each with its own connection.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// How long to run, e.g. 20s, 1m30s.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Keys are bench-0 .. bench-(K-1).
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        /// Operation weights, e.g. get=50,put=50 (get, put, delete).
+        #[arg(long, default_value = "get=50,put=50")]
+        mix: dynakv_actors::bench::Mix,
+        #[arg(long)]
+        r: Option<u8>,
+        #[arg(long)]
+        w: Option<u8>,
+        /// Write every key once before the timed run.
+        #[arg(long)]
+        preload: bool,
+        /// Read-your-writes check: clients read their own keys and count
+        /// reads that miss their last acknowledged write.
+        #[arg(long)]
+        check: bool,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Change the cluster's membership.
     Cluster {
         #[command(subcommand)]
@@ -177,6 +220,38 @@ fn main() -> ExitCode {
             logging::init("info", LogFormat::Text);
             actix::System::new().block_on(dev::run(nodes, base_port, data_dir))
         }
+        Command::Bench {
+            node,
+            cluster,
+            clients,
+            duration,
+            value_size,
+            keys,
+            mix,
+            r,
+            w,
+            preload,
+            check,
+            json,
+        } => {
+            logging::init("warn", LogFormat::Text);
+            let spec = bench::Spec {
+                nodes: node,
+                cluster,
+                token: cli.token,
+                clients,
+                duration,
+                value_size,
+                keys,
+                mix,
+                r,
+                w,
+                preload,
+                check,
+                progress: !json && std::io::stderr().is_terminal(),
+            };
+            actix::System::new().block_on(run_bench(spec, json))
+        }
         command => {
             logging::init("warn", LogFormat::Text);
             actix::System::new().block_on(client_command(command, cli.token))
@@ -219,6 +294,16 @@ fn serve(path: Option<PathBuf>, log_format: Option<String>) -> Result<()> {
     })
 }
 
+async fn run_bench(spec: bench::Spec, as_json: bool) -> Result<()> {
+    let report = bench::run(spec).await?;
+    if as_json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
+}
+
 fn context_arg(text: &str) -> Result<Vec<u8>> {
     B64.decode(text.trim())
         .map_err(|e| Error::InvalidContext(format!("--context is not base64url: {e}")))
@@ -256,7 +341,9 @@ async fn client_command(command: Command, token: Option<String>) -> Result<()> {
         Command::Inspect { key, json, target } => (target, Op::Inspect(key, json)),
         Command::Status { json, target } => (target, Op::Status(json)),
         Command::Cluster { command } => return cluster(command, token).await,
-        Command::Serve { .. } | Command::Dev { .. } => unreachable!("handled in main"),
+        Command::Serve { .. } | Command::Dev { .. } | Command::Bench { .. } => {
+            unreachable!("handled in main")
+        }
     };
     let client = Client::connect_with_token(&target.node, &target.cluster, token).await?;
     match run {

@@ -5,7 +5,10 @@
 //! forwards each request to the storage worker (`crate::storage_worker`)
 //! and, with `fsync = "always"`, answers a write only after the syncer has
 //! made it durable; with `"periodic"` it asks for a sync every
-//! `fsync_interval_ms`.
+//! `fsync_interval_ms`. Reads and writes that arrive together go to the
+//! worker as one batch, answered with one wake-up of this thread: under
+//! load, handing each request to the worker thread cost more than applying
+//! it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +21,7 @@ use dynakv::ring::Partition;
 use dynakv::tombstones::Holding;
 use dynakv::version::{Actor as Writer, SiblingSet};
 use dynakv::{Error, NodeId, Result};
+use tokio::sync::oneshot;
 use tracing::{error, info};
 
 use crate::storage::Storage;
@@ -25,7 +29,9 @@ pub use crate::storage_worker::{
     AeBegin, AeContinue, AeRespond, Chunk, CollectTombstones, DropPartition, FindTombstones,
     HandedOff, HeldPartitions, PanicInCore, PartitionUsage, ProbeTombstones, TakeHints,
 };
-use crate::storage_worker::{Apply, Barrier, Counters, MergeAll, StorageWorker, SyncNow, Syncer};
+use crate::storage_worker::{
+    ApplyBatch, Barrier, Counters, MergeAll, StorageWorker, SyncNow, Syncer,
+};
 use crate::supervise::shielded;
 
 /// A request to this node's replica; answered with the reply message.
@@ -88,7 +94,12 @@ pub struct Replica {
     syncer: Addr<Syncer>,
     fsync: Fsync,
     fsync_interval: Duration,
+    /// Requests waiting to go to the worker together.
+    batch: Vec<(ReplicaMsg, oneshot::Sender<Result<ReplicaMsg>>)>,
 }
+
+/// Most requests sent to the worker in one batch.
+const MAX_BATCH: usize = 256;
 
 impl Replica {
     /// Starts the replica concern over `storage`: opens the core replica
@@ -135,6 +146,7 @@ impl Replica {
             syncer,
             fsync: settings.fsync,
             fsync_interval: settings.fsync_interval,
+            batch: Vec::new(),
         };
         Ok(Supervisor::start_in_arbiter(on, move |_| front))
     }
@@ -143,6 +155,60 @@ impl Replica {
     fn barrier(&self) -> Option<Addr<Syncer>> {
         (self.fsync == Fsync::Always).then(|| self.syncer.clone())
     }
+
+    /// Queues a request for the next batch; the batch leaves once the
+    /// messages already in the mailbox are queued too (or it is full).
+    fn enqueue(
+        &mut self,
+        msg: ReplicaMsg,
+        ctx: &mut Context<Self>,
+    ) -> oneshot::Receiver<Result<ReplicaMsg>> {
+        let (tx, rx) = oneshot::channel();
+        self.batch.push((msg, tx));
+        if self.batch.len() >= MAX_BATCH {
+            self.send_batch();
+        } else if self.batch.len() == 1 {
+            // Spawned futures run after the mailbox is drained.
+            ctx.spawn(fut::ready(()).map(|_, act: &mut Self, _| act.send_batch()));
+        }
+        rx
+    }
+
+    fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let (msgs, waiters): (Vec<_>, Vec<_>) = std::mem::take(&mut self.batch).into_iter().unzip();
+        let (applied, syncer) = (self.worker.send(ApplyBatch(msgs)), self.barrier());
+        actix::spawn(async move {
+            let replies = match applied.await {
+                Ok((replies, wrote)) => {
+                    let durable = match (syncer, wrote) {
+                        (Some(syncer), Some(seq)) => syncer
+                            .send(Barrier(seq))
+                            .await
+                            .map_err(mailbox_error)
+                            .and_then(|synced| synced),
+                        _ => Ok(()),
+                    };
+                    match durable {
+                        Ok(()) => replies,
+                        Err(e) => replies.into_iter().map(|_| Err(e.clone())).collect(),
+                    }
+                }
+                Err(e) => waiters.iter().map(|_| Err(mailbox_error(e))).collect(),
+            };
+            for (waiter, reply) in waiters.into_iter().zip(replies) {
+                let _ = waiter.send(reply);
+            }
+        });
+    }
+}
+
+/// The answer to a batched request.
+async fn batched(rx: oneshot::Receiver<Result<ReplicaMsg>>) -> Result<ReplicaMsg> {
+    rx.await
+        .map_err(|_| Error::Unavailable("the replica dropped the request".into()))?
 }
 
 const NAME: &str = "replica";
@@ -152,6 +218,8 @@ impl Actor for Replica {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4096);
+        // After a restart: a batch whose send was pending goes now.
+        self.send_batch();
         if self.fsync == Fsync::Periodic {
             ctx.run_interval(self.fsync_interval, |act, _| act.syncer.do_send(SyncNow));
         }
@@ -169,15 +237,8 @@ impl Handler<ReplicaRequest> for Replica {
         ReplicaRequest(msg): ReplicaRequest,
         ctx: &mut Context<Self>,
     ) -> Self::Result {
-        shielded(NAME, self, ctx, |act, _| -> Self::Result {
-            let (worker, syncer) = (act.worker.clone(), act.barrier());
-            Box::pin(async move {
-                let (reply, seq) = worker.send(Apply(msg)).await.map_err(mailbox_error)??;
-                if let (Some(syncer), Some(seq)) = (syncer, seq) {
-                    syncer.send(Barrier(seq)).await.map_err(mailbox_error)??;
-                }
-                Ok(reply)
-            })
+        shielded(NAME, self, ctx, |act, ctx| -> Self::Result {
+            Box::pin(batched(act.enqueue(msg, ctx)))
         })
     }
 }
@@ -210,12 +271,12 @@ impl Handler<ReadLocal> for Replica {
     type Result = ResponseFuture<Result<SiblingSet>>;
 
     fn handle(&mut self, ReadLocal(key): ReadLocal, ctx: &mut Context<Self>) -> Self::Result {
-        shielded(NAME, self, ctx, |act, _| -> Self::Result {
-            let read = act.worker.send(Apply(ReplicaMsg::Read { key }));
+        shielded(NAME, self, ctx, |act, ctx| -> Self::Result {
+            let read = batched(act.enqueue(ReplicaMsg::Read { key }, ctx));
             Box::pin(async move {
-                match read.await.map_err(mailbox_error)?? {
-                    (ReplicaMsg::State { state }, _) => Ok(state),
-                    (other, _) => Err(Error::Internal(format!("read answered with {other:?}"))),
+                match read.await? {
+                    ReplicaMsg::State { state } => Ok(state),
+                    other => Err(Error::Internal(format!("read answered with {other:?}"))),
                 }
             })
         })

@@ -5,15 +5,56 @@
 //! `insert` only reaches the OS; durability comes from `persist`, which the
 //! replica's syncer calls per group of writes (`fsync = "always"`) or on a
 //! timer (`"periodic"`), and always at shutdown.
+//!
+//! Between `begin` and `commit`, writes to the stores are held back and
+//! committed as one fjall batch: one journal write instead of one per
+//! insert (the storage worker applies a batch of requests that way). Reads
+//! in between see the held writes; a scan commits them first.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use dynakv::replica::Store;
 use dynakv::{Error, Result};
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{
+    Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch as WriteBatch, PersistMode,
+};
 
 fn storage_error(e: impl std::fmt::Display) -> Error {
     Error::Storage(e.to_string())
+}
+
+/// Writes held back since `begin`.
+struct Pending {
+    batch: WriteBatch,
+    /// What they left, per (store, key) (None: removed).
+    overlay: HashMap<(Slot, Vec<u8>), Option<Vec<u8>>>,
+}
+
+/// Which keyspace a store writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Slot {
+    Data,
+    Hints,
+    Meta,
+}
+
+type Shared = Arc<Mutex<Option<Pending>>>;
+
+fn lock(pending: &Shared) -> Result<std::sync::MutexGuard<'_, Option<Pending>>> {
+    pending
+        .lock()
+        .map_err(|_| Error::Storage("pending writes poisoned".into()))
+}
+
+/// Commits what is held back, if anything.
+fn commit_pending(pending: &Shared) -> Result<()> {
+    let held = lock(pending)?.take();
+    match held {
+        Some(p) if !p.batch.is_empty() => p.batch.commit().map_err(storage_error),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Clone)]
@@ -22,6 +63,7 @@ pub struct Storage {
     data: Keyspace,
     hints: Keyspace,
     meta: Keyspace,
+    pending: Shared,
 }
 
 impl Storage {
@@ -41,19 +83,43 @@ impl Storage {
             hints: keyspace("hints")?,
             meta: keyspace("meta")?,
             db,
+            pending: Shared::default(),
         })
     }
 
+    fn store(&self, keyspace: &Keyspace, slot: Slot) -> FjallStore {
+        FjallStore {
+            keyspace: keyspace.clone(),
+            slot,
+            pending: self.pending.clone(),
+        }
+    }
+
     pub fn data(&self) -> FjallStore {
-        FjallStore(self.data.clone())
+        self.store(&self.data, Slot::Data)
     }
 
     pub fn hints(&self) -> FjallStore {
-        FjallStore(self.hints.clone())
+        self.store(&self.hints, Slot::Hints)
     }
 
     pub fn meta(&self) -> FjallStore {
-        FjallStore(self.meta.clone())
+        self.store(&self.meta, Slot::Meta)
+    }
+
+    /// Holds writes back until `commit` (committing any still held).
+    pub fn begin(&self) -> Result<()> {
+        commit_pending(&self.pending)?;
+        *lock(&self.pending)? = Some(Pending {
+            batch: self.db.batch(),
+            overlay: HashMap::new(),
+        });
+        Ok(())
+    }
+
+    /// Writes what was held back since `begin`, as one batch.
+    pub fn commit(&self) -> Result<()> {
+        commit_pending(&self.pending)
     }
 
     /// Makes everything written so far durable (fsync).
@@ -69,19 +135,55 @@ impl Storage {
 
 /// One fjall keyspace as the core's `Store`.
 #[derive(Clone)]
-pub struct FjallStore(Keyspace);
+pub struct FjallStore {
+    keyspace: Keyspace,
+    slot: Slot,
+    pending: Shared,
+}
+
+impl FjallStore {
+    /// Holds the write back if a batch is open; returns whether it did.
+    fn hold(&self, key: &[u8], value: Option<&[u8]>) -> Result<bool> {
+        let mut pending = lock(&self.pending)?;
+        let Some(p) = pending.as_mut() else {
+            return Ok(false);
+        };
+        match value {
+            Some(v) => p.batch.insert(&self.keyspace, key, v),
+            None => p.batch.remove(&self.keyspace, key),
+        }
+        p.overlay
+            .insert((self.slot, key.to_vec()), value.map(<[u8]>::to_vec));
+        Ok(true)
+    }
+}
 
 impl Store for FjallStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.0.get(key).map_err(storage_error)?.map(|v| v.to_vec()))
+        if let Some(p) = lock(&self.pending)?.as_ref()
+            && let Some(held) = p.overlay.get(&(self.slot, key.to_vec()))
+        {
+            return Ok(held.clone());
+        }
+        Ok(self
+            .keyspace
+            .get(key)
+            .map_err(storage_error)?
+            .map(|v| v.to_vec()))
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.0.insert(key, value).map_err(storage_error)
+        if self.hold(key, Some(value))? {
+            return Ok(());
+        }
+        self.keyspace.insert(key, value).map_err(storage_error)
     }
 
     fn remove(&mut self, key: &[u8]) -> Result<()> {
-        self.0.remove(key).map_err(storage_error)
+        if self.hold(key, None)? {
+            return Ok(());
+        }
+        self.keyspace.remove(key).map_err(storage_error)
     }
 
     fn scan(
@@ -90,11 +192,12 @@ impl Store for FjallStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        commit_pending(&self.pending)?;
         let iter = match after {
             Some(a) => self
-                .0
+                .keyspace
                 .range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-            None => self.0.prefix(prefix),
+            None => self.keyspace.prefix(prefix),
         };
         let mut out = Vec::new();
         for guard in iter {

@@ -35,11 +35,11 @@ pub(crate) struct Counters {
     syncs: AtomicU64,
 }
 
-/// Applies one replica message; returns the reply and, for writes, the write
-/// sequence number to wait on for durability.
+/// Applies replica messages in order; returns each one's reply and, if any
+/// wrote, the sequence number of the last write to wait on for durability.
 #[derive(Message)]
-#[rtype(result = "Result<(ReplicaMsg, Option<u64>)>")]
-pub(crate) struct Apply(pub ReplicaMsg);
+#[rtype(result = "(Vec<Result<ReplicaMsg>>, Option<u64>)")]
+pub(crate) struct ApplyBatch(pub Vec<ReplicaMsg>);
 
 /// Merges entries handed over by another node; returns the write's
 /// sequence number.
@@ -197,7 +197,12 @@ impl StorageWorker {
 
     /// Counts a write; returns its sequence number for the durability barrier.
     fn wrote(&self) -> u64 {
-        self.counters.written.fetch_add(1, Ordering::SeqCst) + 1
+        self.wrote_n(1)
+    }
+
+    /// Counts `n` writes; returns the last one's sequence number.
+    fn wrote_n(&self, n: u64) -> u64 {
+        self.counters.written.fetch_add(n, Ordering::SeqCst) + n
     }
 }
 
@@ -205,12 +210,10 @@ impl Actor for StorageWorker {
     type Context = SyncContext<Self>;
 }
 
-impl Handler<Apply> for StorageWorker {
-    type Result = Result<(ReplicaMsg, Option<u64>)>;
-
-    fn handle(&mut self, Apply(msg): Apply, _: &mut SyncContext<Self>) -> Self::Result {
-        let writes = !matches!(msg, ReplicaMsg::Read { .. });
-        let reply = self.with_core(|core| match msg {
+impl StorageWorker {
+    /// Applies one replica message.
+    fn apply(&mut self, msg: ReplicaMsg) -> Result<ReplicaMsg> {
+        self.with_core(|core| match msg {
             ReplicaMsg::Read { key } => Ok(ReplicaMsg::State {
                 state: core.read(&key)?,
             }),
@@ -238,8 +241,36 @@ impl Handler<Apply> for StorageWorker {
                 );
                 Err(Error::InvalidRequest("not a replica request".into()))
             }
-        })?;
-        Ok((reply, writes.then(|| self.wrote())))
+        })
+    }
+}
+
+impl Handler<ApplyBatch> for StorageWorker {
+    type Result = MessageResult<ApplyBatch>;
+
+    fn handle(&mut self, ApplyBatch(msgs): ApplyBatch, _: &mut SyncContext<Self>) -> Self::Result {
+        if let Err(e) = self.storage.begin() {
+            return MessageResult((msgs.iter().map(|_| Err(e.clone())).collect(), None));
+        }
+        let mut writes = 0;
+        let replies: Vec<Result<ReplicaMsg>> = msgs
+            .into_iter()
+            .map(|msg| {
+                let write = !matches!(msg, ReplicaMsg::Read { .. });
+                let reply = self.apply(msg);
+                writes += u64::from(write && reply.is_ok());
+                reply
+            })
+            .collect();
+        if let Err(e) = self.storage.commit() {
+            // The trees already count writes that never reached storage.
+            error!(error = %e, "a batch of writes failed; reopening the replica from storage");
+            self.reopen();
+            return MessageResult((replies.iter().map(|_| Err(e.clone())).collect(), None));
+        }
+        // Counted once committed: a sync that reads the count covers them.
+        let wrote = (writes > 0).then(|| self.wrote_n(writes));
+        MessageResult((replies, wrote))
     }
 }
 

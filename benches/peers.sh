@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# dynakv side by side with etcd and Redis, on this machine, in one run.
+#
+#   bash benches/peers.sh            (as root it installs what it lacks)
+#
+# One after another, on 127.0.0.1, with the same client count, value size,
+# key count and duration (override with CLIENTS, VALUE_SIZE, KEYS,
+# DURATION seconds):
+#   - dynakv: 3 `serve` processes (N=3, R=2, W=2), fsync "periodic" and
+#     "always"; load from `dynakv bench` (puts after a preload, then gets);
+#   - etcd: a 3-member cluster (Debian's etcd-server); load from
+#     benches/etcd-load, a small Rust client over etcd's gRPC API
+#     (linearizable gets);
+#   - Redis: one unreplicated server (Debian's redis-server), appendonly
+#     with appendfsync everysec and always; load from redis-benchmark.
+# Prints one table with dynakv's ratio to each peer. A peer that cannot be
+# installed is skipped with a message. Every server started here is stopped
+# at the end.
+set -euo pipefail
+
+CLIENTS=${CLIENTS:-50}
+VALUE_SIZE=${VALUE_SIZE:-100}
+KEYS=${KEYS:-100000}
+DURATION=${DURATION:-20}
+REDIS_REQUESTS=${REDIS_REQUESTS:-2000000}
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d /tmp/dynakv-peers.XXXXXX)
+RESULTS="$WORK/results"
+PIDS=()
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+say() { echo "== $*" >&2; }
+
+# Installs Debian packages when missing and allowed; returns 1 if it cannot.
+need() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        say "cannot install ${missing[*]} (not root)"
+        return 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
+        { apt-get update -qq >/dev/null 2>&1 &&
+          DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; } ||
+        { say "cannot install ${missing[*]}"; return 1; }
+}
+
+# Waits until "$@" succeeds (30 s at most).
+wait_for() {
+    for _ in $(seq 1 150); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    say "timed out waiting for: $*"
+    return 1
+}
+
+stop_all() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+}
+
+# record SYSTEM MODE PUT_JSON GET_JSON: one result line from two JSON reports.
+record() {
+    python3 - "$1" "$2" "$3" "$4" >>"$RESULTS" <<'PY'
+import json, sys
+system, mode, put, get = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+p, g = put["ops"]["put"], get["ops"]["get"]
+print(json.dumps({"system": system, "mode": mode,
+                  "put": p["ops_per_sec"], "get": g["ops_per_sec"],
+                  "p99_put_ms": p["latency_us"]["p99"] / 1000, "p99_get_ms": g["latency_us"]["p99"] / 1000,
+                  "errors": p.get("errors", 0) + g.get("errors", 0)}))
+PY
+}
+
+DYNAKV="$ROOT/target/release/dynakv"
+NODES=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+
+run_dynakv() {
+    local mode=$1
+    say "dynakv, 3 nodes, fsync=$mode"
+    for i in 1 2 3; do
+        DYNAKV__NODE__DATA_DIR="$WORK/dynakv-$mode/node$i" DYNAKV__STORAGE__FSYNC="$mode" \
+            DYNAKV__LOG__LEVEL=warn \
+            "$DYNAKV" serve -c "$ROOT/conf/local/node$i.toml" 2>"$WORK/dynakv-$mode-$i.log" &
+        PIDS+=($!)
+    done
+    wait_for "$DYNAKV" put peers-ready yes --node 127.0.0.1:7001
+    local common=(--node "$NODES" --clients "$CLIENTS" --duration "${DURATION}s"
+                  --value-size "$VALUE_SIZE" --keys "$KEYS" --json)
+    local put get
+    put=$("$DYNAKV" bench "${common[@]}" --mix put=100 --preload)
+    get=$("$DYNAKV" bench "${common[@]}" --mix get=100)
+    record dynakv "fsync=$mode" "$put" "$get"
+    stop_all
+}
+
+run_etcd() {
+    need etcd-server protobuf-compiler || { say "skipping etcd"; return 0; }
+    say "building benches/etcd-load"
+    cargo build -q --release --manifest-path "$ROOT/benches/etcd-load/Cargo.toml" \
+        --target-dir "$ROOT/target/etcd-load"
+    say "etcd, 3 members"
+    local cluster=e1=http://127.0.0.1:2380,e2=http://127.0.0.1:2480,e3=http://127.0.0.1:2580
+    local endpoints=127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579
+    for i in 1 2 3; do
+        local client=$((2279 + 100 * i)) peer=$((2280 + 100 * i))
+        etcd --name "e$i" --data-dir "$WORK/etcd$i" \
+            --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
+            --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+            --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token peers-bench \
+            --log-level error 2>"$WORK/etcd$i.log" &
+        PIDS+=($!)
+    done
+    wait_for env ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health
+    local load="$ROOT/target/etcd-load/release/etcd-load"
+    local common=(--endpoints "$endpoints" --clients "$CLIENTS" --duration "$DURATION"
+                  --value-size "$VALUE_SIZE" --keys "$KEYS")
+    local put get
+    put=$("$load" "${common[@]}" --op put --preload)
+    get=$("$load" "${common[@]}" --op get)
+    record etcd "3 members" "$put" "$get"
+    stop_all
+}
+
+run_redis() {
+    local mode=$1
+    need redis-server redis-tools || { say "skipping redis"; return 0; }
+    say "redis, one server, appendfsync $mode"
+    mkdir -p "$WORK/redis-$mode"
+    redis-server --port 6390 --bind 127.0.0.1 --save "" --appendonly yes \
+        --appendfsync "$mode" --dir "$WORK/redis-$mode" --daemonize no \
+        >"$WORK/redis-$mode.log" 2>&1 &
+    PIDS+=($!)
+    wait_for redis-cli -p 6390 ping
+    local csv
+    csv=$(redis-benchmark -h 127.0.0.1 -p 6390 -c "$CLIENTS" -n "$REDIS_REQUESTS" \
+        -d "$VALUE_SIZE" -r "$KEYS" -t set,get --csv 2>/dev/null)
+    python3 - "$mode" "$csv" >>"$RESULTS" <<'PY'
+import csv, io, json, sys
+mode, text = sys.argv[1], sys.argv[2]
+rows = {r["test"]: r for r in csv.DictReader(io.StringIO(text))}
+s, g = rows["SET"], rows["GET"]
+print(json.dumps({"system": "redis", "mode": f"appendfsync {mode}",
+                  "put": float(s["rps"]), "get": float(g["rps"]),
+                  "p99_put_ms": float(s["p99_latency_ms"]), "p99_get_ms": float(g["p99_latency_ms"]),
+                  "errors": 0}))
+PY
+    stop_all
+}
+
+need python3 || { say "python3 is needed to read the results"; exit 1; }
+say "building dynakv"
+cargo build -q --release -p dynakv-actors --manifest-path "$ROOT/Cargo.toml"
+: >"$RESULTS"
+run_dynakv periodic
+run_dynakv always
+run_etcd
+run_redis everysec
+run_redis always
+
+python3 - "$RESULTS" "$CLIENTS" "$VALUE_SIZE" "$KEYS" "$DURATION" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+clients, size, keys, duration = sys.argv[2:6]
+print(f"\n{clients} clients, {size}-byte values, {keys} keys, {duration} s per run, loopback\n")
+print(f"{'system':<8} {'mode':<22} {'put ops/s':>10} {'get ops/s':>10} {'p99 put':>9} {'p99 get':>9}")
+for r in rows:
+    print(f"{r['system']:<8} {r['mode']:<22} {r['put']:>10.0f} {r['get']:>10.0f} "
+          f"{r['p99_put_ms']:>7.2f}ms {r['p99_get_ms']:>7.2f}ms"
+          + (f"  ({r['errors']} errors)" if r["errors"] else ""))
+mine = {r["mode"]: r for r in rows if r["system"] == "dynakv"}
+periodic = mine.get("fsync=periodic")
+always = mine.get("fsync=always")
+print("\ndynakv's ratio to each peer (puts, gets):")
+for r in rows:
+    if r["system"] == "dynakv":
+        continue
+    line = f"  vs {r['system']} {r['mode']}:"
+    if periodic:
+        line += f" fsync=periodic {periodic['put'] / r['put']:.2f}x puts, {periodic['get'] / r['get']:.2f}x gets"
+    if always:
+        line += f"; fsync=always {always['put'] / r['put']:.2f}x puts"
+    print(line)
+PY

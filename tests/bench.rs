@@ -1,0 +1,104 @@
+//! `dynakv bench` against an in-process cluster: it runs the mix, checks
+//! read-your-writes, and reports what it did.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use dynakv_actors::bench::{self, Spec};
+use dynakv_actors::testkit::Cluster;
+
+#[actix_rt::test]
+async fn a_short_mixed_run_with_checks_finds_no_stale_reads() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let nodes = (0..3)
+        .map(|i| cluster.config(i).node.client_addr.clone())
+        .collect();
+    let spec = Spec {
+        nodes,
+        cluster: cluster.config(0).cluster.name.clone(),
+        token: None,
+        clients: 6,
+        duration: Duration::from_millis(700),
+        value_size: 64,
+        keys: 60,
+        mix: "get=50,put=40,delete=10".parse().unwrap(),
+        r: None,
+        w: None,
+        preload: true,
+        check: true,
+        progress: false,
+    };
+    let report = bench::run(spec).await.unwrap();
+    assert_eq!(report.preload.map(|(keys, _)| keys), Some(60));
+    assert!(report.tally.errors.is_empty(), "{:?}", report.tally.errors);
+    assert!(report.tally.checked > 0);
+    assert_eq!(report.tally.stale, 0, "R + W > N reads every own write");
+
+    let json = report.to_json();
+    for op in ["get", "put", "delete"] {
+        assert!(json["ops"][op]["ok"].as_u64().unwrap() > 0, "{op}: {json}");
+        let p50 = json["ops"][op]["latency_us"]["p50"].as_u64().unwrap();
+        let p99 = json["ops"][op]["latency_us"]["p99"].as_u64().unwrap();
+        assert!(0 < p50 && p50 <= p99, "{op}: {json}");
+    }
+    assert_eq!(json["check"]["stale"], 0);
+    let text = report.to_text();
+    assert!(text.contains("read-your-writes"), "{text}");
+
+    // Every key a client wrote last with a put holds exactly that value:
+    // writes carried their contexts, so no siblings were made.
+    let client = cluster.client(0).await.unwrap();
+    for n in 0..60 {
+        let read = client
+            .get(format!("bench-{n}").as_bytes(), None)
+            .await
+            .unwrap();
+        assert!(read.values.len() <= 1, "bench-{n}: {:?}", read.values);
+    }
+    cluster.stop().await.unwrap();
+}
+
+#[test]
+fn bad_specs_are_refused() {
+    let good = Spec {
+        nodes: vec!["127.0.0.1:1".into()],
+        cluster: String::new(),
+        token: None,
+        clients: 2,
+        duration: Duration::from_secs(1),
+        value_size: 100,
+        keys: 10,
+        mix: "get=1".parse().unwrap(),
+        r: None,
+        w: None,
+        preload: false,
+        check: false,
+        progress: false,
+    };
+    assert!(good.validate().is_ok());
+    for bad in [
+        Spec {
+            nodes: vec![],
+            ..good.clone()
+        },
+        Spec {
+            clients: 0,
+            ..good.clone()
+        },
+        Spec {
+            keys: 1,
+            ..good.clone()
+        },
+        Spec {
+            value_size: 4,
+            ..good.clone()
+        },
+        Spec {
+            duration: Duration::ZERO,
+            ..good.clone()
+        },
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
+}
