@@ -137,6 +137,9 @@ pub struct StorageSection {
     pub fsync_interval_ms: u64,
     /// Block cache size in MiB.
     pub cache_mb: u64,
+    /// Cache of the latest stored copy of recently used keys, in MiB
+    /// (0: none).
+    pub row_cache_mb: u64,
 }
 
 impl Default for StorageSection {
@@ -145,6 +148,7 @@ impl Default for StorageSection {
             fsync: Fsync::Periodic,
             fsync_interval_ms: 1000,
             cache_mb: 64,
+            row_cache_mb: 64,
         }
     }
 }
