@@ -242,6 +242,10 @@ pub struct AntiEntropySection {
     pub gc_interval_ms: u64,
     /// Tombstones probed per partition and round.
     pub gc_batch: u32,
+    /// A tombstone is collected only when every member allowed it twice,
+    /// this many ms apart: longer than any message stays in flight, so a
+    /// delayed write of an older version cannot bring the value back.
+    pub gc_grace_ms: u64,
 }
 
 impl Default for AntiEntropySection {
@@ -252,6 +256,7 @@ impl Default for AntiEntropySection {
             max_bytes_per_sec: 10 << 20,
             gc_interval_ms: 10_000,
             gc_batch: 100,
+            gc_grace_ms: 60_000,
         }
     }
 }

@@ -28,6 +28,7 @@ use std::collections::VecDeque;
 use crate::error::{Error, ErrorKind, Result};
 use crate::node::NodeId;
 use crate::replica::ReplicaMsg;
+use crate::ring::{Partition, Ring};
 use crate::version::{Context, Dot, SiblingSet, Value};
 
 /// A replica request the shell must send, to a node (possibly itself).
@@ -51,6 +52,52 @@ impl Replica {
             node,
             hint_for: None,
         }
+    }
+}
+
+impl Route {
+    /// Routes `key` as coordinator `me` sees the cluster: the first `n`
+    /// nodes up of the extended preference list (hinted stand-ins for the
+    /// owners that are down), the further nodes up as fallbacks, and the
+    /// pending replicas up. A put is minted by the first target: `me` when
+    /// it is one, which saves a round trip and does not depend on a peer.
+    pub fn plan(
+        ring: &Ring,
+        key: &[u8],
+        n: usize,
+        me: &NodeId,
+        is_up: impl Fn(&NodeId) -> bool,
+    ) -> (Partition, Route) {
+        let p = ring.partition_of(key);
+        let routed = ring.route(p, n, &is_up);
+        let fallbacks = ring
+            .fallbacks(p, &routed, &is_up)
+            .into_iter()
+            .cloned()
+            .collect();
+        let current = ring.preference_list(p, n);
+        let pending = ring
+            .pending_preference_list(p, n)
+            .into_iter()
+            .filter(|node| !current.contains(node) && is_up(node))
+            .cloned()
+            .collect();
+        let mut targets: Vec<Replica> = routed
+            .into_iter()
+            .map(|t| Replica {
+                node: t.node.clone(),
+                hint_for: t.hint_for.cloned(),
+            })
+            .collect();
+        if let Some(i) = targets.iter().position(|t| &t.node == me) {
+            targets[..=i].rotate_right(1);
+        }
+        let route = Route {
+            targets,
+            fallbacks,
+            pending,
+        };
+        (p, route)
     }
 }
 

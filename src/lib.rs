@@ -26,6 +26,8 @@ pub mod ownership;
 pub mod peer;
 pub mod replica;
 pub mod ring;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod tombstones;
 pub mod version;
 pub mod view;

@@ -329,6 +329,36 @@ impl<S: Store> Replica<S> {
         Ok(merged)
     }
 
+    /// Serves one replica request (`Read`, `Update` or `Write`) and returns
+    /// its answer.
+    pub fn apply(&mut self, msg: ReplicaMsg) -> Result<ReplicaMsg> {
+        match msg {
+            ReplicaMsg::Read { key } => Ok(ReplicaMsg::State {
+                state: self.read(&key)?,
+            }),
+            ReplicaMsg::Update {
+                key,
+                context,
+                value,
+                hint_for,
+            } => {
+                let (state, dot) = self.update(&key, &context, value, hint_for.as_ref())?;
+                Ok(ReplicaMsg::Updated { state, dot })
+            }
+            ReplicaMsg::Write {
+                key,
+                state,
+                hint_for,
+            } => {
+                self.merge(&key, &state, hint_for.as_ref())?;
+                Ok(ReplicaMsg::Ack)
+            }
+            ReplicaMsg::State { .. } | ReplicaMsg::Updated { .. } | ReplicaMsg::Ack => Err(
+                Error::InvalidRequest("a reply was sent to the replica as a request".into()),
+            ),
+        }
+    }
+
     /// Removes `key` from this replica (a stand-in's copy after handoff, a
     /// collected tombstone).
     pub fn remove(&mut self, key: &[u8]) -> Result<()> {
@@ -415,14 +445,31 @@ impl<S: Store> Replica<S> {
     /// Removes every key of `p` (a partition handed off). Returns how many.
     pub fn drop_partition(&mut self, p: Partition) -> Result<usize> {
         let mut keys = Vec::new();
-        self.scan_partition(p, |key, _| {
+        let mut forgot_own = false;
+        let actor = self.actor;
+        self.scan_partition(p, |key, value| {
             keys.push(key.to_vec());
+            forgot_own |= decode_state(value).is_ok_and(|s| s.context().get(actor) > 0);
             Ok(())
         })?;
         for key in &keys {
             self.remove(key)?;
         }
+        if forgot_own {
+            self.forget_writer();
+        }
         Ok(keys.len())
+    }
+
+    /// This replica dropped copies holding dots of its own writer: minting
+    /// on one of those keys again would reuse a dot (the counter comes from
+    /// the local copy), and two different values under one dot never
+    /// converge. So it writes as a fresh actor from now on. (The simulator
+    /// found this: a stand-in handed a key off, dropped its copy, and later
+    /// minted the same dot again for another value.) Tombstone collection
+    /// needs no new writer: a collected key's dots are gone everywhere.
+    fn forget_writer(&mut self) {
+        self.actor = self.actor.successor();
     }
 
     /// Up to `limit` keys of `p` whose only siblings are tombstones.
@@ -498,6 +545,7 @@ impl<S: Store> Replica<S> {
         keep: impl Fn(&[u8]) -> bool,
     ) -> Result<usize> {
         let mut cleared = 0;
+        let mut forgot_own = false;
         for (key, state) in delivered {
             if self.read(key)? != *state {
                 continue;
@@ -505,8 +553,12 @@ impl<S: Store> Replica<S> {
             self.hints.clear(owner, key)?;
             cleared += 1;
             if !keep(key) && !self.hints.is_hinted_for_anyone(key)? {
+                forgot_own |= state.context().get(self.actor) > 0;
                 self.remove(key)?;
             }
+        }
+        if forgot_own {
+            self.forget_writer();
         }
         Ok(cleared)
     }

@@ -13,8 +13,17 @@
 //! allows, and asks each node that holds them to delete them, which each
 //! does only if its copy is still that tombstone (a write that raced with
 //! the collection survives).
+//!
+//! Acknowledgements alone are not enough: a write of an older version sent
+//! before the delete (a slow replica write, a read repair, a duplicate)
+//! may still be on its way, and would bring the value back once the
+//! tombstone that dominates it is gone. So a key is collected only once
+//! every member has allowed it twice, with the same tombstone, at least
+//! the grace period apart ([`Ripening`]), longer than any message stays in
+//! flight. The deterministic simulator found this: without the grace, a
+//! delayed write resurrected a deleted value.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +103,54 @@ pub fn collectable(
         .collect()
 }
 
+/// Tombstones every member allowed, waiting out the grace period: the
+/// collector's memory between rounds (lost on restart, which only delays).
+#[derive(Debug, Clone, Default)]
+pub struct Ripening {
+    /// Per key: the tombstone allowed, and when it was first allowed.
+    first: BTreeMap<Vec<u8>, (SiblingSet, u64)>,
+}
+
+impl Ripening {
+    /// Takes the tombstones every member allowed at `now` and returns those
+    /// allowed, unchanged, since at least `grace` ago; the others wait.
+    pub fn ripe(
+        &mut self,
+        allowed: Vec<(Vec<u8>, SiblingSet)>,
+        now: u64,
+        grace: u64,
+    ) -> Vec<(Vec<u8>, SiblingSet)> {
+        // Forget what was not seen again for long (collected elsewhere,
+        // or written since).
+        self.first
+            .retain(|_, (_, since)| now.saturating_sub(*since) <= grace.saturating_mul(4).max(1));
+        let mut ripe = Vec::new();
+        for (key, tombstone) in allowed {
+            match self.first.get(&key) {
+                Some((t, since)) if *t == tombstone => {
+                    if now.saturating_sub(*since) >= grace {
+                        self.first.remove(&key);
+                        ripe.push((key, tombstone));
+                    }
+                }
+                _ => {
+                    self.first.insert(key, (tombstone, now));
+                }
+            }
+        }
+        ripe
+    }
+
+    /// Keys waiting.
+    pub fn len(&self) -> usize {
+        self.first.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +158,38 @@ mod tests {
 
     fn id(s: &str) -> NodeId {
         NodeId::new(s).unwrap()
+    }
+
+    fn tomb(actor: u64) -> SiblingSet {
+        SiblingSet::new()
+            .update(&Context::default(), Value::Tombstone, Actor(actor))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_tombstone_ripens_only_when_allowed_unchanged_a_grace_apart() {
+        let mut r = Ripening::default();
+        let k = b"k".to_vec();
+        assert!(r.ripe(vec![(k.clone(), tomb(1))], 1_000, 500).is_empty());
+        // Too early.
+        assert!(r.ripe(vec![(k.clone(), tomb(1))], 1_400, 500).is_empty());
+        // A different tombstone starts the wait again.
+        assert!(r.ripe(vec![(k.clone(), tomb(2))], 1_600, 500).is_empty());
+        assert!(r.ripe(vec![(k.clone(), tomb(2))], 2_000, 500).is_empty());
+        assert_eq!(
+            r.ripe(vec![(k.clone(), tomb(2))], 2_100, 500),
+            vec![(k, tomb(2))]
+        );
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn keys_not_seen_again_are_forgotten() {
+        let mut r = Ripening::default();
+        r.ripe(vec![(b"a".to_vec(), tomb(1))], 0, 100);
+        assert_eq!(r.len(), 1);
+        r.ripe(Vec::new(), 1_000, 100);
+        assert!(r.is_empty());
     }
 
     #[test]

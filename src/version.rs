@@ -30,6 +30,17 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Actor(pub u64);
 
+impl Actor {
+    /// A fresh identity derived from this one, for a replica that forgot
+    /// some of its own writes (it must never mint one of their dots again).
+    pub fn successor(self) -> Actor {
+        Actor(xxhash_rust::xxh3::xxh3_64_with_seed(
+            &self.0.to_le_bytes(),
+            0x5eed,
+        ))
+    }
+}
+
 impl fmt::Display for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)

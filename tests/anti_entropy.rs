@@ -22,6 +22,7 @@ fn ae_only(c: &mut Config) {
     c.cluster.partitions = 64;
     c.anti_entropy.interval_ms = 5;
     c.anti_entropy.gc_interval_ms = 200;
+    c.anti_entropy.gc_grace_ms = 300;
     c.hints.deliver = false;
 }
 

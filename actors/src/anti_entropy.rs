@@ -10,16 +10,19 @@
 //!   data), the messages go through the Bridge.
 //! - Every `gc_interval_ms`, for each partition it is the first replica of,
 //!   it probes every member about a batch of its tombstones and collects the
-//!   ones every member acknowledged (`dynakv::tombstones`).
+//!   ones every member acknowledged twice, `gc_grace_ms` apart
+//!   (`dynakv::tombstones`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dynakv::anti_entropy::ExchangeReport;
 use dynakv::peer::PeerMsg;
+use dynakv::replica::Entry;
 use dynakv::ring::Partition;
-use dynakv::tombstones::{GcMsg, Holding, collectable};
+use dynakv::tombstones::{GcMsg, Holding, Ripening, collectable};
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, info};
 
@@ -41,6 +44,7 @@ pub struct AntiEntropySettings {
     pub max_bytes_per_sec: u64,
     pub gc_interval: Duration,
     pub gc_batch: usize,
+    pub gc_grace: Duration,
     pub call_timeout: Duration,
 }
 
@@ -60,6 +64,11 @@ pub struct AntiEntropy {
     last: BTreeMap<Partition, (Instant, NodeId)>,
     repaired: u64,
     collected: u64,
+    /// Tombstones waiting out the grace period (forgotten on restart,
+    /// which only delays their collection).
+    ripening: Arc<Mutex<Ripening>>,
+    /// The origin of the collector's clock.
+    born: Instant,
     rng: fastrand::Rng,
 }
 
@@ -83,6 +92,8 @@ impl AntiEntropy {
             last: BTreeMap::new(),
             repaired: 0,
             collected: 0,
+            ripening: Arc::default(),
+            born: Instant::now(),
             rng: fastrand::Rng::new(),
         }
     }
@@ -187,13 +198,21 @@ impl AntiEntropy {
             self.settings.gc_batch,
             self.settings.call_timeout,
         );
+        let (ripening, born, grace) = (self.ripening.clone(), self.born, self.settings.gc_grace);
         let run = async move {
             let mut collected = 0;
             for p in led {
                 let replicas: BTreeSet<NodeId> =
                     ring.preference_list(p, n).into_iter().cloned().collect();
+                let ripen = |allowed| {
+                    let now = born.elapsed().as_millis() as u64;
+                    match ripening.lock() {
+                        Ok(mut r) => r.ripe(allowed, now, grace.as_millis() as u64),
+                        Err(_) => Vec::new(),
+                    }
+                };
                 collected += collect_partition(
-                    &replica, &bridge, &me, &members, &replicas, p, batch, timeout,
+                    &replica, &bridge, &me, &members, &replicas, p, batch, timeout, ripen,
                 )
                 .await?;
             }
@@ -270,6 +289,7 @@ async fn collect_partition(
     p: Partition,
     batch: usize,
     timeout: Duration,
+    ripen: impl FnOnce(Vec<Entry>) -> Vec<Entry>,
 ) -> Result<usize> {
     let found = replica
         .send(FindTombstones {
@@ -340,7 +360,11 @@ async fn collect_partition(
     if ok.is_empty() {
         return Ok(0);
     }
-    let entries: Vec<_> = ok.into_iter().map(|i| found[i].clone()).collect();
+    let allowed: Vec<_> = ok.into_iter().map(|i| found[i].clone()).collect();
+    let entries = ripen(allowed);
+    if entries.is_empty() {
+        return Ok(0);
+    }
     let holders = answers
         .iter()
         .filter(|(_, held)| held.contains(&Holding::Same))

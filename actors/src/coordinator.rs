@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::prelude::*;
-use dynakv::coordinator::{GetSession, PutSession, Replica as Target, Route};
+use dynakv::coordinator::{GetSession, PutSession, Route};
 use dynakv::handoff::{PlanChange, preview};
 use dynakv::membership::MAX_MEMBERS;
 use dynakv::membership::View;
@@ -133,39 +133,13 @@ impl Coordinator {
             Error::Unavailable("the cluster is not formed yet (waiting for its seeds)".into())
         })?;
         let topology = topology.expect("a ring implies a topology");
-        let is_up = |n: &NodeId| topology.is_up(n);
-        let n = usize::from(self.settings.n);
-        let p = ring.partition_of(key);
-        let routed = ring.route(p, n, is_up);
-        let fallbacks = ring
-            .fallbacks(p, &routed, is_up)
-            .into_iter()
-            .cloned()
-            .collect();
-        let current = ring.preference_list(p, n);
-        let pending = ring
-            .pending_preference_list(p, n)
-            .into_iter()
-            .filter(|node| !current.contains(node) && is_up(node))
-            .cloned()
-            .collect();
-        let mut targets: Vec<Target> = routed
-            .into_iter()
-            .map(|t| Target {
-                node: t.node.clone(),
-                hint_for: t.hint_for.cloned(),
-            })
-            .collect();
-        // A put is minted by the first target: this node when it is one,
-        // which saves a round trip and does not depend on a peer.
-        if let Some(i) = targets.iter().position(|t| &t.node == self.me()) {
-            targets[..=i].rotate_right(1);
-        }
-        let route = Route {
-            targets,
-            fallbacks,
-            pending,
-        };
+        let (p, route) = Route::plan(
+            &ring,
+            key,
+            usize::from(self.settings.n),
+            self.me(),
+            |n: &NodeId| topology.is_up(n),
+        );
         Ok((p.0, route))
     }
 

@@ -206,6 +206,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             interval: Duration::from_millis(config.anti_entropy.interval_ms),
             max_bytes_per_sec: config.anti_entropy.max_bytes_per_sec,
             gc_interval: Duration::from_millis(config.anti_entropy.gc_interval_ms),
+            gc_grace: Duration::from_millis(config.anti_entropy.gc_grace_ms),
             gc_batch: config.anti_entropy.gc_batch as usize,
             call_timeout: Duration::from_millis(config.timeouts.request_ms),
         },

@@ -23,7 +23,7 @@ use dynakv::replica::{Entry, Replica as Core, ReplicaMsg, Usage};
 use dynakv::ring::Partition;
 use dynakv::tombstones::Holding;
 use dynakv::{Error, NodeId, Result};
-use tracing::{error, warn};
+use tracing::error;
 
 use crate::replica::{ReplicaSettings, ReplicaStats, Stats};
 use crate::storage::{FjallStore, Storage};
@@ -155,8 +155,12 @@ impl StorageWorker {
         worker
     }
 
-    /// Rebuilds the replica from what storage holds.
+    /// Rebuilds the replica from what storage holds, as a fresh writer: the
+    /// lost core may have moved on from the configured one (it does when it
+    /// drops copies of its own writes), and reusing an old one could mint a
+    /// dot twice.
     fn reopen(&mut self) {
+        self.settings.writer = self.settings.writer.successor();
         let s = &self.settings;
         self.core = match Core::open(
             self.storage.data(),
@@ -213,35 +217,7 @@ impl Actor for StorageWorker {
 impl StorageWorker {
     /// Applies one replica message.
     fn apply(&mut self, msg: ReplicaMsg) -> Result<ReplicaMsg> {
-        self.with_core(|core| match msg {
-            ReplicaMsg::Read { key } => Ok(ReplicaMsg::State {
-                state: core.read(&key)?,
-            }),
-            ReplicaMsg::Update {
-                key,
-                context,
-                value,
-                hint_for,
-            } => {
-                let (state, dot) = core.update(&key, &context, value, hint_for.as_ref())?;
-                Ok(ReplicaMsg::Updated { state, dot })
-            }
-            ReplicaMsg::Write {
-                key,
-                state,
-                hint_for,
-            } => {
-                core.merge(&key, &state, hint_for.as_ref())?;
-                Ok(ReplicaMsg::Ack)
-            }
-            other => {
-                warn!(
-                    ?other,
-                    "a reply message was sent to the replica as a request"
-                );
-                Err(Error::InvalidRequest("not a replica request".into()))
-            }
-        })
+        self.with_core(|core| core.apply(msg))
     }
 }
 

@@ -138,6 +138,20 @@ impl ProcessCluster {
         child.wait().unwrap()
     }
 
+    /// Sends `signal` (e.g. "STOP", "CONT") to node `i`'s process.
+    pub fn signal(&self, i: usize, signal: &str) {
+        let child = self.procs[i].as_ref().expect("node is running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.procs[i].is_some()
+    }
+
     /// Starts node `i` again (after `kill` or `terminate`).
     pub fn start_again(&mut self, i: usize) {
         assert!(self.procs[i].is_none(), "node{} is still running", i + 1);

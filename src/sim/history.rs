@@ -1,0 +1,137 @@
+//! What the simulated clients did, what the replicas minted for them, and
+//! the checks run over it once the cluster has converged.
+//!
+//! The simulator sees every version minted (`dots` of a write, more than
+//! one when a minter failed to answer and the next target minted again),
+//! so the checks are exact:
+//!
+//! - nothing lost: every minted dot, acknowledged ones above all, is in its
+//!   key's final state, or covered by the context of a write that took
+//!   effect (was minted somewhere); a tombstone may also have been
+//!   collected;
+//! - nothing dominated comes back: no final sibling is covered by the
+//!   context of a write that took effect (this is how a deleted key would
+//!   reappear);
+//! - no phantom: every value read was written by someone, and reached a
+//!   replica.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::version::{Context, Dot, SiblingSet, Value};
+
+/// One client write (put or delete).
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub key: usize,
+    /// None for a delete.
+    pub value: Option<Vec<u8>>,
+    pub context: Context,
+    /// Every dot a replica minted for this write.
+    pub dots: Vec<Dot>,
+    /// The dot the client was given with the acknowledgement.
+    pub acked: Option<Dot>,
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+/// One successful client read.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub key: usize,
+    pub values: Vec<Vec<u8>>,
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub writes: Vec<Write>,
+    pub reads: Vec<Read>,
+    /// Operations that failed or got no answer.
+    pub failed: usize,
+    /// Keys some replica collected a tombstone of.
+    pub collected: BTreeSet<usize>,
+}
+
+impl History {
+    pub fn acked_writes(&self) -> usize {
+        self.writes.iter().filter(|w| w.acked.is_some()).count()
+    }
+
+    /// Checks the final, converged state of every key (`finals[key]`).
+    /// `durable`: whether every minted version must survive (false when
+    /// power losses may drop writes not yet synced). Returns the first
+    /// violation found.
+    pub fn check(&self, finals: &[SiblingSet], durable: bool) -> Result<(), String> {
+        let by_value: BTreeMap<&[u8], &Write> = self
+            .writes
+            .iter()
+            .filter_map(|w| w.value.as_deref().map(|v| (v, w)))
+            .collect();
+        for read in &self.reads {
+            for v in &read.values {
+                if by_value.get(v.as_slice()).is_none_or(|w| w.dots.is_empty()) {
+                    return Err(format!(
+                        "a read of key-{} at {} ms returned {:?}, which no replica minted",
+                        read.key,
+                        read.at,
+                        String::from_utf8_lossy(v)
+                    ));
+                }
+            }
+        }
+        if !durable {
+            return Ok(());
+        }
+        // Which write took effect with a context covering `dot`.
+        let superseded_by = |key: usize, dot: Dot| {
+            self.writes
+                .iter()
+                .position(|w| w.key == key && !w.dots.is_empty() && w.context.covers(dot))
+        };
+        for (key, state) in finals.iter().enumerate() {
+            for s in state.siblings() {
+                if let Some(i) = superseded_by(key, s.dot) {
+                    let w = &self.writes[i];
+                    return Err(format!(
+                        "key-{key} holds sibling {} ({}) although {} (started at {} ms) superseded it",
+                        s.dot,
+                        match s.value {
+                            Value::Data(d) => format!("{:?}", String::from_utf8_lossy(d)),
+                            Value::Tombstone => "a tombstone".into(),
+                        },
+                        describe(w),
+                        w.start
+                    ));
+                }
+            }
+        }
+        for w in &self.writes {
+            for &dot in &w.dots {
+                let present = finals[w.key].siblings().any(|s| s.dot == dot);
+                let collected = w.value.is_none() && self.collected.contains(&w.key);
+                if !present && !collected && superseded_by(w.key, dot).is_none() {
+                    let acked = if w.acked == Some(dot) {
+                        format!("acknowledged at {} ms", w.end.unwrap_or(0))
+                    } else {
+                        "not acknowledged".to_string()
+                    };
+                    return Err(format!(
+                        "{} of key-{} (dot {dot}, started at {} ms, {acked}) was lost: final state {:?}",
+                        describe(w),
+                        w.key,
+                        w.start,
+                        finals[w.key]
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn describe(w: &Write) -> String {
+    match &w.value {
+        Some(v) => format!("put {:?}", String::from_utf8_lossy(v)),
+        None => "delete".to_string(),
+    }
+}

@@ -1,0 +1,1682 @@
+//! Deterministic simulation of a whole cluster in one thread (feature
+//! `sim`).
+//!
+//! The real core state machines of every node (membership gossip and
+//! failure detection, coordinator sessions over routed preference lists,
+//! replica merge, hinted handoff, anti-entropy exchanges, tombstone
+//! collection) run over a simulated network that drops, delays, duplicates
+//! and reorders messages, partitions and heals, and crashes and restarts
+//! nodes, on a simulated clock. Everything random comes from one seeded
+//! generator and every collection iterates in a fixed order, so a seed
+//! replays the same run event for event (`Outcome::digest`).
+//!
+//! A run: clients do gets, puts with contexts, blind puts and deletes
+//! against random coordinators while a nemesis injects faults; then the
+//! faults stop, every node is restarted and the network heals, and the
+//! cluster must converge (owners of each key holding identical sibling
+//! sets, no hints left, nothing in flight) within a bounded simulated time.
+//! The history is then checked (see [`history`]).
+//!
+//! Crashes lose what the process held in memory (sessions, exchanges,
+//! deliveries, the failure detector's state) and take a fresh writer
+//! identity on restart, as the node does. With `fsync = always` every
+//! write a replica made is durable; with `periodic` a crash is a power
+//! loss that drops the writes since the node's last sync, so only the
+//! checks that do not need durability apply.
+
+pub mod history;
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::rc::Rc;
+
+use crate::anti_entropy::{AeMsg, Exchange, respond};
+use crate::coordinator::{GetSession, PutSession, Request, Route, Written};
+use crate::error::{Error, Result};
+use crate::liveness::Health;
+use crate::membership::{Destination, GossipMsg, Member, Membership, Settings, Status, View};
+use crate::node::NodeId;
+use crate::replica::{Entry, Replica, ReplicaMsg, Store};
+use crate::ring::{Partition, Ring};
+use crate::tombstones::{GcMsg, Holding, Ripening, collectable};
+use crate::version::{Actor, Context, SiblingSet, Value};
+use history::{History, Read, Write};
+
+/// What a run looks like.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub nodes: usize,
+    pub partitions: u32,
+    pub n: usize,
+    pub r: usize,
+    pub w: usize,
+    pub keys: usize,
+    pub clients: usize,
+    /// Simulated milliseconds of workload and faults.
+    pub fault_time: u64,
+    /// Bound on the time to converge once healed, in simulated ms.
+    pub converge_within: u64,
+    /// Per mille of messages dropped, and duplicated, while faults run.
+    pub drop: u64,
+    pub duplicate: u64,
+    /// True: every replica write is durable at once (`fsync = always`).
+    /// False: synced every `sync_every` ms and a crash loses the rest.
+    pub fsync_always: bool,
+    pub sync_every: u64,
+    pub crashes: bool,
+    pub partitions_faults: bool,
+    /// Keep a readable trace of events (printed on failure).
+    pub trace: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 5,
+            partitions: 16,
+            n: 3,
+            r: 2,
+            w: 2,
+            keys: 6,
+            clients: 4,
+            fault_time: 20_000,
+            converge_within: 60_000,
+            drop: 20,
+            duplicate: 20,
+            fsync_always: true,
+            sync_every: 1000,
+            crashes: true,
+            partitions_faults: true,
+            trace: false,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub seed: u64,
+    /// Events processed (message deliveries, timers, client steps, faults).
+    pub events: u64,
+    /// A hash of every event, in order: equal for equal seeds.
+    pub digest: u64,
+    pub acked_writes: usize,
+    pub reads: usize,
+    pub failed_ops: usize,
+    pub crashes: usize,
+    pub partitions: usize,
+    /// Simulated ms from the heal to convergence.
+    pub converged_after: u64,
+    /// The first violation found, if any.
+    pub violation: Option<String>,
+    /// The last events before the end (when tracing).
+    pub trace: Vec<String>,
+}
+
+// Timing, in simulated milliseconds.
+const GOSSIP_EVERY: u64 = 200;
+const SUSPECT_AFTER: u64 = 1_000;
+const DOWN_AFTER: u64 = 3_000;
+const AE_EVERY: u64 = 150;
+const HINTS_EVERY: u64 = 300;
+const GC_EVERY: u64 = 1_000;
+/// Longer than any message's delay (`MAX_DELAY`).
+const GC_GRACE: u64 = 2_000;
+const ATTEMPT_TIMEOUT: u64 = 250;
+const DEADLINE: u64 = 1_000;
+const CALL_TIMEOUT: u64 = 1_000;
+const MAX_DELAY: u64 = 400;
+const TRACE_LINES: usize = 300;
+
+/// The generator every random choice comes from (SplitMix64).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    pub fn per_mille(&mut self, p: u64) -> bool {
+        self.below(1000) < p
+    }
+}
+
+/// A node's disk: what was synced, and what was written since.
+#[derive(Debug, Default)]
+struct DiskState {
+    synced: BTreeMap<Vec<u8>, Vec<u8>>,
+    unsynced: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+/// A `Store` over a shared simulated disk (one keyspace).
+#[derive(Debug, Clone, Default)]
+struct Disk(Rc<RefCell<DiskState>>);
+
+impl Disk {
+    fn sync(&self) {
+        let mut d = self.0.borrow_mut();
+        for (k, v) in std::mem::take(&mut d.unsynced) {
+            match v {
+                Some(v) => d.synced.insert(k, v),
+                None => d.synced.remove(&k),
+            };
+        }
+    }
+
+    fn lose_unsynced(&self) {
+        self.0.borrow_mut().unsynced.clear();
+    }
+}
+
+impl Store for Disk {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let d = self.0.borrow();
+        Ok(match d.unsynced.get(key) {
+            Some(v) => v.clone(),
+            None => d.synced.get(key).cloned(),
+        })
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.0
+            .borrow_mut()
+            .unsynced
+            .insert(key.to_vec(), Some(value.to_vec()));
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Result<()> {
+        self.0.borrow_mut().unsynced.insert(key.to_vec(), None);
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        // Merge the two layers, then page.
+        let d = self.0.borrow();
+        let mut all: BTreeMap<&[u8], Option<&[u8]>> = d
+            .synced
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
+            .collect();
+        for (k, v) in d.unsynced.iter().filter(|(k, _)| k.starts_with(prefix)) {
+            all.insert(k, v.as_deref());
+        }
+        Ok(all
+            .into_iter()
+            .filter(|(k, _)| after.is_none_or(|a| *k > a))
+            .filter_map(|(k, v)| v.map(|v| (k.to_vec(), v.to_vec())))
+            .take(limit)
+            .collect())
+    }
+}
+
+/// Messages between simulated nodes.
+#[derive(Debug, Clone)]
+enum Msg {
+    Gossip(GossipMsg),
+    Replica {
+        session: u64,
+        /// The client write this request serves (to record minted dots).
+        write: Option<usize>,
+        msg: ReplicaMsg,
+    },
+    ReplicaReply {
+        session: u64,
+        reply: std::result::Result<ReplicaMsg, Error>,
+    },
+    HintDeliver {
+        id: u64,
+        entries: Vec<Entry>,
+    },
+    HintDelivered {
+        id: u64,
+    },
+    Ae {
+        id: u64,
+        msg: AeMsg,
+    },
+    AeReply {
+        id: u64,
+        reply: std::result::Result<AeMsg, Error>,
+    },
+    Gc {
+        id: u64,
+        msg: GcMsg,
+    },
+    GcReply {
+        id: u64,
+        msg: GcMsg,
+    },
+}
+
+impl Msg {
+    fn describe(&self) -> String {
+        let name = match self {
+            Msg::Gossip(_) => "gossip",
+            Msg::Replica { msg, .. } => {
+                let (what, key) = match msg {
+                    ReplicaMsg::Read { key } => ("read", key),
+                    ReplicaMsg::Update { key, .. } => ("update", key),
+                    ReplicaMsg::Write { key, state, .. } => {
+                        return format!(
+                            "write {} {:?}",
+                            String::from_utf8_lossy(key),
+                            state
+                                .siblings()
+                                .map(|s| s.dot.to_string())
+                                .collect::<Vec<_>>()
+                        );
+                    }
+                    _ => return "a reply sent as a request".into(),
+                };
+                return format!("{what} {}", String::from_utf8_lossy(key));
+            }
+            Msg::ReplicaReply { reply, .. } => match reply {
+                Ok(ReplicaMsg::State { state }) => {
+                    return format!(
+                        "state {:?}",
+                        state
+                            .siblings()
+                            .map(|s| s.dot.to_string())
+                            .collect::<Vec<_>>()
+                    );
+                }
+                Ok(_) => "replica-reply",
+                Err(_) => "replica-error",
+            },
+            Msg::HintDeliver { entries, .. } => {
+                let keys: Vec<_> = entries
+                    .iter()
+                    .map(|(k, _)| String::from_utf8_lossy(k))
+                    .collect();
+                return format!("hint-deliver {keys:?}");
+            }
+            Msg::HintDelivered { .. } => "hint-delivered",
+            Msg::Ae { .. } => "ae",
+            Msg::AeReply { .. } => "ae-reply",
+            Msg::Gc { .. } => "gc",
+            Msg::GcReply { .. } => "gc-reply",
+        };
+        name.into()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Gossip,
+    AntiEntropy,
+    Hints,
+    Gc,
+    Sync,
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Deliver {
+        from: usize,
+        to: usize,
+        msg: Msg,
+    },
+    Timer {
+        node: usize,
+        life: u64,
+        timer: Timer,
+    },
+    Attempt {
+        node: usize,
+        life: u64,
+        session: u64,
+        target: usize,
+    },
+    Deadline {
+        node: usize,
+        life: u64,
+        session: u64,
+    },
+    CallTimeout {
+        node: usize,
+        life: u64,
+        id: u64,
+    },
+    Client {
+        client: usize,
+    },
+    Nemesis,
+    Restart {
+        node: usize,
+    },
+    HealPartition {
+        epoch: u64,
+    },
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+enum SessionKind {
+    Get(GetSession),
+    Put(PutSession, usize),
+}
+
+struct Session {
+    client: usize,
+    key: usize,
+    kind: SessionKind,
+}
+
+/// A call to a peer awaiting its answer (hint delivery, exchange, probe).
+enum Call {
+    Hints { owner: NodeId, batch: Vec<Entry> },
+    Exchange(Exchange),
+    Gc(GcRound),
+}
+
+struct GcRound {
+    partition: Partition,
+    found: Vec<Entry>,
+    members: Vec<NodeId>,
+    answers: Vec<(NodeId, Vec<Holding>)>,
+}
+
+struct Node {
+    id: NodeId,
+    running: bool,
+    /// Bumped on every start; timers of an earlier life are ignored.
+    life: u64,
+    data: Disk,
+    hints: Disk,
+    /// The persisted membership view.
+    view: Option<View>,
+    membership: Membership,
+    replica: Replica<Disk>,
+    sessions: BTreeMap<u64, Session>,
+    calls: BTreeMap<u64, Call>,
+    ae_cursor: usize,
+    gc_cursor: usize,
+    ripening: Ripening,
+}
+
+enum ClientOp {
+    Get,
+    Put { blind: bool },
+    Delete,
+}
+
+struct Client {
+    /// The session and node of the operation under way.
+    waiting: Option<(usize, u64)>,
+    contexts: BTreeMap<usize, Context>,
+    written: u64,
+}
+
+pub struct Sim {
+    cfg: SimConfig,
+    seed: u64,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    keys: Vec<Vec<u8>>,
+    history: History,
+    /// Which side of the current partition each node is on (None: healed).
+    sides: Option<Vec<bool>>,
+    partition_epoch: u64,
+    faults: bool,
+    next_id: u64,
+    events: u64,
+    digest: u64,
+    crashes: usize,
+    partitions: usize,
+    trace: Vec<String>,
+}
+
+fn addr(i: usize) -> String {
+    format!("sim{i}:7000")
+}
+
+fn node_id(i: usize) -> NodeId {
+    NodeId::new(format!("n{i}")).expect("a valid id")
+}
+
+fn settings(cfg: &SimConfig, i: usize) -> Settings {
+    Settings {
+        me: Member {
+            id: node_id(i),
+            peer_addr: addr(i),
+            client_addr: format!("sim{i}:8000"),
+            weight: 1,
+            status: Status::Joining,
+            version: 1,
+        },
+        cluster: "sim".into(),
+        partitions: cfg.partitions,
+        n: cfg.n,
+        seeds: (0..cfg.nodes).map(addr).collect(),
+        suspect_after: SUSPECT_AFTER,
+        down_after: DOWN_AFTER,
+        auto_join: true,
+    }
+}
+
+impl Sim {
+    pub fn new(cfg: SimConfig, seed: u64) -> Result<Sim> {
+        let mut rng = Rng::new(seed);
+        let mut nodes = Vec::with_capacity(cfg.nodes);
+        for i in 0..cfg.nodes {
+            let (data, hints) = (Disk::default(), Disk::default());
+            let (replica, _) = Replica::open(
+                data.clone(),
+                hints.clone(),
+                cfg.partitions,
+                Actor(rng.next_u64()),
+                64,
+            )?;
+            nodes.push(Node {
+                id: node_id(i),
+                running: true,
+                life: 0,
+                data,
+                hints,
+                view: None,
+                membership: Membership::new(settings(&cfg, i), None, 0),
+                replica,
+                sessions: BTreeMap::new(),
+                calls: BTreeMap::new(),
+                ae_cursor: 0,
+                gc_cursor: 0,
+                ripening: Ripening::default(),
+            });
+        }
+        let mut sim = Sim {
+            keys: (0..cfg.keys)
+                .map(|k| format!("key-{k}").into_bytes())
+                .collect(),
+            clients: (0..cfg.clients)
+                .map(|_| Client {
+                    waiting: None,
+                    contexts: BTreeMap::new(),
+                    written: 0,
+                })
+                .collect(),
+            cfg,
+            seed,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            history: History::default(),
+            sides: None,
+            partition_epoch: 0,
+            faults: true,
+            next_id: 0,
+            events: 0,
+            digest: 0xcbf2_9ce4_8422_2325,
+            crashes: 0,
+            partitions: 0,
+            trace: Vec::new(),
+        };
+        for i in 0..sim.cfg.nodes {
+            sim.start_timers(i);
+        }
+        for c in 0..sim.cfg.clients {
+            let at = 1_000 + sim.rng.below(500);
+            sim.schedule(at, Event::Client { client: c });
+        }
+        sim.schedule(2_000, Event::Nemesis);
+        Ok(sim)
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        if self.cfg.trace {
+            let line = line();
+            self.trace.push(format!("{:>7} ms  {line}", self.now));
+        }
+    }
+
+    fn mix(&mut self, values: &[u64]) {
+        for v in values {
+            self.digest = (self.digest ^ v).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn start_timers(&mut self, i: usize) {
+        let life = self.nodes[i].life;
+        for (timer, every) in [
+            (Timer::Gossip, GOSSIP_EVERY),
+            (Timer::AntiEntropy, AE_EVERY),
+            (Timer::Hints, HINTS_EVERY),
+            (Timer::Gc, GC_EVERY),
+            (Timer::Sync, self.cfg.sync_every),
+        ] {
+            let at = self.now + 1 + self.rng.below(every);
+            self.schedule(
+                at,
+                Event::Timer {
+                    node: i,
+                    life,
+                    timer,
+                },
+            );
+        }
+    }
+
+    /// Sends `msg` over the simulated network: to itself reliably, to a
+    /// peer subject to partitions, drops, duplicates and delays.
+    fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        if from == to {
+            self.schedule(self.now, Event::Deliver { from, to, msg });
+            return;
+        }
+        if let Some(sides) = &self.sides
+            && sides[from] != sides[to]
+        {
+            return;
+        }
+        let copies = if self.faults && self.rng.per_mille(self.cfg.drop) {
+            0
+        } else if self.faults && self.rng.per_mille(self.cfg.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = if self.rng.per_mille(50) {
+                50 + self.rng.below(MAX_DELAY - 50)
+            } else {
+                1 + self.rng.below(10)
+            };
+            self.schedule(
+                self.now + delay,
+                Event::Deliver {
+                    from,
+                    to,
+                    msg: msg.clone(),
+                },
+            );
+        }
+    }
+
+    fn index(&self, id: &NodeId) -> Option<usize> {
+        self.nodes.iter().position(|n| &n.id == id)
+    }
+
+    /// Runs the workload with faults, heals, and waits for convergence;
+    /// then checks the history.
+    pub fn run(mut self) -> Outcome {
+        let heal_at = self.cfg.fault_time + 1_000;
+        while let Some(Reverse(next)) = self.queue.pop() {
+            if next.at > heal_at {
+                self.queue.push(Reverse(next));
+                break;
+            }
+            self.step(next);
+        }
+        self.now = heal_at;
+        self.heal();
+        let bound = heal_at + self.cfg.converge_within;
+        let mut converged_at = None;
+        let mut stable_since = None;
+        let mut check_at = heal_at + 1_000;
+        while let Some(Reverse(next)) = self.queue.pop() {
+            if next.at > check_at {
+                self.queue.push(Reverse(next));
+                self.now = check_at;
+                // Converged at two checks in a row, further apart than any
+                // message's delay: nothing sent before the first one can
+                // still change a replica.
+                if self.converged() {
+                    if let Some(first) = stable_since {
+                        converged_at = Some(first);
+                        break;
+                    }
+                    stable_since = Some(check_at);
+                } else {
+                    stable_since = None;
+                }
+                if check_at >= bound {
+                    break;
+                }
+                check_at += 1_000;
+                continue;
+            }
+            self.step(next);
+        }
+        let violation = match converged_at {
+            None => Some(format!(
+                "replicas did not converge within {} ms of the heal: {}",
+                self.cfg.converge_within,
+                self.divergence()
+            )),
+            Some(_) => {
+                let finals: Vec<SiblingSet> =
+                    (0..self.keys.len()).map(|k| self.final_state(k)).collect();
+                self.history.check(&finals, self.cfg.fsync_always).err()
+            }
+        };
+        Outcome {
+            seed: self.seed,
+            events: self.events,
+            digest: self.digest,
+            acked_writes: self.history.acked_writes(),
+            reads: self.history.reads.len(),
+            failed_ops: self.history.failed,
+            crashes: self.crashes,
+            partitions: self.partitions,
+            converged_after: converged_at.map_or(0, |t| t - heal_at),
+            violation,
+            trace: self.trace,
+        }
+    }
+
+    fn step(&mut self, next: Scheduled) {
+        self.now = next.at;
+        self.events += 1;
+        match next.event {
+            Event::Deliver { from, to, msg } => {
+                self.mix(&[1, self.now, from as u64, to as u64]);
+                self.deliver(from, to, msg);
+            }
+            Event::Timer { node, life, timer } => {
+                if self.nodes[node].running && self.nodes[node].life == life {
+                    self.mix(&[2, self.now, node as u64]);
+                    self.on_timer(node, timer);
+                }
+            }
+            Event::Attempt {
+                node,
+                life,
+                session,
+                target,
+            } => {
+                if self.nodes[node].running && self.nodes[node].life == life {
+                    let target = self.nodes[target].id.clone();
+                    let e = Error::Unavailable(format!("{target} did not answer in time"));
+                    self.on_session_reply(node, session, &target, Err(e));
+                }
+            }
+            Event::Deadline {
+                node,
+                life,
+                session,
+            } => {
+                if self.nodes[node].running && self.nodes[node].life == life {
+                    self.on_deadline(node, session);
+                }
+            }
+            Event::CallTimeout { node, life, id } => {
+                if self.nodes[node].running && self.nodes[node].life == life {
+                    self.nodes[node].calls.remove(&id);
+                }
+            }
+            Event::Client { client } => {
+                self.mix(&[3, self.now, client as u64]);
+                self.client_step(client);
+            }
+            Event::Nemesis => self.nemesis(),
+            Event::Restart { node } => self.restart(node),
+            Event::HealPartition { epoch } => {
+                if epoch == self.partition_epoch && self.sides.is_some() {
+                    self.sides = None;
+                    self.note(|| "partition healed".into());
+                }
+            }
+        }
+    }
+
+    // ---- faults ----
+
+    fn nemesis(&mut self) {
+        if !self.faults {
+            return;
+        }
+        let down = self.nodes.iter().filter(|n| !n.running).count();
+        match self.rng.below(3) {
+            0 if self.cfg.crashes && down < 2 => {
+                let i = self.rng.below(self.cfg.nodes as u64) as usize;
+                if self.nodes[i].running {
+                    self.crash(i);
+                    let at = self.now + 200 + self.rng.below(4_000);
+                    self.schedule(at, Event::Restart { node: i });
+                }
+            }
+            1 if self.cfg.partitions_faults && self.sides.is_none() => {
+                let sides: Vec<bool> = (0..self.cfg.nodes)
+                    .map(|_| self.rng.below(2) == 0)
+                    .collect();
+                self.partition_epoch += 1;
+                self.partitions += 1;
+                let line = format!(
+                    "partition: {:?} | {:?}",
+                    (0..self.cfg.nodes)
+                        .filter(|&i| sides[i])
+                        .collect::<Vec<_>>(),
+                    (0..self.cfg.nodes)
+                        .filter(|&i| !sides[i])
+                        .collect::<Vec<_>>()
+                );
+                self.note(|| line);
+                self.sides = Some(sides);
+                let at = self.now + 500 + self.rng.below(5_000);
+                let epoch = self.partition_epoch;
+                self.schedule(at, Event::HealPartition { epoch });
+            }
+            _ => {}
+        }
+        let at = self.now + 300 + self.rng.below(2_000);
+        self.schedule(at, Event::Nemesis);
+    }
+
+    fn crash(&mut self, i: usize) {
+        self.crashes += 1;
+        let power_loss = !self.cfg.fsync_always;
+        let node = &mut self.nodes[i];
+        node.running = false;
+        if power_loss {
+            node.data.lose_unsynced();
+            node.hints.lose_unsynced();
+        }
+        let sessions = std::mem::take(&mut node.sessions);
+        node.calls.clear();
+        for (_, s) in sessions {
+            // The client's connection breaks: the operation has no answer.
+            self.clients[s.client].waiting = None;
+            self.history.failed += 1;
+            self.client_next(s.client);
+        }
+        self.note(|| {
+            format!(
+                "crash n{i}{}",
+                if power_loss { " (power loss)" } else { "" }
+            )
+        });
+    }
+
+    fn restart(&mut self, i: usize) {
+        if self.nodes[i].running {
+            return;
+        }
+        let actor = Actor(self.rng.next_u64());
+        let cfg = self.cfg.clone();
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let (replica, _) = match Replica::open(
+            node.data.clone(),
+            node.hints.clone(),
+            cfg.partitions,
+            actor,
+            64,
+        ) {
+            Ok(r) => r,
+            Err(e) => panic!("reopening a simulated replica failed: {e}"),
+        };
+        node.replica = replica;
+        node.membership = Membership::new(settings(&cfg, i), node.view.clone(), now);
+        node.running = true;
+        node.life += 1;
+        node.ae_cursor = 0;
+        node.gc_cursor = 0;
+        node.ripening = Ripening::default();
+        self.start_timers(i);
+        self.note(|| format!("restart n{i} as writer {actor}"));
+    }
+
+    /// Faults stop: every node runs again, the network heals and stops
+    /// dropping and duplicating; clients stop starting operations.
+    fn heal(&mut self) {
+        self.faults = false;
+        self.sides = None;
+        for i in 0..self.cfg.nodes {
+            self.restart(i);
+        }
+        self.note(|| "heal: faults stop".into());
+    }
+
+    // ---- clients ----
+
+    fn client_next(&mut self, c: usize) {
+        if self.faults {
+            let at = self.now + 1 + self.rng.below(50);
+            self.schedule(at, Event::Client { client: c });
+        }
+    }
+
+    fn client_step(&mut self, c: usize) {
+        if !self.faults || self.clients[c].waiting.is_some() {
+            return;
+        }
+        let key = self.rng.below(self.keys.len() as u64) as usize;
+        let op = match self.rng.below(10) {
+            0..=3 => ClientOp::Get,
+            4..=7 => ClientOp::Put { blind: false },
+            8 => ClientOp::Put { blind: true },
+            _ => ClientOp::Delete,
+        };
+        let coordinator = self.rng.below(self.cfg.nodes as u64) as usize;
+        if !self.nodes[coordinator].running {
+            self.history.failed += 1;
+            self.note(|| format!("client {c}: n{coordinator} refused the connection"));
+            return self.client_next(c);
+        }
+        let Some(ring) = self.nodes[coordinator].membership.ring() else {
+            self.history.failed += 1;
+            return self.client_next(c);
+        };
+        let node = &self.nodes[coordinator];
+        let (_, route) = Route::plan(&ring, &self.keys[key], self.cfg.n, &node.id, |n| {
+            node.membership.health(n) == Health::Up
+        });
+        let session = self.id();
+        let (kind, requests, write) = match op {
+            ClientOp::Get => {
+                let (s, reqs) = GetSession::start(self.keys[key].clone(), route, self.cfg.r);
+                self.note(|| format!("client {c}: get key-{key} via n{coordinator}"));
+                (SessionKind::Get(s), reqs, None)
+            }
+            ClientOp::Put { .. } | ClientOp::Delete => {
+                let context = match op {
+                    ClientOp::Put { blind: true } => Context::default(),
+                    _ => self.clients[c]
+                        .contexts
+                        .get(&key)
+                        .cloned()
+                        .unwrap_or_default(),
+                };
+                let value = match op {
+                    ClientOp::Delete => None,
+                    _ => {
+                        self.clients[c].written += 1;
+                        Some(format!("c{c}-{}", self.clients[c].written).into_bytes())
+                    }
+                };
+                let w = self.history.writes.len();
+                self.history.writes.push(Write {
+                    key,
+                    value: value.clone(),
+                    context: context.clone(),
+                    dots: Vec::new(),
+                    acked: None,
+                    start: self.now,
+                    end: None,
+                });
+                let line = format!(
+                    "client {c}: write #{w} key-{key} {} via n{coordinator}",
+                    describe(&value)
+                );
+                self.note(|| line);
+                let value = value.map_or(Value::Tombstone, Value::Data);
+                let (s, reqs) =
+                    PutSession::start(self.keys[key].clone(), context, value, route, self.cfg.w);
+                (SessionKind::Put(s, w), reqs, Some(w))
+            }
+        };
+        self.clients[c].waiting = Some((coordinator, session));
+        self.nodes[coordinator].sessions.insert(
+            session,
+            Session {
+                client: c,
+                key,
+                kind,
+            },
+        );
+        let initial = match &mut self.nodes[coordinator].sessions.get_mut(&session) {
+            Some(Session {
+                kind: SessionKind::Get(g),
+                ..
+            }) => g.initial_answer().map(|r| r.map(Answer::Read)),
+            Some(Session {
+                kind: SessionKind::Put(p, _),
+                ..
+            }) => p.initial_answer().map(|r| r.map(Answer::Written)),
+            None => None,
+        };
+        if let Some(answer) = initial {
+            self.answer(coordinator, session, answer);
+            self.end_session(coordinator, session);
+            return;
+        }
+        self.send_requests(coordinator, session, write, requests);
+        let life = self.nodes[coordinator].life;
+        self.schedule(
+            self.now + DEADLINE,
+            Event::Deadline {
+                node: coordinator,
+                life,
+                session,
+            },
+        );
+    }
+
+    fn send_requests(
+        &mut self,
+        node: usize,
+        session: u64,
+        write: Option<usize>,
+        reqs: Vec<Request>,
+    ) {
+        let life = self.nodes[node].life;
+        for r in reqs {
+            let Some(to) = self.index(&r.to) else {
+                continue;
+            };
+            self.send(
+                node,
+                to,
+                Msg::Replica {
+                    session,
+                    write,
+                    msg: r.msg,
+                },
+            );
+            self.schedule(
+                self.now + ATTEMPT_TIMEOUT,
+                Event::Attempt {
+                    node,
+                    life,
+                    session,
+                    target: to,
+                },
+            );
+        }
+    }
+
+    /// Gives the client its answer (once) and records it.
+    fn answer(&mut self, node: usize, session: u64, answer: Result<Answer>) {
+        let Some(s) = self.nodes[node].sessions.get(&session) else {
+            return;
+        };
+        let (c, key) = (s.client, s.key);
+        if self.clients[c].waiting != Some((node, session)) {
+            return;
+        }
+        let write = match &s.kind {
+            SessionKind::Put(_, w) => Some(*w),
+            SessionKind::Get(_) => None,
+        };
+        self.clients[c].waiting = None;
+        match answer {
+            Ok(Answer::Read(state)) => {
+                let values: Vec<Vec<u8>> = state.values().map(<[u8]>::to_vec).collect();
+                let line = format!(
+                    "client {c}: got key-{key} {:?}",
+                    values
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .collect::<Vec<_>>()
+                );
+                self.note(|| line);
+                self.clients[c].contexts.insert(key, state.context());
+                self.history.reads.push(Read {
+                    key,
+                    values,
+                    at: self.now,
+                });
+            }
+            Ok(Answer::Written((state, dot))) => {
+                if let Some(w) = write {
+                    let write = &mut self.history.writes[w];
+                    write.acked = Some(dot);
+                    write.end = Some(self.now);
+                    self.clients[c].contexts.insert(key, state.context());
+                    self.note(|| {
+                        format!("client {c}: write #{w} of key-{key} acknowledged as {dot}")
+                    });
+                }
+            }
+            Err(e) => {
+                self.history.failed += 1;
+                self.note(|| format!("client {c}: key-{key}: error: {e}"));
+            }
+        }
+        self.client_next(c);
+    }
+
+    // ---- coordinator sessions ----
+
+    fn on_session_reply(
+        &mut self,
+        node: usize,
+        session: u64,
+        from: &NodeId,
+        reply: Result<ReplicaMsg>,
+    ) {
+        let Some(s) = self.nodes[node].sessions.get_mut(&session) else {
+            return;
+        };
+        let (next, answer, complete, write) = match &mut s.kind {
+            SessionKind::Get(g) => {
+                let (next, answer) = g.on_reply(from, reply);
+                (
+                    next,
+                    answer.map(|r| r.map(Answer::Read)),
+                    g.is_complete(),
+                    None,
+                )
+            }
+            SessionKind::Put(p, w) => {
+                let (next, answer) = p.on_reply(from, reply);
+                (
+                    next,
+                    answer.map(|r| r.map(Answer::Written)),
+                    p.is_complete(),
+                    Some(*w),
+                )
+            }
+        };
+        if let Some(answer) = answer {
+            self.answer(node, session, answer);
+        }
+        self.send_requests(node, session, write, next);
+        if complete {
+            self.end_session(node, session);
+        }
+    }
+
+    fn on_deadline(&mut self, node: usize, session: u64) {
+        let Some(s) = self.nodes[node].sessions.get_mut(&session) else {
+            return;
+        };
+        let answer = match &mut s.kind {
+            SessionKind::Get(g) => g.on_timeout().map(|r| r.map(Answer::Read)),
+            SessionKind::Put(p, _) => p.on_timeout().map(|r| r.map(Answer::Written)),
+        };
+        if let Some(answer) = answer {
+            self.answer(node, session, answer);
+        }
+        self.end_session(node, session);
+    }
+
+    /// Ends a session; a get's read repair goes out, fire and forget.
+    fn end_session(&mut self, node: usize, session: u64) {
+        let Some(s) = self.nodes[node].sessions.remove(&session) else {
+            return;
+        };
+        if let SessionKind::Get(g) = s.kind {
+            let repairs = g.repairs();
+            if !repairs.is_empty() {
+                self.note(|| format!("n{node}: read repair to {} replicas", repairs.len()));
+            }
+            for r in repairs {
+                if let Some(to) = self.index(&r.to) {
+                    self.send(
+                        node,
+                        to,
+                        Msg::Replica {
+                            session: 0,
+                            write: None,
+                            msg: r.msg,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+enum Answer {
+    Read(SiblingSet),
+    Written(Written),
+}
+
+fn describe(value: &Option<Vec<u8>>) -> String {
+    match value {
+        Some(v) => format!("put {:?}", String::from_utf8_lossy(v)),
+        None => "delete".into(),
+    }
+}
+
+impl Sim {
+    // ---- the network's deliveries ----
+
+    fn deliver(&mut self, from: usize, to: usize, msg: Msg) {
+        if !self.nodes[to].running {
+            return;
+        }
+        if self.cfg.trace {
+            let what = msg.describe();
+            self.note(|| format!("n{from} -> n{to}: {what}"));
+        }
+        let from_id = self.nodes[from].id.clone();
+        match msg {
+            Msg::Gossip(g) => {
+                let now = self.now;
+                let node = &mut self.nodes[to];
+                if let Ok((reply, changed)) = node.membership.on_gossip(&from_id, g, now) {
+                    if changed.view {
+                        node.view = Some(node.membership.view().clone());
+                    }
+                    if let Some(reply) = reply {
+                        self.send_gossip(to, reply.to, reply.msg);
+                    }
+                }
+            }
+            Msg::Replica {
+                session,
+                write,
+                msg,
+            } => {
+                let reply = self.nodes[to].replica.apply(msg);
+                if let (Some(w), Ok(ReplicaMsg::Updated { dot, .. })) = (write, &reply) {
+                    self.history.writes[w].dots.push(*dot);
+                    let line = format!(
+                        "n{to}: minted {dot} for write #{w} of key-{}",
+                        self.history.writes[w].key
+                    );
+                    self.note(|| line);
+                }
+                if session != 0 {
+                    self.send(to, from, Msg::ReplicaReply { session, reply });
+                }
+            }
+            Msg::ReplicaReply { session, reply } => {
+                self.on_session_reply(to, session, &from_id, reply);
+            }
+            Msg::HintDeliver { id, entries } => {
+                let replica = &mut self.nodes[to].replica;
+                let merged = entries
+                    .iter()
+                    .try_for_each(|(k, s)| replica.merge(k, s, None).map(|_| ()));
+                if merged.is_ok() {
+                    self.send(to, from, Msg::HintDelivered { id });
+                }
+            }
+            Msg::HintDelivered { id } => self.on_hints_delivered(to, id),
+            Msg::Ae { id, msg } => {
+                let reply = respond(&mut self.nodes[to].replica, msg);
+                self.send(to, from, Msg::AeReply { id, reply });
+            }
+            Msg::AeReply { id, reply } => self.on_ae_reply(to, from, id, reply),
+            Msg::Gc { id, msg } => {
+                let replica = &mut self.nodes[to].replica;
+                let reply = match msg {
+                    GcMsg::Probe { entries } => replica
+                        .probe_tombstones(&entries)
+                        .map(|held| GcMsg::Held { held }),
+                    GcMsg::Collect { entries } => {
+                        let removed = replica.collect_tombstones(&entries);
+                        if matches!(removed, Ok(1..)) {
+                            for (key, _) in &entries {
+                                if let Some(k) = self.keys.iter().position(|x| x == key) {
+                                    self.history.collected.insert(k);
+                                }
+                            }
+                        }
+                        removed.map(|n| GcMsg::Collected { removed: n as u32 })
+                    }
+                    _ => Err(Error::InvalidRequest("not a request".into())),
+                };
+                if let Ok(msg) = reply {
+                    self.send(to, from, Msg::GcReply { id, msg });
+                }
+            }
+            Msg::GcReply { id, msg } => self.on_gc_reply(to, &from_id, id, msg),
+        }
+    }
+
+    fn send_gossip(&mut self, from: usize, to: Destination, msg: GossipMsg) {
+        let to = match to {
+            Destination::Node(id) => self.index(&id),
+            Destination::Addr(a) => (0..self.cfg.nodes).find(|&i| addr(i) == a),
+        };
+        if let Some(to) = to {
+            self.send(from, to, Msg::Gossip(msg));
+        }
+    }
+
+    fn on_timer(&mut self, i: usize, timer: Timer) {
+        let every = match timer {
+            Timer::Gossip => {
+                let (now, rand) = (self.now, self.rng.next_u64());
+                let node = &mut self.nodes[i];
+                let (out, changed) = node.membership.tick(now, rand);
+                if changed.view {
+                    node.view = Some(node.membership.view().clone());
+                }
+                for o in out {
+                    self.send_gossip(i, o.to, o.msg);
+                }
+                GOSSIP_EVERY
+            }
+            Timer::AntiEntropy => {
+                self.start_exchange(i);
+                AE_EVERY
+            }
+            Timer::Hints => {
+                self.deliver_hints(i);
+                HINTS_EVERY
+            }
+            Timer::Gc => {
+                self.start_gc(i);
+                GC_EVERY
+            }
+            Timer::Sync => {
+                self.nodes[i].data.sync();
+                self.nodes[i].hints.sync();
+                self.cfg.sync_every
+            }
+        };
+        let life = self.nodes[i].life;
+        self.schedule(
+            self.now + every,
+            Event::Timer {
+                node: i,
+                life,
+                timer,
+            },
+        );
+    }
+
+    /// Registers a call awaiting an answer, with its timeout.
+    fn call(&mut self, i: usize, call: Call) -> u64 {
+        let id = self.id();
+        self.nodes[i].calls.insert(id, call);
+        let life = self.nodes[i].life;
+        self.schedule(
+            self.now + CALL_TIMEOUT,
+            Event::CallTimeout { node: i, life, id },
+        );
+        id
+    }
+
+    fn is_up(&self, i: usize, peer: &NodeId) -> bool {
+        self.nodes[i].membership.health(peer) == Health::Up
+    }
+
+    // ---- hinted handoff ----
+
+    fn deliver_hints(&mut self, i: usize) {
+        let owners: Vec<NodeId> = self.nodes[i]
+            .replica
+            .hints_pending()
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(o, _)| o.clone())
+            .collect();
+        for owner in owners {
+            let busy = self.nodes[i]
+                .calls
+                .values()
+                .any(|c| matches!(c, Call::Hints { owner: o, .. } if *o == owner));
+            let Some(to) = self.index(&owner) else {
+                continue;
+            };
+            if busy || !self.is_up(i, &owner) {
+                continue;
+            }
+            let Ok(batch) = self.nodes[i].replica.hinted(&owner, 64) else {
+                continue;
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let entries = batch.clone();
+            let id = self.call(i, Call::Hints { owner, batch });
+            self.send(i, to, Msg::HintDeliver { id, entries });
+        }
+    }
+
+    fn on_hints_delivered(&mut self, i: usize, id: u64) {
+        let Some(Call::Hints { owner, batch }) = self.nodes[i].calls.remove(&id) else {
+            return;
+        };
+        let Some(ring) = self.nodes[i].membership.ring() else {
+            return;
+        };
+        let node = &mut self.nodes[i];
+        let mine: Vec<Partition> = ring.replicated_by(&node.id, self.cfg.n);
+        let keep = |k: &[u8]| mine.contains(&ring.partition_of(k));
+        if let Ok(n) = node.replica.handed_off(&owner, &batch, keep) {
+            self.note(|| format!("n{i}: {n} hints for {owner} delivered"));
+        }
+    }
+
+    // ---- anti-entropy ----
+
+    fn start_exchange(&mut self, i: usize) {
+        let running = self.nodes[i]
+            .calls
+            .values()
+            .any(|c| matches!(c, Call::Exchange(_)));
+        let Some(ring) = self.nodes[i].membership.ring() else {
+            return;
+        };
+        if running {
+            return;
+        }
+        let mine = ring.replicated_by(&self.nodes[i].id, self.cfg.n);
+        if mine.is_empty() {
+            return;
+        }
+        let node = &mut self.nodes[i];
+        node.ae_cursor = (node.ae_cursor + 1) % mine.len();
+        let p = mine[node.ae_cursor];
+        let peers: Vec<NodeId> = ring
+            .preference_list(p, self.cfg.n)
+            .into_iter()
+            .filter(|n| **n != self.nodes[i].id && self.is_up(i, n))
+            .cloned()
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let peer = &peers[self.rng.below(peers.len() as u64) as usize];
+        let Some(to) = self.index(peer) else { return };
+        let (ex, msg) = Exchange::start(p, self.nodes[i].replica.tree(p));
+        let id = self.call(i, Call::Exchange(ex));
+        self.send(i, to, Msg::Ae { id, msg });
+    }
+
+    fn on_ae_reply(&mut self, i: usize, from: usize, id: u64, reply: Result<AeMsg>) {
+        let node = &mut self.nodes[i];
+        let Some(Call::Exchange(mut ex)) = node.calls.remove(&id) else {
+            return;
+        };
+        let Ok(reply) = reply else { return };
+        match ex.on_reply(reply, &mut node.replica) {
+            Ok(Some(next)) => {
+                node.calls.insert(id, Call::Exchange(ex));
+                self.send(i, from, Msg::Ae { id, msg: next });
+            }
+            Ok(None) => {
+                let r = ex.report().clone();
+                if r.pulled + r.pushed > 0 {
+                    self.note(|| {
+                        format!(
+                            "n{i}: exchange of {} with n{from}: pulled {}, pushed {}",
+                            ex.partition(),
+                            r.pulled,
+                            r.pushed
+                        )
+                    });
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    // ---- tombstone collection ----
+
+    fn start_gc(&mut self, i: usize) {
+        let running = self.nodes[i]
+            .calls
+            .values()
+            .any(|c| matches!(c, Call::Gc(_)));
+        let Some(ring) = self.nodes[i].membership.ring() else {
+            return;
+        };
+        if running || ring.is_moving() {
+            return;
+        }
+        let me = self.nodes[i].id.clone();
+        let led: Vec<Partition> = (0..ring.partition_count())
+            .map(Partition)
+            .filter(|&p| ring.owner(p) == &me)
+            .collect();
+        if led.is_empty() {
+            return;
+        }
+        let node = &mut self.nodes[i];
+        node.gc_cursor = (node.gc_cursor + 1) % led.len();
+        let p = led[node.gc_cursor];
+        let Ok(found) = node.replica.tombstones(p, 64) else {
+            return;
+        };
+        if found.is_empty() {
+            return;
+        }
+        let members: Vec<NodeId> = node
+            .membership
+            .view()
+            .members
+            .values()
+            .filter(|m| m.status.is_live())
+            .map(|m| m.id.clone())
+            .collect();
+        let id = self.call(
+            i,
+            Call::Gc(GcRound {
+                partition: p,
+                found: found.clone(),
+                members: members.clone(),
+                answers: Vec::new(),
+            }),
+        );
+        for m in members {
+            if let Some(to) = self.index(&m) {
+                let entries = found.clone();
+                self.send(
+                    i,
+                    to,
+                    Msg::Gc {
+                        id,
+                        msg: GcMsg::Probe { entries },
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_gc_reply(&mut self, i: usize, from: &NodeId, id: u64, msg: GcMsg) {
+        let GcMsg::Held { held } = msg else { return };
+        let Some(Call::Gc(round)) = self.nodes[i].calls.get_mut(&id) else {
+            return;
+        };
+        if held.len() != round.found.len() || round.answers.iter().any(|(n, _)| n == from) {
+            return;
+        }
+        round.answers.push((from.clone(), held));
+        if round.answers.len() < round.members.len() {
+            return;
+        }
+        let Some(Call::Gc(round)) = self.nodes[i].calls.remove(&id) else {
+            return;
+        };
+        let Some(ring) = self.nodes[i].membership.ring() else {
+            return;
+        };
+        let replicas: std::collections::BTreeSet<NodeId> = ring
+            .preference_list(round.partition, self.cfg.n)
+            .into_iter()
+            .cloned()
+            .collect();
+        let ok = collectable(round.found.len(), &round.answers, |_| replicas.clone());
+        if ok.is_empty() {
+            return;
+        }
+        let allowed: Vec<Entry> = ok.into_iter().map(|k| round.found[k].clone()).collect();
+        let entries = self.nodes[i].ripening.ripe(allowed, self.now, GC_GRACE);
+        if entries.is_empty() {
+            return;
+        }
+        let line = format!(
+            "n{i}: collecting {} tombstones of {}",
+            entries.len(),
+            round.partition
+        );
+        self.note(|| line);
+        for (node, held) in &round.answers {
+            if held.contains(&Holding::Same)
+                && let Some(to) = self.index(node)
+            {
+                let entries = entries.clone();
+                self.send(
+                    i,
+                    to,
+                    Msg::Gc {
+                        id: 0,
+                        msg: GcMsg::Collect { entries },
+                    },
+                );
+            }
+        }
+    }
+
+    // ---- convergence ----
+
+    /// The ring every node agrees on (None if they disagree or have none).
+    fn common_ring(&self) -> Option<Ring> {
+        let ring = self.nodes[0].membership.ring()?;
+        let view = self.nodes[0].membership.view().ownership.clone();
+        self.nodes
+            .iter()
+            .all(|n| n.membership.view().ownership == view)
+            .then_some(ring)
+    }
+
+    /// Each key's copies at its owners, or why they are not comparable yet.
+    fn owner_states(&self, k: usize) -> std::result::Result<Vec<SiblingSet>, String> {
+        let ring = self.common_ring().ok_or("nodes disagree about the ring")?;
+        let p = ring.partition_of(&self.keys[k]);
+        ring.preference_list(p, self.cfg.n)
+            .into_iter()
+            .map(|id| {
+                let i = self.index(id).ok_or("unknown owner")?;
+                self.nodes[i]
+                    .replica
+                    .read(&self.keys[k])
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    fn divergence(&self) -> String {
+        for n in &self.nodes {
+            let hints: u64 = n.replica.hints_pending().values().sum();
+            if hints > 0 {
+                return format!("{} still holds {hints} hints", n.id);
+            }
+            if !n.sessions.is_empty() {
+                return format!("{} still has sessions", n.id);
+            }
+        }
+        for k in 0..self.keys.len() {
+            match self.owner_states(k) {
+                Err(e) => return e,
+                Ok(states) if states.windows(2).any(|w| w[0] != w[1]) => {
+                    return format!("key {k} differs between its owners: {states:?}");
+                }
+                Ok(_) => {}
+            }
+        }
+        String::new()
+    }
+
+    fn converged(&self) -> bool {
+        self.divergence().is_empty()
+    }
+
+    fn final_state(&self, k: usize) -> SiblingSet {
+        self.owner_states(k)
+            .ok()
+            .and_then(|s| s.into_iter().next())
+            .unwrap_or_default()
+    }
+}
+
+/// Runs one seed.
+pub fn simulate(cfg: &SimConfig, seed: u64) -> Outcome {
+    match Sim::new(cfg.clone(), seed) {
+        Ok(sim) => sim.run(),
+        Err(e) => panic!("the simulator could not start: {e}"),
+    }
+}
+
+/// Runs one seed, and on a violation runs it again with the trace on:
+/// the report names the seed, the violation and the events before it.
+pub fn check_seed(cfg: &SimConfig, seed: u64) -> std::result::Result<Outcome, String> {
+    let outcome = simulate(cfg, seed);
+    let Some(violation) = &outcome.violation else {
+        return Ok(outcome);
+    };
+    let traced = simulate(
+        &SimConfig {
+            trace: true,
+            ..cfg.clone()
+        },
+        seed,
+    );
+    // The events of the key the violation names, and every fault; else
+    // the last events.
+    let key = violation
+        .split_whitespace()
+        .find(|w| w.starts_with("key-"))
+        .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-'));
+    let lines: Vec<&String> = match key {
+        Some(key) => traced
+            .trace
+            .iter()
+            .filter(|l| {
+                l.split_whitespace().any(|w| {
+                    w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-') == key
+                }) || ["crash", "restart", "partition", "heal"]
+                    .iter()
+                    .any(|f| l.contains(f))
+            })
+            .collect(),
+        None => traced.trace.iter().rev().take(TRACE_LINES).rev().collect(),
+    };
+    let mut report = format!("seed {seed}: {violation}\nevents:\n");
+    for line in lines {
+        report.push_str(line);
+        report.push('\n');
+    }
+    report.push_str(&format!("seed {seed}: {violation}\n"));
+    Err(report)
+}

@@ -1,0 +1,75 @@
+//! The deterministic cluster simulator over a few hundred seeds (the
+//! `simulate` example runs many more).
+
+use dynakv::sim::{SimConfig, check_seed, simulate};
+
+fn run_seeds(cfg: &SimConfig, seeds: std::ops::Range<u64>) -> (u64, usize) {
+    let (mut events, mut acked) = (0, 0);
+    for seed in seeds {
+        match check_seed(cfg, seed) {
+            Ok(o) => {
+                events += o.events;
+                acked += o.acked_writes;
+            }
+            Err(report) => panic!("{report}"),
+        }
+    }
+    (events, acked)
+}
+
+#[test]
+fn no_acknowledged_write_is_lost_and_replicas_converge_under_faults() {
+    let (events, acked) = run_seeds(&SimConfig::default(), 1..201);
+    // The runs did real work: many writes were acknowledged through crashes,
+    // partitions, drops and duplicates.
+    assert!(acked > 20_000, "only {acked} acknowledged writes");
+    assert!(events > 1_000_000, "only {events} events");
+}
+
+#[test]
+fn power_losses_under_periodic_fsync_still_converge() {
+    let cfg = SimConfig {
+        fsync_always: false,
+        ..SimConfig::default()
+    };
+    run_seeds(&cfg, 1..101);
+}
+
+#[test]
+fn faults_are_really_injected() {
+    let o = simulate(&SimConfig::default(), 7);
+    assert!(o.crashes > 0 && o.partitions > 0, "{o:?}");
+    assert!(o.failed_ops > 0, "faults should fail some operations");
+    assert!(o.acked_writes > 0 && o.reads > 0);
+}
+
+#[test]
+fn a_seed_replays_the_same_run_event_for_event() {
+    let cfg = SimConfig::default();
+    for seed in [1, 2, 99] {
+        let (a, b) = (simulate(&cfg, seed), simulate(&cfg, seed));
+        assert_eq!((a.events, a.digest), (b.events, b.digest), "seed {seed}");
+        assert_eq!(a.acked_writes, b.acked_writes);
+    }
+    assert_ne!(simulate(&cfg, 1).digest, simulate(&cfg, 2).digest);
+}
+
+#[test]
+fn a_trace_names_the_events_of_a_run() {
+    let cfg = SimConfig {
+        trace: true,
+        ..SimConfig::default()
+    };
+    let o = simulate(&cfg, 3);
+    let all = o.trace.join("\n");
+    for wanted in [
+        "crash n",
+        "restart n",
+        "partition:",
+        "heal",
+        "minted",
+        "acknowledged",
+    ] {
+        assert!(all.contains(wanted), "no {wanted:?} in the trace");
+    }
+}
