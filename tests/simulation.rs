@@ -73,3 +73,15 @@ fn a_trace_names_the_events_of_a_run() {
         assert!(all.contains(wanted), "no {wanted:?} in the trace");
     }
 }
+
+/// The seeds that found bugs (see `tombstones::Ripening` and
+/// `Replica::forget_writer`) keep passing.
+#[test]
+fn the_seeds_that_found_bugs_pass() {
+    run_seeds(&SimConfig::default(), 1055..1056);
+    let periodic = SimConfig {
+        fsync_always: false,
+        ..SimConfig::default()
+    };
+    run_seeds(&periodic, 81..82);
+}
