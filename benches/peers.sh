@@ -29,13 +29,18 @@ WORK=$(mktemp -d /tmp/dynakv-peers.XXXXXX)
 RESULTS="$WORK/results"
 PIDS=()
 
-cleanup() {
+stop_all() {
     for pid in "${PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
     for pid in "${PIDS[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
+    PIDS=()
+}
+
+cleanup() {
+    stop_all
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -67,16 +72,6 @@ wait_for() {
     done
     say "timed out waiting for: $*"
     return 1
-}
-
-stop_all() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    PIDS=()
 }
 
 # record SYSTEM MODE PUT_JSON GET_JSON: one result line from two JSON reports.

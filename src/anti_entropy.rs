@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::merkle::{FANOUT, HashTree, SEGMENTS, differing};
+use crate::node::NodeId;
 use crate::replica::{Replica, Store};
-use crate::ring::Partition;
+use crate::ring::{Partition, Ring};
 use crate::version::SiblingSet;
 
 /// Messages of the anti-entropy concern (`PeerMsg::AntiEntropy`). Every
@@ -91,6 +92,17 @@ pub struct ExchangeReport {
     pub round_trips: usize,
 }
 
+impl std::ops::AddAssign<&ExchangeReport> for ExchangeReport {
+    /// Totals over several exchanges (the partition is not summed).
+    fn add_assign(&mut self, r: &ExchangeReport) {
+        self.pulled += r.pulled;
+        self.pushed += r.pushed;
+        self.bytes_sent += r.bytes_sent;
+        self.bytes_received += r.bytes_received;
+        self.round_trips += r.round_trips;
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Stage {
     AwaitRoot,
@@ -98,6 +110,37 @@ enum Stage {
     AwaitDiff,
     AwaitPushed,
     Done,
+}
+
+/// The next exchange `me` starts: the partition after `cursor` (advanced)
+/// among those it replicates, with one of its co-replicas that are up:
+/// the one at `pick(count)` (below `count`). None when it replicates nothing or no co-replica of
+/// that partition is up.
+pub fn next_exchange(
+    ring: &Ring,
+    me: &NodeId,
+    n: usize,
+    cursor: &mut usize,
+    is_up: impl Fn(&NodeId) -> bool,
+    pick: impl FnOnce(usize) -> usize,
+) -> Option<(Partition, NodeId)> {
+    let mine = ring.replicated_by(me, n);
+    if mine.is_empty() {
+        return None;
+    }
+    *cursor = (*cursor + 1) % mine.len();
+    let p = mine[*cursor];
+    let peers: Vec<&NodeId> = ring
+        .preference_list(p, n)
+        .into_iter()
+        .filter(|node| *node != me && is_up(node))
+        .collect();
+    if peers.is_empty() {
+        return None;
+    }
+    peers
+        .get(pick(peers.len()))
+        .map(|peer| (p, (*peer).clone()))
 }
 
 /// The initiator's side of one exchange of one partition with one peer.
@@ -382,12 +425,7 @@ mod tests {
     fn sync_all(a: &mut Replica<MemStore>, b: &mut Replica<MemStore>) -> ExchangeReport {
         let mut total = ExchangeReport::default();
         for p in 0..Q {
-            let r = exchange_locally(a, b, Partition(p)).unwrap();
-            total.pulled += r.pulled;
-            total.pushed += r.pushed;
-            total.bytes_sent += r.bytes_sent;
-            total.bytes_received += r.bytes_received;
-            total.round_trips += r.round_trips;
+            total += &exchange_locally(a, b, Partition(p)).unwrap();
         }
         total
     }

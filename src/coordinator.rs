@@ -127,6 +127,8 @@ struct Tally {
     votes: Vec<Vote>,
     fallbacks: VecDeque<NodeId>,
     needed: usize,
+    /// Whether the client has its answer.
+    answered: bool,
 }
 
 impl Tally {
@@ -136,6 +138,7 @@ impl Tally {
             targets,
             fallbacks: fallbacks.into(),
             needed,
+            answered: false,
         }
     }
 
@@ -182,6 +185,17 @@ impl Tally {
             got: self.yes() as u8,
         }
     }
+
+    /// The client's answer, unless it was given already.
+    fn answer<T>(&mut self, answer: Result<T>) -> Option<Result<T>> {
+        (!std::mem::replace(&mut self.answered, true)).then_some(answer)
+    }
+
+    /// The deadline passed: a quorum error, if the client has no answer yet.
+    fn time_out<T>(&mut self) -> Option<Result<T>> {
+        let e = self.quorum_error();
+        self.answer(Err(e))
+    }
 }
 
 pub struct GetSession {
@@ -190,7 +204,6 @@ pub struct GetSession {
     /// What each target answered, by index.
     states: Vec<Option<SiblingSet>>,
     merged: SiblingSet,
-    answered: bool,
 }
 
 impl GetSession {
@@ -203,7 +216,6 @@ impl GetSession {
             tally: Tally::new(route.targets, route.fallbacks, r),
             key,
             merged: SiblingSet::new(),
-            answered: false,
         };
         (session, requests)
     }
@@ -247,26 +259,19 @@ impl GetSession {
 
     /// The deadline passed: answer with a quorum error if not answered yet.
     pub fn on_timeout(&mut self) -> Option<Result<SiblingSet>> {
-        if self.answered {
-            return None;
-        }
-        self.answered = true;
-        Some(Err(self.tally.quorum_error()))
+        self.tally.time_out()
     }
 
     fn answer_if_due(&mut self) -> Option<Result<SiblingSet>> {
-        if self.answered {
-            return None;
+        if self.tally.answered {
+            None
+        } else if self.tally.reached() {
+            self.tally.answer(Ok(self.merged.clone()))
+        } else if self.tally.impossible() {
+            self.tally.time_out()
+        } else {
+            None
         }
-        if self.tally.reached() {
-            self.answered = true;
-            return Some(Ok(self.merged.clone()));
-        }
-        if self.tally.impossible() {
-            self.answered = true;
-            return Some(Err(self.tally.quorum_error()));
-        }
-        None
     }
 
     /// Every target has answered or failed: nothing more will arrive.
@@ -315,7 +320,6 @@ pub struct PutSession {
     /// Index of the target asked to mint; None once minted (or given up).
     minter: Option<usize>,
     written: Option<Written>,
-    answered: bool,
 }
 
 impl PutSession {
@@ -337,7 +341,6 @@ impl PutSession {
             pending: route.pending,
             minter: None,
             written: None,
-            answered: false,
         };
         let requests = session.mint_with(0);
         (session, requests)
@@ -418,10 +421,7 @@ impl PutSession {
                 // The request itself is wrong; every replica would refuse it.
                 self.tally.votes[i] = Vote::No;
                 self.minter = None;
-                if !self.answered {
-                    self.answered = true;
-                    return (Vec::new(), Some(Err(e)));
-                }
+                return (Vec::new(), self.tally.answer(Err(e)));
             }
             (true, _) => {
                 // The fallback (if any) is appended; the next waiting target,
@@ -443,30 +443,84 @@ impl PutSession {
 
     /// The deadline passed: answer with a quorum error if not answered yet.
     pub fn on_timeout(&mut self) -> Option<Result<Written>> {
-        if self.answered {
-            return None;
-        }
-        self.answered = true;
-        Some(Err(self.tally.quorum_error()))
+        self.tally.time_out()
     }
 
     fn answer_if_due(&mut self) -> Option<Result<Written>> {
-        if self.answered {
-            return None;
+        if self.tally.answered {
+            None
+        } else if let Some(written) = self.written.clone().filter(|_| self.tally.reached()) {
+            self.tally.answer(Ok(written))
+        } else if self.tally.impossible() || (self.written.is_none() && self.minter.is_none()) {
+            self.tally.time_out()
+        } else {
+            None
         }
-        if let Some(written) = self.written.as_ref().filter(|_| self.tally.reached()) {
-            self.answered = true;
-            return Some(Ok(written.clone()));
-        }
-        if self.tally.impossible() || (self.written.is_none() && self.minter.is_none()) {
-            self.answered = true;
-            return Some(Err(self.tally.quorum_error()));
-        }
-        None
     }
 
     pub fn is_complete(&self) -> bool {
         self.tally.complete() || (self.written.is_none() && self.minter.is_none())
+    }
+}
+
+/// What a session answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Read(SiblingSet),
+    Written(Written),
+}
+
+/// A get or a put session behind one interface, as the shells drive them.
+pub enum Session {
+    Get(GetSession),
+    Put(PutSession),
+}
+
+impl Session {
+    pub fn initial_answer(&mut self) -> Option<Result<Outcome>> {
+        match self {
+            Session::Get(g) => g.initial_answer().map(|r| r.map(Outcome::Read)),
+            Session::Put(p) => p.initial_answer().map(|r| r.map(Outcome::Written)),
+        }
+    }
+
+    pub fn on_reply(
+        &mut self,
+        from: &NodeId,
+        reply: Result<ReplicaMsg>,
+    ) -> (Vec<Request>, Option<Result<Outcome>>) {
+        match self {
+            Session::Get(g) => {
+                let (next, answer) = g.on_reply(from, reply);
+                (next, answer.map(|r| r.map(Outcome::Read)))
+            }
+            Session::Put(p) => {
+                let (next, answer) = p.on_reply(from, reply);
+                (next, answer.map(|r| r.map(Outcome::Written)))
+            }
+        }
+    }
+
+    pub fn on_timeout(&mut self) -> Option<Result<Outcome>> {
+        match self {
+            Session::Get(g) => g.on_timeout().map(|r| r.map(Outcome::Read)),
+            Session::Put(p) => p.on_timeout().map(|r| r.map(Outcome::Written)),
+        }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        match self {
+            Session::Get(g) => g.is_complete(),
+            Session::Put(p) => p.is_complete(),
+        }
+    }
+
+    /// The read repairs to send when the session ends (none for a put).
+    pub fn repairs(&self) -> Vec<Request> {
+        match self {
+            Session::Get(g) => g.repairs(),
+            Session::Put(_) => Vec::new(),
+        }
     }
 }
 

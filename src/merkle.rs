@@ -60,14 +60,7 @@ impl Default for HashTree {
 
 impl HashTree {
     pub fn new() -> Self {
-        let leaves = vec![0; SEGMENTS];
-        let inner: Vec<u64> = leaves.chunks(FANOUT).map(hash_children).collect();
-        let root = hash_children(&inner);
-        HashTree {
-            leaves,
-            inner,
-            root,
-        }
+        Self::from_items(std::iter::empty())
     }
 
     /// Builds a tree from a partition scan: `(segment, item hash)` pairs.

@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::node::NodeId;
+use crate::ring::{Partition, Ring};
 use crate::version::SiblingSet;
 
 /// Messages of tombstone collection (`PeerMsg::Tombstones`). Variants are
@@ -103,6 +104,18 @@ pub fn collectable(
         .collect()
 }
 
+/// The partitions whose tombstones `me` collects: those it owns, and none
+/// while partitions move (their replica sets are changing).
+pub fn led_partitions(ring: &Ring, me: &NodeId) -> Vec<Partition> {
+    if ring.is_moving() {
+        return Vec::new();
+    }
+    (0..ring.partition_count())
+        .map(Partition)
+        .filter(|&p| ring.owner(p) == me)
+        .collect()
+}
+
 /// Tombstones every member allowed, waiting out the grace period: the
 /// collector's memory between rounds (lost on restart, which only delays).
 #[derive(Debug, Clone, Default)]
@@ -139,6 +152,34 @@ impl Ripening {
             }
         }
         ripe
+    }
+
+    /// Once every member answered a probe of `found` (`answers`, one per
+    /// member; `replicas` must each hold the tombstone itself): the
+    /// tombstones to collect now (every answer allows them, and they are
+    /// ripe) and the members to ask to collect them (those holding them).
+    pub fn decide(
+        &mut self,
+        found: &[(Vec<u8>, SiblingSet)],
+        answers: &[(NodeId, Vec<Holding>)],
+        replicas: &BTreeSet<NodeId>,
+        now: u64,
+        grace: u64,
+    ) -> (Vec<(Vec<u8>, SiblingSet)>, Vec<NodeId>) {
+        let allowed = collectable(found.len(), answers, |_| replicas.clone())
+            .into_iter()
+            .map(|i| found[i].clone())
+            .collect();
+        let ripe = self.ripe(allowed, now, grace);
+        if ripe.is_empty() {
+            return (ripe, Vec::new());
+        }
+        let holders = answers
+            .iter()
+            .filter(|(_, held)| held.contains(&Holding::Same))
+            .map(|(n, _)| n.clone())
+            .collect();
+        (ripe, holders)
     }
 
     /// Keys waiting.

@@ -29,12 +29,7 @@ fn replica(actor: u64) -> Replica<MemStore> {
 fn sweep(a: &mut Replica<MemStore>, b: &mut Replica<MemStore>) -> ExchangeReport {
     let mut total = ExchangeReport::default();
     for p in 0..Q {
-        let r = exchange_locally(a, b, Partition(p)).unwrap();
-        total.pulled += r.pulled;
-        total.pushed += r.pushed;
-        total.bytes_sent += r.bytes_sent;
-        total.bytes_received += r.bytes_received;
-        total.round_trips += r.round_trips;
+        total += &exchange_locally(a, b, Partition(p)).unwrap();
     }
     total
 }

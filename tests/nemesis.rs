@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dynakv::Error;
 use dynakv_actors::client::Client;
+use dynakv_actors::testkit::eventually;
 use support::ProcessCluster;
 
 const NODES: usize = 5;
@@ -268,33 +270,20 @@ async fn nothing_acknowledged_is_lost_under_kills_and_pauses() {
     // Heal: every key must read (R = N) as the history says, within the
     // deadline (hints and anti-entropy repair what the faults left).
     let record = std::mem::take(&mut *record.lock().unwrap());
-    let deadline = Instant::now() + WAIT;
-    let mut pending: Vec<&String> = record.keys.keys().collect();
-    let mut last_error = String::new();
-    while !pending.is_empty() && Instant::now() < deadline {
-        let mut still = Vec::new();
-        for key in pending {
-            let client = connect(&cluster.client_addrs, key.len()).await;
-            let verdict = match client {
-                Some(c) => match c.get(key.as_bytes(), Some(3)).await {
-                    Ok(read) => judge(key, &record.keys[key], &read.values),
-                    Err(e) => Err(format!("{key}: {e}")),
-                },
-                None => Err("no connection".into()),
-            };
-            if let Err(e) = verdict {
-                last_error = e;
-                still.push(key);
-            }
+    let healed = eventually(WAIT, "every key to read as the history says", || async {
+        for (key, log) in &record.keys {
+            let c = connect(&cluster.client_addrs, key.len())
+                .await
+                .ok_or_else(|| Error::Unavailable("no connection".into()))?;
+            let read = c.get(key.as_bytes(), Some(3)).await?;
+            judge(key, log, &read.values).map_err(Error::Internal)?;
         }
-        pending = still;
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
+        Ok(())
+    })
+    .await;
     assert!(
-        pending.is_empty(),
-        "after healing: {last_error}\nfaults: {faults:?}\nlog of node1:\n{}",
+        healed.is_ok(),
+        "after healing: {healed:?}\nfaults: {faults:?}\nlog of node1:\n{}",
         cluster.log_tail(0)
     );
     assert!(

@@ -306,24 +306,11 @@ async fn an_interrupted_transfer_resumes_after_the_receiver_restarts() {
     })
     .await
     .unwrap();
-    let before = cluster
-        .node(i)
-        .replica
-        .send(Stats)
-        .await
-        .unwrap()
-        .unwrap()
-        .keys;
+    let keys = |cluster: &Cluster| cluster.node(i).replica.send(Stats);
+    let before = keys(&cluster).await.unwrap().unwrap().keys;
     cluster.stop_node(i).await.unwrap();
     cluster.restart_node(i).await.unwrap();
-    let after = cluster
-        .node(i)
-        .replica
-        .send(Stats)
-        .await
-        .unwrap()
-        .unwrap()
-        .keys;
+    let after = keys(&cluster).await.unwrap().unwrap().keys;
     assert!(after >= before, "what was fetched before the crash stays");
     cluster.settled(WAIT).await.unwrap();
     check_placement(&cluster, &written).await;

@@ -18,11 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use dynakv::anti_entropy::ExchangeReport;
+use dynakv::anti_entropy::{ExchangeReport, next_exchange};
 use dynakv::peer::PeerMsg;
 use dynakv::replica::Entry;
 use dynakv::ring::Partition;
-use dynakv::tombstones::{GcMsg, Holding, Ripening, collectable};
+use dynakv::tombstones::{GcMsg, Holding, Ripening, led_partitions};
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, info};
 
@@ -112,23 +112,16 @@ impl AntiEntropy {
         }
         let Some(t) = &self.topology else { return };
         let Some(ring) = &t.ring else { return };
-        let me = &self.settings.me;
-        let mine = ring.replicated_by(me, self.settings.n);
-        if mine.is_empty() {
+        let Some((p, peer)) = next_exchange(
+            ring,
+            &self.settings.me,
+            self.settings.n,
+            &mut self.cursor,
+            |n| t.is_up(n),
+            |count| self.rng.usize(..count),
+        ) else {
             return;
-        }
-        self.cursor = (self.cursor + 1) % mine.len();
-        let p = mine[self.cursor];
-        let peers: Vec<NodeId> = ring
-            .preference_list(p, self.settings.n)
-            .into_iter()
-            .filter(|n| *n != me && t.is_up(n))
-            .cloned()
-            .collect();
-        if peers.is_empty() {
-            return;
-        }
-        let peer = peers[self.rng.usize(..peers.len())].clone();
+        };
         self.running = true;
         let run = exchange(
             self.replica.clone(),
@@ -186,10 +179,7 @@ impl AntiEntropy {
             .filter(|m| m.status.is_live())
             .map(|m| m.id.clone())
             .collect();
-        let led: Vec<Partition> = (0..ring.partition_count())
-            .map(Partition)
-            .filter(|&p| ring.owner(p) == &me && !ring.is_moving())
-            .collect();
+        let led = led_partitions(&ring, &me);
         self.collecting = true;
         let (replica, bridge, n, batch, timeout) = (
             self.replica.clone(),
@@ -204,17 +194,18 @@ impl AntiEntropy {
             for p in led {
                 let replicas: BTreeSet<NodeId> =
                     ring.preference_list(p, n).into_iter().cloned().collect();
-                let ripen = |allowed| {
+                let decide = |found: &[Entry], answers: &[(NodeId, Vec<Holding>)]| {
                     let now = born.elapsed().as_millis() as u64;
                     match ripening.lock() {
-                        Ok(mut r) => r.ripe(allowed, now, grace.as_millis() as u64),
-                        Err(_) => Vec::new(),
+                        Ok(mut r) => {
+                            r.decide(found, answers, &replicas, now, grace.as_millis() as u64)
+                        }
+                        Err(_) => (Vec::new(), Vec::new()),
                     }
                 };
-                collected += collect_partition(
-                    &replica, &bridge, &me, &members, &replicas, p, batch, timeout, ripen,
-                )
-                .await?;
+                collected +=
+                    collect_partition(&replica, &bridge, &me, &members, p, batch, timeout, decide)
+                        .await?;
             }
             Ok::<usize, Error>(collected)
         };
@@ -285,11 +276,10 @@ async fn collect_partition(
     bridge: &Addr<Bridge>,
     me: &NodeId,
     members: &[NodeId],
-    replicas: &BTreeSet<NodeId>,
     p: Partition,
     batch: usize,
     timeout: Duration,
-    ripen: impl FnOnce(Vec<Entry>) -> Vec<Entry>,
+    decide: impl FnOnce(&[Entry], &[(NodeId, Vec<Holding>)]) -> (Vec<Entry>, Vec<NodeId>),
 ) -> Result<usize> {
     let found = replica
         .send(FindTombstones {
@@ -356,19 +346,10 @@ async fn collect_partition(
             }
         }
     }
-    let ok = collectable(found.len(), &answers, |_| replicas.clone());
-    if ok.is_empty() {
-        return Ok(0);
-    }
-    let allowed: Vec<_> = ok.into_iter().map(|i| found[i].clone()).collect();
-    let entries = ripen(allowed);
+    let (entries, holders) = decide(&found, &answers);
     if entries.is_empty() {
         return Ok(0);
     }
-    let holders = answers
-        .iter()
-        .filter(|(_, held)| held.contains(&Holding::Same))
-        .map(|(n, _)| n.clone());
     let mut here = 0;
     for node in holders {
         if let GcMsg::Collected { removed } = ask(

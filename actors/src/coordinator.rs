@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::prelude::*;
-use dynakv::coordinator::{GetSession, PutSession, Route};
+use dynakv::coordinator::{GetSession, Outcome, PutSession, Route, Session as Core};
 use dynakv::handoff::{PlanChange, preview};
 use dynakv::membership::MAX_MEMBERS;
 use dynakv::membership::View;
@@ -32,7 +32,7 @@ use crate::events::Events;
 use crate::membership::{Admin, Membership};
 use crate::replica::{PartitionUsage, ReadLocal, Replica, Stats, mailbox_error};
 use crate::ring::{RingChanged, Topology};
-use crate::session::{Kind, Outcome, Router, Session, SessionEnv};
+use crate::session::{Router, Session, SessionEnv};
 use crate::supervise::shielded;
 
 /// Asks a concern for its lines of `status`.
@@ -149,7 +149,7 @@ impl Coordinator {
         op: &'static str,
         key: Vec<u8>,
         partition: u32,
-        start: impl FnOnce() -> (Kind, Vec<dynakv::coordinator::Request>),
+        start: impl FnOnce() -> (Core, Vec<dynakv::coordinator::Request>),
     ) -> Result<oneshot::Receiver<Result<Outcome>>> {
         let running = self.sessions.in_flight.load(Ordering::Relaxed);
         if running >= self.settings.max_in_flight {
@@ -174,7 +174,7 @@ impl Coordinator {
                 let k = key.clone();
                 let rx = self.session("get", key, p, move || {
                     let (s, reqs) = GetSession::start(k, route, r);
-                    (Kind::Get(s), reqs)
+                    (Core::Get(s), reqs)
                 })?;
                 Ok(Pending::Session(rx))
             }
@@ -235,7 +235,7 @@ impl Coordinator {
         let k = key.clone();
         let rx = self.session(op, key, p, move || {
             let (s, reqs) = PutSession::start(k, ctx, value, route, w);
-            (Kind::Put(s), reqs)
+            (Core::Put(s), reqs)
         })?;
         Ok(Pending::Session(rx))
     }

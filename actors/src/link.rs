@@ -62,15 +62,15 @@ pub struct Link {
 }
 
 impl Link {
-    pub(crate) fn outbound(
+    fn new(
         bridge: Addr<Bridge>,
-        addr: String,
+        addr: Option<String>,
         hello: PeerHello,
         settings: &BridgeSettings,
     ) -> Self {
         Link {
             bridge,
-            addr: Some(addr),
+            addr,
             hello,
             secret: settings.secret.clone(),
             metrics: settings.metrics.clone(),
@@ -84,6 +84,15 @@ impl Link {
         }
     }
 
+    pub(crate) fn outbound(
+        bridge: Addr<Bridge>,
+        addr: String,
+        hello: PeerHello,
+        settings: &BridgeSettings,
+    ) -> Self {
+        Link::new(bridge, Some(addr), hello, settings)
+    }
+
     pub(crate) fn inbound(
         bridge: Addr<Bridge>,
         stream: TcpStream,
@@ -91,20 +100,7 @@ impl Link {
         settings: &BridgeSettings,
         ctx: &mut Context<Self>,
     ) -> Self {
-        let mut link = Link {
-            bridge,
-            addr: None,
-            hello,
-            secret: settings.secret.clone(),
-            metrics: settings.metrics.clone(),
-            max_frame: settings.max_frame,
-            connect_timeout: settings.connect_timeout,
-            peer: None,
-            peer_nonce: None,
-            writer: None,
-            queue: Vec::new(),
-            ready: false,
-        };
+        let mut link = Link::new(bridge, None, hello, settings);
         link.attach(stream, ctx);
         link
     }

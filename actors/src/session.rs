@@ -13,10 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
-use dynakv::coordinator::{GetSession, PutSession, Request, Written};
+use dynakv::coordinator::{Outcome, Request, Session as Core};
 use dynakv::peer::PeerMsg;
 use dynakv::replica::ReplicaMsg;
-use dynakv::version::SiblingSet;
 use dynakv::{Error, NodeId, Result};
 use tokio::sync::oneshot;
 use tracing::{Instrument, Span, debug};
@@ -66,18 +65,6 @@ impl Router {
     }
 }
 
-/// What a session answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Read(SiblingSet),
-    Written(Written),
-}
-
-pub enum Kind {
-    Get(GetSession),
-    Put(PutSession),
-}
-
 /// What every session of a coordinator shares.
 #[derive(Clone)]
 pub struct SessionEnv {
@@ -93,7 +80,7 @@ pub struct SessionEnv {
 }
 
 pub struct Session {
-    kind: Kind,
+    core: Core,
     initial: Vec<Request>,
     env: SessionEnv,
     respond: Option<oneshot::Sender<Result<Outcome>>>,
@@ -103,7 +90,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(
-        kind: Kind,
+        core: Core,
         initial: Vec<Request>,
         key: Vec<u8>,
         env: SessionEnv,
@@ -111,7 +98,7 @@ impl Session {
         span: Span,
     ) -> Self {
         Session {
-            kind,
+            core,
             initial,
             env,
             respond: Some(respond),
@@ -152,23 +139,10 @@ impl Session {
             self.span
                 .in_scope(|| debug!(%from, error = %e, "replica did not answer"));
         }
-        let (next, outcome, complete) = match &mut self.kind {
-            Kind::Get(g) => {
-                let (next, outcome) = g.on_reply(from, reply);
-                (next, outcome.map(|r| r.map(Outcome::Read)), g.is_complete())
-            }
-            Kind::Put(p) => {
-                let (next, outcome) = p.on_reply(from, reply);
-                (
-                    next,
-                    outcome.map(|r| r.map(Outcome::Written)),
-                    p.is_complete(),
-                )
-            }
-        };
+        let (next, outcome) = self.core.on_reply(from, reply);
         self.answer(outcome);
         self.send(next, ctx);
-        if complete {
+        if self.core.is_complete() {
             ctx.stop();
         }
     }
@@ -178,10 +152,7 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let initial = match &mut self.kind {
-            Kind::Get(g) => g.initial_answer().map(|r| r.map(Outcome::Read)),
-            Kind::Put(p) => p.initial_answer().map(|r| r.map(Outcome::Written)),
-        };
+        let initial = self.core.initial_answer();
         if initial.is_some() {
             self.answer(initial);
             return ctx.stop();
@@ -189,10 +160,7 @@ impl Actor for Session {
         let requests = std::mem::take(&mut self.initial);
         self.send(requests, ctx);
         ctx.run_later(self.env.deadline, |act, ctx| {
-            let outcome = match &mut act.kind {
-                Kind::Get(g) => g.on_timeout().map(|r| r.map(Outcome::Read)),
-                Kind::Put(p) => p.on_timeout().map(|r| r.map(Outcome::Written)),
-            };
+            let outcome = act.core.on_timeout();
             act.answer(outcome);
             ctx.stop();
         });
@@ -201,22 +169,20 @@ impl Actor for Session {
     fn stopped(&mut self, _: &mut Self::Context) {
         self.env.in_flight.fetch_sub(1, Ordering::Relaxed);
         // Read repair: detached, it must not hold the session open.
-        if let Kind::Get(g) = &self.kind {
-            let repairs = g.repairs();
-            if !repairs.is_empty() {
-                self.env.events.emit(Event::ReadRepair {
-                    node: self.env.router.me.clone(),
-                    key: self.key.clone(),
-                    replicas: repairs.len(),
+        let repairs = self.core.repairs();
+        if !repairs.is_empty() {
+            self.env.events.emit(Event::ReadRepair {
+                node: self.env.router.me.clone(),
+                key: self.key.clone(),
+                replicas: repairs.len(),
+            });
+            self.span
+                .in_scope(|| debug!(replicas = repairs.len(), "read repair"));
+            for r in repairs {
+                let fut = self.env.router.call(r.to, r.msg);
+                actix::spawn(async move {
+                    let _ = fut.await;
                 });
-                self.span
-                    .in_scope(|| debug!(replicas = repairs.len(), "read repair"));
-                for r in repairs {
-                    let fut = self.env.router.call(r.to, r.msg);
-                    actix::spawn(async move {
-                        let _ = fut.await;
-                    });
-                }
             }
         }
         self.answer(Some(Err(Error::Internal(

@@ -99,7 +99,7 @@ impl History {
                             Value::Data(d) => format!("{:?}", String::from_utf8_lossy(d)),
                             Value::Tombstone => "a tombstone".into(),
                         },
-                        describe(w),
+                        describe(&w.value),
                         w.start
                     ));
                 }
@@ -117,7 +117,7 @@ impl History {
                     };
                     return Err(format!(
                         "{} of key-{} (dot {dot}, started at {} ms, {acked}) was lost: final state {:?}",
-                        describe(w),
+                        describe(&w.value),
                         w.key,
                         w.start,
                         finals[w.key]
@@ -129,8 +129,9 @@ impl History {
     }
 }
 
-fn describe(w: &Write) -> String {
-    match &w.value {
+/// "put \"value\"" or "delete", for messages and traces.
+pub(crate) fn describe(value: &Option<Vec<u8>>) -> String {
+    match value {
         Some(v) => format!("put {:?}", String::from_utf8_lossy(v)),
         None => "delete".to_string(),
     }

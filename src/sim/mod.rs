@@ -31,17 +31,19 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::rc::Rc;
 
-use crate::anti_entropy::{AeMsg, Exchange, respond};
-use crate::coordinator::{GetSession, PutSession, Request, Route, Written};
+use crate::anti_entropy::{AeMsg, Exchange, next_exchange, respond};
+use crate::coordinator::{
+    GetSession, Outcome as Answer, PutSession, Request, Route, Session as CoreSession,
+};
 use crate::error::{Error, Result};
 use crate::liveness::Health;
 use crate::membership::{Destination, GossipMsg, Member, Membership, Settings, Status, View};
 use crate::node::NodeId;
-use crate::replica::{Entry, Replica, ReplicaMsg, Store};
+use crate::replica::{Entry, MemStore, Replica, ReplicaMsg, Store};
 use crate::ring::{Partition, Ring};
-use crate::tombstones::{GcMsg, Holding, Ripening, collectable};
+use crate::tombstones::{GcMsg, Holding, Ripening, led_partitions};
 use crate::version::{Actor, Context, SiblingSet, Value};
-use history::{History, Read, Write};
+use history::{History, Read, Write, describe};
 
 /// What a run looks like.
 #[derive(Debug, Clone)]
@@ -156,11 +158,12 @@ impl Rng {
     }
 }
 
-/// A node's disk: what was synced, and what was written since.
+/// A node's disk: what it holds, and what it held at the last sync (all
+/// that a power loss leaves).
 #[derive(Debug, Default)]
 struct DiskState {
-    synced: BTreeMap<Vec<u8>, Vec<u8>>,
-    unsynced: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    now: MemStore,
+    synced: MemStore,
 }
 
 /// A `Store` over a shared simulated disk (one keyspace).
@@ -170,39 +173,26 @@ struct Disk(Rc<RefCell<DiskState>>);
 impl Disk {
     fn sync(&self) {
         let mut d = self.0.borrow_mut();
-        for (k, v) in std::mem::take(&mut d.unsynced) {
-            match v {
-                Some(v) => d.synced.insert(k, v),
-                None => d.synced.remove(&k),
-            };
-        }
+        d.synced = d.now.clone();
     }
 
     fn lose_unsynced(&self) {
-        self.0.borrow_mut().unsynced.clear();
+        let mut d = self.0.borrow_mut();
+        d.now = d.synced.clone();
     }
 }
 
 impl Store for Disk {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let d = self.0.borrow();
-        Ok(match d.unsynced.get(key) {
-            Some(v) => v.clone(),
-            None => d.synced.get(key).cloned(),
-        })
+        self.0.borrow().now.get(key)
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.0
-            .borrow_mut()
-            .unsynced
-            .insert(key.to_vec(), Some(value.to_vec()));
-        Ok(())
+        self.0.borrow_mut().now.put(key, value)
     }
 
     fn remove(&mut self, key: &[u8]) -> Result<()> {
-        self.0.borrow_mut().unsynced.insert(key.to_vec(), None);
-        Ok(())
+        self.0.borrow_mut().now.remove(key)
     }
 
     fn scan(
@@ -211,23 +201,7 @@ impl Store for Disk {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        // Merge the two layers, then page.
-        let d = self.0.borrow();
-        let mut all: BTreeMap<&[u8], Option<&[u8]>> = d
-            .synced
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
-            .collect();
-        for (k, v) in d.unsynced.iter().filter(|(k, _)| k.starts_with(prefix)) {
-            all.insert(k, v.as_deref());
-        }
-        Ok(all
-            .into_iter()
-            .filter(|(k, _)| after.is_none_or(|a| *k > a))
-            .filter_map(|(k, v)| v.map(|v| (k.to_vec(), v.to_vec())))
-            .take(limit)
-            .collect())
+        self.0.borrow().now.scan(prefix, after, limit)
     }
 }
 
@@ -394,15 +368,13 @@ impl Ord for Scheduled {
     }
 }
 
-enum SessionKind {
-    Get(GetSession),
-    Put(PutSession, usize),
-}
-
+/// A coordinator session and the client operation it serves.
 struct Session {
     client: usize,
     key: usize,
-    kind: SessionKind,
+    /// The client write it serves (None for a get).
+    write: Option<usize>,
+    core: CoreSession,
 }
 
 /// A call to a peer awaiting its answer (hint delivery, exchange, probe).
@@ -924,11 +896,11 @@ impl Sim {
             node.membership.health(n) == Health::Up
         });
         let session = self.id();
-        let (kind, requests, write) = match op {
+        let (core, requests, write) = match op {
             ClientOp::Get => {
                 let (s, reqs) = GetSession::start(self.keys[key].clone(), route, self.cfg.r);
                 self.note(|| format!("client {c}: get key-{key} via n{coordinator}"));
-                (SessionKind::Get(s), reqs, None)
+                (CoreSession::Get(s), reqs, None)
             }
             ClientOp::Put { .. } | ClientOp::Delete => {
                 let context = match op {
@@ -964,29 +936,18 @@ impl Sim {
                 let value = value.map_or(Value::Tombstone, Value::Data);
                 let (s, reqs) =
                     PutSession::start(self.keys[key].clone(), context, value, route, self.cfg.w);
-                (SessionKind::Put(s, w), reqs, Some(w))
+                (CoreSession::Put(s), reqs, Some(w))
             }
         };
         self.clients[c].waiting = Some((coordinator, session));
-        self.nodes[coordinator].sessions.insert(
-            session,
-            Session {
-                client: c,
-                key,
-                kind,
-            },
-        );
-        let initial = match &mut self.nodes[coordinator].sessions.get_mut(&session) {
-            Some(Session {
-                kind: SessionKind::Get(g),
-                ..
-            }) => g.initial_answer().map(|r| r.map(Answer::Read)),
-            Some(Session {
-                kind: SessionKind::Put(p, _),
-                ..
-            }) => p.initial_answer().map(|r| r.map(Answer::Written)),
-            None => None,
+        let mut s = Session {
+            client: c,
+            key,
+            write,
+            core,
         };
+        let initial = s.core.initial_answer();
+        self.nodes[coordinator].sessions.insert(session, s);
         if let Some(answer) = initial {
             self.answer(coordinator, session, answer);
             self.end_session(coordinator, session);
@@ -1042,14 +1003,10 @@ impl Sim {
         let Some(s) = self.nodes[node].sessions.get(&session) else {
             return;
         };
-        let (c, key) = (s.client, s.key);
+        let (c, key, write) = (s.client, s.key, s.write);
         if self.clients[c].waiting != Some((node, session)) {
             return;
         }
-        let write = match &s.kind {
-            SessionKind::Put(_, w) => Some(*w),
-            SessionKind::Get(_) => None,
-        };
         self.clients[c].waiting = None;
         match answer {
             Ok(Answer::Read(state)) => {
@@ -1100,26 +1057,8 @@ impl Sim {
         let Some(s) = self.nodes[node].sessions.get_mut(&session) else {
             return;
         };
-        let (next, answer, complete, write) = match &mut s.kind {
-            SessionKind::Get(g) => {
-                let (next, answer) = g.on_reply(from, reply);
-                (
-                    next,
-                    answer.map(|r| r.map(Answer::Read)),
-                    g.is_complete(),
-                    None,
-                )
-            }
-            SessionKind::Put(p, w) => {
-                let (next, answer) = p.on_reply(from, reply);
-                (
-                    next,
-                    answer.map(|r| r.map(Answer::Written)),
-                    p.is_complete(),
-                    Some(*w),
-                )
-            }
-        };
+        let (next, answer) = s.core.on_reply(from, reply);
+        let (complete, write) = (s.core.is_complete(), s.write);
         if let Some(answer) = answer {
             self.answer(node, session, answer);
         }
@@ -1133,11 +1072,7 @@ impl Sim {
         let Some(s) = self.nodes[node].sessions.get_mut(&session) else {
             return;
         };
-        let answer = match &mut s.kind {
-            SessionKind::Get(g) => g.on_timeout().map(|r| r.map(Answer::Read)),
-            SessionKind::Put(p, _) => p.on_timeout().map(|r| r.map(Answer::Written)),
-        };
-        if let Some(answer) = answer {
+        if let Some(answer) = s.core.on_timeout() {
             self.answer(node, session, answer);
         }
         self.end_session(node, session);
@@ -1148,37 +1083,23 @@ impl Sim {
         let Some(s) = self.nodes[node].sessions.remove(&session) else {
             return;
         };
-        if let SessionKind::Get(g) = s.kind {
-            let repairs = g.repairs();
-            if !repairs.is_empty() {
-                self.note(|| format!("n{node}: read repair to {} replicas", repairs.len()));
-            }
-            for r in repairs {
-                if let Some(to) = self.index(&r.to) {
-                    self.send(
-                        node,
-                        to,
-                        Msg::Replica {
-                            session: 0,
-                            write: None,
-                            msg: r.msg,
-                        },
-                    );
-                }
+        let repairs = s.core.repairs();
+        if !repairs.is_empty() {
+            self.note(|| format!("n{node}: read repair to {} replicas", repairs.len()));
+        }
+        for r in repairs {
+            if let Some(to) = self.index(&r.to) {
+                self.send(
+                    node,
+                    to,
+                    Msg::Replica {
+                        session: 0,
+                        write: None,
+                        msg: r.msg,
+                    },
+                );
             }
         }
-    }
-}
-
-enum Answer {
-    Read(SiblingSet),
-    Written(Written),
-}
-
-fn describe(value: &Option<Vec<u8>>) -> String {
-    match value {
-        Some(v) => format!("put {:?}", String::from_utf8_lossy(v)),
-        None => "delete".into(),
     }
 }
 
@@ -1307,8 +1228,11 @@ impl Sim {
                 GC_EVERY
             }
             Timer::Sync => {
-                self.nodes[i].data.sync();
-                self.nodes[i].hints.sync();
+                // With fsync = always every write is durable already.
+                if !self.cfg.fsync_always {
+                    self.nodes[i].data.sync();
+                    self.nodes[i].hints.sync();
+                }
                 self.cfg.sync_every
             }
         };
@@ -1400,24 +1324,20 @@ impl Sim {
         if running {
             return;
         }
-        let mine = ring.replicated_by(&self.nodes[i].id, self.cfg.n);
-        if mine.is_empty() {
-            return;
-        }
-        let node = &mut self.nodes[i];
-        node.ae_cursor = (node.ae_cursor + 1) % mine.len();
-        let p = mine[node.ae_cursor];
-        let peers: Vec<NodeId> = ring
-            .preference_list(p, self.cfg.n)
-            .into_iter()
-            .filter(|n| **n != self.nodes[i].id && self.is_up(i, n))
-            .cloned()
-            .collect();
-        if peers.is_empty() {
-            return;
-        }
-        let peer = &peers[self.rng.below(peers.len() as u64) as usize];
-        let Some(to) = self.index(peer) else { return };
+        let node = &self.nodes[i];
+        let mut cursor = node.ae_cursor;
+        let rng = &mut self.rng;
+        let next = next_exchange(
+            &ring,
+            &node.id,
+            self.cfg.n,
+            &mut cursor,
+            |n| node.membership.health(n) == Health::Up,
+            |count| rng.below(count as u64) as usize,
+        );
+        self.nodes[i].ae_cursor = cursor;
+        let Some((p, peer)) = next else { return };
+        let Some(to) = self.index(&peer) else { return };
         let (ex, msg) = Exchange::start(p, self.nodes[i].replica.tree(p));
         let id = self.call(i, Call::Exchange(ex));
         self.send(i, to, Msg::Ae { id, msg });
@@ -1461,15 +1381,8 @@ impl Sim {
         let Some(ring) = self.nodes[i].membership.ring() else {
             return;
         };
-        if running || ring.is_moving() {
-            return;
-        }
-        let me = self.nodes[i].id.clone();
-        let led: Vec<Partition> = (0..ring.partition_count())
-            .map(Partition)
-            .filter(|&p| ring.owner(p) == &me)
-            .collect();
-        if led.is_empty() {
+        let led = led_partitions(&ring, &self.nodes[i].id);
+        if running || led.is_empty() {
             return;
         }
         let node = &mut self.nodes[i];
@@ -1531,17 +1444,18 @@ impl Sim {
         let Some(ring) = self.nodes[i].membership.ring() else {
             return;
         };
-        let replicas: std::collections::BTreeSet<NodeId> = ring
+        let replicas = ring
             .preference_list(round.partition, self.cfg.n)
             .into_iter()
             .cloned()
             .collect();
-        let ok = collectable(round.found.len(), &round.answers, |_| replicas.clone());
-        if ok.is_empty() {
-            return;
-        }
-        let allowed: Vec<Entry> = ok.into_iter().map(|k| round.found[k].clone()).collect();
-        let entries = self.nodes[i].ripening.ripe(allowed, self.now, GC_GRACE);
+        let (entries, holders) = self.nodes[i].ripening.decide(
+            &round.found,
+            &round.answers,
+            &replicas,
+            self.now,
+            GC_GRACE,
+        );
         if entries.is_empty() {
             return;
         }
@@ -1551,10 +1465,8 @@ impl Sim {
             round.partition
         );
         self.note(|| line);
-        for (node, held) in &round.answers {
-            if held.contains(&Holding::Same)
-                && let Some(to) = self.index(node)
-            {
+        for node in holders {
+            if let Some(to) = self.index(&node) {
                 let entries = entries.clone();
                 self.send(
                     i,
