@@ -16,8 +16,11 @@
 //!   answered (or the deadline passed) `repairs()` names the replicas that
 //!   answered with less than the merged set (read repair).
 //! - Put: asks the first target to mint the new version (`Update`); if that
-//!   target fails, the next one mints. The minted sibling set is then written
-//!   to every other target; the minter's own write counts toward W.
+//!   target refuses or cannot be reached, the next one mints. If it does not
+//!   answer, it may still mint, so nobody else does (a second dot for the
+//!   same write would escape the contexts of later writes): the put fails.
+//!   The minted sibling set is then written to every other target; the
+//!   minter's own write counts toward W.
 //!
 //! Errors that say the request itself is wrong (a bad context, too many
 //! siblings) end the session at once; a node that is down or slow only
@@ -423,9 +426,18 @@ impl PutSession {
                 self.minter = None;
                 return (Vec::new(), self.tally.answer(Err(e)));
             }
+            (true, Err(e)) if e.is_indeterminate() => {
+                // The minter may still mint: another minter would give the
+                // same write a second dot, which later writes over the one
+                // acknowledged would not cover (a superseded or deleted
+                // value would come back). The write's outcome is unknown.
+                self.tally.fail(i);
+                self.minter = None;
+            }
             (true, _) => {
-                // The fallback (if any) is appended; the next waiting target,
-                // perhaps that fallback, mints.
+                // Refused or unreachable: it did not mint. The fallback (if
+                // any) is appended; the next waiting target, perhaps that
+                // fallback, mints.
                 self.tally.fail(i);
                 next = self.mint_with(i + 1);
             }
@@ -767,6 +779,15 @@ mod tests {
         );
         let (_, answer) = s.on_reply(&id("e"), Ok(ReplicaMsg::Ack));
         assert!(matches!(answer, Some(Ok(_))), "{answer:?}");
+    }
+
+    #[test]
+    fn a_silent_minter_is_not_replaced() {
+        let (mut s, _) = put(&["a", "b", "c"], &["d"], 2);
+        let (next, answer) = s.on_reply(&id("a"), Err(Error::Timeout));
+        assert!(next.is_empty(), "nobody else mints: {next:?}");
+        assert_eq!(answer, Some(Err(Error::Quorum { needed: 2, got: 0 })));
+        assert!(s.is_complete());
     }
 
     #[test]

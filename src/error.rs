@@ -110,6 +110,15 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl Error {
+    /// Whether a request that failed this way may still have taken effect:
+    /// no answer came (a timeout, a connection lost after sending). Any
+    /// other error is an answer, or a failure before the request left.
+    pub fn is_indeterminate(&self) -> bool {
+        matches!(self, Error::Timeout)
+    }
+}
+
 impl ErrorKind {
     pub fn is_retryable(self) -> bool {
         matches!(

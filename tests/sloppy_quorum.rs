@@ -10,6 +10,7 @@ use std::time::Duration;
 use dynakv::membership::{GossipMsg, View};
 use dynakv::{Error, NodeId};
 use dynakv_actors::bridge::GossipIn;
+use dynakv_actors::client::Client;
 use dynakv_actors::membership::CurrentView;
 use dynakv_actors::replica::{ReadLocal, Stats};
 use dynakv_actors::testkit::{Cluster, eventually, metric};
@@ -35,6 +36,18 @@ async fn keys_owned_by(cluster: &Cluster, owners: &[usize], count: usize) -> Vec
         })
         .take(count)
         .collect()
+}
+
+/// A put as a Dynamo client makes it: retried on a retryable error. A put
+/// whose minter goes silent fails (it may still mint; a second minter
+/// would give the write a second dot); the timeout marks that node
+/// unreachable, so the retry is routed around it.
+async fn put_retrying(client: &Client, key: &[u8], value: &[u8]) {
+    eventually(WAIT, "the put to succeed", || {
+        client.put(key, value, &[], None)
+    })
+    .await
+    .unwrap();
 }
 
 /// Hints each node holds for `owner`.
@@ -140,10 +153,7 @@ async fn writes_succeed_with_one_or_two_of_three_owners_away() {
     for away in [vec![1], vec![1, 2]] {
         cluster.partition(&away);
         for key in &keys {
-            client
-                .put(key.as_bytes(), format!("{away:?}").as_bytes(), &[], None)
-                .await
-                .unwrap();
+            put_retrying(&client, key.as_bytes(), format!("{away:?}").as_bytes()).await;
             let read = client.get(key.as_bytes(), None).await.unwrap();
             assert!(
                 read.values.contains(&format!("{away:?}").into_bytes()),
@@ -164,7 +174,7 @@ async fn a_partitioned_owner_gets_every_write_back_and_the_hints_are_gone() {
     let mut written = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let value = format!("v{i}").into_bytes();
-        client.put(key.as_bytes(), &value, &[], None).await.unwrap();
+        put_retrying(&client, key.as_bytes(), &value).await;
         written.push((key.clone(), value));
     }
     let id = cluster.id(owner);
@@ -341,7 +351,7 @@ async fn hint_delivery_after_a_heal_is_complete_and_timed() {
         let (c, chunk) = (client.clone(), chunk.to_vec());
         tasks.spawn(async move {
             for key in chunk {
-                c.put(key.as_bytes(), b"hinted", &[], None).await.unwrap();
+                put_retrying(&c, key.as_bytes(), b"hinted").await;
             }
         });
     }

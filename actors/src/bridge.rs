@@ -287,7 +287,9 @@ impl Bridge {
                         act.pending.remove(&corr);
                         match answer {
                             Ok(Ok(reply)) => reply,
-                            Ok(Err(_)) => Err(Error::Unavailable("connection lost".into())),
+                            // No answer came (the request may still take
+                            // effect): as a timeout.
+                            Ok(Err(_)) => Err(Error::Timeout),
                             Err(_) => {
                                 if to != act.settings.me {
                                     act.report(Reachability::Lost(to));
@@ -327,9 +329,14 @@ impl Bridge {
             .filter(|(_, p)| p.link == *link)
             .map(|(c, _)| *c)
             .collect();
+        if !lost.is_empty() {
+            debug!(calls = lost.len(), why, "calls lost with their connection");
+        }
+        // The requests may have arrived and taken effect: as timeouts, so
+        // that callers do not take them as refused.
         for corr in lost {
             if let Some(p) = self.pending.remove(&corr) {
-                let _ = p.reply.send(Err(Error::Unavailable(why.to_string())));
+                let _ = p.reply.send(Err(Error::Timeout));
             }
         }
     }
@@ -344,9 +351,7 @@ impl Supervised for Bridge {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.close_links();
         for (_, p) in self.pending.drain() {
-            let _ = p
-                .reply
-                .send(Err(Error::Unavailable("the bridge restarted".into())));
+            let _ = p.reply.send(Err(Error::Timeout));
         }
         self.backoff.clear();
     }

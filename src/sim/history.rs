@@ -1,10 +1,13 @@
 //! What the simulated clients did, what the replicas minted for them, and
 //! the checks run over it once the cluster has converged.
 //!
-//! The simulator sees every version minted (`dots` of a write, more than
-//! one when a minter failed to answer and the next target minted again),
-//! so the checks are exact:
+//! The simulator sees every version minted (`dots` of a write: more than
+//! one only if a coordinator let a second minter mint after the first did
+//! not answer, or an unanswered minter minted late), so the checks are
+//! exact:
 //!
+//! - minted once: an acknowledged write has exactly one dot (a second one
+//!   would escape the contexts of later writes and come back);
 //! - nothing lost: every minted dot, acknowledged ones above all, is in its
 //!   key's final state, or covered by the context of a write that took
 //!   effect (was minted somewhere); a tombstone may also have been
@@ -106,6 +109,15 @@ impl History {
             }
         }
         for w in &self.writes {
+            if w.acked.is_some() && w.dots.len() > 1 {
+                return Err(format!(
+                    "acknowledged {} of key-{} was minted {} times ({:?}): later writes cover only the dot acknowledged",
+                    describe(&w.value),
+                    w.key,
+                    w.dots.len(),
+                    w.dots
+                ));
+            }
             for &dot in &w.dots {
                 let present = finals[w.key].siblings().any(|s| s.dot == dot);
                 let collected = w.value.is_none() && self.collected.contains(&w.key);

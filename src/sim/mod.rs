@@ -5,7 +5,7 @@
 //! failure detection, coordinator sessions over routed preference lists,
 //! replica merge, hinted handoff, anti-entropy exchanges, tombstone
 //! collection) run over a simulated network that drops, delays, duplicates
-//! and reorders messages, partitions and heals, and crashes and restarts
+//! (all but mints, which the Bridge never resends) and reorders messages, partitions and heals, and crashes and restarts
 //! nodes, on a simulated clock. Everything random comes from one seeded
 //! generator and every collection iterates in a fixed order, so a seed
 //! replays the same run event for event (`Outcome::digest`).
@@ -602,9 +602,18 @@ impl Sim {
         {
             return;
         }
+        // A mint (`Update`) is not idempotent, and the Bridge never sends
+        // a request twice (TCP, no retries): it is not duplicated here.
+        let mints = matches!(
+            msg,
+            Msg::Replica {
+                msg: ReplicaMsg::Update { .. },
+                ..
+            }
+        );
         let copies = if self.faults && self.rng.per_mille(self.cfg.drop) {
             0
-        } else if self.faults && self.rng.per_mille(self.cfg.duplicate) {
+        } else if self.faults && !mints && self.rng.per_mille(self.cfg.duplicate) {
             2
         } else {
             1
@@ -720,8 +729,7 @@ impl Sim {
             } => {
                 if self.nodes[node].running && self.nodes[node].life == life {
                     let target = self.nodes[target].id.clone();
-                    let e = Error::Unavailable(format!("{target} did not answer in time"));
-                    self.on_session_reply(node, session, &target, Err(e));
+                    self.on_session_reply(node, session, &target, Err(Error::Timeout));
                 }
             }
             Event::Deadline {
