@@ -276,6 +276,9 @@ async fn a_stand_in_that_restarts_still_delivers_its_hints() {
 #[actix_rt::test]
 async fn malformed_or_impossible_gossip_is_rejected_and_the_view_stays_sane() {
     let cluster = Cluster::start(3).await.unwrap();
+    // Only the rejected gossip may not change the view: let the legitimate
+    // gossip of the start settle first.
+    cluster.settled(WAIT).await.unwrap();
     let node = cluster.node(0);
     let before = node.membership.send(CurrentView).await.unwrap();
     let from = cluster.id(1);
