@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the core's hot paths: ring lookups, DVV update and
-//! merge, frame encode/decode, hash-tree updates. Before timing, it prints the
+//! merge, frame encode/decode, hash-tree updates, storage through the Replica
+//! path (fjall and in memory). Before timing, it prints the
 //! ring's balance and join movement for 3, 8, 32 and 64 nodes (the figures
 //! the foundation issue asks for; `tests/ring_balance.rs` asserts them).
 //!
@@ -14,9 +15,11 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use dynakv::NodeId;
 use dynakv::merkle::{HashTree, item_hash, segment_of};
 use dynakv::ownership::{Capacity, Ownership};
+use dynakv::replica::{MemStore, Replica};
 use dynakv::ring::{Partition, Ring};
 use dynakv::version::{Actor, Context, SiblingSet, Value};
 use dynakv::wire::{ClientOp, ClientRequest, FrameCodec};
+use dynakv_actors::storage::Storage;
 
 const Q: u32 = 1024;
 const N: usize = 3;
@@ -196,5 +199,50 @@ fn tree(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, ring, version, frames, tree);
+/// Storage through the Replica path: a coordinator's update (read, mint,
+/// store, tree update) and a read, over fjall (no fsync, as with
+/// `fsync = "periodic"` between syncs) and over the in-memory store.
+fn storage(c: &mut Criterion) {
+    let mut g = c.benchmark_group("replica");
+    let value = Value::Data(vec![7; 100]);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let storage = Storage::open(dir.path(), 64, 64).expect("storage opens");
+    let (mut fjall, _) =
+        Replica::open(storage.data(), storage.hints(), 1024, Actor(1), 64).expect("replica opens");
+    let (mut mem, _) = Replica::open(MemStore::default(), MemStore::default(), 1024, Actor(1), 64)
+        .expect("replica opens");
+    let keys: Vec<Vec<u8>> = (0..10_000)
+        .map(|i| format!("key{i}").into_bytes())
+        .collect();
+    let mut i = 0;
+    g.bench_function("fjall_update_100b", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            let key = &keys[i];
+            let ctx = fjall.read(key).expect("read").context();
+            black_box(
+                fjall
+                    .update(key, &ctx, value.clone(), None)
+                    .expect("update"),
+            );
+        })
+    });
+    g.bench_function("fjall_read", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(fjall.read(&keys[i]).expect("read"));
+        })
+    });
+    g.bench_function("mem_update_100b", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            let key = &keys[i];
+            let ctx = mem.read(key).expect("read").context();
+            black_box(mem.update(key, &ctx, value.clone(), None).expect("update"));
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, ring, version, frames, tree, storage);
 criterion_main!(benches);
