@@ -53,6 +53,7 @@ pub struct Config {
     pub security: SecuritySection,
     pub metrics: MetricsSection,
     pub log: LogSection,
+    pub testing: TestingSection,
 }
 
 /// This node's identity and where it listens.
@@ -343,6 +344,15 @@ pub struct LogSection {
     pub format: LogFormat,
     /// Filter used when `RUST_LOG` is not set.
     pub level: String,
+}
+
+/// Switches for fault-injection tests; keep them off in production.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestingSection {
+    /// Accept the client protocol's `fault` request, which partitions this
+    /// node from chosen peers (its Bridge drops their traffic) until healed.
+    pub fault_injection: bool,
 }
 
 impl Default for LogSection {

@@ -180,6 +180,18 @@ pub enum ClientOp {
     Remove { node: String },
     /// What a membership change would move (changes nothing).
     Plan { change: PlanChange },
+    /// Fault injection (refused unless `testing.fault_injection` is on).
+    Fault { fault: NetFault },
+}
+
+/// A network fault a node injects into its own Bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetFault {
+    /// Drop all traffic to and from these peers (node ids), replacing any
+    /// earlier partition; an empty list ends the partition.
+    Partition { peers: Vec<String> },
+    /// Clear every fault.
+    Heal,
 }
 
 impl ClientOp {
@@ -196,6 +208,7 @@ impl ClientOp {
             ClientOp::Leave => "leave",
             ClientOp::Remove { .. } => "remove",
             ClientOp::Plan { .. } => "plan",
+            ClientOp::Fault { .. } => "fault",
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use dynakv::wire::NetFault;
 use dynakv::{Error, ErrorKind};
 use dynakv_actors::testkit::{Cluster, eventually, metric};
 
@@ -191,5 +192,42 @@ async fn status_shows_each_members_load_ownership_and_the_hints_waiting_for_it()
         assert_eq!(m.hints_pending, 0);
     }
     cluster.heal();
+    cluster.stop().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn fault_requests_partition_a_node_only_where_fault_injection_is_on() {
+    let cluster = Cluster::start_with(3, |c| c.testing.fault_injection = c.node.id != "node1")
+        .await
+        .unwrap();
+    let refused = cluster
+        .client(0)
+        .await
+        .unwrap()
+        .fault(NetFault::Heal)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::InvalidRequest, "{refused}");
+    assert!(refused.to_string().contains("fault_injection"), "{refused}");
+
+    let node3 = cluster.client(2).await.unwrap();
+    let bad = node3
+        .fault(NetFault::Partition {
+            peers: vec!["no spaces allowed".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::InvalidRequest, "{bad}");
+
+    // node3 drops node1 and node2: both sides see the other down.
+    let up = |n: u8| format!(r#"dynakv_member_up{{member="node{n}"}}"#);
+    wait_metric(&cluster, 0, &up(3), 1.0).await;
+    let peers = vec!["node1".to_string(), "node2".to_string()];
+    node3.fault(NetFault::Partition { peers }).await.unwrap();
+    wait_metric(&cluster, 0, &up(3), 0.0).await;
+    wait_metric(&cluster, 2, &up(1), 0.0).await;
+    node3.fault(NetFault::Heal).await.unwrap();
+    wait_metric(&cluster, 0, &up(3), 1.0).await;
+    wait_metric(&cluster, 2, &up(1), 1.0).await;
     cluster.stop().await.unwrap();
 }

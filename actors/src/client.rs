@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use dynakv::handoff::{PlanChange, PlanReport};
 use dynakv::wire::{
-    ClientOp, ClientReply, ClientRequest, ClientResponse, DEFAULT_MAX_FRAME, LocalCopy,
+    ClientOp, ClientReply, ClientRequest, ClientResponse, DEFAULT_MAX_FRAME, LocalCopy, NetFault,
     StatusReport,
 };
 use dynakv::{Error, NodeId, Result};
@@ -279,6 +279,12 @@ impl Client {
             ClientReply::Plan(p) => Ok(p),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Injects a network fault into this node's Bridge (the node must run
+    /// with `testing.fault_injection`).
+    pub async fn fault(&self, fault: NetFault) -> Result<String> {
+        done(self.call(ClientOp::Fault { fault }).await?)
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -22,12 +22,14 @@ use dynakv::membership::View;
 use dynakv::peer::{NodeLoad, PeerMsg};
 use dynakv::ring::Partition;
 use dynakv::version::{Context as VersionContext, SiblingSet, Value};
-use dynakv::wire::{ClientOp, ClientReply, LocalCopy, MemberLoad, MemberStatus, StatusReport};
+use dynakv::wire::{
+    ClientOp, ClientReply, LocalCopy, MemberLoad, MemberStatus, NetFault, StatusReport,
+};
 use dynakv::{Error, NodeId, Result};
 use tokio::sync::oneshot;
 use tracing::info_span;
 
-use crate::bridge::{Bridge, Call};
+use crate::bridge::{Bridge, Call, Control, Fault};
 use crate::events::Events;
 use crate::membership::{Admin, Membership};
 use crate::replica::{PartitionUsage, ReadLocal, Replica, Stats, mailbox_error};
@@ -57,6 +59,8 @@ pub struct CoordinatorSettings {
     pub max_value_bytes: usize,
     /// Sessions coordinated at once; more are refused as overloaded.
     pub max_in_flight: usize,
+    /// Whether `fault` requests are accepted.
+    pub fault_injection: bool,
 }
 
 pub struct Coordinator {
@@ -217,7 +221,28 @@ impl Coordinator {
                     .ok_or_else(|| Error::Unavailable("membership not started".into()))?;
                 Ok(Pending::Plan { view, change })
             }
+            ClientOp::Fault { fault } => self.fault(fault).map(Pending::Fault),
         }
+    }
+
+    /// Checks a fault request: allowed here, and naming real node ids.
+    fn fault(&self, fault: NetFault) -> Result<Fault> {
+        if !self.settings.fault_injection {
+            return Err(Error::InvalidRequest(
+                "fault injection is off on this node (testing.fault_injection)".into(),
+            ));
+        }
+        Ok(match fault {
+            NetFault::Partition { peers } => Fault::Partition(
+                peers
+                    .into_iter()
+                    .map(|p| {
+                        NodeId::new(p).map_err(|e| Error::InvalidRequest(format!("peer: {e}")))
+                    })
+                    .collect::<Result<BTreeSet<_>>>()?,
+            ),
+            NetFault::Heal => Fault::Heal,
+        })
     }
 
     fn write(
@@ -307,6 +332,7 @@ enum Pending {
     Inspect { key: Vec<u8>, partition: u32 },
     Admin(Admin),
     Plan { view: Arc<View>, change: PlanChange },
+    Fault(Fault),
 }
 
 const NAME: &str = "coordinator";
@@ -384,6 +410,11 @@ async fn finish(pending: Pending, local: Local) -> Result<ClientReply> {
     match pending {
         Pending::Admin(op) => {
             let message = membership.send(op).await.map_err(mailbox_error)??;
+            Ok(ClientReply::Done { message })
+        }
+        Pending::Fault(fault) => {
+            let message = format!("{fault:?} injected");
+            bridge.send(Control(fault)).await.map_err(mailbox_error)?;
             Ok(ClientReply::Done { message })
         }
         Pending::Plan { view, change } => {

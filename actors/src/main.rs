@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use clap::{Parser, Subcommand};
 use dynakv::config::{Config, LogFormat};
 use dynakv::handoff::{PlanChange, PlanReport};
-use dynakv::wire::{LocalCopy, StatusReport};
+use dynakv::wire::{LocalCopy, NetFault, StatusReport};
 use dynakv::{Error, NodeId, Result};
 use dynakv_actors::client::Client;
 use dynakv_actors::events::Event;
@@ -160,6 +160,28 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// Inject network faults (the node needs testing.fault_injection = true).
+    Fault {
+        #[command(subcommand)]
+        command: FaultCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FaultCommand {
+    /// Drop all traffic between the node and these peers until healed.
+    Partition {
+        /// Node ids of the peers to cut off (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        from: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Clear every fault on the node.
+    Heal {
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -340,6 +362,12 @@ async fn client_command(command: Command, token: Option<String>) -> Result<()> {
         } => (target, Op::Delete(key, context_arg(&context)?, w)),
         Command::Inspect { key, json, target } => (target, Op::Inspect(key, json)),
         Command::Status { json, target } => (target, Op::Status(json)),
+        Command::Fault {
+            command: FaultCommand::Partition { from, target },
+        } => (target, Op::Fault(NetFault::Partition { peers: from })),
+        Command::Fault {
+            command: FaultCommand::Heal { target },
+        } => (target, Op::Fault(NetFault::Heal)),
         Command::Cluster { command } => return cluster(command, token).await,
         Command::Serve { .. } | Command::Dev { .. } | Command::Bench { .. } => {
             unreachable!("handled in main")
@@ -384,6 +412,7 @@ async fn client_command(command: Command, token: Option<String>) -> Result<()> {
         }
         Op::Inspect(key, as_json) => print_local(&client.inspect(key.as_bytes()).await?, as_json),
         Op::Status(as_json) => print_status(&client.status().await?, as_json)?,
+        Op::Fault(fault) => println!("{}", client.fault(fault).await?),
     }
     Ok(())
 }
@@ -475,6 +504,7 @@ enum Op {
     Delete(String, Vec<u8>, Option<u8>),
     Inspect(String, bool),
     Status(bool),
+    Fault(NetFault),
 }
 
 fn print_local(local: &LocalCopy, as_json: bool) {

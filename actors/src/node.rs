@@ -254,6 +254,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
             max_key_bytes: config.limits.max_key_bytes as usize,
             max_value_bytes: config.limits.max_value_bytes as usize,
             max_in_flight: config.limits.max_in_flight as usize,
+            fault_injection: config.testing.fault_injection,
         },
         router,
         membership.clone(),
