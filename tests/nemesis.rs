@@ -1,7 +1,9 @@
 //! The fault suite on real processes: five `dynakv serve` processes, writers
 //! and readers going through the client while a nemesis SIGKILLs and
-//! restarts nodes and pauses them (SIGSTOP/SIGCONT: the node stops
-//! answering, as if cut off, and comes back with its connections stale).
+//! restarts nodes, pauses them (SIGSTOP/SIGCONT: the node stops answering
+//! and comes back with its connections stale), and partitions them: two
+//! nodes against three through the Bridges' fault control, and, as root,
+//! with each node in its own network namespace, by cutting veth links.
 //! Then everything heals and the recorded history is checked: every
 //! acknowledged write is still there unless a later acknowledged write
 //! superseded it, nothing superseded comes back, a deleted key stays
@@ -16,9 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dynakv::Error;
+use dynakv::wire::NetFault;
 use dynakv_actors::client::Client;
 use dynakv_actors::testkit::eventually;
 use support::ProcessCluster;
+use support::netns::Namespaces;
 
 const NODES: usize = 5;
 const WRITERS: usize = 4;
@@ -148,46 +152,159 @@ async fn reader(i: usize, addrs: Vec<String>, record: Arc<Mutex<Record>>, until:
     }
 }
 
-/// Faults while the workload runs: at most two nodes faulted at a time.
+/// A fault the nemesis injects.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// SIGKILL, then a restart.
+    Kill,
+    /// SIGSTOP, then SIGCONT.
+    Pause,
+    /// Two nodes' Bridges drop the other three's traffic and theirs
+    /// (a fault request to every node); clients still reach both sides.
+    Split,
+    /// One node's veth link down (network namespaces only).
+    Cut,
+    /// Two nodes' links moved to a bridge of their own (network namespaces
+    /// only); the clients reach the other three.
+    Island,
+}
+
+impl Kind {
+    fn is_partition(self) -> bool {
+        matches!(self, Kind::Split | Kind::Cut | Kind::Island)
+    }
+}
+
+struct Active {
+    kind: Kind,
+    nodes: Vec<usize>,
+    until: Instant,
+}
+
+/// Asks every node's Bridge for `fault(i)`, retrying while a node is
+/// still starting.
+async fn bridge_faults(cluster: &ProcessCluster, fault: impl Fn(usize) -> NetFault) {
+    for i in 0..NODES {
+        let addrs = &cluster.client_addrs[i..=i];
+        eventually(WAIT, "a fault request to be taken", || async {
+            let c = connect(addrs, 0)
+                .await
+                .ok_or_else(|| Error::Unavailable("no connection".into()))?;
+            c.fault(fault(i)).await
+        })
+        .await
+        .unwrap();
+    }
+}
+
+fn ids(nodes: impl IntoIterator<Item = usize>) -> Vec<String> {
+    nodes
+        .into_iter()
+        .map(|i| format!("node{}", i + 1))
+        .collect()
+}
+
+async fn inject(cluster: &mut ProcessCluster, kind: Kind, nodes: &[usize]) {
+    match kind {
+        Kind::Kill => cluster.kill(nodes[0]),
+        Kind::Pause => cluster.signal(nodes[0], "STOP"),
+        Kind::Split => {
+            let others: Vec<usize> = (0..NODES).filter(|i| !nodes.contains(i)).collect();
+            bridge_faults(cluster, |i| NetFault::Partition {
+                peers: ids(if nodes.contains(&i) {
+                    others.clone()
+                } else {
+                    nodes.to_vec()
+                }),
+            })
+            .await;
+        }
+        Kind::Cut => cluster.net.as_ref().unwrap().cut(nodes[0]),
+        Kind::Island => cluster.net.as_ref().unwrap().split(nodes),
+    }
+    if matches!(kind, Kind::Cut | Kind::Island) {
+        for &i in nodes {
+            assert!(
+                connect(&cluster.client_addrs, i).await.is_none(),
+                "node{} is still reachable after {kind:?}",
+                i + 1
+            );
+        }
+    }
+}
+
+async fn heal(cluster: &mut ProcessCluster, kind: Kind, nodes: &[usize]) {
+    match kind {
+        Kind::Kill => cluster.start_again(nodes[0]),
+        Kind::Pause => cluster.signal(nodes[0], "CONT"),
+        Kind::Split => bridge_faults(cluster, |_| NetFault::Heal).await,
+        Kind::Cut | Kind::Island => cluster.net.as_ref().unwrap().heal(),
+    }
+}
+
+/// The faults a cluster can take, partitions first (they wait for the
+/// others to heal).
+fn kinds(cluster: &ProcessCluster) -> Vec<Kind> {
+    if cluster.net.is_some() {
+        vec![
+            Kind::Cut,
+            Kind::Kill,
+            Kind::Island,
+            Kind::Pause,
+            Kind::Split,
+        ]
+    } else {
+        vec![Kind::Split, Kind::Kill, Kind::Pause]
+    }
+}
+
+/// Faults while the workload runs, each for 1 to 4 s: at most two nodes
+/// killed or paused at a time; a partition only with no other fault.
 async fn nemesis(cluster: &mut ProcessCluster, until: Instant) -> Vec<String> {
+    let kinds = kinds(cluster);
     let mut log = Vec::new();
-    let mut paused: Vec<usize> = Vec::new();
-    let mut killed: Vec<usize> = Vec::new();
-    let mut step = 0usize;
+    let mut active: Vec<Active> = Vec::new();
+    let (mut step, mut next) = (0usize, Instant::now());
     while Instant::now() < until {
-        step += 1;
-        let target = (step * 3) % NODES;
-        let busy = paused.contains(&target) || killed.contains(&target);
-        if !busy && paused.len() + killed.len() < 2 {
-            if step.is_multiple_of(2) {
-                cluster.kill(target);
-                killed.push(target);
-                log.push(format!("SIGKILL node{}", target + 1));
+        let now = Instant::now();
+        while let Some(i) = active.iter().position(|a| a.until <= now) {
+            let a = active.remove(i);
+            heal(cluster, a.kind, &a.nodes).await;
+            log.push(format!("heal {:?} {:?}", a.kind, ids(a.nodes)));
+        }
+        if now >= next {
+            let kind = kinds[step % kinds.len()];
+            let target = (step * 3) % NODES;
+            let nodes = match kind {
+                Kind::Split | Kind::Island => vec![target, (target + 2) % NODES],
+                _ => vec![target],
+            };
+            let free = if kind.is_partition() {
+                active.is_empty()
             } else {
-                cluster.signal(target, "STOP");
-                paused.push(target);
-                log.push(format!("SIGSTOP node{}", target + 1));
+                active.len() < 2
+                    && active
+                        .iter()
+                        .all(|a| !a.kind.is_partition() && !a.nodes.contains(&target))
+            };
+            // A fault that cannot start now is tried again later.
+            if free {
+                inject(cluster, kind, &nodes).await;
+                log.push(format!("{kind:?} {:?}", ids(nodes.iter().copied())));
+                let lasts = Duration::from_millis(1000 + (step as u64 * 700) % 3000);
+                active.push(Active {
+                    kind,
+                    nodes,
+                    until: Instant::now() + lasts,
+                });
+                step += 1;
+                next = Instant::now() + Duration::from_millis(1500);
             }
         }
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        // Heal the oldest fault.
-        if step.is_multiple_of(2) {
-            if let Some(i) = killed.first().copied() {
-                killed.remove(0);
-                cluster.start_again(i);
-                log.push(format!("restart node{}", i + 1));
-            }
-        } else if let Some(i) = paused.first().copied() {
-            paused.remove(0);
-            cluster.signal(i, "CONT");
-            log.push(format!("SIGCONT node{}", i + 1));
-        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for i in paused {
-        cluster.signal(i, "CONT");
-    }
-    for i in killed {
-        cluster.start_again(i);
+    for a in active {
+        heal(cluster, a.kind, &a.nodes).await;
     }
     log
 }
@@ -231,12 +348,35 @@ fn judge(key: &str, log: &KeyLog, values: &[Vec<u8>]) -> Result<(), String> {
     Ok(())
 }
 
+/// Every node: fsync always, quick anti-entropy, fault requests taken.
+const SETTINGS: &str = "[storage]\nfsync = \"always\"\n[anti_entropy]\ninterval_ms = 20\n\
+                        [testing]\nfault_injection = true\n";
+
+/// One fault-suite run at a time: each is five processes on two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[actix_rt::test]
-async fn nothing_acknowledged_is_lost_under_kills_and_pauses() {
-    let mut cluster = ProcessCluster::start(
-        NODES,
-        "[storage]\nfsync = \"always\"\n[anti_entropy]\ninterval_ms = 20\n",
-    );
+async fn nothing_acknowledged_is_lost_under_kills_pauses_and_partitions() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    run(ProcessCluster::start(NODES, SETTINGS)).await;
+}
+
+/// The same with each node in its own network namespace, adding faults of
+/// real links: one cut off, two on a bridge of their own. Needs root.
+#[actix_rt::test]
+async fn nothing_acknowledged_is_lost_across_cut_network_links() {
+    let net = match Namespaces::create(NODES) {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!("SKIPPED: no network namespaces here ({why})");
+            return;
+        }
+    };
+    let _turn = ONE_AT_A_TIME.lock().await;
+    run(ProcessCluster::start_in(net, NODES, SETTINGS)).await;
+}
+
+async fn run(mut cluster: ProcessCluster) {
     for i in 0..NODES {
         cluster.wait_formed(i, NODES, WAIT).await;
     }
@@ -295,13 +435,20 @@ async fn nothing_acknowledged_is_lost_under_kills_and_pauses() {
         faults.len() >= 8,
         "the nemesis injected too little: {faults:?}"
     );
+    for kind in kinds(&cluster) {
+        let name = format!("{kind:?} ");
+        assert!(
+            faults.iter().any(|f| f.starts_with(&name)),
+            "no {kind:?} fault: {faults:?}"
+        );
+    }
     assert!(
         record.acked > 100,
         "only {} writes acknowledged",
         record.acked
     );
     eprintln!(
-        "nemesis: {} faults, {} writes acknowledged, {} failed, {} reads",
+        "nemesis: {faults:?}\n{} fault events, {} writes acknowledged, {} failed, {} reads",
         faults.len(),
         record.acked,
         record.failed,

@@ -2,11 +2,14 @@
 
 #![allow(dead_code, clippy::unwrap_used)] // shared by several test files
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dynakv_actors::client::Client;
+use netns::Namespaces;
 use tempfile::TempDir;
 
 /// The `dynakv` binary next to this test executable (built by
@@ -53,29 +56,51 @@ pub struct ProcessCluster {
     pub client_addrs: Vec<String>,
     configs: Vec<PathBuf>,
     procs: Vec<Option<Child>>,
+    /// Set when each node runs in its own network namespace. Declared
+    /// after `procs`, and `drop` kills the processes first.
+    pub net: Option<Namespaces>,
 }
 
 impl ProcessCluster {
     /// Writes a config per node (every other node as a seed, `extra` TOML
-    /// appended to each) and starts them all.
+    /// appended to each) and starts them all, on loopback.
     pub fn start(n: usize, extra: &str) -> ProcessCluster {
+        let addrs = (0..n)
+            .map(|_| {
+                let addr = || format!("127.0.0.1:{}", free_port());
+                (addr(), addr())
+            })
+            .collect();
+        Self::start_at(addrs, None, extra)
+    }
+
+    /// The same, each node in its own network namespace of `net`.
+    pub fn start_in(net: Namespaces, n: usize, extra: &str) -> ProcessCluster {
+        let addrs = (0..n).map(|i| net.addrs(i)).collect();
+        Self::start_at(addrs, Some(net), extra)
+    }
+
+    /// `addrs`: each node's client and peer address.
+    fn start_at(
+        addrs: Vec<(String, String)>,
+        net: Option<Namespaces>,
+        extra: &str,
+    ) -> ProcessCluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let mut configs = Vec::new();
-        for (i, (client, _)) in ports.iter().enumerate() {
-            let seeds: Vec<String> = ports
+        for (i, (client, peer)) in addrs.iter().enumerate() {
+            let seeds: Vec<String> = addrs
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .map(|(_, (_, p))| format!("\"127.0.0.1:{p}\""))
+                .map(|(_, (_, p))| format!("\"{p}\""))
                 .collect();
             let toml = format!(
-                "[node]\nid = \"node{id}\"\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"127.0.0.1:{peer}\"\n\
+                "[node]\nid = \"node{id}\"\nclient_addr = \"{client}\"\npeer_addr = \"{peer}\"\n\
                  data_dir = \"{data}\"\n\n[cluster]\nseeds = [{seeds}]\n\n\
                  [gossip]\ninterval_ms = 100\nsuspect_after_ms = 1000\ndown_after_ms = 3000\n\n\
                  [hints]\ninterval_ms = 200\n\n[timeouts]\nrequest_ms = 2000\nconnect_ms = 500\n{extra}\n",
                 id = i + 1,
-                peer = ports[i].1,
                 data = dir.path().join(format!("node{}", i + 1)).display(),
                 seeds = seeds.join(", "),
             );
@@ -83,14 +108,13 @@ impl ProcessCluster {
             std::fs::write(&path, toml).unwrap();
             configs.push(path);
         }
+        let n = addrs.len();
         let mut cluster = ProcessCluster {
-            client_addrs: ports
-                .iter()
-                .map(|(c, _)| format!("127.0.0.1:{c}"))
-                .collect(),
+            client_addrs: addrs.into_iter().map(|(c, _)| c).collect(),
             dir,
             configs,
             procs: (0..n).map(|_| None).collect(),
+            net,
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -108,7 +132,11 @@ impl ProcessCluster {
             .append(true)
             .open(self.log_path(i))
             .unwrap();
-        let child = Command::new(binary())
+        let mut command = match &self.net {
+            Some(net) => net.command(i, &binary()),
+            None => Command::new(binary()),
+        };
+        let child = command
             .args(["serve", "-c"])
             .arg(&self.configs[i])
             .env("RUST_LOG", "info")
