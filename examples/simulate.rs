@@ -3,7 +3,8 @@
 //!     cargo run --release --features sim --example simulate -- --seeds 100000
 //!
 //! Options: --seeds N (default 1000), --start S (first seed, default 1),
-//! --periodic (fsync = periodic: crashes are power losses), --seed S (one
+//! --periodic (fsync = periodic: crashes are power losses), --scaling (a
+//! node joins and another leaves during each run), --seed S (one
 //! seed, with its trace). Exits 1 on the first violation, printing the seed
 //! and the events that led to it.
 
@@ -30,6 +31,10 @@ fn main() -> ExitCode {
             "--seed" => number("--seed").map(|v| one = Some(v)),
             "--periodic" => {
                 cfg.fsync_always = false;
+                Ok(())
+            }
+            "--scaling" => {
+                cfg.scaling = true;
                 Ok(())
             }
             other => Err(format!(

@@ -31,7 +31,7 @@ use crate::node::NodeId;
 use crate::ownership::Capacity;
 use crate::ring::{Partition, Ring};
 use crate::version::SiblingSet;
-use crate::view::View;
+use crate::view::{Status, View};
 
 /// Messages of the handoff concern (`PeerMsg::Handoff`). Variants are only
 /// ever appended.
@@ -123,6 +123,108 @@ pub fn to_release(
             !current.contains(&me) && !pending.contains(&me) && current == pending
         })
         .collect()
+}
+
+/// What a node's handoff does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Stream the next chunk of `partition` from `from`, after `after`.
+    Fetch {
+        partition: Partition,
+        from: NodeId,
+        after: Option<Vec<u8>>,
+    },
+    /// A partition is due but no current replica is up to send it.
+    Wait,
+    /// Every incoming partition is here: commit the incoming moves.
+    Commit,
+    /// Synchronise `partition` with each of `replicas`, then drop it.
+    Release {
+        partition: Partition,
+        replicas: Vec<NodeId>,
+    },
+    /// A leaving node that owns and holds nothing: it has left.
+    Leave,
+    Idle,
+}
+
+/// The fetch half of the next step: `Fetch`, `Wait` or `Commit`, or None
+/// when there is nothing to fetch or commit (go on to `release_step`).
+/// `progress` is brought up to date with the ring: a member of the founding
+/// ring (or one that lost its records) that is up adopts what it
+/// replicates as here, and anti-entropy repairs whatever is not.
+pub fn fetch_step(
+    view: &View,
+    ring: &Ring,
+    me: &NodeId,
+    n: usize,
+    progress: &mut Progress,
+    is_up: impl Fn(&NodeId) -> bool,
+) -> Option<Next> {
+    let status = view.members.get(me).map(|m| m.status);
+    if progress.is_empty() && status == Some(Status::Up) {
+        progress.adopt(ring, me, n);
+    }
+    progress.retain(&ring.replicated_by(me, n));
+    if let Some(&p) = to_fetch(ring, me, n, progress).first() {
+        let source = ring
+            .preference_list(p, n)
+            .into_iter()
+            .find(|s| *s != me && is_up(s));
+        return Some(match source {
+            Some(from) => Next::Fetch {
+                partition: p,
+                from: from.clone(),
+                after: match progress.get(p) {
+                    Some(Fetched::Upto(k)) => Some(k.clone()),
+                    _ => None,
+                },
+            },
+            None => Next::Wait,
+        });
+    }
+    let incoming = view
+        .ownership
+        .as_ref()
+        .is_some_and(|o| !o.incoming(me).is_empty());
+    incoming.then_some(Next::Commit)
+}
+
+/// The release half, given the home partitions this node `held`: release
+/// one it no longer replicates once all its current replicas are up, or
+/// finish a leave.
+pub fn release_step(
+    view: &View,
+    ring: &Ring,
+    me: &NodeId,
+    n: usize,
+    held: &[Partition],
+    is_up: impl Fn(&NodeId) -> bool,
+) -> Next {
+    let release = to_release(ring, me, n, held.iter().copied());
+    if let Some(&p) = release
+        .iter()
+        .find(|&&p| ring.preference_list(p, n).iter().all(|r| is_up(r)))
+    {
+        return Next::Release {
+            partition: p,
+            replicas: ring
+                .preference_list(p, n)
+                .into_iter()
+                .filter(|r| *r != me)
+                .cloned()
+                .collect(),
+        };
+    }
+    let leaving = view
+        .members
+        .get(me)
+        .is_some_and(|m| m.status == Status::Leaving);
+    if held.is_empty() && leaving {
+        Next::Leave
+    } else {
+        Next::Idle
+    }
 }
 
 /// A membership change an operator considers (`dynakv cluster plan`).

@@ -33,6 +33,21 @@ pub enum HintMsg {
     Delivered,
 }
 
+/// Of a batch of hints for an owner that has departed, those with nothing
+/// left to hand over: keys already released (an empty local copy), and keys
+/// this node replicates itself (`replicates`), whose copy anti-entropy keeps
+/// in step with the new replicas. The rest wait for their release, which
+/// synchronises them with the current replicas first.
+pub fn moot(
+    batch: Vec<(Vec<u8>, SiblingSet)>,
+    replicates: impl Fn(&[u8]) -> bool,
+) -> Vec<(Vec<u8>, SiblingSet)> {
+    batch
+        .into_iter()
+        .filter(|(key, state)| state.is_empty() || replicates(key))
+        .collect()
+}
+
 /// The stored key of a hint: the owner's id (length-prefixed) and the key.
 pub fn hint_key(owner: &NodeId, key: &[u8]) -> Vec<u8> {
     let id = owner.as_str().as_bytes();
@@ -150,6 +165,24 @@ mod tests {
 
     fn id(s: &str) -> NodeId {
         NodeId::new(s).unwrap()
+    }
+
+    #[test]
+    fn hints_of_a_departed_owner_are_moot_once_released_or_replicated_here() {
+        use crate::version::{Actor, Context, Value};
+        let held = SiblingSet::default()
+            .update(&Context::default(), Value::Data(b"v".to_vec()), Actor(1))
+            .unwrap();
+        let batch = vec![
+            (b"released".to_vec(), SiblingSet::default()),
+            (b"mine".to_vec(), held.clone()),
+            (b"stray".to_vec(), held),
+        ];
+        let moot: Vec<Vec<u8>> = moot(batch, |k| k == b"mine")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(moot, vec![b"released".to_vec(), b"mine".to_vec()]);
     }
 
     #[test]

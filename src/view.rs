@@ -202,6 +202,25 @@ impl View {
         self.ownership.as_ref().map(Ring::new)
     }
 
+    /// Whether `id` has no part in the cluster any more: it left or was
+    /// removed, or it is leaving and owns nothing, now or in flight. (A
+    /// node stops once it has left, so the others may never hear that it
+    /// did: a leaver the ring no longer names counts as gone.)
+    pub fn has_departed(&self, id: &NodeId) -> bool {
+        let Some(m) = self.members.get(id) else {
+            return false;
+        };
+        match m.status {
+            Status::Left | Status::Removed => true,
+            Status::Leaving => self.ownership.as_ref().is_some_and(|t| {
+                !t.entries()
+                    .iter()
+                    .any(|e| e.owner == *id || e.next.as_ref() == Some(id))
+            }),
+            Status::Joining | Status::Up => false,
+        }
+    }
+
     /// The encoding persisted in the node's `meta` keyspace.
     pub fn to_bytes(&self) -> Vec<u8> {
         postcard::to_stdvec(self).expect("encoding to a Vec cannot fail")
@@ -216,5 +235,60 @@ impl View {
             ));
         }
         Ok(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn member(i: usize, status: Status) -> Member {
+        Member {
+            id: NodeId::new(format!("n{i}")).unwrap(),
+            peer_addr: format!("127.0.0.1:{}", 7100 + i),
+            client_addr: format!("127.0.0.1:{}", 7000 + i),
+            weight: 1,
+            status,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn a_leaver_has_departed_once_the_ring_no_longer_names_it() {
+        let mut view = View::new("c".into(), 16);
+        for i in 0..4 {
+            let m = member(i, Status::Up);
+            view.members.insert(m.id.clone(), m);
+        }
+        view.ownership = Some(Ownership::found(16, &view.active(), 3).unwrap());
+        let leaver = member(3, Status::Up).id;
+        assert!(!view.has_departed(&leaver));
+
+        // Leaving: its partitions are planned away, moving but not moved.
+        view.members.get_mut(&leaver).unwrap().status = Status::Leaving;
+        let active = view.active();
+        let table = view.ownership.as_mut().unwrap();
+        let moves = table.plan(&active, 3).unwrap();
+        assert!(moves.iter().all(|m| m.from == leaver) && !moves.is_empty());
+        table.begin(&moves);
+        assert!(!view.has_departed(&leaver), "it still sends partitions");
+
+        // Every receiver committed: the ring no longer names it.
+        for to in moves.iter().map(|m| m.to.clone()).collect::<BTreeSet<_>>() {
+            let table = view.ownership.as_mut().unwrap();
+            let incoming = table.incoming(&to);
+            table.commit(&to, &incoming);
+        }
+        assert!(view.has_departed(&leaver));
+
+        for status in [Status::Left, Status::Removed] {
+            let mut gone = member(0, status);
+            gone.id = NodeId::new("gone").unwrap();
+            view.members.insert(gone.id.clone(), gone.clone());
+            assert!(view.has_departed(&gone.id), "{status:?}");
+        }
+        assert!(!view.has_departed(&NodeId::new("stranger").unwrap()));
+        assert!(!view.has_departed(&member(0, Status::Up).id));
     }
 }

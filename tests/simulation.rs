@@ -36,6 +36,40 @@ fn power_losses_under_periodic_fsync_still_converge() {
 }
 
 #[test]
+fn a_join_and_a_leave_under_faults_lose_nothing() {
+    let scaling = SimConfig {
+        scaling: true,
+        ..SimConfig::default()
+    };
+    run_seeds(&scaling, 1..101);
+    let periodic = SimConfig {
+        fsync_always: false,
+        ..scaling.clone()
+    };
+    run_seeds(&periodic, 1..51);
+}
+
+#[test]
+fn partitions_really_move() {
+    let cfg = SimConfig {
+        scaling: true,
+        trace: true,
+        ..SimConfig::default()
+    };
+    let o = simulate(&cfg, 1);
+    assert!(o.fetched > 0 && o.released > 0, "{o:?}");
+    let all = o.trace.join("\n");
+    for wanted in [
+        "starts, to join",
+        "begins to leave",
+        "committed",
+        "has left",
+    ] {
+        assert!(all.contains(wanted), "no {wanted:?} in the trace");
+    }
+}
+
+#[test]
 fn faults_are_really_injected() {
     let o = simulate(&SimConfig::default(), 7);
     assert!(o.crashes > 0 && o.partitions > 0, "{o:?}");
@@ -74,8 +108,8 @@ fn a_trace_names_the_events_of_a_run() {
     }
 }
 
-/// The seeds that found bugs (see `tombstones::Ripening` and
-/// `Replica::forget_writer`) keep passing.
+/// The seeds that found bugs (see `tombstones::Ripening`,
+/// `Replica::forget_writer` and `View::has_departed`) keep passing.
 #[test]
 fn the_seeds_that_found_bugs_pass() {
     run_seeds(&SimConfig::default(), 1055..1056);
@@ -84,4 +118,9 @@ fn the_seeds_that_found_bugs_pass() {
         ..SimConfig::default()
     };
     run_seeds(&periodic, 81..82);
+    let scaling = SimConfig {
+        scaling: true,
+        ..SimConfig::default()
+    };
+    run_seeds(&scaling, 73..74);
 }

@@ -17,8 +17,10 @@
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use dynakv::handoff::{Fetched, HandoffMsg, Progress, to_fetch, to_release, verify_chunk};
-use dynakv::membership::Status;
+use dynakv::handoff::{
+    Fetched, HandoffMsg, Next, Progress, fetch_step, release_step, to_fetch, to_release,
+    verify_chunk,
+};
 use dynakv::peer::PeerMsg;
 use dynakv::replica::Store;
 use dynakv::ring::Partition;
@@ -140,40 +142,23 @@ impl Handoff {
         let Some(ring) = t.ring.clone() else { return };
         let me = self.settings.me.clone();
         let n = self.settings.n;
-        let up = t
-            .view
-            .members
-            .get(&me)
-            .is_some_and(|m| m.status == Status::Up);
-        if self.progress.is_empty() && up {
-            // A member of the founding ring (or a node that lost its
-            // records): what it replicates counts as here, anti-entropy
-            // repairs whatever is not.
-            self.progress.adopt(&ring, &me, n);
+        let before = self.progress.clone();
+        let next = fetch_step(&t.view, &ring, &me, n, &mut self.progress, |s| t.is_up(s));
+        if self.progress != before {
             self.save_progress();
         }
-        self.progress.retain(&ring.replicated_by(&me, n));
-        if let Some(&p) = to_fetch(&ring, &me, n, &self.progress).first() {
-            let source = ring
-                .preference_list(p, n)
-                .into_iter()
-                .find(|s| **s != me && t.is_up(s))
-                .cloned();
-            match source {
-                Some(from) => self.fetch(p, from, ctx),
-                None => debug!(partition = %p, "no current replica up to fetch from"),
+        match next {
+            Some(Next::Fetch {
+                partition,
+                from,
+                after,
+            }) => return self.fetch(partition, from, after, ctx),
+            Some(Next::Commit) => {
+                info!("every incoming partition fetched; committing");
+                return self.membership.do_send(CommitIncoming);
             }
-            return;
-        }
-        let incoming = t
-            .view
-            .ownership
-            .as_ref()
-            .is_some_and(|o| !o.incoming(&me).is_empty());
-        if incoming {
-            info!("every incoming partition fetched; committing");
-            self.membership.do_send(CommitIncoming);
-            return;
+            Some(_) => return debug!("no current replica up to fetch from"),
+            None => {}
         }
         // Release what this node no longer replicates, then maybe finish a leave.
         self.busy = true;
@@ -182,29 +167,25 @@ impl Handoff {
             shielded(NAME, act, ctx, |act, ctx| {
                 act.busy = false;
                 let Ok(Ok(held)) = held else { return };
-                let release = to_release(&ring, &me, n, held.iter().copied());
-                if let Some(&p) = release
-                    .iter()
-                    .find(|&&p| ring.preference_list(p, n).iter().all(|r| t.is_up(r)))
-                {
-                    act.release(
-                        p,
-                        ring.preference_list(p, n).into_iter().cloned().collect(),
-                        ctx,
-                    );
-                } else if held.is_empty()
-                    && t.view
-                        .members
-                        .get(&me)
-                        .is_some_and(|m| m.status == Status::Leaving)
-                {
-                    act.membership.do_send(MarkLeft);
+                match release_step(&t.view, &ring, &me, n, &held, |r| t.is_up(r)) {
+                    Next::Release {
+                        partition,
+                        replicas,
+                    } => act.release(partition, replicas, ctx),
+                    Next::Leave => act.membership.do_send(MarkLeft),
+                    _ => {}
                 }
             })
         }));
     }
 
-    fn fetch(&mut self, p: Partition, from: NodeId, ctx: &mut Context<Self>) {
+    fn fetch(
+        &mut self,
+        p: Partition,
+        from: NodeId,
+        after: Option<Vec<u8>>,
+        ctx: &mut Context<Self>,
+    ) {
         self.busy = true;
         self.current = Some(Transfer {
             partition: p,
@@ -213,10 +194,6 @@ impl Handoff {
             bytes: 0,
             started: Instant::now(),
         });
-        let after = match self.progress.get(p) {
-            Some(Fetched::Upto(k)) => Some(k.clone()),
-            _ => None,
-        };
         let request = HandoffMsg::Fetch {
             partition: p,
             after: after.clone(),
@@ -318,9 +295,8 @@ impl Handoff {
             self.bridge.clone(),
             self.settings.call_timeout,
         );
-        let me = self.settings.me.clone();
         let sync = async move {
-            for r in replicas.into_iter().filter(|r| *r != me) {
+            for r in replicas {
                 exchange(replica.clone(), bridge.clone(), p, r, timeout).await?;
             }
             Ok::<(), Error>(())

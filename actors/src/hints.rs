@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use dynakv::hints::HintMsg;
+use dynakv::hints::{self, HintMsg};
 use dynakv::peer::PeerMsg;
 use dynakv::ring::{Partition, Ring};
 use dynakv::{Error, NodeId, Result};
@@ -81,16 +81,10 @@ impl Hints {
                     return;
                 };
                 for (owner, _) in stats.hints {
-                    let live = topology
-                        .view
-                        .members
-                        .get(&owner)
-                        .is_some_and(|m| m.status.is_live());
-                    if !live {
-                        // The owner left or was removed: its partitions have new
-                        // replicas, and this node's copies reach them when it
-                        // releases them (handoff). Hints of released keys go.
-                        act.forget_released(owner, ctx);
+                    if topology.view.has_departed(&owner) {
+                        // Its partitions have new replicas, and this node's
+                        // copies reach them when it releases them (handoff).
+                        act.forget_moot(owner, ring.clone(), ctx);
                     } else if topology.is_up(&owner) && act.busy.insert(owner.clone()) {
                         act.deliver(owner, ring.clone(), ctx);
                     }
@@ -99,11 +93,12 @@ impl Hints {
         }));
     }
 
-    /// Clears the hints for a departed `owner` whose keys this node no longer
-    /// holds.
-    fn forget_released(&mut self, owner: NodeId, ctx: &mut Context<Self>) {
+    /// Clears the hints for a departed `owner` that have nothing left to
+    /// hand over (`dynakv::hints::moot`).
+    fn forget_moot(&mut self, owner: NodeId, ring: Arc<Ring>, ctx: &mut Context<Self>) {
         let replica = self.replica.clone();
         let limit = self.settings.batch_size;
+        let mine = ring.replicated_by(&self.settings.me, self.settings.n);
         let run = async move {
             let batch = replica
                 .send(TakeHints {
@@ -112,18 +107,15 @@ impl Hints {
                 })
                 .await
                 .map_err(mailbox_error)??;
-            let released: Vec<_> = batch
-                .into_iter()
-                .filter(|(_, state)| state.is_empty())
-                .collect();
-            if released.is_empty() {
+            let moot = hints::moot(batch, |k| mine.contains(&ring.partition_of(k)));
+            if moot.is_empty() {
                 return Ok(0);
             }
-            let keep = released.iter().map(|(k, _)| k.clone()).collect();
+            let keep = moot.iter().map(|(k, _)| k.clone()).collect();
             replica
                 .send(HandedOff {
                     owner,
-                    delivered: released,
+                    delivered: moot,
                     keep,
                 })
                 .await

@@ -4,7 +4,8 @@
 //! The real core state machines of every node (membership gossip and
 //! failure detection, coordinator sessions over routed preference lists,
 //! replica merge, hinted handoff, anti-entropy exchanges, tombstone
-//! collection) run over a simulated network that drops, delays, duplicates
+//! collection, and with `scaling` a join and a leave with partition
+//! handoff) run over a simulated network that drops, delays, duplicates
 //! (all but mints, which the Bridge never resends) and reorders messages, partitions and heals, and crashes and restarts
 //! nodes, on a simulated clock. Everything random comes from one seeded
 //! generator and every collection iterates in a fixed order, so a seed
@@ -36,6 +37,10 @@ use crate::coordinator::{
     GetSession, Outcome as Answer, PutSession, Request, Route, Session as CoreSession,
 };
 use crate::error::{Error, Result};
+use crate::handoff::{
+    Fetched, HandoffMsg, Next, Progress, fetch_step, release_step, to_release, verify_chunk,
+};
+use crate::hints;
 use crate::liveness::Health;
 use crate::membership::{Destination, GossipMsg, Member, Membership, Settings, Status, View};
 use crate::node::NodeId;
@@ -68,6 +73,9 @@ pub struct SimConfig {
     pub sync_every: u64,
     pub crashes: bool,
     pub partitions_faults: bool,
+    /// The last node starts outside the ring and joins during the run, and
+    /// one of the others leaves (handing its partitions off, then stopping).
+    pub scaling: bool,
     /// Keep a readable trace of events (printed on failure).
     pub trace: bool,
 }
@@ -90,6 +98,7 @@ impl Default for SimConfig {
             sync_every: 1000,
             crashes: true,
             partitions_faults: true,
+            scaling: false,
             trace: false,
         }
     }
@@ -108,6 +117,9 @@ pub struct Outcome {
     pub failed_ops: usize,
     pub crashes: usize,
     pub partitions: usize,
+    /// Partitions fetched by handoff, and released.
+    pub fetched: usize,
+    pub released: usize,
     /// Simulated ms from the heal to convergence.
     pub converged_after: u64,
     /// The first violation found, if any.
@@ -123,6 +135,9 @@ const DOWN_AFTER: u64 = 3_000;
 const AE_EVERY: u64 = 150;
 const HINTS_EVERY: u64 = 300;
 const GC_EVERY: u64 = 1_000;
+const HANDOFF_EVERY: u64 = 100;
+/// Keys per fetched chunk: small, so transfers take several steps.
+const CHUNK_KEYS: u32 = 2;
 /// Longer than any message's delay (`MAX_DELAY`).
 const GC_GRACE: u64 = 2_000;
 const ATTEMPT_TIMEOUT: u64 = 250;
@@ -242,6 +257,14 @@ enum Msg {
         id: u64,
         msg: GcMsg,
     },
+    Handoff {
+        id: u64,
+        msg: HandoffMsg,
+    },
+    HandoffReply {
+        id: u64,
+        reply: std::result::Result<HandoffMsg, Error>,
+    },
 }
 
 impl Msg {
@@ -291,6 +314,8 @@ impl Msg {
             Msg::AeReply { .. } => "ae-reply",
             Msg::Gc { .. } => "gc",
             Msg::GcReply { .. } => "gc-reply",
+            Msg::Handoff { .. } => "fetch",
+            Msg::HandoffReply { .. } => "chunk",
         };
         name.into()
     }
@@ -303,6 +328,7 @@ enum Timer {
     Hints,
     Gc,
     Sync,
+    Handoff,
 }
 
 #[derive(Debug, Clone)]
@@ -343,6 +369,10 @@ enum Event {
     HealPartition {
         epoch: u64,
     },
+    /// The spare node starts and joins.
+    Join,
+    /// A random member that is up begins to leave.
+    Leave,
 }
 
 struct Scheduled {
@@ -379,9 +409,22 @@ struct Session {
 
 /// A call to a peer awaiting its answer (hint delivery, exchange, probe).
 enum Call {
-    Hints { owner: NodeId, batch: Vec<Entry> },
+    Hints {
+        owner: NodeId,
+        batch: Vec<Entry>,
+    },
     Exchange(Exchange),
     Gc(GcRound),
+    Fetch {
+        partition: Partition,
+        after: Option<Vec<u8>>,
+    },
+    /// Synchronising a partition to release: an exchange with one of its
+    /// replicas, the others after it.
+    Release {
+        exchange: Exchange,
+        remaining: Vec<NodeId>,
+    },
 }
 
 struct GcRound {
@@ -398,6 +441,11 @@ struct Node {
     life: u64,
     data: Disk,
     hints: Disk,
+    /// Handoff progress (persisted in `meta`).
+    meta: Disk,
+    progress: Progress,
+    /// Left the cluster and stopped for good.
+    retired: bool,
     /// The persisted membership view.
     view: Option<View>,
     membership: Membership,
@@ -442,6 +490,8 @@ pub struct Sim {
     digest: u64,
     crashes: usize,
     partitions: usize,
+    fetched: usize,
+    released: usize,
     trace: Vec<String>,
 }
 
@@ -452,6 +502,17 @@ fn addr(i: usize) -> String {
 fn node_id(i: usize) -> NodeId {
     NodeId::new(format!("n{i}")).expect("a valid id")
 }
+
+/// The nodes that found the ring (all but the spare when scaling).
+fn founders(cfg: &SimConfig) -> usize {
+    if cfg.scaling {
+        cfg.nodes - 1
+    } else {
+        cfg.nodes
+    }
+}
+
+const PROGRESS_KEY: &[u8] = b"handoff";
 
 fn settings(cfg: &SimConfig, i: usize) -> Settings {
     Settings {
@@ -466,7 +527,7 @@ fn settings(cfg: &SimConfig, i: usize) -> Settings {
         cluster: "sim".into(),
         partitions: cfg.partitions,
         n: cfg.n,
-        seeds: (0..cfg.nodes).map(addr).collect(),
+        seeds: (0..founders(cfg)).map(addr).collect(),
         suspect_after: SUSPECT_AFTER,
         down_after: DOWN_AFTER,
         auto_join: true,
@@ -488,10 +549,13 @@ impl Sim {
             )?;
             nodes.push(Node {
                 id: node_id(i),
-                running: true,
+                running: i < founders(&cfg),
                 life: 0,
                 data,
                 hints,
+                meta: Disk::default(),
+                progress: Progress::default(),
+                retired: false,
                 view: None,
                 membership: Membership::new(settings(&cfg, i), None, 0),
                 replica,
@@ -529,10 +593,18 @@ impl Sim {
             digest: 0xcbf2_9ce4_8422_2325,
             crashes: 0,
             partitions: 0,
+            fetched: 0,
+            released: 0,
             trace: Vec::new(),
         };
-        for i in 0..sim.cfg.nodes {
+        for i in 0..founders(&sim.cfg) {
             sim.start_timers(i);
+        }
+        if sim.cfg.scaling {
+            let join = 2_000 + sim.rng.below(6_000);
+            sim.schedule(join, Event::Join);
+            let leave = 8_000 + sim.rng.below(6_000);
+            sim.schedule(leave, Event::Leave);
         }
         for c in 0..sim.cfg.clients {
             let at = 1_000 + sim.rng.below(500);
@@ -577,6 +649,7 @@ impl Sim {
             (Timer::Hints, HINTS_EVERY),
             (Timer::Gc, GC_EVERY),
             (Timer::Sync, self.cfg.sync_every),
+            (Timer::Handoff, HANDOFF_EVERY),
         ] {
             let at = self.now + 1 + self.rng.below(every);
             self.schedule(
@@ -701,6 +774,8 @@ impl Sim {
             failed_ops: self.history.failed,
             crashes: self.crashes,
             partitions: self.partitions,
+            fetched: self.fetched,
+            released: self.released,
             converged_after: converged_at.map_or(0, |t| t - heal_at),
             violation,
             trace: self.trace,
@@ -758,6 +833,12 @@ impl Sim {
                     self.note(|| "partition healed".into());
                 }
             }
+            Event::Join => {
+                let spare = self.cfg.nodes - 1;
+                self.note(|| format!("n{spare} starts, to join"));
+                self.restart(spare);
+            }
+            Event::Leave => self.begin_leave(),
         }
     }
 
@@ -804,15 +885,47 @@ impl Sim {
         self.schedule(at, Event::Nemesis);
     }
 
+    /// An operator tells a member that is up to leave.
+    fn begin_leave(&mut self) {
+        let spare = self.cfg.nodes - 1;
+        let i = self.rng.below(spare as u64) as usize;
+        let node = &mut self.nodes[i];
+        if !node.running {
+            return self.note(|| format!("n{i} is down: no leave"));
+        }
+        match node.membership.leave() {
+            Ok(changed) => {
+                if changed.view {
+                    node.view = Some(node.membership.view().clone());
+                }
+                self.note(|| format!("n{i} begins to leave"));
+            }
+            Err(e) => self.note(|| format!("n{i} cannot leave: {e}")),
+        }
+    }
+
     fn crash(&mut self, i: usize) {
         self.crashes += 1;
         let power_loss = !self.cfg.fsync_always;
-        let node = &mut self.nodes[i];
-        node.running = false;
         if power_loss {
+            let node = &self.nodes[i];
             node.data.lose_unsynced();
             node.hints.lose_unsynced();
+            node.meta.lose_unsynced();
         }
+        self.note(|| {
+            format!(
+                "crash n{i}{}",
+                if power_loss { " (power loss)" } else { "" }
+            )
+        });
+        self.stop(i);
+    }
+
+    /// The process ends: what it held in memory is gone.
+    fn stop(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.running = false;
         let sessions = std::mem::take(&mut node.sessions);
         node.calls.clear();
         for (_, s) in sessions {
@@ -821,16 +934,10 @@ impl Sim {
             self.history.failed += 1;
             self.client_next(s.client);
         }
-        self.note(|| {
-            format!(
-                "crash n{i}{}",
-                if power_loss { " (power loss)" } else { "" }
-            )
-        });
     }
 
     fn restart(&mut self, i: usize) {
-        if self.nodes[i].running {
+        if self.nodes[i].running || self.nodes[i].retired {
             return;
         }
         let actor = Actor(self.rng.next_u64());
@@ -848,6 +955,10 @@ impl Sim {
             Err(e) => panic!("reopening a simulated replica failed: {e}"),
         };
         node.replica = replica;
+        node.progress = match node.meta.get(PROGRESS_KEY) {
+            Ok(Some(bytes)) => Progress::from_bytes(&bytes).unwrap_or_default(),
+            _ => Progress::default(),
+        };
         node.membership = Membership::new(settings(&cfg, i), node.view.clone(), now);
         node.running = true;
         node.life += 1;
@@ -1196,6 +1307,21 @@ impl Sim {
                 }
             }
             Msg::GcReply { id, msg } => self.on_gc_reply(to, &from_id, id, msg),
+            Msg::Handoff { id, msg } => {
+                let reply = match msg {
+                    HandoffMsg::Fetch {
+                        partition,
+                        after,
+                        limit,
+                    } => self.nodes[to]
+                        .replica
+                        .chunk(partition, after.as_deref(), limit as usize)
+                        .map(|(entries, last)| HandoffMsg::chunk(entries, last)),
+                    HandoffMsg::Chunk { .. } => Err(Error::InvalidRequest("not a request".into())),
+                };
+                self.send(to, from, Msg::HandoffReply { id, reply });
+            }
+            Msg::HandoffReply { id, reply } => self.on_chunk(to, id, reply),
         }
     }
 
@@ -1235,11 +1361,19 @@ impl Sim {
                 self.start_gc(i);
                 GC_EVERY
             }
+            Timer::Handoff => {
+                self.handoff_step(i);
+                if !self.nodes[i].running {
+                    return; // it left and stopped
+                }
+                HANDOFF_EVERY
+            }
             Timer::Sync => {
                 // With fsync = always every write is durable already.
                 if !self.cfg.fsync_always {
                     self.nodes[i].data.sync();
                     self.nodes[i].hints.sync();
+                    self.nodes[i].meta.sync();
                 }
                 self.cfg.sync_every
             }
@@ -1289,6 +1423,10 @@ impl Sim {
             let Some(to) = self.index(&owner) else {
                 continue;
             };
+            if self.nodes[i].membership.view().has_departed(&owner) {
+                self.forget_moot(i, &owner);
+                continue;
+            }
             if busy || !self.is_up(i, &owner) {
                 continue;
             }
@@ -1301,6 +1439,22 @@ impl Sim {
             let entries = batch.clone();
             let id = self.call(i, Call::Hints { owner, batch });
             self.send(i, to, Msg::HintDeliver { id, entries });
+        }
+    }
+
+    /// As the Hints actor does for an owner that departed.
+    fn forget_moot(&mut self, i: usize, owner: &NodeId) {
+        let Some(ring) = self.nodes[i].membership.ring() else {
+            return;
+        };
+        let node = &mut self.nodes[i];
+        let mine = ring.replicated_by(&node.id, self.cfg.n);
+        let Ok(batch) = node.replica.hinted(owner, 64) else {
+            return;
+        };
+        let moot = hints::moot(batch, |k| mine.contains(&ring.partition_of(k)));
+        if let Ok(n @ 1..) = node.replica.handed_off(owner, &moot, |_| true) {
+            self.note(|| format!("n{i}: {n} hints for departed {owner} cleared"));
         }
     }
 
@@ -1353,13 +1507,25 @@ impl Sim {
 
     fn on_ae_reply(&mut self, i: usize, from: usize, id: u64, reply: Result<AeMsg>) {
         let node = &mut self.nodes[i];
-        let Some(Call::Exchange(mut ex)) = node.calls.remove(&id) else {
-            return;
+        let (mut ex, releasing) = match node.calls.remove(&id) {
+            Some(Call::Exchange(ex)) => (ex, None),
+            Some(Call::Release {
+                exchange,
+                remaining,
+            }) => (exchange, Some(remaining)),
+            _ => return,
         };
         let Ok(reply) = reply else { return };
         match ex.on_reply(reply, &mut node.replica) {
             Ok(Some(next)) => {
-                node.calls.insert(id, Call::Exchange(ex));
+                let call = match releasing {
+                    None => Call::Exchange(ex),
+                    Some(remaining) => Call::Release {
+                        exchange: ex,
+                        remaining,
+                    },
+                };
+                node.calls.insert(id, call);
                 self.send(i, from, Msg::Ae { id, msg: next });
             }
             Ok(None) => {
@@ -1374,8 +1540,166 @@ impl Sim {
                         )
                     });
                 }
+                if let Some(remaining) = releasing {
+                    self.release_next(i, ex.partition(), remaining);
+                }
             }
             Err(_) => {}
+        }
+    }
+
+    // ---- handoff ----
+
+    fn save_progress(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if let Err(e) = node.meta.put(PROGRESS_KEY, &node.progress.to_bytes()) {
+            panic!("the simulated disk failed: {e}");
+        }
+    }
+
+    /// What the Handoff actor's step does: fetch, commit, release or leave.
+    fn handoff_step(&mut self, i: usize) {
+        let busy = self.nodes[i]
+            .calls
+            .values()
+            .any(|c| matches!(c, Call::Fetch { .. } | Call::Release { .. }));
+        let Some(ring) = self.nodes[i].membership.ring() else {
+            return;
+        };
+        if busy {
+            return;
+        }
+        let n = self.cfg.n;
+        let Node {
+            id: me,
+            membership,
+            progress,
+            replica,
+            ..
+        } = &mut self.nodes[i];
+        let before = progress.clone();
+        let is_up = |s: &NodeId| membership.health(s) == Health::Up;
+        let view = membership.view();
+        let next = fetch_step(view, &ring, me, n, progress, is_up)
+            .unwrap_or_else(|| release_step(view, &ring, me, n, &replica.held_partitions(), is_up));
+        if *progress != before {
+            self.save_progress(i);
+        }
+        match next {
+            Next::Fetch {
+                partition,
+                from,
+                after,
+            } => {
+                let Some(to) = self.index(&from) else { return };
+                let call = Call::Fetch {
+                    partition,
+                    after: after.clone(),
+                };
+                let id = self.call(i, call);
+                let msg = HandoffMsg::Fetch {
+                    partition,
+                    after,
+                    limit: CHUNK_KEYS,
+                };
+                self.send(i, to, Msg::Handoff { id, msg });
+            }
+            Next::Commit => {
+                let node = &mut self.nodes[i];
+                if node.membership.commit_incoming().view {
+                    node.view = Some(node.membership.view().clone());
+                    self.note(|| format!("n{i}: incoming partitions committed"));
+                }
+            }
+            Next::Release {
+                partition,
+                replicas,
+            } => self.release_next(i, partition, replicas),
+            Next::Leave => {
+                let node = &mut self.nodes[i];
+                if node.membership.mark_left().view {
+                    node.view = Some(node.membership.view().clone());
+                    // As `serve` does: a node that has left stops.
+                    self.note(|| format!("n{i} has left; it stops"));
+                    self.stop(i);
+                    self.nodes[i].retired = true;
+                }
+            }
+            Next::Wait | Next::Idle => {}
+        }
+    }
+
+    fn on_chunk(&mut self, i: usize, id: u64, reply: Result<HandoffMsg>) {
+        let Some(Call::Fetch { partition, after }) = self.nodes[i].calls.remove(&id) else {
+            return;
+        };
+        let Ok(HandoffMsg::Chunk {
+            entries,
+            checksum,
+            last,
+        }) = reply
+        else {
+            return;
+        };
+        if verify_chunk(
+            &entries,
+            checksum,
+            partition,
+            after.as_deref(),
+            self.cfg.partitions,
+        )
+        .is_err()
+        {
+            return;
+        }
+        let node = &mut self.nodes[i];
+        for (key, state) in &entries {
+            if let Err(e) = node.replica.merge(key, state, None) {
+                panic!("merging a fetched chunk failed: {e}");
+            }
+        }
+        let step = match (last, entries.last()) {
+            (false, Some((k, _))) => Fetched::Upto(k.clone()),
+            _ => Fetched::Done,
+        };
+        if step == Fetched::Done {
+            self.fetched += 1;
+            self.note(|| format!("n{i}: fetched {partition}"));
+        }
+        self.nodes[i].progress.record(partition, step);
+        self.save_progress(i);
+    }
+
+    /// Synchronises `p` with the first of `replicas` (the rest after it);
+    /// with none left, drops it if the ring still says so.
+    fn release_next(&mut self, i: usize, p: Partition, replicas: Vec<NodeId>) {
+        if let Some((first, rest)) = replicas.split_first() {
+            let Some(to) = self.index(first) else { return };
+            let (exchange, msg) = Exchange::start(p, self.nodes[i].replica.tree(p));
+            let remaining = rest.to_vec();
+            let id = self.call(
+                i,
+                Call::Release {
+                    exchange,
+                    remaining,
+                },
+            );
+            self.send(i, to, Msg::Ae { id, msg });
+            return;
+        }
+        let Some(ring) = self.nodes[i].membership.ring() else {
+            return;
+        };
+        let node = &mut self.nodes[i];
+        if to_release(&ring, &node.id, self.cfg.n, [p]).is_empty() {
+            return;
+        }
+        match node.replica.drop_partition(p) {
+            Ok(keys) => {
+                self.released += 1;
+                self.note(|| format!("n{i}: released {p} ({keys} keys)"));
+            }
+            Err(e) => panic!("dropping a simulated partition failed: {e}"),
         }
     }
 
@@ -1492,11 +1816,10 @@ impl Sim {
 
     /// The ring every node agrees on (None if they disagree or have none).
     fn common_ring(&self) -> Option<Ring> {
-        let ring = self.nodes[0].membership.ring()?;
-        let view = self.nodes[0].membership.view().ownership.clone();
-        self.nodes
-            .iter()
-            .all(|n| n.membership.view().ownership == view)
+        let mut members = self.nodes.iter().filter(|n| !n.retired);
+        let first = members.next()?.membership.view();
+        let ring = first.ring()?;
+        (!ring.is_moving() && members.all(|n| n.membership.view().ownership == first.ownership))
             .then_some(ring)
     }
 
@@ -1517,10 +1840,11 @@ impl Sim {
     }
 
     fn divergence(&self) -> String {
-        for n in &self.nodes {
-            let hints: u64 = n.replica.hints_pending().values().sum();
-            if hints > 0 {
-                return format!("{} still holds {hints} hints", n.id);
+        // A node that left is gone, with its hints: everything it held
+        // was synchronised with the current replicas before it left.
+        for n in self.nodes.iter().filter(|n| !n.retired) {
+            if let Some((owner, hints)) = n.replica.hints_pending().iter().find(|(_, h)| **h > 0) {
+                return format!("{} still holds {hints} hints for {owner}", n.id);
             }
             if !n.sessions.is_empty() {
                 return format!("{} still has sessions", n.id);
