@@ -6,8 +6,9 @@
 //! replica merge, hinted handoff, anti-entropy exchanges, tombstone
 //! collection, and with `scaling` a join and a leave with partition
 //! handoff) run over a simulated network that drops, delays, duplicates
-//! (all but mints, which the Bridge never resends) and reorders messages, partitions and heals, and crashes and restarts
-//! nodes, on a simulated clock. Everything random comes from one seeded
+//! (all but mints, which the Bridge never resends) and reorders messages,
+//! partitions and heals, and crashes and restarts nodes, on a simulated
+//! clock. Everything random comes from one seeded
 //! generator and every collection iterates in a fixed order, so a seed
 //! replays the same run event for event (`Outcome::digest`).
 //!
