@@ -82,6 +82,9 @@ impl AeMsg {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExchangeReport {
     pub partition: Option<Partition>,
+    /// The root of the local tree the exchange started from: everything
+    /// the partition held then has reached the peer (or was there).
+    pub started_from: u64,
     /// Keys repaired on this (initiating) side.
     pub pulled: usize,
     /// Keys sent to the responder to repair.
@@ -93,7 +96,7 @@ pub struct ExchangeReport {
 }
 
 impl std::ops::AddAssign<&ExchangeReport> for ExchangeReport {
-    /// Totals over several exchanges (the partition is not summed).
+    /// Totals over several exchanges (the partition and root are not summed).
     fn add_assign(&mut self, r: &ExchangeReport) {
         self.pulled += r.pulled;
         self.pushed += r.pushed;
@@ -148,6 +151,9 @@ pub fn next_exchange(
 pub struct Exchange {
     partition: Partition,
     tree: HashTree,
+    /// Releasing the partition: push what the peer lacks, take nothing
+    /// (what this side holds then changes only with its own writes).
+    push_only: bool,
     stage: Stage,
     report: ExchangeReport,
 }
@@ -155,16 +161,27 @@ pub struct Exchange {
 impl Exchange {
     /// Starts an exchange of `partition` from the local tree `tree`.
     pub fn start(partition: Partition, tree: HashTree) -> (Exchange, AeMsg) {
-        let msg = AeMsg::Root {
-            partition,
-            root: tree.root(),
-        };
+        Self::begin(partition, tree, false)
+    }
+
+    /// Starts an exchange that only pushes: the sync before a release. If
+    /// the partition's root is still the report's `started_from` after it,
+    /// the peer holds everything this side does.
+    pub fn push_only(partition: Partition, tree: HashTree) -> (Exchange, AeMsg) {
+        Self::begin(partition, tree, true)
+    }
+
+    fn begin(partition: Partition, tree: HashTree, push_only: bool) -> (Exchange, AeMsg) {
+        let root = tree.root();
+        let msg = AeMsg::Root { partition, root };
         let mut ex = Exchange {
             partition,
             tree,
+            push_only,
             stage: Stage::AwaitRoot,
             report: ExchangeReport {
                 partition: Some(partition),
+                started_from: root,
                 ..ExchangeReport::default()
             },
         };
@@ -253,9 +270,11 @@ impl Exchange {
                 let mut sent_here = BTreeMap::new();
                 for (key, state) in entries {
                     self.check_key(&key, q)?;
-                    let before = local.read(&key)?;
-                    if local.merge(&key, &state, None)? != before {
-                        self.report.pulled += 1;
+                    if !self.push_only {
+                        let before = local.read(&key)?;
+                        if local.merge(&key, &state, None)? != before {
+                            self.report.pulled += 1;
+                        }
                     }
                     sent_here.insert(key, state);
                 }
@@ -465,6 +484,47 @@ mod tests {
         assert_eq!(a.store().map, b.store().map);
         for p in 0..Q {
             assert_eq!(a.tree(Partition(p)), b.tree(Partition(p)));
+        }
+    }
+
+    #[test]
+    fn a_push_only_exchange_gives_everything_and_takes_nothing() {
+        let (mut a, mut b) = (replica(1), replica(2));
+        for i in 0..300 {
+            put(&mut a, &format!("k{i}"), "same");
+        }
+        sync_all(&mut a, &mut b);
+        put(&mut a, "only-a", "x");
+        put(&mut b, "only-b", "y");
+        put(&mut a, "k7", "a-changed");
+        put(&mut b, "k9", "b-changed");
+        let before = a.store().map.clone();
+        for p in (0..Q).map(Partition) {
+            let root = a.tree(p).root();
+            let (mut ex, mut msg) = Exchange::push_only(p, a.tree(p));
+            while let Some(next) = ex.on_reply(respond(&mut b, msg).unwrap(), &mut a).unwrap() {
+                msg = next;
+            }
+            assert_eq!(ex.report().started_from, root);
+            assert_eq!(ex.report().pulled, 0);
+            assert_eq!(a.tree(p).root(), root, "the releasing side is unchanged");
+        }
+        assert_eq!(a.store().map, before);
+        // Everything `a` holds is at `b` now; `b`'s own writes stayed there.
+        for (key, state) in [("only-a", 1), ("k7", 1), ("only-b", 1), ("k9", 1)] {
+            assert_eq!(b.read(key.as_bytes()).unwrap().sibling_count(), state);
+        }
+        assert_eq!(
+            b.read(b"k7").unwrap().values().next(),
+            Some(&b"a-changed"[..])
+        );
+        let mut released = a;
+        for p in (0..Q).map(Partition) {
+            let root = released.tree(p).root();
+            put(&mut released, "late", "write after the sync");
+            let p_late = Partition::of_key(b"late", Q);
+            let dropped = released.release_partition(p, root).unwrap();
+            assert_eq!(dropped.is_none(), p == p_late, "{p}");
         }
     }
 

@@ -442,8 +442,19 @@ impl<S: Store> Replica<S> {
         held
     }
 
-    /// Removes every key of `p` (a partition handed off). Returns how many.
-    pub fn drop_partition(&mut self, p: Partition) -> Result<usize> {
+    /// Drops `p` (handed off) if its tree root is still `synced`, the root
+    /// an exchange with a current replica started from; else a write landed
+    /// since, and None says to synchronise again first. Returns how many
+    /// keys went.
+    pub fn release_partition(&mut self, p: Partition, synced: u64) -> Result<Option<usize>> {
+        if self.tree(p).root() != synced {
+            return Ok(None);
+        }
+        self.drop_partition(p).map(Some)
+    }
+
+    /// Removes every key of `p`. Returns how many.
+    fn drop_partition(&mut self, p: Partition) -> Result<usize> {
         let mut keys = Vec::new();
         let mut forgot_own = false;
         let actor = self.actor;

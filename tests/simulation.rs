@@ -109,7 +109,8 @@ fn a_trace_names_the_events_of_a_run() {
 }
 
 /// The seeds that found bugs (see `tombstones::Ripening`,
-/// `Replica::forget_writer` and `View::has_departed`) keep passing.
+/// `Replica::forget_writer`, `View::has_departed` and
+/// `Replica::release_partition`) keep passing.
 #[test]
 fn the_seeds_that_found_bugs_pass() {
     run_seeds(&SimConfig::default(), 1055..1056);
@@ -123,4 +124,5 @@ fn the_seeds_that_found_bugs_pass() {
         ..SimConfig::default()
     };
     run_seeds(&scaling, 73..74);
+    run_seeds(&scaling, 1493..1494);
 }

@@ -123,10 +123,14 @@ impl AntiEntropy {
             return;
         };
         self.running = true;
+        let begin = AeBegin {
+            partition: p,
+            push_only: false,
+        };
         let run = exchange(
             self.replica.clone(),
             self.bridge.clone(),
-            p,
+            begin,
             peer.clone(),
             self.settings.call_timeout,
         );
@@ -229,15 +233,15 @@ impl AntiEntropy {
     }
 }
 
-/// Runs one exchange of `p` with `peer` to completion.
+/// Runs one exchange with `peer` to completion.
 pub(crate) async fn exchange(
     replica: Addr<Replica>,
     bridge: Addr<Bridge>,
-    p: Partition,
+    begin: AeBegin,
     peer: NodeId,
     timeout: Duration,
 ) -> Result<ExchangeReport> {
-    let (mut ex, mut msg) = replica.send(AeBegin(p)).await.map_err(mailbox_error)??;
+    let (mut ex, mut msg) = replica.send(begin).await.map_err(mailbox_error)??;
     loop {
         let answer = bridge
             .send(Call {

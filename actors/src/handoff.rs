@@ -32,7 +32,9 @@ use crate::bridge::{Bridge, Call};
 use crate::coordinator::Summary;
 use crate::events::{Event, Events};
 use crate::membership::{CommitIncoming, MarkLeft, Membership};
-use crate::replica::{DropPartition, HeldPartitions, MergeHandoff, Replica, mailbox_error};
+use crate::replica::{
+    AeBegin, DropPartition, HeldPartitions, MergeHandoff, Replica, mailbox_error,
+};
 use crate::ring::{RingChanged, Topology};
 use crate::storage::FjallStore;
 use crate::supervise::shielded;
@@ -296,17 +298,24 @@ impl Handoff {
             self.settings.call_timeout,
         );
         let sync = async move {
+            let mut synced = None;
             for r in replicas {
-                exchange(replica.clone(), bridge.clone(), p, r, timeout).await?;
+                let begin = AeBegin {
+                    partition: p,
+                    push_only: true,
+                };
+                let report = exchange(replica.clone(), bridge.clone(), begin, r, timeout).await?;
+                synced = Some(report.started_from);
             }
-            Ok::<(), Error>(())
+            synced.ok_or_else(|| Error::Internal("no replica to synchronise with".into()))
         };
         ctx.spawn(sync.into_actor(self).map(move |synced, act, ctx| {
             shielded(NAME, act, ctx, |act, ctx| {
                 act.busy = false;
-                if let Err(e) = synced {
-                    return debug!(partition = %p, error = %e, "release postponed");
-                }
+                let synced = match synced {
+                    Ok(root) => root,
+                    Err(e) => return debug!(partition = %p, error = %e, "release postponed"),
+                };
                 // Drop only if the ring still says so.
                 let still = act
                     .topology
@@ -319,20 +328,28 @@ impl Handoff {
                     return;
                 }
                 act.busy = true;
-                let dropped = act.replica.send(DropPartition(p));
+                let dropped = act.replica.send(DropPartition {
+                    partition: p,
+                    synced,
+                });
                 ctx.spawn(dropped.into_actor(act).map(move |dropped, act, ctx| {
                     shielded(NAME, act, ctx, |act, ctx| {
                         act.busy = false;
-                        if let Ok(Ok(keys)) = dropped {
-                            act.released += 1;
-                            info!(partition = %p, keys, "partition handed off and released");
-                            act.events.emit(Event::PartitionReleased {
-                                node: act.settings.me.clone(),
-                                partition: p.0,
-                                keys,
-                            });
-                            ctx.notify(Step);
-                        }
+                        let keys = match dropped {
+                            Ok(Ok(Some(keys))) => keys,
+                            Ok(Ok(None)) => {
+                                return debug!(partition = %p, "written to since its sync; released later");
+                            }
+                            _ => return,
+                        };
+                        act.released += 1;
+                        info!(partition = %p, keys, "partition handed off and released");
+                        act.events.emit(Event::PartitionReleased {
+                            node: act.settings.me.clone(),
+                            partition: p.0,
+                            keys,
+                        });
+                        ctx.notify(Step);
                     })
                 }));
             })

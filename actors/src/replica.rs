@@ -321,7 +321,7 @@ forward_to_worker!(
     CollectTombstones => usize,
     Chunk => (Vec<Entry>, bool),
     HeldPartitions => Vec<Partition>,
-    DropPartition => usize,
+    DropPartition => Option<usize>,
     PartitionUsage => Vec<(Partition, Usage)>,
     PanicInCore => (),
 );

@@ -65,10 +65,14 @@ pub struct HandedOff {
     pub keep: Vec<Vec<u8>>,
 }
 
-/// Begins an anti-entropy exchange of a partition from the local tree.
+/// Begins an anti-entropy exchange of a partition from the local tree
+/// (`push_only`: the sync before a release).
 #[derive(Message)]
 #[rtype(result = "Result<(Exchange, AeMsg)>")]
-pub struct AeBegin(pub Partition);
+pub struct AeBegin {
+    pub partition: Partition,
+    pub push_only: bool,
+}
 
 /// Feeds an exchange the peer's answer; returns it with the next message
 /// (None: the exchange is complete).
@@ -114,10 +118,14 @@ pub struct Chunk {
 #[rtype(result = "Result<Vec<Partition>>")]
 pub struct HeldPartitions;
 
-/// Drops every key of a partition (handed off); returns how many.
+/// Drops every key of a partition handed off, unless it changed since the
+/// tree root its last sync started from (`Replica::release_partition`).
 #[derive(Message)]
-#[rtype(result = "Result<usize>")]
-pub struct DropPartition(pub Partition);
+#[rtype(result = "Result<Option<usize>>")]
+pub struct DropPartition {
+    pub partition: Partition,
+    pub synced: u64,
+}
 
 /// Keys and bytes held per partition (for `cluster plan`).
 #[derive(Message)]
@@ -286,7 +294,14 @@ core_handlers! {
         let keep: std::collections::HashSet<Vec<u8>> = m.keep.into_iter().collect();
         core.handed_off(&m.owner, &m.delivered, |k| keep.contains(k))
     };
-    AeBegin(AeBegin(p)) -> (Exchange, AeMsg), writes: false, |core| Ok(Exchange::start(p, core.tree(p)));
+    AeBegin(m) -> (Exchange, AeMsg), writes: false, |core| {
+        let tree = core.tree(m.partition);
+        Ok(if m.push_only {
+            Exchange::push_only(m.partition, tree)
+        } else {
+            Exchange::start(m.partition, tree)
+        })
+    };
     AeContinue(AeContinue(mut ex, reply)) -> (Exchange, Option<AeMsg>), writes: true, |core| {
         let next = ex.on_reply(reply, core)?;
         Ok((ex, next))
@@ -297,7 +312,7 @@ core_handlers! {
     CollectTombstones(CollectTombstones(entries)) -> usize, writes: true, |core| core.collect_tombstones(&entries);
     Chunk(m) -> (Vec<Entry>, bool), writes: false, |core| core.chunk(m.partition, m.after.as_deref(), m.limit);
     HeldPartitions(_m) -> Vec<Partition>, writes: false, |core| Ok(core.held_partitions());
-    DropPartition(DropPartition(p)) -> usize, writes: true, |core| core.drop_partition(p);
+    DropPartition(m) -> Option<usize>, writes: true, |core| core.release_partition(m.partition, m.synced);
     PartitionUsage(_m) -> Vec<(Partition, Usage)>, writes: false, |core| Ok(core.usage().iter().map(|(p, u)| (*p, *u)).collect());
 }
 

@@ -1542,7 +1542,8 @@ impl Sim {
                     });
                 }
                 if let Some(remaining) = releasing {
-                    self.release_next(i, ex.partition(), remaining);
+                    let synced = ex.report().started_from;
+                    self.release_next(i, ex.partition(), remaining, synced);
                 }
             }
             Err(_) => {}
@@ -1615,7 +1616,7 @@ impl Sim {
             Next::Release {
                 partition,
                 replicas,
-            } => self.release_next(i, partition, replicas),
+            } => self.release_next(i, partition, replicas, 0),
             Next::Leave => {
                 let node = &mut self.nodes[i];
                 if node.membership.mark_left().view {
@@ -1672,11 +1673,12 @@ impl Sim {
     }
 
     /// Synchronises `p` with the first of `replicas` (the rest after it);
-    /// with none left, drops it if the ring still says so.
-    fn release_next(&mut self, i: usize, p: Partition, replicas: Vec<NodeId>) {
+    /// with none left, drops it if the ring still says so and nothing was
+    /// written since the root the last exchange started from (`synced`).
+    fn release_next(&mut self, i: usize, p: Partition, replicas: Vec<NodeId>, synced: u64) {
         if let Some((first, rest)) = replicas.split_first() {
             let Some(to) = self.index(first) else { return };
-            let (exchange, msg) = Exchange::start(p, self.nodes[i].replica.tree(p));
+            let (exchange, msg) = Exchange::push_only(p, self.nodes[i].replica.tree(p));
             let remaining = rest.to_vec();
             let id = self.call(
                 i,
@@ -1695,11 +1697,12 @@ impl Sim {
         if to_release(&ring, &node.id, self.cfg.n, [p]).is_empty() {
             return;
         }
-        match node.replica.drop_partition(p) {
-            Ok(keys) => {
+        match node.replica.release_partition(p, synced) {
+            Ok(Some(keys)) => {
                 self.released += 1;
                 self.note(|| format!("n{i}: released {p} ({keys} keys)"));
             }
+            Ok(None) => self.note(|| format!("n{i}: {p} written to since its sync")),
             Err(e) => panic!("dropping a simulated partition failed: {e}"),
         }
     }
