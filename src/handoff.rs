@@ -15,8 +15,11 @@
 //! A node that holds a home partition it no longer replicates (it gave the
 //! partition away, left, or received a stray late write) *releases* it:
 //! it synchronises the partition with every current replica (an
-//! anti-entropy exchange each) and only then drops its copy. So a write any
-//! replica acknowledged is on the new replicas before the old copy goes.
+//! anti-entropy exchange each that pushes and takes nothing) and only then
+//! drops its copy, and only if nothing was written to it since the last
+//! exchange began (a coordinator with an older ring may still send it a
+//! write); otherwise it synchronises again. So a write any replica
+//! acknowledged is on the new replicas before the old copy goes.
 //!
 //! Fetch progress is kept per partition (last key received), persisted by
 //! the shell, so a fetch interrupted by a crash of either side resumes where

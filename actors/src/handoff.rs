@@ -10,8 +10,8 @@
 //! - *commit*: once every such partition is here, membership commits this
 //!   node's incoming moves (it owns them now; a joining node becomes up);
 //! - *release*: a partition held but no longer replicated
-//!   (`to_release`) is synchronised with every current replica by an
-//!   anti-entropy exchange, then dropped;
+//!   (`to_release`) is pushed to every current replica by an anti-entropy
+//!   exchange, then dropped unless written to since (`release_partition`);
 //! - *leave*: a leaving node that owns nothing and holds nothing has left.
 
 use std::time::{Duration, Instant};

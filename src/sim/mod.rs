@@ -1543,7 +1543,7 @@ impl Sim {
                 }
                 if let Some(remaining) = releasing {
                     let synced = ex.report().started_from;
-                    self.release_next(i, ex.partition(), remaining, synced);
+                    self.release_next(i, ex.partition(), remaining, Some(synced));
                 }
             }
             Err(_) => {}
@@ -1616,7 +1616,7 @@ impl Sim {
             Next::Release {
                 partition,
                 replicas,
-            } => self.release_next(i, partition, replicas, 0),
+            } => self.release_next(i, partition, replicas, None),
             Next::Leave => {
                 let node = &mut self.nodes[i];
                 if node.membership.mark_left().view {
@@ -1675,7 +1675,7 @@ impl Sim {
     /// Synchronises `p` with the first of `replicas` (the rest after it);
     /// with none left, drops it if the ring still says so and nothing was
     /// written since the root the last exchange started from (`synced`).
-    fn release_next(&mut self, i: usize, p: Partition, replicas: Vec<NodeId>, synced: u64) {
+    fn release_next(&mut self, i: usize, p: Partition, replicas: Vec<NodeId>, synced: Option<u64>) {
         if let Some((first, rest)) = replicas.split_first() {
             let Some(to) = self.index(first) else { return };
             let (exchange, msg) = Exchange::push_only(p, self.nodes[i].replica.tree(p));
@@ -1690,7 +1690,7 @@ impl Sim {
             self.send(i, to, Msg::Ae { id, msg });
             return;
         }
-        let Some(ring) = self.nodes[i].membership.ring() else {
+        let (Some(ring), Some(synced)) = (self.nodes[i].membership.ring(), synced) else {
             return;
         };
         let node = &mut self.nodes[i];
