@@ -1854,6 +1854,24 @@ impl Sim {
                 return format!("{} still has sessions", n.id);
             }
         }
+        // Handoff is over: each node holds only what it replicates, and a
+        // leaver has left.
+        if let Some(ring) = self.common_ring() {
+            for n in self.nodes.iter().filter(|n| !n.retired) {
+                let mine = ring.replicated_by(&n.id, self.cfg.n);
+                if let Some(p) = n
+                    .replica
+                    .held_partitions()
+                    .iter()
+                    .find(|p| !mine.contains(p))
+                {
+                    return format!("{} still holds {p}", n.id);
+                }
+                if n.membership.member(&n.id).map(|m| m.status) == Some(Status::Leaving) {
+                    return format!("{} is still leaving", n.id);
+                }
+            }
+        }
         for k in 0..self.keys.len() {
             match self.owner_states(k) {
                 Err(e) => return e,
