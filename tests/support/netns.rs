@@ -65,6 +65,10 @@ impl Namespaces {
         let (main, side) = (self.bridge("b"), self.bridge("c"));
         for b in [&main, &side] {
             ip(&["link", "add", b, "type", "bridge"])?;
+            // Bridged frames skip iptables (with br_netfilter loaded, a
+            // host firewall such as Docker's FORWARD policy would drop
+            // them). Older iproute2 lacks the option: go on without it.
+            let _ = ip(&["link", "set", b, "type", "bridge", "nf_call_iptables", "0"]);
             ip(&["link", "set", b, "up"])?;
         }
         ip(&[
@@ -86,7 +90,8 @@ impl Namespaces {
             ip(&["-n", &ns, "link", "set", &inner, "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
-        Ok(())
+        // What starting a node needs (it fails in some containers).
+        ip(&["netns", "exec", &self.namespace(0), "true"])
     }
 
     /// Deletes everything (namespaces take their veth ends with them).
