@@ -13,6 +13,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dynakv::NodeId;
+use dynakv::config::StorageSection;
 use dynakv::merkle::{HashTree, item_hash, segment_of};
 use dynakv::ownership::{Capacity, Ownership};
 use dynakv::replica::{MemStore, Replica};
@@ -206,7 +207,7 @@ fn storage(c: &mut Criterion) {
     let mut g = c.benchmark_group("replica");
     let value = Value::Data(vec![7; 100]);
     let dir = tempfile::tempdir().expect("a temp dir");
-    let storage = Storage::open(dir.path(), 64, 64).expect("storage opens");
+    let storage = Storage::open(dir.path(), &StorageSection::default()).expect("storage opens");
     let (mut fjall, _) =
         Replica::open(storage.data(), storage.hints(), 1024, Actor(1), 64).expect("replica opens");
     let (mut mem, _) = Replica::open(MemStore::default(), MemStore::default(), 1024, Actor(1), 64)

@@ -141,6 +141,8 @@ pub struct StorageSection {
     /// Cache of the latest stored copy of recently used keys, in MiB
     /// (0: none).
     pub row_cache_mb: u64,
+    /// Size at which a keyspace's in-memory table is flushed, in MiB.
+    pub memtable_mb: u64,
 }
 
 impl Default for StorageSection {
@@ -150,6 +152,7 @@ impl Default for StorageSection {
             fsync_interval_ms: 1000,
             cache_mb: 64,
             row_cache_mb: 64,
+            memtable_mb: 32,
         }
     }
 }
@@ -478,6 +481,12 @@ impl Config {
             }
         }
 
+        if !(4..=1024).contains(&self.storage.memtable_mb) {
+            return bad(format!(
+                "storage.memtable_mb = {} must be between 4 and 1024",
+                self.storage.memtable_mb
+            ));
+        }
         if self.storage.fsync_interval_ms == 0 {
             return bad("storage.fsync_interval_ms must be positive".into());
         }
@@ -670,6 +679,7 @@ mod tests {
         assert!(err("[cluster]\nseeds = [\"nope\"]").contains("cluster.seeds"));
         assert!(err("[node]\nweight = 0").contains("node.weight"));
         assert!(err("[storage]\nfsync = \"sometimes\"").contains("sometimes"));
+        assert!(err("[storage]\nmemtable_mb = 2").contains("storage.memtable_mb = 2"));
         assert!(err("[limits]\nmax_frame_bytes = 1000").contains("max_frame_bytes"));
         assert!(
             err("[cluster]\nreplicas = 3").contains("replicas"),

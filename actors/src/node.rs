@@ -122,11 +122,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
     let on = arbiter.handle();
 
     // Storage and the replica first: everything else routes to them.
-    let storage = Storage::open(
-        &config.node.data_dir,
-        config.storage.cache_mb,
-        config.storage.row_cache_mb,
-    )?;
+    let storage = Storage::open(&config.node.data_dir, &config.storage)?;
     let meta = storage.meta();
     let meta_for_handoff = storage.meta();
     // A fresh writer identity per start: a node never reuses a dot, even if a

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use dynakv::config::StorageSection;
 use dynakv::replica::Store;
 use dynakv::{Error, Result};
 use fjall::{
@@ -97,7 +98,15 @@ pub struct Storage {
 }
 
 impl Storage {
-    pub fn open(dir: &Path, cache_mb: u64, row_cache_mb: u64) -> Result<Storage> {
+    /// Opens (or creates) the database in `dir` with the sizes of
+    /// `settings` (its fsync mode is the replica's business).
+    pub fn open(dir: &Path, settings: &StorageSection) -> Result<Storage> {
+        let StorageSection {
+            cache_mb,
+            row_cache_mb,
+            memtable_mb,
+            ..
+        } = *settings;
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         let db = Database::builder(dir)
@@ -105,8 +114,11 @@ impl Storage {
             .open()
             .map_err(|e| Error::Storage(format!("cannot open {}: {e}", dir.display())))?;
         let keyspace = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(storage_error)
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(memtable_mb.saturating_mul(1 << 20))
+            })
+            .map_err(storage_error)
         };
         Ok(Storage {
             data: keyspace("data")?,
@@ -283,7 +295,12 @@ mod tests {
     #[test]
     fn the_fjall_store_behaves_like_the_memory_twin() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), 8, 1).unwrap();
+        let sizes = StorageSection {
+            cache_mb: 8,
+            row_cache_mb: 1,
+            ..StorageSection::default()
+        };
+        let storage = Storage::open(dir.path(), &sizes).unwrap();
         let mut fj = storage.data();
         let mut mem = dynakv::replica::MemStore::default();
         for (k, v) in [
