@@ -20,9 +20,18 @@ pub struct Namespaces {
     nodes: usize,
 }
 
+/// iproute2's `ip`: on the PATH, or where Debian puts it (a PATH without
+/// the sbin directories is common for non-login shells).
+fn ip_program() -> &'static str {
+    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("ip")
+}
+
 /// Runs `ip args...`; the error says what failed.
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
+    let out = Command::new(ip_program())
         .args(args)
         .output()
         .map_err(|e| format!("cannot run ip: {e}"))?;
@@ -132,7 +141,7 @@ impl Namespaces {
 
     /// A command that runs `program` inside node `i`'s namespace.
     pub fn command(&self, i: usize, program: &std::path::Path) -> Command {
-        let mut c = Command::new("ip");
+        let mut c = Command::new(ip_program());
         c.args(["netns", "exec", &self.namespace(i)]).arg(program);
         c
     }
