@@ -13,19 +13,45 @@ use netns::Namespaces;
 use tempfile::TempDir;
 
 /// The `dynakv` binary next to this test executable (built by
-/// `cargo test --workspace`), building it if it is not there.
+/// `cargo test --workspace`), building it if it is missing or older than
+/// the sources (`cargo test --test X` builds only the test).
 pub fn binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("dynakv");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "dynakv-actors", "--bin", "dynakv"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the dynakv binary failed");
-    }
-    bin
+    static CHECKED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let bin = exe.parent().unwrap().parent().unwrap().join("dynakv");
+            let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let sources = newest(&root.join("src")).max(newest(&root.join("actors/src")));
+            if built.is_none_or(|b| sources.is_some_and(|s| s > b)) {
+                let mut build = Command::new(env!("CARGO"));
+                build.args(["build", "-p", "dynakv-actors", "--bin", "dynakv"]);
+                if !cfg!(debug_assertions) {
+                    build.arg("--release"); // next to a release test
+                }
+                let status = build.status().unwrap();
+                assert!(status.success(), "building the dynakv binary failed");
+            }
+            bin
+        })
+        .clone()
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                newest(&path)
+            } else {
+                e.metadata().and_then(|m| m.modified()).ok()
+            }
+        })
+        .max()
 }
 
 /// A port nothing listens on right now, below the kernel's ephemeral range
