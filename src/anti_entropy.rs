@@ -397,7 +397,17 @@ pub fn exchange_locally<S: Store>(
     responder: &mut Replica<S>,
     p: Partition,
 ) -> Result<ExchangeReport> {
-    let (mut ex, mut msg) = Exchange::start(p, initiator.tree(p));
+    let (ex, msg) = Exchange::start(p, initiator.tree(p));
+    complete_locally(ex, msg, initiator, responder)
+}
+
+/// Runs exchange `ex`, begun with `msg`, to its end against `responder`.
+pub fn complete_locally<S: Store>(
+    mut ex: Exchange,
+    mut msg: AeMsg,
+    initiator: &mut Replica<S>,
+    responder: &mut Replica<S>,
+) -> Result<ExchangeReport> {
     loop {
         let reply = respond(responder, msg)?;
         match ex.on_reply(reply, initiator)? {
@@ -441,6 +451,21 @@ mod tests {
         .unwrap();
     }
 
+    /// Two replicas that agree on `keys` keys, then differ in four: one
+    /// new key on each side, one changed key on each side.
+    fn diverged(keys: usize) -> (Replica<MemStore>, Replica<MemStore>) {
+        let (mut a, mut b) = (replica(1), replica(2));
+        for i in 0..keys {
+            put(&mut a, &format!("k{i}"), "same");
+        }
+        sync_all(&mut a, &mut b);
+        put(&mut a, "only-a", "x");
+        put(&mut b, "only-b", "y");
+        put(&mut a, "k7", "a-changed");
+        put(&mut b, "k9", "b-changed");
+        (a, b)
+    }
+
     fn sync_all(a: &mut Replica<MemStore>, b: &mut Replica<MemStore>) -> ExchangeReport {
         let mut total = ExchangeReport::default();
         for p in 0..Q {
@@ -470,15 +495,7 @@ mod tests {
 
     #[test]
     fn an_exchange_repairs_both_sides_and_only_what_differs() {
-        let (mut a, mut b) = (replica(1), replica(2));
-        for i in 0..2000 {
-            put(&mut a, &format!("k{i}"), "same");
-        }
-        sync_all(&mut a, &mut b);
-        put(&mut a, "only-a", "x");
-        put(&mut b, "only-b", "y");
-        put(&mut a, "k7", "a-changed");
-        put(&mut b, "k9", "b-changed");
+        let (mut a, mut b) = diverged(2000);
         let report = sync_all(&mut a, &mut b);
         assert_eq!(report.pulled + report.pushed, 4, "{report:?}");
         assert_eq!(a.store().map, b.store().map);
@@ -489,30 +506,20 @@ mod tests {
 
     #[test]
     fn a_push_only_exchange_gives_everything_and_takes_nothing() {
-        let (mut a, mut b) = (replica(1), replica(2));
-        for i in 0..300 {
-            put(&mut a, &format!("k{i}"), "same");
-        }
-        sync_all(&mut a, &mut b);
-        put(&mut a, "only-a", "x");
-        put(&mut b, "only-b", "y");
-        put(&mut a, "k7", "a-changed");
-        put(&mut b, "k9", "b-changed");
+        let (mut a, mut b) = diverged(300);
         let before = a.store().map.clone();
         for p in (0..Q).map(Partition) {
             let root = a.tree(p).root();
-            let (mut ex, mut msg) = Exchange::push_only(p, a.tree(p));
-            while let Some(next) = ex.on_reply(respond(&mut b, msg).unwrap(), &mut a).unwrap() {
-                msg = next;
-            }
-            assert_eq!(ex.report().started_from, root);
-            assert_eq!(ex.report().pulled, 0);
+            let (ex, msg) = Exchange::push_only(p, a.tree(p));
+            let report = complete_locally(ex, msg, &mut a, &mut b).unwrap();
+            assert_eq!(report.started_from, root);
+            assert_eq!(report.pulled, 0);
             assert_eq!(a.tree(p).root(), root, "the releasing side is unchanged");
         }
         assert_eq!(a.store().map, before);
         // Everything `a` holds is at `b` now; `b`'s own writes stayed there.
-        for (key, state) in [("only-a", 1), ("k7", 1), ("only-b", 1), ("k9", 1)] {
-            assert_eq!(b.read(key.as_bytes()).unwrap().sibling_count(), state);
+        for (key, siblings) in [("only-a", 1), ("k7", 1), ("only-b", 1), ("k9", 1)] {
+            assert_eq!(b.read(key.as_bytes()).unwrap().sibling_count(), siblings);
         }
         assert_eq!(
             b.read(b"k7").unwrap().values().next(),

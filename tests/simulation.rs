@@ -3,6 +3,16 @@
 
 use dynakv::sim::{SimConfig, check_seed, simulate};
 
+/// The default run, with fsync = periodic (crashes are power losses) and/or
+/// a join and a leave.
+fn config(periodic: bool, scaling: bool) -> SimConfig {
+    SimConfig {
+        fsync_always: !periodic,
+        scaling,
+        ..SimConfig::default()
+    }
+}
+
 fn run_seeds(cfg: &SimConfig, seeds: std::ops::Range<u64>) -> (u64, usize) {
     let (mut events, mut acked) = (0, 0);
     for seed in seeds {
@@ -28,33 +38,20 @@ fn no_acknowledged_write_is_lost_and_replicas_converge_under_faults() {
 
 #[test]
 fn power_losses_under_periodic_fsync_still_converge() {
-    let cfg = SimConfig {
-        fsync_always: false,
-        ..SimConfig::default()
-    };
-    run_seeds(&cfg, 1..101);
+    run_seeds(&config(true, false), 1..101);
 }
 
 #[test]
 fn a_join_and_a_leave_under_faults_lose_nothing() {
-    let scaling = SimConfig {
-        scaling: true,
-        ..SimConfig::default()
-    };
-    run_seeds(&scaling, 1..101);
-    let periodic = SimConfig {
-        fsync_always: false,
-        ..scaling.clone()
-    };
-    run_seeds(&periodic, 1..51);
+    run_seeds(&config(false, true), 1..101);
+    run_seeds(&config(true, true), 1..51);
 }
 
 #[test]
 fn partitions_really_move() {
     let cfg = SimConfig {
-        scaling: true,
         trace: true,
-        ..SimConfig::default()
+        ..config(false, true)
     };
     let o = simulate(&cfg, 1);
     assert!(o.fetched > 0 && o.released > 0, "{o:?}");
@@ -114,15 +111,7 @@ fn a_trace_names_the_events_of_a_run() {
 #[test]
 fn the_seeds_that_found_bugs_pass() {
     run_seeds(&SimConfig::default(), 1055..1056);
-    let periodic = SimConfig {
-        fsync_always: false,
-        ..SimConfig::default()
-    };
-    run_seeds(&periodic, 81..82);
-    let scaling = SimConfig {
-        scaling: true,
-        ..SimConfig::default()
-    };
-    run_seeds(&scaling, 73..74);
-    run_seeds(&scaling, 1493..1494);
+    run_seeds(&config(true, false), 81..82);
+    run_seeds(&config(false, true), 73..74);
+    run_seeds(&config(false, true), 1493..1494);
 }

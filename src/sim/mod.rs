@@ -43,7 +43,9 @@ use crate::handoff::{
 };
 use crate::hints;
 use crate::liveness::Health;
-use crate::membership::{Destination, GossipMsg, Member, Membership, Settings, Status, View};
+use crate::membership::{
+    Changed, Destination, GossipMsg, Member, Membership, Settings, Status, View,
+};
 use crate::node::NodeId;
 use crate::replica::{Entry, MemStore, Replica, ReplicaMsg, Store};
 use crate::ring::{Partition, Ring};
@@ -456,6 +458,21 @@ struct Node {
     ae_cursor: usize,
     gc_cursor: usize,
     ripening: Ripening,
+}
+
+impl Node {
+    /// Whether a call matching `what` is awaiting its answer.
+    fn calling(&self, what: impl Fn(&Call) -> bool) -> bool {
+        self.calls.values().any(what)
+    }
+
+    /// Persists the membership view if `changed` says it changed (as the
+    /// Membership actor writes it to `meta`).
+    fn keep_view(&mut self, changed: Changed) {
+        if changed.view {
+            self.view = Some(self.membership.view().clone());
+        }
+    }
 }
 
 enum ClientOp {
@@ -896,9 +913,7 @@ impl Sim {
         }
         match node.membership.leave() {
             Ok(changed) => {
-                if changed.view {
-                    node.view = Some(node.membership.view().clone());
-                }
+                node.keep_view(changed);
                 self.note(|| format!("n{i} begins to leave"));
             }
             Err(e) => self.note(|| format!("n{i} cannot leave: {e}")),
@@ -1240,9 +1255,7 @@ impl Sim {
                 let now = self.now;
                 let node = &mut self.nodes[to];
                 if let Ok((reply, changed)) = node.membership.on_gossip(&from_id, g, now) {
-                    if changed.view {
-                        node.view = Some(node.membership.view().clone());
-                    }
+                    node.keep_view(changed);
                     if let Some(reply) = reply {
                         self.send_gossip(to, reply.to, reply.msg);
                     }
@@ -1342,9 +1355,7 @@ impl Sim {
                 let (now, rand) = (self.now, self.rng.next_u64());
                 let node = &mut self.nodes[i];
                 let (out, changed) = node.membership.tick(now, rand);
-                if changed.view {
-                    node.view = Some(node.membership.view().clone());
-                }
+                node.keep_view(changed);
                 for o in out {
                     self.send_gossip(i, o.to, o.msg);
                 }
@@ -1417,10 +1428,8 @@ impl Sim {
             .map(|(o, _)| o.clone())
             .collect();
         for owner in owners {
-            let busy = self.nodes[i]
-                .calls
-                .values()
-                .any(|c| matches!(c, Call::Hints { owner: o, .. } if *o == owner));
+            let busy =
+                self.nodes[i].calling(|c| matches!(c, Call::Hints { owner: o, .. } if *o == owner));
             let Some(to) = self.index(&owner) else {
                 continue;
             };
@@ -1477,16 +1486,12 @@ impl Sim {
     // ---- anti-entropy ----
 
     fn start_exchange(&mut self, i: usize) {
-        let running = self.nodes[i]
-            .calls
-            .values()
-            .any(|c| matches!(c, Call::Exchange(_)));
+        if self.nodes[i].calling(|c| matches!(c, Call::Exchange(_))) {
+            return;
+        }
         let Some(ring) = self.nodes[i].membership.ring() else {
             return;
         };
-        if running {
-            return;
-        }
         let node = &self.nodes[i];
         let mut cursor = node.ae_cursor;
         let rng = &mut self.rng;
@@ -1561,16 +1566,12 @@ impl Sim {
 
     /// What the Handoff actor's step does: fetch, commit, release or leave.
     fn handoff_step(&mut self, i: usize) {
-        let busy = self.nodes[i]
-            .calls
-            .values()
-            .any(|c| matches!(c, Call::Fetch { .. } | Call::Release { .. }));
+        if self.nodes[i].calling(|c| matches!(c, Call::Fetch { .. } | Call::Release { .. })) {
+            return;
+        }
         let Some(ring) = self.nodes[i].membership.ring() else {
             return;
         };
-        if busy {
-            return;
-        }
         let n = self.cfg.n;
         let Node {
             id: me,
@@ -1608,8 +1609,9 @@ impl Sim {
             }
             Next::Commit => {
                 let node = &mut self.nodes[i];
-                if node.membership.commit_incoming().view {
-                    node.view = Some(node.membership.view().clone());
+                let changed = node.membership.commit_incoming();
+                node.keep_view(changed);
+                if changed.view {
                     self.note(|| format!("n{i}: incoming partitions committed"));
                 }
             }
@@ -1619,8 +1621,9 @@ impl Sim {
             } => self.release_next(i, partition, replicas, None),
             Next::Leave => {
                 let node = &mut self.nodes[i];
-                if node.membership.mark_left().view {
-                    node.view = Some(node.membership.view().clone());
+                let changed = node.membership.mark_left();
+                node.keep_view(changed);
+                if changed.view {
                     // As `serve` does: a node that has left stops.
                     self.note(|| format!("n{i} has left; it stops"));
                     self.stop(i);
@@ -1710,15 +1713,14 @@ impl Sim {
     // ---- tombstone collection ----
 
     fn start_gc(&mut self, i: usize) {
-        let running = self.nodes[i]
-            .calls
-            .values()
-            .any(|c| matches!(c, Call::Gc(_)));
+        if self.nodes[i].calling(|c| matches!(c, Call::Gc(_))) {
+            return;
+        }
         let Some(ring) = self.nodes[i].membership.ring() else {
             return;
         };
         let led = led_partitions(&ring, &self.nodes[i].id);
-        if running || led.is_empty() {
+        if led.is_empty() {
             return;
         }
         let node = &mut self.nodes[i];
