@@ -546,6 +546,22 @@ impl<S: Store> Replica<S> {
             .collect()
     }
 
+    /// `owner` has departed: clears up to `limit` of its hints that have
+    /// nothing left to hand over (`hints::moot`), given the partitions this
+    /// replica still `replicates`. Keeps every local copy: a stray one goes
+    /// when its partition is released. Returns how many hints went.
+    pub fn forget_moot_hints(
+        &mut self,
+        owner: &NodeId,
+        limit: usize,
+        replicates: &[Partition],
+    ) -> Result<usize> {
+        let q = self.q;
+        let batch = self.hinted(owner, limit)?;
+        let moot = crate::hints::moot(batch, |k| replicates.contains(&Partition::of_key(k, q)));
+        self.handed_off(owner, &moot, |_| true)
+    }
+
     /// `owner` merged `delivered` durably: clear each hint whose key is
     /// unchanged since (a key written meanwhile keeps its hint for the next
     /// batch), and drop this replica's copy of the keys `keep` rejects.
@@ -725,6 +741,32 @@ mod tests {
         let rest = s.scan(&[1], Some(&first[3].0), 100).unwrap();
         assert_eq!(rest.len(), 6);
         assert!(rest.iter().all(|(k, _)| k[0] == 1));
+    }
+
+    #[test]
+    fn moot_hints_of_a_departed_owner_go_and_every_copy_stays() {
+        let mut r = replica();
+        let owner = NodeId::new("gone").unwrap();
+        for key in [&b"mine"[..], b"stray", b"released"] {
+            r.update(key, &Context::default(), data("v"), Some(&owner))
+                .unwrap();
+        }
+        r.remove(b"released").unwrap();
+        let mine = Partition::of_key(b"mine", 64);
+        assert_ne!(
+            mine,
+            Partition::of_key(b"stray", 64),
+            "the keys' partitions"
+        );
+        let cleared = r.forget_moot_hints(&owner, 10, &[mine]).unwrap();
+        assert_eq!(cleared, 2, "the released key's and the replicated key's");
+        assert_eq!(
+            r.hints_pending()[&owner],
+            1,
+            "the stray copy waits for its release"
+        );
+        assert_eq!(r.hinted(&owner, 10).unwrap()[0].0, b"stray");
+        assert!(!r.read(b"mine").unwrap().is_empty() && !r.read(b"stray").unwrap().is_empty());
     }
 
     #[test]

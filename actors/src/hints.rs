@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use dynakv::hints::{self, HintMsg};
+use dynakv::hints::HintMsg;
 use dynakv::peer::PeerMsg;
 use dynakv::ring::{Partition, Ring};
 use dynakv::{Error, NodeId, Result};
@@ -22,7 +22,7 @@ use tracing::{debug, info};
 
 use crate::bridge::{Bridge, Call};
 use crate::events::{Event, Events};
-use crate::replica::{HandedOff, Replica, Stats, TakeHints, mailbox_error};
+use crate::replica::{ForgetMootHints, HandedOff, Replica, Stats, TakeHints, mailbox_error};
 use crate::ring::{RingChanged, Topology};
 use crate::supervise::shielded;
 
@@ -96,33 +96,13 @@ impl Hints {
     /// Clears the hints for a departed `owner` that have nothing left to
     /// hand over (`dynakv::hints::moot`).
     fn forget_moot(&mut self, owner: NodeId, ring: Arc<Ring>, ctx: &mut Context<Self>) {
-        let replica = self.replica.clone();
-        let limit = self.settings.batch_size;
-        let mine = ring.replicated_by(&self.settings.me, self.settings.n);
-        let run = async move {
-            let batch = replica
-                .send(TakeHints {
-                    owner: owner.clone(),
-                    limit,
-                })
-                .await
-                .map_err(mailbox_error)??;
-            let moot = hints::moot(batch, |k| mine.contains(&ring.partition_of(k)));
-            if moot.is_empty() {
-                return Ok(0);
-            }
-            let keep = moot.iter().map(|(k, _)| k.clone()).collect();
-            replica
-                .send(HandedOff {
-                    owner,
-                    delivered: moot,
-                    keep,
-                })
-                .await
-                .map_err(mailbox_error)?
-        };
-        ctx.spawn(run.into_actor(self).map(|cleared: Result<usize>, _, _| {
-            if let Ok(n @ 1..) = cleared {
+        let forget = self.replica.send(ForgetMootHints {
+            owner,
+            limit: self.settings.batch_size,
+            replicates: ring.replicated_by(&self.settings.me, self.settings.n),
+        });
+        ctx.spawn(forget.into_actor(self).map(|cleared, _, _| {
+            if let Ok(Ok(n @ 1..)) = cleared {
                 debug!(hints = n, "hints of a departed owner cleared");
             }
         }));

@@ -27,7 +27,8 @@ use tracing::{error, info};
 use crate::storage::Storage;
 pub use crate::storage_worker::{
     AeBegin, AeContinue, AeRespond, Chunk, CollectTombstones, DropPartition, FindTombstones,
-    HandedOff, HeldPartitions, PanicInCore, PartitionUsage, ProbeTombstones, TakeHints,
+    ForgetMootHints, HandedOff, HeldPartitions, PanicInCore, PartitionUsage, ProbeTombstones,
+    TakeHints,
 };
 use crate::storage_worker::{
     ApplyBatch, Barrier, Counters, MergeAll, StorageWorker, SyncNow, Syncer,
@@ -313,6 +314,7 @@ forward_to_worker!(
     Stats => ReplicaStats,
     TakeHints => Vec<Entry>,
     HandedOff => usize,
+    ForgetMootHints => usize,
     AeBegin => (Exchange, AeMsg),
     AeContinue => (Exchange, Option<AeMsg>),
     AeRespond => AeMsg,

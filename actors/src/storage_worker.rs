@@ -65,6 +65,16 @@ pub struct HandedOff {
     pub keep: Vec<Vec<u8>>,
 }
 
+/// Clears hints of a departed owner that have nothing left to hand over
+/// (`Replica::forget_moot_hints`); returns how many.
+#[derive(Message)]
+#[rtype(result = "Result<usize>")]
+pub struct ForgetMootHints {
+    pub owner: NodeId,
+    pub limit: usize,
+    pub replicates: Vec<Partition>,
+}
+
 /// Begins an anti-entropy exchange of a partition from the local tree
 /// (`push_only`: the sync before a release).
 #[derive(Message)]
@@ -290,6 +300,7 @@ macro_rules! core_handlers {
 
 core_handlers! {
     TakeHints(m) -> Vec<Entry>, writes: false, |core| core.hinted(&m.owner, m.limit);
+    ForgetMootHints(m) -> usize, writes: true, |core| core.forget_moot_hints(&m.owner, m.limit, &m.replicates);
     HandedOff(m) -> usize, writes: true, |core| {
         let keep: std::collections::HashSet<Vec<u8>> = m.keep.into_iter().collect();
         core.handed_off(&m.owner, &m.delivered, |k| keep.contains(k))

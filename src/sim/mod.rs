@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::handoff::{
     Fetched, HandoffMsg, Next, Progress, fetch_step, release_step, to_release, verify_chunk,
 };
-use crate::hints;
+
 use crate::liveness::Health;
 use crate::membership::{
     Changed, Destination, GossipMsg, Member, Membership, Settings, Status, View,
@@ -1459,11 +1459,7 @@ impl Sim {
         };
         let node = &mut self.nodes[i];
         let mine = ring.replicated_by(&node.id, self.cfg.n);
-        let Ok(batch) = node.replica.hinted(owner, 64) else {
-            return;
-        };
-        let moot = hints::moot(batch, |k| mine.contains(&ring.partition_of(k)));
-        if let Ok(n @ 1..) = node.replica.handed_off(owner, &moot, |_| true) {
+        if let Ok(n @ 1..) = node.replica.forget_moot_hints(owner, 64, &mine) {
             self.note(|| format!("n{i}: {n} hints for departed {owner} cleared"));
         }
     }
