@@ -407,9 +407,48 @@ async fn run(mut cluster: ProcessCluster) {
         cluster.wait_formed(i, NODES, WAIT).await;
     }
 
-    // Heal: every key must read (R = N) as the history says, within the
-    // deadline (hints and anti-entropy repair what the faults left).
+    // Heal: hints and anti-entropy (no reads yet, so no read repair) must
+    // leave each key on exactly N = 3 nodes with identical copies (none
+    // for a deleted key whose tombstone was collected), within the deadline.
     let record = std::mem::take(&mut *record.lock().unwrap());
+    let healing = Instant::now();
+    let converged =
+        eventually(WAIT, "every key's copies to be identical", || async {
+            let mut nodes = Vec::new();
+            for i in 0..NODES {
+                nodes.push(connect(&cluster.client_addrs, i).await.ok_or_else(|| {
+                    Error::Unavailable(format!("no connection to node{}", i + 1))
+                })?);
+            }
+            for (key, log) in &record.keys {
+                let mut copies = Vec::new();
+                for c in &nodes {
+                    let local = c.inspect(key.as_bytes()).await?;
+                    if !local.siblings.is_empty() {
+                        copies.push(local);
+                    }
+                }
+                let held = copies.len() == 3 || (log.deleted && copies.is_empty());
+                let same = copies
+                    .windows(2)
+                    .all(|w| (&w[0].siblings, &w[0].context) == (&w[1].siblings, &w[1].context));
+                if !held || !same {
+                    let holders: Vec<_> = copies.iter().map(|l| l.node.to_string()).collect();
+                    return Err(Error::Unavailable(format!(
+                        "{key}: held by {holders:?}, identical: {same}"
+                    )));
+                }
+            }
+            Ok(())
+        })
+        .await;
+    assert!(
+        converged.is_ok(),
+        "after healing: {converged:?}\nfaults: {faults:?}"
+    );
+    let converged_in = healing.elapsed();
+
+    // Every key reads (R = N) as the history says.
     let healed = eventually(WAIT, "every key to read as the history says", || async {
         for (key, log) in &record.keys {
             let c = connect(&cluster.client_addrs, key.len())
@@ -448,7 +487,8 @@ async fn run(mut cluster: ProcessCluster) {
         record.acked
     );
     eprintln!(
-        "nemesis: {faults:?}\n{} fault events, {} writes acknowledged, {} failed, {} reads",
+        "nemesis: {faults:?}\n{} fault events, {} writes acknowledged, {} failed, {} reads, \
+         replicas identical {converged_in:.1?} after the heal",
         faults.len(),
         record.acked,
         record.failed,
