@@ -298,7 +298,7 @@ fn serve(path: Option<PathBuf>, log_format: Option<String>) -> Result<()> {
     logging::init(&config.log.level, format);
     actix::System::new().block_on(async move {
         let listeners = node::Listeners::bind(&config)?;
-        let handle = node::start(&config, listeners)?;
+        let handle = node::start_here(&config, listeners)?;
         let mut events = handle.events.subscribe();
         let left = async move {
             while let Ok(event) = events.recv().await {

@@ -80,7 +80,8 @@ pub struct NodeHandle {
     pub events: Events,
     /// Where the metrics endpoint listens, if it does.
     pub metrics_addr: Option<SocketAddr>,
-    /// The thread every actor of this node runs on (taken by `stop`).
+    /// The thread every actor of this node runs on, if it has its own
+    /// (taken by `stop`).
     arbiter: Arc<Mutex<Option<Arbiter>>>,
     /// How long `stop` lets requests in flight finish.
     drain_within: Duration,
@@ -103,8 +104,30 @@ pub(crate) fn tokio_listener(l: std::net::TcpListener) -> Result<tokio::net::Tcp
         .map_err(|e| Error::Unavailable(format!("listener setup failed: {e}")))
 }
 
-/// Starts a node. Must run inside an actix System.
+/// Starts a node on an arbiter (thread) of its own, which `stop` stops.
+/// Must run inside an actix System; several nodes may share one process.
 pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
+    let arbiter = Arbiter::new();
+    let on = arbiter.handle();
+    start_on(config, listeners, on, Some(arbiter))
+}
+
+/// Starts a node on the calling thread, which must be the System's (as in
+/// `serve`, one node per process). actix runs the dispatch of every
+/// SyncArbiter on the System's thread: with the node there too, handing a
+/// batch to the storage worker wakes no third thread on the way.
+pub fn start_here(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
+    start_on(config, listeners, Arbiter::current(), None)
+}
+
+/// Starts a node whose actors run on `on`; `arbiter` (when the node has a
+/// thread of its own) is stopped by `stop`.
+fn start_on(
+    config: &Config,
+    listeners: Listeners,
+    on: ArbiterHandle,
+    arbiter: Option<Arbiter>,
+) -> Result<NodeHandle> {
     config.validate()?;
     let me = config.node_id();
     let metrics = Metrics::new();
@@ -115,11 +138,6 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
     };
     let (client_addr, peer_addr) = (local(&listeners.client)?, local(&listeners.peer)?);
     let metrics_addr = listeners.metrics.as_ref().map(local).transpose()?;
-
-    // Every actor of this node runs on the node's own arbiter (thread):
-    // stopping it stops them all.
-    let arbiter = Arbiter::new();
-    let on = arbiter.handle();
 
     // Storage and the replica first: everything else routes to them.
     let storage = Storage::open(&config.node.data_dir, &config.storage)?;
@@ -324,7 +342,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
         client_server,
         events,
         metrics_addr,
-        arbiter: Arc::new(Mutex::new(Some(arbiter))),
+        arbiter: Arc::new(Mutex::new(arbiter)),
         drain_within: Duration::from_millis(config.timeouts.request_ms) + Duration::from_secs(1),
     })
 }
