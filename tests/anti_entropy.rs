@@ -84,7 +84,9 @@ async fn replicas_written_behind_the_clusters_back_converge() {
             .await
             .unwrap();
     }
-    // half the keys change on node 0 only, the other half appear on node 2 only
+    // Half the keys change on node 0 only, the other half appear on node 2
+    // only, while no node hears another (so no exchange repairs them yet).
+    cluster.partition(&[0, 1, 2]).await;
     for k in &keys[..50] {
         inject(&cluster, 0, k, "changed on node 0").await;
     }
@@ -95,6 +97,8 @@ async fn replicas_written_behind_the_clusters_back_converge() {
         local(&cluster, 1, &keys[0]).await.unwrap(),
         local(&cluster, 0, &keys[0]).await.unwrap()
     );
+    assert!(local(&cluster, 1, &keys[99]).await.unwrap().is_empty());
+    cluster.heal().await;
     converged(&cluster, &keys).await;
     let values: Vec<Vec<u8>> = local(&cluster, 1, &keys[0])
         .await

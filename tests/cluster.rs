@@ -185,12 +185,12 @@ async fn quorums_hold_with_one_replica_away_and_fail_clearly_with_two() {
     let cluster = Cluster::start(3).await.unwrap();
     let client = cluster.client(0).await.unwrap();
 
-    cluster.partition(&[2]);
+    cluster.partition(&[2]).await;
     client.put(b"k", b"v", &[], None).await.unwrap();
     let read = client.get(b"k", None).await.unwrap();
     assert_eq!(read.values, vec![b"v".to_vec()]);
 
-    cluster.partition(&[1, 2]);
+    cluster.partition(&[1, 2]).await;
     let e = client.put(b"k2", b"v", &[], None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Quorum, "{e}");
     assert!(e.to_string().contains("1 of 2"), "{e}");
@@ -198,7 +198,7 @@ async fn quorums_hold_with_one_replica_away_and_fail_clearly_with_two() {
     let e = client.get(b"k", None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Quorum, "{e}");
 
-    cluster.heal();
+    cluster.heal().await;
     eventually(WAIT, "writes to succeed again after healing", || async {
         client.put(b"k3", b"v", &[], None).await.map(|_| ())
     })

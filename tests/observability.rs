@@ -83,10 +83,10 @@ async fn metrics_count_requests_failures_repairs_liveness_and_storage() {
     // node3 cut off: node1 sees it down, and up again after the heal.
     let up = r#"dynakv_member_up{member="node3"}"#;
     wait_metric(&cluster, 0, up, 1.0).await;
-    cluster.partition(&[2]);
+    cluster.partition(&[2]).await;
     client.put(b"stale", b"new", &[], Some(2)).await.unwrap();
     wait_metric(&cluster, 0, up, 0.0).await;
-    cluster.heal();
+    cluster.heal().await;
     wait_metric(&cluster, 0, up, 1.0).await;
 
     // node3 missed "stale": a read of all three repairs it.
@@ -98,7 +98,7 @@ async fn metrics_count_requests_failures_repairs_liveness_and_storage() {
     wait_metric(&cluster, 0, "dynakv_read_repairs_total", 1.0).await;
 
     // node1 alone cannot reach W = 2.
-    cluster.partition(&[0]);
+    cluster.partition(&[0]).await;
     let failed = client.put(b"alone", b"v", &[], Some(2)).await.unwrap_err();
     assert_eq!(failed.kind(), ErrorKind::Quorum, "{failed}");
     let text = cluster.scrape(0).await.unwrap();
@@ -110,7 +110,7 @@ async fn metrics_count_requests_failures_repairs_liveness_and_storage() {
         metric(&text, r#"dynakv_requests_total{op="put",outcome="quorum"}"#),
         1.0
     );
-    cluster.heal();
+    cluster.heal().await;
     cluster.stop().await.unwrap();
 }
 
@@ -132,7 +132,7 @@ async fn status_shows_each_members_load_ownership_and_the_hints_waiting_for_it()
     }
 
     // node4 away: writes it owns wait as hints on the others.
-    cluster.partition(&[3]);
+    cluster.partition(&[3]).await;
     eventually(WAIT, "node1 to see node4 down", || async {
         let report = client.status().await?;
         match report.members.iter().find(|m| m.node == cluster.id(3)) {
@@ -191,7 +191,7 @@ async fn status_shows_each_members_load_ownership_and_the_hints_waiting_for_it()
     for m in report.members.iter().filter(|m| m.node != cluster.id(3)) {
         assert_eq!(m.hints_pending, 0);
     }
-    cluster.heal();
+    cluster.heal().await;
     cluster.stop().await.unwrap();
 }
 

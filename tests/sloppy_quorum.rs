@@ -151,7 +151,7 @@ async fn writes_succeed_with_one_or_two_of_three_owners_away() {
     let keys = keys_owned_by(&cluster, &[1, 2], 20).await;
     let client = cluster.client(0).await.unwrap();
     for away in [vec![1], vec![1, 2]] {
-        cluster.partition(&away);
+        cluster.partition(&away).await;
         for key in &keys {
             put_retrying(&client, key.as_bytes(), format!("{away:?}").as_bytes()).await;
             let read = client.get(key.as_bytes(), None).await.unwrap();
@@ -169,7 +169,7 @@ async fn a_partitioned_owner_gets_every_write_back_and_the_hints_are_gone() {
     let cluster = Cluster::start(5).await.unwrap();
     let owner = 2;
     let keys = keys_owned_by(&cluster, &[owner], 100).await;
-    cluster.partition(&[owner]);
+    cluster.partition(&[owner]).await;
     let client = cluster.client(0).await.unwrap();
     let mut written = Vec::new();
     for (i, key) in keys.iter().enumerate() {
@@ -191,7 +191,7 @@ async fn a_partitioned_owner_gets_every_write_back_and_the_hints_are_gone() {
         "the owner saw nothing while partitioned"
     );
 
-    cluster.heal();
+    cluster.heal().await;
     wait_local(&cluster, owner, &written).await;
     eventually(WAIT, "the stand-ins' hints to be cleared", || async {
         match hints_for(&cluster, &id).await {
@@ -209,7 +209,7 @@ async fn a_stand_in_that_restarts_still_delivers_its_hints() {
     let mut cluster = Cluster::start(5).await.unwrap();
     let owner = 4;
     let keys = keys_owned_by(&cluster, &[owner], 60).await;
-    cluster.partition(&[owner]);
+    cluster.partition(&[owner]).await;
     let client = cluster.client(0).await.unwrap();
     let mut written = Vec::new();
     for key in &keys {
@@ -239,7 +239,7 @@ async fn a_stand_in_that_restarts_still_delivers_its_hints() {
     let (stand_in, held) = best;
     assert!(held > 0);
     cluster.restart_node(stand_in).await.unwrap();
-    cluster.partition(&[owner]);
+    cluster.partition(&[owner]).await;
     let stats = cluster
         .node(stand_in)
         .replica
@@ -255,7 +255,7 @@ async fn a_stand_in_that_restarts_still_delivers_its_hints() {
         .sum();
     assert_eq!(after, held, "hints survive the restart");
 
-    cluster.heal();
+    cluster.heal().await;
     wait_local(&cluster, owner, &written).await;
     eventually(
         WAIT,
@@ -347,7 +347,7 @@ async fn hint_delivery_after_a_heal_is_complete_and_timed() {
     let cluster = Cluster::start(5).await.unwrap();
     let owner = 1;
     let keys = keys_owned_by(&cluster, &[owner], count).await;
-    cluster.partition(&[owner]);
+    cluster.partition(&[owner]).await;
     let client = std::sync::Arc::new(cluster.client(0).await.unwrap());
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in keys.chunks(count.div_ceil(32)) {
@@ -368,7 +368,7 @@ async fn hint_delivery_after_a_heal_is_complete_and_timed() {
 
     let healed = std::time::Instant::now();
 
-    cluster.heal();
+    cluster.heal().await;
     eventually(WAIT * 4, "every hint to be delivered", || async {
         match hints_for(&cluster, &id).await {
             0 => Ok(()),

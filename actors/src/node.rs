@@ -368,9 +368,10 @@ impl NodeHandle {
         flushed.map_err(crate::replica::mailbox_error)?
     }
 
-    /// Injects a network fault at this node's Bridge.
-    pub fn fault(&self, fault: Fault) {
-        self.bridge.do_send(Control(fault));
+    /// Injects a network fault at this node's Bridge; returns once the
+    /// Bridge applies it.
+    pub async fn fault(&self, fault: Fault) {
+        let _ = self.bridge.send(Control(fault)).await;
     }
 }
 

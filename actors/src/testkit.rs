@@ -228,8 +228,9 @@ impl Cluster {
         }
     }
 
-    /// Cuts every node in `away` off from every other node (both ways).
-    pub fn partition(&self, away: &[usize]) {
+    /// Cuts every node in `away` off from every other node (both ways);
+    /// returns once every node applies the cut.
+    pub async fn partition(&self, away: &[usize]) {
         let ids = |set: &mut dyn Iterator<Item = usize>| set.map(|i| self.id(i)).collect();
         for (i, node) in self.nodes.iter().enumerate() {
             let Some(node) = node else { continue };
@@ -238,13 +239,13 @@ impl Cluster {
             } else {
                 ids(&mut away.iter().copied())
             };
-            node.fault(Fault::Partition(blocked));
+            node.fault(Fault::Partition(blocked)).await;
         }
     }
 
-    pub fn heal(&self) {
+    pub async fn heal(&self) {
         for node in self.nodes.iter().flatten() {
-            node.fault(Fault::Heal);
+            node.fault(Fault::Heal).await;
         }
     }
 
