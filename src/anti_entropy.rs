@@ -116,9 +116,9 @@ enum Stage {
 }
 
 /// The next exchange `me` starts: the partition after `cursor` (advanced)
-/// among those it replicates, with one of its co-replicas that are up:
-/// the one at `pick(count)` (below `count`). None when it replicates nothing or no co-replica of
-/// that partition is up.
+/// among those it replicates, with the co-replica at `pick(count)` of the
+/// `count` that are up. None when it replicates nothing or no co-replica
+/// of that partition is up.
 pub fn next_exchange(
     ring: &Ring,
     me: &NodeId,

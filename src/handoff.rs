@@ -350,6 +350,17 @@ pub enum Fetched {
     Done,
 }
 
+impl Fetched {
+    /// Where a fetch stands after a chunk whose last key is `upto`; `last`
+    /// says the chunk ended the partition.
+    pub fn after_chunk(upto: Option<Vec<u8>>, last: bool) -> Fetched {
+        match upto {
+            Some(k) if !last => Fetched::Upto(k),
+            _ => Fetched::Done,
+        }
+    }
+}
+
 impl Progress {
     pub fn get(&self, p: Partition) -> Option<&Fetched> {
         self.partitions.get(&p)
@@ -486,6 +497,19 @@ mod tests {
         let mut swapped = entries.clone();
         swapped.reverse();
         assert!(verify_chunk(&swapped, checksum(&swapped), Partition(3), None, q).is_err());
+    }
+
+    #[test]
+    fn a_chunk_moves_the_fetch_to_its_last_key_or_ends_it() {
+        let k = b"k".to_vec();
+        assert_eq!(
+            Fetched::after_chunk(Some(k.clone()), false),
+            Fetched::Upto(k.clone())
+        );
+        assert_eq!(Fetched::after_chunk(Some(k), true), Fetched::Done);
+        // An empty chunk that is not the last cannot move on: done.
+        assert_eq!(Fetched::after_chunk(None, false), Fetched::Done);
+        assert_eq!(Fetched::after_chunk(None, true), Fetched::Done);
     }
 
     #[test]

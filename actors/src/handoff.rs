@@ -257,11 +257,7 @@ impl Handoff {
                 self.fetched.0 += keys;
                 self.fetched.1 += bytes;
                 self.events.metrics().handoff_chunk(keys, bytes);
-                let step = match (last, upto) {
-                    (true, _) => Fetched::Done,
-                    (false, Some(k)) => Fetched::Upto(k),
-                    (false, None) => Fetched::Done,
-                };
+                let step = Fetched::after_chunk(upto, last);
                 let done = step == Fetched::Done;
                 self.progress.record(p, step);
                 self.save_progress();

@@ -41,7 +41,6 @@ use crate::error::{Error, Result};
 use crate::handoff::{
     Fetched, HandoffMsg, Next, Progress, fetch_step, release_step, to_release, verify_chunk,
 };
-
 use crate::liveness::Health;
 use crate::membership::{
     Changed, Destination, GossipMsg, Member, Membership, Settings, Status, View,
@@ -1659,10 +1658,7 @@ impl Sim {
                 panic!("merging a fetched chunk failed: {e}");
             }
         }
-        let step = match (last, entries.last()) {
-            (false, Some((k, _))) => Fetched::Upto(k.clone()),
-            _ => Fetched::Done,
-        };
+        let step = Fetched::after_chunk(entries.last().map(|(k, _)| k.clone()), last);
         if step == Fetched::Done {
             self.fetched += 1;
             self.note(|| format!("n{i}: fetched {partition}"));
