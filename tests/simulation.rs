@@ -1,7 +1,7 @@
 //! The deterministic cluster simulator over a few hundred seeds (the
 //! `simulate` example runs many more).
 
-use dynakv::sim::{SimConfig, check_seed, simulate};
+use dynakv::sim::{Outcome, SimConfig, check_seed, simulate};
 
 /// The default run, with fsync = periodic (crashes are power losses) and/or
 /// a join and a leave.
@@ -11,6 +11,16 @@ fn config(periodic: bool, scaling: bool) -> SimConfig {
         scaling,
         ..SimConfig::default()
     }
+}
+
+/// Runs `seed` with a trace and checks that the trace has each of `wanted`.
+fn traced(cfg: SimConfig, seed: u64, wanted: &[&str]) -> Outcome {
+    let o = simulate(&SimConfig { trace: true, ..cfg }, seed);
+    let all = o.trace.join("\n");
+    for w in wanted {
+        assert!(all.contains(w), "no {w:?} in the trace");
+    }
+    o
 }
 
 fn run_seeds(cfg: &SimConfig, seeds: std::ops::Range<u64>) -> (u64, usize) {
@@ -49,21 +59,17 @@ fn a_join_and_a_leave_under_faults_lose_nothing() {
 
 #[test]
 fn partitions_really_move() {
-    let cfg = SimConfig {
-        trace: true,
-        ..config(false, true)
-    };
-    let o = simulate(&cfg, 1);
+    let o = traced(
+        config(false, true),
+        1,
+        &[
+            "starts, to join",
+            "begins to leave",
+            "committed",
+            "has left",
+        ],
+    );
     assert!(o.fetched > 0 && o.released > 0, "{o:?}");
-    let all = o.trace.join("\n");
-    for wanted in [
-        "starts, to join",
-        "begins to leave",
-        "committed",
-        "has left",
-    ] {
-        assert!(all.contains(wanted), "no {wanted:?} in the trace");
-    }
 }
 
 #[test]
@@ -87,22 +93,18 @@ fn a_seed_replays_the_same_run_event_for_event() {
 
 #[test]
 fn a_trace_names_the_events_of_a_run() {
-    let cfg = SimConfig {
-        trace: true,
-        ..SimConfig::default()
-    };
-    let o = simulate(&cfg, 3);
-    let all = o.trace.join("\n");
-    for wanted in [
-        "crash n",
-        "restart n",
-        "partition:",
-        "heal",
-        "minted",
-        "acknowledged",
-    ] {
-        assert!(all.contains(wanted), "no {wanted:?} in the trace");
-    }
+    traced(
+        SimConfig::default(),
+        3,
+        &[
+            "crash n",
+            "restart n",
+            "partition:",
+            "heal",
+            "minted",
+            "acknowledged",
+        ],
+    );
 }
 
 /// The seeds that found bugs (see `tombstones::Ripening`,
