@@ -31,12 +31,14 @@ use crate::version::{Actor, Context, Dot, SiblingSet, Value};
 pub enum ReplicaMsg {
     /// Read the local copy; answered with `State`.
     Read {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Coordinate a write here: supersede what `context` covers, mint a dot
     /// with this replica's actor. Answered with `Updated`. `hint_for` names
     /// the owner this replica stands in for (sloppy quorum).
     Update {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         context: Context,
         value: Value,
@@ -44,6 +46,7 @@ pub enum ReplicaMsg {
     },
     /// Merge a sibling set minted elsewhere. Answered with `Ack`.
     Write {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         state: SiblingSet,
         hint_for: Option<NodeId>,

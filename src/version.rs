@@ -70,7 +70,7 @@ impl fmt::Display for Dot {
 /// What a write stores: bytes, or the fact that the key was deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Value {
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Tombstone,
 }
 

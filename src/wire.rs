@@ -153,25 +153,37 @@ pub enum ClientOp {
         token: Option<String>,
     },
     /// Read a key with quorum R (None: the configured default).
-    Get { key: Vec<u8>, r: Option<u8> },
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        r: Option<u8>,
+    },
     /// Write a value. `context` is the opaque context of an earlier read
     /// (empty for a blind write); siblings it covers are superseded.
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         context: Vec<u8>,
         w: Option<u8>,
     },
     /// Delete: writes a tombstone with the given context.
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         context: Vec<u8>,
         w: Option<u8>,
     },
     /// The node's view of the cluster.
     Status,
     /// This node's local copy of a key, without quorum.
-    Inspect { key: Vec<u8> },
+    Inspect {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
     /// Membership: join the cluster the node at peer address `seed` is in.
     Join { seed: String },
     /// Membership: hand this node's partitions off, then leave.
@@ -228,7 +240,9 @@ pub enum ClientReply {
     /// A read: every live sibling (empty when not found or deleted) and the
     /// context to write back.
     Value {
+        #[serde(with = "byte_lists")]
         values: Vec<Vec<u8>>,
+        #[serde(with = "serde_bytes")]
         context: Vec<u8>,
     },
     /// A write was acknowledged by W replicas. `context` covers the new value
@@ -236,7 +250,9 @@ pub enum ClientReply {
     /// values (usually none), so the client knows all a write with that
     /// context would supersede.
     Written {
+        #[serde(with = "serde_bytes")]
         context: Vec<u8>,
+        #[serde(with = "byte_lists")]
         others: Vec<Vec<u8>>,
     },
     Status(StatusReport),
@@ -339,11 +355,29 @@ pub enum Corr {
     Reply(u64),
 }
 
+/// A list of byte strings, each as bytes: the same postcard encoding as a
+/// plain `Vec<Vec<u8>>` (as are the `serde_bytes` fields), decoded in one
+/// copy instead of one call per byte.
+mod byte_lists {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(lists: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(lists.iter().map(|b| Bytes::new(b)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let lists = Vec::<ByteBuf>::deserialize(d)?;
+        Ok(lists.into_iter().map(ByteBuf::into_vec).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::version::Value;
 
     fn codec() -> FrameCodec {
         FrameCodec::new(1024)
@@ -376,6 +410,29 @@ mod tests {
         );
         let (back, used): (ClientRequest, _) = codec().decode(&frame).unwrap().unwrap();
         assert_eq!((back, used), (put(), frame.len()));
+    }
+
+    #[test]
+    fn byte_fields_keep_the_plain_vec_encoding() {
+        let values = vec![b"ab".to_vec(), vec![], vec![0xff; 130]];
+        let context = b"ctx".to_vec();
+        let reply = ClientReply::Value {
+            values: values.clone(),
+            context: context.clone(),
+        };
+        // Variant 1 (Value), then the fields as plain vectors encode them.
+        let mut plain = vec![1];
+        plain.extend(postcard::to_allocvec(&(&values, &context)).unwrap());
+        let encoded = postcard::to_allocvec(&reply).unwrap();
+        assert_eq!(encoded, plain);
+        assert_eq!(
+            postcard::from_bytes::<ClientReply>(&encoded).unwrap(),
+            reply
+        );
+        let data = Value::Data(vec![7; 100]);
+        let mut plain = vec![0];
+        plain.extend(postcard::to_allocvec(&vec![7u8; 100]).unwrap());
+        assert_eq!(postcard::to_allocvec(&data).unwrap(), plain);
     }
 
     #[test]
