@@ -156,6 +156,15 @@ pub fn decode_state(bytes: &[u8]) -> Result<SiblingSet> {
     Ok(state)
 }
 
+/// The answer to a `Read` of a key whose stored copy is `stored` (None: not
+/// stored), for a caller that found the copy without the replica (in the
+/// row cache in front of storage).
+pub fn read_answer(stored: Option<&[u8]>) -> Result<ReplicaMsg> {
+    Ok(ReplicaMsg::State {
+        state: stored.map(decode_state).transpose()?.unwrap_or_default(),
+    })
+}
+
 /// Sets merged in from peers may exceed the configured sibling limit (the
 /// limit is enforced where writes are minted), but never by this factor: a
 /// bound on what a peer can make us store.
@@ -719,6 +728,24 @@ mod tests {
         assert_eq!(report.corrupt.len(), 1);
         assert_eq!(report.keys, 0);
         assert!(matches!(r.read(b"bad"), Err(Error::Storage(_))));
+    }
+
+    #[test]
+    fn a_read_answer_from_a_stored_copy() {
+        let state = SiblingSet::default()
+            .update(&Context::default(), data("v"), Actor(1))
+            .unwrap();
+        assert_eq!(
+            read_answer(Some(&encode_state(&state))).unwrap(),
+            ReplicaMsg::State { state }
+        );
+        assert_eq!(
+            read_answer(None).unwrap(),
+            ReplicaMsg::State {
+                state: SiblingSet::default()
+            }
+        );
+        assert!(read_answer(Some(b"\xff\xff")).is_err());
     }
 
     #[test]

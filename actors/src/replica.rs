@@ -8,7 +8,10 @@
 //! `fsync_interval_ms`. Reads and writes that arrive together go to the
 //! worker as one batch, answered with one wake-up of this thread: under
 //! load, handing each request to the worker thread cost more than applying
-//! it.
+//! it. A read of a key the row cache holds is answered here, without the
+//! worker: the cache learns each write as the worker applies it, so a read
+//! sees every write already answered (a write still queued for the worker
+//! is concurrent with the read, and may or may not be seen).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +19,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use dynakv::anti_entropy::{AeMsg, Exchange};
 use dynakv::config::Fsync;
-use dynakv::replica::{Entry, Replica as Core, ReplicaMsg, Usage};
+use dynakv::replica::{Entry, Replica as Core, ReplicaMsg, Usage, read_answer, storage_key};
 use dynakv::ring::Partition;
 use dynakv::tombstones::Holding;
 use dynakv::version::{Actor as Writer, SiblingSet};
@@ -24,7 +27,7 @@ use dynakv::{Error, NodeId, Result};
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
-use crate::storage::Storage;
+use crate::storage::{FjallStore, Storage};
 pub use crate::storage_worker::{
     AeBegin, AeContinue, AeRespond, Chunk, CollectTombstones, DropPartition, FindTombstones,
     ForgetMootHints, HandedOff, HeldPartitions, PanicInCore, PartitionUsage, ProbeTombstones,
@@ -91,6 +94,9 @@ pub struct ReplicaSettings {
 }
 
 pub struct Replica {
+    /// The data store, for reads the row cache can answer.
+    data: FjallStore,
+    partitions: u32,
     worker: Addr<StorageWorker>,
     syncer: Addr<Syncer>,
     fsync: Fsync,
@@ -141,8 +147,13 @@ impl Replica {
                 worker_counters.clone(),
             )
         });
-        let syncer = SyncArbiter::start(1, move || Syncer::new(storage.clone(), counters.clone()));
+        let syncer_storage = storage.clone();
+        let syncer = SyncArbiter::start(1, move || {
+            Syncer::new(syncer_storage.clone(), counters.clone())
+        });
         let front = Replica {
+            data: storage.data(),
+            partitions: settings.partitions,
             worker,
             syncer,
             fsync: settings.fsync,
@@ -155,6 +166,13 @@ impl Replica {
     /// The durability barrier a write waits on, in `always` mode.
     fn barrier(&self) -> Option<Addr<Syncer>> {
         (self.fsync == Fsync::Always).then(|| self.syncer.clone())
+    }
+
+    /// The answer to a read, if the row cache holds the key.
+    fn cached_read(&self, key: &[u8]) -> Option<Result<ReplicaMsg>> {
+        let p = Partition::of_key(key, self.partitions);
+        let stored = self.data.cached(&storage_key(p, key))?;
+        Some(read_answer(stored.as_deref()))
     }
 
     /// Queues a request for the next batch; the batch leaves once the
@@ -239,6 +257,11 @@ impl Handler<ReplicaRequest> for Replica {
         ctx: &mut Context<Self>,
     ) -> Self::Result {
         shielded(NAME, self, ctx, |act, ctx| -> Self::Result {
+            if let ReplicaMsg::Read { key } = &msg
+                && let Some(answer) = act.cached_read(key)
+            {
+                return Box::pin(std::future::ready(answer));
+            }
             Box::pin(batched(act.enqueue(msg, ctx)))
         })
     }

@@ -198,6 +198,12 @@ impl FjallStore {
             .filter(|_| self.slot == Slot::Data)
     }
 
+    /// The row cache's copy of `key`, if it holds one (`Some(None)`: known
+    /// to be absent). Never reads storage, so it cannot block.
+    pub fn cached(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.rows()?.get(key)
+    }
+
     /// A write of `key` failed: the cache must not claim it happened.
     fn forget(&self, key: &[u8], e: fjall::Error) -> Error {
         if let Some(rows) = self.rows() {
@@ -328,5 +334,43 @@ mod tests {
         assert_eq!(fj.get(&[1, 2]).unwrap(), Some(b"b".to_vec()));
         assert_eq!(fj.get(&[1, 3]).unwrap(), None);
         storage.persist().unwrap();
+    }
+
+    #[test]
+    fn the_row_cache_answers_only_what_it_knows() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &StorageSection::default()).unwrap();
+        let mut fj = storage.data();
+        fj.put(b"k", b"v1").unwrap();
+        assert_eq!(fj.cached(b"k"), Some(Some(b"v1".to_vec())));
+        // A write held in a batch is known as soon as it is applied.
+        storage.begin().unwrap();
+        fj.put(b"k", b"v2").unwrap();
+        assert_eq!(fj.cached(b"k"), Some(Some(b"v2".to_vec())));
+        storage.commit().unwrap();
+        fj.remove(b"k").unwrap();
+        assert_eq!(fj.cached(b"k"), Some(None));
+        // Never seen: the cache cannot say; a storage read teaches it.
+        assert_eq!(fj.cached(b"other"), None);
+        assert_eq!(fj.get(b"other").unwrap(), None);
+        assert_eq!(fj.cached(b"other"), Some(None));
+        // Other keyspaces have no row cache.
+        let mut hints = storage.hints();
+        hints.put(b"k", b"h").unwrap();
+        assert_eq!(hints.cached(b"k"), None);
+    }
+
+    #[test]
+    fn without_a_row_cache_nothing_is_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = StorageSection {
+            row_cache_mb: 0,
+            ..StorageSection::default()
+        };
+        let storage = Storage::open(dir.path(), &sizes).unwrap();
+        let mut fj = storage.data();
+        fj.put(b"k", b"v").unwrap();
+        assert_eq!(fj.cached(b"k"), None);
+        assert_eq!(fj.get(b"k").unwrap(), Some(b"v".to_vec()));
     }
 }
