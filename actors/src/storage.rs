@@ -14,7 +14,9 @@
 //! The data store keeps a row cache: the latest stored copy (or absence) of
 //! recently used keys, written through on every put and remove, so reads
 //! and read-modify-writes of hot keys skip fjall's memtable and table
-//! lookups (the top cost in profiles under load).
+//! lookups (the top cost in profiles under load). The replica's front
+//! answers reads from it on its own thread (`FjallStore::cached`), never
+//! touching fjall there.
 
 use std::collections::HashMap;
 use std::path::Path;
