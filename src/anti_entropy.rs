@@ -171,7 +171,9 @@ impl Exchange {
         Self::begin(partition, tree, true)
     }
 
-    fn begin(partition: Partition, tree: HashTree, push_only: bool) -> (Exchange, AeMsg) {
+    /// Starts an exchange of `partition` from `tree`: `push_only` for the
+    /// sync before a release (`push_only`), else a full one (`start`).
+    pub fn begin(partition: Partition, tree: HashTree, push_only: bool) -> (Exchange, AeMsg) {
         let root = tree.root();
         let msg = AeMsg::Root { partition, root };
         let mut ex = Exchange {

@@ -129,6 +129,11 @@ pub fn storage_key(p: Partition, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Where `key` is stored with `q` partitions.
+pub fn stored_key(key: &[u8], q: u32) -> Vec<u8> {
+    storage_key(Partition::of_key(key, q), key)
+}
+
 /// Splits a stored key back into partition and user key.
 pub fn split_storage_key(stored: &[u8]) -> Result<(Partition, &[u8])> {
     match stored {
@@ -285,8 +290,7 @@ impl<S: Store> Replica<S> {
 
     /// The stored copy and its encoding, if the key is stored.
     fn stored(&self, key: &[u8]) -> Result<Option<(SiblingSet, Vec<u8>)>> {
-        let p = Partition::of_key(key, self.q);
-        match self.store.get(&storage_key(p, key))? {
+        match self.store.get(&stored_key(key, self.q))? {
             Some(bytes) => Ok(Some((decode_state(&bytes)?, bytes))),
             None => Ok(None),
         }

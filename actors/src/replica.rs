@@ -19,7 +19,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use dynakv::anti_entropy::{AeMsg, Exchange};
 use dynakv::config::Fsync;
-use dynakv::replica::{Entry, Replica as Core, ReplicaMsg, Usage, read_answer, storage_key};
+use dynakv::replica::{Entry, Replica as Core, ReplicaMsg, Usage, read_answer, stored_key};
 use dynakv::ring::Partition;
 use dynakv::tombstones::Holding;
 use dynakv::version::{Actor as Writer, SiblingSet};
@@ -147,12 +147,10 @@ impl Replica {
                 worker_counters.clone(),
             )
         });
-        let syncer_storage = storage.clone();
-        let syncer = SyncArbiter::start(1, move || {
-            Syncer::new(syncer_storage.clone(), counters.clone())
-        });
+        let data = storage.data();
+        let syncer = SyncArbiter::start(1, move || Syncer::new(storage.clone(), counters.clone()));
         let front = Replica {
-            data: storage.data(),
+            data,
             partitions: settings.partitions,
             worker,
             syncer,
@@ -170,8 +168,7 @@ impl Replica {
 
     /// The answer to a read, if the row cache holds the key.
     fn cached_read(&self, key: &[u8]) -> Option<Result<ReplicaMsg>> {
-        let p = Partition::of_key(key, self.partitions);
-        let stored = self.data.cached(&storage_key(p, key))?;
+        let stored = self.data.cached(&stored_key(key, self.partitions))?;
         Some(read_answer(stored.as_deref()))
     }
 

@@ -305,14 +305,7 @@ core_handlers! {
         let keep: std::collections::HashSet<Vec<u8>> = m.keep.into_iter().collect();
         core.handed_off(&m.owner, &m.delivered, |k| keep.contains(k))
     };
-    AeBegin(m) -> (Exchange, AeMsg), writes: false, |core| {
-        let tree = core.tree(m.partition);
-        Ok(if m.push_only {
-            Exchange::push_only(m.partition, tree)
-        } else {
-            Exchange::start(m.partition, tree)
-        })
-    };
+    AeBegin(m) -> (Exchange, AeMsg), writes: false, |core| Ok(Exchange::begin(m.partition, core.tree(m.partition), m.push_only));
     AeContinue(AeContinue(mut ex, reply)) -> (Exchange, Option<AeMsg>), writes: true, |core| {
         let next = ex.on_reply(reply, core)?;
         Ok((ex, next))
