@@ -16,9 +16,10 @@
 //! partition away, left, or received a stray late write) *releases* it:
 //! it synchronises the partition with every current replica (an
 //! anti-entropy exchange each that pushes and takes nothing) and only then
-//! drops its copy, and only if nothing was written to it since the last
+//! drops its copy, and only if nothing was written to it since the first
 //! exchange began (a coordinator with an older ring may still send it a
-//! write); otherwise it synchronises again. So a write any replica
+//! write, which would then reach only the later replicas); otherwise it
+//! synchronises again. So a write any replica
 //! acknowledged is on the new replicas before the old copy goes.
 //!
 //! Fetch progress is kept per partition (last key received), persisted by

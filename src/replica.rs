@@ -459,9 +459,9 @@ impl<S: Store> Replica<S> {
     }
 
     /// Drops `p` (handed off) if its tree root is still `synced`, the root
-    /// an exchange with a current replica started from; else a write landed
-    /// since, and None says to synchronise again first. Returns how many
-    /// keys went.
+    /// the sync with its current replicas started from (the first
+    /// exchange's); else a write landed since, and None says to synchronise
+    /// again first. Returns how many keys went.
     pub fn release_partition(&mut self, p: Partition, synced: u64) -> Result<Option<usize>> {
         if self.tree(p).root() != synced {
             return Ok(None);

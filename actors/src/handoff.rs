@@ -301,7 +301,9 @@ impl Handoff {
                     push_only: true,
                 };
                 let report = exchange(replica.clone(), bridge.clone(), begin, r, timeout).await?;
-                synced = Some(report.started_from);
+                // A write landing between two exchanges reaches only the
+                // later replicas: the root must not move from the first.
+                synced.get_or_insert(report.started_from);
             }
             synced.ok_or_else(|| Error::Internal("no replica to synchronise with".into()))
         };

@@ -129,7 +129,7 @@ pub struct Chunk {
 pub struct HeldPartitions;
 
 /// Drops every key of a partition handed off, unless it changed since the
-/// tree root its last sync started from (`Replica::release_partition`).
+/// tree root its sync started from (`Replica::release_partition`).
 #[derive(Message)]
 #[rtype(result = "Result<Option<usize>>")]
 pub struct DropPartition {

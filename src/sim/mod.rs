@@ -426,6 +426,8 @@ enum Call {
     Release {
         exchange: Exchange,
         remaining: Vec<NodeId>,
+        /// The root the release's first exchange started from.
+        synced: u64,
     },
 }
 
@@ -1513,7 +1515,8 @@ impl Sim {
             Some(Call::Release {
                 exchange,
                 remaining,
-            }) => (exchange, Some(remaining)),
+                synced,
+            }) => (exchange, Some((remaining, synced))),
             _ => return,
         };
         let Ok(reply) = reply else { return };
@@ -1521,9 +1524,10 @@ impl Sim {
             Ok(Some(next)) => {
                 let call = match releasing {
                     None => Call::Exchange(ex),
-                    Some(remaining) => Call::Release {
+                    Some((remaining, synced)) => Call::Release {
                         exchange: ex,
                         remaining,
+                        synced,
                     },
                 };
                 node.calls.insert(id, call);
@@ -1541,8 +1545,7 @@ impl Sim {
                         )
                     });
                 }
-                if let Some(remaining) = releasing {
-                    let synced = ex.report().started_from;
+                if let Some((remaining, synced)) = releasing {
                     self.release_next(i, ex.partition(), remaining, Some(synced));
                 }
             }
@@ -1669,17 +1672,20 @@ impl Sim {
 
     /// Synchronises `p` with the first of `replicas` (the rest after it);
     /// with none left, drops it if the ring still says so and nothing was
-    /// written since the root the last exchange started from (`synced`).
+    /// written since the root the first exchange started from (`synced`),
+    /// so every replica got all of it.
     fn release_next(&mut self, i: usize, p: Partition, replicas: Vec<NodeId>, synced: Option<u64>) {
         if let Some((first, rest)) = replicas.split_first() {
             let Some(to) = self.index(first) else { return };
             let (exchange, msg) = Exchange::push_only(p, self.nodes[i].replica.tree(p));
+            let synced = synced.unwrap_or(exchange.report().started_from);
             let remaining = rest.to_vec();
             let id = self.call(
                 i,
                 Call::Release {
                     exchange,
                     remaining,
+                    synced,
                 },
             );
             self.send(i, to, Msg::Ae { id, msg });
