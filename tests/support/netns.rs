@@ -22,11 +22,15 @@ pub struct Namespaces {
 
 /// iproute2's `ip`: on the PATH, or where Debian puts it (a PATH without
 /// the sbin directories is common for non-login shells).
+/// Looked up once per test process.
 fn ip_program() -> &'static str {
-    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("ip")
+    static FOUND: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    FOUND.get_or_init(|| {
+        ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("ip")
+    })
 }
 
 /// Runs `ip args...`; the error says what failed.
