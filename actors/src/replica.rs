@@ -2,13 +2,14 @@
 //!
 //! `Replica` is the mailbox everything talks to (local sessions, the Bridge
 //! for peers, anti-entropy, hints, handoff, tests injecting writes). It
-//! forwards each request to the storage worker (`crate::storage_worker`)
-//! and, with `fsync = "always"`, answers a write only after the syncer has
-//! made it durable; with `"periodic"` it asks for a sync every
-//! `fsync_interval_ms`. Reads and writes that arrive together go to the
-//! worker as one batch, answered with one wake-up of this thread: under
-//! load, handing each request to the worker thread cost more than applying
-//! it. A read of a key the row cache holds is answered here, without the
+//! forwards each request to the storage worker (`crate::storage_worker`),
+//! which with `fsync = "always"` makes a write durable before it is
+//! answered; with `"periodic"` the front asks for a sync every
+//! `fsync_interval_ms`. Reads and writes go to the worker in batches, one
+//! at a time: what arrives while the worker applies a batch (and, with
+//! `"always"`, fsyncs it) forms the next one, so under load one wake-up of
+//! each thread and one fsync serve many requests (handing each request to
+//! the worker thread cost more than applying it). A read of a key the row cache holds is answered here, without the
 //! worker: the cache learns each write as the worker applies it, so a read
 //! sees every write already answered (a write still queued for the worker
 //! is concurrent with the read, and may or may not be seen).
@@ -103,7 +104,15 @@ pub struct Replica {
     fsync_interval: Duration,
     /// Requests waiting to go to the worker together.
     batch: Vec<(ReplicaMsg, oneshot::Sender<Result<ReplicaMsg>>)>,
+    /// Batches the worker has not finished applying; while one is, the
+    /// next batch gathers what arrives meanwhile.
+    with_worker: usize,
 }
+
+/// The worker finished applying a batch.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct BatchApplied;
 
 /// Most requests sent to the worker in one batch.
 const MAX_BATCH: usize = 256;
@@ -157,11 +166,12 @@ impl Replica {
             fsync: settings.fsync,
             fsync_interval: settings.fsync_interval,
             batch: Vec::new(),
+            with_worker: 0,
         };
         Ok(Supervisor::start_in_arbiter(on, move |_| front))
     }
 
-    /// The durability barrier a write waits on, in `always` mode.
+    /// The durability barrier a merge waits on, in `always` mode.
     fn barrier(&self) -> Option<Addr<Syncer>> {
         (self.fsync == Fsync::Always).then(|| self.syncer.clone())
     }
@@ -173,7 +183,8 @@ impl Replica {
     }
 
     /// Queues a request for the next batch; the batch leaves once the
-    /// messages already in the mailbox are queued too (or it is full).
+    /// messages already in the mailbox are queued too and the worker is
+    /// done with the previous batch (or at once when it is full).
     fn enqueue(
         &mut self,
         msg: ReplicaMsg,
@@ -182,36 +193,33 @@ impl Replica {
         let (tx, rx) = oneshot::channel();
         self.batch.push((msg, tx));
         if self.batch.len() >= MAX_BATCH {
-            self.send_batch();
-        } else if self.batch.len() == 1 {
-            // Spawned futures run after the mailbox is drained.
-            ctx.spawn(fut::ready(()).map(|_, act: &mut Self, _| act.send_batch()));
+            self.send_batch(ctx);
+        } else if self.batch.len() == 1 && self.with_worker == 0 {
+            self.send_soon(ctx);
         }
         rx
     }
 
-    fn send_batch(&mut self) {
+    /// Sends the batch once the messages already in the mailbox are in it.
+    fn send_soon(&mut self, ctx: &mut Context<Self>) {
+        // Spawned futures run after the mailbox is drained.
+        ctx.spawn(fut::ready(()).map(|_, act: &mut Self, ctx| act.send_batch(ctx)));
+    }
+
+    fn send_batch(&mut self, ctx: &mut Context<Self>) {
         if self.batch.is_empty() {
             return;
         }
         let (msgs, waiters): (Vec<_>, Vec<_>) = std::mem::take(&mut self.batch).into_iter().unzip();
-        let (applied, syncer) = (self.worker.send(ApplyBatch(msgs)), self.barrier());
+        let applied = self.worker.send(ApplyBatch(msgs));
+        self.with_worker += 1;
+        let front = ctx.address();
+        // Detached: the answers go out even if the front restarts meanwhile.
         actix::spawn(async move {
-            let replies = match applied.await {
-                Ok((replies, wrote)) => {
-                    let durable = match (syncer, wrote) {
-                        (Some(syncer), Some(seq)) => syncer
-                            .send(Barrier(seq))
-                            .await
-                            .map_err(mailbox_error)
-                            .and_then(|synced| synced),
-                        _ => Ok(()),
-                    };
-                    match durable {
-                        Ok(()) => replies,
-                        Err(e) => replies.into_iter().map(|_| Err(e.clone())).collect(),
-                    }
-                }
+            let applied = applied.await;
+            front.do_send(BatchApplied);
+            let replies = match applied {
+                Ok(replies) => replies,
                 Err(e) => waiters.iter().map(|_| Err(mailbox_error(e))).collect(),
             };
             for (waiter, reply) in waiters.into_iter().zip(replies) {
@@ -234,15 +242,30 @@ impl Actor for Replica {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4096);
-        // After a restart: a batch whose send was pending goes now.
-        self.send_batch();
+        // After a restart: a batch whose send was pending goes now. Batches
+        // sent before still report back; the count only paces batches, so
+        // an early report costs no more than a smaller batch.
+        self.with_worker = 0;
+        self.send_batch(ctx);
         if self.fsync == Fsync::Periodic {
             ctx.run_interval(self.fsync_interval, |act, _| act.syncer.do_send(SyncNow));
         }
     }
 }
 
-/// The front keeps no state of its own: a restart needs nothing rebuilt.
+impl Handler<BatchApplied> for Replica {
+    type Result = ();
+
+    fn handle(&mut self, _: BatchApplied, ctx: &mut Context<Self>) {
+        self.with_worker = self.with_worker.saturating_sub(1);
+        if self.with_worker == 0 && !self.batch.is_empty() {
+            self.send_soon(ctx);
+        }
+    }
+}
+
+/// The front keeps no state a restart must rebuild: its queued batch is
+/// sent, and answers to batches already sent still arrive.
 impl Supervised for Replica {}
 
 impl Handler<ReplicaRequest> for Replica {

@@ -3,8 +3,8 @@
 //! `meta` (membership view and node facts).
 //!
 //! `insert` only reaches the OS; durability comes from `persist`, which the
-//! replica's syncer calls per group of writes (`fsync = "always"`) or on a
-//! timer (`"periodic"`), and always at shutdown.
+//! storage worker calls per batch of writes (`fsync = "always"`) and the
+//! syncer on a timer (`"periodic"`), and always at shutdown.
 //!
 //! Between `begin` and `commit`, writes to the stores are held back and
 //! committed as one fjall batch: one journal write instead of one per

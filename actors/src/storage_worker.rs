@@ -6,10 +6,14 @@
 //!   every read-modify-write of a key. A panic inside the core is caught:
 //!   the worker reopens the replica from storage (state rebuilt from disk)
 //!   and answers that request with an error.
-//! - `Syncer` fsyncs. A barrier for write number `s` returns at once if a
-//!   sync already covered `s`; otherwise it syncs everything written so far.
-//!   Barriers that queue up while one fsync runs are then covered by it:
-//!   group commit.
+//!   With `fsync = "always"` it makes each batch of requests durable
+//!   before answering it; requests arriving meanwhile form the next batch,
+//!   so concurrent writes share one fsync (group commit).
+//! - `Syncer` fsyncs everything else: on the periodic timer, at shutdown,
+//!   and for merges of handed-over entries. A barrier for write number `s`
+//!   returns at once if a sync already covered `s`; otherwise it syncs
+//!   everything written so far. Barriers that queue up while one fsync runs
+//!   are then covered by it.
 //!
 //! Only the `Replica` actor talks to them.
 
@@ -19,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::prelude::*;
 use dynakv::anti_entropy::{self, AeMsg, Exchange};
+use dynakv::config::Fsync;
 use dynakv::replica::{Entry, Replica as Core, ReplicaMsg, Usage};
 use dynakv::ring::Partition;
 use dynakv::tombstones::Holding;
@@ -28,17 +33,29 @@ use tracing::error;
 use crate::replica::{ReplicaSettings, ReplicaStats, Stats};
 use crate::storage::{FjallStore, Storage};
 
-/// Counters shared by the worker (which writes) and the syncer (which syncs).
+/// Counters shared by the worker and the syncer (both write and sync).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     written: AtomicU64,
+    /// The last write number a sync covered.
+    synced: AtomicU64,
     syncs: AtomicU64,
 }
 
-/// Applies replica messages in order; returns each one's reply and, if any
-/// wrote, the sequence number of the last write to wait on for durability.
+/// Makes everything written so far durable.
+fn sync(storage: &Storage, counters: &Counters) -> Result<()> {
+    // Everything written before this load is covered by the persist.
+    let upto = counters.written.load(Ordering::SeqCst);
+    storage.persist()?;
+    counters.syncs.fetch_add(1, Ordering::Relaxed);
+    counters.synced.fetch_max(upto, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Applies replica messages in order and returns each one's reply; with
+/// `fsync = "always"` the writes are durable by then.
 #[derive(Message)]
-#[rtype(result = "(Vec<Result<ReplicaMsg>>, Option<u64>)")]
+#[rtype(result = "Vec<Result<ReplicaMsg>>")]
 pub(crate) struct ApplyBatch(pub Vec<ReplicaMsg>);
 
 /// Merges entries handed over by another node; returns the write's
@@ -243,8 +260,10 @@ impl Handler<ApplyBatch> for StorageWorker {
     type Result = MessageResult<ApplyBatch>;
 
     fn handle(&mut self, ApplyBatch(msgs): ApplyBatch, _: &mut SyncContext<Self>) -> Self::Result {
+        let n = msgs.len();
+        let fail_all = |e: Error| MessageResult(vec![Err(e); n]);
         if let Err(e) = self.storage.begin() {
-            return MessageResult((msgs.iter().map(|_| Err(e.clone())).collect(), None));
+            return fail_all(e);
         }
         let mut writes = 0;
         let replies: Vec<Result<ReplicaMsg>> = msgs
@@ -260,11 +279,18 @@ impl Handler<ApplyBatch> for StorageWorker {
             // The trees already count writes that never reached storage.
             error!(error = %e, "a batch of writes failed; reopening the replica from storage");
             self.reopen();
-            return MessageResult((replies.iter().map(|_| Err(e.clone())).collect(), None));
+            return fail_all(e);
         }
-        // Counted once committed: a sync that reads the count covers them.
-        let wrote = (writes > 0).then(|| self.wrote_n(writes));
-        MessageResult((replies, wrote))
+        if writes > 0 {
+            // Counted once committed: a sync that reads the count covers them.
+            self.wrote_n(writes);
+            if self.settings.fsync == Fsync::Always
+                && let Err(e) = sync(&self.storage, &self.counters)
+            {
+                return fail_all(e);
+            }
+        }
+        MessageResult(replies)
     }
 }
 
@@ -366,25 +392,11 @@ pub(crate) struct SyncNow;
 pub struct Syncer {
     storage: Storage,
     counters: Arc<Counters>,
-    synced: u64,
 }
 
 impl Syncer {
     pub(crate) fn new(storage: Storage, counters: Arc<Counters>) -> Self {
-        Syncer {
-            storage,
-            counters,
-            synced: 0,
-        }
-    }
-
-    fn sync(&mut self) -> Result<()> {
-        // Everything written before this load is covered by the persist.
-        let upto = self.counters.written.load(Ordering::SeqCst);
-        self.storage.persist()?;
-        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        self.synced = upto;
-        Ok(())
+        Syncer { storage, counters }
     }
 }
 
@@ -396,10 +408,10 @@ impl Handler<Barrier> for Syncer {
     type Result = Result<()>;
 
     fn handle(&mut self, Barrier(seq): Barrier, _: &mut SyncContext<Self>) -> Self::Result {
-        if self.synced >= seq {
+        if self.counters.synced.load(Ordering::SeqCst) >= seq {
             return Ok(());
         }
-        self.sync()
+        sync(&self.storage, &self.counters)
     }
 }
 
@@ -407,6 +419,108 @@ impl Handler<SyncNow> for Syncer {
     type Result = Result<()>;
 
     fn handle(&mut self, _: SyncNow, _: &mut SyncContext<Self>) -> Self::Result {
-        self.sync()
+        sync(&self.storage, &self.counters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use dynakv::config::StorageSection;
+    use dynakv::version::{Actor as Writer, Context, Value};
+
+    use super::*;
+
+    fn update(key: &str) -> ReplicaMsg {
+        ReplicaMsg::Update {
+            key: key.as_bytes().to_vec(),
+            context: Context::default(),
+            value: Value::Data(b"v".to_vec()),
+            hint_for: None,
+        }
+    }
+
+    /// A worker over `storage` with `fsync`, and what it counts.
+    fn worker(storage: &Storage, fsync: Fsync) -> (Addr<StorageWorker>, Arc<Counters>) {
+        let storage = storage.clone();
+        let settings = ReplicaSettings {
+            partitions: 8,
+            writer: Writer(1),
+            max_siblings: 10,
+            fsync,
+            fsync_interval: Duration::from_secs(1),
+        };
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
+        let addr = SyncArbiter::start(1, move || {
+            StorageWorker::new(None, storage.clone(), settings, c.clone())
+        });
+        (addr, counters)
+    }
+
+    #[actix_rt::test]
+    async fn with_fsync_always_a_batch_is_answered_after_one_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &StorageSection::default()).unwrap();
+        let (worker, counters) = worker(&storage, Fsync::Always);
+        let batch = vec![
+            update("a"),
+            update("b"),
+            ReplicaMsg::Read { key: b"a".to_vec() },
+        ];
+        let replies = worker.send(ApplyBatch(batch)).await.unwrap();
+        assert!(
+            matches!(replies[0], Ok(ReplicaMsg::Updated { .. })),
+            "{replies:?}"
+        );
+        assert!(
+            matches!(replies[2], Ok(ReplicaMsg::State { .. })),
+            "{replies:?}"
+        );
+        assert_eq!(counters.syncs.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            counters.synced.load(Ordering::SeqCst),
+            2,
+            "both writes covered"
+        );
+        // A batch of reads only needs no sync.
+        let reads = vec![ReplicaMsg::Read { key: b"b".to_vec() }];
+        worker.send(ApplyBatch(reads)).await.unwrap();
+        assert_eq!(counters.syncs.load(Ordering::SeqCst), 1);
+    }
+
+    #[actix_rt::test]
+    async fn a_barrier_already_covered_by_the_worker_does_not_sync_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &StorageSection::default()).unwrap();
+        let (worker, counters) = worker(&storage, Fsync::Always);
+        worker.send(ApplyBatch(vec![update("a")])).await.unwrap();
+        let syncer = {
+            let c = counters.clone();
+            SyncArbiter::start(1, move || Syncer::new(storage.clone(), c.clone()))
+        };
+        syncer.send(Barrier(1)).await.unwrap().unwrap();
+        assert_eq!(counters.syncs.load(Ordering::SeqCst), 1);
+        syncer.send(Barrier(2)).await.unwrap().unwrap();
+        assert_eq!(
+            counters.syncs.load(Ordering::SeqCst),
+            2,
+            "write 2 was not covered"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn with_fsync_periodic_a_batch_is_answered_without_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &StorageSection::default()).unwrap();
+        let (worker, counters) = worker(&storage, Fsync::Periodic);
+        let replies = worker.send(ApplyBatch(vec![update("a")])).await.unwrap();
+        assert!(
+            matches!(replies[0], Ok(ReplicaMsg::Updated { .. })),
+            "{replies:?}"
+        );
+        assert_eq!(counters.written.load(Ordering::SeqCst), 1);
+        assert_eq!(counters.syncs.load(Ordering::SeqCst), 0);
     }
 }
