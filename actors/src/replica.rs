@@ -9,10 +9,11 @@
 //! at a time: what arrives while the worker applies a batch (and, with
 //! `"always"`, fsyncs it) forms the next one, so under load one wake-up of
 //! each thread and one fsync serve many requests (handing each request to
-//! the worker thread cost more than applying it). A read of a key the row cache holds is answered here, without the
-//! worker: the cache learns each write as the worker applies it, so a read
-//! sees every write already answered (a write still queued for the worker
-//! is concurrent with the read, and may or may not be seen).
+//! the worker thread cost more than applying it). A read of a key the row
+//! cache holds is answered here, without the worker: the cache learns each
+//! write as the worker applies it, so a read sees every write already
+//! answered (a write still queued for the worker is concurrent with the
+//! read, and may or may not be seen).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -287,6 +287,7 @@ impl Handler<ApplyBatch> for StorageWorker {
             if self.settings.fsync == Fsync::Always
                 && let Err(e) = sync(&self.storage, &self.counters)
             {
+                error!(error = %e, "fsync failed; the batch's writes are not acknowledged");
                 return fail_all(e);
             }
         }
