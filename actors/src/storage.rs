@@ -241,7 +241,7 @@ impl Store for FjallStore {
         {
             return Ok(held.clone());
         }
-        if let Some(cached) = self.rows().and_then(|rows| rows.get(key)) {
+        if let Some(cached) = self.cached(key) {
             return Ok(cached);
         }
         let stored = self
