@@ -171,8 +171,9 @@ impl Exchange {
         Self::begin(partition, tree, true)
     }
 
-    /// Starts an exchange of `partition` from `tree`: `push_only` for the
-    /// sync before a release (`push_only`), else a full one (`start`).
+    /// Starts an exchange of `partition` from `tree`: the push-only kind
+    /// when `push_only` (as `Exchange::push_only`), else a full one (as
+    /// `Exchange::start`).
     pub fn begin(partition: Partition, tree: HashTree, push_only: bool) -> (Exchange, AeMsg) {
         let root = tree.root();
         let msg = AeMsg::Root { partition, root };

@@ -19,8 +19,8 @@
 //! drops its copy, and only if nothing was written to it since the first
 //! exchange began (a coordinator with an older ring may still send it a
 //! write, which would then reach only the later replicas); otherwise it
-//! synchronises again. So a write any replica
-//! acknowledged is on the new replicas before the old copy goes.
+//! synchronises again. So a write any replica acknowledged is on the new
+//! replicas before the old copy goes.
 //!
 //! Fetch progress is kept per partition (last key received), persisted by
 //! the shell, so a fetch interrupted by a crash of either side resumes where
