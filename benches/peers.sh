@@ -64,6 +64,11 @@ need() {
         { say "cannot install ${missing[*]}"; return 1; }
 }
 
+# Succeeds when an HTTP GET of $1 answers 200.
+http_ok() {
+    python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1"
+}
+
 # Waits until "$@" succeeds (30 s at most).
 wait_for() {
     for _ in $(seq 1 150); do
@@ -76,7 +81,7 @@ wait_for() {
 
 # record SYSTEM MODE PUT_JSON GET_JSON: one result line from two JSON reports.
 record() {
-    python3 - "$1" "$2" "$3" "$4" >>"$RESULTS" <<'PY'
+    python3 - "$1" "$2" "$3" "$4" <<'PY' | tee -a "$RESULTS" >&2
 import json, sys
 system, mode, put, get = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 p, g = put["ops"]["put"], get["ops"]["get"]
@@ -99,7 +104,8 @@ run_dynakv() {
             "$DYNAKV" serve -c "$ROOT/conf/local/node$i.toml" 2>"$WORK/dynakv-$mode-$i.log" &
         PIDS+=($!)
     done
-    wait_for "$DYNAKV" put peers-ready yes --node 127.0.0.1:7001
+    wait_for "$DYNAKV" put peers-ready yes --node 127.0.0.1:7001 ||
+        { say "skipping dynakv fsync=$mode: the cluster did not answer"; stop_all; return 0; }
     local common=(--node "$NODES" --clients "$CLIENTS" --duration "${DURATION}s"
                   --value-size "$VALUE_SIZE" --keys "$KEYS" --json)
     local put get
@@ -126,7 +132,11 @@ run_etcd() {
             --log-level error 2>"$WORK/etcd$i.log" &
         PIDS+=($!)
     done
-    wait_for env ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health
+    # etcd answers /health with 200 once the member has a leader.
+    for i in 1 2 3; do
+        wait_for http_ok "http://127.0.0.1:$((2279 + 100 * i))/health" ||
+            { say "skipping etcd: member e$i did not become healthy (log: $(tail -n 3 "$WORK/etcd$i.log"))"; stop_all; return 0; }
+    done
     local load="$ROOT/target/etcd-load/release/etcd-load"
     local common=(--endpoints "$endpoints" --clients "$CLIENTS" --duration "$DURATION"
                   --value-size "$VALUE_SIZE" --keys "$KEYS")
@@ -146,11 +156,11 @@ run_redis() {
         --appendfsync "$mode" --dir "$WORK/redis-$mode" --daemonize no \
         >"$WORK/redis-$mode.log" 2>&1 &
     PIDS+=($!)
-    wait_for redis-cli -p 6390 ping
+    wait_for redis-cli -p 6390 ping || { say "skipping redis: no answer to ping"; stop_all; return 0; }
     local csv
     csv=$(redis-benchmark -h 127.0.0.1 -p 6390 -c "$CLIENTS" -n "$REDIS_REQUESTS" \
         -d "$VALUE_SIZE" -r "$KEYS" -t set,get --csv 2>/dev/null)
-    python3 - "$mode" "$csv" >>"$RESULTS" <<'PY'
+    python3 - "$mode" "$csv" <<'PY' | tee -a "$RESULTS" >&2
 import csv, io, json, sys
 mode, text = sys.argv[1], sys.argv[2]
 rows = {r["test"]: r for r in csv.DictReader(io.StringIO(text))}
