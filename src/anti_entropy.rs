@@ -603,7 +603,7 @@ mod tests {
             .map(|n| NodeId::new(*n).unwrap())
             .collect();
         let replicas = |_| ids.iter().cloned().collect();
-        let probe = |r: &[Replica<MemStore>]| {
+        let probe = |r: &mut [Replica<MemStore>]| {
             let found = r[0].tombstones(p, 10).unwrap();
             let answers: Vec<(NodeId, Vec<Holding>)> = r
                 .iter()
@@ -612,13 +612,13 @@ mod tests {
                 .collect();
             (found.clone(), collectable(found.len(), &answers, replicas))
         };
-        let (found, ok) = probe(&r);
+        let (found, ok) = probe(&mut r);
         assert_eq!(found.len(), 1);
         assert!(ok.is_empty(), "C still holds the value");
         // anti-entropy brings C the tombstone; now it can go
         let (a, c) = r.split_at_mut(2);
         exchange_locally(&mut c[0], &mut a[0], p).unwrap();
-        let (found, ok) = probe(&r);
+        let (found, ok) = probe(&mut r);
         assert_eq!(ok, vec![0]);
         for x in &mut r {
             assert_eq!(x.collect_tombstones(&found).unwrap(), 1);

@@ -11,9 +11,12 @@
 //!   given for the key, so writes are idempotent and order-independent;
 //! - the tree of a partition always equals a rebuild from a scan of it;
 //! - the stored key is `partition (u32, big-endian) ++ user key`, so a
-//!   partition is one contiguous range.
+//!   partition is one contiguous range;
+//! - every partition holding a key whose siblings are all tombstones is in
+//!   `tombstoned` (which may name more), so the search for tombstones to
+//!   collect scans only those.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -185,6 +188,10 @@ pub struct Replica<S: Store> {
     max_siblings: usize,
     trees: HashMap<Partition, HashTree>,
     usage: HashMap<Partition, Usage>,
+    /// Partitions that may hold deleted keys: marked by every tombstone
+    /// stored, cleared by a search that finds none. Without it, tombstone
+    /// collection decoded every key of every partition each round.
+    tombstoned: HashSet<Partition>,
 }
 
 /// Keys and bytes (keys plus encoded sibling sets) one partition holds.
@@ -216,13 +223,17 @@ impl<S: Store> Replica<S> {
         let mut report = OpenReport::default();
         let mut items: HashMap<Partition, Vec<(usize, u64)>> = HashMap::new();
         let mut usage: HashMap<Partition, Usage> = HashMap::new();
+        let mut tombstoned = HashSet::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
             let chunk = store.scan(&[], after.as_deref(), SCAN_CHUNK)?;
             for (stored, value) in &chunk {
                 let (p, key) = split_storage_key(stored)?;
                 match decode_state(value) {
-                    Ok(_) => {
+                    Ok(state) => {
+                        if state.is_deleted() {
+                            tombstoned.insert(p);
+                        }
                         items
                             .entry(p)
                             .or_default()
@@ -253,6 +264,7 @@ impl<S: Store> Replica<S> {
             max_siblings,
             trees,
             usage,
+            tombstoned,
         };
         Ok((replica, report))
     }
@@ -500,7 +512,10 @@ impl<S: Store> Replica<S> {
     }
 
     /// Up to `limit` keys of `p` whose only siblings are tombstones.
-    pub fn tombstones(&self, p: Partition, limit: usize) -> Result<Vec<(Vec<u8>, SiblingSet)>> {
+    pub fn tombstones(&mut self, p: Partition, limit: usize) -> Result<Vec<(Vec<u8>, SiblingSet)>> {
+        if !self.tombstoned.contains(&p) {
+            return Ok(Vec::new());
+        }
         let mut found = Vec::new();
         self.scan_partition(p, |key, value| {
             if found.len() < limit {
@@ -511,6 +526,9 @@ impl<S: Store> Replica<S> {
             }
             Ok(())
         })?;
+        if found.is_empty() {
+            self.tombstoned.remove(&p);
+        }
         Ok(found)
     }
 
@@ -611,6 +629,9 @@ impl<S: Store> Replica<S> {
         let p = Partition::of_key(key, self.q);
         let encoded = encode_state(new);
         self.store.put(&storage_key(p, key), &encoded)?;
+        if new.is_deleted() {
+            self.tombstoned.insert(p);
+        }
         let u = self.usage.entry(p).or_default();
         match &old {
             Some(bytes) => {
@@ -717,6 +738,46 @@ mod tests {
         let ctx = r.read(b"k").unwrap().context();
         r.update(b"k", &ctx, data("resolved"), None).unwrap();
         assert_eq!(r.read(b"k").unwrap().sibling_count(), 1);
+    }
+
+    #[test]
+    fn the_tombstone_search_scans_only_partitions_that_may_hold_one() {
+        let mut r = replica();
+        let p = Partition::of_key(b"k", 64);
+        let (live, _) = r
+            .update(b"k", &Context::default(), data("v"), None)
+            .unwrap();
+        // A tombstone planted under the replica, which was not told: the
+        // partition never held one, so the search does not look.
+        let planted = SiblingSet::default()
+            .update(&Context::default(), Value::Tombstone, Actor(9))
+            .unwrap();
+        let other = (0..)
+            .map(|i| format!("other{i}").into_bytes())
+            .find(|k| Partition::of_key(k, 64) == p)
+            .unwrap();
+        let planted_at = storage_key(p, &other);
+        r.store.put(&planted_at, &encode_state(&planted)).unwrap();
+        assert!(r.tombstones(p, 10).unwrap().is_empty());
+        // Opening scans everything, so it knows.
+        let mut reopened = Replica::open(r.store().clone(), MemStore::default(), 64, Actor(1), 5)
+            .unwrap()
+            .0;
+        assert_eq!(reopened.tombstones(p, 10).unwrap(), vec![(other, planted)]);
+        r.store.remove(&planted_at).unwrap();
+        // A delete through the replica marks its partition...
+        let (deleted, _) = r
+            .update(b"k", &live.context(), Value::Tombstone, None)
+            .unwrap();
+        assert_eq!(
+            r.tombstones(p, 10).unwrap(),
+            vec![(b"k".to_vec(), deleted.clone())]
+        );
+        // ... and a search that finds none clears the mark.
+        r.update(b"k", &deleted.context(), data("again"), None)
+            .unwrap();
+        assert!(r.tombstones(p, 10).unwrap().is_empty());
+        assert!(!r.tombstoned.contains(&p));
     }
 
     #[test]
