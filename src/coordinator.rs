@@ -29,6 +29,7 @@
 use std::collections::VecDeque;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::liveness::Health;
 use crate::node::NodeId;
 use crate::replica::ReplicaMsg;
 use crate::ring::{Partition, Ring};
@@ -59,22 +60,35 @@ impl Replica {
 }
 
 impl Route {
-    /// Routes `key` as coordinator `me` sees the cluster: the first `n`
-    /// nodes up of the extended preference list (hinted stand-ins for the
-    /// owners that are down), the further nodes up as fallbacks, and the
-    /// pending replicas up. A put is minted by the first target: `me` when
-    /// it is one, which saves a round trip and does not depend on a peer.
+    /// Routes `key` as coordinator `me` sees the cluster (`health` of each
+    /// node): the first `n` nodes up of the extended preference list
+    /// (hinted stand-ins for the owners that are not), the further nodes up
+    /// as fallbacks, and the pending replicas up. When the whole ring has
+    /// fewer than `n` nodes up, suspect nodes count as up: a suspect may
+    /// only be slow (a busy node's gossip times out too), and asking it
+    /// beats failing at once for want of replicas. Down nodes are never
+    /// asked. A put is minted by the first target: `me` when it is one,
+    /// which saves a round trip and does not depend on a peer.
     pub fn plan(
         ring: &Ring,
         key: &[u8],
         n: usize,
         me: &NodeId,
-        is_up: impl Fn(&NodeId) -> bool,
+        health: impl Fn(&NodeId) -> Health,
     ) -> (Partition, Route) {
         let p = ring.partition_of(key);
-        let routed = ring.route(p, n, &is_up);
+        let mut routed = ring.route(p, n, |node| health(node) == Health::Up);
+        let lenient = routed.len() < n;
+        let usable = |node: &NodeId| match health(node) {
+            Health::Up => true,
+            Health::Suspect => lenient,
+            Health::Down => false,
+        };
+        if lenient {
+            routed = ring.route(p, n, usable);
+        }
         let fallbacks = ring
-            .fallbacks(p, &routed, &is_up)
+            .fallbacks(p, &routed, usable)
             .into_iter()
             .cloned()
             .collect();
@@ -82,7 +96,7 @@ impl Route {
         let pending = ring
             .pending_preference_list(p, n)
             .into_iter()
-            .filter(|node| !current.contains(node) && is_up(node))
+            .filter(|node| !current.contains(node) && usable(node))
             .cloned()
             .collect();
         let mut targets: Vec<Replica> = routed
@@ -575,6 +589,47 @@ mod tests {
             fallbacks: fallbacks.iter().map(|f| id(f)).collect(),
             pending: vec![],
         }
+    }
+
+    #[test]
+    fn suspects_complete_the_targets_only_when_too_few_nodes_are_up() {
+        use crate::ownership::{Capacity, Ownership};
+        let ring_of = |n: usize| {
+            let members: Vec<Capacity> = (0..n)
+                .map(|i| Capacity::new(id(&format!("n{i}")), 1))
+                .collect();
+            Ring::new(&Ownership::found(64, &members, 3).unwrap())
+        };
+        let health = |suspect: &'static [&str], down: &'static [&str]| {
+            move |n: &NodeId| {
+                if suspect.contains(&n.as_str()) {
+                    Health::Suspect
+                } else if down.contains(&n.as_str()) {
+                    Health::Down
+                } else {
+                    Health::Up
+                }
+            }
+        };
+        let nodes = |r: &Route| -> Vec<String> {
+            let mut v: Vec<String> = r.targets.iter().map(|t| t.node.to_string()).collect();
+            v.sort();
+            v
+        };
+        // Five nodes, two suspect: three are up, so the suspects are
+        // routed around (stand-ins hold hints for them).
+        let (_, r) = Route::plan(&ring_of(5), b"k", 3, &id("n0"), health(&["n1", "n2"], &[]));
+        assert_eq!(nodes(&r), ["n0", "n3", "n4"]);
+        assert!(r.fallbacks.is_empty());
+        // Three nodes, two suspect: asking them beats failing at once.
+        let (_, r) = Route::plan(&ring_of(3), b"k", 3, &id("n0"), health(&["n1", "n2"], &[]));
+        assert_eq!(nodes(&r), ["n0", "n1", "n2"]);
+        assert!(r.targets.iter().all(|t| t.hint_for.is_none()));
+        // A node down is never asked; a suspect still is when needed.
+        let (_, r) = Route::plan(&ring_of(3), b"k", 3, &id("n0"), health(&["n1"], &["n2"]));
+        assert_eq!(nodes(&r), ["n0", "n1"]);
+        let (_, r) = Route::plan(&ring_of(4), b"k", 3, &id("n0"), health(&["n1"], &["n2"]));
+        assert_eq!(nodes(&r), ["n0", "n1", "n3"]);
     }
 
     fn get(targets: &[&str], fallbacks: &[&str], r: usize) -> GetSession {

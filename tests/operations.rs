@@ -85,10 +85,13 @@ async fn a_panic_in_any_actor_leaves_the_node_serving_and_loses_nothing() {
         .await
         .unwrap();
         let read = client.get(key.as_bytes(), None).await.unwrap();
-        assert_eq!(
-            read.values,
-            vec![which.as_bytes().to_vec()],
-            "after the {which} panic (round {round})"
+        // A put that failed may still have been minted (its replication
+        // was what failed), so each blind retry may survive as a sibling:
+        // of the same value, and never none.
+        assert!(
+            !read.values.is_empty() && read.values.iter().all(|v| v == which.as_bytes()),
+            "after the {which} panic (round {round}): {:?}",
+            read.values
         );
     }
     // a panic inside the storage worker's core: it reopens from disk

@@ -142,7 +142,7 @@ impl Coordinator {
             key,
             usize::from(self.settings.n),
             self.me(),
-            |n: &NodeId| topology.is_up(n),
+            |n: &NodeId| topology.health(n),
         );
         Ok((p.0, route))
     }

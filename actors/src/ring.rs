@@ -35,9 +35,14 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Whether requests may be routed to `node`.
+    /// What this node believes of `node`'s health (up until heard otherwise).
+    pub fn health(&self, node: &NodeId) -> Health {
+        self.health.get(node).copied().unwrap_or(Health::Up)
+    }
+
+    /// Whether `node` is up as far as this node knows.
     pub fn is_up(&self, node: &NodeId) -> bool {
-        self.health.get(node).is_none_or(|h| *h == Health::Up)
+        self.health(node) == Health::Up
     }
 }
 

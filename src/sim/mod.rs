@@ -1029,7 +1029,7 @@ impl Sim {
         };
         let node = &self.nodes[coordinator];
         let (_, route) = Route::plan(&ring, &self.keys[key], self.cfg.n, &node.id, |n| {
-            node.membership.health(n) == Health::Up
+            node.membership.health(n)
         });
         let session = self.id();
         let (core, requests, write) = match op {
