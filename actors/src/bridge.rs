@@ -41,7 +41,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::link::{Close, Frame, Link};
 use crate::replica::{
-    AeRespond, Chunk, CollectTombstones, MergeHandoff, ProbeTombstones, Replica, ReplicaRequest,
+    AeRespond, Answer, Chunk, CollectTombstones, MergeHandoff, ProbeTombstones, Replica, Serve,
     Stats, mailbox_error,
 };
 use crate::supervise::shielded;
@@ -637,12 +637,9 @@ impl Bridge {
         };
         let replica = self.replica.clone();
         match msg {
-            PeerMsg::Replica(m) => reply.later(async move {
-                let answer = replica
-                    .send(ReplicaRequest(m))
-                    .await
-                    .map_err(mailbox_error)??;
-                Ok(Some(PeerMsg::Replica(answer)))
+            PeerMsg::Replica(msg) => replica.do_send(Serve {
+                msg,
+                answer: reply.answer(),
             }),
             PeerMsg::Gossip(m) => {
                 let gossip = self.gossip.clone();
@@ -736,6 +733,15 @@ impl Reply {
                 Err(e) => self.send(error_msg(&e)),
             }
         });
+    }
+
+    /// The replica's answer, sent as soon as it is given (straight from
+    /// the replica, with no task waiting for it).
+    fn answer(self) -> Answer {
+        Answer::new(move |reply| match reply {
+            Ok(msg) => self.send(PeerMsg::Replica(msg)),
+            Err(e) => self.send(error_msg(&e)),
+        })
     }
 
     fn send(self, msg: PeerMsg) {

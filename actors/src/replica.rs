@@ -45,6 +45,55 @@ use crate::supervise::shielded;
 #[rtype(result = "Result<ReplicaMsg>")]
 pub struct ReplicaRequest(pub ReplicaMsg);
 
+/// A request to this node's replica whose reply goes to `answer` instead of
+/// back through the mailbox: what peers' requests (through the Bridge) and
+/// coordinator sessions send, one hand-off fewer per request than
+/// `ReplicaRequest`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Serve {
+    pub msg: ReplicaMsg,
+    pub answer: Answer,
+}
+
+type Respond = Box<dyn FnOnce(Result<ReplicaMsg>) + Send>;
+
+/// Where the reply to one replica request goes. Every request is answered:
+/// an `Answer` dropped unused (its request lost to a restart, say) answers
+/// with an error.
+pub struct Answer(Option<Respond>);
+
+impl Answer {
+    pub fn new(respond: impl FnOnce(Result<ReplicaMsg>) + Send + 'static) -> Answer {
+        Answer(Some(Box::new(respond)))
+    }
+
+    /// An answer into a oneshot channel.
+    pub fn channel() -> (Answer, oneshot::Receiver<Result<ReplicaMsg>>) {
+        let (tx, rx) = oneshot::channel();
+        let answer = Answer::new(move |reply| {
+            let _ = tx.send(reply);
+        });
+        (answer, rx)
+    }
+
+    pub fn give(mut self, reply: Result<ReplicaMsg>) {
+        if let Some(respond) = self.0.take() {
+            respond(reply);
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(respond) = self.0.take() {
+            respond(Err(Error::Unavailable(
+                "the replica dropped the request".into(),
+            )));
+        }
+    }
+}
+
 /// This node's local copy of a key (for `inspect`).
 #[derive(Message)]
 #[rtype(result = "Result<SiblingSet>")]
@@ -104,7 +153,7 @@ pub struct Replica {
     fsync: Fsync,
     fsync_interval: Duration,
     /// Requests waiting to go to the worker together.
-    batch: Vec<(ReplicaMsg, oneshot::Sender<Result<ReplicaMsg>>)>,
+    batch: Vec<(ReplicaMsg, Answer)>,
     /// Batches the worker has not finished applying; while one is, the
     /// next batch gathers what arrives meanwhile.
     with_worker: usize,
@@ -186,19 +235,35 @@ impl Replica {
     /// Queues a request for the next batch; the batch leaves once the
     /// messages already in the mailbox are queued too and the worker is
     /// done with the previous batch (or at once when it is full).
-    fn enqueue(
-        &mut self,
-        msg: ReplicaMsg,
-        ctx: &mut Context<Self>,
-    ) -> oneshot::Receiver<Result<ReplicaMsg>> {
-        let (tx, rx) = oneshot::channel();
-        self.batch.push((msg, tx));
+    fn enqueue(&mut self, msg: ReplicaMsg, answer: Answer, ctx: &mut Context<Self>) {
+        self.batch.push((msg, answer));
         if self.batch.len() >= MAX_BATCH {
             self.send_batch(ctx);
         } else if self.batch.len() == 1 && self.with_worker == 0 {
             self.send_soon(ctx);
         }
-        rx
+    }
+
+    /// Answers `msg` from the row cache if it is a read the cache can
+    /// answer, else queues it for the worker.
+    fn serve(&mut self, msg: ReplicaMsg, answer: Answer, ctx: &mut Context<Self>) {
+        if let ReplicaMsg::Read { key } = &msg
+            && let Some(reply) = self.cached_read(key)
+        {
+            return answer.give(reply);
+        }
+        self.enqueue(msg, answer, ctx);
+    }
+
+    /// Queues `msg` and returns the future of its reply.
+    fn reply_to(
+        &mut self,
+        msg: ReplicaMsg,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Result<ReplicaMsg>> {
+        let (answer, rx) = Answer::channel();
+        self.serve(msg, answer, ctx);
+        Box::pin(answered(rx))
     }
 
     /// Sends the batch once the messages already in the mailbox are in it.
@@ -223,15 +288,15 @@ impl Replica {
                 Ok(replies) => replies,
                 Err(e) => waiters.iter().map(|_| Err(mailbox_error(e))).collect(),
             };
-            for (waiter, reply) in waiters.into_iter().zip(replies) {
-                let _ = waiter.send(reply);
+            for (answer, reply) in waiters.into_iter().zip(replies) {
+                answer.give(reply);
             }
         });
     }
 }
 
-/// The answer to a batched request.
-async fn batched(rx: oneshot::Receiver<Result<ReplicaMsg>>) -> Result<ReplicaMsg> {
+/// The reply an `Answer::channel` receives.
+pub(crate) async fn answered(rx: oneshot::Receiver<Result<ReplicaMsg>>) -> Result<ReplicaMsg> {
     rx.await
         .map_err(|_| Error::Unavailable("the replica dropped the request".into()))?
 }
@@ -277,14 +342,16 @@ impl Handler<ReplicaRequest> for Replica {
         ReplicaRequest(msg): ReplicaRequest,
         ctx: &mut Context<Self>,
     ) -> Self::Result {
-        shielded(NAME, self, ctx, |act, ctx| -> Self::Result {
-            if let ReplicaMsg::Read { key } = &msg
-                && let Some(answer) = act.cached_read(key)
-            {
-                return Box::pin(std::future::ready(answer));
-            }
-            Box::pin(batched(act.enqueue(msg, ctx)))
-        })
+        shielded(NAME, self, ctx, |act, ctx| act.reply_to(msg, ctx))
+    }
+}
+
+impl Handler<Serve> for Replica {
+    type Result = ();
+
+    fn handle(&mut self, Serve { msg, answer }: Serve, ctx: &mut Context<Self>) {
+        // A panic drops the answer, which then answers with an error.
+        shielded(NAME, self, ctx, |act, ctx| act.serve(msg, answer, ctx))
     }
 }
 
@@ -317,7 +384,9 @@ impl Handler<ReadLocal> for Replica {
 
     fn handle(&mut self, ReadLocal(key): ReadLocal, ctx: &mut Context<Self>) -> Self::Result {
         shielded(NAME, self, ctx, |act, ctx| -> Self::Result {
-            let read = batched(act.enqueue(ReplicaMsg::Read { key }, ctx));
+            let (answer, rx) = Answer::channel();
+            act.enqueue(ReplicaMsg::Read { key }, answer, ctx);
+            let read = answered(rx);
             Box::pin(async move {
                 match read.await? {
                     ReplicaMsg::State { state } => Ok(state),
@@ -371,3 +440,22 @@ forward_to_worker!(
     PartitionUsage => Vec<(Partition, Usage)>,
     PanicInCore => (),
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_answer_is_given_once_even_when_dropped() {
+        let (answer, mut rx) = Answer::channel();
+        answer.give(Ok(ReplicaMsg::Ack));
+        assert_eq!(rx.try_recv().unwrap().unwrap(), ReplicaMsg::Ack);
+
+        // Lost with its request (a restart, a panic): the caller still
+        // hears, with a retryable error, instead of waiting out its deadline.
+        let (answer, mut rx) = Answer::channel();
+        drop(answer);
+        let e = rx.try_recv().unwrap().unwrap_err();
+        assert!(e.is_retryable(), "{e}");
+    }
+}

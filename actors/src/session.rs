@@ -22,7 +22,7 @@ use tracing::{Instrument, Span, debug};
 
 use crate::bridge::{Bridge, Call};
 use crate::events::{Event, Events};
-use crate::replica::{Replica, ReplicaRequest, mailbox_error};
+use crate::replica::{Answer, Replica, Serve, answered, mailbox_error};
 
 /// Sends replica requests to this node's replica by mailbox, and to other
 /// nodes' replicas through the Bridge.
@@ -44,8 +44,9 @@ impl Router {
     /// As `call`, giving a peer at most `timeout` to answer.
     pub fn call_within(&self, to: NodeId, msg: ReplicaMsg, timeout: Duration) -> ReplyFuture {
         if to == self.me {
-            let sent = self.replica.send(ReplicaRequest(msg));
-            Box::pin(async move { sent.await.map_err(mailbox_error)? })
+            let (answer, rx) = Answer::channel();
+            self.replica.do_send(Serve { msg, answer });
+            Box::pin(answered(rx))
         } else {
             let sent = self.bridge.send(Call {
                 to,
