@@ -367,7 +367,17 @@ impl Handler<Execute> for Coordinator {
 
     fn handle(&mut self, Execute(op): Execute, ctx: &mut Context<Self>) -> Self::Result {
         shielded(NAME, self, ctx, |act, _| -> Self::Result {
-            let pending = act.execute(op);
+            let pending = match act.execute(op) {
+                // Gets, puts and deletes need nothing more from here.
+                Ok(Pending::Session(rx)) => {
+                    return Box::pin(async move {
+                        session_reply(rx)
+                            .await
+                            .unwrap_or_else(|e| ClientReply::error(&e))
+                    });
+                }
+                other => other,
+            };
             let local = Local {
                 replica: act.sessions.router.replica.clone(),
                 bridge: act.sessions.router.bridge.clone(),
@@ -398,6 +408,23 @@ struct Local {
     membership: Addr<Membership>,
     n: usize,
     me: NodeId,
+}
+
+/// The client's reply once its session has answered.
+async fn session_reply(rx: oneshot::Receiver<Result<Outcome>>) -> Result<ClientReply> {
+    let outcome = rx
+        .await
+        .map_err(|_| Error::Internal("session stopped without answering".into()))??;
+    Ok(match outcome {
+        Outcome::Read(state) => ClientReply::Value {
+            values: state.values().map(<[u8]>::to_vec).collect(),
+            context: state.context().to_bytes(),
+        },
+        Outcome::Written((state, dot)) => ClientReply::Written {
+            context: state.context().to_bytes(),
+            others: others(&state, dot),
+        },
+    })
 }
 
 async fn finish(pending: Pending, local: Local) -> Result<ClientReply> {
@@ -435,21 +462,7 @@ async fn finish(pending: Pending, local: Local) -> Result<ClientReply> {
             })?;
             Ok(ClientReply::Plan(report))
         }
-        Pending::Session(rx) => {
-            let outcome = rx
-                .await
-                .map_err(|_| Error::Internal("session stopped without answering".into()))??;
-            Ok(match outcome {
-                Outcome::Read(state) => ClientReply::Value {
-                    values: state.values().map(<[u8]>::to_vec).collect(),
-                    context: state.context().to_bytes(),
-                },
-                Outcome::Written((state, dot)) => ClientReply::Written {
-                    context: state.context().to_bytes(),
-                    others: others(&state, dot),
-                },
-            })
-        }
+        Pending::Session(rx) => session_reply(rx).await,
         Pending::Status(mut report) => {
             let stats = replica.send(Stats).await.map_err(mailbox_error)??;
             report.keys = stats.keys;
