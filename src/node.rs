@@ -6,8 +6,10 @@
 //! from the wire, so the rest of the code can treat it as trusted.
 
 use std::fmt;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 
@@ -15,14 +17,15 @@ use crate::error::{Error, Result};
 /// every ring entry, so they are kept short.
 pub const MAX_NODE_ID_LEN: usize = 64;
 
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct NodeId(String);
+/// Shared, not copied: ids are cloned into every route, request and
+/// envelope, and a clone is a reference count.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(Arc<str>);
 
 impl NodeId {
     /// Accepts 1 to 64 bytes of ASCII letters, digits, `.`, `_` and `-`.
-    pub fn new(id: impl Into<String>) -> Result<Self> {
-        let id = id.into();
+    pub fn new(id: impl AsRef<str>) -> Result<Self> {
+        let id = id.as_ref();
         if id.is_empty() {
             return Err(Error::Config("node id is empty".into()));
         }
@@ -39,7 +42,7 @@ impl NodeId {
                 "node id {id:?} contains {c:?}; use letters, digits, '.', '_' or '-'"
             )));
         }
-        Ok(NodeId(id))
+        Ok(NodeId(id.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -56,7 +59,31 @@ impl TryFrom<String> for NodeId {
 
 impl From<NodeId> for String {
     fn from(id: NodeId) -> String {
-        id.0
+        id.0.to_string()
+    }
+}
+
+/// Encoded as the plain string.
+impl Serialize for NodeId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// Decoded from a string and validated like `NodeId::new`.
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Id;
+        impl Visitor<'_> for Id {
+            type Value = NodeId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a node id")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<NodeId, E> {
+                NodeId::new(s).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Id)
     }
 }
 
@@ -95,5 +122,12 @@ mod tests {
             postcard::from_bytes::<NodeId>(&good).unwrap().as_str(),
             "n1"
         );
+        // Plain strings in JSON too, map keys included.
+        let map = std::collections::BTreeMap::from([(NodeId::new("n1").unwrap(), 1)]);
+        let json = serde_json::to_string(&map).unwrap();
+        assert_eq!(json, r#"{"n1":1}"#);
+        let back: std::collections::BTreeMap<NodeId, u8> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, map);
+        assert!(serde_json::from_str::<NodeId>(r#""a b""#).is_err());
     }
 }
