@@ -593,13 +593,7 @@ mod tests {
 
     #[test]
     fn suspects_complete_the_targets_only_when_too_few_nodes_are_up() {
-        use crate::ownership::{Capacity, Ownership};
-        let ring_of = |n: usize| {
-            let members: Vec<Capacity> = (0..n)
-                .map(|i| Capacity::new(id(&format!("n{i}")), 1))
-                .collect();
-            Ring::new(&Ownership::found(64, &members, 3).unwrap())
-        };
+        use crate::ring::tests::ring_of;
         let health = |suspect: &'static [&str], down: &'static [&str]| {
             move |n: &NodeId| {
                 if suspect.contains(&n.as_str()) {
@@ -616,20 +610,21 @@ mod tests {
             v.sort();
             v
         };
+        let me = id("n00");
         // Five nodes, two suspect: three are up, so the suspects are
         // routed around (stand-ins hold hints for them).
-        let (_, r) = Route::plan(&ring_of(5), b"k", 3, &id("n0"), health(&["n1", "n2"], &[]));
-        assert_eq!(nodes(&r), ["n0", "n3", "n4"]);
+        let (_, r) = Route::plan(&ring_of(5, 64), b"k", 3, &me, health(&["n01", "n02"], &[]));
+        assert_eq!(nodes(&r), ["n00", "n03", "n04"]);
         assert!(r.fallbacks.is_empty());
         // Three nodes, two suspect: asking them beats failing at once.
-        let (_, r) = Route::plan(&ring_of(3), b"k", 3, &id("n0"), health(&["n1", "n2"], &[]));
-        assert_eq!(nodes(&r), ["n0", "n1", "n2"]);
+        let (_, r) = Route::plan(&ring_of(3, 64), b"k", 3, &me, health(&["n01", "n02"], &[]));
+        assert_eq!(nodes(&r), ["n00", "n01", "n02"]);
         assert!(r.targets.iter().all(|t| t.hint_for.is_none()));
         // A node down is never asked; a suspect still is when needed.
-        let (_, r) = Route::plan(&ring_of(3), b"k", 3, &id("n0"), health(&["n1"], &["n2"]));
-        assert_eq!(nodes(&r), ["n0", "n1"]);
-        let (_, r) = Route::plan(&ring_of(4), b"k", 3, &id("n0"), health(&["n1"], &["n2"]));
-        assert_eq!(nodes(&r), ["n0", "n1", "n3"]);
+        let (_, r) = Route::plan(&ring_of(3, 64), b"k", 3, &me, health(&["n01"], &["n02"]));
+        assert_eq!(nodes(&r), ["n00", "n01"]);
+        let (_, r) = Route::plan(&ring_of(4, 64), b"k", 3, &me, health(&["n01"], &["n02"]));
+        assert_eq!(nodes(&r), ["n00", "n01", "n03"]);
     }
 
     fn get(targets: &[&str], fallbacks: &[&str], r: usize) -> GetSession {

@@ -303,7 +303,7 @@ fn walk(owners: &[u16], distinct: usize, p: Partition) -> impl Iterator<Item = u
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
@@ -313,7 +313,9 @@ mod tests {
         NodeId::new(s).unwrap()
     }
 
-    fn ring_of(n: usize, q: u32) -> Ring {
+    /// A founded ring of `n` equal nodes `n00`, `n01`, ... over `q`
+    /// partitions (tests of other modules route over it too).
+    pub(crate) fn ring_of(n: usize, q: u32) -> Ring {
         let members: Vec<Capacity> = (0..n)
             .map(|i| Capacity::new(id(&format!("n{i:02}")), 1))
             .collect();
