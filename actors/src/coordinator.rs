@@ -66,10 +66,9 @@ pub struct CoordinatorSettings {
 pub struct Coordinator {
     settings: CoordinatorSettings,
     sessions: SessionEnv,
-    /// Takes operators' membership changes.
-    membership: Addr<Membership>,
-    /// Asked for their lines by `status`.
-    reporters: Vec<Recipient<Summary>>,
+    /// What status, inspect and admin requests ask once they leave this
+    /// actor; shared, so a request clones one reference.
+    local: Arc<Local>,
     topology: Option<Topology>,
     next_request: u64,
 }
@@ -89,11 +88,19 @@ impl Coordinator {
             events,
             in_flight: Arc::new(AtomicUsize::new(0)),
         };
+        let local = Arc::new(Local {
+            replica: sessions.router.replica.clone(),
+            bridge: sessions.router.bridge.clone(),
+            ask_within: settings.request_timeout.min(STATUS_WAIT),
+            reporters,
+            membership,
+            n: usize::from(settings.n),
+            me: sessions.router.me.clone(),
+        });
         Coordinator {
             settings,
             sessions,
-            membership,
-            reporters,
+            local,
             topology: None,
             next_request: 0,
         }
@@ -367,29 +374,11 @@ impl Handler<Execute> for Coordinator {
 
     fn handle(&mut self, Execute(op): Execute, ctx: &mut Context<Self>) -> Self::Result {
         shielded(NAME, self, ctx, |act, _| -> Self::Result {
-            let pending = match act.execute(op) {
-                // Gets, puts and deletes need nothing more from here.
-                Ok(Pending::Session(rx)) => {
-                    return Box::pin(async move {
-                        session_reply(rx)
-                            .await
-                            .unwrap_or_else(|e| ClientReply::error(&e))
-                    });
-                }
-                other => other,
-            };
-            let local = Local {
-                replica: act.sessions.router.replica.clone(),
-                bridge: act.sessions.router.bridge.clone(),
-                ask_within: act.settings.request_timeout.min(STATUS_WAIT),
-                reporters: act.reporters.clone(),
-                membership: act.membership.clone(),
-                n: usize::from(act.settings.n),
-                me: act.me().clone(),
-            };
+            let pending = act.execute(op);
+            let local = act.local.clone();
             Box::pin(async move {
                 let reply = match pending {
-                    Ok(pending) => finish(pending, local).await,
+                    Ok(pending) => finish(pending, &local).await,
                     Err(e) => Err(e),
                 };
                 reply.unwrap_or_else(|e| ClientReply::error(&e))
@@ -410,24 +399,7 @@ struct Local {
     me: NodeId,
 }
 
-/// The client's reply once its session has answered.
-async fn session_reply(rx: oneshot::Receiver<Result<Outcome>>) -> Result<ClientReply> {
-    let outcome = rx
-        .await
-        .map_err(|_| Error::Internal("session stopped without answering".into()))??;
-    Ok(match outcome {
-        Outcome::Read(state) => ClientReply::Value {
-            values: state.values().map(<[u8]>::to_vec).collect(),
-            context: state.context().to_bytes(),
-        },
-        Outcome::Written((state, dot)) => ClientReply::Written {
-            context: state.context().to_bytes(),
-            others: others(&state, dot),
-        },
-    })
-}
-
-async fn finish(pending: Pending, local: Local) -> Result<ClientReply> {
+async fn finish(pending: Pending, local: &Local) -> Result<ClientReply> {
     let Local {
         replica,
         bridge,
@@ -457,12 +429,26 @@ async fn finish(pending: Pending, local: Local) -> Result<ClientReply> {
                 .map(|(p, u)| (p, u.bytes))
                 .collect();
             let average = usage.values().sum::<u64>() / (usage.len() as u64).max(1);
-            let report = preview(&view, &change, n, |p| {
+            let report = preview(&view, &change, *n, |p| {
                 usage.get(&p).copied().unwrap_or(average)
             })?;
             Ok(ClientReply::Plan(report))
         }
-        Pending::Session(rx) => session_reply(rx).await,
+        Pending::Session(rx) => {
+            let outcome = rx
+                .await
+                .map_err(|_| Error::Internal("session stopped without answering".into()))??;
+            Ok(match outcome {
+                Outcome::Read(state) => ClientReply::Value {
+                    values: state.values().map(<[u8]>::to_vec).collect(),
+                    context: state.context().to_bytes(),
+                },
+                Outcome::Written((state, dot)) => ClientReply::Written {
+                    context: state.context().to_bytes(),
+                    others: others(&state, dot),
+                },
+            })
+        }
         Pending::Status(mut report) => {
             let stats = replica.send(Stats).await.map_err(mailbox_error)??;
             report.keys = stats.keys;
@@ -472,7 +458,7 @@ async fn finish(pending: Pending, local: Local) -> Result<ClientReply> {
                 bytes: stats.bytes,
                 hints: stats.hints,
             };
-            add_loads(&mut report, mine, &bridge, ask_within).await;
+            add_loads(&mut report, mine, bridge, *ask_within).await;
             for reporter in reporters {
                 report
                     .notes
@@ -486,7 +472,7 @@ async fn finish(pending: Pending, local: Local) -> Result<ClientReply> {
                 .await
                 .map_err(mailbox_error)??;
             Ok(ClientReply::Local(LocalCopy {
-                node: me,
+                node: me.clone(),
                 partition,
                 siblings: state
                     .siblings()
