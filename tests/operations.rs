@@ -76,22 +76,24 @@ async fn a_panic_in_any_actor_leaves_the_node_serving_and_loses_nothing() {
         crash_and_check(cluster.node(0), which).await;
         // the node still serves gets and puts, through the same connection
         let key = format!("after-{which}");
+        // A put that failed may still have been minted (its replication
+        // was what failed), so a retry writes with the context of every
+        // replica's copy, as a client retrying a write of unknown outcome
+        // should; a blind retry would keep both as siblings.
         eventually(WAIT, "writes after the restart", || async {
+            let seen = client.get(key.as_bytes(), Some(3)).await?;
             client
-                .put(key.as_bytes(), which.as_bytes(), &[], None)
+                .put(key.as_bytes(), which.as_bytes(), &seen.context, None)
                 .await
                 .map(|_| ())
         })
         .await
         .unwrap();
         let read = client.get(key.as_bytes(), None).await.unwrap();
-        // A put that failed may still have been minted (its replication
-        // was what failed), so each blind retry may survive as a sibling:
-        // of the same value, and never none.
-        assert!(
-            !read.values.is_empty() && read.values.iter().all(|v| v == which.as_bytes()),
-            "after the {which} panic (round {round}): {:?}",
-            read.values
+        assert_eq!(
+            read.values,
+            vec![which.as_bytes().to_vec()],
+            "after the {which} panic (round {round})"
         );
     }
     // a panic inside the storage worker's core: it reopens from disk
