@@ -87,11 +87,13 @@ impl Answer {
 impl Drop for Answer {
     fn drop(&mut self) {
         if let Some(respond) = self.0.take() {
-            respond(Err(Error::Unavailable(
-                "the replica dropped the request".into(),
-            )));
+            respond(Err(dropped()));
         }
     }
+}
+
+fn dropped() -> Error {
+    Error::Unavailable("the replica dropped the request".into())
 }
 
 /// This node's local copy of a key (for `inspect`).
@@ -297,8 +299,7 @@ impl Replica {
 
 /// The reply an `Answer::channel` receives.
 pub(crate) async fn answered(rx: oneshot::Receiver<Result<ReplicaMsg>>) -> Result<ReplicaMsg> {
-    rx.await
-        .map_err(|_| Error::Unavailable("the replica dropped the request".into()))?
+    rx.await.map_err(|_| dropped())?
 }
 
 const NAME: &str = "replica";
