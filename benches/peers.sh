@@ -22,7 +22,9 @@ CLIENTS=${CLIENTS:-50}
 VALUE_SIZE=${VALUE_SIZE:-100}
 KEYS=${KEYS:-100000}
 DURATION=${DURATION:-20}
-REDIS_REQUESTS=${REDIS_REQUESTS:-2000000}
+# redis-benchmark takes a request count, not a time: unless set here, a
+# short probe sizes it so that each Redis test lasts about DURATION.
+REDIS_REQUESTS=${REDIS_REQUESTS:-}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/dynakv-peers.XXXXXX)
@@ -157,8 +159,18 @@ run_redis() {
         >"$WORK/redis-$mode.log" 2>&1 &
     PIDS+=($!)
     wait_for redis-cli -p 6390 ping || { say "skipping redis: no answer to ping"; stop_all; return 0; }
-    local csv
-    csv=$(redis-benchmark -h 127.0.0.1 -p 6390 -c "$CLIENTS" -n "$REDIS_REQUESTS" \
+    local csv requests=$REDIS_REQUESTS
+    if [ -z "$requests" ]; then
+        csv=$(redis-benchmark -h 127.0.0.1 -p 6390 -c "$CLIENTS" -n 100000 \
+            -d "$VALUE_SIZE" -r "$KEYS" -t set --csv 2>/dev/null)
+        requests=$(python3 - "$csv" "$DURATION" <<'PY'
+import csv, io, sys
+rate = float(next(csv.DictReader(io.StringIO(sys.argv[1])))["rps"])
+print(max(100000, int(rate * float(sys.argv[2]))))
+PY
+)
+    fi
+    csv=$(redis-benchmark -h 127.0.0.1 -p 6390 -c "$CLIENTS" -n "$requests" \
         -d "$VALUE_SIZE" -r "$KEYS" -t set,get --csv 2>/dev/null)
     python3 - "$mode" "$csv" <<'PY' | tee -a "$RESULTS" >&2
 import csv, io, json, sys
