@@ -26,7 +26,7 @@ use dynakv::config::StorageSection;
 use dynakv::replica::Store;
 use dynakv::{Error, Result};
 use fjall::{
-    Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch as WriteBatch, PersistMode,
+    Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch as WriteBatch, PersistMode, Slice,
 };
 
 fn storage_error(e: impl std::fmt::Display) -> Error {
@@ -36,29 +36,31 @@ fn storage_error(e: impl std::fmt::Display) -> Error {
 /// Writes held back since `begin`.
 struct Pending {
     batch: WriteBatch,
-    /// What they left, per (store, key) (None: removed).
-    overlay: HashMap<(Slot, Vec<u8>), Option<Vec<u8>>>,
+    /// What they left, per store (indexed by `Slot`) and key (None:
+    /// removed). Keys and values are shared with the batch and the row
+    /// cache, not copied for each.
+    overlay: [HashMap<Slice, Option<Slice>>; 3],
 }
 
 /// Which keyspace a store writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Slot {
-    Data,
-    Hints,
-    Meta,
+    Data = 0,
+    Hints = 1,
+    Meta = 2,
 }
 
 /// Weighs a cached row: key, value and bookkeeping.
 #[derive(Clone)]
 struct RowWeight;
 
-impl quick_cache::Weighter<Vec<u8>, Option<Vec<u8>>> for RowWeight {
-    fn weight(&self, key: &Vec<u8>, value: &Option<Vec<u8>>) -> u64 {
-        (key.len() + value.as_ref().map_or(0, Vec::len) + 64) as u64
+impl quick_cache::Weighter<Slice, Option<Slice>> for RowWeight {
+    fn weight(&self, key: &Slice, value: &Option<Slice>) -> u64 {
+        (key.len() + value.as_ref().map_or(0, |v| v.len()) + 64) as u64
     }
 }
 
-type RowCache = quick_cache::sync::Cache<Vec<u8>, Option<Vec<u8>>, RowWeight>;
+type RowCache = quick_cache::sync::Cache<Slice, Option<Slice>, RowWeight>;
 
 /// What the stores of one database share.
 struct Shared {
@@ -163,7 +165,7 @@ impl Storage {
         self.shared.commit()?;
         *self.shared.pending()? = Some(Pending {
             batch: self.db.batch(),
-            overlay: HashMap::new(),
+            overlay: Default::default(),
         });
         Ok(())
     }
@@ -203,7 +205,8 @@ impl FjallStore {
     /// The row cache's copy of `key`, if it holds one (`Some(None)`: known
     /// to be absent). Never reads storage, so it cannot block.
     pub fn cached(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
-        self.rows()?.get(key)
+        let row = self.rows()?.get(key)?;
+        Some(row.map(|v| v.to_vec()))
     }
 
     /// A write of `key` failed: the cache must not claim it happened.
@@ -218,18 +221,18 @@ impl FjallStore {
     /// Either way the row cache learns it.
     fn hold(&self, key: &[u8], value: Option<&[u8]>) -> Result<bool> {
         let mut pending = self.shared.pending()?;
+        let (key, value) = (Slice::from(key), value.map(Slice::from));
         if let Some(rows) = self.rows() {
-            rows.insert(key.to_vec(), value.map(<[u8]>::to_vec));
+            rows.insert(key.clone(), value.clone());
         }
         let Some(p) = pending.as_mut() else {
             return Ok(false);
         };
-        match value {
-            Some(v) => p.batch.insert(&self.keyspace, key, v),
-            None => p.batch.remove(&self.keyspace, key),
+        match &value {
+            Some(v) => p.batch.insert(&self.keyspace, key.clone(), v.clone()),
+            None => p.batch.remove(&self.keyspace, key.clone()),
         }
-        p.overlay
-            .insert((self.slot, key.to_vec()), value.map(<[u8]>::to_vec));
+        p.overlay[self.slot as usize].insert(key, value);
         Ok(true)
     }
 }
@@ -237,22 +240,18 @@ impl FjallStore {
 impl Store for FjallStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(p) = self.shared.pending()?.as_ref()
-            && let Some(held) = p.overlay.get(&(self.slot, key.to_vec()))
+            && let Some(held) = p.overlay[self.slot as usize].get(key)
         {
-            return Ok(held.clone());
+            return Ok(held.as_ref().map(|v| v.to_vec()));
         }
         if let Some(cached) = self.cached(key) {
             return Ok(cached);
         }
-        let stored = self
-            .keyspace
-            .get(key)
-            .map_err(storage_error)?
-            .map(|v| v.to_vec());
+        let stored = self.keyspace.get(key).map_err(storage_error)?;
         if let Some(rows) = self.rows() {
-            rows.insert(key.to_vec(), stored.clone());
+            rows.insert(Slice::from(key), stored.clone());
         }
-        Ok(stored)
+        Ok(stored.map(|v| v.to_vec()))
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -374,5 +373,17 @@ mod tests {
         fj.put(b"k", b"v").unwrap();
         assert_eq!(fj.cached(b"k"), None);
         assert_eq!(fj.get(b"k").unwrap(), Some(b"v".to_vec()));
+        // Writes held in a batch are read back from it, per keyspace.
+        storage.begin().unwrap();
+        fj.put(b"k", b"v2").unwrap();
+        fj.remove(b"gone").unwrap();
+        let mut hints = storage.hints();
+        hints.put(b"k", b"h").unwrap();
+        assert_eq!(fj.get(b"k").unwrap(), Some(b"v2".to_vec()));
+        assert_eq!(fj.get(b"gone").unwrap(), None);
+        assert_eq!(hints.get(b"k").unwrap(), Some(b"h".to_vec()));
+        assert_eq!(storage.meta().get(b"k").unwrap(), None);
+        storage.commit().unwrap();
+        assert_eq!(fj.get(b"k").unwrap(), Some(b"v2".to_vec()));
     }
 }
