@@ -10,7 +10,11 @@
 //!
 //! Sloppy quorum: when a target fails (refused, lost, or silent past its
 //! per-request timeout), the next fallback takes its place, holding a hint
-//! for the owner the failed target stood for.
+//! for the owner the failed target stood for. A target that is only slow
+//! (`on_slow`) is replaced only while a fallback is left; otherwise, and
+//! always for the put's minter (nobody else may mint), the session keeps
+//! waiting for it until the deadline: a late answer still counts, so a busy
+//! replica in a cluster of N nodes costs latency, not the write.
 //!
 //! - Get: reads every target, merges what it reads; once every target has
 //!   answered (or the deadline passed) `repairs()` names the replicas that
@@ -163,6 +167,10 @@ impl Tally {
         self.targets.iter().position(|t| &t.node == from)
     }
 
+    fn has_fallback(&self) -> bool {
+        !self.fallbacks.is_empty()
+    }
+
     /// Records target `i`'s failure and, if a fallback is left, adds it as a
     /// new target standing in for the same owner. Returns its index.
     fn fail(&mut self, i: usize) -> Option<usize> {
@@ -272,6 +280,15 @@ impl GetSession {
             }
         }
         (next, self.answer_if_due())
+    }
+
+    /// Target `from` has not answered within its per-request time: a
+    /// fallback reads in its place if one is left; else it is waited for.
+    pub fn on_slow(&mut self, from: &NodeId) -> (Vec<Request>, Option<Result<SiblingSet>>) {
+        if !self.tally.has_fallback() {
+            return (Vec::new(), None);
+        }
+        self.on_reply(from, Err(Error::Timeout))
     }
 
     /// The deadline passed: answer with a quorum error if not answered yet.
@@ -467,6 +484,19 @@ impl PutSession {
         (next, self.answer_if_due())
     }
 
+    /// Target `from` has not answered within its per-request time: a
+    /// fallback takes its copy if one is left. The minter is waited for (it
+    /// may still mint), and so is a target nobody could replace.
+    pub fn on_slow(&mut self, from: &NodeId) -> (Vec<Request>, Option<Result<Written>>) {
+        let minting = self
+            .minter
+            .is_some_and(|m| self.tally.targets[m].node == *from);
+        if minting || !self.tally.has_fallback() {
+            return (Vec::new(), None);
+        }
+        self.on_reply(from, Err(Error::Timeout))
+    }
+
     /// The deadline passed: answer with a quorum error if not answered yet.
     pub fn on_timeout(&mut self) -> Option<Result<Written>> {
         self.tally.time_out()
@@ -522,6 +552,19 @@ impl Session {
             }
             Session::Put(p) => {
                 let (next, answer) = p.on_reply(from, reply);
+                (next, answer.map(|r| r.map(Outcome::Written)))
+            }
+        }
+    }
+
+    pub fn on_slow(&mut self, from: &NodeId) -> (Vec<Request>, Option<Result<Outcome>>) {
+        match self {
+            Session::Get(g) => {
+                let (next, answer) = g.on_slow(from);
+                (next, answer.map(|r| r.map(Outcome::Read)))
+            }
+            Session::Put(p) => {
+                let (next, answer) = p.on_slow(from);
                 (next, answer.map(|r| r.map(Outcome::Written)))
             }
         }
@@ -838,6 +881,44 @@ mod tests {
         assert!(next.is_empty(), "nobody else mints: {next:?}");
         assert_eq!(answer, Some(Err(Error::Quorum { needed: 2, got: 0 })));
         assert!(s.is_complete());
+    }
+
+    #[test]
+    fn a_slow_replica_is_replaced_while_a_fallback_is_left_and_waited_for_after() {
+        let mut s = get(&["a", "b", "c"], &["d"], 2);
+        let (next, _) = s.on_slow(&id("a"));
+        assert_eq!(next, vec![read(&id("d"), b"k")], "d reads in a's place");
+        let (next, answer) = s.on_slow(&id("b"));
+        assert!(
+            next.is_empty() && answer.is_none(),
+            "no one left: b is waited for"
+        );
+        let x = || {
+            Ok(ReplicaMsg::State {
+                state: state("x", 1),
+            })
+        };
+        s.on_reply(&id("b"), x());
+        let (_, answer) = s.on_reply(&id("c"), x());
+        assert!(matches!(answer, Some(Ok(_))), "b's late answer counted");
+    }
+
+    #[test]
+    fn a_slow_minter_is_waited_for_and_its_late_writes_count() {
+        let (mut s, _) = put(&["a", "b", "c"], &["d"], 2);
+        let (next, answer) = s.on_slow(&id("a"));
+        assert!(next.is_empty() && answer.is_none(), "nobody else mints");
+        let (writes, _) = s.on_reply(&id("a"), Ok(minted("x", 1)));
+        assert_eq!(writes.len(), 2);
+        // b is slow and d stands in for it; once no fallback is left, c is
+        // waited for, and its late ack makes the quorum.
+        let (next, _) = s.on_slow(&id("b"));
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].to, id("d"));
+        let (next, answer) = s.on_slow(&id("c"));
+        assert!(next.is_empty() && answer.is_none());
+        let (_, answer) = s.on_reply(&id("c"), Ok(ReplicaMsg::Ack));
+        assert!(matches!(answer, Some(Ok(_))), "{answer:?}");
     }
 
     #[test]

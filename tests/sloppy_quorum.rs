@@ -5,11 +5,11 @@
 #![allow(clippy::unwrap_used)] // tests panic on purpose
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dynakv::membership::{GossipMsg, View};
 use dynakv::{Error, NodeId};
-use dynakv_actors::bridge::GossipIn;
+use dynakv_actors::bridge::{Control, Fault, GossipIn};
 use dynakv_actors::client::Client;
 use dynakv_actors::membership::CurrentView;
 use dynakv_actors::replica::{ReadLocal, Stats};
@@ -161,6 +161,48 @@ async fn writes_succeed_with_one_or_two_of_three_owners_away() {
             );
         }
     }
+    cluster.stop().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn slow_replicas_that_no_stand_in_can_replace_are_waited_for() {
+    // Three nodes, N=3: no fallback exists. A replica counts as slow after
+    // a quarter of the 6 s deadline (1.5 s); every request node1 sends to
+    // a peer is held 2 s, so each get and put it coordinates needs a late
+    // answer. Failure detection is slowed so the held gossip does not
+    // take the peers out of the preference lists.
+    let cluster = Cluster::start_with(3, |c| {
+        c.timeouts.request_ms = 6000;
+        c.gossip.suspect_after_ms = 20_000;
+        c.gossip.down_after_ms = 40_000;
+    })
+    .await
+    .unwrap();
+    let held = Duration::from_secs(2);
+    cluster
+        .node(0)
+        .bridge
+        .send(Control(Fault::Delay(held)))
+        .await
+        .unwrap();
+    let client = std::sync::Arc::new(cluster.client(0).await.unwrap());
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let key = format!("slow-{i}");
+            client.put(key.as_bytes(), b"late", &[], None).await?;
+            client.get(key.as_bytes(), None).await
+        });
+    }
+    while let Some(read) = tasks.join_next().await {
+        assert_eq!(read.unwrap().unwrap().values, vec![b"late".to_vec()]);
+    }
+    assert!(
+        started.elapsed() >= held,
+        "a held answer was needed: the fault was in force"
+    );
     cluster.stop().await.unwrap();
 }
 

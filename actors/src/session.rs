@@ -72,8 +72,9 @@ pub struct SessionEnv {
     pub router: Router,
     /// The whole session's deadline.
     pub deadline: Duration,
-    /// How long one replica may take to answer before the next one (or a
-    /// fallback) is asked in its place.
+    /// How long one replica may take to answer before it counts as slow: a
+    /// fallback, if one is left, is then asked in its place (a late answer
+    /// still counts until the deadline).
     pub attempt_timeout: Duration,
     pub events: Events,
     /// Sessions running; each decrements it when it ends.
@@ -109,22 +110,33 @@ impl Session {
     }
 
     fn send(&mut self, requests: Vec<Request>, ctx: &mut Context<Self>) {
-        for r in requests {
-            let to = r.to.clone();
-            // Each request gets a slice of the deadline, so a silent target
-            // leaves time for a fallback to take its place.
-            let timeout = self.env.attempt_timeout;
+        if requests.is_empty() {
+            return;
+        }
+        let mut sent = Vec::with_capacity(requests.len());
+        for Request { to, msg } in requests {
+            // A request may take until the deadline: a late answer counts.
             let reply = self
                 .env
                 .router
-                .call_within(r.to, r.msg, timeout)
+                .call_within(to.clone(), msg, self.env.deadline)
                 .instrument(self.span.clone());
+            let from = to.clone();
             ctx.spawn(
                 reply
                     .into_actor(self)
-                    .map(move |reply, act, ctx| act.on_reply(&to, reply, ctx)),
+                    .map(move |reply, act, ctx| act.on_reply(&from, reply, ctx)),
             );
+            sent.push(to);
         }
+        // After a slice of the deadline a silent target is slow: a fallback,
+        // if one is left, takes its place while there is time.
+        ctx.run_later(self.env.attempt_timeout, move |act, ctx| {
+            for to in &sent {
+                let step = act.core.on_slow(to);
+                act.advance(step, ctx);
+            }
+        });
     }
 
     fn answer(&mut self, outcome: Option<Result<Outcome>>) {
@@ -140,7 +152,16 @@ impl Session {
             self.span
                 .in_scope(|| debug!(%from, error = %e, "replica did not answer"));
         }
-        let (next, outcome) = self.core.on_reply(from, reply);
+        let step = self.core.on_reply(from, reply);
+        self.advance(step, ctx);
+    }
+
+    /// Gives the client its answer if due and sends the next requests.
+    fn advance(
+        &mut self,
+        (next, outcome): (Vec<Request>, Option<Result<Outcome>>),
+        ctx: &mut Context<Self>,
+    ) {
         self.answer(outcome);
         self.send(next, ctx);
         if self.core.is_complete() {

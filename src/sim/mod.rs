@@ -823,7 +823,7 @@ impl Sim {
             } => {
                 if self.nodes[node].running && self.nodes[node].life == life {
                     let target = self.nodes[target].id.clone();
-                    self.on_session_reply(node, session, &target, Err(Error::Timeout));
+                    self.session_step(node, session, |core| core.on_slow(&target));
                 }
             }
             Event::Deadline {
@@ -1190,10 +1190,21 @@ impl Sim {
         from: &NodeId,
         reply: Result<ReplicaMsg>,
     ) {
+        self.session_step(node, session, |core| core.on_reply(from, reply));
+    }
+
+    /// Feeds a session one event (a reply, a slow target) and carries out
+    /// what it asks: the client's answer, the next requests, its end.
+    fn session_step(
+        &mut self,
+        node: usize,
+        session: u64,
+        step: impl FnOnce(&mut CoreSession) -> (Vec<Request>, Option<Result<Answer>>),
+    ) {
         let Some(s) = self.nodes[node].sessions.get_mut(&session) else {
             return;
         };
-        let (next, answer) = s.core.on_reply(from, reply);
+        let (next, answer) = step(&mut s.core);
         let (complete, write) = (s.core.is_complete(), s.write);
         if let Some(answer) = answer {
             self.answer(node, session, answer);
