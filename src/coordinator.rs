@@ -557,6 +557,15 @@ impl Session {
         }
     }
 
+    /// Whether a slow target could still be replaced (else `on_slow` does
+    /// nothing, and a shell need not time targets).
+    pub fn has_fallback(&self) -> bool {
+        match self {
+            Session::Get(g) => g.tally.has_fallback(),
+            Session::Put(p) => p.tally.has_fallback(),
+        }
+    }
+
     pub fn on_slow(&mut self, from: &NodeId) -> (Vec<Request>, Option<Result<Outcome>>) {
         match self {
             Session::Get(g) => {
@@ -901,6 +910,15 @@ mod tests {
         s.on_reply(&id("b"), x());
         let (_, answer) = s.on_reply(&id("c"), x());
         assert!(matches!(answer, Some(Ok(_))), "b's late answer counted");
+    }
+
+    #[test]
+    fn a_session_says_whether_a_slow_target_could_be_replaced() {
+        let mut s = Session::Get(get(&["a", "b", "c"], &["d"], 2));
+        assert!(s.has_fallback());
+        let (next, _) = s.on_slow(&id("a"));
+        assert_eq!(next.len(), 1);
+        assert!(!s.has_fallback(), "d was the last one");
     }
 
     #[test]

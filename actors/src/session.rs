@@ -113,7 +113,9 @@ impl Session {
         if requests.is_empty() {
             return;
         }
-        let mut sent = Vec::with_capacity(requests.len());
+        // Targets are timed only while a fallback could replace one.
+        let timed = self.core.has_fallback();
+        let mut sent = Vec::new();
         for Request { to, msg } in requests {
             // A request may take until the deadline: a late answer counts.
             let reply = self
@@ -127,16 +129,20 @@ impl Session {
                     .into_actor(self)
                     .map(move |reply, act, ctx| act.on_reply(&from, reply, ctx)),
             );
-            sent.push(to);
+            if timed {
+                sent.push(to);
+            }
         }
         // After a slice of the deadline a silent target is slow: a fallback,
         // if one is left, takes its place while there is time.
-        ctx.run_later(self.env.attempt_timeout, move |act, ctx| {
-            for to in &sent {
-                let step = act.core.on_slow(to);
-                act.advance(step, ctx);
-            }
-        });
+        if timed {
+            ctx.run_later(self.env.attempt_timeout, move |act, ctx| {
+                for to in &sent {
+                    let step = act.core.on_slow(to);
+                    act.advance(step, ctx);
+                }
+            });
+        }
     }
 
     fn answer(&mut self, outcome: Option<Result<Outcome>>) {
