@@ -82,9 +82,8 @@ impl Coordinator {
         events: Events,
     ) -> Self {
         let sessions = SessionEnv {
+            attempt_timeout: router.timeout / (u32::from(settings.n) + 1),
             router,
-            deadline: settings.request_timeout,
-            attempt_timeout: settings.request_timeout / (u32::from(settings.n) + 1),
             events,
             in_flight: Arc::new(AtomicUsize::new(0)),
         };

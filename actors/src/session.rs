@@ -31,18 +31,16 @@ pub struct Router {
     pub me: NodeId,
     pub replica: Addr<Replica>,
     pub bridge: Addr<Bridge>,
+    /// A request's deadline: a peer has that long to answer, and a session
+    /// that long to reach its quorum.
     pub timeout: Duration,
 }
 
 pub type ReplyFuture = Pin<Box<dyn Future<Output = Result<ReplicaMsg>>>>;
 
 impl Router {
+    /// Sends `msg` to `to`'s replica; a peer has `timeout` to answer.
     pub fn call(&self, to: NodeId, msg: ReplicaMsg) -> ReplyFuture {
-        self.call_within(to, msg, self.timeout)
-    }
-
-    /// As `call`, giving a peer at most `timeout` to answer.
-    pub fn call_within(&self, to: NodeId, msg: ReplicaMsg, timeout: Duration) -> ReplyFuture {
         if to == self.me {
             let (answer, rx) = Answer::channel();
             self.replica.do_send(Serve { msg, answer });
@@ -51,7 +49,7 @@ impl Router {
             let sent = self.bridge.send(Call {
                 to,
                 msg: PeerMsg::Replica(msg),
-                timeout,
+                timeout: self.timeout,
             });
             Box::pin(async move {
                 match sent.await.map_err(mailbox_error)?? {
@@ -70,8 +68,6 @@ impl Router {
 #[derive(Clone)]
 pub struct SessionEnv {
     pub router: Router,
-    /// The whole session's deadline.
-    pub deadline: Duration,
     /// How long one replica may take to answer before it counts as slow: a
     /// fallback, if one is left, is then asked in its place (a late answer
     /// still counts until the deadline).
@@ -117,11 +113,11 @@ impl Session {
         let timed = self.core.has_fallback();
         let mut sent = Vec::new();
         for Request { to, msg } in requests {
-            // A request may take until the deadline: a late answer counts.
+            // A peer has the whole deadline: a late answer still counts.
             let reply = self
                 .env
                 .router
-                .call_within(to.clone(), msg, self.env.deadline)
+                .call(to.clone(), msg)
                 .instrument(self.span.clone());
             let from = to.clone();
             ctx.spawn(
@@ -187,7 +183,7 @@ impl Actor for Session {
         }
         let requests = std::mem::take(&mut self.initial);
         self.send(requests, ctx);
-        ctx.run_later(self.env.deadline, |act, ctx| {
+        ctx.run_later(self.env.router.timeout, |act, ctx| {
             let outcome = act.core.on_timeout();
             act.answer(outcome);
             ctx.stop();
