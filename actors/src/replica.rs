@@ -385,9 +385,7 @@ impl Handler<ReadLocal> for Replica {
 
     fn handle(&mut self, ReadLocal(key): ReadLocal, ctx: &mut Context<Self>) -> Self::Result {
         shielded(NAME, self, ctx, |act, ctx| -> Self::Result {
-            let (answer, rx) = Answer::channel();
-            act.enqueue(ReplicaMsg::Read { key }, answer, ctx);
-            let read = answered(rx);
+            let read = act.reply_to(ReplicaMsg::Read { key }, ctx);
             Box::pin(async move {
                 match read.await? {
                     ReplicaMsg::State { state } => Ok(state),
