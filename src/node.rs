@@ -50,19 +50,6 @@ impl NodeId {
     }
 }
 
-impl TryFrom<String> for NodeId {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self> {
-        NodeId::new(s)
-    }
-}
-
-impl From<NodeId> for String {
-    fn from(id: NodeId) -> String {
-        id.0.to_string()
-    }
-}
-
 /// Encoded as the plain string.
 impl Serialize for NodeId {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
