@@ -420,7 +420,9 @@ impl Handler<SyncNow> for Syncer {
     type Result = Result<()>;
 
     fn handle(&mut self, _: SyncNow, _: &mut SyncContext<Self>) -> Self::Result {
+        // The periodic timer drops the answer: the failure is logged here.
         sync(&self.storage, &self.counters)
+            .inspect_err(|e| error!(error = %e, "fsync failed; later writes will be refused"))
     }
 }
 
