@@ -14,7 +14,7 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dynakv::NodeId;
 use dynakv::config::StorageSection;
-use dynakv::merkle::{HashTree, item_hash, segment_of};
+use dynakv::merkle::{Leaves, item_hash, segment_of};
 use dynakv::ownership::{Capacity, Ownership};
 use dynakv::replica::{MemStore, Replica};
 use dynakv::ring::{Partition, Ring};
@@ -168,7 +168,7 @@ fn frames(c: &mut Criterion) {
 }
 
 fn tree(c: &mut Criterion) {
-    let mut tree = HashTree::new();
+    let mut tree = Leaves::default();
     let keys: Vec<(usize, u64)> = (0..4096u32)
         .map(|i| {
             let k = format!("key{i}").into_bytes();
@@ -186,13 +186,15 @@ fn tree(c: &mut Criterion) {
             let (s, h) = keys[i];
             tree.update(s, Some(h), Some(h ^ 0x5555));
             tree.update(s, Some(h ^ 0x5555), Some(h));
-            black_box(tree.root())
+            black_box(&tree);
         })
     });
+    g.bench_function("build_tree", |b| b.iter(|| black_box(tree.tree().root())));
     let mut other = tree.clone();
     for &(s, h) in keys.iter().step_by(400) {
         other.update(s, Some(h), None);
     }
+    let (tree, other) = (tree.tree(), other.tree());
     let differing: BTreeSet<usize> = other.diff(&tree).into_iter().collect();
     g.bench_function(format!("diff_{}_segments", differing.len()), |b| {
         b.iter(|| black_box(tree.diff(&other).len()))

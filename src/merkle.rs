@@ -4,12 +4,13 @@
 //! *segments*: a key belongs to the segment named by the 8 bits of its hash
 //! that follow the partition bits, and a segment's hash is the XOR of the
 //! item hashes (key + encoded sibling set) of its keys. XOR makes a write an
-//! O(1) change to its leaf (`xor out` the old item, `xor in` the new one);
-//! the 16 inner nodes and the root are hashes of their 16 children,
-//! recomputed on the changed path only (O(depth x fanout), ~two 128-byte
-//! hashes per write). Inner nodes are real hashes, not XORs, so equal inner
-//! nodes mean equal subtrees and the descent in `diff` finds exactly the
-//! differing segments.
+//! O(1) change to its leaf (`xor out` the old item, `xor in` the new one).
+//! A replica keeps only the leaves up to date (`Leaves`); the 16 inner
+//! nodes and the root, hashes of their 16 children, are computed when an
+//! exchange asks for the tree (17 128-byte hashes, once per exchange rather
+//! than two per write). Inner nodes are real hashes, not XORs, so equal
+//! inner nodes mean equal subtrees and the descent in `diff` finds exactly
+//! the differing segments.
 //!
 //! Two replicas compare roots; where they differ they compare the 16 inner
 //! nodes, then the 16 leaves below each differing inner node, and exchange
@@ -45,6 +46,51 @@ pub fn item_hash(key: &[u8], encoded_value: &[u8]) -> u64 {
     xxh3_64_with_seed(&buf, ITEM_SEED).max(1)
 }
 
+/// A partition's segment leaves, as a replica keeps them per write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaves(Vec<u64>);
+
+impl Default for Leaves {
+    fn default() -> Self {
+        Leaves(vec![0; SEGMENTS])
+    }
+}
+
+impl Leaves {
+    /// The leaves of a partition scan: `(segment, item hash)` pairs.
+    pub fn from_items(items: impl IntoIterator<Item = (usize, u64)>) -> Self {
+        let mut leaves = Leaves::default();
+        for (segment, hash) in items {
+            leaves.update(segment, None, Some(hash));
+        }
+        leaves
+    }
+
+    /// Records a write to a key of `segment`: its item hash goes from `old`
+    /// (None if the key was absent) to `new` (None if the key is gone).
+    pub fn update(&mut self, segment: usize, old: Option<u64>, new: Option<u64>) {
+        self.0[segment % SEGMENTS] ^= old.unwrap_or(0) ^ new.unwrap_or(0);
+    }
+
+    /// Whether no key has been recorded (or all were removed again).
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&l| l == 0)
+    }
+
+    /// The whole tree over these leaves.
+    pub fn tree(&self) -> HashTree {
+        let leaves = self.0.clone();
+        let inner: Vec<u64> = leaves.chunks(FANOUT).map(hash_children).collect();
+        let root = hash_children(&inner);
+        HashTree {
+            leaves,
+            inner,
+            root,
+        }
+    }
+}
+
+/// A partition's hash tree, as an anti-entropy exchange compares it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HashTree {
     leaves: Vec<u64>,
@@ -60,36 +106,12 @@ impl Default for HashTree {
 
 impl HashTree {
     pub fn new() -> Self {
-        Self::from_items(std::iter::empty())
+        Leaves::default().tree()
     }
 
     /// Builds a tree from a partition scan: `(segment, item hash)` pairs.
     pub fn from_items(items: impl IntoIterator<Item = (usize, u64)>) -> Self {
-        let mut leaves = vec![0; SEGMENTS];
-        for (segment, hash) in items {
-            leaves[segment % SEGMENTS] ^= hash;
-        }
-        let inner: Vec<u64> = leaves.chunks(FANOUT).map(hash_children).collect();
-        let root = hash_children(&inner);
-        HashTree {
-            leaves,
-            inner,
-            root,
-        }
-    }
-
-    /// Records a write to a key of `segment`: its item hash goes from `old`
-    /// (None if the key was absent) to `new` (None if the key is gone).
-    pub fn update(&mut self, segment: usize, old: Option<u64>, new: Option<u64>) {
-        let segment = segment % SEGMENTS;
-        let delta = old.unwrap_or(0) ^ new.unwrap_or(0);
-        if delta == 0 {
-            return;
-        }
-        self.leaves[segment] ^= delta;
-        let i = segment / FANOUT;
-        self.inner[i] = hash_children(&self.leaves[i * FANOUT..(i + 1) * FANOUT]);
-        self.root = hash_children(&self.inner);
+        Leaves::from_items(items).tree()
     }
 
     pub fn root(&self) -> u64 {
@@ -109,11 +131,6 @@ impl HashTree {
 
     pub fn leaf(&self, segment: usize) -> u64 {
         self.leaves[segment % SEGMENTS]
-    }
-
-    /// Whether no key has been recorded (or all were removed again).
-    pub fn is_empty(&self) -> bool {
-        self.leaves.iter().all(|&l| l == 0)
     }
 
     /// The segments whose contents differ, found by descending only into
@@ -169,21 +186,21 @@ mod tests {
     #[test]
     fn incremental_updates_match_a_rebuild() {
         let mut data = Data::new();
-        let mut tree = HashTree::new();
+        let mut tree = Leaves::default();
         for i in 0u32..500 {
             let k = format!("key{}", i % 200).into_bytes();
             let v = i.to_le_bytes().to_vec();
             let old = data.insert(k.clone(), v.clone()).map(|o| item_hash(&k, &o));
             tree.update(segment_of(&k, 1024), old, Some(item_hash(&k, &v)));
         }
-        assert_eq!(tree, tree_of(&data));
+        assert_eq!(tree.tree(), tree_of(&data));
         for i in 0..200 {
             let k = format!("key{i}").into_bytes();
             let old = data.remove(&k).map(|o| item_hash(&k, &o));
             tree.update(segment_of(&k, 1024), old, None);
         }
         assert!(tree.is_empty());
-        assert_eq!(tree, HashTree::new());
+        assert_eq!(tree.tree(), HashTree::new());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::hints::HintLog;
-use crate::merkle::{HashTree, item_hash, segment_of};
+use crate::merkle::{HashTree, Leaves, item_hash, segment_of};
 use crate::node::NodeId;
 use crate::ring::Partition;
 use crate::tombstones::{Holding, holding};
@@ -186,7 +186,8 @@ pub struct Replica<S: Store> {
     q: u32,
     actor: Actor,
     max_siblings: usize,
-    trees: HashMap<Partition, HashTree>,
+    /// Each held partition's hash-tree leaves (the tree is built on demand).
+    trees: HashMap<Partition, Leaves>,
     usage: HashMap<Partition, Usage>,
     /// Partitions that may hold deleted keys: marked by every tombstone
     /// stored, cleared by a search that finds none. Without it, tombstone
@@ -251,9 +252,9 @@ impl<S: Store> Replica<S> {
                 _ => break,
             }
         }
-        let trees: HashMap<Partition, HashTree> = items
+        let trees: HashMap<Partition, Leaves> = items
             .into_iter()
-            .map(|(p, items)| (p, HashTree::from_items(items)))
+            .map(|(p, items)| (p, Leaves::from_items(items)))
             .collect();
         report.partitions = trees.len();
         let replica = Replica {
@@ -292,7 +293,7 @@ impl<S: Store> Replica<S> {
 
     /// The hash tree of `p` (empty if this replica holds nothing there).
     pub fn tree(&self, p: Partition) -> HashTree {
-        self.trees.get(&p).cloned().unwrap_or_default()
+        self.trees.get(&p).map(Leaves::tree).unwrap_or_default()
     }
 
     /// The local copy of `key`; empty if absent.
@@ -666,7 +667,7 @@ mod tests {
         Value::Data(s.as_bytes().to_vec())
     }
 
-    fn rebuilt_trees(r: &Replica<MemStore>) -> HashMap<Partition, HashTree> {
+    fn rebuilt_trees(r: &Replica<MemStore>) -> HashMap<Partition, Leaves> {
         Replica::open(r.store().clone(), MemStore::default(), 64, Actor(1), 5)
             .unwrap()
             .0
