@@ -109,11 +109,6 @@ impl HashTree {
         Leaves::default().tree()
     }
 
-    /// Builds a tree from a partition scan: `(segment, item hash)` pairs.
-    pub fn from_items(items: impl IntoIterator<Item = (usize, u64)>) -> Self {
-        Leaves::from_items(items).tree()
-    }
-
     pub fn root(&self) -> u64 {
         self.root
     }
@@ -177,10 +172,11 @@ mod tests {
     type Data = BTreeMap<Vec<u8>, Vec<u8>>;
 
     fn tree_of(data: &Data) -> HashTree {
-        HashTree::from_items(
+        Leaves::from_items(
             data.iter()
                 .map(|(k, v)| (segment_of(k, 1024), item_hash(k, v))),
         )
+        .tree()
     }
 
     #[test]
