@@ -3,8 +3,9 @@
 //! `meta` (membership view and node facts).
 //!
 //! `insert` only reaches the OS; durability comes from `persist`, which the
-//! storage worker calls per batch of writes (`fsync = "always"`) and the
-//! syncer on a timer (`"periodic"`), and always at shutdown.
+//! storage worker calls per batch of writes (`fsync = "always"`), and from
+//! `persist_beside_writes`, which the syncer calls on a timer
+//! (`"periodic"`), for barriers and at shutdown without stalling writes.
 //!
 //! Between `begin` and `commit`, writes to the stores are held back and
 //! committed as one fjall batch: one journal write instead of one per
@@ -194,7 +195,16 @@ impl Storage {
         self.shared.commit()
     }
 
-    /// Makes everything written so far durable (fsync).
+    /// Makes everything written so far durable (fsync), holding fjall's
+    /// journal lock throughout: for the storage worker, the only writer,
+    /// which waits for its own syncs anyway (`fsync = "always"`).
+    pub fn persist(&self) -> Result<()> {
+        self.shared.refuse_after_failed_sync()?;
+        self.note_sync(self.db.persist(PersistMode::SyncAll).map_err(storage_error))
+    }
+
+    /// Makes everything written so far durable (fsync) without stalling
+    /// writes, for syncs beside the writer (the periodic timer, barriers).
     ///
     /// fjall's own sync holds its journal lock for the whole fsync, which
     /// stalled every write of the node for each periodic sync (tens of ms
@@ -205,15 +215,21 @@ impl Storage {
     /// hand-over, and the newest journal found afterwards is that one or a
     /// later one (and then that one was sealed). If no journal can be
     /// opened, fjall's own sync does the work.
-    pub fn persist(&self) -> Result<()> {
+    pub fn persist_beside_writes(&self) -> Result<()> {
         self.shared.refuse_after_failed_sync()?;
         self.db
             .persist(PersistMode::Buffer)
             .map_err(storage_error)?;
-        let synced = match newest_journal(&self.dir).and_then(|p| File::open(p).ok()) {
-            Some(journal) => journal.sync_data().map_err(storage_error),
-            None => self.db.persist(PersistMode::SyncAll).map_err(storage_error),
-        };
+        self.note_sync(
+            match newest_journal(&self.dir).and_then(|p| File::open(p).ok()) {
+                Some(journal) => journal.sync_data().map_err(storage_error),
+                None => self.db.persist(PersistMode::SyncAll).map_err(storage_error),
+            },
+        )
+    }
+
+    /// Remembers a failed sync: nothing is acknowledged after it.
+    fn note_sync(&self, synced: Result<()>) -> Result<()> {
         if synced.is_err() {
             self.shared.sync_failed.store(true, Ordering::SeqCst);
         }
@@ -403,7 +419,7 @@ mod tests {
         let storage = Storage::open(dir.path(), &StorageSection::default()).unwrap();
         let value = b"a value to find in the journal";
         storage.data().put(b"k", value).unwrap();
-        storage.persist().unwrap();
+        storage.persist_beside_writes().unwrap();
         // The file persist syncs on its own handle is where fjall journals
         // writes; if fjall moved its journals this would find none.
         let journal = newest_journal(dir.path()).expect("a journal");
@@ -430,10 +446,11 @@ mod tests {
         // A real fsync failure: the newest "journal" is a device that
         // cannot be synced (fsync answers EINVAL).
         std::os::unix::fs::symlink("/dev/null", dir.path().join("4294967296.jnl")).unwrap();
-        assert!(storage.persist().is_err());
+        assert!(storage.persist_beside_writes().is_err());
         std::fs::remove_file(dir.path().join("4294967296.jnl")).unwrap();
         // Syncing the real journal would now succeed, but what the failed
         // sync covered may be gone: nothing more is acknowledged.
+        assert!(storage.persist_beside_writes().is_err());
         assert!(storage.persist().is_err());
         assert!(fj.put(b"k", b"v2").is_err());
         assert!(fj.remove(b"k").is_err());

@@ -42,11 +42,11 @@ pub(crate) struct Counters {
     syncs: AtomicU64,
 }
 
-/// Makes everything written so far durable.
-fn sync(storage: &Storage, counters: &Counters) -> Result<()> {
+/// Makes everything written so far durable with `persist`.
+fn sync(counters: &Counters, persist: impl FnOnce() -> Result<()>) -> Result<()> {
     // Everything written before this load is covered by the persist.
     let upto = counters.written.load(Ordering::SeqCst);
-    storage.persist()?;
+    persist()?;
     counters.syncs.fetch_add(1, Ordering::Relaxed);
     counters.synced.fetch_max(upto, Ordering::SeqCst);
     Ok(())
@@ -285,7 +285,7 @@ impl Handler<ApplyBatch> for StorageWorker {
             // Counted once committed: a sync that reads the count covers them.
             self.wrote_n(writes);
             if self.settings.fsync == Fsync::Always
-                && let Err(e) = sync(&self.storage, &self.counters)
+                && let Err(e) = sync(&self.counters, || self.storage.persist())
             {
                 error!(error = %e, "fsync failed; the batch's writes are not acknowledged");
                 return fail_all(e);
@@ -412,7 +412,7 @@ impl Handler<Barrier> for Syncer {
         if self.counters.synced.load(Ordering::SeqCst) >= seq {
             return Ok(());
         }
-        sync(&self.storage, &self.counters)
+        sync(&self.counters, || self.storage.persist_beside_writes())
     }
 }
 
@@ -421,7 +421,7 @@ impl Handler<SyncNow> for Syncer {
 
     fn handle(&mut self, _: SyncNow, _: &mut SyncContext<Self>) -> Self::Result {
         // The periodic timer drops the answer: the failure is logged here.
-        sync(&self.storage, &self.counters)
+        sync(&self.counters, || self.storage.persist_beside_writes())
             .inspect_err(|e| error!(error = %e, "fsync failed; later writes will be refused"))
     }
 }
