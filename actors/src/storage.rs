@@ -83,6 +83,7 @@ impl Shared {
             .map_err(|_| Error::Storage("pending writes poisoned".into()))
     }
 
+    /// Fails once a sync has failed (see `sync_failed`).
     fn refuse_after_failed_sync(&self) -> Result<()> {
         if self.sync_failed.load(Ordering::SeqCst) {
             return Err(Error::Storage(
@@ -199,8 +200,7 @@ impl Storage {
     /// journal lock throughout: for the storage worker, the only writer,
     /// which waits for its own syncs anyway (`fsync = "always"`).
     pub fn persist(&self) -> Result<()> {
-        self.shared.refuse_after_failed_sync()?;
-        self.note_sync(self.db.persist(PersistMode::SyncAll).map_err(storage_error))
+        self.guarded_sync(|| self.db.persist(PersistMode::SyncAll).map_err(storage_error))
     }
 
     /// Makes everything written so far durable (fsync) without stalling
@@ -216,20 +216,22 @@ impl Storage {
     /// later one (and then that one was sealed). If no journal can be
     /// opened, fjall's own sync does the work.
     pub fn persist_beside_writes(&self) -> Result<()> {
-        self.shared.refuse_after_failed_sync()?;
-        self.db
-            .persist(PersistMode::Buffer)
-            .map_err(storage_error)?;
-        self.note_sync(
+        self.guarded_sync(|| {
+            self.db
+                .persist(PersistMode::Buffer)
+                .map_err(storage_error)?;
             match newest_journal(&self.dir).and_then(|p| File::open(p).ok()) {
                 Some(journal) => journal.sync_data().map_err(storage_error),
                 None => self.db.persist(PersistMode::SyncAll).map_err(storage_error),
-            },
-        )
+            }
+        })
     }
 
-    /// Remembers a failed sync: nothing is acknowledged after it.
-    fn note_sync(&self, synced: Result<()>) -> Result<()> {
+    /// Runs `sync` unless one failed before, and remembers if this one
+    /// fails: nothing is acknowledged after a failed sync.
+    fn guarded_sync(&self, sync: impl FnOnce() -> Result<()>) -> Result<()> {
+        self.shared.refuse_after_failed_sync()?;
+        let synced = sync();
         if synced.is_err() {
             self.shared.sync_failed.store(true, Ordering::SeqCst);
         }
