@@ -36,7 +36,7 @@ pub use crate::storage_worker::{
     TakeHints,
 };
 use crate::storage_worker::{
-    ApplyBatch, Barrier, Counters, MergeAll, StorageWorker, SyncNow, Syncer,
+    ApplyBatch, Barrier, Counters, FreeMemtables, MergeAll, StorageWorker, SyncNow, Syncer,
 };
 use crate::supervise::shielded;
 
@@ -317,6 +317,11 @@ impl Actor for Replica {
         if self.fsync == Fsync::Periodic {
             ctx.run_interval(self.fsync_interval, |act, _| act.syncer.do_send(SyncNow));
         }
+        // Well within the time a memtable takes to fill under load (~13 s
+        // for 32 MiB at 15k puts/s).
+        ctx.run_interval(Duration::from_secs(1), |act, _| {
+            act.syncer.do_send(FreeMemtables)
+        });
     }
 }
 

@@ -390,6 +390,11 @@ pub(crate) struct Barrier(pub u64);
 #[rtype(result = "Result<()>")]
 pub(crate) struct SyncNow;
 
+/// Free the memtables fjall is done with (see `Storage::free_memtables`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct FreeMemtables;
+
 pub struct Syncer {
     storage: Storage,
     counters: Arc<Counters>,
@@ -423,6 +428,14 @@ impl Handler<SyncNow> for Syncer {
         // The periodic timer drops the answer: the failure is logged here.
         sync(&self.counters, || self.storage.persist_beside_writes())
             .inspect_err(|e| error!(error = %e, "fsync failed; later writes will be refused"))
+    }
+}
+
+impl Handler<FreeMemtables> for Syncer {
+    type Result = ();
+
+    fn handle(&mut self, _: FreeMemtables, _: &mut SyncContext<Self>) {
+        self.storage.free_memtables();
     }
 }
 
