@@ -248,8 +248,9 @@ impl Storage {
     }
 
     /// Frees, on the calling thread, the memtables fjall has flushed and
-    /// let go of, and keeps hold of the active ones; call it more often
-    /// than a memtable fills (the syncer does, every second).
+    /// let go of, and keeps hold of the active ones; returns how many it
+    /// freed. Call it more often than a memtable fills (the syncer does,
+    /// every second).
     ///
     /// Without this, fjall frees a flushed memtable (a skiplist of some
     /// 150k nodes at 32 MiB) while it holds a tree's version lock, and
@@ -257,7 +258,6 @@ impl Storage {
     /// a memtable filled, on all replicas at once since they fill in step.
     /// A memtable missed here (rotated between two calls) is freed the old
     /// way; nothing else depends on it.
-    /// Returns how many it freed.
     pub fn free_memtables(&self) -> usize {
         let Ok(mut kept) = self.shared.memtables.lock() else {
             return 0;
