@@ -27,6 +27,7 @@ async fn a_short_mixed_run_with_checks_finds_no_stale_reads() {
         w: None,
         preload: true,
         check: true,
+        rate: None,
         progress: false,
     };
     let report = bench::run(spec).await.unwrap();
@@ -59,6 +60,36 @@ async fn a_short_mixed_run_with_checks_finds_no_stale_reads() {
     cluster.stop().await.unwrap();
 }
 
+#[actix_rt::test]
+async fn a_run_at_a_rate_offers_no_more_than_its_schedule() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let spec = Spec {
+        nodes: vec![cluster.config(0).node.client_addr.clone()],
+        cluster: cluster.config(0).cluster.name.clone(),
+        token: None,
+        clients: 4,
+        duration: Duration::from_secs(1),
+        value_size: 64,
+        keys: 40,
+        mix: "get=50,put=50".parse().unwrap(),
+        r: None,
+        w: None,
+        preload: false,
+        check: false,
+        rate: Some(200),
+        progress: false,
+    };
+    let report = bench::run(spec).await.unwrap();
+    assert!(report.tally.errors.is_empty(), "{:?}", report.tally.errors);
+    let ran: u64 = report.tally.ops.values().map(|s| s.ok).sum();
+    // 4 clients, one request due every 20 ms each, for 1 s; a closed loop
+    // on an idle in-process cluster runs thousands.
+    assert!((40..=200).contains(&ran), "{ran} operations");
+    assert_eq!(report.to_json()["rate"], 200);
+    assert!(report.to_text().contains("offered 200 ops/s"));
+    cluster.stop().await.unwrap();
+}
+
 #[test]
 fn bad_specs_are_refused() {
     let good = Spec {
@@ -74,6 +105,7 @@ fn bad_specs_are_refused() {
         w: None,
         preload: false,
         check: false,
+        rate: None,
         progress: false,
     };
     assert!(good.validate().is_ok());
@@ -96,6 +128,10 @@ fn bad_specs_are_refused() {
         },
         Spec {
             duration: Duration::ZERO,
+            ..good.clone()
+        },
+        Spec {
+            rate: Some(0),
             ..good.clone()
         },
     ] {

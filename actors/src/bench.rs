@@ -11,6 +11,14 @@
 //! a read that misses it is stale).
 //!
 //! Values carry the writer and a sequence number in their first 12 bytes.
+//!
+//! By default each client sends its next request as soon as the last is
+//! answered (a closed loop, like redis-benchmark), so a server that stalls
+//! also stops the load and only the requests in flight see the stall.
+//! `--rate` gives every client a schedule instead (an open loop at a fixed
+//! total rate, like wrk2): a request that starts late because the previous
+//! one was slow is timed from when it should have started, so a stall
+//! counts for every request it held up.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -121,6 +129,9 @@ pub struct Spec {
     pub preload: bool,
     /// Count reads that miss the reader's own last acknowledged write.
     pub check: bool,
+    /// Total operations per second to offer, spread evenly over the
+    /// clients (None: as fast as answers come).
+    pub rate: Option<u64>,
     /// Show progress bars (on a terminal, without --json).
     pub progress: bool,
 }
@@ -148,7 +159,16 @@ impl Spec {
         if self.keys < self.clients as u64 {
             return bad("--keys must be at least --clients (each client owns keys)".into());
         }
+        if self.rate.is_some_and(|r| !(1..=10_000_000).contains(&r)) {
+            return bad("--rate must be between 1 and 10000000 operations per second".into());
+        }
         Ok(())
+    }
+
+    /// Time between one client's requests at `--rate`.
+    fn pace(&self) -> Option<Duration> {
+        self.rate
+            .map(|rate| Duration::from_secs_f64(self.clients as f64 / rate as f64))
     }
 }
 
@@ -295,12 +315,12 @@ impl Worker {
         Ok(())
     }
 
-    async fn one(&mut self, op: Op) {
+    /// Runs one operation, timed from `started`.
+    async fn one(&mut self, op: Op, started: Instant) {
         let n = match op {
             Op::Get if !self.spec.check => self.rng.u64(..self.spec.keys),
             _ => self.own_key(),
         };
-        let started = Instant::now();
         let done = match op {
             Op::Get => self.get(n).await,
             Op::Put => self.put(n).await,
@@ -399,9 +419,34 @@ pub async fn run(spec: Spec) -> Result<Report> {
         .map(|mut w| {
             let done = done.clone();
             tokio::spawn(async move {
-                while Instant::now() < deadline {
+                let pace = w.spec.pace();
+                // Scheduled clients start spread over one interval.
+                let mut next =
+                    pace.map(|p| started + p.mul_f64(f64::from(w.id) / w.spec.clients as f64));
+                loop {
+                    let now = Instant::now();
+                    let start = match (&mut next, pace) {
+                        (Some(at), Some(p)) => {
+                            let due = *at;
+                            *at += p;
+                            if due >= deadline {
+                                break;
+                            }
+                            if now < due {
+                                // Ahead of schedule: time from the wake-up,
+                                // not charging the timer's lateness.
+                                tokio::time::sleep_until(due.into()).await;
+                                Instant::now()
+                            } else {
+                                // Behind: the wait for the slow answer counts.
+                                due
+                            }
+                        }
+                        _ if now >= deadline => break,
+                        _ => now,
+                    };
                     let op = w.spec.mix.pick(w.rng.u32(..));
-                    w.one(op).await;
+                    w.one(op, start).await;
                     done.fetch_add(1, Ordering::Relaxed);
                 }
                 w.tally
@@ -500,6 +545,7 @@ impl Report {
             "mix": mix,
             "r": s.r,
             "w": s.w,
+            "rate": s.rate,
             "elapsed_s": self.elapsed.as_secs_f64(),
             "ops_per_sec": self.rate(total),
             "ops": ops,
@@ -534,6 +580,12 @@ impl Report {
             s.keys,
             mix.join(",")
         );
+        if let Some(rate) = s.rate {
+            let _ = writeln!(
+                out,
+                "offered {rate} ops/s on a schedule; latency counts from when each request was due"
+            );
+        }
         if let Some((keys, took)) = self.preload {
             let _ = writeln!(
                 out,

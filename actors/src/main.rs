@@ -152,6 +152,11 @@ enum Command {
         /// reads that miss their last acknowledged write.
         #[arg(long)]
         check: bool,
+        /// Offer this many operations per second in total, each client on
+        /// a fixed schedule, timing late requests from when they were due
+        /// (default: each client sends as soon as its last answer came).
+        #[arg(long)]
+        rate: Option<u64>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -254,6 +259,7 @@ fn main() -> ExitCode {
             w,
             preload,
             check,
+            rate,
             json,
         } => {
             logging::init("warn", LogFormat::Text);
@@ -270,6 +276,7 @@ fn main() -> ExitCode {
                 w,
                 preload,
                 check,
+                rate,
                 progress: !json && std::io::stderr().is_terminal(),
             };
             actix::System::new().block_on(run_bench(spec, json))
