@@ -209,7 +209,8 @@ fn storage(c: &mut Criterion) {
     let mut g = c.benchmark_group("replica");
     let value = Value::Data(vec![7; 100]);
     let dir = tempfile::tempdir().expect("a temp dir");
-    let storage = Storage::open(dir.path(), &StorageSection::default()).expect("storage opens");
+    let storage =
+        Storage::open(dir.path(), &StorageSection::default(), "n1").expect("storage opens");
     let (mut fjall, _) =
         Replica::open(storage.data(), storage.hints(), 1024, Actor(1), 64).expect("replica opens");
     let (mut mem, _) = Replica::open(MemStore::default(), MemStore::default(), 1024, Actor(1), 64)

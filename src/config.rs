@@ -141,8 +141,27 @@ pub struct StorageSection {
     /// Cache of the latest stored copy of recently used keys, in MiB
     /// (0: none).
     pub row_cache_mb: u64,
-    /// Size at which a keyspace's in-memory table is flushed, in MiB.
+    /// Size at which a keyspace's in-memory table is flushed, in MiB;
+    /// each node scales it by 0.75-1.25 (`memtable_bytes`).
     pub memtable_mb: u64,
+}
+
+impl StorageSection {
+    /// The in-memory table size of the node named `node`, in bytes:
+    /// `memtable_mb` scaled by a factor between 0.75 and 1.25 that the
+    /// node's id fixes.
+    ///
+    /// Replicas receive the same writes, so with equal sizes they would
+    /// fill and flush their tables at the same moments, and fjall holds a
+    /// node's writes for tens of milliseconds when a flush or compaction
+    /// lands (it fsyncs its manifest under the lock every write takes).
+    /// Spread apart, the pauses come at different times on different
+    /// replicas, and a write quorum of the others carries on meanwhile.
+    pub fn memtable_bytes(&self, node: &str) -> u64 {
+        let mib = self.memtable_mb.saturating_mul(1 << 20);
+        let spread = u64::from(crc32fast::hash(node.as_bytes()) % 1001);
+        mib / 4 * 3 + (mib / 2).saturating_mul(spread) / 1000
+    }
 }
 
 impl Default for StorageSection {
@@ -724,5 +743,32 @@ mod tests {
         let c = Config::load_with_env(None, env).unwrap();
         assert_eq!(c.node.id, "7");
         assert_eq!(c.node.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn each_node_has_its_own_memtable_size_near_the_configured_one() {
+        let storage = StorageSection::default();
+        let mib = storage.memtable_mb << 20;
+        let sizes: Vec<u64> = (0..50)
+            .map(|i| storage.memtable_bytes(&format!("node{i}")))
+            .collect();
+        for size in &sizes {
+            assert!((mib * 3 / 4..=mib * 5 / 4).contains(size), "{size}");
+        }
+        // Fixed by the id: a restarted node keeps its size.
+        assert_eq!(storage.memtable_bytes("node7"), sizes[7]);
+        // Spread over the range, not bunched: the conf/local nodes differ
+        // by more than a tenth of the size from each other.
+        let local: Vec<u64> = ["node1", "node2", "node3"]
+            .iter()
+            .map(|n| storage.memtable_bytes(n))
+            .collect();
+        for (i, a) in local.iter().enumerate() {
+            for b in &local[i + 1..] {
+                assert!(a.abs_diff(*b) > mib / 10, "{local:?}");
+            }
+        }
+        let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+        assert!(max - min > mib * 4 / 10, "{min}..{max}");
     }
 }

@@ -140,7 +140,7 @@ fn start_on(
     let metrics_addr = listeners.metrics.as_ref().map(local).transpose()?;
 
     // Storage and the replica first: everything else routes to them.
-    let storage = Storage::open(&config.node.data_dir, &config.storage)?;
+    let storage = Storage::open(&config.node.data_dir, &config.storage, &config.node.id)?;
     let meta = storage.meta();
     let meta_for_handoff = storage.meta();
     // A fresh writer identity per start: a node never reuses a dot, even if a

@@ -129,15 +129,15 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens (or creates) the database in `dir` with the sizes of
-    /// `settings` (its fsync mode is the replica's business).
-    pub fn open(dir: &Path, settings: &StorageSection) -> Result<Storage> {
+    /// Opens (or creates) the database of node `node` in `dir` with the
+    /// sizes of `settings` (its fsync mode is the replica's business).
+    pub fn open(dir: &Path, settings: &StorageSection, node: &str) -> Result<Storage> {
         let StorageSection {
             cache_mb,
             row_cache_mb,
-            memtable_mb,
             ..
         } = *settings;
+        let memtable_bytes = settings.memtable_bytes(node);
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         let db = Database::builder(dir)
@@ -146,8 +146,7 @@ impl Storage {
             .map_err(|e| Error::Storage(format!("cannot open {}: {e}", dir.display())))?;
         let keyspace = |name: &str| {
             db.keyspace(name, || {
-                KeyspaceCreateOptions::default()
-                    .max_memtable_size(memtable_mb.saturating_mul(1 << 20))
+                KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes)
             })
             .map_err(storage_error)
         };
@@ -425,7 +424,7 @@ mod tests {
             row_cache_mb: 1,
             ..StorageSection::default()
         };
-        let storage = Storage::open(dir.path(), &sizes).unwrap();
+        let storage = Storage::open(dir.path(), &sizes, "n1").unwrap();
         let mut fj = storage.data();
         let mut mem = dynakv::replica::MemStore::default();
         for (k, v) in [
@@ -458,7 +457,7 @@ mod tests {
     #[test]
     fn persist_syncs_the_journal_fjall_writes_to() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), &StorageSection::default()).unwrap();
+        let storage = Storage::open(dir.path(), &StorageSection::default(), "n1").unwrap();
         let value = b"a value to find in the journal";
         storage.data().put(b"k", value).unwrap();
         storage.persist_beside_writes().unwrap();
@@ -476,7 +475,7 @@ mod tests {
             memtable_mb: 1,
             ..StorageSection::default()
         };
-        let storage = Storage::open(dir.path(), &settings).unwrap();
+        let storage = Storage::open(dir.path(), &settings, "n1").unwrap();
         let mut data = storage.data();
         let value = [7u8; 1000];
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -492,7 +491,7 @@ mod tests {
         }
         // A memtable filled, was flushed and freed: its writes live on in
         // tables.
-        assert!(written as usize * value.len() > 1 << 20);
+        assert!(written as u64 * value.len() as u64 > settings.memtable_bytes("n1"));
         for key in [0u32, written / 2, written - 1] {
             assert_eq!(
                 data.get(&key.to_be_bytes()).unwrap().as_deref(),
@@ -514,7 +513,7 @@ mod tests {
     #[test]
     fn after_a_failed_fsync_writes_and_syncs_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), &StorageSection::default()).unwrap();
+        let storage = Storage::open(dir.path(), &StorageSection::default(), "n1").unwrap();
         let mut fj = storage.data();
         fj.put(b"k", b"v").unwrap();
         // A real fsync failure: the newest "journal" is a device that
@@ -534,7 +533,7 @@ mod tests {
     #[test]
     fn the_row_cache_answers_only_what_it_knows() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), &StorageSection::default()).unwrap();
+        let storage = Storage::open(dir.path(), &StorageSection::default(), "n1").unwrap();
         let mut fj = storage.data();
         fj.put(b"k", b"v1").unwrap();
         assert_eq!(fj.cached(b"k"), Some(Some(b"v1".to_vec())));
@@ -562,7 +561,7 @@ mod tests {
             row_cache_mb: 0,
             ..StorageSection::default()
         };
-        let storage = Storage::open(dir.path(), &sizes).unwrap();
+        let storage = Storage::open(dir.path(), &sizes, "n1").unwrap();
         let mut fj = storage.data();
         fj.put(b"k", b"v").unwrap();
         assert_eq!(fj.cached(b"k"), None);

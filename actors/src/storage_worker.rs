@@ -478,7 +478,7 @@ mod tests {
     #[actix_rt::test]
     async fn with_fsync_always_a_batch_is_answered_after_one_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), &StorageSection::default()).unwrap();
+        let storage = Storage::open(dir.path(), &StorageSection::default(), "n1").unwrap();
         let (worker, counters) = worker(&storage, Fsync::Always);
         let batch = vec![
             update("a"),
@@ -509,7 +509,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_barrier_already_covered_by_the_worker_does_not_sync_again() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), &StorageSection::default()).unwrap();
+        let storage = Storage::open(dir.path(), &StorageSection::default(), "n1").unwrap();
         let (worker, counters) = worker(&storage, Fsync::Always);
         worker.send(ApplyBatch(vec![update("a")])).await.unwrap();
         let syncer = {
@@ -529,7 +529,7 @@ mod tests {
     #[actix_rt::test]
     async fn with_fsync_periodic_a_batch_is_answered_without_a_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), &StorageSection::default()).unwrap();
+        let storage = Storage::open(dir.path(), &StorageSection::default(), "n1").unwrap();
         let (worker, counters) = worker(&storage, Fsync::Periodic);
         let replies = worker.send(ApplyBatch(vec![update("a")])).await.unwrap();
         assert!(
