@@ -338,6 +338,33 @@ impl Worker {
     }
 }
 
+/// When a client's requests are due, at `--rate`.
+struct Schedule {
+    next: Instant,
+    pace: Duration,
+}
+
+impl Schedule {
+    /// Waits for the next request's turn and returns the time to measure
+    /// it from, or None once turns fall past `deadline`.
+    async fn turn(&mut self, deadline: Instant) -> Option<Instant> {
+        let due = self.next;
+        if due >= deadline {
+            return None;
+        }
+        self.next += self.pace;
+        if Instant::now() < due {
+            // Ahead of schedule: timed from the wake-up, not charging the
+            // timer's lateness.
+            tokio::time::sleep_until(due.into()).await;
+            Some(Instant::now())
+        } else {
+            // Behind: the wait for the slow answer before it counts.
+            Some(due)
+        }
+    }
+}
+
 /// The sequence number of a value written by `writer`.
 fn stamp(value: &[u8], writer: u32) -> Option<u64> {
     let id = u32::from_be_bytes(value.get(..4)?.try_into().ok()?);
@@ -419,31 +446,19 @@ pub async fn run(spec: Spec) -> Result<Report> {
         .map(|mut w| {
             let done = done.clone();
             tokio::spawn(async move {
-                let pace = w.spec.pace();
                 // Scheduled clients start spread over one interval.
-                let mut next =
-                    pace.map(|p| started + p.mul_f64(f64::from(w.id) / w.spec.clients as f64));
+                let mut schedule = w.spec.pace().map(|pace| Schedule {
+                    next: started + pace.mul_f64(f64::from(w.id) / w.spec.clients as f64),
+                    pace,
+                });
                 loop {
-                    let now = Instant::now();
-                    let start = match (&mut next, pace) {
-                        (Some(at), Some(p)) => {
-                            let due = *at;
-                            *at += p;
-                            if due >= deadline {
-                                break;
-                            }
-                            if now < due {
-                                // Ahead of schedule: time from the wake-up,
-                                // not charging the timer's lateness.
-                                tokio::time::sleep_until(due.into()).await;
-                                Instant::now()
-                            } else {
-                                // Behind: the wait for the slow answer counts.
-                                due
-                            }
-                        }
-                        _ if now >= deadline => break,
-                        _ => now,
+                    let start = match &mut schedule {
+                        Some(s) => match s.turn(deadline).await {
+                            Some(start) => start,
+                            None => break,
+                        },
+                        None if Instant::now() < deadline => Instant::now(),
+                        None => break,
                     };
                     let op = w.spec.mix.pick(w.rng.u32(..));
                     w.one(op, start).await;
@@ -654,6 +669,30 @@ mod tests {
         for bad in ["", "get=0", "scan=1", "get", "get=-1", "get=x"] {
             assert!(bad.parse::<Mix>().is_err(), "{bad:?}");
         }
+    }
+
+    #[actix_rt::test]
+    async fn a_late_turn_counts_from_when_it_was_due() {
+        let pace = Duration::from_millis(20);
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(60);
+        // Behind schedule (the last answer came late): no wait, and the
+        // request is timed from its due time, in the past.
+        let due = now - Duration::from_millis(50);
+        let mut late = Schedule { next: due, pace };
+        assert_eq!(late.turn(deadline).await, Some(due));
+        assert_eq!(late.next, due + pace);
+        // Ahead of schedule: it waits for its turn and is timed from then.
+        let due = Instant::now() + pace;
+        let mut early = Schedule { next: due, pace };
+        assert!(early.turn(deadline).await.unwrap() >= due);
+        assert!(Instant::now() >= due);
+        // No turn at or past the deadline.
+        let mut over = Schedule {
+            next: deadline,
+            pace,
+        };
+        assert_eq!(over.turn(deadline).await, None);
     }
 
     #[test]
