@@ -142,9 +142,7 @@ pub struct StorageSection {
     /// (0: none).
     pub row_cache_mb: u64,
     /// Size at which a keyspace's in-memory table is flushed, in MiB;
-    /// each node scales it by 0.75-1.25 (`memtable_bytes`). fjall keeps the
-    /// size a keyspace was created with, so it applies to new data
-    /// directories only.
+    /// each node scales it by 0.75-1.25 (`memtable_bytes`).
     pub memtable_mb: u64,
 }
 

@@ -82,6 +82,9 @@ struct Shared {
     /// Memtables seen active, held until no one else holds them (see
     /// `Storage::free_memtables`).
     memtables: Mutex<Vec<Memtable>>,
+    /// Size at which a keyspace's memtable is written out (see
+    /// `rotate_if_full`).
+    memtable_bytes: u64,
 }
 
 impl Shared {
@@ -144,9 +147,14 @@ impl Storage {
             .cache_size(cache_mb.saturating_mul(1 << 20))
             .open()
             .map_err(|e| Error::Storage(format!("cannot open {}: {e}", dir.display())))?;
+        // fjall records a keyspace's memtable size when it creates it and
+        // keeps that one on every later open, so the configured size is
+        // enforced here instead (`rotate_if_full`), with fjall's own as a
+        // backstop above any size the configuration allows. Directories
+        // created before keep their recorded size as that backstop.
         let keyspace = |name: &str| {
             db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes)
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BACKSTOP)
             })
             .map_err(storage_error)
         };
@@ -160,6 +168,7 @@ impl Storage {
                 pending: Mutex::new(None),
                 sync_failed: AtomicBool::new(false),
                 memtables: Mutex::new(Vec::new()),
+                memtable_bytes,
                 rows: (row_cache_mb > 0).then(|| {
                     let bytes = row_cache_mb.saturating_mul(1 << 20);
                     // ~200-byte rows: the item estimate only sizes tables.
@@ -201,7 +210,11 @@ impl Storage {
 
     /// Writes what was held back since `begin`, as one batch.
     pub fn commit(&self) -> Result<()> {
-        self.shared.commit()
+        self.shared.commit()?;
+        for keyspace in [&self.data, &self.hints, &self.meta] {
+            rotate_if_full(keyspace, self.shared.memtable_bytes)?;
+        }
+        Ok(())
     }
 
     /// Makes everything written so far durable (fsync), holding fjall's
@@ -281,6 +294,19 @@ impl Storage {
     pub fn disk_bytes(&self) -> u64 {
         self.data.disk_space() + self.hints.disk_space()
     }
+}
+
+/// Above the largest memtable the configuration allows (1024 MiB, scaled
+/// by up to 1.25).
+const MEMTABLE_BACKSTOP: u64 = 1280 << 20;
+
+/// Seals `keyspace`'s memtable (for fjall to write out) once it holds
+/// `limit` bytes.
+fn rotate_if_full(keyspace: &Keyspace, limit: u64) -> Result<()> {
+    if keyspace.tree.active_memtable().size() >= limit {
+        keyspace.rotate_memtable().map_err(storage_error)?;
+    }
+    Ok(())
 }
 
 /// The newest journal of the database in `dir` (fjall keeps them there as
@@ -377,14 +403,16 @@ impl Store for FjallStore {
         }
         self.keyspace
             .insert(key, value)
-            .map_err(|e| self.forget(key, e))
+            .map_err(|e| self.forget(key, e))?;
+        rotate_if_full(&self.keyspace, self.shared.memtable_bytes)
     }
 
     fn remove(&mut self, key: &[u8]) -> Result<()> {
         if self.hold(key, None)? {
             return Ok(());
         }
-        self.keyspace.remove(key).map_err(|e| self.forget(key, e))
+        self.keyspace.remove(key).map_err(|e| self.forget(key, e))?;
+        rotate_if_full(&self.keyspace, self.shared.memtable_bytes)
     }
 
     fn scan(
@@ -498,6 +526,50 @@ mod tests {
                 Some(&value[..])
             );
         }
+    }
+
+    #[test]
+    fn the_configured_memtable_size_holds_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let value = [7u8; 1000];
+        // Writes 3 MiB in batches, as the storage worker does; returns the
+        // largest the active memtable grew.
+        let fill = |storage: &Storage, first: u32| {
+            let mut data = storage.data();
+            let mut largest = 0;
+            for batch in 0..30 {
+                storage.begin().unwrap();
+                for i in 0..100u32 {
+                    data.put(&(first + batch * 100 + i).to_be_bytes(), &value)
+                        .unwrap();
+                }
+                storage.commit().unwrap();
+                largest = largest.max(storage.data.tree.active_memtable().size());
+            }
+            largest
+        };
+        let with = |memtable_mb| StorageSection {
+            memtable_mb,
+            ..StorageSection::default()
+        };
+        let small = with(1).memtable_bytes("n1");
+        let storage = Storage::open(dir.path(), &with(1), "n1").unwrap();
+        let largest = fill(&storage, 0);
+        assert!(largest < small, "{largest} >= {small}");
+        drop(storage);
+        // Reopened with larger tables: 3 MiB now fit in one (fjall alone
+        // would keep the size the keyspace was created with).
+        let storage = Storage::open(dir.path(), &with(4), "n1").unwrap();
+        let largest = fill(&storage, 1 << 20);
+        assert!(largest > 2 * small, "{largest} <= {}", 2 * small);
+        drop(storage);
+        // And smaller again.
+        let storage = Storage::open(dir.path(), &with(1), "n1").unwrap();
+        assert!(fill(&storage, 2 << 20) < small);
+        assert_eq!(
+            storage.data().get(&5u32.to_be_bytes()).unwrap().as_deref(),
+            Some(&value[..])
+        );
     }
 
     #[test]
