@@ -33,6 +33,7 @@ use fjall::{
     AbstractTree, Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch as WriteBatch,
     PersistMode, Slice,
 };
+use tracing::warn;
 
 fn storage_error(e: impl std::fmt::Display) -> Error {
     Error::Storage(e.to_string())
@@ -212,7 +213,7 @@ impl Storage {
     pub fn commit(&self) -> Result<()> {
         self.shared.commit()?;
         for keyspace in [&self.data, &self.hints, &self.meta] {
-            rotate_if_full(keyspace, self.shared.memtable_bytes)?;
+            rotate_if_full(keyspace, self.shared.memtable_bytes);
         }
         Ok(())
     }
@@ -301,12 +302,14 @@ impl Storage {
 const MEMTABLE_BACKSTOP: u64 = 1280 << 20;
 
 /// Seals `keyspace`'s memtable (for fjall to write out) once it holds
-/// `limit` bytes.
-fn rotate_if_full(keyspace: &Keyspace, limit: u64) -> Result<()> {
-    if keyspace.tree.active_memtable().size() >= limit {
-        keyspace.rotate_memtable().map_err(storage_error)?;
+/// `limit` bytes. The writes are in by then: a failure here is logged,
+/// not reported as theirs (the memtable grows on, to fjall's backstop).
+fn rotate_if_full(keyspace: &Keyspace, limit: u64) {
+    if keyspace.tree.active_memtable().size() >= limit
+        && let Err(e) = keyspace.rotate_memtable()
+    {
+        warn!(error = %e, "could not seal a full memtable");
     }
-    Ok(())
 }
 
 /// The newest journal of the database in `dir` (fjall keeps them there as
@@ -404,7 +407,8 @@ impl Store for FjallStore {
         self.keyspace
             .insert(key, value)
             .map_err(|e| self.forget(key, e))?;
-        rotate_if_full(&self.keyspace, self.shared.memtable_bytes)
+        rotate_if_full(&self.keyspace, self.shared.memtable_bytes);
+        Ok(())
     }
 
     fn remove(&mut self, key: &[u8]) -> Result<()> {
@@ -412,7 +416,8 @@ impl Store for FjallStore {
             return Ok(());
         }
         self.keyspace.remove(key).map_err(|e| self.forget(key, e))?;
-        rotate_if_full(&self.keyspace, self.shared.memtable_bytes)
+        rotate_if_full(&self.keyspace, self.shared.memtable_bytes);
+        Ok(())
     }
 
     fn scan(
