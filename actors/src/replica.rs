@@ -317,8 +317,7 @@ impl Actor for Replica {
         if self.fsync == Fsync::Periodic {
             ctx.run_interval(self.fsync_interval, |act, _| act.syncer.do_send(SyncNow));
         }
-        // Well within the time a memtable takes to fill under load (~13 s
-        // for 32 MiB at 15k puts/s).
+        // A written-out memtable lingers at most this long.
         ctx.run_interval(Duration::from_secs(1), |act, _| {
             act.syncer.do_send(FreeMemtables)
         });

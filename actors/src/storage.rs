@@ -80,11 +80,10 @@ struct Shared {
     /// kernel may drop the dirty pages and report success next time), so
     /// every later write and sync is refused, as fjall does after its own.
     sync_failed: AtomicBool,
-    /// Memtables seen active, held until no one else holds them (see
+    /// Memtables sealed here, held until no one else holds them (see
     /// `Storage::free_memtables`).
     memtables: Mutex<Vec<Memtable>>,
-    /// Size at which a keyspace's memtable is written out (see
-    /// `rotate_if_full`).
+    /// Size at which a keyspace's memtable is sealed (see `seal_if_full`).
     memtable_bytes: u64,
 }
 
@@ -103,6 +102,26 @@ impl Shared {
             ));
         }
         Ok(())
+    }
+
+    /// Seals `keyspace`'s memtable (for fjall to write out) once it holds
+    /// `memtable_bytes`, and keeps hold of it, so that fjall never frees it
+    /// (`Storage::free_memtables` does). The writes are in by then: a
+    /// failure here is logged, not reported as theirs (the memtable grows
+    /// on, up to fjall's backstop).
+    fn seal_if_full(&self, keyspace: &Keyspace) {
+        let active = keyspace.tree.active_memtable();
+        if active.size() < self.memtable_bytes {
+            return;
+        }
+        // Sealed either way: by this call or by fjall just before it.
+        if let Err(e) = keyspace.rotate_memtable() {
+            warn!(error = %e, "could not seal a full memtable");
+            return;
+        }
+        if let Ok(mut kept) = self.memtables.lock() {
+            kept.push(active);
+        }
     }
 
     /// Commits what is held back, if anything.
@@ -150,7 +169,7 @@ impl Storage {
             .map_err(|e| Error::Storage(format!("cannot open {}: {e}", dir.display())))?;
         // fjall records a keyspace's memtable size when it creates it and
         // keeps that one on every later open, so the configured size is
-        // enforced here instead (`rotate_if_full`), with fjall's own as a
+        // enforced here instead (`seal_if_full`), with fjall's own as a
         // backstop above any size the configuration allows. Directories
         // created before keep their recorded size as that backstop.
         let keyspace = |name: &str| {
@@ -213,7 +232,7 @@ impl Storage {
     pub fn commit(&self) -> Result<()> {
         self.shared.commit()?;
         for keyspace in [&self.data, &self.hints, &self.meta] {
-            rotate_if_full(keyspace, self.shared.memtable_bytes);
+            self.shared.seal_if_full(keyspace);
         }
         Ok(())
     }
@@ -260,34 +279,26 @@ impl Storage {
         synced
     }
 
-    /// Frees, on the calling thread, the memtables fjall has flushed and
-    /// let go of, and keeps hold of the active ones; returns how many it
-    /// freed. Call it more often than a memtable fills (the syncer does,
-    /// every second).
+    /// Frees, on the calling thread, the sealed memtables fjall has
+    /// written out and let go of; returns how many. The syncer calls it
+    /// every second.
     ///
-    /// Without this, fjall frees a flushed memtable (a skiplist of some
-    /// 150k nodes at 32 MiB) while it holds a tree's version lock, and
-    /// every write of the node waits for it: stalls of 80-240 ms each time
-    /// a memtable filled, on all replicas at once since they fill in step.
-    /// A memtable missed here (rotated between two calls) is freed the old
-    /// way; nothing else depends on it.
+    /// fjall would free a flushed memtable (a skiplist of some 150k nodes
+    /// at 32 MiB) while it holds a tree's version lock, and every write of
+    /// the node waits for that: stalls of 80-240 ms each time a memtable
+    /// filled, on all replicas at once since they fill in step. Memtables
+    /// fjall seals itself (only at its backstop size, or at the size an
+    /// older data directory recorded) are still freed that way.
     pub fn free_memtables(&self) -> usize {
-        let Ok(mut kept) = self.shared.memtables.lock() else {
-            return 0;
+        let flushed: Vec<Memtable> = {
+            let Ok(mut kept) = self.shared.memtables.lock() else {
+                return 0;
+            };
+            let (flushed, live) = kept.drain(..).partition(|m| Arc::strong_count(m) == 1);
+            *kept = live;
+            flushed
         };
-        let (flushed, mut live): (Vec<_>, Vec<_>) =
-            kept.drain(..).partition(|m| Arc::strong_count(m) == 1);
-        for keyspace in [&self.data, &self.hints, &self.meta] {
-            let active: Memtable = keyspace.tree.active_memtable();
-            if !live
-                .iter()
-                .any(|m| std::ptr::addr_eq(Arc::as_ptr(m), Arc::as_ptr(&active)))
-            {
-                live.push(active);
-            }
-        }
-        *kept = live;
-        drop(kept);
+        // Freed here, after the lock: the writer takes it to seal.
         flushed.len()
     }
 
@@ -300,17 +311,6 @@ impl Storage {
 /// Above the largest memtable the configuration allows (1024 MiB, scaled
 /// by up to 1.25).
 const MEMTABLE_BACKSTOP: u64 = 1280 << 20;
-
-/// Seals `keyspace`'s memtable (for fjall to write out) once it holds
-/// `limit` bytes. The writes are in by then: a failure here is logged,
-/// not reported as theirs (the memtable grows on, to fjall's backstop).
-fn rotate_if_full(keyspace: &Keyspace, limit: u64) {
-    if keyspace.tree.active_memtable().size() >= limit
-        && let Err(e) = keyspace.rotate_memtable()
-    {
-        warn!(error = %e, "could not seal a full memtable");
-    }
-}
 
 /// The newest journal of the database in `dir` (fjall keeps them there as
 /// `<id>.jnl`, the active one with the highest id).
@@ -407,7 +407,7 @@ impl Store for FjallStore {
         self.keyspace
             .insert(key, value)
             .map_err(|e| self.forget(key, e))?;
-        rotate_if_full(&self.keyspace, self.shared.memtable_bytes);
+        self.shared.seal_if_full(&self.keyspace);
         Ok(())
     }
 
@@ -416,7 +416,7 @@ impl Store for FjallStore {
             return Ok(());
         }
         self.keyspace.remove(key).map_err(|e| self.forget(key, e))?;
-        rotate_if_full(&self.keyspace, self.shared.memtable_bytes);
+        self.shared.seal_if_full(&self.keyspace);
         Ok(())
     }
 
