@@ -130,6 +130,21 @@ async fn the_cli_puts_gets_inspects_and_reports() {
     let (ok, out, _) = cli(&["status", "--node", &a]);
     assert!(ok && out.contains("node2") && out.contains("up"), "{out}");
 
+    // a reader that went away (`dynakv status | head -1`): a quiet exit
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(support::binary())
+        .args(["status", "--node", &a])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.is_empty(),
+        "{:?}: {err}",
+        out.status
+    );
+
     let (_, out, _) = cli(&["get", "greeting", "--json", "--node", &a]);
     let ctx = json(&out)["context"].as_str().unwrap().to_string();
     let (ok, _, err) = cli(&["delete", "greeting", "--context", &ctx, "--node", &b]);

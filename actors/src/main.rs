@@ -21,6 +21,28 @@ use serde_json::json;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Writes to stdout. A reader that went away (`dynakv status | head -3`)
+/// ends the command quietly instead of with a panic and a backtrace (Rust
+/// ignores SIGPIPE, so `println!` panics on a closed pipe); any other write
+/// error ends it with a message and a failure.
+fn emit(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(text) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: writing to stdout: {e}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
+}
+
+/// `println!` through `emit`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        emit(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 #[derive(Parser)]
 #[command(
     name = "dynakv",
@@ -326,9 +348,9 @@ fn serve(path: Option<PathBuf>, log_format: Option<String>) -> Result<()> {
 async fn run_bench(spec: bench::Spec, as_json: bool) -> Result<()> {
     let report = bench::run(spec).await?;
     if as_json {
-        println!("{}", report.to_json());
+        say!("{}", report.to_json());
     } else {
-        print!("{}", report.to_text());
+        emit(format_args!("{}", report.to_text()));
     }
     Ok(())
 }
@@ -386,7 +408,7 @@ async fn client_command(command: Command, token: Option<String>) -> Result<()> {
             let written = client
                 .put(key.as_bytes(), value.as_bytes(), &ctx, w)
                 .await?;
-            println!("{}", B64.encode(&written.context));
+            say!("{}", B64.encode(&written.context));
             if !written.others.is_empty() {
                 eprintln!(
                     "note: {} concurrent sibling(s) exist; `get` and write back to resolve",
@@ -396,30 +418,30 @@ async fn client_command(command: Command, token: Option<String>) -> Result<()> {
         }
         Op::Delete(key, ctx, w) => {
             let written = client.delete(key.as_bytes(), &ctx, w).await?;
-            println!("{}", B64.encode(&written.context));
+            say!("{}", B64.encode(&written.context));
         }
         Op::Get(key, r, as_json) => {
             let read = client.get(key.as_bytes(), r).await?;
             let context = B64.encode(&read.context);
             if as_json {
                 let values: Vec<_> = read.values.iter().map(|v| show(v)).collect();
-                println!("{}", json!({ "values": values, "context": context }));
+                say!("{}", json!({ "values": values, "context": context }));
             } else {
                 if read.values.is_empty() {
-                    println!("(not found)");
+                    say!("(not found)");
                 }
                 for v in &read.values {
                     match show(v) {
-                        serde_json::Value::String(s) => println!("{s}"),
-                        other => println!("{other}"),
+                        serde_json::Value::String(s) => say!("{s}"),
+                        other => say!("{other}"),
                     }
                 }
-                println!("context: {context}");
+                say!("context: {context}");
             }
         }
         Op::Inspect(key, as_json) => print_local(&client.inspect(key.as_bytes()).await?, as_json),
         Op::Status(as_json) => print_status(&client.status().await?, as_json)?,
-        Op::Fault(fault) => println!("{}", client.fault(fault).await?),
+        Op::Fault(fault) => say!("{}", client.fault(fault).await?),
     }
     Ok(())
 }
@@ -442,7 +464,7 @@ async fn cluster(command: ClusterCommand, token: Option<String>) -> Result<()> {
             return print_plan(&report, json);
         }
     };
-    println!("{message}");
+    say!("{message}");
     Ok(())
 }
 
@@ -484,16 +506,20 @@ fn plan_change(
 fn print_plan(report: &PlanReport, as_json: bool) -> Result<()> {
     if as_json {
         let text = serde_json::to_string(report).map_err(|e| Error::Internal(e.to_string()))?;
-        println!("{text}");
+        say!("{text}");
         return Ok(());
     }
-    println!("{} partitions would change owner", report.moves);
-    println!(
+    say!("{} partitions would change owner", report.moves);
+    say!(
         "{:<16} {:>9} {:>14} {:>9} {:>14}",
-        "node", "receives", "bytes", "sends", "bytes"
+        "node",
+        "receives",
+        "bytes",
+        "sends",
+        "bytes"
     );
     for r in &report.rows {
-        println!(
+        say!(
             "{:<16} {:>9} {:>14} {:>9} {:>14}",
             r.node.as_str(),
             r.receive,
@@ -526,7 +552,7 @@ fn print_local(local: &LocalCopy, as_json: bool) {
         })
         .collect();
     if as_json {
-        println!(
+        say!(
             "{}",
             json!({
                 "node": local.node.as_str(),
@@ -537,14 +563,14 @@ fn print_local(local: &LocalCopy, as_json: bool) {
         );
         return;
     }
-    println!("node {} partition {}", local.node, local.partition);
+    say!("node {} partition {}", local.node, local.partition);
     if local.siblings.is_empty() {
-        println!("(no local copy)");
+        say!("(no local copy)");
     }
     for (actor, counter, value) in &local.siblings {
         match value {
-            Some(v) => println!("{actor:016x}:{counter}  {}", show(v)),
-            None => println!("{actor:016x}:{counter}  (tombstone)"),
+            Some(v) => say!("{actor:016x}:{counter}  {}", show(v)),
+            None => say!("{actor:016x}:{counter}  (tombstone)"),
         }
     }
 }
@@ -568,14 +594,17 @@ fn human_bytes(bytes: u64) -> String {
 fn print_status(s: &StatusReport, as_json: bool) -> Result<()> {
     if as_json {
         let text = serde_json::to_string(s).map_err(|e| Error::Internal(e.to_string()))?;
-        println!("{text}");
+        say!("{text}");
         return Ok(());
     }
-    println!(
+    say!(
         "cluster {}  (asked {}, {} partitions, N={})",
-        s.cluster, s.node, s.partitions, s.n
+        s.cluster,
+        s.node,
+        s.partitions,
+        s.n
     );
-    println!(
+    say!(
         "{:<16} {:<8} {:<8} {:>10} {:>10} {:>6} {:>8} {:>8} {:>6}  {:<21} {:<21}",
         "member",
         "state",
@@ -600,7 +629,7 @@ fn print_status(s: &StatusReport, as_json: bool) -> Result<()> {
             Some(l) => (human_bytes(l.bytes), l.keys.to_string()),
             None => ("?".into(), "?".into()),
         };
-        println!(
+        say!(
             "{:<16} {:<8} {:<8} {:>10} {:>10} {:>5.1}% {:>8} {:>8} {:>6}  {:<21} {:<21}",
             m.node.as_str(),
             m.state,
@@ -616,10 +645,10 @@ fn print_status(s: &StatusReport, as_json: bool) -> Result<()> {
         );
     }
     if s.members.iter().any(|m| m.load.is_none()) {
-        println!("(? = the member did not answer; hints count only members that did)");
+        say!("(? = the member did not answer; hints count only members that did)");
     }
     for note in &s.notes {
-        println!("note: {note}");
+        say!("note: {note}");
     }
     Ok(())
 }
