@@ -453,13 +453,10 @@ pub async fn run(spec: Spec) -> Result<Report> {
                 });
                 loop {
                     let start = match &mut schedule {
-                        Some(s) => match s.turn(deadline).await {
-                            Some(start) => start,
-                            None => break,
-                        },
-                        None if Instant::now() < deadline => Instant::now(),
-                        None => break,
+                        Some(s) => s.turn(deadline).await,
+                        None => Some(Instant::now()).filter(|now| *now < deadline),
                     };
+                    let Some(start) = start else { break };
                     let op = w.spec.mix.pick(w.rng.u32(..));
                     w.one(op, start).await;
                     done.fetch_add(1, Ordering::Relaxed);
