@@ -26,7 +26,7 @@ use dynakv::tombstones::{GcMsg, Holding, Ripening, led_partitions};
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, info};
 
-use crate::bridge::{Bridge, Call};
+use crate::bridge::{Bridge, call};
 use crate::coordinator::Summary;
 use crate::events::{Event, Events};
 use crate::replica::{
@@ -243,17 +243,9 @@ pub(crate) async fn exchange(
 ) -> Result<ExchangeReport> {
     let (mut ex, mut msg) = replica.send(begin).await.map_err(mailbox_error)??;
     loop {
-        let answer = bridge
-            .send(Call {
-                to: peer.clone(),
-                msg: PeerMsg::AntiEntropy(msg),
-                timeout,
-            })
-            .await
-            .map_err(mailbox_error)??;
+        let answer = call(&bridge, peer.clone(), PeerMsg::AntiEntropy(msg), timeout).await?;
         let reply = match answer {
             PeerMsg::AntiEntropy(reply) => reply,
-            PeerMsg::Error { kind, message } => return Err(Error::from_wire(kind, message)),
             other => {
                 return Err(Error::Malformed(format!(
                     "exchange answered with {other:?}"
@@ -316,17 +308,8 @@ async fn collect_partition(
                     other => Err(Error::Internal(format!("{other:?} is not a request"))),
                 };
             }
-            match bridge
-                .send(Call {
-                    to: node,
-                    msg: PeerMsg::Tombstones(msg),
-                    timeout,
-                })
-                .await
-                .map_err(mailbox_error)??
-            {
+            match call(&bridge, node, PeerMsg::Tombstones(msg), timeout).await? {
                 PeerMsg::Tombstones(answer) => Ok(answer),
-                PeerMsg::Error { kind, message } => Err(Error::from_wire(kind, message)),
                 other => Err(Error::Malformed(format!("probe answered with {other:?}"))),
             }
         }

@@ -1,9 +1,10 @@
 //! Bridge: the only owner of peer TCP connections.
 //!
-//! Receives: `Call` (a request to a peer, answered with the peer's reply),
-//! `CallAddr` (the same to an address whose node id is not known yet: seeds),
-//! `SetAddresses` (the address book, from membership), `Control` (fault
-//! injection for tests) and, internally, what its links report.
+//! Receives: `Call` (a request to a peer, whose answer goes back on the
+//! oneshot it carries; `call` sends one and waits), `CallAddr` (the same to
+//! an address whose node id is not known yet: seeds), `SetAddresses` (the
+//! address book, from membership), `Control` (fault injection for tests)
+//! and, internally, what its links report.
 //! Emits: inbound requests to the local concern that owns them (replica,
 //! membership), and their answers back on the connection they came from.
 //!
@@ -11,20 +12,24 @@
 //! exponential backoff after it fails; while a peer is in backoff, calls to
 //! it fail at once, so a session learns about a dead node without waiting for
 //! its deadline. Requests and replies are correlated by id; when a link
-//! drops, every call waiting on it fails. The Bridge reads envelopes' `to`,
-//! `from` and `corr` only; the message belongs to the concern.
+//! drops, every call waiting on it fails, and a call past its deadline fails
+//! as a timeout (one timer, set for the earliest deadline, serves every
+//! call). The Bridge reads envelopes' `to`, `from` and `corr` only; the
+//! message belongs to the concern.
 //!
 //! Faults (tests): `Partition` silently drops traffic to and from the given
 //! peers (calls time out, as in a real partition), `Drop` loses a fraction
 //! of envelopes, `Delay` holds outbound envelopes back, `Heal` clears all.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
 use actix::WeakAddr;
+use actix::dev::SendError;
 use actix::prelude::*;
 use dynakv::auth::NONCE_LEN;
 use dynakv::handoff::HandoffMsg;
@@ -52,23 +57,86 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Most keys a peer may ask for in one handoff chunk.
 const MAX_CHUNK_KEYS: usize = 4096;
 
-/// A request to peer `to`; answered with its reply, or an error when the
-/// peer is unreachable, the link drops, or `timeout` passes.
+/// Where the answer to a call goes: the answering node and its reply, or an
+/// error when the peer is unreachable, the link drops, or the call's time
+/// passes.
+pub type CallAnswer = oneshot::Sender<Result<(NodeId, PeerMsg)>>;
+
+/// A request to peer `to`, answered on `answer` (see `call`).
 #[derive(Message)]
-#[rtype(result = "Result<PeerMsg>")]
+#[rtype(result = "()")]
 pub struct Call {
     pub to: NodeId,
     pub msg: PeerMsg,
     pub timeout: Duration,
+    pub answer: CallAnswer,
 }
 
-/// A request to whoever listens at `addr`; answered with its id and reply.
+/// A request to whoever listens at `addr`, answered on `answer` (see
+/// `call_addr`).
 #[derive(Message)]
-#[rtype(result = "Result<(NodeId, PeerMsg)>")]
+#[rtype(result = "()")]
 pub struct CallAddr {
     pub addr: String,
     pub msg: PeerMsg,
     pub timeout: Duration,
+    pub answer: CallAnswer,
+}
+
+/// Asks peer `to` and waits at most `timeout` for its reply. A peer's
+/// `Error` reply comes back as that error.
+pub fn call(
+    bridge: &Addr<Bridge>,
+    to: NodeId,
+    msg: PeerMsg,
+    timeout: Duration,
+) -> impl Future<Output = Result<PeerMsg>> + 'static {
+    let (answer, rx) = oneshot::channel();
+    let sent = bridge.try_send(Call {
+        to,
+        msg,
+        timeout,
+        answer,
+    });
+    async move { answered(sent, rx).await.map(|(_, msg)| msg) }
+}
+
+/// Asks whoever listens at `addr` (a seed whose id may not be known yet)
+/// and waits at most `timeout` for its id and reply.
+pub fn call_addr(
+    bridge: &Addr<Bridge>,
+    addr: String,
+    msg: PeerMsg,
+    timeout: Duration,
+) -> impl Future<Output = Result<(NodeId, PeerMsg)>> + 'static {
+    let (answer, rx) = oneshot::channel();
+    let sent = bridge.try_send(CallAddr {
+        addr,
+        msg,
+        timeout,
+        answer,
+    });
+    answered(sent, rx)
+}
+
+async fn answered<M>(
+    sent: std::result::Result<(), SendError<M>>,
+    rx: oneshot::Receiver<Result<(NodeId, PeerMsg)>>,
+) -> Result<(NodeId, PeerMsg)> {
+    match sent {
+        Ok(()) => {}
+        Err(SendError::Full(_)) => return Err(Error::Overloaded),
+        Err(SendError::Closed(_)) => {
+            return Err(Error::Unavailable("the peer bridge is stopped".into()));
+        }
+    }
+    match rx.await {
+        Ok(Ok((_, PeerMsg::Error { kind, message }))) => Err(Error::from_wire(kind, message)),
+        Ok(answer) => answer,
+        // The Bridge dropped the call (it restarted or stopped); the request
+        // may have gone out: as a timeout.
+        Err(_) => Err(Error::Timeout),
+    }
 }
 
 /// The peer address of every known node.
@@ -133,9 +201,13 @@ impl Faults {
     }
 }
 
+/// A call sent and not answered yet.
 struct Pending {
     link: Addr<Link>,
-    reply: oneshot::Sender<Result<(NodeId, PeerMsg)>>,
+    /// The peer asked (this node's id for a seed not known yet).
+    to: NodeId,
+    answer: CallAnswer,
+    deadline: Instant,
 }
 
 /// What the Bridge needs from the configuration.
@@ -166,6 +238,9 @@ pub struct Bridge {
     /// Peers that failed: no new link before the instant; the next backoff.
     backoff: HashMap<NodeId, (Instant, Duration)>,
     pending: HashMap<u64, Pending>,
+    /// When the next check for calls past their deadline runs, if one is
+    /// scheduled.
+    sweep_at: Option<Instant>,
     next_corr: u64,
     replica: Addr<Replica>,
     gossip: Option<Recipient<GossipIn>>,
@@ -189,6 +264,7 @@ impl Bridge {
             inbound: Vec::new(),
             backoff: HashMap::new(),
             pending: HashMap::new(),
+            sweep_at: None,
             next_corr: 0,
             replica,
             gossip: None,
@@ -256,50 +332,70 @@ impl Bridge {
         }
     }
 
-    /// Registers a call on `link` and returns the future of its answer.
+    /// Sends a call on `link`; its answer goes to `answer`.
     fn request(
         &mut self,
         link: Addr<Link>,
         to: NodeId,
         msg: PeerMsg,
         timeout: Duration,
+        answer: CallAnswer,
         ctx: &mut Context<Self>,
-    ) -> ResponseActFuture<Self, Result<(NodeId, PeerMsg)>> {
+    ) {
         self.next_corr += 1;
         let corr = self.next_corr;
-        let (tx, rx) = oneshot::channel();
-        self.pending.insert(
-            corr,
-            Pending {
-                link: link.clone(),
-                reply: tx,
-            },
-        );
+        let deadline = Instant::now() + timeout;
         if !self.faults.loses(&to) {
             let frame = self.envelope(to.clone(), Corr::Request(corr), msg);
             self.transmit(&link, frame, ctx);
         }
-        Box::pin(
-            async move { tokio::time::timeout(timeout, rx).await }
-                .into_actor(self)
-                .map(move |answer, act, ctx| {
-                    shielded(NAME, act, ctx, |act, _| {
-                        act.pending.remove(&corr);
-                        match answer {
-                            Ok(Ok(reply)) => reply,
-                            // No answer came (the request may still take
-                            // effect): as a timeout.
-                            Ok(Err(_)) => Err(Error::Timeout),
-                            Err(_) => {
-                                if to != act.settings.me {
-                                    act.report(Reachability::Lost(to));
-                                }
-                                Err(Error::Timeout)
-                            }
-                        }
-                    })
-                }),
-        )
+        self.pending.insert(
+            corr,
+            Pending {
+                link,
+                to,
+                answer,
+                deadline,
+            },
+        );
+        self.sweep_by(deadline, ctx);
+    }
+
+    /// Makes sure calls are checked for their deadline by `at`. One timer
+    /// serves every call: it is set for the earliest deadline pending.
+    fn sweep_by(&mut self, at: Instant, ctx: &mut Context<Self>) {
+        if self.sweep_at.is_some_and(|due| due <= at) {
+            return;
+        }
+        self.sweep_at = Some(at);
+        ctx.run_later(at.saturating_duration_since(Instant::now()), |act, ctx| {
+            shielded(NAME, act, ctx, |act, ctx| act.sweep(ctx))
+        });
+    }
+
+    /// Fails the calls past their deadline (the request may still take
+    /// effect: as timeouts), reports their peers unresponsive, and sets the
+    /// timer for the next deadline.
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        self.sweep_at = None;
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(corr, _)| *corr)
+            .collect();
+        for corr in expired {
+            if let Some(p) = self.pending.remove(&corr) {
+                let _ = p.answer.send(Err(Error::Timeout));
+                if p.to != self.settings.me {
+                    self.report(Reachability::Lost(p.to));
+                }
+            }
+        }
+        if let Some(next) = self.pending.values().map(|p| p.deadline).min() {
+            self.sweep_by(next, ctx);
+        }
     }
 
     /// Closes every connection: peers see this node go away rather than a
@@ -336,7 +432,7 @@ impl Bridge {
         // that callers do not take them as refused.
         for corr in lost {
             if let Some(p) = self.pending.remove(&corr) {
-                let _ = p.reply.send(Err(Error::Timeout));
+                let _ = p.answer.send(Err(Error::Timeout));
             }
         }
     }
@@ -351,8 +447,9 @@ impl Supervised for Bridge {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.close_links();
         for (_, p) in self.pending.drain() {
-            let _ = p.reply.send(Err(Error::Timeout));
+            let _ = p.answer.send(Err(Error::Timeout));
         }
+        self.sweep_at = None;
         self.backoff.clear();
     }
 }
@@ -419,43 +516,56 @@ impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for Bridge {
 }
 
 impl Handler<Call> for Bridge {
-    type Result = ResponseActFuture<Self, Result<PeerMsg>>;
+    type Result = ();
 
-    fn handle(&mut self, call: Call, ctx: &mut Context<Self>) -> Self::Result {
-        shielded(NAME, self, ctx, |act, ctx| -> Self::Result {
-            let link = match act.link_to(&call.to, ctx) {
-                Ok(link) => link,
-                Err(e) => return Box::pin(fut::ready(Err(e))),
-            };
-            Box::pin(
-                act.request(link, call.to, call.msg, call.timeout, ctx)
-                    .map(|answer, _, _| answer.map(|(_, msg)| msg)),
-            )
+    fn handle(&mut self, call: Call, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, ctx| {
+            let Call {
+                to,
+                msg,
+                timeout,
+                answer,
+            } = call;
+            match act.link_to(&to, ctx) {
+                Ok(link) => act.request(link, to, msg, timeout, answer, ctx),
+                Err(e) => {
+                    let _ = answer.send(Err(e));
+                }
+            }
         })
     }
 }
 
 impl Handler<CallAddr> for Bridge {
-    type Result = ResponseActFuture<Self, Result<(NodeId, PeerMsg)>>;
+    type Result = ();
 
-    fn handle(&mut self, call: CallAddr, ctx: &mut Context<Self>) -> Self::Result {
-        shielded(NAME, self, ctx, |act, ctx| -> Self::Result {
+    fn handle(&mut self, call: CallAddr, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, ctx| {
+            let CallAddr {
+                addr,
+                msg,
+                timeout,
+                answer,
+            } = call;
             let known = act
                 .book
                 .iter()
-                .find(|(_, a)| **a == call.addr)
+                .find(|(_, a)| **a == addr)
                 .map(|(n, _)| n.clone());
             let (link, to) = match known {
                 Some(node) => match act.link_to(&node, ctx) {
                     Ok(link) => (link, node),
-                    Err(e) => return Box::pin(fut::ready(Err(e))),
+                    Err(e) => {
+                        let _ = answer.send(Err(e));
+                        return;
+                    }
                 },
                 None => {
-                    let link = match act.seed_links.get(&call.addr) {
+                    let link = match act.seed_links.get(&addr) {
                         Some(link) => link.clone(),
                         None => {
-                            let link = act.open_link(call.addr.clone(), ctx);
-                            act.seed_links.insert(call.addr.clone(), link.clone());
+                            let link = act.open_link(addr.clone(), ctx);
+                            act.seed_links.insert(addr, link.clone());
                             link
                         }
                     };
@@ -464,7 +574,7 @@ impl Handler<CallAddr> for Bridge {
                     (link, act.settings.me.clone())
                 }
             };
-            act.request(link, to, call.msg, call.timeout, ctx)
+            act.request(link, to, msg, timeout, answer, ctx)
         })
     }
 }
@@ -613,7 +723,7 @@ impl Handler<Inbound> for Bridge {
             match env.corr {
                 Corr::Reply(id) => {
                     if let Some(p) = act.pending.remove(&id) {
-                        let _ = p.reply.send(Ok((env.from, env.msg)));
+                        let _ = p.answer.send(Ok((env.from, env.msg)));
                     }
                 }
                 Corr::Request(_) | Corr::OneWay => act.route(env, link),
@@ -753,5 +863,84 @@ impl Reply {
                 msg,
             })));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    /// Stands in for membership: passes on what the Bridge reports.
+    struct Watcher(mpsc::UnboundedSender<Reachability>);
+
+    impl Actor for Watcher {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Reachability> for Watcher {
+        type Result = ();
+
+        fn handle(&mut self, r: Reachability, _: &mut Context<Self>) {
+            let _ = self.0.send(r);
+        }
+    }
+
+    impl Handler<GossipIn> for Watcher {
+        type Result = Result<Option<GossipMsg>>;
+
+        fn handle(&mut self, _: GossipIn, _: &mut Context<Self>) -> Self::Result {
+            Ok(None)
+        }
+    }
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    /// A peer that accepts connections and never says a word: calls to it
+    /// can only end at their deadline.
+    #[actix_rt::test]
+    async fn a_call_to_a_silent_peer_times_out_at_its_own_deadline() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_addr = silent.local_addr().unwrap().to_string();
+        let held = std::thread::spawn(move || silent.accept().map(|(socket, _)| socket));
+
+        // Nothing reads the replica's mailbox: no request reaches it here.
+        let (replica, _unread) = actix::dev::channel::channel::<Replica>(16);
+        let settings = BridgeSettings {
+            me: id("a"),
+            cluster: "test".into(),
+            max_frame: 1 << 20,
+            connect_timeout: Duration::from_secs(30),
+            secret: String::new(),
+            metrics: Metrics::new(),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let bridge = Bridge::new(settings, listener, Addr::new(replica)).start();
+        let (tx, mut reports) = mpsc::unbounded_channel();
+        let watcher = Watcher(tx).start();
+        bridge.do_send(Register {
+            gossip: watcher.clone().recipient(),
+            reachability: watcher.recipient(),
+        });
+        bridge.do_send(SetAddresses(HashMap::from([(id("b"), silent_addr)])));
+
+        // The long call goes first: the timer set for it must not hold back
+        // the shorter call's deadline.
+        let long = call(&bridge, id("b"), PeerMsg::Ping, Duration::from_secs(600));
+        let short = call(&bridge, id("b"), PeerMsg::Ping, Duration::from_millis(200));
+        let within = Duration::from_secs(60);
+        let answer = tokio::time::timeout(within, short)
+            .await
+            .expect("the short call ends long before the long one's deadline");
+        assert!(matches!(answer, Err(Error::Timeout)), "{answer:?}");
+        let report = tokio::time::timeout(within, reports.recv()).await.unwrap();
+        assert_eq!(report, Some(Reachability::Lost(id("b"))));
+
+        // The long call is still waiting: its deadline has not come.
+        let mut long = Box::pin(long);
+        assert!(futures_util::poll!(&mut long).is_pending());
+        assert!(held.join().unwrap().is_ok(), "the Bridge connected");
     }
 }

@@ -29,7 +29,7 @@ use dynakv::{Error, NodeId, Result};
 use tokio::sync::oneshot;
 use tracing::debug_span;
 
-use crate::bridge::{Bridge, Call, Control, Fault};
+use crate::bridge::{Bridge, Control, Fault, call};
 use crate::events::Events;
 use crate::membership::{Admin, Membership};
 use crate::replica::{PartitionUsage, ReadLocal, Replica, Stats, mailbox_error};
@@ -508,19 +508,17 @@ async fn add_loads(
         .filter(|m| matches!(m.state.as_str(), "joining" | "up" | "leaving"))
         .map(|m| m.node.clone())
         .collect();
-    let answers = futures_util::future::join_all(asked.iter().map(|to| {
-        bridge.send(Call {
-            to: to.clone(),
-            msg: PeerMsg::Stats,
-            timeout: within,
-        })
-    }))
+    let answers = futures_util::future::join_all(
+        asked
+            .iter()
+            .map(|to| call(bridge, to.clone(), PeerMsg::Stats, within)),
+    )
     .await;
     let mut loads: HashMap<NodeId, NodeLoad> = asked
         .into_iter()
         .zip(answers)
         .filter_map(|(node, answer)| match answer {
-            Ok(Ok(PeerMsg::Load(load))) if load.hints.len() <= MAX_MEMBERS => Some((node, load)),
+            Ok(PeerMsg::Load(load)) if load.hints.len() <= MAX_MEMBERS => Some((node, load)),
             _ => None,
         })
         .collect();

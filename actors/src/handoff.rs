@@ -28,7 +28,7 @@ use dynakv::{Error, NodeId};
 use tracing::{debug, info, warn};
 
 use crate::anti_entropy::exchange;
-use crate::bridge::{Bridge, Call};
+use crate::bridge::{Bridge, call};
 use crate::coordinator::Summary;
 use crate::events::{Event, Events};
 use crate::membership::{CommitIncoming, MarkLeft, Membership};
@@ -201,21 +201,21 @@ impl Handoff {
             after: after.clone(),
             limit: self.settings.chunk_keys,
         };
-        let call = self.bridge.send(Call {
-            to: from.clone(),
-            msg: PeerMsg::Handoff(request),
-            timeout: self.settings.call_timeout,
-        });
+        let fetch = call(
+            &self.bridge,
+            from.clone(),
+            PeerMsg::Handoff(request),
+            self.settings.call_timeout,
+        );
         let replica = self.replica.clone();
         let q = self.settings.partitions;
         let chunk = async move {
-            let (entries, checksum, last) = match call.await.map_err(mailbox_error)?? {
+            let (entries, checksum, last) = match fetch.await? {
                 PeerMsg::Handoff(HandoffMsg::Chunk {
                     entries,
                     checksum,
                     last,
                 }) => (entries, checksum, last),
-                PeerMsg::Error { kind, message } => return Err(Error::from_wire(kind, message)),
                 other => return Err(Error::Malformed(format!("fetch answered with {other:?}"))),
             };
             verify_chunk(&entries, checksum, p, after.as_deref(), q)?;

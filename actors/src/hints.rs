@@ -20,7 +20,7 @@ use dynakv::ring::{Partition, Ring};
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, info};
 
-use crate::bridge::{Bridge, Call};
+use crate::bridge::{Bridge, call};
 use crate::events::{Event, Events};
 use crate::replica::{ForgetMootHints, HandedOff, Replica, Stats, TakeHints, mailbox_error};
 use crate::ring::{RingChanged, Topology};
@@ -175,20 +175,17 @@ impl Delivery {
             if batch.is_empty() {
                 return Ok(delivered);
             }
-            let answer = self
-                .bridge
-                .send(Call {
-                    to: self.owner.clone(),
-                    msg: PeerMsg::Hints(HintMsg::Deliver {
-                        entries: batch.clone(),
-                    }),
-                    timeout: self.settings.call_timeout,
-                })
-                .await
-                .map_err(mailbox_error)??;
+            let answer = call(
+                &self.bridge,
+                self.owner.clone(),
+                PeerMsg::Hints(HintMsg::Deliver {
+                    entries: batch.clone(),
+                }),
+                self.settings.call_timeout,
+            )
+            .await?;
             match answer {
                 PeerMsg::Hints(HintMsg::Delivered) => {}
-                PeerMsg::Error { kind, message } => return Err(Error::from_wire(kind, message)),
                 other => {
                     return Err(Error::Malformed(format!(
                         "hint delivery answered with {other:?}"

@@ -22,7 +22,7 @@ use dynakv::replica::Store;
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, info, warn};
 
-use crate::bridge::{Bridge, Call, CallAddr, GossipIn, Reachability, SetAddresses};
+use crate::bridge::{Bridge, GossipIn, Reachability, SetAddresses, call, call_addr};
 use crate::events::{Event, Events};
 use crate::ring::{Ring, ViewChanged};
 use crate::storage::FjallStore;
@@ -168,22 +168,13 @@ impl Membership {
             let call = match out.to {
                 Destination::Node(to) => {
                     let from = to.clone();
-                    let sent = self.bridge.send(Call { to, msg, timeout });
-                    Box::pin(async move {
-                        sent.await
-                            .map_err(|e| Error::Unavailable(e.to_string()))?
-                            .map(|m| (from, m))
-                    })
+                    let sent = call(&self.bridge, to, msg, timeout);
+                    Box::pin(async move { sent.await.map(|m| (from, m)) })
                         as std::pin::Pin<
                             Box<dyn std::future::Future<Output = Result<(NodeId, PeerMsg)>>>,
                         >
                 }
-                Destination::Addr(addr) => {
-                    let sent = self.bridge.send(CallAddr { addr, msg, timeout });
-                    Box::pin(
-                        async move { sent.await.map_err(|e| Error::Unavailable(e.to_string()))? },
-                    )
-                }
+                Destination::Addr(addr) => Box::pin(call_addr(&self.bridge, addr, msg, timeout)),
             };
             ctx.spawn(call.into_actor(self).map(|answer, act, ctx| {
                 shielded(NAME, act, ctx, |act, _| match answer {

@@ -20,9 +20,9 @@ use dynakv::{Error, NodeId, Result};
 use tokio::sync::oneshot;
 use tracing::{Instrument, Span, debug};
 
-use crate::bridge::{Bridge, Call};
+use crate::bridge::{Bridge, call};
 use crate::events::{Event, Events};
-use crate::replica::{Answer, Replica, Serve, answered, mailbox_error};
+use crate::replica::{Answer, Replica, Serve, answered};
 
 /// Sends replica requests to this node's replica by mailbox, and to other
 /// nodes' replicas through the Bridge.
@@ -46,15 +46,10 @@ impl Router {
             self.replica.do_send(Serve { msg, answer });
             Box::pin(answered(rx))
         } else {
-            let sent = self.bridge.send(Call {
-                to,
-                msg: PeerMsg::Replica(msg),
-                timeout: self.timeout,
-            });
+            let sent = call(&self.bridge, to, PeerMsg::Replica(msg), self.timeout);
             Box::pin(async move {
-                match sent.await.map_err(mailbox_error)?? {
+                match sent.await? {
                     PeerMsg::Replica(reply) => Ok(reply),
-                    PeerMsg::Error { kind, message } => Err(Error::from_wire(kind, message)),
                     other => Err(Error::Malformed(format!(
                         "replica request answered with {other:?}"
                     ))),
