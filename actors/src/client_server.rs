@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use actix::WeakAddr;
+use actix::dev::SendError;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use dynakv::auth;
@@ -302,17 +303,24 @@ impl StreamHandler<Result<ClientRequest, CodecError>> for ClientConn {
         if self.in_flight >= self.settings.max_in_flight {
             return self.answer(id, name, started, ClientReply::error(&Error::Overloaded));
         }
+        let (reply, answer) = oneshot::channel();
+        if let Err(e) = self.coordinator.try_send(Execute { op, reply }) {
+            let refused = match e {
+                SendError::Full(_) => Error::Overloaded,
+                SendError::Closed(_) => Error::Unavailable("the coordinator is stopped".into()),
+            };
+            return self.answer(id, name, started, ClientReply::error(&refused));
+        }
         self.in_flight += 1;
-        ctx.spawn(self.coordinator.send(Execute(op)).into_actor(self).map(
-            move |answer, conn, _| {
-                conn.in_flight -= 1;
-                let reply = answer.unwrap_or_else(|e| {
-                    ClientReply::error(&Error::Unavailable(format!("coordinator unavailable: {e}")))
-                });
-                conn.answer(id, name, started, reply);
-                conn.close_when_drained();
-            },
-        ));
+        ctx.spawn(answer.into_actor(self).map(move |answer, conn, _| {
+            conn.in_flight -= 1;
+            let reply = answer.unwrap_or_else(|_| {
+                let lost = Error::Unavailable("the coordinator dropped the request".into());
+                ClientReply::error(&lost)
+            });
+            conn.answer(id, name, started, reply);
+            conn.close_when_drained();
+        }));
     }
 
     fn finished(&mut self, _: &mut Context<Self>) {

@@ -1,12 +1,12 @@
 //! Coordinator: turns client operations into coordinator sessions.
 //!
-//! Receives `Execute` (one client operation) and `RingChanged`. For a get,
-//! put or delete it validates the request, routes the key's partition to its
-//! targets (the first N healthy nodes of the extended preference list) and
-//! starts one `Session` actor, whose outcome it turns into the client's
-//! reply. Any node coordinates any key: the version of a put is minted by
-//! the first target, a replica of the key, so coordination needs no
-//! forwarding. It also answers `status` and `inspect` from local state.
+//! Receives `Execute` (one client operation, with the oneshot its reply goes
+//! to) and `RingChanged`. For a get, put or delete it validates the request,
+//! routes the key's partition to its targets (the first N healthy nodes of
+//! the extended preference list) and starts one `Session` actor, which sends
+//! the client its reply. Any node coordinates any key: the version of a put
+//! is minted by the first target, a replica of the key, so coordination needs
+//! no forwarding. It also answers `status` and `inspect` from local state.
 
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::prelude::*;
-use dynakv::coordinator::{GetSession, Outcome, PutSession, Route, Session as Core};
+use dynakv::coordinator::{GetSession, Outcome, PutSession, Request, Route, Session as Core};
 use dynakv::handoff::{PlanChange, preview};
 use dynakv::membership::MAX_MEMBERS;
 use dynakv::membership::View;
@@ -42,10 +42,14 @@ use crate::supervise::shielded;
 #[rtype(result = "Vec<String>")]
 pub struct Summary;
 
-/// One client operation; answered with the client's reply.
+/// One client operation; the client's reply goes to `reply` (a get, put or
+/// delete's straight from its session).
 #[derive(Message)]
-#[rtype(result = "ClientReply")]
-pub struct Execute(pub ClientOp);
+#[rtype(result = "()")]
+pub struct Execute {
+    pub op: ClientOp,
+    pub reply: oneshot::Sender<ClientReply>,
+}
 
 /// What the coordinator needs from the configuration.
 #[derive(Debug, Clone)]
@@ -153,43 +157,49 @@ impl Coordinator {
         Ok((p.0, route))
     }
 
-    /// Starts a session and returns the future of its outcome.
-    fn session(
-        &mut self,
-        op: &'static str,
-        key: Vec<u8>,
-        partition: u32,
-        start: impl FnOnce() -> (Core, Vec<dynakv::coordinator::Request>),
-    ) -> Result<oneshot::Receiver<Result<Outcome>>> {
+    /// Starts a session, which gives the client its reply.
+    fn session(&mut self, planned: Planned, reply: oneshot::Sender<ClientReply>) {
         let running = self.sessions.in_flight.load(Ordering::Relaxed);
         if running >= self.settings.max_in_flight {
-            return Err(Error::Overloaded);
+            let _ = reply.send(ClientReply::error(&Error::Overloaded));
+            return;
         }
         self.sessions.in_flight.fetch_add(1, Ordering::Relaxed);
         self.next_request += 1;
+        let Planned {
+            op,
+            key,
+            partition,
+            core,
+            initial,
+        } = planned;
         // At debug, like every event logged inside a session: an enabled
         // span formats its fields for each request (5% of the server's
         // CPU per put at the default level "info", which logs nothing in it).
         let span =
             debug_span!("session", op, partition, request = self.next_request, node = %self.me());
-        let (tx, rx) = oneshot::channel();
-        let (kind, initial) = start();
-        Session::new(kind, initial, key, self.sessions.clone(), tx, span).start();
-        Ok(rx)
+        let respond = Box::new(move |outcome| {
+            let _ = reply.send(client_reply(outcome));
+        });
+        Session::new(core, initial, key, self.sessions.clone(), respond, span).start();
     }
 
-    fn execute(&mut self, op: ClientOp) -> Result<Pending> {
-        match op {
+    /// Checks an operation: a get, put or delete is planned as a session;
+    /// anything else is answered from this node's state.
+    fn execute(&mut self, op: ClientOp) -> Result<Ready> {
+        let local = match op {
             ClientOp::Get { key, r } => {
                 self.check_key(&key)?;
                 let r = self.quorum("r", r, self.settings.r)?;
-                let (p, route) = self.route(&key)?;
-                let k = key.clone();
-                let rx = self.session("get", key, p, move || {
-                    let (s, reqs) = GetSession::start(k, route, r);
-                    (Core::Get(s), reqs)
-                })?;
-                Ok(Pending::Session(rx))
+                let (partition, route) = self.route(&key)?;
+                let (core, initial) = GetSession::start(key.clone(), route, r);
+                return Ok(Ready::Session(Planned {
+                    op: "get",
+                    key,
+                    partition,
+                    core: Core::Get(core),
+                    initial,
+                }));
             }
             ClientOp::Put {
                 key,
@@ -204,34 +214,37 @@ impl Coordinator {
                         self.settings.max_value_bytes
                     )));
                 }
-                self.write(key, Value::Data(value), &context, w, "put")
+                return self.write(key, Value::Data(value), &context, w, "put");
             }
             ClientOp::Delete { key, context, w } => {
-                self.write(key, Value::Tombstone, &context, w, "delete")
+                return self.write(key, Value::Tombstone, &context, w, "delete");
             }
-            ClientOp::Status => Ok(Pending::Status(self.status_base())),
+            ClientOp::Status => Pending::Status(self.status_base()),
             ClientOp::Inspect { key } => {
                 self.check_key(&key)?;
                 let q = self.topology.as_ref().map_or(1, |t| t.view.partitions);
                 let partition = dynakv::ring::Partition::of_key(&key, q).0;
-                Ok(Pending::Inspect { key, partition })
+                Pending::Inspect { key, partition }
             }
-            ClientOp::Hello { .. } => Err(Error::InvalidRequest(
-                "hello is only valid as the first message".into(),
-            )),
-            ClientOp::Join { seed } => Ok(Pending::Admin(Admin::Join { seed })),
-            ClientOp::Leave => Ok(Pending::Admin(Admin::Leave)),
-            ClientOp::Remove { node } => Ok(Pending::Admin(Admin::Remove { node })),
+            ClientOp::Hello { .. } => {
+                return Err(Error::InvalidRequest(
+                    "hello is only valid as the first message".into(),
+                ));
+            }
+            ClientOp::Join { seed } => Pending::Admin(Admin::Join { seed }),
+            ClientOp::Leave => Pending::Admin(Admin::Leave),
+            ClientOp::Remove { node } => Pending::Admin(Admin::Remove { node }),
             ClientOp::Plan { change } => {
                 let view = self
                     .topology
                     .as_ref()
                     .map(|t| t.view.clone())
                     .ok_or_else(|| Error::Unavailable("membership not started".into()))?;
-                Ok(Pending::Plan { view, change })
+                Pending::Plan { view, change }
             }
-            ClientOp::Fault { fault } => self.fault(fault).map(Pending::Fault),
-        }
+            ClientOp::Fault { fault } => Pending::Fault(self.fault(fault)?),
+        };
+        Ok(Ready::Local(local))
     }
 
     /// Checks a fault request: allowed here, and naming real node ids.
@@ -261,17 +274,19 @@ impl Coordinator {
         context: &[u8],
         w: Option<u8>,
         op: &'static str,
-    ) -> Result<Pending> {
+    ) -> Result<Ready> {
         self.check_key(&key)?;
         let w = self.quorum("w", w, self.settings.w)?;
         let ctx = VersionContext::from_bytes(context)?;
-        let (p, route) = self.route(&key)?;
-        let k = key.clone();
-        let rx = self.session(op, key, p, move || {
-            let (s, reqs) = PutSession::start(k, ctx, value, route, w);
-            (Core::Put(s), reqs)
-        })?;
-        Ok(Pending::Session(rx))
+        let (partition, route) = self.route(&key)?;
+        let (core, initial) = PutSession::start(key.clone(), ctx, value, route, w);
+        Ok(Ready::Session(Planned {
+            op,
+            key,
+            partition,
+            core: Core::Put(core),
+            initial,
+        }))
     }
 
     /// Everything in the status report that this actor knows itself.
@@ -334,9 +349,23 @@ impl Coordinator {
     }
 }
 
-/// An operation under way.
+/// A get, put or delete, ready to run as a session.
+struct Planned {
+    op: &'static str,
+    key: Vec<u8>,
+    partition: u32,
+    core: Core,
+    initial: Vec<Request>,
+}
+
+/// An operation checked and ready to run.
+enum Ready {
+    Session(Planned),
+    Local(Pending),
+}
+
+/// An operation answered from this node's state, under way.
 enum Pending {
-    Session(oneshot::Receiver<Result<Outcome>>),
     Status(StatusReport),
     Inspect { key: Vec<u8>, partition: u32 },
     Admin(Admin),
@@ -369,19 +398,21 @@ impl Handler<RingChanged> for Coordinator {
 }
 
 impl Handler<Execute> for Coordinator {
-    type Result = ResponseFuture<ClientReply>;
+    type Result = ();
 
-    fn handle(&mut self, Execute(op): Execute, ctx: &mut Context<Self>) -> Self::Result {
-        shielded(NAME, self, ctx, |act, _| -> Self::Result {
-            let pending = act.execute(op);
-            let local = act.local.clone();
-            Box::pin(async move {
-                let reply = match pending {
-                    Ok(pending) => finish(pending, &local).await,
-                    Err(e) => Err(e),
-                };
-                reply.unwrap_or_else(|e| ClientReply::error(&e))
-            })
+    fn handle(&mut self, Execute { op, reply }: Execute, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| match act.execute(op) {
+            Ok(Ready::Session(planned)) => act.session(planned, reply),
+            Ok(Ready::Local(pending)) => {
+                let local = act.local.clone();
+                actix::spawn(async move {
+                    let answer = finish(pending, &local).await;
+                    let _ = reply.send(answer.unwrap_or_else(|e| ClientReply::error(&e)));
+                });
+            }
+            Err(e) => {
+                let _ = reply.send(ClientReply::error(&e));
+            }
         })
     }
 }
@@ -432,21 +463,6 @@ async fn finish(pending: Pending, local: &Local) -> Result<ClientReply> {
                 usage.get(&p).copied().unwrap_or(average)
             })?;
             Ok(ClientReply::Plan(report))
-        }
-        Pending::Session(rx) => {
-            let outcome = rx
-                .await
-                .map_err(|_| Error::Internal("session stopped without answering".into()))??;
-            Ok(match outcome {
-                Outcome::Read(state) => ClientReply::Value {
-                    values: state.values().map(<[u8]>::to_vec).collect(),
-                    context: state.context().to_bytes(),
-                },
-                Outcome::Written((state, dot)) => ClientReply::Written {
-                    context: state.context().to_bytes(),
-                    others: others(&state, dot),
-                },
-            })
         }
         Pending::Status(mut report) => {
             let stats = replica.send(Stats).await.map_err(mailbox_error)??;
@@ -534,6 +550,21 @@ async fn add_loads(
             .filter(|(owner, _)| *owner == m.node)
             .map(|(_, count)| count)
             .sum();
+    }
+}
+
+/// The client's reply to a session's outcome.
+fn client_reply(outcome: Result<Outcome>) -> ClientReply {
+    match outcome {
+        Ok(Outcome::Read(state)) => ClientReply::Value {
+            values: state.values().map(<[u8]>::to_vec).collect(),
+            context: state.context().to_bytes(),
+        },
+        Ok(Outcome::Written((state, dot))) => ClientReply::Written {
+            context: state.context().to_bytes(),
+            others: others(&state, dot),
+        },
+        Err(e) => ClientReply::error(&e),
     }
 }
 

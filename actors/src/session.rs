@@ -2,7 +2,7 @@
 //!
 //! Started by the Coordinator with its targets; sends the core session's
 //! requests through the `Router`, feeds it the replies and the deadline,
-//! answers the client once (through a oneshot), then, for a get, sends the
+//! answers the client once (through its `Respond`), then, for a get, sends the
 //! read repairs, and stops. Runs in a span carrying the key's partition and
 //! the request id.
 
@@ -17,7 +17,6 @@ use dynakv::coordinator::{Outcome, Request, Session as Core};
 use dynakv::peer::PeerMsg;
 use dynakv::replica::ReplicaMsg;
 use dynakv::{Error, NodeId, Result};
-use tokio::sync::oneshot;
 use tracing::{Instrument, Span, debug};
 
 use crate::bridge::{Bridge, call};
@@ -72,11 +71,14 @@ pub struct SessionEnv {
     pub in_flight: Arc<AtomicUsize>,
 }
 
+/// Takes a session's outcome to its client (called once).
+pub type Respond = Box<dyn FnOnce(Result<Outcome>)>;
+
 pub struct Session {
     core: Core,
     initial: Vec<Request>,
     env: SessionEnv,
-    respond: Option<oneshot::Sender<Result<Outcome>>>,
+    respond: Option<Respond>,
     key: Vec<u8>,
     span: Span,
 }
@@ -87,7 +89,7 @@ impl Session {
         initial: Vec<Request>,
         key: Vec<u8>,
         env: SessionEnv,
-        respond: oneshot::Sender<Result<Outcome>>,
+        respond: Respond,
         span: Span,
     ) -> Self {
         Session {
@@ -140,7 +142,7 @@ impl Session {
         if let Some(outcome) = outcome
             && let Some(respond) = self.respond.take()
         {
-            let _ = respond.send(outcome);
+            respond(outcome);
         }
     }
 
