@@ -44,7 +44,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use crate::link::{Close, Frame, Link};
+use crate::link::{Close, Frame, Link, LinkAddr};
 use crate::replica::{
     AeRespond, Answer, Chunk, CollectTombstones, MergeHandoff, ProbeTombstones, Replica, Serve,
     Stats, mailbox_error,
@@ -203,7 +203,7 @@ impl Faults {
 
 /// A call sent and not answered yet.
 struct Pending {
-    link: Addr<Link>,
+    link: LinkAddr,
     /// The peer asked (this node's id for a seed not known yet).
     to: NodeId,
     answer: CallAnswer,
@@ -230,9 +230,9 @@ pub struct Bridge {
     bound: Option<std::net::TcpListener>,
     listener: Option<Arc<TcpListener>>,
     book: HashMap<NodeId, String>,
-    links: HashMap<NodeId, Addr<Link>>,
+    links: HashMap<NodeId, LinkAddr>,
     /// Outbound links opened by address, until the peer says who it is.
-    seed_links: HashMap<String, Addr<Link>>,
+    seed_links: HashMap<String, LinkAddr>,
     /// Links peers opened to us (closed with the Bridge).
     inbound: Vec<WeakAddr<Link>>,
     /// Peers that failed: no new link before the instant; the next backoff.
@@ -242,7 +242,8 @@ pub struct Bridge {
     /// scheduled.
     sweep_at: Option<Instant>,
     next_corr: u64,
-    replica: Addr<Replica>,
+    /// Shared: inbound requests clone it, and cloning an `Addr` allocates.
+    replica: Arc<Addr<Replica>>,
     gossip: Option<Recipient<GossipIn>>,
     reachability: Option<Recipient<Reachability>>,
     faults: Faults,
@@ -266,7 +267,7 @@ impl Bridge {
             pending: HashMap::new(),
             sweep_at: None,
             next_corr: 0,
-            replica,
+            replica: Arc::new(replica),
             gossip: None,
             reachability: None,
             faults: Faults::default(),
@@ -287,12 +288,12 @@ impl Bridge {
         }
     }
 
-    fn open_link(&self, addr: String, ctx: &mut Context<Self>) -> Addr<Link> {
-        Link::outbound(ctx.address(), addr, self.hello(), &self.settings).start()
+    fn open_link(&self, addr: String, ctx: &mut Context<Self>) -> LinkAddr {
+        Arc::new(Link::outbound(ctx.address(), addr, self.hello(), &self.settings).start())
     }
 
     /// The outbound link to `to`, opening one if allowed.
-    fn link_to(&mut self, to: &NodeId, ctx: &mut Context<Self>) -> Result<Addr<Link>> {
+    fn link_to(&mut self, to: &NodeId, ctx: &mut Context<Self>) -> Result<LinkAddr> {
         if let Some(link) = self.links.get(to) {
             return Ok(link.clone());
         }
@@ -323,7 +324,7 @@ impl Bridge {
     }
 
     /// Sends `frame` on `link`, after the configured delay if any.
-    fn transmit(&mut self, link: &Addr<Link>, frame: PeerFrame, ctx: &mut Context<Self>) {
+    fn transmit(&mut self, link: &LinkAddr, frame: PeerFrame, ctx: &mut Context<Self>) {
         if self.faults.delay.is_zero() {
             link.do_send(Frame(frame));
         } else {
@@ -335,7 +336,7 @@ impl Bridge {
     /// Sends a call on `link`; its answer goes to `answer`.
     fn request(
         &mut self,
-        link: Addr<Link>,
+        link: LinkAddr,
         to: NodeId,
         msg: PeerMsg,
         timeout: Duration,
@@ -406,7 +407,10 @@ impl Bridge {
             .drain()
             .map(|(_, l)| l)
             .chain(self.seed_links.drain().map(|(_, l)| l));
-        let inbound = self.inbound.drain(..).filter_map(|l| l.upgrade());
+        let inbound = self
+            .inbound
+            .drain(..)
+            .filter_map(|l| l.upgrade().map(Arc::new));
         for link in outbound.chain(inbound) {
             link.do_send(Close);
         }
@@ -418,7 +422,7 @@ impl Bridge {
         }
     }
 
-    fn fail_pending(&mut self, link: &Addr<Link>, why: &str) {
+    fn fail_pending(&mut self, link: &LinkAddr, why: &str) {
         let lost: Vec<u64> = self
             .pending
             .iter()
@@ -632,7 +636,7 @@ impl Handler<Control> for Bridge {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct LinkUp {
-    pub(crate) link: Addr<Link>,
+    pub(crate) link: LinkAddr,
     pub(crate) peer: NodeId,
     /// Set for outbound links opened by address.
     pub(crate) addr: Option<String>,
@@ -642,7 +646,7 @@ pub(crate) struct LinkUp {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct LinkDown {
-    pub(crate) link: Addr<Link>,
+    pub(crate) link: LinkAddr,
     pub(crate) peer: Option<NodeId>,
     pub(crate) addr: Option<String>,
     pub(crate) outbound: bool,
@@ -652,7 +656,7 @@ pub(crate) struct LinkDown {
 #[rtype(result = "()")]
 pub(crate) struct Inbound {
     pub(crate) env: Envelope,
-    pub(crate) link: Addr<Link>,
+    pub(crate) link: LinkAddr,
 }
 
 impl Handler<LinkUp> for Bridge {
@@ -735,7 +739,7 @@ impl Handler<Inbound> for Bridge {
 impl Bridge {
     /// Hands an inbound request to the concern that owns it; its answer goes
     /// back on the link the request came on.
-    fn route(&mut self, env: Envelope, link: Addr<Link>) {
+    fn route(&mut self, env: Envelope, link: LinkAddr) {
         let Envelope {
             from, corr, msg, ..
         } = env;
@@ -826,7 +830,7 @@ fn error_msg(e: &Error) -> PeerMsg {
 
 /// Where the answer to one inbound request goes.
 struct Reply {
-    link: Addr<Link>,
+    link: LinkAddr,
     me: NodeId,
     to: NodeId,
     corr: Corr,

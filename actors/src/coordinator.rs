@@ -69,7 +69,8 @@ pub struct CoordinatorSettings {
 
 pub struct Coordinator {
     settings: CoordinatorSettings,
-    sessions: SessionEnv,
+    /// Shared by every session (a clone per session would allocate).
+    sessions: Arc<SessionEnv>,
     /// What status, inspect and admin requests ask once they leave this
     /// actor; shared, so a request clones one reference.
     local: Arc<Local>,
@@ -89,7 +90,7 @@ impl Coordinator {
             attempt_timeout: router.timeout / (u32::from(settings.n) + 1),
             router,
             events,
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            in_flight: AtomicUsize::new(0),
         };
         let local = Arc::new(Local {
             replica: sessions.router.replica.clone(),
@@ -102,7 +103,7 @@ impl Coordinator {
         });
         Coordinator {
             settings,
-            sessions,
+            sessions: Arc::new(sessions),
             local,
             topology: None,
             next_request: 0,

@@ -8,6 +8,7 @@
 //! misaddressed envelope or a peer of another cluster closes the link, with
 //! the reason logged. Every event goes to the Bridge, which routes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::io::{FramedWrite, WriteHandler};
@@ -40,6 +41,10 @@ pub(crate) struct Close;
 
 type PeerCodec = Codec<PeerFrame, PeerFrame>;
 
+/// A link's address as the Bridge keeps it: shared, since cloning an actix
+/// `Addr` allocates and a link is named in every message it carries.
+pub(crate) type LinkAddr = Arc<Addr<Link>>;
+
 /// One TCP connection to a peer, opened by us (outbound, carries our
 /// requests and their replies) or by the peer (inbound, carries its requests
 /// and our replies).
@@ -59,6 +64,8 @@ pub struct Link {
     writer: Option<FramedWrite<PeerFrame, OwnedWriteHalf, PeerCodec>>,
     queue: Vec<PeerFrame>,
     ready: bool,
+    /// This link's own address, once it has given it out.
+    me: Option<LinkAddr>,
 }
 
 impl Link {
@@ -81,6 +88,7 @@ impl Link {
             writer: None,
             queue: Vec::new(),
             ready: false,
+            me: None,
         }
     }
 
@@ -127,6 +135,12 @@ impl Link {
     fn outbound_link(&self) -> bool {
         self.addr.is_some()
     }
+
+    fn me(&mut self, ctx: &Context<Self>) -> LinkAddr {
+        self.me
+            .get_or_insert_with(|| Arc::new(ctx.address()))
+            .clone()
+    }
 }
 
 impl Actor for Link {
@@ -168,8 +182,9 @@ impl Actor for Link {
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
+        let link = self.me(ctx);
         self.bridge.do_send(LinkDown {
-            link: ctx.address(),
+            link,
             peer: self.peer.clone(),
             addr: self.addr.clone(),
             outbound: self.outbound_link(),
@@ -258,8 +273,9 @@ impl StreamHandler<std::result::Result<PeerFrame, CodecError>> for Link {
                     return ctx.stop();
                 }
                 self.ready = true;
+                let link = self.me(ctx);
                 self.bridge.do_send(LinkUp {
-                    link: ctx.address(),
+                    link,
                     peer,
                     addr: None,
                     outbound: false,
@@ -305,8 +321,9 @@ impl StreamHandler<std::result::Result<PeerFrame, CodecError>> for Link {
                 for frame in std::mem::take(&mut self.queue) {
                     self.write(frame);
                 }
+                let link = self.me(ctx);
                 self.bridge.do_send(LinkUp {
-                    link: ctx.address(),
+                    link,
                     peer: h.node,
                     addr: self.addr.clone(),
                     outbound: true,
@@ -317,10 +334,8 @@ impl StreamHandler<std::result::Result<PeerFrame, CodecError>> for Link {
                     warn!(peer = ?self.peer, from = %env.from, to = %env.to, "misaddressed envelope; closing");
                     return ctx.stop();
                 }
-                self.bridge.do_send(Inbound {
-                    env,
-                    link: ctx.address(),
-                });
+                let link = self.me(ctx);
+                self.bridge.do_send(Inbound { env, link });
             }
             (other, ready, outbound) => {
                 warn!(peer = ?self.peer, ready, outbound, frame = ?std::mem::discriminant(&other), "out-of-order peer frame; closing");

@@ -58,8 +58,7 @@ impl Router {
     }
 }
 
-/// What every session of a coordinator shares.
-#[derive(Clone)]
+/// What every session of a coordinator shares (behind one `Arc`).
 pub struct SessionEnv {
     pub router: Router,
     /// How long one replica may take to answer before it counts as slow: a
@@ -68,7 +67,7 @@ pub struct SessionEnv {
     pub attempt_timeout: Duration,
     pub events: Events,
     /// Sessions running; each decrements it when it ends.
-    pub in_flight: Arc<AtomicUsize>,
+    pub in_flight: AtomicUsize,
 }
 
 /// Takes a session's outcome to its client (called once).
@@ -77,7 +76,7 @@ pub type Respond = Box<dyn FnOnce(Result<Outcome>)>;
 pub struct Session {
     core: Core,
     initial: Vec<Request>,
-    env: SessionEnv,
+    env: Arc<SessionEnv>,
     respond: Option<Respond>,
     key: Vec<u8>,
     span: Span,
@@ -88,7 +87,7 @@ impl Session {
         core: Core,
         initial: Vec<Request>,
         key: Vec<u8>,
-        env: SessionEnv,
+        env: Arc<SessionEnv>,
         respond: Respond,
         span: Span,
     ) -> Self {
