@@ -13,15 +13,18 @@
 #     (linearizable gets);
 #   - Redis: one unreplicated server (Debian's redis-server), appendonly
 #     with appendfsync everysec and always; load from redis-benchmark.
-# Prints one table with dynakv's ratio to each peer. A peer that cannot be
-# installed is skipped with a message. Every server started here is stopped
-# at the end.
+# Prints one table with dynakv's ratio to each peer. With ROUNDS=n the five
+# runs are repeated n times in turn and the table shows each figure's
+# median, which steadies the ratios on a machine whose speed drifts. A peer
+# that cannot be installed is skipped with a message. Every server started
+# here is stopped at the end.
 set -euo pipefail
 
 CLIENTS=${CLIENTS:-50}
 VALUE_SIZE=${VALUE_SIZE:-100}
 KEYS=${KEYS:-100000}
 DURATION=${DURATION:-20}
+ROUNDS=${ROUNDS:-1}
 # redis-benchmark takes a request count, not a time: unless set here, a
 # short probe sizes it so that each Redis test lasts about DURATION.
 REDIS_REQUESTS=${REDIS_REQUESTS:-}
@@ -100,6 +103,7 @@ NODES=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 run_dynakv() {
     local mode=$1
     say "dynakv, 3 nodes, fsync=$mode"
+    rm -rf "$WORK/dynakv-$mode"
     for i in 1 2 3; do
         DYNAKV__NODE__DATA_DIR="$WORK/dynakv-$mode/node$i" DYNAKV__STORAGE__FSYNC="$mode" \
             DYNAKV__LOG__LEVEL=warn \
@@ -127,6 +131,7 @@ run_etcd() {
     local endpoints=127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579
     for i in 1 2 3; do
         local client=$((2279 + 100 * i)) peer=$((2280 + 100 * i))
+        rm -rf "$WORK/etcd$i"
         etcd --name "e$i" --data-dir "$WORK/etcd$i" \
             --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
             --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
@@ -153,6 +158,7 @@ run_redis() {
     local mode=$1
     need redis-server redis-tools || { say "skipping redis"; return 0; }
     say "redis, one server, appendfsync $mode"
+    rm -rf "$WORK/redis-$mode"
     mkdir -p "$WORK/redis-$mode"
     redis-server --port 6390 --bind 127.0.0.1 --save "" --appendonly yes \
         --appendfsync "$mode" --dir "$WORK/redis-$mode" --daemonize no \
@@ -186,20 +192,35 @@ PY
 }
 
 need python3 || { say "python3 is needed to read the results"; exit 1; }
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { say "ROUNDS must be a positive whole number, not '$ROUNDS'"; exit 1; }
 say "building dynakv"
 cargo build -q --release -p dynakv-actors --manifest-path "$ROOT/Cargo.toml"
 : >"$RESULTS"
-run_dynakv periodic
-run_dynakv always
-run_etcd
-run_redis everysec
-run_redis always
+for round in $(seq "$ROUNDS"); do
+    [ "$ROUNDS" -gt 1 ] && say "round $round of $ROUNDS"
+    run_dynakv periodic
+    run_dynakv always
+    run_etcd
+    run_redis everysec
+    run_redis always
+done
 
-python3 - "$RESULTS" "$CLIENTS" "$VALUE_SIZE" "$KEYS" "$DURATION" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-clients, size, keys, duration = sys.argv[2:6]
-print(f"\n{clients} clients, {size}-byte values, {keys} keys, {duration} s per run, loopback\n")
+python3 - "$RESULTS" "$CLIENTS" "$VALUE_SIZE" "$KEYS" "$DURATION" "$ROUNDS" <<'PY'
+import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+clients, size, keys, duration, rounds = sys.argv[2:7]
+# One row per system and mode: the median of its rounds (errors summed).
+groups = {}
+for r in runs:
+    groups.setdefault((r["system"], r["mode"]), []).append(r)
+rows = []
+for (system, mode), rs in groups.items():
+    row = {"system": system, "mode": mode, "errors": sum(r["errors"] for r in rs)}
+    for k in ("put", "get", "p99_put_ms", "p99_get_ms"):
+        row[k] = statistics.median(r[k] for r in rs)
+    rows.append(row)
+per = f"{duration} s per run" + (f", median of {rounds} rounds" if rounds != "1" else "")
+print(f"\n{clients} clients, {size}-byte values, {keys} keys, {per}, loopback\n")
 print(f"{'system':<8} {'mode':<22} {'put ops/s':>10} {'get ops/s':>10} {'p99 put':>9} {'p99 get':>9}")
 for r in rows:
     print(f"{r['system']:<8} {r['mode']:<22} {r['put']:>10.0f} {r['get']:>10.0f} "
