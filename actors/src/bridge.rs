@@ -1,10 +1,10 @@
 //! Bridge: the only owner of peer TCP connections.
 //!
-//! Receives: `Call` (a request to a peer, whose answer goes back on the
-//! oneshot it carries; `call` sends one and waits), `CallAddr` (the same to
-//! an address whose node id is not known yet: seeds), `SetAddresses` (the
-//! address book, from membership), `Control` (fault injection for tests)
-//! and, internally, what its links report.
+//! Receives: `Call` (a request to a peer, by node id or by address for a
+//! seed whose id is not known yet; the answer goes back on the oneshot it
+//! carries, and `ask`/`call` send one and wait), `SetAddresses` (the address
+//! book, from membership), `Control` (fault injection for tests) and,
+//! internally, what its links report.
 //! Emits: inbound requests to the local concern that owns them (replica,
 //! membership), and their answers back on the connection they came from.
 //!
@@ -29,12 +29,11 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
 use actix::WeakAddr;
-use actix::dev::SendError;
 use actix::prelude::*;
 use dynakv::auth::NONCE_LEN;
 use dynakv::handoff::HandoffMsg;
 use dynakv::hints::HintMsg;
-use dynakv::membership::GossipMsg;
+use dynakv::membership::{Destination, GossipMsg};
 use dynakv::peer::{NodeLoad, PeerFrame, PeerHello, PeerMsg};
 use dynakv::tombstones::GcMsg;
 use dynakv::wire::{Corr, Envelope};
@@ -47,7 +46,7 @@ use tracing::{debug, error, info, warn};
 use crate::link::{Close, Frame, Link, LinkAddr};
 use crate::replica::{
     AeRespond, Answer, Chunk, CollectTombstones, MergeHandoff, ProbeTombstones, Replica, Serve,
-    Stats, mailbox_error,
+    Stats, mailbox_error, send_error,
 };
 use crate::supervise::shielded;
 
@@ -62,81 +61,55 @@ const MAX_CHUNK_KEYS: usize = 4096;
 /// passes.
 pub type CallAnswer = oneshot::Sender<Result<(NodeId, PeerMsg)>>;
 
-/// A request to peer `to`, answered on `answer` (see `call`).
+/// A request to a peer, by node id or, for a seed whose id may not be known
+/// yet, by address; answered on `answer` (see `ask`).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Call {
-    pub to: NodeId,
+    pub to: Destination,
     pub msg: PeerMsg,
     pub timeout: Duration,
     pub answer: CallAnswer,
 }
 
-/// A request to whoever listens at `addr`, answered on `answer` (see
-/// `call_addr`).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CallAddr {
-    pub addr: String,
-    pub msg: PeerMsg,
-    pub timeout: Duration,
-    pub answer: CallAnswer,
-}
-
-/// Asks peer `to` and waits at most `timeout` for its reply. A peer's
+/// Asks a peer and waits at most `timeout` for its id and reply. A peer's
 /// `Error` reply comes back as that error.
+pub fn ask(
+    bridge: &Addr<Bridge>,
+    to: Destination,
+    msg: PeerMsg,
+    timeout: Duration,
+) -> impl Future<Output = Result<(NodeId, PeerMsg)>> + 'static {
+    let (answer, rx) = oneshot::channel();
+    let sent = bridge
+        .try_send(Call {
+            to,
+            msg,
+            timeout,
+            answer,
+        })
+        .map_err(|e| send_error(e, "the peer bridge"));
+    async move {
+        sent?;
+        match rx.await {
+            Ok(Ok((_, PeerMsg::Error { kind, message }))) => Err(Error::from_wire(kind, message)),
+            Ok(answer) => answer,
+            // The Bridge dropped the call (it restarted or stopped); the
+            // request may have gone out: as a timeout.
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+}
+
+/// Asks node `to` and waits at most `timeout` for its reply (see `ask`).
 pub fn call(
     bridge: &Addr<Bridge>,
     to: NodeId,
     msg: PeerMsg,
     timeout: Duration,
 ) -> impl Future<Output = Result<PeerMsg>> + 'static {
-    let (answer, rx) = oneshot::channel();
-    let sent = bridge.try_send(Call {
-        to,
-        msg,
-        timeout,
-        answer,
-    });
-    async move { answered(sent, rx).await.map(|(_, msg)| msg) }
-}
-
-/// Asks whoever listens at `addr` (a seed whose id may not be known yet)
-/// and waits at most `timeout` for its id and reply.
-pub fn call_addr(
-    bridge: &Addr<Bridge>,
-    addr: String,
-    msg: PeerMsg,
-    timeout: Duration,
-) -> impl Future<Output = Result<(NodeId, PeerMsg)>> + 'static {
-    let (answer, rx) = oneshot::channel();
-    let sent = bridge.try_send(CallAddr {
-        addr,
-        msg,
-        timeout,
-        answer,
-    });
-    answered(sent, rx)
-}
-
-async fn answered<M>(
-    sent: std::result::Result<(), SendError<M>>,
-    rx: oneshot::Receiver<Result<(NodeId, PeerMsg)>>,
-) -> Result<(NodeId, PeerMsg)> {
-    match sent {
-        Ok(()) => {}
-        Err(SendError::Full(_)) => return Err(Error::Overloaded),
-        Err(SendError::Closed(_)) => {
-            return Err(Error::Unavailable("the peer bridge is stopped".into()));
-        }
-    }
-    match rx.await {
-        Ok(Ok((_, PeerMsg::Error { kind, message }))) => Err(Error::from_wire(kind, message)),
-        Ok(answer) => answer,
-        // The Bridge dropped the call (it restarted or stopped); the request
-        // may have gone out: as a timeout.
-        Err(_) => Err(Error::Timeout),
-    }
+    let asked = ask(bridge, Destination::Node(to), msg, timeout);
+    async move { asked.await.map(|(_, msg)| msg) }
 }
 
 /// The peer address of every known node.
@@ -312,6 +285,36 @@ impl Bridge {
         let link = self.open_link(addr, ctx);
         self.links.insert(to.clone(), link.clone());
         Ok(link)
+    }
+
+    /// The link a call to `to` goes on, and the node it asks (this node's
+    /// own id for a seed not known yet: the link learns who answers).
+    fn route_call(
+        &mut self,
+        to: Destination,
+        ctx: &mut Context<Self>,
+    ) -> Result<(LinkAddr, NodeId)> {
+        let addr = match to {
+            Destination::Node(node) => return Ok((self.link_to(&node, ctx)?, node)),
+            Destination::Addr(addr) => addr,
+        };
+        if let Some(node) = self
+            .book
+            .iter()
+            .find(|(_, a)| **a == addr)
+            .map(|(n, _)| n.clone())
+        {
+            return Ok((self.link_to(&node, ctx)?, node));
+        }
+        let link = match self.seed_links.get(&addr) {
+            Some(link) => link.clone(),
+            None => {
+                let link = self.open_link(addr.clone(), ctx);
+                self.seed_links.insert(addr, link.clone());
+                link
+            }
+        };
+        Ok((link, self.settings.me.clone()))
     }
 
     fn envelope(&self, to: NodeId, corr: Corr, msg: PeerMsg) -> PeerFrame {
@@ -524,61 +527,12 @@ impl Handler<Call> for Bridge {
 
     fn handle(&mut self, call: Call, ctx: &mut Context<Self>) {
         shielded(NAME, self, ctx, |act, ctx| {
-            let Call {
-                to,
-                msg,
-                timeout,
-                answer,
-            } = call;
-            match act.link_to(&to, ctx) {
-                Ok(link) => act.request(link, to, msg, timeout, answer, ctx),
+            match act.route_call(call.to, ctx) {
+                Ok((link, to)) => act.request(link, to, call.msg, call.timeout, call.answer, ctx),
                 Err(e) => {
-                    let _ = answer.send(Err(e));
+                    let _ = call.answer.send(Err(e));
                 }
             }
-        })
-    }
-}
-
-impl Handler<CallAddr> for Bridge {
-    type Result = ();
-
-    fn handle(&mut self, call: CallAddr, ctx: &mut Context<Self>) {
-        shielded(NAME, self, ctx, |act, ctx| {
-            let CallAddr {
-                addr,
-                msg,
-                timeout,
-                answer,
-            } = call;
-            let known = act
-                .book
-                .iter()
-                .find(|(_, a)| **a == addr)
-                .map(|(n, _)| n.clone());
-            let (link, to) = match known {
-                Some(node) => match act.link_to(&node, ctx) {
-                    Ok(link) => (link, node),
-                    Err(e) => {
-                        let _ = answer.send(Err(e));
-                        return;
-                    }
-                },
-                None => {
-                    let link = match act.seed_links.get(&addr) {
-                        Some(link) => link.clone(),
-                        None => {
-                            let link = act.open_link(addr.clone(), ctx);
-                            act.seed_links.insert(addr, link.clone());
-                            link
-                        }
-                    };
-                    // Not known yet: the link fills in `to` once the peer has
-                    // said who it is.
-                    (link, act.settings.me.clone())
-                }
-            };
-            act.request(link, to, msg, timeout, answer, ctx)
         })
     }
 }

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use actix::WeakAddr;
-use actix::dev::SendError;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use dynakv::auth;
@@ -30,6 +29,7 @@ use tracing::{debug, error, warn};
 use crate::codec::{Codec, CodecError};
 use crate::coordinator::{Coordinator, Execute};
 use crate::metrics::Metrics;
+use crate::replica::send_error;
 use crate::supervise::shielded;
 
 type ServerCodec = Codec<ClientRequest, ClientResponse>;
@@ -305,10 +305,7 @@ impl StreamHandler<Result<ClientRequest, CodecError>> for ClientConn {
         }
         let (reply, answer) = oneshot::channel();
         if let Err(e) = self.coordinator.try_send(Execute { op, reply }) {
-            let refused = match e {
-                SendError::Full(_) => Error::Overloaded,
-                SendError::Closed(_) => Error::Unavailable("the coordinator is stopped".into()),
-            };
+            let refused = send_error(e, "the coordinator");
             return self.answer(id, name, started, ClientReply::error(&refused));
         }
         self.in_flight += 1;

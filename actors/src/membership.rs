@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use dynakv::membership::{Changed, Destination, GossipMsg, Membership as Core, Settings, View};
+use dynakv::membership::{Changed, GossipMsg, Membership as Core, Settings, View};
 use dynakv::peer::PeerMsg;
 use dynakv::replica::Store;
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, info, warn};
 
-use crate::bridge::{Bridge, GossipIn, Reachability, SetAddresses, call, call_addr};
+use crate::bridge::{Bridge, GossipIn, Reachability, SetAddresses, ask};
 use crate::events::{Event, Events};
 use crate::ring::{Ring, ViewChanged};
 use crate::storage::FjallStore;
@@ -165,17 +165,7 @@ impl Membership {
         for out in outgoing {
             let msg = PeerMsg::Gossip(out.msg);
             let timeout = self.call_timeout;
-            let call = match out.to {
-                Destination::Node(to) => {
-                    let from = to.clone();
-                    let sent = call(&self.bridge, to, msg, timeout);
-                    Box::pin(async move { sent.await.map(|m| (from, m)) })
-                        as std::pin::Pin<
-                            Box<dyn std::future::Future<Output = Result<(NodeId, PeerMsg)>>>,
-                        >
-                }
-                Destination::Addr(addr) => Box::pin(call_addr(&self.bridge, addr, msg, timeout)),
-            };
+            let call = ask(&self.bridge, out.to, msg, timeout);
             ctx.spawn(call.into_actor(self).map(|answer, act, ctx| {
                 shielded(NAME, act, ctx, |act, _| match answer {
                     Ok((from, PeerMsg::Gossip(reply))) => {

@@ -18,6 +18,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use actix::dev::SendError;
 use actix::prelude::*;
 use dynakv::anti_entropy::{AeMsg, Exchange};
 use dynakv::config::Fsync;
@@ -134,6 +135,15 @@ pub struct Flush;
 
 pub(crate) fn mailbox_error(e: MailboxError) -> Error {
     Error::Unavailable(format!("local actor unavailable: {e}"))
+}
+
+/// Why `try_send` to `actor` (e.g. "the coordinator") refused a message:
+/// a full mailbox is overload; a closed one, an actor that stopped.
+pub(crate) fn send_error<M>(e: SendError<M>, actor: &str) -> Error {
+    match e {
+        SendError::Full(_) => Error::Overloaded,
+        SendError::Closed(_) => Error::Unavailable(format!("{actor} is stopped")),
+    }
 }
 
 /// What the replica needs from the configuration.
