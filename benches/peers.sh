@@ -239,4 +239,13 @@ for r in rows:
     if always:
         line += f"; fsync=always {always['put'] / r['put']:.2f}x puts"
     print(line)
+# Each round runs the systems minutes apart, so a round's own ratio is the
+# one least moved by the machine's drift; show them all.
+paired = groups.get(("dynakv", "fsync=periodic"), [])
+if len(paired) > 1:
+    print("\nfsync=periodic puts to each peer's, round by round:")
+    for (system, mode), rs in groups.items():
+        if system != "dynakv":
+            ratios = " ".join(f"{d['put'] / p['put']:.2f}x" for d, p in zip(paired, rs))
+            print(f"  vs {system} {mode}: {ratios}")
 PY
