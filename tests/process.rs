@@ -173,6 +173,79 @@ async fn the_cli_puts_gets_inspects_and_reports() {
     }
 }
 
+/// A base port for `dynakv dev` whose client (P..P+2), peer (P+100..) and
+/// metrics (P+200..) ports are all free: below `free_port`'s range (20000
+/// and up), so the other tests of this binary never take them.
+fn dev_base_port() -> u16 {
+    let first = std::process::id() as u16 % 36;
+    (0..36)
+        .map(|k| 10_000 + (first + k) % 36 * 250)
+        .find(|base| {
+            [0, 100, 200]
+                .iter()
+                .flat_map(|off| (0..3).map(move |i| base + off + i))
+                .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        })
+        .expect("no free block of ports for dynakv dev")
+}
+
+/// `dynakv dev`, the README's quick start, serves; its banner meeting a
+/// reader that went away (`dynakv dev | head -1`) does not stop it; SIGTERM
+/// stops it with status 0.
+#[test]
+fn the_dev_cluster_outlives_a_closed_stdout_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dev_base_port();
+    let log = dir.path().join("dev.log");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = std::process::Command::new(support::binary())
+        .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdout(writer)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("local cluster ready") {
+            break text;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("dynakv dev exited ({status}) before it was ready:\n{text}");
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "dynakv dev not ready in {WAIT:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(text.contains("cannot write to stdout"), "{text}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited after its banner:\n{text}"
+    );
+
+    let node = |i: u16| format!("127.0.0.1:{}", base + i);
+    let (ok, _, err) = cli(&["put", "hello", "world", "--node", &node(0)]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&["get", "hello", "--node", &node(2)]);
+    assert!(ok && out.lines().next() == Some("world"), "{out} {err}");
+
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{status}:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
 /// The ring five processes found from their seed lists: founding is a
 /// deterministic function of the members, so the test can compute it too.
 fn founded_ring(nodes: usize) -> dynakv::ring::Ring {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use dynakv::config::Config;
 use dynakv::{Error, Result};
+use tracing::{info, warn};
 
 use crate::membership::CurrentView;
 use crate::node::{self, Listeners, NodeHandle};
@@ -98,22 +99,32 @@ pub async fn run(nodes: u16, base_port: u16, data_dir: PathBuf) -> Result<()> {
         let metrics = h
             .metrics_addr
             .map(|a| format!(", metrics http://{a}/metrics"));
-        println!(
+        tell(format_args!(
             "{} ready: client {}{}",
             h.id,
             h.client_addr,
             metrics.unwrap_or_default()
-        );
+        ));
     }
-    println!(
+    tell(format_args!(
         "cluster ready: {} node(s), N={n}; try `dynakv put hello world` then `dynakv get hello` (Ctrl-C stops)",
         handles.len()
-    );
+    ));
+    info!(nodes = handles.len(), "local cluster ready");
     wait_for_signal().await;
     for h in handles {
         h.stop().await?;
     }
     Ok(())
+}
+
+/// Prints a line of the banner. The cluster outlives its stdout: a reader
+/// that went away (`dynakv dev | head -1`) is no reason to stop serving.
+fn tell(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        warn!(error = %e, "cannot write to stdout; the cluster keeps running");
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
