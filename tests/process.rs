@@ -189,11 +189,11 @@ fn dev_base_port() -> u16 {
         .expect("no free block of ports for dynakv dev")
 }
 
-/// `dynakv dev`, the README's quick start, serves; its banner meeting a
-/// reader that went away (`dynakv dev | head -1`) does not stop it; SIGTERM
-/// stops it with status 0.
+/// `dynakv dev`, the README's quick start: ready means every member is up;
+/// its banner meeting a reader that went away (`dynakv dev | head -1`) does
+/// not stop it; it serves; SIGTERM stops it with status 0.
 #[test]
-fn the_dev_cluster_outlives_a_closed_stdout_serves_and_stops_on_sigterm() {
+fn dynakv_dev_is_up_when_ready_outlives_a_closed_stdout_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let base = dev_base_port();
     let log = dir.path().join("dev.log");
@@ -228,6 +228,15 @@ fn the_dev_cluster_outlives_a_closed_stdout_serves_and_stops_on_sigterm() {
     );
 
     let node = |i: u16| format!("127.0.0.1:{}", base + i);
+    let (ok, out, err) = cli(&["status", "--json", "--node", &node(0)]);
+    assert!(ok, "{err}");
+    let states: Vec<_> = json(&out)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["state"].clone())
+        .collect();
+    assert_eq!(states, vec![serde_json::json!("up"); 3], "{out}");
     let (ok, _, err) = cli(&["put", "hello", "world", "--node", &node(0)]);
     assert!(ok, "{err}");
     let (ok, out, err) = cli(&["get", "hello", "--node", &node(2)]);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynakv::config::Config;
+use dynakv::view::{Status, View};
 use dynakv::{Error, Result};
 use tracing::{info, warn};
 
@@ -15,7 +16,7 @@ use crate::node::{self, Listeners, NodeHandle};
 
 /// Most nodes `dev` starts.
 const MAX_DEV_NODES: u16 = 64;
-/// How long a fresh cluster may take to form before `dev` gives up.
+/// How long a fresh cluster may take to form and come up before `dev` gives up.
 const FORMATION_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The configuration of node `i` (from 1) of a local cluster whose nodes
@@ -44,23 +45,47 @@ pub fn cluster_config(i: usize, addrs: &[(SocketAddr, SocketAddr)], data_dir: &P
 
 /// Waits until every node has a ring (the cluster is formed).
 pub async fn wait_formed(nodes: &[NodeHandle], deadline: Duration) -> Result<()> {
+    wait_until(nodes, deadline, "form", |view, n| {
+        view.ownership.is_some() && view.members.len() == n
+    })
+    .await
+}
+
+/// Waits until every node sees every member up: the cluster has formed and
+/// joiners have taken over their partitions, so `status` right after shows
+/// no one joining.
+async fn wait_up(nodes: &[NodeHandle], deadline: Duration) -> Result<()> {
+    wait_until(nodes, deadline, "come up", |view, n| {
+        view.members.len() == n && view.members.values().all(|m| m.status == Status::Up)
+    })
+    .await
+}
+
+/// Waits until `done(view, node count)` holds for every node's view;
+/// `what` the cluster failed to do names the error.
+async fn wait_until(
+    nodes: &[NodeHandle],
+    deadline: Duration,
+    what: &str,
+    done: impl Fn(&View, usize) -> bool,
+) -> Result<()> {
     let start = Instant::now();
     loop {
-        let mut formed = true;
+        let mut all = true;
         for n in nodes {
-            let view: Arc<_> = n
+            let view: Arc<View> = n
                 .membership
                 .send(CurrentView)
                 .await
                 .map_err(|e| Error::Unavailable(e.to_string()))?;
-            formed &= view.ownership.is_some() && view.members.len() == nodes.len();
+            all &= done(&view, nodes.len());
         }
-        if formed {
+        if all {
             return Ok(());
         }
         if start.elapsed() > deadline {
             return Err(Error::Unavailable(format!(
-                "the cluster did not form within {} s",
+                "the cluster did not {what} within {} s",
                 deadline.as_secs()
             )));
         }
@@ -93,7 +118,7 @@ pub async fn run(nodes: u16, base_port: u16, data_dir: PathBuf) -> Result<()> {
         let listeners = Listeners::bind(&config)?;
         handles.push(node::start(&config, listeners)?);
     }
-    wait_formed(&handles, FORMATION_DEADLINE).await?;
+    wait_up(&handles, FORMATION_DEADLINE).await?;
     let n = handles.len().min(3);
     for h in &handles {
         let metrics = h
