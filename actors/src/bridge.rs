@@ -383,18 +383,9 @@ impl Bridge {
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         self.sweep_at = None;
         let now = Instant::now();
-        let expired: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(corr, _)| *corr)
-            .collect();
-        for corr in expired {
-            if let Some(p) = self.pending.remove(&corr) {
-                let _ = p.answer.send(Err(Error::Timeout));
-                if p.to != self.settings.me {
-                    self.report(Reachability::Lost(p.to));
-                }
+        for to in self.fail_calls(|p| p.deadline <= now) {
+            if to != self.settings.me {
+                self.report(Reachability::Lost(to));
             }
         }
         if let Some(next) = self.pending.values().map(|p| p.deadline).min() {
@@ -426,22 +417,23 @@ impl Bridge {
     }
 
     fn fail_pending(&mut self, link: &LinkAddr, why: &str) {
-        let lost: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.link == *link)
-            .map(|(c, _)| *c)
-            .collect();
+        let lost = self.fail_calls(|p| p.link == *link);
         if !lost.is_empty() {
             debug!(calls = lost.len(), why, "calls lost with their connection");
         }
-        // The requests may have arrived and taken effect: as timeouts, so
-        // that callers do not take them as refused.
-        for corr in lost {
-            if let Some(p) = self.pending.remove(&corr) {
+    }
+
+    /// Fails the pending calls `lost` picks; returns the peers they asked.
+    /// Their requests may have arrived and taken effect: they fail as
+    /// timeouts, so that callers do not take them as refused.
+    fn fail_calls(&mut self, mut lost: impl FnMut(&Pending) -> bool) -> Vec<NodeId> {
+        self.pending
+            .extract_if(|_, p| lost(p))
+            .map(|(_, p)| {
                 let _ = p.answer.send(Err(Error::Timeout));
-            }
-        }
+                p.to
+            })
+            .collect()
     }
 }
 
@@ -453,9 +445,7 @@ const NAME: &str = "bridge";
 impl Supervised for Bridge {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.close_links();
-        for (_, p) in self.pending.drain() {
-            let _ = p.answer.send(Err(Error::Timeout));
-        }
+        self.fail_calls(|_| true);
         self.sweep_at = None;
         self.backoff.clear();
     }
