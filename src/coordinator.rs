@@ -38,6 +38,7 @@ use crate::node::NodeId;
 use crate::replica::ReplicaMsg;
 use crate::ring::{Partition, Ring};
 use crate::version::{Context, Dot, SiblingSet, Value};
+use crate::wire::ClientReply;
 
 /// A replica request the shell must send, to a node (possibly itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -526,6 +527,31 @@ pub enum Outcome {
     Written(Written),
 }
 
+/// The client's reply to a session's outcome: a read's live values and
+/// context, or a write's new context with the values of the siblings it
+/// kept (the ones a write with that context supersedes, besides the new
+/// value).
+pub fn client_reply(outcome: Result<Outcome>) -> ClientReply {
+    match outcome {
+        Ok(Outcome::Read(state)) => ClientReply::Value {
+            values: state.values().map(<[u8]>::to_vec).collect(),
+            context: state.context().to_bytes(),
+        },
+        Ok(Outcome::Written((state, dot))) => ClientReply::Written {
+            context: state.context().to_bytes(),
+            others: state
+                .siblings()
+                .filter(|s| s.dot != dot)
+                .filter_map(|s| match s.value {
+                    Value::Data(d) => Some(d.clone()),
+                    Value::Tombstone => None,
+                })
+                .collect(),
+        },
+        Err(e) => ClientReply::error(&e),
+    }
+}
+
 /// A get or a put session behind one interface, as the shells drive them.
 pub enum Session {
     Get(GetSession),
@@ -633,6 +659,40 @@ mod tests {
 
     fn down() -> Error {
         Error::Unavailable("peer down".into())
+    }
+
+    #[test]
+    fn a_write_reply_names_the_live_siblings_other_than_the_new_value() {
+        // Three concurrent writes, one of them a delete; "c" is the new one.
+        let concurrent = |value: Value, actor: u64| {
+            SiblingSet::new()
+                .update(&Context::default(), value, Actor(actor))
+                .unwrap()
+        };
+        let written = concurrent(Value::Data(b"c".to_vec()), 3);
+        let dot = written.siblings().next().unwrap().dot;
+        let state = state("a", 1)
+            .merge(&concurrent(Value::Tombstone, 2))
+            .merge(&written);
+        match client_reply(Ok(Outcome::Written((state.clone(), dot)))) {
+            ClientReply::Written { context, others } => {
+                assert_eq!(others, vec![b"a".to_vec()]);
+                assert_eq!(context, state.context().to_bytes());
+            }
+            other => panic!("{other:?}"),
+        }
+        match client_reply(Ok(Outcome::Read(state.clone()))) {
+            ClientReply::Value {
+                mut values,
+                context,
+            } => {
+                values.sort();
+                assert_eq!(values, vec![b"a".to_vec(), b"c".to_vec()]);
+                assert_eq!(context, state.context().to_bytes());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(client_reply(Err(down())), ClientReply::error(&down()));
     }
 
     fn route(targets: &[&str], fallbacks: &[&str]) -> Route {

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::prelude::*;
-use dynakv::coordinator::{GetSession, Outcome, PutSession, Request, Route, Session as Core};
+use dynakv::coordinator::{GetSession, PutSession, Request, Route, Session as Core};
 use dynakv::handoff::{PlanChange, preview};
 use dynakv::membership::MAX_MEMBERS;
 use dynakv::membership::View;
 use dynakv::peer::{NodeLoad, PeerMsg};
 use dynakv::ring::Partition;
-use dynakv::version::{Context as VersionContext, SiblingSet, Value};
+use dynakv::version::{Context as VersionContext, Value};
 use dynakv::wire::{
     ClientOp, ClientReply, LocalCopy, MemberLoad, MemberStatus, NetFault, StatusReport,
 };
@@ -179,10 +179,7 @@ impl Coordinator {
         // CPU per put at the default level "info", which logs nothing in it).
         let span =
             debug_span!("session", op, partition, request = self.next_request, node = %self.me());
-        let respond = Box::new(move |outcome| {
-            let _ = reply.send(client_reply(outcome));
-        });
-        Session::new(core, initial, key, self.sessions.clone(), respond, span).start();
+        Session::new(core, initial, key, self.sessions.clone(), reply, span).start();
     }
 
     /// Checks an operation: a get, put or delete is planned as a session;
@@ -552,31 +549,4 @@ async fn add_loads(
             .map(|(_, count)| count)
             .sum();
     }
-}
-
-/// The client's reply to a session's outcome.
-fn client_reply(outcome: Result<Outcome>) -> ClientReply {
-    match outcome {
-        Ok(Outcome::Read(state)) => ClientReply::Value {
-            values: state.values().map(<[u8]>::to_vec).collect(),
-            context: state.context().to_bytes(),
-        },
-        Ok(Outcome::Written((state, dot))) => ClientReply::Written {
-            context: state.context().to_bytes(),
-            others: others(&state, dot),
-        },
-        Err(e) => ClientReply::error(&e),
-    }
-}
-
-/// The live values of `state` other than the one written with `dot`.
-fn others(state: &SiblingSet, dot: dynakv::version::Dot) -> Vec<Vec<u8>> {
-    state
-        .siblings()
-        .filter(|s| s.dot != dot)
-        .filter_map(|s| match s.value {
-            Value::Data(d) => Some(d.clone()),
-            Value::Tombstone => None,
-        })
-        .collect()
 }

@@ -2,7 +2,7 @@
 //!
 //! Started by the Coordinator with its targets; sends the core session's
 //! requests through the `Router`, feeds it the replies and the deadline,
-//! answers the client once (through its `Respond`), then, for a get, sends the
+//! answers the client once (on the oneshot its reply goes to), then, for a get, sends the
 //! read repairs, and stops. Runs in a span carrying the key's partition and
 //! the request id.
 
@@ -13,10 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
-use dynakv::coordinator::{Outcome, Request, Session as Core};
+use dynakv::coordinator::{Outcome, Request, Session as Core, client_reply};
 use dynakv::peer::PeerMsg;
 use dynakv::replica::ReplicaMsg;
+use dynakv::wire::ClientReply;
 use dynakv::{Error, NodeId, Result};
+use tokio::sync::oneshot;
 use tracing::{Instrument, Span, debug};
 
 use crate::bridge::{Bridge, call};
@@ -70,14 +72,12 @@ pub struct SessionEnv {
     pub in_flight: AtomicUsize,
 }
 
-/// Takes a session's outcome to its client (called once).
-pub type Respond = Box<dyn FnOnce(Result<Outcome>)>;
-
 pub struct Session {
     core: Core,
     initial: Vec<Request>,
     env: Arc<SessionEnv>,
-    respond: Option<Respond>,
+    /// Where the client's reply goes; taken when it is sent.
+    reply: Option<oneshot::Sender<ClientReply>>,
     key: Vec<u8>,
     span: Span,
 }
@@ -88,14 +88,14 @@ impl Session {
         initial: Vec<Request>,
         key: Vec<u8>,
         env: Arc<SessionEnv>,
-        respond: Respond,
+        reply: oneshot::Sender<ClientReply>,
         span: Span,
     ) -> Self {
         Session {
             core,
             initial,
             env,
-            respond: Some(respond),
+            reply: Some(reply),
             key,
             span,
         }
@@ -139,9 +139,9 @@ impl Session {
 
     fn answer(&mut self, outcome: Option<Result<Outcome>>) {
         if let Some(outcome) = outcome
-            && let Some(respond) = self.respond.take()
+            && let Some(reply) = self.reply.take()
         {
-            respond(outcome);
+            let _ = reply.send(client_reply(outcome));
         }
     }
 
