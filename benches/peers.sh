@@ -14,10 +14,11 @@
 #   - Redis: one unreplicated server (Debian's redis-server), appendonly
 #     with appendfsync everysec and always; load from redis-benchmark.
 # Prints one table with dynakv's ratio to each peer. With ROUNDS=n the five
-# runs are repeated n times in turn and the table shows each figure's
-# median, which steadies the ratios on a machine whose speed drifts. A peer
-# that cannot be installed is skipped with a message. Every server started
-# here is stopped at the end.
+# runs are repeated n times in turn; the table shows each figure's median,
+# which steadies the ratios on a machine whose speed drifts, and dynakv's
+# put ratio to each peer follows round by round. A peer that cannot be
+# installed is skipped with a message. Every server started here is stopped
+# at the end.
 set -euo pipefail
 
 CLIENTS=${CLIENTS:-50}
