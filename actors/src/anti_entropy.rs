@@ -30,10 +30,10 @@ use crate::bridge::{Bridge, call};
 use crate::coordinator::Summary;
 use crate::events::{Event, Events};
 use crate::replica::{
-    AeBegin, AeContinue, CollectTombstones, FindTombstones, ProbeTombstones, Replica, mailbox_error,
+    AeBegin, AeContinue, CollectTombstones, FindTombstones, ProbeTombstones, Replica,
 };
 use crate::ring::{RingChanged, Topology};
-use crate::supervise::shielded;
+use crate::supervise::{mailbox_error, shielded};
 
 #[derive(Debug, Clone)]
 pub struct AntiEntropySettings {

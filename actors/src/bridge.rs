@@ -46,9 +46,9 @@ use tracing::{debug, error, info, warn};
 use crate::link::{Close, Frame, Link, LinkAddr};
 use crate::replica::{
     AeRespond, Answer, Chunk, CollectTombstones, MergeHandoff, ProbeTombstones, Replica, Serve,
-    Stats, mailbox_error, send_error,
+    Stats,
 };
-use crate::supervise::shielded;
+use crate::supervise::{mailbox_error, send_error, shielded};
 
 /// First and longest wait before reconnecting to a peer that failed.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);

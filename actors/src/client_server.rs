@@ -29,7 +29,7 @@ use tracing::{debug, error, warn};
 use crate::codec::{Codec, CodecError};
 use crate::coordinator::{Coordinator, Execute};
 use crate::metrics::Metrics;
-use crate::replica::send_error;
+use crate::supervise::send_error;
 use crate::supervise::shielded;
 
 type ServerCodec = Codec<ClientRequest, ClientResponse>;

@@ -32,10 +32,10 @@ use tracing::debug_span;
 use crate::bridge::{Bridge, Control, Fault, call};
 use crate::events::Events;
 use crate::membership::{Admin, Membership};
-use crate::replica::{PartitionUsage, ReadLocal, Replica, Stats, mailbox_error};
+use crate::replica::{PartitionUsage, ReadLocal, Replica, Stats};
 use crate::ring::{RingChanged, Topology};
 use crate::session::{Router, Session, SessionEnv};
-use crate::supervise::shielded;
+use crate::supervise::{mailbox_error, shielded};
 
 /// Asks a concern for its lines of `status`.
 #[derive(Message)]

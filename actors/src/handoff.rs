@@ -32,12 +32,10 @@ use crate::bridge::{Bridge, call};
 use crate::coordinator::Summary;
 use crate::events::{Event, Events};
 use crate::membership::{CommitIncoming, MarkLeft, Membership};
-use crate::replica::{
-    AeBegin, DropPartition, HeldPartitions, MergeHandoff, Replica, mailbox_error,
-};
+use crate::replica::{AeBegin, DropPartition, HeldPartitions, MergeHandoff, Replica};
 use crate::ring::{RingChanged, Topology};
 use crate::storage::FjallStore;
-use crate::supervise::shielded;
+use crate::supervise::{mailbox_error, shielded};
 
 /// Key of the fetch progress in the `meta` keyspace.
 const PROGRESS_KEY: &[u8] = b"handoff";

@@ -22,9 +22,9 @@ use tracing::{debug, info};
 
 use crate::bridge::{Bridge, call};
 use crate::events::{Event, Events};
-use crate::replica::{ForgetMootHints, HandedOff, Replica, Stats, TakeHints, mailbox_error};
+use crate::replica::{ForgetMootHints, HandedOff, Replica, Stats, TakeHints};
 use crate::ring::{RingChanged, Topology};
-use crate::supervise::shielded;
+use crate::supervise::{mailbox_error, shielded};
 
 #[derive(Debug, Clone)]
 pub struct HintsSettings {

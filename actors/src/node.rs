@@ -365,7 +365,7 @@ impl NodeHandle {
             let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
         }
         info!(node = %self.id, "node stopped");
-        flushed.map_err(crate::replica::mailbox_error)?
+        flushed.map_err(crate::supervise::mailbox_error)?
     }
 
     /// Injects a network fault at this node's Bridge; returns once the

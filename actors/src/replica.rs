@@ -18,7 +18,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix::dev::SendError;
 use actix::prelude::*;
 use dynakv::anti_entropy::{AeMsg, Exchange};
 use dynakv::config::Fsync;
@@ -39,7 +38,7 @@ pub use crate::storage_worker::{
 use crate::storage_worker::{
     ApplyBatch, Barrier, Counters, FreeMemtables, MergeAll, StorageWorker, SyncNow, Syncer,
 };
-use crate::supervise::shielded;
+use crate::supervise::{mailbox_error, shielded};
 
 /// A request to this node's replica; answered with the reply message.
 #[derive(Message)]
@@ -132,19 +131,6 @@ pub struct MergeHandoff(pub Vec<Entry>);
 #[derive(Message)]
 #[rtype(result = "Result<()>")]
 pub struct Flush;
-
-pub(crate) fn mailbox_error(e: MailboxError) -> Error {
-    Error::Unavailable(format!("local actor unavailable: {e}"))
-}
-
-/// Why `try_send` to `actor` (e.g. "the coordinator") refused a message:
-/// a full mailbox is overload; a closed one, an actor that stopped.
-pub(crate) fn send_error<M>(e: SendError<M>, actor: &str) -> Error {
-    match e {
-        SendError::Full(_) => Error::Overloaded,
-        SendError::Closed(_) => Error::Unavailable(format!("{actor} is stopped")),
-    }
-}
 
 /// What the replica needs from the configuration.
 #[derive(Debug, Clone, Copy)]

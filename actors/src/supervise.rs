@@ -11,6 +11,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use actix::dev::SendError;
 use actix::prelude::*;
 use dynakv::{Error, Result};
 use tracing::error;
@@ -114,4 +115,18 @@ macro_rules! supervision_probes {
             }
         })*
     };
+}
+
+/// Why a message to a local actor got no answer: it stopped.
+pub(crate) fn mailbox_error(e: MailboxError) -> Error {
+    Error::Unavailable(format!("local actor unavailable: {e}"))
+}
+
+/// Why `try_send` to `actor` (e.g. "the coordinator") refused a message:
+/// a full mailbox is overload; a closed one, an actor that stopped.
+pub(crate) fn send_error<M>(e: SendError<M>, actor: &str) -> Error {
+    match e {
+        SendError::Full(_) => Error::Overloaded,
+        SendError::Closed(_) => Error::Unavailable(format!("{actor} is stopped")),
+    }
 }

@@ -19,7 +19,8 @@ use crate::client::Client;
 use crate::dev::{cluster_config, wait_formed};
 use crate::membership::CurrentView;
 use crate::node::{self, Listeners, NodeHandle};
-use crate::replica::{HeldPartitions, mailbox_error};
+use crate::replica::HeldPartitions;
+use crate::supervise::mailbox_error;
 use dynakv::membership::Status;
 
 /// How long a test cluster may take to form, and a restarted node to reopen
