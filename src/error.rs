@@ -43,6 +43,11 @@ pub enum Error {
     Unavailable(String),
     #[error("not authorized: {0}")]
     Unauthorized(String),
+    /// This node, or the peer asking, is no longer a member: it was removed
+    /// or it left. Nothing was done; the same request will never succeed
+    /// there.
+    #[error("removed from the cluster: {0}")]
+    Removed(String),
 
     // --- local resources ---
     #[error("invalid configuration: {0}")]
@@ -81,6 +86,7 @@ impl Error {
             Error::Overloaded => ErrorKind::Overloaded,
             Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::Unauthorized(_) => ErrorKind::Unauthorized,
+            Error::Removed(_) => ErrorKind::Removed,
             Error::Config(_) => ErrorKind::InvalidRequest,
             Error::Storage(_) | Error::Internal(_) => ErrorKind::Internal,
             Error::Remote { kind, .. } => *kind,
@@ -108,6 +114,9 @@ pub enum ErrorKind {
     Unavailable,
     Unauthorized,
     Internal,
+    /// The node (or the peer asking) was removed from the cluster or left
+    /// it; the request had no effect.
+    Removed,
 }
 
 impl Error {
@@ -138,6 +147,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Internal => "internal",
+            ErrorKind::Removed => "removed",
         }
     }
 }
@@ -162,6 +172,7 @@ mod tests {
         );
         assert!(!Error::Unauthorized("bad token".into()).is_retryable());
         assert!(!Error::Storage("disk full".into()).is_retryable());
+        assert!(!Error::Removed("node4".into()).is_retryable());
     }
 
     #[test]
@@ -173,6 +184,7 @@ mod tests {
             Error::InvalidRequest("x".into()),
             Error::Unauthorized("x".into()),
             Error::Internal("x".into()),
+            Error::Removed("x".into()),
         ] {
             let back = Error::from_wire(e.kind(), e.to_string());
             assert_eq!(back.kind(), e.kind(), "{e}");

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod config;
 pub mod coordinator;
 pub mod error;
+pub mod fencing;
 pub mod handoff;
 pub mod hints;
 pub mod liveness;

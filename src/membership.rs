@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::fencing::{self, Admission};
 use crate::liveness::{FailureDetector, Health, Heartbeats};
 use crate::node::NodeId;
 use crate::ownership::{Move, Ownership};
@@ -203,7 +204,7 @@ impl Membership {
     /// timeouts, and push the view to a random peer (a known member, or a
     /// seed not yet known). `rand` is any random number.
     pub fn tick(&mut self, now: u64, rand: u64) -> (Vec<Outgoing>, Changed) {
-        if !self.enabled {
+        if !self.enabled || self.is_fenced() {
             return (Vec::new(), Changed::default());
         }
         self.detector.beat();
@@ -273,6 +274,11 @@ impl Membership {
             GossipMsg::Push { view, heartbeats } => (view, heartbeats, true),
             GossipMsg::Reply { view, heartbeats } => (view, heartbeats, false),
         };
+        if self.view.is_fenced(from) {
+            return Err(Error::Removed(format!(
+                "{from} left or was removed; its gossip is refused"
+            )));
+        }
         view.validate(&self.view.cluster, self.view.partitions)?;
         if heartbeats.len() > MAX_MEMBERS {
             return Err(Error::Malformed(format!("{} heartbeats", heartbeats.len())));
@@ -302,9 +308,10 @@ impl Membership {
     fn check_identity(&mut self, from: &NodeId, view: &View) -> Result<()> {
         if let Some(claimed) = view.members.get(&self.me) {
             let mine = &self.view.members[&self.me];
-            if claimed.supersedes(mine) && claimed.status != Status::Removed {
+            if claimed.supersedes(mine) && claimed.status.is_live() {
                 // Only this node writes its own record (an operator's remove
-                // aside). A newer copy at our own address is our history from
+                // aside, and this node's own leave: a final record is taken
+                // as it is, and fences this node). A newer copy at our own address is our history from
                 // before a restart that lost it: outrank it. At another
                 // address it is another process using our id.
                 if claimed.peer_addr != mine.peer_addr {
@@ -417,6 +424,40 @@ impl Membership {
         self.enabled
     }
 
+    /// Whether this node left or was removed: it takes no part any more
+    /// (no gossip, no replicas, no clients) and its id is retired.
+    pub fn is_fenced(&self) -> bool {
+        self.view.is_fenced(&self.me)
+    }
+
+    /// Who this node takes peer requests from, under the current view.
+    pub fn admission(&self) -> Admission {
+        Admission::new(&self.view, &self.me)
+    }
+
+    /// A peer refused this node's request with `record`, this node's final
+    /// record in the peer's view: take it (it wins the merge) and stop.
+    /// Anything else is not a refusal of this node and is rejected.
+    pub fn on_fenced(&mut self, record: Member) -> Result<Changed> {
+        if record.id != self.me || !record.status.is_final() {
+            return Err(Error::Malformed(format!(
+                "a refusal with the record of {} ({})",
+                record.id,
+                record.status.as_str()
+            )));
+        }
+        record.validate()?;
+        let mine = &self.view.members[&self.me];
+        if !record.supersedes(mine) {
+            return Ok(Changed::default());
+        }
+        self.view.members.insert(self.me.clone(), record);
+        Ok(Changed {
+            view: true,
+            liveness: false,
+        })
+    }
+
     fn my_record(&mut self) -> &mut Member {
         self.view
             .members
@@ -427,6 +468,9 @@ impl Membership {
     /// Joins the cluster `seed` (a peer address) belongs to.
     pub fn join(&mut self, seed: String) -> Result<Changed> {
         crate::config::check_addr("seed", &seed)?;
+        if self.is_fenced() {
+            return Err(fencing::departed(&self.me));
+        }
         if self.view.members[&self.me].status.is_live()
             && self.enabled
             && self.view.ownership.is_some()
@@ -801,6 +845,81 @@ mod tests {
         assert!(alive[0].on_unreachable(&n3).liveness);
         assert_eq!(alive[0].health(&n3), Health::Suspect);
         assert!(alive[0].on_reachable(&n3, now).liveness);
+    }
+
+    /// Three nodes; n3 is removed by n1 while n3 is away, with n3's own
+    /// record at a higher version than n1 knew (it restarted often).
+    fn removed_while_away() -> (Vec<Membership>, View) {
+        let mut nodes: Vec<Membership> = (1..=3)
+            .map(|i| Membership::new(settings(i, &[1, 2, 3]), None, 0))
+            .collect();
+        rounds(&mut nodes, 3);
+        let mut away = nodes.pop().unwrap();
+        // Restarts with new addresses bump its record past what n1 saw.
+        let mut stale = away.view().clone();
+        stale.members.get_mut(away.me()).unwrap().version += 10;
+        away.view = stale.clone();
+        nodes[0].remove(away.me()).unwrap();
+        rounds(&mut nodes, 2);
+        (nodes, stale)
+    }
+
+    #[test]
+    fn a_removal_wins_over_any_older_record_of_the_removed_node() {
+        let (mut nodes, stale) = removed_while_away();
+        let gone = NodeId::new("n3").unwrap();
+        assert!(stale.members[&gone].version > nodes[1].view().members[&gone].version);
+        // Gossip relayed from a node that still holds the stale record
+        // cannot bring n3 back.
+        let from = NodeId::new("n1").unwrap();
+        nodes[1].on_gossip(&from, push(stale), 0).unwrap();
+        assert_eq!(nodes[1].view().members[&gone].status, Status::Removed);
+        assert!(nodes[1].view().is_fenced(&gone));
+        assert!(!nodes[1].is_fenced());
+        assert_eq!(
+            nodes[1]
+                .admission()
+                .check(&gone)
+                .map_err(|r| matches!(r, crate::fencing::Refusal::Fenced(_))),
+            Err(true)
+        );
+    }
+
+    #[test]
+    fn a_removed_node_learns_from_a_refusal_and_stops_gossiping() {
+        let (nodes, stale) = removed_while_away();
+        let gone = NodeId::new("n3").unwrap();
+        let mut back = Membership::new(settings(3, &[1, 2, 3]), Some(stale), 0);
+        assert!(!back.is_fenced());
+        let (out, _) = back.tick(0, 1);
+        assert!(!out.is_empty(), "it gossips until it learns");
+
+        // Its gossip is refused, with its record from the refusing view.
+        let record = nodes[0].view().members[&gone].clone();
+        let from = NodeId::new("n3").unwrap();
+        let mut n1 = nodes[0].clone();
+        assert_eq!(
+            n1.on_gossip(&from, push(back.view().clone()), 0)
+                .map_err(|e| e.kind()),
+            Err(crate::ErrorKind::Removed)
+        );
+        // Only its own final record counts as a refusal.
+        let mut other = record.clone();
+        other.id = NodeId::new("n2").unwrap();
+        assert!(back.on_fenced(other).is_err());
+        let mut up = record.clone();
+        up.status = Status::Up;
+        assert!(back.on_fenced(up).is_err());
+
+        let changed = back.on_fenced(record).unwrap();
+        assert!(changed.view && back.is_fenced());
+        assert!(back.admission().me_fenced());
+        let (out, _) = back.tick(100, 1);
+        assert!(out.is_empty(), "a fenced node gossips no more");
+        assert!(back.join("127.0.0.1:7101".into()).is_err());
+        // A restart on that view stays out.
+        let again = Membership::new(settings(3, &[1, 2, 3]), Some(back.view().clone()), 0);
+        assert!(again.is_fenced());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::membership::GossipMsg;
 use crate::node::NodeId;
 use crate::replica::ReplicaMsg;
 use crate::tombstones::GcMsg;
+use crate::view::Member;
 use crate::wire::Envelope;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +68,32 @@ pub enum PeerMsg {
     /// Asks for the receiver's load, for `status`; answered with `Load`.
     Stats,
     Load(NodeLoad),
+    /// The answer to any request from a member that left or was removed
+    /// (`crate::fencing`): nothing was done, and `record` is the sender's
+    /// own final record, which fences it once it learns it.
+    Fenced {
+        record: Member,
+    },
+}
+
+impl PeerMsg {
+    /// A short stable name of the message's kind, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PeerMsg::Ping => "ping",
+            PeerMsg::Pong => "pong",
+            PeerMsg::Error { .. } => "error",
+            PeerMsg::Replica(_) => "replica",
+            PeerMsg::Gossip(_) => "gossip",
+            PeerMsg::Hints(_) => "hints",
+            PeerMsg::AntiEntropy(_) => "anti-entropy",
+            PeerMsg::Tombstones(_) => "tombstones",
+            PeerMsg::Handoff(_) => "handoff",
+            PeerMsg::Stats => "stats",
+            PeerMsg::Load(_) => "load",
+            PeerMsg::Fenced { .. } => "fenced",
+        }
+    }
 }
 
 /// What a node holds, as `status` shows it for each member.

@@ -6,6 +6,14 @@
 //! that has seen the same records holds the same view and computes the same
 //! ring. Views arrive from peers, so `validate` bounds and checks them
 //! before they are merged.
+//!
+//! Leaving the cluster is final. A record that says `Left` or `Removed`
+//! wins over every record that does not, whatever their versions: a
+//! removed node that comes back with an old view (where it was up, perhaps
+//! at a higher version than the operator's remove saw) cannot undo its
+//! removal. Such a member is *fenced*: every node refuses its traffic, and
+//! the node itself stops taking part once it learns. Its id is retired; a
+//! machine rejoins with an empty data directory and a new id.
 
 use std::collections::BTreeMap;
 
@@ -42,7 +50,12 @@ impl Status {
 
     /// Still a running member (not gone for good).
     pub fn is_live(self) -> bool {
-        !matches!(self, Status::Left | Status::Removed)
+        !self.is_final()
+    }
+
+    /// Gone for good (left or removed): a final status wins every merge.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Left | Status::Removed)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -68,15 +81,18 @@ pub struct Member {
 }
 
 impl Member {
-    /// Whether `self` wins over `other` in the merge.
+    /// Whether `self` wins over `other` in the merge: a final status (left,
+    /// removed) over any other, then the higher version.
     pub fn supersedes(&self, other: &Member) -> bool {
         (
+            self.status.is_final(),
             self.version,
             self.status,
             &self.peer_addr,
             &self.client_addr,
             self.weight,
         ) > (
+            other.status.is_final(),
             other.version,
             other.status,
             &other.peer_addr,
@@ -85,7 +101,7 @@ impl Member {
         )
     }
 
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         check_addr("peer_addr", &self.peer_addr).map_err(|e| Error::Malformed(e.to_string()))?;
         check_addr("client_addr", &self.client_addr)
             .map_err(|e| Error::Malformed(e.to_string()))?;
@@ -200,6 +216,13 @@ impl View {
 
     pub fn ring(&self) -> Option<Ring> {
         self.ownership.as_ref().map(Ring::new)
+    }
+
+    /// Whether `id` is fenced out: the view says it left or was removed, so
+    /// its traffic is refused (it may come back with stale data) and, if it
+    /// is this node, it takes no part any more.
+    pub fn is_fenced(&self, id: &NodeId) -> bool {
+        self.members.get(id).is_some_and(|m| m.status.is_final())
     }
 
     /// Whether `id` has no part in the cluster any more: it left or was

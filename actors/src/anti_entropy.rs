@@ -111,6 +111,9 @@ impl AntiEntropy {
             return;
         }
         let Some(t) = &self.topology else { return };
+        if t.view.is_fenced(&self.settings.me) {
+            return; // out of the cluster: it replicates nothing
+        }
         let Some(ring) = &t.ring else { return };
         let Some((p, peer)) = next_exchange(
             ring,
@@ -174,6 +177,9 @@ impl AntiEntropy {
         let Some(t) = self.topology.clone() else {
             return;
         };
+        if t.view.is_fenced(&self.settings.me) {
+            return;
+        }
         let Some(ring) = t.ring.clone() else { return };
         let me = self.settings.me.clone();
         let members: Vec<NodeId> = t

@@ -2,11 +2,17 @@
 //!
 //! Receives: `Call` (a request to a peer, by node id or by address for a
 //! seed whose id is not known yet; the answer goes back on the oneshot it
-//! carries, and `ask`/`call` send one and wait), `SetAddresses` (the address
-//! book, from membership), `Control` (fault injection for tests) and,
-//! internally, what its links report.
+//! carries, and `ask`/`call` send one and wait), `SetPeers` (the address
+//! book and who is fenced out, from membership), `Control` (fault
+//! injection for tests) and, internally, what its links report.
 //! Emits: inbound requests to the local concern that owns them (replica,
 //! membership), and their answers back on the connection they came from.
+//!
+//! Fencing (`dynakv::fencing`): a request whose authenticated sender left
+//! or was removed is refused with `PeerMsg::Fenced` and its own final
+//! record, logged and counted; a refusal of this node's own request goes to
+//! membership, which learns from it that this node is out. A node that is
+//! out itself refuses every request.
 //!
 //! Each peer gets one outbound `Link`, opened on first use and reopened with
 //! exponential backoff after it fails; while a peer is in backoff, calls to
@@ -31,9 +37,10 @@ use crate::metrics::Metrics;
 use actix::WeakAddr;
 use actix::prelude::*;
 use dynakv::auth::NONCE_LEN;
+use dynakv::fencing::{Admission, Refusal};
 use dynakv::handoff::HandoffMsg;
 use dynakv::hints::HintMsg;
-use dynakv::membership::{Destination, GossipMsg};
+use dynakv::membership::{Destination, GossipMsg, Member};
 use dynakv::peer::{NodeLoad, PeerFrame, PeerHello, PeerMsg};
 use dynakv::tombstones::GcMsg;
 use dynakv::wire::{Corr, Envelope};
@@ -93,6 +100,10 @@ pub fn ask(
         sent?;
         match rx.await {
             Ok(Ok((_, PeerMsg::Error { kind, message }))) => Err(Error::from_wire(kind, message)),
+            Ok(Ok((peer, PeerMsg::Fenced { record }))) => Err(Error::Removed(format!(
+                "{peer} refused the request: it sees this node as {}",
+                record.status.as_str()
+            ))),
             Ok(answer) => answer,
             // The Bridge dropped the call (it restarted or stopped); the
             // request may have gone out: as a timeout.
@@ -112,10 +123,22 @@ pub fn call(
     async move { asked.await.map(|(_, msg)| msg) }
 }
 
-/// The peer address of every known node.
+/// The peer address of every known node, and whose requests are refused.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetAddresses(pub HashMap<NodeId, String>);
+pub struct SetPeers {
+    pub book: HashMap<NodeId, String>,
+    pub admission: Admission,
+}
+
+/// A peer refused this node's request: `record` is this node's own final
+/// record in the peer's view (for membership to learn from).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Fenced {
+    pub by: NodeId,
+    pub record: Member,
+}
 
 /// A gossip message from a peer, for membership; answered with the reply to
 /// send back, if any.
@@ -142,6 +165,7 @@ pub enum Reachability {
 pub struct Register {
     pub gossip: Recipient<GossipIn>,
     pub reachability: Recipient<Reachability>,
+    pub fenced: Recipient<Fenced>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +227,7 @@ pub struct Bridge {
     bound: Option<std::net::TcpListener>,
     listener: Option<Arc<TcpListener>>,
     book: HashMap<NodeId, String>,
+    admission: Admission,
     links: HashMap<NodeId, LinkAddr>,
     /// Outbound links opened by address, until the peer says who it is.
     seed_links: HashMap<String, LinkAddr>,
@@ -219,6 +244,7 @@ pub struct Bridge {
     replica: Arc<Addr<Replica>>,
     gossip: Option<Recipient<GossipIn>>,
     reachability: Option<Recipient<Reachability>>,
+    fenced: Option<Recipient<Fenced>>,
     faults: Faults,
 }
 
@@ -233,6 +259,7 @@ impl Bridge {
             bound: Some(listener),
             listener: None,
             book: HashMap::new(),
+            admission: Admission::default(),
             links: HashMap::new(),
             seed_links: HashMap::new(),
             inbound: Vec::new(),
@@ -243,6 +270,7 @@ impl Bridge {
             replica: Arc::new(replica),
             gossip: None,
             reachability: None,
+            fenced: None,
             faults: Faults::default(),
         }
     }
@@ -527,11 +555,12 @@ impl Handler<Call> for Bridge {
     }
 }
 
-impl Handler<SetAddresses> for Bridge {
+impl Handler<SetPeers> for Bridge {
     type Result = ();
 
-    fn handle(&mut self, SetAddresses(book): SetAddresses, ctx: &mut Context<Self>) {
+    fn handle(&mut self, SetPeers { book, admission }: SetPeers, ctx: &mut Context<Self>) {
         shielded(NAME, self, ctx, |act, _| {
+            act.admission = admission;
             // A node whose address changed gets a new link on next use.
             for (node, addr) in &book {
                 if act.book.get(node).is_some_and(|old| old != addr)
@@ -552,6 +581,7 @@ impl Handler<Register> for Bridge {
         shielded(NAME, self, ctx, |act, _| {
             act.gossip = Some(r.gossip);
             act.reachability = Some(r.reachability);
+            act.fenced = Some(r.fenced);
         })
     }
 }
@@ -670,17 +700,49 @@ impl Handler<Inbound> for Bridge {
             }
             match env.corr {
                 Corr::Reply(id) => {
+                    if let (PeerMsg::Fenced { record }, Some(to)) = (&env.msg, &act.fenced) {
+                        to.do_send(Fenced {
+                            by: env.from.clone(),
+                            record: record.clone(),
+                        });
+                    }
                     if let Some(p) = act.pending.remove(&id) {
                         let _ = p.answer.send(Ok((env.from, env.msg)));
                     }
                 }
-                Corr::Request(_) | Corr::OneWay => act.route(env, link),
+                Corr::Request(_) | Corr::OneWay => match act.admission.check(&env.from) {
+                    Ok(()) => act.route(env, link),
+                    Err(refusal) => act.refuse(env, link, refusal),
+                },
             }
         })
     }
 }
 
 impl Bridge {
+    /// Answers a request that fencing does not admit (nothing reaches a
+    /// concern): a fenced sender gets its own record back.
+    fn refuse(&mut self, env: Envelope, link: LinkAddr, refusal: Refusal) {
+        let reply = Reply {
+            link,
+            me: self.settings.me.clone(),
+            to: env.from.clone(),
+            corr: env.corr,
+        };
+        match refusal {
+            Refusal::Fenced(record) => {
+                warn!(peer = %env.from, status = record.status.as_str(), request = env.msg.name(),
+                    "refusing a request from a member that left or was removed");
+                self.settings.metrics.peer_fenced();
+                reply.send(PeerMsg::Fenced { record });
+            }
+            Refusal::Departed(e) => {
+                debug!(peer = %env.from, request = env.msg.name(), "refusing a request: this node is out of the cluster");
+                reply.send(error_msg(&e));
+            }
+        }
+    }
+
     /// Hands an inbound request to the concern that owns it; its answer goes
     /// back on the link the request came on.
     fn route(&mut self, env: Envelope, link: LinkAddr) {
@@ -834,6 +896,12 @@ mod tests {
         }
     }
 
+    impl Handler<Fenced> for Watcher {
+        type Result = ();
+
+        fn handle(&mut self, _: Fenced, _: &mut Context<Self>) {}
+    }
+
     impl Handler<GossipIn> for Watcher {
         type Result = Result<Option<GossipMsg>>;
 
@@ -870,9 +938,13 @@ mod tests {
         let watcher = Watcher(tx).start();
         bridge.do_send(Register {
             gossip: watcher.clone().recipient(),
-            reachability: watcher.recipient(),
+            reachability: watcher.clone().recipient(),
+            fenced: watcher.recipient(),
         });
-        bridge.do_send(SetAddresses(HashMap::from([(id("b"), silent_addr)])));
+        bridge.do_send(SetPeers {
+            book: HashMap::from([(id("b"), silent_addr)]),
+            admission: Admission::default(),
+        });
 
         // The long call goes first: the timer set for it must not hold back
         // the shorter call's deadline.

@@ -182,9 +182,25 @@ impl Coordinator {
         Session::new(core, initial, key, self.sessions.clone(), reply, span).start();
     }
 
+    /// Refuses reads and writes once this node is out of the cluster (it
+    /// left or was removed): it is nobody's replica, and what it holds may
+    /// have been deleted since.
+    fn check_member(&self) -> Result<()> {
+        match &self.topology {
+            Some(t) if t.view.is_fenced(self.me()) => Err(dynakv::fencing::departed(self.me())),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks an operation: a get, put or delete is planned as a session;
     /// anything else is answered from this node's state.
     fn execute(&mut self, op: ClientOp) -> Result<Ready> {
+        if matches!(
+            op,
+            ClientOp::Get { .. } | ClientOp::Put { .. } | ClientOp::Delete { .. }
+        ) {
+            self.check_member()?;
+        }
         let local = match op {
             ClientOp::Get { key, r } => {
                 self.check_key(&key)?;

@@ -49,6 +49,9 @@ pub enum Event {
     },
     /// This node finished leaving the cluster.
     Left { node: NodeId },
+    /// This node learned it was removed from the cluster (or that it left):
+    /// it takes no part any more.
+    Fenced { node: NodeId },
     /// A delivery run handed `keys` hinted keys back to `owner`.
     HintsDelivered {
         node: NodeId,

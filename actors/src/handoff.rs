@@ -139,6 +139,9 @@ impl Handoff {
         let Some(t) = self.topology.clone() else {
             return;
         };
+        if t.view.is_fenced(&self.settings.me) {
+            return; // out of the cluster: nothing to send or take
+        }
         let Some(ring) = t.ring.clone() else { return };
         let me = self.settings.me.clone();
         let n = self.settings.n;

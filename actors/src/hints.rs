@@ -67,8 +67,9 @@ impl Hints {
 
     /// Starts a delivery to every owner that has hints and is up.
     fn check(&mut self, ctx: &mut Context<Self>) {
-        if !self.settings.deliver {
-            return;
+        let fenced = |t: &Topology| t.view.is_fenced(&self.settings.me);
+        if !self.settings.deliver || self.topology.as_ref().is_some_and(fenced) {
+            return; // off, or out of the cluster: its hints are nobody's now
         }
         let stats = self.replica.send(Stats);
         ctx.spawn(stats.into_actor(self).map(|stats, act, ctx| {

@@ -1,12 +1,15 @@
 //! Membership: gossips this node's view of the cluster and detects failures.
 //!
 //! Receives: `GossipIn` (a peer's push, via the Bridge; answered with this
-//! node's view), `Reachability` (the Bridge saw a peer fail or connect), its
-//! own gossip timer, and replies to its pushes.
+//! node's view), `Reachability` (the Bridge saw a peer fail or connect),
+//! `Fenced` (a peer refused this node: it was removed or left), its own
+//! gossip timer, and replies to its pushes.
 //! Emits: pushes to one random peer per interval (to every unknown seed
-//! until the cluster is founded), the address book to the Bridge, and
-//! `ViewChanged` (view and liveness) to the Ring actor. Persists the view in
-//! the `meta` keyspace on every change, so a restart keeps the ring.
+//! until the cluster is founded), the address book and the fencing
+//! admission to the Bridge, and `ViewChanged` (view and liveness) to the
+//! Ring actor. Persists the view in the `meta` keyspace on every change, so
+//! a restart keeps the ring (and a node that is out stays out: it refuses
+//! to start, see `check_start`).
 //!
 //! All decisions (merge, founding, claims, validation, failure detection)
 //! are the core's `dynakv::membership::Membership`; this actor supplies the
@@ -16,13 +19,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use dynakv::membership::{Changed, GossipMsg, Membership as Core, Settings, View};
+use dynakv::membership::{Changed, GossipMsg, Membership as Core, Settings, Status, View};
 use dynakv::peer::PeerMsg;
 use dynakv::replica::Store;
 use dynakv::{Error, NodeId, Result};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::bridge::{Bridge, GossipIn, Reachability, SetAddresses, ask};
+use crate::bridge::{Bridge, Fenced, GossipIn, Reachability, SetPeers, ask};
 use crate::events::{Event, Events};
 use crate::ring::{Ring, ViewChanged};
 use crate::storage::FjallStore;
@@ -36,6 +39,37 @@ pub fn load_view(meta: &FjallStore) -> Result<Option<View>> {
     match meta.get(VIEW_KEY)? {
         None => Ok(None),
         Some(bytes) => View::from_bytes(&bytes).map(Some),
+    }
+}
+
+/// Refuses to start a node on a data directory whose persisted view says
+/// this node left or was removed (its id is retired: the data there may
+/// hold writes the cluster has deleted since), or that belongs to another
+/// node.
+pub fn check_start(meta: &FjallStore, me: &NodeId, data_dir: &std::path::Path) -> Result<()> {
+    let Some(view) = load_view(meta)? else {
+        return Ok(());
+    };
+    match view.members.get(me) {
+        Some(record) if record.status.is_final() => Err(Error::Removed(format!(
+            "node {me} {} the cluster {:?} (its data directory {} says so); a node that \
+             is out never rejoins under its old id, as it may hold data the cluster has \
+             deleted since. To bring this machine back, empty the data directory and \
+             start it with a new node.id",
+            if record.status == Status::Left {
+                "left"
+            } else {
+                "was removed from"
+            },
+            view.cluster,
+            data_dir.display()
+        ))),
+        Some(_) => Ok(()),
+        None => Err(Error::Config(format!(
+            "the data directory {} belongs to another node (its membership view has no \
+             member {me}); use an empty data directory for a new node id",
+            data_dir.display()
+        ))),
     }
 }
 
@@ -80,6 +114,8 @@ pub struct Membership {
     events: Events,
     rng: fastrand::Rng,
     clock: Clock,
+    /// Whether this node's removal was reported (logged once).
+    fence_reported: bool,
 }
 
 impl Membership {
@@ -110,6 +146,7 @@ impl Membership {
             events,
             rng: fastrand::Rng::new(),
             clock,
+            fence_reported: false,
         })
     }
 
@@ -129,7 +166,11 @@ impl Membership {
                 .filter(|m| m.id != *self.core.me())
                 .map(|m| (m.id.clone(), m.peer_addr.clone()))
                 .collect();
-            self.bridge.do_send(SetAddresses(book));
+            self.bridge.do_send(SetPeers {
+                book,
+                admission: self.core.admission(),
+            });
+            self.report_fenced();
             self.events.emit(Event::ViewChanged {
                 node: self.core.me().clone(),
                 members: view.members.len(),
@@ -144,6 +185,25 @@ impl Membership {
             view,
             health: Arc::new(self.core.health_map()),
         });
+    }
+
+    /// Says once, loudly, that this node is out of the cluster and how to
+    /// bring the machine back.
+    fn report_fenced(&mut self) {
+        if self.fence_reported || !self.core.is_fenced() {
+            return;
+        }
+        self.fence_reported = true;
+        let me = self.core.me().clone();
+        if self.core.member(&me).map(|m| m.status) == Some(Status::Left) {
+            info!(node = %me, "this node has left the cluster; it serves no more requests");
+        } else {
+            error!(node = %me,
+                "this node was removed from the cluster: it refuses clients and peers, and \
+                 will refuse to start on this data directory. To bring this machine back, \
+                 stop it, empty its data directory and start it with a new node.id");
+        }
+        self.events.emit(Event::Fenced { node: me });
     }
 
     fn receive(&mut self, from: &NodeId, msg: GossipMsg) -> Result<Option<GossipMsg>> {
@@ -235,6 +295,22 @@ impl Handler<Reachability> for Membership {
                 debug!(?r, "direct evidence of a peer's liveness");
             }
             act.publish(changed);
+        })
+    }
+}
+
+impl Handler<Fenced> for Membership {
+    type Result = ();
+
+    fn handle(&mut self, Fenced { by, record }: Fenced, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| match act.core.on_fenced(record) {
+            Ok(changed) => {
+                if changed.view {
+                    warn!(peer = %by, "a peer refused this node: it left or was removed");
+                }
+                act.publish(changed);
+            }
+            Err(e) => warn!(peer = %by, error = %e, "ignoring a malformed refusal"),
         })
     }
 }

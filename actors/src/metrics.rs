@@ -76,6 +76,8 @@ struct Inner {
     storage_disk_bytes: Gauge,
     client_connections: Gauge,
     peers_refused: Counter,
+    peer_requests_fenced: Counter,
+    client_connections_refused: Counter,
 }
 
 /// The node's metrics; clones share them.
@@ -118,6 +120,8 @@ impl Metrics {
             storage_disk_bytes: Gauge::default(),
             client_connections: Gauge::default(),
             peers_refused: Counter::default(),
+            peer_requests_fenced: Counter::default(),
+            client_connections_refused: Counter::default(),
         };
         let r = &mut inner.registry;
         r.register(
@@ -225,6 +229,16 @@ impl Metrics {
             "Peer connections refused (wrong cluster or no proof of the cluster secret)",
             inner.peers_refused.clone(),
         );
+        r.register(
+            "peer_requests_fenced",
+            "Peer requests refused because their sender left or was removed from the cluster",
+            inner.peer_requests_fenced.clone(),
+        );
+        r.register(
+            "client_connections_refused",
+            "Client connections refused at the limits.max_connections limit",
+            inner.client_connections_refused.clone(),
+        );
         Metrics(Arc::new(inner))
     }
 
@@ -273,7 +287,7 @@ impl Metrics {
             Event::HintsDelivered { keys, .. } => {
                 m.hints_delivered.inc_by(*keys as u64);
             }
-            Event::ViewChanged { .. } | Event::Left { .. } => {}
+            Event::ViewChanged { .. } | Event::Left { .. } | Event::Fenced { .. } => {}
         }
     }
 
@@ -286,6 +300,16 @@ impl Metrics {
     /// A peer connection refused.
     pub fn peer_refused(&self) {
         self.0.peers_refused.inc();
+    }
+
+    /// A peer request refused: its sender left or was removed.
+    pub fn peer_fenced(&self) {
+        self.0.peer_requests_fenced.inc();
+    }
+
+    /// A client connection refused at the connection limit.
+    pub fn client_refused(&self) {
+        self.0.client_connections_refused.inc();
     }
 
     /// Client connections now open.

@@ -142,6 +142,7 @@ fn start_on(
     // Storage and the replica first: everything else routes to them.
     let storage = Storage::open(&config.node.data_dir, &config.storage, &config.node.id)?;
     let meta = storage.meta();
+    crate::membership::check_start(&meta, &me, &config.node.data_dir)?;
     let meta_for_handoff = storage.meta();
     // A fresh writer identity per start: a node never reuses a dot, even if a
     // crash lost writes it had coordinated.
@@ -209,6 +210,7 @@ fn start_on(
     bridge.do_send(Register {
         gossip: membership.clone().recipient(),
         reachability: membership.clone().recipient(),
+        fenced: membership.clone().recipient(),
     });
 
     // Anti-entropy compares this node's replicas with its co-replicas.
