@@ -193,6 +193,10 @@ pub struct LimitsSection {
     /// Get/put/delete sessions the node coordinates at once; more are
     /// refused as overloaded.
     pub max_in_flight: u32,
+    /// A client connection with no request in flight and none received
+    /// for this long is closed (0: never), so idle connections cannot
+    /// hold every slot of `max_connections`. In ms.
+    pub client_idle_ms: u64,
 }
 
 impl Default for LimitsSection {
@@ -205,6 +209,7 @@ impl Default for LimitsSection {
             max_connections: 1024,
             max_in_flight_per_connection: 1024,
             max_in_flight: 16_384,
+            client_idle_ms: 300_000,
         }
     }
 }

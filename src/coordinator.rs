@@ -47,11 +47,16 @@ pub struct Request {
     pub msg: ReplicaMsg,
 }
 
-/// A routed replica: a node, and the owner it stands in for if it is a
-/// sloppy-quorum stand-in.
+/// A routed replica: a node, and the owner it keeps a hint for, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replica {
     pub node: NodeId,
+    /// Whether `node` replicates the key itself; else it is a sloppy-quorum
+    /// stand-in for `hint_for`.
+    pub owns: bool,
+    /// The owner to hand the write to later: the one a stand-in replaces,
+    /// or, on an owner, another owner that is down or only suspect with
+    /// nobody else to keep its copy.
     pub hint_for: Option<NodeId>,
 }
 
@@ -59,7 +64,16 @@ impl Replica {
     pub fn owner(node: NodeId) -> Self {
         Replica {
             node,
+            owns: true,
             hint_for: None,
+        }
+    }
+
+    pub fn stand_in(node: NodeId, owner: NodeId) -> Self {
+        Replica {
+            node,
+            owns: false,
+            hint_for: Some(owner),
         }
     }
 }
@@ -108,9 +122,13 @@ impl Route {
             .into_iter()
             .map(|t| Replica {
                 node: t.node.clone(),
+                owns: current.contains(&t.node),
                 hint_for: t.hint_for.cloned(),
             })
             .collect();
+        if lenient {
+            backup_hints(&mut targets, |node| health(node) == Health::Up);
+        }
         if let Some(i) = targets.iter().position(|t| &t.node == me) {
             targets[..=i].rotate_right(1);
         }
@@ -120,6 +138,25 @@ impl Route {
             pending,
         };
         (p, route)
+    }
+}
+
+/// With fewer than N nodes up, an owner that is only suspect is asked
+/// directly (it may just be slow); if it is in fact gone, its copy would be
+/// lost until anti-entropy, so an owner that is up and keeps no hint yet
+/// keeps one for it too. A delivery to an owner that did take the write
+/// merges nothing new.
+fn backup_hints(targets: &mut [Replica], is_up: impl Fn(&NodeId) -> bool) {
+    let suspects: Vec<NodeId> = targets
+        .iter()
+        .filter(|t| t.owns && !is_up(&t.node))
+        .map(|t| t.node.clone())
+        .collect();
+    let keepers = targets
+        .iter_mut()
+        .filter(|t| t.owns && t.hint_for.is_none() && is_up(&t.node));
+    for (keeper, suspect) in keepers.zip(suspects) {
+        keeper.hint_for = Some(suspect);
     }
 }
 
@@ -177,14 +214,12 @@ impl Tally {
     fn fail(&mut self, i: usize) -> Option<usize> {
         self.votes[i] = Vote::No;
         let node = self.fallbacks.pop_front()?;
-        let owner = self.targets[i]
-            .hint_for
-            .clone()
-            .unwrap_or_else(|| self.targets[i].node.clone());
-        self.targets.push(Replica {
-            node,
-            hint_for: Some(owner),
-        });
+        let failed = &self.targets[i];
+        let owner = match (&failed.hint_for, failed.owns) {
+            (Some(owner), false) => owner.clone(),
+            _ => failed.node.clone(),
+        };
+        self.targets.push(Replica::stand_in(node, owner));
         self.votes.push(Vote::Waiting);
         Some(self.targets.len() - 1)
     }
@@ -728,15 +763,55 @@ mod tests {
         let (_, r) = Route::plan(&ring_of(5, 64), b"k", 3, &me, health(&["n01", "n02"], &[]));
         assert_eq!(nodes(&r), ["n00", "n03", "n04"]);
         assert!(r.fallbacks.is_empty());
-        // Three nodes, two suspect: asking them beats failing at once.
+        // Three nodes, two suspect: asking them beats failing at once; the
+        // one up keeps a hint for one of them, should it be gone.
         let (_, r) = Route::plan(&ring_of(3, 64), b"k", 3, &me, health(&["n01", "n02"], &[]));
         assert_eq!(nodes(&r), ["n00", "n01", "n02"]);
-        assert!(r.targets.iter().all(|t| t.hint_for.is_none()));
-        // A node down is never asked; a suspect still is when needed.
+        let hints = |r: &Route| -> Vec<(String, String)> {
+            r.targets
+                .iter()
+                .filter_map(|t| Some((t.node.to_string(), t.hint_for.as_ref()?.to_string())))
+                .collect()
+        };
+        let kept = hints(&r);
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(kept[0].0, "n00");
+        assert!(["n01", "n02"].contains(&kept[0].1.as_str()));
+        // A node down is never asked, and with nobody to stand in for it an
+        // owner that is up keeps its hint; a suspect still is asked when
+        // needed.
         let (_, r) = Route::plan(&ring_of(3, 64), b"k", 3, &me, health(&["n01"], &["n02"]));
         assert_eq!(nodes(&r), ["n00", "n01"]);
+        assert_eq!(hints(&r), [("n00".to_string(), "n02".to_string())]);
         let (_, r) = Route::plan(&ring_of(4, 64), b"k", 3, &me, health(&["n01"], &["n02"]));
         assert_eq!(nodes(&r), ["n00", "n01", "n03"]);
+        // All up: no hints.
+        let (_, r) = Route::plan(&ring_of(3, 64), b"k", 3, &me, health(&[], &[]));
+        assert!(hints(&r).is_empty());
+    }
+
+    #[test]
+    fn a_failed_owner_that_keeps_a_hint_is_replaced_for_itself() {
+        let mut keeper = Replica::owner(id("a"));
+        keeper.hint_for = Some(id("b"));
+        let route = Route {
+            targets: vec![keeper, Replica::owner(id("c"))],
+            fallbacks: vec![id("d")],
+            pending: vec![],
+        };
+        let (mut s, _) = PutSession::start(
+            b"k".to_vec(),
+            Context::default(),
+            Value::Tombstone,
+            route,
+            2,
+        );
+        let (next, _) = s.on_reply(&id("a"), Err(Error::Unavailable("refused".into())));
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].to, id("c"), "the next target mints");
+        // d takes a's place (not b's: b's hint was a's to keep).
+        let stand_in = s.tally.targets.last().unwrap();
+        assert_eq!(stand_in, &Replica::stand_in(id("d"), id("a")));
     }
 
     fn get(targets: &[&str], fallbacks: &[&str], r: usize) -> GetSession {
@@ -1022,13 +1097,7 @@ mod tests {
 
     #[test]
     fn stand_ins_carry_their_hint() {
-        let targets = vec![
-            Replica::owner(id("a")),
-            Replica {
-                node: id("d"),
-                hint_for: Some(id("b")),
-            },
-        ];
+        let targets = vec![Replica::owner(id("a")), Replica::stand_in(id("d"), id("b"))];
         let route = Route {
             targets,
             ..Route::default()

@@ -203,8 +203,11 @@ impl Membership {
     /// One gossip round at time `now`: beat, apply the failure detector's
     /// timeouts, and push the view to a random peer (a known member, or a
     /// seed not yet known). `rand` is any random number.
+    /// A node that was removed gossips no more; one that left goes on
+    /// announcing it to whoever has not heard (those who have refuse it).
     pub fn tick(&mut self, now: u64, rand: u64) -> (Vec<Outgoing>, Changed) {
-        if !self.enabled || self.is_fenced() {
+        let removed = self.member(&self.me).map(|m| m.status) == Some(Status::Removed);
+        if !self.enabled || removed {
             return (Vec::new(), Changed::default());
         }
         self.detector.beat();
@@ -915,7 +918,7 @@ mod tests {
         assert!(changed.view && back.is_fenced());
         assert!(back.admission().me_fenced());
         let (out, _) = back.tick(100, 1);
-        assert!(out.is_empty(), "a fenced node gossips no more");
+        assert!(out.is_empty(), "a removed node gossips no more");
         assert!(back.join("127.0.0.1:7101".into()).is_err());
         // A restart on that view stays out.
         let again = Membership::new(settings(3, &[1, 2, 3]), Some(back.view().clone()), 0);

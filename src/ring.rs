@@ -191,7 +191,11 @@ impl Ring {
     /// `is_up` holds can take them: owners that are up take their own copy;
     /// each owner that is down is replaced by the next node up further along
     /// the walk, which keeps a hint for it. Returns fewer than `n` targets
-    /// only when fewer than `n` nodes are up.
+    /// only when fewer than `n` nodes are up; then an owner that is down
+    /// and has nobody to stand in for it is hinted by an owner that is up
+    /// (which keeps the write anyway), one hint per target, so it gets the
+    /// write back within seconds of returning (as Cassandra's coordinators
+    /// keep hints) instead of waiting for anti-entropy.
     pub fn route(
         &self,
         p: Partition,
@@ -222,6 +226,13 @@ impl Ring {
                     hint_for: missing.next(),
                 });
             }
+        }
+        for (target, owner) in targets
+            .iter_mut()
+            .filter(|t| t.hint_for.is_none())
+            .zip(missing)
+        {
+            target.hint_for = Some(owner);
         }
         targets
     }
@@ -409,6 +420,28 @@ pub(crate) mod tests {
         assert_eq!(ring.preference_list(p, 3)[1], &walk[1]);
     }
 
+    #[test]
+    fn with_nobody_to_stand_in_an_owner_that_is_up_keeps_the_hint() {
+        let ring = ring_of(3, 64);
+        let p = Partition(10);
+        let walk: Vec<NodeId> = ring.walk(p).cloned().collect();
+        let down = walk[1].clone();
+        let targets = ring.route(p, 3, |n| *n != down);
+        assert_eq!(
+            targets,
+            vec![
+                Target {
+                    node: &walk[0],
+                    hint_for: Some(&walk[1])
+                },
+                Target {
+                    node: &walk[2],
+                    hint_for: None
+                },
+            ]
+        );
+    }
+
     proptest! {
         #[test]
         fn route_properties(nodes in 1usize..9, n in 1usize..5, down_mask in 0u32..512, p in 0u32..64) {
@@ -423,20 +456,27 @@ pub(crate) mod tests {
             let pl = ring.preference_list(p, n);
             prop_assert_eq!(targets.len(), n.min(up));
             let mut seen = std::collections::BTreeSet::new();
+            let mut hinted = std::collections::BTreeSet::new();
             for t in &targets {
                 prop_assert!(is_up(t.node), "a down node was routed to");
                 prop_assert!(seen.insert(t.node), "a node was routed to twice");
                 match t.hint_for {
                     None => prop_assert!(pl.contains(&t.node)),
                     Some(owner) => {
-                        prop_assert!(!pl.contains(&t.node), "a stand-in is itself an owner");
                         prop_assert!(pl.contains(&owner) && !is_up(owner));
+                        prop_assert!(hinted.insert(owner), "two hints for one owner");
+                        if pl.contains(&t.node) {
+                            prop_assert!(targets.len() < n, "an owner hints only when nobody can stand in");
+                        }
                     }
                 }
             }
+            // every owner that is down is hinted, as far as targets go
+            let down = pl.iter().filter(|o| !is_up(o)).count();
+            prop_assert_eq!(hinted.len(), down.min(targets.len()));
             // every owner that is up takes its own copy
             for o in pl.iter().filter(|o| is_up(o)) {
-                prop_assert!(targets.iter().any(|t| t.node == *o && t.hint_for.is_none()));
+                prop_assert!(targets.iter().any(|t| t.node == *o));
             }
         }
     }

@@ -2,12 +2,14 @@
 //! collection.
 //!
 //! Receives `RingChanged`, its timers and `Summary` (for `status`).
-//! - Every `anti_entropy.interval_ms`, unless an exchange is running or the
-//!   last second's exchanges used more than `max_bytes_per_sec`, it takes the
-//!   next partition this node replicates (round robin) and a random co-replica
-//!   that is up, and runs one `dynakv::anti_entropy::Exchange`: the core
-//!   state machine runs on the storage worker (it reads and merges local
-//!   data), the messages go through the Bridge.
+//! - What to exchange and when is the core's `dynakv::anti_entropy::Schedule`:
+//!   every `anti_entropy.interval_ms` the next partition this node
+//!   replicates with a random co-replica that is up, one exchange at a time
+//!   within `max_bytes_per_sec`; and when a co-replica comes up, one roots
+//!   comparison with it, whose differing partitions are exchanged first,
+//!   back to back. Each exchange is a `dynakv::anti_entropy::Exchange`: the
+//!   core state machine runs on the storage worker (it reads and merges
+//!   local data), the messages go through the Bridge.
 //! - Every `gc_interval_ms`, for each partition it is the first replica of,
 //!   it probes every member about a batch of its tombstones and collects the
 //!   ones every member acknowledged twice, `gc_grace_ms` apart
@@ -18,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use dynakv::anti_entropy::{ExchangeReport, next_exchange};
+use dynakv::anti_entropy::{AeMsg, ExchangeReport, RootsCheck, Schedule};
 use dynakv::peer::PeerMsg;
 use dynakv::replica::Entry;
 use dynakv::ring::Partition;
@@ -30,7 +32,7 @@ use crate::bridge::{Bridge, call};
 use crate::coordinator::Summary;
 use crate::events::{Event, Events};
 use crate::replica::{
-    AeBegin, AeContinue, CollectTombstones, FindTombstones, ProbeTombstones, Replica,
+    AeBegin, AeContinue, AeRoots, CollectTombstones, FindTombstones, ProbeTombstones, Replica,
 };
 use crate::ring::{RingChanged, Topology};
 use crate::supervise::{mailbox_error, shielded};
@@ -54,12 +56,8 @@ pub struct AntiEntropy {
     bridge: Addr<Bridge>,
     events: Events,
     topology: Option<Topology>,
-    /// Next position in this node's partitions (round robin).
-    cursor: usize,
-    running: bool,
+    schedule: Schedule,
     collecting: bool,
-    /// Bytes exchanged in the current one-second window.
-    window: (Instant, u64),
     /// Last completed exchange per partition: when, and with whom.
     last: BTreeMap<Partition, (Instant, NodeId)>,
     repaired: u64,
@@ -67,7 +65,7 @@ pub struct AntiEntropy {
     /// Tombstones waiting out the grace period (forgotten on restart,
     /// which only delays their collection).
     ripening: Arc<Mutex<Ripening>>,
-    /// The origin of the collector's clock.
+    /// The origin of the actor's clock (the core's `now`, in ms).
     born: Instant,
     rng: fastrand::Rng,
 }
@@ -80,15 +78,13 @@ impl AntiEntropy {
         events: Events,
     ) -> Self {
         AntiEntropy {
+            schedule: Schedule::new(settings.me.clone(), settings.n, settings.max_bytes_per_sec),
             settings,
             replica,
             bridge,
             events,
             topology: None,
-            cursor: 0,
-            running: false,
             collecting: false,
-            window: (Instant::now(), 0),
             last: BTreeMap::new(),
             repaired: 0,
             collected: 0,
@@ -98,34 +94,36 @@ impl AntiEntropy {
         }
     }
 
-    fn within_budget(&mut self) -> bool {
-        if self.window.0.elapsed() >= Duration::from_secs(1) {
-            self.window = (Instant::now(), 0);
-        }
-        self.window.1 <= self.settings.max_bytes_per_sec
+    fn now(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
     }
 
-    /// Starts the next exchange, if one may start.
+    /// The topology, unless this node should not exchange at all (off, out
+    /// of the cluster, or not founded yet).
+    fn active(&self) -> Option<&Topology> {
+        let t = self.topology.as_ref()?;
+        let usable = self.settings.enabled && !t.view.is_fenced(&self.settings.me);
+        (usable && t.ring.is_some()).then_some(t)
+    }
+
+    /// Starts the roots comparisons due (a failed one is retried here),
+    /// then the next exchange, if one may start.
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        if !self.settings.enabled || self.running || !self.within_budget() {
-            return;
-        }
-        let Some(t) = &self.topology else { return };
-        if t.view.is_fenced(&self.settings.me) {
-            return; // out of the cluster: it replicates nothing
-        }
-        let Some(ring) = &t.ring else { return };
-        let Some((p, peer)) = next_exchange(
-            ring,
-            &self.settings.me,
-            self.settings.n,
-            &mut self.cursor,
-            |n| t.is_up(n),
-            |count| self.rng.usize(..count),
-        ) else {
+        let now = self.now();
+        let Some(t) = self.active().cloned() else {
             return;
         };
-        self.running = true;
+        let Some(ring) = &t.ring else { return };
+        for check in self.schedule.on_topology(ring, |n| t.is_up(n)) {
+            self.check_roots(check, ctx);
+        }
+        let rng = &mut self.rng;
+        let Some((p, peer)) =
+            self.schedule
+                .next(ring, now, |n| t.is_up(n), |count| rng.usize(..count))
+        else {
+            return;
+        };
         let begin = AeBegin {
             partition: p,
             push_only: false,
@@ -138,48 +136,101 @@ impl AntiEntropy {
             self.settings.call_timeout,
         );
         ctx.spawn(run.into_actor(self).map(move |outcome, act, ctx| {
- shielded(NAME, act, ctx, |act, ctx| {
-            act.running = false;
-            match outcome {
-                Ok(report) => {
-                    // A productive exchange (a node catching up) is followed
-                    // at once by the next, within the byte budget.
-                    if report.pulled + report.pushed > 0 {
-                        ctx.notify(Next);
-                    }
-                    act.window.1 += (report.bytes_sent + report.bytes_received) as u64;
-                    act.last.insert(p, (Instant::now(), peer.clone()));
-                    let repaired = report.pulled + report.pushed;
-                    act.repaired += repaired as u64;
-                    if repaired > 0 {
-                        debug!(%peer, partition = %p, pulled = report.pulled, pushed = report.pushed, "anti-entropy repaired keys");
-                    }
-                    act.events.emit(Event::Exchanged {
-                        node: act.settings.me.clone(),
-                        peer,
-                        partition: p.0,
-                        pulled: report.pulled,
-                        pushed: report.pushed,
-                        bytes: report.bytes_sent + report.bytes_received,
-                    });
-                }
-                Err(e) => debug!(%peer, partition = %p, error = %e, "anti-entropy exchange failed"),
+            shielded(NAME, act, ctx, |act, ctx| {
+                act.exchanged(p, peer, outcome, ctx)
+            })
+        }));
+    }
+
+    fn exchanged(
+        &mut self,
+        p: Partition,
+        peer: NodeId,
+        outcome: Result<ExchangeReport>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = self.now();
+        let report = match outcome {
+            Ok(report) => report,
+            Err(e) => {
+                self.schedule.on_exchanged(0, now);
+                return debug!(%peer, partition = %p, error = %e, "anti-entropy exchange failed");
             }
-        })
-}));
+        };
+        let bytes = report.bytes_sent + report.bytes_received;
+        self.schedule.on_exchanged(bytes, now);
+        let repaired = report.pulled + report.pushed;
+        // A node catching up goes on at once, within the byte budget.
+        if repaired > 0 || self.schedule.has_urgent() {
+            ctx.notify(Next);
+        }
+        self.last.insert(p, (Instant::now(), peer.clone()));
+        self.repaired += repaired as u64;
+        if repaired > 0 {
+            debug!(%peer, partition = %p, pulled = report.pulled, pushed = report.pushed, "anti-entropy repaired keys");
+        }
+        self.events.emit(Event::Exchanged {
+            node: self.settings.me.clone(),
+            peer,
+            partition: p.0,
+            pulled: report.pulled,
+            pushed: report.pushed,
+            bytes,
+        });
+    }
+
+    /// Compares the roots this node shares with a co-replica that came up;
+    /// the partitions that differ are exchanged first.
+    fn check_roots(&mut self, check: RootsCheck, ctx: &mut Context<Self>) {
+        let RootsCheck { peer, partitions } = check;
+        let (replica, bridge, timeout) = (
+            self.replica.clone(),
+            self.bridge.clone(),
+            self.settings.call_timeout,
+        );
+        let asked = peer.clone();
+        let run = async move {
+            let msg = replica
+                .send(AeRoots(partitions))
+                .await
+                .map_err(mailbox_error)??;
+            let sent = msg.wire_size();
+            match call(&bridge, asked, PeerMsg::AntiEntropy(msg), timeout).await? {
+                PeerMsg::AntiEntropy(reply) => {
+                    let bytes = sent + reply.wire_size();
+                    match reply {
+                        AeMsg::RootsDiffer { partitions } => Ok((partitions, bytes)),
+                        other => Err(Error::Malformed(format!("roots answered with {other:?}"))),
+                    }
+                }
+                other => Err(Error::Malformed(format!("roots answered with {other:?}"))),
+            }
+        };
+        ctx.spawn(run.into_actor(self).map(move |outcome, act, ctx| {
+            shielded(NAME, act, ctx, |act, ctx| match outcome {
+                Ok((differ, bytes)) => {
+                    if !differ.is_empty() {
+                        info!(%peer, partitions = differ.len(), "a co-replica came up; exchanging the partitions that differ");
+                    }
+                    act.schedule.on_roots(&peer, &differ, bytes, act.now());
+                    act.tick(ctx);
+                }
+                Err(e) => {
+                    debug!(%peer, error = %e, "comparing roots failed; trying again");
+                    act.schedule.on_roots_failed(&peer);
+                }
+            })
+        }));
     }
 
     /// One tombstone collection round over the partitions this node leads.
     fn collect(&mut self, ctx: &mut Context<Self>) {
-        if !self.settings.enabled || self.collecting {
+        if self.collecting {
             return;
         }
-        let Some(t) = self.topology.clone() else {
+        let Some(t) = self.active().cloned() else {
             return;
         };
-        if t.view.is_fenced(&self.settings.me) {
-            return;
-        }
         let Some(ring) = t.ring.clone() else { return };
         let me = self.settings.me.clone();
         let members: Vec<NodeId> = t
@@ -366,7 +417,7 @@ const NAME: &str = "anti-entropy";
 /// exchange and collection under way and starts the next ones afresh.
 impl Supervised for AntiEntropy {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        self.running = false;
+        self.schedule.reset();
         self.collecting = false;
     }
 }
@@ -403,8 +454,9 @@ impl Handler<RingChanged> for AntiEntropy {
     type Result = ();
 
     fn handle(&mut self, RingChanged(t): RingChanged, ctx: &mut Context<Self>) {
-        shielded(NAME, self, ctx, |act, _| {
+        shielded(NAME, self, ctx, |act, ctx| {
             act.topology = Some(t);
+            act.tick(ctx);
         })
     }
 }

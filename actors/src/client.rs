@@ -5,6 +5,12 @@
 //! id, replies are matched by id). If the connection breaks, the calls in
 //! flight fail and the next call reconnects.
 //!
+//! Every call, the connection and hello included, ends within the client's
+//! timeout (`Options::timeout`, 10 s by default): a node that stopped
+//! answering (SIGSTOP, a dead host behind a live socket) costs a `timeout`
+//! error, never a hang. A timed-out write may still take effect
+//! (`Error::is_indeterminate`).
+//!
 //! ```no_run
 //! # async fn demo() -> dynakv::Result<()> {
 //! use dynakv_actors::client::Client;
@@ -31,6 +37,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Mutex as AsyncMutex, oneshot};
+use tokio::time::{Instant, timeout_at};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::codec::Codec;
@@ -52,8 +59,30 @@ pub struct WriteResult {
     pub others: Vec<Vec<u8>>,
 }
 
-/// Connection timeout used by `connect`.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default for `Options::timeout`: twice the server's default request
+/// timeout, so a node's own quorum error arrives before the client gives up.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a client connects and how long it waits.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Cluster name the node must have (empty: any).
+    pub cluster: String,
+    /// Client token, when the node requires one (`security.client_token`).
+    pub token: Option<String>,
+    /// Longest wait for one call, connecting included.
+    pub timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            cluster: String::new(),
+            token: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
 
 type Waiters = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<ClientReply>>>>>;
 
@@ -65,17 +94,26 @@ struct Connection {
 }
 
 impl Connection {
-    async fn open(addr: &str, cluster: &str, token: Option<String>) -> Result<Connection> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    /// Connects and says hello (call within a timeout: neither is bounded
+    /// here).
+    async fn open(addr: &str, options: &Options) -> Result<Connection> {
+        let stream = TcpStream::connect(addr)
             .await
-            .map_err(|_| Error::Unavailable(format!("connecting to {addr} timed out")))?
             .map_err(|e| Error::Unavailable(format!("cannot connect to {addr}: {e}")))?;
         stream
             .set_nodelay(true)
             .map_err(|e| Error::Unavailable(format!("socket setup failed: {e}")))?;
         let (read, write) = stream.into_split();
         let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
-        let reader_waiters = waiters.clone();
+        let mut conn = Connection {
+            writer: AsyncMutex::new(FramedWrite::new(write, ClientCodec::new(DEFAULT_MAX_FRAME))),
+            waiters,
+            node: NodeId::new("unknown").expect("a valid id"),
+        };
+        // The hello's waiter is in place before anything is read: a node
+        // that refuses the connection (too many open) answers id 0 at once.
+        let hello = conn.expect(0)?;
+        let reader_waiters = conn.waiters.clone();
         let mut frames = FramedRead::new(read, ClientCodec::new(DEFAULT_MAX_FRAME));
         tokio::spawn(async move {
             while let Some(Ok(ClientResponse { id, reply })) = frames.next().await {
@@ -92,21 +130,11 @@ impl Connection {
                 *w = None;
             }
         });
-        let mut conn = Connection {
-            writer: AsyncMutex::new(FramedWrite::new(write, ClientCodec::new(DEFAULT_MAX_FRAME))),
-            waiters,
-            node: NodeId::new("unknown").expect("a valid id"),
+        let op = ClientOp::Hello {
+            cluster: options.cluster.clone(),
+            token: options.token.clone(),
         };
-        match conn
-            .call(
-                0,
-                ClientOp::Hello {
-                    cluster: cluster.to_string(),
-                    token,
-                },
-            )
-            .await?
-        {
+        match conn.send(0, op, hello).await? {
             ClientReply::Hello { node, .. } => conn.node = node,
             other => return Err(unexpected(other)),
         }
@@ -117,27 +145,59 @@ impl Connection {
         self.waiters.lock().map(|w| w.is_some()).unwrap_or(false)
     }
 
-    async fn call(&self, id: u64, op: ClientOp) -> Result<ClientReply> {
+    /// Registers a call's id; its reply arrives on the receiver.
+    fn expect(&self, id: u64) -> Result<oneshot::Receiver<ClientReply>> {
         let (tx, rx) = oneshot::channel();
+        let mut waiters = self
+            .waiters
+            .lock()
+            .map_err(|_| Error::Internal("client state poisoned".into()))?;
+        let Some(waiters) = waiters.as_mut() else {
+            return Err(Error::Unavailable("connection closed".into()));
+        };
+        waiters.insert(id, tx);
+        Ok(rx)
+    }
+
+    /// Forgets a call that will not be waited for (timed out).
+    fn forget(&self, id: u64) {
+        if let Ok(mut w) = self.waiters.lock()
+            && let Some(w) = w.as_mut()
         {
-            let mut waiters = self
-                .waiters
-                .lock()
-                .map_err(|_| Error::Internal("client state poisoned".into()))?;
-            let Some(waiters) = waiters.as_mut() else {
-                return Err(Error::Unavailable("connection closed".into()));
-            };
-            waiters.insert(id, tx);
+            w.remove(&id);
         }
-        self.writer
+    }
+
+    async fn call(&self, id: u64, op: ClientOp) -> Result<ClientReply> {
+        let reply = self.expect(id)?;
+        self.send(id, op, reply).await
+    }
+
+    /// Sends request `id` and waits for its reply on `reply`.
+    async fn send(
+        &self,
+        id: u64,
+        op: ClientOp,
+        reply: oneshot::Receiver<ClientReply>,
+    ) -> Result<ClientReply> {
+        let sent = self
+            .writer
             .lock()
             .await
             .send(ClientRequest { id, op })
             .await
-            .map_err(|e| e.0)?;
-        let reply = rx
-            .await
-            .map_err(|_| Error::Unavailable("connection closed before the reply".into()))?;
+            .map_err(|e| e.0);
+        // A node that refused the connection may have answered before the
+        // request could be written: its answer says why.
+        let reply = match (reply.await, sent) {
+            (Ok(reply), _) => reply,
+            (Err(_), Err(e)) => return Err(e),
+            (Err(_), Ok(())) => {
+                return Err(Error::Unavailable(
+                    "connection closed before the reply".into(),
+                ));
+            }
+        };
         match reply {
             ClientReply::Error { kind, message } => Err(Error::from_wire(kind, message)),
             reply => Ok(reply),
@@ -147,8 +207,7 @@ impl Connection {
 
 pub struct Client {
     addr: String,
-    cluster: String,
-    token: Option<String>,
+    options: Options,
     conn: AsyncMutex<Option<Arc<Connection>>>,
     next_id: AtomicU64,
 }
@@ -164,11 +223,21 @@ impl Client {
         cluster: &str,
         token: Option<String>,
     ) -> Result<Client> {
-        let conn = Connection::open(addr, cluster, token.clone()).await?;
-        Ok(Client {
-            addr: addr.to_string(),
+        let options = Options {
             cluster: cluster.to_string(),
             token,
+            ..Options::default()
+        };
+        Client::connect_with(addr, options).await
+    }
+
+    /// Connects to the node at `addr` with `options`.
+    pub async fn connect_with(addr: &str, options: Options) -> Result<Client> {
+        let deadline = Instant::now() + options.timeout;
+        let conn = connecting(addr, deadline, Connection::open(addr, &options)).await?;
+        Ok(Client {
+            addr: addr.to_string(),
+            options,
             conn: AsyncMutex::new(Some(Arc::new(conn))),
             next_id: AtomicU64::new(1),
         })
@@ -176,7 +245,9 @@ impl Client {
 
     /// The node this client is connected to.
     pub async fn node(&self) -> Result<NodeId> {
-        Ok(self.connection().await?.node.clone())
+        let deadline = Instant::now() + self.options.timeout;
+        let conn = connecting(&self.addr, deadline, self.connection()).await?;
+        Ok(conn.node.clone())
     }
 
     async fn connection(&self) -> Result<Arc<Connection>> {
@@ -184,14 +255,20 @@ impl Client {
         if let Some(c) = slot.as_ref().filter(|c| c.is_open()) {
             return Ok(c.clone());
         }
-        let c = Arc::new(Connection::open(&self.addr, &self.cluster, self.token.clone()).await?);
+        let c = Arc::new(Connection::open(&self.addr, &self.options).await?);
         *slot = Some(c.clone());
         Ok(c)
     }
 
     async fn call(&self, op: ClientOp) -> Result<ClientReply> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.connection().await?.call(id, op).await
+        let deadline = Instant::now() + self.options.timeout;
+        let conn = connecting(&self.addr, deadline, self.connection()).await?;
+        let answered = timeout_at(deadline, conn.call(id, op)).await;
+        answered.unwrap_or_else(|_| {
+            conn.forget(id);
+            Err(Error::Timeout)
+        })
     }
 
     pub async fn get(&self, key: &[u8], r: Option<u8>) -> Result<ReadResult> {
@@ -300,6 +377,21 @@ fn written(reply: ClientReply) -> Result<WriteResult> {
         ClientReply::Written { context, others } => Ok(WriteResult { context, others }),
         other => Err(unexpected(other)),
     }
+}
+
+/// Opening a connection (connect and hello) until `deadline`. Nothing was
+/// asked of the node yet, so running out of time is `unavailable`, not an
+/// indeterminate `timeout`.
+async fn connecting<T>(
+    addr: &str,
+    deadline: Instant,
+    open: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    timeout_at(deadline, open).await.unwrap_or_else(|_| {
+        Err(Error::Unavailable(format!(
+            "{addr} did not answer the connection in time"
+        )))
+    })
 }
 
 fn unexpected(reply: ClientReply) -> Error {

@@ -6,20 +6,23 @@
 //! soon as it is ready, tagged with the request's id, so pipelined requests
 //! are answered out of order. A bad frame gets an error reply and the
 //! connection is closed with a logged reason; every other connection carries
-//! on. Connections beyond `max_connections` are refused.
+//! on. Connections beyond `max_connections` are refused with an
+//! `overloaded` error that says so; a connection idle for `limits.client_idle_ms`
+//! (nothing in flight, nothing received) is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::WeakAddr;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use dynakv::auth;
-use dynakv::wire::{ClientOp, ClientReply, ClientRequest, ClientResponse};
-use dynakv::{Error, NodeId};
+use dynakv::wire::{ClientOp, ClientReply, ClientRequest, ClientResponse, FrameCodec};
+use dynakv::{Error, ErrorKind, NodeId};
 use futures_util::stream;
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -44,8 +47,13 @@ pub struct ClientSettings {
     pub max_in_flight: usize,
     /// Token clients must present (empty: none).
     pub client_token: String,
+    /// How long a connection may sit idle before it is closed (None: ever).
+    pub idle: Option<Duration>,
     pub metrics: Metrics,
 }
+
+/// How long a refused client is given to read why.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
 pub struct ClientServer {
     settings: ClientSettings,
@@ -138,8 +146,10 @@ impl ClientServer {
             Err(e) => return warn!(error = %e, "accepting a client connection failed"),
         };
         if self.open.load(Ordering::Relaxed) >= self.settings.max_connections {
-            warn!(%from, limit = self.settings.max_connections, "refusing a client connection: too many open");
-            return drop(stream);
+            let limit = self.settings.max_connections;
+            warn!(%from, limit, "refusing a client connection: too many open");
+            self.settings.metrics.client_refused();
+            return refuse(stream, &self.settings, limit);
         }
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, "TCP_NODELAY not set");
@@ -159,6 +169,7 @@ impl ClientServer {
                 coordinator,
                 writer,
                 greeted: false,
+                last_heard: Instant::now(),
                 closing: false,
                 read_done: false,
                 draining: false,
@@ -182,6 +193,30 @@ impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for ClientServer {
     }
 }
 
+/// Tells a client over the connection limit why it is refused (its hello is
+/// answered, as id 0, with a retryable `overloaded`), then closes.
+fn refuse(mut stream: TcpStream, settings: &ClientSettings, limit: usize) {
+    let reply = ClientResponse {
+        id: 0,
+        reply: ClientReply::Error {
+            kind: ErrorKind::Overloaded,
+            message: format!(
+                "too many client connections: this node serves {limit} at once \
+                 (limits.max_connections); try again later or another node"
+            ),
+        },
+    };
+    let frame = FrameCodec::new(settings.max_frame).to_frame(&reply);
+    actix::spawn(async move {
+        let Ok(frame) = frame else { return };
+        let written = async {
+            stream.write_all(&frame).await?;
+            stream.shutdown().await
+        };
+        let _ = tokio::time::timeout(REFUSAL_WRITE, written).await;
+    });
+}
+
 /// One client connection.
 pub struct ClientConn {
     settings: ClientSettings,
@@ -189,6 +224,8 @@ pub struct ClientConn {
     coordinator: Addr<Coordinator>,
     writer: FramedWrite<ClientResponse, OwnedWriteHalf, ServerCodec>,
     greeted: bool,
+    /// When the last request arrived (or the connection opened).
+    last_heard: Instant,
     /// Set once the connection is being closed: nothing more is read.
     closing: bool,
     /// Set once the client has stopped sending (or the node is draining).
@@ -274,6 +311,20 @@ impl ClientConn {
 impl Actor for ClientConn {
     type Context = Context<Self>;
 
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(idle) = self.settings.idle else {
+            return;
+        };
+        let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
+        ctx.run_interval(every, move |conn, _| {
+            if conn.in_flight == 0 && !conn.closing && conn.last_heard.elapsed() >= idle {
+                debug!(peer = %conn.peer, ?idle, "closing an idle client connection");
+                conn.closing = true;
+                conn.writer.close();
+            }
+        });
+    }
+
     fn stopped(&mut self, _: &mut Self::Context) {
         let open = self.open.fetch_sub(1, Ordering::Relaxed) - 1;
         self.settings.metrics.client_connections(open);
@@ -288,6 +339,7 @@ impl StreamHandler<Result<ClientRequest, CodecError>> for ClientConn {
         if self.closing {
             return;
         }
+        self.last_heard = Instant::now();
         let ClientRequest { id, op } = match frame {
             Ok(request) => request,
             Err(CodecError(e)) => return self.refuse(0, &e),

@@ -11,7 +11,7 @@ use dynakv::config::{Config, LogFormat};
 use dynakv::handoff::{PlanChange, PlanReport};
 use dynakv::wire::{LocalCopy, NetFault, StatusReport};
 use dynakv::{Error, NodeId, Result};
-use dynakv_actors::client::Client;
+use dynakv_actors::client::{Client, Options};
 use dynakv_actors::events::Event;
 use dynakv_actors::{bench, dev, logging, node};
 use serde_json::json;
@@ -58,6 +58,10 @@ struct Cli {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// Longest wait for a node's answer, connecting included (e.g. 2s, 1m):
+    /// a node that stopped answering fails the command instead of hanging.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -97,7 +101,13 @@ enum Command {
     /// Write a value; prints the new context.
     Put {
         key: String,
-        value: String,
+        /// The value; `-` reads it from standard input.
+        #[arg(required_unless_present = "value_file", conflicts_with = "value_file")]
+        value: Option<String>,
+        /// Read the value from this file (`-`: standard input), for values
+        /// too large for the command line or not text.
+        #[arg(long)]
+        value_file: Option<PathBuf>,
         /// Context from an earlier get (supersedes what that get returned).
         #[arg(long, default_value = "")]
         context: String,
@@ -305,7 +315,12 @@ fn main() -> ExitCode {
         }
         command => {
             logging::init("warn", LogFormat::Text);
-            actix::System::new().block_on(client_command(command, cli.token))
+            let options = Options {
+                token: cli.token,
+                timeout: cli.timeout,
+                ..Options::default()
+            };
+            actix::System::new().block_on(client_command(command, options))
         }
     };
     match outcome {
@@ -368,15 +383,49 @@ fn show(value: &[u8]) -> serde_json::Value {
     }
 }
 
-async fn client_command(command: Command, token: Option<String>) -> Result<()> {
+/// The value of `put`: the argument, or a file or standard input (`-`).
+fn value_arg(value: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let from = match (value, file) {
+        (Some(v), None) if v != "-" => return Ok(v.into_bytes()),
+        (Some(_), None) => PathBuf::from("-"),
+        (None, Some(path)) => path,
+        _ => {
+            return Err(Error::InvalidRequest(
+                "give the value or --value-file, not both".into(),
+            ));
+        }
+    };
+    if from.as_os_str() == "-" {
+        let mut value = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut value)
+            .map_err(|e| Error::InvalidRequest(format!("reading the value from stdin: {e}")))?;
+        return Ok(value);
+    }
+    std::fs::read(&from).map_err(|e| {
+        Error::InvalidRequest(format!("reading the value from {}: {e}", from.display()))
+    })
+}
+
+async fn client_command(command: Command, options: Options) -> Result<()> {
     let (target, run): (Target, _) = match command {
         Command::Put {
             key,
             value,
+            value_file,
             context,
             w,
             target,
-        } => (target, Op::Put(key, value, context_arg(&context)?, w)),
+        } => (
+            target,
+            Op::Put(
+                key,
+                value_arg(value, value_file)?,
+                context_arg(&context)?,
+                w,
+            ),
+        ),
         Command::Get {
             key,
             r,
@@ -397,17 +446,19 @@ async fn client_command(command: Command, token: Option<String>) -> Result<()> {
         Command::Fault {
             command: FaultCommand::Heal { target },
         } => (target, Op::Fault(NetFault::Heal)),
-        Command::Cluster { command } => return cluster(command, token).await,
+        Command::Cluster { command } => return cluster(command, options).await,
         Command::Serve { .. } | Command::Dev { .. } | Command::Bench { .. } => {
             unreachable!("handled in main")
         }
     };
-    let client = Client::connect_with_token(&target.node, &target.cluster, token).await?;
+    let options = Options {
+        cluster: target.cluster,
+        ..options
+    };
+    let client = Client::connect_with(&target.node, options).await?;
     match run {
         Op::Put(key, value, ctx, w) => {
-            let written = client
-                .put(key.as_bytes(), value.as_bytes(), &ctx, w)
-                .await?;
+            let written = client.put(key.as_bytes(), &value, &ctx, w).await?;
             say!("{}", B64.encode(&written.context));
             if !written.others.is_empty() {
                 eprintln!(
@@ -446,8 +497,8 @@ async fn client_command(command: Command, token: Option<String>) -> Result<()> {
     Ok(())
 }
 
-async fn cluster(command: ClusterCommand, token: Option<String>) -> Result<()> {
-    let connect = async |addr: &str| Client::connect_with_token(addr, "", token.clone()).await;
+async fn cluster(command: ClusterCommand, options: Options) -> Result<()> {
+    let connect = async |addr: &str| Client::connect_with(addr, options.clone()).await;
     let message = match command {
         ClusterCommand::Join { node, seed } => connect(&node).await?.join(&seed).await?,
         ClusterCommand::Leave { node } => connect(&node).await?.leave().await?,
@@ -532,7 +583,7 @@ fn print_plan(report: &PlanReport, as_json: bool) -> Result<()> {
 }
 
 enum Op {
-    Put(String, String, Vec<u8>, Option<u8>),
+    Put(String, Vec<u8>, Vec<u8>, Option<u8>),
     Get(String, Option<u8>, bool),
     Delete(String, Vec<u8>, Option<u8>),
     Inspect(String, bool),

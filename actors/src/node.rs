@@ -311,6 +311,8 @@ fn start_on(
             max_connections: config.limits.max_connections as usize,
             max_in_flight: config.limits.max_in_flight_per_connection as usize,
             client_token: config.security.client_token.clone(),
+            idle: (config.limits.client_idle_ms > 0)
+                .then(|| Duration::from_millis(config.limits.client_idle_ms)),
             metrics: metrics.clone(),
         },
         listeners.client,

@@ -31,9 +31,9 @@ use tracing::{error, info};
 
 use crate::storage::{FjallStore, Storage};
 pub use crate::storage_worker::{
-    AeBegin, AeContinue, AeRespond, Chunk, CollectTombstones, DropPartition, FindTombstones,
-    ForgetMootHints, HandedOff, HeldPartitions, PanicInCore, PartitionUsage, ProbeTombstones,
-    TakeHints,
+    AeBegin, AeContinue, AeRespond, AeRoots, Chunk, CollectTombstones, DropPartition,
+    FindTombstones, ForgetMootHints, HandedOff, HeldPartitions, PanicInCore, PartitionUsage,
+    ProbeTombstones, TakeHints,
 };
 use crate::storage_worker::{
     ApplyBatch, Barrier, Counters, FreeMemtables, MergeAll, StorageWorker, SyncNow, Syncer,
@@ -430,6 +430,7 @@ forward_to_worker!(
     AeBegin => (Exchange, AeMsg),
     AeContinue => (Exchange, Option<AeMsg>),
     AeRespond => AeMsg,
+    AeRoots => AeMsg,
     FindTombstones => Vec<Entry>,
     ProbeTombstones => Vec<Holding>,
     CollectTombstones => usize,

@@ -107,6 +107,11 @@ pub struct AeBegin {
 #[rtype(result = "Result<(Exchange, Option<AeMsg>)>")]
 pub struct AeContinue(pub Exchange, pub AeMsg);
 
+/// The catch-up message with this replica's roots of these partitions.
+#[derive(Message)]
+#[rtype(result = "Result<AeMsg>")]
+pub struct AeRoots(pub Vec<Partition>);
+
 /// Answers a peer's anti-entropy message from local state.
 #[derive(Message)]
 #[rtype(result = "Result<AeMsg>")]
@@ -338,6 +343,7 @@ core_handlers! {
         Ok((ex, next))
     };
     AeRespond(AeRespond(msg)) -> AeMsg, writes: true, |core| anti_entropy::respond(core, msg);
+    AeRoots(AeRoots(partitions)) -> AeMsg, writes: false, |core| Ok(anti_entropy::roots(core, &partitions));
     FindTombstones(m) -> Vec<Entry>, writes: false, |core| core.tombstones(m.partition, m.limit);
     ProbeTombstones(ProbeTombstones(entries)) -> Vec<Holding>, writes: false, |core| core.probe_tombstones(&entries);
     CollectTombstones(CollectTombstones(entries)) -> usize, writes: true, |core| core.collect_tombstones(&entries);

@@ -33,7 +33,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::rc::Rc;
 
-use crate::anti_entropy::{AeMsg, Exchange, next_exchange, respond};
+use crate::anti_entropy::{AeMsg, Exchange, respond, round_robin};
 use crate::coordinator::{
     GetSession, Outcome as Answer, PutSession, Request, Route, Session as CoreSession,
 };
@@ -1503,7 +1503,7 @@ impl Sim {
         let node = &self.nodes[i];
         let mut cursor = node.ae_cursor;
         let rng = &mut self.rng;
-        let next = next_exchange(
+        let next = round_robin(
             &ring,
             &node.id,
             self.cfg.n,

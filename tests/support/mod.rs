@@ -217,6 +217,28 @@ impl ProcessCluster {
         self.spawn(i);
     }
 
+    /// Node `i`'s whole log (stderr of every start).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    /// Waits for node `i`'s process to exit by itself; its status, or None
+    /// if it still runs at the deadline.
+    pub fn wait_exit(&mut self, i: usize, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            let child = self.procs[i].as_mut().expect("node was started");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.procs[i] = None;
+                return Some(status);
+            }
+            if start.elapsed() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The end of node `i`'s log, for failure messages.
     pub fn log_tail(&self, i: usize) -> String {
         let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();

@@ -23,11 +23,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod schedule;
+pub use schedule::{RootsCheck, Schedule, round_robin};
+
 use crate::error::{Error, Result};
 use crate::merkle::{FANOUT, HashTree, SEGMENTS, differing};
-use crate::node::NodeId;
 use crate::replica::{Replica, Store};
-use crate::ring::{Partition, Ring};
+use crate::ring::Partition;
 use crate::version::SiblingSet;
 
 /// Messages of the anti-entropy concern (`PeerMsg::AntiEntropy`). Every
@@ -69,6 +71,15 @@ pub enum AeMsg {
         entries: Vec<(Vec<u8>, SiblingSet)>,
     },
     Pushed,
+    /// Catch-up (`Schedule`): the sender's roots of the partitions it
+    /// shares with the receiver, compared in one message.
+    Roots {
+        roots: Vec<(Partition, u64)>,
+    },
+    /// The partitions of a `Roots` whose roots differ here.
+    RootsDiffer {
+        partitions: Vec<Partition>,
+    },
 }
 
 impl AeMsg {
@@ -113,37 +124,6 @@ enum Stage {
     AwaitDiff,
     AwaitPushed,
     Done,
-}
-
-/// The next exchange `me` starts: the partition after `cursor` (advanced)
-/// among those it replicates, with the co-replica at `pick(count)` of the
-/// `count` that are up. None when it replicates nothing or no co-replica
-/// of that partition is up.
-pub fn next_exchange(
-    ring: &Ring,
-    me: &NodeId,
-    n: usize,
-    cursor: &mut usize,
-    is_up: impl Fn(&NodeId) -> bool,
-    pick: impl FnOnce(usize) -> usize,
-) -> Option<(Partition, NodeId)> {
-    let mine = ring.replicated_by(me, n);
-    if mine.is_empty() {
-        return None;
-    }
-    *cursor = (*cursor + 1) % mine.len();
-    let p = mine[*cursor];
-    let peers: Vec<&NodeId> = ring
-        .preference_list(p, n)
-        .into_iter()
-        .filter(|node| *node != me && is_up(node))
-        .collect();
-    if peers.is_empty() {
-        return None;
-    }
-    peers
-        .get(pick(peers.len()))
-        .map(|peer| (p, (*peer).clone()))
 }
 
 /// The initiator's side of one exchange of one partition with one peer.
@@ -329,6 +309,19 @@ pub fn respond<S: Store>(local: &mut Replica<S>, msg: AeMsg) -> Result<AeMsg> {
         }
     };
     match msg {
+        AeMsg::Roots { roots } => {
+            if roots.len() > q as usize {
+                return Err(Error::Malformed(format!("{} roots", roots.len())));
+            }
+            let mut partitions = Vec::new();
+            for (p, root) in roots {
+                check(p)?;
+                if local.tree(p).root() != root {
+                    partitions.push(p);
+                }
+            }
+            Ok(AeMsg::RootsDiffer { partitions })
+        }
         AeMsg::Root { partition, root } => {
             check(partition)?;
             let tree = local.tree(partition);
@@ -390,6 +383,17 @@ pub fn respond<S: Store>(local: &mut Replica<S>, msg: AeMsg) -> Result<AeMsg> {
         other => Err(Error::Malformed(format!(
             "{other:?} is not an anti-entropy request"
         ))),
+    }
+}
+
+/// The catch-up message comparing the roots of `partitions` (see
+/// `Schedule::on_topology`).
+pub fn roots<S: Store>(local: &Replica<S>, partitions: &[Partition]) -> AeMsg {
+    AeMsg::Roots {
+        roots: partitions
+            .iter()
+            .map(|&p| (p, local.tree(p).root()))
+            .collect(),
     }
 }
 
@@ -505,6 +509,31 @@ mod tests {
         for p in 0..Q {
             assert_eq!(a.tree(Partition(p)), b.tree(Partition(p)));
         }
+    }
+
+    #[test]
+    fn one_roots_message_finds_the_partitions_that_differ() {
+        let (a, mut b) = diverged(200);
+        let all: Vec<Partition> = (0..Q).map(Partition).collect();
+        let msg = roots(&a, &all);
+        let AeMsg::RootsDiffer { partitions } = respond(&mut b, msg).unwrap() else {
+            panic!("not a RootsDiffer");
+        };
+        let expected: Vec<Partition> = all
+            .iter()
+            .copied()
+            .filter(|&p| a.tree(p).root() != b.tree(p).root())
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(partitions, expected);
+        let too_many = AeMsg::Roots {
+            roots: vec![(Partition(0), 0); Q as usize + 1],
+        };
+        assert!(respond(&mut b, too_many).is_err());
+        let out_of_range = AeMsg::Roots {
+            roots: vec![(Partition(Q), 0)],
+        };
+        assert!(respond(&mut b, out_of_range).is_err());
     }
 
     #[test]

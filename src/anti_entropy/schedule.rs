@@ -1,0 +1,285 @@
+//! Anti-entropy scheduling: which exchange a node starts next, and when.
+//!
+//! A node exchanges one partition with one co-replica at a time: the next
+//! partition it replicates (round robin) with a random co-replica that is
+//! up, paced by a byte budget per second (no exchange starts while the last
+//! second's exchanges used more).
+//!
+//! Catch-up: when a co-replica comes up (this node's start, the peer's
+//! restart, a heal or the end of a network partition), the two compare
+//! every root they share in one message (`AeMsg::Roots`, some 13 bytes a
+//! partition: 13 KiB for 1,024 partitions, however many keys they hold),
+//! and the partitions that differ are exchanged first, back to back within
+//! the budget, instead of waiting for their turn in the round robin (a full
+//! round at one exchange per 100 ms takes 100 s with 1,024 partitions).
+//!
+//! Time is an input (`now`, in ms); the shell owns the timer, starts what
+//! `next` and `on_topology` return, and reports what they moved.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::node::NodeId;
+use crate::ring::{Partition, Ring};
+
+/// A roots comparison to make: the partitions this node shares with `peer`,
+/// which just came up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootsCheck {
+    pub peer: NodeId,
+    pub partitions: Vec<Partition>,
+}
+
+/// Bytes exchanged since `start` (ms), for the budget.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    start: u64,
+    bytes: u64,
+}
+
+/// Length of the budget's window, in ms.
+const WINDOW_MS: u64 = 1_000;
+
+/// What exchange this node starts next.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    me: NodeId,
+    n: usize,
+    max_bytes_per_sec: u64,
+    /// Position in this node's partitions (round robin).
+    cursor: usize,
+    /// The co-replicas up at the last topology.
+    up: BTreeSet<NodeId>,
+    /// Partitions found to differ from a co-replica that came up, with it:
+    /// exchanged before the round robin goes on.
+    urgent: VecDeque<(Partition, NodeId)>,
+    window: Window,
+    /// Whether an exchange is under way (one at a time).
+    running: bool,
+}
+
+impl Schedule {
+    pub fn new(me: NodeId, n: usize, max_bytes_per_sec: u64) -> Self {
+        Schedule {
+            me,
+            n,
+            max_bytes_per_sec,
+            cursor: 0,
+            up: BTreeSet::new(),
+            urgent: VecDeque::new(),
+            window: Window::default(),
+            running: false,
+        }
+    }
+
+    /// The ring or the liveness of its nodes changed: every node that is up
+    /// now and was not before gets the roots of the partitions it shares
+    /// with this node compared (at the first call, every node that is up).
+    pub fn on_topology(&mut self, ring: &Ring, is_up: impl Fn(&NodeId) -> bool) -> Vec<RootsCheck> {
+        let up: BTreeSet<NodeId> = ring
+            .nodes()
+            .iter()
+            .filter(|n| **n != self.me && is_up(n))
+            .cloned()
+            .collect();
+        let newly: Vec<NodeId> = up.difference(&self.up).cloned().collect();
+        self.up = up;
+        if newly.is_empty() {
+            return Vec::new();
+        }
+        let mine = ring.replicated_by(&self.me, self.n);
+        newly
+            .into_iter()
+            .filter_map(|peer| {
+                let partitions: Vec<Partition> = mine
+                    .iter()
+                    .copied()
+                    .filter(|&p| ring.preference_list(p, self.n).contains(&&peer))
+                    .collect();
+                (!partitions.is_empty()).then_some(RootsCheck { peer, partitions })
+            })
+            .collect()
+    }
+
+    /// A roots comparison with `peer` found `differ` to differ; it moved
+    /// `bytes` both ways at `now`.
+    pub fn on_roots(&mut self, peer: &NodeId, differ: &[Partition], bytes: usize, now: u64) {
+        self.spend(bytes, now);
+        for &p in differ {
+            if !self.urgent.iter().any(|(q, n)| *q == p && n == peer) {
+                self.urgent.push_back((p, peer.clone()));
+            }
+        }
+    }
+
+    /// A roots comparison with `peer` failed: it is compared again at the
+    /// next `on_topology` that finds it up.
+    pub fn on_roots_failed(&mut self, peer: &NodeId) {
+        self.up.remove(peer);
+    }
+
+    /// The exchange to start at `now`, if one may start: none while one
+    /// runs or while the last second's exchanges used more than the
+    /// budget. Partitions a catch-up found to differ come first (skipped
+    /// if their co-replica is no longer up or no longer one); then the next
+    /// partition this node replicates, with the co-replica at `pick(count)`
+    /// of the `count` up.
+    pub fn next(
+        &mut self,
+        ring: &Ring,
+        now: u64,
+        is_up: impl Fn(&NodeId) -> bool,
+        pick: impl FnOnce(usize) -> usize,
+    ) -> Option<(Partition, NodeId)> {
+        if self.running || !self.within_budget(now) {
+            return None;
+        }
+        while let Some((p, peer)) = self.urgent.pop_front() {
+            let list = ring.preference_list(p, self.n);
+            if is_up(&peer) && list.contains(&&peer) && list.contains(&&self.me) {
+                self.running = true;
+                return Some((p, peer));
+            }
+        }
+        let next = round_robin(ring, &self.me, self.n, &mut self.cursor, is_up, pick);
+        self.running = next.is_some();
+        next
+    }
+
+    /// The exchange under way ended (completed or failed) at `now`, having
+    /// moved `bytes` both ways.
+    pub fn on_exchanged(&mut self, bytes: usize, now: u64) {
+        self.running = false;
+        self.spend(bytes, now);
+    }
+
+    /// Whether catch-up exchanges are waiting (the shell starts the next one
+    /// at once rather than at its next tick).
+    pub fn has_urgent(&self) -> bool {
+        !self.urgent.is_empty()
+    }
+
+    /// Forgets the exchange under way (the shell lost it: a restart).
+    pub fn reset(&mut self) {
+        self.running = false;
+    }
+
+    fn within_budget(&mut self, now: u64) -> bool {
+        if now.saturating_sub(self.window.start) >= WINDOW_MS {
+            self.window = Window {
+                start: now,
+                bytes: 0,
+            };
+        }
+        self.window.bytes <= self.max_bytes_per_sec
+    }
+
+    fn spend(&mut self, bytes: usize, now: u64) {
+        self.within_budget(now);
+        self.window.bytes += bytes as u64;
+    }
+}
+
+/// The next exchange `me` starts in the round robin: the partition after
+/// `cursor` (advanced) among those it replicates, with the co-replica at
+/// `pick(count)` of the `count` that are up. None when it replicates
+/// nothing or no co-replica of that partition is up.
+pub fn round_robin(
+    ring: &Ring,
+    me: &NodeId,
+    n: usize,
+    cursor: &mut usize,
+    is_up: impl Fn(&NodeId) -> bool,
+    pick: impl FnOnce(usize) -> usize,
+) -> Option<(Partition, NodeId)> {
+    let mine = ring.replicated_by(me, n);
+    if mine.is_empty() {
+        return None;
+    }
+    *cursor = (*cursor + 1) % mine.len();
+    let p = mine[*cursor];
+    let peers: Vec<&NodeId> = ring
+        .preference_list(p, n)
+        .into_iter()
+        .filter(|node| *node != me && is_up(node))
+        .collect();
+    if peers.is_empty() {
+        return None;
+    }
+    peers
+        .get(pick(peers.len()))
+        .map(|peer| (p, (*peer).clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ownership::{Capacity, Ownership};
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    fn ring(nodes: &[&str], q: u32) -> Ring {
+        let members: Vec<Capacity> = nodes.iter().map(|n| Capacity::new(id(n), 1)).collect();
+        Ring::new(&Ownership::found(q, &members, 3).unwrap())
+    }
+
+    #[test]
+    fn a_co_replica_that_comes_up_has_its_shared_roots_compared_once() {
+        let ring = ring(&["a", "b", "c", "d"], 16);
+        let mut s = Schedule::new(id("a"), 3, 1 << 20);
+        let all_up = |_: &NodeId| true;
+        let first = s.on_topology(&ring, all_up);
+        let peers: Vec<&str> = first.iter().map(|c| c.peer.as_str()).collect();
+        assert_eq!(peers, ["b", "c", "d"], "every node up at the start");
+        for check in &first {
+            for p in &check.partitions {
+                let list = ring.preference_list(*p, 3);
+                assert!(list.contains(&&id("a")) && list.contains(&&check.peer));
+            }
+        }
+        assert!(s.on_topology(&ring, all_up).is_empty(), "nothing new");
+        let c_down = |n: &NodeId| n.as_str() != "c";
+        assert!(s.on_topology(&ring, c_down).is_empty());
+        let back = s.on_topology(&ring, all_up);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].peer, id("c"));
+        assert_eq!(back[0].partitions, first[1].partitions);
+        s.on_roots_failed(&id("c"));
+        assert_eq!(
+            s.on_topology(&ring, all_up),
+            back,
+            "asked again after a failure"
+        );
+    }
+
+    #[test]
+    fn differing_partitions_go_first_then_the_round_robin() {
+        let ring = ring(&["a", "b", "c"], 16);
+        let mut s = Schedule::new(id("a"), 3, 1 << 20);
+        let up = |_: &NodeId| true;
+        s.on_roots(&id("b"), &[Partition(5), Partition(9)], 100, 0);
+        s.on_roots(&id("b"), &[Partition(5)], 100, 0);
+        assert!(s.has_urgent());
+        assert_eq!(s.next(&ring, 0, up, |_| 0), Some((Partition(5), id("b"))));
+        assert_eq!(s.next(&ring, 0, up, |_| 0), None, "one at a time");
+        s.on_exchanged(10, 1);
+        // b went down meanwhile: its catch-up is skipped.
+        let b_down = |n: &NodeId| n.as_str() != "b";
+        let (p, peer) = s.next(&ring, 2, b_down, |_| 0).unwrap();
+        assert_eq!(peer, id("c"), "round robin, with one that is up");
+        assert_ne!(p, Partition(9));
+        assert!(!s.has_urgent());
+    }
+
+    #[test]
+    fn no_exchange_starts_past_the_budget_until_the_window_ends() {
+        let ring = ring(&["a", "b", "c"], 16);
+        let mut s = Schedule::new(id("a"), 3, 1000);
+        let up = |_: &NodeId| true;
+        assert!(s.next(&ring, 0, up, |_| 0).is_some());
+        s.on_exchanged(1500, 10);
+        assert_eq!(s.next(&ring, 500, up, |_| 0), None, "over budget");
+        assert!(s.next(&ring, 1010, up, |_| 0).is_some(), "a new window");
+    }
+}
