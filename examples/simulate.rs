@@ -4,7 +4,8 @@
 //!
 //! Options: --seeds N (default 1000), --start S (first seed, default 1),
 //! --periodic (fsync = periodic: crashes are power losses), --scaling (a
-//! node joins and another leaves during each run), --seed S (one
+//! node joins and another leaves during each run), --removal (a node is
+//! removed while down and comes back on its old disk), --seed S (one
 //! seed, with its trace). Exits 1 on the first violation, printing the seed
 //! and the events that led to it.
 
@@ -35,6 +36,10 @@ fn main() -> ExitCode {
             }
             "--scaling" => {
                 cfg.scaling = true;
+                Ok(())
+            }
+            "--removal" => {
+                cfg.removal = true;
                 Ok(())
             }
             other => Err(format!(

@@ -57,6 +57,26 @@ fn a_join_and_a_leave_under_faults_lose_nothing() {
     run_seeds(&config(true, true), 1..51);
 }
 
+/// A founder is removed while down and comes back on its old disk, after
+/// the others deleted and collected keys it holds: it is fenced out and
+/// brings nothing back.
+#[test]
+fn a_removed_member_back_on_old_data_brings_nothing_back() {
+    let removal = |periodic, scaling| SimConfig {
+        removal: true,
+        ..config(periodic, scaling)
+    };
+    run_seeds(&removal(false, false), 1..101);
+    run_seeds(&removal(true, false), 1..51);
+    run_seeds(&removal(false, true), 1..51);
+    let o = traced(
+        removal(false, false),
+        2,
+        &["removed through", "refuses n", "learns it is out"],
+    );
+    assert!(o.fenced > 0, "{o:?}");
+}
+
 #[test]
 fn partitions_really_move() {
     let o = traced(

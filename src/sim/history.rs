@@ -10,8 +10,11 @@
 //!   would escape the contexts of later writes and come back);
 //! - nothing lost: every minted dot, acknowledged ones above all, is in its
 //!   key's final state, or covered by the context of a write that took
-//!   effect (was minted somewhere); a tombstone may also have been
-//!   collected;
+//!   effect (was minted somewhere not written off, or reached the
+//!   survivors); a tombstone may also have been collected, and once a node
+//!   was removed (its disk written off) a dot never acknowledged may be
+//!   gone with it (it may have held the only copy: a stand-in that handed
+//!   its hint over dropped its own);
 //! - nothing dominated comes back: no final sibling is covered by the
 //!   context of a write that took effect (this is how a deleted key would
 //!   reappear);
@@ -20,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::version::{Context, Dot, SiblingSet, Value};
+use crate::version::{Actor, Context, Dot, SiblingSet, Value};
 
 /// One client write (put or delete).
 #[derive(Debug, Clone)]
@@ -53,6 +56,11 @@ pub struct History {
     pub failed: usize,
     /// Keys some replica collected a tombstone of.
     pub collected: BTreeSet<usize>,
+    /// Writers of nodes removed from the cluster (their disks written off):
+    /// a write minted only there did not take effect.
+    pub written_off: BTreeSet<Actor>,
+    /// Nodes removed from the cluster.
+    pub removed: usize,
 }
 
 impl History {
@@ -85,11 +93,19 @@ impl History {
         if !durable {
             return Ok(());
         }
-        // Which write took effect with a context covering `dot`.
+        // Which write took effect with a context covering `dot`: it was
+        // minted somewhere that was not written off, or its version reached
+        // the survivors (their final state has seen it).
+        let took_effect = |w: &Write| {
+            w.acked.is_some()
+                || w.dots.iter().any(|d| {
+                    !self.written_off.contains(&d.actor) || finals[w.key].context().covers(*d)
+                })
+        };
         let superseded_by = |key: usize, dot: Dot| {
             self.writes
                 .iter()
-                .position(|w| w.key == key && !w.dots.is_empty() && w.context.covers(dot))
+                .position(|w| w.key == key && took_effect(w) && w.context.covers(dot))
         };
         for (key, state) in finals.iter().enumerate() {
             for s in state.siblings() {
@@ -121,7 +137,8 @@ impl History {
             for &dot in &w.dots {
                 let present = finals[w.key].siblings().any(|s| s.dot == dot);
                 let collected = w.value.is_none() && self.collected.contains(&w.key);
-                if !present && !collected && superseded_by(w.key, dot).is_none() {
+                let written_off = w.acked != Some(dot) && self.removed > 0;
+                if !present && !collected && !written_off && superseded_by(w.key, dot).is_none() {
                     let acked = if w.acked == Some(dot) {
                         format!("acknowledged at {} ms", w.end.unwrap_or(0))
                     } else {

@@ -30,14 +30,15 @@ pub mod history;
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::rc::Rc;
 
-use crate::anti_entropy::{AeMsg, Exchange, respond, round_robin};
+use crate::anti_entropy::{AeMsg, Exchange, RootsCheck, Schedule, respond, roots};
 use crate::coordinator::{
     GetSession, Outcome as Answer, PutSession, Request, Route, Session as CoreSession,
 };
 use crate::error::{Error, Result};
+use crate::fencing::Refusal;
 use crate::handoff::{
     Fetched, HandoffMsg, Next, Progress, fetch_step, release_step, to_release, verify_chunk,
 };
@@ -78,6 +79,10 @@ pub struct SimConfig {
     /// The last node starts outside the ring and joins during the run, and
     /// one of the others leaves (handing its partitions off, then stopping).
     pub scaling: bool,
+    /// A founder is stopped and removed by an operator, and comes back
+    /// later on its old disk (and old view), after the cluster has deleted
+    /// and collected keys it still holds.
+    pub removal: bool,
     /// Keep a readable trace of events (printed on failure).
     pub trace: bool,
 }
@@ -101,6 +106,7 @@ impl Default for SimConfig {
             crashes: true,
             partitions_faults: true,
             scaling: false,
+            removal: false,
             trace: false,
         }
     }
@@ -122,6 +128,8 @@ pub struct Outcome {
     /// Partitions fetched by handoff, and released.
     pub fetched: usize,
     pub released: usize,
+    /// Peer requests refused because their sender was out of the cluster.
+    pub fenced: usize,
     /// Simulated ms from the heal to convergence.
     pub converged_after: u64,
     /// The first violation found, if any.
@@ -135,6 +143,8 @@ const GOSSIP_EVERY: u64 = 200;
 const SUSPECT_AFTER: u64 = 1_000;
 const DOWN_AFTER: u64 = 3_000;
 const AE_EVERY: u64 = 150;
+/// Anti-entropy's byte budget per second (the default's order).
+const AE_BYTES_PER_SEC: u64 = 10 << 20;
 const HINTS_EVERY: u64 = 300;
 const GC_EVERY: u64 = 1_000;
 const HANDOFF_EVERY: u64 = 100;
@@ -147,6 +157,10 @@ const DEADLINE: u64 = 1_000;
 const CALL_TIMEOUT: u64 = 1_000;
 const MAX_DELAY: u64 = 400;
 const TRACE_LINES: usize = 300;
+/// Keys the removal scenario writes, then deletes once the removed node is
+/// gone, and never touches again: their tombstones get collected while it
+/// is away, so a resurrection would show.
+const DOOMED_KEYS: usize = 3;
 
 /// The generator every random choice comes from (SplitMix64).
 #[derive(Debug, Clone)]
@@ -267,6 +281,13 @@ enum Msg {
         id: u64,
         reply: std::result::Result<HandoffMsg, Error>,
     },
+    /// A request refused because its sender left or was removed
+    /// (`crate::fencing`): the sender's own final record, and the session
+    /// of a refused replica request (0: none).
+    Fenced {
+        record: Member,
+        session: u64,
+    },
 }
 
 impl Msg {
@@ -318,6 +339,7 @@ impl Msg {
             Msg::GcReply { .. } => "gc-reply",
             Msg::Handoff { .. } => "fetch",
             Msg::HandoffReply { .. } => "chunk",
+            Msg::Fenced { .. } => "fenced",
         };
         name.into()
     }
@@ -375,6 +397,8 @@ enum Event {
     Join,
     /// A random member that is up begins to leave.
     Leave,
+    /// A founder is stopped, and an operator removes it.
+    Remove,
 }
 
 struct Scheduled {
@@ -416,6 +440,10 @@ enum Call {
         batch: Vec<Entry>,
     },
     Exchange(Exchange),
+    /// A catch-up comparison of the roots shared with `peer`.
+    Roots {
+        peer: NodeId,
+    },
     Gc(GcRound),
     Fetch {
         partition: Partition,
@@ -450,13 +478,15 @@ struct Node {
     progress: Progress,
     /// Left the cluster and stopped for good.
     retired: bool,
+    /// Every writer identity it minted a client's write with.
+    writers: BTreeSet<Actor>,
     /// The persisted membership view.
     view: Option<View>,
     membership: Membership,
     replica: Replica<Disk>,
     sessions: BTreeMap<u64, Session>,
     calls: BTreeMap<u64, Call>,
-    ae_cursor: usize,
+    schedule: Schedule,
     gc_cursor: usize,
     ripening: Ripening,
 }
@@ -465,6 +495,18 @@ impl Node {
     /// Whether a call matching `what` is awaiting its answer.
     fn calling(&self, what: impl Fn(&Call) -> bool) -> bool {
         self.calls.values().any(what)
+    }
+
+    /// Whether it still belongs to the cluster: it did not leave for good,
+    /// and knows of no removal (a removed node that has not learned yet
+    /// still counts, and convergence waits for it to learn).
+    fn is_member(&self) -> bool {
+        !self.retired && !self.membership.is_fenced()
+    }
+
+    /// Whether an operator removed it (as its own view knows by now).
+    fn removed(&self) -> bool {
+        self.membership.member(&self.id).map(|m| m.status) == Some(Status::Removed)
     }
 
     /// Persists the membership view if `changed` says it changed (as the
@@ -476,17 +518,22 @@ impl Node {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
 enum ClientOp {
     Get,
     Put { blind: bool },
     Delete,
 }
 
+#[derive(Default)]
 struct Client {
     /// The session and node of the operation under way.
     waiting: Option<(usize, u64)>,
     contexts: BTreeMap<usize, Context>,
     written: u64,
+    /// An operator's client runs this script (key, operation) and nothing
+    /// else; the others pick at random.
+    script: Option<VecDeque<(usize, ClientOp)>>,
 }
 
 pub struct Sim {
@@ -511,6 +558,7 @@ pub struct Sim {
     partitions: usize,
     fetched: usize,
     released: usize,
+    fenced: usize,
     trace: Vec<String>,
 }
 
@@ -575,26 +623,25 @@ impl Sim {
                 meta: Disk::default(),
                 progress: Progress::default(),
                 retired: false,
+                writers: BTreeSet::new(),
                 view: None,
                 membership: Membership::new(settings(&cfg, i), None, 0),
                 replica,
                 sessions: BTreeMap::new(),
                 calls: BTreeMap::new(),
-                ae_cursor: 0,
+                schedule: Schedule::new(node_id(i), cfg.n, AE_BYTES_PER_SEC),
                 gc_cursor: 0,
                 ripening: Ripening::default(),
             });
         }
+        let doomed = if cfg.removal { DOOMED_KEYS } else { 0 };
+        let operator = usize::from(cfg.removal);
         let mut sim = Sim {
-            keys: (0..cfg.keys)
+            keys: (0..cfg.keys + doomed)
                 .map(|k| format!("key-{k}").into_bytes())
                 .collect(),
-            clients: (0..cfg.clients)
-                .map(|_| Client {
-                    waiting: None,
-                    contexts: BTreeMap::new(),
-                    written: 0,
-                })
+            clients: (0..cfg.clients + operator)
+                .map(|_| Client::default())
                 .collect(),
             cfg,
             seed,
@@ -614,6 +661,7 @@ impl Sim {
             partitions: 0,
             fetched: 0,
             released: 0,
+            fenced: 0,
             trace: Vec::new(),
         };
         for i in 0..founders(&sim.cfg) {
@@ -624,6 +672,19 @@ impl Sim {
             sim.schedule(join, Event::Join);
             let leave = 8_000 + sim.rng.below(6_000);
             sim.schedule(leave, Event::Leave);
+        }
+        if sim.cfg.removal {
+            let remove = 3_000 + sim.rng.below(6_000);
+            sim.schedule(remove, Event::Remove);
+            let doomed = sim.cfg.keys..sim.cfg.keys + DOOMED_KEYS;
+            let puts = doomed.map(|k| (k, ClientOp::Put { blind: true }));
+            sim.clients[sim.cfg.clients].script = Some(puts.collect());
+            sim.schedule(
+                1_000,
+                Event::Client {
+                    client: sim.cfg.clients,
+                },
+            );
         }
         for c in 0..sim.cfg.clients {
             let at = 1_000 + sim.rng.below(500);
@@ -781,6 +842,12 @@ impl Sim {
             Some(_) => {
                 let finals: Vec<SiblingSet> =
                     (0..self.keys.len()).map(|k| self.final_state(k)).collect();
+                // A removed node's disk is written off, with every write
+                // only it held.
+                for n in self.nodes.iter().filter(|n| n.removed()) {
+                    self.history.written_off.extend(n.writers.iter().copied());
+                    self.history.removed += 1;
+                }
                 self.history.check(&finals, self.cfg.fsync_always).err()
             }
         };
@@ -795,6 +862,7 @@ impl Sim {
             partitions: self.partitions,
             fetched: self.fetched,
             released: self.released,
+            fenced: self.fenced,
             converged_after: converged_at.map_or(0, |t| t - heal_at),
             violation,
             trace: self.trace,
@@ -837,7 +905,7 @@ impl Sim {
             }
             Event::CallTimeout { node, life, id } => {
                 if self.nodes[node].running && self.nodes[node].life == life {
-                    self.nodes[node].calls.remove(&id);
+                    self.on_call_timeout(node, id);
                 }
             }
             Event::Client { client } => {
@@ -858,6 +926,7 @@ impl Sim {
                 self.restart(spare);
             }
             Event::Leave => self.begin_leave(),
+            Event::Remove => self.remove_one(),
         }
     }
 
@@ -904,14 +973,16 @@ impl Sim {
         self.schedule(at, Event::Nemesis);
     }
 
-    /// An operator tells a member that is up to leave.
+    /// An operator tells a founder that is up to leave.
     fn begin_leave(&mut self) {
-        let spare = self.cfg.nodes - 1;
-        let i = self.rng.below(spare as u64) as usize;
-        let node = &mut self.nodes[i];
-        if !node.running {
-            return self.note(|| format!("n{i} is down: no leave"));
+        let up: Vec<usize> = (0..founders(&self.cfg))
+            .filter(|&i| self.nodes[i].running && self.nodes[i].is_member())
+            .collect();
+        if up.is_empty() {
+            return self.note(|| "no founder is up: no leave".into());
         }
+        let i = up[self.rng.below(up.len() as u64) as usize];
+        let node = &mut self.nodes[i];
         match node.membership.leave() {
             Ok(changed) => {
                 node.keep_view(changed);
@@ -919,6 +990,38 @@ impl Sim {
             }
             Err(e) => self.note(|| format!("n{i} cannot leave: {e}")),
         }
+    }
+
+    /// An operator stops a founder and removes it through another member;
+    /// it starts again later on its old disk, as a careless restart would.
+    fn remove_one(&mut self) {
+        let r = self.rng.below(founders(&self.cfg) as u64) as usize;
+        if self.nodes[r].running {
+            self.crash(r);
+        }
+        let gone = self.nodes[r].id.clone();
+        let Some(via) = (0..self.cfg.nodes).find(|&j| {
+            j != r && self.nodes[j].running && self.nodes[j].membership.member(&gone).is_some()
+        }) else {
+            return self.note(|| format!("nobody up to remove n{r}"));
+        };
+        match self.nodes[via].membership.remove(&gone) {
+            Ok(changed) => {
+                self.nodes[via].keep_view(changed);
+                self.note(|| format!("n{r} removed through n{via}"));
+            }
+            Err(e) => self.note(|| format!("n{r} cannot be removed: {e}")),
+        }
+        let back = self.now + 4_000 + self.rng.below(6_000);
+        self.schedule(back, Event::Restart { node: r });
+        // The operator deletes the doomed keys, which the removed node holds.
+        let operator = self.cfg.clients;
+        let doomed = self.cfg.keys..self.cfg.keys + DOOMED_KEYS;
+        let steps = doomed.flat_map(|k| [(k, ClientOp::Get), (k, ClientOp::Delete)]);
+        if let Some(script) = &mut self.clients[operator].script {
+            script.extend(steps);
+        }
+        self.schedule(self.now + 1, Event::Client { client: operator });
     }
 
     fn crash(&mut self, i: usize) {
@@ -957,6 +1060,13 @@ impl Sim {
         if self.nodes[i].running || self.nodes[i].retired {
             return;
         }
+        if let Some(view) = &self.nodes[i].view
+            && view.is_fenced(&self.nodes[i].id)
+        {
+            // As `serve` refuses to start on the data of a node that is out.
+            self.nodes[i].retired = true;
+            return self.note(|| format!("n{i} refuses to start: it is out of the cluster"));
+        }
         let actor = Actor(self.rng.next_u64());
         let cfg = self.cfg.clone();
         let now = self.now;
@@ -979,7 +1089,7 @@ impl Sim {
         node.membership = Membership::new(settings(&cfg, i), node.view.clone(), now);
         node.running = true;
         node.life += 1;
-        node.ae_cursor = 0;
+        node.schedule = Schedule::new(node.id.clone(), cfg.n, AE_BYTES_PER_SEC);
         node.gc_cursor = 0;
         node.ripening = Ripening::default();
         self.start_timers(i);
@@ -1010,17 +1120,31 @@ impl Sim {
         if !self.faults || self.clients[c].waiting.is_some() {
             return;
         }
-        let key = self.rng.below(self.keys.len() as u64) as usize;
-        let op = match self.rng.below(10) {
-            0..=3 => ClientOp::Get,
-            4..=7 => ClientOp::Put { blind: false },
-            8 => ClientOp::Put { blind: true },
-            _ => ClientOp::Delete,
+        let (key, op) = match &mut self.clients[c].script {
+            Some(script) => match script.pop_front() {
+                Some(step) => step,
+                None => return,
+            },
+            None => {
+                let key = self.rng.below(self.cfg.keys as u64) as usize;
+                let op = match self.rng.below(10) {
+                    0..=3 => ClientOp::Get,
+                    4..=7 => ClientOp::Put { blind: false },
+                    8 => ClientOp::Put { blind: true },
+                    _ => ClientOp::Delete,
+                };
+                (key, op)
+            }
         };
         let coordinator = self.rng.below(self.cfg.nodes as u64) as usize;
         if !self.nodes[coordinator].running {
             self.history.failed += 1;
             self.note(|| format!("client {c}: n{coordinator} refused the connection"));
+            return self.client_next(c);
+        }
+        if self.nodes[coordinator].membership.is_fenced() {
+            self.history.failed += 1;
+            self.note(|| format!("client {c}: n{coordinator} is out of the cluster"));
             return self.client_next(c);
         }
         let Some(ring) = self.nodes[coordinator].membership.ring() else {
@@ -1262,6 +1386,18 @@ impl Sim {
             self.note(|| format!("n{from} -> n{to}: {what}"));
         }
         let from_id = self.nodes[from].id.clone();
+        let request = matches!(
+            msg,
+            Msg::Gossip(GossipMsg::Push { .. })
+                | Msg::Replica { .. }
+                | Msg::HintDeliver { .. }
+                | Msg::Ae { .. }
+                | Msg::Gc { .. }
+                | Msg::Handoff { .. }
+        );
+        if request && let Err(refusal) = self.nodes[to].membership.admission().check(&from_id) {
+            return self.refuse(from, to, msg, refusal);
+        }
         match msg {
             Msg::Gossip(g) => {
                 let now = self.now;
@@ -1281,6 +1417,7 @@ impl Sim {
                 let reply = self.nodes[to].replica.apply(msg);
                 if let (Some(w), Ok(ReplicaMsg::Updated { dot, .. })) = (write, &reply) {
                     self.history.writes[w].dots.push(*dot);
+                    self.nodes[to].writers.insert(dot.actor);
                     let line = format!(
                         "n{to}: minted {dot} for write #{w} of key-{}",
                         self.history.writes[w].key
@@ -1348,6 +1485,41 @@ impl Sim {
                 self.send(to, from, Msg::HandoffReply { id, reply });
             }
             Msg::HandoffReply { id, reply } => self.on_chunk(to, id, reply),
+            Msg::Fenced { record, session } => {
+                let node = &mut self.nodes[to];
+                if let Ok(changed) = node.membership.on_fenced(record) {
+                    node.keep_view(changed);
+                    if changed.view {
+                        self.note(|| format!("n{to} learns it is out of the cluster"));
+                    }
+                }
+                if session != 0 {
+                    let refused = Err(Error::Removed(format!("refused by n{from}")));
+                    self.on_session_reply(to, session, &from_id, refused);
+                }
+            }
+        }
+    }
+
+    /// As the Bridge does: a request `from` a member that is out gets its
+    /// record back; a node that is out answers a replica request with an
+    /// error and drops the rest.
+    fn refuse(&mut self, from: usize, to: usize, msg: Msg, refusal: Refusal) {
+        let session = match &msg {
+            Msg::Replica { session, .. } => *session,
+            _ => 0,
+        };
+        match refusal {
+            Refusal::Fenced(record) => {
+                self.fenced += 1;
+                self.note(|| format!("n{to} refuses n{from}: it is out"));
+                self.send(to, from, Msg::Fenced { record, session });
+            }
+            Refusal::Departed(e) if session != 0 => {
+                let reply = Err(e);
+                self.send(to, from, Msg::ReplicaReply { session, reply });
+            }
+            Refusal::Departed(_) => {}
         }
     }
 
@@ -1373,20 +1545,29 @@ impl Sim {
                 }
                 GOSSIP_EVERY
             }
+            // A node that is out does no background work (as its actors).
             Timer::AntiEntropy => {
-                self.start_exchange(i);
+                if !self.nodes[i].membership.is_fenced() {
+                    self.start_exchange(i);
+                }
                 AE_EVERY
             }
             Timer::Hints => {
-                self.deliver_hints(i);
+                if !self.nodes[i].membership.is_fenced() {
+                    self.deliver_hints(i);
+                }
                 HINTS_EVERY
             }
             Timer::Gc => {
-                self.start_gc(i);
+                if !self.nodes[i].membership.is_fenced() {
+                    self.start_gc(i);
+                }
                 GC_EVERY
             }
             Timer::Handoff => {
-                self.handoff_step(i);
+                if !self.nodes[i].membership.is_fenced() {
+                    self.handoff_step(i);
+                }
                 if !self.nodes[i].running {
                     return; // it left and stopped
                 }
@@ -1493,33 +1674,56 @@ impl Sim {
 
     // ---- anti-entropy ----
 
+    /// As the AntiEntropy actor does: roots comparisons with co-replicas
+    /// that came up, then the next exchange its `Schedule` allows.
     fn start_exchange(&mut self, i: usize) {
-        if self.nodes[i].calling(|c| matches!(c, Call::Exchange(_))) {
-            return;
-        }
         let Some(ring) = self.nodes[i].membership.ring() else {
             return;
         };
-        let node = &self.nodes[i];
-        let mut cursor = node.ae_cursor;
+        let node = &mut self.nodes[i];
+        let membership = &node.membership;
+        let is_up = |n: &NodeId| membership.health(n) == Health::Up;
+        let checks = node.schedule.on_topology(&ring, is_up);
+        for RootsCheck { peer, partitions } in checks {
+            let Some(to) = self.index(&peer) else {
+                continue;
+            };
+            let msg = roots(&self.nodes[i].replica, &partitions);
+            let id = self.call(i, Call::Roots { peer });
+            self.send(i, to, Msg::Ae { id, msg });
+        }
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let membership = &node.membership;
         let rng = &mut self.rng;
-        let next = round_robin(
+        let next = node.schedule.next(
             &ring,
-            &node.id,
-            self.cfg.n,
-            &mut cursor,
-            |n| node.membership.health(n) == Health::Up,
+            now,
+            |n| membership.health(n) == Health::Up,
             |count| rng.below(count as u64) as usize,
         );
-        self.nodes[i].ae_cursor = cursor;
         let Some((p, peer)) = next else { return };
-        let Some(to) = self.index(&peer) else { return };
+        let Some(to) = self.index(&peer) else {
+            return self.nodes[i].schedule.on_exchanged(0, now);
+        };
         let (ex, msg) = Exchange::start(p, self.nodes[i].replica.tree(p));
         let id = self.call(i, Call::Exchange(ex));
         self.send(i, to, Msg::Ae { id, msg });
     }
 
+    /// A call ended without its answer.
+    fn on_call_timeout(&mut self, i: usize, id: u64) {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        match node.calls.remove(&id) {
+            Some(Call::Exchange(_)) => node.schedule.on_exchanged(0, now),
+            Some(Call::Roots { peer }) => node.schedule.on_roots_failed(&peer),
+            _ => {}
+        }
+    }
+
     fn on_ae_reply(&mut self, i: usize, from: usize, id: u64, reply: Result<AeMsg>) {
+        let now = self.now;
         let node = &mut self.nodes[i];
         let (mut ex, releasing) = match node.calls.remove(&id) {
             Some(Call::Exchange(ex)) => (ex, None),
@@ -1528,10 +1732,35 @@ impl Sim {
                 remaining,
                 synced,
             }) => (exchange, Some((remaining, synced))),
+            Some(Call::Roots { peer }) => {
+                match reply {
+                    Ok(AeMsg::RootsDiffer { partitions }) => {
+                        node.schedule.on_roots(&peer, &partitions, 0, now);
+                        if !partitions.is_empty() {
+                            let line =
+                                format!("n{i}: {} partitions differ from {peer}", partitions.len());
+                            self.note(|| line);
+                        }
+                    }
+                    _ => node.schedule.on_roots_failed(&peer),
+                }
+                return;
+            }
             _ => return,
         };
-        let Ok(reply) = reply else { return };
-        match ex.on_reply(reply, &mut node.replica) {
+        let Ok(reply) = reply else {
+            if releasing.is_none() {
+                node.schedule.on_exchanged(0, now);
+            }
+            return;
+        };
+        let stepped = ex.on_reply(reply, &mut node.replica);
+        if releasing.is_none() && !matches!(stepped, Ok(Some(_))) {
+            let r = ex.report();
+            node.schedule
+                .on_exchanged(r.bytes_sent + r.bytes_received, now);
+        }
+        match stepped {
             Ok(Some(next)) => {
                 let call = match releasing {
                     None => Call::Exchange(ex),
@@ -1831,7 +2060,7 @@ impl Sim {
 
     /// The ring every node agrees on (None if they disagree or have none).
     fn common_ring(&self) -> Option<Ring> {
-        let mut members = self.nodes.iter().filter(|n| !n.retired);
+        let mut members = self.nodes.iter().filter(|n| n.is_member());
         let first = members.next()?.membership.view();
         let ring = first.ring()?;
         (!ring.is_moving() && members.all(|n| n.membership.view().ownership == first.ownership))
@@ -1856,8 +2085,10 @@ impl Sim {
 
     fn divergence(&self) -> String {
         // A node that left is gone, with its hints: everything it held
-        // was synchronised with the current replicas before it left.
-        for n in self.nodes.iter().filter(|n| !n.retired) {
+        // was synchronised with the current replicas before it left. One
+        // that was removed is gone with what it held (every acknowledged
+        // write reached W - 1 other replicas too).
+        for n in self.nodes.iter().filter(|n| n.is_member()) {
             if let Some((owner, hints)) = n.replica.hints_pending().iter().find(|(_, h)| **h > 0) {
                 return format!("{} still holds {hints} hints for {owner}", n.id);
             }
@@ -1868,7 +2099,7 @@ impl Sim {
         // Handoff is over: each node holds only what it replicates, and a
         // leaver has left.
         if let Some(ring) = self.common_ring() {
-            for n in self.nodes.iter().filter(|n| !n.retired) {
+            for n in self.nodes.iter().filter(|n| n.is_member()) {
                 let mine = ring.replicated_by(&n.id, self.cfg.n);
                 if let Some(p) = n
                     .replica
