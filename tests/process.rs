@@ -545,3 +545,139 @@ async fn with_fsync_always_every_acknowledged_write_survives_sigkill_of_every_no
     }
     assert_all_present(&cluster, 0, &acked).await;
 }
+
+/// A node that stops answering (SIGSTOP: its sockets still accept) fails a
+/// CLI command within the command's timeout instead of hanging it.
+#[actix_rt::test]
+async fn a_stopped_node_fails_a_cli_command_within_its_timeout() {
+    let cluster = ProcessCluster::start(3, "");
+    for i in 0..3 {
+        cluster.wait_formed(i, 3, WAIT).await;
+    }
+    let node = cluster.client_addrs[0].clone();
+    let (ok, _, err) = cli(&["put", "k", "v", "--node", &node]);
+    assert!(ok, "{err}");
+    cluster.signal(0, "STOP");
+    let started = std::time::Instant::now();
+    let (ok, _, err) = cli(&["get", "k", "--timeout", "1s", "--node", &node]);
+    let took = started.elapsed();
+    cluster.signal(0, "CONT");
+    assert!(!ok, "a stopped node answered");
+    assert!(err.contains("did not answer"), "{err}");
+    // The bound only catches a hang (without a timeout it never returns).
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let (ok, out, err) = cli(&["get", "k", "--node", &node]);
+    assert!(ok && out.starts_with('v'), "{out} {err}");
+}
+
+/// Idle connections cannot lock clients out: past the connection limit a
+/// client is told why, and once the idle ones are closed new clients are
+/// served.
+#[actix_rt::test]
+async fn idle_connections_past_the_limit_are_closed_and_new_clients_served() {
+    use std::io::Read;
+    let extra = "[limits]\nmax_connections = 8\nclient_idle_ms = 1000\n";
+    let cluster = ProcessCluster::start(3, extra);
+    for i in 0..3 {
+        cluster.wait_formed(i, 3, WAIT).await;
+    }
+    let node = cluster.client_addrs[0].clone();
+    // Let the connections used to wait for the cluster go idle first.
+    let refused = dynakv_actors::testkit::eventually(WAIT, "every slot to be held", || async {
+        let idle: Vec<std::net::TcpStream> = (0..8)
+            .map(|_| std::net::TcpStream::connect(&node).unwrap())
+            .collect();
+        let (ok, _, err) = cli(&["get", "k", "--node", &node]);
+        match (ok, err.contains("too many client connections")) {
+            (false, true) => Ok((idle, err)),
+            _ => Err(dynakv::Error::Unavailable(err)),
+        }
+    })
+    .await;
+    let (mut idle, err) = refused.unwrap();
+    assert!(err.contains("limits.max_connections"), "{err}");
+    // The idle connections are closed by the node...
+    for socket in &mut idle {
+        socket.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(socket.read(&mut buf).unwrap(), 0, "closed by the node");
+    }
+    // ...and new clients are served.
+    let (ok, out, err) = cli(&["get", "k", "--node", &node]);
+    assert!(ok && out.contains("not found"), "{out} {err}");
+}
+
+/// Values too large for an argument list come from a file or stdin.
+#[actix_rt::test]
+async fn a_value_comes_from_a_file_or_standard_input() {
+    use std::io::Write;
+    let cluster = ProcessCluster::start(3, "");
+    for i in 0..3 {
+        cluster.wait_formed(i, 3, WAIT).await;
+    }
+    let node = cluster.client_addrs[0].clone();
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let file = cluster.data_dir().join("value.bin");
+    std::fs::write(&file, &big).unwrap();
+    let (ok, _, err) = cli(&[
+        "put",
+        "big",
+        "--value-file",
+        file.to_str().unwrap(),
+        "--node",
+        &node,
+    ]);
+    assert!(ok, "{err}");
+    let client = Client::connect(&node, "").await.unwrap();
+    assert_eq!(
+        client.get(b"big", None).await.unwrap().values,
+        vec![big.clone()]
+    );
+
+    let mut put = std::process::Command::new(support::binary())
+        .args(["put", "piped", "-", "--node", &node])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    put.stdin
+        .take()
+        .unwrap()
+        .write_all(&big[..200_000])
+        .unwrap();
+    let out = put.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        client.get(b"piped", None).await.unwrap().values,
+        vec![big[..200_000].to_vec()]
+    );
+
+    for args in [
+        vec![
+            "put",
+            "k",
+            "v",
+            "--value-file",
+            "x",
+            "--node",
+            node.as_str(),
+        ],
+        vec![
+            "put",
+            "k",
+            "--value-file",
+            "/nonexistent/file",
+            "--node",
+            node.as_str(),
+        ],
+        vec!["put", "k", "--node", node.as_str()],
+    ] {
+        let (ok, _, err) = cli(&args);
+        assert!(!ok && !err.is_empty(), "{args:?} should fail: {err}");
+    }
+}
