@@ -4,13 +4,14 @@
 //! The real core state machines of every node (membership gossip and
 //! failure detection, coordinator sessions over routed preference lists,
 //! replica merge, hinted handoff, anti-entropy exchanges, tombstone
-//! collection, and with `scaling` a join and a leave with partition
-//! handoff) run over a simulated network that drops, delays, duplicates
-//! (all but mints, which the Bridge never resends) and reorders messages,
-//! partitions and heals, and crashes and restarts nodes, on a simulated
-//! clock. Everything random comes from one seeded
-//! generator and every collection iterates in a fixed order, so a seed
-//! replays the same run event for event (`Outcome::digest`).
+//! collection, fencing; with `scaling` a join and a leave with partition
+//! handoff; with `removal` a member removed while down that comes back on
+//! its old disk and must be fenced out) run over a simulated network that
+//! drops, delays, duplicates (all but mints, which the Bridge never
+//! resends) and reorders messages, partitions and heals, and crashes and
+//! restarts nodes, on a simulated clock. Everything random comes from one
+//! seeded generator and every collection iterates in a fixed order, so a
+//! seed replays the same run event for event (`Outcome::digest`).
 //!
 //! A run: clients do gets, puts with contexts, blind puts and deletes
 //! against random coordinators while a nemesis injects faults; then the
