@@ -10,8 +10,9 @@
 //!   would escape the contexts of later writes and come back);
 //! - nothing lost: every minted dot, acknowledged ones above all, is in its
 //!   key's final state, or covered by the context of a write that took
-//!   effect (was minted somewhere not written off, or reached the
-//!   survivors); a tombstone may also have been collected, and once a node
+//!   effect (was acknowledged, or reached the survivors: their final state,
+//!   or a tombstone they collected, has seen it); a tombstone may also have
+//!   been collected, and once a node
 //!   was removed (its disk written off) a dot never acknowledged may be
 //!   gone with it (it may have held the only copy: a stand-in that handed
 //!   its hint over dropped its own);
@@ -21,9 +22,9 @@
 //! - no phantom: every value read was written by someone, and reached a
 //!   replica.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use crate::version::{Actor, Context, Dot, SiblingSet, Value};
+use crate::version::{Context, Dot, SiblingSet, Value};
 
 /// One client write (put or delete).
 #[derive(Debug, Clone)]
@@ -54,12 +55,10 @@ pub struct History {
     pub reads: Vec<Read>,
     /// Operations that failed or got no answer.
     pub failed: usize,
-    /// Keys some replica collected a tombstone of.
-    pub collected: BTreeSet<usize>,
-    /// Writers of nodes removed from the cluster (their disks written off):
-    /// a write minted only there did not take effect.
-    pub written_off: BTreeSet<Actor>,
-    /// Nodes removed from the cluster.
+    /// Keys some replica collected a tombstone of, with the context of each
+    /// tombstone set collected (every live replica had seen that much).
+    pub collected: BTreeMap<usize, Vec<Context>>,
+    /// Nodes removed from the cluster (their disks written off).
     pub removed: usize,
 }
 
@@ -94,14 +93,17 @@ impl History {
             return Ok(());
         }
         // Which write took effect with a context covering `dot`: it was
-        // minted somewhere that was not written off, or its version reached
-        // the survivors (their final state has seen it).
-        let took_effect = |w: &Write| {
-            w.acked.is_some()
-                || w.dots.iter().any(|d| {
-                    !self.written_off.contains(&d.actor) || finals[w.key].context().covers(*d)
-                })
+        // acknowledged, or its version reached the survivors (their final
+        // state has seen it; a write that reached only a node removed
+        // since, as a stand-in's hint handed over to it, did not).
+        let seen = |key: usize, dot: Dot| {
+            finals[key].context().covers(dot)
+                || self
+                    .collected
+                    .get(&key)
+                    .is_some_and(|c| c.iter().any(|c| c.covers(dot)))
         };
+        let took_effect = |w: &Write| w.acked.is_some() || w.dots.iter().any(|d| seen(w.key, *d));
         let superseded_by = |key: usize, dot: Dot| {
             self.writes
                 .iter()
@@ -136,7 +138,7 @@ impl History {
             }
             for &dot in &w.dots {
                 let present = finals[w.key].siblings().any(|s| s.dot == dot);
-                let collected = w.value.is_none() && self.collected.contains(&w.key);
+                let collected = w.value.is_none() && self.collected.contains_key(&w.key);
                 let written_off = w.acked != Some(dot) && self.removed > 0;
                 if !present && !collected && !written_off && superseded_by(w.key, dot).is_none() {
                     let acked = if w.acked == Some(dot) {

@@ -31,7 +31,7 @@ pub mod history;
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::rc::Rc;
 
 use crate::anti_entropy::{AeMsg, Exchange, RootsCheck, Schedule, respond, roots};
@@ -479,8 +479,6 @@ struct Node {
     progress: Progress,
     /// Left the cluster and stopped for good.
     retired: bool,
-    /// Every writer identity it minted a client's write with.
-    writers: BTreeSet<Actor>,
     /// The persisted membership view.
     view: Option<View>,
     membership: Membership,
@@ -624,7 +622,6 @@ impl Sim {
                 meta: Disk::default(),
                 progress: Progress::default(),
                 retired: false,
-                writers: BTreeSet::new(),
                 view: None,
                 membership: Membership::new(settings(&cfg, i), None, 0),
                 replica,
@@ -845,10 +842,7 @@ impl Sim {
                     (0..self.keys.len()).map(|k| self.final_state(k)).collect();
                 // A removed node's disk is written off, with every write
                 // only it held.
-                for n in self.nodes.iter().filter(|n| n.removed()) {
-                    self.history.written_off.extend(n.writers.iter().copied());
-                    self.history.removed += 1;
-                }
+                self.history.removed = self.nodes.iter().filter(|n| n.removed()).count();
                 self.history.check(&finals, self.cfg.fsync_always).err()
             }
         };
@@ -1418,7 +1412,6 @@ impl Sim {
                 let reply = self.nodes[to].replica.apply(msg);
                 if let (Some(w), Ok(ReplicaMsg::Updated { dot, .. })) = (write, &reply) {
                     self.history.writes[w].dots.push(*dot);
-                    self.nodes[to].writers.insert(dot.actor);
                     let line = format!(
                         "n{to}: minted {dot} for write #{w} of key-{}",
                         self.history.writes[w].key
@@ -1456,9 +1449,10 @@ impl Sim {
                     GcMsg::Collect { entries } => {
                         let removed = replica.collect_tombstones(&entries);
                         if matches!(removed, Ok(1..)) {
-                            for (key, _) in &entries {
+                            for (key, state) in &entries {
                                 if let Some(k) = self.keys.iter().position(|x| x == key) {
-                                    self.history.collected.insert(k);
+                                    let seen = state.context();
+                                    self.history.collected.entry(k).or_default().push(seen);
                                 }
                             }
                         }
