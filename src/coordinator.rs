@@ -141,6 +141,18 @@ impl Route {
     }
 }
 
+impl Route {
+    /// Drops the hints owners would keep for other owners (stand-ins keep
+    /// theirs): where hints are not handed over (`hints.deliver = false`),
+    /// such a hint would never go, and would only hold back the collection
+    /// of the key's tombstone.
+    pub fn drop_owner_hints(&mut self) {
+        for t in self.targets.iter_mut().filter(|t| t.owns) {
+            t.hint_for = None;
+        }
+    }
+}
+
 /// With fewer than N nodes up, an owner that is only suspect is asked
 /// directly (it may just be slow); if it is in fact gone, its copy would be
 /// lost until anti-entropy, so an owner that is up and keeps no hint yet
@@ -788,6 +800,15 @@ mod tests {
         // All up: no hints.
         let (_, r) = Route::plan(&ring_of(3, 64), b"k", 3, &me, health(&[], &[]));
         assert!(hints(&r).is_empty());
+        // Where hints are not handed over, owners keep none.
+        let (_, mut r) = Route::plan(&ring_of(3, 64), b"k", 3, &me, health(&["n01"], &["n02"]));
+        r.drop_owner_hints();
+        assert!(hints(&r).is_empty());
+        let (_, mut r) = Route::plan(&ring_of(5, 64), b"k", 3, &me, health(&["n01"], &["n02"]));
+        let stand_ins: Vec<_> = r.targets.iter().filter(|t| !t.owns).cloned().collect();
+        r.drop_owner_hints();
+        let kept: Vec<_> = r.targets.iter().filter(|t| !t.owns).cloned().collect();
+        assert_eq!(kept, stand_ins, "stand-ins keep theirs");
     }
 
     #[test]

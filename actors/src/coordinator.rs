@@ -65,6 +65,9 @@ pub struct CoordinatorSettings {
     pub max_in_flight: usize,
     /// Whether `fault` requests are accepted.
     pub fault_injection: bool,
+    /// Whether hints are handed over (`hints.deliver`): if not, owners keep
+    /// none for other owners.
+    pub owner_hints: bool,
 }
 
 pub struct Coordinator {
@@ -148,13 +151,16 @@ impl Coordinator {
             Error::Unavailable("the cluster is not formed yet (waiting for its seeds)".into())
         })?;
         let topology = topology.expect("a ring implies a topology");
-        let (p, route) = Route::plan(
+        let (p, mut route) = Route::plan(
             &ring,
             key,
             usize::from(self.settings.n),
             self.me(),
             |n: &NodeId| topology.health(n),
         );
+        if !self.settings.owner_hints {
+            route.drop_owner_hints();
+        }
         Ok((p.0, route))
     }
 

@@ -271,6 +271,7 @@ fn start_on(
             max_value_bytes: config.limits.max_value_bytes as usize,
             max_in_flight: config.limits.max_in_flight as usize,
             fault_injection: config.testing.fault_injection,
+            owner_hints: config.hints.deliver,
         },
         router,
         membership.clone(),
