@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::node::NodeId;
-use crate::ring::validate_partition_count;
+use crate::partition::validate_partition_count;
 
 /// The annotated defaults, the first configuration layer.
 pub const DEFAULT_TOML: &str = include_str!("../conf/default.toml");

@@ -35,8 +35,9 @@ use std::collections::VecDeque;
 use crate::error::{Error, ErrorKind, Result};
 use crate::liveness::Health;
 use crate::node::NodeId;
+use crate::partition::Partition;
 use crate::replica::ReplicaMsg;
-use crate::ring::{Partition, Ring};
+use crate::ring::Ring;
 use crate::version::{Context, Dot, SiblingSet, Value};
 use crate::wire::ClientReply;
 

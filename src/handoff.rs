@@ -33,7 +33,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::node::NodeId;
 use crate::ownership::Capacity;
-use crate::ring::{Partition, Ring};
+use crate::partition::Partition;
+use crate::ring::Ring;
 use crate::version::SiblingSet;
 use crate::view::{Status, View};
 

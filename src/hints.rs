@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::node::NodeId;
-use crate::replica::Store;
+use crate::store::Store;
 use crate::version::SiblingSet;
 
 /// Messages of the hints concern between nodes (`PeerMsg::Hints`).
@@ -161,7 +161,7 @@ impl<S: Store> HintLog<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::MemStore;
+    use crate::store::MemStore;
 
     fn id(s: &str) -> NodeId {
         NodeId::new(s).unwrap()

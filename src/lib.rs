@@ -24,11 +24,13 @@ pub mod membership;
 pub mod merkle;
 pub mod node;
 pub mod ownership;
+pub mod partition;
 pub mod peer;
 pub mod replica;
 pub mod ring;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod store;
 pub mod tombstones;
 pub mod version;
 pub mod view;

@@ -20,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::ring::key_hash;
+use crate::partition::key_hash;
 
 /// Children per inner node.
 pub const FANOUT: usize = 16;

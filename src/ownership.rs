@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::node::NodeId;
-use crate::ring::{Partition, validate_partition_count};
+use crate::partition::{Partition, validate_partition_count};
 
 /// One partition's register.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,7 +305,7 @@ fn pick(
     let spaced = |p: usize| {
         (1..=gap).all(|d| owners[(p + d) % q] != Some(to) && owners[(p + q - d) % q] != Some(to))
     };
-    let rank = |p: usize| crate::ring::rank(to_node, Partition(p as u32));
+    let rank = |p: usize| crate::partition::rank(to_node, Partition(p as u32));
     let mut best: Option<(bool, u64, usize)> = None;
     for (p, &o) in owners.iter().enumerate() {
         if !candidate(o) {

@@ -28,7 +28,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::node::NodeId;
-use crate::ring::{Partition, Ring};
+use crate::partition::Partition;
+use crate::ring::Ring;
 use crate::version::SiblingSet;
 
 /// Messages of tombstone collection (`PeerMsg::Tombstones`). Variants are

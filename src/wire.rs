@@ -3,8 +3,8 @@
 //! A frame is `u32 length | u32 CRC-32 | payload` (big-endian), where the
 //! payload is one protocol-version byte followed by the postcard encoding of
 //! one message, and the CRC covers the whole payload. The client protocol
-//! (`ClientRequest` / `ClientResponse`) and the peer protocol (`Envelope`)
-//! use the same framing on separate ports.
+//! (`ClientRequest` / `ClientResponse`, here) and the peer protocol
+//! (`crate::peer`) use the same framing on separate ports.
 //!
 //! Decoding never panics. A frame is rejected, with a typed error, when its
 //! length exceeds the limit (checked from the header alone, before the
@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handoff::{PlanChange, PlanReport};
 use crate::node::NodeId;
-use crate::peer::PeerMsg;
 
 /// Version byte at the start of every payload.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -330,31 +329,6 @@ pub struct MemberLoad {
     pub bytes: u64,
 }
 
-// ---------------------------------------------------------------------------
-// Peer protocol
-// ---------------------------------------------------------------------------
-
-/// Everything that crosses between nodes. The Bridge reads `to` and `corr`
-/// only; `msg` belongs to the concern that sent it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    pub from: NodeId,
-    pub to: NodeId,
-    pub corr: Corr,
-    pub msg: PeerMsg,
-}
-
-/// Request/response correlation, handled by the Bridge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Corr {
-    /// No answer expected.
-    OneWay,
-    /// Answer with `Reply(id)`.
-    Request(u64),
-    /// The answer to `Request(id)`.
-    Reply(u64),
-}
-
 /// A list of byte strings, each as bytes: the same postcard encoding as a
 /// plain `Vec<Vec<u8>>` (as are the `serde_bytes` fields), decoded in one
 /// copy instead of one call per byte.
@@ -433,21 +407,6 @@ mod tests {
         let mut plain = vec![0];
         plain.extend(postcard::to_allocvec(&vec![7u8; 100]).unwrap());
         assert_eq!(postcard::to_allocvec(&data).unwrap(), plain);
-    }
-
-    #[test]
-    fn golden_peer_frame() {
-        let env = Envelope {
-            from: NodeId::new("a").unwrap(),
-            to: NodeId::new("b").unwrap(),
-            corr: Corr::Request(5),
-            msg: PeerMsg::Ping,
-        };
-        let frame = codec().to_frame(&env).unwrap();
-        // version | "a" | "b" | Request(5) | Ping
-        assert_eq!(hex(&frame[8..]), "0101610162010500");
-        let (back, _): (Envelope, _) = codec().decode(&frame).unwrap().unwrap();
-        assert_eq!(back, env);
     }
 
     #[test]
@@ -574,11 +533,9 @@ mod tests {
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
             let _ = codec().decode::<ClientRequest>(&bytes);
             let _ = codec().decode::<ClientResponse>(&bytes);
-            let _ = codec().decode::<Envelope>(&bytes);
             // the same bytes with a valid header reach the payload decoder
             let framed = reframe(&bytes);
             let _ = codec().decode::<ClientRequest>(&framed);
-            let _ = codec().decode::<Envelope>(&framed);
         }
 
         #[test]

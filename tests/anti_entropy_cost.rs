@@ -8,8 +8,9 @@
 use std::time::Instant;
 
 use dynakv::anti_entropy::{ExchangeReport, exchange_locally};
-use dynakv::replica::{MemStore, Replica};
-use dynakv::ring::Partition;
+use dynakv::partition::Partition;
+use dynakv::replica::Replica;
+use dynakv::store::MemStore;
 use dynakv::version::{Actor, Context, Value};
 
 const Q: u32 = 1024;

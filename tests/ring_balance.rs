@@ -10,7 +10,8 @@ use std::collections::BTreeSet;
 
 use dynakv::NodeId;
 use dynakv::ownership::{Capacity, Move, Ownership};
-use dynakv::ring::{Partition, Ring};
+use dynakv::partition::Partition;
+use dynakv::ring::Ring;
 
 const Q: u32 = 1024;
 const N: usize = 3;

@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use dynakv::auth::{self, NONCE_LEN, Role};
-use dynakv::peer::{PeerFrame, PeerHello, PeerMsg};
+use dynakv::peer::{Corr, Envelope, PeerFrame, PeerHello, PeerMsg};
 use dynakv::replica::ReplicaMsg;
 use dynakv::version::{Context, Value};
-use dynakv::wire::{Corr, Envelope, FrameCodec};
+use dynakv::wire::FrameCodec;
 use dynakv::{Error, ErrorKind, NodeId};
 use dynakv_actors::client::Client;
 use dynakv_actors::membership::CurrentView;

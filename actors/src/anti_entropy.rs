@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dynakv::anti_entropy::{AeMsg, ExchangeReport, RootsCheck, Schedule};
+use dynakv::partition::Partition;
 use dynakv::peer::PeerMsg;
 use dynakv::replica::Entry;
-use dynakv::ring::Partition;
 use dynakv::tombstones::{GcMsg, Holding, Ripening, led_partitions};
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, info};

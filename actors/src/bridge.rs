@@ -41,9 +41,9 @@ use dynakv::fencing::{Admission, Refusal};
 use dynakv::handoff::HandoffMsg;
 use dynakv::hints::HintMsg;
 use dynakv::membership::{Destination, GossipMsg, Member};
-use dynakv::peer::{NodeLoad, PeerFrame, PeerHello, PeerMsg};
+use dynakv::peer::{Corr, Envelope, NodeLoad, PeerFrame, PeerHello, PeerMsg};
 use dynakv::tombstones::GcMsg;
-use dynakv::wire::{Corr, Envelope};
+
 use dynakv::{Error, NodeId, Result};
 use futures_util::stream;
 use tokio::net::{TcpListener, TcpStream};

@@ -19,8 +19,8 @@ use dynakv::coordinator::{GetSession, PutSession, Request, Route, Session as Cor
 use dynakv::handoff::{PlanChange, preview};
 use dynakv::membership::MAX_MEMBERS;
 use dynakv::membership::View;
+use dynakv::partition::Partition;
 use dynakv::peer::{NodeLoad, PeerMsg};
-use dynakv::ring::Partition;
 use dynakv::version::{Context as VersionContext, Value};
 use dynakv::wire::{
     ClientOp, ClientReply, LocalCopy, MemberLoad, MemberStatus, NetFault, StatusReport,
@@ -243,7 +243,7 @@ impl Coordinator {
             ClientOp::Inspect { key } => {
                 self.check_key(&key)?;
                 let q = self.topology.as_ref().map_or(1, |t| t.view.partitions);
-                let partition = dynakv::ring::Partition::of_key(&key, q).0;
+                let partition = dynakv::partition::Partition::of_key(&key, q).0;
                 Pending::Inspect { key, partition }
             }
             ClientOp::Hello { .. } => {

@@ -21,9 +21,9 @@ use dynakv::handoff::{
     Fetched, HandoffMsg, Next, Progress, fetch_step, release_step, to_fetch, to_release,
     verify_chunk,
 };
+use dynakv::partition::Partition;
 use dynakv::peer::PeerMsg;
-use dynakv::replica::Store;
-use dynakv::ring::Partition;
+use dynakv::store::Store;
 use dynakv::{Error, NodeId};
 use tracing::{debug, info, warn};
 

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use dynakv::hints::HintMsg;
+use dynakv::partition::Partition;
 use dynakv::peer::PeerMsg;
-use dynakv::ring::{Partition, Ring};
+use dynakv::ring::Ring;
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, info};
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use dynakv::membership::{Changed, GossipMsg, Membership as Core, Settings, Status, View};
 use dynakv::peer::PeerMsg;
-use dynakv::replica::Store;
+use dynakv::store::Store;
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, error, info, warn};
 

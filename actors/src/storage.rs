@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dynakv::config::StorageSection;
-use dynakv::replica::Store;
+use dynakv::store::Store;
 use dynakv::{Error, Result};
 use fjall::{
     AbstractTree, Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch as WriteBatch,
@@ -459,7 +459,7 @@ mod tests {
         };
         let storage = Storage::open(dir.path(), &sizes, "n1").unwrap();
         let mut fj = storage.data();
-        let mut mem = dynakv::replica::MemStore::default();
+        let mut mem = dynakv::store::MemStore::default();
         for (k, v) in [
             (&[1u8, 1][..], &b"a"[..]),
             (&[1, 2], b"b"),

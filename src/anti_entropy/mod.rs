@@ -28,8 +28,9 @@ pub use schedule::{RootsCheck, Schedule, round_robin};
 
 use crate::error::{Error, Result};
 use crate::merkle::{FANOUT, HashTree, SEGMENTS, differing};
-use crate::replica::{Replica, Store};
-use crate::ring::Partition;
+use crate::partition::Partition;
+use crate::replica::Replica;
+use crate::store::Store;
 use crate::version::SiblingSet;
 
 /// Messages of the anti-entropy concern (`PeerMsg::AntiEntropy`). Every
@@ -430,7 +431,7 @@ mod tests {
 
     use super::*;
     use crate::node::NodeId;
-    use crate::replica::MemStore;
+    use crate::store::MemStore;
     use crate::version::{Actor, Context, Value};
 
     const Q: u32 = 8;
@@ -694,12 +695,12 @@ mod tests {
             // the expected result: per key, the merge of both sides
             let mut expected = a.store().map.clone();
             for (k, v) in &b.store().map {
-                let theirs = crate::replica::decode_state(v).unwrap();
+                let theirs = crate::store::decode_state(v).unwrap();
                 let merged = match expected.get(k) {
-                    Some(mine) => crate::replica::decode_state(mine).unwrap().merge(&theirs),
+                    Some(mine) => crate::store::decode_state(mine).unwrap().merge(&theirs),
                     None => theirs,
                 };
-                expected.insert(k.clone(), crate::replica::encode_state(&merged));
+                expected.insert(k.clone(), crate::store::encode_state(&merged));
             }
             sync_all(&mut a, &mut b);
             prop_assert_eq!(&a.store().map, &expected);

@@ -19,7 +19,8 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use crate::node::NodeId;
-use crate::ring::{Partition, Ring};
+use crate::partition::Partition;
+use crate::ring::Ring;
 
 /// A roots comparison to make: the partitions this node shares with `peer`,
 /// which just came up.

@@ -48,8 +48,10 @@ use crate::membership::{
     Changed, Destination, GossipMsg, Member, Membership, Settings, Status, View,
 };
 use crate::node::NodeId;
-use crate::replica::{Entry, MemStore, Replica, ReplicaMsg, Store};
-use crate::ring::{Partition, Ring};
+use crate::partition::Partition;
+use crate::replica::{Entry, Replica, ReplicaMsg};
+use crate::ring::Ring;
+use crate::store::{MemStore, Store};
 use crate::tombstones::{GcMsg, Holding, Ripening, led_partitions};
 use crate::version::{Actor, Context, SiblingSet, Value};
 use history::{History, Read, Write, describe};

@@ -1,0 +1,111 @@
+//! The storage seam: a small ordered key-value `Store` (fjall in the node,
+//! `MemStore` in tests and the simulator), and how the replica lays its
+//! data out in it.
+//!
+//! A stored key is `partition (u32, big-endian) ++ user key`, so a
+//! partition is one contiguous range (handoff, tree rebuilds and
+//! anti-entropy are range scans); a stored value is the postcard encoding
+//! of the key's sibling set.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::partition::Partition;
+use crate::version::SiblingSet;
+
+/// A key-value store holding one keyspace. Keys are compared bytewise.
+pub trait Store {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+    fn remove(&mut self, key: &[u8]) -> Result<()>;
+    /// Up to `limit` entries whose key starts with `prefix` and comes after
+    /// `after` (from the start if None), in key order.
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+}
+
+/// The in-memory twin of the fjall store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemStore {
+    pub map: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Store for MemStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.map.get(key).cloned())
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.map.insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Result<()> {
+        self.map.remove(key);
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        Ok(self
+            .map
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+/// The stored key of `key`: partition prefix, then the user key.
+pub fn storage_key(p: Partition, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&p.prefix());
+    k.extend_from_slice(key);
+    k
+}
+
+/// Where `key` is stored with `q` partitions.
+pub fn stored_key(key: &[u8], q: u32) -> Vec<u8> {
+    storage_key(Partition::of_key(key, q), key)
+}
+
+/// Splits a stored key back into partition and user key.
+pub fn split_storage_key(stored: &[u8]) -> Result<(Partition, &[u8])> {
+    match stored {
+        [a, b, c, d, key @ ..] => Ok((Partition(u32::from_be_bytes([*a, *b, *c, *d])), key)),
+        _ => Err(Error::Storage(format!(
+            "stored key of {} bytes has no partition prefix",
+            stored.len()
+        ))),
+    }
+}
+
+pub fn encode_state(state: &SiblingSet) -> Vec<u8> {
+    postcard::to_stdvec(state).expect("encoding to a Vec cannot fail")
+}
+
+pub fn decode_state(bytes: &[u8]) -> Result<SiblingSet> {
+    let (state, rest): (SiblingSet, _) = postcard::take_from_bytes(bytes)
+        .map_err(|e| Error::Storage(format!("undecodable sibling set: {e}")))?;
+    if !rest.is_empty() {
+        return Err(Error::Storage(format!(
+            "{} trailing bytes after a sibling set",
+            rest.len()
+        )));
+    }
+    Ok(state)
+}
