@@ -32,6 +32,7 @@ pub mod ring;
 pub mod sim;
 pub mod store;
 pub mod tombstones;
+pub mod topology;
 pub mod version;
 pub mod view;
 pub mod wire;

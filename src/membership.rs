@@ -27,6 +27,7 @@ use crate::liveness::{FailureDetector, Health, Heartbeats};
 use crate::node::NodeId;
 use crate::ownership::{Move, Ownership};
 use crate::ring::Ring;
+use crate::topology::Topology;
 pub use crate::view::{MAX_MEMBERS, Member, Status, View};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -415,6 +416,12 @@ impl Membership {
             me.status = Status::Up;
             me.version += 1;
         }
+    }
+
+    /// The view, its ring and this node's belief about every member's
+    /// health, for the drivers.
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.view.clone(), self.health_map())
     }
 
     /// The ring of the current view, once a table exists.

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bridge;
 pub mod client;
 pub mod client_server;
+pub mod clock;
 pub mod codec;
 pub mod coordinator;
 pub mod dev;

@@ -16,7 +16,7 @@
 //! clock and carries the decisions out.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use dynakv::membership::{Changed, GossipMsg, Membership as Core, Settings, Status, View};
@@ -26,6 +26,7 @@ use dynakv::{Error, NodeId, Result};
 use tracing::{debug, error, info, warn};
 
 use crate::bridge::{Bridge, Fenced, GossipIn, Reachability, SetPeers, ask};
+use crate::clock::Clock;
 use crate::events::{Event, Events};
 use crate::ring::{Ring, ViewChanged};
 use crate::storage::FjallStore;
@@ -77,22 +78,6 @@ pub fn check_start(meta: &FjallStore, me: &NodeId, data_dir: &std::path::Path) -
 #[derive(Message)]
 #[rtype(result = "Arc<View>")]
 pub struct CurrentView;
-
-/// Milliseconds on this process's monotonic clock: the core's `now`.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock(Instant);
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock(Instant::now())
-    }
-}
-
-impl Clock {
-    pub fn now(&self) -> u64 {
-        self.0.elapsed().as_millis() as u64
-    }
-}
 
 /// The actors membership talks to, and where it persists the view.
 pub struct Wiring {

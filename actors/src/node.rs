@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use dynakv::config::Config;
+use dynakv::hints::DeliverySettings;
 use dynakv::membership::{Member, Settings as MembershipSettings, Status};
 use dynakv::version::Actor as Writer;
 use dynakv::{Error, NodeId, Result};
@@ -24,11 +25,12 @@ use tracing::{info, warn};
 use crate::anti_entropy::{AntiEntropy, AntiEntropySettings};
 use crate::bridge::{Bridge, BridgeSettings, Control, Fault, Register};
 use crate::client_server::{ClientServer, ClientSettings, DrainAll};
+use crate::clock::Clock;
 use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::events::Events;
 use crate::handoff::{Handoff, HandoffSettings};
 use crate::hints::{Hints, HintsSettings};
-use crate::membership::{Clock, Membership, Wiring as MembershipWiring};
+use crate::membership::{Membership, Wiring as MembershipWiring};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::replica::{Flush, Replica, ReplicaSettings};
 use crate::ring::{Ring, Subscribe};
@@ -287,18 +289,21 @@ fn start_on(
     // Hints hand writes held for owners that were down back to them.
     let hints = Hints::new(
         HintsSettings {
-            me: me.clone(),
-            deliver: config.hints.deliver,
-            batch_size: config.hints.batch_size as usize,
-            pause: Duration::from_millis(config.hints.pause_ms),
+            delivery: DeliverySettings {
+                me: me.clone(),
+                n: usize::from(config.cluster.n),
+                enabled: config.hints.deliver,
+                batch_size: config.hints.batch_size as usize,
+                pause_ms: config.hints.pause_ms,
+                // A batch to an owner that is not really back costs this long.
+                send_timeout_ms: config.timeouts.request_ms / 4,
+            },
             interval: Duration::from_millis(config.hints.interval_ms),
-            n: usize::from(config.cluster.n),
-            // A batch to an owner that is not really back costs this long.
-            call_timeout: Duration::from_millis(config.timeouts.request_ms) / 4,
         },
         replica.clone(),
         bridge.clone(),
         events.clone(),
+        clock,
     );
     let hints = Supervisor::start_in_arbiter(&on, move |_| hints);
     ring.do_send(Subscribe(hints.clone().recipient()));

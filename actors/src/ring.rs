@@ -13,7 +13,7 @@ use actix::prelude::*;
 use dynakv::NodeId;
 use dynakv::liveness::Health;
 use dynakv::membership::View;
-use dynakv::ring;
+pub use dynakv::topology::Topology;
 
 use crate::supervise::shielded;
 
@@ -23,27 +23,6 @@ use crate::supervise::shielded;
 pub struct ViewChanged {
     pub view: Arc<View>,
     pub health: Arc<BTreeMap<NodeId, Health>>,
-}
-
-/// The view, the ring computed from it (None until the cluster is founded)
-/// and the health of each member as this node sees it.
-#[derive(Debug, Clone)]
-pub struct Topology {
-    pub view: Arc<View>,
-    pub ring: Option<Arc<ring::Ring>>,
-    pub health: Arc<BTreeMap<NodeId, Health>>,
-}
-
-impl Topology {
-    /// What this node believes of `node`'s health (up until heard otherwise).
-    pub fn health(&self, node: &NodeId) -> Health {
-        self.health.get(node).copied().unwrap_or(Health::Up)
-    }
-
-    /// Whether `node` is up as far as this node knows.
-    pub fn is_up(&self, node: &NodeId) -> bool {
-        self.health(node) == Health::Up
-    }
 }
 
 #[derive(Message, Clone)]

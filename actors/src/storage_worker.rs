@@ -17,6 +17,7 @@
 //!
 //! Only the `Replica` actor talks to them.
 
+use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,7 +80,7 @@ pub struct TakeHints {
 pub struct HandedOff {
     pub owner: NodeId,
     pub delivered: Vec<Entry>,
-    pub keep: Vec<Vec<u8>>,
+    pub keep: BTreeSet<Vec<u8>>,
 }
 
 /// Clears hints of a departed owner that have nothing left to hand over
@@ -333,10 +334,7 @@ macro_rules! core_handlers {
 core_handlers! {
     TakeHints(m) -> Vec<Entry>, writes: false, |core| core.hinted(&m.owner, m.limit);
     ForgetMootHints(m) -> usize, writes: true, |core| core.forget_moot_hints(&m.owner, m.limit, &m.replicates);
-    HandedOff(m) -> usize, writes: true, |core| {
-        let keep: std::collections::HashSet<Vec<u8>> = m.keep.into_iter().collect();
-        core.handed_off(&m.owner, &m.delivered, |k| keep.contains(k))
-    };
+    HandedOff(m) -> usize, writes: true, |core| core.handed_off(&m.owner, &m.delivered, |k| m.keep.contains(k));
     AeBegin(m) -> (Exchange, AeMsg), writes: false, |core| Ok(Exchange::begin(m.partition, core.tree(m.partition), m.push_only));
     AeContinue(AeContinue(mut ex, reply)) -> (Exchange, Option<AeMsg>), writes: true, |core| {
         let next = ex.on_reply(reply, core)?;

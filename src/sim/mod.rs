@@ -43,6 +43,7 @@ use crate::fencing::Refusal;
 use crate::handoff::{
     Fetched, HandoffMsg, Next, Progress, fetch_step, release_step, to_release, verify_chunk,
 };
+use crate::hints::{DeliverySettings, HintDelivery, HintWork};
 use crate::liveness::Health;
 use crate::membership::{
     Changed, Destination, GossipMsg, Member, Membership, Settings, Status, View,
@@ -149,6 +150,9 @@ const AE_EVERY: u64 = 150;
 /// Anti-entropy's byte budget per second (the default's order).
 const AE_BYTES_PER_SEC: u64 = 10 << 20;
 const HINTS_EVERY: u64 = 300;
+/// Keys per hint batch, and the pause between two batches to one owner.
+const HINT_BATCH: usize = 4;
+const HINT_PAUSE: u64 = 20;
 const GC_EVERY: u64 = 1_000;
 const HANDOFF_EVERY: u64 = 100;
 /// Keys per fetched chunk: small, so transfers take several steps.
@@ -402,6 +406,12 @@ enum Event {
     Leave,
     /// A founder is stopped, and an operator removes it.
     Remove,
+    /// A hint delivery's pause to `owner` ends.
+    HintResume {
+        node: usize,
+        life: u64,
+        owner: NodeId,
+    },
 }
 
 struct Scheduled {
@@ -440,7 +450,6 @@ struct Session {
 enum Call {
     Hints {
         owner: NodeId,
-        batch: Vec<Entry>,
     },
     Exchange(Exchange),
     /// A catch-up comparison of the roots shared with `peer`.
@@ -488,6 +497,7 @@ struct Node {
     sessions: BTreeMap<u64, Session>,
     calls: BTreeMap<u64, Call>,
     schedule: Schedule,
+    delivery: HintDelivery,
     gc_cursor: usize,
     ripening: Ripening,
 }
@@ -582,6 +592,18 @@ fn founders(cfg: &SimConfig) -> usize {
 
 const PROGRESS_KEY: &[u8] = b"handoff";
 
+/// Hint delivery as the Hints actor runs it (the simulator's timing).
+fn hint_settings(cfg: &SimConfig, i: usize) -> DeliverySettings {
+    DeliverySettings {
+        me: node_id(i),
+        n: cfg.n,
+        enabled: true,
+        batch_size: HINT_BATCH,
+        pause_ms: HINT_PAUSE,
+        send_timeout_ms: CALL_TIMEOUT,
+    }
+}
+
 fn settings(cfg: &SimConfig, i: usize) -> Settings {
     Settings {
         me: Member {
@@ -630,6 +652,7 @@ impl Sim {
                 sessions: BTreeMap::new(),
                 calls: BTreeMap::new(),
                 schedule: Schedule::new(node_id(i), cfg.n, AE_BYTES_PER_SEC),
+                delivery: HintDelivery::new(hint_settings(&cfg, i)),
                 gc_cursor: 0,
                 ripening: Ripening::default(),
             });
@@ -924,6 +947,12 @@ impl Sim {
             }
             Event::Leave => self.begin_leave(),
             Event::Remove => self.remove_one(),
+            Event::HintResume { node, life, owner } => {
+                if self.nodes[node].running && self.nodes[node].life == life {
+                    let work = self.nodes[node].delivery.on_resume(&owner);
+                    self.hint_work(node, work);
+                }
+            }
         }
     }
 
@@ -1087,6 +1116,7 @@ impl Sim {
         node.running = true;
         node.life += 1;
         node.schedule = Schedule::new(node.id.clone(), cfg.n, AE_BYTES_PER_SEC);
+        node.delivery = HintDelivery::new(hint_settings(&cfg, i));
         node.gc_cursor = 0;
         node.ripening = Ripening::default();
         self.start_timers(i);
@@ -1436,7 +1466,12 @@ impl Sim {
                     self.send(to, from, Msg::HintDelivered { id });
                 }
             }
-            Msg::HintDelivered { id } => self.on_hints_delivered(to, id),
+            Msg::HintDelivered { id } => {
+                if let Some(Call::Hints { owner }) = self.nodes[to].calls.remove(&id) {
+                    let work = self.nodes[to].delivery.on_sent(&owner, Ok(()));
+                    self.hint_work(to, work);
+                }
+            }
             Msg::Ae { id, msg } => {
                 let reply = respond(&mut self.nodes[to].replica, msg);
                 self.send(to, from, Msg::AeReply { id, reply });
@@ -1603,69 +1638,76 @@ impl Sim {
         id
     }
 
-    fn is_up(&self, i: usize, peer: &NodeId) -> bool {
-        self.nodes[i].membership.health(peer) == Health::Up
-    }
-
     // ---- hinted handoff ----
 
+    /// As the Hints actor does at each check.
     fn deliver_hints(&mut self, i: usize) {
-        let owners: Vec<NodeId> = self.nodes[i]
-            .replica
-            .hints_pending()
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(o, _)| o.clone())
-            .collect();
-        for owner in owners {
-            let busy =
-                self.nodes[i].calling(|c| matches!(c, Call::Hints { owner: o, .. } if *o == owner));
-            let Some(to) = self.index(&owner) else {
-                continue;
-            };
-            if self.nodes[i].membership.view().has_departed(&owner) {
-                self.forget_moot(i, &owner);
-                continue;
-            }
-            if busy || !self.is_up(i, &owner) {
-                continue;
-            }
-            let Ok(batch) = self.nodes[i].replica.hinted(&owner, 64) else {
-                continue;
-            };
-            if batch.is_empty() {
-                continue;
-            }
-            let entries = batch.clone();
-            let id = self.call(i, Call::Hints { owner, batch });
-            self.send(i, to, Msg::HintDeliver { id, entries });
-        }
+        let node = &mut self.nodes[i];
+        node.delivery.on_topology(node.membership.topology());
+        let pending = node.replica.hints_pending().clone();
+        let work = node.delivery.on_tick(&pending);
+        self.hint_work(i, work);
     }
 
-    /// As the Hints actor does for an owner that departed.
-    fn forget_moot(&mut self, i: usize, owner: &NodeId) {
-        let Some(ring) = self.nodes[i].membership.ring() else {
-            return;
-        };
-        let node = &mut self.nodes[i];
-        let mine = ring.replicated_by(&node.id, self.cfg.n);
-        if let Ok(n @ 1..) = node.replica.forget_moot_hints(owner, 64, &mine) {
-            self.note(|| format!("n{i}: {n} hints for departed {owner} cleared"));
-        }
-    }
-
-    fn on_hints_delivered(&mut self, i: usize, id: u64) {
-        let Some(Call::Hints { owner, batch }) = self.nodes[i].calls.remove(&id) else {
-            return;
-        };
-        let Some(ring) = self.nodes[i].membership.ring() else {
-            return;
-        };
-        let node = &mut self.nodes[i];
-        let mine: Vec<Partition> = ring.replicated_by(&node.id, self.cfg.n);
-        let keep = |k: &[u8]| mine.contains(&ring.partition_of(k));
-        if let Ok(n) = node.replica.handed_off(&owner, &batch, keep) {
-            self.note(|| format!("n{i}: {n} hints for {owner} delivered"));
+    /// Carries out what node `i`'s hint delivery asks, as the Hints actor
+    /// does: replica reads and clears at once, sends over the network.
+    fn hint_work(&mut self, i: usize, work: Vec<HintWork>) {
+        for w in work {
+            let next = match w {
+                HintWork::Take { owner, limit } => {
+                    let batch = self.nodes[i].replica.hinted(&owner, limit);
+                    self.nodes[i].delivery.on_batch(&owner, batch)
+                }
+                HintWork::Send { owner, entries, .. } => {
+                    let Some(to) = self.index(&owner) else {
+                        continue;
+                    };
+                    let id = self.call(i, Call::Hints { owner });
+                    self.send(i, to, Msg::HintDeliver { id, entries });
+                    continue;
+                }
+                HintWork::Clear {
+                    owner,
+                    delivered,
+                    keep,
+                } => {
+                    let node = &mut self.nodes[i];
+                    let cleared = node
+                        .replica
+                        .handed_off(&owner, &delivered, |k| keep.contains(k));
+                    if let Ok(n @ 1..) = cleared {
+                        self.note(|| format!("n{i}: {n} hints for {owner} delivered"));
+                    }
+                    let now = self.now;
+                    self.nodes[i].delivery.on_cleared(&owner, cleared, now)
+                }
+                HintWork::Resume { owner, at } => {
+                    let life = self.nodes[i].life;
+                    self.schedule(
+                        at,
+                        Event::HintResume {
+                            node: i,
+                            life,
+                            owner,
+                        },
+                    );
+                    continue;
+                }
+                HintWork::ForgetMoot {
+                    owner,
+                    limit,
+                    replicates,
+                } => {
+                    let node = &mut self.nodes[i];
+                    if let Ok(n @ 1..) = node.replica.forget_moot_hints(&owner, limit, &replicates)
+                    {
+                        self.note(|| format!("n{i}: {n} hints for departed {owner} cleared"));
+                    }
+                    continue;
+                }
+                HintWork::Ended { .. } => continue,
+            };
+            self.hint_work(i, next);
         }
     }
 
@@ -1715,6 +1757,10 @@ impl Sim {
         match node.calls.remove(&id) {
             Some(Call::Exchange(_)) => node.schedule.on_exchanged(0, now),
             Some(Call::Roots { peer }) => node.schedule.on_roots_failed(&peer),
+            Some(Call::Hints { owner }) => {
+                let work = node.delivery.on_sent(&owner, Err(Error::Timeout));
+                self.hint_work(i, work);
+            }
             _ => {}
         }
     }

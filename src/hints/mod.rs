@@ -18,6 +18,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod delivery;
+pub use delivery::{DeliverySettings, HintDelivery, HintWork};
+
 use crate::error::{Error, Result};
 use crate::node::NodeId;
 use crate::store::Store;

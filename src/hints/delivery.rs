@@ -1,0 +1,515 @@
+//! Hint delivery: hands the writes this node keeps for an owner back to it
+//! once the owner is up. One driver per node, run alike by the Hints actor
+//! and by the simulator.
+//!
+//! Per owner, one delivery run at a time: take a batch of hinted keys with
+//! their current state, send it, and once the owner acknowledged merging
+//! it durably, clear those hints (keeping this node's own copy of the keys
+//! it replicates itself), pause, and take the next batch, until none are
+//! left or a batch clears nothing (every key changed while in flight: the
+//! next check retries). A failed step ends the run; the next check starts
+//! a new one. The hints of an owner that departed are cleared where there is
+//! nothing left to hand over (`super::moot`).
+//!
+//! Time is an input (`now`, ms). The driver returns `HintWork` for the
+//! shell to carry out and takes the answers back with the owner they are
+//! for: `on_batch` after `Take`, `on_sent` after `Send`, `on_cleared` after
+//! `Clear`, `on_resume` at a `Resume`'s time.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::error::Result;
+use crate::node::NodeId;
+use crate::partition::Partition;
+use crate::replica::Entry;
+use crate::topology::Topology;
+
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub me: NodeId,
+    /// Replicas per key.
+    pub n: usize,
+    /// Hand hints over at all (`hints.deliver`).
+    pub enabled: bool,
+    /// Keys per batch.
+    pub batch_size: usize,
+    /// Pause between two batches to one owner, in ms.
+    pub pause_ms: u64,
+    /// How long an owner may take to merge one batch, in ms.
+    pub send_timeout_ms: u64,
+}
+
+/// What the shell does for the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HintWork {
+    /// Read up to `limit` keys hinted for `owner`, with their current state
+    /// (`Replica::hinted`); answer with `on_batch`.
+    Take { owner: NodeId, limit: usize },
+    /// Send `entries` to `owner` (`HintMsg::Deliver`), waiting at most
+    /// `timeout_ms`; answer with `on_sent`.
+    Send {
+        owner: NodeId,
+        entries: Vec<Entry>,
+        timeout_ms: u64,
+    },
+    /// `owner` merged `delivered`: clear their hints and drop this node's
+    /// copy of every key not in `keep` (`Replica::handed_off`); answer with
+    /// `on_cleared`.
+    Clear {
+        owner: NodeId,
+        delivered: Vec<Entry>,
+        keep: BTreeSet<Vec<u8>>,
+    },
+    /// Call `on_resume(owner)` at `at` (ms).
+    Resume { owner: NodeId, at: u64 },
+    /// `owner` departed: clear up to `limit` of its hints with nothing left
+    /// to hand over, given the partitions this node `replicates`
+    /// (`Replica::forget_moot_hints`). Nothing to answer.
+    ForgetMoot {
+        owner: NodeId,
+        limit: usize,
+        replicates: Vec<Partition>,
+    },
+    /// A run to `owner` ended, having handed it `keys` keys (None: it failed
+    /// and is retried at the next check).
+    Ended { owner: NodeId, keys: Option<usize> },
+}
+
+/// Where one run to one owner stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stage {
+    Taking,
+    Sending(Vec<Entry>),
+    Clearing,
+    Pausing,
+}
+
+#[derive(Debug, Clone)]
+struct Run {
+    stage: Stage,
+    /// Keys handed over so far in this run.
+    delivered: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct HintDelivery {
+    settings: DeliverySettings,
+    topology: Option<Topology>,
+    runs: BTreeMap<NodeId, Run>,
+}
+
+impl HintDelivery {
+    pub fn new(settings: DeliverySettings) -> Self {
+        HintDelivery {
+            settings,
+            topology: None,
+            runs: BTreeMap::new(),
+        }
+    }
+
+    /// The view, ring or liveness changed. Returns whether an owner came
+    /// up: worth a check at once rather than at the next tick.
+    pub fn on_topology(&mut self, t: Topology) -> bool {
+        let newly_up = self
+            .topology
+            .as_ref()
+            .is_some_and(|old| t.health.keys().any(|n| t.is_up(n) && !old.is_up(n)));
+        self.topology = Some(t);
+        newly_up
+    }
+
+    /// A check, given the hints held per owner (`pending`): a run starts to
+    /// every owner that is up and has none under way; the hints of a
+    /// departed owner are cleared where moot. Nothing while delivery is off
+    /// or this node is out of the cluster.
+    pub fn on_tick(&mut self, pending: &BTreeMap<NodeId, u64>) -> Vec<HintWork> {
+        let me = &self.settings.me;
+        let Some(t) = &self.topology else {
+            return Vec::new();
+        };
+        let Some(ring) = t.active_ring(me).filter(|_| self.settings.enabled) else {
+            return Vec::new();
+        };
+        let mut work = Vec::new();
+        for (owner, _) in pending.iter().filter(|(_, n)| **n > 0) {
+            if t.view.has_departed(owner) {
+                // Its partitions have new replicas, and this node's copies
+                // reach them when it releases them (handoff).
+                work.push(HintWork::ForgetMoot {
+                    owner: owner.clone(),
+                    limit: self.settings.batch_size,
+                    replicates: ring.replicated_by(me, self.settings.n),
+                });
+            } else if t.is_up(owner) && !self.runs.contains_key(owner) {
+                self.runs.insert(
+                    owner.clone(),
+                    Run {
+                        stage: Stage::Taking,
+                        delivered: 0,
+                    },
+                );
+                work.push(self.take(owner));
+            }
+        }
+        work
+    }
+
+    /// The batch `Take` read for `owner`.
+    pub fn on_batch(&mut self, owner: &NodeId, batch: Result<Vec<Entry>>) -> Vec<HintWork> {
+        let Some(run) = self
+            .runs
+            .get_mut(owner)
+            .filter(|r| r.stage == Stage::Taking)
+        else {
+            return Vec::new();
+        };
+        match batch {
+            Ok(batch) if batch.is_empty() => vec![self.end(owner, true)],
+            Ok(batch) => {
+                run.stage = Stage::Sending(batch.clone());
+                vec![HintWork::Send {
+                    owner: owner.clone(),
+                    entries: batch,
+                    timeout_ms: self.settings.send_timeout_ms,
+                }]
+            }
+            Err(_) => vec![self.end(owner, false)],
+        }
+    }
+
+    /// `owner` answered a `Send` (Ok: it merged the batch durably).
+    pub fn on_sent(&mut self, owner: &NodeId, sent: Result<()>) -> Vec<HintWork> {
+        let Some(run) = self.runs.get_mut(owner) else {
+            return Vec::new();
+        };
+        let Stage::Sending(batch) = std::mem::replace(&mut run.stage, Stage::Clearing) else {
+            return Vec::new();
+        };
+        if sent.is_err() {
+            return vec![self.end(owner, false)];
+        }
+        let keep = self.kept(&batch);
+        vec![HintWork::Clear {
+            owner: owner.clone(),
+            delivered: batch,
+            keep,
+        }]
+    }
+
+    /// A `Clear` cleared `cleared` hints at `now`: pause, then go on; a
+    /// batch that cleared nothing (every key changed while in flight) ends
+    /// the run, and the next check retries.
+    pub fn on_cleared(
+        &mut self,
+        owner: &NodeId,
+        cleared: Result<usize>,
+        now: u64,
+    ) -> Vec<HintWork> {
+        let Some(run) = self
+            .runs
+            .get_mut(owner)
+            .filter(|r| r.stage == Stage::Clearing)
+        else {
+            return Vec::new();
+        };
+        match cleared {
+            Ok(0) => vec![self.end(owner, true)],
+            Ok(n) => {
+                run.delivered += n;
+                run.stage = Stage::Pausing;
+                vec![HintWork::Resume {
+                    owner: owner.clone(),
+                    at: now + self.settings.pause_ms,
+                }]
+            }
+            Err(_) => vec![self.end(owner, false)],
+        }
+    }
+
+    /// A `Resume`'s time came.
+    pub fn on_resume(&mut self, owner: &NodeId) -> Vec<HintWork> {
+        match self.runs.get_mut(owner) {
+            Some(run) if run.stage == Stage::Pausing => {
+                run.stage = Stage::Taking;
+                vec![self.take(owner)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Forgets every run under way (the shell lost them: a restart).
+    pub fn reset(&mut self) {
+        self.runs.clear();
+    }
+
+    pub fn me(&self) -> &NodeId {
+        &self.settings.me
+    }
+
+    /// Owners a run is under way to.
+    pub fn delivering(&self) -> impl Iterator<Item = &NodeId> {
+        self.runs.keys()
+    }
+
+    fn take(&self, owner: &NodeId) -> HintWork {
+        HintWork::Take {
+            owner: owner.clone(),
+            limit: self.settings.batch_size,
+        }
+    }
+
+    fn end(&mut self, owner: &NodeId, completed: bool) -> HintWork {
+        let run = self.runs.remove(owner);
+        HintWork::Ended {
+            owner: owner.clone(),
+            keys: completed.then(|| run.map_or(0, |r| r.delivered)),
+        }
+    }
+
+    /// The keys of `batch` this node replicates itself (its copies stay).
+    fn kept(&self, batch: &[Entry]) -> BTreeSet<Vec<u8>> {
+        let me = &self.settings.me;
+        let Some(ring) = self.topology.as_ref().and_then(|t| t.ring.as_ref()) else {
+            return batch.iter().map(|(k, _)| k.clone()).collect();
+        };
+        let mine: BTreeSet<Partition> = ring
+            .replicated_by(me, self.settings.n)
+            .into_iter()
+            .collect();
+        batch
+            .iter()
+            .filter(|(k, _)| mine.contains(&ring.partition_of(k)))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::liveness::Health;
+    use crate::ownership::{Capacity, Ownership};
+    use crate::version::{Actor, Context, SiblingSet, Value};
+    use crate::view::{Member, Status, View};
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    fn topology(nodes: &[&str], down: &[&str], departed: &[&str]) -> Topology {
+        let mut view = View::new("c".into(), 16);
+        for (i, n) in nodes.iter().enumerate() {
+            let status = if departed.contains(n) {
+                Status::Removed
+            } else {
+                Status::Up
+            };
+            view.members.insert(
+                id(n),
+                Member {
+                    id: id(n),
+                    peer_addr: format!("127.0.0.1:{}", 7100 + i),
+                    client_addr: format!("127.0.0.1:{}", 7000 + i),
+                    weight: 1,
+                    status,
+                    version: 1,
+                },
+            );
+        }
+        let members: Vec<Capacity> = nodes.iter().map(|n| Capacity::new(id(n), 1)).collect();
+        view.ownership = Some(Ownership::found(16, &members, 3).unwrap());
+        let health = nodes
+            .iter()
+            .map(|n| {
+                let h = if down.contains(n) {
+                    Health::Down
+                } else {
+                    Health::Up
+                };
+                (id(n), h)
+            })
+            .collect();
+        Topology::new(view, health)
+    }
+
+    fn driver() -> HintDelivery {
+        HintDelivery::new(DeliverySettings {
+            me: id("a"),
+            n: 3,
+            enabled: true,
+            batch_size: 2,
+            pause_ms: 10,
+            send_timeout_ms: 500,
+        })
+    }
+
+    fn entry(k: &str) -> Entry {
+        let state = SiblingSet::new()
+            .update(&Context::default(), Value::Data(b"v".to_vec()), Actor(1))
+            .unwrap();
+        (k.as_bytes().to_vec(), state)
+    }
+
+    fn pending(owners: &[(&str, u64)]) -> BTreeMap<NodeId, u64> {
+        owners.iter().map(|(o, n)| (id(o), *n)).collect()
+    }
+
+    #[test]
+    fn a_run_takes_sends_clears_pauses_and_ends_when_nothing_is_left() {
+        let mut d = driver();
+        d.on_topology(topology(&["a", "b", "c"], &[], &[]));
+        let b = id("b");
+        let work = d.on_tick(&pending(&[("b", 3)]));
+        assert_eq!(
+            work,
+            vec![HintWork::Take {
+                owner: b.clone(),
+                limit: 2
+            }]
+        );
+        assert!(
+            d.on_tick(&pending(&[("b", 3)])).is_empty(),
+            "one run per owner"
+        );
+
+        let batch = vec![entry("k1"), entry("k2")];
+        let work = d.on_batch(&b, Ok(batch.clone()));
+        assert_eq!(
+            work,
+            vec![HintWork::Send {
+                owner: b.clone(),
+                entries: batch.clone(),
+                timeout_ms: 500
+            }]
+        );
+        // Nothing is cleared before the owner acknowledged.
+        let work = d.on_sent(&b, Ok(()));
+        let [
+            HintWork::Clear {
+                delivered, keep, ..
+            },
+        ] = &work[..]
+        else {
+            panic!("{work:?}");
+        };
+        assert_eq!(delivered, &batch);
+        assert_eq!(
+            keep.len(),
+            2,
+            "with 3 nodes and N = 3, a replicates every key"
+        );
+        let work = d.on_cleared(&b, Ok(2), 1_000);
+        assert_eq!(
+            work,
+            vec![HintWork::Resume {
+                owner: b.clone(),
+                at: 1_010
+            }]
+        );
+        assert_eq!(
+            d.on_resume(&b),
+            vec![HintWork::Take {
+                owner: b.clone(),
+                limit: 2
+            }]
+        );
+        let work = d.on_batch(&b, Ok(Vec::new()));
+        assert_eq!(
+            work,
+            vec![HintWork::Ended {
+                owner: b.clone(),
+                keys: Some(2)
+            }]
+        );
+        assert_eq!(d.delivering().count(), 0);
+    }
+
+    #[test]
+    fn only_the_keys_this_node_replicates_keep_their_copy() {
+        let mut d = driver();
+        let t = topology(&["a", "b", "c", "d", "e", "f"], &[], &[]);
+        let ring = t.ring.clone().unwrap();
+        d.on_topology(t);
+        let b = id("b");
+        d.on_tick(&pending(&[("b", 1)]));
+        let batch: Vec<Entry> = (0..40).map(|i| entry(&format!("k{i}"))).collect();
+        d.on_batch(&b, Ok(batch.clone()));
+        let work = d.on_sent(&b, Ok(()));
+        let [HintWork::Clear { keep, .. }] = &work[..] else {
+            panic!("{work:?}");
+        };
+        let mine = ring.replicated_by(&id("a"), 3);
+        let expected: BTreeSet<Vec<u8>> = batch
+            .iter()
+            .filter(|(k, _)| mine.contains(&ring.partition_of(k)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert_eq!(keep, &expected);
+        assert!(
+            !keep.is_empty() && keep.len() < batch.len(),
+            "{}",
+            keep.len()
+        );
+    }
+
+    #[test]
+    fn a_failed_send_clears_nothing_and_the_next_check_retries() {
+        let mut d = driver();
+        d.on_topology(topology(&["a", "b", "c"], &[], &[]));
+        let b = id("b");
+        d.on_tick(&pending(&[("b", 1)]));
+        d.on_batch(&b, Ok(vec![entry("k")]));
+        let work = d.on_sent(&b, Err(crate::Error::Timeout));
+        assert_eq!(
+            work,
+            vec![HintWork::Ended {
+                owner: b.clone(),
+                keys: None
+            }]
+        );
+        assert!(!work.iter().any(|w| matches!(w, HintWork::Clear { .. })));
+        assert_eq!(d.on_tick(&pending(&[("b", 1)])).len(), 1);
+    }
+
+    #[test]
+    fn down_owners_wait_departed_ones_are_forgotten_and_off_means_off() {
+        let mut d = driver();
+        d.on_topology(topology(&["a", "b", "c", "d"], &["b"], &["d"]));
+        let work = d.on_tick(&pending(&[("b", 1), ("d", 4)]));
+        assert_eq!(work.len(), 1);
+        assert!(matches!(&work[0], HintWork::ForgetMoot { owner, .. } if *owner == id("d")));
+        // b comes up: worth a check at once.
+        assert!(d.on_topology(topology(&["a", "b", "c", "d"], &[], &["d"])));
+
+        let mut off = HintDelivery::new(DeliverySettings {
+            enabled: false,
+            ..d.settings.clone()
+        });
+        off.on_topology(topology(&["a", "b", "c"], &[], &[]));
+        assert!(off.on_tick(&pending(&[("b", 1)])).is_empty());
+        let mut out = driver();
+        out.on_topology(topology(&["a", "b", "c"], &[], &["a"]));
+        assert!(
+            out.on_tick(&pending(&[("b", 1)])).is_empty(),
+            "a node that is out delivers nothing"
+        );
+    }
+
+    #[test]
+    fn a_batch_that_clears_nothing_ends_the_run() {
+        let mut d = driver();
+        d.on_topology(topology(&["a", "b", "c"], &[], &[]));
+        let b = id("b");
+        d.on_tick(&pending(&[("b", 1)]));
+        d.on_batch(&b, Ok(vec![entry("k")]));
+        d.on_sent(&b, Ok(()));
+        let work = d.on_cleared(&b, Ok(0), 5);
+        assert_eq!(
+            work,
+            vec![HintWork::Ended {
+                owner: b,
+                keys: Some(0)
+            }]
+        );
+    }
+}

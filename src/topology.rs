@@ -1,0 +1,46 @@
+//! What a node knows of the cluster at one moment: the membership view,
+//! the ring computed from it (None until the cluster is founded), and each
+//! member's health as this node's failure detector sees it. Background
+//! drivers and coordinators decide from it; it is shared, not copied.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::liveness::Health;
+use crate::node::NodeId;
+use crate::ring::Ring;
+use crate::view::View;
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub view: Arc<View>,
+    pub ring: Option<Arc<Ring>>,
+    pub health: Arc<BTreeMap<NodeId, Health>>,
+}
+
+impl Topology {
+    /// The topology of `view` with `health`, computing its ring.
+    pub fn new(view: View, health: BTreeMap<NodeId, Health>) -> Self {
+        Topology {
+            ring: view.ring().map(Arc::new),
+            view: Arc::new(view),
+            health: Arc::new(health),
+        }
+    }
+
+    /// What this node believes of `node`'s health (up until heard otherwise).
+    pub fn health(&self, node: &NodeId) -> Health {
+        self.health.get(node).copied().unwrap_or(Health::Up)
+    }
+
+    /// Whether `node` is up as far as this node knows.
+    pub fn is_up(&self, node: &NodeId) -> bool {
+        self.health(node) == Health::Up
+    }
+
+    /// Whether node `me` takes part in the cluster: the ring exists and
+    /// `me` neither left nor was removed.
+    pub fn active_ring(&self, me: &NodeId) -> Option<&Arc<Ring>> {
+        self.ring.as_ref().filter(|_| !self.view.is_fenced(me))
+    }
+}
