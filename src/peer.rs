@@ -97,7 +97,40 @@ pub enum PeerMsg {
     },
 }
 
+/// The concern a peer request belongs to: the one that registered to
+/// answer it. The Bridge routes on this and reads nothing else of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Concern {
+    Replica,
+    Gossip,
+    Hints,
+    AntiEntropy,
+    Tombstones,
+    Handoff,
+    /// `status`'s question about a node's load.
+    Stats,
+}
+
 impl PeerMsg {
+    /// The concern that answers this message as a request (None: an
+    /// answer, or the Bridge's own ping).
+    pub fn concern(&self) -> Option<Concern> {
+        match self {
+            PeerMsg::Replica(_) => Some(Concern::Replica),
+            PeerMsg::Gossip(_) => Some(Concern::Gossip),
+            PeerMsg::Hints(_) => Some(Concern::Hints),
+            PeerMsg::AntiEntropy(_) => Some(Concern::AntiEntropy),
+            PeerMsg::Tombstones(_) => Some(Concern::Tombstones),
+            PeerMsg::Handoff(_) => Some(Concern::Handoff),
+            PeerMsg::Stats => Some(Concern::Stats),
+            PeerMsg::Ping
+            | PeerMsg::Pong
+            | PeerMsg::Error { .. }
+            | PeerMsg::Load(_)
+            | PeerMsg::Fenced { .. } => None,
+        }
+    }
+
     /// A short stable name of the message's kind, for logs.
     pub fn name(&self) -> &'static str {
         match self {

@@ -26,7 +26,6 @@ use crate::merkle::{HashTree, Leaves, item_hash, segment_of};
 use crate::node::NodeId;
 use crate::partition::Partition;
 use crate::store::{Store, decode_state, encode_state, split_storage_key, storage_key, stored_key};
-use crate::tombstones::{Holding, holding};
 use crate::version::{Actor, Context, Dot, SiblingSet, Value};
 
 /// Messages of the replica concern between nodes (`PeerMsg::Replica`).
@@ -437,28 +436,9 @@ impl<S: Store> Replica<S> {
         Ok(found)
     }
 
-    /// Answers a collection probe: what this node holds for each key.
-    pub fn probe_tombstones(&self, entries: &[(Vec<u8>, SiblingSet)]) -> Result<Vec<Holding>> {
-        entries
-            .iter()
-            .map(|(key, probed)| {
-                let hinted = self.hints.is_hinted_for_anyone(key)?;
-                Ok(holding(&self.read(key)?, probed, hinted))
-            })
-            .collect()
-    }
-
-    /// Deletes each key whose copy is still exactly the given tombstone.
-    /// Returns how many were removed.
-    pub fn collect_tombstones(&mut self, entries: &[(Vec<u8>, SiblingSet)]) -> Result<usize> {
-        let mut removed = 0;
-        for (key, tombstone) in entries {
-            if tombstone.is_deleted() && self.read(key)? == *tombstone {
-                self.remove(key)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+    /// Whether this replica keeps a hint for `key`, for any owner.
+    pub fn is_hinted(&self, key: &[u8]) -> Result<bool> {
+        self.hints.is_hinted_for_anyone(key)
     }
 
     fn record_hint(&mut self, key: &[u8], hint_for: Option<&NodeId>) -> Result<()> {

@@ -44,3 +44,53 @@ impl Topology {
         self.ring.as_ref().filter(|_| !self.view.is_fenced(me))
     }
 }
+
+/// Topologies for the drivers' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::ownership::{Capacity, Ownership};
+    use crate::view::{Member, Status};
+
+    pub(crate) fn id(s: &str) -> NodeId {
+        NodeId::new(s).expect("a valid id")
+    }
+
+    /// A founded cluster of `nodes` (equal weights, N = 3, `q` partitions)
+    /// in which `down` are down and `removed` were removed.
+    pub(crate) fn topology(nodes: &[&str], down: &[&str], removed: &[&str], q: u32) -> Topology {
+        let mut view = View::new("c".into(), q);
+        for (i, n) in nodes.iter().enumerate() {
+            let status = if removed.contains(n) {
+                Status::Removed
+            } else {
+                Status::Up
+            };
+            view.members.insert(
+                id(n),
+                Member {
+                    id: id(n),
+                    peer_addr: format!("127.0.0.1:{}", 7100 + i),
+                    client_addr: format!("127.0.0.1:{}", 7000 + i),
+                    weight: 1,
+                    status,
+                    version: 1,
+                },
+            );
+        }
+        let members: Vec<Capacity> = nodes.iter().map(|n| Capacity::new(id(n), 1)).collect();
+        view.ownership = Some(Ownership::found(q, &members, 3).expect("a founded table"));
+        let health = nodes
+            .iter()
+            .map(|n| {
+                let h = if down.contains(n) {
+                    Health::Down
+                } else {
+                    Health::Up
+                };
+                (id(n), h)
+            })
+            .collect();
+        Topology::new(view, health)
+    }
+}

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use dynakv::membership::{GossipMsg, View};
 use dynakv::{Error, NodeId};
-use dynakv_actors::bridge::{Control, Fault, GossipIn};
+use dynakv_actors::bridge::{Control, Fault};
 use dynakv_actors::client::Client;
-use dynakv_actors::membership::CurrentView;
+use dynakv_actors::membership::{CurrentView, GossipIn};
 use dynakv_actors::replica::{ReadLocal, Stats};
 use dynakv_actors::testkit::{Cluster, eventually, metric};
 

@@ -1,41 +1,38 @@
 //! AntiEntropy: paced hash-tree exchanges with co-replicas, and tombstone
 //! collection.
 //!
-//! Receives `RingChanged`, its timers and `Summary` (for `status`).
-//! - What to exchange and when is the core's `dynakv::anti_entropy::Schedule`:
-//!   every `anti_entropy.interval_ms` the next partition this node
-//!   replicates with a random co-replica that is up, one exchange at a time
-//!   within `max_bytes_per_sec`; and when a co-replica comes up, one roots
-//!   comparison with it, whose differing partitions are exchanged first,
-//!   back to back. Each exchange is a `dynakv::anti_entropy::Exchange`: the
-//!   core state machine runs on the storage worker (it reads and merges
-//!   local data), the messages go through the Bridge.
-//! - Every `gc_interval_ms`, for each partition it is the first replica of,
-//!   it probes every member about a batch of its tombstones and collects the
-//!   ones every member acknowledged twice, `gc_grace_ms` apart
-//!   (`dynakv::tombstones`).
+//! Receives `RingChanged`, its timers, `Summary` (for `status`) and the
+//! anti-entropy and tombstone requests of peers (`PeerRequest`, from the
+//! Bridge), which the replica answers (`AeRespond`, `GcRespond`). Both drivers are the core's:
+//! - `dynakv::anti_entropy::Schedule` says which exchange to start: every
+//!   `anti_entropy.interval_ms` the next partition this node replicates
+//!   with a random co-replica that is up, one at a time within
+//!   `max_bytes_per_sec`; and when a co-replica comes up, one roots
+//!   comparison with it, whose differing partitions are exchanged first.
+//!   An exchange runs as `crate::exchange` does it;
+//! - `dynakv::tombstones::Collector` runs a tombstone collection round
+//!   every `gc_interval_ms`.
+//!
+//! This actor owns the timers and carries out what the drivers ask.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use dynakv::anti_entropy::{AeMsg, ExchangeReport, RootsCheck, Schedule};
 use dynakv::partition::Partition;
 use dynakv::peer::PeerMsg;
-use dynakv::replica::Entry;
-use dynakv::tombstones::{GcMsg, Holding, Ripening, led_partitions};
+use dynakv::tombstones::{Collector, CollectorSettings, GcMsg, GcWork};
+use dynakv::topology::Topology;
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, info};
 
-use crate::bridge::{Bridge, call};
-use crate::coordinator::Summary;
+use crate::bridge::{Bridge, PeerRequest, call};
+use crate::clock::Clock;
 use crate::events::{Event, Events};
-use crate::replica::{
-    AeBegin, AeContinue, AeRoots, CollectTombstones, FindTombstones, ProbeTombstones, Replica,
-};
-use crate::ring::{RingChanged, Topology};
-use crate::supervise::{mailbox_error, shielded};
+use crate::exchange::exchange;
+use crate::messages::{RingChanged, Summary};
+use crate::replica::{AeRespond, AeRoots, FindTombstones, GcRespond, Replica};
+use crate::supervise::{answered, mailbox_error, shielded};
 
 #[derive(Debug, Clone)]
 pub struct AntiEntropySettings {
@@ -45,8 +42,7 @@ pub struct AntiEntropySettings {
     pub interval: Duration,
     pub max_bytes_per_sec: u64,
     pub gc_interval: Duration,
-    pub gc_batch: usize,
-    pub gc_grace: Duration,
+    pub collector: CollectorSettings,
     pub call_timeout: Duration,
 }
 
@@ -57,16 +53,10 @@ pub struct AntiEntropy {
     events: Events,
     topology: Option<Topology>,
     schedule: Schedule,
-    collecting: bool,
-    /// Last completed exchange per partition: when, and with whom.
-    last: BTreeMap<Partition, (Instant, NodeId)>,
-    repaired: u64,
+    collector: Collector,
+    /// Tombstones collected on this node since it started.
     collected: u64,
-    /// Tombstones waiting out the grace period (forgotten on restart,
-    /// which only delays their collection).
-    ripening: Arc<Mutex<Ripening>>,
-    /// The origin of the actor's clock (the core's `now`, in ms).
-    born: Instant,
+    clock: Clock,
     rng: fastrand::Rng,
 }
 
@@ -76,62 +66,45 @@ impl AntiEntropy {
         replica: Addr<Replica>,
         bridge: Addr<Bridge>,
         events: Events,
+        clock: Clock,
     ) -> Self {
         AntiEntropy {
             schedule: Schedule::new(settings.me.clone(), settings.n, settings.max_bytes_per_sec),
+            collector: Collector::new(settings.collector.clone()),
             settings,
             replica,
             bridge,
             events,
             topology: None,
-            collecting: false,
-            last: BTreeMap::new(),
-            repaired: 0,
             collected: 0,
-            ripening: Arc::default(),
-            born: Instant::now(),
+            clock,
             rng: fastrand::Rng::new(),
         }
     }
 
-    fn now(&self) -> u64 {
-        self.born.elapsed().as_millis() as u64
-    }
-
-    /// The topology, unless this node should not exchange at all (off, out
-    /// of the cluster, or not founded yet).
-    fn active(&self) -> Option<&Topology> {
-        let t = self.topology.as_ref()?;
-        let usable = self.settings.enabled && !t.view.is_fenced(&self.settings.me);
-        (usable && t.ring.is_some()).then_some(t)
+    /// The topology, while anti-entropy is on (the drivers themselves do
+    /// nothing before the ring exists or once this node is out).
+    fn active(&self) -> Option<Topology> {
+        self.topology.clone().filter(|_| self.settings.enabled)
     }
 
     /// Starts the roots comparisons due (a failed one is retried here),
     /// then the next exchange, if one may start.
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        let now = self.now();
-        let Some(t) = self.active().cloned() else {
-            return;
-        };
-        let Some(ring) = &t.ring else { return };
-        for check in self.schedule.on_topology(ring, |n| t.is_up(n)) {
+        let now = self.clock.now();
+        let Some(t) = self.active() else { return };
+        for check in self.schedule.on_topology(&t) {
             self.check_roots(check, ctx);
         }
         let rng = &mut self.rng;
-        let Some((p, peer)) =
-            self.schedule
-                .next(ring, now, |n| t.is_up(n), |count| rng.usize(..count))
-        else {
+        let Some((p, peer)) = self.schedule.next(&t, now, |count| rng.usize(..count)) else {
             return;
-        };
-        let begin = AeBegin {
-            partition: p,
-            push_only: false,
         };
         let run = exchange(
             self.replica.clone(),
             self.bridge.clone(),
-            begin,
+            p,
+            false,
             peer.clone(),
             self.settings.call_timeout,
         );
@@ -149,24 +122,18 @@ impl AntiEntropy {
         outcome: Result<ExchangeReport>,
         ctx: &mut Context<Self>,
     ) {
-        let now = self.now();
+        let now = self.clock.now();
         let report = match outcome {
             Ok(report) => report,
             Err(e) => {
-                self.schedule.on_exchanged(0, now);
+                self.schedule.on_failed(0, now);
                 return debug!(%peer, partition = %p, error = %e, "anti-entropy exchange failed");
             }
         };
-        let bytes = report.bytes_sent + report.bytes_received;
-        self.schedule.on_exchanged(bytes, now);
-        let repaired = report.pulled + report.pushed;
-        // A node catching up goes on at once, within the byte budget.
-        if repaired > 0 || self.schedule.has_urgent() {
+        if self.schedule.on_done(p, &peer, &report, now) {
             ctx.notify(Next);
         }
-        self.last.insert(p, (Instant::now(), peer.clone()));
-        self.repaired += repaired as u64;
-        if repaired > 0 {
+        if report.pulled + report.pushed > 0 {
             debug!(%peer, partition = %p, pulled = report.pulled, pushed = report.pushed, "anti-entropy repaired keys");
         }
         self.events.emit(Event::Exchanged {
@@ -175,7 +142,7 @@ impl AntiEntropy {
             partition: p.0,
             pulled: report.pulled,
             pushed: report.pushed,
-            bytes,
+            bytes: report.bytes_sent + report.bytes_received,
         });
     }
 
@@ -212,7 +179,7 @@ impl AntiEntropy {
                     if !differ.is_empty() {
                         info!(%peer, partitions = differ.len(), "a co-replica came up; exchanging the partitions that differ");
                     }
-                    act.schedule.on_roots(&peer, &differ, bytes, act.now());
+                    act.schedule.on_roots(&peer, &differ, bytes, act.clock.now());
                     act.tick(ctx);
                 }
                 Err(e) => {
@@ -223,192 +190,75 @@ impl AntiEntropy {
         }));
     }
 
-    /// One tombstone collection round over the partitions this node leads.
+    /// Starts a tombstone collection round, unless one runs.
     fn collect(&mut self, ctx: &mut Context<Self>) {
-        if self.collecting {
-            return;
-        }
-        let Some(t) = self.active().cloned() else {
-            return;
-        };
-        let Some(ring) = t.ring.clone() else { return };
-        let me = self.settings.me.clone();
-        let members: Vec<NodeId> = t
-            .view
-            .members
-            .values()
-            .filter(|m| m.status.is_live())
-            .map(|m| m.id.clone())
-            .collect();
-        let led = led_partitions(&ring, &me);
-        self.collecting = true;
-        let (replica, bridge, n, batch, timeout) = (
-            self.replica.clone(),
-            self.bridge.clone(),
-            self.settings.n,
-            self.settings.gc_batch,
-            self.settings.call_timeout,
-        );
-        let (ripening, born, grace) = (self.ripening.clone(), self.born, self.settings.gc_grace);
-        let run = async move {
-            let mut collected = 0;
-            for p in led {
-                let replicas: BTreeSet<NodeId> =
-                    ring.preference_list(p, n).into_iter().cloned().collect();
-                let decide = |found: &[Entry], answers: &[(NodeId, Vec<Holding>)]| {
-                    let now = born.elapsed().as_millis() as u64;
-                    match ripening.lock() {
-                        Ok(mut r) => {
-                            r.decide(found, answers, &replicas, now, grace.as_millis() as u64)
-                        }
-                        Err(_) => (Vec::new(), Vec::new()),
-                    }
-                };
-                collected +=
-                    collect_partition(&replica, &bridge, &me, &members, p, batch, timeout, decide)
-                        .await?;
-            }
-            Ok::<usize, Error>(collected)
-        };
-        ctx.spawn(run.into_actor(self).map(|outcome, act, ctx| {
-            shielded(NAME, act, ctx, |act, _| {
-                act.collecting = false;
-                match outcome {
-                    Ok(0) => {}
-                    Ok(keys) => {
-                        act.collected += keys as u64;
-                        info!(keys, "tombstones collected");
-                        act.events.emit(Event::TombstonesCollected {
-                            node: act.settings.me.clone(),
-                            keys,
-                        });
-                    }
-                    Err(e) => debug!(error = %e, "tombstone collection postponed"),
+        let Some(t) = self.active() else { return };
+        let work = self.collector.on_tick(&t);
+        self.gc_work(work, ctx);
+    }
+
+    /// Carries out what the collector asks: the replica finds tombstones;
+    /// a probe or collect goes to this node's replica or, through the
+    /// Bridge, to a peer's.
+    fn gc_work(&mut self, work: Vec<GcWork>, ctx: &mut Context<Self>) {
+        for w in work {
+            match w {
+                GcWork::Find { partition, limit } => {
+                    let found = self.replica.send(FindTombstones { partition, limit });
+                    ctx.spawn(found.into_actor(self).map(|found, act, ctx| {
+                        shielded(NAME, act, ctx, |act, ctx| {
+                            let work = act.collector.on_found(answered(found));
+                            act.gc_work(work, ctx);
+                        })
+                    }));
                 }
-            })
-        }));
-    }
-}
-
-/// Runs one exchange with `peer` to completion.
-pub(crate) async fn exchange(
-    replica: Addr<Replica>,
-    bridge: Addr<Bridge>,
-    begin: AeBegin,
-    peer: NodeId,
-    timeout: Duration,
-) -> Result<ExchangeReport> {
-    let (mut ex, mut msg) = replica.send(begin).await.map_err(mailbox_error)??;
-    loop {
-        let answer = call(&bridge, peer.clone(), PeerMsg::AntiEntropy(msg), timeout).await?;
-        let reply = match answer {
-            PeerMsg::AntiEntropy(reply) => reply,
-            other => {
-                return Err(Error::Malformed(format!(
-                    "exchange answered with {other:?}"
-                )));
+                GcWork::Ask {
+                    to,
+                    msg,
+                    timeout_ms,
+                } => {
+                    let asked = self.ask(to.clone(), msg, Duration::from_millis(timeout_ms));
+                    ctx.spawn(asked.into_actor(self).map(move |answer, act, ctx| {
+                        shielded(NAME, act, ctx, |act, ctx| {
+                            let now = act.clock.now();
+                            let work = act.collector.on_answer(&to, answer, now);
+                            act.gc_work(work, ctx);
+                        })
+                    }));
+                }
+                GcWork::Ended { keys: Some(0) } => {}
+                GcWork::Ended { keys: Some(keys) } => {
+                    self.collected += keys as u64;
+                    info!(keys, "tombstones collected");
+                    self.events.emit(Event::TombstonesCollected {
+                        node: self.settings.me.clone(),
+                        keys,
+                    });
+                }
+                GcWork::Ended { keys: None } => debug!("tombstone collection postponed"),
             }
-        };
-        let (next_ex, next) = replica
-            .send(AeContinue(ex, reply))
-            .await
-            .map_err(mailbox_error)??;
-        ex = next_ex;
-        match next {
-            Some(m) => msg = m,
-            None => return Ok(ex.report().clone()),
         }
     }
-}
 
-/// Probes every member about a batch of `p`'s tombstones and collects those
-/// every member allows. Returns how many were collected here.
-#[allow(clippy::too_many_arguments)]
-async fn collect_partition(
-    replica: &Addr<Replica>,
-    bridge: &Addr<Bridge>,
-    me: &NodeId,
-    members: &[NodeId],
-    p: Partition,
-    batch: usize,
-    timeout: Duration,
-    decide: impl FnOnce(&[Entry], &[(NodeId, Vec<Holding>)]) -> (Vec<Entry>, Vec<NodeId>),
-) -> Result<usize> {
-    let found = replica
-        .send(FindTombstones {
-            partition: p,
-            limit: batch,
-        })
-        .await
-        .map_err(mailbox_error)??;
-    if found.is_empty() {
-        return Ok(0);
-    }
-    let ask = |node: NodeId, msg: GcMsg| {
-        let local = node == *me;
-        let (replica, bridge) = (replica.clone(), bridge.clone());
+    /// A probe or collect of `to`'s replica: this node's own, or a peer's.
+    fn ask(
+        &self,
+        to: NodeId,
+        msg: GcMsg,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<GcMsg>> + 'static {
+        let local = to == self.settings.me;
+        let (replica, bridge) = (self.replica.clone(), self.bridge.clone());
         async move {
             if local {
-                return match msg {
-                    GcMsg::Probe { entries } => Ok(GcMsg::Held {
-                        held: replica
-                            .send(ProbeTombstones(entries))
-                            .await
-                            .map_err(mailbox_error)??,
-                    }),
-                    GcMsg::Collect { entries } => Ok(GcMsg::Collected {
-                        removed: replica
-                            .send(CollectTombstones(entries))
-                            .await
-                            .map_err(mailbox_error)?? as u32,
-                    }),
-                    other => Err(Error::Internal(format!("{other:?} is not a request"))),
-                };
+                return answered(replica.send(GcRespond(msg)).await);
             }
-            match call(&bridge, node, PeerMsg::Tombstones(msg), timeout).await? {
+            match call(&bridge, to, PeerMsg::Tombstones(msg), timeout).await? {
                 PeerMsg::Tombstones(answer) => Ok(answer),
                 other => Err(Error::Malformed(format!("probe answered with {other:?}"))),
             }
         }
-    };
-    // Every member must answer; any failure postpones the collection.
-    let mut answers: Vec<(NodeId, Vec<Holding>)> = Vec::new();
-    for node in members {
-        match ask(
-            node.clone(),
-            GcMsg::Probe {
-                entries: found.clone(),
-            },
-        )
-        .await?
-        {
-            GcMsg::Held { held } if held.len() == found.len() => answers.push((node.clone(), held)),
-            other => {
-                return Err(Error::Malformed(format!(
-                    "{node} answered a probe with {other:?}"
-                )));
-            }
-        }
     }
-    let (entries, holders) = decide(&found, &answers);
-    if entries.is_empty() {
-        return Ok(0);
-    }
-    let mut here = 0;
-    for node in holders {
-        if let GcMsg::Collected { removed } = ask(
-            node.clone(),
-            GcMsg::Collect {
-                entries: entries.clone(),
-            },
-        )
-        .await?
-            && node == *me
-        {
-            here = removed as usize;
-        }
-    }
-    Ok(here)
 }
 
 const NAME: &str = "anti-entropy";
@@ -418,7 +268,7 @@ const NAME: &str = "anti-entropy";
 impl Supervised for AntiEntropy {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.schedule.reset();
-        self.collecting = false;
+        self.collector.reset();
     }
 }
 
@@ -450,6 +300,29 @@ impl Handler<Next> for AntiEntropy {
     }
 }
 
+/// A co-replica's exchange message or a collector's probe or collect,
+/// answered from this node's replica.
+impl Handler<PeerRequest> for AntiEntropy {
+    type Result = ();
+
+    fn handle(&mut self, PeerRequest { msg, reply, .. }: PeerRequest, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| match msg {
+            PeerMsg::AntiEntropy(msg) => {
+                let answer = act.replica.send(AeRespond(msg));
+                reply.later(async move { answered(answer.await).map(PeerMsg::AntiEntropy) });
+            }
+            PeerMsg::Tombstones(msg) => {
+                let answer = act.replica.send(GcRespond(msg));
+                reply.later(async move { answered(answer.await).map(PeerMsg::Tombstones) });
+            }
+            other => reply.error(&Error::InvalidRequest(format!(
+                "anti-entropy takes no {} request",
+                other.name()
+            ))),
+        })
+    }
+}
+
 impl Handler<RingChanged> for AntiEntropy {
     type Result = ();
 
@@ -466,29 +339,11 @@ impl Handler<Summary> for AntiEntropy {
 
     fn handle(&mut self, _: Summary, ctx: &mut Context<Self>) -> Self::Result {
         shielded(NAME, self, ctx, |act, _| -> Self::Result {
-            let mine = act
-                .topology
-                .as_ref()
-                .and_then(|t| t.ring.as_ref())
-                .map_or(0, |r| {
-                    r.replicated_by(&act.settings.me, act.settings.n).len()
-                });
-            let mut lines = vec![format!(
-                "anti-entropy: {} of {mine} partitions exchanged, {} keys repaired, {} tombstones collected{}",
-                act.last.len(),
-                act.repaired,
-                act.collected,
-                if act.settings.enabled {
-                    ""
-                } else {
-                    " (disabled)"
-                }
-            )];
-            if let Some((p, (at, peer))) = act.last.iter().min_by_key(|(_, (at, _))| *at) {
-                lines.push(format!(
-                    "anti-entropy: oldest last exchange {p} with {peer}, {:.1} s ago",
-                    at.elapsed().as_secs_f64()
-                ));
+            let ring = act.topology.as_ref().and_then(|t| t.ring.as_deref());
+            let mut lines = act.schedule.summary(ring, act.clock.now());
+            lines[0].push_str(&format!(", {} tombstones collected", act.collected));
+            if !act.settings.enabled {
+                lines[0].push_str(" (disabled)");
             }
             lines
         })

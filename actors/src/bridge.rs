@@ -38,11 +38,8 @@ use actix::WeakAddr;
 use actix::prelude::*;
 use dynakv::auth::NONCE_LEN;
 use dynakv::fencing::{Admission, Refusal};
-use dynakv::handoff::HandoffMsg;
-use dynakv::hints::HintMsg;
-use dynakv::membership::{Destination, GossipMsg, Member};
-use dynakv::peer::{Corr, Envelope, NodeLoad, PeerFrame, PeerHello, PeerMsg};
-use dynakv::tombstones::GcMsg;
+use dynakv::membership::{Destination, Member};
+use dynakv::peer::{Concern, Corr, Envelope, PeerFrame, PeerHello, PeerMsg};
 
 use dynakv::{Error, NodeId, Result};
 use futures_util::stream;
@@ -51,17 +48,11 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use crate::link::{Close, Frame, Link, LinkAddr};
-use crate::replica::{
-    AeRespond, Answer, Chunk, CollectTombstones, MergeHandoff, ProbeTombstones, Replica, Serve,
-    Stats,
-};
-use crate::supervise::{mailbox_error, send_error, shielded};
+use crate::supervise::{send_error, shielded};
 
 /// First and longest wait before reconnecting to a peer that failed.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Most keys a peer may ask for in one handoff chunk.
-const MAX_CHUNK_KEYS: usize = 4096;
 
 /// Where the answer to a call goes: the answering node and its reply, or an
 /// error when the peer is unreachable, the link drops, or the call's time
@@ -140,15 +131,6 @@ pub struct Fenced {
     pub record: Member,
 }
 
-/// A gossip message from a peer, for membership; answered with the reply to
-/// send back, if any.
-#[derive(Message)]
-#[rtype(result = "Result<Option<GossipMsg>>")]
-pub struct GossipIn {
-    pub from: NodeId,
-    pub msg: GossipMsg,
-}
-
 /// What the Bridge learns about a peer's liveness, for membership.
 #[derive(Message, Debug, Clone, PartialEq, Eq)]
 #[rtype(result = "()")]
@@ -159,11 +141,29 @@ pub enum Reachability {
     Lost(NodeId),
 }
 
-/// Where membership listens.
+/// An inbound request from an authenticated peer, for the concern that
+/// registered for its kind; its answer goes back through `reply`.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Register {
-    pub gossip: Recipient<GossipIn>,
+pub struct PeerRequest {
+    pub from: NodeId,
+    pub msg: PeerMsg,
+    pub reply: PeerReply,
+}
+
+/// Routes the peer requests of `concern` to `handler`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Handle {
+    pub concern: Concern,
+    pub handler: Recipient<PeerRequest>,
+}
+
+/// Where membership hears what the links learn: peers reached or lost, and
+/// refusals of this node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Watch {
     pub reachability: Recipient<Reachability>,
     pub fenced: Recipient<Fenced>,
 }
@@ -240,20 +240,15 @@ pub struct Bridge {
     /// scheduled.
     sweep_at: Option<Instant>,
     next_corr: u64,
-    /// Shared: inbound requests clone it, and cloning an `Addr` allocates.
-    replica: Arc<Addr<Replica>>,
-    gossip: Option<Recipient<GossipIn>>,
+    /// Who answers each concern's requests.
+    handlers: HashMap<Concern, Recipient<PeerRequest>>,
     reachability: Option<Recipient<Reachability>>,
     fenced: Option<Recipient<Fenced>>,
     faults: Faults,
 }
 
 impl Bridge {
-    pub fn new(
-        settings: BridgeSettings,
-        listener: std::net::TcpListener,
-        replica: Addr<Replica>,
-    ) -> Self {
+    pub fn new(settings: BridgeSettings, listener: std::net::TcpListener) -> Self {
         Bridge {
             settings,
             bound: Some(listener),
@@ -267,8 +262,7 @@ impl Bridge {
             pending: HashMap::new(),
             sweep_at: None,
             next_corr: 0,
-            replica: Arc::new(replica),
-            gossip: None,
+            handlers: HashMap::new(),
             reachability: None,
             fenced: None,
             faults: Faults::default(),
@@ -574,14 +568,23 @@ impl Handler<SetPeers> for Bridge {
     }
 }
 
-impl Handler<Register> for Bridge {
+impl Handler<Handle> for Bridge {
     type Result = ();
 
-    fn handle(&mut self, r: Register, ctx: &mut Context<Self>) {
+    fn handle(&mut self, h: Handle, ctx: &mut Context<Self>) {
         shielded(NAME, self, ctx, |act, _| {
-            act.gossip = Some(r.gossip);
-            act.reachability = Some(r.reachability);
-            act.fenced = Some(r.fenced);
+            act.handlers.insert(h.concern, h.handler);
+        })
+    }
+}
+
+impl Handler<Watch> for Bridge {
+    type Result = ();
+
+    fn handle(&mut self, w: Watch, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            act.reachability = Some(w.reachability);
+            act.fenced = Some(w.fenced);
         })
     }
 }
@@ -723,148 +726,66 @@ impl Bridge {
     /// Answers a request that fencing does not admit (nothing reaches a
     /// concern): a fenced sender gets its own record back.
     fn refuse(&mut self, env: Envelope, link: LinkAddr, refusal: Refusal) {
-        let reply = Reply {
-            link,
-            me: self.settings.me.clone(),
-            to: env.from.clone(),
-            corr: env.corr,
-        };
+        let request = env.msg.name();
+        let reply = self.reply(link, env.from.clone(), env.corr);
         match refusal {
             Refusal::Fenced(record) => {
-                warn!(peer = %env.from, status = record.status.as_str(), request = env.msg.name(),
+                warn!(peer = %env.from, status = record.status.as_str(), request,
                     "refusing a request from a member that left or was removed");
                 self.settings.metrics.peer_fenced();
                 reply.send(PeerMsg::Fenced { record });
             }
             Refusal::Departed(e) => {
-                debug!(peer = %env.from, request = env.msg.name(), "refusing a request: this node is out of the cluster");
-                reply.send(error_msg(&e));
+                debug!(peer = %env.from, request, "refusing a request: this node is out of the cluster");
+                reply.error(&e);
             }
         }
     }
 
-    /// Hands an inbound request to the concern that owns it; its answer goes
-    /// back on the link the request came on.
+    /// Hands an inbound request to the concern registered for its kind;
+    /// the answer goes back on the link the request came on.
     fn route(&mut self, env: Envelope, link: LinkAddr) {
         let Envelope {
             from, corr, msg, ..
         } = env;
-        let reply = Reply {
+        let reply = self.reply(link, from.clone(), corr);
+        if let PeerMsg::Ping = msg {
+            return reply.send(PeerMsg::Pong);
+        }
+        let handler = msg.concern().and_then(|c| self.handlers.get(&c));
+        match handler {
+            Some(handler) => handler.do_send(PeerRequest { from, msg, reply }),
+            None => {
+                debug!(%from, request = msg.name(), "no concern takes this peer request");
+                reply.error(&Error::Unavailable(format!(
+                    "this node does not take {} requests",
+                    msg.name()
+                )));
+            }
+        }
+    }
+
+    fn reply(&self, link: LinkAddr, to: NodeId, corr: Corr) -> PeerReply {
+        PeerReply {
             link,
             me: self.settings.me.clone(),
-            to: from.clone(),
+            to,
             corr,
-        };
-        let replica = self.replica.clone();
-        match msg {
-            PeerMsg::Replica(msg) => replica.do_send(Serve {
-                msg,
-                answer: reply.answer(),
-            }),
-            PeerMsg::Gossip(m) => {
-                let gossip = self.gossip.clone();
-                reply.later(async move {
-                    let gossip = gossip
-                        .ok_or_else(|| Error::Unavailable("membership not started".into()))?;
-                    let answer = gossip
-                        .send(GossipIn { from, msg: m })
-                        .await
-                        .map_err(mailbox_error)??;
-                    Ok(answer.map(PeerMsg::Gossip))
-                });
-            }
-            PeerMsg::Hints(HintMsg::Deliver { entries }) => reply.later(async move {
-                replica
-                    .send(MergeHandoff(entries))
-                    .await
-                    .map_err(mailbox_error)??;
-                Ok(Some(PeerMsg::Hints(HintMsg::Delivered)))
-            }),
-            PeerMsg::AntiEntropy(m) => reply.later(async move {
-                let answer = replica.send(AeRespond(m)).await.map_err(mailbox_error)??;
-                Ok(Some(PeerMsg::AntiEntropy(answer)))
-            }),
-            PeerMsg::Tombstones(GcMsg::Probe { entries }) => reply.later(async move {
-                let held = replica
-                    .send(ProbeTombstones(entries))
-                    .await
-                    .map_err(mailbox_error)??;
-                Ok(Some(PeerMsg::Tombstones(GcMsg::Held { held })))
-            }),
-            PeerMsg::Tombstones(GcMsg::Collect { entries }) => reply.later(async move {
-                let removed = replica
-                    .send(CollectTombstones(entries))
-                    .await
-                    .map_err(mailbox_error)??;
-                Ok(Some(PeerMsg::Tombstones(GcMsg::Collected {
-                    removed: removed as u32,
-                })))
-            }),
-            PeerMsg::Handoff(HandoffMsg::Fetch {
-                partition,
-                after,
-                limit,
-            }) => reply.later(async move {
-                let request = Chunk {
-                    partition,
-                    after,
-                    limit: (limit as usize).clamp(1, MAX_CHUNK_KEYS),
-                };
-                let (entries, last) = replica.send(request).await.map_err(mailbox_error)??;
-                Ok(Some(PeerMsg::Handoff(HandoffMsg::chunk(entries, last))))
-            }),
-            PeerMsg::Stats => reply.later(async move {
-                let stats = replica.send(Stats).await.map_err(mailbox_error)??;
-                Ok(Some(PeerMsg::Load(NodeLoad {
-                    keys: stats.keys,
-                    bytes: stats.bytes,
-                    hints: stats.hints,
-                })))
-            }),
-            PeerMsg::Ping => reply.send(PeerMsg::Pong),
-            other => debug!(%from, ?other, "unexpected peer message dropped"),
         }
     }
 }
 
-fn error_msg(e: &Error) -> PeerMsg {
-    PeerMsg::Error {
-        kind: e.kind(),
-        message: e.to_string(),
-    }
-}
-
-/// Where the answer to one inbound request goes.
-struct Reply {
+/// Where the answer to one inbound request goes: back on the connection it
+/// came on. A one-way request takes no answer.
+pub struct PeerReply {
     link: LinkAddr,
     me: NodeId,
     to: NodeId,
     corr: Corr,
 }
 
-impl Reply {
-    /// Answers with what `answer` produces, once it is ready (an error
-    /// becomes a `PeerMsg::Error`; `None` sends nothing).
-    fn later(self, answer: impl std::future::Future<Output = Result<Option<PeerMsg>>> + 'static) {
-        actix::spawn(async move {
-            match answer.await {
-                Ok(Some(msg)) => self.send(msg),
-                Ok(None) => {}
-                Err(e) => self.send(error_msg(&e)),
-            }
-        });
-    }
-
-    /// The replica's answer, sent as soon as it is given (straight from
-    /// the replica, with no task waiting for it).
-    fn answer(self) -> Answer {
-        Answer::new(move |reply| match reply {
-            Ok(msg) => self.send(PeerMsg::Replica(msg)),
-            Err(e) => self.send(error_msg(&e)),
-        })
-    }
-
-    fn send(self, msg: PeerMsg) {
+impl PeerReply {
+    pub fn send(self, msg: PeerMsg) {
         if let Corr::Request(id) = self.corr {
             self.link.do_send(Frame(PeerFrame::Envelope(Envelope {
                 from: self.me,
@@ -873,6 +794,27 @@ impl Reply {
                 msg,
             })));
         }
+    }
+
+    /// Answers with `e` (as `PeerMsg::Error`).
+    pub fn error(self, e: &Error) {
+        self.send(PeerMsg::Error {
+            kind: e.kind(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Answers with `answer`, or its error.
+    pub fn answer(self, answer: Result<PeerMsg>) {
+        match answer {
+            Ok(msg) => self.send(msg),
+            Err(e) => self.error(&e),
+        }
+    }
+
+    /// Answers with what `answer` produces, once it is ready.
+    pub fn later(self, answer: impl Future<Output = Result<PeerMsg>> + 'static) {
+        actix::spawn(async move { self.answer(answer.await) });
     }
 }
 
@@ -902,14 +844,6 @@ mod tests {
         fn handle(&mut self, _: Fenced, _: &mut Context<Self>) {}
     }
 
-    impl Handler<GossipIn> for Watcher {
-        type Result = Result<Option<GossipMsg>>;
-
-        fn handle(&mut self, _: GossipIn, _: &mut Context<Self>) -> Self::Result {
-            Ok(None)
-        }
-    }
-
     fn id(s: &str) -> NodeId {
         NodeId::new(s).unwrap()
     }
@@ -922,8 +856,6 @@ mod tests {
         let silent_addr = silent.local_addr().unwrap().to_string();
         let held = std::thread::spawn(move || silent.accept().map(|(socket, _)| socket));
 
-        // Nothing reads the replica's mailbox: no request reaches it here.
-        let (replica, _unread) = actix::dev::channel::channel::<Replica>(16);
         let settings = BridgeSettings {
             me: id("a"),
             cluster: "test".into(),
@@ -933,11 +865,10 @@ mod tests {
             metrics: Metrics::new(),
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let bridge = Bridge::new(settings, listener, Addr::new(replica)).start();
+        let bridge = Bridge::new(settings, listener).start();
         let (tx, mut reports) = mpsc::unbounded_channel();
         let watcher = Watcher(tx).start();
-        bridge.do_send(Register {
-            gossip: watcher.clone().recipient(),
+        bridge.do_send(Watch {
             reachability: watcher.clone().recipient(),
             fenced: watcher.recipient(),
         });

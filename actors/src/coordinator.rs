@@ -32,15 +32,11 @@ use tracing::debug_span;
 use crate::bridge::{Bridge, Control, Fault, call};
 use crate::events::Events;
 use crate::membership::{Admin, Membership};
+use crate::messages::{RingChanged, Summary};
 use crate::replica::{PartitionUsage, ReadLocal, Replica, Stats};
-use crate::ring::{RingChanged, Topology};
 use crate::session::{Router, Session, SessionEnv};
 use crate::supervise::{mailbox_error, shielded};
-
-/// Asks a concern for its lines of `status`.
-#[derive(Message)]
-#[rtype(result = "Vec<String>")]
-pub struct Summary;
+use dynakv::topology::Topology;
 
 /// One client operation; the client's reply goes to `reply` (a get, put or
 /// delete's straight from its session).

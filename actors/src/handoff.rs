@@ -1,41 +1,32 @@
 //! Handoff: streams the partitions this node receives, releases the ones it
 //! gave away, and finishes joins and leaves.
 //!
-//! Receives `RingChanged`, its timer and `Summary`. One transfer at a time:
-//! - *fetch*: a home partition this node is a pending replica of
-//!   (`dynakv::handoff::to_fetch`) is streamed from a current replica that is
-//!   up, in checksummed chunks of `handoff.chunk_keys` keys, paced to
-//!   `handoff.max_bytes_per_sec`. Progress is persisted in `meta` after each
-//!   chunk, so a crash of either side resumes where it stopped;
-//! - *commit*: once every such partition is here, membership commits this
-//!   node's incoming moves (it owns them now; a joining node becomes up);
-//! - *release*: a partition held but no longer replicated
-//!   (`to_release`) is pushed to every current replica by an anti-entropy
-//!   exchange, then dropped unless written to since (`release_partition`);
-//! - *leave*: a leaving node that owns nothing and holds nothing has left.
+//! Receives `RingChanged`, its timer, `Summary` and `FetchTotals`, and the
+//! fetches of peers (`PeerRequest`, from the Bridge), which the replica
+//! answers. What to do next is the core's `dynakv::handoff::HandoffDriver`
+//! (fetch, commit, release, leave); this actor carries it out: fetches
+//! through the Bridge, merges and drops on the replica, push-only exchanges
+//! (`crate::exchange`), the progress persisted in `meta` after each chunk
+//! (so a crash of either side resumes where it stopped), commits and the
+//! final leave through membership, and the byte budget's pauses on its
+//! timer.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
-use dynakv::handoff::{
-    Fetched, HandoffMsg, Next, Progress, fetch_step, release_step, to_fetch, to_release,
-    verify_chunk,
-};
-use dynakv::partition::Partition;
+use dynakv::handoff::{HandoffDriver, HandoffMsg, HandoffSettings, HandoffWork, Progress, Totals};
 use dynakv::peer::PeerMsg;
 use dynakv::store::Store;
-use dynakv::{Error, NodeId};
 use tracing::{debug, info, warn};
 
-use crate::anti_entropy::exchange;
-use crate::bridge::{Bridge, call};
-use crate::coordinator::Summary;
+use crate::bridge::{Bridge, PeerRequest, call};
+use crate::clock::Clock;
 use crate::events::{Event, Events};
-use crate::membership::{CommitIncoming, MarkLeft, Membership};
-use crate::replica::{AeBegin, DropPartition, HeldPartitions, MergeHandoff, Replica};
-use crate::ring::{RingChanged, Topology};
+use crate::exchange::exchange;
+use crate::messages::{CommitIncoming, MarkLeft, RingChanged, Summary};
+use crate::replica::{DropPartition, HandoffRespond, HeldPartitions, MergeHandoff, Replica};
 use crate::storage::FjallStore;
-use crate::supervise::{mailbox_error, shielded};
+use crate::supervise::{answered, shielded};
 
 /// Key of the fetch progress in the `meta` keyspace.
 const PROGRESS_KEY: &[u8] = b"handoff";
@@ -53,321 +44,202 @@ fn load_progress(meta: &FjallStore) -> Progress {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct HandoffSettings {
-    pub me: NodeId,
-    pub n: usize,
-    pub partitions: u32,
-    pub chunk_keys: u32,
-    pub max_bytes_per_sec: u64,
-    pub interval: Duration,
-    pub call_timeout: Duration,
+/// Where membership takes this node's commits and its final leave.
+pub struct MembershipLinks {
+    pub commit: Recipient<CommitIncoming>,
+    pub left: Recipient<MarkLeft>,
 }
 
-/// A merged chunk: the last key in it, its keys and bytes, and whether the
-/// partition ended there.
-type FetchedChunk = (Option<Vec<u8>>, u64, u64, bool);
-
-/// A transfer under way, for `status`.
-#[derive(Debug, Clone)]
-struct Transfer {
-    partition: Partition,
-    from: NodeId,
-    keys: u64,
-    bytes: u64,
-    started: Instant,
+/// What handoff talks to, and where it persists its progress.
+pub struct Wiring {
+    pub replica: Addr<Replica>,
+    pub bridge: Addr<Bridge>,
+    pub membership: MembershipLinks,
+    pub meta: FjallStore,
+    pub events: Events,
+    pub clock: Clock,
 }
 
 pub struct Handoff {
-    settings: HandoffSettings,
+    driver: HandoffDriver,
+    interval: Duration,
     replica: Addr<Replica>,
     bridge: Addr<Bridge>,
-    membership: Addr<Membership>,
+    membership: MembershipLinks,
     meta: FjallStore,
     events: Events,
-    topology: Option<Topology>,
-    progress: Progress,
-    busy: bool,
-    current: Option<Transfer>,
-    /// Totals since start: keys and bytes fetched, partitions fetched and
-    /// released, and how long fetching took.
-    fetched: (u64, u64, u64, Duration),
-    released: u64,
+    clock: Clock,
 }
 
 impl Handoff {
-    pub fn new(
-        settings: HandoffSettings,
-        replica: Addr<Replica>,
-        bridge: Addr<Bridge>,
-        membership: Addr<Membership>,
-        meta: FjallStore,
-        events: Events,
-    ) -> Self {
-        let progress = load_progress(&meta);
-        Handoff {
-            settings,
+    /// Resumes from the progress persisted in `meta`.
+    pub fn new(settings: HandoffSettings, interval: Duration, wiring: Wiring) -> Self {
+        let Wiring {
             replica,
             bridge,
             membership,
             meta,
             events,
-            topology: None,
-            progress,
-            busy: false,
-            current: None,
-            fetched: (0, 0, 0, Duration::ZERO),
-            released: 0,
+            clock,
+        } = wiring;
+        let progress = load_progress(&meta);
+        Handoff {
+            driver: HandoffDriver::new(settings, progress),
+            interval,
+            replica,
+            bridge,
+            membership,
+            meta,
+            events,
+            clock,
         }
     }
 
-    fn save_progress(&self) {
-        if let Err(e) = self
-            .meta
-            .clone()
-            .put(PROGRESS_KEY, &self.progress.to_bytes())
-        {
-            warn!(error = %e, "persisting handoff progress failed");
-        }
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let work = self.driver.on_tick(self.clock.now());
+        self.carry_out(work, ctx);
     }
 
-    /// Does the next thing due: fetch, commit, release, or finish leaving.
-    fn step(&mut self, ctx: &mut Context<Self>) {
-        if self.busy {
-            return;
-        }
-        let Some(t) = self.topology.clone() else {
-            return;
-        };
-        if t.view.is_fenced(&self.settings.me) {
-            return; // out of the cluster: nothing to send or take
-        }
-        let Some(ring) = t.ring.clone() else { return };
-        let me = self.settings.me.clone();
-        let n = self.settings.n;
-        let before = self.progress.clone();
-        let next = fetch_step(&t.view, &ring, &me, n, &mut self.progress, |s| t.is_up(s));
-        if self.progress != before {
-            self.save_progress();
-        }
-        match next {
-            Some(Next::Fetch {
-                partition,
-                from,
-                after,
-            }) => return self.fetch(partition, from, after, ctx),
-            Some(Next::Commit) => {
-                info!("every incoming partition fetched; committing");
-                return self.membership.do_send(CommitIncoming);
-            }
-            Some(_) => return debug!("no current replica up to fetch from"),
-            None => {}
-        }
-        // Release what this node no longer replicates, then maybe finish a leave.
-        self.busy = true;
-        let held = self.replica.send(HeldPartitions);
-        ctx.spawn(held.into_actor(self).map(move |held, act, ctx| {
-            shielded(NAME, act, ctx, |act, ctx| {
-                act.busy = false;
-                let Ok(Ok(held)) = held else { return };
-                match release_step(&t.view, &ring, &me, n, &held, |r| t.is_up(r)) {
-                    Next::Release {
+    fn carry_out(&mut self, work: Vec<HandoffWork>, ctx: &mut Context<Self>) {
+        for w in work {
+            match w {
+                HandoffWork::Fetch {
+                    from,
+                    partition,
+                    after,
+                    limit,
+                    timeout_ms,
+                } => {
+                    let request = HandoffMsg::Fetch {
                         partition,
-                        replicas,
-                    } => act.release(partition, replicas, ctx),
-                    Next::Leave => act.membership.do_send(MarkLeft),
-                    _ => {}
-                }
-            })
-        }));
-    }
-
-    fn fetch(
-        &mut self,
-        p: Partition,
-        from: NodeId,
-        after: Option<Vec<u8>>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.busy = true;
-        self.current = Some(Transfer {
-            partition: p,
-            from: from.clone(),
-            keys: 0,
-            bytes: 0,
-            started: Instant::now(),
-        });
-        let request = HandoffMsg::Fetch {
-            partition: p,
-            after: after.clone(),
-            limit: self.settings.chunk_keys,
-        };
-        let fetch = call(
-            &self.bridge,
-            from.clone(),
-            PeerMsg::Handoff(request),
-            self.settings.call_timeout,
-        );
-        let replica = self.replica.clone();
-        let q = self.settings.partitions;
-        let chunk = async move {
-            let (entries, checksum, last) = match fetch.await? {
-                PeerMsg::Handoff(HandoffMsg::Chunk {
-                    entries,
-                    checksum,
-                    last,
-                }) => (entries, checksum, last),
-                other => return Err(Error::Malformed(format!("fetch answered with {other:?}"))),
-            };
-            verify_chunk(&entries, checksum, p, after.as_deref(), q)?;
-            let bytes: u64 = entries
-                .iter()
-                .map(|(k, s)| (k.len() + s.value_bytes()) as u64)
-                .sum();
-            let keys = entries.len() as u64;
-            let upto = entries.last().map(|(k, _)| k.clone());
-            replica
-                .send(MergeHandoff(entries))
-                .await
-                .map_err(mailbox_error)??;
-            Ok((upto, keys, bytes, last))
-        };
-        ctx.spawn(chunk.into_actor(self).map(move |outcome, act, ctx| {
-            shielded(NAME, act, ctx, |act, ctx| {
-                act.fetched_chunk(p, from, outcome, ctx)
-            })
-        }));
-    }
-
-    /// One fetched chunk was merged (or the fetch failed): record progress,
-    /// then go on after the pause the byte budget asks for.
-    fn fetched_chunk(
-        &mut self,
-        p: Partition,
-        from: NodeId,
-        outcome: dynakv::Result<FetchedChunk>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.busy = false;
-        match outcome {
-            Ok((upto, keys, bytes, last)) => {
-                if let Some(t) = self.current.as_mut() {
-                    t.keys += keys;
-                    t.bytes += bytes;
-                }
-                self.fetched.0 += keys;
-                self.fetched.1 += bytes;
-                self.events.metrics().handoff_chunk(keys, bytes);
-                let step = Fetched::after_chunk(upto, last);
-                let done = step == Fetched::Done;
-                self.progress.record(p, step);
-                self.save_progress();
-                if done && let Some(t) = self.current.take() {
-                    self.fetched.2 += 1;
-                    self.fetched.3 += t.started.elapsed();
-                    self.events.emit(Event::PartitionFetched {
-                        node: self.settings.me.clone(),
-                        partition: p.0,
-                        from: t.from,
-                        keys: t.keys,
+                        after,
+                        limit,
+                    };
+                    let timeout = Duration::from_millis(timeout_ms);
+                    let fetch = call(&self.bridge, from, PeerMsg::Handoff(request), timeout);
+                    let chunk = async move {
+                        match fetch.await? {
+                            PeerMsg::Handoff(chunk) => Ok(chunk),
+                            other => Err(dynakv::Error::Malformed(format!(
+                                "fetch answered with {other:?}"
+                            ))),
+                        }
+                    };
+                    self.then(chunk, ctx, |act, chunk| {
+                        if let Err(e) = &chunk {
+                            debug!(error = %e, "fetch interrupted; resuming later");
+                        }
+                        act.driver.on_chunk(chunk)
                     });
                 }
-                // Pace: a chunk of `bytes` may be followed after
-                // bytes / budget seconds.
-                let pause =
-                    Duration::from_secs_f64(bytes as f64 / self.settings.max_bytes_per_sec as f64);
-                ctx.run_later(pause, |act, ctx| {
-                    shielded(NAME, act, ctx, |act, ctx| act.step(ctx))
-                });
-            }
-            Err(e) => {
-                self.current = None;
-                debug!(partition = %p, %from, error = %e, "fetch interrupted; resuming later");
+                HandoffWork::Merge { entries } => {
+                    let merged = self.replica.send(MergeHandoff(entries));
+                    self.then(merged, ctx, |act, merged| {
+                        act.driver.on_merged(answered(merged), act.clock.now())
+                    });
+                }
+                HandoffWork::SaveProgress(progress) => {
+                    if let Err(e) = self.meta.clone().put(PROGRESS_KEY, &progress.to_bytes()) {
+                        warn!(error = %e, "persisting handoff progress failed");
+                    }
+                }
+                HandoffWork::Commit => {
+                    info!("every incoming partition fetched; committing");
+                    self.membership.commit.do_send(CommitIncoming);
+                }
+                HandoffWork::Held => {
+                    let held = self.replica.send(HeldPartitions);
+                    self.then(held, ctx, |act, held| act.driver.on_held(answered(held)));
+                }
+                HandoffWork::Sync { partition, with } => {
+                    let synced = exchange(
+                        self.replica.clone(),
+                        self.bridge.clone(),
+                        partition,
+                        true,
+                        with,
+                        self.driver_timeout(),
+                    );
+                    self.then(synced, ctx, move |act, synced| {
+                        if let Err(e) = &synced {
+                            debug!(%partition, error = %e, "release postponed");
+                        }
+                        act.driver.on_synced(synced)
+                    });
+                }
+                HandoffWork::Drop { partition, synced } => {
+                    let dropped = self.replica.send(DropPartition { partition, synced });
+                    self.then(dropped, ctx, move |act, dropped| {
+                        let dropped = answered(dropped);
+                        if let Ok(None) = dropped {
+                            debug!(%partition, "written to since its sync; released later");
+                        }
+                        act.driver.on_dropped(dropped, act.clock.now())
+                    });
+                }
+                HandoffWork::Leave => self.membership.left.do_send(MarkLeft),
+                HandoffWork::Wake { at } => {
+                    ctx.run_later(self.clock.until(at), |act, ctx| {
+                        shielded(NAME, act, ctx, |act, ctx| act.tick(ctx))
+                    });
+                }
+                HandoffWork::Chunk { keys, bytes } => {
+                    self.events.metrics().handoff_chunk(keys, bytes)
+                }
+                HandoffWork::Fetched {
+                    partition,
+                    from,
+                    keys,
+                } => {
+                    info!(%partition, %from, keys, "partition fetched");
+                    self.events.emit(Event::PartitionFetched {
+                        node: self.me().clone(),
+                        partition: partition.0,
+                        from,
+                        keys,
+                    });
+                }
+                HandoffWork::Released { partition, keys } => {
+                    info!(%partition, keys, "partition handed off and released");
+                    self.events.emit(Event::PartitionReleased {
+                        node: self.me().clone(),
+                        partition: partition.0,
+                        keys,
+                    });
+                }
             }
         }
     }
 
-    fn release(&mut self, p: Partition, replicas: Vec<NodeId>, ctx: &mut Context<Self>) {
-        self.busy = true;
-        let (replica, bridge, timeout) = (
-            self.replica.clone(),
-            self.bridge.clone(),
-            self.settings.call_timeout,
-        );
-        let sync = async move {
-            let mut synced = None;
-            for r in replicas {
-                let begin = AeBegin {
-                    partition: p,
-                    push_only: true,
-                };
-                let report = exchange(replica.clone(), bridge.clone(), begin, r, timeout).await?;
-                // A write landing between two exchanges reaches only the
-                // later replicas: the root must not move from the first.
-                synced.get_or_insert(report.started_from);
-            }
-            synced.ok_or_else(|| Error::Internal("no replica to synchronise with".into()))
-        };
-        ctx.spawn(sync.into_actor(self).map(move |synced, act, ctx| {
+    fn me(&self) -> &dynakv::NodeId {
+        self.driver.me()
+    }
+
+    fn driver_timeout(&self) -> Duration {
+        Duration::from_millis(self.driver.call_timeout_ms())
+    }
+
+    /// Awaits `fut`, hands its outcome to `step`, and carries out what the
+    /// driver asks next.
+    fn then<T: 'static>(
+        &mut self,
+        fut: impl Future<Output = T> + 'static,
+        ctx: &mut Context<Self>,
+        step: impl FnOnce(&mut Self, T) -> Vec<HandoffWork> + 'static,
+    ) {
+        ctx.spawn(fut.into_actor(self).map(move |out, act, ctx| {
             shielded(NAME, act, ctx, |act, ctx| {
-                act.busy = false;
-                let synced = match synced {
-                    Ok(root) => root,
-                    Err(e) => return debug!(partition = %p, error = %e, "release postponed"),
-                };
-                // Drop only if the ring still says so.
-                let still = act
-                    .topology
-                    .as_ref()
-                    .and_then(|t| t.ring.clone())
-                    .is_some_and(|ring| {
-                        !to_release(&ring, &act.settings.me, act.settings.n, [p]).is_empty()
-                    });
-                if !still {
-                    return;
-                }
-                act.busy = true;
-                let dropped = act.replica.send(DropPartition {
-                    partition: p,
-                    synced,
-                });
-                ctx.spawn(dropped.into_actor(act).map(move |dropped, act, ctx| {
-                    shielded(NAME, act, ctx, |act, ctx| {
-                        act.busy = false;
-                        let keys = match dropped {
-                            Ok(Ok(Some(keys))) => keys,
-                            Ok(Ok(None)) => {
-                                return debug!(partition = %p, "written to since its sync; released later");
-                            }
-                            _ => return,
-                        };
-                        act.released += 1;
-                        info!(partition = %p, keys, "partition handed off and released");
-                        act.events.emit(Event::PartitionReleased {
-                            node: act.settings.me.clone(),
-                            partition: p.0,
-                            keys,
-                        });
-                        ctx.notify(Step);
-                    })
-                }));
+                let work = step(act, out);
+                act.carry_out(work, ctx);
             })
         }));
     }
 }
 
-/// What this node has fetched since it started.
+/// What this node has fetched and released since it started.
 #[derive(Message)]
 #[rtype(result = "Totals")]
 pub struct FetchTotals;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, MessageResponse)]
-pub struct Totals {
-    pub keys: u64,
-    pub bytes: u64,
-    pub partitions: u64,
-    pub released: u64,
-}
 
 impl crate::supervise::Fallback for Totals {
     fn fallback() -> Self {
@@ -376,32 +248,10 @@ impl crate::supervise::Fallback for Totals {
 }
 
 impl Handler<FetchTotals> for Handoff {
-    type Result = Totals;
+    type Result = MessageResult<FetchTotals>;
 
-    fn handle(&mut self, _: FetchTotals, ctx: &mut Context<Self>) -> Totals {
-        shielded(NAME, self, ctx, |act, _| -> Self::Result {
-            Totals {
-                keys: act.fetched.0,
-                bytes: act.fetched.1,
-                partitions: act.fetched.2,
-                released: act.released,
-            }
-        })
-    }
-}
-
-/// Look for work now.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Step;
-
-impl Handler<Step> for Handoff {
-    type Result = ();
-
-    fn handle(&mut self, _: Step, ctx: &mut Context<Self>) {
-        shielded(NAME, self, ctx, |act, ctx| {
-            act.step(ctx);
-        })
+    fn handle(&mut self, _: FetchTotals, ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(shielded(NAME, self, ctx, |act, _| act.driver.totals()))
     }
 }
 
@@ -410,9 +260,7 @@ const NAME: &str = "handoff";
 /// A restarted Handoff reloads its fetch progress from storage and resumes.
 impl Supervised for Handoff {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        self.busy = false;
-        self.current = None;
-        self.progress = load_progress(&self.meta);
+        self.driver.reset(load_progress(&self.meta));
     }
 }
 
@@ -420,9 +268,28 @@ impl Actor for Handoff {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.settings.interval, |act, ctx| {
-            shielded(NAME, act, ctx, |act, ctx| act.step(ctx))
+        ctx.run_interval(self.interval, |act, ctx| {
+            shielded(NAME, act, ctx, |act, ctx| act.tick(ctx))
         });
+    }
+}
+
+/// A peer fetches a chunk of a partition, answered from this node's
+/// replica (at most `dynakv::handoff::MAX_CHUNK_KEYS` keys).
+impl Handler<PeerRequest> for Handoff {
+    type Result = ();
+
+    fn handle(&mut self, PeerRequest { msg, reply, .. }: PeerRequest, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| match msg {
+            PeerMsg::Handoff(msg) => {
+                let answer = act.replica.send(HandoffRespond(msg));
+                reply.later(async move { answered(answer.await).map(PeerMsg::Handoff) });
+            }
+            other => reply.error(&dynakv::Error::InvalidRequest(format!(
+                "handoff takes no {} request",
+                other.name()
+            ))),
+        })
     }
 }
 
@@ -431,14 +298,8 @@ impl Handler<RingChanged> for Handoff {
 
     fn handle(&mut self, RingChanged(t): RingChanged, ctx: &mut Context<Self>) {
         shielded(NAME, self, ctx, |act, ctx| {
-            let moved = act
-                .topology
-                .as_ref()
-                .is_none_or(|old| old.view.ownership != t.view.ownership);
-            act.topology = Some(t);
-            if moved {
-                act.step(ctx);
-            }
+            let work = act.driver.on_topology(t, act.clock.now());
+            act.carry_out(work, ctx);
         })
     }
 }
@@ -448,37 +309,7 @@ impl Handler<Summary> for Handoff {
 
     fn handle(&mut self, _: Summary, ctx: &mut Context<Self>) -> Self::Result {
         shielded(NAME, self, ctx, |act, _| -> Self::Result {
-            let mut lines = Vec::new();
-            let ring = act.topology.as_ref().and_then(|t| t.ring.clone());
-            let remaining = ring.map_or(0, |r| {
-                to_fetch(&r, &act.settings.me, act.settings.n, &act.progress).len()
-            });
-            if let Some(t) = &act.current {
-                let secs = t.started.elapsed().as_secs_f64().max(0.001);
-                let per_partition = if act.fetched.2 > 0 {
-                    act.fetched.3.as_secs_f64() / act.fetched.2 as f64
-                } else {
-                    secs
-                };
-                lines.push(format!(
-                "handoff: receiving {} from {}: {} keys, {} bytes, {:.0} keys/s; {remaining} partitions to go, ETA {:.0} s",
-                t.partition,
-                t.from,
-                t.keys,
-                t.bytes,
-                t.keys as f64 / secs,
-                per_partition * remaining as f64
-            ));
-            } else if remaining > 0 {
-                lines.push(format!("handoff: {remaining} partitions to receive"));
-            }
-            if act.fetched.2 > 0 || act.released > 0 {
-                lines.push(format!(
-                    "handoff: {} partitions received ({} keys, {} bytes), {} released",
-                    act.fetched.2, act.fetched.0, act.fetched.1, act.released
-                ));
-            }
-            lines
+            act.driver.summary(act.clock.now())
         })
     }
 }

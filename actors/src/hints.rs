@@ -1,7 +1,8 @@
 //! Hints: hands writes a stand-in holds back to their owner once it is up.
 //!
-//! Receives `RingChanged` (the ring and who is up), its own timer, and the
-//! answers to what its driver asked. The delivery itself is the core's
+//! Receives `RingChanged` (the ring and who is up), its own timer, the
+//! answers to what its driver asked, and peers' hint deliveries to this
+//! node (`PeerRequest`), merged durably before they are acknowledged. The delivery itself is the core's
 //! `dynakv::hints::HintDelivery`: per owner that is up, batches of
 //! `hints.batch_size` keys sent one at a time, each cleared only after the
 //! owner acknowledged merging it durably, `hints.pause_ms` apart. This actor
@@ -14,15 +15,15 @@ use std::time::Duration;
 use actix::prelude::*;
 use dynakv::hints::{DeliverySettings, HintDelivery, HintMsg, HintWork};
 use dynakv::peer::PeerMsg;
-use dynakv::{Error, NodeId, Result};
+use dynakv::{Error, NodeId};
 use tracing::{debug, info};
 
-use crate::bridge::{Bridge, call};
+use crate::bridge::{Bridge, PeerRequest, call};
 use crate::clock::Clock;
 use crate::events::{Event, Events};
-use crate::replica::{ForgetMootHints, HandedOff, Replica, Stats, TakeHints};
-use crate::ring::RingChanged;
-use crate::supervise::{mailbox_error, shielded};
+use crate::messages::RingChanged;
+use crate::replica::{ForgetMootHints, HandedOff, MergeHandoff, Replica, Stats, TakeHints};
+use crate::supervise::{answered, shielded};
 
 #[derive(Debug, Clone)]
 pub struct HintsSettings {
@@ -81,7 +82,7 @@ impl Hints {
                         limit,
                     });
                     self.then(taken, ctx, move |act, taken| {
-                        act.driver.on_batch(&owner, flatten(taken))
+                        act.driver.on_batch(&owner, answered(taken))
                     });
                 }
                 HintWork::Send {
@@ -114,7 +115,7 @@ impl Hints {
                     });
                     self.then(cleared, ctx, move |act, cleared| {
                         let now = act.clock.now();
-                        act.driver.on_cleared(&owner, flatten(cleared), now)
+                        act.driver.on_cleared(&owner, answered(cleared), now)
                     });
                 }
                 HintWork::Resume { owner, at } => {
@@ -178,11 +179,6 @@ impl Hints {
     }
 }
 
-/// A replica answer, with a lost mailbox as its error.
-fn flatten<T>(answer: std::result::Result<Result<T>, MailboxError>) -> Result<T> {
-    answer.map_err(mailbox_error)?
-}
-
 const NAME: &str = "hints";
 
 /// Hints live in storage; a restarted Hints actor only forgets which
@@ -200,6 +196,28 @@ impl Actor for Hints {
         ctx.run_interval(self.interval, |act, ctx| {
             shielded(NAME, act, ctx, |act, ctx| act.check(ctx))
         });
+    }
+}
+
+/// A peer hands over the writes it kept for this node: merged durably,
+/// then acknowledged (only then does the peer clear its hints).
+impl Handler<PeerRequest> for Hints {
+    type Result = ();
+
+    fn handle(&mut self, PeerRequest { msg, reply, .. }: PeerRequest, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| match msg {
+            PeerMsg::Hints(HintMsg::Deliver { entries }) => {
+                let merged = act.replica.send(MergeHandoff(entries));
+                reply.later(async move {
+                    answered(merged.await)?;
+                    Ok(PeerMsg::Hints(HintMsg::Delivered))
+                });
+            }
+            other => reply.error(&Error::InvalidRequest(format!(
+                "hints take no {} request",
+                other.name()
+            ))),
+        })
     }
 }
 

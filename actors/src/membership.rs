@@ -1,7 +1,8 @@
 //! Membership: gossips this node's view of the cluster and detects failures.
 //!
-//! Receives: `GossipIn` (a peer's push, via the Bridge; answered with this
-//! node's view), `Reachability` (the Bridge saw a peer fail or connect),
+//! Receives: peers' gossip (`PeerRequest`, via the Bridge; a push is
+//! answered with this node's view), `Reachability` (the Bridge saw a peer
+//! fail or connect),
 //! `Fenced` (a peer refused this node: it was removed or left), its own
 //! gossip timer, and replies to its pushes.
 //! Emits: pushes to one random peer per interval (to every unknown seed
@@ -25,9 +26,10 @@ use dynakv::store::Store;
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, error, info, warn};
 
-use crate::bridge::{Bridge, Fenced, GossipIn, Reachability, SetPeers, ask};
+use crate::bridge::{Bridge, Fenced, PeerRequest, Reachability, SetPeers, ask};
 use crate::clock::Clock;
 use crate::events::{Event, Events};
+use crate::messages::{CommitIncoming, MarkLeft};
 use crate::ring::{Ring, ViewChanged};
 use crate::storage::FjallStore;
 use crate::supervise::shielded;
@@ -72,6 +74,15 @@ pub fn check_start(meta: &FjallStore, me: &NodeId, data_dir: &std::path::Path) -
             data_dir.display()
         ))),
     }
+}
+
+/// A gossip message from a peer; answered with the reply to send back, if
+/// any. (Peers' gossip arrives as `PeerRequest`s; tests inject this.)
+#[derive(Message)]
+#[rtype(result = "Result<Option<GossipMsg>>")]
+pub struct GossipIn {
+    pub from: NodeId,
+    pub msg: GossipMsg,
 }
 
 /// Asks for the current view.
@@ -267,6 +278,24 @@ impl Handler<GossipIn> for Membership {
     }
 }
 
+impl Handler<PeerRequest> for Membership {
+    type Result = ();
+
+    fn handle(&mut self, PeerRequest { from, msg, reply }: PeerRequest, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| match msg {
+            PeerMsg::Gossip(msg) => reply.answer(match act.receive(&from, msg) {
+                Ok(Some(answer)) => Ok(PeerMsg::Gossip(answer)),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            }),
+            other => reply.error(&Error::InvalidRequest(format!(
+                "membership takes no {} request",
+                other.name()
+            ))),
+        })
+    }
+}
+
 impl Handler<Reachability> for Membership {
     type Result = ();
 
@@ -299,16 +328,6 @@ impl Handler<Fenced> for Membership {
         })
     }
 }
-
-/// This node holds every partition moving to it: take ownership.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CommitIncoming;
-
-/// This leaving node owns and holds nothing any more: it has left.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct MarkLeft;
 
 /// An operator's membership change.
 #[derive(Message, Debug, Clone)]

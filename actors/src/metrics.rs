@@ -28,8 +28,8 @@ use prometheus_client::registry::{Registry, Unit};
 use tracing::{debug, warn};
 
 use crate::events::Event;
+use crate::messages::RingChanged;
 use crate::replica::{Replica, ReplicaStats, Stats};
-use crate::ring::RingChanged;
 use crate::supervise::shielded;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -334,7 +334,7 @@ impl Metrics {
     }
 
     /// Liveness of every live member as this node sees it.
-    fn members(&self, topology: &crate::ring::Topology) {
+    fn members(&self, topology: &dynakv::topology::Topology) {
         let m = &self.0;
         m.member_up.clear();
         for member in topology.view.members.values() {

@@ -16,19 +16,21 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use dynakv::config::Config;
+use dynakv::handoff::HandoffSettings;
 use dynakv::hints::DeliverySettings;
 use dynakv::membership::{Member, Settings as MembershipSettings, Status};
+use dynakv::tombstones::CollectorSettings;
 use dynakv::version::Actor as Writer;
 use dynakv::{Error, NodeId, Result};
 use tracing::{info, warn};
 
 use crate::anti_entropy::{AntiEntropy, AntiEntropySettings};
-use crate::bridge::{Bridge, BridgeSettings, Control, Fault, Register};
+use crate::bridge::{Bridge, BridgeSettings, Control, Fault, Handle, PeerRequest, Watch};
 use crate::client_server::{ClientServer, ClientSettings, DrainAll};
 use crate::clock::Clock;
 use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::events::Events;
-use crate::handoff::{Handoff, HandoffSettings};
+use crate::handoff::{Handoff, MembershipLinks, Wiring as HandoffWiring};
 use crate::hints::{Hints, HintsSettings};
 use crate::membership::{Membership, Wiring as MembershipWiring};
 use crate::metrics::{Metrics, MetricsServer};
@@ -36,6 +38,7 @@ use crate::replica::{Flush, Replica, ReplicaSettings};
 use crate::ring::{Ring, Subscribe};
 use crate::session::Router;
 use crate::storage::Storage;
+use dynakv::peer::Concern;
 
 /// The node's listening sockets, bound before the actors start (so a test
 /// can bind port 0 and learn the port first).
@@ -162,7 +165,7 @@ fn start_on(
         &on,
     )?;
 
-    // The Bridge: peers reach the replica (and soon membership) through it.
+    // The Bridge: peers reach each concern through it.
     let bridge = Bridge::new(
         BridgeSettings {
             me: me.clone(),
@@ -173,9 +176,12 @@ fn start_on(
             metrics: metrics.clone(),
         },
         listeners.peer,
-        replica.clone(),
     );
     let bridge = Supervisor::start_in_arbiter(&on, move |_| bridge);
+    let handle =
+        |concern, handler: Recipient<PeerRequest>| bridge.do_send(Handle { concern, handler });
+    handle(Concern::Replica, replica.clone().recipient());
+    handle(Concern::Stats, replica.clone().recipient());
 
     // Ring, then membership, which feeds it views.
     let ring = Supervisor::start_in_arbiter(&on, |_| Ring::default());
@@ -209,13 +215,14 @@ fn start_on(
         clock,
     )?;
     let membership = Supervisor::start_in_arbiter(&on, move |_| membership);
-    bridge.do_send(Register {
-        gossip: membership.clone().recipient(),
+    handle(Concern::Gossip, membership.clone().recipient());
+    bridge.do_send(Watch {
         reachability: membership.clone().recipient(),
         fenced: membership.clone().recipient(),
     });
 
-    // Anti-entropy compares this node's replicas with its co-replicas.
+    // Anti-entropy compares this node's replicas with its co-replicas and
+    // collects tombstones.
     let anti_entropy = AntiEntropy::new(
         AntiEntropySettings {
             me: me.clone(),
@@ -224,15 +231,23 @@ fn start_on(
             interval: Duration::from_millis(config.anti_entropy.interval_ms),
             max_bytes_per_sec: config.anti_entropy.max_bytes_per_sec,
             gc_interval: Duration::from_millis(config.anti_entropy.gc_interval_ms),
-            gc_grace: Duration::from_millis(config.anti_entropy.gc_grace_ms),
-            gc_batch: config.anti_entropy.gc_batch as usize,
+            collector: CollectorSettings {
+                me: me.clone(),
+                n: usize::from(config.cluster.n),
+                batch: config.anti_entropy.gc_batch as usize,
+                grace_ms: config.anti_entropy.gc_grace_ms,
+                ask_timeout_ms: config.timeouts.request_ms,
+            },
             call_timeout: Duration::from_millis(config.timeouts.request_ms),
         },
         replica.clone(),
         bridge.clone(),
         events.clone(),
+        clock,
     );
     let anti_entropy = Supervisor::start_in_arbiter(&on, move |_| anti_entropy);
+    handle(Concern::AntiEntropy, anti_entropy.clone().recipient());
+    handle(Concern::Tombstones, anti_entropy.clone().recipient());
     ring.do_send(Subscribe(anti_entropy.clone().recipient()));
 
     // Handoff moves partitions when members join, leave or change weight.
@@ -243,16 +258,23 @@ fn start_on(
             partitions: config.cluster.partitions,
             chunk_keys: config.handoff.chunk_keys,
             max_bytes_per_sec: config.handoff.max_bytes_per_sec,
-            interval: Duration::from_millis(config.handoff.interval_ms),
-            call_timeout: Duration::from_millis(config.timeouts.request_ms),
+            call_timeout_ms: config.timeouts.request_ms,
         },
-        replica.clone(),
-        bridge.clone(),
-        membership.clone(),
-        meta_for_handoff,
-        events.clone(),
+        Duration::from_millis(config.handoff.interval_ms),
+        HandoffWiring {
+            replica: replica.clone(),
+            bridge: bridge.clone(),
+            membership: MembershipLinks {
+                commit: membership.clone().recipient(),
+                left: membership.clone().recipient(),
+            },
+            meta: meta_for_handoff,
+            events: events.clone(),
+            clock,
+        },
     );
     let handoff = Supervisor::start_in_arbiter(&on, move |_| handoff);
+    handle(Concern::Handoff, handoff.clone().recipient());
     ring.do_send(Subscribe(handoff.clone().recipient()));
 
     // The coordinator routes with the ring it is sent.
@@ -306,6 +328,7 @@ fn start_on(
         clock,
     );
     let hints = Supervisor::start_in_arbiter(&on, move |_| hints);
+    handle(Concern::Hints, hints.clone().recipient());
     ring.do_send(Subscribe(hints.clone().recipient()));
 
     // Clients last: by now every request has somewhere to go.

@@ -21,20 +21,22 @@ use std::time::Duration;
 use actix::prelude::*;
 use dynakv::anti_entropy::{AeMsg, Exchange};
 use dynakv::config::Fsync;
+use dynakv::handoff::HandoffMsg;
 use dynakv::partition::Partition;
+use dynakv::peer::{NodeLoad, PeerMsg};
 use dynakv::replica::{Entry, Replica as Core, ReplicaMsg, Usage, read_answer};
 use dynakv::store::stored_key;
-use dynakv::tombstones::Holding;
+use dynakv::tombstones::GcMsg;
 use dynakv::version::{Actor as Writer, SiblingSet};
 use dynakv::{Error, NodeId, Result};
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
+use crate::bridge::PeerRequest;
 use crate::storage::{FjallStore, Storage};
 pub use crate::storage_worker::{
-    AeBegin, AeContinue, AeRespond, AeRoots, Chunk, CollectTombstones, DropPartition,
-    FindTombstones, ForgetMootHints, HandedOff, HeldPartitions, PanicInCore, PartitionUsage,
-    ProbeTombstones, TakeHints,
+    AeBegin, AeContinue, AeRespond, AeRoots, DropPartition, FindTombstones, ForgetMootHints,
+    GcRespond, HandedOff, HandoffRespond, HeldPartitions, PanicInCore, PartitionUsage, TakeHints,
 };
 use crate::storage_worker::{
     ApplyBatch, Barrier, Counters, FreeMemtables, MergeAll, StorageWorker, SyncNow, Syncer,
@@ -357,6 +359,37 @@ impl Handler<Serve> for Replica {
     }
 }
 
+/// Peers' replica requests (the hot path: the answer goes straight back
+/// on the link), and `status`'s question about this node's load.
+impl Handler<PeerRequest> for Replica {
+    type Result = ();
+
+    fn handle(&mut self, PeerRequest { msg, reply, .. }: PeerRequest, ctx: &mut Context<Self>) {
+        match msg {
+            PeerMsg::Replica(msg) => {
+                let answer = Answer::new(move |r| reply.answer(r.map(PeerMsg::Replica)));
+                // A panic drops the answer, which then answers with an error.
+                shielded(NAME, self, ctx, |act, ctx| act.serve(msg, answer, ctx))
+            }
+            PeerMsg::Stats => {
+                let stats = self.worker.send(Stats);
+                reply.later(async move {
+                    let stats = stats.await.map_err(mailbox_error)??;
+                    Ok(PeerMsg::Load(NodeLoad {
+                        keys: stats.keys,
+                        bytes: stats.bytes,
+                        hints: stats.hints,
+                    }))
+                })
+            }
+            other => reply.error(&Error::InvalidRequest(format!(
+                "the replica takes no {} request",
+                other.name()
+            ))),
+        }
+    }
+}
+
 impl Handler<MergeHandoff> for Replica {
     type Result = ResponseFuture<Result<()>>;
 
@@ -433,9 +466,8 @@ forward_to_worker!(
     AeRespond => AeMsg,
     AeRoots => AeMsg,
     FindTombstones => Vec<Entry>,
-    ProbeTombstones => Vec<Holding>,
-    CollectTombstones => usize,
-    Chunk => (Vec<Entry>, bool),
+    GcRespond => GcMsg,
+    HandoffRespond => HandoffMsg,
     HeldPartitions => Vec<Partition>,
     DropPartition => Option<usize>,
     PartitionUsage => Vec<(Partition, Usage)>,

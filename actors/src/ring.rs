@@ -13,7 +13,9 @@ use actix::prelude::*;
 use dynakv::NodeId;
 use dynakv::liveness::Health;
 use dynakv::membership::View;
-pub use dynakv::topology::Topology;
+use dynakv::topology::Topology;
+
+use crate::messages::RingChanged;
 
 use crate::supervise::shielded;
 
@@ -24,10 +26,6 @@ pub struct ViewChanged {
     pub view: Arc<View>,
     pub health: Arc<BTreeMap<NodeId, Health>>,
 }
-
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct RingChanged(pub Topology);
 
 /// Adds a subscriber; it is sent the current topology at once.
 #[derive(Message)]

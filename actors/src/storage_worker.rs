@@ -25,9 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use actix::prelude::*;
 use dynakv::anti_entropy::{self, AeMsg, Exchange};
 use dynakv::config::Fsync;
+use dynakv::handoff::{self, HandoffMsg};
 use dynakv::partition::Partition;
 use dynakv::replica::{Entry, Replica as Core, ReplicaMsg, Usage};
-use dynakv::tombstones::Holding;
+use dynakv::tombstones::{self, GcMsg};
 use dynakv::{Error, NodeId, Result};
 use tracing::error;
 
@@ -126,25 +127,17 @@ pub struct FindTombstones {
     pub limit: usize,
 }
 
-/// What this node holds for each probed key.
+/// A tombstone probe or collect, answered from the local replica
+/// (`dynakv::tombstones::respond`).
 #[derive(Message)]
-#[rtype(result = "Result<Vec<Holding>>")]
-pub struct ProbeTombstones(pub Vec<Entry>);
+#[rtype(result = "Result<GcMsg>")]
+pub struct GcRespond(pub GcMsg);
 
-/// Deletes each key whose copy is still the given tombstone.
+/// A peer's fetch of a chunk of a partition, answered from the local
+/// replica (`dynakv::handoff::respond`).
 #[derive(Message)]
-#[rtype(result = "Result<usize>")]
-pub struct CollectTombstones(pub Vec<Entry>);
-
-/// A chunk of a partition for a node fetching it: up to `limit` entries
-/// after `after`, and whether the partition ends there.
-#[derive(Message)]
-#[rtype(result = "Result<(Vec<Entry>, bool)>")]
-pub struct Chunk {
-    pub partition: Partition,
-    pub after: Option<Vec<u8>>,
-    pub limit: usize,
-}
+#[rtype(result = "Result<HandoffMsg>")]
+pub struct HandoffRespond(pub HandoffMsg);
 
 /// The partitions this replica holds data for.
 #[derive(Message)]
@@ -343,9 +336,8 @@ core_handlers! {
     AeRespond(AeRespond(msg)) -> AeMsg, writes: true, |core| anti_entropy::respond(core, msg);
     AeRoots(AeRoots(partitions)) -> AeMsg, writes: false, |core| Ok(anti_entropy::roots(core, &partitions));
     FindTombstones(m) -> Vec<Entry>, writes: false, |core| core.tombstones(m.partition, m.limit);
-    ProbeTombstones(ProbeTombstones(entries)) -> Vec<Holding>, writes: false, |core| core.probe_tombstones(&entries);
-    CollectTombstones(CollectTombstones(entries)) -> usize, writes: true, |core| core.collect_tombstones(&entries);
-    Chunk(m) -> (Vec<Entry>, bool), writes: false, |core| core.chunk(m.partition, m.after.as_deref(), m.limit);
+    GcRespond(GcRespond(msg)) -> GcMsg, writes: true, |core| tombstones::respond(core, msg);
+    HandoffRespond(HandoffRespond(msg)) -> HandoffMsg, writes: false, |core| handoff::respond(core, msg);
     HeldPartitions(_m) -> Vec<Partition>, writes: false, |core| Ok(core.held_partitions());
     DropPartition(m) -> Option<usize>, writes: true, |core| core.release_partition(m.partition, m.synced);
     PartitionUsage(_m) -> Vec<(Partition, Usage)>, writes: false, |core| Ok(core.usage().iter().map(|(p, u)| (*p, *u)).collect());

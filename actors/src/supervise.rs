@@ -122,6 +122,11 @@ pub(crate) fn mailbox_error(e: MailboxError) -> Error {
     Error::Unavailable(format!("local actor unavailable: {e}"))
 }
 
+/// A local actor's answer, with a stopped actor as the error.
+pub(crate) fn answered<T>(answer: std::result::Result<Result<T>, MailboxError>) -> Result<T> {
+    answer.map_err(mailbox_error)?
+}
+
 /// Why `try_send` to `actor` (e.g. "the coordinator") refused a message:
 /// a full mailbox is overload; a closed one, an actor that stopped.
 pub(crate) fn send_error<M>(e: SendError<M>, actor: &str) -> Error {

@@ -615,7 +615,7 @@ mod tests {
 
     #[test]
     fn a_deleted_key_is_collected_only_when_every_replica_holds_the_tombstone() {
-        use crate::tombstones::{Holding, collectable};
+        use crate::tombstones::{Holding, collect, collectable, probe};
         let mut r: Vec<Replica<MemStore>> = (1..=3).map(replica).collect();
         put(&mut r[0], "k", "v");
         let v = r[0].read(b"k").unwrap();
@@ -638,7 +638,7 @@ mod tests {
             let answers: Vec<(NodeId, Vec<Holding>)> = r
                 .iter()
                 .zip(&ids)
-                .map(|(x, id)| (id.clone(), x.probe_tombstones(&found).unwrap()))
+                .map(|(x, id)| (id.clone(), probe(x, &found).unwrap()))
                 .collect();
             (found.clone(), collectable(found.len(), &answers, replicas))
         };
@@ -651,7 +651,7 @@ mod tests {
         let (found, ok) = probe(&mut r);
         assert_eq!(ok, vec![0]);
         for x in &mut r {
-            assert_eq!(x.collect_tombstones(&found).unwrap(), 1);
+            assert_eq!(collect(x, &found).unwrap(), 1);
         }
         // more exchanges in every direction never bring anything back
         for _ in 0..3 {

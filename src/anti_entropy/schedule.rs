@@ -16,11 +16,14 @@
 //! Time is an input (`now`, in ms); the shell owns the timer, starts what
 //! `next` and `on_topology` return, and reports what they moved.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::node::NodeId;
 use crate::partition::Partition;
 use crate::ring::Ring;
+
+use super::ExchangeReport;
+use crate::topology::Topology;
 
 /// A roots comparison to make: the partitions this node shares with `peer`,
 /// which just came up.
@@ -56,6 +59,10 @@ pub struct Schedule {
     window: Window,
     /// Whether an exchange is under way (one at a time).
     running: bool,
+    /// The last completed exchange of each partition: when, and with whom.
+    last: BTreeMap<Partition, (u64, NodeId)>,
+    /// Keys repaired (either way) by exchanges this node started.
+    repaired: u64,
 }
 
 impl Schedule {
@@ -69,13 +76,20 @@ impl Schedule {
             urgent: VecDeque::new(),
             window: Window::default(),
             running: false,
+            last: BTreeMap::new(),
+            repaired: 0,
         }
     }
 
     /// The ring or the liveness of its nodes changed: every node that is up
     /// now and was not before gets the roots of the partitions it shares
     /// with this node compared (at the first call, every node that is up).
-    pub fn on_topology(&mut self, ring: &Ring, is_up: impl Fn(&NodeId) -> bool) -> Vec<RootsCheck> {
+    /// Nothing while this node is out of the cluster.
+    pub fn on_topology(&mut self, t: &Topology) -> Vec<RootsCheck> {
+        let Some(ring) = t.active_ring(&self.me) else {
+            return Vec::new();
+        };
+        let is_up = |n: &NodeId| t.is_up(n);
         let up: BTreeSet<NodeId> = ring
             .nodes()
             .iter()
@@ -126,11 +140,12 @@ impl Schedule {
     /// of the `count` up.
     pub fn next(
         &mut self,
-        ring: &Ring,
+        t: &Topology,
         now: u64,
-        is_up: impl Fn(&NodeId) -> bool,
         pick: impl FnOnce(usize) -> usize,
     ) -> Option<(Partition, NodeId)> {
+        let ring = t.active_ring(&self.me)?;
+        let is_up = |n: &NodeId| t.is_up(n);
         if self.running || !self.within_budget(now) {
             return None;
         }
@@ -146,11 +161,46 @@ impl Schedule {
         next
     }
 
-    /// The exchange under way ended (completed or failed) at `now`, having
-    /// moved `bytes` both ways.
-    pub fn on_exchanged(&mut self, bytes: usize, now: u64) {
+    /// The exchange under way failed at `now`, having moved `bytes`.
+    pub fn on_failed(&mut self, bytes: usize, now: u64) {
         self.running = false;
         self.spend(bytes, now);
+    }
+
+    /// The exchange of `partition` with `peer` completed at `now`. Returns
+    /// whether the next should start at once: this one repaired something
+    /// (a node catching up), or catch-up exchanges wait.
+    pub fn on_done(
+        &mut self,
+        partition: Partition,
+        peer: &NodeId,
+        report: &ExchangeReport,
+        now: u64,
+    ) -> bool {
+        self.running = false;
+        self.spend(report.bytes_sent + report.bytes_received, now);
+        self.last.insert(partition, (now, peer.clone()));
+        let repaired = report.pulled + report.pushed;
+        self.repaired += repaired as u64;
+        repaired > 0 || self.has_urgent()
+    }
+
+    /// For `status`: partitions exchanged of those this node replicates,
+    /// keys repaired, and the oldest last exchange, at `now`.
+    pub fn summary(&self, ring: Option<&Ring>, now: u64) -> Vec<String> {
+        let mine = ring.map_or(0, |r| r.replicated_by(&self.me, self.n).len());
+        let mut lines = vec![format!(
+            "anti-entropy: {} of {mine} partitions exchanged, {} keys repaired",
+            self.last.len(),
+            self.repaired
+        )];
+        if let Some((p, (at, peer))) = self.last.iter().min_by_key(|(_, (at, _))| *at) {
+            lines.push(format!(
+                "anti-entropy: oldest last exchange {p} with {peer}, {:.1} s ago",
+                now.saturating_sub(*at) as f64 / 1000.0
+            ));
+        }
+        lines
     }
 
     /// Whether catch-up exchanges are waiting (the shell starts the next one
@@ -214,23 +264,14 @@ pub fn round_robin(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ownership::{Capacity, Ownership};
-
-    fn id(s: &str) -> NodeId {
-        NodeId::new(s).unwrap()
-    }
-
-    fn ring(nodes: &[&str], q: u32) -> Ring {
-        let members: Vec<Capacity> = nodes.iter().map(|n| Capacity::new(id(n), 1)).collect();
-        Ring::new(&Ownership::found(q, &members, 3).unwrap())
-    }
+    use crate::topology::testing::{id, topology};
 
     #[test]
     fn a_co_replica_that_comes_up_has_its_shared_roots_compared_once() {
-        let ring = ring(&["a", "b", "c", "d"], 16);
+        let all_up = topology(&["a", "b", "c", "d"], &[], &[], 16);
+        let ring = all_up.ring.clone().unwrap();
         let mut s = Schedule::new(id("a"), 3, 1 << 20);
-        let all_up = |_: &NodeId| true;
-        let first = s.on_topology(&ring, all_up);
+        let first = s.on_topology(&all_up);
         let peers: Vec<&str> = first.iter().map(|c| c.peer.as_str()).collect();
         assert_eq!(peers, ["b", "c", "d"], "every node up at the start");
         for check in &first {
@@ -239,35 +280,44 @@ mod tests {
                 assert!(list.contains(&&id("a")) && list.contains(&&check.peer));
             }
         }
-        assert!(s.on_topology(&ring, all_up).is_empty(), "nothing new");
-        let c_down = |n: &NodeId| n.as_str() != "c";
-        assert!(s.on_topology(&ring, c_down).is_empty());
-        let back = s.on_topology(&ring, all_up);
+        assert!(s.on_topology(&all_up).is_empty(), "nothing new");
+        let c_down = topology(&["a", "b", "c", "d"], &["c"], &[], 16);
+        assert!(s.on_topology(&c_down).is_empty());
+        let back = s.on_topology(&all_up);
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].peer, id("c"));
         assert_eq!(back[0].partitions, first[1].partitions);
         s.on_roots_failed(&id("c"));
-        assert_eq!(
-            s.on_topology(&ring, all_up),
-            back,
-            "asked again after a failure"
+        assert_eq!(s.on_topology(&all_up), back, "asked again after a failure");
+        let out = topology(&["a", "b", "c", "d"], &[], &["a"], 16);
+        let mut s = Schedule::new(id("a"), 3, 1 << 20);
+        assert!(
+            s.on_topology(&out).is_empty(),
+            "a node that is out compares nothing"
         );
+        assert_eq!(s.next(&out, 0, |_| 0), None);
     }
 
     #[test]
     fn differing_partitions_go_first_then_the_round_robin() {
-        let ring = ring(&["a", "b", "c"], 16);
+        let up = topology(&["a", "b", "c"], &[], &[], 16);
         let mut s = Schedule::new(id("a"), 3, 1 << 20);
-        let up = |_: &NodeId| true;
         s.on_roots(&id("b"), &[Partition(5), Partition(9)], 100, 0);
         s.on_roots(&id("b"), &[Partition(5)], 100, 0);
         assert!(s.has_urgent());
-        assert_eq!(s.next(&ring, 0, up, |_| 0), Some((Partition(5), id("b"))));
-        assert_eq!(s.next(&ring, 0, up, |_| 0), None, "one at a time");
-        s.on_exchanged(10, 1);
+        assert_eq!(s.next(&up, 0, |_| 0), Some((Partition(5), id("b"))));
+        assert_eq!(s.next(&up, 0, |_| 0), None, "one at a time");
+        let report = ExchangeReport {
+            pulled: 1,
+            ..ExchangeReport::default()
+        };
+        assert!(
+            s.on_done(Partition(5), &id("b"), &report, 1),
+            "it repaired: go on"
+        );
         // b went down meanwhile: its catch-up is skipped.
-        let b_down = |n: &NodeId| n.as_str() != "b";
-        let (p, peer) = s.next(&ring, 2, b_down, |_| 0).unwrap();
+        let b_down = topology(&["a", "b", "c"], &["b"], &[], 16);
+        let (p, peer) = s.next(&b_down, 2, |_| 0).unwrap();
         assert_eq!(peer, id("c"), "round robin, with one that is up");
         assert_ne!(p, Partition(9));
         assert!(!s.has_urgent());
@@ -275,12 +325,11 @@ mod tests {
 
     #[test]
     fn no_exchange_starts_past_the_budget_until_the_window_ends() {
-        let ring = ring(&["a", "b", "c"], 16);
+        let up = topology(&["a", "b", "c"], &[], &[], 16);
         let mut s = Schedule::new(id("a"), 3, 1000);
-        let up = |_: &NodeId| true;
-        assert!(s.next(&ring, 0, up, |_| 0).is_some());
-        s.on_exchanged(1500, 10);
-        assert_eq!(s.next(&ring, 500, up, |_| 0), None, "over budget");
-        assert!(s.next(&ring, 1010, up, |_| 0).is_some(), "a new window");
+        assert!(s.next(&up, 0, |_| 0).is_some());
+        s.on_failed(1500, 10);
+        assert_eq!(s.next(&up, 500, |_| 0), None, "over budget");
+        assert!(s.next(&up, 1010, |_| 0).is_some(), "a new window");
     }
 }

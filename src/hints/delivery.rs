@@ -287,49 +287,11 @@ impl HintDelivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::liveness::Health;
-    use crate::ownership::{Capacity, Ownership};
+    use crate::topology::testing::{self, id};
     use crate::version::{Actor, Context, SiblingSet, Value};
-    use crate::view::{Member, Status, View};
-
-    fn id(s: &str) -> NodeId {
-        NodeId::new(s).unwrap()
-    }
 
     fn topology(nodes: &[&str], down: &[&str], departed: &[&str]) -> Topology {
-        let mut view = View::new("c".into(), 16);
-        for (i, n) in nodes.iter().enumerate() {
-            let status = if departed.contains(n) {
-                Status::Removed
-            } else {
-                Status::Up
-            };
-            view.members.insert(
-                id(n),
-                Member {
-                    id: id(n),
-                    peer_addr: format!("127.0.0.1:{}", 7100 + i),
-                    client_addr: format!("127.0.0.1:{}", 7000 + i),
-                    weight: 1,
-                    status,
-                    version: 1,
-                },
-            );
-        }
-        let members: Vec<Capacity> = nodes.iter().map(|n| Capacity::new(id(n), 1)).collect();
-        view.ownership = Some(Ownership::found(16, &members, 3).unwrap());
-        let health = nodes
-            .iter()
-            .map(|n| {
-                let h = if down.contains(n) {
-                    Health::Down
-                } else {
-                    Health::Up
-                };
-                (id(n), h)
-            })
-            .collect();
-        Topology::new(view, health)
+        testing::topology(nodes, down, departed, 16)
     }
 
     fn driver() -> HintDelivery {

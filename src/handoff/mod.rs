@@ -30,11 +30,16 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod driver;
+pub use driver::{HandoffDriver, HandoffSettings, HandoffWork, Totals};
+
 use crate::error::{Error, Result};
 use crate::node::NodeId;
 use crate::ownership::Capacity;
 use crate::partition::Partition;
+use crate::replica::Replica;
 use crate::ring::Ring;
+use crate::store::Store;
 use crate::version::SiblingSet;
 use crate::view::{Status, View};
 
@@ -70,6 +75,34 @@ impl HandoffMsg {
 
 fn checksum(entries: &[(Vec<u8>, SiblingSet)]) -> u32 {
     crc32fast::hash(&postcard::to_stdvec(entries).expect("encoding to a Vec cannot fail"))
+}
+
+/// Most keys a peer may ask for in one chunk: bounds what a fetch makes
+/// the source read and send.
+pub const MAX_CHUNK_KEYS: u32 = 4096;
+
+/// The source's side: answers a fetch from the local replica (the chunk
+/// asked for, at most `MAX_CHUNK_KEYS` keys).
+pub fn respond<S: Store>(local: &Replica<S>, msg: HandoffMsg) -> Result<HandoffMsg> {
+    match msg {
+        HandoffMsg::Fetch {
+            partition,
+            after,
+            limit,
+        } => {
+            if partition.0 >= local.partition_count() {
+                return Err(Error::Malformed(format!(
+                    "partition {partition} out of range"
+                )));
+            }
+            let limit = limit.clamp(1, MAX_CHUNK_KEYS) as usize;
+            let (entries, last) = local.chunk(partition, after.as_deref(), limit)?;
+            Ok(HandoffMsg::chunk(entries, last))
+        }
+        HandoffMsg::Chunk { .. } => Err(Error::InvalidRequest(
+            "a chunk is an answer, not a request".into(),
+        )),
+    }
 }
 
 /// Checks a received chunk: the checksum, and that every key belongs to

@@ -27,9 +27,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+mod collector;
+pub use collector::{Collector, CollectorSettings, GcWork};
+
+use crate::error::{Error, Result};
 use crate::node::NodeId;
 use crate::partition::Partition;
+use crate::replica::Replica;
 use crate::ring::Ring;
+use crate::store::Store;
 use crate::version::SiblingSet;
 
 /// Messages of tombstone collection (`PeerMsg::Tombstones`). Variants are
@@ -77,6 +83,48 @@ pub fn holding(local: &SiblingSet, probed: &SiblingSet, hinted: bool) -> Holding
     } else {
         Holding::Other
     }
+}
+
+/// A member's side: answers a probe or a collect from the local replica.
+pub fn respond<S: Store>(local: &mut Replica<S>, msg: GcMsg) -> Result<GcMsg> {
+    match msg {
+        GcMsg::Probe { entries } => Ok(GcMsg::Held {
+            held: probe(local, &entries)?,
+        }),
+        GcMsg::Collect { entries } => Ok(GcMsg::Collected {
+            removed: collect(local, &entries)? as u32,
+        }),
+        GcMsg::Held { .. } | GcMsg::Collected { .. } => Err(Error::InvalidRequest(
+            "a tombstone answer was sent as a request".into(),
+        )),
+    }
+}
+
+/// Answers a probe: what the local replica holds for each key.
+pub fn probe<S: Store>(
+    local: &Replica<S>,
+    entries: &[(Vec<u8>, SiblingSet)],
+) -> Result<Vec<Holding>> {
+    entries
+        .iter()
+        .map(|(key, probed)| Ok(holding(&local.read(key)?, probed, local.is_hinted(key)?)))
+        .collect()
+}
+
+/// Deletes each key whose local copy is still exactly the given tombstone
+/// (a write that raced with the collection survives). Returns how many.
+pub fn collect<S: Store>(
+    local: &mut Replica<S>,
+    entries: &[(Vec<u8>, SiblingSet)],
+) -> Result<usize> {
+    let mut removed = 0;
+    for (key, tombstone) in entries {
+        if tombstone.is_deleted() && local.read(key)? == *tombstone {
+            local.remove(key)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Decides which probed keys may be collected: `answers` must hold one

@@ -1,0 +1,29 @@
+//! The messages that pass between concerns, so that no shell imports
+//! another: a concern receives what it subscribed to and sends what it
+//! was given a `Recipient` for; `node.rs` does the wiring.
+
+use actix::prelude::*;
+use dynakv::topology::Topology;
+
+/// The view, ring or liveness changed (from the Ring actor, to every
+/// subscriber): the whole current topology.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct RingChanged(pub Topology);
+
+/// Asks a concern for its lines of `status`.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct Summary;
+
+/// To membership, from handoff: this node holds every partition moving to
+/// it; take ownership.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CommitIncoming;
+
+/// To membership, from handoff: this leaving node owns and holds nothing
+/// any more; it has left.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MarkLeft;

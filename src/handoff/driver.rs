@@ -1,0 +1,501 @@
+//! The handoff driver: what a node's partition transfers do next, run
+//! alike by the Handoff actor and by the simulator.
+//!
+//! One thing at a time, decided from the topology and the fetch progress
+//! (`fetch_step`, `release_step`):
+//! - *fetch*: the next chunk of a partition this node must hold, from a
+//!   current replica that is up; each chunk is checked, merged durably,
+//!   and recorded in the progress (persisted), then the next follows after
+//!   the pause the byte budget asks for;
+//! - *commit*: once every incoming partition is here, membership commits
+//!   this node's incoming moves;
+//! - *release*: a partition it holds but no longer replicates is pushed to
+//!   every current replica (a push-only exchange each), then dropped, if
+//!   the ring still says so and nothing was written to it since the first
+//!   exchange began;
+//! - *leave*: a leaving node that owns and holds nothing has left.
+//!
+//! Time is an input (`now`, ms). The driver returns `HandoffWork` for the
+//! shell to carry out, and takes each answer back with its `on_*` method.
+
+use crate::anti_entropy::ExchangeReport;
+use crate::error::{Error, Result};
+use crate::node::NodeId;
+use crate::partition::Partition;
+use crate::replica::Entry;
+use crate::topology::Topology;
+
+use super::{
+    Fetched, HandoffMsg, Next, Progress, fetch_step, release_step, to_fetch, to_release,
+    verify_chunk,
+};
+
+#[derive(Debug, Clone)]
+pub struct HandoffSettings {
+    pub me: NodeId,
+    /// Replicas per key.
+    pub n: usize,
+    /// Partitions in the ring (Q).
+    pub partitions: u32,
+    /// Keys asked for per chunk.
+    pub chunk_keys: u32,
+    /// Transfer budget, in bytes per second.
+    pub max_bytes_per_sec: u64,
+    /// How long a peer may take to answer, in ms.
+    pub call_timeout_ms: u64,
+}
+
+/// What the shell does for the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandoffWork {
+    /// Ask `from` for the next chunk of `partition` (`HandoffMsg::Fetch`);
+    /// answer with `on_chunk`.
+    Fetch {
+        from: NodeId,
+        partition: Partition,
+        after: Option<Vec<u8>>,
+        limit: u32,
+        timeout_ms: u64,
+    },
+    /// Merge a checked chunk into the replica, durably; answer with
+    /// `on_merged`.
+    Merge { entries: Vec<Entry> },
+    /// Persist the fetch progress (`Progress::to_bytes`). Nothing to answer.
+    SaveProgress(Progress),
+    /// Every incoming partition is here: ask membership to commit this
+    /// node's incoming moves. Nothing to answer.
+    Commit,
+    /// Read which home partitions the replica holds; answer with `on_held`.
+    Held,
+    /// Run a push-only exchange of `partition` with `with` (`exchange`);
+    /// answer with `on_synced`.
+    Sync { partition: Partition, with: NodeId },
+    /// Drop the replica's copy of `partition` unless written to since its
+    /// root was `synced` (`Replica::release_partition`); answer with
+    /// `on_dropped`.
+    Drop { partition: Partition, synced: u64 },
+    /// This leaving node holds nothing more: ask membership to mark it
+    /// left. Nothing to answer.
+    Leave,
+    /// Call `on_tick` at `at` (ms): the byte budget's pause.
+    Wake { at: u64 },
+    /// A chunk of `keys` keys and `bytes` bytes was merged (for metrics).
+    Chunk { keys: u64, bytes: u64 },
+    /// `partition` was fetched whole from `from` (`keys` keys).
+    Fetched {
+        partition: Partition,
+        from: NodeId,
+        keys: u64,
+    },
+    /// `partition` was synchronised with its replicas and dropped here.
+    Released { partition: Partition, keys: usize },
+}
+
+/// What the driver waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Busy {
+    Idle,
+    /// A chunk of `partition` after `after`, from `from`.
+    Fetching {
+        partition: Partition,
+        from: NodeId,
+        after: Option<Vec<u8>>,
+    },
+    /// The merge of a chunk whose last key is `upto`.
+    Merging {
+        partition: Partition,
+        upto: Option<Vec<u8>>,
+        last: bool,
+        keys: u64,
+        bytes: u64,
+    },
+    /// The byte budget's pause, until `until`.
+    Pausing {
+        until: u64,
+    },
+    /// The list of partitions the replica holds.
+    Holding,
+    /// The push-only exchange with the first of the replicas; `synced` is
+    /// the root the first exchange started from.
+    Syncing {
+        partition: Partition,
+        remaining: Vec<NodeId>,
+        synced: Option<u64>,
+    },
+    Dropping {
+        partition: Partition,
+    },
+}
+
+/// A fetch under way, for `status`.
+#[derive(Debug, Clone)]
+struct Transfer {
+    partition: Partition,
+    from: NodeId,
+    keys: u64,
+    bytes: u64,
+    started: u64,
+}
+
+/// What this node moved since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub keys: u64,
+    pub bytes: u64,
+    /// Partitions fetched whole, and how long fetching them took (ms).
+    pub partitions: u64,
+    pub fetch_ms: u64,
+    pub released: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct HandoffDriver {
+    settings: HandoffSettings,
+    topology: Option<Topology>,
+    progress: Progress,
+    busy: Busy,
+    transfer: Option<Transfer>,
+    totals: Totals,
+}
+
+impl HandoffDriver {
+    /// A driver resuming from `progress` (as persisted).
+    pub fn new(settings: HandoffSettings, progress: Progress) -> Self {
+        HandoffDriver {
+            settings,
+            topology: None,
+            progress,
+            busy: Busy::Idle,
+            transfer: None,
+            totals: Totals::default(),
+        }
+    }
+
+    /// The view, ring or liveness changed: if ownership did, look for work
+    /// at once.
+    pub fn on_topology(&mut self, t: Topology, now: u64) -> Vec<HandoffWork> {
+        let moved = self
+            .topology
+            .as_ref()
+            .is_none_or(|old| old.view.ownership != t.view.ownership);
+        self.topology = Some(t);
+        if moved { self.on_tick(now) } else { Vec::new() }
+    }
+
+    /// Does the next thing due, unless something is under way.
+    pub fn on_tick(&mut self, now: u64) -> Vec<HandoffWork> {
+        match self.busy {
+            Busy::Idle => {}
+            Busy::Pausing { until } if now >= until => self.busy = Busy::Idle,
+            _ => return Vec::new(),
+        }
+        let me = &self.settings.me;
+        let Some(t) = &self.topology else {
+            return Vec::new();
+        };
+        let Some(ring) = t.active_ring(me) else {
+            return Vec::new();
+        };
+        let before = self.progress.clone();
+        let next = fetch_step(
+            &t.view,
+            ring,
+            me,
+            self.settings.n,
+            &mut self.progress,
+            |s| t.is_up(s),
+        );
+        let mut work = Vec::new();
+        if self.progress != before {
+            work.push(HandoffWork::SaveProgress(self.progress.clone()));
+        }
+        match next {
+            Some(Next::Fetch {
+                partition,
+                from,
+                after,
+            }) => {
+                if self
+                    .transfer
+                    .as_ref()
+                    .is_none_or(|x| x.partition != partition)
+                {
+                    self.transfer = Some(Transfer {
+                        partition,
+                        from: from.clone(),
+                        keys: 0,
+                        bytes: 0,
+                        started: now,
+                    });
+                }
+                work.push(HandoffWork::Fetch {
+                    from: from.clone(),
+                    partition,
+                    after: after.clone(),
+                    limit: self.settings.chunk_keys,
+                    timeout_ms: self.settings.call_timeout_ms,
+                });
+                self.busy = Busy::Fetching {
+                    partition,
+                    from,
+                    after,
+                };
+            }
+            Some(Next::Commit) => work.push(HandoffWork::Commit),
+            // Due, but no current replica is up to send it.
+            Some(_) => {}
+            None => {
+                self.busy = Busy::Holding;
+                work.push(HandoffWork::Held);
+            }
+        }
+        work
+    }
+
+    /// The answer to a `Fetch`.
+    pub fn on_chunk(&mut self, chunk: Result<HandoffMsg>) -> Vec<HandoffWork> {
+        let Busy::Fetching {
+            partition, after, ..
+        } = &self.busy
+        else {
+            return Vec::new();
+        };
+        let partition = *partition;
+        let checked = chunk.and_then(|c| match c {
+            HandoffMsg::Chunk {
+                entries,
+                checksum,
+                last,
+            } => {
+                verify_chunk(
+                    &entries,
+                    checksum,
+                    partition,
+                    after.as_deref(),
+                    self.settings.partitions,
+                )?;
+                Ok((entries, last))
+            }
+            other => Err(Error::Malformed(format!("fetch answered with {other:?}"))),
+        });
+        let (entries, last) = match checked {
+            Ok(chunk) => chunk,
+            Err(_) => return self.interrupted(),
+        };
+        let bytes = entries
+            .iter()
+            .map(|(k, s)| (k.len() + s.value_bytes()) as u64)
+            .sum();
+        self.busy = Busy::Merging {
+            partition,
+            upto: entries.last().map(|(k, _)| k.clone()),
+            last,
+            keys: entries.len() as u64,
+            bytes,
+        };
+        vec![HandoffWork::Merge { entries }]
+    }
+
+    /// The answer to a `Merge`: record the progress, then go on after the
+    /// pause the byte budget asks for (a chunk of `bytes` may be followed
+    /// after bytes / budget seconds).
+    pub fn on_merged(&mut self, merged: Result<()>, now: u64) -> Vec<HandoffWork> {
+        let Busy::Merging {
+            partition,
+            upto,
+            last,
+            keys,
+            bytes,
+        } = std::mem::replace(&mut self.busy, Busy::Idle)
+        else {
+            return Vec::new();
+        };
+        if merged.is_err() {
+            return self.interrupted();
+        }
+        let step = Fetched::after_chunk(upto, last);
+        let done = step == Fetched::Done;
+        self.progress.record(partition, step);
+        let mut work = vec![
+            HandoffWork::SaveProgress(self.progress.clone()),
+            HandoffWork::Chunk { keys, bytes },
+        ];
+        self.totals.keys += keys;
+        self.totals.bytes += bytes;
+        if let Some(t) = &mut self.transfer {
+            t.keys += keys;
+            t.bytes += bytes;
+        }
+        if done && let Some(t) = self.transfer.take() {
+            self.totals.partitions += 1;
+            self.totals.fetch_ms += now.saturating_sub(t.started);
+            work.push(HandoffWork::Fetched {
+                partition,
+                from: t.from,
+                keys: t.keys,
+            });
+        }
+        let pause = bytes.saturating_mul(1000) / self.settings.max_bytes_per_sec.max(1);
+        self.busy = Busy::Pausing { until: now + pause };
+        work.push(HandoffWork::Wake { at: now + pause });
+        work
+    }
+
+    /// The answer to `Held`: release one partition this node no longer
+    /// replicates, or finish a leave.
+    pub fn on_held(&mut self, held: Result<Vec<Partition>>) -> Vec<HandoffWork> {
+        if self.busy != Busy::Holding {
+            return Vec::new();
+        }
+        self.busy = Busy::Idle;
+        let (Ok(held), Some(t)) = (held, &self.topology) else {
+            return Vec::new();
+        };
+        let Some(ring) = t.active_ring(&self.settings.me) else {
+            return Vec::new();
+        };
+        let me = &self.settings.me;
+        match release_step(&t.view, ring, me, self.settings.n, &held, |r| t.is_up(r)) {
+            Next::Release {
+                partition,
+                replicas,
+            } => self.sync_next(partition, replicas, None),
+            Next::Leave => vec![HandoffWork::Leave],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The answer to a `Sync`. A write landing between two exchanges
+    /// reaches only the later replicas: the root must not move from the
+    /// first exchange's.
+    pub fn on_synced(&mut self, synced: Result<ExchangeReport>) -> Vec<HandoffWork> {
+        let Busy::Syncing {
+            partition,
+            remaining,
+            synced: first,
+        } = std::mem::replace(&mut self.busy, Busy::Idle)
+        else {
+            return Vec::new();
+        };
+        match synced {
+            Ok(report) => {
+                let root = first.unwrap_or(report.started_from);
+                self.sync_next(partition, remaining, Some(root))
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The answer to a `Drop` (`Some(keys)`: dropped; None: written to since
+    /// its sync, released later).
+    pub fn on_dropped(&mut self, dropped: Result<Option<usize>>, now: u64) -> Vec<HandoffWork> {
+        let Busy::Dropping { partition } = std::mem::replace(&mut self.busy, Busy::Idle) else {
+            return Vec::new();
+        };
+        let Ok(Some(keys)) = dropped else {
+            return Vec::new();
+        };
+        self.totals.released += 1;
+        let mut work = vec![HandoffWork::Released { partition, keys }];
+        work.extend(self.on_tick(now));
+        work
+    }
+
+    /// Forgets what was under way (the shell lost it: a restart), resuming
+    /// from `progress` as persisted.
+    pub fn reset(&mut self, progress: Progress) {
+        self.progress = progress;
+        self.busy = Busy::Idle;
+        self.transfer = None;
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    pub fn me(&self) -> &NodeId {
+        &self.settings.me
+    }
+
+    pub fn call_timeout_ms(&self) -> u64 {
+        self.settings.call_timeout_ms
+    }
+
+    /// For `status`: the transfer under way and what is left, at `now`.
+    pub fn summary(&self, now: u64) -> Vec<String> {
+        let mut lines = Vec::new();
+        let ring = self.topology.as_ref().and_then(|t| t.ring.clone());
+        let remaining = ring.map_or(0, |r| {
+            to_fetch(&r, &self.settings.me, self.settings.n, &self.progress).len()
+        });
+        let totals = self.totals;
+        if let Some(t) = &self.transfer {
+            let secs = (now.saturating_sub(t.started) as f64 / 1000.0).max(0.001);
+            let per_partition = if totals.partitions > 0 {
+                totals.fetch_ms as f64 / 1000.0 / totals.partitions as f64
+            } else {
+                secs
+            };
+            lines.push(format!(
+                "handoff: receiving {} from {}: {} keys, {} bytes, {:.0} keys/s; {remaining} partitions to go, ETA {:.0} s",
+                t.partition,
+                t.from,
+                t.keys,
+                t.bytes,
+                t.keys as f64 / secs,
+                per_partition * remaining as f64
+            ));
+        } else if remaining > 0 {
+            lines.push(format!("handoff: {remaining} partitions to receive"));
+        }
+        if totals.partitions > 0 || totals.released > 0 {
+            lines.push(format!(
+                "handoff: {} partitions received ({} keys, {} bytes), {} released",
+                totals.partitions, totals.keys, totals.bytes, totals.released
+            ));
+        }
+        lines
+    }
+
+    /// Synchronises `partition` with the first of `replicas` (the rest
+    /// after it); with none left, drops it if the ring still says so.
+    fn sync_next(
+        &mut self,
+        partition: Partition,
+        replicas: Vec<NodeId>,
+        synced: Option<u64>,
+    ) -> Vec<HandoffWork> {
+        if let Some((first, rest)) = replicas.split_first() {
+            self.busy = Busy::Syncing {
+                partition,
+                remaining: rest.to_vec(),
+                synced,
+            };
+            return vec![HandoffWork::Sync {
+                partition,
+                with: first.clone(),
+            }];
+        }
+        let still = self
+            .topology
+            .as_ref()
+            .and_then(|t| t.active_ring(&self.settings.me))
+            .is_some_and(|ring| {
+                !to_release(ring, &self.settings.me, self.settings.n, [partition]).is_empty()
+            });
+        match synced {
+            Some(synced) if still => {
+                self.busy = Busy::Dropping { partition };
+                vec![HandoffWork::Drop { partition, synced }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A fetch failed: resume at a later tick, where it stopped.
+    fn interrupted(&mut self) -> Vec<HandoffWork> {
+        self.busy = Busy::Idle;
+        self.transfer = None;
+        Vec::new()
+    }
+}

@@ -1,0 +1,91 @@
+//! When the cluster has converged after the faults stop: no hints left,
+//! no sessions, every node holding only what it replicates and no leaver
+//! still leaving, and the owners of each key holding identical sibling
+//! sets; and what each key finally holds.
+
+use crate::ring::Ring;
+use crate::version::SiblingSet;
+use crate::view::Status;
+
+use super::Sim;
+
+impl Sim {
+    /// The ring every node agrees on (None if they disagree or have none).
+    pub(super) fn common_ring(&self) -> Option<Ring> {
+        let mut members = self.nodes.iter().filter(|n| n.is_member());
+        let first = members.next()?.membership.view();
+        let ring = first.ring()?;
+        (!ring.is_moving() && members.all(|n| n.membership.view().ownership == first.ownership))
+            .then_some(ring)
+    }
+
+    /// Each key's copies at its owners, or why they are not comparable yet.
+    pub(super) fn owner_states(&self, k: usize) -> std::result::Result<Vec<SiblingSet>, String> {
+        let ring = self.common_ring().ok_or("nodes disagree about the ring")?;
+        let p = ring.partition_of(&self.keys[k]);
+        ring.preference_list(p, self.cfg.n)
+            .into_iter()
+            .map(|id| {
+                let i = self.index(id).ok_or("unknown owner")?;
+                self.nodes[i]
+                    .replica
+                    .read(&self.keys[k])
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    pub(super) fn divergence(&self) -> String {
+        // A node that left is gone, with its hints: everything it held
+        // was synchronised with the current replicas before it left. One
+        // that was removed is gone with what it held (every acknowledged
+        // write reached W - 1 other replicas too).
+        for n in self.nodes.iter().filter(|n| n.is_member()) {
+            if let Some((owner, hints)) = n.replica.hints_pending().iter().find(|(_, h)| **h > 0) {
+                return format!("{} still holds {hints} hints for {owner}", n.id);
+            }
+            if !n.sessions.is_empty() {
+                return format!("{} still has sessions", n.id);
+            }
+        }
+        // Handoff is over: each node holds only what it replicates, and a
+        // leaver has left.
+        if let Some(ring) = self.common_ring() {
+            for n in self.nodes.iter().filter(|n| n.is_member()) {
+                let mine = ring.replicated_by(&n.id, self.cfg.n);
+                if let Some(p) = n
+                    .replica
+                    .held_partitions()
+                    .iter()
+                    .find(|p| !mine.contains(p))
+                {
+                    return format!("{} still holds {p}", n.id);
+                }
+                if n.membership.member(&n.id).map(|m| m.status) == Some(Status::Leaving) {
+                    return format!("{} is still leaving", n.id);
+                }
+            }
+        }
+        for k in 0..self.keys.len() {
+            match self.owner_states(k) {
+                Err(e) => return e,
+                Ok(states) if states.windows(2).any(|w| w[0] != w[1]) => {
+                    return format!("key {k} differs between its owners: {states:?}");
+                }
+                Ok(_) => {}
+            }
+        }
+        String::new()
+    }
+
+    pub(super) fn converged(&self) -> bool {
+        self.divergence().is_empty()
+    }
+
+    pub(super) fn final_state(&self, k: usize) -> SiblingSet {
+        self.owner_states(k)
+            .ok()
+            .and_then(|s| s.into_iter().next())
+            .unwrap_or_default()
+    }
+}

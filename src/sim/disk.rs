@@ -1,0 +1,55 @@
+//! A simulated node's disk: what it holds, and what it held at its last
+//! sync (all that a power loss leaves).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::error::Result;
+use crate::store::{MemStore, Store};
+
+/// A node's disk: what it holds, and what it held at the last sync (all
+/// that a power loss leaves).
+#[derive(Debug, Default)]
+struct DiskState {
+    now: MemStore,
+    synced: MemStore,
+}
+
+/// A `Store` over a shared simulated disk (one keyspace).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Disk(Rc<RefCell<DiskState>>);
+
+impl Disk {
+    pub(super) fn sync(&self) {
+        let mut d = self.0.borrow_mut();
+        d.synced = d.now.clone();
+    }
+
+    pub(super) fn lose_unsynced(&self) {
+        let mut d = self.0.borrow_mut();
+        d.now = d.synced.clone();
+    }
+}
+
+impl Store for Disk {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.0.borrow().now.get(key)
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.0.borrow_mut().now.put(key, value)
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Result<()> {
+        self.0.borrow_mut().now.remove(key)
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.0.borrow().now.scan(prefix, after, limit)
+    }
+}

@@ -1,0 +1,181 @@
+//! The faults of a run: crashes (power losses with `fsync = periodic`) and
+//! restarts, network partitions and heals, an operator's leave and
+//! removal; and the end of the faults, when every node runs again.
+
+use crate::membership::Membership;
+use crate::replica::Replica;
+use crate::version::Actor;
+
+use super::workload::ClientOp;
+use super::{DOOMED_KEYS, Event, Sim, founders, settings};
+
+impl Sim {
+    pub(super) fn nemesis(&mut self) {
+        if !self.faults {
+            return;
+        }
+        let down = self.nodes.iter().filter(|n| !n.running).count();
+        match self.rng.below(3) {
+            0 if self.cfg.crashes && down < 2 => {
+                let i = self.rng.below(self.cfg.nodes as u64) as usize;
+                if self.nodes[i].running {
+                    self.crash(i);
+                    let at = self.now + 200 + self.rng.below(4_000);
+                    self.schedule(at, Event::Restart { node: i });
+                }
+            }
+            1 if self.cfg.partitions_faults && self.sides.is_none() => {
+                let sides: Vec<bool> = (0..self.cfg.nodes)
+                    .map(|_| self.rng.below(2) == 0)
+                    .collect();
+                self.partition_epoch += 1;
+                self.partitions += 1;
+                let line = format!(
+                    "partition: {:?} | {:?}",
+                    (0..self.cfg.nodes)
+                        .filter(|&i| sides[i])
+                        .collect::<Vec<_>>(),
+                    (0..self.cfg.nodes)
+                        .filter(|&i| !sides[i])
+                        .collect::<Vec<_>>()
+                );
+                self.note(|| line);
+                self.sides = Some(sides);
+                let at = self.now + 500 + self.rng.below(5_000);
+                let epoch = self.partition_epoch;
+                self.schedule(at, Event::HealPartition { epoch });
+            }
+            _ => {}
+        }
+        let at = self.now + 300 + self.rng.below(2_000);
+        self.schedule(at, Event::Nemesis);
+    }
+
+    /// An operator tells a founder that is up to leave.
+    pub(super) fn begin_leave(&mut self) {
+        let up: Vec<usize> = (0..founders(&self.cfg))
+            .filter(|&i| self.nodes[i].running && self.nodes[i].is_member())
+            .collect();
+        if up.is_empty() {
+            return self.note(|| "no founder is up: no leave".into());
+        }
+        let i = up[self.rng.below(up.len() as u64) as usize];
+        let node = &mut self.nodes[i];
+        match node.membership.leave() {
+            Ok(changed) => {
+                node.keep_view(changed);
+                self.note(|| format!("n{i} begins to leave"));
+            }
+            Err(e) => self.note(|| format!("n{i} cannot leave: {e}")),
+        }
+    }
+
+    /// An operator stops a founder and removes it through another member;
+    /// it starts again later on its old disk, as a careless restart would.
+    pub(super) fn remove_one(&mut self) {
+        let r = self.rng.below(founders(&self.cfg) as u64) as usize;
+        if self.nodes[r].running {
+            self.crash(r);
+        }
+        let gone = self.nodes[r].id.clone();
+        let Some(via) = (0..self.cfg.nodes).find(|&j| {
+            j != r && self.nodes[j].running && self.nodes[j].membership.member(&gone).is_some()
+        }) else {
+            return self.note(|| format!("nobody up to remove n{r}"));
+        };
+        match self.nodes[via].membership.remove(&gone) {
+            Ok(changed) => {
+                self.nodes[via].keep_view(changed);
+                self.note(|| format!("n{r} removed through n{via}"));
+            }
+            Err(e) => self.note(|| format!("n{r} cannot be removed: {e}")),
+        }
+        let back = self.now + 4_000 + self.rng.below(6_000);
+        self.schedule(back, Event::Restart { node: r });
+        // The operator deletes the doomed keys, which the removed node holds.
+        let operator = self.cfg.clients;
+        let doomed = self.cfg.keys..self.cfg.keys + DOOMED_KEYS;
+        let steps = doomed.flat_map(|k| [(k, ClientOp::Get), (k, ClientOp::Delete)]);
+        if let Some(script) = &mut self.clients[operator].script {
+            script.extend(steps);
+        }
+        self.schedule(self.now + 1, Event::Client { client: operator });
+    }
+
+    pub(super) fn crash(&mut self, i: usize) {
+        self.crashes += 1;
+        let power_loss = !self.cfg.fsync_always;
+        if power_loss {
+            let node = &self.nodes[i];
+            node.data.lose_unsynced();
+            node.hints.lose_unsynced();
+            node.meta.lose_unsynced();
+        }
+        self.note(|| {
+            format!(
+                "crash n{i}{}",
+                if power_loss { " (power loss)" } else { "" }
+            )
+        });
+        self.stop(i);
+    }
+
+    /// The process ends: what it held in memory is gone.
+    pub(super) fn stop(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.running = false;
+        let sessions = std::mem::take(&mut node.sessions);
+        node.calls.clear();
+        for (_, s) in sessions {
+            // The client's connection breaks: the operation has no answer.
+            self.clients[s.client].waiting = None;
+            self.history.failed += 1;
+            self.client_next(s.client);
+        }
+    }
+
+    pub(super) fn restart(&mut self, i: usize) {
+        if self.nodes[i].running || self.nodes[i].retired {
+            return;
+        }
+        if let Some(view) = &self.nodes[i].view
+            && view.is_fenced(&self.nodes[i].id)
+        {
+            // As `serve` refuses to start on the data of a node that is out.
+            self.nodes[i].retired = true;
+            return self.note(|| format!("n{i} refuses to start: it is out of the cluster"));
+        }
+        let actor = Actor(self.rng.next_u64());
+        let cfg = self.cfg.clone();
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let (replica, _) = match Replica::open(
+            node.data.clone(),
+            node.hints.clone(),
+            cfg.partitions,
+            actor,
+            64,
+        ) {
+            Ok(r) => r,
+            Err(e) => panic!("reopening a simulated replica failed: {e}"),
+        };
+        node.replica = replica;
+        node.membership = Membership::new(settings(&cfg, i), node.view.clone(), now);
+        node.running = true;
+        node.life += 1;
+        node.start_drivers(&cfg, i);
+        self.start_timers(i);
+        self.note(|| format!("restart n{i} as writer {actor}"));
+    }
+
+    /// Faults stop: every node runs again, the network heals and stops
+    /// dropping and duplicating; clients stop starting operations.
+    pub(super) fn heal(&mut self) {
+        self.faults = false;
+        self.sides = None;
+        for i in 0..self.cfg.nodes {
+            self.restart(i);
+        }
+        self.note(|| "heal: faults stop".into());
+    }
+}

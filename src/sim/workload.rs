@@ -1,0 +1,300 @@
+//! The clients: gets, puts with contexts, blind puts and deletes against
+//! random coordinators, run as coordinator sessions (the core's `Session`,
+//! as the Coordinator actor runs them), with every operation recorded in
+//! the history.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::coordinator::{
+    GetSession, Outcome as Answer, PutSession, Request, Route, Session as CoreSession,
+};
+use crate::error::Result;
+use crate::node::NodeId;
+use crate::replica::ReplicaMsg;
+use crate::version::{Context, Value};
+
+use super::history::{Read, Write, describe};
+use super::network::Msg;
+use super::{ATTEMPT_TIMEOUT, DEADLINE, Event, Session, Sim};
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ClientOp {
+    Get,
+    Put { blind: bool },
+    Delete,
+}
+
+#[derive(Default)]
+pub(super) struct Client {
+    /// The session and node of the operation under way.
+    pub(super) waiting: Option<(usize, u64)>,
+    pub(super) contexts: BTreeMap<usize, Context>,
+    pub(super) written: u64,
+    /// An operator's client runs this script (key, operation) and nothing
+    /// else; the others pick at random.
+    pub(super) script: Option<VecDeque<(usize, ClientOp)>>,
+}
+
+impl Sim {
+    pub(super) fn client_next(&mut self, c: usize) {
+        if self.faults {
+            let at = self.now + 1 + self.rng.below(50);
+            self.schedule(at, Event::Client { client: c });
+        }
+    }
+
+    pub(super) fn client_step(&mut self, c: usize) {
+        if !self.faults || self.clients[c].waiting.is_some() {
+            return;
+        }
+        let (key, op) = match &mut self.clients[c].script {
+            Some(script) => match script.pop_front() {
+                Some(step) => step,
+                None => return,
+            },
+            None => {
+                let key = self.rng.below(self.cfg.keys as u64) as usize;
+                let op = match self.rng.below(10) {
+                    0..=3 => ClientOp::Get,
+                    4..=7 => ClientOp::Put { blind: false },
+                    8 => ClientOp::Put { blind: true },
+                    _ => ClientOp::Delete,
+                };
+                (key, op)
+            }
+        };
+        let coordinator = self.rng.below(self.cfg.nodes as u64) as usize;
+        if !self.nodes[coordinator].running {
+            self.history.failed += 1;
+            self.note(|| format!("client {c}: n{coordinator} refused the connection"));
+            return self.client_next(c);
+        }
+        if self.nodes[coordinator].membership.is_fenced() {
+            self.history.failed += 1;
+            self.note(|| format!("client {c}: n{coordinator} is out of the cluster"));
+            return self.client_next(c);
+        }
+        let Some(ring) = self.nodes[coordinator].membership.ring() else {
+            self.history.failed += 1;
+            return self.client_next(c);
+        };
+        let node = &self.nodes[coordinator];
+        let (_, route) = Route::plan(&ring, &self.keys[key], self.cfg.n, &node.id, |n| {
+            node.membership.health(n)
+        });
+        let session = self.id();
+        let (core, requests, write) = match op {
+            ClientOp::Get => {
+                let (s, reqs) = GetSession::start(self.keys[key].clone(), route, self.cfg.r);
+                self.note(|| format!("client {c}: get key-{key} via n{coordinator}"));
+                (CoreSession::Get(s), reqs, None)
+            }
+            ClientOp::Put { .. } | ClientOp::Delete => {
+                let context = match op {
+                    ClientOp::Put { blind: true } => Context::default(),
+                    _ => self.clients[c]
+                        .contexts
+                        .get(&key)
+                        .cloned()
+                        .unwrap_or_default(),
+                };
+                let value = match op {
+                    ClientOp::Delete => None,
+                    _ => {
+                        self.clients[c].written += 1;
+                        Some(format!("c{c}-{}", self.clients[c].written).into_bytes())
+                    }
+                };
+                let w = self.history.writes.len();
+                self.history.writes.push(Write {
+                    key,
+                    value: value.clone(),
+                    context: context.clone(),
+                    dots: Vec::new(),
+                    acked: None,
+                    start: self.now,
+                    end: None,
+                });
+                let line = format!(
+                    "client {c}: write #{w} key-{key} {} via n{coordinator}",
+                    describe(&value)
+                );
+                self.note(|| line);
+                let value = value.map_or(Value::Tombstone, Value::Data);
+                let (s, reqs) =
+                    PutSession::start(self.keys[key].clone(), context, value, route, self.cfg.w);
+                (CoreSession::Put(s), reqs, Some(w))
+            }
+        };
+        self.clients[c].waiting = Some((coordinator, session));
+        let mut s = Session {
+            client: c,
+            key,
+            write,
+            core,
+        };
+        let initial = s.core.initial_answer();
+        self.nodes[coordinator].sessions.insert(session, s);
+        if let Some(answer) = initial {
+            self.answer(coordinator, session, answer);
+            self.end_session(coordinator, session);
+            return;
+        }
+        self.send_requests(coordinator, session, write, requests);
+        let life = self.nodes[coordinator].life;
+        self.schedule(
+            self.now + DEADLINE,
+            Event::Deadline {
+                node: coordinator,
+                life,
+                session,
+            },
+        );
+    }
+
+    pub(super) fn send_requests(
+        &mut self,
+        node: usize,
+        session: u64,
+        write: Option<usize>,
+        reqs: Vec<Request>,
+    ) {
+        let life = self.nodes[node].life;
+        for r in reqs {
+            let Some(to) = self.index(&r.to) else {
+                continue;
+            };
+            self.send(
+                node,
+                to,
+                Msg::Replica {
+                    session,
+                    write,
+                    msg: r.msg,
+                },
+            );
+            self.schedule(
+                self.now + ATTEMPT_TIMEOUT,
+                Event::Attempt {
+                    node,
+                    life,
+                    session,
+                    target: to,
+                },
+            );
+        }
+    }
+
+    /// Gives the client its answer (once) and records it.
+    pub(super) fn answer(&mut self, node: usize, session: u64, answer: Result<Answer>) {
+        let Some(s) = self.nodes[node].sessions.get(&session) else {
+            return;
+        };
+        let (c, key, write) = (s.client, s.key, s.write);
+        if self.clients[c].waiting != Some((node, session)) {
+            return;
+        }
+        self.clients[c].waiting = None;
+        match answer {
+            Ok(Answer::Read(state)) => {
+                let values: Vec<Vec<u8>> = state.values().map(<[u8]>::to_vec).collect();
+                let line = format!(
+                    "client {c}: got key-{key} {:?}",
+                    values
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .collect::<Vec<_>>()
+                );
+                self.note(|| line);
+                self.clients[c].contexts.insert(key, state.context());
+                self.history.reads.push(Read {
+                    key,
+                    values,
+                    at: self.now,
+                });
+            }
+            Ok(Answer::Written((state, dot))) => {
+                if let Some(w) = write {
+                    let write = &mut self.history.writes[w];
+                    write.acked = Some(dot);
+                    write.end = Some(self.now);
+                    self.clients[c].contexts.insert(key, state.context());
+                    self.note(|| {
+                        format!("client {c}: write #{w} of key-{key} acknowledged as {dot}")
+                    });
+                }
+            }
+            Err(e) => {
+                self.history.failed += 1;
+                self.note(|| format!("client {c}: key-{key}: error: {e}"));
+            }
+        }
+        self.client_next(c);
+    }
+
+    pub(super) fn on_session_reply(
+        &mut self,
+        node: usize,
+        session: u64,
+        from: &NodeId,
+        reply: Result<ReplicaMsg>,
+    ) {
+        self.session_step(node, session, |core| core.on_reply(from, reply));
+    }
+
+    /// Feeds a session one event (a reply, a slow target) and carries out
+    /// what it asks: the client's answer, the next requests, its end.
+    pub(super) fn session_step(
+        &mut self,
+        node: usize,
+        session: u64,
+        step: impl FnOnce(&mut CoreSession) -> (Vec<Request>, Option<Result<Answer>>),
+    ) {
+        let Some(s) = self.nodes[node].sessions.get_mut(&session) else {
+            return;
+        };
+        let (next, answer) = step(&mut s.core);
+        let (complete, write) = (s.core.is_complete(), s.write);
+        if let Some(answer) = answer {
+            self.answer(node, session, answer);
+        }
+        self.send_requests(node, session, write, next);
+        if complete {
+            self.end_session(node, session);
+        }
+    }
+
+    pub(super) fn on_deadline(&mut self, node: usize, session: u64) {
+        let Some(s) = self.nodes[node].sessions.get_mut(&session) else {
+            return;
+        };
+        if let Some(answer) = s.core.on_timeout() {
+            self.answer(node, session, answer);
+        }
+        self.end_session(node, session);
+    }
+
+    /// Ends a session; a get's read repair goes out, fire and forget.
+    pub(super) fn end_session(&mut self, node: usize, session: u64) {
+        let Some(s) = self.nodes[node].sessions.remove(&session) else {
+            return;
+        };
+        let repairs = s.core.repairs();
+        if !repairs.is_empty() {
+            self.note(|| format!("n{node}: read repair to {} replicas", repairs.len()));
+        }
+        for r in repairs {
+            if let Some(to) = self.index(&r.to) {
+                self.send(
+                    node,
+                    to,
+                    Msg::Replica {
+                        session: 0,
+                        write: None,
+                        msg: r.msg,
+                    },
+                );
+            }
+        }
+    }
+}

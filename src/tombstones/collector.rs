@@ -1,0 +1,436 @@
+//! The collector: one tombstone collection round after another, run alike
+//! by the AntiEntropy actor and by the simulator.
+//!
+//! A round goes through the partitions this node leads (`led_partitions`),
+//! one at a time: find a batch of tombstone-only keys, probe every live
+//! member about them (this node too), and once every member answered,
+//! collect the keys every answer allows and that waited out the grace
+//! period (`Ripening`) on the members holding them. Any probe that fails or
+//! does not fit postpones the rest of the round to the next tick: time
+//! alone never collects anything.
+//!
+//! Time is an input (`now`, ms). The driver returns `GcWork` for the shell
+//! to carry out; `on_found` answers `Find`, `on_answer` answers `Ask`.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::node::NodeId;
+use crate::partition::Partition;
+use crate::replica::Entry;
+use crate::ring::Ring;
+use crate::topology::Topology;
+
+use super::{GcMsg, Holding, Ripening, led_partitions};
+
+#[derive(Debug, Clone)]
+pub struct CollectorSettings {
+    pub me: NodeId,
+    /// Replicas per key.
+    pub n: usize,
+    /// Tombstones probed per partition and round.
+    pub batch: usize,
+    /// How long every member must keep allowing a tombstone, in ms.
+    pub grace_ms: u64,
+    /// How long a member may take to answer, in ms.
+    pub ask_timeout_ms: u64,
+}
+
+fn ask(to: &NodeId, msg: GcMsg, timeout_ms: u64) -> GcWork {
+    GcWork::Ask {
+        to: to.clone(),
+        msg,
+        timeout_ms,
+    }
+}
+
+/// What the shell does for the collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcWork {
+    /// Read up to `limit` tombstone-only keys of `partition`
+    /// (`Replica::tombstones`); answer with `on_found`.
+    Find { partition: Partition, limit: usize },
+    /// Ask member `to` (this node too: its own replica) `msg`, a probe or a
+    /// collect, waiting at most `timeout_ms`; answer with `on_answer`.
+    Ask {
+        to: NodeId,
+        msg: GcMsg,
+        timeout_ms: u64,
+    },
+    /// A round ended: `keys` tombstones collected on this node (None: a
+    /// member failed to answer, and the rest waits for the next round).
+    Ended { keys: Option<usize> },
+}
+
+#[derive(Debug, Clone)]
+enum Stage {
+    Finding(Partition),
+    Probing {
+        partition: Partition,
+        found: Vec<Entry>,
+        answers: Vec<(NodeId, Vec<Holding>)>,
+        waiting: BTreeSet<NodeId>,
+    },
+    Collecting {
+        waiting: BTreeSet<NodeId>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Round {
+    ring: Arc<Ring>,
+    /// Every live member, as the round began.
+    members: Vec<NodeId>,
+    partitions: VecDeque<Partition>,
+    stage: Stage,
+    collected: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Collector {
+    settings: CollectorSettings,
+    ripening: Ripening,
+    round: Option<Round>,
+}
+
+impl Collector {
+    pub fn new(settings: CollectorSettings) -> Self {
+        Collector {
+            settings,
+            ripening: Ripening::default(),
+            round: None,
+        }
+    }
+
+    /// Starts a round over the partitions this node leads, unless one is
+    /// under way (or this node is out of the cluster).
+    pub fn on_tick(&mut self, t: &Topology) -> Vec<GcWork> {
+        if self.round.is_some() {
+            return Vec::new();
+        }
+        let Some(ring) = t.active_ring(&self.settings.me) else {
+            return Vec::new();
+        };
+        let members = t
+            .view
+            .members
+            .values()
+            .filter(|m| m.status.is_live())
+            .map(|m| m.id.clone())
+            .collect();
+        let partitions = led_partitions(ring, &self.settings.me).into();
+        self.round = Some(Round {
+            ring: ring.clone(),
+            members,
+            partitions,
+            stage: Stage::Collecting {
+                waiting: BTreeSet::new(),
+            },
+            collected: 0,
+        });
+        self.next_partition()
+    }
+
+    /// The tombstones `Find` read.
+    pub fn on_found(&mut self, found: Result<Vec<Entry>>) -> Vec<GcWork> {
+        let timeout = self.settings.ask_timeout_ms;
+        let Some(round) = &mut self.round else {
+            return Vec::new();
+        };
+        let Stage::Finding(partition) = round.stage else {
+            return Vec::new();
+        };
+        match found {
+            Err(_) => self.abort(),
+            Ok(found) if found.is_empty() => self.next_partition(),
+            Ok(found) => {
+                let work = round
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let probe = GcMsg::Probe {
+                            entries: found.clone(),
+                        };
+                        ask(m, probe, timeout)
+                    })
+                    .collect();
+                round.stage = Stage::Probing {
+                    partition,
+                    found,
+                    answers: Vec::new(),
+                    waiting: round.members.iter().cloned().collect(),
+                };
+                work
+            }
+        }
+    }
+
+    /// Member `from` answered an `Ask` (or failed to) at `now`.
+    pub fn on_answer(&mut self, from: &NodeId, answer: Result<GcMsg>, now: u64) -> Vec<GcWork> {
+        let Some(round) = &mut self.round else {
+            return Vec::new();
+        };
+        match &mut round.stage {
+            Stage::Probing {
+                found,
+                answers,
+                waiting,
+                partition,
+            } => {
+                if !waiting.remove(from) {
+                    return Vec::new();
+                }
+                match answer {
+                    Ok(GcMsg::Held { held }) if held.len() == found.len() => {
+                        answers.push((from.clone(), held));
+                    }
+                    // Every member must answer: anything else postpones.
+                    _ => return self.abort(),
+                }
+                if !waiting.is_empty() {
+                    return Vec::new();
+                }
+                let replicas: BTreeSet<NodeId> = round
+                    .ring
+                    .preference_list(*partition, self.settings.n)
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                let (entries, holders) =
+                    self.ripening
+                        .decide(found, answers, &replicas, now, self.settings.grace_ms);
+                if entries.is_empty() {
+                    return self.next_partition();
+                }
+                let timeout = self.settings.ask_timeout_ms;
+                let work = holders
+                    .iter()
+                    .map(|h| {
+                        let collect = GcMsg::Collect {
+                            entries: entries.clone(),
+                        };
+                        ask(h, collect, timeout)
+                    })
+                    .collect();
+                if let Some(round) = &mut self.round {
+                    round.stage = Stage::Collecting {
+                        waiting: holders.into_iter().collect(),
+                    };
+                }
+                work
+            }
+            Stage::Collecting { waiting } => {
+                if !waiting.remove(from) {
+                    return Vec::new();
+                }
+                // A failed collect is harmless: the key is found again.
+                if let (Ok(GcMsg::Collected { removed }), true) =
+                    (answer, *from == self.settings.me)
+                {
+                    round.collected += removed as usize;
+                }
+                if waiting.is_empty() {
+                    self.next_partition()
+                } else {
+                    Vec::new()
+                }
+            }
+            Stage::Finding(_) => Vec::new(),
+        }
+    }
+
+    /// Forgets the round under way (the shell lost it: a restart). What
+    /// ripens is kept; a restart of the node loses it, which only delays.
+    pub fn reset(&mut self) {
+        self.round = None;
+    }
+
+    pub fn is_collecting(&self) -> bool {
+        self.round.is_some()
+    }
+
+    fn next_partition(&mut self) -> Vec<GcWork> {
+        let Some(round) = &mut self.round else {
+            return Vec::new();
+        };
+        match round.partitions.pop_front() {
+            Some(partition) => {
+                round.stage = Stage::Finding(partition);
+                vec![GcWork::Find {
+                    partition,
+                    limit: self.settings.batch,
+                }]
+            }
+            None => {
+                let keys = round.collected;
+                self.round = None;
+                vec![GcWork::Ended { keys: Some(keys) }]
+            }
+        }
+    }
+
+    fn abort(&mut self) -> Vec<GcWork> {
+        self.round = None;
+        vec![GcWork::Ended { keys: None }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::testing::{self, id};
+    use crate::version::{Actor, Context, SiblingSet, Value};
+
+    fn topology(nodes: &[&str]) -> Topology {
+        testing::topology(nodes, &[], &[], 8)
+    }
+
+    fn collector() -> Collector {
+        Collector::new(CollectorSettings {
+            me: id("a"),
+            n: 3,
+            batch: 10,
+            grace_ms: 100,
+            ask_timeout_ms: 500,
+        })
+    }
+
+    fn tombstone(k: &str) -> Entry {
+        let v = SiblingSet::new()
+            .update(&Context::default(), Value::Data(b"v".to_vec()), Actor(1))
+            .unwrap();
+        let t = v.update(&v.context(), Value::Tombstone, Actor(1)).unwrap();
+        (k.as_bytes().to_vec(), t)
+    }
+
+    /// Runs probes to completion with every member answering `Same`.
+    fn all_same(c: &mut Collector, work: Vec<GcWork>, now: u64) -> Vec<GcWork> {
+        let mut next = Vec::new();
+        for w in work {
+            if let GcWork::Ask {
+                to,
+                msg: GcMsg::Probe { entries },
+                ..
+            } = w
+            {
+                let held = vec![Holding::Same; entries.len()];
+                next.extend(c.on_answer(&to, Ok(GcMsg::Held { held }), now));
+            }
+        }
+        next
+    }
+
+    #[test]
+    fn a_round_probes_every_member_and_collects_only_after_the_grace() {
+        let mut c = collector();
+        let t = topology(&["a", "b", "c"]);
+        let work = c.on_tick(&t);
+        let [GcWork::Find { partition, .. }] = work[..] else {
+            panic!("{work:?}");
+        };
+        assert!(c.on_tick(&t).is_empty(), "one round at a time");
+        let probes = c.on_found(Ok(vec![tombstone("k")]));
+        let asked: BTreeSet<NodeId> = probes
+            .iter()
+            .map(|w| match w {
+                GcWork::Ask {
+                    to,
+                    msg: GcMsg::Probe { .. },
+                    ..
+                } => to.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(asked, [id("a"), id("b"), id("c")].into(), "this node too");
+        // First allowed: it ripens, nothing is collected; the round goes on.
+        let next = all_same(&mut c, probes, 0);
+        assert!(next.iter().all(|w| !matches!(
+            w,
+            GcWork::Ask {
+                msg: GcMsg::Collect { .. },
+                ..
+            }
+        )));
+        // Finish this round without more tombstones, then again after the grace.
+        let mut work = next;
+        while let [GcWork::Find { .. }] = work[..] {
+            work = c.on_found(Ok(Vec::new()));
+        }
+        assert_eq!(work, vec![GcWork::Ended { keys: Some(0) }]);
+        let work = c.on_tick(&t);
+        assert_eq!(
+            work,
+            vec![GcWork::Find {
+                partition,
+                limit: 10
+            }]
+        );
+        let probes = c.on_found(Ok(vec![tombstone("k")]));
+        let collects = all_same(&mut c, probes, 150);
+        assert_eq!(collects.len(), 3, "every holder collects: {collects:?}");
+        let mut end = Vec::new();
+        for w in collects {
+            let GcWork::Ask {
+                to,
+                msg: GcMsg::Collect { .. },
+                ..
+            } = w
+            else {
+                panic!("{w:?}");
+            };
+            end = c.on_answer(&to, Ok(GcMsg::Collected { removed: 1 }), 150);
+        }
+        while let [GcWork::Find { .. }] = end[..] {
+            end = c.on_found(Ok(Vec::new()));
+        }
+        assert_eq!(end, vec![GcWork::Ended { keys: Some(1) }], "one here");
+    }
+
+    #[test]
+    fn a_member_that_fails_or_holds_something_else_postpones() {
+        let mut c = collector();
+        let t = topology(&["a", "b", "c"]);
+        c.on_tick(&t);
+        c.on_found(Ok(vec![tombstone("k")]));
+        let failed = c.on_answer(&id("b"), Err(crate::Error::Timeout), 0);
+        assert_eq!(failed, vec![GcWork::Ended { keys: None }]);
+        assert!(!c.is_collecting());
+
+        c.on_tick(&t);
+        let probes = c.on_found(Ok(vec![tombstone("k")]));
+        let mut last = Vec::new();
+        for w in probes {
+            if let GcWork::Ask { to, .. } = w {
+                let held = vec![if to == id("c") {
+                    Holding::Other
+                } else {
+                    Holding::Same
+                }];
+                last = c.on_answer(&to, Ok(GcMsg::Held { held }), 1_000);
+            }
+        }
+        assert!(
+            !last.iter().any(|w| matches!(
+                w,
+                GcWork::Ask {
+                    msg: GcMsg::Collect { .. },
+                    ..
+                }
+            )),
+            "{last:?}"
+        );
+        // A short answer does not fit either.
+        let mut c = collector();
+        c.on_tick(&t);
+        c.on_found(Ok(vec![tombstone("k"), tombstone("l")]));
+        let short = c.on_answer(
+            &id("a"),
+            Ok(GcMsg::Held {
+                held: vec![Holding::Same],
+            }),
+            0,
+        );
+        assert_eq!(short, vec![GcWork::Ended { keys: None }]);
+    }
+}
