@@ -18,6 +18,7 @@ pub mod coordinator;
 pub mod error;
 pub mod fencing;
 pub mod handoff;
+pub mod handshake;
 pub mod hints;
 pub mod liveness;
 pub mod membership;

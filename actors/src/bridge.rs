@@ -29,7 +29,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,12 +41,11 @@ use dynakv::membership::{Destination, Member};
 use dynakv::peer::{Concern, Corr, Envelope, PeerFrame, PeerHello, PeerMsg};
 
 use dynakv::{Error, NodeId, Result};
-use futures_util::stream;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::link::{Close, Frame, Link, LinkAddr};
+use crate::listener::{Accepted, Listener};
 use crate::supervise::{send_error, shielded};
 
 /// First and longest wait before reconnecting to a peer that failed.
@@ -221,11 +219,8 @@ pub struct BridgeSettings {
 
 pub struct Bridge {
     settings: BridgeSettings,
-    /// The bound socket until `started` turns it into `listener` on the
-    /// node's thread; then shared so a restarted actor accepts on it again
-    /// (None once draining: nothing more is accepted).
-    bound: Option<std::net::TcpListener>,
-    listener: Option<Arc<TcpListener>>,
+    /// The peer port.
+    listener: Listener,
     book: HashMap<NodeId, String>,
     admission: Admission,
     links: HashMap<NodeId, LinkAddr>,
@@ -251,8 +246,7 @@ impl Bridge {
     pub fn new(settings: BridgeSettings, listener: std::net::TcpListener) -> Self {
         Bridge {
             settings,
-            bound: Some(listener),
-            listener: None,
+            listener: Listener::new(listener),
             book: HashMap::new(),
             admission: Admission::default(),
             links: HashMap::new(),
@@ -478,18 +472,7 @@ impl Actor for Bridge {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(16_384);
-        if let Some(bound) = self.bound.take() {
-            match crate::node::tokio_listener(bound) {
-                Ok(l) => self.listener = Some(Arc::new(l)),
-                Err(e) => error!(error = %e, "cannot listen"),
-            }
-        }
-        if let Some(listener) = self.listener.clone() {
-            ctx.add_stream(stream::unfold(listener, |l| async move {
-                let accepted = l.accept().await;
-                Some((accepted, l))
-            }));
-        }
+        self.listener.accept(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -498,11 +481,7 @@ impl Actor for Bridge {
 }
 
 impl Bridge {
-    fn accept(
-        &mut self,
-        accepted: std::io::Result<(TcpStream, SocketAddr)>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn accept(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
         match accepted {
             Ok((stream, from)) => {
                 debug!(%from, "peer connection accepted");
@@ -520,12 +499,8 @@ impl Bridge {
     }
 }
 
-impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for Bridge {
-    fn handle(
-        &mut self,
-        accepted: std::io::Result<(TcpStream, SocketAddr)>,
-        ctx: &mut Context<Self>,
-    ) {
+impl StreamHandler<Accepted> for Bridge {
+    fn handle(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
         shielded(NAME, self, ctx, |act, ctx| act.accept(accepted, ctx))
     }
 

@@ -21,16 +21,16 @@ use actix::prelude::*;
 use dynakv::auth;
 use dynakv::wire::{ClientOp, ClientReply, ClientRequest, ClientResponse, FrameCodec};
 use dynakv::{Error, ErrorKind, NodeId};
-use futures_util::stream;
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 use crate::codec::{Codec, CodecError};
 use crate::coordinator::{Coordinator, Execute};
+use crate::listener::{Accepted, Listener};
 use crate::metrics::Metrics;
 use crate::supervise::send_error;
 use crate::supervise::shielded;
@@ -57,11 +57,8 @@ const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
 pub struct ClientServer {
     settings: ClientSettings,
-    /// The bound socket until `started` turns it into `listener` on the
-    /// node's thread; then shared so a restarted actor accepts on it again
-    /// (None once draining: nothing more is accepted).
-    bound: Option<std::net::TcpListener>,
-    listener: Option<Arc<TcpListener>>,
+    /// The client port (closed once draining: nothing more is accepted).
+    listener: Listener,
     coordinator: Addr<Coordinator>,
     open: Arc<AtomicUsize>,
     conns: Vec<WeakAddr<ClientConn>>,
@@ -75,8 +72,7 @@ impl ClientServer {
     ) -> Self {
         ClientServer {
             settings,
-            bound: Some(listener),
-            listener: None,
+            listener: Listener::new(listener),
             coordinator,
             open: Arc::new(AtomicUsize::new(0)),
             conns: Vec::new(),
@@ -94,18 +90,7 @@ impl Actor for ClientServer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Some(bound) = self.bound.take() {
-            match crate::node::tokio_listener(bound) {
-                Ok(l) => self.listener = Some(Arc::new(l)),
-                Err(e) => error!(error = %e, "cannot listen"),
-            }
-        }
-        if let Some(listener) = self.listener.clone() {
-            ctx.add_stream(stream::unfold(listener, |l| async move {
-                let accepted = l.accept().await;
-                Some((accepted, l))
-            }));
-        }
+        self.listener.accept(ctx);
     }
 }
 
@@ -122,7 +107,7 @@ impl Handler<DrainAll> for ClientServer {
 
     fn handle(&mut self, DrainAll { within }: DrainAll, ctx: &mut Context<Self>) -> Self::Result {
         // Restarting without the listener drops the accept stream.
-        self.listener = None;
+        self.listener.close();
         ctx.stop();
         let drained: Vec<_> = self
             .conns
@@ -140,7 +125,7 @@ impl Handler<DrainAll> for ClientServer {
 }
 
 impl ClientServer {
-    fn accept(&mut self, accepted: std::io::Result<(TcpStream, SocketAddr)>) {
+    fn accept(&mut self, accepted: Accepted) {
         let (stream, from) = match accepted {
             Ok(a) => a,
             Err(e) => return warn!(error = %e, "accepting a client connection failed"),
@@ -183,12 +168,8 @@ impl ClientServer {
     }
 }
 
-impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for ClientServer {
-    fn handle(
-        &mut self,
-        accepted: std::io::Result<(TcpStream, SocketAddr)>,
-        ctx: &mut Context<Self>,
-    ) {
+impl StreamHandler<Accepted> for ClientServer {
+    fn handle(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
         shielded(NAME, self, ctx, |act, _| act.accept(accepted))
     }
 }

@@ -16,6 +16,7 @@ pub mod exchange;
 pub mod handoff;
 pub mod hints;
 pub mod link;
+mod listener;
 pub mod logging;
 pub mod membership;
 pub mod messages;

@@ -101,14 +101,6 @@ fn advertised(configured: &str, bound: SocketAddr) -> String {
     }
 }
 
-/// Turns a bound listener into a tokio one, on the calling thread's runtime
-/// (so call it on the thread that will accept).
-pub(crate) fn tokio_listener(l: std::net::TcpListener) -> Result<tokio::net::TcpListener> {
-    l.set_nonblocking(true)
-        .and_then(|_| tokio::net::TcpListener::from_std(l))
-        .map_err(|e| Error::Unavailable(format!("listener setup failed: {e}")))
-}
-
 /// Starts a node on an arbiter (thread) of its own, which `stop` stops.
 /// Must run inside an actix System; several nodes may share one process.
 pub fn start(config: &Config, listeners: Listeners) -> Result<NodeHandle> {
