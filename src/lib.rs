@@ -13,6 +13,7 @@
 
 pub mod anti_entropy;
 pub mod auth;
+pub mod calls;
 pub mod config;
 pub mod coordinator;
 pub mod error;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use dynakv::membership::{GossipMsg, View};
 use dynakv::{Error, NodeId};
-use dynakv_actors::bridge::{Control, Fault};
 use dynakv_actors::client::Client;
+use dynakv_actors::faults::{Control, Fault};
 use dynakv_actors::membership::{CurrentView, GossipIn};
 use dynakv_actors::replica::{ReadLocal, Stats};
 use dynakv_actors::testkit::{Cluster, eventually, metric};

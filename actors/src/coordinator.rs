@@ -29,8 +29,9 @@ use dynakv::{Error, NodeId, Result};
 use tokio::sync::oneshot;
 use tracing::debug_span;
 
-use crate::bridge::{Bridge, Control, Fault, call};
+use crate::bridge::{Bridge, call};
 use crate::events::Events;
+use crate::faults::{Control, Fault};
 use crate::membership::{Admin, Membership};
 use crate::messages::{RingChanged, Summary};
 use crate::replica::{PartitionUsage, ReadLocal, Replica, Stats};

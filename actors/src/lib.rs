@@ -13,6 +13,7 @@ pub mod coordinator;
 pub mod dev;
 pub mod events;
 pub mod exchange;
+pub mod faults;
 pub mod handoff;
 pub mod hints;
 pub mod link;

@@ -25,11 +25,12 @@ use dynakv::{Error, NodeId, Result};
 use tracing::{info, warn};
 
 use crate::anti_entropy::{AntiEntropy, AntiEntropySettings};
-use crate::bridge::{Bridge, BridgeSettings, Control, Fault, Handle, PeerRequest, Watch};
+use crate::bridge::{Bridge, BridgeSettings, Handle, PeerRequest, Watch};
 use crate::client_server::{ClientServer, ClientSettings, DrainAll};
 use crate::clock::Clock;
 use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::events::Events;
+use crate::faults::{Control, Fault};
 use crate::handoff::{Handoff, MembershipLinks, Wiring as HandoffWiring};
 use crate::hints::{Hints, HintsSettings};
 use crate::membership::{Membership, Wiring as MembershipWiring};

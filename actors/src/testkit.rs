@@ -14,9 +14,9 @@ use dynakv::config::Config;
 use dynakv::{Error, NodeId, Result};
 use tempfile::TempDir;
 
-use crate::bridge::Fault;
 use crate::client::Client;
 use crate::dev::{cluster_config, wait_formed};
+use crate::faults::Fault;
 use crate::membership::CurrentView;
 use crate::node::{self, Listeners, NodeHandle};
 use crate::replica::HeldPartitions;

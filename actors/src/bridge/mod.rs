@@ -23,186 +23,47 @@
 //! call). The Bridge reads envelopes' `to`, `from` and `corr` only; the
 //! message belongs to the concern.
 //!
-//! Faults (tests): `Partition` silently drops traffic to and from the given
-//! peers (calls time out, as in a real partition), `Drop` loses a fraction
-//! of envelopes, `Delay` holds outbound envelopes back, `Heal` clears all.
+//! The bookkeeping of calls and reconnection backoff is the core's
+//! (`dynakv::calls`); fault injection for tests is `crate::faults`.
 
-use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::metrics::Metrics;
 use actix::WeakAddr;
 use actix::prelude::*;
 use dynakv::auth::NONCE_LEN;
+use dynakv::calls::{Backoff, Pending, Waiting};
 use dynakv::fencing::{Admission, Refusal};
-use dynakv::membership::{Destination, Member};
+use dynakv::membership::Destination;
 use dynakv::peer::{Concern, Corr, Envelope, PeerFrame, PeerHello, PeerMsg};
 
 use dynakv::{Error, NodeId, Result};
-use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+mod api;
+pub use api::{
+    Call, CallAnswer, Fenced, Handle, PeerReply, PeerRequest, Reachability, SetPeers, Watch, ask,
+    call,
+};
+
+use crate::clock::Clock;
+use crate::faults::{Control, Fault, Faults};
 use crate::link::{Close, Frame, Link, LinkAddr};
 use crate::listener::{Accepted, Listener};
-use crate::supervise::{send_error, shielded};
+use crate::supervise::shielded;
 
-/// First and longest wait before reconnecting to a peer that failed.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// First and longest wait before reconnecting to a peer that failed, in
+/// ms: a restarting peer is back within a few tries; a dead one costs a
+/// connection attempt every 5 s.
+const BACKOFF_MIN_MS: u64 = 100;
+const BACKOFF_MAX_MS: u64 = 5_000;
 
-/// Where the answer to a call goes: the answering node and its reply, or an
-/// error when the peer is unreachable, the link drops, or the call's time
-/// passes.
-pub type CallAnswer = oneshot::Sender<Result<(NodeId, PeerMsg)>>;
-
-/// A request to a peer, by node id or, for a seed whose id may not be known
-/// yet, by address; answered on `answer` (see `ask`).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Call {
-    pub to: Destination,
-    pub msg: PeerMsg,
-    pub timeout: Duration,
-    pub answer: CallAnswer,
-}
-
-/// Asks a peer and waits at most `timeout` for its id and reply. A peer's
-/// `Error` reply comes back as that error.
-pub fn ask(
-    bridge: &Addr<Bridge>,
-    to: Destination,
-    msg: PeerMsg,
-    timeout: Duration,
-) -> impl Future<Output = Result<(NodeId, PeerMsg)>> + 'static {
-    let (answer, rx) = oneshot::channel();
-    let sent = bridge
-        .try_send(Call {
-            to,
-            msg,
-            timeout,
-            answer,
-        })
-        .map_err(|e| send_error(e, "the peer bridge"));
-    async move {
-        sent?;
-        match rx.await {
-            Ok(Ok((_, PeerMsg::Error { kind, message }))) => Err(Error::from_wire(kind, message)),
-            Ok(Ok((peer, PeerMsg::Fenced { record }))) => Err(Error::Removed(format!(
-                "{peer} refused the request: it sees this node as {}",
-                record.status.as_str()
-            ))),
-            Ok(answer) => answer,
-            // The Bridge dropped the call (it restarted or stopped); the
-            // request may have gone out: as a timeout.
-            Err(_) => Err(Error::Timeout),
-        }
-    }
-}
-
-/// Asks node `to` and waits at most `timeout` for its reply (see `ask`).
-pub fn call(
-    bridge: &Addr<Bridge>,
-    to: NodeId,
-    msg: PeerMsg,
-    timeout: Duration,
-) -> impl Future<Output = Result<PeerMsg>> + 'static {
-    let asked = ask(bridge, Destination::Node(to), msg, timeout);
-    async move { asked.await.map(|(_, msg)| msg) }
-}
-
-/// The peer address of every known node, and whose requests are refused.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetPeers {
-    pub book: HashMap<NodeId, String>,
-    pub admission: Admission,
-}
-
-/// A peer refused this node's request: `record` is this node's own final
-/// record in the peer's view (for membership to learn from).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Fenced {
-    pub by: NodeId,
-    pub record: Member,
-}
-
-/// What the Bridge learns about a peer's liveness, for membership.
-#[derive(Message, Debug, Clone, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub enum Reachability {
-    /// A connection to the peer was established.
-    Reached(NodeId),
-    /// The peer refused or dropped a connection, or left a request unanswered.
-    Lost(NodeId),
-}
-
-/// An inbound request from an authenticated peer, for the concern that
-/// registered for its kind; its answer goes back through `reply`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PeerRequest {
-    pub from: NodeId,
-    pub msg: PeerMsg,
-    pub reply: PeerReply,
-}
-
-/// Routes the peer requests of `concern` to `handler`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Handle {
-    pub concern: Concern,
-    pub handler: Recipient<PeerRequest>,
-}
-
-/// Where membership hears what the links learn: peers reached or lost, and
-/// refusals of this node.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Watch {
-    pub reachability: Recipient<Reachability>,
-    pub fenced: Recipient<Fenced>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Fault {
-    Partition(BTreeSet<NodeId>),
-    Drop(f64),
-    Delay(Duration),
-    Heal,
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Control(pub Fault);
-
-#[derive(Default)]
-struct Faults {
-    partitioned: BTreeSet<NodeId>,
-    drop: f64,
-    delay: Duration,
-    rng: Option<fastrand::Rng>,
-}
-
-impl Faults {
-    /// Whether an envelope to or from `peer` is lost.
-    fn loses(&mut self, peer: &NodeId) -> bool {
-        if self.partitioned.contains(peer) {
-            return true;
-        }
-        self.drop > 0.0 && self.rng.get_or_insert_with(fastrand::Rng::new).f64() < self.drop
-    }
-}
-
-/// A call sent and not answered yet.
-struct Pending {
+/// Whoever waits for a call's answer, and the link it went on.
+struct Waiter {
     link: LinkAddr,
-    /// The peer asked (this node's id for a seed not known yet).
-    to: NodeId,
     answer: CallAnswer,
-    deadline: Instant,
 }
 
 /// What the Bridge needs from the configuration.
@@ -228,13 +89,13 @@ pub struct Bridge {
     seed_links: HashMap<String, LinkAddr>,
     /// Links peers opened to us (closed with the Bridge).
     inbound: Vec<WeakAddr<Link>>,
-    /// Peers that failed: no new link before the instant; the next backoff.
-    backoff: HashMap<NodeId, (Instant, Duration)>,
-    pending: HashMap<u64, Pending>,
+    /// Peers whose connection failed: when a new one may be opened.
+    backoff: Backoff,
+    pending: Pending<Waiter>,
     /// When the next check for calls past their deadline runs, if one is
     /// scheduled.
-    sweep_at: Option<Instant>,
-    next_corr: u64,
+    sweep_at: Option<u64>,
+    clock: Clock,
     /// Who answers each concern's requests.
     handlers: HashMap<Concern, Recipient<PeerRequest>>,
     reachability: Option<Recipient<Reachability>>,
@@ -252,10 +113,10 @@ impl Bridge {
             links: HashMap::new(),
             seed_links: HashMap::new(),
             inbound: Vec::new(),
-            backoff: HashMap::new(),
-            pending: HashMap::new(),
+            backoff: Backoff::new(BACKOFF_MIN_MS, BACKOFF_MAX_MS),
+            pending: Pending::default(),
             sweep_at: None,
-            next_corr: 0,
+            clock: Clock::default(),
             handlers: HashMap::new(),
             reachability: None,
             fenced: None,
@@ -286,9 +147,7 @@ impl Bridge {
         if let Some(link) = self.links.get(to) {
             return Ok(link.clone());
         }
-        if let Some((until, _)) = self.backoff.get(to)
-            && Instant::now() < *until
-        {
+        if self.backoff.is_waiting(to, self.clock.now()) {
             return Err(Error::Unavailable(format!(
                 "{to} is unreachable (reconnecting)"
             )));
@@ -362,33 +221,28 @@ impl Bridge {
         answer: CallAnswer,
         ctx: &mut Context<Self>,
     ) {
-        self.next_corr += 1;
-        let corr = self.next_corr;
-        let deadline = Instant::now() + timeout;
-        if !self.faults.loses(&to) {
-            let frame = self.envelope(to.clone(), Corr::Request(corr), msg);
+        let deadline = self.clock.now() + timeout.as_millis() as u64;
+        let lost = self.faults.loses(&to);
+        let waiter = Waiter {
+            link: link.clone(),
+            answer,
+        };
+        let corr = self.pending.add(to.clone(), deadline, waiter);
+        if !lost {
+            let frame = self.envelope(to, Corr::Request(corr), msg);
             self.transmit(&link, frame, ctx);
         }
-        self.pending.insert(
-            corr,
-            Pending {
-                link,
-                to,
-                answer,
-                deadline,
-            },
-        );
         self.sweep_by(deadline, ctx);
     }
 
     /// Makes sure calls are checked for their deadline by `at`. One timer
     /// serves every call: it is set for the earliest deadline pending.
-    fn sweep_by(&mut self, at: Instant, ctx: &mut Context<Self>) {
+    fn sweep_by(&mut self, at: u64, ctx: &mut Context<Self>) {
         if self.sweep_at.is_some_and(|due| due <= at) {
             return;
         }
         self.sweep_at = Some(at);
-        ctx.run_later(at.saturating_duration_since(Instant::now()), |act, ctx| {
+        ctx.run_later(self.clock.until(at), |act, ctx| {
             shielded(NAME, act, ctx, |act, ctx| act.sweep(ctx))
         });
     }
@@ -398,13 +252,13 @@ impl Bridge {
     /// timer for the next deadline.
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         self.sweep_at = None;
-        let now = Instant::now();
-        for to in self.fail_calls(|p| p.deadline <= now) {
+        let expired = self.pending.expired(self.clock.now());
+        for to in fail(expired) {
             if to != self.settings.me {
                 self.report(Reachability::Lost(to));
             }
         }
-        if let Some(next) = self.pending.values().map(|p| p.deadline).min() {
+        if let Some(next) = self.pending.next_deadline() {
             self.sweep_by(next, ctx);
         }
     }
@@ -433,24 +287,24 @@ impl Bridge {
     }
 
     fn fail_pending(&mut self, link: &LinkAddr, why: &str) {
-        let lost = self.fail_calls(|p| p.link == *link);
+        let lost = fail(self.pending.take_if(|w| w.waiter.link == *link));
         if !lost.is_empty() {
             debug!(calls = lost.len(), why, "calls lost with their connection");
         }
     }
+}
 
-    /// Fails the pending calls `lost` picks; returns the peers they asked.
-    /// Their requests may have arrived and taken effect: they fail as
-    /// timeouts, so that callers do not take them as refused.
-    fn fail_calls(&mut self, mut lost: impl FnMut(&Pending) -> bool) -> Vec<NodeId> {
-        self.pending
-            .extract_if(|_, p| lost(p))
-            .map(|(_, p)| {
-                let _ = p.answer.send(Err(Error::Timeout));
-                p.to
-            })
-            .collect()
-    }
+/// Fails calls that got no answer; returns the peers they asked. Their
+/// requests may have arrived and taken effect: they fail as timeouts, so
+/// that callers do not take them as refused.
+fn fail(calls: Vec<Waiting<Waiter>>) -> Vec<NodeId> {
+    calls
+        .into_iter()
+        .map(|w| {
+            let _ = w.waiter.answer.send(Err(Error::Timeout));
+            w.to
+        })
+        .collect()
 }
 
 const NAME: &str = "bridge";
@@ -461,7 +315,7 @@ const NAME: &str = "bridge";
 impl Supervised for Bridge {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.close_links();
-        self.fail_calls(|_| true);
+        fail(self.pending.take_if(|_| true));
         self.sweep_at = None;
         self.backoff.clear();
     }
@@ -619,7 +473,7 @@ impl Handler<LinkUp> for Bridge {
             if !up.outbound {
                 return;
             }
-            act.backoff.remove(&up.peer);
+            act.backoff.reached(&up.peer);
             act.report(Reachability::Reached(up.peer.clone()));
             if let Some(addr) = &up.addr
                 && act.seed_links.get(addr) == Some(&up.link)
@@ -657,12 +511,8 @@ impl Handler<LinkDown> for Bridge {
                 if act.links.get(&peer) == Some(&down.link) {
                     act.links.remove(&peer);
                 }
-                let next = act
-                    .backoff
-                    .get(&peer)
-                    .map_or(BACKOFF_MIN, |(_, b)| (*b * 2).min(BACKOFF_MAX));
-                act.report(Reachability::Lost(peer.clone()));
-                act.backoff.insert(peer, (Instant::now() + next, next));
+                act.backoff.failed(&peer, act.clock.now());
+                act.report(Reachability::Lost(peer));
             }
         })
     }
@@ -684,8 +534,8 @@ impl Handler<Inbound> for Bridge {
                             record: record.clone(),
                         });
                     }
-                    if let Some(p) = act.pending.remove(&id) {
-                        let _ = p.answer.send(Ok((env.from, env.msg)));
+                    if let Some(w) = act.pending.answer(id) {
+                        let _ = w.waiter.answer.send(Ok((env.from, env.msg)));
                     }
                 }
                 Corr::Request(_) | Corr::OneWay => match act.admission.check(&env.from) {
@@ -747,49 +597,6 @@ impl Bridge {
             to,
             corr,
         }
-    }
-}
-
-/// Where the answer to one inbound request goes: back on the connection it
-/// came on. A one-way request takes no answer.
-pub struct PeerReply {
-    link: LinkAddr,
-    me: NodeId,
-    to: NodeId,
-    corr: Corr,
-}
-
-impl PeerReply {
-    pub fn send(self, msg: PeerMsg) {
-        if let Corr::Request(id) = self.corr {
-            self.link.do_send(Frame(PeerFrame::Envelope(Envelope {
-                from: self.me,
-                to: self.to,
-                corr: Corr::Reply(id),
-                msg,
-            })));
-        }
-    }
-
-    /// Answers with `e` (as `PeerMsg::Error`).
-    pub fn error(self, e: &Error) {
-        self.send(PeerMsg::Error {
-            kind: e.kind(),
-            message: e.to_string(),
-        })
-    }
-
-    /// Answers with `answer`, or its error.
-    pub fn answer(self, answer: Result<PeerMsg>) {
-        match answer {
-            Ok(msg) => self.send(msg),
-            Err(e) => self.error(&e),
-        }
-    }
-
-    /// Answers with what `answer` produces, once it is ready.
-    pub fn later(self, answer: impl Future<Output = Result<PeerMsg>> + 'static) {
-        actix::spawn(async move { self.answer(answer.await) });
     }
 }
 
