@@ -2,6 +2,7 @@
 //! TCP bridge between nodes, the client server, the Rust client and the
 //! `dynakv` binary. `node::start` shows how the actors fit together.
 
+pub mod admin;
 pub mod anti_entropy;
 pub mod bench;
 pub mod bridge;

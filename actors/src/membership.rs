@@ -29,7 +29,7 @@ use tracing::{debug, error, info, warn};
 use crate::bridge::{Bridge, Fenced, PeerRequest, Reachability, SetPeers, ask};
 use crate::clock::Clock;
 use crate::events::{Event, Events};
-use crate::messages::{CommitIncoming, MarkLeft};
+use crate::messages::{Admin, CommitIncoming, MarkLeft};
 use crate::ring::{Ring, ViewChanged};
 use crate::storage::FjallStore;
 use crate::supervise::shielded;
@@ -327,18 +327,6 @@ impl Handler<Fenced> for Membership {
             Err(e) => warn!(peer = %by, error = %e, "ignoring a malformed refusal"),
         })
     }
-}
-
-/// An operator's membership change.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<String>")]
-pub enum Admin {
-    /// Join the cluster that the node at this peer address belongs to.
-    Join { seed: String },
-    /// Hand every partition to the other members, then leave.
-    Leave,
-    /// Drop a dead member (by id or address) from the ring.
-    Remove { node: String },
 }
 
 impl Handler<CommitIncoming> for Membership {

@@ -3,6 +3,7 @@
 //! was given a `Recipient` for; `node.rs` does the wiring.
 
 use actix::prelude::*;
+use dynakv::Result;
 use dynakv::topology::Topology;
 
 /// The view, ring or liveness changed (from the Ring actor, to every
@@ -27,3 +28,16 @@ pub struct CommitIncoming;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct MarkLeft;
+
+/// To membership, from an operator's request: a membership change.
+/// Answered with what was done.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<String>")]
+pub enum Admin {
+    /// Join the cluster that the node at this peer address belongs to.
+    Join { seed: String },
+    /// Hand every partition to the other members, then leave.
+    Leave,
+    /// Drop a dead member (by id or address) from the ring.
+    Remove { node: String },
+}

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use dynakv::config::Config;
+use dynakv::coordinator::{Limits, Planner};
 use dynakv::handoff::HandoffSettings;
 use dynakv::hints::DeliverySettings;
 use dynakv::membership::{Member, Settings as MembershipSettings, Status};
@@ -24,11 +25,12 @@ use dynakv::version::Actor as Writer;
 use dynakv::{Error, NodeId, Result};
 use tracing::{info, warn};
 
+use crate::admin::Operations;
 use crate::anti_entropy::{AntiEntropy, AntiEntropySettings};
 use crate::bridge::{Bridge, BridgeSettings, Handle, PeerRequest, Watch};
 use crate::client_server::{ClientServer, ClientSettings, DrainAll};
 use crate::clock::Clock;
-use crate::coordinator::{Coordinator, CoordinatorSettings};
+use crate::coordinator::Coordinator;
 use crate::events::Events;
 use crate::faults::{Control, Fault};
 use crate::handoff::{Handoff, MembershipLinks, Wiring as HandoffWiring};
@@ -277,25 +279,37 @@ fn start_on(
         bridge: bridge.clone(),
         timeout: Duration::from_millis(config.timeouts.request_ms),
     };
-    let coordinator = Coordinator::new(
-        CoordinatorSettings {
-            cluster: config.cluster.name.clone(),
+    let request_timeout = Duration::from_millis(config.timeouts.request_ms);
+    let planner = Planner {
+        me: me.clone(),
+        limits: Limits {
             n: config.cluster.n,
             r: config.cluster.r,
             w: config.cluster.w,
-            request_timeout: Duration::from_millis(config.timeouts.request_ms),
             max_key_bytes: config.limits.max_key_bytes as usize,
             max_value_bytes: config.limits.max_value_bytes as usize,
-            max_in_flight: config.limits.max_in_flight as usize,
-            fault_injection: config.testing.fault_injection,
             owner_hints: config.hints.deliver,
         },
-        router,
-        membership.clone(),
-        vec![
+    };
+    let operations = Operations {
+        me: me.clone(),
+        cluster: config.cluster.name.clone(),
+        n: config.cluster.n,
+        fault_injection: config.testing.fault_injection,
+        replica: replica.clone(),
+        bridge: bridge.clone(),
+        membership: membership.clone().recipient(),
+        reporters: vec![
             anti_entropy.clone().recipient(),
             handoff.clone().recipient(),
         ],
+        ask_within: Operations::ask_within(request_timeout),
+    };
+    let coordinator = Coordinator::new(
+        planner,
+        config.limits.max_in_flight as usize,
+        router,
+        operations,
         events.clone(),
     );
     let coordinator = Supervisor::start_in_arbiter(&on, move |_| coordinator);

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
-use dynakv::coordinator::{Outcome, Request, Session as Core, client_reply};
+use dynakv::coordinator::{Outcome, Request, Session as Core, Step, client_reply};
 use dynakv::peer::PeerMsg;
 use dynakv::replica::ReplicaMsg;
 use dynakv::wire::ClientReply;
@@ -155,13 +155,9 @@ impl Session {
     }
 
     /// Gives the client its answer if due and sends the next requests.
-    fn advance(
-        &mut self,
-        (next, outcome): (Vec<Request>, Option<Result<Outcome>>),
-        ctx: &mut Context<Self>,
-    ) {
-        self.answer(outcome);
-        self.send(next, ctx);
+    fn advance(&mut self, step: Step<Outcome>, ctx: &mut Context<Self>) {
+        self.answer(step.answer);
+        self.send(step.send, ctx);
         if self.core.is_complete() {
             ctx.stop();
         }

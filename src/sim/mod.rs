@@ -46,6 +46,7 @@ mod network;
 mod workload;
 mod world;
 
+use crate::coordinator::{Limits, Planner};
 use crate::handoff::HandoffSettings;
 use crate::hints::DeliverySettings;
 use crate::membership::{Member, Settings, Status};
@@ -243,6 +244,21 @@ fn settings(cfg: &SimConfig, i: usize) -> Settings {
         suspect_after: SUSPECT_AFTER,
         down_after: DOWN_AFTER,
         auto_join: true,
+    }
+}
+
+/// Request planning as the Coordinator actor does it.
+fn planner(cfg: &SimConfig, i: usize) -> Planner {
+    Planner {
+        me: node_id(i),
+        limits: Limits {
+            n: cfg.n as u8,
+            r: cfg.r as u8,
+            w: cfg.w as u8,
+            max_key_bytes: 64,
+            max_value_bytes: 64,
+            owner_hints: true,
+        },
     }
 }
 

@@ -5,9 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::coordinator::{
-    GetSession, Outcome as Answer, PutSession, Request, Route, Session as CoreSession,
-};
+use crate::coordinator::{Outcome as Answer, Request, Session as CoreSession, Step, Written};
 use crate::error::Result;
 use crate::node::NodeId;
 use crate::replica::ReplicaMsg;
@@ -15,7 +13,7 @@ use crate::version::{Context, Value};
 
 use super::history::{Read, Write, describe};
 use super::network::Msg;
-use super::{ATTEMPT_TIMEOUT, DEADLINE, Event, Session, Sim};
+use super::{ATTEMPT_TIMEOUT, DEADLINE, Event, Session, Sim, planner};
 
 #[derive(Debug, Clone, Copy)]
 pub(super) enum ClientOp {
@@ -69,25 +67,15 @@ impl Sim {
             self.note(|| format!("client {c}: n{coordinator} refused the connection"));
             return self.client_next(c);
         }
-        if self.nodes[coordinator].membership.is_fenced() {
-            self.history.failed += 1;
-            self.note(|| format!("client {c}: n{coordinator} is out of the cluster"));
-            return self.client_next(c);
-        }
-        let Some(ring) = self.nodes[coordinator].membership.ring() else {
-            self.history.failed += 1;
-            return self.client_next(c);
-        };
+        // As the Coordinator actor plans a request: the core's Planner.
         let node = &self.nodes[coordinator];
-        let (_, route) = Route::plan(&ring, &self.keys[key], self.cfg.n, &node.id, |n| {
-            node.membership.health(n)
-        });
-        let session = self.id();
-        let (core, requests, write) = match op {
+        let topology = node.membership.topology();
+        let planner = planner(&self.cfg, coordinator);
+        let k = self.keys[key].clone();
+        let (planned, write) = match op {
             ClientOp::Get => {
-                let (s, reqs) = GetSession::start(self.keys[key].clone(), route, self.cfg.r);
                 self.note(|| format!("client {c}: get key-{key} via n{coordinator}"));
-                (CoreSession::Get(s), reqs, None)
+                (planner.get(Some(&topology), k, None), None)
             }
             ClientOp::Put { .. } | ClientOp::Delete => {
                 let context = match op {
@@ -105,27 +93,39 @@ impl Sim {
                         Some(format!("c{c}-{}", self.clients[c].written).into_bytes())
                     }
                 };
-                let w = self.history.writes.len();
-                self.history.writes.push(Write {
-                    key,
-                    value: value.clone(),
-                    context: context.clone(),
-                    dots: Vec::new(),
-                    acked: None,
-                    start: self.now,
-                    end: None,
-                });
-                let line = format!(
-                    "client {c}: write #{w} key-{key} {} via n{coordinator}",
-                    describe(&value)
-                );
-                self.note(|| line);
-                let value = value.map_or(Value::Tombstone, Value::Data);
-                let (s, reqs) =
-                    PutSession::start(self.keys[key].clone(), context, value, route, self.cfg.w);
-                (CoreSession::Put(s), reqs, Some(w))
+                let stored = value.clone().map_or(Value::Tombstone, Value::Data);
+                let planned = planner.write(Some(&topology), k, stored, &context.to_bytes(), None);
+                if planned.is_err() {
+                    (planned, None)
+                } else {
+                    let w = self.history.writes.len();
+                    self.history.writes.push(Write {
+                        key,
+                        value: value.clone(),
+                        context,
+                        dots: Vec::new(),
+                        acked: None,
+                        start: self.now,
+                        end: None,
+                    });
+                    let line = format!(
+                        "client {c}: write #{w} key-{key} {} via n{coordinator}",
+                        describe(&value)
+                    );
+                    self.note(|| line);
+                    (planned, Some(w))
+                }
             }
         };
+        let (core, requests) = match planned {
+            Ok(p) => (p.session, p.initial),
+            Err(e) => {
+                self.history.failed += 1;
+                self.note(|| format!("client {c}: n{coordinator} refused: {e}"));
+                return self.client_next(c);
+            }
+        };
+        let session = self.id();
         self.clients[c].waiting = Some((coordinator, session));
         let mut s = Session {
             client: c,
@@ -213,7 +213,7 @@ impl Sim {
                     at: self.now,
                 });
             }
-            Ok(Answer::Written((state, dot))) => {
+            Ok(Answer::Written(Written { state, dot })) => {
                 if let Some(w) = write {
                     let write = &mut self.history.writes[w];
                     write.acked = Some(dot);
@@ -248,12 +248,12 @@ impl Sim {
         &mut self,
         node: usize,
         session: u64,
-        step: impl FnOnce(&mut CoreSession) -> (Vec<Request>, Option<Result<Answer>>),
+        step: impl FnOnce(&mut CoreSession) -> Step<Answer>,
     ) {
         let Some(s) = self.nodes[node].sessions.get_mut(&session) else {
             return;
         };
-        let (next, answer) = step(&mut s.core);
+        let Step { send: next, answer } = step(&mut s.core);
         let (complete, write) = (s.core.is_complete(), s.write);
         if let Some(answer) = answer {
             self.answer(node, session, answer);

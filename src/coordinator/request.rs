@@ -1,0 +1,263 @@
+//! A client's get, put or delete, checked and planned as a session: the
+//! key and value within the limits, R or W within 1..=N, the context
+//! decodable, this node still a member of a founded cluster, and the key
+//! routed to its targets. Anything wrong is a clear error naming what.
+
+use crate::error::{Error, Result};
+use crate::fencing;
+use crate::node::NodeId;
+use crate::partition::Partition;
+use crate::topology::Topology;
+use crate::version::{Context, Value};
+
+use super::route::Route;
+use super::{GetSession, PutSession, Request, Session};
+
+/// The request limits of a node's configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub n: u8,
+    /// Default R and W.
+    pub r: u8,
+    pub w: u8,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Whether owners keep hints for other owners (`hints.deliver`: where
+    /// hints are not handed over, such a hint would never go).
+    pub owner_hints: bool,
+}
+
+/// A request ready to run as a session.
+pub struct Planned {
+    /// "get", "put" or "delete", for metrics and logs.
+    pub op: &'static str,
+    pub key: Vec<u8>,
+    pub partition: Partition,
+    pub session: Session,
+    /// The requests the session sends first.
+    pub initial: Vec<Request>,
+}
+
+/// Plans the requests node `me` coordinates, under `limits`.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    pub me: NodeId,
+    pub limits: Limits,
+}
+
+impl Planner {
+    /// A read of `key` at R = `r` (None: the default).
+    pub fn get(&self, t: Option<&Topology>, key: Vec<u8>, r: Option<u8>) -> Result<Planned> {
+        self.check_key(&key)?;
+        let r = self.quorum("r", r, self.limits.r)?;
+        let (partition, route) = self.route(t, &key)?;
+        let (session, initial) = GetSession::start(key.clone(), route, r);
+        Ok(Planned {
+            op: "get",
+            key,
+            partition,
+            session: Session::Get(session),
+            initial,
+        })
+    }
+
+    /// A write of `value` (a tombstone: a delete) over what `context` (the
+    /// opaque bytes of an earlier read) covers, at W = `w`.
+    pub fn write(
+        &self,
+        t: Option<&Topology>,
+        key: Vec<u8>,
+        value: Value,
+        context: &[u8],
+        w: Option<u8>,
+    ) -> Result<Planned> {
+        self.check_key(&key)?;
+        if let Value::Data(v) = &value
+            && v.len() > self.limits.max_value_bytes
+        {
+            return Err(Error::InvalidRequest(format!(
+                "value of {} bytes exceeds the limit of {}",
+                v.len(),
+                self.limits.max_value_bytes
+            )));
+        }
+        let w = self.quorum("w", w, self.limits.w)?;
+        let context = Context::from_bytes(context)?;
+        let (partition, route) = self.route(t, &key)?;
+        let op = if value.is_tombstone() {
+            "delete"
+        } else {
+            "put"
+        };
+        let (session, initial) = PutSession::start(key.clone(), context, value, route, w);
+        Ok(Planned {
+            op,
+            key,
+            partition,
+            session: Session::Put(session),
+            initial,
+        })
+    }
+
+    /// A key as every request takes it: not empty, within the limit.
+    pub fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::InvalidRequest("empty key".into()));
+        }
+        if key.len() > self.limits.max_key_bytes {
+            return Err(Error::InvalidRequest(format!(
+                "key of {} bytes exceeds the limit of {}",
+                key.len(),
+                self.limits.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn quorum(&self, what: &str, asked: Option<u8>, default: u8) -> Result<usize> {
+        let q = asked.unwrap_or(default);
+        if q == 0 || q > self.limits.n {
+            return Err(Error::InvalidRequest(format!(
+                "{what} = {q} must be between 1 and N = {}",
+                self.limits.n
+            )));
+        }
+        Ok(usize::from(q))
+    }
+
+    /// Where `key`'s requests go, as this node sees the cluster. A node
+    /// that is out of the cluster is nobody's replica (and what it holds
+    /// may have been deleted since): it refuses.
+    fn route(&self, t: Option<&Topology>, key: &[u8]) -> Result<(Partition, Route)> {
+        if t.is_some_and(|t| t.view.is_fenced(&self.me)) {
+            return Err(fencing::departed(&self.me));
+        }
+        let (t, ring) = t.and_then(|t| Some((t, t.ring.as_ref()?))).ok_or_else(|| {
+            Error::Unavailable("the cluster is not formed yet (waiting for its seeds)".into())
+        })?;
+        let n = usize::from(self.limits.n);
+        let (p, mut route) = Route::plan(ring, key, n, &self.me, |node| t.health(node));
+        if !self.limits.owner_hints {
+            route.drop_owner_hints();
+        }
+        Ok((p, route))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::topology::testing::{id, topology};
+
+    fn planner(me: &str) -> Planner {
+        Planner {
+            me: id(me),
+            limits: Limits {
+                n: 3,
+                r: 2,
+                w: 2,
+                max_key_bytes: 8,
+                max_value_bytes: 16,
+                owner_hints: true,
+            },
+        }
+    }
+
+    fn refused(r: Result<Planned>) -> (ErrorKind, String) {
+        match r {
+            Err(e) => (e.kind(), e.to_string()),
+            Ok(p) => panic!("{} was planned", p.op),
+        }
+    }
+
+    #[test]
+    fn a_good_request_is_planned_as_a_session_to_its_targets() {
+        let t = topology(&["a", "b", "c"], &[], &[], 16);
+        let p = planner("a");
+        let get = p.get(Some(&t), b"k".to_vec(), None).unwrap();
+        assert_eq!(get.op, "get");
+        assert_eq!(get.initial.len(), 3, "a read of every replica");
+        let put = p
+            .write(
+                Some(&t),
+                b"k".to_vec(),
+                Value::Data(b"v".to_vec()),
+                &[],
+                Some(3),
+            )
+            .unwrap();
+        assert_eq!(put.op, "put");
+        assert_eq!(put.initial.len(), 1, "one minter first");
+        assert_eq!(
+            put.initial[0].to,
+            id("a"),
+            "this node mints when it is a replica"
+        );
+        let delete = p
+            .write(Some(&t), b"k".to_vec(), Value::Tombstone, &[], None)
+            .unwrap();
+        assert_eq!(delete.op, "delete");
+        assert_eq!(get.partition, Partition::of_key(b"k", 16));
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_what_is_wrong() {
+        let t = topology(&["a", "b", "c"], &[], &[], 16);
+        let p = planner("a");
+        let data = |n: usize| Value::Data(vec![0; n]);
+        for (request, says) in [
+            (p.get(Some(&t), Vec::new(), None), "empty key"),
+            (p.get(Some(&t), vec![1; 9], None), "key of 9 bytes"),
+            (p.get(Some(&t), b"k".to_vec(), Some(0)), "r = 0"),
+            (p.get(Some(&t), b"k".to_vec(), Some(4)), "r = 4"),
+            (
+                p.write(Some(&t), b"k".to_vec(), data(17), &[], None),
+                "value of 17 bytes",
+            ),
+            (
+                p.write(Some(&t), b"k".to_vec(), data(1), &[], Some(9)),
+                "w = 9",
+            ),
+            (
+                p.write(Some(&t), b"k".to_vec(), data(1), b"\xff\xff", None),
+                "context",
+            ),
+        ] {
+            let (kind, message) = refused(request);
+            assert_eq!(kind, ErrorKind::InvalidRequest, "{message}");
+            assert!(message.contains(says), "{message:?} should say {says:?}");
+        }
+    }
+
+    #[test]
+    fn no_ring_yet_is_unavailable_and_a_removed_node_refuses() {
+        let p = planner("a");
+        let (kind, _) = refused(p.get(None, b"k".to_vec(), None));
+        assert_eq!(kind, ErrorKind::Unavailable);
+        let out = topology(&["a", "b", "c", "d"], &[], &["a"], 16);
+        let (kind, message) = refused(p.get(Some(&out), b"k".to_vec(), None));
+        assert_eq!(kind, ErrorKind::Removed, "{message}");
+        let (kind, _) = refused(p.write(Some(&out), b"k".to_vec(), Value::Tombstone, &[], None));
+        assert_eq!(kind, ErrorKind::Removed);
+    }
+
+    #[test]
+    fn owners_keep_no_hints_where_hints_are_not_handed_over() {
+        let t = topology(&["a", "b", "c"], &["c"], &[], 16);
+        let mut p = planner("a");
+        let hints = |planned: Planned| match planned.session {
+            Session::Put(s) => s.targets().iter().filter(|t| t.hint_for.is_some()).count(),
+            Session::Get(_) => 0,
+        };
+        let with = p
+            .write(Some(&t), b"k".to_vec(), Value::Tombstone, &[], None)
+            .unwrap();
+        assert_eq!(hints(with), 1, "an owner keeps c's hint");
+        p.limits.owner_hints = false;
+        let without = p
+            .write(Some(&t), b"k".to_vec(), Value::Tombstone, &[], None)
+            .unwrap();
+        assert_eq!(hints(without), 0);
+    }
+}

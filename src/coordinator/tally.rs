@@ -1,0 +1,96 @@
+//! The targets of a session, their votes, and the fallbacks left to
+//! replace a target that fails (sloppy quorum).
+
+use std::collections::VecDeque;
+
+use crate::error::{Error, Result};
+use crate::node::NodeId;
+
+use super::route::Replica;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Vote {
+    Waiting,
+    Yes,
+    No,
+}
+
+/// The targets of a session, their votes, and the fallbacks left.
+#[derive(Debug, Clone)]
+pub(super) struct Tally {
+    pub(super) targets: Vec<Replica>,
+    pub(super) votes: Vec<Vote>,
+    pub(super) fallbacks: VecDeque<NodeId>,
+    pub(super) needed: usize,
+    /// Whether the client has its answer.
+    pub(super) answered: bool,
+}
+
+impl Tally {
+    pub(super) fn new(targets: Vec<Replica>, fallbacks: Vec<NodeId>, needed: usize) -> Self {
+        Tally {
+            votes: vec![Vote::Waiting; targets.len()],
+            targets,
+            fallbacks: fallbacks.into(),
+            needed,
+            answered: false,
+        }
+    }
+
+    pub(super) fn index_of(&self, from: &NodeId) -> Option<usize> {
+        self.targets.iter().position(|t| &t.node == from)
+    }
+
+    pub(super) fn has_fallback(&self) -> bool {
+        !self.fallbacks.is_empty()
+    }
+
+    /// Records target `i`'s failure and, if a fallback is left, adds it as a
+    /// new target standing in for the same owner. Returns its index.
+    pub(super) fn fail(&mut self, i: usize) -> Option<usize> {
+        self.votes[i] = Vote::No;
+        let node = self.fallbacks.pop_front()?;
+        let failed = &self.targets[i];
+        let owner = match (&failed.hint_for, failed.owns) {
+            (Some(owner), false) => owner.clone(),
+            _ => failed.node.clone(),
+        };
+        self.targets.push(Replica::stand_in(node, owner));
+        self.votes.push(Vote::Waiting);
+        Some(self.targets.len() - 1)
+    }
+
+    pub(super) fn yes(&self) -> usize {
+        self.votes.iter().filter(|v| **v == Vote::Yes).count()
+    }
+
+    pub(super) fn reached(&self) -> bool {
+        self.yes() >= self.needed
+    }
+
+    pub(super) fn impossible(&self) -> bool {
+        self.votes.iter().filter(|v| **v != Vote::No).count() < self.needed
+    }
+
+    pub(super) fn complete(&self) -> bool {
+        self.votes.iter().all(|v| *v != Vote::Waiting)
+    }
+
+    pub(super) fn quorum_error(&self) -> Error {
+        Error::Quorum {
+            needed: self.needed as u8,
+            got: self.yes() as u8,
+        }
+    }
+
+    /// The client's answer, unless it was given already.
+    pub(super) fn answer<T>(&mut self, answer: Result<T>) -> Option<Result<T>> {
+        (!std::mem::replace(&mut self.answered, true)).then_some(answer)
+    }
+
+    /// The deadline passed: a quorum error, if the client has no answer yet.
+    pub(super) fn time_out<T>(&mut self) -> Option<Result<T>> {
+        let e = self.quorum_error();
+        self.answer(Err(e))
+    }
+}
