@@ -25,7 +25,9 @@ use crate::hints::HintLog;
 use crate::merkle::{HashTree, Leaves, item_hash, segment_of};
 use crate::node::NodeId;
 use crate::partition::Partition;
-use crate::store::{Store, decode_state, encode_state, split_storage_key, storage_key, stored_key};
+use crate::store::{
+    Entry, Store, decode_state, encode_state, split_storage_key, storage_key, stored_key,
+};
 use crate::version::{Actor, Context, Dot, SiblingSet, Value};
 
 /// Messages of the replica concern between nodes (`PeerMsg::Replica`).
@@ -63,9 +65,6 @@ pub enum ReplicaMsg {
     },
     Ack,
 }
-
-/// A key with its sibling set, as moved between replicas.
-pub type Entry = (Vec<u8>, SiblingSet);
 
 /// The answer to a `Read` of a key whose stored copy is `stored` (None: not
 /// stored), for a caller that found the copy without the replica (in the

@@ -13,6 +13,10 @@ use crate::error::{Error, Result};
 use crate::partition::Partition;
 use crate::version::SiblingSet;
 
+/// A key with its sibling set, as stored and as moved between replicas
+/// (hint deliveries, handoff chunks, anti-entropy, tombstone probes).
+pub type Entry = (Vec<u8>, SiblingSet);
+
 /// A key-value store holding one keyspace. Keys are compared bytewise.
 pub trait Store {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;

@@ -78,13 +78,32 @@ impl Events {
     }
 
     pub fn emit(&self, event: Event) {
-        self.metrics.event(&event);
+        self.count(&event);
         // No subscriber is fine: events are for whoever listens.
         let _ = self.tx.send(event);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+
+    /// Counts what an event says happened.
+    fn count(&self, event: &Event) {
+        let m = &self.metrics;
+        match event {
+            Event::ReadRepair { .. } => m.read_repair(),
+            Event::Exchanged {
+                pulled,
+                pushed,
+                bytes,
+                ..
+            } => m.exchanged(pulled + pushed, *bytes),
+            Event::TombstonesCollected { keys, .. } => m.tombstones_collected(*keys),
+            Event::PartitionFetched { .. } => m.partition_fetched(),
+            Event::PartitionReleased { .. } => m.partition_released(),
+            Event::HintsDelivered { keys, .. } => m.hints_delivered(*keys),
+            Event::ViewChanged { .. } | Event::Left { .. } | Event::Fenced { .. } => {}
+        }
     }
 
     /// The node's metrics, for counts that are not events.

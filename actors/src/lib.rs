@@ -23,6 +23,7 @@ pub mod logging;
 pub mod membership;
 pub mod messages;
 pub mod metrics;
+pub mod metrics_server;
 pub mod node;
 pub mod replica;
 pub mod ring;

@@ -17,13 +17,12 @@ use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use dynakv::NodeId;
 use dynakv::handshake::Handshake;
-use dynakv::peer::{PeerFrame, PeerHello};
+use dynakv::peer::{Envelope, PeerFrame, PeerHello};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, warn};
 
-use crate::bridge::{Bridge, BridgeSettings, Inbound, LinkDown, LinkUp};
 use crate::codec::{Codec, CodecError};
 use crate::metrics::Metrics;
 
@@ -43,6 +42,51 @@ pub(crate) struct Close;
 
 type PeerCodec = Codec<PeerFrame, PeerFrame>;
 
+/// What a link reports to its owner (the Bridge): it opened, closed, or
+/// read an envelope.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct LinkUp {
+    pub(crate) link: LinkAddr,
+    pub(crate) peer: NodeId,
+    /// Set for outbound links opened by address.
+    pub(crate) addr: Option<String>,
+    pub(crate) outbound: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct LinkDown {
+    pub(crate) link: LinkAddr,
+    pub(crate) peer: Option<NodeId>,
+    pub(crate) addr: Option<String>,
+    pub(crate) outbound: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Inbound {
+    pub(crate) env: Envelope,
+    pub(crate) link: LinkAddr,
+}
+
+/// Where a link reports.
+pub(crate) struct LinkReports {
+    pub(crate) up: Recipient<LinkUp>,
+    pub(crate) down: Recipient<LinkDown>,
+    pub(crate) inbound: Recipient<Inbound>,
+}
+
+/// What a link needs from the node's configuration.
+#[derive(Clone)]
+pub(crate) struct LinkSettings {
+    /// The cluster secret both sides prove they hold (empty: none).
+    pub(crate) secret: String,
+    pub(crate) metrics: Metrics,
+    pub(crate) max_frame: u32,
+    pub(crate) connect_timeout: Duration,
+}
+
 /// A link's address as the Bridge keeps it: shared, since cloning an actix
 /// `Addr` allocates and a link is named in every message it carries.
 pub(crate) type LinkAddr = Arc<Addr<Link>>;
@@ -51,7 +95,7 @@ pub(crate) type LinkAddr = Arc<Addr<Link>>;
 /// requests and their replies) or by the peer (inbound, carries its requests
 /// and our replies).
 pub struct Link {
-    bridge: Addr<Bridge>,
+    reports: LinkReports,
     /// The address dialled, for outbound links.
     addr: Option<String>,
     handshake: Handshake,
@@ -68,18 +112,18 @@ pub struct Link {
 
 impl Link {
     pub(crate) fn outbound(
-        bridge: Addr<Bridge>,
+        reports: LinkReports,
         addr: String,
         hello: PeerHello,
-        settings: &BridgeSettings,
+        settings: LinkSettings,
     ) -> Self {
         let (handshake, first) = Handshake::connector(hello, settings.secret.as_bytes());
         Link {
-            bridge,
+            reports,
             addr: Some(addr),
             handshake,
             hello: Some(first),
-            metrics: settings.metrics.clone(),
+            metrics: settings.metrics,
             max_frame: settings.max_frame,
             connect_timeout: settings.connect_timeout,
             writer: None,
@@ -89,18 +133,18 @@ impl Link {
     }
 
     pub(crate) fn inbound(
-        bridge: Addr<Bridge>,
+        reports: LinkReports,
         stream: TcpStream,
         hello: PeerHello,
-        settings: &BridgeSettings,
+        settings: LinkSettings,
         ctx: &mut Context<Self>,
     ) -> Self {
         let mut link = Link {
-            bridge,
+            reports,
             addr: None,
             handshake: Handshake::acceptor(hello, settings.secret.as_bytes()),
             hello: None,
-            metrics: settings.metrics.clone(),
+            metrics: settings.metrics,
             max_frame: settings.max_frame,
             connect_timeout: settings.connect_timeout,
             writer: None,
@@ -182,7 +226,7 @@ impl Actor for Link {
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
         let link = self.me(ctx);
-        self.bridge.do_send(LinkDown {
+        self.reports.down.do_send(LinkDown {
             link,
             peer: self.peer(),
             addr: self.addr.clone(),
@@ -253,7 +297,7 @@ impl StreamHandler<std::result::Result<PeerFrame, CodecError>> for Link {
                 self.write(frame);
             }
             let link = self.me(ctx);
-            self.bridge.do_send(LinkUp {
+            self.reports.up.do_send(LinkUp {
                 link,
                 peer,
                 addr: self.addr.clone(),
@@ -262,7 +306,7 @@ impl StreamHandler<std::result::Result<PeerFrame, CodecError>> for Link {
         }
         if let Some(env) = step.deliver {
             let link = self.me(ctx);
-            self.bridge.do_send(Inbound { env, link });
+            self.reports.inbound.do_send(Inbound { env, link });
         }
     }
 

@@ -1,4 +1,4 @@
-//! Metrics: what a node counts, and the endpoint that serves it.
+//! Metrics: what a node counts.
 //!
 //! `Metrics` is a cheap handle to the node's registry of counters, gauges
 //! and histograms (prometheus-client); the actors that see something happen
@@ -6,17 +6,15 @@
 //! every event it carries); requests are counted by the client connections,
 //! refused peers by the links, handoff bytes by the handoff actor.
 //!
-//! `MetricsServer` serves `GET /metrics` in the OpenMetrics text format
-//! (which Prometheus scrapes) from an HTTP listener (tiny_http, on its own
-//! thread). Gauges that describe state (storage size, hints pending, member
-//! liveness) are refreshed when scraped or when the topology changes.
+//! `crate::metrics_server` serves them over HTTP; gauges that describe
+//! state (storage size, hints pending, member liveness) are set there,
+//! when scraped or when the topology changes.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::*;
-use dynakv::ErrorKind;
+use dynakv::{ErrorKind, NodeId};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -25,12 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use tracing::{debug, warn};
-
-use crate::events::Event;
-use crate::messages::RingChanged;
-use crate::replica::{Replica, ReplicaStats, Stats};
-use crate::supervise::shielded;
+use tracing::warn;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
@@ -258,37 +251,32 @@ impl Metrics {
         }
     }
 
-    /// Counts what an event says happened.
-    pub fn event(&self, event: &Event) {
-        let m = &self.0;
-        match event {
-            Event::ReadRepair { .. } => {
-                m.read_repairs.inc();
-            }
-            Event::Exchanged {
-                pulled,
-                pushed,
-                bytes,
-                ..
-            } => {
-                m.ae_exchanges.inc();
-                m.ae_keys_repaired.inc_by((pulled + pushed) as u64);
-                m.ae_bytes.inc_by(*bytes as u64);
-            }
-            Event::TombstonesCollected { keys, .. } => {
-                m.tombstones_collected.inc_by(*keys as u64);
-            }
-            Event::PartitionFetched { .. } => {
-                m.partitions_fetched.inc();
-            }
-            Event::PartitionReleased { .. } => {
-                m.partitions_released.inc();
-            }
-            Event::HintsDelivered { keys, .. } => {
-                m.hints_delivered.inc_by(*keys as u64);
-            }
-            Event::ViewChanged { .. } | Event::Left { .. } | Event::Fenced { .. } => {}
-        }
+    /// A get found replicas behind and wrote the merge back.
+    pub fn read_repair(&self) {
+        self.0.read_repairs.inc();
+    }
+
+    /// An anti-entropy exchange completed.
+    pub fn exchanged(&self, repaired: usize, bytes: usize) {
+        self.0.ae_exchanges.inc();
+        self.0.ae_keys_repaired.inc_by(repaired as u64);
+        self.0.ae_bytes.inc_by(bytes as u64);
+    }
+
+    pub fn tombstones_collected(&self, keys: usize) {
+        self.0.tombstones_collected.inc_by(keys as u64);
+    }
+
+    pub fn partition_fetched(&self) {
+        self.0.partitions_fetched.inc();
+    }
+
+    pub fn partition_released(&self) {
+        self.0.partitions_released.inc();
+    }
+
+    pub fn hints_delivered(&self, keys: usize) {
+        self.0.hints_delivered.inc_by(keys as u64);
     }
 
     /// A chunk of a partition received by handoff.
@@ -318,13 +306,13 @@ impl Metrics {
     }
 
     /// The storage figures and hints of a replica's stats.
-    fn replica(&self, stats: &ReplicaStats) {
+    pub fn storage(&self, keys: u64, bytes: u64, disk_bytes: u64, hints: &[(NodeId, u64)]) {
         let m = &self.0;
-        m.storage_keys.set(gauge(stats.keys));
-        m.storage_bytes.set(gauge(stats.bytes));
-        m.storage_disk_bytes.set(gauge(stats.disk_bytes));
+        m.storage_keys.set(gauge(keys));
+        m.storage_bytes.set(gauge(bytes));
+        m.storage_disk_bytes.set(gauge(disk_bytes));
         m.hints_pending.clear();
-        for (owner, count) in &stats.hints {
+        for (owner, count) in hints {
             m.hints_pending
                 .get_or_create(&MemberLabels {
                     member: owner.to_string(),
@@ -334,7 +322,7 @@ impl Metrics {
     }
 
     /// Liveness of every live member as this node sees it.
-    fn members(&self, topology: &dynakv::topology::Topology) {
+    pub fn members(&self, topology: &dynakv::topology::Topology) {
         let m = &self.0;
         m.member_up.clear();
         for member in topology.view.members.values() {
@@ -363,130 +351,4 @@ impl Metrics {
 
 fn gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// The content type of `Metrics::render`.
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// One HTTP request, handed from the listener thread.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Scrape(tiny_http::Request);
-
-/// Serves the metrics over HTTP; keeps the liveness gauges current.
-pub struct MetricsServer {
-    metrics: Metrics,
-    replica: Addr<Replica>,
-    /// Taken by the first start; the server keeps running across restarts.
-    listener: Option<std::net::TcpListener>,
-    server: Option<Arc<tiny_http::Server>>,
-}
-
-impl MetricsServer {
-    pub fn new(metrics: Metrics, replica: Addr<Replica>, listener: std::net::TcpListener) -> Self {
-        MetricsServer {
-            metrics,
-            replica,
-            listener: Some(listener),
-            server: None,
-        }
-    }
-}
-
-const NAME: &str = "metrics";
-
-impl Actor for MetricsServer {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        let Some(listener) = self.listener.take() else {
-            return;
-        };
-        let server = match tiny_http::Server::from_listener(listener, None) {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                warn!(error = %e, "metrics endpoint could not start");
-                return;
-            }
-        };
-        let me = ctx.address();
-        let accepting = server.clone();
-        let spawned = std::thread::Builder::new()
-            .name("dynakv-metrics".into())
-            .spawn(move || {
-                // Ends when the server is unblocked (the actor stopped) or
-                // the actor is gone.
-                while let Ok(request) = accepting.recv() {
-                    if me.try_send(Scrape(request)).is_err() {
-                        break;
-                    }
-                }
-            });
-        match spawned {
-            Ok(_) => self.server = Some(server),
-            Err(e) => warn!(error = %e, "metrics endpoint thread could not start"),
-        }
-    }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Some(server) = self.server.take() {
-            server.unblock();
-        }
-    }
-}
-
-/// The metrics and the server are shared handles a panic cannot corrupt.
-impl Supervised for MetricsServer {}
-
-impl Handler<RingChanged> for MetricsServer {
-    type Result = ();
-
-    fn handle(&mut self, RingChanged(t): RingChanged, ctx: &mut Context<Self>) {
-        shielded(NAME, self, ctx, |act, _| act.metrics.members(&t))
-    }
-}
-
-impl Handler<Scrape> for MetricsServer {
-    type Result = ();
-
-    fn handle(&mut self, Scrape(request): Scrape, ctx: &mut Context<Self>) {
-        shielded(NAME, self, ctx, |act, ctx| {
-            let path = request.url().split('?').next().unwrap_or_default();
-            if request.method() != &tiny_http::Method::Get || path != "/metrics" {
-                let missing = tiny_http::Response::from_string("not found: try GET /metrics\n")
-                    .with_status_code(404);
-                return respond(request, missing);
-            }
-            // Refresh the storage gauges first; serve the rest regardless.
-            let stats = act.replica.send(Stats).into_actor(act);
-            ctx.spawn(stats.map(move |stats, act, ctx| {
-                shielded(NAME, act, ctx, |act, _| {
-                    match stats {
-                        Ok(Ok(stats)) => act.metrics.replica(&stats),
-                        Ok(Err(e)) => debug!(error = %e, "storage stats unavailable for metrics"),
-                        Err(e) => debug!(error = %e, "replica unavailable for metrics"),
-                    }
-                    let header = tiny_http::Header::from_bytes(
-                        &b"Content-Type"[..],
-                        CONTENT_TYPE.as_bytes(),
-                    )
-                    .expect("a valid header");
-                    let body = tiny_http::Response::from_string(act.metrics.render());
-                    respond(request, body.with_header(header));
-                })
-            }));
-        })
-    }
-}
-
-/// Sends an HTTP response off the arbiter (a slow scraper may block it).
-fn respond<R: std::io::Read + Send + 'static>(
-    request: tiny_http::Request,
-    response: tiny_http::Response<R>,
-) {
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = request.respond(response) {
-            debug!(error = %e, "metrics response not sent");
-        }
-    });
 }

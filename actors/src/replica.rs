@@ -24,11 +24,12 @@ use dynakv::config::Fsync;
 use dynakv::handoff::HandoffMsg;
 use dynakv::partition::Partition;
 use dynakv::peer::{NodeLoad, PeerMsg};
-use dynakv::replica::{Entry, Replica as Core, ReplicaMsg, Usage, read_answer};
+use dynakv::replica::{Replica as Core, ReplicaMsg, Usage, read_answer};
+use dynakv::store::Entry;
 use dynakv::store::stored_key;
 use dynakv::tombstones::GcMsg;
-use dynakv::version::{Actor as Writer, SiblingSet};
-use dynakv::{Error, NodeId, Result};
+use dynakv::version::SiblingSet;
+use dynakv::{Error, Result};
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
@@ -41,6 +42,7 @@ pub use crate::storage_worker::{
 use crate::storage_worker::{
     ApplyBatch, Barrier, Counters, FreeMemtables, MergeAll, StorageWorker, SyncNow, Syncer,
 };
+pub use crate::storage_worker::{ReplicaSettings, ReplicaStats, Stats};
 use crate::supervise::{mailbox_error, shielded};
 
 /// A request to this node's replica; answered with the reply message.
@@ -104,26 +106,6 @@ fn dropped() -> Error {
 #[rtype(result = "Result<SiblingSet>")]
 pub struct ReadLocal(pub Vec<u8>);
 
-/// Counts for `status`.
-#[derive(Message)]
-#[rtype(result = "Result<ReplicaStats>")]
-pub struct Stats;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, MessageResponse)]
-pub struct ReplicaStats {
-    pub keys: u64,
-    /// Bytes of keys and values stored.
-    pub bytes: u64,
-    /// Bytes of table files on disk.
-    pub disk_bytes: u64,
-    /// Hints held, per owner.
-    pub hints: Vec<(NodeId, u64)>,
-    /// Writes applied since start.
-    pub writes: u64,
-    /// fsyncs since start (with group commit, fewer than writes).
-    pub syncs: u64,
-}
-
 /// Merges sibling sets handed over by another node (hints, handoff);
 /// answered once they are durable (per the fsync mode).
 #[derive(Message)]
@@ -134,16 +116,6 @@ pub struct MergeHandoff(pub Vec<Entry>);
 #[derive(Message)]
 #[rtype(result = "Result<()>")]
 pub struct Flush;
-
-/// What the replica needs from the configuration.
-#[derive(Debug, Clone, Copy)]
-pub struct ReplicaSettings {
-    pub partitions: u32,
-    pub writer: Writer,
-    pub max_siblings: usize,
-    pub fsync: Fsync,
-    pub fsync_interval: Duration,
-}
 
 pub struct Replica {
     /// The data store, for reads the row cache can answer.

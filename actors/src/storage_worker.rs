@@ -21,18 +21,20 @@ use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use actix::prelude::*;
 use dynakv::anti_entropy::{self, AeMsg, Exchange};
 use dynakv::config::Fsync;
 use dynakv::handoff::{self, HandoffMsg};
 use dynakv::partition::Partition;
-use dynakv::replica::{Entry, Replica as Core, ReplicaMsg, Usage};
+use dynakv::replica::{Replica as Core, ReplicaMsg, Usage};
+use dynakv::store::Entry;
 use dynakv::tombstones::{self, GcMsg};
+use dynakv::version::Actor as Writer;
 use dynakv::{Error, NodeId, Result};
 use tracing::error;
 
-use crate::replica::{ReplicaSettings, ReplicaStats, Stats};
 use crate::storage::{FjallStore, Storage};
 
 /// Counters shared by the worker and the syncer (both write and sync).
@@ -108,6 +110,36 @@ pub struct AeBegin {
 #[derive(Message)]
 #[rtype(result = "Result<(Exchange, Option<AeMsg>)>")]
 pub struct AeContinue(pub Exchange, pub AeMsg);
+
+/// Counts for `status`.
+#[derive(Message)]
+#[rtype(result = "Result<ReplicaStats>")]
+pub struct Stats;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, MessageResponse)]
+pub struct ReplicaStats {
+    pub keys: u64,
+    /// Bytes of keys and values stored.
+    pub bytes: u64,
+    /// Bytes of table files on disk.
+    pub disk_bytes: u64,
+    /// Hints held, per owner.
+    pub hints: Vec<(NodeId, u64)>,
+    /// Writes applied since start.
+    pub writes: u64,
+    /// fsyncs since start (with group commit, fewer than writes).
+    pub syncs: u64,
+}
+
+/// What the replica needs from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaSettings {
+    pub partitions: u32,
+    pub writer: Writer,
+    pub max_siblings: usize,
+    pub fsync: Fsync,
+    pub fsync_interval: Duration,
+}
 
 /// The catch-up message with this replica's roots of these partitions.
 #[derive(Message)]

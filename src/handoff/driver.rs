@@ -22,7 +22,7 @@ use crate::anti_entropy::ExchangeReport;
 use crate::error::{Error, Result};
 use crate::node::NodeId;
 use crate::partition::Partition;
-use crate::replica::Entry;
+use crate::store::Entry;
 use crate::topology::Topology;
 
 use super::{

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::error::Result;
 use crate::node::NodeId;
 use crate::partition::Partition;
-use crate::replica::Entry;
+use crate::store::Entry;
 use crate::topology::Topology;
 
 #[derive(Debug, Clone)]

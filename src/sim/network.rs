@@ -8,7 +8,8 @@ use crate::error::Error;
 use crate::fencing::Refusal;
 use crate::handoff::{self, HandoffMsg};
 use crate::membership::{Destination, GossipMsg, Member};
-use crate::replica::{Entry, ReplicaMsg};
+use crate::replica::ReplicaMsg;
+use crate::store::Entry;
 use crate::tombstones::{self, GcMsg};
 
 use super::{Call, Event, MAX_DELAY, Sim, addr};

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::node::NodeId;
 use crate::partition::Partition;
-use crate::replica::Entry;
 use crate::ring::Ring;
+use crate::store::Entry;
 use crate::topology::Topology;
 
 use super::{GcMsg, Holding, Ripening, led_partitions};

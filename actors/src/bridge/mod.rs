@@ -50,7 +50,9 @@ pub use api::{
 
 use crate::clock::Clock;
 use crate::faults::{Control, Fault, Faults};
-use crate::link::{Close, Frame, Link, LinkAddr};
+use crate::link::{
+    Close, Frame, Inbound, Link, LinkAddr, LinkDown, LinkReports, LinkSettings, LinkUp,
+};
 use crate::listener::{Accepted, Listener};
 use crate::supervise::shielded;
 
@@ -138,8 +140,28 @@ impl Bridge {
         }
     }
 
+    /// Where a new link reports: here.
+    fn reports(&self, ctx: &Context<Self>) -> LinkReports {
+        let me = ctx.address();
+        LinkReports {
+            up: me.clone().recipient(),
+            down: me.clone().recipient(),
+            inbound: me.recipient(),
+        }
+    }
+
+    fn link_settings(&self) -> LinkSettings {
+        LinkSettings {
+            secret: self.settings.secret.clone(),
+            metrics: self.settings.metrics.clone(),
+            max_frame: self.settings.max_frame,
+            connect_timeout: self.settings.connect_timeout,
+        }
+    }
+
     fn open_link(&self, addr: String, ctx: &mut Context<Self>) -> LinkAddr {
-        Arc::new(Link::outbound(ctx.address(), addr, self.hello(), &self.settings).start())
+        let link = Link::outbound(self.reports(ctx), addr, self.hello(), self.link_settings());
+        Arc::new(link.start())
     }
 
     /// The outbound link to `to`, opening one if allowed.
@@ -339,11 +361,10 @@ impl Bridge {
         match accepted {
             Ok((stream, from)) => {
                 debug!(%from, "peer connection accepted");
-                let bridge = ctx.address();
-                let hello = self.hello();
-                let settings = self.settings.clone();
+                let (reports, hello) = (self.reports(ctx), self.hello());
+                let settings = self.link_settings();
                 let link = Link::create(move |link_ctx| {
-                    Link::inbound(bridge, stream, hello, &settings, link_ctx)
+                    Link::inbound(reports, stream, hello, settings, link_ctx)
                 });
                 self.inbound.retain(|l| l.upgrade().is_some());
                 self.inbound.push(link.downgrade());
@@ -435,34 +456,6 @@ impl Handler<Control> for Bridge {
             }
         })
     }
-}
-
-// --- what links report -----------------------------------------------------
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct LinkUp {
-    pub(crate) link: LinkAddr,
-    pub(crate) peer: NodeId,
-    /// Set for outbound links opened by address.
-    pub(crate) addr: Option<String>,
-    pub(crate) outbound: bool,
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct LinkDown {
-    pub(crate) link: LinkAddr,
-    pub(crate) peer: Option<NodeId>,
-    pub(crate) addr: Option<String>,
-    pub(crate) outbound: bool,
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Inbound {
-    pub(crate) env: Envelope,
-    pub(crate) link: LinkAddr,
 }
 
 impl Handler<LinkUp> for Bridge {
