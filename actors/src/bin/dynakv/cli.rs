@@ -1,0 +1,229 @@
+//! The command line: every command and option, as clap parses them.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "dynakv",
+    version,
+    about = "A Dynamo-style distributed key-value store"
+)]
+pub struct Cli {
+    /// Client token, when the node requires one (security.client_token).
+    #[arg(
+        long,
+        global = true,
+        env = "DYNAKV_CLIENT_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Longest wait for a node's answer, connecting included (e.g. 2s, 1m):
+    /// a node that stopped answering fails the command instead of hanging.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options of the commands that talk to a node.
+#[derive(clap::Args, Clone)]
+pub struct Target {
+    /// Client address of the node to talk to.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub node: String,
+    /// Cluster name the node must have (empty: any).
+    #[arg(long, default_value = "")]
+    pub cluster: String,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run one node from a configuration file.
+    Serve {
+        /// Configuration file, layered over the defaults (see conf/default.toml).
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Log format, overriding the configuration.
+        #[arg(long, value_parser = ["text", "json"])]
+        log_format: Option<String>,
+    },
+    /// Run a whole local cluster in this process.
+    Dev {
+        #[arg(long, default_value_t = 3)]
+        nodes: u16,
+        /// Client ports are P, P+1, ...; peer ports P+100, ...; metrics P+200, ...
+        #[arg(long, default_value_t = 7001)]
+        base_port: u16,
+        #[arg(long, default_value = "data/dev")]
+        data_dir: PathBuf,
+    },
+    /// Write a value; prints the new context.
+    Put {
+        key: String,
+        /// The value; `-` reads it from standard input.
+        #[arg(required_unless_present = "value_file", conflicts_with = "value_file")]
+        value: Option<String>,
+        /// Read the value from this file (`-`: standard input), for values
+        /// too large for the command line or not text.
+        #[arg(long)]
+        value_file: Option<PathBuf>,
+        /// Context from an earlier get (supersedes what that get returned).
+        #[arg(long, default_value = "")]
+        context: String,
+        #[arg(long)]
+        w: Option<u8>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Read a key: every sibling and the context.
+    Get {
+        key: String,
+        #[arg(long)]
+        r: Option<u8>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a key (writes a tombstone); prints the new context.
+    Delete {
+        key: String,
+        #[arg(long, default_value = "")]
+        context: String,
+        #[arg(long)]
+        w: Option<u8>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// This node's local copy of a key, with dots, without quorum.
+    Inspect {
+        key: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The cluster as this node sees it.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Load a cluster and report throughput and latency percentiles.
+    Bench {
+        /// Client addresses of the nodes to spread clients over (comma-separated).
+        #[arg(long, default_value = "127.0.0.1:7001", value_delimiter = ',')]
+        node: Vec<String>,
+        /// Cluster name the nodes must have (empty: any).
+        #[arg(long, default_value = "")]
+        cluster: String,
+        /// Concurrent clients, each with its own connection.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// How long to run, e.g. 20s, 1m30s.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Keys are bench-0 .. bench-(K-1).
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        /// Operation weights, e.g. get=50,put=50 (get, put, delete).
+        #[arg(long, default_value = "get=50,put=50")]
+        mix: dynakv_actors::bench::Mix,
+        #[arg(long)]
+        r: Option<u8>,
+        #[arg(long)]
+        w: Option<u8>,
+        /// Write every key once before the timed run.
+        #[arg(long)]
+        preload: bool,
+        /// Read-your-writes check: clients read their own keys and count
+        /// reads that miss their last acknowledged write.
+        #[arg(long)]
+        check: bool,
+        /// Offer this many operations per second in total, each client on
+        /// a fixed schedule, timing late requests from when they were due
+        /// (default: each client sends as soon as its last answer came).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the cluster's membership.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Inject network faults (the node needs testing.fault_injection = true).
+    Fault {
+        #[command(subcommand)]
+        command: FaultCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FaultCommand {
+    /// Drop all traffic between the node and these peers until healed.
+    Partition {
+        /// Node ids of the peers to cut off (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        from: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Clear every fault on the node.
+    Heal {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Make the node at --node join the cluster of the node at --seed.
+    Join {
+        /// Client address of the node that joins.
+        #[arg(long)]
+        node: String,
+        /// Peer address of any member of the cluster to join.
+        #[arg(long)]
+        seed: String,
+    },
+    /// Make the node at --node hand its partitions off and leave.
+    Leave {
+        /// Client address of the node that leaves.
+        #[arg(long)]
+        node: String,
+    },
+    /// Drop a dead node from the ring; its data is rebuilt from the other replicas.
+    Remove {
+        /// The dead node: its id, or its peer or client address.
+        #[arg(long)]
+        node: String,
+        /// Client address of a live member to ask.
+        #[arg(long, default_value = "127.0.0.1:7001")]
+        via: String,
+    },
+    /// Show what a change would move, without changing anything.
+    Plan {
+        /// A node joining: ID or ID:WEIGHT.
+        #[arg(long, group = "change")]
+        join: Option<String>,
+        /// A node leaving (or being removed): ID.
+        #[arg(long, group = "change")]
+        leave: Option<String>,
+        /// A new weight: ID=WEIGHT.
+        #[arg(long, group = "change")]
+        weight: Option<String>,
+        /// Client address of a member to ask.
+        #[arg(long, default_value = "127.0.0.1:7001")]
+        via: String,
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,318 @@
+//! `dynakv`: run a node, run a whole local cluster, or talk to one. The
+//! command line is `cli.rs`; what commands print is `output.rs`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use clap::Parser;
+use dynakv::config::{Config, LogFormat};
+use dynakv::handoff::PlanChange;
+use dynakv::wire::NetFault;
+use dynakv::{Error, NodeId, Result};
+use dynakv_actors::client::{Client, Options};
+use dynakv_actors::events::Event;
+use dynakv_actors::{bench, dev, logging, node};
+use serde_json::json;
+
+mod cli;
+#[macro_use]
+mod output;
+
+use cli::{Cli, ClusterCommand, Command, FaultCommand, Target};
+use output::{emit, print_local, print_plan, print_status, show};
+
+// glibc malloc's arena locking and consolidation showed up at the top of the
+// server's profile under load; mimalloc keeps per-thread free lists.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Serve { config, log_format } => serve(config, log_format),
+        Command::Dev {
+            nodes,
+            base_port,
+            data_dir,
+        } => {
+            logging::init("info", LogFormat::Text);
+            actix::System::new().block_on(dev::run(nodes, base_port, data_dir))
+        }
+        Command::Bench {
+            node,
+            cluster,
+            clients,
+            duration,
+            value_size,
+            keys,
+            mix,
+            r,
+            w,
+            preload,
+            check,
+            rate,
+            json,
+        } => {
+            logging::init("warn", LogFormat::Text);
+            let spec = bench::Spec {
+                nodes: node,
+                cluster,
+                token: cli.token,
+                clients,
+                duration,
+                value_size,
+                keys,
+                mix,
+                r,
+                w,
+                preload,
+                check,
+                rate,
+                progress: !json && std::io::stderr().is_terminal(),
+            };
+            actix::System::new().block_on(run_bench(spec, json))
+        }
+        command => {
+            logging::init("warn", LogFormat::Text);
+            let options = Options {
+                token: cli.token,
+                timeout: cli.timeout,
+                ..Options::default()
+            };
+            actix::System::new().block_on(client_command(command, options))
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: Option<PathBuf>, log_format: Option<String>) -> Result<()> {
+    let config = Config::load(path.as_deref())?;
+    let format = match log_format.as_deref() {
+        Some("json") => LogFormat::Json,
+        Some(_) => LogFormat::Text,
+        None => config.log.format,
+    };
+    logging::init(&config.log.level, format);
+    actix::System::new().block_on(async move {
+        let listeners = node::Listeners::bind(&config)?;
+        let handle = node::start_here(&config, listeners)?;
+        let mut events = handle.events.subscribe();
+        let left = async move {
+            while let Ok(event) = events.recv().await {
+                if matches!(event, Event::Left { .. }) {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = dev::wait_for_signal() => {}
+            _ = left => eprintln!("this node has left the cluster; stopping"),
+        }
+        handle.stop().await
+    })
+}
+
+async fn run_bench(spec: bench::Spec, as_json: bool) -> Result<()> {
+    let report = bench::run(spec).await?;
+    if as_json {
+        say!("{}", report.to_json());
+    } else {
+        emit(format_args!("{}", report.to_text()));
+    }
+    Ok(())
+}
+
+fn context_arg(text: &str) -> Result<Vec<u8>> {
+    B64.decode(text.trim())
+        .map_err(|e| Error::InvalidContext(format!("--context is not base64url: {e}")))
+}
+
+/// The value of `put`: the argument, or a file or standard input (`-`).
+fn value_arg(value: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let from = match (value, file) {
+        (Some(v), None) if v != "-" => return Ok(v.into_bytes()),
+        (Some(_), None) => PathBuf::from("-"),
+        (None, Some(path)) => path,
+        _ => {
+            return Err(Error::InvalidRequest(
+                "give the value or --value-file, not both".into(),
+            ));
+        }
+    };
+    if from.as_os_str() == "-" {
+        let mut value = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut value)
+            .map_err(|e| Error::InvalidRequest(format!("reading the value from stdin: {e}")))?;
+        return Ok(value);
+    }
+    std::fs::read(&from).map_err(|e| {
+        Error::InvalidRequest(format!("reading the value from {}: {e}", from.display()))
+    })
+}
+
+async fn client_command(command: Command, options: Options) -> Result<()> {
+    let (target, run): (Target, _) = match command {
+        Command::Put {
+            key,
+            value,
+            value_file,
+            context,
+            w,
+            target,
+        } => (
+            target,
+            Op::Put(
+                key,
+                value_arg(value, value_file)?,
+                context_arg(&context)?,
+                w,
+            ),
+        ),
+        Command::Get {
+            key,
+            r,
+            json,
+            target,
+        } => (target, Op::Get(key, r, json)),
+        Command::Delete {
+            key,
+            context,
+            w,
+            target,
+        } => (target, Op::Delete(key, context_arg(&context)?, w)),
+        Command::Inspect { key, json, target } => (target, Op::Inspect(key, json)),
+        Command::Status { json, target } => (target, Op::Status(json)),
+        Command::Fault {
+            command: FaultCommand::Partition { from, target },
+        } => (target, Op::Fault(NetFault::Partition { peers: from })),
+        Command::Fault {
+            command: FaultCommand::Heal { target },
+        } => (target, Op::Fault(NetFault::Heal)),
+        Command::Cluster { command } => return cluster(command, options).await,
+        Command::Serve { .. } | Command::Dev { .. } | Command::Bench { .. } => {
+            unreachable!("handled in main")
+        }
+    };
+    let options = Options {
+        cluster: target.cluster,
+        ..options
+    };
+    let client = Client::connect_with(&target.node, options).await?;
+    match run {
+        Op::Put(key, value, ctx, w) => {
+            let written = client.put(key.as_bytes(), &value, &ctx, w).await?;
+            say!("{}", B64.encode(&written.context));
+            if !written.others.is_empty() {
+                eprintln!(
+                    "note: {} concurrent sibling(s) exist; `get` and write back to resolve",
+                    written.others.len()
+                );
+            }
+        }
+        Op::Delete(key, ctx, w) => {
+            let written = client.delete(key.as_bytes(), &ctx, w).await?;
+            say!("{}", B64.encode(&written.context));
+        }
+        Op::Get(key, r, as_json) => {
+            let read = client.get(key.as_bytes(), r).await?;
+            let context = B64.encode(&read.context);
+            if as_json {
+                let values: Vec<_> = read.values.iter().map(|v| show(v)).collect();
+                say!("{}", json!({ "values": values, "context": context }));
+            } else {
+                if read.values.is_empty() {
+                    say!("(not found)");
+                }
+                for v in &read.values {
+                    match show(v) {
+                        serde_json::Value::String(s) => say!("{s}"),
+                        other => say!("{other}"),
+                    }
+                }
+                say!("context: {context}");
+            }
+        }
+        Op::Inspect(key, as_json) => print_local(&client.inspect(key.as_bytes()).await?, as_json),
+        Op::Status(as_json) => print_status(&client.status().await?, as_json)?,
+        Op::Fault(fault) => say!("{}", client.fault(fault).await?),
+    }
+    Ok(())
+}
+
+async fn cluster(command: ClusterCommand, options: Options) -> Result<()> {
+    let connect = async |addr: &str| Client::connect_with(addr, options.clone()).await;
+    let message = match command {
+        ClusterCommand::Join { node, seed } => connect(&node).await?.join(&seed).await?,
+        ClusterCommand::Leave { node } => connect(&node).await?.leave().await?,
+        ClusterCommand::Remove { node, via } => connect(&via).await?.remove(&node).await?,
+        ClusterCommand::Plan {
+            join,
+            leave,
+            weight,
+            via,
+            json,
+        } => {
+            let change = plan_change(join, leave, weight)?;
+            let report = connect(&via).await?.plan(change).await?;
+            return print_plan(&report, json);
+        }
+    };
+    say!("{message}");
+    Ok(())
+}
+
+fn plan_change(
+    join: Option<String>,
+    leave: Option<String>,
+    weight: Option<String>,
+) -> Result<PlanChange> {
+    let id =
+        |s: &str| NodeId::new(s).map_err(|e| Error::InvalidRequest(format!("bad node id: {e}")));
+    let number = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|_| Error::InvalidRequest(format!("bad weight {s:?}")))
+    };
+    match (join, leave, weight) {
+        (Some(j), None, None) => {
+            let (node, w) = j.split_once(':').unwrap_or((&j, "1"));
+            Ok(PlanChange::Join {
+                node: id(node)?,
+                weight: number(w)?,
+            })
+        }
+        (None, Some(l), None) => Ok(PlanChange::Leave { node: id(&l)? }),
+        (None, None, Some(w)) => {
+            let (node, w) = w
+                .split_once('=')
+                .ok_or_else(|| Error::InvalidRequest("--weight takes ID=WEIGHT".into()))?;
+            Ok(PlanChange::Weight {
+                node: id(node)?,
+                weight: number(w)?,
+            })
+        }
+        _ => Err(Error::InvalidRequest(
+            "give one of --join, --leave, --weight".into(),
+        )),
+    }
+}
+
+enum Op {
+    Put(String, Vec<u8>, Vec<u8>, Option<u8>),
+    Get(String, Option<u8>, bool),
+    Delete(String, Vec<u8>, Option<u8>),
+    Inspect(String, bool),
+    Status(bool),
+    Fault(NetFault),
+}

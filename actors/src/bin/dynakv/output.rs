@@ -1,0 +1,180 @@
+//! What the commands print: text for people, `--json` for scripts. A
+//! reader that went away (`dynakv status | head`) ends a command quietly.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use dynakv::handoff::PlanReport;
+use dynakv::wire::{LocalCopy, StatusReport};
+use dynakv::{Error, Result};
+use serde_json::json;
+
+/// Writes to stdout. A reader that went away (`dynakv status | head -3`)
+/// ends the command quietly instead of with a panic and a backtrace (Rust
+/// ignores SIGPIPE, so `println!` panics on a closed pipe); any other write
+/// error ends it with a message and a failure.
+pub fn emit(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(text) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: writing to stdout: {e}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
+}
+
+/// `println!` through `emit`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        emit(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// A value as text when it is UTF-8, else as base64.
+pub fn show(value: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(value) {
+        Ok(s) => json!(s),
+        Err(_) => json!({ "base64": B64.encode(value) }),
+    }
+}
+
+pub fn print_plan(report: &PlanReport, as_json: bool) -> Result<()> {
+    if as_json {
+        let text = serde_json::to_string(report).map_err(|e| Error::Internal(e.to_string()))?;
+        say!("{text}");
+        return Ok(());
+    }
+    say!("{} partitions would change owner", report.moves);
+    say!(
+        "{:<16} {:>9} {:>14} {:>9} {:>14}",
+        "node",
+        "receives",
+        "bytes",
+        "sends",
+        "bytes"
+    );
+    for r in &report.rows {
+        say!(
+            "{:<16} {:>9} {:>14} {:>9} {:>14}",
+            r.node.as_str(),
+            r.receive,
+            r.receive_bytes,
+            r.send,
+            r.send_bytes
+        );
+    }
+    Ok(())
+}
+
+pub fn print_local(local: &LocalCopy, as_json: bool) {
+    let siblings: Vec<_> = local
+        .siblings
+        .iter()
+        .map(|(actor, counter, value)| {
+            json!({
+                "dot": format!("{actor:016x}:{counter}"),
+                "value": value.as_deref().map(show),
+            })
+        })
+        .collect();
+    if as_json {
+        say!(
+            "{}",
+            json!({
+                "node": local.node.as_str(),
+                "partition": local.partition,
+                "siblings": siblings,
+                "context": B64.encode(&local.context),
+            })
+        );
+        return;
+    }
+    say!("node {} partition {}", local.node, local.partition);
+    if local.siblings.is_empty() {
+        say!("(no local copy)");
+    }
+    for (actor, counter, value) in &local.siblings {
+        match value {
+            Some(v) => say!("{actor:016x}:{counter}  {}", show(v)),
+            None => say!("{actor:016x}:{counter}  (tombstone)"),
+        }
+    }
+}
+
+/// Bytes as B, KiB, MiB, GiB or TiB with one decimal.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn print_status(s: &StatusReport, as_json: bool) -> Result<()> {
+    if as_json {
+        let text = serde_json::to_string(s).map_err(|e| Error::Internal(e.to_string()))?;
+        say!("{text}");
+        return Ok(());
+    }
+    say!(
+        "cluster {}  (asked {}, {} partitions, N={})",
+        s.cluster,
+        s.node,
+        s.partitions,
+        s.n
+    );
+    say!(
+        "{:<16} {:<8} {:<8} {:>10} {:>10} {:>6} {:>8} {:>8} {:>6}  {:<21} {:<21}",
+        "member",
+        "state",
+        "liveness",
+        "load",
+        "keys",
+        "owns",
+        "replicas",
+        "hints",
+        "weight",
+        "peer",
+        "client"
+    );
+    let total: u32 = s.members.iter().map(|m| m.owned).sum();
+    for m in &s.members {
+        let share = if total == 0 {
+            0.0
+        } else {
+            100.0 * f64::from(m.owned) / f64::from(total)
+        };
+        let (load, keys) = match m.load {
+            Some(l) => (human_bytes(l.bytes), l.keys.to_string()),
+            None => ("?".into(), "?".into()),
+        };
+        say!(
+            "{:<16} {:<8} {:<8} {:>10} {:>10} {:>5.1}% {:>8} {:>8} {:>6}  {:<21} {:<21}",
+            m.node.as_str(),
+            m.state,
+            m.liveness,
+            load,
+            keys,
+            share,
+            m.replicated,
+            m.hints_pending,
+            m.weight,
+            m.peer_addr,
+            m.client_addr
+        );
+    }
+    if s.members.iter().any(|m| m.load.is_none()) {
+        say!("(? = the member did not answer; hints count only members that did)");
+    }
+    for note in &s.notes {
+        say!("note: {note}");
+    }
+    Ok(())
+}
