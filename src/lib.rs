@@ -2,14 +2,33 @@
 //!
 //! Every concern here is plain Rust with no threads, sockets or clocks: it
 //! takes inputs (messages, the current time as a number) and returns outputs.
-//! The `dynakv-actors` crate wraps each concern in a thin actix actor.
+//! The `dynakv-actors` crate wraps each concern in a thin actix actor, and
+//! the simulator (module `sim`, feature `sim`) drives the very same code in
+//! one thread, so what the simulator checks is what ships.
 //!
-//! - [`ring`] and [`ownership`]: partitions, owners, preference lists;
-//! - [`version`]: dotted version vector sets (siblings and contexts);
-//! - [`merkle`]: per-partition hash trees for anti-entropy;
-//! - [`wire`]: frames and the client and peer protocols;
-//! - [`config`]: the typed, validated node configuration;
-//! - [`error`]: the crate's one error type.
+//! Where things live, from the bottom up:
+//!
+//! - data: [`version`] (DVV sets: siblings and contexts), [`store`] (the
+//!   ordered key-value seam, the in-memory store, the stored-entry codec),
+//!   [`replica`] (one node's copy: local get, put, delete, merge);
+//! - placement: [`node`] (ids), [`partition`] (the Q hash ranges),
+//!   [`ownership`] (who owns each partition), [`ring`] (keys to preference
+//!   lists);
+//! - cluster state: [`view`] (the membership CRDT), [`membership`] (joins,
+//!   leaves, removals, start checks), [`liveness`] (failure detection),
+//!   [`fencing`] (whose traffic to refuse), [`topology`] (all of it at one
+//!   moment, as the actors and the simulator see it);
+//! - requests: [`coordinator`] (plan, route and tally a client's get, put or
+//!   delete);
+//! - background work, each a driver the node's actor and the simulator both
+//!   run: [`hints`] (hinted handoff), [`handoff`] (moving partitions),
+//!   [`anti_entropy`] (with [`merkle`] trees), [`tombstones`] (forgetting
+//!   deletes once every owner has them);
+//! - talking to peers: [`wire`] (frames, the client and peer protocols),
+//!   [`peer`] (peer messages, envelopes), [`handshake`] (opening a link),
+//!   [`calls`] (calls in flight, retry backoff), [`auth`] (tokens);
+//! - [`config`]: the typed, validated node configuration; [`error`]: the
+//!   crate's one error type.
 
 pub mod anti_entropy;
 pub mod auth;

@@ -12,7 +12,7 @@ use dynakv::version::{SiblingSet, Value};
 use dynakv::{Error, Result};
 use dynakv_actors::events::Event;
 use dynakv_actors::replica::{ReadLocal, ReplicaRequest, Stats};
-use dynakv_actors::testkit::{Cluster, eventually};
+use dynakv_actors::testkit::{Cluster, wait_for, wait_for_event};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -37,7 +37,7 @@ async fn local(cluster: &Cluster, i: usize, key: &str) -> Result<SiblingSet> {
 
 /// Waits until every running node's local copy of every key is identical.
 async fn converged(cluster: &Cluster, keys: &[String]) {
-    eventually(WAIT, "replicas to converge", || async {
+    wait_for(WAIT, "replicas to converge", || async {
         for key in keys {
             let first = local(cluster, 0, key).await?;
             for i in 1..cluster.len() {
@@ -145,7 +145,7 @@ async fn a_wiped_node_recovers_all_its_partitions() {
     std::fs::remove_dir_all(&cluster.config(2).node.data_dir).unwrap();
     let restarted = Instant::now();
     cluster.restart_node(2).await.unwrap();
-    eventually(
+    wait_for(
         WAIT,
         "the wiped node to hold as many keys again",
         || async {
@@ -238,7 +238,7 @@ async fn a_deleted_key_never_comes_back() {
 
     // anti-entropy brings node 2 the tombstone, then collection removes it
     // everywhere
-    eventually(
+    wait_for(
         WAIT,
         "the tombstone to be collected on every node",
         || async {
@@ -257,12 +257,9 @@ async fn a_deleted_key_never_comes_back() {
     // many more exchanges later it is still gone
     let mut events = cluster.node(2).events.subscribe();
     let mut exchanges = 0;
-    tokio::time::timeout(WAIT, async {
-        while exchanges < 3 * 64 {
-            if let Ok(Event::Exchanged { .. }) = events.recv().await {
-                exchanges += 1;
-            }
-        }
+    wait_for_event(&mut events, WAIT, "3 x 64 exchanges", |e| {
+        exchanges += usize::from(matches!(e, Event::Exchanged { .. }));
+        (exchanges >= 3 * 64).then_some(())
     })
     .await
     .unwrap();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use dynakv::version::{Actor, Context, SiblingSet, Value};
 use dynakv::{Error, Result};
 use dynakv_actors::replica::{MergeHandoff, ReadLocal};
-use dynakv_actors::testkit::{Cluster, eventually};
+use dynakv_actors::testkit::{Cluster, wait_for};
 
 /// Generous: catching up is measured, not asserted (a full round-robin
 /// pass, what a returning replica waited for before, takes 100 s).
@@ -84,7 +84,7 @@ async fn outage(keys: usize, hints: bool) -> (Duration, Duration) {
         agree(&cluster, &changed).await.is_err(),
         "the returning replica missed the changes"
     );
-    eventually(WAIT, "the returning replica to agree", || {
+    wait_for(WAIT, "the returning replica to agree", || {
         agree(&cluster, &changed)
     })
     .await

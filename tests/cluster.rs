@@ -12,7 +12,7 @@ use dynakv::wire::{ClientOp, ClientReply, ClientRequest, ClientResponse, FrameCo
 use dynakv::{Error, ErrorKind};
 use dynakv_actors::events::Event;
 use dynakv_actors::replica::{ReadLocal, ReplicaRequest};
-use dynakv_actors::testkit::{Cluster, eventually};
+use dynakv_actors::testkit::{Cluster, wait_for, wait_for_event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -103,7 +103,7 @@ async fn read_repair_heals_a_replica_written_behind_the_clusters_back() {
     let client = cluster.client(0).await.unwrap();
     client.put(b"k", b"old", &[], None).await.unwrap();
     let old = client.get(b"k", Some(3)).await.unwrap();
-    eventually(WAIT, "every replica to hold the first write", || async {
+    wait_for(WAIT, "every replica to hold the first write", || async {
         for n in cluster.running() {
             let local = n.replica.send(ReadLocal(b"k".to_vec())).await.unwrap()?;
             if local.values().count() != 1 {
@@ -154,19 +154,14 @@ async fn read_repair_heals_a_replica_written_behind_the_clusters_back() {
         vec![b"new".to_vec()],
         "the merged read sees the newer version"
     );
-    let repaired = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Ok(Event::ReadRepair { key, replicas, .. }) = events.recv().await
-                && key == b"k"
-            {
-                return replicas;
-            }
-        }
+    let repaired = wait_for_event(&mut events, WAIT, "a read repair of k", |e| match e {
+        Event::ReadRepair { key, replicas, .. } if key == b"k" => Some(*replicas),
+        _ => None,
     })
     .await
     .unwrap();
     assert_eq!(repaired, 2, "the two stale replicas are repaired");
-    eventually(WAIT, "read repair to reach every replica", || async {
+    wait_for(WAIT, "read repair to reach every replica", || async {
         for n in cluster.running() {
             let local = n.replica.send(ReadLocal(b"k".to_vec())).await.unwrap()?;
             if local != state {
@@ -199,7 +194,7 @@ async fn quorums_hold_with_one_replica_away_and_fail_clearly_with_two() {
     assert_eq!(e.kind(), ErrorKind::Quorum, "{e}");
 
     cluster.heal().await;
-    eventually(WAIT, "writes to succeed again after healing", || async {
+    wait_for(WAIT, "writes to succeed again after healing", || async {
         client.put(b"k3", b"v", &[], None).await.map(|_| ())
     })
     .await
@@ -224,13 +219,13 @@ async fn data_survives_a_full_cluster_restart() {
     for i in 0..3 {
         cluster.restart_node(i).await.unwrap();
     }
-    let client = eventually(WAIT, "a client to connect after the restart", || {
+    let client = wait_for(WAIT, "a client to connect after the restart", || {
         cluster.client(2)
     })
     .await
     .unwrap();
     for i in 0..50u32 {
-        let read = eventually(WAIT, "reads after the restart", || async {
+        let read = wait_for(WAIT, "reads after the restart", || async {
             client.get(format!("key{i}").as_bytes(), None).await
         })
         .await

@@ -19,7 +19,7 @@ use dynakv_actors::bridge::call;
 use dynakv_actors::client::Client;
 use dynakv_actors::membership::CurrentView;
 use dynakv_actors::replica::ReadLocal;
-use dynakv_actors::testkit::{Cluster, eventually, metric};
+use dynakv_actors::testkit::{Cluster, check, metric, wait_for};
 use support::ProcessCluster;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -55,7 +55,7 @@ async fn every_node_refuses_the_pushes_of_a_removed_node_that_does_not_know_yet(
     let gone = cluster.id(3);
     let message = cluster.client(0).await.unwrap().remove(gone.as_str()).await;
     assert!(message.unwrap().contains("removed"));
-    eventually(WAIT, "every other node to see node4 removed", || async {
+    wait_for(WAIT, "every other node to see node4 removed", || async {
         for i in 0..3 {
             let view = cluster.node(i).membership.send(CurrentView).await.unwrap();
             if !view.is_fenced(&gone) {
@@ -112,7 +112,7 @@ async fn every_node_refuses_the_pushes_of_a_removed_node_that_does_not_know_yet(
         let scrape = cluster.scrape(i).await.unwrap();
         assert!(metric(&scrape, "dynakv_peer_requests_fenced_total") >= 2.0);
     }
-    eventually(WAIT, "node4 to learn it is out", || async {
+    wait_for(WAIT, "node4 to learn it is out", || async {
         let own = cluster.node(3).membership.send(CurrentView).await.unwrap();
         match own.members[&gone].status {
             Status::Removed => Ok(()),
@@ -161,7 +161,7 @@ async fn a_removed_node_restarted_on_old_data_stays_out_and_brings_nothing_back(
     for addr in &cluster.client_addrs[..3] {
         live.push(Client::connect(addr, "").await.unwrap());
     }
-    eventually(
+    wait_for(
         WAIT,
         "the tombstones collected on every live node",
         || async {
@@ -186,8 +186,7 @@ async fn a_removed_node_restarted_on_old_data_stays_out_and_brings_nothing_back(
     // and knows it is out, watch for a deleted key coming back.
     cluster.start_again(3);
     let d = cluster.client_addrs[3].clone();
-    let started = Instant::now();
-    loop {
+    wait_for(WAIT, "node4 to be fenced", || async {
         let back = resurrected(&a, KEYS).await;
         assert!(back.is_empty(), "deleted keys came back: {back:?}");
         let refused_by_others = (0..3).any(|i| cluster.log(i).contains(REFUSAL));
@@ -198,17 +197,12 @@ async fn a_removed_node_restarted_on_old_data_stays_out_and_brings_nothing_back(
             ),
             Err(_) => false,
         };
-        if refused_by_others && d_refuses {
-            break;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "node4 was not fenced in {WAIT:?} (refused by others: {refused_by_others}, \
-             refuses clients: {d_refuses}):\n{}",
-            cluster.log_tail(3)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        check(refused_by_others && d_refuses, || {
+            format!("refused by others: {refused_by_others}, refuses clients: {d_refuses}")
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}:\n{}", cluster.log_tail(3)));
     let d_log = cluster.log(3);
     assert!(
         d_log.contains("this node was removed from the cluster"),
@@ -238,6 +232,7 @@ async fn a_removed_node_restarted_on_old_data_stays_out_and_brings_nothing_back(
     cluster.start_again(3);
     let status = cluster
         .wait_exit(3, WAIT)
+        .await
         .expect("a removed node must not start");
     assert!(!status.success(), "{status}");
     let tail = cluster.log_tail(3);
@@ -280,7 +275,7 @@ async fn a_replica_back_from_an_outage_serves_what_it_missed_within_seconds() {
 
     cluster.start_again(2);
     let back = Instant::now();
-    let c = eventually(WAIT, "node3 to answer", || {
+    let c = wait_for(WAIT, "node3 to answer", || {
         Client::connect(&cluster.client_addrs[2], "")
     })
     .await
@@ -295,8 +290,7 @@ async fn a_replica_back_from_an_outage_serves_what_it_missed_within_seconds() {
         }
         Ok::<(), Error>(())
     };
-    let caught_up: Result<()> =
-        eventually(Duration::from_secs(15), "node3 to catch up", check).await;
+    let caught_up: Result<()> = wait_for(Duration::from_secs(15), "node3 to catch up", check).await;
     let took = back.elapsed();
     caught_up.unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tail(2)));
     eprintln!("node3 served every delete and write at R=1 {took:?} after its restart");

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use dynakv::Error;
 use dynakv::wire::NetFault;
 use dynakv_actors::client::Client;
-use dynakv_actors::testkit::eventually;
+use dynakv_actors::testkit::wait_for;
 use support::ProcessCluster;
 use support::netns::Namespaces;
 
@@ -186,7 +186,7 @@ struct Active {
 async fn bridge_faults(cluster: &ProcessCluster, fault: impl Fn(usize) -> NetFault) {
     for i in 0..NODES {
         let addrs = &cluster.client_addrs[i..=i];
-        eventually(WAIT, "a fault request to be taken", || async {
+        wait_for(WAIT, "a fault request to be taken", || async {
             let c = connect(addrs, 0)
                 .await
                 .ok_or_else(|| Error::Unavailable("no connection".into()))?;
@@ -413,7 +413,7 @@ async fn run(mut cluster: ProcessCluster) {
     let record = std::mem::take(&mut *record.lock().unwrap());
     let healing = Instant::now();
     let converged =
-        eventually(WAIT, "every key's copies to be identical", || async {
+        wait_for(WAIT, "every key's copies to be identical", || async {
             let mut nodes = Vec::new();
             for i in 0..NODES {
                 nodes.push(connect(&cluster.client_addrs, i).await.ok_or_else(|| {
@@ -449,7 +449,7 @@ async fn run(mut cluster: ProcessCluster) {
     let converged_in = healing.elapsed();
 
     // Every key reads (R = N) as the history says.
-    let healed = eventually(WAIT, "every key to read as the history says", || async {
+    let healed = wait_for(WAIT, "every key to read as the history says", || async {
         for (key, log) in &record.keys {
             let c = connect(&cluster.client_addrs, key.len())
                 .await

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use dynakv::wire::NetFault;
 use dynakv::{Error, ErrorKind};
-use dynakv_actors::testkit::{Cluster, eventually, metric};
+use dynakv_actors::testkit::{Cluster, metric, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Waits until node `i`'s scrape shows `series` at `value`.
 async fn wait_metric(cluster: &Cluster, i: usize, series: &str, value: f64) {
-    eventually(WAIT, series, || async {
+    wait_for(WAIT, series, || async {
         match metric(&cluster.scrape(i).await?, series) {
             v if v == value => Ok(()),
             v => Err(Error::Unavailable(format!("{series} = {v}"))),
@@ -90,7 +90,7 @@ async fn metrics_count_requests_failures_repairs_liveness_and_storage() {
     wait_metric(&cluster, 0, up, 1.0).await;
 
     // node3 missed "stale": a read of all three repairs it.
-    eventually(WAIT, "a read of all three replicas", || async {
+    wait_for(WAIT, "a read of all three replicas", || async {
         client.get(b"stale", Some(3)).await
     })
     .await
@@ -133,7 +133,7 @@ async fn status_shows_each_members_load_ownership_and_the_hints_waiting_for_it()
 
     // node4 away: writes it owns wait as hints on the others.
     cluster.partition(&[3]).await;
-    eventually(WAIT, "node1 to see node4 down", || async {
+    wait_for(WAIT, "node1 to see node4 down", || async {
         let report = client.status().await?;
         match report.members.iter().find(|m| m.node == cluster.id(3)) {
             Some(m) if m.liveness == "down" => Ok(()),
@@ -149,7 +149,7 @@ async fn status_shows_each_members_load_ownership_and_the_hints_waiting_for_it()
             .unwrap();
     }
     // Stand-ins place hinted copies after answering the client.
-    let report = eventually(WAIT, "the hints to be counted", || async {
+    let report = wait_for(WAIT, "the hints to be counted", || async {
         let report = client.status().await?;
         let stored: u64 = report
             .members

@@ -10,7 +10,7 @@ use dynakv::ErrorKind;
 use dynakv_actors::node::NodeHandle;
 use dynakv_actors::replica::{PanicInCore, Stats};
 use dynakv_actors::supervise::{InjectPanic, Ping};
-use dynakv_actors::testkit::{Cluster, eventually};
+use dynakv_actors::testkit::{Cluster, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -27,7 +27,7 @@ async fn crash_and_check(node: &NodeHandle, which: &str) {
                 answer.is_err(),
                 "{which}: the panic is answered with an error"
             );
-            eventually(WAIT, "the actor to answer again", || async {
+            wait_for(WAIT, "the actor to answer again", || async {
                 $addr
                     .send(Ping)
                     .await
@@ -80,7 +80,7 @@ async fn a_panic_in_any_actor_leaves_the_node_serving_and_loses_nothing() {
         // was what failed), so a retry writes with the context of every
         // replica's copy, as a client retrying a write of unknown outcome
         // should; a blind retry would keep both as siblings.
-        eventually(WAIT, "writes after the restart", || async {
+        wait_for(WAIT, "writes after the restart", || async {
             let seen = client.get(key.as_bytes(), Some(3)).await?;
             client
                 .put(key.as_bytes(), which.as_bytes(), &seen.context, None)

@@ -6,8 +6,10 @@ mod support;
 
 use std::time::Duration;
 
+use dynakv::Error;
 use dynakv::config::Config;
 use dynakv_actors::client::Client;
+use dynakv_actors::testkit::{check, wait_for};
 use support::ProcessCluster;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -192,8 +194,8 @@ fn dev_base_port() -> u16 {
 /// `dynakv dev`, the README's quick start: ready means every member is up;
 /// its banner meeting a reader that went away (`dynakv dev | head -1`) does
 /// not stop it; it serves; SIGTERM stops it with status 0.
-#[test]
-fn dynakv_dev_is_up_when_ready_outlives_a_closed_stdout_and_stops_on_sigterm() {
+#[actix_rt::test]
+async fn dynakv_dev_is_up_when_ready_outlives_a_closed_stdout_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let base = dev_base_port();
     let log = dir.path().join("dev.log");
@@ -206,21 +208,19 @@ fn dynakv_dev_is_up_when_ready_outlives_a_closed_stdout_and_stops_on_sigterm() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    let text = loop {
+    let text = wait_for(WAIT, "dynakv dev to be ready", || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("local cluster ready") {
-            break text;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
+        let ready = if text.contains("local cluster ready") {
+            Ok(text)
+        } else if let Some(status) = child.try_wait().unwrap() {
             panic!("dynakv dev exited ({status}) before it was ready:\n{text}");
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "dynakv dev not ready in {WAIT:?}:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        } else {
+            Err(Error::Unavailable(format!("not ready yet:\n{text}")))
+        };
+        async move { ready }
+    })
+    .await
+    .unwrap();
     assert!(text.contains("cannot write to stdout"), "{text}");
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -316,11 +316,12 @@ async fn killing_two_owners_under_load_loses_no_acknowledged_write() {
         let attempted = attempted.clone();
         async move {
             let target = attempted.load(Ordering::Relaxed) + n;
-            let start = std::time::Instant::now();
-            while attempted.load(Ordering::Relaxed) < target {
-                assert!(start.elapsed() < WAIT, "the writer stalled");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            wait_for(WAIT, "the writer to make progress", || {
+                let done = attempted.load(Ordering::Relaxed);
+                async move { check(done >= target, || format!("it stalled at {done} writes")) }
+            })
+            .await
+            .unwrap();
         }
     };
 
@@ -356,22 +357,19 @@ async fn killing_two_owners_under_load_loses_no_acknowledged_write() {
             {
                 continue;
             }
-            loop {
+            let left = (WAIT * 2).saturating_sub(start.elapsed());
+            wait_for(left, &format!("{key} to reach {id}"), || async {
                 let local = client.inspect(key.as_bytes()).await.unwrap();
-                if local
-                    .siblings
-                    .iter()
-                    .any(|(_, _, v)| v.as_deref() == Some(value.as_bytes()))
-                {
-                    break;
-                }
-                assert!(
-                    start.elapsed() < WAIT * 2,
-                    "{key} never reached {id}; its log:\n{}",
-                    cluster.log_tail(i)
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+                check(
+                    local
+                        .siblings
+                        .iter()
+                        .any(|(_, _, v)| v.as_deref() == Some(value.as_bytes())),
+                    || format!("{id} holds {:?}", local.siblings),
+                )
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}; its log:\n{}", cluster.log_tail(i)));
         }
     }
     println!(
@@ -414,8 +412,7 @@ async fn a_sigkilled_node_removed_from_the_ring_loses_no_acknowledged_write() {
 
     // Settled: every live node sees node3 removed and owning nothing, and
     // has nothing left to receive.
-    let start = std::time::Instant::now();
-    loop {
+    wait_for(WAIT, "the cluster to settle after the remove", || async {
         let mut settled = true;
         for i in [0, 1, 3, 4] {
             let status = Client::connect(&cluster.client_addrs[i], "")
@@ -440,15 +437,10 @@ async fn a_sigkilled_node_removed_from_the_ring_loses_no_acknowledged_write() {
                 .iter()
                 .any(|n| n.contains("to receive") || n.contains("receiving"));
         }
-        if settled {
-            break;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "the cluster did not settle after the remove"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        check(settled, || "not yet".into())
+    })
+    .await
+    .unwrap();
     for i in [0, 1, 3, 4] {
         let reader = Client::connect(&cluster.client_addrs[i], "").await.unwrap();
         for (key, v) in &acked {
@@ -583,7 +575,7 @@ async fn idle_connections_past_the_limit_are_closed_and_new_clients_served() {
     }
     let node = cluster.client_addrs[0].clone();
     // Let the connections used to wait for the cluster go idle first.
-    let refused = dynakv_actors::testkit::eventually(WAIT, "every slot to be held", || async {
+    let refused = dynakv_actors::testkit::wait_for(WAIT, "every slot to be held", || async {
         let idle: Vec<std::net::TcpStream> = (0..8)
             .map(|_| std::net::TcpStream::connect(&node).unwrap())
             .collect();

@@ -16,7 +16,7 @@ use dynakv_actors::events::Event;
 use dynakv_actors::handoff::FetchTotals;
 use dynakv_actors::membership::CurrentView;
 use dynakv_actors::replica::{ReadLocal, Stats};
-use dynakv_actors::testkit::{Cluster, eventually};
+use dynakv_actors::testkit::{Cluster, wait_for, wait_for_event};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -197,7 +197,7 @@ async fn three_to_five_nodes_while_clients_write_and_read() {
     );
     written.extend(live);
     // Writes that raced with the last commits reach everyone through anti-entropy.
-    eventually(WAIT, "every write on exactly its owners", || async {
+    wait_for(WAIT, "every write on exactly its owners", || async {
         let view = cluster.running()[0]
             .membership
             .send(CurrentView)
@@ -249,14 +249,14 @@ async fn five_to_four_by_leave_loses_nothing() {
     let mut left = cluster.node(3).events.subscribe();
     let message = cluster.client(3).await.unwrap().leave().await.unwrap();
     assert!(message.contains("leaving"), "{message}");
-    tokio::time::timeout(WAIT, async {
-        while !matches!(left.recv().await, Ok(Event::Left { .. })) {}
+    wait_for_event(&mut left, WAIT, "the leaver to be gone", |e| {
+        matches!(e, Event::Left { .. }).then_some(())
     })
     .await
     .unwrap();
     let stats = cluster.node(3).replica.send(Stats).await.unwrap().unwrap();
     assert_eq!(stats.keys, 0, "the leaver handed everything off");
-    let view = eventually(WAIT, "the others to see the leaver gone", || async {
+    let view = wait_for(WAIT, "the others to see the leaver gone", || async {
         let view = cluster.node(0).membership.send(CurrentView).await.unwrap();
         match view.members[&cluster.id(3)].status.as_str() {
             "left" => Ok(view),
@@ -299,7 +299,7 @@ async fn five_to_four_by_removing_a_dead_node_loses_nothing() {
     assert!(!view.ring().unwrap().nodes().contains(&dead));
     // The dead node's partitions have no one to hand them over: their new
     // owners rebuild them through anti-entropy, after the ring settled.
-    eventually(WAIT, "the removed node's keys to be rebuilt", || {
+    wait_for(WAIT, "the removed node's keys to be rebuilt", || {
         placement(&cluster, &written)
     })
     .await
@@ -320,8 +320,8 @@ async fn an_interrupted_transfer_resumes_after_the_receiver_restarts() {
     let written = load(Arc::new(cluster.client(0).await.unwrap()), "k", 3000).await;
     let i = cluster.add_node(|_| {}).await.unwrap();
     let mut events = cluster.node(i).events.subscribe();
-    tokio::time::timeout(WAIT, async {
-        while !matches!(events.recv().await, Ok(Event::PartitionFetched { .. })) {}
+    wait_for_event(&mut events, WAIT, "a partition fetched", |e| {
+        matches!(e, Event::PartitionFetched { .. }).then_some(())
     })
     .await
     .unwrap();

@@ -14,7 +14,7 @@ use dynakv::{Error, ErrorKind, NodeId};
 use dynakv_actors::client::Client;
 use dynakv_actors::membership::CurrentView;
 use dynakv_actors::replica::ReadLocal;
-use dynakv_actors::testkit::{Cluster, eventually, metric};
+use dynakv_actors::testkit::{Cluster, metric, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -38,7 +38,7 @@ async fn a_node_without_the_secret_cannot_join_or_gossip() {
         .unwrap();
 
     // The intruder dials every seed; each refuses it, and it refuses them.
-    eventually(WAIT, "every member to refuse the intruder", || async {
+    wait_for(WAIT, "every member to refuse the intruder", || async {
         let mut counts = Vec::new();
         for i in 0..=intruder {
             counts.push(metric(&cluster.scrape(i).await?, REFUSED));

@@ -13,7 +13,7 @@ use dynakv_actors::client::Client;
 use dynakv_actors::faults::{Control, Fault};
 use dynakv_actors::membership::{CurrentView, GossipIn};
 use dynakv_actors::replica::{ReadLocal, Stats};
-use dynakv_actors::testkit::{Cluster, eventually, metric};
+use dynakv_actors::testkit::{Cluster, metric, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -43,7 +43,7 @@ async fn keys_owned_by(cluster: &Cluster, owners: &[usize], count: usize) -> Vec
 /// would give the write a second dot); the timeout marks that node
 /// unreachable, so the retry is routed around it.
 async fn put_retrying(client: &Client, key: &[u8], value: &[u8]) {
-    eventually(WAIT, "the put to succeed", || {
+    wait_for(WAIT, "the put to succeed", || {
         client.put(key, value, &[], None)
     })
     .await
@@ -77,7 +77,7 @@ async fn total_metric(cluster: &Cluster, series: &str) -> f64 {
 /// Waits until the stand-ins hold one hint per key for `owner`: a session
 /// answers the client after W copies and places the hinted copy after.
 async fn wait_hints(cluster: &Cluster, owner: &NodeId, count: usize) {
-    eventually(WAIT, "every hinted copy to be placed", || async {
+    wait_for(WAIT, "every hinted copy to be placed", || async {
         match hints_for(cluster, owner).await {
             n if n == count as u64 => Ok(()),
             n => Err(Error::Unavailable(format!("{n} of {count} hints"))),
@@ -89,7 +89,7 @@ async fn wait_hints(cluster: &Cluster, owner: &NodeId, count: usize) {
 
 /// Waits until node `i`'s local copy of every key holds its written value.
 async fn wait_local(cluster: &Cluster, i: usize, written: &[(String, Vec<u8>)]) {
-    eventually(
+    wait_for(
         WAIT,
         "every acknowledged write to reach the owner",
         || async {
@@ -119,7 +119,7 @@ async fn five_nodes_agree_on_one_view_and_one_ring() {
     let cluster = Cluster::start(5).await.unwrap();
     // Gossip runs every 50 ms here: "a few rounds" is well under a second.
     let start = std::time::Instant::now();
-    let views = eventually(WAIT, "identical views", || async {
+    let views = wait_for(WAIT, "identical views", || async {
         let mut views: Vec<View> = Vec::new();
         for n in cluster.running() {
             views.push((*n.membership.send(CurrentView).await.unwrap()).clone());
@@ -235,7 +235,7 @@ async fn a_partitioned_owner_gets_every_write_back_and_the_hints_are_gone() {
 
     cluster.heal().await;
     wait_local(&cluster, owner, &written).await;
-    eventually(WAIT, "the stand-ins' hints to be cleared", || async {
+    wait_for(WAIT, "the stand-ins' hints to be cleared", || async {
         match hints_for(&cluster, &id).await {
             0 => Ok(()),
             n => Err(Error::Unavailable(format!("{n} hints left"))),
@@ -299,7 +299,7 @@ async fn a_stand_in_that_restarts_still_delivers_its_hints() {
 
     cluster.heal().await;
     wait_local(&cluster, owner, &written).await;
-    eventually(
+    wait_for(
         WAIT,
         "the restarted stand-in to clear its hints",
         || async {
@@ -411,7 +411,7 @@ async fn hint_delivery_after_a_heal_is_complete_and_timed() {
     let healed = std::time::Instant::now();
 
     cluster.heal().await;
-    eventually(WAIT * 4, "every hint to be delivered", || async {
+    wait_for(WAIT * 4, "every hint to be delivered", || async {
         match hints_for(&cluster, &id).await {
             0 => Ok(()),
             n => Err(Error::Unavailable(format!("{n} hints left"))),

@@ -1,14 +1,34 @@
 //! One node: every actor, started in dependency order and wired together.
-//! Reading `start` tells you the architecture.
+//! Reading `start_on` tells you the architecture; every actor carries out
+//! decisions made by the core crate's module of the same name.
 //!
 //! ```text
-//! storage (fjall) ── Replica ── StorageWorker, Syncer      (data, trees, fsync)
-//!                   Bridge (peer port) ─────────────────────  routes Envelopes
-//!                   Ring ◄── Membership (gossip, view)        ViewChanged
-//!                   Coordinator ◄── Ring                       RingChanged
-//!                   Coordinator ── Session per request ── Router ── Replica | Bridge
-//!                   ClientServer (client port) ── ClientConn ── Coordinator
+//!  fjall ── Storage ── StorageWorker (SyncArbiter: reads, writes, trees)
+//!                       └─ Syncer (fsync on the configured schedule)
+//!           Replica ──── owns the StorageWorker; local get/put/merge
+//!
+//!  peer port ── Bridge ── Link per peer (handshake, frames, reconnects)
+//!               │  routes each incoming request by its Concern to the
+//!               │  actor that Handles it (Replica, Membership, Hints,
+//!               │  Handoff, AntiEntropy) and each reply to its caller;
+//!               │  fences removed members; Watchers see link changes
+//!
+//!  Membership (gossip, view, liveness) ── view ──► Ring
+//!  Ring ── RingChanged ──► Coordinator, Hints, Handoff, AntiEntropy,
+//!                          MetricsServer
+//!
+//!  client port ── ClientServer ── ClientConn per connection
+//!                                   └─► Coordinator ── Session per request
+//!                                        (admin.rs: Operations)   └─ Router ── Replica | Bridge
+//!
+//!  Hints        durable hints, delivered when the owner is back
+//!  Handoff      streams partitions to their new owners
+//!  AntiEntropy  Merkle exchanges, AE catch-up, tombstone collection
+//!  MetricsServer  /metrics over HTTP (when metrics.addr is set)
 //! ```
+//!
+//! Every actor but the per-connection and per-request ones runs under a
+//! `Supervisor`: one that panics is restarted in place and keeps serving.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

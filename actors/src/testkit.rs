@@ -3,8 +3,8 @@
 //! `Cluster::start(n)` starts n nodes on loopback with free ports and temp
 //! dirs, waits until they have formed a ring, and hands out every node's
 //! actor addresses (`node(i)`), clients, fault controls and restarts. Tests
-//! wait on conditions with `eventually` (polling with a deadline) or on the
-//! nodes' event streams, never on fixed sleeps.
+//! wait on conditions with `wait_for` (polling with a deadline) or on the
+//! nodes' event streams with `wait_for_event`, never on fixed sleeps.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use dynakv::config::Config;
 use dynakv::{Error, NodeId, Result};
 use tempfile::TempDir;
+use tokio::sync::broadcast;
 
 use crate::client::Client;
 use crate::dev::{cluster_config, wait_formed};
+use crate::events::Event;
 use crate::faults::Fault;
 use crate::membership::CurrentView;
 use crate::node::{self, Listeners, NodeHandle};
@@ -109,7 +111,7 @@ impl Cluster {
     /// member is up (or gone), and no node holds a partition it does not
     /// replicate.
     pub async fn settled(&self, deadline: Duration) -> Result<()> {
-        eventually(deadline, "the cluster to settle", || async {
+        wait_for(deadline, "the cluster to settle", || async {
             let mut views = Vec::new();
             for n in self.running() {
                 views.push(
@@ -262,7 +264,7 @@ impl Cluster {
     pub async fn restart_node(&mut self, i: usize) -> Result<()> {
         self.stop_node(i).await?;
         let config = self.configs[i].clone();
-        let node = eventually(DEADLINE, "the restarted node to reopen its storage", || {
+        let node = wait_for(DEADLINE, "the restarted node to reopen its storage", || {
             let config = config.clone();
             async move {
                 let listeners = Listeners::bind(&config)?;
@@ -326,9 +328,11 @@ pub fn metric(scrape: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Retries `attempt` until it succeeds or `deadline` passes; the error then
-/// names what was awaited and the last failure.
-pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut attempt: F) -> Result<T>
+/// Waits until `condition` holds: polls it (with a growing pause, at most
+/// 200 ms) until it answers `Ok`, and returns that. Past `deadline` the
+/// error names `what` was awaited and the condition's last answer, so a
+/// condition says why it does not hold yet in its `Err`.
+pub async fn wait_for<T, F, Fut>(deadline: Duration, what: &str, mut condition: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
@@ -336,7 +340,7 @@ where
     let start = Instant::now();
     let mut pause = Duration::from_millis(10);
     loop {
-        match attempt().await {
+        match condition().await {
             Ok(v) => return Ok(v),
             Err(e) if start.elapsed() > deadline => {
                 return Err(Error::Internal(format!(
@@ -348,5 +352,90 @@ where
                 pause = (pause * 2).min(Duration::from_millis(200));
             }
         }
+    }
+}
+
+/// `Ok` when `holds`, else the error `wait_for` reports if time runs out.
+pub fn check(holds: bool, why: impl FnOnce() -> String) -> Result<()> {
+    if holds {
+        Ok(())
+    } else {
+        Err(Error::Unavailable(why()))
+    }
+}
+
+/// Waits for the event `pick` chooses (answers `Some` for) on a node's
+/// event stream, subscribed to before the action that causes it. `pick`
+/// may count events and answer once it has seen enough. Events the stream
+/// dropped because the test fell behind are skipped.
+pub async fn wait_for_event<T>(
+    events: &mut broadcast::Receiver<Event>,
+    deadline: Duration,
+    what: &str,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> Result<T> {
+    let picked = async {
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    if let Some(v) = pick(&event) {
+                        return Ok(v);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(Error::Internal(format!("the node stopped before {what}")));
+                }
+            }
+        }
+    };
+    tokio::time::timeout(deadline, picked)
+        .await
+        .map_err(|_| Error::Internal(format!("gave up waiting for {what} after {deadline:?}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn a_wait_that_never_holds_names_what_and_why() {
+        let mut polls = 0;
+        let err = wait_for(Duration::from_millis(50), "the moon", || {
+            polls += 1;
+            async { check(false, || "it is new".into()) }
+        })
+        .await
+        .unwrap_err();
+        assert!(polls > 1, "polled {polls} times");
+        let text = err.to_string();
+        assert!(
+            text.contains("the moon") && text.contains("it is new"),
+            "{text}"
+        );
+        let got = wait_for(Duration::from_millis(50), "a number", || async { Ok(7) }).await;
+        assert_eq!(got.unwrap(), 7);
+    }
+
+    #[actix_rt::test]
+    async fn a_wait_for_an_event_counts_skips_and_gives_up() {
+        let (tx, mut rx) = broadcast::channel(16);
+        let left = || Event::Left {
+            node: NodeId::new("n1").unwrap(),
+        };
+        for _ in 0..3 {
+            tx.send(left()).unwrap();
+        }
+        let mut seen = 0;
+        let three = wait_for_event(&mut rx, Duration::from_secs(5), "three", |e| {
+            seen += usize::from(matches!(e, Event::Left { .. }));
+            (seen == 3).then_some(seen)
+        });
+        assert_eq!(three.await.unwrap(), 3);
+        let none = wait_for_event(&mut rx, Duration::from_millis(20), "a fourth", |_| Some(()));
+        assert!(none.await.unwrap_err().to_string().contains("a fourth"));
+        drop(tx);
+        let closed = wait_for_event(&mut rx, Duration::from_secs(5), "anything", |_| Some(()));
+        assert!(closed.await.unwrap_err().to_string().contains("stopped"));
     }
 }

@@ -6,9 +6,11 @@ pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use dynakv::Error;
 use dynakv_actors::client::Client;
+use dynakv_actors::testkit::{check, wait_for};
 use netns::Namespaces;
 use tempfile::TempDir;
 
@@ -224,19 +226,22 @@ impl ProcessCluster {
 
     /// Waits for node `i`'s process to exit by itself; its status, or None
     /// if it still runs at the deadline.
-    pub fn wait_exit(&mut self, i: usize, deadline: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        loop {
-            let child = self.procs[i].as_mut().expect("node was started");
-            if let Some(status) = child.try_wait().unwrap() {
-                self.procs[i] = None;
-                return Some(status);
-            }
-            if start.elapsed() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    pub async fn wait_exit(
+        &mut self,
+        i: usize,
+        deadline: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let child = self.procs[i].as_mut().expect("node was started");
+        let status = wait_for(deadline, "the process to exit", || {
+            let exited = child.try_wait().unwrap();
+            async move { exited.ok_or_else(|| Error::Unavailable("it still runs".into())) }
+        })
+        .await
+        .ok();
+        if status.is_some() {
+            self.procs[i] = None;
         }
+        status
     }
 
     /// The end of node `i`'s log, for failure messages.
@@ -252,25 +257,26 @@ impl ProcessCluster {
 
     /// Waits until node `i` answers status with a formed ring of `members`.
     pub async fn wait_formed(&self, i: usize, members: usize, deadline: Duration) {
-        let start = Instant::now();
-        loop {
-            if let Ok(c) = Client::connect(&self.client_addrs[i], "").await
-                && let Ok(s) = c.status().await
-                && s.members.len() == members
-                && s.members.iter().all(|m| m.owned > 0)
-            {
-                return;
-            }
-            assert!(
-                start.elapsed() < deadline,
-                "node{} did not form a cluster of {members} in {deadline:?}; the logs:\n{}",
-                i + 1,
+        let what = format!("node{} to form a cluster of {members}", i + 1);
+        let formed = wait_for(deadline, &what, || async {
+            let status = Client::connect(&self.client_addrs[i], "")
+                .await?
+                .status()
+                .await?;
+            check(
+                status.members.len() == members && status.members.iter().all(|m| m.owned > 0),
+                || format!("it sees {:?}", status.members),
+            )
+        })
+        .await;
+        if let Err(e) = formed {
+            panic!(
+                "{e}; the logs:\n{}",
                 (0..self.procs.len())
                     .map(|j| format!("--- node{}\n{}", j + 1, self.log_tail(j)))
                     .collect::<Vec<_>>()
                     .join("\n")
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
