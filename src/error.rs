@@ -48,6 +48,11 @@ pub enum Error {
     /// there.
     #[error("removed from the cluster: {0}")]
     Removed(String),
+    /// The request was sent but no answer came back (the connection broke,
+    /// the node died): it may or may not have taken effect. A client never
+    /// retries a write that ended this way on its own.
+    #[error("outcome unknown: {0}")]
+    Indeterminate(String),
 
     // --- local resources ---
     #[error("invalid configuration: {0}")]
@@ -87,6 +92,7 @@ impl Error {
             Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::Unauthorized(_) => ErrorKind::Unauthorized,
             Error::Removed(_) => ErrorKind::Removed,
+            Error::Indeterminate(_) => ErrorKind::Indeterminate,
             Error::Config(_) => ErrorKind::InvalidRequest,
             Error::Storage(_) | Error::Internal(_) => ErrorKind::Internal,
             Error::Remote { kind, .. } => *kind,
@@ -117,6 +123,8 @@ pub enum ErrorKind {
     /// The node (or the peer asking) was removed from the cluster or left
     /// it; the request had no effect.
     Removed,
+    /// Sent, and no answer came: it may have taken effect.
+    Indeterminate,
 }
 
 impl Error {
@@ -124,7 +132,7 @@ impl Error {
     /// no answer came (a timeout, a connection lost after sending). Any
     /// other error is an answer, or a failure before the request left.
     pub fn is_indeterminate(&self) -> bool {
-        matches!(self, Error::Timeout)
+        matches!(self.kind(), ErrorKind::Timeout | ErrorKind::Indeterminate)
     }
 }
 
@@ -132,7 +140,11 @@ impl ErrorKind {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorKind::Quorum | ErrorKind::Timeout | ErrorKind::Overloaded | ErrorKind::Unavailable
+            ErrorKind::Quorum
+                | ErrorKind::Timeout
+                | ErrorKind::Overloaded
+                | ErrorKind::Unavailable
+                | ErrorKind::Indeterminate
         )
     }
 
@@ -148,6 +160,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Internal => "internal",
             ErrorKind::Removed => "removed",
+            ErrorKind::Indeterminate => "indeterminate",
         }
     }
 }

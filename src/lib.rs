@@ -19,7 +19,8 @@
 //!   [`fencing`] (whose traffic to refuse), [`topology`] (all of it at one
 //!   moment, as the actors and the simulator see it);
 //! - requests: [`coordinator`] (plan, route and tally a client's get, put or
-//!   delete);
+//!   delete), [`routing`] (where a cluster-aware client sends each request,
+//!   and when it may fail over);
 //! - background work, each a driver the node's actor and the simulator both
 //!   run: [`hints`] (hinted handoff), [`handoff`] (moving partitions),
 //!   [`anti_entropy`] (with [`merkle`] trees), [`tombstones`] (forgetting
@@ -49,6 +50,7 @@ pub mod partition;
 pub mod peer;
 pub mod replica;
 pub mod ring;
+pub mod routing;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod store;

@@ -16,6 +16,9 @@ pub struct Topology {
     pub view: Arc<View>,
     pub ring: Option<Arc<Ring>>,
     pub health: Arc<BTreeMap<NodeId, Health>>,
+    /// `view.digest()`, computed once: clients name the ring they route by
+    /// with it, and a coordinator that holds another tells them so.
+    pub version: u64,
 }
 
 impl Topology {
@@ -23,6 +26,7 @@ impl Topology {
     pub fn new(view: View, health: BTreeMap<NodeId, Health>) -> Self {
         Topology {
             ring: view.ring().map(Arc::new),
+            version: view.digest(),
             view: Arc::new(view),
             health: Arc::new(health),
         }

@@ -244,6 +244,14 @@ impl View {
         }
     }
 
+    /// A fingerprint of the whole view (members and ownership): equal views
+    /// have equal digests, and any change gives another one (but for a
+    /// 64-bit collision). Clients compare it to learn that their copy of
+    /// the ring is stale.
+    pub fn digest(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&self.to_bytes())
+    }
+
     /// The encoding persisted in the node's `meta` keyspace.
     pub fn to_bytes(&self) -> Vec<u8> {
         postcard::to_stdvec(self).expect("encoding to a Vec cannot fail")

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handoff::{PlanChange, PlanReport};
 use crate::node::NodeId;
+use crate::routing::{Effect, RingSnapshot};
 
 /// Version byte at the start of every payload.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -193,6 +194,76 @@ pub enum ClientOp {
     Plan { change: PlanChange },
     /// Fault injection (refused unless `testing.fault_injection` is on).
     Fault { fault: NetFault },
+    /// The node's view of the ring, for a cluster-aware client
+    /// (`crate::routing`).
+    Ring,
+    /// A get, put or delete sent by a client that routes by the ring whose
+    /// version (`View::digest`) is `ring`; when the coordinator holds
+    /// another, its reply comes wrapped in `ClientReply::Stale`.
+    Routed { ring: u64, op: KeyOp },
+}
+
+/// The operations on one key, as a routed request carries them (the same
+/// fields as `ClientOp`'s; a separate enum, so a routed request cannot nest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyOp {
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        r: Option<u8>,
+    },
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        context: Vec<u8>,
+        w: Option<u8>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        context: Vec<u8>,
+        w: Option<u8>,
+    },
+}
+
+impl KeyOp {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            KeyOp::Get { key, .. } | KeyOp::Put { key, .. } | KeyOp::Delete { key, .. } => key,
+        }
+    }
+
+    /// Whether sending it again could apply it twice.
+    pub fn effect(&self) -> Effect {
+        match self {
+            KeyOp::Get { .. } => Effect::Read,
+            KeyOp::Put { .. } | KeyOp::Delete { .. } => Effect::Write,
+        }
+    }
+}
+
+impl From<KeyOp> for ClientOp {
+    fn from(op: KeyOp) -> ClientOp {
+        match op {
+            KeyOp::Get { key, r } => ClientOp::Get { key, r },
+            KeyOp::Put {
+                key,
+                value,
+                context,
+                w,
+            } => ClientOp::Put {
+                key,
+                value,
+                context,
+                w,
+            },
+            KeyOp::Delete { key, context, w } => ClientOp::Delete { key, context, w },
+        }
+    }
 }
 
 /// A network fault a node injects into its own Bridge.
@@ -220,6 +291,12 @@ impl ClientOp {
             ClientOp::Remove { .. } => "remove",
             ClientOp::Plan { .. } => "plan",
             ClientOp::Fault { .. } => "fault",
+            ClientOp::Ring => "ring",
+            ClientOp::Routed { op, .. } => match op {
+                KeyOp::Get { .. } => "get",
+                KeyOp::Put { .. } => "put",
+                KeyOp::Delete { .. } => "delete",
+            },
         }
     }
 }
@@ -265,6 +342,36 @@ pub enum ClientReply {
         message: String,
     },
     Plan(PlanReport),
+    /// The answer to `Ring`.
+    Ring(RingSnapshot),
+    /// The answer to a routed request whose ring was not the coordinator's:
+    /// the coordinator's ring version, and the request's own reply.
+    Stale {
+        ring: u64,
+        reply: StaleReply,
+    },
+}
+
+/// The reply a `Stale` carries: a get's or a write's (a separate enum, so
+/// replies cannot nest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StaleReply {
+    Value {
+        #[serde(with = "byte_lists")]
+        values: Vec<Vec<u8>>,
+        #[serde(with = "serde_bytes")]
+        context: Vec<u8>,
+    },
+    Written {
+        #[serde(with = "serde_bytes")]
+        context: Vec<u8>,
+        #[serde(with = "byte_lists")]
+        others: Vec<Vec<u8>>,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 impl ClientReply {
@@ -272,6 +379,28 @@ impl ClientReply {
         ClientReply::Error {
             kind: e.kind(),
             message: e.to_string(),
+        }
+    }
+
+    /// This reply to a routed request, told that the client's ring is not
+    /// `ring` (a reply no routed request has stays as it is).
+    pub fn stale(self, ring: u64) -> ClientReply {
+        let reply = match self {
+            ClientReply::Value { values, context } => StaleReply::Value { values, context },
+            ClientReply::Written { context, others } => StaleReply::Written { context, others },
+            ClientReply::Error { kind, message } => StaleReply::Error { kind, message },
+            other => return other,
+        };
+        ClientReply::Stale { ring, reply }
+    }
+}
+
+impl From<StaleReply> for ClientReply {
+    fn from(reply: StaleReply) -> ClientReply {
+        match reply {
+            StaleReply::Value { values, context } => ClientReply::Value { values, context },
+            StaleReply::Written { context, others } => ClientReply::Written { context, others },
+            StaleReply::Error { kind, message } => ClientReply::Error { kind, message },
         }
     }
 }

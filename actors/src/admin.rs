@@ -2,7 +2,8 @@
 //! `status` (asking every member that is not down for its load), `inspect`
 //! (this replica's copy of a key), `plan` (what a membership change would
 //! move), membership changes (through membership) and fault injection
-//! (through the Bridge, when `testing.fault_injection` is on).
+//! (through the Bridge, when `testing.fault_injection` is on), and `ring`
+//! (the snapshot a cluster-aware client routes by).
 //!
 //! `prepare` checks a request on the coordinator's thread; `answer` then
 //! gathers what it needs without holding the coordinator.
@@ -16,6 +17,7 @@ use dynakv::liveness::Health;
 use dynakv::membership::{MAX_MEMBERS, View};
 use dynakv::partition::Partition;
 use dynakv::peer::{NodeLoad, PeerMsg};
+use dynakv::routing::RingSnapshot;
 use dynakv::topology::Topology;
 use dynakv::version::Value;
 use dynakv::wire::{
@@ -72,6 +74,7 @@ pub enum Prepared {
         change: PlanChange,
     },
     Fault(Fault),
+    Ring(Box<RingSnapshot>),
 }
 
 impl Operations {
@@ -100,12 +103,21 @@ impl Operations {
                 Prepared::Plan { view, change }
             }
             ClientOp::Fault { fault } => Prepared::Fault(self.fault(fault)?),
+            ClientOp::Ring => {
+                let t = t
+                    .filter(|t| t.ring.is_some())
+                    .ok_or_else(|| Error::Unavailable("the cluster is not formed yet".into()))?;
+                Prepared::Ring(Box::new(RingSnapshot::of(t, self.n)))
+            }
             ClientOp::Hello { .. } => {
                 return Err(Error::InvalidRequest(
                     "hello is only valid as the first message".into(),
                 ));
             }
-            ClientOp::Get { .. } | ClientOp::Put { .. } | ClientOp::Delete { .. } => {
+            ClientOp::Get { .. }
+            | ClientOp::Put { .. }
+            | ClientOp::Delete { .. }
+            | ClientOp::Routed { .. } => {
                 return Err(Error::Internal(
                     "a read or write is not an operator's request".into(),
                 ));
@@ -208,6 +220,7 @@ impl Operations {
     /// Gathers what a prepared request needs and answers it.
     pub async fn answer(&self, prepared: Prepared) -> Result<ClientReply> {
         match prepared {
+            Prepared::Ring(snapshot) => Ok(ClientReply::Ring(*snapshot)),
             Prepared::Admin(op) => {
                 let message = self.membership.send(op).await.map_err(mailbox_error)??;
                 Ok(ClientReply::Done { message })

@@ -345,7 +345,8 @@ impl StreamHandler<Result<ClientRequest, CodecError>> for ClientConn {
         ctx.spawn(answer.into_actor(self).map(move |answer, conn, _| {
             conn.in_flight -= 1;
             let reply = answer.unwrap_or_else(|_| {
-                let lost = Error::Unavailable("the coordinator dropped the request".into());
+                // Not `unavailable`: the request may have been carried out.
+                let lost = Error::Internal("the coordinator dropped the request".into());
                 ClientReply::error(&lost)
             });
             conn.answer(id, name, started, reply);

@@ -1,7 +1,8 @@
 //! Coordinator: turns client operations into coordinator sessions.
 //!
 //! Receives `Execute` (one client operation, with the oneshot its reply goes
-//! to) and `RingChanged`. One story: a get, put or delete is checked and
+//! to) and `RingChanged`. A routed get, put or delete names the ring its
+//! client routes by; when this node's is another, the reply says so. One story: a get, put or delete is checked and
 //! planned by the core's `dynakv::coordinator::Planner` (limits, R and W,
 //! the context, the route to the key's targets) and runs as one `Session`
 //! actor, which sends the client its reply. Any node coordinates any key:
@@ -140,6 +141,19 @@ impl Coordinator {
     }
 }
 
+/// Where the reply to a routed request goes when the client routes by
+/// another ring than `current`: the reply, marked stale, goes on to
+/// `reply`, so the client refreshes its ring at once.
+fn tell_stale(reply: oneshot::Sender<ClientReply>, current: u64) -> oneshot::Sender<ClientReply> {
+    let (tx, rx) = oneshot::channel::<ClientReply>();
+    actix::spawn(async move {
+        if let Ok(answer) = rx.await {
+            let _ = reply.send(answer.stale(current));
+        }
+    });
+    tx
+}
+
 const NAME: &str = "coordinator";
 
 /// Sessions are actors of their own; the coordinator keeps only its
@@ -167,8 +181,18 @@ impl Handler<RingChanged> for Coordinator {
 impl Handler<Execute> for Coordinator {
     type Result = ();
 
-    fn handle(&mut self, Execute { op, reply }: Execute, ctx: &mut Context<Self>) {
+    fn handle(&mut self, Execute { op, mut reply }: Execute, ctx: &mut Context<Self>) {
         shielded(NAME, self, ctx, |act, _| {
+            let op = match op {
+                ClientOp::Routed { ring, op } => {
+                    let current = act.topology.as_ref().map_or(0, |t| t.version);
+                    if ring != current {
+                        reply = tell_stale(reply, current);
+                    }
+                    ClientOp::from(op)
+                }
+                op => op,
+            };
             if !matches!(
                 op,
                 ClientOp::Get { .. } | ClientOp::Put { .. } | ClientOp::Delete { .. }

@@ -71,6 +71,7 @@ struct Inner {
     peers_refused: Counter,
     peer_requests_fenced: Counter,
     client_connections_refused: Counter,
+    peer_requests_sent: Counter,
 }
 
 /// The node's metrics; clones share them.
@@ -115,6 +116,7 @@ impl Metrics {
             peers_refused: Counter::default(),
             peer_requests_fenced: Counter::default(),
             client_connections_refused: Counter::default(),
+            peer_requests_sent: Counter::default(),
         };
         let r = &mut inner.registry;
         r.register(
@@ -232,6 +234,12 @@ impl Metrics {
             "Client connections refused at the limits.max_connections limit",
             inner.client_connections_refused.clone(),
         );
+        r.register(
+            "peer_requests_sent",
+            "Requests this node sent to peers (replica reads and writes, gossip, hints, \
+             anti-entropy, handoff), each answered once",
+            inner.peer_requests_sent.clone(),
+        );
         Metrics(Arc::new(inner))
     }
 
@@ -293,6 +301,11 @@ impl Metrics {
     /// A peer request refused: its sender left or was removed.
     pub fn peer_fenced(&self) {
         self.0.peer_requests_fenced.inc();
+    }
+
+    /// A request sent to a peer.
+    pub fn peer_request_sent(&self) {
+        self.0.peer_requests_sent.inc();
     }
 
     /// A client connection refused at the connection limit.

@@ -59,7 +59,13 @@ impl Handler<ViewChanged> for Ring {
                 .filter(|t| t.view.ownership == view.ownership)
                 .map(|t| t.ring.clone());
             let ring = unchanged.unwrap_or_else(|| view.ring().map(Arc::new));
-            let topology = Topology { view, ring, health };
+            let version = view.digest();
+            let topology = Topology {
+                view,
+                ring,
+                health,
+                version,
+            };
             for s in &act.subscribers {
                 s.do_send(RingChanged(topology.clone()));
             }

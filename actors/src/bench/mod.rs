@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use dynakv::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::Client;
+use crate::client::{Client, Options};
 
 mod report;
 mod spec;
@@ -51,7 +51,7 @@ enum Last {
 /// One client's connection and memory of its own keys.
 struct Worker {
     id: u32,
-    client: Client,
+    client: Arc<Client>,
     spec: Arc<Spec>,
     /// Context of the last write of each own key.
     contexts: HashMap<u64, Vec<u8>>,
@@ -192,12 +192,22 @@ pub async fn run(spec: Spec) -> Result<Report> {
     spec.validate()?;
     let spec = Arc::new(spec);
     let mut workers = Vec::with_capacity(spec.clients);
+    // One cluster client, as an application has: the workers share its
+    // pools, about one connection per worker in all, as with one
+    // connection per worker pinned to a node.
+    let seeds: Vec<&str> = spec.nodes.iter().map(String::as_str).collect();
+    let options = Options {
+        cluster: spec.cluster.clone(),
+        token: spec.token.clone(),
+        routing: spec.routing,
+        pool_size: spec.clients.div_ceil(seeds.len()).clamp(1, 64),
+        ..Options::default()
+    };
+    let client = Arc::new(Client::connect_cluster(&seeds, options).await?);
     for id in 0..spec.clients {
-        let node = &spec.nodes[id % spec.nodes.len()];
-        let client = Client::connect_with_token(node, &spec.cluster, spec.token.clone()).await?;
         workers.push(Worker {
             id: id as u32,
-            client,
+            client: client.clone(),
             spec: spec.clone(),
             contexts: HashMap::new(),
             last: HashMap::new(),

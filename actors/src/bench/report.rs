@@ -134,6 +134,7 @@ impl Report {
             .collect();
         json!({
             "nodes": s.nodes,
+            "routing": s.routing.as_str(),
             "clients": s.clients,
             "duration_s": s.duration.as_secs_f64(),
             "value_size": s.value_size,
@@ -168,8 +169,9 @@ impl Report {
             .collect();
         let _ = writeln!(
             out,
-            "{} clients on {} node(s), {:.1} s, {}-byte values, {} keys, mix {}",
+            "{} clients, routing {} from {} seed(s), {:.1} s, {}-byte values, {} keys, mix {}",
             s.clients,
+            s.routing,
             s.nodes.len(),
             self.elapsed.as_secs_f64(),
             s.value_size,

@@ -3,6 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use dynakv::routing::Routing;
 use dynakv::{Error, Result};
 
 use super::STAMP;
@@ -83,7 +84,10 @@ impl FromStr for Mix {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Spec {
+    /// Seeds: client addresses of some of the cluster's nodes.
     pub nodes: Vec<String>,
+    /// Where the cluster client sends each request.
+    pub routing: Routing,
     pub cluster: String,
     pub token: Option<String>,
     pub clients: usize,

@@ -225,6 +225,7 @@ impl Bridge {
 
     /// Sends `frame` on `link`, after the configured delay if any.
     fn transmit(&mut self, link: &LinkAddr, frame: PeerFrame, ctx: &mut Context<Self>) {
+        self.settings.metrics.peer_request_sent();
         if self.faults.delay.is_zero() {
             link.do_send(Frame(frame));
         } else {

@@ -30,9 +30,12 @@ pub struct Cli {
 /// Options of the commands that talk to a node.
 #[derive(clap::Args, Clone)]
 pub struct Target {
-    /// Client address of the node to talk to.
-    #[arg(long, default_value = "127.0.0.1:7001")]
-    pub node: String,
+    /// Client address of the node to talk to. Gets, puts and deletes take
+    /// a comma-separated list: the cluster client learns the ring from the
+    /// first node that answers, sends each request to a replica of its key
+    /// and fails over to the next when a node is down.
+    #[arg(long, default_value = "127.0.0.1:7001", value_delimiter = ',')]
+    pub node: Vec<String>,
     /// Cluster name the node must have (empty: any).
     #[arg(long, default_value = "")]
     pub cluster: String,
@@ -114,13 +117,19 @@ pub enum Command {
     },
     /// Load a cluster and report throughput and latency percentiles.
     Bench {
-        /// Client addresses of the nodes to spread clients over (comma-separated).
+        /// Client addresses of some of the cluster's nodes (comma-separated):
+        /// the cluster client learns the rest from the first that answers.
         #[arg(long, default_value = "127.0.0.1:7001", value_delimiter = ',')]
         node: Vec<String>,
+        /// Where each request goes: preference (a replica of its key),
+        /// preference-spread, round-robin or single (all to the first node).
+        #[arg(long, default_value = "preference")]
+        routing: dynakv::routing::Routing,
         /// Cluster name the nodes must have (empty: any).
         #[arg(long, default_value = "")]
         cluster: String,
-        /// Concurrent clients, each with its own connection.
+        /// Concurrent clients (sharing one cluster client, about one
+        /// connection each in all).
         #[arg(long, default_value_t = 50)]
         clients: usize,
         /// How long to run, e.g. 20s, 1m30s.

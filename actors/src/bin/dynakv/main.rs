@@ -55,10 +55,12 @@ fn main() -> ExitCode {
             check,
             rate,
             json,
+            routing,
         } => {
             logging::init("warn", LogFormat::Text);
             let spec = bench::Spec {
                 nodes: node,
+                routing,
                 cluster,
                 token: cli.token,
                 clients,
@@ -209,7 +211,20 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
         cluster: target.cluster,
         ..options
     };
-    let client = Client::connect_with(&target.node, options).await?;
+    let client = match target.node.as_slice() {
+        [] => return Err(Error::InvalidRequest("--node needs an address".into())),
+        [node] => Client::connect_with(node, options).await?,
+        nodes if run.routes() => {
+            let seeds: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            Client::connect_cluster(&seeds, options).await?
+        }
+        _ => {
+            return Err(Error::InvalidRequest(format!(
+                "{} talks to one node: give --node one address",
+                run.name()
+            )));
+        }
+    };
     match run {
         Op::Put(key, value, ctx, w) => {
             let written = client.put(key.as_bytes(), &value, &ctx, w).await?;
@@ -315,4 +330,23 @@ enum Op {
     Inspect(String, bool),
     Status(bool),
     Fault(NetFault),
+}
+
+impl Op {
+    /// Whether the command is about a key, which any node of a list can
+    /// serve (the others are about the one node they name).
+    fn routes(&self) -> bool {
+        matches!(self, Op::Put(..) | Op::Get(..) | Op::Delete(..))
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Put(..) => "put",
+            Op::Get(..) => "get",
+            Op::Delete(..) => "delete",
+            Op::Inspect(..) => "inspect",
+            Op::Status(..) => "status",
+            Op::Fault(..) => "fault",
+        }
+    }
 }

@@ -1,0 +1,344 @@
+//! The Rust client: an async API over the binary client protocol.
+//!
+//! Two ways to connect:
+//!
+//! - `Client::connect` talks to one node, as the CLI always did: every
+//!   request goes there and nothing fails over.
+//! - `Client::connect_cluster` learns the cluster from any of its seeds (a
+//!   `Ring` request) and routes each request itself (Dynamo §6.4): by
+//!   default to the first healthy node of the key's preference list, which
+//!   coordinates with a local write instead of an extra hop
+//!   (`dynakv::routing`). It keeps a small pool of connections per node,
+//!   refreshes its ring every `ring_refresh` and as soon as a reply says the
+//!   ring changed, and fails over to the next node, with bounded
+//!   exponential backoff and jitter within the request's deadline, when a
+//!   node refuses a connection or answers an error that guarantees nothing
+//!   was done. A write whose outcome is unknown (a timeout, a connection
+//!   lost after sending) is reported as `indeterminate` and never silently
+//!   sent again: a retried DVV put could leave its value twice, as two
+//!   siblings (`Error::is_indeterminate`).
+//!
+//! Every call, connecting included, ends within the client's timeout
+//! (`Options::timeout`, 10 s by default): a node that stopped answering
+//! (SIGSTOP, a dead host behind a live socket) costs a `timeout` error,
+//! never a hang. Calls from many tasks are pipelined on each connection.
+//!
+//! ```no_run
+//! # async fn demo() -> dynakv::Result<()> {
+//! use dynakv_actors::client::{Client, Options};
+//! let client = Client::connect_cluster(&["127.0.0.1:7001", "127.0.0.1:7002"], Options::default()).await?;
+//! let written = client.put(b"k", b"v", &[], None).await?;
+//! let read = client.get(b"k", None).await?;
+//! assert_eq!(read.values, vec![b"v".to_vec()]);
+//! client.put(b"k", b"v2", &read.context, None).await?; // supersedes v
+//! # let _ = written; Ok(()) }
+//! ```
+
+mod connection;
+mod router;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynakv::handoff::{PlanChange, PlanReport};
+use dynakv::routing::{ClusterMap, DEFAULT_RING_REFRESH_MS, Routing};
+use dynakv::wire::{ClientOp, ClientReply, KeyOp, LocalCopy, NetFault, StatusReport};
+use dynakv::{Error, NodeId, Result};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use connection::{connecting, unexpected};
+use router::{Shared, answered, refresh_every};
+
+/// What a get returns: every live sibling and the context to write back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    pub values: Vec<Vec<u8>>,
+    pub context: Vec<u8>,
+}
+
+/// What a put or delete returns: the context after the write, and the
+/// values of other siblings the coordinator knew (usually none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteResult {
+    pub context: Vec<u8>,
+    pub others: Vec<Vec<u8>>,
+}
+
+/// The default for `Options::timeout`: twice the server's default request
+/// timeout, so a node's own quorum error arrives before the client gives up.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a client connects, routes and how long it waits.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Cluster name the node must have (empty: any).
+    pub cluster: String,
+    /// Client token, when the node requires one (`security.client_token`).
+    pub token: Option<String>,
+    /// Longest wait for one call, connecting and failing over included.
+    pub timeout: Duration,
+    /// Where a cluster client sends requests (`connect` is always single).
+    pub routing: Routing,
+    /// How often a cluster client fetches the ring without being told.
+    pub ring_refresh: Duration,
+    /// Connections a cluster client keeps per node (requests are pipelined
+    /// on each).
+    pub pool_size: usize,
+    /// Most nodes one request is tried at.
+    pub max_attempts: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            cluster: String::new(),
+            token: None,
+            timeout: DEFAULT_TIMEOUT,
+            routing: Routing::default(),
+            ring_refresh: Duration::from_millis(DEFAULT_RING_REFRESH_MS),
+            pool_size: 2,
+            max_attempts: 4,
+        }
+    }
+}
+
+pub struct Client {
+    shared: Arc<Shared>,
+    /// The periodic ring refresh of a cluster client; stopped on drop.
+    refresher: Option<JoinHandle<()>>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(r) = &self.refresher {
+            r.abort();
+        }
+    }
+}
+
+impl Client {
+    /// Connects to the node at `addr` of cluster `cluster` (empty: any).
+    pub async fn connect(addr: &str, cluster: &str) -> Result<Client> {
+        Client::connect_with_token(addr, cluster, None).await
+    }
+
+    pub async fn connect_with_token(
+        addr: &str,
+        cluster: &str,
+        token: Option<String>,
+    ) -> Result<Client> {
+        let options = Options {
+            cluster: cluster.to_string(),
+            token,
+            ..Options::default()
+        };
+        Client::connect_with(addr, options).await
+    }
+
+    /// Connects to the node at `addr` with `options`; every request goes
+    /// to that node (`options.routing` is not used).
+    pub async fn connect_with(addr: &str, options: Options) -> Result<Client> {
+        let options = Options {
+            routing: Routing::Single,
+            pool_size: 1,
+            ..options
+        };
+        let shared = Shared::new(addr.to_string(), vec![addr.to_string()], options);
+        let deadline = Instant::now() + shared.options.timeout;
+        let pool = shared.pool(addr)?;
+        connecting(addr, deadline, pool.connection(addr, &shared.options)).await?;
+        Ok(Client {
+            shared: Arc::new(shared),
+            refresher: None,
+        })
+    }
+
+    /// Connects to the cluster that `seeds` (client addresses) belong to:
+    /// learns its ring from the first seed that answers, then routes every
+    /// get, put and delete by `options.routing`. Operators' requests
+    /// (status, inspect, join...) go to that first seed.
+    pub async fn connect_cluster(seeds: &[&str], options: Options) -> Result<Client> {
+        if seeds.is_empty() {
+            return Err(Error::InvalidRequest(
+                "no seed address to connect to".into(),
+            ));
+        }
+        let deadline = Instant::now() + options.timeout;
+        let mut refused = Vec::new();
+        for seed in seeds {
+            let shared = Shared::new(
+                seed.to_string(),
+                seeds.iter().map(|s| s.to_string()).collect(),
+                options.clone(),
+            );
+            let answer = shared.attempt(seed, ClientOp::Ring, deadline).await;
+            let map = match answer {
+                Ok(ClientReply::Ring(snapshot)) => ClusterMap::new(snapshot),
+                Ok(ClientReply::Error { kind, message }) => Err(Error::from_wire(kind, message)),
+                Ok(other) => Err(unexpected(other)),
+                Err(failed) => Err(failed.error),
+            };
+            match map {
+                Ok(map) => {
+                    shared.install(map);
+                    let shared = Arc::new(shared);
+                    let refresher =
+                        tokio::spawn(refresh_every(Arc::downgrade(&shared), options.ring_refresh));
+                    return Ok(Client {
+                        shared,
+                        refresher: Some(refresher),
+                    });
+                }
+                Err(e) => refused.push(format!("{seed}: {e}")),
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "no seed gave the cluster's ring ({})",
+            refused.join("; ")
+        )))
+    }
+
+    /// The node this client is connected to (a cluster client: its first
+    /// seed that answered).
+    pub async fn node(&self) -> Result<NodeId> {
+        let home = &self.shared.home;
+        let deadline = Instant::now() + self.shared.options.timeout;
+        let pool = self.shared.pool(home)?;
+        let conn = connecting(home, deadline, pool.connection(home, &self.shared.options)).await?;
+        Ok(conn.node.clone())
+    }
+
+    /// The ring a cluster client routes by (None for a single-node client).
+    pub fn ring(&self) -> Option<Arc<ClusterMap>> {
+        self.shared.map()
+    }
+
+    /// Fetches the ring now instead of at the next refresh.
+    pub async fn refresh(&self) -> Result<()> {
+        self.shared.refresh().await
+    }
+
+    /// The client address each get, put or delete of `key` would go to
+    /// first.
+    pub fn route(&self, key: &[u8]) -> String {
+        let map = self.shared.map();
+        let addrs = self.shared.candidates(map.as_deref(), Some(key));
+        addrs
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| self.shared.home.clone())
+    }
+
+    /// An operator's request, to this client's home node only.
+    async fn call(&self, op: ClientOp) -> Result<ClientReply> {
+        let deadline = Instant::now() + self.shared.options.timeout;
+        let reply = self.shared.attempt(&self.shared.home, op, deadline).await;
+        reply.and_then(answered).map_err(|f| f.error)
+    }
+
+    pub async fn get(&self, key: &[u8], r: Option<u8>) -> Result<ReadResult> {
+        let op = KeyOp::Get {
+            key: key.to_vec(),
+            r,
+        };
+        match self.shared.call_key(op).await? {
+            ClientReply::Value { values, context } => Ok(ReadResult { values, context }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        context: &[u8],
+        w: Option<u8>,
+    ) -> Result<WriteResult> {
+        let op = KeyOp::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            context: context.to_vec(),
+            w,
+        };
+        written(self.shared.call_key(op).await?)
+    }
+
+    pub async fn delete(&self, key: &[u8], context: &[u8], w: Option<u8>) -> Result<WriteResult> {
+        let op = KeyOp::Delete {
+            key: key.to_vec(),
+            context: context.to_vec(),
+            w,
+        };
+        written(self.shared.call_key(op).await?)
+    }
+
+    pub async fn status(&self) -> Result<StatusReport> {
+        match self.call(ClientOp::Status).await? {
+            ClientReply::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn inspect(&self, key: &[u8]) -> Result<LocalCopy> {
+        match self.call(ClientOp::Inspect { key: key.to_vec() }).await? {
+            ClientReply::Local(l) => Ok(l),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl Client {
+    /// Asks this node to join the cluster of the node at peer address `seed`.
+    pub async fn join(&self, seed: &str) -> Result<String> {
+        done(
+            self.call(ClientOp::Join {
+                seed: seed.to_string(),
+            })
+            .await?,
+        )
+    }
+
+    /// Asks this node to hand its partitions off and leave.
+    pub async fn leave(&self) -> Result<String> {
+        done(self.call(ClientOp::Leave).await?)
+    }
+
+    /// Asks this node to drop a dead member (id or address) from the ring.
+    pub async fn remove(&self, node: &str) -> Result<String> {
+        done(
+            self.call(ClientOp::Remove {
+                node: node.to_string(),
+            })
+            .await?,
+        )
+    }
+
+    /// What a membership change would move.
+    pub async fn plan(&self, change: PlanChange) -> Result<PlanReport> {
+        match self.call(ClientOp::Plan { change }).await? {
+            ClientReply::Plan(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Injects a network fault into this node's Bridge (the node must run
+    /// with `testing.fault_injection`).
+    pub async fn fault(&self, fault: NetFault) -> Result<String> {
+        done(self.call(ClientOp::Fault { fault }).await?)
+    }
+}
+
+fn done(reply: ClientReply) -> Result<String> {
+    match reply {
+        ClientReply::Done { message } => Ok(message),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn written(reply: ClientReply) -> Result<WriteResult> {
+    match reply {
+        ClientReply::Written { context, others } => Ok(WriteResult { context, others }),
+        other => Err(unexpected(other)),
+    }
+}
