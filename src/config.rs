@@ -392,6 +392,21 @@ impl Default for LogSection {
 }
 
 impl Config {
+    /// The settings of the namespace `default`: `[cluster]`'s N, R and W
+    /// and `[limits]`'s, no TTL. A namespace created without some setting
+    /// takes it from here.
+    pub fn default_namespace(&self) -> crate::namespace::Settings {
+        crate::namespace::Settings {
+            n: self.cluster.n,
+            r: self.cluster.r,
+            w: self.cluster.w,
+            ttl_ms: 0,
+            max_siblings: self.limits.max_siblings,
+            max_value_bytes: self.limits.max_value_bytes,
+            kind: crate::namespace::Kind::Blob,
+        }
+    }
+
     /// Loads the layers: embedded defaults, then `file` (if given), then the
     /// process environment.
     pub fn load(file: Option<&Path>) -> Result<Config> {

@@ -14,7 +14,8 @@
 //! - placement: [`node`] (ids), [`partition`] (the Q hash ranges),
 //!   [`ownership`] (who owns each partition), [`ring`] (keys to preference
 //!   lists);
-//! - cluster state: [`view`] (the membership CRDT), [`membership`] (joins,
+//! - cluster state: [`view`] (the membership CRDT, with the [`namespace`]
+//!   table), [`membership`] (joins,
 //!   leaves, removals, start checks), [`liveness`] (failure detection),
 //!   [`fencing`] (whose traffic to refuse), [`topology`] (all of it at one
 //!   moment, as the actors and the simulator see it);
@@ -44,6 +45,7 @@ pub mod hints;
 pub mod liveness;
 pub mod membership;
 pub mod merkle;
+pub mod namespace;
 pub mod node;
 pub mod ownership;
 pub mod partition;

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::fencing::{self, Admission};
 use crate::liveness::{FailureDetector, Health, Heartbeats};
+use crate::namespace;
 use crate::node::NodeId;
 use crate::ownership::{Move, Ownership};
 use crate::ring::Ring;
@@ -519,6 +520,34 @@ impl Membership {
             view: true,
             liveness: false,
         })
+    }
+
+    /// Creates, alters or drops a namespace (`defaults`: the default
+    /// namespace's settings, for what a create leaves out); the view
+    /// carries the change to every node. Returns what was done.
+    pub fn namespace(
+        &mut self,
+        request: namespace::Request,
+        defaults: &namespace::Settings,
+    ) -> Result<(Changed, String)> {
+        let serving = self
+            .view
+            .members
+            .values()
+            .filter(|m| m.status.is_active())
+            .count();
+        let done = namespace::change(
+            &mut self.view.namespaces,
+            request,
+            defaults,
+            serving,
+            &self.me,
+        )?;
+        let changed = Changed {
+            view: true,
+            liveness: false,
+        };
+        Ok((changed, done))
     }
 
     /// Drops a dead member from the ring: its partitions go to the others,

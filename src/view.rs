@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::check_addr;
 use crate::error::{Error, Result};
+use crate::namespace;
 use crate::node::NodeId;
 use crate::ownership::{Capacity, Ownership};
 use crate::ring::Ring;
@@ -122,6 +123,18 @@ pub struct View {
     pub partitions: u32,
     pub members: BTreeMap<NodeId, Member>,
     pub ownership: Option<Ownership>,
+    /// The cluster's namespaces (`crate::namespace`), merged like the rest.
+    pub namespaces: namespace::Table,
+}
+
+/// A view as protocol version 1 stored it, before namespaces: read from
+/// disk once, then written back in the current layout.
+#[derive(Deserialize)]
+struct ViewV1 {
+    cluster: String,
+    partitions: u32,
+    members: BTreeMap<NodeId, Member>,
+    ownership: Option<Ownership>,
 }
 
 impl View {
@@ -131,6 +144,7 @@ impl View {
             partitions,
             members: BTreeMap::new(),
             ownership: None,
+            namespaces: namespace::Table::default(),
         }
     }
 
@@ -163,6 +177,7 @@ impl View {
             }
             m.validate()?;
         }
+        self.namespaces.validate()?;
         if let Some(table) = &self.ownership {
             if table.partition_count() != partitions {
                 return Err(Error::Malformed("ownership table of another size".into()));
@@ -202,6 +217,7 @@ impl View {
             }
             (_, None) => {}
         }
+        changed |= self.namespaces.merge(&other.namespaces);
         Ok(changed)
     }
 
@@ -257,9 +273,25 @@ impl View {
         postcard::to_stdvec(self).expect("encoding to a Vec cannot fail")
     }
 
+    /// Decodes a persisted view, in the current layout or in version 1's
+    /// (which has no namespaces and ends where the current one has more).
     pub fn from_bytes(bytes: &[u8]) -> Result<View> {
-        let (view, rest): (View, _) = postcard::take_from_bytes(bytes)
-            .map_err(|e| Error::Storage(format!("unreadable membership view: {e}")))?;
+        let decoded = postcard::take_from_bytes::<View>(bytes).or_else(|e| {
+            postcard::take_from_bytes::<ViewV1>(bytes)
+                .map(|(v, rest)| {
+                    let view = View {
+                        cluster: v.cluster,
+                        partitions: v.partitions,
+                        members: v.members,
+                        ownership: v.ownership,
+                        namespaces: namespace::Table::default(),
+                    };
+                    (view, rest)
+                })
+                .map_err(|_| e)
+        });
+        let (view, rest) =
+            decoded.map_err(|e| Error::Storage(format!("unreadable membership view: {e}")))?;
         if !rest.is_empty() {
             return Err(Error::Storage(
                 "trailing bytes after the membership view".into(),
@@ -283,6 +315,33 @@ mod tests {
             status,
             version: 1,
         }
+    }
+
+    #[test]
+    fn a_view_persisted_before_namespaces_still_loads() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            cluster: &'a str,
+            partitions: u32,
+            members: &'a BTreeMap<NodeId, Member>,
+            ownership: &'a Option<Ownership>,
+        }
+        let mut view = View::new("c".into(), 16);
+        for i in 0..3 {
+            let m = member(i, Status::Up);
+            view.members.insert(m.id.clone(), m);
+        }
+        view.ownership = Some(Ownership::found(16, &view.active(), 3).unwrap());
+        let old = postcard::to_stdvec(&V1 {
+            cluster: &view.cluster,
+            partitions: view.partitions,
+            members: &view.members,
+            ownership: &view.ownership,
+        })
+        .unwrap();
+        assert_eq!(View::from_bytes(&old).unwrap(), view);
+        assert_eq!(View::from_bytes(&view.to_bytes()).unwrap(), view);
+        assert!(View::from_bytes(&old[..old.len() - 1]).is_err());
     }
 
     #[test]

@@ -20,11 +20,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::handoff::{PlanChange, PlanReport};
+use crate::namespace;
 use crate::node::NodeId;
 use crate::routing::{Effect, RingSnapshot};
 
 /// Version byte at the start of every payload.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: the membership view carries the namespace table.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Length prefix + CRC.
 pub const HEADER_LEN: usize = 8;
 /// Default frame limit; configurable (`limits.max_frame_bytes`).
@@ -201,6 +203,8 @@ pub enum ClientOp {
     /// version (`View::digest`) is `ring`; when the coordinator holds
     /// another, its reply comes wrapped in `ClientReply::Stale`.
     Routed { ring: u64, op: KeyOp },
+    /// Namespace administration (`dynakv ns ...`).
+    Namespace(namespace::Request),
 }
 
 /// The operations on one key, as a routed request carries them (the same
@@ -292,6 +296,7 @@ impl ClientOp {
             ClientOp::Plan { .. } => "plan",
             ClientOp::Fault { .. } => "fault",
             ClientOp::Ring => "ring",
+            ClientOp::Namespace(_) => "namespace",
             ClientOp::Routed { op, .. } => match op {
                 KeyOp::Get { .. } => "get",
                 KeyOp::Put { .. } => "put",
@@ -350,6 +355,8 @@ pub enum ClientReply {
         ring: u64,
         reply: StaleReply,
     },
+    /// The answer to a namespace `show` or `list`.
+    Namespaces(Vec<namespace::Info>),
 }
 
 /// The reply a `Stale` carries: a get's or a write's (a separate enum, so
@@ -505,11 +512,11 @@ mod tests {
     #[test]
     fn golden_client_frame() {
         // CRC cross-checked with zlib.crc32.
-        // len 10 | crc | version 1 | id 7 | Put(2) | key "k" | value "v" | ctx [] | Some(2)
+        // len 10 | crc | version 2 | id 7 | Put(2) | key "k" | value "v" | ctx [] | Some(2)
         let frame = codec().to_frame(&put()).unwrap();
         assert_eq!(
             hex(&frame),
-            "0000000a6a691b4c010702016b01760001 02".replace(' ', "")
+            "0000000a815ea04f020702016b01760001 02".replace(' ', "")
         );
         let (back, used): (ClientRequest, _) = codec().decode(&frame).unwrap().unwrap();
         assert_eq!((back, used), (put(), frame.len()));

@@ -250,4 +250,30 @@ async fn a_client_carries_on_through_the_others_when_its_node_is_killed() {
         acked.len() - at_kill,
         failed.len()
     );
+
+    // The CLI given the list, the dead node first.
+    let nodes = cluster.client_addrs.join(",");
+    let (ok, _, err) = cli(&["put", "from-cli", "v1", "--node", &nodes]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&["get", "from-cli", "--json", "--node", &nodes]);
+    assert!(ok, "{err}");
+    let read: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(read["values"], serde_json::json!(["v1"]));
+    let (ok, out, err) = cli(&["status", "--json", "--node", &nodes]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_ne!(status["node"], "node1", "the first node that answers");
+}
+
+/// Runs the CLI; returns (success, stdout, stderr).
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(support::binary())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
 }

@@ -15,6 +15,7 @@ use actix::prelude::*;
 use dynakv::handoff::{PlanChange, preview};
 use dynakv::liveness::Health;
 use dynakv::membership::{MAX_MEMBERS, View};
+use dynakv::namespace;
 use dynakv::partition::Partition;
 use dynakv::peer::{NodeLoad, PeerMsg};
 use dynakv::routing::RingSnapshot;
@@ -40,6 +41,8 @@ pub struct Operations {
     pub me: NodeId,
     pub cluster: String,
     pub n: u8,
+    /// The default namespace's settings (`[cluster]` and `[limits]`).
+    pub namespace_defaults: dynakv::namespace::Settings,
     /// Whether `fault` requests are accepted.
     pub fault_injection: bool,
     pub replica: Addr<Replica>,
@@ -75,6 +78,7 @@ pub enum Prepared {
     },
     Fault(Fault),
     Ring(Box<RingSnapshot>),
+    Namespaces(Vec<namespace::Info>),
 }
 
 impl Operations {
@@ -103,6 +107,18 @@ impl Operations {
                 Prepared::Plan { view, change }
             }
             ClientOp::Fault { fault } => Prepared::Fault(self.fault(fault)?),
+            ClientOp::Namespace(request) if request.changes_table() => {
+                Prepared::Admin(Admin::Namespace {
+                    request,
+                    defaults: self.namespace_defaults.clone(),
+                })
+            }
+            ClientOp::Namespace(question) => {
+                let t = t.ok_or_else(|| Error::Unavailable("membership not started".into()))?;
+                let answer =
+                    namespace::describe(&t.view.namespaces, &question, &self.namespace_defaults)?;
+                Prepared::Namespaces(answer)
+            }
             ClientOp::Ring => {
                 let t = t
                     .filter(|t| t.ring.is_some())
@@ -221,6 +237,7 @@ impl Operations {
     pub async fn answer(&self, prepared: Prepared) -> Result<ClientReply> {
         match prepared {
             Prepared::Ring(snapshot) => Ok(ClientReply::Ring(*snapshot)),
+            Prepared::Namespaces(answer) => Ok(ClientReply::Namespaces(answer)),
             Prepared::Admin(op) => {
                 let message = self.membership.send(op).await.map_err(mailbox_error)??;
                 Ok(ClientReply::Done { message })

@@ -375,6 +375,7 @@ impl Handler<Admin> for Membership {
                     act.core.leave()?,
                     "leaving: partitions are being handed off".to_string(),
                 ),
+                Admin::Namespace { request, defaults } => act.core.namespace(request, &defaults)?,
                 Admin::Remove { node } => {
                     let view = act.core.view();
                     let id = view

@@ -40,4 +40,10 @@ pub enum Admin {
     Leave,
     /// Drop a dead member (by id or address) from the ring.
     Remove { node: String },
+    /// Create, alter or drop a namespace; `defaults` are the default
+    /// namespace's settings, for what a create does not set.
+    Namespace {
+        request: dynakv::namespace::Request,
+        defaults: dynakv::namespace::Settings,
+    },
 }

@@ -316,6 +316,7 @@ fn start_on(
         me: me.clone(),
         cluster: config.cluster.name.clone(),
         n: config.cluster.n,
+        namespace_defaults: config.default_namespace(),
         fault_injection: config.testing.fault_injection,
         replica: replica.clone(),
         bridge: bridge.clone(),

@@ -41,6 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dynakv::handoff::{PlanChange, PlanReport};
+use dynakv::namespace;
 use dynakv::routing::{ClusterMap, DEFAULT_RING_REFRESH_MS, Routing};
 use dynakv::wire::{ClientOp, ClientReply, KeyOp, LocalCopy, NetFault, StatusReport};
 use dynakv::{Error, NodeId, Result};
@@ -225,9 +226,8 @@ impl Client {
         let map = self.shared.map();
         let addrs = self.shared.candidates(map.as_deref(), Some(key));
         addrs
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| self.shared.home.clone())
+            .first()
+            .map_or_else(|| self.shared.home.clone(), |a| a.to_string())
     }
 
     /// An operator's request, to this client's home node only.
@@ -318,6 +318,20 @@ impl Client {
     pub async fn plan(&self, change: PlanChange) -> Result<PlanReport> {
         match self.call(ClientOp::Plan { change }).await? {
             ClientReply::Plan(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates, alters or drops a namespace (at this client's node; gossip
+    /// takes the change to every other node). Returns what was done.
+    pub async fn change_namespace(&self, request: namespace::Request) -> Result<String> {
+        done(self.call(ClientOp::Namespace(request)).await?)
+    }
+
+    /// Answers `show` or `list` as this client's node knows the namespaces.
+    pub async fn namespaces(&self, request: namespace::Request) -> Result<Vec<namespace::Info>> {
+        match self.call(ClientOp::Namespace(request)).await? {
+            ClientReply::Namespaces(infos) => Ok(infos),
             other => Err(unexpected(other)),
         }
     }

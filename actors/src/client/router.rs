@@ -101,10 +101,12 @@ impl Shared {
             .pools
             .lock()
             .map_err(|_| Error::Internal("client state poisoned".into()))?;
-        Ok(pools
-            .entry(addr.to_string())
-            .or_insert_with(|| Arc::new(Pool::new(self.options.pool_size)))
-            .clone())
+        if let Some(pool) = pools.get(addr) {
+            return Ok(pool.clone());
+        }
+        let pool = Arc::new(Pool::new(self.options.pool_size));
+        pools.insert(addr.to_string(), pool.clone());
+        Ok(pool)
     }
 
     /// One attempt of `op` at the node at `addr`, until `deadline`.
@@ -121,13 +123,6 @@ impl Shared {
         conn.call(id, op, deadline).await
     }
 
-    fn is_avoided(&self, addr: &str, now: Instant) -> bool {
-        self.avoid
-            .lock()
-            .map(|a| a.get(addr).is_some_and(|until| now < *until))
-            .unwrap_or(false)
-    }
-
     fn avoid(&self, addr: &str) {
         if let Ok(mut a) = self.avoid.lock() {
             a.insert(addr.to_string(), Instant::now() + AVOID_FOR);
@@ -135,23 +130,34 @@ impl Shared {
     }
 
     /// The addresses to try for `op`, best first.
-    pub(super) fn candidates(&self, map: Option<&ClusterMap>, key: Option<&[u8]>) -> Vec<String> {
+    pub(super) fn candidates<'a>(
+        &'a self,
+        map: Option<&'a ClusterMap>,
+        key: Option<&[u8]>,
+    ) -> Vec<&'a str> {
         let routing = self.options.routing;
         let Some(map) = map.filter(|_| routing != Routing::Single) else {
-            return vec![self.home.clone()];
+            return vec![self.home.as_str()];
         };
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let mut addrs: Vec<String> = map
+        let mut addrs: Vec<&str> = map
             .candidates(key, routing, turn)
             .into_iter()
-            .filter_map(|id| map.addr(id).map(str::to_string))
+            .filter_map(|id| map.addr(id))
             .collect();
         if addrs.is_empty() {
-            addrs.push(self.home.clone());
+            addrs.push(self.home.as_str());
+        }
+        let Ok(mut avoid) = self.avoid.lock() else {
+            return addrs;
+        };
+        if avoid.is_empty() {
+            return addrs;
         }
         let now = Instant::now();
-        let (fine, avoided): (Vec<String>, Vec<String>) =
-            addrs.into_iter().partition(|a| !self.is_avoided(a, now));
+        avoid.retain(|_, until| now < *until);
+        let (fine, avoided): (Vec<&str>, Vec<&str>) =
+            addrs.into_iter().partition(|a| !avoid.contains_key(*a));
         fine.into_iter().chain(avoided).collect()
     }
 
@@ -159,7 +165,12 @@ impl Shared {
     /// with a valid snapshot, and routes by it from then on.
     pub(super) async fn refresh(&self) -> Result<()> {
         let deadline = Instant::now() + self.options.timeout;
-        let mut addrs = self.candidates(self.map().as_deref(), None);
+        let map = self.map();
+        let mut addrs: Vec<String> = self
+            .candidates(map.as_deref(), None)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         for seed in &self.seeds {
             if !addrs.contains(seed) {
                 addrs.push(seed.clone());

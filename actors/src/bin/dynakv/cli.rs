@@ -30,10 +30,11 @@ pub struct Cli {
 /// Options of the commands that talk to a node.
 #[derive(clap::Args, Clone)]
 pub struct Target {
-    /// Client address of the node to talk to. Gets, puts and deletes take
-    /// a comma-separated list: the cluster client learns the ring from the
-    /// first node that answers, sends each request to a replica of its key
-    /// and fails over to the next when a node is down.
+    /// Client address of the node to talk to, or a comma-separated list:
+    /// then gets, puts and deletes go through the cluster client (it learns
+    /// the ring from the first node that answers, sends each request to a
+    /// replica of its key and fails over when a node is down), and other
+    /// commands talk to the first node of the list that answers.
     #[arg(long, default_value = "127.0.0.1:7001", value_delimiter = ',')]
     pub node: Vec<String>,
     /// Cluster name the node must have (empty: any).
@@ -163,6 +164,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create, alter, show, list or drop namespaces (each with its own N,
+    /// R, W, TTL and limits). Any node; the change reaches every node.
+    Ns {
+        #[command(subcommand)]
+        command: NsCommand,
+    },
     /// Change the cluster's membership.
     Cluster {
         #[command(subcommand)]
@@ -235,4 +242,71 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub enum NsCommand {
+    /// Create a namespace; settings not given are the default namespace's.
+    Create {
+        name: String,
+        #[command(flatten)]
+        settings: NsSettings,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Change some settings of a namespace.
+    Alter {
+        name: String,
+        #[command(flatten)]
+        settings: NsSettings,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// One namespace's settings.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Every namespace, `default` first.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Drop a namespace; its keys are removed in the background.
+    Drop {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// A namespace's settings on the command line; each one left out keeps
+/// its value (a create: the default namespace's). Values may start with
+/// `-`, so a negative one is refused by its own parser, naming the field.
+#[derive(clap::Args, Clone)]
+pub struct NsSettings {
+    /// Replicas of each key.
+    #[arg(long, allow_hyphen_values = true)]
+    pub n: Option<u8>,
+    /// Default read quorum.
+    #[arg(long, allow_hyphen_values = true)]
+    pub r: Option<u8>,
+    /// Default write quorum.
+    #[arg(long, allow_hyphen_values = true)]
+    pub w: Option<u8>,
+    /// Default time to live of a write: 0 (none), 90s, 1h, 7d...
+    #[arg(long, allow_hyphen_values = true)]
+    pub ttl: Option<String>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub max_siblings: Option<u32>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub max_value_bytes: Option<u32>,
+    /// What values are: blob (opaque values, siblings when concurrent).
+    #[arg(long = "type", allow_hyphen_values = true)]
+    pub kind: Option<String>,
 }

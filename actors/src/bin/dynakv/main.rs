@@ -10,6 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use clap::Parser;
 use dynakv::config::{Config, LogFormat};
 use dynakv::handoff::PlanChange;
+use dynakv::namespace::{Changes, Kind, Request, parse_ttl};
 use dynakv::wire::NetFault;
 use dynakv::{Error, NodeId, Result};
 use dynakv_actors::client::{Client, Options};
@@ -21,8 +22,8 @@ mod cli;
 #[macro_use]
 mod output;
 
-use cli::{Cli, ClusterCommand, Command, FaultCommand, Target};
-use output::{emit, print_local, print_plan, print_status, show};
+use cli::{Cli, ClusterCommand, Command, FaultCommand, NsCommand, NsSettings, Target};
+use output::{emit, print_local, print_namespaces, print_plan, print_status, show};
 
 // glibc malloc's arena locking and consolidation showed up at the top of the
 // server's profile under load; mimalloc keeps per-thread free lists.
@@ -203,6 +204,7 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             command: FaultCommand::Heal { target },
         } => (target, Op::Fault(NetFault::Heal)),
         Command::Cluster { command } => return cluster(command, options).await,
+        Command::Ns { command } => return namespaces(command, options).await,
         Command::Serve { .. } | Command::Dev { .. } | Command::Bench { .. } => {
             unreachable!("handled in main")
         }
@@ -218,12 +220,7 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             let seeds: Vec<&str> = nodes.iter().map(String::as_str).collect();
             Client::connect_cluster(&seeds, options).await?
         }
-        _ => {
-            return Err(Error::InvalidRequest(format!(
-                "{} talks to one node: give --node one address",
-                run.name()
-            )));
-        }
+        nodes => first_answering(nodes, options).await?,
     };
     match run {
         Op::Put(key, value, ctx, w) => {
@@ -264,6 +261,81 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
         Op::Fault(fault) => say!("{}", client.fault(fault).await?),
     }
     Ok(())
+}
+
+async fn namespaces(command: NsCommand, options: Options) -> Result<()> {
+    let (target, request, json) = match command {
+        NsCommand::Create {
+            name,
+            settings,
+            target,
+        } => (
+            target,
+            Request::Create {
+                name,
+                changes: changes(settings)?,
+            },
+            false,
+        ),
+        NsCommand::Alter {
+            name,
+            settings,
+            target,
+        } => (
+            target,
+            Request::Alter {
+                name,
+                changes: changes(settings)?,
+            },
+            false,
+        ),
+        NsCommand::Drop { name, target } => (target, Request::Drop { name }, false),
+        NsCommand::Show { name, json, target } => (target, Request::Show { name }, json),
+        NsCommand::List { json, target } => (target, Request::List, json),
+    };
+    let options = Options {
+        cluster: target.cluster,
+        ..options
+    };
+    let client = first_answering(&target.node, options).await?;
+    if request.changes_table() {
+        say!("{}", client.change_namespace(request).await?);
+        return Ok(());
+    }
+    let shown = matches!(request, Request::Show { .. });
+    print_namespaces(&client.namespaces(request).await?, shown, json)
+}
+
+/// The settings given on the command line, checked.
+fn changes(s: NsSettings) -> Result<Changes> {
+    Ok(Changes {
+        n: s.n,
+        r: s.r,
+        w: s.w,
+        ttl_ms: s.ttl.as_deref().map(parse_ttl).transpose()?,
+        max_siblings: s.max_siblings,
+        max_value_bytes: s.max_value_bytes,
+        kind: s.kind.as_deref().map(Kind::parse).transpose()?,
+    })
+}
+
+/// A client of the first node of `nodes` that answers (for commands about
+/// one node, given a list).
+async fn first_answering(nodes: &[String], options: Options) -> Result<Client> {
+    if nodes.is_empty() {
+        return Err(Error::InvalidRequest("--node needs an address".into()));
+    }
+    let mut refused = Vec::new();
+    for node in nodes {
+        match Client::connect_with(node, options.clone()).await {
+            Ok(client) => return Ok(client),
+            Err(e) => refused.push(format!("{node}: {e}")),
+        }
+    }
+    Err(Error::Unavailable(format!(
+        "no node answered ({})",
+        refused.join("; ")
+    )))
 }
 
 async fn cluster(command: ClusterCommand, options: Options) -> Result<()> {
@@ -337,16 +409,5 @@ impl Op {
     /// serve (the others are about the one node they name).
     fn routes(&self) -> bool {
         matches!(self, Op::Put(..) | Op::Get(..) | Op::Delete(..))
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Op::Put(..) => "put",
-            Op::Get(..) => "get",
-            Op::Delete(..) => "delete",
-            Op::Inspect(..) => "inspect",
-            Op::Status(..) => "status",
-            Op::Fault(..) => "fault",
-        }
     }
 }

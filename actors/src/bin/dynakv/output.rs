@@ -4,6 +4,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use dynakv::handoff::PlanReport;
+use dynakv::namespace::Info;
 use dynakv::wire::{LocalCopy, StatusReport};
 use dynakv::{Error, Result};
 use serde_json::json;
@@ -175,6 +176,64 @@ pub fn print_status(s: &StatusReport, as_json: bool) -> Result<()> {
     }
     for note in &s.notes {
         say!("note: {note}");
+    }
+    Ok(())
+}
+
+/// `ns show` (one namespace) and `ns list` (every one).
+pub fn print_namespaces(infos: &[Info], shown: bool, as_json: bool) -> Result<()> {
+    let object = |i: &Info| {
+        let s = &i.settings;
+        json!({
+            "name": i.name,
+            "type": s.kind.as_str(),
+            "n": s.n,
+            "r": s.r,
+            "w": s.w,
+            "ttl_ms": s.ttl_ms,
+            "max_siblings": s.max_siblings,
+            "max_value_bytes": s.max_value_bytes,
+        })
+    };
+    if as_json {
+        match infos {
+            [one] if shown => say!("{}", object(one)),
+            _ => {
+                let all: Vec<_> = infos.iter().map(object).collect();
+                say!("{}", json!({ "namespaces": all }));
+            }
+        }
+        return Ok(());
+    }
+    say!(
+        "{:<24} {:<6} {:>3} {:>3} {:>3} {:>12} {:>12} {:>15}",
+        "namespace",
+        "type",
+        "n",
+        "r",
+        "w",
+        "ttl",
+        "max_siblings",
+        "max_value_bytes"
+    );
+    for i in infos {
+        let s = &i.settings;
+        let ttl = if s.ttl_ms == 0 {
+            "none".to_string()
+        } else {
+            humantime::format_duration(std::time::Duration::from_millis(s.ttl_ms)).to_string()
+        };
+        say!(
+            "{:<24} {:<6} {:>3} {:>3} {:>3} {:>12} {:>12} {:>15}",
+            i.name,
+            s.kind.as_str(),
+            s.n,
+            s.r,
+            s.w,
+            ttl,
+            s.max_siblings,
+            s.max_value_bytes
+        );
     }
     Ok(())
 }

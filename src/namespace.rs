@@ -1,0 +1,677 @@
+//! Namespaces: each service's own N, default R and W, TTL and limits (the
+//! Dynamo paper's per-instance trade-offs; Riak's bucket types).
+//!
+//! The table travels inside the membership view, so every node learns it by
+//! gossip and keeps it with the view on disk. It is a state-based CRDT: per
+//! name one `Record`, merged by keeping the record with the higher `stamp`
+//! (a Lamport counter: an alter is stamped above everything its node has
+//! seen), ties broken by the node that wrote it and then by content. So two
+//! concurrent creates or alters of one name on different nodes resolve the
+//! same way everywhere, and every node converges to the same table.
+//!
+//! A drop is a record too (`dropped`), so it wins over the older records it
+//! replaced and is never undone by a late copy of them; creating the name
+//! again stamps a newer live record. The namespace `default` is not in the
+//! table: it always exists, with the node's `[cluster]` and `[limits]`
+//! settings.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::MAX_N;
+use crate::error::{Error, Result};
+use crate::node::NodeId;
+
+/// The namespace every request without one uses.
+pub const DEFAULT: &str = "default";
+/// Longest namespace name, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+/// Most namespaces a table may hold: bounds what a peer's view can make a
+/// node store (each record is about 100 bytes, gossiped in every round).
+pub const MAX_NAMESPACES: usize = 1024;
+/// Most siblings a namespace may allow a key (the default's limit is 100).
+pub const MAX_SIBLINGS: u32 = 10_000;
+
+/// A checked namespace name: 1 to 64 bytes of `a-z 0-9 _ - .`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Name(String);
+
+impl Name {
+    pub fn new(name: impl Into<String>) -> Result<Name> {
+        let name = name.into();
+        if name.is_empty() || name.len() > MAX_NAME_BYTES {
+            return Err(Error::InvalidRequest(format!(
+                "namespace name {name:?} must be 1 to {MAX_NAME_BYTES} bytes"
+            )));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-' | '.'))
+        {
+            return Err(Error::InvalidRequest(format!(
+                "namespace name {name:?} has {c:?}: use a-z, 0-9, _, - and ."
+            )));
+        }
+        Ok(Name(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.0 == DEFAULT
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a namespace's values are. Variants are only ever appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    /// Opaque values; concurrent writes are kept as siblings.
+    Blob,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Blob => "blob",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Kind> {
+        match s {
+            "blob" => Ok(Kind::Blob),
+            other => Err(Error::InvalidRequest(format!(
+                "type {other:?} is not a namespace type (blob)"
+            ))),
+        }
+    }
+}
+
+/// One namespace's settings.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Settings {
+    /// Replicas of each key.
+    pub n: u8,
+    /// Default read and write quorums (a request may ask for others).
+    pub r: u8,
+    pub w: u8,
+    /// Default time to live of a write, in milliseconds (0: none).
+    pub ttl_ms: u64,
+    pub max_siblings: u32,
+    pub max_value_bytes: u32,
+    pub kind: Kind,
+}
+
+impl Settings {
+    /// Checks the settings against the cluster: `members` serving members,
+    /// values up to `value_limit` bytes (what the node's frames carry).
+    pub fn validate(&self, members: usize, value_limit: u32) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidRequest(m));
+        if !(1..=MAX_N).contains(&self.n) {
+            return bad(format!("n = {} must be between 1 and {MAX_N}", self.n));
+        }
+        if usize::from(self.n) > members {
+            return bad(format!(
+                "n = {} is more than the {members} members of the cluster",
+                self.n
+            ));
+        }
+        for (what, q) in [("r", self.r), ("w", self.w)] {
+            if q == 0 || q > self.n {
+                return bad(format!("{what} = {q} must be between 1 and n = {}", self.n));
+            }
+        }
+        if !(1..=MAX_SIBLINGS).contains(&self.max_siblings) {
+            return bad(format!(
+                "max_siblings = {} must be between 1 and {MAX_SIBLINGS}",
+                self.max_siblings
+            ));
+        }
+        if !(1..=value_limit).contains(&self.max_value_bytes) {
+            return bad(format!(
+                "max_value_bytes = {} must be between 1 and {value_limit} (limits.max_value_bytes)",
+                self.max_value_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Changes to a namespace's settings; None keeps the current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub n: Option<u8>,
+    pub r: Option<u8>,
+    pub w: Option<u8>,
+    pub ttl_ms: Option<u64>,
+    pub max_siblings: Option<u32>,
+    pub max_value_bytes: Option<u32>,
+    pub kind: Option<Kind>,
+}
+
+impl Changes {
+    /// `base` with these changes. Quorums not given stay as they were,
+    /// lowered to a smaller `n`.
+    pub fn apply(&self, base: &Settings) -> Settings {
+        let n = self.n.unwrap_or(base.n);
+        let quorum = |asked: Option<u8>, current: u8| asked.unwrap_or(current.min(n));
+        Settings {
+            n,
+            r: quorum(self.r, base.r),
+            w: quorum(self.w, base.w),
+            ttl_ms: self.ttl_ms.unwrap_or(base.ttl_ms),
+            max_siblings: self.max_siblings.unwrap_or(base.max_siblings),
+            max_value_bytes: self.max_value_bytes.unwrap_or(base.max_value_bytes),
+            kind: self.kind.unwrap_or(base.kind),
+        }
+    }
+}
+
+/// One name's register in the table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub settings: Settings,
+    /// Lamport stamp: above every stamp its writer had seen.
+    pub stamp: u64,
+    /// The node that wrote this record (breaks ties between equal stamps).
+    pub by: NodeId,
+    pub dropped: bool,
+}
+
+impl Record {
+    /// Whether `self` wins over `other` in the merge.
+    fn supersedes(&self, other: &Record) -> bool {
+        (self.stamp, &self.by, self.dropped, &self.settings)
+            > (other.stamp, &other.by, other.dropped, &other.settings)
+    }
+}
+
+/// The namespaces of a cluster (`default` excepted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Table {
+    records: BTreeMap<Name, Record>,
+}
+
+impl Table {
+    /// The live namespace `name`, if the table has it.
+    pub fn get(&self, name: &Name) -> Option<&Settings> {
+        self.records
+            .get(name)
+            .filter(|r| !r.dropped)
+            .map(|r| &r.settings)
+    }
+
+    /// Every live namespace, by name.
+    pub fn live(&self) -> impl Iterator<Item = (&Name, &Settings)> {
+        self.records
+            .iter()
+            .filter(|(_, r)| !r.dropped)
+            .map(|(n, r)| (n, &r.settings))
+    }
+
+    /// Every record, dropped ones included.
+    pub fn records(&self) -> impl Iterator<Item = (&Name, &Record)> {
+        self.records.iter()
+    }
+
+    /// A stamp above every stamp in the table.
+    fn next_stamp(&self) -> u64 {
+        self.records.values().map(|r| r.stamp).max().unwrap_or(0) + 1
+    }
+
+    /// Creates `name` with `settings`, written by node `by`. Refused when
+    /// it exists (alter it instead) or is `default`.
+    pub fn create(&mut self, name: Name, settings: Settings, by: &NodeId) -> Result<()> {
+        if name.is_default() {
+            return Err(Error::InvalidRequest(
+                "the namespace default always exists (its settings are [cluster]'s)".into(),
+            ));
+        }
+        if self.get(&name).is_some() {
+            return Err(Error::InvalidRequest(format!(
+                "namespace {name} exists (alter it instead)"
+            )));
+        }
+        if self.live().count() >= MAX_NAMESPACES {
+            return Err(Error::InvalidRequest(format!(
+                "the cluster has {MAX_NAMESPACES} namespaces, the most it may"
+            )));
+        }
+        self.write(name, settings, by, false);
+        Ok(())
+    }
+
+    /// Replaces the settings of the live namespace `name`.
+    pub fn alter(&mut self, name: &Name, settings: Settings, by: &NodeId) -> Result<()> {
+        self.existing(name)?;
+        self.write(name.clone(), settings, by, false);
+        Ok(())
+    }
+
+    /// Drops the live namespace `name`.
+    pub fn drop_namespace(&mut self, name: &Name, by: &NodeId) -> Result<()> {
+        let settings = self.existing(name)?.clone();
+        self.write(name.clone(), settings, by, true);
+        Ok(())
+    }
+
+    /// The settings of the live namespace `name`, or an error naming it.
+    pub fn existing(&self, name: &Name) -> Result<&Settings> {
+        if name.is_default() {
+            return Err(Error::InvalidRequest(
+                "the namespace default follows the [cluster] settings of the node's configuration"
+                    .into(),
+            ));
+        }
+        self.get(name)
+            .ok_or_else(|| Error::InvalidRequest(format!("no namespace {name}")))
+    }
+
+    fn write(&mut self, name: Name, settings: Settings, by: &NodeId, dropped: bool) {
+        let record = Record {
+            settings,
+            stamp: self.next_stamp(),
+            by: by.clone(),
+            dropped,
+        };
+        self.records.insert(name, record);
+    }
+
+    /// CRDT merge. Returns whether anything changed.
+    pub fn merge(&mut self, other: &Table) -> bool {
+        let mut changed = false;
+        for (name, theirs) in &other.records {
+            match self.records.get(name) {
+                Some(mine) if !theirs.supersedes(mine) => {}
+                _ => {
+                    self.records.insert(name.clone(), theirs.clone());
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Checks a table that arrived from a peer: bounded, names valid.
+    pub fn validate(&self) -> Result<()> {
+        if self.records.len() > MAX_NAMESPACES * 2 {
+            return Err(Error::Malformed(format!(
+                "namespace table with {} records",
+                self.records.len()
+            )));
+        }
+        for (name, record) in &self.records {
+            Name::new(name.as_str()).map_err(|e| Error::Malformed(e.to_string()))?;
+            let s = &record.settings;
+            if s.n == 0 || s.n > MAX_N || s.r == 0 || s.r > s.n || s.w == 0 || s.w > s.n {
+                return Err(Error::Malformed(format!(
+                    "namespace {name} with n {} r {} w {}",
+                    s.n, s.r, s.w
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An operator's request about namespaces (`dynakv ns ...`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Create a namespace; what `changes` leaves out comes from the
+    /// default namespace's settings.
+    Create {
+        name: String,
+        changes: Changes,
+    },
+    Alter {
+        name: String,
+        changes: Changes,
+    },
+    /// Drop a namespace (its keys are deleted in the background).
+    Drop {
+        name: String,
+    },
+    Show {
+        name: String,
+    },
+    List,
+}
+
+impl Request {
+    /// Whether it changes the table (else it only reads it).
+    pub fn changes_table(&self) -> bool {
+        matches!(
+            self,
+            Request::Create { .. } | Request::Alter { .. } | Request::Drop { .. }
+        )
+    }
+}
+
+/// A namespace as `ns show` and `ns list` report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    pub name: String,
+    pub settings: Settings,
+}
+
+/// Carries out a create, alter or drop on `table`, written by node `by`:
+/// a create takes what it does not set from `defaults` (the default
+/// namespace's settings), and the result is checked against the `members`
+/// serving the cluster. Returns what was done, for the operator.
+pub fn change(
+    table: &mut Table,
+    request: Request,
+    defaults: &Settings,
+    members: usize,
+    by: &NodeId,
+) -> Result<String> {
+    match request {
+        Request::Create { name, changes } => {
+            let name = Name::new(name)?;
+            let settings = changes.apply(defaults);
+            settings.validate(members, defaults.max_value_bytes)?;
+            table.create(name.clone(), settings, by)?;
+            Ok(format!("namespace {name} created"))
+        }
+        Request::Alter { name, changes } => {
+            let name = Name::new(name)?;
+            let settings = changes.apply(table.existing(&name)?);
+            settings.validate(members, defaults.max_value_bytes)?;
+            table.alter(&name, settings, by)?;
+            Ok(format!("namespace {name} altered"))
+        }
+        Request::Drop { name } => {
+            let name = Name::new(name)?;
+            table.drop_namespace(&name, by)?;
+            Ok(format!("namespace {name} dropped"))
+        }
+        Request::Show { .. } | Request::List => Err(Error::InvalidRequest(
+            "show and list do not change namespaces".into(),
+        )),
+    }
+}
+
+/// Answers `show` (one namespace) or `list` (every live one, `default`
+/// first) from `table`, with `defaults` as the default namespace's.
+pub fn describe(table: &Table, request: &Request, defaults: &Settings) -> Result<Vec<Info>> {
+    let info = |name: &Name, settings: &Settings| Info {
+        name: name.to_string(),
+        settings: settings.clone(),
+    };
+    let default = Info {
+        name: DEFAULT.to_string(),
+        settings: defaults.clone(),
+    };
+    match request {
+        Request::Show { name } => {
+            let name = Name::new(name.as_str())?;
+            if name.is_default() {
+                return Ok(vec![default]);
+            }
+            let settings = table
+                .get(&name)
+                .ok_or_else(|| Error::InvalidRequest(format!("no namespace {name}")))?;
+            Ok(vec![info(&name, settings)])
+        }
+        Request::List => Ok(std::iter::once(default)
+            .chain(table.live().map(|(n, s)| info(n, s)))
+            .collect()),
+        _ => Err(Error::InvalidRequest(
+            "create, alter and drop are not questions".into(),
+        )),
+    }
+}
+
+/// Parses a TTL as an operator writes it: `0` (none), `90s`, `1h`,
+/// `7d`, `1h 30m`; in milliseconds.
+pub fn parse_ttl(s: &str) -> Result<u64> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(0);
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| {
+            Error::InvalidRequest(format!("ttl {s:?} is not a duration ({e}): try 90s or 1h"))
+        })
+        .and_then(|d| {
+            u64::try_from(d.as_millis())
+                .map_err(|_| Error::InvalidRequest(format!("ttl {s:?} is too long")))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn settings(n: u8) -> Settings {
+        Settings {
+            n,
+            r: n / 2 + 1,
+            w: n / 2 + 1,
+            ttl_ms: 0,
+            max_siblings: 64,
+            max_value_bytes: 1 << 20,
+            kind: Kind::Blob,
+        }
+    }
+
+    #[test]
+    fn names_are_short_and_plain() {
+        for good in ["carts", "a", "user_sessions-v2.eu", &"x".repeat(64)] {
+            assert!(Name::new(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Carts", "a b", "é", "a/b", &"x".repeat(65)] {
+            let e = Name::new(bad).unwrap_err();
+            assert!(e.to_string().contains("namespace name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn settings_are_checked_against_the_cluster() {
+        assert!(settings(3).validate(5, 4 << 20).is_ok());
+        let e = settings(5).validate(3, 4 << 20).unwrap_err();
+        assert!(
+            e.to_string().contains("n = 5 is more than the 3 members"),
+            "{e}"
+        );
+        let mut s = settings(2);
+        s.r = 3;
+        let e = s.validate(5, 4 << 20).unwrap_err();
+        assert!(e.to_string().contains("r = 3"), "{e}");
+        let mut s = settings(3);
+        s.max_value_bytes = 8 << 20;
+        let e = s.validate(5, 4 << 20).unwrap_err();
+        assert!(e.to_string().contains("max_value_bytes"), "{e}");
+    }
+
+    #[test]
+    fn default_cannot_be_created_altered_or_dropped() {
+        let mut t = Table::default();
+        assert!(t.create(name("default"), settings(3), &id("a")).is_err());
+        assert!(t.alter(&name("default"), settings(3), &id("a")).is_err());
+        assert!(t.drop_namespace(&name("default"), &id("a")).is_err());
+    }
+
+    #[test]
+    fn create_alter_drop_and_create_again() {
+        let mut t = Table::default();
+        t.create(name("carts"), settings(3), &id("a")).unwrap();
+        assert!(t.create(name("carts"), settings(2), &id("a")).is_err());
+        t.alter(&name("carts"), settings(2), &id("b")).unwrap();
+        assert_eq!(t.get(&name("carts")).map(|s| s.n), Some(2));
+        t.drop_namespace(&name("carts"), &id("a")).unwrap();
+        assert_eq!(t.get(&name("carts")), None);
+        let e = t.alter(&name("carts"), settings(3), &id("a")).unwrap_err();
+        assert!(e.to_string().contains("no namespace carts"), "{e}");
+        t.create(name("carts"), settings(1), &id("a")).unwrap();
+        assert_eq!(t.get(&name("carts")).map(|s| s.n), Some(1));
+    }
+
+    #[test]
+    fn a_late_copy_never_undoes_a_drop() {
+        let mut a = Table::default();
+        a.create(name("tmp"), settings(3), &id("a")).unwrap();
+        let old = a.clone();
+        a.drop_namespace(&name("tmp"), &id("b")).unwrap();
+        assert!(!a.merge(&old), "the older live record loses");
+        assert_eq!(a.get(&name("tmp")), None);
+    }
+
+    #[test]
+    fn changing_n_keeps_the_quorums_within_it() {
+        let base = settings(3); // r = w = 2
+        let down = Changes {
+            n: Some(1),
+            ..Changes::default()
+        }
+        .apply(&base);
+        assert_eq!((down.n, down.r, down.w), (1, 1, 1));
+        let up = Changes {
+            n: Some(5),
+            w: Some(4),
+            ..Changes::default()
+        }
+        .apply(&base);
+        assert_eq!((up.n, up.r, up.w), (5, 2, 4));
+    }
+
+    #[test]
+    fn ttls_parse_as_operators_write_them() {
+        assert_eq!(parse_ttl("0").unwrap(), 0);
+        assert_eq!(parse_ttl("90s").unwrap(), 90_000);
+        assert_eq!(parse_ttl("1h").unwrap(), 3_600_000);
+        assert_eq!(parse_ttl("2d").unwrap(), 172_800_000);
+        assert_eq!(parse_ttl("1h 30m").unwrap(), 5_400_000);
+        for bad in ["", "-1h", "h", "1 fortnight", "99999999999999999999d"] {
+            assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_create_takes_the_defaults_and_is_checked_against_the_cluster() {
+        let mut t = Table::default();
+        let defaults = settings(3);
+        let create = |name: &str, changes: Changes| Request::Create {
+            name: name.into(),
+            changes,
+        };
+        let done = change(
+            &mut t,
+            create("carts", Changes::default()),
+            &defaults,
+            5,
+            &id("a"),
+        );
+        assert_eq!(done.unwrap(), "namespace carts created");
+        assert_eq!(t.get(&name("carts")), Some(&defaults));
+        let wide = Changes {
+            n: Some(5),
+            ..Changes::default()
+        };
+        let e = change(&mut t, create("wide", wide.clone()), &defaults, 4, &id("a")).unwrap_err();
+        assert!(
+            e.to_string().contains("n = 5 is more than the 4 members"),
+            "{e}"
+        );
+        let e = change(&mut t, create("Bad Name", wide), &defaults, 5, &id("a")).unwrap_err();
+        assert!(e.to_string().contains("namespace name"), "{e}");
+        let alter = Request::Alter {
+            name: "nope".into(),
+            changes: Changes::default(),
+        };
+        let e = change(&mut t, alter, &defaults, 5, &id("a")).unwrap_err();
+        assert!(e.to_string().contains("no namespace nope"), "{e}");
+
+        let listed = describe(&t, &Request::List, &defaults).unwrap();
+        let names: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["default", "carts"]);
+        let shown = describe(
+            &t,
+            &Request::Show {
+                name: "default".into(),
+            },
+            &defaults,
+        );
+        assert_eq!(shown.unwrap()[0].settings, defaults);
+        assert!(describe(&t, &Request::Show { name: "x".into() }, &defaults).is_err());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Create(u8, u8),
+        Alter(u8, u8),
+        Drop(u8),
+    }
+
+    fn op() -> impl Strategy<Value = (usize, Op)> {
+        let which = 0..3usize;
+        let op = prop_oneof![
+            (0..4u8, 1..4u8).prop_map(|(k, n)| Op::Create(k, n)),
+            (0..4u8, 1..4u8).prop_map(|(k, n)| Op::Alter(k, n)),
+            (0..4u8).prop_map(Op::Drop),
+        ];
+        (which, op)
+    }
+
+    proptest! {
+        /// Three nodes apply creates, alters and drops concurrently and
+        /// exchange tables in any order: once each has merged everyone's,
+        /// they hold the same table.
+        #[test]
+        fn concurrent_changes_converge(ops in prop::collection::vec(op(), 1..40),
+                                       merges in prop::collection::vec((0..3usize, 0..3usize), 0..20)) {
+            let nodes = [id("a"), id("b"), id("c")];
+            let mut tables = vec![Table::default(); 3];
+            let mut ops = ops.into_iter();
+            for (from, to) in merges {
+                if let Some((i, op)) = ops.next() {
+                    let t = &mut tables[i];
+                    let k = |k: u8| name(&format!("ns{k}"));
+                    let _ = match op {
+                        Op::Create(key, n) => t.create(k(key), settings(n), &nodes[i]),
+                        Op::Alter(key, n) => t.alter(&k(key), settings(n), &nodes[i]),
+                        Op::Drop(key) => t.drop_namespace(&k(key), &nodes[i]),
+                    };
+                }
+                let theirs = tables[from].clone();
+                tables[to].merge(&theirs);
+            }
+            for (i, op) in ops {
+                let t = &mut tables[i];
+                let k = |k: u8| name(&format!("ns{k}"));
+                let _ = match op {
+                    Op::Create(key, n) => t.create(k(key), settings(n), &nodes[i]),
+                    Op::Alter(key, n) => t.alter(&k(key), settings(n), &nodes[i]),
+                    Op::Drop(key) => t.drop_namespace(&k(key), &nodes[i]),
+                };
+            }
+            let mut all = Table::default();
+            for t in &tables {
+                all.merge(t);
+            }
+            for t in &mut tables {
+                t.merge(&all);
+                prop_assert_eq!(&*t, &all);
+            }
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Namespace administration: created, altered and dropped from any node,
+//! the table converges everywhere by gossip (concurrent alters included),
+//! survives a restart, and bad input is refused naming the field.
+
+#![allow(clippy::unwrap_used)] // tests panic on purpose
+
+use std::time::Duration;
+
+mod support;
+
+use dynakv::namespace::{Changes, Info, Request, Settings};
+use dynakv_actors::testkit::{Cluster, check, wait_for};
+use support::ProcessCluster;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn create(name: &str, changes: Changes) -> Request {
+    Request::Create {
+        name: name.into(),
+        changes,
+    }
+}
+
+fn alter(name: &str, changes: Changes) -> Request {
+    Request::Alter {
+        name: name.into(),
+        changes,
+    }
+}
+
+/// Node `i`'s list of namespaces.
+async fn list(cluster: &Cluster, i: usize) -> dynakv::Result<Vec<Info>> {
+    cluster.client(i).await?.namespaces(Request::List).await
+}
+
+/// Waits until every running node lists the same namespaces, and returns
+/// them.
+async fn converged(cluster: &Cluster) -> Vec<Info> {
+    wait_for(WAIT, "every node to list the same namespaces", || async {
+        let first = list(cluster, 0).await?;
+        for i in 1..cluster.len() {
+            let theirs = list(cluster, i).await?;
+            check(theirs == first, || {
+                format!("node {i} lists {theirs:?}, node 0 {first:?}")
+            })?;
+        }
+        Ok(first)
+    })
+    .await
+    .unwrap()
+}
+
+fn settings_of<'a>(infos: &'a [Info], name: &str) -> Option<&'a Settings> {
+    infos.iter().find(|i| i.name == name).map(|i| &i.settings)
+}
+
+#[actix_rt::test]
+async fn namespaces_made_on_any_node_reach_every_node_and_survive_a_restart() {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    let defaults = cluster.config(0).default_namespace();
+
+    let made = cluster.client(0).await.unwrap();
+    let done = made
+        .change_namespace(create(
+            "carts",
+            Changes {
+                n: Some(2),
+                ttl_ms: Some(3_600_000),
+                ..Changes::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(done, "namespace carts created");
+    let all = converged(&cluster).await;
+    let names: Vec<&str> = all.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["default", "carts"]);
+    assert_eq!(settings_of(&all, "default"), Some(&defaults));
+    let carts = settings_of(&all, "carts").unwrap();
+    assert_eq!(
+        (carts.n, carts.r, carts.w, carts.ttl_ms),
+        (2, 2, 2, 3_600_000)
+    );
+    assert_eq!(carts.max_siblings, defaults.max_siblings);
+
+    // Two alters of one namespace at once on two nodes: every node ends
+    // with the same one.
+    let (b, c) = (
+        cluster.client(1).await.unwrap(),
+        cluster.client(2).await.unwrap(),
+    );
+    let (x, y) = tokio::join!(
+        b.change_namespace(alter(
+            "carts",
+            Changes {
+                w: Some(1),
+                ..Changes::default()
+            }
+        )),
+        c.change_namespace(alter(
+            "carts",
+            Changes {
+                n: Some(3),
+                ..Changes::default()
+            }
+        )),
+    );
+    x.unwrap();
+    y.unwrap();
+    let all = converged(&cluster).await;
+    let carts = settings_of(&all, "carts").unwrap();
+    assert!(
+        carts.w == 1 || carts.n == 3,
+        "one of the alters won: {carts:?}"
+    );
+
+    // Shown the same on every node, and kept across a restart.
+    cluster.restart_node(1).await.unwrap();
+    let shown = cluster
+        .client(1)
+        .await
+        .unwrap()
+        .namespaces(Request::Show {
+            name: "carts".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(shown[0].settings, *carts);
+
+    // Dropped everywhere; then the name can be created again.
+    made.change_namespace(Request::Drop {
+        name: "carts".into(),
+    })
+    .await
+    .unwrap();
+    let all = converged(&cluster).await;
+    assert!(settings_of(&all, "carts").is_none(), "{all:?}");
+    made.change_namespace(create("carts", Changes::default()))
+        .await
+        .unwrap();
+    let all = converged(&cluster).await;
+    assert_eq!(settings_of(&all, "carts"), Some(&defaults));
+    cluster.stop().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn bad_namespace_requests_are_refused_naming_what_is_wrong() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let client = cluster.client(0).await.unwrap();
+    let refused = |request: Request| {
+        let client = &client;
+        async move {
+            client
+                .change_namespace(request)
+                .await
+                .unwrap_err()
+                .to_string()
+        }
+    };
+    let e = refused(create("Carts!", Changes::default())).await;
+    assert!(e.contains("namespace name \"Carts!\""), "{e}");
+    let e = refused(create(
+        "wide",
+        Changes {
+            n: Some(5),
+            ..Changes::default()
+        },
+    ))
+    .await;
+    assert!(e.contains("n = 5 is more than the 3 members"), "{e}");
+    let e = refused(create(
+        "quorum",
+        Changes {
+            n: Some(2),
+            r: Some(3),
+            ..Changes::default()
+        },
+    ))
+    .await;
+    assert!(e.contains("r = 3 must be between 1 and n = 2"), "{e}");
+    let e = refused(alter("missing", Changes::default())).await;
+    assert!(e.contains("no namespace missing"), "{e}");
+    let e = refused(alter("default", Changes::default())).await;
+    assert!(e.contains("[cluster]"), "{e}");
+    let e = client
+        .namespaces(Request::Show {
+            name: "missing".into(),
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no namespace missing"), "{e}");
+    // Nothing was created along the way.
+    assert_eq!(list(&cluster, 0).await.unwrap().len(), 1);
+    cluster.stop().await.unwrap();
+}
+
+/// Runs the CLI; returns (success, stdout, stderr).
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(support::binary())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+#[actix_rt::test]
+async fn the_cli_creates_shows_lists_and_drops_namespaces() {
+    let cluster = ProcessCluster::start(3, "");
+    for i in 0..3 {
+        cluster.wait_formed(i, 3, WAIT).await;
+    }
+    let [a, b] = [0, 1].map(|i| cluster.client_addrs[i].clone());
+    let (ok, out, err) = cli(&[
+        "ns", "create", "carts", "--n", "2", "--ttl", "1h", "--node", &a,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "namespace carts created");
+
+    let shown = wait_for(WAIT, "node 2 to know carts", || async {
+        let (ok, out, err) = cli(&["ns", "show", "carts", "--json", "--node", &b]);
+        check(ok, || err)?;
+        Ok(serde_json::from_str::<serde_json::Value>(&out).unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(shown["n"], 2);
+    assert_eq!(shown["ttl_ms"], 3_600_000);
+    assert_eq!(shown["type"], "blob");
+    let (ok, out, _) = cli(&["ns", "list", "--node", &b]);
+    assert!(
+        ok && out.contains("carts") && out.contains("default") && out.contains("1h"),
+        "{out}"
+    );
+
+    for (args, says) in [
+        (vec!["ns", "create", "x", "--ttl", "-1h"], "ttl \"-1h\""),
+        (vec!["ns", "create", "x", "--n", "-1"], "--n"),
+        (
+            vec!["ns", "create", "x", "--type", "counter"],
+            "not a namespace type",
+        ),
+        (
+            vec!["ns", "create", "x", "--n", "4"],
+            "n = 4 is more than the 3 members",
+        ),
+        (vec!["ns", "drop", "nothing"], "no namespace nothing"),
+    ] {
+        let mut args = args;
+        args.extend(["--node", a.as_str()]);
+        let (ok, _, err) = cli(&args);
+        assert!(!ok && err.contains(says), "{args:?}: {err}");
+    }
+    let (ok, out, err) = cli(&["ns", "drop", "carts", "--node", &b]);
+    assert!(ok && out == "namespace carts dropped", "{err}");
+}
