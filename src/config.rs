@@ -193,6 +193,9 @@ pub struct LimitsSection {
     /// Get/put/delete sessions the node coordinates at once; more are
     /// refused as overloaded.
     pub max_in_flight: u32,
+    /// Keys one batch request (`get_many`, `put_many`, `mget`) may carry;
+    /// each is its own quorum session, counted in `max_in_flight`.
+    pub max_batch: u32,
     /// A client connection with no request in flight and none received
     /// for this long is closed (0: never), so idle connections cannot
     /// hold every slot of `max_connections`. In ms.
@@ -209,6 +212,7 @@ impl Default for LimitsSection {
             max_connections: 1024,
             max_in_flight_per_connection: 1024,
             max_in_flight: 16_384,
+            max_batch: 1000,
             client_idle_ms: 300_000,
         }
     }
@@ -537,6 +541,7 @@ impl Config {
             || l.max_connections == 0
             || l.max_in_flight == 0
             || l.max_in_flight_per_connection == 0
+            || l.max_batch == 0
         {
             return bad("limits.* must all be positive".into());
         }

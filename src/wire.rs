@@ -205,6 +205,10 @@ pub enum ClientOp {
     Routed { ring: u64, op: KeyOp },
     /// Namespace administration (`dynakv ns ...`).
     Namespace(namespace::Request),
+    /// Several gets, puts and deletes in one request (up to
+    /// `limits.max_batch`): each is its own quorum session, and each gets
+    /// its own reply, in order, in `ClientReply::Batch`.
+    Batch(Vec<KeyOp>),
 }
 
 /// The operations on one key, as a routed request carries them (the same
@@ -297,6 +301,7 @@ impl ClientOp {
             ClientOp::Fault { .. } => "fault",
             ClientOp::Ring => "ring",
             ClientOp::Namespace(_) => "namespace",
+            ClientOp::Batch(_) => "batch",
             ClientOp::Routed { op, .. } => match op {
                 KeyOp::Get { .. } => "get",
                 KeyOp::Put { .. } => "put",
@@ -353,16 +358,18 @@ pub enum ClientReply {
     /// the coordinator's ring version, and the request's own reply.
     Stale {
         ring: u64,
-        reply: StaleReply,
+        reply: KeyReply,
     },
     /// The answer to a namespace `show` or `list`.
     Namespaces(Vec<namespace::Info>),
+    /// The answer to a `Batch`: one reply per operation, in order.
+    Batch(Vec<KeyReply>),
 }
 
-/// The reply a `Stale` carries: a get's or a write's (a separate enum, so
-/// replies cannot nest).
+/// The reply to one key's operation, as a `Stale` or a `Batch` carries it:
+/// a get's, a write's or an error (a separate enum, so replies cannot nest).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StaleReply {
+pub enum KeyReply {
     Value {
         #[serde(with = "byte_lists")]
         values: Vec<Vec<u8>>,
@@ -392,22 +399,33 @@ impl ClientReply {
     /// This reply to a routed request, told that the client's ring is not
     /// `ring` (a reply no routed request has stays as it is).
     pub fn stale(self, ring: u64) -> ClientReply {
-        let reply = match self {
-            ClientReply::Value { values, context } => StaleReply::Value { values, context },
-            ClientReply::Written { context, others } => StaleReply::Written { context, others },
-            ClientReply::Error { kind, message } => StaleReply::Error { kind, message },
-            other => return other,
-        };
-        ClientReply::Stale { ring, reply }
+        match KeyReply::try_from(self) {
+            Ok(reply) => ClientReply::Stale { ring, reply },
+            Err(other) => other,
+        }
     }
 }
 
-impl From<StaleReply> for ClientReply {
-    fn from(reply: StaleReply) -> ClientReply {
+impl TryFrom<ClientReply> for KeyReply {
+    type Error = ClientReply;
+
+    /// The reply to one key's operation; any other reply comes back as it is.
+    fn try_from(reply: ClientReply) -> Result<KeyReply, ClientReply> {
         match reply {
-            StaleReply::Value { values, context } => ClientReply::Value { values, context },
-            StaleReply::Written { context, others } => ClientReply::Written { context, others },
-            StaleReply::Error { kind, message } => ClientReply::Error { kind, message },
+            ClientReply::Value { values, context } => Ok(KeyReply::Value { values, context }),
+            ClientReply::Written { context, others } => Ok(KeyReply::Written { context, others }),
+            ClientReply::Error { kind, message } => Ok(KeyReply::Error { kind, message }),
+            other => Err(other),
+        }
+    }
+}
+
+impl From<KeyReply> for ClientReply {
+    fn from(reply: KeyReply) -> ClientReply {
+        match reply {
+            KeyReply::Value { values, context } => ClientReply::Value { values, context },
+            KeyReply::Written { context, others } => ClientReply::Written { context, others },
+            KeyReply::Error { kind, message } => ClientReply::Error { kind, message },
         }
     }
 }

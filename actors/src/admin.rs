@@ -133,7 +133,8 @@ impl Operations {
             ClientOp::Get { .. }
             | ClientOp::Put { .. }
             | ClientOp::Delete { .. }
-            | ClientOp::Routed { .. } => {
+            | ClientOp::Routed { .. }
+            | ClientOp::Batch(_) => {
                 return Err(Error::Internal(
                     "a read or write is not an operator's request".into(),
                 ));

@@ -18,7 +18,7 @@ use actix::prelude::*;
 use dynakv::coordinator::{Planned, Planner};
 use dynakv::topology::Topology;
 use dynakv::version::Value;
-use dynakv::wire::{ClientOp, ClientReply};
+use dynakv::wire::{ClientOp, ClientReply, KeyOp, KeyReply};
 use dynakv::{Error, Result};
 use tokio::sync::oneshot;
 use tracing::debug_span;
@@ -42,6 +42,8 @@ pub struct Coordinator {
     planner: Planner,
     /// Sessions coordinated at once; more are refused as overloaded.
     max_in_flight: usize,
+    /// Operations one batch request may carry.
+    max_batch: usize,
     /// Shared by every session (a clone per session would allocate).
     sessions: Arc<SessionEnv>,
     /// What operators' requests ask once they leave this actor; shared, so
@@ -55,6 +57,7 @@ impl Coordinator {
     pub fn new(
         planner: Planner,
         max_in_flight: usize,
+        max_batch: usize,
         router: Router,
         operations: Operations,
         events: Events,
@@ -68,6 +71,7 @@ impl Coordinator {
         Coordinator {
             planner,
             max_in_flight,
+            max_batch,
             sessions: Arc::new(sessions),
             operations: Arc::new(operations),
             topology: None,
@@ -118,6 +122,48 @@ impl Coordinator {
         let span = debug_span!("session", op, partition = partition.0,
             request = self.next_request, node = %self.planner.me);
         Session::new(session, initial, key, self.sessions.clone(), reply, span).start();
+    }
+
+    /// A batch: each operation is planned and runs as its own session;
+    /// the client gets every reply, in order, once all are in.
+    fn batch(&mut self, ops: Vec<KeyOp>, reply: oneshot::Sender<ClientReply>) {
+        if ops.len() > self.max_batch {
+            let e = Error::InvalidRequest(format!(
+                "a batch of {} operations exceeds limits.max_batch = {}",
+                ops.len(),
+                self.max_batch
+            ));
+            let _ = reply.send(ClientReply::error(&e));
+            return;
+        }
+        let answers: Vec<_> = ops
+            .into_iter()
+            .map(|op| {
+                let (tx, rx) = oneshot::channel();
+                match self.plan(op.into()) {
+                    Ok(planned) => self.session(planned, tx),
+                    Err(e) => {
+                        let _ = tx.send(ClientReply::error(&e));
+                    }
+                }
+                rx
+            })
+            .collect();
+        actix::spawn(async move {
+            let mut replies = Vec::with_capacity(answers.len());
+            for answer in answers {
+                let lost = || ClientReply::error(&Error::Internal("the session was lost".into()));
+                let one = KeyReply::try_from(answer.await.unwrap_or_else(|_| lost()));
+                replies.push(one.unwrap_or_else(|_| {
+                    let e = Error::Internal("a session answered with no value or write".into());
+                    KeyReply::Error {
+                        kind: e.kind(),
+                        message: e.to_string(),
+                    }
+                }));
+            }
+            let _ = reply.send(ClientReply::Batch(replies));
+        });
     }
 
     /// An operator's request: checked here, answered without holding this
@@ -191,6 +237,7 @@ impl Handler<Execute> for Coordinator {
                     }
                     ClientOp::from(op)
                 }
+                ClientOp::Batch(ops) => return act.batch(ops, reply),
                 op => op,
             };
             if !matches!(

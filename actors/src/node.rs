@@ -330,6 +330,7 @@ fn start_on(
     let coordinator = Coordinator::new(
         planner,
         config.limits.max_in_flight as usize,
+        config.limits.max_batch as usize,
         router,
         operations,
         events.clone(),

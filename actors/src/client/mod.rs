@@ -43,7 +43,7 @@ use std::time::Duration;
 use dynakv::handoff::{PlanChange, PlanReport};
 use dynakv::namespace;
 use dynakv::routing::{ClusterMap, DEFAULT_RING_REFRESH_MS, Routing};
-use dynakv::wire::{ClientOp, ClientReply, KeyOp, LocalCopy, NetFault, StatusReport};
+use dynakv::wire::{ClientOp, ClientReply, KeyOp, KeyReply, LocalCopy, NetFault, StatusReport};
 use dynakv::{Error, NodeId, Result};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -273,6 +273,53 @@ impl Client {
         written(self.shared.call_key(op).await?)
     }
 
+    /// Reads many keys in one request (at most the node's
+    /// `limits.max_batch`); each key gets its own result, in order.
+    pub async fn get_many(&self, keys: &[&[u8]], r: Option<u8>) -> Result<Vec<Result<ReadResult>>> {
+        let ops = keys
+            .iter()
+            .map(|key| KeyOp::Get {
+                key: key.to_vec(),
+                r,
+            })
+            .collect();
+        let replies = batch(self.shared.call_batch(ops).await?, keys.len())?;
+        Ok(replies
+            .into_iter()
+            .map(|reply| match reply {
+                KeyReply::Value { values, context } => Ok(ReadResult { values, context }),
+                other => Err(key_error(other)),
+            })
+            .collect())
+    }
+
+    /// Writes many keys in one request, each `(key, value, context)`; each
+    /// gets its own result, in order. A failed one may still have taken
+    /// effect, as a single put's.
+    pub async fn put_many(
+        &self,
+        items: &[(&[u8], &[u8], &[u8])],
+        w: Option<u8>,
+    ) -> Result<Vec<Result<WriteResult>>> {
+        let ops = items
+            .iter()
+            .map(|(key, value, context)| KeyOp::Put {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                context: context.to_vec(),
+                w,
+            })
+            .collect();
+        let replies = batch(self.shared.call_batch(ops).await?, items.len())?;
+        Ok(replies
+            .into_iter()
+            .map(|reply| match reply {
+                KeyReply::Written { context, others } => Ok(WriteResult { context, others }),
+                other => Err(key_error(other)),
+            })
+            .collect())
+    }
+
     pub async fn status(&self) -> Result<StatusReport> {
         match self.call(ClientOp::Status).await? {
             ClientReply::Status(s) => Ok(s),
@@ -347,6 +394,26 @@ fn done(reply: ClientReply) -> Result<String> {
     match reply {
         ClientReply::Done { message } => Ok(message),
         other => Err(unexpected(other)),
+    }
+}
+
+/// A batch's replies, one per operation sent.
+fn batch(reply: ClientReply, sent: usize) -> Result<Vec<KeyReply>> {
+    match reply {
+        ClientReply::Batch(replies) if replies.len() == sent => Ok(replies),
+        ClientReply::Batch(replies) => Err(Error::Malformed(format!(
+            "{} replies to a batch of {sent}",
+            replies.len()
+        ))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// One operation's failure in a batch.
+fn key_error(reply: KeyReply) -> Error {
+    match reply {
+        KeyReply::Error { kind, message } => Error::from_wire(kind, message),
+        other => unexpected(other.into()),
     }
 }
 

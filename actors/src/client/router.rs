@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use dynakv::routing::{ClusterMap, Routing, backoff_ms, fails_over};
+use dynakv::routing::{ClusterMap, Effect, Routing, backoff_ms, fails_over};
 use dynakv::wire::{ClientOp, ClientReply, KeyOp};
 use dynakv::{Error, ErrorKind, Result};
 use tokio::sync::Mutex as AsyncMutex;
@@ -219,10 +219,42 @@ impl Shared {
 
     /// Runs `op` on its key's nodes, failing over as `fails_over` allows.
     pub(super) async fn call_key(self: &Arc<Self>, op: KeyOp) -> Result<ClientReply> {
+        let effect = op.effect();
+        let key = op.key().to_vec();
+        self.call_routed(Some(&key), effect, |ring| match ring {
+            Some(ring) => ClientOp::Routed {
+                ring,
+                op: op.clone(),
+            },
+            None => op.clone().into(),
+        })
+        .await
+    }
+
+    /// Runs a batch at the first key's nodes (any node coordinates any key).
+    pub(super) async fn call_batch(self: &Arc<Self>, ops: Vec<KeyOp>) -> Result<ClientReply> {
+        let effect = if ops.iter().all(|op| op.effect() == Effect::Read) {
+            Effect::Read
+        } else {
+            Effect::Write
+        };
+        let key = ops.first().map(|op| op.key().to_vec());
+        self.call_routed(key.as_deref(), effect, |_| ClientOp::Batch(ops.clone()))
+            .await
+    }
+
+    /// Sends the request `wire` makes (given the ring version the client
+    /// routes by, if any) to the nodes `key` routes to, one after another
+    /// while `fails_over` allows, within the client's timeout.
+    async fn call_routed(
+        self: &Arc<Self>,
+        key: Option<&[u8]>,
+        effect: Effect,
+        wire: impl Fn(Option<u64>) -> ClientOp,
+    ) -> Result<ClientReply> {
         let deadline = Instant::now() + self.options.timeout;
         let map = self.map();
-        let addrs = self.candidates(map.as_deref(), Some(op.key()));
-        let effect = op.effect();
+        let addrs = self.candidates(map.as_deref(), key);
         let ring = map.as_ref().map(|m| m.version());
         let attempts = self.options.max_attempts.max(1);
         let mut last = None;
@@ -240,14 +272,7 @@ impl Shared {
                 }
                 sleep_until(at).await;
             }
-            let wire = match ring {
-                Some(ring) => ClientOp::Routed {
-                    ring,
-                    op: op.clone(),
-                },
-                None => op.clone().into(),
-            };
-            let failed = match self.attempt(addr, wire, deadline).await {
+            let failed = match self.attempt(addr, wire(ring), deadline).await {
                 Ok(ClientReply::Stale { ring, reply }) => {
                     self.refresh_soon(ring);
                     answered(reply.into())

@@ -91,6 +91,18 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Read many keys in one request: each key's siblings and context, or
+    /// its error.
+    Mget {
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[arg(long)]
+        r: Option<u8>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Delete a key (writes a tombstone); prints the new context.
     Delete {
         key: String,

@@ -23,7 +23,7 @@ mod cli;
 mod output;
 
 use cli::{Cli, ClusterCommand, Command, FaultCommand, NsCommand, NsSettings, Target};
-use output::{emit, print_local, print_namespaces, print_plan, print_status, show};
+use output::{emit, print_local, print_namespaces, print_plan, print_reads, print_status, show};
 
 // glibc malloc's arena locking and consolidation showed up at the top of the
 // server's profile under load; mimalloc keeps per-thread free lists.
@@ -195,6 +195,12 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             w,
             target,
         } => (target, Op::Delete(key, context_arg(&context)?, w)),
+        Command::Mget {
+            keys,
+            r,
+            json,
+            target,
+        } => (target, Op::Mget(keys, r, json)),
         Command::Inspect { key, json, target } => (target, Op::Inspect(key, json)),
         Command::Status { json, target } => (target, Op::Status(json)),
         Command::Fault {
@@ -254,6 +260,14 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
                     }
                 }
                 say!("context: {context}");
+            }
+        }
+        Op::Mget(keys, r, as_json) => {
+            let names: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+            let reads = client.get_many(&names, r).await?;
+            print_reads(&keys, &reads, as_json);
+            if let Some(Err(e)) = reads.iter().find(|r| r.is_err()) {
+                return Err(Error::Unavailable(format!("some keys were not read: {e}")));
             }
         }
         Op::Inspect(key, as_json) => print_local(&client.inspect(key.as_bytes()).await?, as_json),
@@ -398,6 +412,7 @@ fn plan_change(
 enum Op {
     Put(String, Vec<u8>, Vec<u8>, Option<u8>),
     Get(String, Option<u8>, bool),
+    Mget(Vec<String>, Option<u8>, bool),
     Delete(String, Vec<u8>, Option<u8>),
     Inspect(String, bool),
     Status(bool),
@@ -408,6 +423,9 @@ impl Op {
     /// Whether the command is about a key, which any node of a list can
     /// serve (the others are about the one node they name).
     fn routes(&self) -> bool {
-        matches!(self, Op::Put(..) | Op::Get(..) | Op::Delete(..))
+        matches!(
+            self,
+            Op::Put(..) | Op::Get(..) | Op::Mget(..) | Op::Delete(..)
+        )
     }
 }

@@ -7,6 +7,7 @@ use dynakv::handoff::PlanReport;
 use dynakv::namespace::Info;
 use dynakv::wire::{LocalCopy, StatusReport};
 use dynakv::{Error, Result};
+use dynakv_actors::client::ReadResult;
 use serde_json::json;
 
 /// Writes to stdout. A reader that went away (`dynakv status | head -3`)
@@ -236,4 +237,38 @@ pub fn print_namespaces(infos: &[Info], shown: bool, as_json: bool) -> Result<()
         );
     }
     Ok(())
+}
+
+/// `mget`: each key's siblings and context, or its error, in order.
+pub fn print_reads(keys: &[String], reads: &[Result<ReadResult>], as_json: bool) {
+    if as_json {
+        let results: Vec<_> = keys
+            .iter()
+            .zip(reads)
+            .map(|(key, read)| match read {
+                Ok(read) => json!({
+                    "key": key,
+                    "values": read.values.iter().map(|v| show(v)).collect::<Vec<_>>(),
+                    "context": B64.encode(&read.context),
+                }),
+                Err(e) => json!({ "key": key, "error": e.to_string() }),
+            })
+            .collect();
+        say!("{}", json!({ "results": results }));
+        return;
+    }
+    for (key, read) in keys.iter().zip(reads) {
+        match read {
+            Ok(read) if read.values.is_empty() => say!("{key}\t(not found)"),
+            Ok(read) => {
+                for v in &read.values {
+                    match show(v) {
+                        serde_json::Value::String(s) => say!("{key}\t{s}"),
+                        other => say!("{key}\t{other}"),
+                    }
+                }
+            }
+            Err(e) => say!("{key}\terror: {e}"),
+        }
+    }
 }
