@@ -21,7 +21,8 @@
 //!   moment, as the actors and the simulator see it);
 //! - requests: [`coordinator`] (plan, route and tally a client's get, put or
 //!   delete), [`routing`] (where a cluster-aware client sends each request,
-//!   and when it may fail over);
+//!   and when it may fail over), [`listing`] (pages of keys from a coverage
+//!   plan);
 //! - background work, each a driver the node's actor and the simulator both
 //!   run: [`hints`] (hinted handoff), [`handoff`] (moving partitions),
 //!   [`anti_entropy`] (with [`merkle`] trees), [`tombstones`] (forgetting
@@ -42,6 +43,7 @@ pub mod fencing;
 pub mod handoff;
 pub mod handshake;
 pub mod hints;
+pub mod listing;
 pub mod liveness;
 pub mod membership;
 pub mod merkle;

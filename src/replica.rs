@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::hints::HintLog;
+use crate::listing;
 use crate::merkle::{HashTree, Leaves, item_hash, segment_of};
 use crate::node::NodeId;
 use crate::partition::Partition;
@@ -64,6 +65,22 @@ pub enum ReplicaMsg {
         dot: Dot,
     },
     Ack,
+    /// List the live keys of `partition` after `after` that start with
+    /// `prefix`: at most `limit`, scanning at most `limit *
+    /// listing::SCAN_PER_KEY` entries. Answered with `Keys`.
+    List {
+        partition: Partition,
+        after: Option<Vec<u8>>,
+        #[serde(with = "serde_bytes")]
+        prefix: Vec<u8>,
+        limit: u32,
+    },
+    /// Live keys in order, and the last key scanned when the scan stopped
+    /// before the partition's end (None: the partition is done).
+    Keys {
+        keys: Vec<Vec<u8>>,
+        scanned_to: Option<Vec<u8>>,
+    },
 }
 
 /// The answer to a `Read` of a key whose stored copy is `stored` (None: not
@@ -284,9 +301,18 @@ impl<S: Store> Replica<S> {
                 self.merge(&key, &state, hint_for.as_ref())?;
                 Ok(ReplicaMsg::Ack)
             }
-            ReplicaMsg::State { .. } | ReplicaMsg::Updated { .. } | ReplicaMsg::Ack => Err(
-                Error::InvalidRequest("a reply was sent to the replica as a request".into()),
-            ),
+            ReplicaMsg::List {
+                partition,
+                after,
+                prefix,
+                limit,
+            } => self.list(partition, after, &prefix, limit),
+            ReplicaMsg::State { .. }
+            | ReplicaMsg::Updated { .. }
+            | ReplicaMsg::Ack
+            | ReplicaMsg::Keys { .. } => Err(Error::InvalidRequest(
+                "a reply was sent to the replica as a request".into(),
+            )),
         }
     }
 
@@ -345,6 +371,56 @@ impl<S: Store> Replica<S> {
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// Live keys of `p` after `after` starting with `prefix`, at most
+    /// `limit` of them, scanning a bounded number of entries.
+    fn list(
+        &self,
+        p: Partition,
+        mut after: Option<Vec<u8>>,
+        prefix: &[u8],
+        limit: u32,
+    ) -> Result<ReplicaMsg> {
+        if p.0 >= self.q {
+            return Err(Error::Malformed(format!("partition {p} out of range")));
+        }
+        let limit = limit.clamp(1, listing::MAX_PAGE) as usize;
+        let mut budget = limit * listing::SCAN_PER_KEY;
+        let mut keys = Vec::new();
+        while budget > 0 {
+            let (entries, end) = self.chunk(p, after.as_deref(), budget.min(1024))?;
+            budget = budget.saturating_sub(entries.len());
+            for (key, state) in entries {
+                if !key.starts_with(prefix) && key.as_slice() > prefix {
+                    // Past every key with the prefix: the partition is done.
+                    return Ok(ReplicaMsg::Keys {
+                        keys,
+                        scanned_to: None,
+                    });
+                }
+                if key.starts_with(prefix) && state.values().next().is_some() {
+                    keys.push(key.clone());
+                }
+                after = Some(key);
+                if keys.len() == limit {
+                    return Ok(ReplicaMsg::Keys {
+                        keys,
+                        scanned_to: after,
+                    });
+                }
+            }
+            if end {
+                return Ok(ReplicaMsg::Keys {
+                    keys,
+                    scanned_to: None,
+                });
+            }
+        }
+        Ok(ReplicaMsg::Keys {
+            keys,
+            scanned_to: after,
+        })
     }
 
     /// Up to `limit` entries of `p` after key `after` (from its start if

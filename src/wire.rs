@@ -209,6 +209,16 @@ pub enum ClientOp {
     /// `limits.max_batch`): each is its own quorum session, and each gets
     /// its own reply, in order, in `ClientReply::Batch`.
     Batch(Vec<KeyOp>),
+    /// A page of live keys starting with `prefix` (`crate::listing`):
+    /// at most `limit`, from where `after` (the previous page's token;
+    /// empty for the first page) left off. Answered with `Keys`.
+    List {
+        #[serde(with = "serde_bytes")]
+        prefix: Vec<u8>,
+        limit: u32,
+        #[serde(with = "serde_bytes")]
+        after: Vec<u8>,
+    },
 }
 
 /// The operations on one key, as a routed request carries them (the same
@@ -302,6 +312,7 @@ impl ClientOp {
             ClientOp::Ring => "ring",
             ClientOp::Namespace(_) => "namespace",
             ClientOp::Batch(_) => "batch",
+            ClientOp::List { .. } => "list",
             ClientOp::Routed { op, .. } => match op {
                 KeyOp::Get { .. } => "get",
                 KeyOp::Put { .. } => "put",
@@ -364,6 +375,12 @@ pub enum ClientReply {
     Namespaces(Vec<namespace::Info>),
     /// The answer to a `Batch`: one reply per operation, in order.
     Batch(Vec<KeyReply>),
+    /// A page of a listing, and the token of the next (None: done).
+    Keys {
+        #[serde(with = "byte_lists")]
+        keys: Vec<Vec<u8>>,
+        next: Option<Vec<u8>>,
+    },
 }
 
 /// The reply to one key's operation, as a `Stale` or a `Batch` carries it:

@@ -134,7 +134,8 @@ impl Operations {
             | ClientOp::Put { .. }
             | ClientOp::Delete { .. }
             | ClientOp::Routed { .. }
-            | ClientOp::Batch(_) => {
+            | ClientOp::Batch(_)
+            | ClientOp::List { .. } => {
                 return Err(Error::Internal(
                     "a read or write is not an operator's request".into(),
                 ));

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::prelude::*;
 use dynakv::coordinator::{Planned, Planner};
+use dynakv::listing::{Listing, coverage};
+use dynakv::replica::ReplicaMsg;
 use dynakv::topology::Topology;
 use dynakv::version::Value;
 use dynakv::wire::{ClientOp, ClientReply, KeyOp, KeyReply};
@@ -166,6 +168,48 @@ impl Coordinator {
         });
     }
 
+    /// A page of a listing: the core's `Listing` says which partition to
+    /// read next and where from; each is read from the first replica of
+    /// its coverage that answers.
+    fn list(
+        &mut self,
+        prefix: Vec<u8>,
+        limit: u32,
+        token: &[u8],
+        reply: oneshot::Sender<ClientReply>,
+    ) {
+        let started = (|| {
+            if prefix.len() > self.planner.limits.max_key_bytes {
+                return Err(Error::InvalidRequest(
+                    "the prefix is longer than any key".into(),
+                ));
+            }
+            let t = self
+                .topology
+                .clone()
+                .filter(|t| t.ring.is_some())
+                .ok_or_else(|| Error::Unavailable("the cluster is not formed yet".into()))?;
+            let q = t.view.partitions;
+            Ok((t, Listing::new(token, limit, q)?))
+        })();
+        let (topology, listing) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = reply.send(ClientReply::error(&e));
+                return;
+            }
+        };
+        let sessions = self.sessions.clone();
+        let n = usize::from(self.planner.limits.n);
+        actix::spawn(async move {
+            let page = read_pages(listing, &topology, n, &sessions.router, &prefix).await;
+            let _ = reply.send(match page {
+                Ok((keys, next)) => ClientReply::Keys { keys, next },
+                Err(e) => ClientReply::error(&e),
+            });
+        });
+    }
+
     /// An operator's request: checked here, answered without holding this
     /// actor.
     fn operate(&mut self, op: ClientOp, reply: oneshot::Sender<ClientReply>) {
@@ -185,6 +229,48 @@ impl Coordinator {
             let _ = reply.send(answer.unwrap_or_else(|e| ClientReply::error(&e)));
         });
     }
+}
+
+/// Carries a listing out: each step at the first replica of its coverage
+/// that answers.
+async fn read_pages(
+    mut listing: Listing,
+    topology: &Topology,
+    n: usize,
+    router: &Router,
+    prefix: &[u8],
+) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+    let Some(ring) = topology.ring.as_ref() else {
+        return Err(Error::Unavailable("the cluster is not formed yet".into()));
+    };
+    while let Some(step) = listing.next() {
+        let mut last = Error::Unavailable(format!("partition {} has no replica", step.partition));
+        let mut answered = None;
+        for node in coverage(ring, step.partition, n, |m| topology.is_up(m)) {
+            let ask = ReplicaMsg::List {
+                partition: step.partition,
+                after: step.after.clone(),
+                prefix: prefix.to_vec(),
+                limit: step.limit,
+            };
+            match router.call(node.clone(), ask).await {
+                Ok(ReplicaMsg::Keys { keys, scanned_to }) => {
+                    answered = Some((keys, scanned_to));
+                    break;
+                }
+                Ok(other) => last = Error::Malformed(format!("a listing answered with {other:?}")),
+                Err(e) => last = e,
+            }
+        }
+        let Some((keys, scanned_to)) = answered else {
+            return Err(Error::Unavailable(format!(
+                "no replica of partition {} answered the listing: {last}",
+                step.partition
+            )));
+        };
+        listing.on_keys(keys, scanned_to)?;
+    }
+    Ok(listing.page())
 }
 
 /// Where the reply to a routed request goes when the client routes by
@@ -238,6 +324,11 @@ impl Handler<Execute> for Coordinator {
                     ClientOp::from(op)
                 }
                 ClientOp::Batch(ops) => return act.batch(ops, reply),
+                ClientOp::List {
+                    prefix,
+                    limit,
+                    after,
+                } => return act.list(prefix, limit, &after, reply),
                 op => op,
             };
             if !matches!(

@@ -300,7 +300,7 @@ impl Handler<ApplyBatch> for StorageWorker {
         let replies: Vec<Result<ReplicaMsg>> = msgs
             .into_iter()
             .map(|msg| {
-                let write = !matches!(msg, ReplicaMsg::Read { .. });
+                let write = !matches!(msg, ReplicaMsg::Read { .. } | ReplicaMsg::List { .. });
                 let reply = self.apply(msg);
                 writes += u64::from(write && reply.is_ok());
                 reply

@@ -66,6 +66,14 @@ pub struct WriteResult {
     pub others: Vec<Vec<u8>>,
 }
 
+/// One page of a listing: its keys, and the token of the next page (None:
+/// the listing is complete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub keys: Vec<Vec<u8>>,
+    pub next: Option<Vec<u8>>,
+}
+
 /// The default for `Options::timeout`: twice the server's default request
 /// timeout, so a node's own quorum error arrives before the client gives up.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -318,6 +326,22 @@ impl Client {
                 other => Err(key_error(other)),
             })
             .collect())
+    }
+
+    /// A page of the live keys that start with `prefix`: at most `limit`
+    /// (1 to 10,000), from where the token `after` left off (None: the
+    /// first page). A listing reads one replica per partition: it may miss
+    /// keys written while it runs, and never returns a key twice.
+    pub async fn list(&self, prefix: &[u8], limit: u32, after: Option<&[u8]>) -> Result<Page> {
+        let op = ClientOp::List {
+            prefix: prefix.to_vec(),
+            limit,
+            after: after.unwrap_or_default().to_vec(),
+        };
+        match self.shared.call_any(op).await? {
+            ClientReply::Keys { keys, next } => Ok(Page { keys, next }),
+            other => Err(unexpected(other)),
+        }
     }
 
     pub async fn status(&self) -> Result<StatusReport> {

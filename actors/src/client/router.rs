@@ -243,6 +243,12 @@ impl Shared {
             .await
     }
 
+    /// Runs a request about no key (a listing page) at any node, failing
+    /// over as a read.
+    pub(super) async fn call_any(self: &Arc<Self>, op: ClientOp) -> Result<ClientReply> {
+        self.call_routed(None, Effect::Read, |_| op.clone()).await
+    }
+
     /// Sends the request `wire` makes (given the ring version the client
     /// routes by, if any) to the nodes `key` routes to, one after another
     /// while `fails_over` allows, within the client's timeout.

@@ -103,6 +103,23 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// List live keys, a page at a time (each partition from one replica).
+    List {
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Keys per page (1 to 10000).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// The token the previous page printed.
+        #[arg(long)]
+        after: Option<String>,
+        /// Print {"keys": [...], "next": TOKEN or null}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Delete a key (writes a tombstone); prints the new context.
     Delete {
         key: String,

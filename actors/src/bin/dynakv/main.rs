@@ -140,6 +140,11 @@ fn context_arg(text: &str) -> Result<Vec<u8>> {
         .map_err(|e| Error::InvalidContext(format!("--context is not base64url: {e}")))
 }
 
+fn token_arg(text: &str) -> Result<Vec<u8>> {
+    B64.decode(text.trim())
+        .map_err(|e| Error::InvalidRequest(format!("--after is not a token `list` printed: {e}")))
+}
+
 /// The value of `put`: the argument, or a file or standard input (`-`).
 fn value_arg(value: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>> {
     use std::io::Read;
@@ -201,6 +206,16 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             json,
             target,
         } => (target, Op::Mget(keys, r, json)),
+        Command::List {
+            prefix,
+            limit,
+            after,
+            json,
+            target,
+        } => {
+            let after = after.as_deref().map(token_arg).transpose()?;
+            (target, Op::List(prefix, limit, after, json))
+        }
         Command::Inspect { key, json, target } => (target, Op::Inspect(key, json)),
         Command::Status { json, target } => (target, Op::Status(json)),
         Command::Fault {
@@ -268,6 +283,26 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             print_reads(&keys, &reads, as_json);
             if let Some(Err(e)) = reads.iter().find(|r| r.is_err()) {
                 return Err(Error::Unavailable(format!("some keys were not read: {e}")));
+            }
+        }
+        Op::List(prefix, limit, after, as_json) => {
+            let page = client
+                .list(prefix.as_bytes(), limit, after.as_deref())
+                .await?;
+            let next = page.next.as_ref().map(|t| B64.encode(t));
+            if as_json {
+                let keys: Vec<_> = page.keys.iter().map(|k| show(k)).collect();
+                say!("{}", json!({ "keys": keys, "next": next }));
+            } else {
+                for k in &page.keys {
+                    match show(k) {
+                        serde_json::Value::String(s) => say!("{s}"),
+                        other => say!("{other}"),
+                    }
+                }
+                if let Some(next) = next {
+                    say!("next: {next}");
+                }
             }
         }
         Op::Inspect(key, as_json) => print_local(&client.inspect(key.as_bytes()).await?, as_json),
@@ -413,6 +448,7 @@ enum Op {
     Put(String, Vec<u8>, Vec<u8>, Option<u8>),
     Get(String, Option<u8>, bool),
     Mget(Vec<String>, Option<u8>, bool),
+    List(String, u32, Option<Vec<u8>>, bool),
     Delete(String, Vec<u8>, Option<u8>),
     Inspect(String, bool),
     Status(bool),
@@ -425,7 +461,7 @@ impl Op {
     fn routes(&self) -> bool {
         matches!(
             self,
-            Op::Put(..) | Op::Get(..) | Op::Mget(..) | Op::Delete(..)
+            Op::Put(..) | Op::Get(..) | Op::Mget(..) | Op::Delete(..) | Op::List(..)
         )
     }
 }
