@@ -622,6 +622,17 @@ mod tests {
         Drop(u8),
     }
 
+    /// Applies `op` at node `by`; refusals (a create of an existing name,
+    /// an alter of a missing one) change nothing, as on a real node.
+    fn apply(t: &mut Table, op: Op, by: &NodeId) {
+        let k = |k: u8| name(&format!("ns{k}"));
+        let _ = match op {
+            Op::Create(key, n) => t.create(k(key), settings(n), by),
+            Op::Alter(key, n) => t.alter(&k(key), settings(n), by),
+            Op::Drop(key) => t.drop_namespace(&k(key), by),
+        };
+    }
+
     fn op() -> impl Strategy<Value = (usize, Op)> {
         let which = 0..3usize;
         let op = prop_oneof![
@@ -644,25 +655,13 @@ mod tests {
             let mut ops = ops.into_iter();
             for (from, to) in merges {
                 if let Some((i, op)) = ops.next() {
-                    let t = &mut tables[i];
-                    let k = |k: u8| name(&format!("ns{k}"));
-                    let _ = match op {
-                        Op::Create(key, n) => t.create(k(key), settings(n), &nodes[i]),
-                        Op::Alter(key, n) => t.alter(&k(key), settings(n), &nodes[i]),
-                        Op::Drop(key) => t.drop_namespace(&k(key), &nodes[i]),
-                    };
+                    apply(&mut tables[i], op, &nodes[i]);
                 }
                 let theirs = tables[from].clone();
                 tables[to].merge(&theirs);
             }
             for (i, op) in ops {
-                let t = &mut tables[i];
-                let k = |k: u8| name(&format!("ns{k}"));
-                let _ = match op {
-                    Op::Create(key, n) => t.create(k(key), settings(n), &nodes[i]),
-                    Op::Alter(key, n) => t.alter(&k(key), settings(n), &nodes[i]),
-                    Op::Drop(key) => t.drop_namespace(&k(key), &nodes[i]),
-                };
+                apply(&mut tables[i], op, &nodes[i]);
             }
             let mut all = Table::default();
             for t in &tables {

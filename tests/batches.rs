@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use dynakv::ErrorKind;
 use dynakv_actors::client::{Client, Options};
 use dynakv_actors::testkit::Cluster;
-use support::ProcessCluster;
+use support::{ProcessCluster, cli};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -82,19 +82,6 @@ async fn a_batch_of_500_puts_and_500_gets_gives_each_key_its_result() {
         single.as_secs_f64() / batched.as_secs_f64()
     );
     cluster.stop().await.unwrap();
-}
-
-/// Runs the CLI; returns (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(support::binary())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
 }
 
 #[actix_rt::test]

@@ -16,7 +16,7 @@ use dynakv::routing::Routing;
 use dynakv_actors::client::{Client, Options};
 use dynakv_actors::membership::CurrentView;
 use dynakv_actors::testkit::{Cluster, check, metric, wait_for};
-use support::ProcessCluster;
+use support::{ProcessCluster, cli};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -30,6 +30,17 @@ fn options(cluster: &Cluster, routing: Routing) -> Options {
         routing,
         ..Options::default()
     }
+}
+
+/// A preference-routing client seeded with node 0 that never refreshes
+/// its ring on its own (only a reply saying it is stale makes it).
+async fn without_refresh(cluster: &Cluster) -> Client {
+    let seed = cluster.config(0).node.client_addr.clone();
+    let options = Options {
+        ring_refresh: Duration::from_secs(3600),
+        ..options(cluster, Routing::Preference)
+    };
+    Client::connect_cluster(&[&seed], options).await.unwrap()
 }
 
 #[actix_rt::test]
@@ -75,18 +86,9 @@ async fn preference_routing_sends_every_key_to_its_first_replica() {
 #[actix_rt::test]
 async fn a_joined_node_is_learned_without_a_restart() {
     let mut cluster = Cluster::start(3).await.unwrap();
-    let seed = cluster.config(0).node.client_addr.clone();
     // No periodic refresh within the test: only a reply saying the ring
     // changed can teach the client.
-    let client = Client::connect_cluster(
-        &[&seed],
-        Options {
-            ring_refresh: Duration::from_secs(3600),
-            ..options(&cluster, Routing::Preference)
-        },
-    )
-    .await
-    .unwrap();
+    let client = without_refresh(&cluster).await;
     assert_eq!(client.ring().unwrap().members().count(), 3);
 
     let joined = cluster.add_node(|_| {}).await.unwrap();
@@ -126,18 +128,9 @@ async fn a_joined_node_is_learned_without_a_restart() {
 async fn a_request_to_a_stopped_node_goes_to_the_next_replica() {
     let mut cluster = Cluster::start(4).await.unwrap();
     cluster.settled(WAIT).await.unwrap();
-    let seed = cluster.config(0).node.client_addr.clone();
     // The ring is learned while every node is up, and not again: the
     // client cannot know that node 3 stops.
-    let client = Client::connect_cluster(
-        &[&seed],
-        Options {
-            ring_refresh: Duration::from_secs(3600),
-            ..options(&cluster, Routing::Preference)
-        },
-    )
-    .await
-    .unwrap();
+    let client = without_refresh(&cluster).await;
     let stopped = cluster.config(3).node.client_addr.clone();
     let keys: Vec<String> = (0..10_000)
         .map(|k| format!("failover-{k}"))
@@ -263,17 +256,4 @@ async fn a_client_carries_on_through_the_others_when_its_node_is_killed() {
     assert!(ok, "{err}");
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_ne!(status["node"], "node1", "the first node that answers");
-}
-
-/// Runs the CLI; returns (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(support::binary())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
 }

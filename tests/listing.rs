@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dynakv_actors::client::{Client, Options};
 use dynakv_actors::testkit::{Cluster, check, wait_for};
-use support::ProcessCluster;
+use support::{ProcessCluster, cli};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -92,19 +92,6 @@ async fn ten_thousand_keys_are_listed_each_once_in_pages_of_100() {
     let e = client.list(b"", 10, Some(b"junk")).await.unwrap_err();
     assert!(e.to_string().contains("continuation token"), "{e}");
     cluster.stop().await.unwrap();
-}
-
-/// Runs the CLI; returns (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(support::binary())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
 }
 
 #[actix_rt::test]

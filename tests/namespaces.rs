@@ -10,7 +10,7 @@ mod support;
 
 use dynakv::namespace::{Changes, Info, Request, Settings};
 use dynakv_actors::testkit::{Cluster, check, wait_for};
-use support::ProcessCluster;
+use support::{ProcessCluster, cli};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -193,19 +193,6 @@ async fn bad_namespace_requests_are_refused_naming_what_is_wrong() {
     // Nothing was created along the way.
     assert_eq!(list(&cluster, 0).await.unwrap().len(), 1);
     cluster.stop().await.unwrap();
-}
-
-/// Runs the CLI; returns (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(support::binary())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
 }
 
 #[actix_rt::test]

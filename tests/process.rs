@@ -10,7 +10,7 @@ use dynakv::Error;
 use dynakv::config::Config;
 use dynakv_actors::client::Client;
 use dynakv_actors::testkit::{check, wait_for};
-use support::ProcessCluster;
+use support::{ProcessCluster, cli};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -67,19 +67,6 @@ fn the_shipped_config_files_are_valid() {
         assert_eq!(c.node.id, format!("node{i}"));
         assert_eq!(c.cluster.seeds.len(), 2);
     }
-}
-
-/// Runs the CLI; returns (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(support::binary())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
 }
 
 fn json(text: &str) -> serde_json::Value {

@@ -40,6 +40,16 @@ pub fn binary() -> PathBuf {
         .clone()
 }
 
+/// Runs the `dynakv` CLI; returns (success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary()).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
 /// The newest modification time of the files under `dir`.
 fn newest(dir: &Path) -> Option<std::time::SystemTime> {
     std::fs::read_dir(dir)
