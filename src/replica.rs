@@ -104,6 +104,9 @@ pub struct Replica<S: Store> {
     hints: HintLog<S>,
     q: u32,
     actor: Actor,
+    /// The highest counter `actor` has minted on any key: a key that holds
+    /// no value of `actor` gets its next dot above it (`update_above`).
+    minted: u64,
     max_siblings: usize,
     /// Each held partition's hash-tree leaves (the tree is built on demand).
     trees: HashMap<Partition, Leaves>,
@@ -181,6 +184,7 @@ impl<S: Store> Replica<S> {
             hints: HintLog::open(hints)?,
             q,
             actor,
+            minted: 0,
             max_siblings,
             trees,
             usage,
@@ -241,7 +245,7 @@ impl<S: Store> Replica<S> {
     ) -> Result<(SiblingSet, Dot)> {
         let stored = self.stored(key)?;
         let current = stored.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
-        let next = current.update(ctx, value, self.actor)?;
+        let next = current.update_above(ctx, value, self.actor, self.minted)?;
         if next.sibling_count() > self.max_siblings {
             return Err(Error::InvalidRequest(format!(
                 "key would hold {} siblings, more than the limit of {}: read it and write back with its context to resolve them",
@@ -255,6 +259,7 @@ impl<S: Store> Replica<S> {
         };
         self.record_hint(key, hint_for)?;
         self.store_state(key, stored.map(|(_, bytes)| bytes), &next)?;
+        self.minted = self.minted.max(dot.counter);
         Ok((next, dot))
     }
 
@@ -485,7 +490,8 @@ impl<S: Store> Replica<S> {
     /// converge. So it writes as a fresh actor from now on. (The simulator
     /// found this: a stand-in handed a key off, dropped its copy, and later
     /// minted the same dot again for another value.) Tombstone collection
-    /// needs no new writer: a collected key's dots are gone everywhere.
+    /// needs no new writer: a key minted on after its collection gets dots
+    /// above every counter this actor minted (`update_above`).
     fn forget_writer(&mut self) {
         self.actor = self.actor.successor();
     }
@@ -632,6 +638,32 @@ mod tests {
             .unwrap()
             .0
             .trees
+    }
+
+    #[test]
+    fn a_key_written_after_its_tombstone_was_collected_gets_a_dot_no_old_context_covers() {
+        // The simulator found this (seed 92136): a key deleted, its
+        // tombstone collected everywhere, then written again through the
+        // same replica, which minted the dots of the old writes again; a
+        // client still holding the delete's context covers them, so its
+        // next write would drop the new value as if it had seen it.
+        let mut r = replica();
+        let (v1, _) = r
+            .update(b"k", &Context::default(), data("v1"), None)
+            .unwrap();
+        let (deleted, _) = r
+            .update(b"k", &v1.context(), Value::Tombstone, None)
+            .unwrap();
+        let kept_by_a_client = deleted.context();
+        r.remove(b"k").unwrap(); // collected on every replica
+        let (_, dot) = r
+            .update(b"k", &Context::default(), data("v2"), None)
+            .unwrap();
+        assert!(!kept_by_a_client.covers(dot), "{dot:?} was minted before");
+        // A client's old context with the key's own earlier dots gives no
+        // way back below either.
+        let (_, again) = r.update(b"k2", &kept_by_a_client, data("x"), None).unwrap();
+        assert!(!kept_by_a_client.covers(again));
     }
 
     #[test]

@@ -258,6 +258,25 @@ impl SiblingSet {
     /// and adds `value` with the dot `(actor, n + 1)`. Fails only if a
     /// (client-supplied) context pushed the actor's counter to its maximum.
     pub fn update(&self, ctx: &Context, value: Value, actor: Actor) -> Result<SiblingSet> {
+        self.update_above(ctx, value, actor, 0)
+    }
+
+    /// `update`, where `floor` is the highest counter `actor` has minted on
+    /// any key: when the key holds no value of `actor` (a new key, one
+    /// deleted and collected, or one whose values by `actor` were all
+    /// superseded), the new dot is taken above `floor`, so it can never be
+    /// a dot `actor` minted for this key before, even one whose tombstone
+    /// was collected since while a client still holds a context covering
+    /// it. (Counters of a key then skip numbers; the clock claiming dots
+    /// that never existed for this key is harmless.) While the key holds
+    /// values of `actor`, counters stay contiguous, as a DVV set needs.
+    pub fn update_above(
+        &self,
+        ctx: &Context,
+        value: Value,
+        actor: Actor,
+        floor: u64,
+    ) -> Result<SiblingSet> {
         let seen = SiblingSet {
             entries: ctx
                 .clock
@@ -273,8 +292,12 @@ impl SiblingSet {
         match next.entries.binary_search_by_key(&actor, |e| e.actor) {
             Ok(i) => {
                 let e = &mut next.entries[i];
-                e.counter = e
-                    .counter
+                let base = if e.values.is_empty() {
+                    e.counter.max(floor)
+                } else {
+                    e.counter
+                };
+                e.counter = base
                     .checked_add(1)
                     .ok_or_else(|| Error::InvalidContext("counter overflow".into()))?;
                 e.values.insert(0, value);
@@ -283,7 +306,9 @@ impl SiblingSet {
                 i,
                 Entry {
                     actor,
-                    counter: 1,
+                    counter: floor
+                        .checked_add(1)
+                        .ok_or_else(|| Error::InvalidContext("counter overflow".into()))?,
                     values: vec![value],
                 },
             ),
