@@ -1,15 +1,17 @@
 //! Coordinator: turns client operations into coordinator sessions.
 //!
 //! Receives `Execute` (one client operation, with the oneshot its reply goes
-//! to) and `RingChanged`. A routed get, put or delete names the ring its
-//! client routes by; when this node's is another, the reply says so. One story: a get, put or delete is checked and
+//! to) and `RingChanged`. One story: a get, put or delete is checked and
 //! planned by the core's `dynakv::coordinator::Planner` (limits, R and W,
 //! the context, the route to the key's targets) and runs as one `Session`
 //! actor, which sends the client its reply. Any node coordinates any key:
 //! the version of a put is minted by the first target, a replica of the
-//! key, so coordination needs no forwarding. An operator's request
-//! (status, inspect, plan, membership changes, fault injection) is
-//! answered by `crate::admin`.
+//! key, so coordination needs no forwarding. A routed get, put or delete
+//! names the ring its client routes by; when this node's is another, the
+//! reply says so. A batch runs one session per operation; a listing page
+//! follows the core's `Listing`, one replica per partition. An operator's
+//! request (status, inspect, plan, namespaces, membership changes, fault
+//! injection) is answered by `crate::admin`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
