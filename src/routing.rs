@@ -133,10 +133,9 @@ pub struct ClusterMap {
     version: u64,
     n: usize,
     ring: Option<Ring>,
-    /// Client address of every member that serves clients.
+    /// Client address of every member that serves clients (joining, up
+    /// or leaving), by id.
     addrs: BTreeMap<NodeId, String>,
-    /// Members that serve clients (joining, up or leaving), sorted.
-    serving: Vec<NodeId>,
     down: BTreeSet<NodeId>,
 }
 
@@ -158,12 +157,6 @@ impl ClusterMap {
                 down.len()
             )));
         }
-        let serving: Vec<NodeId> = view
-            .members
-            .values()
-            .filter(|m| !m.status.is_final())
-            .map(|m| m.id.clone())
-            .collect();
         let addrs = view
             .members
             .values()
@@ -175,7 +168,6 @@ impl ClusterMap {
             n: usize::from(n),
             ring: view.ring(),
             addrs,
-            serving,
             down: down.into_iter().collect(),
         })
     }
@@ -210,7 +202,7 @@ impl ClusterMap {
     /// nodes that would stand in), then members that own nothing yet.
     /// Members the snapshot says are down go last.
     pub fn candidates(&self, key: Option<&[u8]>, routing: Routing, turn: u64) -> Vec<&NodeId> {
-        let mut order: Vec<&NodeId> = Vec::with_capacity(self.serving.len());
+        let mut order: Vec<&NodeId> = Vec::with_capacity(self.addrs.len());
         match (routing, key, &self.ring) {
             (Routing::Preference | Routing::PreferenceSpread, Some(key), Some(ring)) => {
                 let walk: Vec<&NodeId> = ring
@@ -223,14 +215,14 @@ impl ClusterMap {
                     order.rotate_left((turn % replicas as u64) as usize);
                 }
                 order.extend(&walk[replicas..]);
-                for id in &self.serving {
+                for id in self.addrs.keys() {
                     if !order.contains(&id) {
                         order.push(id);
                     }
                 }
             }
             _ => {
-                order.extend(&self.serving);
+                order.extend(self.addrs.keys());
                 let len = order.len() as u64;
                 if len > 0 {
                     order.rotate_left((turn % len) as usize);

@@ -174,22 +174,13 @@ impl Client {
             ));
         }
         let deadline = Instant::now() + options.timeout;
+        let seed_list = seeds.iter().map(|s| s.to_string()).collect();
+        let mut shared = Shared::new(String::new(), seed_list, options.clone());
         let mut refused = Vec::new();
         for seed in seeds {
-            let shared = Shared::new(
-                seed.to_string(),
-                seeds.iter().map(|s| s.to_string()).collect(),
-                options.clone(),
-            );
-            let answer = shared.attempt(seed, ClientOp::Ring, deadline).await;
-            let map = match answer {
-                Ok(ClientReply::Ring(snapshot)) => ClusterMap::new(snapshot),
-                Ok(ClientReply::Error { kind, message }) => Err(Error::from_wire(kind, message)),
-                Ok(other) => Err(unexpected(other)),
-                Err(failed) => Err(failed.error),
-            };
-            match map {
+            match shared.ring_at(seed, deadline).await {
                 Ok(map) => {
+                    shared.home = seed.to_string();
                     shared.install(map);
                     let shared = Arc::new(shared);
                     let refresher =

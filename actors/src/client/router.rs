@@ -178,19 +178,7 @@ impl Shared {
         }
         let mut last = Error::Unavailable("no node to ask for the ring".into());
         for addr in addrs {
-            let answer = self.attempt(&addr, ClientOp::Ring, deadline).await;
-            let map = match answer {
-                Ok(ClientReply::Ring(snapshot)) => ClusterMap::new(snapshot),
-                Ok(ClientReply::Error { kind, message }) => Err(Error::from_wire(kind, message)),
-                Ok(other) => Err(unexpected(other)),
-                Err(Failed { error, sent }) => {
-                    if !sent {
-                        self.avoid(&addr);
-                    }
-                    Err(error)
-                }
-            };
-            match map {
+            match self.ring_at(&addr, deadline).await {
                 Ok(map) => {
                     self.install(map);
                     return Ok(());
@@ -199,6 +187,22 @@ impl Shared {
             }
         }
         Err(last)
+    }
+
+    /// The ring as the node at `addr` holds it, checked. A node that
+    /// refused the connection goes last for a while.
+    pub(super) async fn ring_at(&self, addr: &str, deadline: Instant) -> Result<ClusterMap> {
+        match self.attempt(addr, ClientOp::Ring, deadline).await {
+            Ok(ClientReply::Ring(snapshot)) => ClusterMap::new(snapshot),
+            Ok(ClientReply::Error { kind, message }) => Err(Error::from_wire(kind, message)),
+            Ok(other) => Err(unexpected(other)),
+            Err(Failed { error, sent }) => {
+                if !sent {
+                    self.avoid(addr);
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Routes by `map` from now on, and closes the pools of nodes it no
@@ -220,8 +224,7 @@ impl Shared {
     /// Runs `op` on its key's nodes, failing over as `fails_over` allows.
     pub(super) async fn call_key(self: &Arc<Self>, op: KeyOp) -> Result<ClientReply> {
         let effect = op.effect();
-        let key = op.key().to_vec();
-        self.call_routed(Some(&key), effect, |ring| match ring {
+        self.call_routed(Some(op.key()), effect, |ring| match ring {
             Some(ring) => ClientOp::Routed {
                 ring,
                 op: op.clone(),
@@ -238,8 +241,8 @@ impl Shared {
         } else {
             Effect::Write
         };
-        let key = ops.first().map(|op| op.key().to_vec());
-        self.call_routed(key.as_deref(), effect, |_| ClientOp::Batch(ops.clone()))
+        let key = ops.first().map(KeyOp::key);
+        self.call_routed(key, effect, |_| ClientOp::Batch(ops.clone()))
             .await
     }
 
