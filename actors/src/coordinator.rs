@@ -20,6 +20,7 @@ use actix::prelude::*;
 use dynakv::coordinator::{Planned, Planner};
 use dynakv::listing::{Listing, coverage};
 use dynakv::replica::ReplicaMsg;
+use dynakv::ring::Ring;
 use dynakv::topology::Topology;
 use dynakv::version::Value;
 use dynakv::wire::{ClientOp, ClientReply, KeyOp, KeyReply};
@@ -180,21 +181,7 @@ impl Coordinator {
         token: &[u8],
         reply: oneshot::Sender<ClientReply>,
     ) {
-        let started = (|| {
-            if prefix.len() > self.planner.limits.max_key_bytes {
-                return Err(Error::InvalidRequest(
-                    "the prefix is longer than any key".into(),
-                ));
-            }
-            let t = self
-                .topology
-                .clone()
-                .filter(|t| t.ring.is_some())
-                .ok_or_else(|| Error::Unavailable("the cluster is not formed yet".into()))?;
-            let q = t.view.partitions;
-            Ok((t, Listing::new(token, limit, q)?))
-        })();
-        let (topology, listing) = match started {
+        let (topology, ring, listing) = match self.start_listing(&prefix, limit, token) {
             Ok(started) => started,
             Err(e) => {
                 let _ = reply.send(ClientReply::error(&e));
@@ -204,12 +191,32 @@ impl Coordinator {
         let sessions = self.sessions.clone();
         let n = usize::from(self.planner.limits.n);
         actix::spawn(async move {
-            let page = read_pages(listing, &topology, n, &sessions.router, &prefix).await;
+            let page = read_pages(listing, &ring, &topology, n, &sessions.router, &prefix).await;
             let _ = reply.send(match page {
                 Ok((keys, next)) => ClientReply::Keys { keys, next },
                 Err(e) => ClientReply::error(&e),
             });
         });
+    }
+
+    /// Checks a listing request: the topology and ring it reads by, and
+    /// its first page's plan.
+    fn start_listing(
+        &self,
+        prefix: &[u8],
+        limit: u32,
+        token: &[u8],
+    ) -> Result<(Topology, Arc<Ring>, Listing)> {
+        if prefix.len() > self.planner.limits.max_key_bytes {
+            return Err(Error::InvalidRequest(
+                "the prefix is longer than any key".into(),
+            ));
+        }
+        let not_formed = || Error::Unavailable("the cluster is not formed yet".into());
+        let topology = self.topology.clone().ok_or_else(not_formed)?;
+        let ring = topology.ring.clone().ok_or_else(not_formed)?;
+        let listing = Listing::new(token, limit, topology.view.partitions)?;
+        Ok((topology, ring, listing))
     }
 
     /// An operator's request: checked here, answered without holding this
@@ -237,14 +244,12 @@ impl Coordinator {
 /// that answers.
 async fn read_pages(
     mut listing: Listing,
+    ring: &Ring,
     topology: &Topology,
     n: usize,
     router: &Router,
     prefix: &[u8],
 ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
-    let Some(ring) = topology.ring.as_ref() else {
-        return Err(Error::Unavailable("the cluster is not formed yet".into()));
-    };
     while let Some(step) = listing.next() {
         let mut last = Error::Unavailable(format!("partition {} has no replica", step.partition));
         let mut answered = None;

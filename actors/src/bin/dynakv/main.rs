@@ -23,7 +23,9 @@ mod cli;
 mod output;
 
 use cli::{Cli, ClusterCommand, Command, FaultCommand, NsCommand, NsSettings, Target};
-use output::{emit, print_local, print_namespaces, print_plan, print_reads, print_status, show};
+use output::{
+    emit, print_local, print_namespaces, print_plan, print_reads, print_status, show, text,
+};
 
 // glibc malloc's arena locking and consolidation showed up at the top of the
 // server's profile under load; mimalloc keeps per-thread free lists.
@@ -269,10 +271,7 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
                     say!("(not found)");
                 }
                 for v in &read.values {
-                    match show(v) {
-                        serde_json::Value::String(s) => say!("{s}"),
-                        other => say!("{other}"),
-                    }
+                    say!("{}", text(v));
                 }
                 say!("context: {context}");
             }
@@ -295,10 +294,7 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
                 say!("{}", json!({ "keys": keys, "next": next }));
             } else {
                 for k in &page.keys {
-                    match show(k) {
-                        serde_json::Value::String(s) => say!("{s}"),
-                        other => say!("{other}"),
-                    }
+                    say!("{}", text(k));
                 }
                 if let Some(next) = next {
                     say!("next: {next}");

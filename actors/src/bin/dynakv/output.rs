@@ -33,6 +33,15 @@ macro_rules! say {
 }
 
 /// A value as text when it is UTF-8, else as base64.
+/// A value or key as a line of text: itself when it is UTF-8, else its
+/// JSON form (base64).
+pub fn text(value: &[u8]) -> String {
+    match show(value) {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
 pub fn show(value: &[u8]) -> serde_json::Value {
     match std::str::from_utf8(value) {
         Ok(s) => json!(s),
@@ -262,10 +271,7 @@ pub fn print_reads(keys: &[String], reads: &[Result<ReadResult>], as_json: bool)
             Ok(read) if read.values.is_empty() => say!("{key}\t(not found)"),
             Ok(read) => {
                 for v in &read.values {
-                    match show(v) {
-                        serde_json::Value::String(s) => say!("{key}\t{s}"),
-                        other => say!("{key}\t{other}"),
-                    }
+                    say!("{key}\t{}", text(v));
                 }
             }
             Err(e) => say!("{key}\terror: {e}"),
