@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use dynakv::handoff::{HandoffDriver, HandoffMsg, HandoffSettings, HandoffWork, Progress, Totals};
+use dynakv::handoff::{HandoffDriver, HandoffSettings, HandoffWork, Progress, Totals};
 use dynakv::peer::PeerMsg;
 use dynakv::store::Store;
 use tracing::{debug, info, warn};
@@ -105,16 +105,9 @@ impl Handoff {
             match w {
                 HandoffWork::Fetch {
                     from,
-                    partition,
-                    after,
-                    limit,
+                    request,
                     timeout_ms,
                 } => {
-                    let request = HandoffMsg::Fetch {
-                        partition,
-                        after,
-                        limit,
-                    };
                     let timeout = Duration::from_millis(timeout_ms);
                     let fetch = call(&self.bridge, from, PeerMsg::Handoff(request), timeout);
                     let chunk = async move {

@@ -48,13 +48,11 @@ pub struct HandoffSettings {
 /// What the shell does for the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandoffWork {
-    /// Ask `from` for the next chunk of `partition` (`HandoffMsg::Fetch`);
-    /// answer with `on_chunk`.
+    /// Send `request` (a `HandoffMsg::Fetch` of a partition's next chunk)
+    /// to `from`; answer with `on_chunk`.
     Fetch {
         from: NodeId,
-        partition: Partition,
-        after: Option<Vec<u8>>,
-        limit: u32,
+        request: HandoffMsg,
         timeout_ms: u64,
     },
     /// Merge a checked chunk into the replica, durably; answer with
@@ -230,9 +228,11 @@ impl HandoffDriver {
                 }
                 work.push(HandoffWork::Fetch {
                     from: from.clone(),
-                    partition,
-                    after: after.clone(),
-                    limit: self.settings.chunk_keys,
+                    request: HandoffMsg::Fetch {
+                        partition,
+                        after: after.clone(),
+                        limit: self.settings.chunk_keys,
+                    },
                     timeout_ms: self.settings.call_timeout_ms,
                 });
                 self.busy = Busy::Fetching {

@@ -268,21 +268,14 @@ impl Sim {
             let next = match w {
                 HandoffWork::Fetch {
                     from,
-                    partition,
-                    after,
-                    limit,
+                    request,
                     timeout_ms,
                 } => {
                     let Some(to) = self.index(&from) else {
                         continue;
                     };
                     let id = self.call(i, Call::Fetch, timeout_ms);
-                    let msg = HandoffMsg::Fetch {
-                        partition,
-                        after,
-                        limit,
-                    };
-                    self.send(i, to, Msg::Handoff { id, msg });
+                    self.send(i, to, Msg::Handoff { id, msg: request });
                     continue;
                 }
                 HandoffWork::Merge { entries } => {
