@@ -32,9 +32,14 @@ async fn metrics_count_requests_failures_repairs_liveness_and_storage() {
     .await
     .unwrap();
     let client = cluster.client(0).await.unwrap();
+    // W = 3: every copy lands before the answer, so no get below finds a
+    // replica behind and the only read repair is the one provoked later.
     for i in 0..20u32 {
         let key = format!("k{i}");
-        client.put(key.as_bytes(), b"v", &[], None).await.unwrap();
+        client
+            .put(key.as_bytes(), b"v", &[], Some(3))
+            .await
+            .unwrap();
         client.get(key.as_bytes(), None).await.unwrap();
     }
     let missing = client.get(&[], None).await.unwrap_err();
@@ -68,8 +73,7 @@ async fn metrics_count_requests_failures_repairs_liveness_and_storage() {
         ),
         21.0
     );
-    // Every node holds every key (N = 3; the third copy may land after the
-    // answer), and the gauge is read at scrape.
+    // Every node holds every key, and the gauge is read at scrape.
     for i in 0..3 {
         wait_metric(&cluster, i, "dynakv_storage_keys", 20.0).await;
         let text = cluster.scrape(i).await.unwrap();
