@@ -35,7 +35,8 @@ const TEXT_KEYS: [&str; 6] = [
 pub const MAX_N: u8 = 16;
 /// Largest weight: a node may be at most this many times a weight-1 node.
 pub const MAX_WEIGHT: u32 = 1000;
-/// Room a frame needs beyond key and value (ids, context, framing).
+/// Room a frame needs beyond key and value (ids, context, framing, the
+/// namespace a key is in).
 const FRAME_OVERHEAD: u64 = 64 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -38,22 +38,28 @@ pub const MAX_SIBLINGS: u32 = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Name(String);
 
+/// Checks a namespace name: 1 to 64 bytes of `a-z 0-9 _ - .`.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(Error::InvalidRequest(format!(
+            "namespace name {name:?} must be 1 to {MAX_NAME_BYTES} bytes"
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-' | '.'))
+    {
+        return Err(Error::InvalidRequest(format!(
+            "namespace name {name:?} has {c:?}: use a-z, 0-9, _, - and ."
+        )));
+    }
+    Ok(())
+}
+
 impl Name {
     pub fn new(name: impl Into<String>) -> Result<Name> {
         let name = name.into();
-        if name.is_empty() || name.len() > MAX_NAME_BYTES {
-            return Err(Error::InvalidRequest(format!(
-                "namespace name {name:?} must be 1 to {MAX_NAME_BYTES} bytes"
-            )));
-        }
-        if let Some(c) = name
-            .chars()
-            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-' | '.'))
-        {
-            return Err(Error::InvalidRequest(format!(
-                "namespace name {name:?} has {c:?}: use a-z, 0-9, _, - and ."
-            )));
-        }
+        check_name(&name)?;
         Ok(Name(name))
     }
 
@@ -70,6 +76,76 @@ impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The byte every key of a namespace other than `default` begins with; a
+/// key of `default` may not begin with it.
+const NAMED: u8 = 0;
+
+/// The prefix every stored key of namespace `ns` begins with: nothing for
+/// `default`, else `0x00`, the name's length (one byte) and the name.
+pub fn key_prefix(ns: &Name) -> Vec<u8> {
+    if ns.is_default() {
+        return Vec::new();
+    }
+    let mut prefix = Vec::with_capacity(2 + ns.0.len());
+    prefix.push(NAMED);
+    prefix.push(ns.0.len() as u8);
+    prefix.extend_from_slice(ns.0.as_bytes());
+    prefix
+}
+
+/// The key the cluster stores, hashes and routes for `key` of namespace
+/// `ns`: its prefix then the key. A key of `default` is stored as given,
+/// so it may not begin with the byte 0x00 (the prefix of the others).
+pub fn key_in(ns: &Name, key: &[u8]) -> Result<Vec<u8>> {
+    if ns.is_default() && key.first() == Some(&NAMED) {
+        return Err(Error::InvalidRequest(
+            "a key of the namespace default may not begin with the byte 0x00".into(),
+        ));
+    }
+    let mut stored = key_prefix(ns);
+    stored.extend_from_slice(key);
+    Ok(stored)
+}
+
+/// A stored key's namespace name and the key within it: the inverse of
+/// `key_in`. A key that begins with 0x00 without a well-formed name after
+/// it is refused.
+pub fn split_key(stored: &[u8]) -> Result<(&str, &[u8])> {
+    let Some((&NAMED, rest)) = stored.split_first() else {
+        return Ok((DEFAULT, stored));
+    };
+    let bad = || {
+        Error::InvalidRequest(
+            "a key that begins with the byte 0x00 must continue with a namespace name's \
+             length and the name (a key of the namespace default may not begin with it)"
+                .into(),
+        )
+    };
+    let (&len, rest) = rest.split_first().ok_or_else(bad)?;
+    let len = usize::from(len);
+    let name = rest.get(..len).ok_or_else(bad)?;
+    let name = std::str::from_utf8(name).map_err(|_| bad())?;
+    check_name(name)?;
+    if name == DEFAULT {
+        return Err(bad());
+    }
+    Ok((name, &rest[len..]))
+}
+
+/// The exclusive lower bound of a scan for keys that begin with `prefix`:
+/// for the empty prefix (every key of `default`), just past the keys of
+/// every other namespace, which all sort before `[0x00, 0xff]` (a name is
+/// at most 64 bytes long). None for any other prefix.
+pub fn scan_floor(prefix: &[u8]) -> Option<&'static [u8]> {
+    prefix.is_empty().then_some(&[NAMED, u8::MAX])
 }
 
 /// What a namespace's values are. Variants are only ever appended.
@@ -203,11 +279,34 @@ pub struct Table {
 
 impl Table {
     /// The live namespace `name`, if the table has it.
-    pub fn get(&self, name: &Name) -> Option<&Settings> {
+    pub fn get<Q: Ord + ?Sized>(&self, name: &Q) -> Option<&Settings>
+    where
+        Name: std::borrow::Borrow<Q>,
+    {
         self.records
             .get(name)
             .filter(|r| !r.dropped)
             .map(|r| &r.settings)
+    }
+
+    /// The namespace a stored key belongs to, its settings (`defaults` for
+    /// `default`) and the key within it. A namespace the table does not
+    /// hold live is an error naming it.
+    pub fn resolve<'a>(
+        &'a self,
+        stored: &'a [u8],
+        defaults: &'a Settings,
+    ) -> Result<(&'a str, &'a Settings, &'a [u8])> {
+        let (name, key) = split_key(stored)?;
+        if name == DEFAULT {
+            return Ok((name, defaults, key));
+        }
+        let settings = self.get(name).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "no namespace {name} (create it with dynakv ns create {name})"
+            ))
+        })?;
+        Ok((name, settings, key))
     }
 
     /// Every live namespace, by name.
@@ -379,6 +478,7 @@ pub fn change(
             let name = Name::new(name)?;
             let settings = changes.apply(defaults);
             settings.validate(members, defaults.max_value_bytes)?;
+            carried_out(&settings, defaults)?;
             table.create(name.clone(), settings, by)?;
             Ok(format!("namespace {name} created"))
         }
@@ -386,6 +486,7 @@ pub fn change(
             let name = Name::new(name)?;
             let settings = changes.apply(table.existing(&name)?);
             settings.validate(members, defaults.max_value_bytes)?;
+            carried_out(&settings, defaults)?;
             table.alter(&name, settings, by)?;
             Ok(format!("namespace {name} altered"))
         }
@@ -398,6 +499,24 @@ pub fn change(
             "show and list do not change namespaces".into(),
         )),
     }
+}
+
+/// Refuses the settings this version stores but cannot carry out yet: a
+/// replica count other than the cluster's (anti-entropy, handoff and
+/// tombstone collection keep every key at `[cluster] n`) and expiry.
+fn carried_out(settings: &Settings, defaults: &Settings) -> Result<()> {
+    if settings.n != defaults.n {
+        return Err(Error::InvalidRequest(format!(
+            "n = {}: a namespace's own n is not supported yet; every namespace has the cluster's n = {}",
+            settings.n, defaults.n
+        )));
+    }
+    if settings.ttl_ms != 0 {
+        return Err(Error::InvalidRequest(
+            "ttl: expiry is not supported yet (leave --ttl out or give 0)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Answers `show` (one namespace) or `list` (every live one, `default`
@@ -460,6 +579,74 @@ mod tests {
 
     fn name(s: &str) -> Name {
         Name::new(s).unwrap()
+    }
+
+    #[test]
+    fn keys_of_a_namespace_carry_its_name_and_default_keys_are_as_given() {
+        let carts = name("carts");
+        let stored = key_in(&carts, b"k1").unwrap();
+        assert_eq!(stored, b"\x00\x05cartsk1");
+        assert_eq!(split_key(&stored).unwrap(), ("carts", &b"k1"[..]));
+        assert_eq!(key_prefix(&carts), b"\x00\x05carts");
+        let default = name(DEFAULT);
+        assert_eq!(key_in(&default, b"k1").unwrap(), b"k1");
+        assert_eq!(split_key(b"k1").unwrap(), (DEFAULT, &b"k1"[..]));
+        assert!(key_prefix(&default).is_empty());
+        let e = key_in(&default, b"\x00k").unwrap_err();
+        assert!(e.to_string().contains("0x00"), "{e}");
+        for bad in [
+            &b"\x00"[..],
+            b"\x00\x05car",
+            b"\x00\x00k",
+            b"\x00\x03A-bk",
+            b"\x00\x07defaultk",
+            b"\x00\x02\xff\xfek",
+        ] {
+            let e = split_key(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidRequest, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_resolves_to_its_namespace_settings_or_an_error_naming_it() {
+        let defaults = settings(3);
+        let mut t = Table::default();
+        t.create(name("carts"), settings(2), &id("a")).unwrap();
+        let stored = key_in(&name("carts"), b"k").unwrap();
+        let (ns, s, key) = t.resolve(&stored, &defaults).unwrap();
+        assert_eq!((ns, s.n, key), ("carts", 2, &b"k"[..]));
+        let (ns, s, _) = t.resolve(b"k", &defaults).unwrap();
+        assert_eq!((ns, s.n), (DEFAULT, 3));
+        let unknown = key_in(&name("users"), b"k").unwrap();
+        let e = t.resolve(&unknown, &defaults).unwrap_err();
+        assert!(e.to_string().contains("no namespace users"), "{e}");
+        t.drop_namespace(&name("carts"), &id("a")).unwrap();
+        assert!(
+            t.resolve(&stored, &defaults).is_err(),
+            "a dropped namespace"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn encoding_round_trips_and_namespaces_do_not_overlap(
+            ns in "[a-z0-9_.-]{1,64}",
+            other in "[a-z0-9_.-]{1,64}",
+            key in proptest::collection::vec(any::<u8>(), 0..40),
+            default_key in proptest::collection::vec(1u8.., 1..40),
+        ) {
+            prop_assume!(ns != DEFAULT && other != DEFAULT && ns != other);
+            let (ns, other) = (name(&ns), name(&other));
+            let stored = key_in(&ns, &key).unwrap();
+            prop_assert_eq!(split_key(&stored).unwrap(), (ns.as_str(), &key[..]));
+            prop_assert!(stored.starts_with(&key_prefix(&ns)));
+            prop_assert!(!stored.starts_with(&key_prefix(&other)));
+            // A listing of default starts past every other namespace's keys.
+            let floor = scan_floor(&[]).unwrap();
+            prop_assert!(stored.as_slice() < floor);
+            prop_assert!(default_key.as_slice() > floor);
+            prop_assert_eq!(scan_floor(&stored), None);
+        }
     }
 
     fn settings(n: u8) -> Settings {
@@ -594,6 +781,28 @@ mod tests {
         );
         let e = change(&mut t, create("Bad Name", wide), &defaults, 5, &id("a")).unwrap_err();
         assert!(e.to_string().contains("namespace name"), "{e}");
+        for (unsupported, says) in [
+            (
+                Changes {
+                    n: Some(2),
+                    r: Some(1),
+                    w: Some(1),
+                    ..Changes::default()
+                },
+                "n = 2: a namespace's own n is not supported yet",
+            ),
+            (
+                Changes {
+                    ttl_ms: Some(1000),
+                    ..Changes::default()
+                },
+                "expiry is not supported yet",
+            ),
+        ] {
+            let e = change(&mut t, create("later", unsupported), &defaults, 5, &id("a"));
+            let e = e.unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
         let alter = Request::Alter {
             name: "nope".into(),
             changes: Changes::default(),

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::hints::HintLog;
 use crate::listing;
 use crate::merkle::{HashTree, Leaves, item_hash, segment_of};
+use crate::namespace;
 use crate::node::NodeId;
 use crate::partition::Partition;
 use crate::store::{
@@ -107,7 +108,10 @@ pub struct Replica<S: Store> {
     /// The highest counter `actor` has minted on any key: a key that holds
     /// no value of `actor` gets its next dot above it (`update_above`).
     minted: u64,
+    /// The sibling limit of the namespace `default`; other namespaces'
+    /// come from `namespaces`.
     max_siblings: usize,
+    namespaces: namespace::Table,
     /// Each held partition's hash-tree leaves (the tree is built on demand).
     trees: HashMap<Partition, Leaves>,
     usage: HashMap<Partition, Usage>,
@@ -186,6 +190,7 @@ impl<S: Store> Replica<S> {
             actor,
             minted: 0,
             max_siblings,
+            namespaces: namespace::Table::default(),
             trees,
             usage,
             tombstoned,
@@ -195,6 +200,25 @@ impl<S: Store> Replica<S> {
 
     pub fn actor(&self) -> Actor {
         self.actor
+    }
+
+    /// The cluster's namespaces, as the membership view last said: their
+    /// settings apply to the keys in them from now on.
+    pub fn set_namespaces(&mut self, table: namespace::Table) {
+        self.namespaces = table;
+    }
+
+    /// The most siblings a write may leave `key` with: its namespace's
+    /// limit (the node's for `default`, and for a namespace not known here
+    /// yet: a coordinator checked that it exists).
+    fn sibling_limit(&self, key: &[u8]) -> usize {
+        match namespace::split_key(key) {
+            Ok((name, _)) => self
+                .namespaces
+                .get(name)
+                .map_or(self.max_siblings, |s| s.max_siblings as usize),
+            Err(_) => self.max_siblings,
+        }
     }
 
     pub fn partition_count(&self) -> u32 {
@@ -246,11 +270,11 @@ impl<S: Store> Replica<S> {
         let stored = self.stored(key)?;
         let current = stored.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
         let next = current.update_above(ctx, value, self.actor, self.minted)?;
-        if next.sibling_count() > self.max_siblings {
+        let limit = self.sibling_limit(key);
+        if next.sibling_count() > limit {
             return Err(Error::InvalidRequest(format!(
-                "key would hold {} siblings, more than the limit of {}: read it and write back with its context to resolve them",
+                "key would hold {} siblings, more than the limit of {limit}: read it and write back with its context to resolve them",
                 next.sibling_count(),
-                self.max_siblings
             )));
         }
         let dot = Dot {
@@ -271,7 +295,7 @@ impl<S: Store> Replica<S> {
         incoming: &SiblingSet,
         hint_for: Option<&NodeId>,
     ) -> Result<SiblingSet> {
-        incoming.validate(self.max_siblings.saturating_mul(MERGE_SIBLING_FACTOR))?;
+        incoming.validate(self.sibling_limit(key).saturating_mul(MERGE_SIBLING_FACTOR))?;
         self.record_hint(key, hint_for)?;
         let stored = self.stored(key)?;
         let current = stored.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
@@ -379,7 +403,8 @@ impl<S: Store> Replica<S> {
     }
 
     /// Live keys of `p` after `after` starting with `prefix`, at most
-    /// `limit` of them, scanning a bounded number of entries.
+    /// `limit` of them, scanning a bounded number of entries. The empty
+    /// prefix lists the keys of the namespace `default` only.
     fn list(
         &self,
         p: Partition,
@@ -390,21 +415,19 @@ impl<S: Store> Replica<S> {
         if p.0 >= self.q {
             return Err(Error::Malformed(format!("partition {p} out of range")));
         }
+        if let Some(floor) = namespace::scan_floor(prefix)
+            && after.as_deref().is_none_or(|a| a < floor)
+        {
+            after = Some(floor.to_vec());
+        }
         let limit = limit.clamp(1, listing::MAX_PAGE) as usize;
         let mut budget = limit * listing::SCAN_PER_KEY;
         let mut keys = Vec::new();
         while budget > 0 {
-            let (entries, end) = self.chunk(p, after.as_deref(), budget.min(1024))?;
+            let (entries, end) = self.chunk_of(p, prefix, after.as_deref(), budget.min(1024))?;
             budget = budget.saturating_sub(entries.len());
             for (key, state) in entries {
-                if !key.starts_with(prefix) && key.as_slice() > prefix {
-                    // Past every key with the prefix: the partition is done.
-                    return Ok(ReplicaMsg::Keys {
-                        keys,
-                        scanned_to: None,
-                    });
-                }
-                if key.starts_with(prefix) && state.values().next().is_some() {
+                if state.values().next().is_some() {
                     keys.push(key.clone());
                 }
                 after = Some(key);
@@ -436,13 +459,27 @@ impl<S: Store> Replica<S> {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<Entry>, bool)> {
-        let prefix = p.prefix();
-        let after = after.map(|k| storage_key(p, k));
-        let rows = self.store.scan(&prefix, after.as_deref(), limit)?;
+        self.chunk_of(p, &[], after, limit)
+    }
+
+    /// As `chunk`, for the keys of `p` that begin with `prefix` only.
+    fn chunk_of(
+        &self,
+        p: Partition,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool)> {
+        let partition = p.prefix();
+        let scanned = storage_key(p, prefix);
+        // A scan starts inside the prefix's range (a cursor before it
+        // would end the scan at once).
+        let after = after.filter(|a| *a >= prefix).map(|k| storage_key(p, k));
+        let rows = self.store.scan(&scanned, after.as_deref(), limit)?;
         let last = rows.len() < limit;
         let entries = rows
             .into_iter()
-            .map(|(stored, value)| Ok((stored[prefix.len()..].to_vec(), decode_state(&value)?)))
+            .map(|(stored, value)| Ok((stored[partition.len()..].to_vec(), decode_state(&value)?)))
             .collect::<Result<Vec<_>>>()?;
         Ok((entries, last))
     }
@@ -664,6 +701,98 @@ mod tests {
         // way back below either.
         let (_, again) = r.update(b"k2", &kept_by_a_client, data("x"), None).unwrap();
         assert!(!kept_by_a_client.covers(again));
+    }
+
+    /// Every key `r` lists with `prefix`, a few at a time.
+    fn list_all(r: &mut Replica<MemStore>, prefix: &[u8]) -> Vec<Vec<u8>> {
+        let mut listed = Vec::new();
+        for p in 0..r.q {
+            let mut after = None;
+            loop {
+                let asked = ReplicaMsg::List {
+                    partition: Partition(p),
+                    after: after.clone(),
+                    prefix: prefix.to_vec(),
+                    limit: 2,
+                };
+                let Ok(ReplicaMsg::Keys { keys, scanned_to }) = r.apply(asked) else {
+                    panic!("a listing was not answered with keys");
+                };
+                listed.extend(keys);
+                match scanned_to {
+                    Some(last) => after = Some(last),
+                    None => break,
+                }
+            }
+        }
+        listed.sort();
+        listed
+    }
+
+    #[test]
+    fn a_listing_returns_its_namespaces_live_keys_only() {
+        let mut r = replica();
+        let ns = |n: &str| namespace::Name::new(n).unwrap();
+        let mut expected: BTreeMap<&str, Vec<Vec<u8>>> = BTreeMap::new();
+        for (name, count) in [("default", 30), ("carts", 20), ("cart", 10), ("users", 5)] {
+            for i in 0..count {
+                let key = namespace::key_in(&ns(name), format!("k{i:02}").as_bytes()).unwrap();
+                r.update(&key, &Context::default(), data("v"), None)
+                    .unwrap();
+                expected.entry(name).or_default().push(key);
+            }
+        }
+        // A deleted key is not listed.
+        let gone = expected.get_mut("carts").unwrap().pop().unwrap();
+        let state = r.read(&gone).unwrap();
+        r.update(&gone, &state.context(), Value::Tombstone, None)
+            .unwrap();
+        for (name, mut keys) in expected {
+            keys.sort();
+            let prefix = namespace::key_prefix(&ns(name));
+            assert_eq!(list_all(&mut r, &prefix), keys, "namespace {name}");
+        }
+        let cart_k0 = namespace::key_in(&ns("cart"), b"k0").unwrap();
+        assert_eq!(list_all(&mut r, &cart_k0).len(), 10, "a prefix within it");
+    }
+
+    #[test]
+    fn a_write_is_held_to_its_namespaces_sibling_limit() {
+        let mut r = replica(); // default: 5 siblings
+        let carts = namespace::Name::new("carts").unwrap();
+        let mut table = namespace::Table::default();
+        let settings = |max_siblings| namespace::Settings {
+            n: 3,
+            r: 2,
+            w: 2,
+            ttl_ms: 0,
+            max_siblings,
+            max_value_bytes: 100,
+            kind: namespace::Kind::Blob,
+        };
+        table
+            .create(carts.clone(), settings(2), &NodeId::new("a").unwrap())
+            .unwrap();
+        r.set_namespaces(table.clone());
+        let blind = |r: &mut Replica<MemStore>, key: &[u8]| {
+            r.update(key, &Context::default(), data("v"), None)
+                .map(|(s, _)| s.sibling_count())
+        };
+        let key = namespace::key_in(&carts, b"k").unwrap();
+        assert_eq!(blind(&mut r, &key).unwrap(), 1);
+        assert_eq!(blind(&mut r, &key).unwrap(), 2);
+        let e = blind(&mut r, &key).unwrap_err();
+        assert!(e.to_string().contains("more than the limit of 2"), "{e}");
+        for _ in 0..5 {
+            blind(&mut r, b"k").unwrap();
+        }
+        assert!(blind(&mut r, b"k").is_err(), "default keeps the node's 5");
+        // Raised: the next write is held to the new limit.
+        table
+            .alter(&carts, settings(3), &NodeId::new("a").unwrap())
+            .unwrap();
+        r.set_namespaces(table);
+        assert_eq!(blind(&mut r, &key).unwrap(), 3);
     }
 
     #[test]

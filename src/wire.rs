@@ -295,6 +295,23 @@ pub enum NetFault {
 }
 
 impl ClientOp {
+    /// The namespace of the keys the operation names (a batch: its first
+    /// operation's), for metrics; None when it names none, or a key that
+    /// is not well-formed.
+    pub fn namespace(&self) -> Option<&str> {
+        let key = match self {
+            ClientOp::Get { key, .. }
+            | ClientOp::Put { key, .. }
+            | ClientOp::Delete { key, .. }
+            | ClientOp::Inspect { key } => key,
+            ClientOp::List { prefix, .. } => prefix,
+            ClientOp::Routed { op, .. } => op.key(),
+            ClientOp::Batch(ops) => ops.first()?.key(),
+            _ => return None,
+        };
+        namespace::split_key(key).ok().map(|(ns, _)| ns)
+    }
+
     /// A short stable name, used in metrics labels and logs.
     pub fn name(&self) -> &'static str {
         match self {

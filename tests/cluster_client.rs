@@ -21,7 +21,10 @@ use support::{ProcessCluster, cli};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn puts_served(scrape: &str) -> f64 {
-    metric(scrape, r#"dynakv_requests_total{op="put",outcome="ok"}"#)
+    metric(
+        scrape,
+        r#"dynakv_requests_total{op="put",outcome="ok",namespace="default"}"#,
+    )
 }
 
 fn options(cluster: &Cluster, routing: Routing) -> Options {
@@ -62,7 +65,11 @@ async fn preference_routing_sends_every_key_to_its_first_replica() {
         let key = format!("routed-{k}");
         let preference = ring.preference_list(ring.partition_of(key.as_bytes()), n);
         let first = cluster.index_of(preference[0]);
-        assert_eq!(client.route(key.as_bytes()), addr_of(first), "{key}");
+        assert_eq!(
+            client.route(key.as_bytes()).unwrap(),
+            addr_of(first),
+            "{key}"
+        );
         *expected.get_mut(&addr_of(first)).unwrap() += 1.0;
     }
 
@@ -115,7 +122,7 @@ async fn a_joined_node_is_learned_without_a_restart() {
 
     let key = (0..10_000)
         .map(|k| format!("learned-{k}"))
-        .find(|k| client.route(k.as_bytes()) == new_addr)
+        .find(|k| client.route(k.as_bytes()).unwrap() == new_addr)
         .expect("the new node comes first for some keys");
     let before = puts_served(&cluster.scrape(joined).await.unwrap());
     client.put(key.as_bytes(), b"v", &[], None).await.unwrap();
@@ -134,7 +141,7 @@ async fn a_request_to_a_stopped_node_goes_to_the_next_replica() {
     let stopped = cluster.config(3).node.client_addr.clone();
     let keys: Vec<String> = (0..10_000)
         .map(|k| format!("failover-{k}"))
-        .filter(|k| client.route(k.as_bytes()) == stopped)
+        .filter(|k| client.route(k.as_bytes()).unwrap() == stopped)
         .take(20)
         .collect();
     cluster.stop_node(3).await.unwrap();
@@ -148,7 +155,7 @@ async fn a_request_to_a_stopped_node_goes_to_the_next_replica() {
         let read = client.get(key.as_bytes(), None).await.unwrap();
         assert_eq!(read.values, vec![b"v".to_vec()], "{key}");
     }
-    assert_ne!(client.route(keys[0].as_bytes()), stopped);
+    assert_ne!(client.route(keys[0].as_bytes()).unwrap(), stopped);
     cluster.stop().await.unwrap();
 }
 

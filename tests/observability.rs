@@ -47,29 +47,43 @@ async fn metrics_count_requests_failures_repairs_liveness_and_storage() {
 
     let text = cluster.scrape(0).await.unwrap();
     assert_eq!(
-        metric(&text, r#"dynakv_requests_total{op="put",outcome="ok"}"#),
-        20.0
-    );
-    assert_eq!(
-        metric(&text, r#"dynakv_requests_total{op="get",outcome="ok"}"#),
+        metric(
+            &text,
+            r#"dynakv_requests_total{op="put",outcome="ok",namespace="default"}"#
+        ),
         20.0
     );
     assert_eq!(
         metric(
             &text,
-            r#"dynakv_requests_total{op="get",outcome="invalid_request"}"#
+            r#"dynakv_requests_total{op="get",outcome="ok",namespace="default"}"#
+        ),
+        20.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"dynakv_requests_total{op="get",outcome="invalid_request",namespace="default"}"#
         ),
         1.0
     );
     assert_eq!(
-        metric(&text, r#"dynakv_request_duration_seconds_count{op="put"}"#),
+        metric(
+            &text,
+            r#"dynakv_request_duration_seconds_count{op="put",namespace="default"}"#
+        ),
         20.0
     );
-    assert!(metric(&text, r#"dynakv_request_duration_seconds_sum{op="put"}"#) > 0.0);
+    assert!(
+        metric(
+            &text,
+            r#"dynakv_request_duration_seconds_sum{op="put",namespace="default"}"#
+        ) > 0.0
+    );
     assert_eq!(
         metric(
             &text,
-            r#"dynakv_request_duration_seconds_bucket{le="+Inf",op="get"}"#
+            r#"dynakv_request_duration_seconds_bucket{le="+Inf",op="get",namespace="default"}"#
         ),
         21.0
     );
@@ -107,11 +121,17 @@ async fn metrics_count_requests_failures_repairs_liveness_and_storage() {
     assert_eq!(failed.kind(), ErrorKind::Quorum, "{failed}");
     let text = cluster.scrape(0).await.unwrap();
     assert_eq!(
-        metric(&text, r#"dynakv_quorum_failures_total{op="put"}"#),
+        metric(
+            &text,
+            r#"dynakv_quorum_failures_total{op="put",namespace="default"}"#
+        ),
         1.0
     );
     assert_eq!(
-        metric(&text, r#"dynakv_requests_total{op="put",outcome="quorum"}"#),
+        metric(
+            &text,
+            r#"dynakv_requests_total{op="put",outcome="quorum",namespace="default"}"#
+        ),
         1.0
     );
     cluster.heal().await;

@@ -31,7 +31,7 @@ use tracing::{debug, warn};
 use crate::codec::{Codec, CodecError};
 use crate::coordinator::{Coordinator, Execute};
 use crate::listener::{Accepted, Listener};
-use crate::metrics::Metrics;
+use crate::metrics::{Label, Metrics};
 use crate::supervise::send_error;
 use crate::supervise::shielded;
 
@@ -227,7 +227,13 @@ impl ClientConn {
     /// Answers with an error and closes the connection once it is written.
     /// Replies to request `id`, an operation `op` that arrived at
     /// `started`, and counts it.
-    fn answer(&mut self, id: u64, op: &'static str, started: Instant, reply: ClientReply) {
+    fn answer(
+        &mut self,
+        id: u64,
+        op: (&'static str, &Label),
+        started: Instant,
+        reply: ClientReply,
+    ) {
         let outcome = match &reply {
             ClientReply::Error { kind, .. } => Some(*kind),
             _ => None,
@@ -329,17 +335,33 @@ impl StreamHandler<Result<ClientRequest, CodecError>> for ClientConn {
             return self.greet(id, op);
         }
         let (name, started) = (op.name(), Instant::now());
+        let namespace = Metrics::namespace_label(op.namespace());
         if self.draining {
             let refused = Error::Unavailable("the node is shutting down".into());
-            return self.answer(id, name, started, ClientReply::error(&refused));
+            return self.answer(
+                id,
+                (name, &namespace),
+                started,
+                ClientReply::error(&refused),
+            );
         }
         if self.in_flight >= self.settings.max_in_flight {
-            return self.answer(id, name, started, ClientReply::error(&Error::Overloaded));
+            return self.answer(
+                id,
+                (name, &namespace),
+                started,
+                ClientReply::error(&Error::Overloaded),
+            );
         }
         let (reply, answer) = oneshot::channel();
         if let Err(e) = self.coordinator.try_send(Execute { op, reply }) {
             let refused = send_error(e, "the coordinator");
-            return self.answer(id, name, started, ClientReply::error(&refused));
+            return self.answer(
+                id,
+                (name, &namespace),
+                started,
+                ClientReply::error(&refused),
+            );
         }
         self.in_flight += 1;
         ctx.spawn(answer.into_actor(self).map(move |answer, conn, _| {
@@ -349,7 +371,7 @@ impl StreamHandler<Result<ClientRequest, CodecError>> for ClientConn {
                 let lost = Error::Internal("the coordinator dropped the request".into());
                 ClientReply::error(&lost)
             });
-            conn.answer(id, name, started, reply);
+            conn.answer(id, (name, &namespace), started, reply);
             conn.close_when_drained();
         }));
     }

@@ -68,7 +68,7 @@ impl Coordinator {
         events: Events,
     ) -> Self {
         let sessions = SessionEnv {
-            attempt_timeout: router.timeout / (u32::from(planner.limits.n) + 1),
+            attempt_timeout: router.timeout / (u32::from(planner.limits.defaults.n) + 1),
             router,
             events,
             in_flight: AtomicUsize::new(0),
@@ -181,7 +181,7 @@ impl Coordinator {
         token: &[u8],
         reply: oneshot::Sender<ClientReply>,
     ) {
-        let (topology, ring, listing) = match self.start_listing(&prefix, limit, token) {
+        let (topology, ring, listing, n) = match self.start_listing(&prefix, limit, token) {
             Ok(started) => started,
             Err(e) => {
                 let _ = reply.send(ClientReply::error(&e));
@@ -189,7 +189,6 @@ impl Coordinator {
             }
         };
         let sessions = self.sessions.clone();
-        let n = usize::from(self.planner.limits.n);
         actix::spawn(async move {
             let page = read_pages(listing, &ring, &topology, n, &sessions.router, &prefix).await;
             let _ = reply.send(match page {
@@ -199,24 +198,19 @@ impl Coordinator {
         });
     }
 
-    /// Checks a listing request: the topology and ring it reads by, and
-    /// its first page's plan.
+    /// Checks a listing request (its prefix begins with its namespace's,
+    /// `namespace::key_prefix`): the topology and ring it reads by, its
+    /// first page's plan, and the namespace's N.
     fn start_listing(
         &self,
         prefix: &[u8],
         limit: u32,
         token: &[u8],
-    ) -> Result<(Topology, Arc<Ring>, Listing)> {
-        if prefix.len() > self.planner.limits.max_key_bytes {
-            return Err(Error::InvalidRequest(
-                "the prefix is longer than any key".into(),
-            ));
-        }
-        let not_formed = || Error::Unavailable("the cluster is not formed yet".into());
-        let topology = self.topology.clone().ok_or_else(not_formed)?;
-        let ring = topology.ring.clone().ok_or_else(not_formed)?;
+    ) -> Result<(Topology, Arc<Ring>, Listing, usize)> {
+        let (topology, ring) = self.planner.formed(self.topology.as_ref())?;
+        let n = self.planner.namespace(topology, prefix)?.n;
         let listing = Listing::new(token, limit, topology.view.partitions)?;
-        Ok((topology, ring, listing))
+        Ok((topology.clone(), ring.clone(), listing, usize::from(n)))
     }
 
     /// An operator's request: checked here, answered without holding this

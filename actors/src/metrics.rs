@@ -10,6 +10,7 @@
 //! state (storage size, hints pending, member liveness) are set there,
 //! when scraped or when the topology changes.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +26,14 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tracing::warn;
 
+/// The namespace label of a request: the namespace of the keys it names
+/// (empty when it names none).
+pub type Label = Cow<'static, str>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: &'static str,
+    namespace: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,6 +41,7 @@ struct RequestLabels {
     op: &'static str,
     /// "ok", or the error kind.
     outcome: &'static str,
+    namespace: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -243,19 +250,40 @@ impl Metrics {
         Metrics(Arc::new(inner))
     }
 
-    /// A client request answered after `elapsed`: `Ok` or its error kind.
-    pub fn request(&self, op: &'static str, outcome: Option<ErrorKind>, elapsed: Duration) {
+    /// The label of requests in `namespace`: `default`'s without
+    /// allocating.
+    pub fn namespace_label(namespace: Option<&str>) -> Label {
+        match namespace {
+            None => Cow::Borrowed(""),
+            Some(dynakv::namespace::DEFAULT) => Cow::Borrowed(dynakv::namespace::DEFAULT),
+            Some(other) => Cow::Owned(other.to_string()),
+        }
+    }
+
+    /// A client request, operation `op` in a namespace, answered after
+    /// `elapsed`: `Ok` or its error kind.
+    pub fn request(
+        &self,
+        (op, namespace): (&'static str, &Label),
+        outcome: Option<ErrorKind>,
+        elapsed: Duration,
+    ) {
         let m = &self.0;
         let labels = RequestLabels {
             op,
             outcome: outcome.map_or("ok", ErrorKind::as_str),
+            namespace: namespace.clone(),
         };
         m.requests.get_or_create(&labels).inc();
+        let labels = OpLabels {
+            op,
+            namespace: labels.namespace,
+        };
         m.latency
-            .get_or_create(&OpLabels { op })
+            .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
         if outcome == Some(ErrorKind::Quorum) {
-            m.quorum_failures.get_or_create(&OpLabels { op }).inc();
+            m.quorum_failures.get_or_create(&labels).inc();
         }
     }
 

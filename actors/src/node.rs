@@ -265,6 +265,7 @@ fn start_on(
     handle(Concern::AntiEntropy, anti_entropy.clone().recipient());
     handle(Concern::Tombstones, anti_entropy.clone().recipient());
     ring.do_send(Subscribe(anti_entropy.clone().recipient()));
+    ring.do_send(Subscribe(replica.clone().recipient()));
 
     // Handoff moves partitions when members join, leave or change weight.
     let handoff = Handoff::new(
@@ -304,11 +305,8 @@ fn start_on(
     let planner = Planner {
         me: me.clone(),
         limits: Limits {
-            n: config.cluster.n,
-            r: config.cluster.r,
-            w: config.cluster.w,
+            defaults: config.default_namespace(),
             max_key_bytes: config.limits.max_key_bytes as usize,
-            max_value_bytes: config.limits.max_value_bytes as usize,
             owner_hints: config.hints.deliver,
         },
     };

@@ -22,6 +22,7 @@ use actix::prelude::*;
 use dynakv::anti_entropy::{AeMsg, Exchange};
 use dynakv::config::Fsync;
 use dynakv::handoff::HandoffMsg;
+use dynakv::namespace;
 use dynakv::partition::Partition;
 use dynakv::peer::{NodeLoad, PeerMsg};
 use dynakv::replica::{Replica as Core, ReplicaMsg, Usage, read_answer};
@@ -34,13 +35,15 @@ use tokio::sync::oneshot;
 use tracing::{error, info};
 
 use crate::bridge::PeerRequest;
+use crate::messages::RingChanged;
 use crate::storage::{FjallStore, Storage};
 pub use crate::storage_worker::{
     AeBegin, AeContinue, AeRespond, AeRoots, DropPartition, FindTombstones, ForgetMootHints,
     GcRespond, HandedOff, HandoffRespond, HeldPartitions, PanicInCore, PartitionUsage, TakeHints,
 };
 use crate::storage_worker::{
-    ApplyBatch, Barrier, Counters, FreeMemtables, MergeAll, StorageWorker, SyncNow, Syncer,
+    ApplyBatch, Barrier, Counters, FreeMemtables, MergeAll, SetNamespaces, StorageWorker, SyncNow,
+    Syncer,
 };
 pub use crate::storage_worker::{ReplicaSettings, ReplicaStats, Stats};
 use crate::supervise::{mailbox_error, shielded};
@@ -101,6 +104,21 @@ fn dropped() -> Error {
     Error::Unavailable("the replica dropped the request".into())
 }
 
+/// The namespaces' settings (their sibling limits) follow the view: the
+/// worker is given the table each time it changes.
+impl Handler<RingChanged> for Replica {
+    type Result = ();
+
+    fn handle(&mut self, RingChanged(t): RingChanged, ctx: &mut Context<Self>) {
+        shielded(NAME, self, ctx, |act, _| {
+            if t.view.namespaces != act.namespaces {
+                act.namespaces = t.view.namespaces.clone();
+                act.worker.do_send(SetNamespaces(act.namespaces.clone()));
+            }
+        })
+    }
+}
+
 /// This node's local copy of a key (for `inspect`).
 #[derive(Message)]
 #[rtype(result = "Result<SiblingSet>")]
@@ -130,6 +148,8 @@ pub struct Replica {
     /// Batches the worker has not finished applying; while one is, the
     /// next batch gathers what arrives meanwhile.
     with_worker: usize,
+    /// The namespaces last given to the worker.
+    namespaces: namespace::Table,
 }
 
 /// The worker finished applying a batch.
@@ -190,6 +210,7 @@ impl Replica {
             fsync_interval: settings.fsync_interval,
             batch: Vec::new(),
             with_worker: 0,
+            namespaces: namespace::Table::default(),
         };
         Ok(Supervisor::start_in_arbiter(on, move |_| front))
     }

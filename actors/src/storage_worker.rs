@@ -27,6 +27,7 @@ use actix::prelude::*;
 use dynakv::anti_entropy::{self, AeMsg, Exchange};
 use dynakv::config::Fsync;
 use dynakv::handoff::{self, HandoffMsg};
+use dynakv::namespace;
 use dynakv::partition::Partition;
 use dynakv::replica::{Replica as Core, ReplicaMsg, Usage};
 use dynakv::store::Entry;
@@ -190,6 +191,11 @@ pub struct DropPartition {
 #[rtype(result = "Result<Vec<(Partition, Usage)>>")]
 pub struct PartitionUsage;
 
+/// The cluster's namespaces changed (`Replica::set_namespaces`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetNamespaces(pub namespace::Table);
+
 /// Makes the storage worker panic (tests of supervision).
 #[derive(Message)]
 #[rtype(result = "Result<()>")]
@@ -200,6 +206,8 @@ pub struct StorageWorker {
     storage: Storage,
     settings: ReplicaSettings,
     counters: Arc<Counters>,
+    /// The last namespaces given, for a core reopened after a panic.
+    namespaces: namespace::Table,
 }
 
 impl StorageWorker {
@@ -214,6 +222,7 @@ impl StorageWorker {
             storage,
             settings,
             counters,
+            namespaces: namespace::Table::default(),
         };
         if worker.core.is_none() {
             worker.reopen();
@@ -235,7 +244,10 @@ impl StorageWorker {
             s.writer,
             s.max_siblings,
         ) {
-            Ok((core, _)) => Some(core),
+            Ok((mut core, _)) => {
+                core.set_namespaces(self.namespaces.clone());
+                Some(core)
+            }
             Err(e) => {
                 error!(error = %e, "cannot reopen storage; the replica answers errors");
                 None
@@ -373,6 +385,17 @@ core_handlers! {
     HeldPartitions(_m) -> Vec<Partition>, writes: false, |core| Ok(core.held_partitions());
     DropPartition(m) -> Option<usize>, writes: true, |core| core.release_partition(m.partition, m.synced);
     PartitionUsage(_m) -> Vec<(Partition, Usage)>, writes: false, |core| Ok(core.usage().iter().map(|(p, u)| (*p, *u)).collect());
+}
+
+impl Handler<SetNamespaces> for StorageWorker {
+    type Result = ();
+
+    fn handle(&mut self, SetNamespaces(table): SetNamespaces, _: &mut SyncContext<Self>) {
+        if let Some(core) = &mut self.core {
+            core.set_namespaces(table.clone());
+        }
+        self.namespaces = table;
+    }
 }
 
 impl Handler<PanicInCore> for StorageWorker {

@@ -318,7 +318,7 @@ fn bind_pair() -> Result<(Listeners, (SocketAddr, SocketAddr))> {
 }
 
 /// The value of one series (name and labels exactly as rendered, e.g.
-/// `dynakv_requests_total{op="put",outcome="ok"}`) in a scrape; 0 when
+/// `dynakv_requests_total{op="put",outcome="ok",namespace="default"}`) in a scrape; 0 when
 /// absent (counters and gauges start there).
 pub fn metric(scrape: &str, series: &str) -> f64 {
     scrape

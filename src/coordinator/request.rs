@@ -1,12 +1,17 @@
 //! A client's get, put or delete, checked and planned as a session: the
-//! key and value within the limits, R or W within 1..=N, the context
-//! decodable, this node still a member of a founded cluster, and the key
-//! routed to its targets. Anything wrong is a clear error naming what.
+//! key and value within the limits of the key's namespace, R or W within
+//! 1..=N, the context decodable, this node still a member of a founded
+//! cluster, and the key routed to its targets. Anything wrong is a clear
+//! error naming what.
+
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fencing;
+use crate::namespace::{self, Settings};
 use crate::node::NodeId;
 use crate::partition::Partition;
+use crate::ring::Ring;
 use crate::topology::Topology;
 use crate::version::{Context, Value};
 
@@ -16,12 +21,12 @@ use super::{GetSession, PutSession, Request, Session};
 /// The request limits of a node's configuration.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pub n: u8,
-    /// Default R and W.
-    pub r: u8,
-    pub w: u8,
+    /// The settings of the namespace `default` (the `[cluster]` N, R and
+    /// W and the `[limits]` on values); other namespaces' come from the
+    /// table in the view.
+    pub defaults: Settings,
+    /// Longest key within its namespace.
     pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
     /// Whether owners keep hints for other owners (`hints.deliver`: where
     /// hints are not handed over, such a hint would never go).
     pub owner_hints: bool,
@@ -46,11 +51,14 @@ pub struct Planner {
 }
 
 impl Planner {
-    /// A read of `key` at R = `r` (None: the default).
+    /// A read of `key` (as stored: `namespace::key_in`) at R = `r` (None:
+    /// its namespace's default).
     pub fn get(&self, t: Option<&Topology>, key: Vec<u8>, r: Option<u8>) -> Result<Planned> {
         self.check_key(&key)?;
-        let r = self.quorum("r", r, self.limits.r)?;
-        let (partition, route) = self.route(t, &key)?;
+        let (t, ring) = self.formed(t)?;
+        let ns = self.namespace(t, &key)?;
+        let r = quorum("r", r, ns.r, ns.n)?;
+        let (partition, route) = self.route(t, ring, &key, ns.n);
         let (session, initial) = GetSession::start(key.clone(), route, r);
         Ok(Planned {
             op: "get",
@@ -72,18 +80,20 @@ impl Planner {
         w: Option<u8>,
     ) -> Result<Planned> {
         self.check_key(&key)?;
+        let (t, ring) = self.formed(t)?;
+        let ns = self.namespace(t, &key)?;
         if let Value::Data(v) = &value
-            && v.len() > self.limits.max_value_bytes
+            && v.len() > ns.max_value_bytes as usize
         {
             return Err(Error::InvalidRequest(format!(
                 "value of {} bytes exceeds the limit of {}",
                 v.len(),
-                self.limits.max_value_bytes
+                ns.max_value_bytes
             )));
         }
-        let w = self.quorum("w", w, self.limits.w)?;
+        let w = quorum("w", w, ns.w, ns.n)?;
         let context = Context::from_bytes(context)?;
-        let (partition, route) = self.route(t, &key)?;
+        let (partition, route) = self.route(t, ring, &key, ns.n);
         let op = if value.is_tombstone() {
             "delete"
         } else {
@@ -99,11 +109,18 @@ impl Planner {
         })
     }
 
-    /// A key as every request takes it: not empty, within the limit.
-    pub fn check_key(&self, key: &[u8]) -> Result<()> {
+    /// A key as every request takes it (as stored: `namespace::key_in`):
+    /// well-formed, not empty within its namespace, within the limit.
+    pub fn check_key(&self, stored: &[u8]) -> Result<()> {
+        let (_, key) = namespace::split_key(stored)?;
         if key.is_empty() {
             return Err(Error::InvalidRequest("empty key".into()));
         }
+        self.check_length(key)
+    }
+
+    /// A key or prefix within its namespace: at most the limit.
+    fn check_length(&self, key: &[u8]) -> Result<()> {
         if key.len() > self.limits.max_key_bytes {
             return Err(Error::InvalidRequest(format!(
                 "key of {} bytes exceeds the limit of {}",
@@ -114,34 +131,47 @@ impl Planner {
         Ok(())
     }
 
-    fn quorum(&self, what: &str, asked: Option<u8>, default: u8) -> Result<usize> {
-        let q = asked.unwrap_or(default);
-        if q == 0 || q > self.limits.n {
-            return Err(Error::InvalidRequest(format!(
-                "{what} = {q} must be between 1 and N = {}",
-                self.limits.n
-            )));
-        }
-        Ok(usize::from(q))
+    /// The settings of the namespace a key or a listing's prefix (as
+    /// stored) belongs to; an error names a namespace that does not exist.
+    pub fn namespace<'t>(&'t self, t: &'t Topology, stored: &'t [u8]) -> Result<&'t Settings> {
+        let (_, settings, key) = t.view.namespaces.resolve(stored, &self.limits.defaults)?;
+        self.check_length(key)?;
+        Ok(settings)
     }
 
-    /// Where `key`'s requests go, as this node sees the cluster. A node
-    /// that is out of the cluster is nobody's replica (and what it holds
-    /// may have been deleted since): it refuses.
-    fn route(&self, t: Option<&Topology>, key: &[u8]) -> Result<(Partition, Route)> {
+    /// The topology and ring requests are routed by. A node that is out of
+    /// the cluster is nobody's replica (and what it holds may have been
+    /// deleted since): it refuses.
+    pub fn formed<'t>(&self, t: Option<&'t Topology>) -> Result<(&'t Topology, &'t Arc<Ring>)> {
         if t.is_some_and(|t| t.view.is_fenced(&self.me)) {
             return Err(fencing::departed(&self.me));
         }
-        let (t, ring) = t.and_then(|t| Some((t, t.ring.as_ref()?))).ok_or_else(|| {
+        t.and_then(|t| Some((t, t.ring.as_ref()?))).ok_or_else(|| {
             Error::Unavailable("the cluster is not formed yet (waiting for its seeds)".into())
-        })?;
-        let n = usize::from(self.limits.n);
+        })
+    }
+
+    /// Where the `n` copies of `key`'s requests go, as this node sees the
+    /// cluster.
+    fn route(&self, t: &Topology, ring: &Ring, key: &[u8], n: u8) -> (Partition, Route) {
+        let n = usize::from(n);
         let (p, mut route) = Route::plan(ring, key, n, &self.me, |node| t.health(node));
         if !self.limits.owner_hints {
             route.drop_owner_hints();
         }
-        Ok((p, route))
+        (p, route)
     }
+}
+
+/// R or W as asked (None: the namespace's `default`), within 1..=`n`.
+fn quorum(what: &str, asked: Option<u8>, default: u8, n: u8) -> Result<usize> {
+    let q = asked.unwrap_or(default);
+    if q == 0 || q > n {
+        return Err(Error::InvalidRequest(format!(
+            "{what} = {q} must be between 1 and N = {n}"
+        )));
+    }
+    Ok(usize::from(q))
 }
 
 #[cfg(test)]
@@ -154,11 +184,16 @@ mod tests {
         Planner {
             me: id(me),
             limits: Limits {
-                n: 3,
-                r: 2,
-                w: 2,
+                defaults: Settings {
+                    n: 3,
+                    r: 2,
+                    w: 2,
+                    ttl_ms: 0,
+                    max_siblings: 10,
+                    max_value_bytes: 16,
+                    kind: namespace::Kind::Blob,
+                },
                 max_key_bytes: 8,
-                max_value_bytes: 16,
                 owner_hints: true,
             },
         }
@@ -223,6 +258,57 @@ mod tests {
                 p.write(Some(&t), b"k".to_vec(), data(1), b"\xff\xff", None),
                 "context",
             ),
+        ] {
+            let (kind, message) = refused(request);
+            assert_eq!(kind, ErrorKind::InvalidRequest, "{message}");
+            assert!(message.contains(says), "{message:?} should say {says:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_is_planned_by_its_namespace_settings() {
+        let mut t = topology(&["a", "b", "c"], &[], &[], 16);
+        let carts = namespace::Name::new("carts").unwrap();
+        let settings = Settings {
+            n: 2,
+            r: 1,
+            w: 1,
+            max_value_bytes: 4,
+            ..planner("a").limits.defaults
+        };
+        std::sync::Arc::make_mut(&mut t.view)
+            .namespaces
+            .create(carts.clone(), settings, &id("a"))
+            .unwrap();
+        let p = planner("a");
+        let key = |k: &[u8]| namespace::key_in(&carts, k).unwrap();
+        let targets = |planned: Planned| match planned.session {
+            Session::Put(s) => s.targets().len(),
+            Session::Get(_) => planned.initial.len(),
+        };
+        let get = p.get(Some(&t), key(b"k"), None).unwrap();
+        assert_eq!(targets(get), 2, "a read of the namespace's 2 replicas");
+        let put = p.write(Some(&t), key(b"k"), Value::Tombstone, &[], None);
+        assert_eq!(targets(put.unwrap()), 2);
+        assert_eq!(
+            p.get(Some(&t), key(b"k"), None).unwrap().partition,
+            Partition::of_key(&key(b"k"), 16),
+            "the whole stored key is hashed"
+        );
+        let users = namespace::key_in(&namespace::Name::new("users").unwrap(), b"k").unwrap();
+        for (request, says) in [
+            (
+                p.get(Some(&t), key(b"k"), Some(3)),
+                "r = 3 must be between 1 and N = 2",
+            ),
+            (
+                p.write(Some(&t), key(b"k"), Value::Data(vec![0; 5]), &[], None),
+                "value of 5 bytes exceeds the limit of 4",
+            ),
+            (p.get(Some(&t), key(b""), None), "empty key"),
+            (p.get(Some(&t), key(&[1; 9]), None), "key of 9 bytes"),
+            (p.get(Some(&t), users, None), "no namespace users"),
+            (p.get(Some(&t), b"\x00\x01".to_vec(), None), "0x00"),
         ] {
             let (kind, message) = refused(request);
             assert_eq!(kind, ErrorKind::InvalidRequest, "{message}");

@@ -50,6 +50,7 @@ use crate::coordinator::{Limits, Planner};
 use crate::handoff::HandoffSettings;
 use crate::hints::DeliverySettings;
 use crate::membership::{Member, Settings, Status};
+use crate::namespace;
 use crate::node::NodeId;
 use crate::tombstones::CollectorSettings;
 pub use world::Sim;
@@ -252,11 +253,16 @@ fn planner(cfg: &SimConfig, i: usize) -> Planner {
     Planner {
         me: node_id(i),
         limits: Limits {
-            n: cfg.n as u8,
-            r: cfg.r as u8,
-            w: cfg.w as u8,
+            defaults: namespace::Settings {
+                n: cfg.n as u8,
+                r: cfg.r as u8,
+                w: cfg.w as u8,
+                ttl_ms: 0,
+                max_siblings: 64,
+                max_value_bytes: 64,
+                kind: namespace::Kind::Blob,
+            },
             max_key_bytes: 64,
-            max_value_bytes: 64,
             owner_hints: true,
         },
     }

@@ -112,17 +112,24 @@ impl Default for Options {
     }
 }
 
+/// A connection to a node or a cluster, for the keys of one namespace
+/// (`default` unless `in_namespace` says another). Clones, and the
+/// handles of other namespaces, share its connections and ring.
+#[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
-    /// The periodic ring refresh of a cluster client; stopped on drop.
-    refresher: Option<JoinHandle<()>>,
+    /// Held only to stop the refresh with the last handle.
+    _refresher: Option<Arc<Refresher>>,
+    namespace: namespace::Name,
 }
 
-impl Drop for Client {
+/// The periodic ring refresh of a cluster client; stopped when the last
+/// handle is dropped.
+struct Refresher(JoinHandle<()>);
+
+impl Drop for Refresher {
     fn drop(&mut self) {
-        if let Some(r) = &self.refresher {
-            r.abort();
-        }
+        self.0.abort();
     }
 }
 
@@ -157,10 +164,7 @@ impl Client {
         let deadline = Instant::now() + shared.options.timeout;
         let pool = shared.pool(addr)?;
         connecting(addr, deadline, pool.connection(addr, &shared.options)).await?;
-        Ok(Client {
-            shared: Arc::new(shared),
-            refresher: None,
-        })
+        Ok(Client::new(Arc::new(shared), None))
     }
 
     /// Connects to the cluster that `seeds` (client addresses) belong to:
@@ -185,10 +189,7 @@ impl Client {
                     let shared = Arc::new(shared);
                     let refresher =
                         tokio::spawn(refresh_every(Arc::downgrade(&shared), options.ring_refresh));
-                    return Ok(Client {
-                        shared,
-                        refresher: Some(refresher),
-                    });
+                    return Ok(Client::new(shared, Some(Refresher(refresher))));
                 }
                 Err(e) => refused.push(format!("{seed}: {e}")),
             }
@@ -197,6 +198,34 @@ impl Client {
             "no seed gave the cluster's ring ({})",
             refused.join("; ")
         )))
+    }
+
+    fn new(shared: Arc<Shared>, refresher: Option<Refresher>) -> Client {
+        Client {
+            shared,
+            _refresher: refresher.map(Arc::new),
+            namespace: namespace::Name::new(namespace::DEFAULT).expect("default is a name"),
+        }
+    }
+
+    /// A handle on the keys of namespace `name`, sharing this client's
+    /// connections and ring. The namespace must exist when it is used
+    /// (`dynakv ns create`).
+    pub fn in_namespace(&self, name: &str) -> Result<Client> {
+        Ok(Client {
+            namespace: namespace::Name::new(name)?,
+            ..self.clone()
+        })
+    }
+
+    /// The namespace of this handle's keys.
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_str()
+    }
+
+    /// `key` as the cluster stores it: within this handle's namespace.
+    fn stored(&self, key: &[u8]) -> Result<Vec<u8>> {
+        namespace::key_in(&self.namespace, key)
     }
 
     /// The node this client is connected to (a cluster client: its first
@@ -221,12 +250,13 @@ impl Client {
 
     /// The client address each get, put or delete of `key` would go to
     /// first.
-    pub fn route(&self, key: &[u8]) -> String {
+    pub fn route(&self, key: &[u8]) -> Result<String> {
+        let key = self.stored(key)?;
         let map = self.shared.map();
-        let addrs = self.shared.candidates(map.as_deref(), Some(key));
-        addrs
+        let addrs = self.shared.candidates(map.as_deref(), Some(&key));
+        Ok(addrs
             .first()
-            .map_or_else(|| self.shared.home.clone(), |a| a.to_string())
+            .map_or_else(|| self.shared.home.clone(), |a| a.to_string()))
     }
 
     /// An operator's request, to this client's home node only.
@@ -238,7 +268,7 @@ impl Client {
 
     pub async fn get(&self, key: &[u8], r: Option<u8>) -> Result<ReadResult> {
         let op = KeyOp::Get {
-            key: key.to_vec(),
+            key: self.stored(key)?,
             r,
         };
         match self.shared.call_key(op).await? {
@@ -255,7 +285,7 @@ impl Client {
         w: Option<u8>,
     ) -> Result<WriteResult> {
         let op = KeyOp::Put {
-            key: key.to_vec(),
+            key: self.stored(key)?,
             value: value.to_vec(),
             context: context.to_vec(),
             w,
@@ -265,7 +295,7 @@ impl Client {
 
     pub async fn delete(&self, key: &[u8], context: &[u8], w: Option<u8>) -> Result<WriteResult> {
         let op = KeyOp::Delete {
-            key: key.to_vec(),
+            key: self.stored(key)?,
             context: context.to_vec(),
             w,
         };
@@ -277,11 +307,13 @@ impl Client {
     pub async fn get_many(&self, keys: &[&[u8]], r: Option<u8>) -> Result<Vec<Result<ReadResult>>> {
         let ops = keys
             .iter()
-            .map(|key| KeyOp::Get {
-                key: key.to_vec(),
-                r,
+            .map(|key| {
+                Ok(KeyOp::Get {
+                    key: self.stored(key)?,
+                    r,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let replies = batch(self.shared.call_batch(ops).await?, keys.len())?;
         Ok(replies
             .into_iter()
@@ -302,13 +334,15 @@ impl Client {
     ) -> Result<Vec<Result<WriteResult>>> {
         let ops = items
             .iter()
-            .map(|(key, value, context)| KeyOp::Put {
-                key: key.to_vec(),
-                value: value.to_vec(),
-                context: context.to_vec(),
-                w,
+            .map(|(key, value, context)| {
+                Ok(KeyOp::Put {
+                    key: self.stored(key)?,
+                    value: value.to_vec(),
+                    context: context.to_vec(),
+                    w,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let replies = batch(self.shared.call_batch(ops).await?, items.len())?;
         Ok(replies
             .into_iter()
@@ -319,20 +353,33 @@ impl Client {
             .collect())
     }
 
-    /// A page of the live keys that start with `prefix`: at most `limit`
-    /// (1 to 10,000), from where the token `after` left off (None: the
-    /// first page). A listing reads one replica per partition: it may miss
-    /// keys written while it runs, and never returns a key twice.
+    /// A page of the namespace's live keys that start with `prefix`: at
+    /// most `limit` (1 to 10,000), from where the token `after` left off
+    /// (None: the first page). A listing reads one replica per partition:
+    /// it may miss keys written while it runs, and never returns a key
+    /// twice.
     pub async fn list(&self, prefix: &[u8], limit: u32, after: Option<&[u8]>) -> Result<Page> {
         let op = ClientOp::List {
-            prefix: prefix.to_vec(),
+            prefix: self.stored(prefix)?,
             limit,
             after: after.unwrap_or_default().to_vec(),
         };
-        match self.shared.call_any(op).await? {
-            ClientReply::Keys { keys, next } => Ok(Page { keys, next }),
-            other => Err(unexpected(other)),
-        }
+        let (keys, next) = match self.shared.call_any(op).await? {
+            ClientReply::Keys { keys, next } => (keys, next),
+            other => return Err(unexpected(other)),
+        };
+        let namespace = namespace::key_prefix(&self.namespace);
+        let keys = keys
+            .into_iter()
+            .map(|key| match key.strip_prefix(namespace.as_slice()) {
+                Some(within) => Ok(within.to_vec()),
+                None => Err(Error::Malformed(format!(
+                    "a listing of namespace {} returned a key of another",
+                    self.namespace
+                ))),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Page { keys, next })
     }
 
     pub async fn status(&self) -> Result<StatusReport> {
@@ -343,7 +390,8 @@ impl Client {
     }
 
     pub async fn inspect(&self, key: &[u8]) -> Result<LocalCopy> {
-        match self.call(ClientOp::Inspect { key: key.to_vec() }).await? {
+        let key = self.stored(key)?;
+        match self.call(ClientOp::Inspect { key }).await? {
             ClientReply::Local(l) => Ok(l),
             other => Err(unexpected(other)),
         }

@@ -42,6 +42,26 @@ pub struct Target {
     pub cluster: String,
 }
 
+/// Options of the commands that name keys: the node and the namespace.
+#[derive(clap::Args, Clone)]
+pub struct KeyTarget {
+    #[command(flatten)]
+    pub target: Target,
+    /// Namespace of the keys (`dynakv ns list` shows them).
+    #[arg(long, default_value = "default")]
+    pub ns: String,
+}
+
+impl KeyTarget {
+    /// For a command that names no key: the namespace `default`.
+    pub fn any(target: Target) -> KeyTarget {
+        KeyTarget {
+            target,
+            ns: dynakv::namespace::DEFAULT.to_string(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Run one node from a configuration file.
@@ -79,7 +99,7 @@ pub enum Command {
         #[arg(long)]
         w: Option<u8>,
         #[command(flatten)]
-        target: Target,
+        target: KeyTarget,
     },
     /// Read a key: every sibling and the context.
     Get {
@@ -89,7 +109,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        target: Target,
+        target: KeyTarget,
     },
     /// Read many keys in one request: each key's siblings and context, or
     /// its error.
@@ -101,7 +121,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        target: Target,
+        target: KeyTarget,
     },
     /// List live keys, a page at a time (each partition from one replica).
     List {
@@ -118,7 +138,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        target: Target,
+        target: KeyTarget,
     },
     /// Delete a key (writes a tombstone); prints the new context.
     Delete {
@@ -128,7 +148,7 @@ pub enum Command {
         #[arg(long)]
         w: Option<u8>,
         #[command(flatten)]
-        target: Target,
+        target: KeyTarget,
     },
     /// This node's local copy of a key, with dots, without quorum.
     Inspect {
@@ -136,7 +156,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        target: Target,
+        target: KeyTarget,
     },
     /// The cluster as this node sees it.
     Status {

@@ -22,7 +22,7 @@ mod cli;
 #[macro_use]
 mod output;
 
-use cli::{Cli, ClusterCommand, Command, FaultCommand, NsCommand, NsSettings, Target};
+use cli::{Cli, ClusterCommand, Command, FaultCommand, KeyTarget, NsCommand, NsSettings};
 use output::{
     emit, print_local, print_namespaces, print_plan, print_reads, print_status, show, text,
 };
@@ -173,7 +173,7 @@ fn value_arg(value: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>> {
 }
 
 async fn client_command(command: Command, options: Options) -> Result<()> {
-    let (target, run): (Target, _) = match command {
+    let (KeyTarget { target, ns }, run): (KeyTarget, _) = match command {
         Command::Put {
             key,
             value,
@@ -219,13 +219,16 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             (target, Op::List(prefix, limit, after, json))
         }
         Command::Inspect { key, json, target } => (target, Op::Inspect(key, json)),
-        Command::Status { json, target } => (target, Op::Status(json)),
+        Command::Status { json, target } => (KeyTarget::any(target), Op::Status(json)),
         Command::Fault {
             command: FaultCommand::Partition { from, target },
-        } => (target, Op::Fault(NetFault::Partition { peers: from })),
+        } => (
+            KeyTarget::any(target),
+            Op::Fault(NetFault::Partition { peers: from }),
+        ),
         Command::Fault {
             command: FaultCommand::Heal { target },
-        } => (target, Op::Fault(NetFault::Heal)),
+        } => (KeyTarget::any(target), Op::Fault(NetFault::Heal)),
         Command::Cluster { command } => return cluster(command, options).await,
         Command::Ns { command } => return namespaces(command, options).await,
         Command::Serve { .. } | Command::Dev { .. } | Command::Bench { .. } => {
@@ -245,6 +248,7 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
         }
         nodes => first_answering(nodes, options).await?,
     };
+    let client = client.in_namespace(&ns)?;
     match run {
         Op::Put(key, value, ctx, w) => {
             let written = client.put(key.as_bytes(), &value, &ctx, w).await?;
