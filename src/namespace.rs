@@ -503,18 +503,13 @@ pub fn change(
 
 /// Refuses the settings this version stores but cannot carry out yet: a
 /// replica count other than the cluster's (anti-entropy, handoff and
-/// tombstone collection keep every key at `[cluster] n`) and expiry.
+/// tombstone collection keep every key at `[cluster] n`).
 fn carried_out(settings: &Settings, defaults: &Settings) -> Result<()> {
     if settings.n != defaults.n {
         return Err(Error::InvalidRequest(format!(
             "n = {}: a namespace's own n is not supported yet; every namespace has the cluster's n = {}",
             settings.n, defaults.n
         )));
-    }
-    if settings.ttl_ms != 0 {
-        return Err(Error::InvalidRequest(
-            "ttl: expiry is not supported yet (leave --ttl out or give 0)".into(),
-        ));
     }
     Ok(())
 }
@@ -781,28 +776,18 @@ mod tests {
         );
         let e = change(&mut t, create("Bad Name", wide), &defaults, 5, &id("a")).unwrap_err();
         assert!(e.to_string().contains("namespace name"), "{e}");
-        for (unsupported, says) in [
-            (
-                Changes {
-                    n: Some(2),
-                    r: Some(1),
-                    w: Some(1),
-                    ..Changes::default()
-                },
-                "n = 2: a namespace's own n is not supported yet",
-            ),
-            (
-                Changes {
-                    ttl_ms: Some(1000),
-                    ..Changes::default()
-                },
-                "expiry is not supported yet",
-            ),
-        ] {
-            let e = change(&mut t, create("later", unsupported), &defaults, 5, &id("a"));
-            let e = e.unwrap_err().to_string();
-            assert!(e.contains(says), "{e}");
-        }
+        let own_n = Changes {
+            n: Some(2),
+            r: Some(1),
+            w: Some(1),
+            ..Changes::default()
+        };
+        let e = change(&mut t, create("later", own_n), &defaults, 5, &id("a")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("n = 2: a namespace's own n is not supported yet"),
+            "{e}"
+        );
         let alter = Request::Alter {
             name: "nope".into(),
             changes: Changes::default(),

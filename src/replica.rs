@@ -12,11 +12,12 @@
 //! - the tree of a partition always equals a rebuild from a scan of it;
 //! - the stored key is `partition (u32, big-endian) ++ user key`, so a
 //!   partition is one contiguous range;
-//! - every partition holding a key whose siblings are all tombstones is in
-//!   `tombstoned` (which may name more), so the search for tombstones to
-//!   collect scans only those.
+//! - every partition holding a key whose siblings are all tombstones or
+//!   expiring values (`SiblingSet::ends_at`) is in `tombstoned`, at a time
+//!   no later than that key is gone (it may name more, and earlier), so the
+//!   search for keys to collect scans only those, once due.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -115,10 +116,18 @@ pub struct Replica<S: Store> {
     /// Each held partition's hash-tree leaves (the tree is built on demand).
     trees: HashMap<Partition, Leaves>,
     usage: HashMap<Partition, Usage>,
-    /// Partitions that may hold deleted keys: marked by every tombstone
-    /// stored, cleared by a search that finds none. Without it, tombstone
-    /// collection decoded every key of every partition each round.
-    tombstoned: HashSet<Partition>,
+    /// Partitions that may hold deleted or expiring keys, with the earliest
+    /// time one of them may be gone: marked by every such key stored, moved
+    /// on or cleared by a search. Without it, tombstone collection decoded
+    /// every key of every partition each round (and every expiring key
+    /// until it expired).
+    tombstoned: HashMap<Partition, u64>,
+}
+
+/// Notes that a key of `p` may be gone from `at` on.
+fn mark(tombstoned: &mut HashMap<Partition, u64>, p: Partition, at: u64) {
+    let due = tombstoned.entry(p).or_insert(at);
+    *due = (*due).min(at);
 }
 
 /// Keys and bytes (keys plus encoded sibling sets) one partition holds.
@@ -150,7 +159,7 @@ impl<S: Store> Replica<S> {
         let mut report = OpenReport::default();
         let mut items: HashMap<Partition, Vec<(usize, u64)>> = HashMap::new();
         let mut usage: HashMap<Partition, Usage> = HashMap::new();
-        let mut tombstoned = HashSet::new();
+        let mut tombstoned = HashMap::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
             let chunk = store.scan(&[], after.as_deref(), SCAN_CHUNK)?;
@@ -158,8 +167,8 @@ impl<S: Store> Replica<S> {
                 let (p, key) = split_storage_key(stored)?;
                 match decode_state(value) {
                     Ok(state) => {
-                        if state.is_deleted() {
-                            tombstoned.insert(p);
+                        if let Some(at) = state.ends_at() {
+                            mark(&mut tombstoned, p, at);
                         }
                         items
                             .entry(p)
@@ -306,9 +315,10 @@ impl<S: Store> Replica<S> {
         Ok(merged)
     }
 
-    /// Serves one replica request (`Read`, `Update` or `Write`) and returns
-    /// its answer.
-    pub fn apply(&mut self, msg: ReplicaMsg) -> Result<ReplicaMsg> {
+    /// Serves one replica request (`Read`, `Update`, `Write` or `List`) at
+    /// `now` (ms since the Unix epoch: a listing hides what expired by
+    /// then) and returns its answer.
+    pub fn apply(&mut self, msg: ReplicaMsg, now: u64) -> Result<ReplicaMsg> {
         match msg {
             ReplicaMsg::Read { key } => Ok(ReplicaMsg::State {
                 state: self.read(&key)?,
@@ -335,7 +345,7 @@ impl<S: Store> Replica<S> {
                 after,
                 prefix,
                 limit,
-            } => self.list(partition, after, &prefix, limit),
+            } => self.list(partition, after, &prefix, limit, now),
             ReplicaMsg::State { .. }
             | ReplicaMsg::Updated { .. }
             | ReplicaMsg::Ack
@@ -402,15 +412,16 @@ impl<S: Store> Replica<S> {
         }
     }
 
-    /// Live keys of `p` after `after` starting with `prefix`, at most
-    /// `limit` of them, scanning a bounded number of entries. The empty
-    /// prefix lists the keys of the namespace `default` only.
+    /// Keys of `p` live at `now` after `after` starting with `prefix`, at
+    /// most `limit` of them, scanning a bounded number of entries. The
+    /// empty prefix lists the keys of the namespace `default` only.
     fn list(
         &self,
         p: Partition,
         mut after: Option<Vec<u8>>,
         prefix: &[u8],
         limit: u32,
+        now: u64,
     ) -> Result<ReplicaMsg> {
         if p.0 >= self.q {
             return Err(Error::Malformed(format!("partition {p} out of range")));
@@ -427,7 +438,7 @@ impl<S: Store> Replica<S> {
             let (entries, end) = self.chunk_of(p, prefix, after.as_deref(), budget.min(1024))?;
             budget = budget.saturating_sub(entries.len());
             for (key, state) in entries {
-                if state.values().next().is_some() {
+                if !state.is_gone_at(now) {
                     keys.push(key.clone());
                 }
                 after = Some(key);
@@ -533,23 +544,35 @@ impl<S: Store> Replica<S> {
         self.actor = self.actor.successor();
     }
 
-    /// Up to `limit` keys of `p` whose only siblings are tombstones.
-    pub fn tombstones(&mut self, p: Partition, limit: usize) -> Result<Vec<(Vec<u8>, SiblingSet)>> {
-        if !self.tombstoned.contains(&p) {
+    /// Up to `limit` keys of `p` that read as not found at `now` (ms
+    /// since the Unix epoch): every sibling a tombstone or expired.
+    pub fn tombstones(
+        &mut self,
+        p: Partition,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<(Vec<u8>, SiblingSet)>> {
+        if self.tombstoned.get(&p).is_none_or(|due| *due > now) {
             return Ok(Vec::new());
         }
         let mut found = Vec::new();
+        let mut next = None::<u64>;
         self.scan_partition(p, |key, value| {
             if found.len() < limit {
                 let state = decode_state(value)?;
-                if state.is_deleted() {
-                    found.push((key.to_vec(), state));
+                match state.ends_at() {
+                    Some(at) if at <= now => found.push((key.to_vec(), state)),
+                    Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
+                    None => {}
                 }
             }
             Ok(())
         })?;
         if found.is_empty() {
-            self.tombstoned.remove(&p);
+            match next {
+                Some(at) => self.tombstoned.insert(p, at),
+                None => self.tombstoned.remove(&p),
+            };
         }
         Ok(found)
     }
@@ -632,8 +655,8 @@ impl<S: Store> Replica<S> {
         let p = Partition::of_key(key, self.q);
         let encoded = encode_state(new);
         self.store.put(&storage_key(p, key), &encoded)?;
-        if new.is_deleted() {
-            self.tombstoned.insert(p);
+        if let Some(at) = new.ends_at() {
+            mark(&mut self.tombstoned, p, at);
         }
         let u = self.usage.entry(p).or_default();
         match &old {
@@ -715,7 +738,7 @@ mod tests {
                     prefix: prefix.to_vec(),
                     limit: 2,
                 };
-                let Ok(ReplicaMsg::Keys { keys, scanned_to }) = r.apply(asked) else {
+                let Ok(ReplicaMsg::Keys { keys, scanned_to }) = r.apply(asked, 0) else {
                     panic!("a listing was not answered with keys");
                 };
                 listed.extend(keys);
@@ -880,26 +903,79 @@ mod tests {
             .unwrap();
         let planted_at = storage_key(p, &other);
         r.store.put(&planted_at, &encode_state(&planted)).unwrap();
-        assert!(r.tombstones(p, 10).unwrap().is_empty());
+        assert!(r.tombstones(p, 10, 0).unwrap().is_empty());
         // Opening scans everything, so it knows.
         let mut reopened = Replica::open(r.store().clone(), MemStore::default(), 64, Actor(1), 5)
             .unwrap()
             .0;
-        assert_eq!(reopened.tombstones(p, 10).unwrap(), vec![(other, planted)]);
+        assert_eq!(
+            reopened.tombstones(p, 10, 0).unwrap(),
+            vec![(other, planted)]
+        );
         r.store.remove(&planted_at).unwrap();
         // A delete through the replica marks its partition...
         let (deleted, _) = r
             .update(b"k", &live.context(), Value::Tombstone, None)
             .unwrap();
         assert_eq!(
-            r.tombstones(p, 10).unwrap(),
+            r.tombstones(p, 10, 0).unwrap(),
             vec![(b"k".to_vec(), deleted.clone())]
         );
         // ... and a search that finds none clears the mark.
         r.update(b"k", &deleted.context(), data("again"), None)
             .unwrap();
-        assert!(r.tombstones(p, 10).unwrap().is_empty());
-        assert!(!r.tombstoned.contains(&p));
+        assert!(r.tombstones(p, 10, 0).unwrap().is_empty());
+        assert!(!r.tombstoned.contains_key(&p));
+    }
+
+    #[test]
+    fn an_expired_key_is_found_for_collection_after_its_deadline_only() {
+        let mut r = replica();
+        let p = Partition::of_key(b"k", 64);
+        let expiring = Value::Expiring {
+            data: b"v".to_vec(),
+            expires_ms: 1000,
+        };
+        let (state, _) = r.update(b"k", &Context::default(), expiring, None).unwrap();
+        let listed = |r: &mut Replica<MemStore>, now| {
+            let asked = ReplicaMsg::List {
+                partition: p,
+                after: None,
+                prefix: Vec::new(),
+                limit: 10,
+            };
+            match r.apply(asked, now).unwrap() {
+                ReplicaMsg::Keys { keys, .. } => keys,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(listed(&mut r, 999), [b"k".to_vec()]);
+        assert!(
+            listed(&mut r, 1000).is_empty(),
+            "an expired key is not listed"
+        );
+        // Before the deadline nothing is found, and the partition stays
+        // marked: the value expires later.
+        assert!(r.tombstones(p, 10, 999).unwrap().is_empty());
+        assert_eq!(r.tombstoned.get(&p), Some(&1000), "searched again at 1000");
+        assert_eq!(
+            r.tombstones(p, 10, 1000).unwrap(),
+            vec![(b"k".to_vec(), state.clone())]
+        );
+        // Collected like a tombstone: only while the copy is that one.
+        assert_eq!(
+            crate::tombstones::collect(&mut r, &[(b"k".to_vec(), state)]).unwrap(),
+            1
+        );
+        assert_eq!(r.read(b"k").unwrap(), SiblingSet::default());
+        // A value without a deadline is never collected.
+        let (live, _) = r
+            .update(b"k2", &Context::default(), data("v"), None)
+            .unwrap();
+        assert_eq!(
+            crate::tombstones::collect(&mut r, &[(b"k2".to_vec(), live)]).unwrap(),
+            0
+        );
     }
 
     #[test]

@@ -68,10 +68,20 @@ impl fmt::Display for Dot {
 }
 
 /// What a write stores: bytes, or the fact that the key was deleted.
+/// Variants are only ever appended (they are stored and sent).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Value {
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Tombstone,
+    /// Bytes that read as not found from `expires_ms` on (milliseconds
+    /// since the Unix epoch, by the clock of the write's coordinator), and
+    /// are then collected like a tombstone. The deadline is part of the
+    /// sibling, so every replica holds the same one.
+    Expiring {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        expires_ms: u64,
+    },
 }
 
 impl Value {
@@ -79,12 +89,37 @@ impl Value {
         matches!(self, Value::Tombstone)
     }
 
+    /// The bytes written, whether or not they have expired (None for a
+    /// tombstone).
+    pub fn data(&self) -> Option<&[u8]> {
+        match self {
+            Value::Data(d) | Value::Expiring { data: d, .. } => Some(d),
+            Value::Tombstone => None,
+        }
+    }
+
+    /// The bytes a read at `now` (ms since the Unix epoch) returns: None
+    /// for a tombstone or a value expired by then.
+    pub fn live_at(&self, now: u64) -> Option<&[u8]> {
+        match self {
+            Value::Expiring { expires_ms, .. } if *expires_ms <= now => None,
+            other => other.data(),
+        }
+    }
+
+    /// From when the value reads as not found: at once for a tombstone,
+    /// at its deadline for an expiring value, never (None) for data.
+    pub fn ends_at(&self) -> Option<u64> {
+        match self {
+            Value::Data(_) => None,
+            Value::Tombstone => Some(0),
+            Value::Expiring { expires_ms, .. } => Some(*expires_ms),
+        }
+    }
+
     /// Bytes the value occupies (0 for a tombstone).
     pub fn len(&self) -> usize {
-        match self {
-            Value::Data(d) => d.len(),
-            Value::Tombstone => 0,
-        }
+        self.data().map_or(0, <[u8]>::len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -214,15 +249,22 @@ impl SiblingSet {
         })
     }
 
-    /// The values a read returns: every sibling that is not a tombstone.
+    /// The bytes of every sibling that is not a tombstone, expired ones
+    /// included (what `inspect` shows; a read returns `live_values`).
     pub fn values(&self) -> impl Iterator<Item = &[u8]> {
         self.entries
             .iter()
             .flat_map(|e| &e.values)
-            .filter_map(|v| match v {
-                Value::Data(d) => Some(d.as_slice()),
-                Value::Tombstone => None,
-            })
+            .filter_map(Value::data)
+    }
+
+    /// The values a read at `now` returns: every sibling that is neither a
+    /// tombstone nor expired.
+    pub fn live_values(&self, now: u64) -> impl Iterator<Item = &[u8]> {
+        self.entries
+            .iter()
+            .flat_map(|e| &e.values)
+            .filter_map(move |v| v.live_at(now))
     }
 
     pub fn sibling_count(&self) -> usize {
@@ -234,15 +276,24 @@ impl SiblingSet {
         self.sibling_count() == 0
     }
 
-    /// True when every sibling is a tombstone and there is at least one:
-    /// the key reads as not found.
-    pub fn is_deleted(&self) -> bool {
-        !self.is_empty()
-            && self
-                .entries
-                .iter()
-                .flat_map(|e| &e.values)
-                .all(Value::is_tombstone)
+    /// From when the key reads as not found, if nothing more is written to
+    /// it: when its last sibling ends (0 when all are tombstones). None
+    /// when a sibling never ends, or there is none.
+    pub fn ends_at(&self) -> Option<u64> {
+        if self.is_empty() {
+            return None;
+        }
+        self.entries
+            .iter()
+            .flat_map(|e| &e.values)
+            .try_fold(0, |last, v| Some(last.max(v.ends_at()?)))
+    }
+
+    /// True when the key reads as not found at `now` though it holds
+    /// siblings: each is a tombstone or expired. Such a key is collected
+    /// once every member holds the same copy or none.
+    pub fn is_gone_at(&self, now: u64) -> bool {
+        self.ends_at().is_some_and(|at| at <= now)
     }
 
     /// Bytes of live values, for size limits and load reports.
@@ -466,24 +517,63 @@ mod tests {
     }
 
     #[test]
+    fn an_expiring_value_reads_until_its_deadline_and_its_context_stays() {
+        let v1 = SiblingSet::new()
+            .update(&Context::default(), data("v1"), A)
+            .unwrap();
+        let expiring = Value::Expiring {
+            data: b"v2".to_vec(),
+            expires_ms: 1000,
+        };
+        let v2 = v1.update(&v1.context(), expiring, B).unwrap();
+        assert_eq!(v2.live_values(999).collect::<Vec<_>>(), [b"v2"]);
+        assert_eq!(v2.live_values(1000).count(), 0, "expired at its deadline");
+        assert_eq!(v2.values().count(), 1, "still stored");
+        assert_eq!((v2.ends_at(), v1.ends_at()), (Some(1000), None));
+        assert!(!v2.is_gone_at(999) && v2.is_gone_at(1000));
+        // A replica that missed v2 still holds v1: the merge is v2 alone,
+        // so v1 never comes back when v2 expires.
+        let merged = v1.merge(&v2);
+        assert_eq!(merged, v2);
+        assert_eq!(merged.live_values(5000).count(), 0);
+        // A write with the context of the expired read replaces it.
+        let again = merged.update(&merged.context(), data("v3"), A).unwrap();
+        assert_eq!(again.live_values(5000).collect::<Vec<_>>(), [b"v3"]);
+        assert_eq!(again.ends_at(), None);
+    }
+
+    #[test]
+    fn values_written_before_deadlines_existed_decode_unchanged() {
+        // Stored and sent by earlier versions: the variants keep their
+        // indexes, so what is on disk and on the wire still decodes.
+        assert_eq!(postcard::to_stdvec(&Value::Tombstone).unwrap(), [1]);
+        assert_eq!(postcard::to_stdvec(&data("v")).unwrap(), [0, 1, b'v']);
+        let expiring = Value::Expiring {
+            data: b"v".to_vec(),
+            expires_ms: 1,
+        };
+        assert_eq!(postcard::to_stdvec(&expiring).unwrap(), [2, 1, b'v', 1]);
+    }
+
+    #[test]
     fn tombstones_hide_the_key_but_keep_a_context() {
         let s = SiblingSet::new()
             .update(&Context::default(), data("v"), A)
             .unwrap();
         let d = s.update(&s.context(), Value::Tombstone, A).unwrap();
-        assert!(d.is_deleted());
+        assert!(d.is_gone_at(0));
         assert_eq!(d.values().count(), 0);
         assert!(!d.context().is_empty());
         // a write after the delete replaces the tombstone
         let w = d.update(&d.context(), data("again"), B).unwrap();
-        assert!(!w.is_deleted());
+        assert!(!w.is_gone_at(0));
         assert_eq!(values(&w), set(&["again"]));
         // a concurrent write and a delete stay siblings
         let c = s.update(&s.context(), data("concurrent"), B).unwrap();
         let both = c.merge(&d);
         assert_eq!(values(&both), set(&["concurrent"]));
         assert_eq!(both.sibling_count(), 2);
-        assert!(!both.is_deleted());
+        assert!(!both.is_gone_at(0));
     }
 
     #[test]

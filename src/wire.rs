@@ -219,6 +219,22 @@ pub enum ClientOp {
         #[serde(with = "serde_bytes")]
         after: Vec<u8>,
     },
+    /// A put whose value expires: `Put` with a TTL.
+    PutExpiring(PutExpiring),
+}
+
+/// A put whose value reads as not found `ttl_ms` after its coordinator
+/// took it (0: never, whatever its namespace's default TTL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutExpiring {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub context: Vec<u8>,
+    pub w: Option<u8>,
+    pub ttl_ms: u64,
 }
 
 /// The operations on one key, as a routed request carries them (the same
@@ -246,12 +262,16 @@ pub enum KeyOp {
         context: Vec<u8>,
         w: Option<u8>,
     },
+    PutExpiring(PutExpiring),
 }
 
 impl KeyOp {
     pub fn key(&self) -> &[u8] {
         match self {
-            KeyOp::Get { key, .. } | KeyOp::Put { key, .. } | KeyOp::Delete { key, .. } => key,
+            KeyOp::Get { key, .. }
+            | KeyOp::Put { key, .. }
+            | KeyOp::Delete { key, .. }
+            | KeyOp::PutExpiring(PutExpiring { key, .. }) => key,
         }
     }
 
@@ -259,7 +279,7 @@ impl KeyOp {
     pub fn effect(&self) -> Effect {
         match self {
             KeyOp::Get { .. } => Effect::Read,
-            KeyOp::Put { .. } | KeyOp::Delete { .. } => Effect::Write,
+            KeyOp::Put { .. } | KeyOp::Delete { .. } | KeyOp::PutExpiring(_) => Effect::Write,
         }
     }
 }
@@ -280,6 +300,7 @@ impl From<KeyOp> for ClientOp {
                 w,
             },
             KeyOp::Delete { key, context, w } => ClientOp::Delete { key, context, w },
+            KeyOp::PutExpiring(put) => ClientOp::PutExpiring(put),
         }
     }
 }
@@ -303,6 +324,7 @@ impl ClientOp {
             ClientOp::Get { key, .. }
             | ClientOp::Put { key, .. }
             | ClientOp::Delete { key, .. }
+            | ClientOp::PutExpiring(PutExpiring { key, .. })
             | ClientOp::Inspect { key } => key,
             ClientOp::List { prefix, .. } => prefix,
             ClientOp::Routed { op, .. } => op.key(),
@@ -330,9 +352,10 @@ impl ClientOp {
             ClientOp::Namespace(_) => "namespace",
             ClientOp::Batch(_) => "batch",
             ClientOp::List { .. } => "list",
+            ClientOp::PutExpiring(_) => "put",
             ClientOp::Routed { op, .. } => match op {
                 KeyOp::Get { .. } => "get",
-                KeyOp::Put { .. } => "put",
+                KeyOp::Put { .. } | KeyOp::PutExpiring(_) => "put",
                 KeyOp::Delete { .. } => "delete",
             },
         }
@@ -736,6 +759,22 @@ mod tests {
             frame[i] ^= 1 << bit;
             let decoded = codec().decode::<ClientRequest>(&frame);
             prop_assert!(!matches!(decoded, Ok(Some(_))), "corrupted frame decoded: {:?}", decoded);
+        }
+
+        #[test]
+        fn expiring_puts_are_appended_and_round_trip(ttl_ms in any::<u64>(), w in prop::option::of(any::<u8>())) {
+            let put = PutExpiring { key: b"k".to_vec(), value: b"v".to_vec(), context: vec![], w, ttl_ms };
+            let op = ClientOp::PutExpiring(put.clone());
+            let bytes = postcard::to_stdvec(&op).unwrap();
+            prop_assert_eq!(bytes[0], 16, "after every earlier ClientOp");
+            let routed = postcard::to_stdvec(&KeyOp::PutExpiring(put.clone())).unwrap();
+            prop_assert_eq!(routed[0], 3, "after every earlier KeyOp");
+            prop_assert_eq!(&routed[1..], &bytes[1..]);
+            let req = ClientRequest { id: 7, op };
+            let frame = FrameCodec::default().to_frame(&req).unwrap();
+            let (back, _): (ClientRequest, _) = FrameCodec::default().decode(&frame).unwrap().unwrap();
+            prop_assert_eq!(back, req);
+            prop_assert_eq!(ClientOp::from(KeyOp::PutExpiring(put.clone())), ClientOp::PutExpiring(put));
         }
 
         #[test]

@@ -20,7 +20,6 @@ use dynakv::partition::Partition;
 use dynakv::peer::{NodeLoad, PeerMsg};
 use dynakv::routing::RingSnapshot;
 use dynakv::topology::Topology;
-use dynakv::version::Value;
 use dynakv::wire::{
     ClientOp, ClientReply, LocalCopy, MemberLoad, MemberStatus, NetFault, StatusReport,
 };
@@ -133,6 +132,7 @@ impl Operations {
             ClientOp::Get { .. }
             | ClientOp::Put { .. }
             | ClientOp::Delete { .. }
+            | ClientOp::PutExpiring(_)
             | ClientOp::Routed { .. }
             | ClientOp::Batch(_)
             | ClientOp::List { .. } => {
@@ -297,11 +297,11 @@ impl Operations {
                     siblings: state
                         .siblings()
                         .map(|s| {
-                            let value = match s.value {
-                                Value::Data(d) => Some(d.clone()),
-                                Value::Tombstone => None,
-                            };
-                            (s.dot.actor.0, s.dot.counter, value)
+                            (
+                                s.dot.actor.0,
+                                s.dot.counter,
+                                s.value.data().map(<[u8]>::to_vec),
+                            )
                         })
                         .collect(),
                     context: state.context().to_bytes(),

@@ -23,3 +23,13 @@ impl Clock {
         Duration::from_millis(at.saturating_sub(self.now()))
     }
 }
+
+/// Milliseconds since the Unix epoch on this host's wall clock: the time
+/// expiry deadlines are set and read by (`dynakv::version::Value::Expiring`).
+/// Hosts' clocks disagree by their skew; that shifts when a value expires,
+/// nothing else. A clock before 1970 reads as 0.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -17,18 +17,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::prelude::*;
-use dynakv::coordinator::{Planned, Planner};
+use dynakv::coordinator::{Planned, Planner, Write};
 use dynakv::listing::{Listing, coverage};
 use dynakv::replica::ReplicaMsg;
 use dynakv::ring::Ring;
 use dynakv::topology::Topology;
 use dynakv::version::Value;
-use dynakv::wire::{ClientOp, ClientReply, KeyOp, KeyReply};
+use dynakv::wire::{ClientOp, ClientReply, KeyOp, KeyReply, PutExpiring};
 use dynakv::{Error, Result};
 use tokio::sync::oneshot;
 use tracing::debug_span;
 
 use crate::admin::Operations;
+use crate::clock::wall_ms;
 use crate::events::Events;
 use crate::messages::RingChanged;
 use crate::session::{Router, Session, SessionEnv};
@@ -94,9 +95,26 @@ impl Coordinator {
                 value,
                 context,
                 w,
-            } => self.planner.write(t, key, Value::Data(value), &context, w),
+            } => {
+                let write = Write::new(Value::Data(value), &context, w);
+                self.planner.write(t, key, write, wall_ms())
+            }
+            ClientOp::PutExpiring(PutExpiring {
+                key,
+                value,
+                context,
+                w,
+                ttl_ms,
+            }) => {
+                let write = Write {
+                    ttl_ms: Some(ttl_ms),
+                    ..Write::new(Value::Data(value), &context, w)
+                };
+                self.planner.write(t, key, write, wall_ms())
+            }
             ClientOp::Delete { key, context, w } => {
-                self.planner.write(t, key, Value::Tombstone, &context, w)
+                let write = Write::new(Value::Tombstone, &context, w);
+                self.planner.write(t, key, write, wall_ms())
             }
             other => Err(Error::Internal(format!(
                 "{} is not a read or write",
@@ -334,7 +352,10 @@ impl Handler<Execute> for Coordinator {
             };
             if !matches!(
                 op,
-                ClientOp::Get { .. } | ClientOp::Put { .. } | ClientOp::Delete { .. }
+                ClientOp::Get { .. }
+                    | ClientOp::Put { .. }
+                    | ClientOp::Delete { .. }
+                    | ClientOp::PutExpiring(_)
             ) {
                 return act.operate(op, reply);
             }

@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use tracing::{Instrument, Span, debug};
 
 use crate::bridge::{Bridge, call};
+use crate::clock::wall_ms;
 use crate::events::{Event, Events};
 use crate::replica::{Answer, Replica, Serve, answered};
 
@@ -141,7 +142,7 @@ impl Session {
         if let Some(outcome) = outcome
             && let Some(reply) = self.reply.take()
         {
-            let _ = reply.send(client_reply(outcome));
+            let _ = reply.send(client_reply(outcome, wall_ms()));
         }
     }
 

@@ -36,6 +36,7 @@ use dynakv::version::Actor as Writer;
 use dynakv::{Error, NodeId, Result};
 use tracing::error;
 
+use crate::clock::wall_ms;
 use crate::storage::{FjallStore, Storage};
 
 /// Counters shared by the worker and the syncer (both write and sync).
@@ -293,9 +294,9 @@ impl Actor for StorageWorker {
 }
 
 impl StorageWorker {
-    /// Applies one replica message.
-    fn apply(&mut self, msg: ReplicaMsg) -> Result<ReplicaMsg> {
-        self.with_core(|core| core.apply(msg))
+    /// Applies one replica message at `now` (`wall_ms`).
+    fn apply(&mut self, msg: ReplicaMsg, now: u64) -> Result<ReplicaMsg> {
+        self.with_core(|core| core.apply(msg, now))
     }
 }
 
@@ -309,11 +310,12 @@ impl Handler<ApplyBatch> for StorageWorker {
             return fail_all(e);
         }
         let mut writes = 0;
+        let now = wall_ms();
         let replies: Vec<Result<ReplicaMsg>> = msgs
             .into_iter()
             .map(|msg| {
                 let write = !matches!(msg, ReplicaMsg::Read { .. } | ReplicaMsg::List { .. });
-                let reply = self.apply(msg);
+                let reply = self.apply(msg, now);
                 writes += u64::from(write && reply.is_ok());
                 reply
             })
@@ -379,7 +381,7 @@ core_handlers! {
     };
     AeRespond(AeRespond(msg)) -> AeMsg, writes: true, |core| anti_entropy::respond(core, msg);
     AeRoots(AeRoots(partitions)) -> AeMsg, writes: false, |core| Ok(anti_entropy::roots(core, &partitions));
-    FindTombstones(m) -> Vec<Entry>, writes: false, |core| core.tombstones(m.partition, m.limit);
+    FindTombstones(m) -> Vec<Entry>, writes: false, |core| core.tombstones(m.partition, m.limit, wall_ms());
     GcRespond(GcRespond(msg)) -> GcMsg, writes: true, |core| tombstones::respond(core, msg);
     HandoffRespond(HandoffRespond(msg)) -> HandoffMsg, writes: false, |core| handoff::respond(core, msg);
     HeldPartitions(_m) -> Vec<Partition>, writes: false, |core| Ok(core.held_partitions());

@@ -634,7 +634,7 @@ mod tests {
             .collect();
         let replicas = |_| ids.iter().cloned().collect();
         let probe = |r: &mut [Replica<MemStore>]| {
-            let found = r[0].tombstones(p, 10).unwrap();
+            let found = r[0].tombstones(p, 10, 0).unwrap();
             let answers: Vec<(NodeId, Vec<Holding>)> = r
                 .iter()
                 .zip(&ids)

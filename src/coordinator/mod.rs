@@ -38,13 +38,13 @@ mod tally;
 
 pub use get::GetSession;
 pub use put::{PutSession, Written};
-pub use request::{Limits, Planned, Planner};
+pub use request::{Limits, Planned, Planner, Write};
 pub use route::{Replica, Route};
 
 use crate::error::Result;
 use crate::node::NodeId;
 use crate::replica::ReplicaMsg;
-use crate::version::{SiblingSet, Value};
+use crate::version::SiblingSet;
 use crate::wire::ClientReply;
 
 /// A replica request the shell must send, to a node (possibly itself).
@@ -86,14 +86,15 @@ pub enum Outcome {
     Written(Written),
 }
 
-/// The client's reply to a session's outcome: a read's live values and
-/// context, or a write's new context with the values of the siblings it
-/// kept (the ones a write with that context supersedes, besides the new
-/// value).
-pub fn client_reply(outcome: Result<Outcome>) -> ClientReply {
+/// The client's reply at `now` (ms since the Unix epoch) to a session's
+/// outcome: a read's live values (neither deleted nor expired) and
+/// context, or a write's new context with the live values of the siblings
+/// it kept (the ones a write with that context supersedes, besides the
+/// new value).
+pub fn client_reply(outcome: Result<Outcome>, now: u64) -> ClientReply {
     match outcome {
         Ok(Outcome::Read(state)) => ClientReply::Value {
-            values: state.values().map(<[u8]>::to_vec).collect(),
+            values: state.live_values(now).map(<[u8]>::to_vec).collect(),
             context: state.context().to_bytes(),
         },
         Ok(Outcome::Written(Written { state, dot })) => ClientReply::Written {
@@ -101,10 +102,7 @@ pub fn client_reply(outcome: Result<Outcome>) -> ClientReply {
             others: state
                 .siblings()
                 .filter(|s| s.dot != dot)
-                .filter_map(|s| match s.value {
-                    Value::Data(d) => Some(d.clone()),
-                    Value::Tombstone => None,
-                })
+                .filter_map(|s| s.value.live_at(now).map(<[u8]>::to_vec))
                 .collect(),
         },
         Err(e) => ClientReply::error(&e),
@@ -177,7 +175,7 @@ mod tests {
     use crate::error::Error;
     use crate::liveness::Health;
     use crate::version::Actor;
-    use crate::version::Context;
+    use crate::version::{Context, Value};
     use get::read;
 
     fn id(s: &str) -> NodeId {
@@ -210,7 +208,8 @@ mod tests {
 
     #[test]
     fn a_write_reply_names_the_live_siblings_other_than_the_new_value() {
-        // Three concurrent writes, one of them a delete; "c" is the new one.
+        // Four concurrent writes, one of them a delete, one expired at 10;
+        // "c" is the new one.
         let concurrent = |value: Value, actor: u64| {
             SiblingSet::new()
                 .update(&Context::default(), value, Actor(actor))
@@ -218,20 +217,33 @@ mod tests {
         };
         let written = concurrent(Value::Data(b"c".to_vec()), 3);
         let dot = written.siblings().next().unwrap().dot;
+        let expired = Value::Expiring {
+            data: b"e".to_vec(),
+            expires_ms: 10,
+        };
         let state = state("a", 1)
             .merge(&concurrent(Value::Tombstone, 2))
+            .merge(&concurrent(expired, 4))
             .merge(&written);
-        match client_reply(Ok(Outcome::Written(Written {
+        let written = Written {
             state: state.clone(),
             dot,
-        }))) {
+        };
+        match client_reply(Ok(Outcome::Written(written.clone())), 9) {
+            ClientReply::Written { mut others, .. } => {
+                others.sort();
+                assert_eq!(others, vec![b"a".to_vec(), b"e".to_vec()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match client_reply(Ok(Outcome::Written(written)), 10) {
             ClientReply::Written { context, others } => {
                 assert_eq!(others, vec![b"a".to_vec()]);
                 assert_eq!(context, state.context().to_bytes());
             }
             other => panic!("{other:?}"),
         }
-        match client_reply(Ok(Outcome::Read(state.clone()))) {
+        match client_reply(Ok(Outcome::Read(state.clone())), 10) {
             ClientReply::Value {
                 mut values,
                 context,
@@ -242,7 +254,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(client_reply(Err(down())), ClientReply::error(&down()));
+        assert_eq!(client_reply(Err(down()), 0), ClientReply::error(&down()));
     }
 
     fn route(targets: &[&str], fallbacks: &[&str]) -> Route {

@@ -32,6 +32,30 @@ pub struct Limits {
     pub owner_hints: bool,
 }
 
+/// What a put or delete writes: `value` (a tombstone: a delete) over what
+/// `context` (the opaque bytes of an earlier read) covers, at W = `w`
+/// (None: the namespace's), expiring after `ttl_ms` (None: the
+/// namespace's TTL; 0: never).
+#[derive(Debug, Clone)]
+pub struct Write<'a> {
+    pub value: Value,
+    pub context: &'a [u8],
+    pub w: Option<u8>,
+    pub ttl_ms: Option<u64>,
+}
+
+impl<'a> Write<'a> {
+    /// A write with its namespace's TTL.
+    pub fn new(value: Value, context: &'a [u8], w: Option<u8>) -> Self {
+        Write {
+            value,
+            context,
+            w,
+            ttl_ms: None,
+        }
+    }
+}
+
 /// A request ready to run as a session.
 pub struct Planned {
     /// "get", "put" or "delete", for metrics and logs.
@@ -69,28 +93,39 @@ impl Planner {
         })
     }
 
-    /// A write of `value` (a tombstone: a delete) over what `context` (the
-    /// opaque bytes of an earlier read) covers, at W = `w`.
+    /// A write of `key`, coordinated at `now` (ms since the Unix epoch):
+    /// a value with a TTL (the write's, else its namespace's) expires that
+    /// long after `now`.
     pub fn write(
         &self,
         t: Option<&Topology>,
         key: Vec<u8>,
-        value: Value,
-        context: &[u8],
-        w: Option<u8>,
+        write: Write<'_>,
+        now: u64,
     ) -> Result<Planned> {
+        let Write {
+            value,
+            context,
+            w,
+            ttl_ms,
+        } = write;
         self.check_key(&key)?;
         let (t, ring) = self.formed(t)?;
         let ns = self.namespace(t, &key)?;
-        if let Value::Data(v) = &value
-            && v.len() > ns.max_value_bytes as usize
-        {
+        if value.len() > ns.max_value_bytes as usize {
             return Err(Error::InvalidRequest(format!(
                 "value of {} bytes exceeds the limit of {}",
-                v.len(),
+                value.len(),
                 ns.max_value_bytes
             )));
         }
+        let value = match (value, ttl_ms.unwrap_or(ns.ttl_ms)) {
+            (Value::Data(data), ttl) if ttl > 0 => Value::Expiring {
+                data,
+                expires_ms: now.saturating_add(ttl),
+            },
+            (value, _) => value,
+        };
         let w = quorum("w", w, ns.w, ns.n)?;
         let context = Context::from_bytes(context)?;
         let (partition, route) = self.route(t, ring, &key, ns.n);
@@ -217,9 +252,8 @@ mod tests {
             .write(
                 Some(&t),
                 b"k".to_vec(),
-                Value::Data(b"v".to_vec()),
-                &[],
-                Some(3),
+                Write::new(Value::Data(b"v".to_vec()), &[], Some(3)),
+                0,
             )
             .unwrap();
         assert_eq!(put.op, "put");
@@ -230,7 +264,12 @@ mod tests {
             "this node mints when it is a replica"
         );
         let delete = p
-            .write(Some(&t), b"k".to_vec(), Value::Tombstone, &[], None)
+            .write(
+                Some(&t),
+                b"k".to_vec(),
+                Write::new(Value::Tombstone, &[], None),
+                0,
+            )
             .unwrap();
         assert_eq!(delete.op, "delete");
         assert_eq!(get.partition, Partition::of_key(b"k", 16));
@@ -247,15 +286,25 @@ mod tests {
             (p.get(Some(&t), b"k".to_vec(), Some(0)), "r = 0"),
             (p.get(Some(&t), b"k".to_vec(), Some(4)), "r = 4"),
             (
-                p.write(Some(&t), b"k".to_vec(), data(17), &[], None),
+                p.write(Some(&t), b"k".to_vec(), Write::new(data(17), &[], None), 0),
                 "value of 17 bytes",
             ),
             (
-                p.write(Some(&t), b"k".to_vec(), data(1), &[], Some(9)),
+                p.write(
+                    Some(&t),
+                    b"k".to_vec(),
+                    Write::new(data(1), &[], Some(9)),
+                    0,
+                ),
                 "w = 9",
             ),
             (
-                p.write(Some(&t), b"k".to_vec(), data(1), b"\xff\xff", None),
+                p.write(
+                    Some(&t),
+                    b"k".to_vec(),
+                    Write::new(data(1), b"\xff\xff", None),
+                    0,
+                ),
                 "context",
             ),
         ] {
@@ -278,7 +327,7 @@ mod tests {
         };
         std::sync::Arc::make_mut(&mut t.view)
             .namespaces
-            .create(carts.clone(), settings, &id("a"))
+            .create(carts.clone(), settings.clone(), &id("a"))
             .unwrap();
         let p = planner("a");
         let key = |k: &[u8]| namespace::key_in(&carts, k).unwrap();
@@ -288,13 +337,71 @@ mod tests {
         };
         let get = p.get(Some(&t), key(b"k"), None).unwrap();
         assert_eq!(targets(get), 2, "a read of the namespace's 2 replicas");
-        let put = p.write(Some(&t), key(b"k"), Value::Tombstone, &[], None);
+        let put = p.write(
+            Some(&t),
+            key(b"k"),
+            Write::new(Value::Tombstone, &[], None),
+            0,
+        );
         assert_eq!(targets(put.unwrap()), 2);
         assert_eq!(
             p.get(Some(&t), key(b"k"), None).unwrap().partition,
             Partition::of_key(&key(b"k"), 16),
             "the whole stored key is hashed"
         );
+        // A namespace with a TTL: a value expires that long after the
+        // coordinator's now; a delete stays a tombstone.
+        let mut with_ttl = t.clone();
+        let ttl = Settings {
+            ttl_ms: 2000,
+            ..settings
+        };
+        std::sync::Arc::make_mut(&mut with_ttl.view)
+            .namespaces
+            .alter(&carts, ttl, &id("a"))
+            .unwrap();
+        let minted = |planned: Planned| match &planned.initial[0].msg {
+            crate::replica::ReplicaMsg::Update { value, .. } => value.clone(),
+            other => panic!("{other:?}"),
+        };
+        let put = p.write(
+            Some(&with_ttl),
+            key(b"k"),
+            Write::new(Value::Data(b"v".to_vec()), &[], None),
+            5,
+        );
+        let expiring = Value::Expiring {
+            data: b"v".to_vec(),
+            expires_ms: 2005,
+        };
+        assert_eq!(minted(put.unwrap()), expiring);
+        let delete = p.write(
+            Some(&with_ttl),
+            key(b"k"),
+            Write::new(Value::Tombstone, &[], None),
+            5,
+        );
+        assert_eq!(minted(delete.unwrap()), Value::Tombstone);
+        let put = p.write(
+            Some(&t),
+            key(b"k"),
+            Write::new(Value::Data(b"v".to_vec()), &[], None),
+            5,
+        );
+        assert_eq!(minted(put.unwrap()), Value::Data(b"v".to_vec()), "no TTL");
+        // A write's own TTL wins over its namespace's; 0 is none.
+        let own = |ttl_ms| Write {
+            ttl_ms: Some(ttl_ms),
+            ..Write::new(Value::Data(b"v".to_vec()), &[], None)
+        };
+        let put = p.write(Some(&t), key(b"k"), own(1000), 5);
+        let expiring = Value::Expiring {
+            data: b"v".to_vec(),
+            expires_ms: 1005,
+        };
+        assert_eq!(minted(put.unwrap()), expiring);
+        let put = p.write(Some(&with_ttl), key(b"k"), own(0), 5);
+        assert_eq!(minted(put.unwrap()), Value::Data(b"v".to_vec()));
         let users = namespace::key_in(&namespace::Name::new("users").unwrap(), b"k").unwrap();
         for (request, says) in [
             (
@@ -302,7 +409,12 @@ mod tests {
                 "r = 3 must be between 1 and N = 2",
             ),
             (
-                p.write(Some(&t), key(b"k"), Value::Data(vec![0; 5]), &[], None),
+                p.write(
+                    Some(&t),
+                    key(b"k"),
+                    Write::new(Value::Data(vec![0; 5]), &[], None),
+                    0,
+                ),
                 "value of 5 bytes exceeds the limit of 4",
             ),
             (p.get(Some(&t), key(b""), None), "empty key"),
@@ -324,7 +436,12 @@ mod tests {
         let out = topology(&["a", "b", "c", "d"], &[], &["a"], 16);
         let (kind, message) = refused(p.get(Some(&out), b"k".to_vec(), None));
         assert_eq!(kind, ErrorKind::Removed, "{message}");
-        let (kind, _) = refused(p.write(Some(&out), b"k".to_vec(), Value::Tombstone, &[], None));
+        let (kind, _) = refused(p.write(
+            Some(&out),
+            b"k".to_vec(),
+            Write::new(Value::Tombstone, &[], None),
+            0,
+        ));
         assert_eq!(kind, ErrorKind::Removed);
     }
 
@@ -337,12 +454,22 @@ mod tests {
             Session::Get(_) => 0,
         };
         let with = p
-            .write(Some(&t), b"k".to_vec(), Value::Tombstone, &[], None)
+            .write(
+                Some(&t),
+                b"k".to_vec(),
+                Write::new(Value::Tombstone, &[], None),
+                0,
+            )
             .unwrap();
         assert_eq!(hints(with), 1, "an owner keeps c's hint");
         p.limits.owner_hints = false;
         let without = p
-            .write(Some(&t), b"k".to_vec(), Value::Tombstone, &[], None)
+            .write(
+                Some(&t),
+                b"k".to_vec(),
+                Write::new(Value::Tombstone, &[], None),
+                0,
+            )
             .unwrap();
         assert_eq!(hints(without), 0);
     }

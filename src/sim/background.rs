@@ -216,7 +216,7 @@ impl Sim {
             match w {
                 GcWork::Find { partition, limit } => {
                     let node = &mut self.nodes[i];
-                    let found = node.replica.tombstones(partition, limit);
+                    let found = node.replica.tombstones(partition, limit, self.now);
                     let next = node.collector.on_found(found);
                     self.gc_work(i, next);
                 }

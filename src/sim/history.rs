@@ -20,11 +20,13 @@
 //!   context of a write that took effect (this is how a deleted key would
 //!   reappear);
 //! - no phantom: every value read was written by someone, and reached a
-//!   replica.
+//!   replica;
+//! - nothing expired comes back: no read returns a value after its
+//!   deadline (a value that expired may be collected, like a tombstone).
 
 use std::collections::BTreeMap;
 
-use crate::version::{Context, Dot, SiblingSet, Value};
+use crate::version::{Context, Dot, SiblingSet};
 
 /// One client write (put or delete).
 #[derive(Debug, Clone)]
@@ -39,6 +41,9 @@ pub struct Write {
     pub acked: Option<Dot>,
     pub start: u64,
     pub end: Option<u64>,
+    /// When the value expires (its namespace's TTL after `start`, when the
+    /// coordinator planned it).
+    pub expires: Option<u64>,
 }
 
 /// One successful client read.
@@ -55,9 +60,10 @@ pub struct History {
     pub reads: Vec<Read>,
     /// Operations that failed or got no answer.
     pub failed: usize,
-    /// Keys some replica collected a tombstone of, with the context of each
-    /// tombstone set collected (every live replica had seen that much).
-    pub collected: BTreeMap<usize, Vec<Context>>,
+    /// Keys some replica collected a tombstone (or an expired value) of,
+    /// with the context of each sibling set collected (every live replica
+    /// had seen that much) and when.
+    pub collected: BTreeMap<usize, Vec<(Context, u64)>>,
     /// Nodes removed from the cluster (their disks written off).
     pub removed: usize,
 }
@@ -79,9 +85,17 @@ impl History {
             .collect();
         for read in &self.reads {
             for v in &read.values {
-                if by_value.get(v.as_slice()).is_none_or(|w| w.dots.is_empty()) {
+                let Some(w) = by_value.get(v.as_slice()).filter(|w| !w.dots.is_empty()) else {
                     return Err(format!(
                         "a read of key-{} at {} ms returned {:?}, which no replica minted",
+                        read.key,
+                        read.at,
+                        String::from_utf8_lossy(v)
+                    ));
+                };
+                if let Some(expires) = w.expires.filter(|e| *e <= read.at) {
+                    return Err(format!(
+                        "a read of key-{} at {} ms returned {:?}, which expired at {expires} ms",
                         read.key,
                         read.at,
                         String::from_utf8_lossy(v)
@@ -101,7 +115,7 @@ impl History {
                 || self
                     .collected
                     .get(&key)
-                    .is_some_and(|c| c.iter().any(|c| c.covers(dot)))
+                    .is_some_and(|c| c.iter().any(|(c, _)| c.covers(dot)))
         };
         let took_effect = |w: &Write| w.acked.is_some() || w.dots.iter().any(|d| seen(w.key, *d));
         let superseded_by = |key: usize, dot: Dot| {
@@ -116,9 +130,9 @@ impl History {
                     return Err(format!(
                         "key-{key} holds sibling {} ({}) although {} (started at {} ms) superseded it",
                         s.dot,
-                        match s.value {
-                            Value::Data(d) => format!("{:?}", String::from_utf8_lossy(d)),
-                            Value::Tombstone => "a tombstone".into(),
+                        match s.value.data() {
+                            Some(d) => format!("{:?}", String::from_utf8_lossy(d)),
+                            None => "a tombstone".into(),
                         },
                         describe(&w.value),
                         w.start
@@ -138,7 +152,14 @@ impl History {
             }
             for &dot in &w.dots {
                 let present = finals[w.key].siblings().any(|s| s.dot == dot);
-                let collected = w.value.is_none() && self.collected.contains_key(&w.key);
+                // A delete's tombstone may be collected; a value only once
+                // it has expired.
+                let collected = self.collected.get(&w.key).is_some_and(|c| {
+                    w.value.is_none()
+                        || w.expires.is_some_and(|expires| {
+                            c.iter().any(|(c, at)| c.covers(dot) && *at >= expires)
+                        })
+                });
                 let written_off = w.acked != Some(dot) && self.removed > 0;
                 if !present && !collected && !written_off && superseded_by(w.key, dot).is_none() {
                     let acked = if w.acked == Some(dot) {

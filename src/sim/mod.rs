@@ -169,6 +169,30 @@ const TRACE_LINES: usize = 300;
 /// gone, and never touches again: their tombstones get collected while it
 /// is away, so a resurrection would show.
 const DOOMED_KEYS: usize = 3;
+/// The namespace the odd-numbered keys live in, created by an operator
+/// once the cluster has formed: its values expire `EXPIRING_TTL` ms after
+/// they are written, and are then collected like tombstones.
+const EXPIRING: &str = "expiring";
+const EXPIRING_TTL: u64 = 3_000;
+/// How often the operator tries to create it until the cluster has formed.
+const CREATE_RETRY: u64 = 200;
+
+/// Key `k`'s stored form: the even ones in `default`, the odd ones in
+/// `EXPIRING`.
+fn sim_key(k: usize) -> Vec<u8> {
+    let name = if k % 2 == 1 {
+        EXPIRING
+    } else {
+        namespace::DEFAULT
+    };
+    let name = namespace::Name::new(name).expect("a valid name");
+    namespace::key_in(&name, format!("key-{k}").as_bytes()).expect("a valid key")
+}
+
+/// When a value of key `k` written at `now` expires.
+fn expiry(k: usize, now: u64) -> Option<u64> {
+    (k % 2 == 1).then_some(now + EXPIRING_TTL)
+}
 
 /// The generator every random choice comes from (SplitMix64).
 #[derive(Debug, Clone)]

@@ -3,11 +3,14 @@
 //! removal; and the end of the faults, when every node runs again.
 
 use crate::membership::Membership;
+use crate::namespace;
 use crate::replica::Replica;
 use crate::version::Actor;
 
 use super::workload::ClientOp;
-use super::{DOOMED_KEYS, Event, Sim, founders, settings};
+use super::{
+    CREATE_RETRY, DOOMED_KEYS, EXPIRING, EXPIRING_TTL, Event, Sim, founders, planner, settings,
+};
 
 impl Sim {
     pub(super) fn nemesis(&mut self) {
@@ -72,6 +75,35 @@ impl Sim {
 
     /// An operator stops a founder and removes it through another member;
     /// it starts again later on its old disk, as a careless restart would.
+    /// Creates the namespace of the expiring keys through node 0, as
+    /// `dynakv ns create` does; tried again until the cluster has formed.
+    pub(super) fn create_namespace(&mut self) {
+        let request = namespace::Request::Create {
+            name: EXPIRING.into(),
+            changes: namespace::Changes {
+                ttl_ms: Some(EXPIRING_TTL),
+                ..namespace::Changes::default()
+            },
+        };
+        let defaults = planner(&self.cfg, 0).limits.defaults;
+        let node = &mut self.nodes[0];
+        let created = if node.running {
+            node.membership.namespace(request, &defaults)
+        } else {
+            Err(crate::Error::Unavailable("n0 is down".into()))
+        };
+        match created {
+            Ok((changed, _)) => {
+                node.keep_view(changed);
+                self.note(|| format!("namespace {EXPIRING} created through n0"));
+            }
+            Err(e) => {
+                self.note(|| format!("namespace {EXPIRING} not created yet: {e}"));
+                self.schedule(self.now + CREATE_RETRY, Event::CreateNamespace);
+            }
+        }
+    }
+
     pub(super) fn remove_one(&mut self) {
         let r = self.rng.below(founders(&self.cfg) as u64) as usize;
         if self.nodes[r].running {

@@ -206,7 +206,7 @@ impl Sim {
                 write,
                 msg,
             } => {
-                let reply = self.nodes[to].replica.apply(msg);
+                let reply = self.nodes[to].replica.apply(msg, self.now);
                 if let (Some(w), Ok(ReplicaMsg::Updated { dot, .. })) = (write, &reply) {
                     self.history.writes[w].dots.push(*dot);
                     let line = format!(
@@ -253,7 +253,8 @@ impl Sim {
                     for (key, state) in &collecting {
                         if let Some(k) = self.keys.iter().position(|x| x == key) {
                             let seen = state.context();
-                            self.history.collected.entry(k).or_default().push(seen);
+                            let collected = self.history.collected.entry(k).or_default();
+                            collected.push((seen, self.now));
                         }
                     }
                 }

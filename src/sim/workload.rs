@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::coordinator::{Outcome as Answer, Request, Session as CoreSession, Step, Written};
+use crate::coordinator::{
+    Outcome as Answer, Request, Session as CoreSession, Step, Write as WriteOp, Written,
+};
 use crate::error::Result;
 use crate::node::NodeId;
 use crate::replica::ReplicaMsg;
@@ -13,7 +15,7 @@ use crate::version::{Context, Value};
 
 use super::history::{Read, Write, describe};
 use super::network::Msg;
-use super::{ATTEMPT_TIMEOUT, DEADLINE, Event, Session, Sim, planner};
+use super::{ATTEMPT_TIMEOUT, DEADLINE, Event, Session, Sim, expiry, planner};
 
 #[derive(Debug, Clone, Copy)]
 pub(super) enum ClientOp {
@@ -94,7 +96,9 @@ impl Sim {
                     }
                 };
                 let stored = value.clone().map_or(Value::Tombstone, Value::Data);
-                let planned = planner.write(Some(&topology), k, stored, &context.to_bytes(), None);
+                let context_bytes = context.to_bytes();
+                let write = WriteOp::new(stored, &context_bytes, None);
+                let planned = planner.write(Some(&topology), k, write, self.now);
                 if planned.is_err() {
                     (planned, None)
                 } else {
@@ -107,6 +111,7 @@ impl Sim {
                         acked: None,
                         start: self.now,
                         end: None,
+                        expires: value.as_ref().and_then(|_| expiry(key, self.now)),
                     });
                     let line = format!(
                         "client {c}: write #{w} key-{key} {} via n{coordinator}",
@@ -197,7 +202,8 @@ impl Sim {
         self.clients[c].waiting = None;
         match answer {
             Ok(Answer::Read(state)) => {
-                let values: Vec<Vec<u8>> = state.values().map(<[u8]>::to_vec).collect();
+                let values: Vec<Vec<u8>> =
+                    state.live_values(self.now).map(<[u8]>::to_vec).collect();
                 let line = format!(
                     "client {c}: got key-{key} {:?}",
                     values

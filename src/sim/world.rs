@@ -73,6 +73,8 @@ pub(super) enum Event {
     },
     /// The spare node starts and joins.
     Join,
+    /// The operator creates the namespace `EXPIRING` (at node 0).
+    CreateNamespace,
     /// A random member that is up begins to leave.
     Leave,
     /// A founder is stopped, and an operator removes it.
@@ -272,9 +274,7 @@ impl Sim {
         let doomed = if cfg.removal { DOOMED_KEYS } else { 0 };
         let operator = usize::from(cfg.removal);
         let mut sim = Sim {
-            keys: (0..cfg.keys + doomed)
-                .map(|k| format!("key-{k}").into_bytes())
-                .collect(),
+            keys: (0..cfg.keys + doomed).map(sim_key).collect(),
             clients: (0..cfg.clients + operator)
                 .map(|_| Client::default())
                 .collect(),
@@ -326,6 +326,7 @@ impl Sim {
             sim.schedule(at, Event::Client { client: c });
         }
         sim.schedule(2_000, Event::Nemesis);
+        sim.schedule(CREATE_RETRY, Event::CreateNamespace);
         Ok(sim)
     }
 
@@ -514,6 +515,7 @@ impl Sim {
             }
             Event::Leave => self.begin_leave(),
             Event::Remove => self.remove_one(),
+            Event::CreateNamespace => self.create_namespace(),
             Event::HandoffWake { node, life } => {
                 if self.nodes[node].running && self.nodes[node].life == life {
                     self.handoff_tick(node);

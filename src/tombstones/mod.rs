@@ -1,4 +1,7 @@
 //! Tombstone collection: when a deleted key may finally be forgotten.
+//! Expired values are collected the same way: a key whose every sibling
+//! is a tombstone or expired (`SiblingSet::is_gone_at`) is a tombstone
+//! here.
 //!
 //! A delete is a tombstone sibling written like any value. Removing it is
 //! only safe once no copy of the key anywhere could bring an older value
@@ -111,15 +114,17 @@ pub fn probe<S: Store>(
         .collect()
 }
 
-/// Deletes each key whose local copy is still exactly the given tombstone
-/// (a write that raced with the collection survives). Returns how many.
+/// Deletes each key whose local copy is still exactly the given dead
+/// sibling set (a write that raced with the collection survives). Returns
+/// how many. The collector chose keys gone by its clock; a set that could
+/// never end (a value without a deadline) is refused whatever it says.
 pub fn collect<S: Store>(
     local: &mut Replica<S>,
     entries: &[(Vec<u8>, SiblingSet)],
 ) -> Result<usize> {
     let mut removed = 0;
     for (key, tombstone) in entries {
-        if tombstone.is_deleted() && local.read(key)? == *tombstone {
+        if tombstone.ends_at().is_some() && local.read(key)? == *tombstone {
             local.remove(key)?;
             removed += 1;
         }

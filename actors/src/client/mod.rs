@@ -43,7 +43,9 @@ use std::time::Duration;
 use dynakv::handoff::{PlanChange, PlanReport};
 use dynakv::namespace;
 use dynakv::routing::{ClusterMap, DEFAULT_RING_REFRESH_MS, Routing};
-use dynakv::wire::{ClientOp, ClientReply, KeyOp, KeyReply, LocalCopy, NetFault, StatusReport};
+use dynakv::wire::{
+    ClientOp, ClientReply, KeyOp, KeyReply, LocalCopy, NetFault, PutExpiring, StatusReport,
+};
 use dynakv::{Error, NodeId, Result};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -290,6 +292,28 @@ impl Client {
             context: context.to_vec(),
             w,
         };
+        written(self.shared.call_key(op).await?)
+    }
+
+    /// A put whose value reads as not found `ttl` after the coordinator
+    /// took it (whatever the namespace's default TTL; zero: never). The
+    /// deadline is set by that node's wall clock.
+    pub async fn put_with_ttl(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        context: &[u8],
+        w: Option<u8>,
+        ttl: Duration,
+    ) -> Result<WriteResult> {
+        let op = KeyOp::PutExpiring(PutExpiring {
+            key: self.stored(key)?,
+            value: value.to_vec(),
+            context: context.to_vec(),
+            w,
+            ttl_ms: u64::try_from(ttl.as_millis())
+                .map_err(|_| Error::InvalidRequest("the TTL is too long".into()))?,
+        });
         written(self.shared.call_key(op).await?)
     }
 

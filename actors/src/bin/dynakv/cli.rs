@@ -98,6 +98,10 @@ pub enum Command {
         context: String,
         #[arg(long)]
         w: Option<u8>,
+        /// The value reads as not found this long after it is written
+        /// (`90s`, `1h`; `0`: never), whatever the namespace's default.
+        #[arg(long, allow_hyphen_values = true)]
+        ttl: Option<String>,
         #[command(flatten)]
         target: KeyTarget,
     },

@@ -180,6 +180,7 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             value_file,
             context,
             w,
+            ttl,
             target,
         } => (
             target,
@@ -188,6 +189,7 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
                 value_arg(value, value_file)?,
                 context_arg(&context)?,
                 w,
+                ttl.as_deref().map(parse_ttl).transpose()?,
             ),
         ),
         Command::Get {
@@ -250,8 +252,16 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
     };
     let client = client.in_namespace(&ns)?;
     match run {
-        Op::Put(key, value, ctx, w) => {
-            let written = client.put(key.as_bytes(), &value, &ctx, w).await?;
+        Op::Put(key, value, ctx, w, ttl) => {
+            let written = match ttl {
+                Some(ms) => {
+                    let ttl = std::time::Duration::from_millis(ms);
+                    client
+                        .put_with_ttl(key.as_bytes(), &value, &ctx, w, ttl)
+                        .await?
+                }
+                None => client.put(key.as_bytes(), &value, &ctx, w).await?,
+            };
             say!("{}", B64.encode(&written.context));
             if !written.others.is_empty() {
                 eprintln!(
@@ -445,7 +455,8 @@ fn plan_change(
 }
 
 enum Op {
-    Put(String, Vec<u8>, Vec<u8>, Option<u8>),
+    /// Key, value, context, W and TTL in ms.
+    Put(String, Vec<u8>, Vec<u8>, Option<u8>, Option<u64>),
     Get(String, Option<u8>, bool),
     Mget(Vec<String>, Option<u8>, bool),
     List(String, u32, Option<Vec<u8>>, bool),
