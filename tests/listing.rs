@@ -129,4 +129,12 @@ async fn the_cli_lists_a_page_at_a_time() {
     assert_eq!(seen, ["p-a", "p-b", "p-c"]);
     let (ok, _, err) = cli(&["list", "--after", "%%", "--node", &node]);
     assert!(!ok && err.contains("--after"), "{err}");
+    // Tokens and contexts are base64url, so they may begin with '-': the
+    // node judges them, not the argument parser.
+    let (ok, _, err) = cli(&["list", "--after", "-w8", "--node", &node]);
+    assert!(!ok && err.contains("continuation token"), "{err}");
+    let (ok, _, err) = cli(&["put", "k", "v", "--context", "-w8", "--node", &node]);
+    assert!(!ok && err.contains("context"), "{err}");
+    let (ok, _, err) = cli(&["delete", "k", "--context", "-w8", "--node", &node]);
+    assert!(!ok && err.contains("context"), "{err}");
 }

@@ -94,7 +94,8 @@ pub enum Command {
         #[arg(long)]
         value_file: Option<PathBuf>,
         /// Context from an earlier get (supersedes what that get returned).
-        #[arg(long, default_value = "")]
+        /// Base64url: it may begin with `-`.
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
         context: String,
         #[arg(long)]
         w: Option<u8>,
@@ -135,8 +136,8 @@ pub enum Command {
         /// Keys per page (1 to 10000).
         #[arg(long, default_value_t = 1000)]
         limit: u32,
-        /// The token the previous page printed.
-        #[arg(long)]
+        /// The token the previous page printed (it may begin with `-`).
+        #[arg(long, allow_hyphen_values = true)]
         after: Option<String>,
         /// Print {"keys": [...], "next": TOKEN or null}.
         #[arg(long)]
@@ -147,7 +148,8 @@ pub enum Command {
     /// Delete a key (writes a tombstone); prints the new context.
     Delete {
         key: String,
-        #[arg(long, default_value = "")]
+        /// Context from an earlier get (base64url: it may begin with `-`).
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
         context: String,
         #[arg(long)]
         w: Option<u8>,
