@@ -10,7 +10,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use dynakv::Error;
-use dynakv_actors::testkit::{check, wait_for};
+use dynakv::namespace::{Changes, Request};
+use dynakv_actors::testkit::{Cluster, check, wait_for};
 use serde_json::Value as Json;
 use support::{ProcessCluster, cli};
 
@@ -66,7 +67,12 @@ async fn an_expired_value_reads_as_not_found_and_brings_nothing_older_back() {
     .unwrap();
     assert!(cluster.terminate(2).success());
 
-    // "new" supersedes "old" and expires 2 s after it was written.
+    // "new" supersedes "old" and expires 2 s after it was written; "kept"
+    // has a TTL of its own: none.
+    let (ok, _, err) = cli(&[
+        "put", "--ns", "sessions", "kept", "v", "--ttl", "0", "--w", "2", "--node", a,
+    ]);
+    assert!(ok, "{err}");
     let written = Instant::now();
     let (ok, _, err) = cli(&[
         "put",
@@ -113,8 +119,12 @@ async fn an_expired_value_reads_as_not_found_and_brings_nothing_older_back() {
         .unwrap();
         assert_eq!(read["values"], serde_json::json!([]), "{node}: {read}");
         let listed = json(&["list", "--ns", "sessions", "--json", "--node", node]).unwrap();
-        assert_eq!(listed["keys"], serde_json::json!([]), "{node}: {listed}");
+        let keys = listed["keys"].as_array().unwrap();
+        assert!(!keys.contains(&serde_json::json!("k")), "{node}: {listed}");
     }
+
+    let read = json(&["get", "--ns", "sessions", "kept", "--json", "--node", b]).unwrap();
+    assert_eq!(read["values"], serde_json::json!(["v"]), "{read}");
 
     // Collected like a tombstone: no node keeps a copy.
     wait_for(
@@ -137,4 +147,54 @@ async fn an_expired_value_reads_as_not_found_and_brings_nothing_older_back() {
     ])
     .unwrap();
     assert_eq!(read["values"], serde_json::json!([]), "{read}");
+}
+
+#[actix_rt::test]
+async fn a_write_takes_its_own_ttl_over_its_namespaces() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let client = cluster.client(0).await.unwrap();
+    let hour = Changes {
+        ttl_ms: Some(3_600_000),
+        ..Changes::default()
+    };
+    let create = Request::Create {
+        name: "sessions".into(),
+        changes: hour,
+    };
+    client.change_namespace(create).await.unwrap();
+    let sessions = client.in_namespace("sessions").unwrap();
+    let short = Duration::from_millis(300);
+    sessions
+        .put_with_ttl(b"short", b"v", &[], Some(3), short)
+        .await
+        .unwrap();
+    client
+        .put_with_ttl(b"short", b"v", &[], Some(3), short)
+        .await
+        .unwrap();
+    sessions
+        .put_with_ttl(b"never", b"v", &[], Some(3), Duration::ZERO)
+        .await
+        .unwrap();
+    sessions.put(b"hour", b"v", &[], Some(3)).await.unwrap();
+    wait_for(WAIT, "both short values to expire", || async {
+        let gone = sessions.get(b"short", None).await?.values.is_empty()
+            && client.get(b"short", None).await?.values.is_empty();
+        check(gone, || "still readable".to_string())
+    })
+    .await
+    .unwrap();
+    for key in [&b"never"[..], b"hour"] {
+        let read = sessions.get(key, Some(3)).await.unwrap();
+        assert_eq!(read.values, [b"v".to_vec()], "{key:?}");
+    }
+    // The expired value's context still supersedes it.
+    let expired = sessions.get(b"short", Some(3)).await.unwrap();
+    sessions
+        .put(b"short", b"again", &expired.context, Some(3))
+        .await
+        .unwrap();
+    let local = sessions.inspect(b"short").await.unwrap();
+    assert_eq!(local.siblings.len(), 1, "{local:?}");
+    cluster.stop().await.unwrap();
 }
