@@ -9,11 +9,13 @@
 //! concurrent creates or alters of one name on different nodes resolve the
 //! same way everywhere, and every node converges to the same table.
 //!
-//! A drop is a record too (`dropped`), so it wins over the older records it
-//! replaced and is never undone by a late copy of them; creating the name
-//! again stamps a newer live record. The namespace `default` is not in the
-//! table: it always exists, with the node's `[cluster]` and `[limits]`
-//! settings.
+//! A drop is a record too (`dropped`), and it is final: it wins over every
+//! live record of the name, whatever its stamp, so neither a late copy nor
+//! a concurrent alter undoes it, and the name is never used again (the
+//! keys of a dropped namespace are being deleted in the background, and a
+//! namespace of the same name would take over those not gone yet). The
+//! namespace `default` is not in the table: it always exists, with the
+//! node's `[cluster]` and `[limits]` settings.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -264,10 +266,11 @@ pub struct Record {
 }
 
 impl Record {
-    /// Whether `self` wins over `other` in the merge.
+    /// Whether `self` wins over `other` in the merge: a drop over any live
+    /// record, else the higher stamp.
     fn supersedes(&self, other: &Record) -> bool {
-        (self.stamp, &self.by, self.dropped, &self.settings)
-            > (other.stamp, &other.by, other.dropped, &other.settings)
+        (self.dropped, self.stamp, &self.by, &self.settings)
+            > (other.dropped, other.stamp, &other.by, &other.settings)
     }
 }
 
@@ -322,6 +325,15 @@ impl Table {
         self.records.iter()
     }
 
+    /// The names of the dropped namespaces, whose keys are deleted in the
+    /// background.
+    pub fn dropped(&self) -> impl Iterator<Item = &Name> {
+        self.records
+            .iter()
+            .filter(|(_, r)| r.dropped)
+            .map(|(n, _)| n)
+    }
+
     /// A stamp above every stamp in the table.
     fn next_stamp(&self) -> u64 {
         self.records.values().map(|r| r.stamp).max().unwrap_or(0) + 1
@@ -335,10 +347,18 @@ impl Table {
                 "the namespace default always exists (its settings are [cluster]'s)".into(),
             ));
         }
-        if self.get(&name).is_some() {
-            return Err(Error::InvalidRequest(format!(
-                "namespace {name} exists (alter it instead)"
-            )));
+        match self.records.get(&name) {
+            Some(r) if r.dropped => {
+                return Err(Error::InvalidRequest(format!(
+                    "namespace {name} was dropped, and a dropped name is not used again (its keys may still be being deleted): choose another name"
+                )));
+            }
+            Some(_) => {
+                return Err(Error::InvalidRequest(format!(
+                    "namespace {name} exists (alter it instead)"
+                )));
+            }
+            None => {}
         }
         if self.live().count() >= MAX_NAMESPACES {
             return Err(Error::InvalidRequest(format!(
@@ -694,7 +714,7 @@ mod tests {
     }
 
     #[test]
-    fn create_alter_drop_and_create_again() {
+    fn create_alter_and_drop_for_good() {
         let mut t = Table::default();
         t.create(name("carts"), settings(3), &id("a")).unwrap();
         assert!(t.create(name("carts"), settings(2), &id("a")).is_err());
@@ -704,8 +724,9 @@ mod tests {
         assert_eq!(t.get(&name("carts")), None);
         let e = t.alter(&name("carts"), settings(3), &id("a")).unwrap_err();
         assert!(e.to_string().contains("no namespace carts"), "{e}");
-        t.create(name("carts"), settings(1), &id("a")).unwrap();
-        assert_eq!(t.get(&name("carts")).map(|s| s.n), Some(1));
+        let e = t.create(name("carts"), settings(1), &id("a")).unwrap_err();
+        assert!(e.to_string().contains("not used again"), "{e}");
+        assert_eq!(t.dropped().collect::<Vec<_>>(), [&name("carts")]);
     }
 
     #[test]
@@ -716,6 +737,13 @@ mod tests {
         a.drop_namespace(&name("tmp"), &id("b")).unwrap();
         assert!(!a.merge(&old), "the older live record loses");
         assert_eq!(a.get(&name("tmp")), None);
+        // An alter that had not seen the drop, stamped later, loses too.
+        let mut b = old.clone();
+        b.alter(&name("tmp"), settings(1), &id("c")).unwrap();
+        b.alter(&name("tmp"), settings(2), &id("c")).unwrap();
+        assert!(!a.merge(&b));
+        assert!(b.merge(&a));
+        assert_eq!((a.get(&name("tmp")), b.get(&name("tmp"))), (None, None));
     }
 
     #[test]

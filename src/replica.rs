@@ -577,6 +577,46 @@ impl<S: Store> Replica<S> {
         Ok(found)
     }
 
+    /// Deletes the keys of dropped namespaces in `partitions` (those this
+    /// node leads): up to `limit` keys that still read as found at `now`
+    /// get a tombstone over their local copy, minted here as a
+    /// coordinator's delete is. Returns the tombstoned sibling sets, for
+    /// the shell to write to the keys' other replicas (as a delete's
+    /// session does); collection then removes them like any tombstone.
+    pub fn delete_dropped(
+        &mut self,
+        partitions: &[Partition],
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<Entry>> {
+        let prefixes: Vec<Vec<u8>> = self
+            .namespaces
+            .dropped()
+            .map(namespace::key_prefix)
+            .collect();
+        let mut deleted = Vec::new();
+        for &p in partitions {
+            for prefix in &prefixes {
+                let mut after = None;
+                while deleted.len() < limit {
+                    let (entries, end) = self.chunk_of(p, prefix, after.as_deref(), SCAN_CHUNK)?;
+                    for (key, state) in entries {
+                        if deleted.len() < limit && !state.is_gone_at(now) {
+                            let (tombstone, _) =
+                                self.update(&key, &state.context(), Value::Tombstone, None)?;
+                            deleted.push((key.clone(), tombstone));
+                        }
+                        after = Some(key);
+                    }
+                    if end {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Whether this replica keeps a hint for `key`, for any owner.
     pub fn is_hinted(&self, key: &[u8]) -> Result<bool> {
         self.hints.is_hinted_for_anyone(key)
@@ -816,6 +856,55 @@ mod tests {
             .unwrap();
         r.set_namespaces(table);
         assert_eq!(blind(&mut r, &key).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_dropped_namespaces_keys_are_deleted_a_batch_at_a_time() {
+        let mut r = replica();
+        let carts = namespace::Name::new("carts").unwrap();
+        let by = NodeId::new("a").unwrap();
+        let mut table = namespace::Table::default();
+        let settings = namespace::Settings {
+            n: 3,
+            r: 2,
+            w: 2,
+            ttl_ms: 0,
+            max_siblings: 5,
+            max_value_bytes: 100,
+            kind: namespace::Kind::Blob,
+        };
+        table.create(carts.clone(), settings, &by).unwrap();
+        r.set_namespaces(table.clone());
+        let keys: Vec<Vec<u8>> = (0..5)
+            .map(|i| namespace::key_in(&carts, format!("k{i}").as_bytes()).unwrap())
+            .collect();
+        for key in keys.iter().chain([&b"kept".to_vec()]) {
+            r.update(key, &Context::default(), data("v"), None).unwrap();
+        }
+        let all: Vec<Partition> = (0..64).map(Partition).collect();
+        let led = |r: &mut Replica<MemStore>, limit| r.delete_dropped(&all, limit, 0).unwrap();
+        assert!(led(&mut r, 10).is_empty(), "nothing dropped yet");
+        table.drop_namespace(&carts, &by).unwrap();
+        r.set_namespaces(table);
+        // Only the partitions given: the others' leaders delete theirs.
+        let first = Partition::of_key(&keys[0], 64);
+        let others: Vec<Partition> = all.iter().copied().filter(|p| *p != first).collect();
+        let mut deleted = r.delete_dropped(&others, 10, 0).unwrap();
+        assert!(
+            deleted
+                .iter()
+                .all(|(k, _)| Partition::of_key(k, 64) != first)
+        );
+        assert!(deleted.len() < 5);
+        deleted.extend(led(&mut r, 3));
+        deleted.extend(led(&mut r, 3));
+        assert!(led(&mut r, 3).is_empty(), "all deleted");
+        assert_eq!(deleted.len(), 5);
+        for (key, tombstone) in &deleted {
+            assert_eq!(&r.read(key).unwrap(), tombstone);
+            assert!(tombstone.is_gone_at(0), "{key:?}: {tombstone:?}");
+        }
+        assert_eq!(r.read(b"kept").unwrap().values().count(), 1);
     }
 
     #[test]

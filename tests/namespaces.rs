@@ -127,7 +127,7 @@ async fn namespaces_made_on_any_node_reach_every_node_and_survive_a_restart() {
         .unwrap();
     assert_eq!(shown[0].settings, *carts);
 
-    // Dropped everywhere; then the name can be created again.
+    // Dropped everywhere, for good: the name is not used again.
     made.change_namespace(Request::Drop {
         name: "carts".into(),
     })
@@ -135,11 +135,11 @@ async fn namespaces_made_on_any_node_reach_every_node_and_survive_a_restart() {
     .unwrap();
     let all = converged(&cluster).await;
     assert!(settings_of(&all, "carts").is_none(), "{all:?}");
-    made.change_namespace(create("carts", Changes::default()))
+    let e = made
+        .change_namespace(create("carts", Changes::default()))
         .await
-        .unwrap();
-    let all = converged(&cluster).await;
-    assert_eq!(settings_of(&all, "carts"), Some(&defaults));
+        .unwrap_err();
+    assert!(e.to_string().contains("not used again"), "{e}");
     cluster.stop().await.unwrap();
 }
 
@@ -382,5 +382,62 @@ async fn keys_live_in_their_namespace_under_its_quorums_and_limits() {
     // limit.
     assert!(puts("carts") >= 9.0, "{}", puts("carts"));
     assert_eq!(puts("default"), 2.0);
+    cluster.stop().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_dropped_namespaces_keys_are_deleted_everywhere() {
+    let cluster = Cluster::start_with(3, |c| {
+        c.anti_entropy.gc_interval_ms = 200;
+        c.anti_entropy.gc_grace_ms = 300;
+    })
+    .await
+    .unwrap();
+    let client = cluster.client(0).await.unwrap();
+    client
+        .change_namespace(create("carts", Changes::default()))
+        .await
+        .unwrap();
+    let carts = client.in_namespace("carts").unwrap();
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        carts.put(k.as_bytes(), b"v", &[], Some(3)).await.unwrap();
+        client
+            .put(k.as_bytes(), b"kept", &[], Some(3))
+            .await
+            .unwrap();
+    }
+    client
+        .change_namespace(Request::Drop {
+            name: "carts".into(),
+        })
+        .await
+        .unwrap();
+    let e = carts.get(b"k0", None).await.unwrap_err();
+    assert!(e.to_string().contains("no namespace carts"), "{e}");
+
+    // Every node deletes its copies; the tombstones are then collected.
+    wait_for(WAIT, "no node to hold a key of carts", || async {
+        for i in 0..cluster.len() {
+            let node = cluster.client(i).await?.in_namespace("carts")?;
+            for k in &keys {
+                let local = node.inspect(k.as_bytes()).await?;
+                check(local.siblings.is_empty(), || {
+                    format!("node {i} holds {k}: {local:?}")
+                })?;
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    for k in &keys {
+        let read = client.get(k.as_bytes(), Some(3)).await.unwrap();
+        assert_eq!(
+            read.values,
+            [b"kept".to_vec()],
+            "the default namespace's {k}"
+        );
+    }
     cluster.stop().await.unwrap();
 }

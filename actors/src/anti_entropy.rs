@@ -21,17 +21,20 @@ use actix::prelude::*;
 use dynakv::anti_entropy::{AeMsg, ExchangeReport, RootsCheck, Schedule};
 use dynakv::partition::Partition;
 use dynakv::peer::PeerMsg;
-use dynakv::tombstones::{Collector, CollectorSettings, GcMsg, GcWork};
+use dynakv::replica::ReplicaMsg;
+use dynakv::ring::Ring;
+use dynakv::store::Entry;
+use dynakv::tombstones::{Collector, CollectorSettings, GcMsg, GcWork, led_partitions};
 use dynakv::topology::Topology;
 use dynakv::{Error, NodeId, Result};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::bridge::{Bridge, PeerRequest, call};
 use crate::clock::Clock;
 use crate::events::{Event, Events};
 use crate::exchange::exchange;
 use crate::messages::{RingChanged, Summary};
-use crate::replica::{AeRespond, AeRoots, FindTombstones, GcRespond, Replica};
+use crate::replica::{AeRespond, AeRoots, DeleteDropped, FindTombstones, GcRespond, Replica};
 use crate::supervise::{answered, mailbox_error, shielded};
 
 #[derive(Debug, Clone)]
@@ -190,11 +193,55 @@ impl AntiEntropy {
         }));
     }
 
-    /// Starts a tombstone collection round, unless one runs.
+    /// Starts a tombstone collection round, unless one runs; first, while
+    /// the cluster has dropped namespaces, deletes a batch of their keys in
+    /// the partitions this node leads.
     fn collect(&mut self, ctx: &mut Context<Self>) {
         let Some(t) = self.active() else { return };
+        if let Some(ring) = t.ring.clone()
+            && t.view.namespaces.dropped().next().is_some()
+        {
+            let partitions = led_partitions(&ring, &self.settings.me);
+            let limit = self.settings.collector.batch;
+            let deleted = self.replica.send(DeleteDropped { partitions, limit });
+            ctx.spawn(deleted.into_actor(self).map(move |deleted, act, _| {
+                match answered(deleted) {
+                    Ok(deleted) => act.write_deletes(&ring, deleted),
+                    Err(e) => warn!(error = %e, "cannot delete keys of dropped namespaces"),
+                }
+            }));
+        }
         let work = self.collector.on_tick(&t);
         self.gc_work(work, ctx);
+    }
+
+    /// Writes the tombstones this node minted over keys of dropped
+    /// namespaces to the keys' other replicas, as a delete's session does
+    /// (one that fails is repaired by anti-entropy).
+    fn write_deletes(&self, ring: &Ring, deleted: Vec<Entry>) {
+        if deleted.is_empty() {
+            return;
+        }
+        info!(keys = deleted.len(), "deleting keys of dropped namespaces");
+        let me = &self.settings.me;
+        for (key, state) in deleted {
+            let p = ring.partition_of(&key);
+            for peer in ring.preference_list(p, self.settings.collector.n) {
+                if peer == me {
+                    continue;
+                }
+                let msg = ReplicaMsg::Write {
+                    key: key.clone(),
+                    state: state.clone(),
+                    hint_for: None,
+                };
+                let timeout = self.settings.call_timeout;
+                let sent = call(&self.bridge, peer.clone(), PeerMsg::Replica(msg), timeout);
+                actix::spawn(async move {
+                    let _ = sent.await;
+                });
+            }
+        }
     }
 
     /// Carries out what the collector asks: the replica finds tombstones;

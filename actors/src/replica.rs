@@ -38,8 +38,9 @@ use crate::bridge::PeerRequest;
 use crate::messages::RingChanged;
 use crate::storage::{FjallStore, Storage};
 pub use crate::storage_worker::{
-    AeBegin, AeContinue, AeRespond, AeRoots, DropPartition, FindTombstones, ForgetMootHints,
-    GcRespond, HandedOff, HandoffRespond, HeldPartitions, PanicInCore, PartitionUsage, TakeHints,
+    AeBegin, AeContinue, AeRespond, AeRoots, DeleteDropped, DropPartition, FindTombstones,
+    ForgetMootHints, GcRespond, HandedOff, HandoffRespond, HeldPartitions, PanicInCore,
+    PartitionUsage, TakeHints,
 };
 use crate::storage_worker::{
     ApplyBatch, Barrier, Counters, FreeMemtables, MergeAll, SetNamespaces, StorageWorker, SyncNow,
@@ -459,6 +460,7 @@ forward_to_worker!(
     AeRespond => AeMsg,
     AeRoots => AeMsg,
     FindTombstones => Vec<Entry>,
+    DeleteDropped => Vec<Entry>,
     GcRespond => GcMsg,
     HandoffRespond => HandoffMsg,
     HeldPartitions => Vec<Partition>,

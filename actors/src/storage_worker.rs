@@ -192,6 +192,15 @@ pub struct DropPartition {
 #[rtype(result = "Result<Vec<(Partition, Usage)>>")]
 pub struct PartitionUsage;
 
+/// Deletes up to `limit` keys of dropped namespaces in `partitions`
+/// (`Replica::delete_dropped`); answered with their tombstones.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Entry>>")]
+pub struct DeleteDropped {
+    pub partitions: Vec<Partition>,
+    pub limit: usize,
+}
+
 /// The cluster's namespaces changed (`Replica::set_namespaces`).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -382,6 +391,7 @@ core_handlers! {
     AeRespond(AeRespond(msg)) -> AeMsg, writes: true, |core| anti_entropy::respond(core, msg);
     AeRoots(AeRoots(partitions)) -> AeMsg, writes: false, |core| Ok(anti_entropy::roots(core, &partitions));
     FindTombstones(m) -> Vec<Entry>, writes: false, |core| core.tombstones(m.partition, m.limit, wall_ms());
+    DeleteDropped(m) -> Vec<Entry>, writes: true, |core| core.delete_dropped(&m.partitions, m.limit, wall_ms());
     GcRespond(GcRespond(msg)) -> GcMsg, writes: true, |core| tombstones::respond(core, msg);
     HandoffRespond(HandoffRespond(msg)) -> HandoffMsg, writes: false, |core| handoff::respond(core, msg);
     HeldPartitions(_m) -> Vec<Partition>, writes: false, |core| Ok(core.held_partitions());
