@@ -33,6 +33,9 @@ pub const MAX_NAME_BYTES: usize = 64;
 /// Most namespaces a table may hold: bounds what a peer's view can make a
 /// node store (each record is about 100 bytes, gossiped in every round).
 pub const MAX_NAMESPACES: usize = 1024;
+/// Most names a table may have used, dropped ones included (a dropped name
+/// is kept, and never used again).
+pub const MAX_NAMES: usize = MAX_NAMESPACES * 2;
 /// Most siblings a namespace may allow a key (the default's limit is 100).
 pub const MAX_SIBLINGS: u32 = 10_000;
 
@@ -365,6 +368,11 @@ impl Table {
                 "the cluster has {MAX_NAMESPACES} namespaces, the most it may"
             )));
         }
+        if self.records.len() >= MAX_NAMES {
+            return Err(Error::InvalidRequest(format!(
+                "the cluster has used {MAX_NAMES} namespace names (dropped ones are kept), the most it may"
+            )));
+        }
         self.write(name, settings, by, false);
         Ok(())
     }
@@ -422,7 +430,7 @@ impl Table {
 
     /// Checks a table that arrived from a peer: bounded, names valid.
     pub fn validate(&self) -> Result<()> {
-        if self.records.len() > MAX_NAMESPACES * 2 {
+        if self.records.len() > MAX_NAMES {
             return Err(Error::Malformed(format!(
                 "namespace table with {} records",
                 self.records.len()
@@ -727,6 +735,16 @@ mod tests {
         let e = t.create(name("carts"), settings(1), &id("a")).unwrap_err();
         assert!(e.to_string().contains("not used again"), "{e}");
         assert_eq!(t.dropped().collect::<Vec<_>>(), [&name("carts")]);
+        // Dropped names count against the names a table may use, so a
+        // table stays within what a peer accepts.
+        for i in 1..MAX_NAMES {
+            let n = name(&format!("n{i}"));
+            t.create(n.clone(), settings(1), &id("a")).unwrap();
+            t.drop_namespace(&n, &id("a")).unwrap();
+        }
+        let e = t.create(name("last"), settings(1), &id("a")).unwrap_err();
+        assert!(e.to_string().contains("namespace names"), "{e}");
+        t.validate().unwrap();
     }
 
     #[test]
