@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use dynakv::namespace::{Changes, Request};
 use dynakv_actors::bench::{self, Spec};
 use dynakv_actors::testkit::Cluster;
 
@@ -18,6 +19,7 @@ async fn a_short_mixed_run_with_checks_finds_no_stale_reads() {
         nodes,
         cluster: cluster.config(0).cluster.name.clone(),
         token: None,
+        namespace: "default".into(),
         routing: Default::default(),
         clients: 6,
         duration: Duration::from_millis(700),
@@ -68,6 +70,7 @@ async fn a_run_at_a_rate_offers_no_more_than_its_schedule() {
         nodes: vec![cluster.config(0).node.client_addr.clone()],
         cluster: cluster.config(0).cluster.name.clone(),
         token: None,
+        namespace: "default".into(),
         routing: Default::default(),
         clients: 4,
         duration: Duration::from_secs(1),
@@ -92,12 +95,58 @@ async fn a_run_at_a_rate_offers_no_more_than_its_schedule() {
     cluster.stop().await.unwrap();
 }
 
+#[actix_rt::test]
+async fn a_run_in_a_namespace_writes_its_keys_there() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let client = cluster.client(0).await.unwrap();
+    let create = Request::Create {
+        name: "carts".into(),
+        changes: Changes::default(),
+    };
+    client.change_namespace(create).await.unwrap();
+    let spec = Spec {
+        nodes: vec![cluster.config(0).node.client_addr.clone()],
+        cluster: cluster.config(0).cluster.name.clone(),
+        token: None,
+        namespace: "carts".into(),
+        routing: Default::default(),
+        clients: 2,
+        duration: Duration::from_millis(300),
+        value_size: 64,
+        keys: 20,
+        mix: "get=50,put=50".parse().unwrap(),
+        r: None,
+        w: Some(3),
+        preload: true,
+        check: false,
+        rate: None,
+        progress: false,
+    };
+    let report = bench::run(spec).await.unwrap();
+    assert!(report.tally.errors.is_empty(), "{:?}", report.tally.errors);
+    let carts = client.in_namespace("carts").unwrap();
+    assert_eq!(
+        carts.list(b"bench-", 100, None).await.unwrap().keys.len(),
+        20
+    );
+    assert!(
+        client
+            .list(b"bench-", 100, None)
+            .await
+            .unwrap()
+            .keys
+            .is_empty()
+    );
+    cluster.stop().await.unwrap();
+}
+
 #[test]
 fn bad_specs_are_refused() {
     let good = Spec {
         nodes: vec!["127.0.0.1:1".into()],
         cluster: String::new(),
         token: None,
+        namespace: "default".into(),
         routing: Default::default(),
         clients: 2,
         duration: Duration::from_secs(1),
@@ -135,6 +184,10 @@ fn bad_specs_are_refused() {
         },
         Spec {
             rate: Some(0),
+            ..good.clone()
+        },
+        Spec {
+            namespace: "Carts!".into(),
             ..good.clone()
         },
     ] {

@@ -203,7 +203,8 @@ pub async fn run(spec: Spec) -> Result<Report> {
         pool_size: spec.clients.div_ceil(seeds.len()).clamp(1, 64),
         ..Options::default()
     };
-    let client = Arc::new(Client::connect_cluster(&seeds, options).await?);
+    let client = Client::connect_cluster(&seeds, options).await?;
+    let client = Arc::new(client.in_namespace(&spec.namespace)?);
     for id in 0..spec.clients {
         workers.push(Worker {
             id: id as u32,

@@ -90,6 +90,8 @@ pub struct Spec {
     pub routing: Routing,
     pub cluster: String,
     pub token: Option<String>,
+    /// The namespace of the keys (it must exist).
+    pub namespace: String,
     pub clients: usize,
     pub duration: Duration,
     pub value_size: usize,
@@ -117,6 +119,7 @@ impl Spec {
         if self.nodes.is_empty() {
             return bad("--node needs at least one address".into());
         }
+        dynakv::namespace::Name::new(self.namespace.as_str())?;
         if !(1..=10_000).contains(&self.clients) {
             return bad("--clients must be between 1 and 10000".into());
         }

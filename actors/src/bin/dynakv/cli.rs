@@ -184,6 +184,9 @@ pub enum Command {
         /// Cluster name the nodes must have (empty: any).
         #[arg(long, default_value = "")]
         cluster: String,
+        /// Namespace of the keys (it must exist).
+        #[arg(long, default_value = "default")]
+        ns: String,
         /// Concurrent clients (sharing one cluster client, about one
         /// connection each in all).
         #[arg(long, default_value_t = 50)]

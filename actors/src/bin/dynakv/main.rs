@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         Command::Bench {
             node,
             cluster,
+            ns,
             clients,
             duration,
             value_size,
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
                 routing,
                 cluster,
                 token: cli.token,
+                namespace: ns,
                 clients,
                 duration,
                 value_size,
