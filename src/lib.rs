@@ -66,3 +66,18 @@ pub mod wire;
 
 pub use error::{Error, ErrorKind, Result};
 pub use node::NodeId;
+
+/// The configuration of every property test: proptest's defaults, with
+/// the failing cases it saves (and replays first) kept under `tests/`
+/// rather than in a top-level folder of their own.
+#[cfg(test)]
+pub(crate) fn proptest_config() -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::SourceParallel(
+                "tests/proptest-regressions",
+            ),
+        )),
+        ..proptest::test_runner::Config::default()
+    }
+}

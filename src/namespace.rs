@@ -651,6 +651,8 @@ mod tests {
     }
 
     proptest! {
+
+        #![proptest_config(crate::proptest_config())]
         #[test]
         fn encoding_round_trips_and_namespaces_do_not_overlap(
             ns in "[a-z0-9_.-]{1,64}",
@@ -884,6 +886,8 @@ mod tests {
     }
 
     proptest! {
+
+        #![proptest_config(crate::proptest_config())]
         /// Three nodes apply creates, alters and drops concurrently and
         /// exchange tables in any order: once each has merged everyone's,
         /// they hold the same table.

@@ -518,6 +518,8 @@ mod tests {
     }
 
     proptest! {
+
+        #![proptest_config(crate::proptest_config())]
         #[test]
         fn merge_is_a_semilattice(ts in tables(), i in 0usize..8, j in 0usize..8, k in 0usize..8) {
             let (a, b, c) = (&ts[i % ts.len()], &ts[j % ts.len()], &ts[k % ts.len()]);

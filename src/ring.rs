@@ -336,6 +336,8 @@ pub(crate) mod tests {
     }
 
     proptest! {
+
+        #![proptest_config(crate::proptest_config())]
         #[test]
         fn route_properties(nodes in 1usize..9, n in 1usize..5, down_mask in 0u32..512, p in 0u32..64) {
             let ring = ring_of(nodes, 64);

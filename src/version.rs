@@ -745,6 +745,8 @@ mod tests {
     }
 
     proptest! {
+
+        #![proptest_config(crate::proptest_config())]
         #[test]
         fn merge_is_commutative_associative_idempotent(
             ops in prop::collection::vec(op(), 0..40),

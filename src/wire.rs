@@ -740,6 +740,8 @@ mod tests {
     }
 
     proptest! {
+
+        #![proptest_config(crate::proptest_config())]
         #[test]
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
             let _ = codec().decode::<ClientRequest>(&bytes);

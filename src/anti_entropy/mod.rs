@@ -677,6 +677,8 @@ mod tests {
     }
 
     proptest! {
+
+        #![proptest_config(crate::proptest_config())]
         #[test]
         fn exchanges_make_replicas_identical(
             shared in prop::collection::vec(0u16..300, 0..100),
