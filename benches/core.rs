@@ -21,7 +21,7 @@ use dynakv::replica::Replica;
 use dynakv::ring::Ring;
 use dynakv::store::MemStore;
 use dynakv::version::{Actor, Context, SiblingSet, Value};
-use dynakv::wire::{ClientOp, ClientRequest, FrameCodec};
+use dynakv::wire::{ClientOp, ClientRequest, FrameCodec, Put};
 use dynakv_actors::storage::Storage;
 
 const Q: u32 = 1024;
@@ -137,12 +137,12 @@ fn frames(c: &mut Criterion) {
     let codec = FrameCodec::default();
     let req = ClientRequest {
         id: 42,
-        op: ClientOp::Put {
+        op: ClientOp::Put(Put {
             key: b"user:1234567".to_vec(),
             value: vec![0xab; 100],
             context: siblings(2).context().to_bytes(),
             w: None,
-        },
+        }),
     };
     let frame = codec.to_frame(&req).unwrap();
     let mut g = c.benchmark_group("frame");

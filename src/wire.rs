@@ -154,31 +154,9 @@ pub enum ClientOp {
         cluster: String,
         token: Option<String>,
     },
-    /// Read a key with quorum R (None: the configured default).
-    Get {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        r: Option<u8>,
-    },
-    /// Write a value. `context` is the opaque context of an earlier read
-    /// (empty for a blind write); siblings it covers are superseded.
-    Put {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        context: Vec<u8>,
-        w: Option<u8>,
-    },
-    /// Delete: writes a tombstone with the given context.
-    Delete {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        context: Vec<u8>,
-        w: Option<u8>,
-    },
+    Get(Get),
+    Put(Put),
+    Delete(Delete),
     /// The node's view of the cluster.
     Status,
     /// This node's local copy of a key, without quorum.
@@ -187,22 +165,33 @@ pub enum ClientOp {
         key: Vec<u8>,
     },
     /// Membership: join the cluster the node at peer address `seed` is in.
-    Join { seed: String },
+    Join {
+        seed: String,
+    },
     /// Membership: hand this node's partitions off, then leave.
     Leave,
     /// Membership: drop a dead member (by id or address) from the ring.
-    Remove { node: String },
+    Remove {
+        node: String,
+    },
     /// What a membership change would move (changes nothing).
-    Plan { change: PlanChange },
+    Plan {
+        change: PlanChange,
+    },
     /// Fault injection (refused unless `testing.fault_injection` is on).
-    Fault { fault: NetFault },
+    Fault {
+        fault: NetFault,
+    },
     /// The node's view of the ring, for a cluster-aware client
     /// (`crate::routing`).
     Ring,
     /// A get, put or delete sent by a client that routes by the ring whose
     /// version (`View::digest`) is `ring`; when the coordinator holds
     /// another, its reply comes wrapped in `ClientReply::Stale`.
-    Routed { ring: u64, op: KeyOp },
+    Routed {
+        ring: u64,
+        op: KeyOp,
+    },
     /// Namespace administration (`dynakv ns ...`).
     Namespace(namespace::Request),
     /// Several gets, puts and deletes in one request (up to
@@ -223,6 +212,41 @@ pub enum ClientOp {
     PutExpiring(PutExpiring),
 }
 
+// The operations on one key are structs of their own, shared by `ClientOp`
+// and `KeyOp`; postcard encodes a variant holding one struct exactly as a
+// variant with those fields, so the bytes are those of earlier versions.
+
+/// Read a key with quorum R (None: its namespace's default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Get {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    pub r: Option<u8>,
+}
+
+/// Write a value. `context` is the opaque context of an earlier read
+/// (empty for a blind write); siblings it covers are superseded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Put {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub context: Vec<u8>,
+    pub w: Option<u8>,
+}
+
+/// Delete: writes a tombstone with the given context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delete {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub context: Vec<u8>,
+    pub w: Option<u8>,
+}
+
 /// A put whose value reads as not found `ttl_ms` after its coordinator
 /// took it (0: never, whatever its namespace's default TTL).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,40 +261,22 @@ pub struct PutExpiring {
     pub ttl_ms: u64,
 }
 
-/// The operations on one key, as a routed request carries them (the same
-/// fields as `ClientOp`'s; a separate enum, so a routed request cannot nest).
+/// The operations on one key, as a routed request or a batch carries them
+/// (`ClientOp`'s; a separate enum, so a routed request cannot nest).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyOp {
-    Get {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        r: Option<u8>,
-    },
-    Put {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        context: Vec<u8>,
-        w: Option<u8>,
-    },
-    Delete {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        context: Vec<u8>,
-        w: Option<u8>,
-    },
+    Get(Get),
+    Put(Put),
+    Delete(Delete),
     PutExpiring(PutExpiring),
 }
 
 impl KeyOp {
     pub fn key(&self) -> &[u8] {
         match self {
-            KeyOp::Get { key, .. }
-            | KeyOp::Put { key, .. }
-            | KeyOp::Delete { key, .. }
+            KeyOp::Get(Get { key, .. })
+            | KeyOp::Put(Put { key, .. })
+            | KeyOp::Delete(Delete { key, .. })
             | KeyOp::PutExpiring(PutExpiring { key, .. }) => key,
         }
     }
@@ -278,8 +284,8 @@ impl KeyOp {
     /// Whether sending it again could apply it twice.
     pub fn effect(&self) -> Effect {
         match self {
-            KeyOp::Get { .. } => Effect::Read,
-            KeyOp::Put { .. } | KeyOp::Delete { .. } | KeyOp::PutExpiring(_) => Effect::Write,
+            KeyOp::Get(_) => Effect::Read,
+            KeyOp::Put(_) | KeyOp::Delete(_) | KeyOp::PutExpiring(_) => Effect::Write,
         }
     }
 }
@@ -287,19 +293,9 @@ impl KeyOp {
 impl From<KeyOp> for ClientOp {
     fn from(op: KeyOp) -> ClientOp {
         match op {
-            KeyOp::Get { key, r } => ClientOp::Get { key, r },
-            KeyOp::Put {
-                key,
-                value,
-                context,
-                w,
-            } => ClientOp::Put {
-                key,
-                value,
-                context,
-                w,
-            },
-            KeyOp::Delete { key, context, w } => ClientOp::Delete { key, context, w },
+            KeyOp::Get(get) => ClientOp::Get(get),
+            KeyOp::Put(put) => ClientOp::Put(put),
+            KeyOp::Delete(delete) => ClientOp::Delete(delete),
             KeyOp::PutExpiring(put) => ClientOp::PutExpiring(put),
         }
     }
@@ -321,9 +317,9 @@ impl ClientOp {
     /// is not well-formed.
     pub fn namespace(&self) -> Option<&str> {
         let key = match self {
-            ClientOp::Get { key, .. }
-            | ClientOp::Put { key, .. }
-            | ClientOp::Delete { key, .. }
+            ClientOp::Get(Get { key, .. })
+            | ClientOp::Put(Put { key, .. })
+            | ClientOp::Delete(Delete { key, .. })
             | ClientOp::PutExpiring(PutExpiring { key, .. })
             | ClientOp::Inspect { key } => key,
             ClientOp::List { prefix, .. } => prefix,
@@ -338,9 +334,9 @@ impl ClientOp {
     pub fn name(&self) -> &'static str {
         match self {
             ClientOp::Hello { .. } => "hello",
-            ClientOp::Get { .. } => "get",
-            ClientOp::Put { .. } => "put",
-            ClientOp::Delete { .. } => "delete",
+            ClientOp::Get(_) => "get",
+            ClientOp::Put(_) => "put",
+            ClientOp::Delete(_) => "delete",
             ClientOp::Status => "status",
             ClientOp::Inspect { .. } => "inspect",
             ClientOp::Join { .. } => "join",
@@ -354,9 +350,9 @@ impl ClientOp {
             ClientOp::List { .. } => "list",
             ClientOp::PutExpiring(_) => "put",
             ClientOp::Routed { op, .. } => match op {
-                KeyOp::Get { .. } => "get",
-                KeyOp::Put { .. } | KeyOp::PutExpiring(_) => "put",
-                KeyOp::Delete { .. } => "delete",
+                KeyOp::Get(_) => "get",
+                KeyOp::Put(_) | KeyOp::PutExpiring(_) => "put",
+                KeyOp::Delete(_) => "delete",
             },
         }
     }
@@ -571,12 +567,12 @@ mod tests {
     fn put() -> ClientRequest {
         ClientRequest {
             id: 7,
-            op: ClientOp::Put {
+            op: ClientOp::Put(Put {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
                 context: vec![],
                 w: Some(2),
-            },
+            }),
         }
     }
 
@@ -692,10 +688,10 @@ mod tests {
     fn encoding_refuses_to_exceed_the_limit() {
         let big = ClientRequest {
             id: 1,
-            op: ClientOp::Get {
+            op: ClientOp::Get(Get {
                 key: vec![0; 2000],
                 r: None,
-            },
+            }),
         };
         let mut out = vec![1, 2, 3];
         assert!(matches!(
@@ -782,7 +778,7 @@ mod tests {
         #[test]
         fn requests_round_trip(id in any::<u64>(), key in prop::collection::vec(any::<u8>(), 0..50),
                                value in prop::collection::vec(any::<u8>(), 0..50), w in prop::option::of(any::<u8>())) {
-            let req = ClientRequest { id, op: ClientOp::Put { key, value, context: vec![1, 2], w } };
+            let req = ClientRequest { id, op: ClientOp::Put(Put { key, value, context: vec![1, 2], w }) };
             let frame = FrameCodec::default().to_frame(&req).unwrap();
             let (back, used): (ClientRequest, _) = FrameCodec::default().decode(&frame).unwrap().unwrap();
             prop_assert_eq!(back, req);

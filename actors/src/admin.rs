@@ -129,9 +129,9 @@ impl Operations {
                     "hello is only valid as the first message".into(),
                 ));
             }
-            ClientOp::Get { .. }
-            | ClientOp::Put { .. }
-            | ClientOp::Delete { .. }
+            ClientOp::Get(_)
+            | ClientOp::Put(_)
+            | ClientOp::Delete(_)
             | ClientOp::PutExpiring(_)
             | ClientOp::Routed { .. }
             | ClientOp::Batch(_)

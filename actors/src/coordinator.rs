@@ -23,7 +23,7 @@ use dynakv::replica::ReplicaMsg;
 use dynakv::ring::Ring;
 use dynakv::topology::Topology;
 use dynakv::version::Value;
-use dynakv::wire::{ClientOp, ClientReply, KeyOp, KeyReply, PutExpiring};
+use dynakv::wire::{ClientOp, ClientReply, Delete, Get, KeyOp, KeyReply, Put, PutExpiring};
 use dynakv::{Error, Result};
 use tokio::sync::oneshot;
 use tracing::debug_span;
@@ -89,13 +89,13 @@ impl Coordinator {
     fn plan(&self, op: ClientOp) -> Result<Planned> {
         let t = self.topology.as_ref();
         match op {
-            ClientOp::Get { key, r } => self.planner.get(t, key, r),
-            ClientOp::Put {
+            ClientOp::Get(Get { key, r }) => self.planner.get(t, key, r),
+            ClientOp::Put(Put {
                 key,
                 value,
                 context,
                 w,
-            } => {
+            }) => {
                 let write = Write::new(Value::Data(value), &context, w);
                 self.planner.write(t, key, write, wall_ms())
             }
@@ -112,7 +112,7 @@ impl Coordinator {
                 };
                 self.planner.write(t, key, write, wall_ms())
             }
-            ClientOp::Delete { key, context, w } => {
+            ClientOp::Delete(Delete { key, context, w }) => {
                 let write = Write::new(Value::Tombstone, &context, w);
                 self.planner.write(t, key, write, wall_ms())
             }
@@ -352,9 +352,9 @@ impl Handler<Execute> for Coordinator {
             };
             if !matches!(
                 op,
-                ClientOp::Get { .. }
-                    | ClientOp::Put { .. }
-                    | ClientOp::Delete { .. }
+                ClientOp::Get(_)
+                    | ClientOp::Put(_)
+                    | ClientOp::Delete(_)
                     | ClientOp::PutExpiring(_)
             ) {
                 return act.operate(op, reply);

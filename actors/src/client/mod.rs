@@ -44,7 +44,8 @@ use dynakv::handoff::{PlanChange, PlanReport};
 use dynakv::namespace;
 use dynakv::routing::{ClusterMap, DEFAULT_RING_REFRESH_MS, Routing};
 use dynakv::wire::{
-    ClientOp, ClientReply, KeyOp, KeyReply, LocalCopy, NetFault, PutExpiring, StatusReport,
+    ClientOp, ClientReply, Delete, Get, KeyOp, KeyReply, LocalCopy, NetFault, Put, PutExpiring,
+    StatusReport,
 };
 use dynakv::{Error, NodeId, Result};
 use tokio::task::JoinHandle;
@@ -269,10 +270,10 @@ impl Client {
     }
 
     pub async fn get(&self, key: &[u8], r: Option<u8>) -> Result<ReadResult> {
-        let op = KeyOp::Get {
+        let op = KeyOp::Get(Get {
             key: self.stored(key)?,
             r,
-        };
+        });
         match self.shared.call_key(op).await? {
             ClientReply::Value { values, context } => Ok(ReadResult { values, context }),
             other => Err(unexpected(other)),
@@ -286,12 +287,12 @@ impl Client {
         context: &[u8],
         w: Option<u8>,
     ) -> Result<WriteResult> {
-        let op = KeyOp::Put {
+        let op = KeyOp::Put(Put {
             key: self.stored(key)?,
             value: value.to_vec(),
             context: context.to_vec(),
             w,
-        };
+        });
         written(self.shared.call_key(op).await?)
     }
 
@@ -318,11 +319,11 @@ impl Client {
     }
 
     pub async fn delete(&self, key: &[u8], context: &[u8], w: Option<u8>) -> Result<WriteResult> {
-        let op = KeyOp::Delete {
+        let op = KeyOp::Delete(Delete {
             key: self.stored(key)?,
             context: context.to_vec(),
             w,
-        };
+        });
         written(self.shared.call_key(op).await?)
     }
 
@@ -332,10 +333,10 @@ impl Client {
         let ops = keys
             .iter()
             .map(|key| {
-                Ok(KeyOp::Get {
+                Ok(KeyOp::Get(Get {
                     key: self.stored(key)?,
                     r,
-                })
+                }))
             })
             .collect::<Result<_>>()?;
         let replies = batch(self.shared.call_batch(ops).await?, keys.len())?;
@@ -359,12 +360,12 @@ impl Client {
         let ops = items
             .iter()
             .map(|(key, value, context)| {
-                Ok(KeyOp::Put {
+                Ok(KeyOp::Put(Put {
                     key: self.stored(key)?,
                     value: value.to_vec(),
                     context: context.to_vec(),
                     w,
-                })
+                }))
             })
             .collect::<Result<_>>()?;
         let replies = batch(self.shared.call_batch(ops).await?, items.len())?;
