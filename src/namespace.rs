@@ -309,7 +309,7 @@ impl Table {
         }
         let settings = self.get(name).ok_or_else(|| {
             Error::InvalidRequest(format!(
-                "no namespace {name} (create it with dynakv ns create {name})"
+                "no namespace {name} here (create it with dynakv ns create {name}; one just created reaches every node by gossip within seconds)"
             ))
         })?;
         Ok((name, settings, key))
