@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dynakv::namespace::{Changes, Request};
 use dynakv_actors::bench::{self, Spec};
-use dynakv_actors::testkit::Cluster;
+use dynakv_actors::testkit::{Cluster, wait_for};
 
 #[actix_rt::test]
 async fn a_short_mixed_run_with_checks_finds_no_stale_reads() {
@@ -104,6 +104,22 @@ async fn a_run_in_a_namespace_writes_its_keys_there() {
         changes: Changes::default(),
     };
     client.change_namespace(create).await.unwrap();
+    // The bench routes to every node: each must have heard of carts.
+    wait_for(
+        Duration::from_secs(30),
+        "every node to know carts",
+        || async {
+            for i in 0..cluster.len() {
+                let show = Request::Show {
+                    name: "carts".into(),
+                };
+                cluster.client(i).await?.namespaces(show).await?;
+            }
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
     let spec = Spec {
         nodes: vec![cluster.config(0).node.client_addr.clone()],
         cluster: cluster.config(0).cluster.name.clone(),
