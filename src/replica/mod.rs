@@ -6,6 +6,10 @@
 //! write. Storage is behind the small `Store` trait: fjall in the node, a
 //! `BTreeMap` in tests and the simulator.
 //!
+//! Here: opening, reads, writes and merges. Reading by range (segments,
+//! chunks, listing pages) is in `scan`, what tombstone collection asks in
+//! `collect`, the hints kept for other owners in `hinted`.
+//!
 //! Invariants:
 //! - a stored value is always the DVV merge of everything this replica was
 //!   given for the key, so writes are idempotent and order-independent;
@@ -17,21 +21,23 @@
 //!   no later than that key is gone (it may name more, and earlier), so the
 //!   search for keys to collect scans only those, once due.
 
-use std::collections::{BTreeMap, HashMap};
+mod collect;
+mod hinted;
+mod scan;
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::hints::HintLog;
-use crate::listing;
 use crate::merkle::{HashTree, Leaves, item_hash, segment_of};
 use crate::namespace;
 use crate::node::NodeId;
 use crate::partition::Partition;
-use crate::store::{
-    Entry, Store, decode_state, encode_state, split_storage_key, storage_key, stored_key,
-};
+use crate::store::{Store, decode_state, encode_state, split_storage_key, storage_key, stored_key};
 use crate::version::{Actor, Context, Dot, SiblingSet, Value};
+use collect::mark;
 
 /// Messages of the replica concern between nodes (`PeerMsg::Replica`).
 /// Variants are only ever appended.
@@ -122,12 +128,6 @@ pub struct Replica<S: Store> {
     /// every key of every partition each round (and every expiring key
     /// until it expired).
     tombstoned: HashMap<Partition, u64>,
-}
-
-/// Notes that a key of `p` may be gone from `at` on.
-fn mark(tombstoned: &mut HashMap<Partition, u64>, p: Partition, at: u64) {
-    let due = tombstoned.entry(p).or_insert(at);
-    *due = (*due).min(at);
 }
 
 /// Keys and bytes (keys plus encoded sibling sets) one partition holds.
@@ -377,124 +377,6 @@ impl<S: Store> Replica<S> {
         Ok(())
     }
 
-    /// The (key, item hash) of every key of `p` in the given segments, for
-    /// anti-entropy (one scan of the partition).
-    pub fn segment_items(&self, p: Partition, segments: &[u16]) -> Result<Vec<(Vec<u8>, u64)>> {
-        let wanted: std::collections::HashSet<usize> =
-            segments.iter().map(|&s| usize::from(s)).collect();
-        let mut items = Vec::new();
-        self.scan_partition(p, |key, value| {
-            if wanted.contains(&segment_of(key, self.q)) {
-                items.push((key.to_vec(), item_hash(key, value)));
-            }
-            Ok(())
-        })?;
-        Ok(items)
-    }
-
-    /// Calls `f` with every (user key, encoded state) of partition `p`.
-    pub fn scan_partition(
-        &self,
-        p: Partition,
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
-        let prefix = p.prefix();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let chunk = self.store.scan(&prefix, after.as_deref(), SCAN_CHUNK)?;
-            for (stored, value) in &chunk {
-                f(&stored[prefix.len()..], value)?;
-            }
-            match chunk.last() {
-                Some((k, _)) if chunk.len() == SCAN_CHUNK => after = Some(k.clone()),
-                _ => return Ok(()),
-            }
-        }
-    }
-
-    /// Keys of `p` live at `now` after `after` starting with `prefix`, at
-    /// most `limit` of them, scanning a bounded number of entries. The
-    /// empty prefix lists the keys of the namespace `default` only.
-    fn list(
-        &self,
-        p: Partition,
-        mut after: Option<Vec<u8>>,
-        prefix: &[u8],
-        limit: u32,
-        now: u64,
-    ) -> Result<ReplicaMsg> {
-        if p.0 >= self.q {
-            return Err(Error::Malformed(format!("partition {p} out of range")));
-        }
-        if let Some(floor) = namespace::scan_floor(prefix)
-            && after.as_deref().is_none_or(|a| a < floor)
-        {
-            after = Some(floor.to_vec());
-        }
-        let limit = limit.clamp(1, listing::MAX_PAGE) as usize;
-        let mut budget = limit * listing::SCAN_PER_KEY;
-        let mut keys = Vec::new();
-        while budget > 0 {
-            let (entries, end) = self.chunk_of(p, prefix, after.as_deref(), budget.min(1024))?;
-            budget = budget.saturating_sub(entries.len());
-            for (key, state) in entries {
-                if !state.is_gone_at(now) {
-                    keys.push(key.clone());
-                }
-                after = Some(key);
-                if keys.len() == limit {
-                    return Ok(ReplicaMsg::Keys {
-                        keys,
-                        scanned_to: after,
-                    });
-                }
-            }
-            if end {
-                return Ok(ReplicaMsg::Keys {
-                    keys,
-                    scanned_to: None,
-                });
-            }
-        }
-        Ok(ReplicaMsg::Keys {
-            keys,
-            scanned_to: after,
-        })
-    }
-
-    /// Up to `limit` entries of `p` after key `after` (from its start if
-    /// None), in key order, and whether the partition ends there.
-    pub fn chunk(
-        &self,
-        p: Partition,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<(Vec<Entry>, bool)> {
-        self.chunk_of(p, &[], after, limit)
-    }
-
-    /// As `chunk`, for the keys of `p` that begin with `prefix` only.
-    fn chunk_of(
-        &self,
-        p: Partition,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<(Vec<Entry>, bool)> {
-        let partition = p.prefix();
-        let scanned = storage_key(p, prefix);
-        // A scan starts inside the prefix's range (a cursor before it
-        // would end the scan at once).
-        let after = after.filter(|a| *a >= prefix).map(|k| storage_key(p, k));
-        let rows = self.store.scan(&scanned, after.as_deref(), limit)?;
-        let last = rows.len() < limit;
-        let entries = rows
-            .into_iter()
-            .map(|(stored, value)| Ok((stored[partition.len()..].to_vec(), decode_state(&value)?)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((entries, last))
-    }
-
     /// The partitions this replica holds data for.
     pub fn held_partitions(&self) -> Vec<Partition> {
         let mut held: Vec<Partition> = self.trees.keys().copied().collect();
@@ -544,152 +426,6 @@ impl<S: Store> Replica<S> {
         self.actor = self.actor.successor();
     }
 
-    /// Up to `limit` keys of `p` that read as not found at `now` (ms
-    /// since the Unix epoch): every sibling a tombstone or expired.
-    pub fn tombstones(
-        &mut self,
-        p: Partition,
-        limit: usize,
-        now: u64,
-    ) -> Result<Vec<(Vec<u8>, SiblingSet)>> {
-        if self.tombstoned.get(&p).is_none_or(|due| *due > now) {
-            return Ok(Vec::new());
-        }
-        let mut found = Vec::new();
-        let mut next = None::<u64>;
-        self.scan_partition(p, |key, value| {
-            if found.len() < limit {
-                let state = decode_state(value)?;
-                match state.ends_at() {
-                    Some(at) if at <= now => found.push((key.to_vec(), state)),
-                    Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
-                    None => {}
-                }
-            }
-            Ok(())
-        })?;
-        if found.is_empty() {
-            match next {
-                Some(at) => self.tombstoned.insert(p, at),
-                None => self.tombstoned.remove(&p),
-            };
-        }
-        Ok(found)
-    }
-
-    /// Deletes the keys of dropped namespaces in `partitions` (those this
-    /// node leads): up to `limit` keys that still read as found at `now`
-    /// get a tombstone over their local copy, minted here as a
-    /// coordinator's delete is. Returns the tombstoned sibling sets, for
-    /// the shell to write to the keys' other replicas (as a delete's
-    /// session does); collection then removes them like any tombstone.
-    pub fn delete_dropped(
-        &mut self,
-        partitions: &[Partition],
-        limit: usize,
-        now: u64,
-    ) -> Result<Vec<Entry>> {
-        let prefixes: Vec<Vec<u8>> = self
-            .namespaces
-            .dropped()
-            .map(namespace::key_prefix)
-            .collect();
-        let mut deleted = Vec::new();
-        for &p in partitions {
-            for prefix in &prefixes {
-                let mut after = None;
-                while deleted.len() < limit {
-                    let (entries, end) = self.chunk_of(p, prefix, after.as_deref(), SCAN_CHUNK)?;
-                    for (key, state) in entries {
-                        if deleted.len() < limit && !state.is_gone_at(now) {
-                            let (tombstone, _) =
-                                self.update(&key, &state.context(), Value::Tombstone, None)?;
-                            deleted.push((key.clone(), tombstone));
-                        }
-                        after = Some(key);
-                    }
-                    if end {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(deleted)
-    }
-
-    /// Whether this replica keeps a hint for `key`, for any owner.
-    pub fn is_hinted(&self, key: &[u8]) -> Result<bool> {
-        self.hints.is_hinted_for_anyone(key)
-    }
-
-    fn record_hint(&mut self, key: &[u8], hint_for: Option<&NodeId>) -> Result<()> {
-        match hint_for {
-            Some(owner) => self.hints.record(owner, key),
-            None => Ok(()),
-        }
-    }
-
-    /// Hints held, per owner.
-    pub fn hints_pending(&self) -> &BTreeMap<NodeId, u64> {
-        self.hints.pending()
-    }
-
-    /// Up to `limit` keys hinted for `owner`, with their current local state.
-    pub fn hinted(&self, owner: &NodeId, limit: usize) -> Result<Vec<(Vec<u8>, SiblingSet)>> {
-        self.hints
-            .batch(owner, limit)?
-            .into_iter()
-            .map(|key| {
-                let state = self.read(&key)?;
-                Ok((key, state))
-            })
-            .collect()
-    }
-
-    /// `owner` has departed: clears up to `limit` of its hints that have
-    /// nothing left to hand over (`hints::moot`), given the partitions this
-    /// replica still `replicates`. Keeps every local copy: a stray one goes
-    /// when its partition is released. Returns how many hints went.
-    pub fn forget_moot_hints(
-        &mut self,
-        owner: &NodeId,
-        limit: usize,
-        replicates: &[Partition],
-    ) -> Result<usize> {
-        let q = self.q;
-        let batch = self.hinted(owner, limit)?;
-        let moot = crate::hints::moot(batch, |k| replicates.contains(&Partition::of_key(k, q)));
-        self.handed_off(owner, &moot, |_| true)
-    }
-
-    /// `owner` merged `delivered` durably: clear each hint whose key is
-    /// unchanged since (a key written meanwhile keeps its hint for the next
-    /// batch), and drop this replica's copy of the keys `keep` rejects.
-    pub fn handed_off(
-        &mut self,
-        owner: &NodeId,
-        delivered: &[(Vec<u8>, SiblingSet)],
-        keep: impl Fn(&[u8]) -> bool,
-    ) -> Result<usize> {
-        let mut cleared = 0;
-        let mut forgot_own = false;
-        for (key, state) in delivered {
-            if self.read(key)? != *state {
-                continue;
-            }
-            self.hints.clear(owner, key)?;
-            cleared += 1;
-            if !keep(key) && !self.hints.is_hinted_for_anyone(key)? {
-                forgot_own |= state.context().get(self.actor) > 0;
-                self.remove(key)?;
-            }
-        }
-        if forgot_own {
-            self.forget_writer();
-        }
-        Ok(cleared)
-    }
-
     /// Writes `new` over the stored encoding `old` (None: a new key).
     fn store_state(&mut self, key: &[u8], old: Option<Vec<u8>>, new: &SiblingSet) -> Result<()> {
         let p = Partition::of_key(key, self.q);
@@ -720,6 +456,8 @@ impl<S: Store> Replica<S> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::store::MemStore;
 

@@ -1,0 +1,131 @@
+//! Reading a replica a range at a time: a partition's keys by segment
+//! (anti-entropy), in chunks (handoff, collection) and as listing pages.
+
+use super::{Replica, SCAN_CHUNK};
+use crate::error::{Error, Result};
+use crate::listing;
+use crate::merkle::{item_hash, segment_of};
+use crate::namespace;
+use crate::partition::Partition;
+use crate::replica::ReplicaMsg;
+use crate::store::{Entry, Store, decode_state, storage_key};
+
+impl<S: Store> Replica<S> {
+    /// The (key, item hash) of every key of `p` in the given segments, for
+    /// anti-entropy (one scan of the partition).
+    pub fn segment_items(&self, p: Partition, segments: &[u16]) -> Result<Vec<(Vec<u8>, u64)>> {
+        let wanted: std::collections::HashSet<usize> =
+            segments.iter().map(|&s| usize::from(s)).collect();
+        let mut items = Vec::new();
+        self.scan_partition(p, |key, value| {
+            if wanted.contains(&segment_of(key, self.q)) {
+                items.push((key.to_vec(), item_hash(key, value)));
+            }
+            Ok(())
+        })?;
+        Ok(items)
+    }
+
+    /// Calls `f` with every (user key, encoded state) of partition `p`.
+    pub fn scan_partition(
+        &self,
+        p: Partition,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let prefix = p.prefix();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let chunk = self.store.scan(&prefix, after.as_deref(), SCAN_CHUNK)?;
+            for (stored, value) in &chunk {
+                f(&stored[prefix.len()..], value)?;
+            }
+            match chunk.last() {
+                Some((k, _)) if chunk.len() == SCAN_CHUNK => after = Some(k.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Keys of `p` live at `now` after `after` starting with `prefix`, at
+    /// most `limit` of them, scanning a bounded number of entries. The
+    /// empty prefix lists the keys of the namespace `default` only.
+    pub(super) fn list(
+        &self,
+        p: Partition,
+        mut after: Option<Vec<u8>>,
+        prefix: &[u8],
+        limit: u32,
+        now: u64,
+    ) -> Result<ReplicaMsg> {
+        if p.0 >= self.q {
+            return Err(Error::Malformed(format!("partition {p} out of range")));
+        }
+        if let Some(floor) = namespace::scan_floor(prefix)
+            && after.as_deref().is_none_or(|a| a < floor)
+        {
+            after = Some(floor.to_vec());
+        }
+        let limit = limit.clamp(1, listing::MAX_PAGE) as usize;
+        let mut budget = limit * listing::SCAN_PER_KEY;
+        let mut keys = Vec::new();
+        while budget > 0 {
+            let (entries, end) = self.chunk_of(p, prefix, after.as_deref(), budget.min(1024))?;
+            budget = budget.saturating_sub(entries.len());
+            for (key, state) in entries {
+                if !state.is_gone_at(now) {
+                    keys.push(key.clone());
+                }
+                after = Some(key);
+                if keys.len() == limit {
+                    return Ok(ReplicaMsg::Keys {
+                        keys,
+                        scanned_to: after,
+                    });
+                }
+            }
+            if end {
+                return Ok(ReplicaMsg::Keys {
+                    keys,
+                    scanned_to: None,
+                });
+            }
+        }
+        Ok(ReplicaMsg::Keys {
+            keys,
+            scanned_to: after,
+        })
+    }
+
+    /// Up to `limit` entries of `p` after key `after` (from its start if
+    /// None), in key order, and whether the partition ends there.
+    pub fn chunk(
+        &self,
+        p: Partition,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool)> {
+        self.chunk_of(p, &[], after, limit)
+    }
+
+    /// As `chunk`, for the keys of `p` that begin with `prefix` only.
+    pub(super) fn chunk_of(
+        &self,
+        p: Partition,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool)> {
+        let partition = p.prefix();
+        let scanned = storage_key(p, prefix);
+        // A scan starts inside the prefix's range (a cursor before it
+        // would end the scan at once).
+        let after = after.filter(|a| *a >= prefix).map(|k| storage_key(p, k));
+        let rows = self.store.scan(&scanned, after.as_deref(), limit)?;
+        let last = rows.len() < limit;
+        let entries = rows
+            .into_iter()
+            .map(|(stored, value)| Ok((stored[partition.len()..].to_vec(), decode_state(&value)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((entries, last))
+    }
+}
