@@ -248,16 +248,11 @@ pub struct Delete {
 }
 
 /// A put whose value reads as not found `ttl_ms` after its coordinator
-/// took it (0: never, whatever its namespace's default TTL).
+/// took it (0: never, whatever its namespace's default TTL). Encoded as
+/// the put's fields, then the TTL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutExpiring {
-    #[serde(with = "serde_bytes")]
-    pub key: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    pub context: Vec<u8>,
-    pub w: Option<u8>,
+    pub put: Put,
     pub ttl_ms: u64,
 }
 
@@ -277,7 +272,10 @@ impl KeyOp {
             KeyOp::Get(Get { key, .. })
             | KeyOp::Put(Put { key, .. })
             | KeyOp::Delete(Delete { key, .. })
-            | KeyOp::PutExpiring(PutExpiring { key, .. }) => key,
+            | KeyOp::PutExpiring(PutExpiring {
+                put: Put { key, .. },
+                ..
+            }) => key,
         }
     }
 
@@ -320,7 +318,10 @@ impl ClientOp {
             ClientOp::Get(Get { key, .. })
             | ClientOp::Put(Put { key, .. })
             | ClientOp::Delete(Delete { key, .. })
-            | ClientOp::PutExpiring(PutExpiring { key, .. })
+            | ClientOp::PutExpiring(PutExpiring {
+                put: Put { key, .. },
+                ..
+            })
             | ClientOp::Inspect { key } => key,
             ClientOp::List { prefix, .. } => prefix,
             ClientOp::Routed { op, .. } => op.key(),
@@ -761,13 +762,17 @@ mod tests {
 
         #[test]
         fn expiring_puts_are_appended_and_round_trip(ttl_ms in any::<u64>(), w in prop::option::of(any::<u8>())) {
-            let put = PutExpiring { key: b"k".to_vec(), value: b"v".to_vec(), context: vec![], w, ttl_ms };
+            let plain = Put { key: b"k".to_vec(), value: b"v".to_vec(), context: vec![], w };
+            let put = PutExpiring { put: plain.clone(), ttl_ms };
             let op = ClientOp::PutExpiring(put.clone());
             let bytes = postcard::to_stdvec(&op).unwrap();
             prop_assert_eq!(bytes[0], 16, "after every earlier ClientOp");
             let routed = postcard::to_stdvec(&KeyOp::PutExpiring(put.clone())).unwrap();
             prop_assert_eq!(routed[0], 3, "after every earlier KeyOp");
             prop_assert_eq!(&routed[1..], &bytes[1..]);
+            // The put's own fields first, as a `Put` is encoded.
+            let fields = postcard::to_stdvec(&ClientOp::Put(plain)).unwrap();
+            prop_assert_eq!(&bytes[1..fields.len()], &fields[1..]);
             let req = ClientRequest { id: 7, op };
             let frame = FrameCodec::default().to_frame(&req).unwrap();
             let (back, _): (ClientRequest, _) = FrameCodec::default().decode(&frame).unwrap().unwrap();

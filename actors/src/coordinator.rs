@@ -90,27 +90,9 @@ impl Coordinator {
         let t = self.topology.as_ref();
         match op {
             ClientOp::Get(Get { key, r }) => self.planner.get(t, key, r),
-            ClientOp::Put(Put {
-                key,
-                value,
-                context,
-                w,
-            }) => {
-                let write = Write::new(Value::Data(value), &context, w);
-                self.planner.write(t, key, write, wall_ms())
-            }
-            ClientOp::PutExpiring(PutExpiring {
-                key,
-                value,
-                context,
-                w,
-                ttl_ms,
-            }) => {
-                let write = Write {
-                    ttl_ms: Some(ttl_ms),
-                    ..Write::new(Value::Data(value), &context, w)
-                };
-                self.planner.write(t, key, write, wall_ms())
+            ClientOp::Put(put) => self.plan_put(t, put, None),
+            ClientOp::PutExpiring(PutExpiring { put, ttl_ms }) => {
+                self.plan_put(t, put, Some(ttl_ms))
             }
             ClientOp::Delete(Delete { key, context, w }) => {
                 let write = Write::new(Value::Tombstone, &context, w);
@@ -121,6 +103,21 @@ impl Coordinator {
                 other.name()
             ))),
         }
+    }
+
+    /// Plans a put, with its own TTL if it has one.
+    fn plan_put(&self, t: Option<&Topology>, put: Put, ttl_ms: Option<u64>) -> Result<Planned> {
+        let Put {
+            key,
+            value,
+            context,
+            w,
+        } = put;
+        let write = Write {
+            ttl_ms,
+            ..Write::new(Value::Data(value), &context, w)
+        };
+        self.planner.write(t, key, write, wall_ms())
     }
 
     /// Starts a session, which gives the client its reply.

@@ -308,10 +308,12 @@ impl Client {
         ttl: Duration,
     ) -> Result<WriteResult> {
         let op = KeyOp::PutExpiring(PutExpiring {
-            key: self.stored(key)?,
-            value: value.to_vec(),
-            context: context.to_vec(),
-            w,
+            put: Put {
+                key: self.stored(key)?,
+                value: value.to_vec(),
+                context: context.to_vec(),
+                w,
+            },
             ttl_ms: u64::try_from(ttl.as_millis())
                 .map_err(|_| Error::InvalidRequest("the TTL is too long".into()))?,
         });
