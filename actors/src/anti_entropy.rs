@@ -21,10 +21,11 @@ use actix::prelude::*;
 use dynakv::anti_entropy::{AeMsg, ExchangeReport, RootsCheck, Schedule};
 use dynakv::partition::Partition;
 use dynakv::peer::PeerMsg;
-use dynakv::replica::ReplicaMsg;
 use dynakv::ring::Ring;
 use dynakv::store::Entry;
-use dynakv::tombstones::{Collector, CollectorSettings, GcMsg, GcWork, led_partitions};
+use dynakv::tombstones::{
+    Collector, CollectorSettings, GcMsg, GcWork, delete_writes, led_partitions,
+};
 use dynakv::topology::Topology;
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, info, warn};
@@ -216,31 +217,19 @@ impl AntiEntropy {
     }
 
     /// Writes the tombstones this node minted over keys of dropped
-    /// namespaces to the keys' other replicas, as a delete's session does
-    /// (one that fails is repaired by anti-entropy).
+    /// namespaces to the keys' other replicas (`tombstones::delete_writes`).
     fn write_deletes(&self, ring: &Ring, deleted: Vec<Entry>) {
         if deleted.is_empty() {
             return;
         }
         info!(keys = deleted.len(), "deleting keys of dropped namespaces");
-        let me = &self.settings.me;
-        for (key, state) in deleted {
-            let p = ring.partition_of(&key);
-            for peer in ring.preference_list(p, self.settings.collector.n) {
-                if peer == me {
-                    continue;
-                }
-                let msg = ReplicaMsg::Write {
-                    key: key.clone(),
-                    state: state.clone(),
-                    hint_for: None,
-                };
-                let timeout = self.settings.call_timeout;
-                let sent = call(&self.bridge, peer.clone(), PeerMsg::Replica(msg), timeout);
-                actix::spawn(async move {
-                    let _ = sent.await;
-                });
-            }
+        let (me, n) = (&self.settings.me, self.settings.collector.n);
+        for (peer, msg) in delete_writes(ring, me, n, deleted) {
+            let timeout = self.settings.call_timeout;
+            let sent = call(&self.bridge, peer, PeerMsg::Replica(msg), timeout);
+            actix::spawn(async move {
+                let _ = sent.await;
+            });
         }
     }
 

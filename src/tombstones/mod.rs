@@ -36,7 +36,7 @@ pub use collector::{Collector, CollectorSettings, GcWork};
 use crate::error::{Error, Result};
 use crate::node::NodeId;
 use crate::partition::Partition;
-use crate::replica::Replica;
+use crate::replica::{Replica, ReplicaMsg};
 use crate::ring::Ring;
 use crate::store::Store;
 use crate::version::SiblingSet;
@@ -158,6 +158,31 @@ pub fn collectable(
         .collect()
 }
 
+/// Where the tombstones `me` minted over keys of dropped namespaces
+/// (`Replica::delete_dropped`) go: each to the other replicas of its key,
+/// as a delete's session writes them (one that fails is repaired by
+/// anti-entropy).
+pub fn delete_writes(
+    ring: &Ring,
+    me: &NodeId,
+    n: usize,
+    deleted: Vec<(Vec<u8>, SiblingSet)>,
+) -> Vec<(NodeId, ReplicaMsg)> {
+    let mut writes = Vec::new();
+    for (key, state) in deleted {
+        let replicas = ring.preference_list(ring.partition_of(&key), n);
+        for peer in replicas.into_iter().filter(|peer| *peer != me) {
+            let msg = ReplicaMsg::Write {
+                key: key.clone(),
+                state: state.clone(),
+                hint_for: None,
+            };
+            writes.push((peer.clone(), msg));
+        }
+    }
+    writes
+}
+
 /// The partitions whose tombstones `me` collects: those it owns, and none
 /// while partitions move (their replica sets are changing).
 pub fn led_partitions(ring: &Ring, me: &NodeId) -> Vec<Partition> {
@@ -259,6 +284,27 @@ mod tests {
         SiblingSet::new()
             .update(&Context::default(), Value::Tombstone, Actor(actor))
             .unwrap()
+    }
+
+    #[test]
+    fn a_dropped_keys_tombstone_goes_to_its_other_replicas_only() {
+        let t = crate::topology::testing::topology(&["a", "b", "c", "d"], &[], &[], 16);
+        let ring = t.ring.clone().unwrap();
+        let keys: Vec<Vec<u8>> = (0..8).map(|i| format!("k{i}").into_bytes()).collect();
+        let deleted = keys.iter().map(|k| (k.clone(), tomb(1))).collect();
+        let writes = delete_writes(&ring, &id("a"), 2, deleted);
+        for key in &keys {
+            let list = ring.preference_list(ring.partition_of(key), 2);
+            let mut to: Vec<&NodeId> = writes
+                .iter()
+                .filter(|(_, m)| matches!(m, ReplicaMsg::Write { key: k, .. } if k == key))
+                .map(|(peer, _)| peer)
+                .collect();
+            to.sort();
+            let mut expected: Vec<&NodeId> = list.into_iter().filter(|p| **p != id("a")).collect();
+            expected.sort();
+            assert_eq!(to, expected, "{key:?}");
+        }
     }
 
     #[test]
