@@ -52,6 +52,7 @@ pub mod node;
 pub mod ownership;
 pub mod partition;
 pub mod peer;
+pub mod placement;
 pub mod replica;
 pub mod ring;
 pub mod routing;

@@ -72,6 +72,14 @@ impl Leaves {
         self.0[segment % SEGMENTS] ^= old.unwrap_or(0) ^ new.unwrap_or(0);
     }
 
+    /// Adds the keys `other` records (XOR: the leaves of two disjoint key
+    /// sets together are the leaves of their union).
+    pub fn add(&mut self, other: &Leaves) {
+        for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+            *mine ^= theirs;
+        }
+    }
+
     /// Whether no key has been recorded (or all were removed again).
     pub fn is_empty(&self) -> bool {
         self.0.iter().all(|&l| l == 0)

@@ -323,6 +323,11 @@ impl Table {
             .map(|(n, r)| (n, &r.settings))
     }
 
+    /// The record of `name`, dropped or not.
+    pub fn record(&self, name: &str) -> Option<&Record> {
+        self.records.get(name)
+    }
+
     /// Every record, dropped ones included.
     pub fn records(&self) -> impl Iterator<Item = (&Name, &Record)> {
         self.records.iter()
@@ -506,7 +511,6 @@ pub fn change(
             let name = Name::new(name)?;
             let settings = changes.apply(defaults);
             settings.validate(members, defaults.max_value_bytes)?;
-            carried_out(&settings, defaults)?;
             table.create(name.clone(), settings, by)?;
             Ok(format!("namespace {name} created"))
         }
@@ -514,7 +518,6 @@ pub fn change(
             let name = Name::new(name)?;
             let settings = changes.apply(table.existing(&name)?);
             settings.validate(members, defaults.max_value_bytes)?;
-            carried_out(&settings, defaults)?;
             table.alter(&name, settings, by)?;
             Ok(format!("namespace {name} altered"))
         }
@@ -527,19 +530,6 @@ pub fn change(
             "show and list do not change namespaces".into(),
         )),
     }
-}
-
-/// Refuses the settings this version stores but cannot carry out yet: a
-/// replica count other than the cluster's (anti-entropy, handoff and
-/// tombstone collection keep every key at `[cluster] n`).
-fn carried_out(settings: &Settings, defaults: &Settings) -> Result<()> {
-    if settings.n != defaults.n {
-        return Err(Error::InvalidRequest(format!(
-            "n = {}: a namespace's own n is not supported yet; every namespace has the cluster's n = {}",
-            settings.n, defaults.n
-        )));
-    }
-    Ok(())
 }
 
 /// Answers `show` (one namespace) or `list` (every live one, `default`
@@ -830,10 +820,19 @@ mod tests {
             w: Some(1),
             ..Changes::default()
         };
-        let e = change(&mut t, create("later", own_n), &defaults, 5, &id("a")).unwrap_err();
+        change(&mut t, create("pairs", own_n), &defaults, 5, &id("a")).unwrap();
+        assert_eq!(t.get("pairs").map(|s| s.n), Some(2));
+        let too_wide = Changes {
+            r: Some(3),
+            ..Changes::default()
+        };
+        let alter = Request::Alter {
+            name: "pairs".into(),
+            changes: too_wide,
+        };
+        let e = change(&mut t, alter, &defaults, 5, &id("a")).unwrap_err();
         assert!(
-            e.to_string()
-                .contains("n = 2: a namespace's own n is not supported yet"),
+            e.to_string().contains("r = 3 must be between 1 and n = 2"),
             "{e}"
         );
         let alter = Request::Alter {
@@ -845,7 +844,7 @@ mod tests {
 
         let listed = describe(&t, &Request::List, &defaults).unwrap();
         let names: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
-        assert_eq!(names, ["default", "carts"]);
+        assert_eq!(names, ["default", "carts", "pairs"]);
         let shown = describe(
             &t,
             &Request::Show {

@@ -107,6 +107,19 @@ impl Ring {
             .collect()
     }
 
+    /// Where `node` stands in the walk from `p` (0: first), if the table
+    /// names it.
+    pub fn position(&self, p: Partition, node: &NodeId) -> Option<usize> {
+        self.walk(p).position(|o| o == node)
+    }
+
+    /// Where `node` will stand in the walk from `p` once in-flight moves
+    /// complete.
+    pub fn pending_position(&self, p: Partition, node: &NodeId) -> Option<usize> {
+        let i = self.nodes.binary_search(node).ok()? as u16;
+        walk(&self.pending, self.pending_distinct, p).position(|o| o == i)
+    }
+
     /// Whether any partition is changing hands.
     pub fn is_moving(&self) -> bool {
         self.current != self.pending

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use dynakv::anti_entropy::AeMsg;
+use dynakv::anti_entropy::{AeMsg, Push};
 use dynakv::hints::HintMsg;
 use dynakv::membership::Status;
 use dynakv::partition::Partition;
@@ -84,10 +84,10 @@ async fn every_node_refuses_the_pushes_of_a_removed_node_that_does_not_know_yet(
     let key = b"stale".to_vec();
     let q = cluster.config(0).cluster.partitions;
     let pushes = [
-        PeerMsg::AntiEntropy(AeMsg::Push {
+        PeerMsg::AntiEntropy(AeMsg::Push(Push {
             partition: Partition::of_key(&key, q),
             entries: vec![(key.clone(), stale.clone())],
-        }),
+        })),
         PeerMsg::Hints(HintMsg::Deliver {
             entries: vec![(key.clone(), stale)],
         }),

@@ -236,8 +236,8 @@ async fn the_cli_creates_shows_lists_and_drops_namespaces() {
         (vec!["ns", "create", "x", "--ttl", "-1h"], "ttl \"-1h\""),
         (vec!["ns", "create", "x", "--n", "-1"], "--n"),
         (
-            vec!["ns", "create", "x", "--n", "2"],
-            "a namespace's own n is not supported yet",
+            vec!["ns", "create", "x", "--n", "2", "--r", "3"],
+            "r = 3 must be between 1 and n = 2",
         ),
         (
             vec!["ns", "create", "x", "--type", "counter"],

@@ -21,7 +21,7 @@ use actix::prelude::*;
 use dynakv::anti_entropy::{AeMsg, ExchangeReport, RootsCheck, Schedule};
 use dynakv::partition::Partition;
 use dynakv::peer::PeerMsg;
-use dynakv::ring::Ring;
+use dynakv::placement::Placement;
 use dynakv::store::Entry;
 use dynakv::tombstones::{
     Collector, CollectorSettings, GcMsg, GcWork, delete_writes, led_partitions,
@@ -35,7 +35,9 @@ use crate::clock::Clock;
 use crate::events::{Event, Events};
 use crate::exchange::exchange;
 use crate::messages::{RingChanged, Summary};
-use crate::replica::{AeRespond, AeRoots, DeleteDropped, FindTombstones, GcRespond, Replica};
+use crate::replica::{
+    AeBegin, AeRespond, AeRoots, DeleteDropped, FindTombstones, GcRespond, Replica,
+};
 use crate::supervise::{answered, mailbox_error, shielded};
 
 #[derive(Debug, Clone)]
@@ -101,14 +103,19 @@ impl AntiEntropy {
             self.check_roots(check, ctx);
         }
         let rng = &mut self.rng;
-        let Some((p, peer)) = self.schedule.next(&t, now, |count| rng.usize(..count)) else {
+        let Some(due) = self.schedule.next(&t, now, |count| rng.usize(..count)) else {
             return;
+        };
+        let (p, peer) = (due.partition, due.peer);
+        let begin = AeBegin {
+            partition: p,
+            scope: due.scope,
+            push_only: false,
         };
         let run = exchange(
             self.replica.clone(),
             self.bridge.clone(),
-            p,
-            false,
+            begin,
             peer.clone(),
             self.settings.call_timeout,
         );
@@ -153,7 +160,11 @@ impl AntiEntropy {
     /// Compares the roots this node shares with a co-replica that came up;
     /// the partitions that differ are exchanged first.
     fn check_roots(&mut self, check: RootsCheck, ctx: &mut Context<Self>) {
-        let RootsCheck { peer, partitions } = check;
+        let RootsCheck {
+            peer,
+            scope,
+            partitions,
+        } = check;
         let (replica, bridge, timeout) = (
             self.replica.clone(),
             self.bridge.clone(),
@@ -162,7 +173,7 @@ impl AntiEntropy {
         let asked = peer.clone();
         let run = async move {
             let msg = replica
-                .send(AeRoots(partitions))
+                .send(AeRoots(scope, partitions))
                 .await
                 .map_err(mailbox_error)??;
             let sent = msg.wire_size();
@@ -199,15 +210,16 @@ impl AntiEntropy {
     /// the partitions this node leads.
     fn collect(&mut self, ctx: &mut Context<Self>) {
         let Some(t) = self.active() else { return };
-        if let Some(ring) = t.ring.clone()
+        if let Some(ring) = &t.ring
             && t.view.namespaces.dropped().next().is_some()
         {
-            let partitions = led_partitions(&ring, &self.settings.me);
+            let partitions = led_partitions(ring, &self.settings.me);
             let limit = self.settings.collector.batch;
             let deleted = self.replica.send(DeleteDropped { partitions, limit });
+            let t = t.clone();
             ctx.spawn(deleted.into_actor(self).map(move |deleted, act, _| {
                 match answered(deleted) {
-                    Ok(deleted) => act.write_deletes(&ring, deleted),
+                    Ok(deleted) => act.write_deletes(&t, deleted),
                     Err(e) => warn!(error = %e, "cannot delete keys of dropped namespaces"),
                 }
             }));
@@ -218,13 +230,15 @@ impl AntiEntropy {
 
     /// Writes the tombstones this node minted over keys of dropped
     /// namespaces to the keys' other replicas (`tombstones::delete_writes`).
-    fn write_deletes(&self, ring: &Ring, deleted: Vec<Entry>) {
+    fn write_deletes(&self, t: &Topology, deleted: Vec<Entry>) {
+        let Some(ring) = &t.ring else { return };
         if deleted.is_empty() {
             return;
         }
         info!(keys = deleted.len(), "deleting keys of dropped namespaces");
-        let (me, n) = (&self.settings.me, self.settings.collector.n);
-        for (peer, msg) in delete_writes(ring, me, n, deleted) {
+        let me = &self.settings.me;
+        let place = Placement::new(ring, &t.view.namespaces, self.settings.collector.n);
+        for (peer, msg) in delete_writes(&place, me, deleted) {
             let timeout = self.settings.call_timeout;
             let sent = call(&self.bridge, peer, PeerMsg::Replica(msg), timeout);
             actix::spawn(async move {

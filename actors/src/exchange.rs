@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use dynakv::anti_entropy::ExchangeReport;
-use dynakv::partition::Partition;
 use dynakv::peer::PeerMsg;
 use dynakv::{Error, NodeId, Result};
 
@@ -15,20 +14,15 @@ use crate::bridge::{Bridge, call};
 use crate::replica::{AeBegin, AeContinue, Replica};
 use crate::supervise::mailbox_error;
 
-/// Exchanges `partition` with `peer` to the end (`push_only`: give what the
-/// peer lacks, take nothing), each message waiting at most `timeout`.
+/// Runs the exchange `begin` asks for with `peer` to the end, each message
+/// waiting at most `timeout`.
 pub(crate) async fn exchange(
     replica: Addr<Replica>,
     bridge: Addr<Bridge>,
-    partition: Partition,
-    push_only: bool,
+    begin: AeBegin,
     peer: NodeId,
     timeout: Duration,
 ) -> Result<ExchangeReport> {
-    let begin = AeBegin {
-        partition,
-        push_only,
-    };
     let (mut ex, mut msg) = replica.send(begin).await.map_err(mailbox_error)??;
     loop {
         let reply = match call(&bridge, peer.clone(), PeerMsg::AntiEntropy(msg), timeout).await? {

@@ -24,7 +24,9 @@ use crate::clock::Clock;
 use crate::events::{Event, Events};
 use crate::exchange::exchange;
 use crate::messages::{CommitIncoming, MarkLeft, RingChanged, Summary};
-use crate::replica::{DropPartition, HandoffRespond, HeldPartitions, MergeHandoff, Replica};
+use crate::replica::{
+    AeBegin, DropPartition, HandoffRespond, HeldPartitions, MergeHandoff, Replica,
+};
 use crate::storage::FjallStore;
 use crate::supervise::{answered, shielded};
 
@@ -144,12 +146,20 @@ impl Handoff {
                     let held = self.replica.send(HeldPartitions);
                     self.then(held, ctx, |act, held| act.driver.on_held(answered(held)));
                 }
-                HandoffWork::Sync { partition, with } => {
+                HandoffWork::Sync {
+                    partition,
+                    scope,
+                    with,
+                } => {
+                    let begin = AeBegin {
+                        partition,
+                        scope,
+                        push_only: true,
+                    };
                     let synced = exchange(
                         self.replica.clone(),
                         self.bridge.clone(),
-                        partition,
-                        true,
+                        begin,
                         with,
                         self.driver_timeout(),
                     );
@@ -160,8 +170,16 @@ impl Handoff {
                         act.driver.on_synced(synced)
                     });
                 }
-                HandoffWork::Drop { partition, synced } => {
-                    let dropped = self.replica.send(DropPartition { partition, synced });
+                HandoffWork::Drop {
+                    partition,
+                    scope,
+                    synced,
+                } => {
+                    let dropped = self.replica.send(DropPartition {
+                        partition,
+                        scope,
+                        synced,
+                    });
                     self.then(dropped, ctx, move |act, dropped| {
                         let dropped = answered(dropped);
                         if let Ok(None) = dropped {

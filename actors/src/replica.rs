@@ -463,7 +463,7 @@ forward_to_worker!(
     DeleteDropped => Vec<Entry>,
     GcRespond => GcMsg,
     HandoffRespond => HandoffMsg,
-    HeldPartitions => Vec<Partition>,
+    HeldPartitions => Vec<(Partition, Vec<String>)>,
     DropPartition => Option<usize>,
     PartitionUsage => Vec<(Partition, Usage)>,
     PanicInCore => (),

@@ -29,6 +29,7 @@ use dynakv::config::Fsync;
 use dynakv::handoff::{self, HandoffMsg};
 use dynakv::namespace;
 use dynakv::partition::Partition;
+use dynakv::placement::Scope;
 use dynakv::replica::{Replica as Core, ReplicaMsg, Usage};
 use dynakv::store::Entry;
 use dynakv::tombstones::{self, GcMsg};
@@ -98,12 +99,14 @@ pub struct ForgetMootHints {
     pub replicates: Vec<Partition>,
 }
 
-/// Begins an anti-entropy exchange of a partition from the local tree
-/// (`push_only`: the sync before a release).
+/// Begins an anti-entropy exchange of `scope` in a partition from the
+/// local tree (`push_only`: give what the peer lacks and take nothing, the
+/// sync before a release).
 #[derive(Message)]
 #[rtype(result = "Result<(Exchange, AeMsg)>")]
 pub struct AeBegin {
     pub partition: Partition,
+    pub scope: Scope,
     pub push_only: bool,
 }
 
@@ -143,10 +146,11 @@ pub struct ReplicaSettings {
     pub fsync_interval: Duration,
 }
 
-/// The catch-up message with this replica's roots of these partitions.
+/// The catch-up message with this replica's roots of a scope in these
+/// partitions.
 #[derive(Message)]
 #[rtype(result = "Result<AeMsg>")]
-pub struct AeRoots(pub Vec<Partition>);
+pub struct AeRoots(pub Scope, pub Vec<Partition>);
 
 /// Answers a peer's anti-entropy message from local state.
 #[derive(Message)]
@@ -173,18 +177,20 @@ pub struct GcRespond(pub GcMsg);
 #[rtype(result = "Result<HandoffMsg>")]
 pub struct HandoffRespond(pub HandoffMsg);
 
-/// The partitions this replica holds data for.
+/// The partitions this replica holds data for, with their namespaces
+/// (`Replica::held`).
 #[derive(Message)]
-#[rtype(result = "Result<Vec<Partition>>")]
+#[rtype(result = "Result<Vec<(Partition, Vec<String>)>>")]
 pub struct HeldPartitions;
 
-/// Drops every key of a partition handed off, unless it changed since the
-/// tree root its sync started from (`Replica::release_partition`).
+/// Drops the keys of `scope` in a partition released, unless they changed
+/// since their syncs began (`Replica::release`).
 #[derive(Message)]
 #[rtype(result = "Result<Option<usize>>")]
 pub struct DropPartition {
     pub partition: Partition,
-    pub synced: u64,
+    pub scope: Scope,
+    pub synced: Vec<(Scope, u64)>,
 }
 
 /// Keys and bytes held per partition (for `cluster plan`).
@@ -383,19 +389,19 @@ core_handlers! {
     TakeHints(m) -> Vec<Entry>, writes: false, |core| core.hinted(&m.owner, m.limit);
     ForgetMootHints(m) -> usize, writes: true, |core| core.forget_moot_hints(&m.owner, m.limit, &m.replicates);
     HandedOff(m) -> usize, writes: true, |core| core.handed_off(&m.owner, &m.delivered, |k| m.keep.contains(k));
-    AeBegin(m) -> (Exchange, AeMsg), writes: false, |core| Ok(Exchange::begin(m.partition, core.tree(m.partition), m.push_only));
+    AeBegin(m) -> (Exchange, AeMsg), writes: false, |core| Ok(Exchange::begin(m.partition, m.scope.clone(), core.tree_in(m.partition, &m.scope), m.push_only));
     AeContinue(AeContinue(mut ex, reply)) -> (Exchange, Option<AeMsg>), writes: true, |core| {
         let next = ex.on_reply(reply, core)?;
         Ok((ex, next))
     };
     AeRespond(AeRespond(msg)) -> AeMsg, writes: true, |core| anti_entropy::respond(core, msg);
-    AeRoots(AeRoots(partitions)) -> AeMsg, writes: false, |core| Ok(anti_entropy::roots(core, &partitions));
+    AeRoots(AeRoots(scope, partitions)) -> AeMsg, writes: false, |core| Ok(anti_entropy::roots(core, &scope, &partitions));
     FindTombstones(m) -> Vec<Entry>, writes: false, |core| core.tombstones(m.partition, m.limit, wall_ms());
     DeleteDropped(m) -> Vec<Entry>, writes: true, |core| core.delete_dropped(&m.partitions, m.limit, wall_ms());
     GcRespond(GcRespond(msg)) -> GcMsg, writes: true, |core| tombstones::respond(core, msg);
     HandoffRespond(HandoffRespond(msg)) -> HandoffMsg, writes: false, |core| handoff::respond(core, msg);
-    HeldPartitions(_m) -> Vec<Partition>, writes: false, |core| Ok(core.held_partitions());
-    DropPartition(m) -> Option<usize>, writes: true, |core| core.release_partition(m.partition, m.synced);
+    HeldPartitions(_m) -> Vec<(Partition, Vec<String>)>, writes: false, |core| Ok(core.held());
+    DropPartition(m) -> Option<usize>, writes: true, |core| core.release(m.partition, &m.scope, &m.synced);
     PartitionUsage(_m) -> Vec<(Partition, Usage)>, writes: false, |core| Ok(core.usage().iter().map(|(p, u)| (*p, *u)).collect());
 }
 

@@ -24,6 +24,7 @@ use crate::node::{self, Listeners, NodeHandle};
 use crate::replica::HeldPartitions;
 use crate::supervise::mailbox_error;
 use dynakv::membership::Status;
+use dynakv::placement::Placement;
 
 /// How long a test cluster may take to form, and a restarted node to reopen
 /// its storage (the old process's threads release the lock asynchronously).
@@ -122,10 +123,11 @@ impl Cluster {
                 );
             }
             let first = &views[0];
-            if views
-                .iter()
-                .any(|v| v.members != first.members || v.ownership != first.ownership)
-            {
+            if views.iter().any(|v| {
+                v.members != first.members
+                    || v.ownership != first.ownership
+                    || v.namespaces != first.namespaces
+            }) {
                 return Err(Error::Unavailable("views differ".into()));
             }
             let ring = first
@@ -146,15 +148,21 @@ impl Cluster {
                 )));
             }
             let n = usize::from(self.configs[0].cluster.n);
+            let place = Placement::new(&ring, &first.namespaces, n);
             for node in self.running() {
                 let held = node
                     .replica
                     .send(HeldPartitions)
                     .await
                     .map_err(mailbox_error)??;
-                let mine = ring.replicated_by(&node.id, n);
-                if let Some(p) = held.iter().find(|p| !mine.contains(p)) {
-                    return Err(Error::Unavailable(format!("{} still holds {p}", node.id)));
+                for (p, names) in &held {
+                    let surplus = place.surplus(*p, &node.id, names);
+                    if !surplus.is_empty() {
+                        return Err(Error::Unavailable(format!(
+                            "{} still holds {surplus:?} of {p}",
+                            node.id
+                        )));
+                    }
                 }
             }
             Ok(())

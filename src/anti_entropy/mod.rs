@@ -16,6 +16,11 @@
 //! 5. `Push`: the initiator merges what it received and sends the sibling
 //!    sets the responder asked for; the responder merges them.
 //!
+//! An exchange covers a `Scope` of namespaces: those both replicas hold
+//! (`crate::placement`). A request about every namespace is sent as is; one
+//! about some goes inside `Scoped`, and every tree, digest and entry of it
+//! is of those namespaces only.
+//!
 //! Both sides merge with the DVV join, so an exchange is safe in any order,
 //! against concurrent writes, and when repeated.
 
@@ -24,11 +29,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod schedule;
-pub use schedule::{RootsCheck, Schedule, round_robin};
+pub use schedule::{Due, RootsCheck, Schedule, round_robin};
 
 use crate::error::{Error, Result};
 use crate::merkle::{FANOUT, HashTree, SEGMENTS, differing};
 use crate::partition::Partition;
+use crate::placement::Scope;
 use crate::replica::Replica;
 use crate::store::Store;
 use crate::version::SiblingSet;
@@ -38,55 +44,129 @@ use crate::version::SiblingSet;
 /// Variants are only ever appended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AeMsg {
-    Root {
-        partition: Partition,
-        root: u64,
-    },
+    Root(Root),
     /// The roots are equal.
     Same,
     /// The responder's inner hashes.
     Inner {
         inner: Vec<u64>,
     },
-    LeavesOf {
-        partition: Partition,
-        inner: Vec<u8>,
-    },
+    LeavesOf(LeavesOf),
     /// The responder's leaf hashes under each requested inner node.
     Leaves {
         leaves: Vec<(u8, Vec<u64>)>,
     },
-    Digest {
-        partition: Partition,
-        segments: Vec<u16>,
-        items: Vec<(Vec<u8>, u64)>,
-    },
+    Digest(Digest),
     /// The responder's sibling sets for keys that differ or that the
     /// initiator lacks, and the keys it wants from the initiator.
     Diff {
         entries: Vec<(Vec<u8>, SiblingSet)>,
         want: Vec<Vec<u8>>,
     },
-    Push {
-        partition: Partition,
-        entries: Vec<(Vec<u8>, SiblingSet)>,
-    },
+    Push(Push),
     Pushed,
     /// Catch-up (`Schedule`): the sender's roots of the partitions it
     /// shares with the receiver, compared in one message.
-    Roots {
-        roots: Vec<(Partition, u64)>,
-    },
+    Roots(Roots),
     /// The partitions of a `Roots` whose roots differ here.
     RootsDiffer {
         partitions: Vec<Partition>,
     },
+    /// A request about the keys of `scope`'s namespaces only (the same
+    /// request sent as is is about every namespace). Answered as it is.
+    Scoped {
+        scope: Scope,
+        request: AeRequest,
+    },
+}
+
+/// The initiator's root of `partition`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Root {
+    pub partition: Partition,
+    pub root: u64,
+}
+
+/// Asks for the leaf hashes under the `inner` nodes of `partition`'s tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeavesOf {
+    pub partition: Partition,
+    pub inner: Vec<u8>,
+}
+
+/// The initiator's (key, item hash) pairs of `segments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    pub partition: Partition,
+    pub segments: Vec<u16>,
+    pub items: Vec<(Vec<u8>, u64)>,
+}
+
+/// Sibling sets the responder asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Push {
+    pub partition: Partition,
+    pub entries: Vec<(Vec<u8>, SiblingSet)>,
+}
+
+/// The sender's root of each partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Roots {
+    pub roots: Vec<(Partition, u64)>,
+}
+
+/// The requests of an exchange, as a `Scoped` message carries them.
+/// Variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AeRequest {
+    Root(Root),
+    LeavesOf(LeavesOf),
+    Digest(Digest),
+    Push(Push),
+    Roots(Roots),
+}
+
+impl AeRequest {
+    /// The message asking this about `scope`.
+    pub fn about(self, scope: &Scope) -> AeMsg {
+        match (scope, self) {
+            (Scope::All, AeRequest::Root(r)) => AeMsg::Root(r),
+            (Scope::All, AeRequest::LeavesOf(r)) => AeMsg::LeavesOf(r),
+            (Scope::All, AeRequest::Digest(r)) => AeMsg::Digest(r),
+            (Scope::All, AeRequest::Push(r)) => AeMsg::Push(r),
+            (Scope::All, AeRequest::Roots(r)) => AeMsg::Roots(r),
+            (scope, request) => AeMsg::Scoped {
+                scope: scope.clone(),
+                request,
+            },
+        }
+    }
 }
 
 impl AeMsg {
     /// Encoded size on the wire (for the byte budget and the figures).
     pub fn wire_size(&self) -> usize {
         postcard::experimental::serialized_size(self).unwrap_or(0)
+    }
+
+    /// The request this message makes, and about which namespaces; the
+    /// message itself back if it is an answer.
+    fn request(self) -> std::result::Result<(Scope, AeRequest), AeMsg> {
+        let all = |r| Ok((Scope::All, r));
+        match self {
+            AeMsg::Root(r) => all(AeRequest::Root(r)),
+            AeMsg::LeavesOf(r) => all(AeRequest::LeavesOf(r)),
+            AeMsg::Digest(r) => all(AeRequest::Digest(r)),
+            AeMsg::Push(r) => all(AeRequest::Push(r)),
+            AeMsg::Roots(r) => all(AeRequest::Roots(r)),
+            AeMsg::Scoped { scope, request } => Ok((scope, request)),
+            answer @ (AeMsg::Same
+            | AeMsg::Inner { .. }
+            | AeMsg::Leaves { .. }
+            | AeMsg::Diff { .. }
+            | AeMsg::Pushed
+            | AeMsg::RootsDiffer { .. }) => Err(answer),
+        }
     }
 }
 
@@ -131,6 +211,8 @@ enum Stage {
 #[derive(Debug, Clone)]
 pub struct Exchange {
     partition: Partition,
+    /// The namespaces compared.
+    scope: Scope,
     tree: HashTree,
     /// Releasing the partition: push what the peer lacks, take nothing
     /// (what this side holds then changes only with its own writes).
@@ -140,26 +222,27 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// Starts an exchange of `partition` from the local tree `tree`.
+    /// Starts an exchange of every namespace of `partition` from the local
+    /// tree `tree`.
     pub fn start(partition: Partition, tree: HashTree) -> (Exchange, AeMsg) {
-        Self::begin(partition, tree, false)
+        Self::begin(partition, Scope::All, tree, false)
     }
 
-    /// Starts an exchange that only pushes: the sync before a release. If
-    /// the partition's root is still the report's `started_from` after it,
-    /// the peer holds everything this side does.
-    pub fn push_only(partition: Partition, tree: HashTree) -> (Exchange, AeMsg) {
-        Self::begin(partition, tree, true)
-    }
-
-    /// Starts an exchange of `partition` from `tree`: the push-only kind
-    /// when `push_only` (as `Exchange::push_only`), else a full one (as
-    /// `Exchange::start`).
-    pub fn begin(partition: Partition, tree: HashTree, push_only: bool) -> (Exchange, AeMsg) {
+    /// Starts an exchange of `scope`'s namespaces of `partition` from
+    /// `tree` (the local tree of that scope). The push-only kind is the
+    /// sync before a release: if the scope's root is still the report's
+    /// `started_from` after it, the peer holds everything this side does.
+    pub fn begin(
+        partition: Partition,
+        scope: Scope,
+        tree: HashTree,
+        push_only: bool,
+    ) -> (Exchange, AeMsg) {
         let root = tree.root();
-        let msg = AeMsg::Root { partition, root };
+        let msg = AeRequest::Root(Root { partition, root }).about(&scope);
         let mut ex = Exchange {
             partition,
+            scope,
             tree,
             push_only,
             stage: Stage::AwaitRoot,
@@ -189,7 +272,8 @@ impl Exchange {
         self.report.bytes_sent += msg.wire_size();
     }
 
-    fn send(&mut self, stage: Stage, msg: AeMsg) -> Result<Option<AeMsg>> {
+    fn send(&mut self, stage: Stage, request: AeRequest) -> Result<Option<AeMsg>> {
+        let msg = request.about(&self.scope);
         self.sent(&msg);
         self.stage = stage;
         Ok(Some(msg))
@@ -219,11 +303,11 @@ impl Exchange {
                 if wanted.is_empty() {
                     return self.finish();
                 }
-                let msg = AeMsg::LeavesOf {
+                let request = AeRequest::LeavesOf(LeavesOf {
                     partition: self.partition,
                     inner: wanted.clone(),
-                };
-                self.send(Stage::AwaitLeaves { inner: wanted }, msg)
+                });
+                self.send(Stage::AwaitLeaves { inner: wanted }, request)
             }
             (Stage::AwaitLeaves { inner }, AeMsg::Leaves { leaves }) => {
                 let mut segments = Vec::new();
@@ -241,13 +325,13 @@ impl Exchange {
                 if segments.is_empty() {
                     return self.finish();
                 }
-                let items = local.segment_items(self.partition, &segments)?;
-                let msg = AeMsg::Digest {
+                let items = local.segment_items(self.partition, &self.scope, &segments)?;
+                let request = AeRequest::Digest(Digest {
                     partition: self.partition,
                     segments,
                     items,
-                };
-                self.send(Stage::AwaitDiff, msg)
+                });
+                self.send(Stage::AwaitDiff, request)
             }
             (Stage::AwaitDiff, AeMsg::Diff { entries, want }) => {
                 let q = local.partition_count();
@@ -276,11 +360,11 @@ impl Exchange {
                     }
                 }
                 self.report.pushed += pushed.len();
-                let msg = AeMsg::Push {
+                let request = AeRequest::Push(Push {
                     partition: self.partition,
                     entries: pushed,
-                };
-                self.send(Stage::AwaitPushed, msg)
+                });
+                self.send(Stage::AwaitPushed, request)
             }
             (Stage::AwaitPushed, AeMsg::Pushed) => self.finish(),
             (stage, reply) => Err(Error::Malformed(format!(
@@ -290,17 +374,31 @@ impl Exchange {
     }
 
     fn check_key(&self, key: &[u8], q: u32) -> Result<()> {
-        if Partition::of_key(key, q) != self.partition {
-            return Err(Error::Malformed(
-                "anti-entropy entry of another partition".into(),
-            ));
-        }
-        Ok(())
+        check_entry(key, self.partition, &self.scope, q)
     }
+}
+
+/// Checks that a key an exchange carries is of its partition and scope.
+fn check_entry(key: &[u8], partition: Partition, scope: &Scope, q: u32) -> Result<()> {
+    if Partition::of_key(key, q) != partition {
+        return Err(Error::Malformed(
+            "anti-entropy entry of another partition".into(),
+        ));
+    }
+    if !scope.holds(key) {
+        return Err(Error::Malformed(
+            "anti-entropy entry of a namespace the exchange does not cover".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The responder's side: answers one exchange message from local state.
 pub fn respond<S: Store>(local: &mut Replica<S>, msg: AeMsg) -> Result<AeMsg> {
+    let (scope, request) = msg
+        .request()
+        .map_err(|answer| Error::Malformed(format!("{answer:?} is not an anti-entropy request")))?;
+    scope.validate()?;
     let q = local.partition_count();
     let check = |p: Partition| {
         if p.0 >= q {
@@ -309,23 +407,23 @@ pub fn respond<S: Store>(local: &mut Replica<S>, msg: AeMsg) -> Result<AeMsg> {
             Ok(())
         }
     };
-    match msg {
-        AeMsg::Roots { roots } => {
+    match request {
+        AeRequest::Roots(Roots { roots }) => {
             if roots.len() > q as usize {
                 return Err(Error::Malformed(format!("{} roots", roots.len())));
             }
             let mut partitions = Vec::new();
             for (p, root) in roots {
                 check(p)?;
-                if local.tree(p).root() != root {
+                if local.tree_in(p, &scope).root() != root {
                     partitions.push(p);
                 }
             }
             Ok(AeMsg::RootsDiffer { partitions })
         }
-        AeMsg::Root { partition, root } => {
+        AeRequest::Root(Root { partition, root }) => {
             check(partition)?;
-            let tree = local.tree(partition);
+            let tree = local.tree_in(partition, &scope);
             Ok(if tree.root() == root {
                 AeMsg::Same
             } else {
@@ -334,9 +432,9 @@ pub fn respond<S: Store>(local: &mut Replica<S>, msg: AeMsg) -> Result<AeMsg> {
                 }
             })
         }
-        AeMsg::LeavesOf { partition, inner } => {
+        AeRequest::LeavesOf(LeavesOf { partition, inner }) => {
             check(partition)?;
-            let tree = local.tree(partition);
+            let tree = local.tree_in(partition, &scope);
             let leaves = inner
                 .into_iter()
                 .filter(|&i| usize::from(i) < FANOUT)
@@ -344,18 +442,18 @@ pub fn respond<S: Store>(local: &mut Replica<S>, msg: AeMsg) -> Result<AeMsg> {
                 .collect();
             Ok(AeMsg::Leaves { leaves })
         }
-        AeMsg::Digest {
+        AeRequest::Digest(Digest {
             partition,
             segments,
             items,
-        } => {
+        }) => {
             check(partition)?;
             if segments.iter().any(|&s| usize::from(s) >= SEGMENTS) {
                 return Err(Error::Malformed("segment out of range".into()));
             }
             let theirs: BTreeMap<Vec<u8>, u64> = items.into_iter().collect();
             let mine: BTreeMap<Vec<u8>, u64> = local
-                .segment_items(partition, &segments)?
+                .segment_items(partition, &scope, &segments)?
                 .into_iter()
                 .collect();
             let mut entries = Vec::new();
@@ -371,35 +469,31 @@ pub fn respond<S: Store>(local: &mut Replica<S>, msg: AeMsg) -> Result<AeMsg> {
                 .collect();
             Ok(AeMsg::Diff { entries, want })
         }
-        AeMsg::Push { partition, entries } => {
+        AeRequest::Push(Push { partition, entries }) => {
             check(partition)?;
+            for (key, _) in &entries {
+                check_entry(key, partition, &scope, q)?;
+            }
             for (key, state) in &entries {
-                if Partition::of_key(key, q) != partition {
-                    return Err(Error::Malformed("pushed entry of another partition".into()));
-                }
                 local.merge(key, state, None)?;
             }
             Ok(AeMsg::Pushed)
         }
-        other => Err(Error::Malformed(format!(
-            "{other:?} is not an anti-entropy request"
-        ))),
     }
 }
 
-/// The catch-up message comparing the roots of `partitions` (see
-/// `Schedule::on_topology`).
-pub fn roots<S: Store>(local: &Replica<S>, partitions: &[Partition]) -> AeMsg {
-    AeMsg::Roots {
-        roots: partitions
-            .iter()
-            .map(|&p| (p, local.tree(p).root()))
-            .collect(),
-    }
+/// The catch-up message comparing the roots of `scope` in `partitions`
+/// (see `Schedule::on_topology`).
+pub fn roots<S: Store>(local: &Replica<S>, scope: &Scope, partitions: &[Partition]) -> AeMsg {
+    let roots = partitions
+        .iter()
+        .map(|&p| (p, local.tree_in(p, scope).root()))
+        .collect();
+    AeRequest::Roots(Roots { roots }).about(scope)
 }
 
-/// Runs a whole exchange of `p` between two replicas held in this process
-/// (tests, benchmarks, the simulator).
+/// Runs a whole exchange of every namespace of `p` between two replicas
+/// held in this process (tests, benchmarks).
 pub fn exchange_locally<S: Store>(
     initiator: &mut Replica<S>,
     responder: &mut Replica<S>,
@@ -516,7 +610,7 @@ mod tests {
     fn one_roots_message_finds_the_partitions_that_differ() {
         let (a, mut b) = diverged(200);
         let all: Vec<Partition> = (0..Q).map(Partition).collect();
-        let msg = roots(&a, &all);
+        let msg = roots(&a, &Scope::All, &all);
         let AeMsg::RootsDiffer { partitions } = respond(&mut b, msg).unwrap() else {
             panic!("not a RootsDiffer");
         };
@@ -527,13 +621,13 @@ mod tests {
             .collect();
         assert!(!expected.is_empty());
         assert_eq!(partitions, expected);
-        let too_many = AeMsg::Roots {
+        let too_many = AeMsg::Roots(Roots {
             roots: vec![(Partition(0), 0); Q as usize + 1],
-        };
+        });
         assert!(respond(&mut b, too_many).is_err());
-        let out_of_range = AeMsg::Roots {
+        let out_of_range = AeMsg::Roots(Roots {
             roots: vec![(Partition(Q), 0)],
-        };
+        });
         assert!(respond(&mut b, out_of_range).is_err());
     }
 
@@ -543,7 +637,7 @@ mod tests {
         let before = a.store().map.clone();
         for p in (0..Q).map(Partition) {
             let root = a.tree(p).root();
-            let (ex, msg) = Exchange::push_only(p, a.tree(p));
+            let (ex, msg) = Exchange::begin(p, Scope::All, a.tree(p), true);
             let report = complete_locally(ex, msg, &mut a, &mut b).unwrap();
             assert_eq!(report.started_from, root);
             assert_eq!(report.pulled, 0);
@@ -563,9 +657,61 @@ mod tests {
             let root = released.tree(p).root();
             put(&mut released, "late", "write after the sync");
             let p_late = Partition::of_key(b"late", Q);
-            let dropped = released.release_partition(p, root).unwrap();
+            let dropped = released
+                .release(p, &Scope::All, &[(Scope::All, root)])
+                .unwrap();
             assert_eq!(dropped.is_none(), p == p_late, "{p}");
         }
+    }
+
+    fn ns_key(ns: &str, key: &str) -> String {
+        let stored =
+            crate::namespace::key_in(&crate::namespace::Name::new(ns).unwrap(), key.as_bytes());
+        String::from_utf8(stored.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_scoped_exchange_compares_and_repairs_only_its_namespaces() {
+        let (mut a, mut b) = (replica(1), replica(2));
+        for i in 0..200 {
+            put(&mut a, &ns_key("wide", &format!("w{i}")), "v");
+            put(&mut a, &format!("d{i}"), "v");
+            put(&mut b, &ns_key("narrow", &format!("n{i}")), "v");
+        }
+        let wide = Scope::only(["wide"]);
+        let mut repaired = 0;
+        for p in (0..Q).map(Partition) {
+            let (ex, msg) = Exchange::begin(p, wide.clone(), a.tree_in(p, &wide), false);
+            if p.0 == 0 {
+                let AeMsg::Scoped { scope, .. } = &msg else {
+                    panic!("a scoped exchange asks inside Scoped: {msg:?}");
+                };
+                assert_eq!(scope, &wide);
+            }
+            let report = complete_locally(ex, msg, &mut a, &mut b).unwrap();
+            repaired += report.pushed + report.pulled;
+            assert_eq!(a.tree_in(p, &wide), b.tree_in(p, &wide));
+        }
+        assert_eq!(repaired, 200, "the keys of wide, and nothing else");
+        let narrow = Scope::only(["narrow"]);
+        let default = Scope::only(["default"]);
+        for p in (0..Q).map(Partition) {
+            assert!(a.tree_in(p, &narrow).root() == HashTree::new().root());
+            assert!(b.tree_in(p, &default).root() == HashTree::new().root());
+        }
+        let key = ns_key("narrow", "n1");
+        let p = Partition::of_key(key.as_bytes(), Q);
+        let stray = AeRequest::Push(Push {
+            partition: p,
+            entries: vec![(key.clone().into_bytes(), b.read(key.as_bytes()).unwrap())],
+        });
+        let e = respond(&mut a, stray.about(&wide)).unwrap_err();
+        assert!(e.to_string().contains("does not cover"), "{e}");
+        let unsorted = AeMsg::Scoped {
+            scope: Scope::Only(vec!["z".into(), "a".into()]),
+            request: AeRequest::Roots(Roots { roots: Vec::new() }),
+        };
+        assert!(respond(&mut a, unsorted).is_err());
     }
 
     #[test]
@@ -591,10 +737,10 @@ mod tests {
         assert!(
             respond(
                 &mut b,
-                AeMsg::Root {
+                AeMsg::Root(Root {
                     partition: Partition(Q + 1),
                     root: 0
-                }
+                })
             )
             .is_err()
         );
@@ -604,10 +750,10 @@ mod tests {
         assert!(
             respond(
                 &mut b,
-                AeMsg::Push {
+                AeMsg::Push(Push {
                     partition: wrong,
                     entries: vec![foreign]
-                }
+                })
             )
             .is_err()
         );

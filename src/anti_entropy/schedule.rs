@@ -13,24 +13,41 @@
 //! the budget, instead of waiting for their turn in the round robin (a full
 //! round at one exchange per 100 ms takes 100 s with 1,024 partitions).
 //!
+//! With namespaces of their own `n`, a node exchanges the partitions it
+//! holds anything of (`Placement::extent` deep), each with a co-replica
+//! over what both hold (`Placement::shared`); a changed namespace table
+//! compares every shared root again, so a raised `n` fills its new
+//! replicas at once.
+//!
 //! Time is an input (`now`, in ms); the shell owns the timer, starts what
 //! `next` and `on_topology` return, and reports what they moved.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use crate::namespace::Table;
 use crate::node::NodeId;
 use crate::partition::Partition;
+use crate::placement::{Placement, Scope};
 use crate::ring::Ring;
 
 use super::ExchangeReport;
 use crate::topology::Topology;
 
-/// A roots comparison to make: the partitions this node shares with `peer`,
-/// which just came up.
+/// A roots comparison to make: the partitions this node shares with `peer`
+/// (which just came up) over `scope`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootsCheck {
     pub peer: NodeId,
+    pub scope: Scope,
     pub partitions: Vec<Partition>,
+}
+
+/// An exchange to start: `partition` with `peer`, over `scope`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub partition: Partition,
+    pub peer: NodeId,
+    pub scope: Scope,
 }
 
 /// Bytes exchanged since `start` (ms), for the budget.
@@ -47,7 +64,11 @@ const WINDOW_MS: u64 = 1_000;
 #[derive(Debug, Clone)]
 pub struct Schedule {
     me: NodeId,
+    /// `[cluster] n`: the namespace `default`'s.
     n: usize,
+    /// The namespace table at the last topology (a change compares every
+    /// shared root again).
+    namespaces: Table,
     max_bytes_per_sec: u64,
     /// Position in this node's partitions (round robin).
     cursor: usize,
@@ -70,6 +91,7 @@ impl Schedule {
         Schedule {
             me,
             n,
+            namespaces: Table::default(),
             max_bytes_per_sec,
             cursor: 0,
             up: BTreeSet::new(),
@@ -83,12 +105,18 @@ impl Schedule {
 
     /// The ring or the liveness of its nodes changed: every node that is up
     /// now and was not before gets the roots of the partitions it shares
-    /// with this node compared (at the first call, every node that is up).
-    /// Nothing while this node is out of the cluster.
+    /// with this node compared (at the first call, and when the namespace
+    /// table changed, every node that is up). Nothing while this node is
+    /// out of the cluster.
     pub fn on_topology(&mut self, t: &Topology) -> Vec<RootsCheck> {
         let Some(ring) = t.active_ring(&self.me) else {
             return Vec::new();
         };
+        if t.view.namespaces != self.namespaces {
+            self.namespaces = t.view.namespaces.clone();
+            self.up.clear();
+        }
+        let place = Placement::new(ring, &self.namespaces, self.n);
         let is_up = |n: &NodeId| t.is_up(n);
         let up: BTreeSet<NodeId> = ring
             .nodes()
@@ -101,18 +129,26 @@ impl Schedule {
         if newly.is_empty() {
             return Vec::new();
         }
-        let mine = ring.replicated_by(&self.me, self.n);
-        newly
-            .into_iter()
-            .filter_map(|peer| {
-                let partitions: Vec<Partition> = mine
-                    .iter()
-                    .copied()
-                    .filter(|&p| ring.preference_list(p, self.n).contains(&&peer))
-                    .collect();
-                (!partitions.is_empty()).then_some(RootsCheck { peer, partitions })
-            })
-            .collect()
+        let mine = ring.replicated_by(&self.me, place.extent());
+        let mut checks = Vec::new();
+        for peer in newly {
+            let mut by_scope: Vec<(Scope, Vec<Partition>)> = Vec::new();
+            for &p in &mine {
+                let Some(scope) = place.shared(p, &self.me, &peer) else {
+                    continue;
+                };
+                match by_scope.iter_mut().find(|(s, _)| *s == scope) {
+                    Some((_, partitions)) => partitions.push(p),
+                    None => by_scope.push((scope, vec![p])),
+                }
+            }
+            checks.extend(by_scope.into_iter().map(|(scope, partitions)| RootsCheck {
+                peer: peer.clone(),
+                scope,
+                partitions,
+            }));
+        }
+        checks
     }
 
     /// A roots comparison with `peer` found `differ` to differ; it moved
@@ -143,20 +179,27 @@ impl Schedule {
         t: &Topology,
         now: u64,
         pick: impl FnOnce(usize) -> usize,
-    ) -> Option<(Partition, NodeId)> {
+    ) -> Option<Due> {
         let ring = t.active_ring(&self.me)?;
+        let place = Placement::new(ring, &t.view.namespaces, self.n);
         let is_up = |n: &NodeId| t.is_up(n);
         if self.running || !self.within_budget(now) {
             return None;
         }
-        while let Some((p, peer)) = self.urgent.pop_front() {
-            let list = ring.preference_list(p, self.n);
-            if is_up(&peer) && list.contains(&&peer) && list.contains(&&self.me) {
+        while let Some((partition, peer)) = self.urgent.pop_front() {
+            if !is_up(&peer) {
+                continue;
+            }
+            if let Some(scope) = place.shared(partition, &self.me, &peer) {
                 self.running = true;
-                return Some((p, peer));
+                return Some(Due {
+                    partition,
+                    peer,
+                    scope,
+                });
             }
         }
-        let next = round_robin(ring, &self.me, self.n, &mut self.cursor, is_up, pick);
+        let next = round_robin(&place, &self.me, &mut self.cursor, is_up, pick);
         self.running = next.is_some();
         next
     }
@@ -188,7 +231,8 @@ impl Schedule {
     /// For `status`: partitions exchanged of those this node replicates,
     /// keys repaired, and the oldest last exchange, at `now`.
     pub fn summary(&self, ring: Option<&Ring>, now: u64) -> Vec<String> {
-        let mine = ring.map_or(0, |r| r.replicated_by(&self.me, self.n).len());
+        let extent = |r: &Ring| Placement::new(r, &self.namespaces, self.n).extent();
+        let mine = ring.map_or(0, |r| r.replicated_by(&self.me, extent(r)).len());
         let mut lines = vec![format!(
             "anti-entropy: {} of {mine} partitions exchanged, {} keys repaired",
             self.last.len(),
@@ -231,34 +275,40 @@ impl Schedule {
 }
 
 /// The next exchange `me` starts in the round robin: the partition after
-/// `cursor` (advanced) among those it replicates, with the co-replica at
-/// `pick(count)` of the `count` that are up. None when it replicates
-/// nothing or no co-replica of that partition is up.
+/// `cursor` (advanced) among those it holds anything of, with the
+/// co-replica at `pick(count)` of the `count` that are up, over what both
+/// hold. None when it holds nothing or no co-replica of that partition is
+/// up.
 pub fn round_robin(
-    ring: &Ring,
+    place: &Placement,
     me: &NodeId,
-    n: usize,
     cursor: &mut usize,
     is_up: impl Fn(&NodeId) -> bool,
     pick: impl FnOnce(usize) -> usize,
-) -> Option<(Partition, NodeId)> {
-    let mine = ring.replicated_by(me, n);
+) -> Option<Due> {
+    let extent = place.extent();
+    let mine = place.ring.replicated_by(me, extent);
     if mine.is_empty() {
         return None;
     }
     *cursor = (*cursor + 1) % mine.len();
-    let p = mine[*cursor];
-    let peers: Vec<&NodeId> = ring
-        .preference_list(p, n)
+    let partition = mine[*cursor];
+    let peers: Vec<&NodeId> = place
+        .ring
+        .preference_list(partition, extent)
         .into_iter()
         .filter(|node| *node != me && is_up(node))
         .collect();
     if peers.is_empty() {
         return None;
     }
-    peers
-        .get(pick(peers.len()))
-        .map(|peer| (p, (*peer).clone()))
+    let peer = (*peers.get(pick(peers.len()))?).clone();
+    let scope = place.shared(partition, me, &peer)?;
+    Some(Due {
+        partition,
+        peer,
+        scope,
+    })
 }
 
 #[cfg(test)]
@@ -305,7 +355,9 @@ mod tests {
         s.on_roots(&id("b"), &[Partition(5), Partition(9)], 100, 0);
         s.on_roots(&id("b"), &[Partition(5)], 100, 0);
         assert!(s.has_urgent());
-        assert_eq!(s.next(&up, 0, |_| 0), Some((Partition(5), id("b"))));
+        let due = s.next(&up, 0, |_| 0).unwrap();
+        assert_eq!((due.partition, &due.peer), (Partition(5), &id("b")));
+        assert_eq!(due.scope, Scope::All);
         assert_eq!(s.next(&up, 0, |_| 0), None, "one at a time");
         let report = ExchangeReport {
             pulled: 1,
@@ -317,9 +369,9 @@ mod tests {
         );
         // b went down meanwhile: its catch-up is skipped.
         let b_down = topology(&["a", "b", "c"], &["b"], &[], 16);
-        let (p, peer) = s.next(&b_down, 2, |_| 0).unwrap();
-        assert_eq!(peer, id("c"), "round robin, with one that is up");
-        assert_ne!(p, Partition(9));
+        let due = s.next(&b_down, 2, |_| 0).unwrap();
+        assert_eq!(due.peer, id("c"), "round robin, with one that is up");
+        assert_ne!(due.partition, Partition(9));
         assert!(!s.has_urgent());
     }
 

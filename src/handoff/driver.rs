@@ -9,10 +9,11 @@
 //!   the pause the byte budget asks for;
 //! - *commit*: once every incoming partition is here, membership commits
 //!   this node's incoming moves;
-//! - *release*: a partition it holds but no longer replicates is pushed to
-//!   every current replica (a push-only exchange each), then dropped, if
-//!   the ring still says so and nothing was written to it since the first
-//!   exchange began;
+//! - *release*: what it holds of a partition but no longer replicates (the
+//!   whole partition, or the namespaces whose `n` no longer reaches it) is
+//!   pushed to every replica of it (a push-only exchange each, over what
+//!   that replica holds), then dropped, if the ring still says so and
+//!   nothing was written to it since the exchanges began;
 //! - *leave*: a leaving node that owns and holds nothing has left.
 //!
 //! Time is an input (`now`, ms). The driver returns `HandoffWork` for the
@@ -22,6 +23,7 @@ use crate::anti_entropy::ExchangeReport;
 use crate::error::{Error, Result};
 use crate::node::NodeId;
 use crate::partition::Partition;
+use crate::placement::{Placement, Scope};
 use crate::store::Entry;
 use crate::topology::Topology;
 
@@ -33,7 +35,7 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct HandoffSettings {
     pub me: NodeId,
-    /// Replicas per key.
+    /// Replicas per key of the namespace `default` (`[cluster] n`).
     pub n: usize,
     /// Partitions in the ring (Q).
     pub partitions: u32,
@@ -63,15 +65,24 @@ pub enum HandoffWork {
     /// Every incoming partition is here: ask membership to commit this
     /// node's incoming moves. Nothing to answer.
     Commit,
-    /// Read which home partitions the replica holds; answer with `on_held`.
+    /// Read which partitions the replica holds, with the namespaces held
+    /// in each (`Replica::held`); answer with `on_held`.
     Held,
-    /// Run a push-only exchange of `partition` with `with` (`exchange`);
-    /// answer with `on_synced`.
-    Sync { partition: Partition, with: NodeId },
-    /// Drop the replica's copy of `partition` unless written to since its
-    /// root was `synced` (`Replica::release_partition`); answer with
-    /// `on_dropped`.
-    Drop { partition: Partition, synced: u64 },
+    /// Run a push-only exchange of `scope` in `partition` with `with`
+    /// (`exchange`); answer with `on_synced`.
+    Sync {
+        partition: Partition,
+        scope: Scope,
+        with: NodeId,
+    },
+    /// Drop the replica's copy of `scope` in `partition` unless written to
+    /// since the syncs began: each `synced` root still that of its scope
+    /// (`Replica::release`); answer with `on_dropped`.
+    Drop {
+        partition: Partition,
+        scope: Scope,
+        synced: Vec<(Scope, u64)>,
+    },
     /// This leaving node holds nothing more: ask membership to mark it
     /// left. Nothing to answer.
     Leave,
@@ -113,12 +124,15 @@ enum Busy {
     },
     /// The list of partitions the replica holds.
     Holding,
-    /// The push-only exchange with the first of the replicas; `synced` is
-    /// the root the first exchange started from.
+    /// The push-only exchange of `syncing` with one replica of `release`
+    /// in `partition`, `remaining` after it; `synced` holds the root each
+    /// finished exchange started from, with its scope.
     Syncing {
         partition: Partition,
-        remaining: Vec<NodeId>,
-        synced: Option<u64>,
+        release: Scope,
+        syncing: Scope,
+        remaining: Vec<(NodeId, Scope)>,
+        synced: Vec<(Scope, u64)>,
     },
     Dropping {
         partition: Partition,
@@ -194,15 +208,9 @@ impl HandoffDriver {
         let Some(ring) = t.active_ring(me) else {
             return Vec::new();
         };
+        let place = Placement::new(ring, &t.view.namespaces, self.settings.n);
         let before = self.progress.clone();
-        let next = fetch_step(
-            &t.view,
-            ring,
-            me,
-            self.settings.n,
-            &mut self.progress,
-            |s| t.is_up(s),
-        );
+        let next = fetch_step(&t.view, &place, me, &mut self.progress, |s| t.is_up(s));
         let mut work = Vec::new();
         if self.progress != before {
             work.push(HandoffWork::SaveProgress(self.progress.clone()));
@@ -278,17 +286,27 @@ impl HandoffDriver {
             }
             other => Err(Error::Malformed(format!("fetch answered with {other:?}"))),
         });
-        let (entries, last) = match checked {
+        let (mut entries, last) = match checked {
             Ok(chunk) => chunk,
             Err(_) => return self.interrupted(),
         };
+        let upto = entries.last().map(|(k, _)| k.clone());
+        if let Some(ring) = self.topology.as_ref().and_then(|t| {
+            t.active_ring(&self.settings.me)
+                .map(|ring| (ring, &t.view.namespaces))
+        }) {
+            // Only the namespaces whose `n` reaches this node.
+            let place = Placement::new(ring.0, ring.1, self.settings.n);
+            let keep = place.held_by(partition, &self.settings.me);
+            entries.retain(|(key, _)| keep.holds(key));
+        }
         let bytes = entries
             .iter()
             .map(|(k, s)| (k.len() + s.value_bytes()) as u64)
             .sum();
         self.busy = Busy::Merging {
             partition,
-            upto: entries.last().map(|(k, _)| k.clone()),
+            upto,
             last,
             keys: entries.len() as u64,
             bytes,
@@ -341,9 +359,9 @@ impl HandoffDriver {
         work
     }
 
-    /// The answer to `Held`: release one partition this node no longer
-    /// replicates, or finish a leave.
-    pub fn on_held(&mut self, held: Result<Vec<Partition>>) -> Vec<HandoffWork> {
+    /// The answer to `Held`: release what this node no longer replicates of
+    /// one partition, or finish a leave.
+    pub fn on_held(&mut self, held: Result<Vec<(Partition, Vec<String>)>>) -> Vec<HandoffWork> {
         if self.busy != Busy::Holding {
             return Vec::new();
         }
@@ -355,32 +373,36 @@ impl HandoffDriver {
             return Vec::new();
         };
         let me = &self.settings.me;
-        match release_step(&t.view, ring, me, self.settings.n, &held, |r| t.is_up(r)) {
+        let place = Placement::new(ring, &t.view.namespaces, self.settings.n);
+        match release_step(&t.view, &place, me, &held, |r| t.is_up(r)) {
             Next::Release {
                 partition,
+                release,
                 replicas,
-            } => self.sync_next(partition, replicas, None),
+            } => self.sync_next(partition, release, replicas, Vec::new()),
             Next::Leave => vec![HandoffWork::Leave],
             _ => Vec::new(),
         }
     }
 
     /// The answer to a `Sync`. A write landing between two exchanges
-    /// reaches only the later replicas: the root must not move from the
-    /// first exchange's.
+    /// reaches only the later replicas: no root may move from the one its
+    /// exchange started from.
     pub fn on_synced(&mut self, synced: Result<ExchangeReport>) -> Vec<HandoffWork> {
         let Busy::Syncing {
             partition,
+            release,
+            syncing,
             remaining,
-            synced: first,
+            synced: mut roots,
         } = std::mem::replace(&mut self.busy, Busy::Idle)
         else {
             return Vec::new();
         };
         match synced {
             Ok(report) => {
-                let root = first.unwrap_or(report.started_from);
-                self.sync_next(partition, remaining, Some(root))
+                roots.push((syncing, report.started_from));
+                self.sync_next(partition, release, remaining, roots)
             }
             Err(_) => Vec::new(),
         }
@@ -425,8 +447,9 @@ impl HandoffDriver {
     pub fn summary(&self, now: u64) -> Vec<String> {
         let mut lines = Vec::new();
         let ring = self.topology.as_ref().and_then(|t| t.ring.clone());
-        let remaining = ring.map_or(0, |r| {
-            to_fetch(&r, &self.settings.me, self.settings.n, &self.progress).len()
+        let remaining = self.topology.as_ref().zip(ring).map_or(0, |(t, r)| {
+            let extent = Placement::new(&r, &t.view.namespaces, self.settings.n).extent();
+            to_fetch(&r, &self.settings.me, extent, &self.progress).len()
         });
         let totals = self.totals;
         if let Some(t) = &self.transfer {
@@ -457,39 +480,52 @@ impl HandoffDriver {
         lines
     }
 
-    /// Synchronises `partition` with the first of `replicas` (the rest
-    /// after it); with none left, drops it if the ring still says so.
+    /// Synchronises `release` in `partition` with the first of `replicas`
+    /// (the rest after it); with none left, drops it if the ring and the
+    /// namespaces still say so.
     fn sync_next(
         &mut self,
         partition: Partition,
-        replicas: Vec<NodeId>,
-        synced: Option<u64>,
+        release: Scope,
+        mut replicas: Vec<(NodeId, Scope)>,
+        synced: Vec<(Scope, u64)>,
     ) -> Vec<HandoffWork> {
-        if let Some((first, rest)) = replicas.split_first() {
+        if !replicas.is_empty() {
+            let (with, scope) = replicas.remove(0);
             self.busy = Busy::Syncing {
                 partition,
-                remaining: rest.to_vec(),
+                release,
+                syncing: scope.clone(),
+                remaining: replicas,
                 synced,
             };
             return vec![HandoffWork::Sync {
                 partition,
-                with: first.clone(),
+                scope,
+                with,
             }];
         }
-        let still = self
-            .topology
-            .as_ref()
-            .and_then(|t| t.active_ring(&self.settings.me))
-            .is_some_and(|ring| {
-                !to_release(ring, &self.settings.me, self.settings.n, [partition]).is_empty()
-            });
-        match synced {
-            Some(synced) if still => {
-                self.busy = Busy::Dropping { partition };
-                vec![HandoffWork::Drop { partition, synced }]
-            }
-            _ => Vec::new(),
+        let me = &self.settings.me;
+        let still = self.topology.as_ref().is_some_and(|t| {
+            let Some(ring) = t.active_ring(me) else {
+                return false;
+            };
+            let place = Placement::new(ring, &t.view.namespaces, self.settings.n);
+            let Scope::Only(names) = &release else {
+                return false;
+            };
+            let now = to_release(&place, me, &[(partition, names.clone())]);
+            now.first().is_some_and(|(_, scope)| *scope == release)
+        });
+        if !still || synced.is_empty() {
+            return Vec::new();
         }
+        self.busy = Busy::Dropping { partition };
+        vec![HandoffWork::Drop {
+            partition,
+            scope: release,
+            synced,
+        }]
     }
 
     /// A fetch failed: resume at a later tick, where it stopped.

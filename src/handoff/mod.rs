@@ -22,6 +22,14 @@
 //! synchronises again. So a write any replica acknowledged is on the new
 //! replicas before the old copy goes.
 //!
+//! With namespaces of their own `n`, a node holds a partition if it is
+//! among the first `extent` (the largest `n`) of its walk, and of it only
+//! the namespaces whose `n` reaches its position (`crate::placement`): a
+//! fetch keeps only those, and what it holds beyond them (a lowered `n`,
+//! a move that pushed it deeper into the walk) is released the same way
+//! as a whole partition: synchronised with the replicas of those
+//! namespaces, then dropped.
+//!
 //! Fetch progress is kept per partition (last key received), persisted by
 //! the shell, so a fetch interrupted by a crash of either side resumes where
 //! it stopped.
@@ -37,6 +45,7 @@ use crate::error::{Error, Result};
 use crate::node::NodeId;
 use crate::ownership::Capacity;
 use crate::partition::Partition;
+use crate::placement::{Placement, Scope};
 use crate::replica::Replica;
 use crate::ring::Ring;
 use crate::store::Store;
@@ -145,20 +154,20 @@ pub fn to_fetch(ring: &Ring, me: &NodeId, n: usize, progress: &Progress) -> Vec<
         .collect()
 }
 
-/// Of the home partitions `held`, those `me` no longer replicates, now or
-/// once in-flight moves complete, and that are not moving: its copies go
-/// once they are synchronised with the current replicas.
+/// Of what `me` holds (each partition with the namespaces it holds keys
+/// of), what it replicates neither now nor once in-flight moves complete,
+/// in partitions that are not moving: per partition, the namespaces whose
+/// copies go once synchronised with their replicas (every one, when `me`
+/// no longer replicates the partition at all).
 pub fn to_release(
-    ring: &Ring,
+    place: &Placement,
     me: &NodeId,
-    n: usize,
-    held: impl IntoIterator<Item = Partition>,
-) -> Vec<Partition> {
-    held.into_iter()
-        .filter(|&p| {
-            let current = ring.preference_list(p, n);
-            let pending = ring.pending_preference_list(p, n);
-            !current.contains(&me) && !pending.contains(&me) && current == pending
+    held: &[(Partition, Vec<String>)],
+) -> Vec<(Partition, Scope)> {
+    held.iter()
+        .filter_map(|(p, names)| {
+            let surplus = place.surplus(*p, me, names);
+            (!surplus.is_empty()).then(|| (*p, Scope::only(surplus)))
         })
         .collect()
 }
@@ -176,10 +185,13 @@ pub enum Next {
     Wait,
     /// Every incoming partition is here: commit the incoming moves.
     Commit,
-    /// Synchronise `partition` with each of `replicas`, then drop it.
+    /// Synchronise the namespaces of `release` in `partition` with each of
+    /// `replicas` (over the namespaces of `release` it holds), then drop
+    /// them.
     Release {
         partition: Partition,
-        replicas: Vec<NodeId>,
+        release: Scope,
+        replicas: Vec<(NodeId, Scope)>,
     },
     /// A leaving node that owns and holds nothing: it has left.
     Leave,
@@ -193,12 +205,12 @@ pub enum Next {
 /// replicates as here, and anti-entropy repairs whatever is not.
 pub fn fetch_step(
     view: &View,
-    ring: &Ring,
+    place: &Placement,
     me: &NodeId,
-    n: usize,
     progress: &mut Progress,
     is_up: impl Fn(&NodeId) -> bool,
 ) -> Option<Next> {
+    let (ring, n) = (place.ring, place.extent());
     let status = view.members.get(me).map(|m| m.status);
     if progress.is_empty() && status == Some(Status::Up) {
         progress.adopt(ring, me, n);
@@ -228,30 +240,37 @@ pub fn fetch_step(
     incoming.then_some(Next::Commit)
 }
 
-/// The release half, given the home partitions this node `held`: release
-/// one it no longer replicates once all its current replicas are up, or
-/// finish a leave.
+/// The release half, given what this node `held` (each partition with
+/// its namespaces): release what it no longer replicates of one partition
+/// once all the replicas of those namespaces are up, or finish a leave.
 pub fn release_step(
     view: &View,
-    ring: &Ring,
+    place: &Placement,
     me: &NodeId,
-    n: usize,
-    held: &[Partition],
+    held: &[(Partition, Vec<String>)],
     is_up: impl Fn(&NodeId) -> bool,
 ) -> Next {
-    let release = to_release(ring, me, n, held.iter().copied());
-    if let Some(&p) = release
-        .iter()
-        .find(|&&p| ring.preference_list(p, n).iter().all(|r| is_up(r)))
-    {
+    for (partition, release) in to_release(place, me, held) {
+        let Scope::Only(names) = &release else {
+            continue;
+        };
+        let deepest = names.iter().map(|name| place.n_of(name)).max().unwrap_or(0);
+        let replicas = place.ring.preference_list(partition, deepest);
+        if !replicas.iter().all(|r| is_up(r)) {
+            continue;
+        }
+        let replicas = replicas
+            .into_iter()
+            .filter(|r| *r != me)
+            .filter_map(|r| {
+                let theirs = release.within(&place.held_by(partition, r));
+                (!theirs.is_empty()).then(|| (r.clone(), theirs))
+            })
+            .collect();
         return Next::Release {
-            partition: p,
-            replicas: ring
-                .preference_list(p, n)
-                .into_iter()
-                .filter(|r| *r != me)
-                .cloned()
-                .collect(),
+            partition,
+            release,
+            replicas,
         };
     }
     let leaving = view
@@ -327,6 +346,7 @@ pub fn preview(
         }
     }
     let before = Ring::new(&table);
+    let extent = Placement::new(&before, &view.namespaces, n).extent();
     let moves = table.plan(&members, n)?;
     table.begin(&moves);
     let receivers: std::collections::BTreeSet<NodeId> =
@@ -338,8 +358,8 @@ pub fn preview(
     let after = Ring::new(&table);
     let mut rows: BTreeMap<NodeId, PlanRow> = BTreeMap::new();
     for p in (0..before.partition_count()).map(Partition) {
-        let old = before.pending_preference_list(p, n);
-        let new = after.preference_list(p, n);
+        let old = before.pending_preference_list(p, extent);
+        let new = after.preference_list(p, extent);
         let size = bytes_of(p);
         for node in new.iter().filter(|x| !old.contains(x)) {
             let r = rows
@@ -446,6 +466,7 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::namespace::Table;
     use crate::ownership::{Capacity, Ownership};
     use crate::version::{Actor, Context, Value};
 
@@ -483,24 +504,77 @@ mod tests {
         replicated.sort();
         assert_eq!(replicated, fetch);
         // old owners release what they gave away, and only that
+        let table = Table::default();
+        let held = |ring: &Ring, node: &NodeId| -> Vec<(Partition, Vec<String>)> {
+            let names = vec!["default".to_string()];
+            ring.replicated_by(node, 3)
+                .into_iter()
+                .map(|p| (p, names.clone()))
+                .collect()
+        };
         for m in members(4) {
-            let held = ring.replicated_by(&m.node, 3);
-            let release = to_release(&after, &m.node, 3, held.clone());
-            for p in &release {
+            let held = held(&ring, &m.node);
+            let release = to_release(&Placement::new(&after, &table, 3), &m.node, &held);
+            for (p, scope) in &release {
                 assert!(!after.preference_list(*p, 3).contains(&&m.node));
+                assert_eq!(scope, &Scope::only(["default"]));
             }
             assert!(release.len() < held.len());
         }
         // nothing is released while its partition is still moving
         assert!(ring.is_moving());
         for m in members(4) {
-            for p in to_release(&ring, &m.node, 3, ring.replicated_by(&m.node, 3)) {
+            let place = Placement::new(&ring, &table, 3);
+            for (p, _) in to_release(&place, &m.node, &held(&ring, &m.node)) {
                 assert_eq!(
                     ring.preference_list(p, 3),
                     ring.pending_preference_list(p, 3)
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_lowered_n_releases_its_namespace_from_the_deeper_replica_only() {
+        let ring = Ring::new(&Ownership::found(16, &members(5), 3).unwrap());
+        let mut table = Table::default();
+        let settings = crate::namespace::Settings {
+            n: 2,
+            r: 1,
+            w: 1,
+            ttl_ms: 0,
+            max_siblings: 8,
+            max_value_bytes: 1024,
+            kind: crate::namespace::Kind::Blob,
+        };
+        let name = crate::namespace::Name::new("s").unwrap();
+        table.create(name, settings, &id("n0")).unwrap();
+        let place = Placement::new(&ring, &table, 3);
+        let p = Partition(5);
+        let walk: Vec<NodeId> = ring.walk(p).cloned().collect();
+        let held = vec![(p, vec!["default".to_string(), "s".to_string()])];
+        let mut view = View::new("c".into(), 16);
+        view.ownership = None;
+        let up = |_: &NodeId| true;
+        assert_eq!(release_step(&view, &place, &walk[1], &held, up), Next::Idle);
+        let Next::Release {
+            partition,
+            release,
+            replicas,
+        } = release_step(&view, &place, &walk[2], &held, up)
+        else {
+            panic!("the third replica releases s");
+        };
+        assert_eq!((partition, &release), (p, &Scope::only(["s"])));
+        let synced: Vec<&NodeId> = replicas.iter().map(|(node, _)| node).collect();
+        assert_eq!(synced, [&walk[0], &walk[1]]);
+        assert!(replicas.iter().all(|(_, scope)| *scope == release));
+        let down = |node: &NodeId| *node != walk[1];
+        assert_eq!(
+            release_step(&view, &place, &walk[2], &held, down),
+            Next::Idle,
+            "not while a replica of s is down"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::error::Result;
 use crate::node::NodeId;
 use crate::partition::Partition;
+use crate::placement::Placement;
 use crate::store::Entry;
 use crate::topology::Topology;
 
@@ -138,7 +139,12 @@ impl HintDelivery {
                 work.push(HintWork::ForgetMoot {
                     owner: owner.clone(),
                     limit: self.settings.batch_size,
-                    replicates: ring.replicated_by(me, self.settings.n),
+                    // Every partition it holds anything of: a copy kept
+                    // beyond its namespace's `n` is released by handoff.
+                    replicates: ring.replicated_by(
+                        me,
+                        Placement::new(ring, &t.view.namespaces, self.settings.n).extent(),
+                    ),
                 });
             } else if t.is_up(owner) && !self.runs.contains_key(owner) {
                 self.runs.insert(
@@ -266,19 +272,21 @@ impl HintDelivery {
         }
     }
 
-    /// The keys of `batch` this node replicates itself (its copies stay).
+    /// The keys of `batch` this node replicates itself, now or once moves
+    /// complete (its copies stay).
     fn kept(&self, batch: &[Entry]) -> BTreeSet<Vec<u8>> {
         let me = &self.settings.me;
-        let Some(ring) = self.topology.as_ref().and_then(|t| t.ring.as_ref()) else {
+        let Some((t, ring)) = self
+            .topology
+            .as_ref()
+            .and_then(|t| t.ring.as_ref().map(|r| (t, r)))
+        else {
             return batch.iter().map(|(k, _)| k.clone()).collect();
         };
-        let mine: BTreeSet<Partition> = ring
-            .replicated_by(me, self.settings.n)
-            .into_iter()
-            .collect();
+        let place = Placement::new(ring, &t.view.namespaces, self.settings.n);
         batch
             .iter()
-            .filter(|(k, _)| mine.contains(&ring.partition_of(k)))
+            .filter(|(k, _)| place.held_by(ring.partition_of(k), me).holds(k))
             .map(|(k, _)| k.clone())
             .collect()
     }

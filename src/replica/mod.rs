@@ -3,7 +3,7 @@
 //! Receives reads, coordinator updates (which mint a new dot with this
 //! replica's actor) and writes of sibling sets from other replicas (merged
 //! with the DVV join). Keeps a hash tree per partition current on every
-//! write. Storage is behind the small `Store` trait: fjall in the node, a
+//! write (its leaves per namespace: see `crate::placement`). Storage is behind the small `Store` trait: fjall in the node, a
 //! `BTreeMap` in tests and the simulator.
 //!
 //! Here: opening, reads, writes and merges. Reading by range (segments,
@@ -13,7 +13,8 @@
 //! Invariants:
 //! - a stored value is always the DVV merge of everything this replica was
 //!   given for the key, so writes are idempotent and order-independent;
-//! - the tree of a partition always equals a rebuild from a scan of it;
+//! - the leaves of a (partition, namespace) always equal a rebuild from a
+//!   scan of it;
 //! - the stored key is `partition (u32, big-endian) ++ user key`, so a
 //!   partition is one contiguous range;
 //! - every partition holding a key whose siblings are all tombstones or
@@ -25,7 +26,7 @@ mod collect;
 mod hinted;
 mod scan;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,7 @@ use crate::merkle::{HashTree, Leaves, item_hash, segment_of};
 use crate::namespace;
 use crate::node::NodeId;
 use crate::partition::Partition;
+use crate::placement::Scope;
 use crate::store::{Store, decode_state, encode_state, split_storage_key, storage_key, stored_key};
 use crate::version::{Actor, Context, Dot, SiblingSet, Value};
 use collect::mark;
@@ -119,8 +121,9 @@ pub struct Replica<S: Store> {
     /// come from `namespaces`.
     max_siblings: usize,
     namespaces: namespace::Table,
-    /// Each held partition's hash-tree leaves (the tree is built on demand).
-    trees: HashMap<Partition, Leaves>,
+    /// Each held partition's hash-tree leaves, per namespace (a scope's
+    /// tree is built on demand from those of its namespaces).
+    trees: HashMap<Partition, Shelf>,
     usage: HashMap<Partition, Usage>,
     /// Partitions that may hold deleted or expiring keys, with the earliest
     /// time one of them may be gone: marked by every such key stored, moved
@@ -157,7 +160,7 @@ impl<S: Store> Replica<S> {
         max_siblings: usize,
     ) -> Result<(Self, OpenReport)> {
         let mut report = OpenReport::default();
-        let mut items: HashMap<Partition, Vec<(usize, u64)>> = HashMap::new();
+        let mut trees: HashMap<Partition, Shelf> = HashMap::new();
         let mut usage: HashMap<Partition, Usage> = HashMap::new();
         let mut tombstoned = HashMap::new();
         let mut after: Option<Vec<u8>> = None;
@@ -170,10 +173,11 @@ impl<S: Store> Replica<S> {
                         if let Some(at) = state.ends_at() {
                             mark(&mut tombstoned, p, at);
                         }
-                        items
-                            .entry(p)
-                            .or_default()
-                            .push((segment_of(key, q), item_hash(key, value)));
+                        trees.entry(p).or_default().leaves(key).update(
+                            segment_of(key, q),
+                            None,
+                            Some(item_hash(key, value)),
+                        );
                         let u = usage.entry(p).or_default();
                         u.keys += 1;
                         u.bytes += (key.len() + value.len()) as u64;
@@ -187,10 +191,6 @@ impl<S: Store> Replica<S> {
                 _ => break,
             }
         }
-        let trees: HashMap<Partition, Leaves> = items
-            .into_iter()
-            .map(|(p, items)| (p, Leaves::from_items(items)))
-            .collect();
         report.partitions = trees.len();
         let replica = Replica {
             store,
@@ -247,9 +247,17 @@ impl<S: Store> Replica<S> {
         &self.store
     }
 
-    /// The hash tree of `p` (empty if this replica holds nothing there).
+    /// The hash tree of everything `p` holds (empty if nothing).
     pub fn tree(&self, p: Partition) -> HashTree {
-        self.trees.get(&p).map(Leaves::tree).unwrap_or_default()
+        self.tree_in(p, &Scope::All)
+    }
+
+    /// The hash tree of the keys of `p` in the namespaces of `scope`.
+    pub fn tree_in(&self, p: Partition, scope: &Scope) -> HashTree {
+        self.trees
+            .get(&p)
+            .map(|shelf| shelf.combined(scope).tree())
+            .unwrap_or_default()
     }
 
     /// The local copy of `key`; empty if absent.
@@ -368,39 +376,59 @@ impl<S: Store> Replica<S> {
             if u.keys == 0 {
                 self.usage.remove(&p);
             }
-            let tree = self.trees.entry(p).or_default();
-            tree.update(segment_of(key, self.q), Some(item_hash(key, &bytes)), None);
-            if tree.is_empty() {
+            let shelf = self.trees.entry(p).or_default();
+            shelf
+                .leaves(key)
+                .update(segment_of(key, self.q), Some(item_hash(key, &bytes)), None);
+            shelf.0.retain(|_, leaves| !leaves.is_empty());
+            if shelf.0.is_empty() {
                 self.trees.remove(&p);
             }
         }
         Ok(())
     }
 
-    /// The partitions this replica holds data for.
-    pub fn held_partitions(&self) -> Vec<Partition> {
-        let mut held: Vec<Partition> = self.trees.keys().copied().collect();
+    /// The partitions this replica holds data for, each with the
+    /// namespaces it holds keys of, by partition.
+    pub fn held(&self) -> Vec<(Partition, Vec<String>)> {
+        let mut held: Vec<(Partition, Vec<String>)> = self
+            .trees
+            .iter()
+            .map(|(p, shelf)| (*p, shelf.0.keys().cloned().collect()))
+            .collect();
         held.sort();
         held
     }
 
-    /// Drops `p` (handed off) if its tree root is still `synced`, the root
-    /// the sync with its current replicas started from (the first
-    /// exchange's); else a write landed since, and None says to synchronise
-    /// again first. Returns how many keys went.
-    pub fn release_partition(&mut self, p: Partition, synced: u64) -> Result<Option<usize>> {
-        if self.tree(p).root() != synced {
+    /// Drops the keys of `p` in `scope` (handed off, or copies beyond
+    /// their namespace's `n`) if each tree root in `synced` is still what
+    /// its scope's is: the roots the syncs with the replicas started from.
+    /// Else a write landed since, and None says to synchronise again first.
+    /// Returns how many keys went.
+    pub fn release(
+        &mut self,
+        p: Partition,
+        scope: &Scope,
+        synced: &[(Scope, u64)],
+    ) -> Result<Option<usize>> {
+        if synced
+            .iter()
+            .any(|(synced_scope, root)| self.tree_in(p, synced_scope).root() != *root)
+        {
             return Ok(None);
         }
-        self.drop_partition(p).map(Some)
+        self.drop_keys(p, scope).map(Some)
     }
 
-    /// Removes every key of `p`. Returns how many.
-    fn drop_partition(&mut self, p: Partition) -> Result<usize> {
+    /// Removes every key of `p` in `scope`. Returns how many.
+    fn drop_keys(&mut self, p: Partition, scope: &Scope) -> Result<usize> {
         let mut keys = Vec::new();
         let mut forgot_own = false;
         let actor = self.actor;
         self.scan_partition(p, |key, value| {
+            if !scope.holds(key) {
+                return Ok(());
+            }
             keys.push(key.to_vec());
             forgot_own |= decode_state(value).is_ok_and(|s| s.context().get(actor) > 0);
             Ok(())
@@ -445,12 +473,38 @@ impl<S: Store> Replica<S> {
             }
         }
         let old_hash = old.map(|bytes| item_hash(key, &bytes));
-        self.trees.entry(p).or_default().update(
+        self.trees.entry(p).or_default().leaves(key).update(
             segment_of(key, self.q),
             old_hash,
             Some(item_hash(key, &encoded)),
         );
         Ok(())
+    }
+}
+
+/// One partition's hash-tree leaves, per namespace name (`default`'s keys
+/// under its name; a stored key of no well-formed namespace, which no
+/// write admits, under the empty name).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Shelf(BTreeMap<String, Leaves>);
+
+impl Shelf {
+    /// The leaves `key`'s namespace keeps.
+    fn leaves(&mut self, key: &[u8]) -> &mut Leaves {
+        let name = namespace::split_key(key).map_or("", |(name, _)| name);
+        if !self.0.contains_key(name) {
+            self.0.insert(name.to_string(), Leaves::default());
+        }
+        self.0.get_mut(name).expect("inserted above")
+    }
+
+    /// The leaves of the namespaces of `scope` together.
+    fn combined(&self, scope: &Scope) -> Leaves {
+        let mut all = Leaves::default();
+        for (_, leaves) in self.0.iter().filter(|(name, _)| scope.contains(name)) {
+            all.add(leaves);
+        }
+        all
     }
 }
 
@@ -471,7 +525,7 @@ mod tests {
         Value::Data(s.as_bytes().to_vec())
     }
 
-    fn rebuilt_trees(r: &Replica<MemStore>) -> HashMap<Partition, Leaves> {
+    fn rebuilt_trees(r: &Replica<MemStore>) -> HashMap<Partition, Shelf> {
         Replica::open(r.store().clone(), MemStore::default(), 64, Actor(1), 5)
             .unwrap()
             .0

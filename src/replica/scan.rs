@@ -7,18 +7,24 @@ use crate::listing;
 use crate::merkle::{item_hash, segment_of};
 use crate::namespace;
 use crate::partition::Partition;
+use crate::placement::Scope;
 use crate::replica::ReplicaMsg;
 use crate::store::{Entry, Store, decode_state, storage_key};
 
 impl<S: Store> Replica<S> {
-    /// The (key, item hash) of every key of `p` in the given segments, for
-    /// anti-entropy (one scan of the partition).
-    pub fn segment_items(&self, p: Partition, segments: &[u16]) -> Result<Vec<(Vec<u8>, u64)>> {
+    /// The (key, item hash) of every key of `p` in `scope` and the given
+    /// segments, for anti-entropy (one scan of the partition).
+    pub fn segment_items(
+        &self,
+        p: Partition,
+        scope: &Scope,
+        segments: &[u16],
+    ) -> Result<Vec<(Vec<u8>, u64)>> {
         let wanted: std::collections::HashSet<usize> =
             segments.iter().map(|&s| usize::from(s)).collect();
         let mut items = Vec::new();
         self.scan_partition(p, |key, value| {
-            if wanted.contains(&segment_of(key, self.q)) {
+            if wanted.contains(&segment_of(key, self.q)) && scope.holds(key) {
                 items.push((key.to_vec(), item_hash(key, value)));
             }
             Ok(())

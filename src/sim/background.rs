@@ -10,6 +10,7 @@ use crate::handoff::{HandoffMsg, HandoffWork};
 use crate::hints::HintWork;
 use crate::node::NodeId;
 use crate::partition::Partition;
+use crate::placement::Scope;
 use crate::store::Store;
 use crate::tombstones::{GcMsg, GcWork};
 
@@ -98,11 +99,16 @@ impl Sim {
         let node = &mut self.nodes[i];
         let t = node.membership.topology();
         let checks = node.schedule.on_topology(&t);
-        for RootsCheck { peer, partitions } in checks {
+        for RootsCheck {
+            peer,
+            scope,
+            partitions,
+        } in checks
+        {
             let Some(to) = self.index(&peer) else {
                 continue;
             };
-            let msg = roots(&self.nodes[i].replica, &partitions);
+            let msg = roots(&self.nodes[i].replica, &scope, &partitions);
             let id = self.call(i, Call::Roots { peer }, CALL_TIMEOUT);
             self.send(i, to, Msg::Ae { id, msg });
         }
@@ -110,18 +116,27 @@ impl Sim {
         let rng = &mut self.rng;
         let pick = |count| rng.below(count as u64) as usize;
         let next = self.nodes[i].schedule.next(&t, now, pick);
-        if let Some((p, peer)) = next {
-            self.begin_exchange(i, p, peer, Purpose::Repair);
+        if let Some(due) = next {
+            self.begin_exchange(i, due.partition, due.scope, due.peer, Purpose::Repair);
         }
     }
 
-    /// Starts an exchange of `p` with `peer` (push-only to sync a release).
-    fn begin_exchange(&mut self, i: usize, p: Partition, peer: NodeId, purpose: Purpose) {
+    /// Starts an exchange of `scope` in `p` with `peer` (push-only to sync
+    /// a release).
+    fn begin_exchange(
+        &mut self,
+        i: usize,
+        p: Partition,
+        scope: Scope,
+        peer: NodeId,
+        purpose: Purpose,
+    ) {
         let Some(to) = self.index(&peer) else {
             return self.exchange_ended(i, purpose, p, peer, Err(Error::Timeout));
         };
         let push_only = purpose == Purpose::Sync;
-        let (ex, msg) = Exchange::begin(p, self.nodes[i].replica.tree(p), push_only);
+        let tree = self.nodes[i].replica.tree_in(p, &scope);
+        let (ex, msg) = Exchange::begin(p, scope, tree, push_only);
         let id = self.call(i, Call::Exchange { ex, purpose, peer }, CALL_TIMEOUT);
         self.send(i, to, Msg::Ae { id, msg });
     }
@@ -303,16 +318,24 @@ impl Sim {
                 }
                 HandoffWork::Held => {
                     let node = &mut self.nodes[i];
-                    let held = node.replica.held_partitions();
+                    let held = node.replica.held();
                     node.handoff.on_held(Ok(held))
                 }
-                HandoffWork::Sync { partition, with } => {
-                    self.begin_exchange(i, partition, with, Purpose::Sync);
+                HandoffWork::Sync {
+                    partition,
+                    scope,
+                    with,
+                } => {
+                    self.begin_exchange(i, partition, scope, with, Purpose::Sync);
                     continue;
                 }
-                HandoffWork::Drop { partition, synced } => {
+                HandoffWork::Drop {
+                    partition,
+                    scope,
+                    synced,
+                } => {
                     let node = &mut self.nodes[i];
-                    let dropped = node.replica.release_partition(partition, synced);
+                    let dropped = node.replica.release(partition, &scope, &synced);
                     if let Ok(None) = dropped {
                         self.note(|| format!("n{i}: {partition} written to since its sync"));
                     }

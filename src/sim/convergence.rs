@@ -3,6 +3,8 @@
 //! still leaving, and the owners of each key holding identical sibling
 //! sets; and what each key finally holds.
 
+use crate::namespace::Table;
+use crate::placement::Placement;
 use crate::ring::Ring;
 use crate::version::SiblingSet;
 use crate::view::Status;
@@ -19,11 +21,24 @@ impl Sim {
             .then_some(ring)
     }
 
-    /// Each key's copies at its owners, or why they are not comparable yet.
+    /// The namespace table every member agrees on (None if they disagree).
+    fn common_namespaces(&self) -> Option<Table> {
+        let mut members = self.nodes.iter().filter(|n| n.is_member());
+        let first = &members.next()?.membership.view().namespaces;
+        members
+            .all(|n| n.membership.view().namespaces == *first)
+            .then(|| first.clone())
+    }
+
+    /// Each key's copies at its owners (the first `n` of its namespace),
+    /// or why they are not comparable yet.
     pub(super) fn owner_states(&self, k: usize) -> std::result::Result<Vec<SiblingSet>, String> {
         let ring = self.common_ring().ok_or("nodes disagree about the ring")?;
-        let p = ring.partition_of(&self.keys[k]);
-        ring.preference_list(p, self.cfg.n)
+        let table = self
+            .common_namespaces()
+            .ok_or("nodes disagree about the namespaces")?;
+        Placement::new(&ring, &table, self.cfg.n)
+            .replicas(&self.keys[k])
             .into_iter()
             .map(|id| {
                 let i = self.index(id).ok_or("unknown owner")?;
@@ -48,18 +63,16 @@ impl Sim {
                 return format!("{} still has sessions", n.id);
             }
         }
-        // Handoff is over: each node holds only what it replicates, and a
-        // leaver has left.
-        if let Some(ring) = self.common_ring() {
+        // Handoff is over: each node holds only what it replicates (of
+        // each namespace, what its `n` reaches), and a leaver has left.
+        if let (Some(ring), Some(table)) = (self.common_ring(), self.common_namespaces()) {
+            let place = Placement::new(&ring, &table, self.cfg.n);
             for n in self.nodes.iter().filter(|n| n.is_member()) {
-                let mine = ring.replicated_by(&n.id, self.cfg.n);
-                if let Some(p) = n
-                    .replica
-                    .held_partitions()
-                    .iter()
-                    .find(|p| !mine.contains(p))
-                {
-                    return format!("{} still holds {p}", n.id);
+                for (p, names) in n.replica.held() {
+                    let surplus = place.surplus(p, &n.id, &names);
+                    if !surplus.is_empty() {
+                        return format!("{} still holds {surplus:?} of {p}", n.id);
+                    }
                 }
                 if n.membership.member(&n.id).map(|m| m.status) == Some(Status::Leaving) {
                     return format!("{} is still leaving", n.id);

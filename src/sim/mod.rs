@@ -171,19 +171,26 @@ const TRACE_LINES: usize = 300;
 const DOOMED_KEYS: usize = 3;
 /// The namespace the odd-numbered keys live in, created by an operator
 /// once the cluster has formed: its values expire `EXPIRING_TTL` ms after
-/// they are written, and are then collected like tombstones.
+/// they are written, and are then collected like tombstones. Its keys have
+/// `n` = 2 at first, 3 once altered.
 const EXPIRING: &str = "expiring";
 const EXPIRING_TTL: u64 = 3_000;
-/// How often the operator tries to create it until the cluster has formed.
+/// The namespace of every fourth key (2, 6, ...), created with the other:
+/// its keys have `n` = 4 at first, 2 once altered.
+const WIDE: &str = "wide";
+/// The namespaces the operator creates, then alters at a random time
+/// while the faults run: (name, TTL, n at first, n once altered).
+const NAMESPACES: [(&str, u64, u8, u8); 2] = [(EXPIRING, EXPIRING_TTL, 2, 3), (WIDE, 0, 4, 2)];
+/// How often the operator tries to create or alter them until it can.
 const CREATE_RETRY: u64 = 200;
 
-/// Key `k`'s stored form: the even ones in `default`, the odd ones in
-/// `EXPIRING`.
+/// Key `k`'s stored form: the odd ones in `EXPIRING`, every fourth from 2
+/// in `WIDE`, the others in `default`.
 fn sim_key(k: usize) -> Vec<u8> {
-    let name = if k % 2 == 1 {
-        EXPIRING
-    } else {
-        namespace::DEFAULT
+    let name = match k % 4 {
+        1 | 3 => EXPIRING,
+        2 => WIDE,
+        _ => namespace::DEFAULT,
     };
     let name = namespace::Name::new(name).expect("a valid name");
     namespace::key_in(&name, format!("key-{k}").as_bytes()).expect("a valid key")

@@ -8,9 +8,7 @@ use crate::replica::Replica;
 use crate::version::Actor;
 
 use super::workload::ClientOp;
-use super::{
-    CREATE_RETRY, DOOMED_KEYS, EXPIRING, EXPIRING_TTL, Event, Sim, founders, planner, settings,
-};
+use super::{CREATE_RETRY, DOOMED_KEYS, Event, NAMESPACES, Sim, founders, planner, settings};
 
 impl Sim {
     pub(super) fn nemesis(&mut self) {
@@ -75,31 +73,49 @@ impl Sim {
 
     /// An operator stops a founder and removes it through another member;
     /// it starts again later on its old disk, as a careless restart would.
-    /// Creates the namespace of the expiring keys through node 0, as
-    /// `dynakv ns create` does; tried again until the cluster has formed.
-    pub(super) fn create_namespace(&mut self) {
-        let request = namespace::Request::Create {
-            name: EXPIRING.into(),
-            changes: namespace::Changes {
-                ttl_ms: Some(EXPIRING_TTL),
-                ..namespace::Changes::default()
-            },
-        };
+    /// Creates the namespaces (`alter`: alters their `n`) through node 0,
+    /// as `dynakv ns create` and `ns alter` do; tried again until the
+    /// cluster has formed and node 0 is up. A namespace already as asked
+    /// is left alone.
+    pub(super) fn change_namespaces(&mut self, alter: bool) {
         let defaults = planner(&self.cfg, 0).limits.defaults;
-        let node = &mut self.nodes[0];
-        let created = if node.running {
-            node.membership.namespace(request, &defaults)
-        } else {
-            Err(crate::Error::Unavailable("n0 is down".into()))
-        };
-        match created {
-            Ok((changed, _)) => {
-                node.keep_view(changed);
-                self.note(|| format!("namespace {EXPIRING} created through n0"));
+        for (name, ttl_ms, first_n, then_n) in NAMESPACES {
+            let n = if alter { then_n } else { first_n };
+            let node = &mut self.nodes[0];
+            let current = node.membership.view().namespaces.get(name).map(|s| s.n);
+            if alter && current == Some(n) || !alter && current.is_some() {
+                continue;
             }
-            Err(e) => {
-                self.note(|| format!("namespace {EXPIRING} not created yet: {e}"));
-                self.schedule(self.now + CREATE_RETRY, Event::CreateNamespace);
+            let changes = namespace::Changes {
+                n: Some(n),
+                ttl_ms: Some(ttl_ms),
+                ..namespace::Changes::default()
+            };
+            let name = name.to_string();
+            let request = if alter {
+                namespace::Request::Alter { name, changes }
+            } else {
+                namespace::Request::Create { name, changes }
+            };
+            let changed = if node.running {
+                node.membership.namespace(request, &defaults)
+            } else {
+                Err(crate::Error::Unavailable("n0 is down".into()))
+            };
+            match changed {
+                Ok((changed, _)) => {
+                    node.keep_view(changed);
+                    self.note(|| format!("namespaces: n = {n} through n0"));
+                }
+                Err(e) => {
+                    self.note(|| format!("namespaces not changed yet: {e}"));
+                    let retry = if alter {
+                        Event::AlterNamespaces
+                    } else {
+                        Event::CreateNamespace
+                    };
+                    return self.schedule(self.now + CREATE_RETRY, retry);
+                }
             }
         }
     }

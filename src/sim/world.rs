@@ -73,7 +73,7 @@ pub(super) enum Event {
     },
     /// The spare node starts and joins.
     Join,
-    /// The operator creates the namespace `EXPIRING` (at node 0).
+    /// The operator creates the namespaces `NAMESPACES` (at node 0).
     CreateNamespace,
     /// A random member that is up begins to leave.
     Leave,
@@ -90,6 +90,8 @@ pub(super) enum Event {
         node: usize,
         life: u64,
     },
+    /// The operator alters the `n` of the namespaces `NAMESPACES` (at node 0).
+    AlterNamespaces,
 }
 
 pub(super) struct Scheduled {
@@ -327,6 +329,11 @@ impl Sim {
         }
         sim.schedule(2_000, Event::Nemesis);
         sim.schedule(CREATE_RETRY, Event::CreateNamespace);
+        let alter_at = 3_000
+            + sim
+                .rng
+                .below(sim.cfg.fault_time.saturating_sub(3_000).max(1));
+        sim.schedule(alter_at, Event::AlterNamespaces);
         Ok(sim)
     }
 
@@ -515,7 +522,8 @@ impl Sim {
             }
             Event::Leave => self.begin_leave(),
             Event::Remove => self.remove_one(),
-            Event::CreateNamespace => self.create_namespace(),
+            Event::CreateNamespace => self.change_namespaces(false),
+            Event::AlterNamespaces => self.change_namespaces(true),
             Event::HandoffWake { node, life } => {
                 if self.nodes[node].running && self.nodes[node].life == life {
                     self.handoff_tick(node);

@@ -16,8 +16,10 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::error::Result;
+use crate::namespace::Table;
 use crate::node::NodeId;
 use crate::partition::Partition;
+use crate::placement::Placement;
 use crate::ring::Ring;
 use crate::store::Entry;
 use crate::topology::Topology;
@@ -27,7 +29,7 @@ use super::{GcMsg, Holding, Ripening, led_partitions};
 #[derive(Debug, Clone)]
 pub struct CollectorSettings {
     pub me: NodeId,
-    /// Replicas per key.
+    /// Replicas per key of the namespace `default` (others have their own).
     pub n: usize,
     /// Tombstones probed per partition and round.
     pub batch: usize,
@@ -65,9 +67,8 @@ pub enum GcWork {
 
 #[derive(Debug, Clone)]
 enum Stage {
-    Finding(Partition),
+    Finding,
     Probing {
-        partition: Partition,
         found: Vec<Entry>,
         answers: Vec<(NodeId, Vec<Holding>)>,
         waiting: BTreeSet<NodeId>,
@@ -80,6 +81,9 @@ enum Stage {
 #[derive(Debug, Clone)]
 struct Round {
     ring: Arc<Ring>,
+    /// The namespaces as the round began: each key's replicas are the
+    /// first `n` of its namespace.
+    namespaces: Table,
     /// Every live member, as the round began.
     members: Vec<NodeId>,
     partitions: VecDeque<Partition>,
@@ -122,6 +126,7 @@ impl Collector {
         let partitions = led_partitions(ring, &self.settings.me).into();
         self.round = Some(Round {
             ring: ring.clone(),
+            namespaces: t.view.namespaces.clone(),
             members,
             partitions,
             stage: Stage::Collecting {
@@ -138,7 +143,7 @@ impl Collector {
         let Some(round) = &mut self.round else {
             return Vec::new();
         };
-        let Stage::Finding(partition) = round.stage else {
+        let Stage::Finding = round.stage else {
             return Vec::new();
         };
         match found {
@@ -156,7 +161,6 @@ impl Collector {
                     })
                     .collect();
                 round.stage = Stage::Probing {
-                    partition,
                     found,
                     answers: Vec::new(),
                     waiting: round.members.iter().cloned().collect(),
@@ -176,7 +180,6 @@ impl Collector {
                 found,
                 answers,
                 waiting,
-                partition,
             } => {
                 if !waiting.remove(from) {
                     return Vec::new();
@@ -191,15 +194,11 @@ impl Collector {
                 if !waiting.is_empty() {
                     return Vec::new();
                 }
-                let replicas: BTreeSet<NodeId> = round
-                    .ring
-                    .preference_list(*partition, self.settings.n)
-                    .into_iter()
-                    .cloned()
-                    .collect();
+                let place = Placement::new(&round.ring, &round.namespaces, self.settings.n);
+                let replicas = |key: &[u8]| place.replicas(key).into_iter().cloned().collect();
                 let (entries, holders) =
                     self.ripening
-                        .decide(found, answers, &replicas, now, self.settings.grace_ms);
+                        .decide(found, answers, replicas, now, self.settings.grace_ms);
                 if entries.is_empty() {
                     return self.next_partition();
                 }
@@ -236,7 +235,7 @@ impl Collector {
                     Vec::new()
                 }
             }
-            Stage::Finding(_) => Vec::new(),
+            Stage::Finding => Vec::new(),
         }
     }
 
@@ -256,7 +255,7 @@ impl Collector {
         };
         match round.partitions.pop_front() {
             Some(partition) => {
-                round.stage = Stage::Finding(partition);
+                round.stage = Stage::Finding;
                 vec![GcWork::Find {
                     partition,
                     limit: self.settings.batch,

@@ -36,6 +36,7 @@ pub use collector::{Collector, CollectorSettings, GcWork};
 use crate::error::{Error, Result};
 use crate::node::NodeId;
 use crate::partition::Partition;
+use crate::placement::Placement;
 use crate::replica::{Replica, ReplicaMsg};
 use crate::ring::Ring;
 use crate::store::Store;
@@ -163,14 +164,13 @@ pub fn collectable(
 /// as a delete's session writes them (one that fails is repaired by
 /// anti-entropy).
 pub fn delete_writes(
-    ring: &Ring,
+    place: &Placement,
     me: &NodeId,
-    n: usize,
     deleted: Vec<(Vec<u8>, SiblingSet)>,
 ) -> Vec<(NodeId, ReplicaMsg)> {
     let mut writes = Vec::new();
     for (key, state) in deleted {
-        let replicas = ring.preference_list(ring.partition_of(&key), n);
+        let replicas = place.replicas(&key);
         for peer in replicas.into_iter().filter(|peer| *peer != me) {
             let msg = ReplicaMsg::Write {
                 key: key.clone(),
@@ -234,18 +234,18 @@ impl Ripening {
     }
 
     /// Once every member answered a probe of `found` (`answers`, one per
-    /// member; `replicas` must each hold the tombstone itself): the
+    /// member; `replicas(key)` must each hold the tombstone itself): the
     /// tombstones to collect now (every answer allows them, and they are
     /// ripe) and the members to ask to collect them (those holding them).
     pub fn decide(
         &mut self,
         found: &[(Vec<u8>, SiblingSet)],
         answers: &[(NodeId, Vec<Holding>)],
-        replicas: &BTreeSet<NodeId>,
+        replicas: impl Fn(&[u8]) -> BTreeSet<NodeId>,
         now: u64,
         grace: u64,
     ) -> (Vec<(Vec<u8>, SiblingSet)>, Vec<NodeId>) {
-        let allowed = collectable(found.len(), answers, |_| replicas.clone())
+        let allowed = collectable(found.len(), answers, |i| replicas(&found[i].0))
             .into_iter()
             .map(|i| found[i].clone())
             .collect();
@@ -292,7 +292,8 @@ mod tests {
         let ring = t.ring.clone().unwrap();
         let keys: Vec<Vec<u8>> = (0..8).map(|i| format!("k{i}").into_bytes()).collect();
         let deleted = keys.iter().map(|k| (k.clone(), tomb(1))).collect();
-        let writes = delete_writes(&ring, &id("a"), 2, deleted);
+        let table = crate::namespace::Table::default();
+        let writes = delete_writes(&Placement::new(&ring, &table, 2), &id("a"), deleted);
         for key in &keys {
             let list = ring.preference_list(ring.partition_of(key), 2);
             let mut to: Vec<&NodeId> = writes
