@@ -8,6 +8,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use dynakv::namespace::{Changes, Request};
 use dynakv_actors::client::{Client, Options};
 use dynakv_actors::testkit::{Cluster, check, wait_for};
 use support::{ProcessCluster, cli};
@@ -53,6 +54,30 @@ async fn ten_thousand_keys_are_listed_each_once_in_pages_of_100() {
         let written = client.put_many(&items, None).await.unwrap();
         assert!(written.iter().all(Result::is_ok));
     }
+    // The same names in a namespace of n = 2: listed there, not here.
+    client
+        .change_namespace(Request::Create {
+            name: "pairs".into(),
+            changes: Changes {
+                n: Some(2),
+                ..Changes::default()
+            },
+        })
+        .await
+        .unwrap();
+    let pairs = client.in_namespace("pairs").unwrap();
+    wait_for(WAIT, "every node to know the namespace", || async {
+        for i in 0..3 {
+            let node = cluster.client(i).await?.in_namespace("pairs")?;
+            node.get(b"probe", None).await?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    for key in &listed[..250] {
+        pairs.put(key, b"in pairs", &[], Some(2)).await.unwrap();
+    }
     // 100 keys deleted: hidden from the listing.
     for key in &listed[..100] {
         let read = client.get(key, None).await.unwrap();
@@ -79,6 +104,10 @@ async fn ten_thousand_keys_are_listed_each_once_in_pages_of_100() {
         "every live key of the prefix, nothing else"
     );
     assert!(pages >= 99, "{pages} pages");
+    let (in_pairs, _) = list_all(&pairs, b"list-", 100).await;
+    let in_pairs: BTreeSet<Vec<u8>> = in_pairs.into_iter().collect();
+    let expected: BTreeSet<Vec<u8>> = listed[..250].iter().cloned().collect();
+    assert_eq!(in_pairs, expected, "the namespace's own keys, once each");
 
     // With a node stopped, its partitions are read from the others.
     cluster.stop_node(2).await.unwrap();
