@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::liveness::Health;
 use crate::node::NodeId;
+use crate::placement::Placement;
 use crate::ring::Ring;
 use crate::view::View;
 
@@ -46,6 +47,13 @@ impl Topology {
     /// `me` neither left nor was removed.
     pub fn active_ring(&self, me: &NodeId) -> Option<&Arc<Ring>> {
         self.ring.as_ref().filter(|_| !self.view.is_fenced(me))
+    }
+
+    /// Where keys live as node `me` sees it (`default`'s `n` being
+    /// `default_n`), while it takes part in the cluster.
+    pub fn placement(&self, me: &NodeId, default_n: usize) -> Option<Placement<'_>> {
+        let ring = self.active_ring(me)?;
+        Some(Placement::new(ring, &self.view.namespaces, default_n))
     }
 }
 

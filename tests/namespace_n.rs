@@ -113,33 +113,14 @@ async fn each_namespace_keeps_its_own_number_of_copies_and_n_changes_live() {
 
     // Raising n fills the new replicas; lowering it drops the extra copies
     // once they are synchronised.
-    change(
-        client,
-        Request::Alter {
-            name: "pairs".into(),
-            changes: with_n(3),
-        },
-    )
-    .await;
-    wait_copies(&nodes, "pairs", 3).await;
-    change(
-        client,
-        Request::Alter {
-            name: "pairs".into(),
-            changes: with_n(2),
-        },
-    )
-    .await;
-    wait_copies(&nodes, "pairs", 2).await;
-    change(
-        client,
-        Request::Alter {
-            name: "all".into(),
-            changes: with_n(3),
-        },
-    )
-    .await;
-    wait_copies(&nodes, "all", 3).await;
+    for (ns, n) in [("pairs", 3), ("pairs", 2), ("all", 3)] {
+        let alter = Request::Alter {
+            name: ns.into(),
+            changes: with_n(n),
+        };
+        change(client, alter).await;
+        wait_copies(&nodes, ns, usize::from(n)).await;
+    }
     cluster.settled(WAIT).await.unwrap();
 
     // Nothing was lost on the way, and every node reads every namespace.

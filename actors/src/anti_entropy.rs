@@ -21,7 +21,6 @@ use actix::prelude::*;
 use dynakv::anti_entropy::{AeMsg, ExchangeReport, RootsCheck, Schedule};
 use dynakv::partition::Partition;
 use dynakv::peer::PeerMsg;
-use dynakv::placement::Placement;
 use dynakv::store::Entry;
 use dynakv::tombstones::{
     Collector, CollectorSettings, GcMsg, GcWork, delete_writes, led_partitions,
@@ -231,13 +230,14 @@ impl AntiEntropy {
     /// Writes the tombstones this node minted over keys of dropped
     /// namespaces to the keys' other replicas (`tombstones::delete_writes`).
     fn write_deletes(&self, t: &Topology, deleted: Vec<Entry>) {
-        let Some(ring) = &t.ring else { return };
+        let me = &self.settings.me;
+        let Some(place) = t.placement(me, self.settings.collector.n) else {
+            return;
+        };
         if deleted.is_empty() {
             return;
         }
         info!(keys = deleted.len(), "deleting keys of dropped namespaces");
-        let me = &self.settings.me;
-        let place = Placement::new(ring, &t.view.namespaces, self.settings.collector.n);
         for (peer, msg) in delete_writes(&place, me, deleted) {
             let timeout = self.settings.call_timeout;
             let sent = call(&self.bridge, peer, PeerMsg::Replica(msg), timeout);

@@ -211,7 +211,7 @@ impl Handoff {
                     });
                 }
                 HandoffWork::Released { partition, keys } => {
-                    info!(%partition, keys, "partition handed off and released");
+                    info!(%partition, keys, "copies this node no longer replicates synchronised and dropped");
                     self.events.emit(Event::PartitionReleased {
                         node: self.me().clone(),
                         partition: partition.0,

@@ -180,8 +180,7 @@ impl Schedule {
         now: u64,
         pick: impl FnOnce(usize) -> usize,
     ) -> Option<Due> {
-        let ring = t.active_ring(&self.me)?;
-        let place = Placement::new(ring, &t.view.namespaces, self.n);
+        let place = t.placement(&self.me, self.n)?;
         let is_up = |n: &NodeId| t.is_up(n);
         if self.running || !self.within_budget(now) {
             return None;

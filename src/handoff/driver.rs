@@ -96,7 +96,9 @@ pub enum HandoffWork {
         from: NodeId,
         keys: u64,
     },
-    /// `partition` was synchronised with its replicas and dropped here.
+    /// What this node no longer replicates of `partition` (all of it, or
+    /// the namespaces past their `n`) was synchronised with its replicas
+    /// and dropped here.
     Released { partition: Partition, keys: usize },
 }
 
@@ -205,10 +207,9 @@ impl HandoffDriver {
         let Some(t) = &self.topology else {
             return Vec::new();
         };
-        let Some(ring) = t.active_ring(me) else {
+        let Some(place) = t.placement(me, self.settings.n) else {
             return Vec::new();
         };
-        let place = Placement::new(ring, &t.view.namespaces, self.settings.n);
         let before = self.progress.clone();
         let next = fetch_step(&t.view, &place, me, &mut self.progress, |s| t.is_up(s));
         let mut work = Vec::new();
@@ -291,12 +292,8 @@ impl HandoffDriver {
             Err(_) => return self.interrupted(),
         };
         let upto = entries.last().map(|(k, _)| k.clone());
-        if let Some(ring) = self.topology.as_ref().and_then(|t| {
-            t.active_ring(&self.settings.me)
-                .map(|ring| (ring, &t.view.namespaces))
-        }) {
+        if let Some(place) = self.placement() {
             // Only the namespaces whose `n` reaches this node.
-            let place = Placement::new(ring.0, ring.1, self.settings.n);
             let keep = place.held_by(partition, &self.settings.me);
             entries.retain(|(key, _)| keep.holds(key));
         }
@@ -366,15 +363,10 @@ impl HandoffDriver {
             return Vec::new();
         }
         self.busy = Busy::Idle;
-        let (Ok(held), Some(t)) = (held, &self.topology) else {
+        let (Ok(held), Some(t), Some(place)) = (held, &self.topology, self.placement()) else {
             return Vec::new();
         };
-        let Some(ring) = t.active_ring(&self.settings.me) else {
-            return Vec::new();
-        };
-        let me = &self.settings.me;
-        let place = Placement::new(ring, &t.view.namespaces, self.settings.n);
-        match release_step(&t.view, &place, me, &held, |r| t.is_up(r)) {
+        match release_step(&t.view, &place, &self.settings.me, &held, |r| t.is_up(r)) {
             Next::Release {
                 partition,
                 release,
@@ -446,10 +438,14 @@ impl HandoffDriver {
     /// For `status`: the transfer under way and what is left, at `now`.
     pub fn summary(&self, now: u64) -> Vec<String> {
         let mut lines = Vec::new();
-        let ring = self.topology.as_ref().and_then(|t| t.ring.clone());
-        let remaining = self.topology.as_ref().zip(ring).map_or(0, |(t, r)| {
-            let extent = Placement::new(&r, &t.view.namespaces, self.settings.n).extent();
-            to_fetch(&r, &self.settings.me, extent, &self.progress).len()
+        let remaining = self.placement().map_or(0, |place| {
+            to_fetch(
+                place.ring,
+                &self.settings.me,
+                place.extent(),
+                &self.progress,
+            )
+            .len()
         });
         let totals = self.totals;
         if let Some(t) = &self.transfer {
@@ -505,16 +501,11 @@ impl HandoffDriver {
                 with,
             }];
         }
-        let me = &self.settings.me;
-        let still = self.topology.as_ref().is_some_and(|t| {
-            let Some(ring) = t.active_ring(me) else {
-                return false;
-            };
-            let place = Placement::new(ring, &t.view.namespaces, self.settings.n);
+        let still = self.placement().is_some_and(|place| {
             let Scope::Only(names) = &release else {
                 return false;
             };
-            let now = to_release(&place, me, &[(partition, names.clone())]);
+            let now = to_release(&place, &self.settings.me, &[(partition, names.clone())]);
             now.first().is_some_and(|(_, scope)| *scope == release)
         });
         if !still || synced.is_empty() {
@@ -526,6 +517,12 @@ impl HandoffDriver {
             scope: release,
             synced,
         }]
+    }
+
+    /// Where keys live as this node sees it now, while it takes part.
+    fn placement(&self) -> Option<Placement<'_>> {
+        let t = self.topology.as_ref()?;
+        t.placement(&self.settings.me, self.settings.n)
     }
 
     /// A fetch failed: resume at a later tick, where it stopped.

@@ -276,17 +276,16 @@ impl HintDelivery {
     /// complete (its copies stay).
     fn kept(&self, batch: &[Entry]) -> BTreeSet<Vec<u8>> {
         let me = &self.settings.me;
-        let Some((t, ring)) = self
+        let Some(place) = self
             .topology
             .as_ref()
-            .and_then(|t| t.ring.as_ref().map(|r| (t, r)))
+            .and_then(|t| t.placement(me, self.settings.n))
         else {
             return batch.iter().map(|(k, _)| k.clone()).collect();
         };
-        let place = Placement::new(ring, &t.view.namespaces, self.settings.n);
         batch
             .iter()
-            .filter(|(k, _)| place.held_by(ring.partition_of(k), me).holds(k))
+            .filter(|(k, _)| place.held_by(place.ring.partition_of(k), me).holds(k))
             .map(|(k, _)| k.clone())
             .collect()
     }
