@@ -109,6 +109,19 @@ async fn each_namespace_keeps_its_own_number_of_copies_and_n_changes_live() {
     }
     wait_copies(&nodes, "pairs", 2).await;
     wait_copies(&nodes, "all", 5).await;
+    // A request's own quorum is held to its namespace's n.
+    let pairs = client.in_namespace("pairs").unwrap();
+    let e = pairs.put(b"k", b"v", &[], Some(3)).await.unwrap_err();
+    assert!(
+        e.to_string().contains("w = 3 must be between 1 and N = 2"),
+        "{e}"
+    );
+    let all = client.in_namespace("all").unwrap();
+    all.put(b"k", b"v", &[], Some(5)).await.unwrap();
+    assert_eq!(
+        all.get(b"k", Some(5)).await.unwrap().values,
+        [b"v".to_vec()]
+    );
     wait_copies(&nodes, "default", 3).await;
 
     // Raising n fills the new replicas; lowering it drops the extra copies
