@@ -10,10 +10,12 @@
 //!
 //! - data: [`version`] (DVV sets: siblings and contexts), [`store`] (the
 //!   ordered key-value seam, the in-memory store, the stored-entry codec),
-//!   [`replica`] (one node's copy: local get, put, delete, merge);
+//!   [`replica`] (one node's copy: local get, put, delete, merge),
+//!   [`crdt`] (counters and add-wins sets that merge by a join);
 //! - placement: [`node`] (ids), [`partition`] (the Q hash ranges),
 //!   [`ownership`] (who owns each partition), [`ring`] (keys to preference
-//!   lists);
+//!   lists), [`placement`] (which namespaces of a partition each node
+//!   holds, by their own `n`);
 //! - cluster state: [`view`] (the membership CRDT, with the [`namespace`]
 //!   table), [`membership`] (joins,
 //!   leaves, removals, start checks), [`liveness`] (failure detection),
@@ -38,6 +40,7 @@ pub mod auth;
 pub mod calls;
 pub mod config;
 pub mod coordinator;
+pub mod crdt;
 pub mod error;
 pub mod fencing;
 pub mod handoff;
