@@ -513,6 +513,8 @@ impl Membership {
                 me.status.as_str()
             )));
         }
+        self.view.check_leave(&self.me)?;
+        let me = self.my_record();
         me.status = Status::Leaving;
         me.version += 1;
         self.settle();
@@ -701,6 +703,49 @@ mod tests {
         assert!(views[0].members.values().all(|m| m.status == Status::Up));
         let ring = nodes[0].ring().unwrap();
         assert_eq!(ring.owned_counts().len(), 3);
+    }
+
+    #[test]
+    fn a_leave_that_would_leave_fewer_members_than_a_namespaces_n_is_refused() {
+        let mut nodes: Vec<Membership> = (1..=3)
+            .map(|i| Membership::new(settings(i, &[1, 2, 3]), None, 0))
+            .collect();
+        rounds(&mut nodes, 3);
+        let defaults = namespace::Settings {
+            n: 3,
+            r: 2,
+            w: 2,
+            ttl_ms: 0,
+            max_siblings: 64,
+            max_value_bytes: 1024,
+            kind: namespace::Kind::Blob,
+        };
+        let wide = namespace::Request::Create {
+            name: "wide".into(),
+            changes: namespace::Changes::default(),
+        };
+        nodes[0].namespace(wide, &defaults).unwrap();
+        let e = nodes[0].leave().unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "leaving would leave 2 serving members, fewer than namespace wide's n = 3: lower it first (dynakv ns alter wide --n 2)"
+            ),
+            "{e}"
+        );
+        assert_eq!(nodes[0].member(nodes[0].me()).unwrap().status, Status::Up);
+        let narrow = namespace::Request::Alter {
+            name: "wide".into(),
+            changes: namespace::Changes {
+                n: Some(2),
+                ..namespace::Changes::default()
+            },
+        };
+        nodes[0].namespace(narrow, &defaults).unwrap();
+        nodes[0].leave().unwrap();
+        assert_eq!(
+            nodes[0].member(nodes[0].me()).unwrap().status,
+            Status::Leaving
+        );
     }
 
     #[test]

@@ -138,6 +138,29 @@ struct ViewV1 {
 }
 
 impl View {
+    /// Refuses `node`'s leave if it would leave fewer serving members than
+    /// some namespace's `n` (as Cassandra refuses a decommission below a
+    /// keyspace's replication factor): its keys would lose a replica for
+    /// good. Lowering that `n` first allows it.
+    pub fn check_leave(&self, node: &NodeId) -> Result<()> {
+        let staying = self
+            .members
+            .values()
+            .filter(|m| m.status.is_active() && m.id != *node)
+            .count();
+        match self
+            .namespaces
+            .live()
+            .find(|(_, s)| usize::from(s.n) > staying)
+        {
+            Some((name, settings)) => Err(Error::InvalidRequest(format!(
+                "leaving would leave {staying} serving members, fewer than namespace {name}'s n = {}: lower it first (dynakv ns alter {name} --n {staying})",
+                settings.n
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub fn new(cluster: String, partitions: u32) -> Self {
         View {
             cluster,

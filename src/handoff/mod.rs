@@ -335,6 +335,7 @@ pub fn preview(
             members.push(Capacity::new(node.clone(), *weight));
         }
         PlanChange::Leave { node } => {
+            view.check_leave(node)?;
             let i = position(&members, node)
                 .ok_or_else(|| Error::InvalidRequest(format!("{node} is not an active member")))?;
             members.remove(i);

@@ -67,12 +67,17 @@ impl Sim {
                 node.keep_view(changed);
                 self.note(|| format!("n{i} begins to leave"));
             }
-            Err(e) => self.note(|| format!("n{i} cannot leave: {e}")),
+            Err(e) => {
+                self.note(|| format!("n{i} cannot leave: {e}"));
+                // Refused while a namespace's n needs every member (until
+                // the operator lowers it): the operator tries again.
+                if self.now < self.cfg.fault_time {
+                    self.schedule(self.now + 500, Event::Leave);
+                }
+            }
         }
     }
 
-    /// An operator stops a founder and removes it through another member;
-    /// it starts again later on its old disk, as a careless restart would.
     /// Creates the namespaces (`alter`: alters their `n`) through node 0,
     /// as `dynakv ns create` and `ns alter` do; tried again until the
     /// cluster has formed and node 0 is up. A namespace already as asked
@@ -120,6 +125,8 @@ impl Sim {
         }
     }
 
+    /// An operator stops a founder and removes it through another member;
+    /// it starts again later on its old disk, as a careless restart would.
     pub(super) fn remove_one(&mut self) {
         let r = self.rng.below(founders(&self.cfg) as u64) as usize;
         if self.nodes[r].running {
