@@ -255,3 +255,38 @@ async fn fault_requests_partition_a_node_only_where_fault_injection_is_on() {
     wait_metric(&cluster, 2, &up(1), 1.0).await;
     cluster.stop().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn tombstones_waiting_to_be_collected_are_shown_in_metrics_and_status() {
+    let cluster = Cluster::start_with(3, |c| {
+        c.anti_entropy.gc_interval_ms = 100;
+        c.anti_entropy.gc_grace_ms = 3_600_000;
+    })
+    .await
+    .unwrap();
+    let client = cluster.client(0).await.unwrap();
+    let written = client.put(b"gone", b"v", &[], Some(3)).await.unwrap();
+    client
+        .delete(b"gone", &written.context, Some(3))
+        .await
+        .unwrap();
+    // The node that leads the key's partition finds the tombstone; every
+    // member allows it, and it waits out the (hour-long) grace period.
+    wait_for(WAIT, "a node to report the tombstone waiting", || async {
+        for i in 0..cluster.len() {
+            let text = cluster.scrape(i).await?;
+            if metric(&text, "dynakv_tombstones_awaiting") == 1.0 {
+                let notes = cluster.client(i).await?.status().await?.notes;
+                let line = notes.iter().find(|l| l.starts_with("tombstones:"));
+                return match line {
+                    Some(l) if l.contains("1 awaiting collection at the last round, all waiting out the grace period") => Ok(()),
+                    other => Err(Error::Unavailable(format!("status says {other:?}"))),
+                };
+            }
+        }
+        Err(Error::Unavailable("no node reports it".into()))
+    })
+    .await
+    .unwrap();
+    cluster.stop().await.unwrap();
+}

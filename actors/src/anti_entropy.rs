@@ -276,14 +276,22 @@ impl AntiEntropy {
                         })
                     }));
                 }
-                GcWork::Ended { keys: Some(0) } => {}
                 GcWork::Ended { keys: Some(keys) } => {
-                    self.collected += keys as u64;
-                    info!(keys, "tombstones collected");
-                    self.events.emit(Event::TombstonesCollected {
-                        node: self.settings.me.clone(),
-                        keys,
-                    });
+                    if keys > 0 {
+                        self.collected += keys as u64;
+                        info!(keys, "tombstones collected");
+                        self.events.emit(Event::TombstonesCollected {
+                            node: self.settings.me.clone(),
+                            keys,
+                        });
+                    }
+                    if let Some(backlog) = self.collector.backlog() {
+                        self.events.emit(Event::TombstoneBacklog {
+                            node: self.settings.me.clone(),
+                            awaiting: backlog.awaiting,
+                            held_back: backlog.held_back.clone().into_iter().collect(),
+                        });
+                    }
                 }
                 GcWork::Ended { keys: None } => debug!("tombstone collection postponed"),
             }
@@ -392,6 +400,22 @@ impl Handler<Summary> for AntiEntropy {
             let ring = act.topology.as_ref().and_then(|t| t.ring.as_deref());
             let mut lines = act.schedule.summary(ring, act.clock.now());
             lines[0].push_str(&format!(", {} tombstones collected", act.collected));
+            if let Some(backlog) = act.collector.backlog().filter(|b| b.awaiting > 0) {
+                let held: Vec<String> = backlog
+                    .held_back
+                    .iter()
+                    .map(|(member, keys)| format!("{member} ({keys})"))
+                    .collect();
+                let by = if held.is_empty() {
+                    "all waiting out the grace period".to_string()
+                } else {
+                    format!("held back by {}", held.join(", "))
+                };
+                lines.push(format!(
+                    "tombstones: {} awaiting collection at the last round, {by}",
+                    backlog.awaiting
+                ));
+            }
             if !act.settings.enabled {
                 lines[0].push_str(" (disabled)");
             }

@@ -33,6 +33,14 @@ pub enum Event {
     },
     /// A collection round removed `keys` tombstones from this node.
     TombstonesCollected { node: NodeId, keys: usize },
+    /// What a complete collection round left waiting: `awaiting`
+    /// tombstones found and not collected, and per member how many its
+    /// answer held back (the rest wait out the grace period).
+    TombstoneBacklog {
+        node: NodeId,
+        awaiting: usize,
+        held_back: Vec<(NodeId, usize)>,
+    },
     /// A home partition was fetched completely.
     PartitionFetched {
         node: NodeId,
@@ -99,6 +107,11 @@ impl Events {
                 ..
             } => m.exchanged(pulled + pushed, *bytes),
             Event::TombstonesCollected { keys, .. } => m.tombstones_collected(*keys),
+            Event::TombstoneBacklog {
+                awaiting,
+                held_back,
+                ..
+            } => m.tombstone_backlog(*awaiting, held_back),
             Event::PartitionFetched { .. } => m.partition_fetched(),
             Event::PartitionReleased { .. } => m.partition_released(),
             Event::HintsDelivered { keys, .. } => m.hints_delivered(*keys),

@@ -66,6 +66,8 @@ struct Inner {
     ae_keys_repaired: Counter,
     ae_bytes: Counter,
     tombstones_collected: Counter,
+    tombstones_awaiting: Gauge,
+    tombstones_held_back: Family<MemberLabels, Gauge>,
     handoff_keys: Counter,
     handoff_bytes: Counter,
     partitions_fetched: Counter,
@@ -111,6 +113,8 @@ impl Metrics {
             ae_keys_repaired: Counter::default(),
             ae_bytes: Counter::default(),
             tombstones_collected: Counter::default(),
+            tombstones_awaiting: Gauge::default(),
+            tombstones_held_back: Family::default(),
             handoff_keys: Counter::default(),
             handoff_bytes: Counter::default(),
             partitions_fetched: Counter::default(),
@@ -177,6 +181,16 @@ impl Metrics {
             "tombstones_collected",
             "Tombstones removed once every replica held them",
             inner.tombstones_collected.clone(),
+        );
+        r.register(
+            "tombstones_awaiting",
+            "Tombstones the last collection round found and could not collect yet",
+            inner.tombstones_awaiting.clone(),
+        );
+        r.register(
+            "tombstones_held_back",
+            "Of those, how many each member held back (its copy differs, or a replica lacks the key)",
+            inner.tombstones_held_back.clone(),
         );
         r.register(
             "handoff_received_keys",
@@ -301,6 +315,20 @@ impl Metrics {
 
     pub fn tombstones_collected(&self, keys: usize) {
         self.0.tombstones_collected.inc_by(keys as u64);
+    }
+
+    /// What the last collection round left waiting, and who held it back.
+    pub fn tombstone_backlog(&self, awaiting: usize, held_back: &[(NodeId, usize)]) {
+        let m = &self.0;
+        m.tombstones_awaiting.set(gauge(awaiting as u64));
+        m.tombstones_held_back.clear();
+        for (member, keys) in held_back {
+            m.tombstones_held_back
+                .get_or_create(&MemberLabels {
+                    member: member.to_string(),
+                })
+                .set(gauge(*keys as u64));
+        }
     }
 
     pub fn partition_fetched(&self) {

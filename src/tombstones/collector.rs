@@ -12,7 +12,7 @@
 //! Time is an input (`now`, ms). The driver returns `GcWork` for the shell
 //! to carry out; `on_found` answers `Find`, `on_answer` answers `Ask`.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::error::Result;
@@ -89,6 +89,18 @@ struct Round {
     partitions: VecDeque<Partition>,
     stage: Stage,
     collected: usize,
+    backlog: Backlog,
+}
+
+/// What a whole round found and could not collect yet, for `status` and
+/// the metrics: tombstones wait for members (an answer that does not
+/// allow them) or for the grace period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Tombstones found (at most a batch per partition) and not collected.
+    pub awaiting: usize,
+    /// Per member, how many of those its answer held back.
+    pub held_back: BTreeMap<NodeId, usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +108,8 @@ pub struct Collector {
     settings: CollectorSettings,
     ripening: Ripening,
     round: Option<Round>,
+    /// The last round that went through every partition.
+    last: Option<Backlog>,
 }
 
 impl Collector {
@@ -104,7 +118,13 @@ impl Collector {
             settings,
             ripening: Ripening::default(),
             round: None,
+            last: None,
         }
+    }
+
+    /// What the last complete round left waiting (None before one ended).
+    pub fn backlog(&self) -> Option<&Backlog> {
+        self.last.as_ref()
     }
 
     /// Starts a round over the partitions this node leads, unless one is
@@ -133,6 +153,7 @@ impl Collector {
                 waiting: BTreeSet::new(),
             },
             collected: 0,
+            backlog: Backlog::default(),
         });
         self.next_partition()
     }
@@ -196,9 +217,14 @@ impl Collector {
                 }
                 let place = Placement::new(&round.ring, &round.namespaces, self.settings.n);
                 let replicas = |key: &[u8]| place.replicas(key).into_iter().cloned().collect();
-                let (entries, holders) =
+                let decision =
                     self.ripening
                         .decide(found, answers, replicas, now, self.settings.grace_ms);
+                round.backlog.awaiting += found.len() - decision.collect.len();
+                for (node, keys) in decision.held_back {
+                    *round.backlog.held_back.entry(node).or_default() += keys;
+                }
+                let (entries, holders) = (decision.collect, decision.holders);
                 if entries.is_empty() {
                     return self.next_partition();
                 }
@@ -263,7 +289,7 @@ impl Collector {
             }
             None => {
                 let keys = round.collected;
-                self.round = None;
+                self.last = self.round.take().map(|r| r.backlog);
                 vec![GcWork::Ended { keys: Some(keys) }]
             }
         }
@@ -357,6 +383,11 @@ mod tests {
             work = c.on_found(Ok(Vec::new()));
         }
         assert_eq!(work, vec![GcWork::Ended { keys: Some(0) }]);
+        let waiting_out_the_grace = Backlog {
+            awaiting: 1,
+            held_back: BTreeMap::new(),
+        };
+        assert_eq!(c.backlog(), Some(&waiting_out_the_grace));
         let work = c.on_tick(&t);
         assert_eq!(
             work,
@@ -384,6 +415,7 @@ mod tests {
             end = c.on_found(Ok(Vec::new()));
         }
         assert_eq!(end, vec![GcWork::Ended { keys: Some(1) }], "one here");
+        assert_eq!(c.backlog(), Some(&Backlog::default()), "nothing waits");
     }
 
     #[test]
@@ -419,6 +451,14 @@ mod tests {
             )),
             "{last:?}"
         );
+        while let [GcWork::Find { .. }] = last[..] {
+            last = c.on_found(Ok(Vec::new()));
+        }
+        let held_by_c = Backlog {
+            awaiting: 1,
+            held_back: [(id("c"), 1)].into(),
+        };
+        assert_eq!(c.backlog(), Some(&held_by_c), "c holds it back");
         // A short answer does not fit either.
         let mut c = collector();
         c.on_tick(&t);

@@ -143,20 +143,44 @@ pub fn collectable(
     replicas: impl Fn(usize) -> BTreeSet<NodeId>,
 ) -> Vec<usize> {
     (0..keys)
-        .filter(|&i| {
-            let replicas = replicas(i);
-            let mut seen = BTreeSet::new();
-            let all_fine = answers.iter().all(|(node, held)| {
-                seen.insert(node);
-                match held.get(i) {
-                    Some(Holding::Same) => true,
-                    Some(Holding::Absent) => !replicas.contains(node),
-                    Some(Holding::Other) | None => false,
-                }
-            });
-            all_fine && replicas.iter().all(|r| seen.contains(r))
-        })
+        .filter(|&i| blockers(i, answers, &replicas(i)).is_empty())
         .collect()
+}
+
+/// The members probed key `i` waits for: those whose answer does not
+/// allow collecting it (they hold another version of the key, or, being
+/// one of its `replicas`, nothing), and replicas that did not answer.
+fn blockers<'a>(
+    i: usize,
+    answers: &'a [(NodeId, Vec<Holding>)],
+    replicas: &'a BTreeSet<NodeId>,
+) -> Vec<&'a NodeId> {
+    let mut waits: Vec<&NodeId> = answers
+        .iter()
+        .filter(|(node, held)| match held.get(i) {
+            Some(Holding::Same) => false,
+            Some(Holding::Absent) => replicas.contains(node),
+            Some(Holding::Other) | None => true,
+        })
+        .map(|(node, _)| node)
+        .collect();
+    waits.extend(
+        replicas
+            .iter()
+            .filter(|r| !answers.iter().any(|(node, _)| node == *r)),
+    );
+    waits
+}
+
+/// What one probe decided (`Ripening::decide`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// The tombstones to collect now.
+    pub collect: Vec<(Vec<u8>, SiblingSet)>,
+    /// The members to ask to collect them (those holding them).
+    pub holders: Vec<NodeId>,
+    /// Per member, how many probed tombstones its answer holds back.
+    pub held_back: BTreeMap<NodeId, usize>,
 }
 
 /// Where the tombstones `me` minted over keys of dropped namespaces
@@ -236,7 +260,8 @@ impl Ripening {
     /// Once every member answered a probe of `found` (`answers`, one per
     /// member; `replicas(key)` must each hold the tombstone itself): the
     /// tombstones to collect now (every answer allows them, and they are
-    /// ripe) and the members to ask to collect them (those holding them).
+    /// ripe), the members to ask to collect them, and who holds back the
+    /// others (those waiting out the grace period are held back by none).
     pub fn decide(
         &mut self,
         found: &[(Vec<u8>, SiblingSet)],
@@ -244,21 +269,34 @@ impl Ripening {
         replicas: impl Fn(&[u8]) -> BTreeSet<NodeId>,
         now: u64,
         grace: u64,
-    ) -> (Vec<(Vec<u8>, SiblingSet)>, Vec<NodeId>) {
-        let allowed = collectable(found.len(), answers, |i| replicas(&found[i].0))
-            .into_iter()
-            .map(|i| found[i].clone())
-            .collect();
-        let ripe = self.ripe(allowed, now, grace);
-        if ripe.is_empty() {
-            return (ripe, Vec::new());
+    ) -> Decision {
+        let mut allowed = Vec::new();
+        let mut held_back: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for (i, entry) in found.iter().enumerate() {
+            let replicas = replicas(&entry.0);
+            let waits = blockers(i, answers, &replicas);
+            if waits.is_empty() {
+                allowed.push(entry.clone());
+            }
+            for node in waits {
+                *held_back.entry(node.clone()).or_default() += 1;
+            }
         }
-        let holders = answers
-            .iter()
-            .filter(|(_, held)| held.contains(&Holding::Same))
-            .map(|(n, _)| n.clone())
-            .collect();
-        (ripe, holders)
+        let collect = self.ripe(allowed, now, grace);
+        let holders = if collect.is_empty() {
+            Vec::new()
+        } else {
+            answers
+                .iter()
+                .filter(|(_, held)| held.contains(&Holding::Same))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        Decision {
+            collect,
+            holders,
+            held_back,
+        }
     }
 
     /// Keys waiting.
