@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dynakv::wire::NetFault;
 use dynakv::{Error, ErrorKind};
-use dynakv_actors::testkit::{Cluster, metric, wait_for};
+use dynakv_actors::testkit::{Cluster, check, metric, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -215,6 +215,26 @@ async fn status_shows_each_members_load_ownership_and_the_hints_waiting_for_it()
     for m in report.members.iter().filter(|m| m.node != cluster.id(3)) {
         assert_eq!(m.hints_pending, 0);
     }
+    // The members holding those hints say for how long, in status and in
+    // the metrics.
+    let waiting = format!("hints: holding some for {} for", cluster.id(3));
+    let series = format!(
+        "dynakv_hints_waiting_seconds{{member=\"{}\"}}",
+        cluster.id(3)
+    );
+    wait_for(WAIT, "a holder of hints to say so", || async {
+        for i in 0..3 {
+            let notes = cluster.client(i).await?.status().await?.notes;
+            if notes.iter().any(|l| l.starts_with(&waiting)) {
+                let text = cluster.scrape(i).await?;
+                check(text.contains(&series), || format!("no {series} in\n{text}"))?;
+                return Ok(());
+            }
+        }
+        Err(Error::Unavailable("no member says it holds hints".into()))
+    })
+    .await
+    .unwrap();
     cluster.heal().await;
     cluster.stop().await.unwrap();
 }

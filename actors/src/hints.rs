@@ -21,7 +21,7 @@ use tracing::{debug, info};
 use crate::bridge::{Bridge, PeerRequest, call};
 use crate::clock::Clock;
 use crate::events::{Event, Events};
-use crate::messages::RingChanged;
+use crate::messages::{RingChanged, Summary};
 use crate::replica::{ForgetMootHints, HandedOff, MergeHandoff, Replica, Stats, TakeHints};
 use crate::supervise::{answered, shielded};
 
@@ -67,7 +67,9 @@ impl Hints {
             shielded(NAME, act, ctx, |act, ctx| {
                 let Ok(Ok(stats)) = stats else { return };
                 let pending = stats.hints.into_iter().collect();
-                let work = act.driver.on_tick(&pending);
+                let now = act.clock.now();
+                let work = act.driver.on_tick(&pending, now);
+                act.events.metrics().hints_waiting(&act.driver.waiting(now));
                 act.carry_out(work, ctx);
             })
         }));
@@ -230,6 +232,27 @@ impl Handler<RingChanged> for Hints {
             if act.driver.on_topology(t) {
                 act.check(ctx);
             }
+        })
+    }
+}
+
+impl Handler<Summary> for Hints {
+    type Result = Vec<String>;
+
+    /// For `status`: each owner this node holds hints for, and for how
+    /// long it has had some.
+    fn handle(&mut self, _: Summary, ctx: &mut Context<Self>) -> Self::Result {
+        shielded(NAME, self, ctx, |act, _| -> Self::Result {
+            act.driver
+                .waiting(act.clock.now())
+                .into_iter()
+                .map(|(owner, ms)| {
+                    format!(
+                        "hints: holding some for {owner} for {:.0} s without a break",
+                        ms as f64 / 1000.0
+                    )
+                })
+                .collect()
         })
     }
 }

@@ -61,6 +61,7 @@ struct Inner {
     quorum_failures: Family<OpLabels, Counter>,
     read_repairs: Counter,
     hints_pending: Family<MemberLabels, Gauge>,
+    hints_waiting: Family<MemberLabels, Gauge>,
     hints_delivered: Counter,
     ae_exchanges: Counter,
     ae_keys_repaired: Counter,
@@ -108,6 +109,7 @@ impl Metrics {
             quorum_failures: Family::default(),
             read_repairs: Counter::default(),
             hints_pending: Family::default(),
+            hints_waiting: Family::default(),
             hints_delivered: Counter::default(),
             ae_exchanges: Counter::default(),
             ae_keys_repaired: Counter::default(),
@@ -155,6 +157,12 @@ impl Metrics {
             "hints_pending",
             "Hinted writes this node holds, per owner they are for",
             inner.hints_pending.clone(),
+        );
+        r.register_with_unit(
+            "hints_waiting",
+            "Per owner with hints here, how long it has had some without a break (at least its oldest hint's age)",
+            Unit::Seconds,
+            inner.hints_waiting.clone(),
         );
         r.register(
             "hints_delivered_keys",
@@ -315,6 +323,19 @@ impl Metrics {
 
     pub fn tombstones_collected(&self, keys: usize) {
         self.0.tombstones_collected.inc_by(keys as u64);
+    }
+
+    /// Per owner with hints here, for how long (ms) it has had some.
+    pub fn hints_waiting(&self, waiting: &[(NodeId, u64)]) {
+        let m = &self.0;
+        m.hints_waiting.clear();
+        for (owner, ms) in waiting {
+            m.hints_waiting
+                .get_or_create(&MemberLabels {
+                    member: owner.to_string(),
+                })
+                .set(gauge(ms / 1000));
+        }
     }
 
     /// What the last collection round left waiting, and who held it back.

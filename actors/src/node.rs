@@ -294,6 +294,29 @@ fn start_on(
     handle(Concern::Handoff, handoff.clone().recipient());
     ring.do_send(Subscribe(handoff.clone().recipient()));
 
+    // Hints hand writes held for owners that were down back to them.
+    let hints = Hints::new(
+        HintsSettings {
+            delivery: DeliverySettings {
+                me: me.clone(),
+                n: usize::from(config.cluster.n),
+                enabled: config.hints.deliver,
+                batch_size: config.hints.batch_size as usize,
+                pause_ms: config.hints.pause_ms,
+                // A batch to an owner that is not really back costs this long.
+                send_timeout_ms: config.timeouts.request_ms / 4,
+            },
+            interval: Duration::from_millis(config.hints.interval_ms),
+        },
+        replica.clone(),
+        bridge.clone(),
+        events.clone(),
+        clock,
+    );
+    let hints = Supervisor::start_in_arbiter(&on, move |_| hints);
+    handle(Concern::Hints, hints.clone().recipient());
+    ring.do_send(Subscribe(hints.clone().recipient()));
+
     // The coordinator routes with the ring it is sent.
     let router = Router {
         me: me.clone(),
@@ -322,6 +345,7 @@ fn start_on(
         reporters: vec![
             anti_entropy.clone().recipient(),
             handoff.clone().recipient(),
+            hints.clone().recipient(),
         ],
         ask_within: Operations::ask_within(request_timeout),
     };
@@ -335,29 +359,6 @@ fn start_on(
     );
     let coordinator = Supervisor::start_in_arbiter(&on, move |_| coordinator);
     ring.do_send(Subscribe(coordinator.clone().recipient()));
-
-    // Hints hand writes held for owners that were down back to them.
-    let hints = Hints::new(
-        HintsSettings {
-            delivery: DeliverySettings {
-                me: me.clone(),
-                n: usize::from(config.cluster.n),
-                enabled: config.hints.deliver,
-                batch_size: config.hints.batch_size as usize,
-                pause_ms: config.hints.pause_ms,
-                // A batch to an owner that is not really back costs this long.
-                send_timeout_ms: config.timeouts.request_ms / 4,
-            },
-            interval: Duration::from_millis(config.hints.interval_ms),
-        },
-        replica.clone(),
-        bridge.clone(),
-        events.clone(),
-        clock,
-    );
-    let hints = Supervisor::start_in_arbiter(&on, move |_| hints);
-    handle(Concern::Hints, hints.clone().recipient());
-    ring.do_send(Subscribe(hints.clone().recipient()));
 
     // Clients last: by now every request has somewhere to go.
     let client_server = ClientServer::new(

@@ -97,6 +97,9 @@ pub struct HintDelivery {
     settings: DeliverySettings,
     topology: Option<Topology>,
     runs: BTreeMap<NodeId, Run>,
+    /// Per owner with hints here, since when (ms) it has had some without
+    /// a break, as the checks saw it: a bound on its oldest hint's age.
+    waiting_since: BTreeMap<NodeId, u64>,
 }
 
 impl HintDelivery {
@@ -105,7 +108,18 @@ impl HintDelivery {
             settings,
             topology: None,
             runs: BTreeMap::new(),
+            waiting_since: BTreeMap::new(),
         }
+    }
+
+    /// Per owner with hints here, how long (ms, at `now`) it has had some
+    /// without a break since this node started: at least its oldest
+    /// hint's age, as of the last check.
+    pub fn waiting(&self, now: u64) -> Vec<(NodeId, u64)> {
+        self.waiting_since
+            .iter()
+            .map(|(owner, since)| (owner.clone(), now.saturating_sub(*since)))
+            .collect()
     }
 
     /// The view, ring or liveness changed. Returns whether an owner came
@@ -119,11 +133,16 @@ impl HintDelivery {
         newly_up
     }
 
-    /// A check, given the hints held per owner (`pending`): a run starts to
-    /// every owner that is up and has none under way; the hints of a
-    /// departed owner are cleared where moot. Nothing while delivery is off
-    /// or this node is out of the cluster.
-    pub fn on_tick(&mut self, pending: &BTreeMap<NodeId, u64>) -> Vec<HintWork> {
+    /// A check at `now`, given the hints held per owner (`pending`): a run
+    /// starts to every owner that is up and has none under way; the hints
+    /// of a departed owner are cleared where moot. Nothing while delivery
+    /// is off or this node is out of the cluster.
+    pub fn on_tick(&mut self, pending: &BTreeMap<NodeId, u64>, now: u64) -> Vec<HintWork> {
+        self.waiting_since
+            .retain(|owner, _| pending.get(owner).is_some_and(|&n| n > 0));
+        for (owner, _) in pending.iter().filter(|(_, n)| **n > 0) {
+            self.waiting_since.entry(owner.clone()).or_insert(now);
+        }
         let me = &self.settings.me;
         let Some(t) = &self.topology else {
             return Vec::new();
@@ -328,7 +347,7 @@ mod tests {
         let mut d = driver();
         d.on_topology(topology(&["a", "b", "c"], &[], &[]));
         let b = id("b");
-        let work = d.on_tick(&pending(&[("b", 3)]));
+        let work = d.on_tick(&pending(&[("b", 3)]), 0);
         assert_eq!(
             work,
             vec![HintWork::Take {
@@ -337,7 +356,7 @@ mod tests {
             }]
         );
         assert!(
-            d.on_tick(&pending(&[("b", 3)])).is_empty(),
+            d.on_tick(&pending(&[("b", 3)]), 0).is_empty(),
             "one run per owner"
         );
 
@@ -400,7 +419,7 @@ mod tests {
         let ring = t.ring.clone().unwrap();
         d.on_topology(t);
         let b = id("b");
-        d.on_tick(&pending(&[("b", 1)]));
+        d.on_tick(&pending(&[("b", 1)]), 0);
         let batch: Vec<Entry> = (0..40).map(|i| entry(&format!("k{i}"))).collect();
         d.on_batch(&b, Ok(batch.clone()));
         let work = d.on_sent(&b, Ok(()));
@@ -426,7 +445,7 @@ mod tests {
         let mut d = driver();
         d.on_topology(topology(&["a", "b", "c"], &[], &[]));
         let b = id("b");
-        d.on_tick(&pending(&[("b", 1)]));
+        d.on_tick(&pending(&[("b", 1)]), 0);
         d.on_batch(&b, Ok(vec![entry("k")]));
         let work = d.on_sent(&b, Err(crate::Error::Timeout));
         assert_eq!(
@@ -437,14 +456,14 @@ mod tests {
             }]
         );
         assert!(!work.iter().any(|w| matches!(w, HintWork::Clear { .. })));
-        assert_eq!(d.on_tick(&pending(&[("b", 1)])).len(), 1);
+        assert_eq!(d.on_tick(&pending(&[("b", 1)]), 0).len(), 1);
     }
 
     #[test]
     fn down_owners_wait_departed_ones_are_forgotten_and_off_means_off() {
         let mut d = driver();
         d.on_topology(topology(&["a", "b", "c", "d"], &["b"], &["d"]));
-        let work = d.on_tick(&pending(&[("b", 1), ("d", 4)]));
+        let work = d.on_tick(&pending(&[("b", 1), ("d", 4)]), 0);
         assert_eq!(work.len(), 1);
         assert!(matches!(&work[0], HintWork::ForgetMoot { owner, .. } if *owner == id("d")));
         // b comes up: worth a check at once.
@@ -455,11 +474,11 @@ mod tests {
             ..d.settings.clone()
         });
         off.on_topology(topology(&["a", "b", "c"], &[], &[]));
-        assert!(off.on_tick(&pending(&[("b", 1)])).is_empty());
+        assert!(off.on_tick(&pending(&[("b", 1)]), 0).is_empty());
         let mut out = driver();
         out.on_topology(topology(&["a", "b", "c"], &[], &["a"]));
         assert!(
-            out.on_tick(&pending(&[("b", 1)])).is_empty(),
+            out.on_tick(&pending(&[("b", 1)]), 0).is_empty(),
             "a node that is out delivers nothing"
         );
     }
@@ -469,7 +488,7 @@ mod tests {
         let mut d = driver();
         d.on_topology(topology(&["a", "b", "c"], &[], &[]));
         let b = id("b");
-        d.on_tick(&pending(&[("b", 1)]));
+        d.on_tick(&pending(&[("b", 1)]), 0);
         d.on_batch(&b, Ok(vec![entry("k")]));
         d.on_sent(&b, Ok(()));
         let work = d.on_cleared(&b, Ok(0), 5);
@@ -480,5 +499,17 @@ mod tests {
                 keys: Some(0)
             }]
         );
+    }
+
+    #[test]
+    fn an_owner_waits_from_the_first_check_that_saw_its_hints_until_none_are_left() {
+        let mut d = driver();
+        d.on_tick(&pending(&[("b", 3)]), 1_000);
+        d.on_tick(&pending(&[("b", 1), ("c", 2)]), 2_000);
+        assert_eq!(d.waiting(5_000), [(id("b"), 4_000), (id("c"), 3_000)]);
+        d.on_tick(&pending(&[("b", 0), ("c", 2)]), 3_000);
+        assert_eq!(d.waiting(5_000), [(id("c"), 3_000)]);
+        d.on_tick(&pending(&[("b", 2), ("c", 2)]), 4_000);
+        assert_eq!(d.waiting(5_000), [(id("b"), 1_000), (id("c"), 3_000)]);
     }
 }

@@ -22,10 +22,11 @@ impl Sim {
 
     /// As the Hints actor does at each check.
     pub(super) fn deliver_hints(&mut self, i: usize) {
+        let now = self.now;
         let node = &mut self.nodes[i];
         node.delivery.on_topology(node.membership.topology());
         let pending = node.replica.hints_pending().clone();
-        let work = node.delivery.on_tick(&pending);
+        let work = node.delivery.on_tick(&pending, now);
         self.hint_work(i, work);
     }
 
