@@ -97,6 +97,9 @@ impl AntiEntropy {
     /// then the next exchange, if one may start.
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = self.clock.now();
+        if let Some((_, _, age)) = self.schedule.oldest_exchange(now) {
+            self.events.metrics().oldest_exchange(age);
+        }
         let Some(t) = self.active() else { return };
         for check in self.schedule.on_topology(&t) {
             self.check_roots(check, ctx);

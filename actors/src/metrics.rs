@@ -66,6 +66,7 @@ struct Inner {
     ae_exchanges: Counter,
     ae_keys_repaired: Counter,
     ae_bytes: Counter,
+    ae_oldest_exchange: Gauge,
     tombstones_collected: Counter,
     tombstones_awaiting: Gauge,
     tombstones_held_back: Family<MemberLabels, Gauge>,
@@ -114,6 +115,7 @@ impl Metrics {
             ae_exchanges: Counter::default(),
             ae_keys_repaired: Counter::default(),
             ae_bytes: Counter::default(),
+            ae_oldest_exchange: Gauge::default(),
             tombstones_collected: Counter::default(),
             tombstones_awaiting: Gauge::default(),
             tombstones_held_back: Family::default(),
@@ -184,6 +186,12 @@ impl Metrics {
             "Bytes exchanged by anti-entropy",
             Unit::Bytes,
             inner.ae_bytes.clone(),
+        );
+        r.register_with_unit(
+            "anti_entropy_oldest_exchange",
+            "How long ago the replicas of the partition exchanged longest ago last agreed (an exchange this node started completed)",
+            Unit::Seconds,
+            inner.ae_oldest_exchange.clone(),
         );
         r.register(
             "tombstones_collected",
@@ -323,6 +331,11 @@ impl Metrics {
 
     pub fn tombstones_collected(&self, keys: usize) {
         self.0.tombstones_collected.inc_by(keys as u64);
+    }
+
+    /// How long ago (ms) the partition exchanged longest ago last agreed.
+    pub fn oldest_exchange(&self, ms: u64) {
+        self.0.ae_oldest_exchange.set(gauge(ms / 1000));
     }
 
     /// Per owner with hints here, for how long (ms) it has had some.

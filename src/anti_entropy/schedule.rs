@@ -237,13 +237,23 @@ impl Schedule {
             self.last.len(),
             self.repaired
         )];
-        if let Some((p, (at, peer))) = self.last.iter().min_by_key(|(_, (at, _))| *at) {
+        if let Some((p, peer, age)) = self.oldest_exchange(now) {
             lines.push(format!(
                 "anti-entropy: oldest last exchange {p} with {peer}, {:.1} s ago",
-                now.saturating_sub(*at) as f64 / 1000.0
+                age as f64 / 1000.0
             ));
         }
         lines
+    }
+
+    /// Of the partitions exchanged, the one whose replicas last agreed
+    /// (an exchange completed) longest ago: with whom, and how long ago
+    /// (ms) at `now`.
+    pub fn oldest_exchange(&self, now: u64) -> Option<(Partition, &NodeId, u64)> {
+        self.last
+            .iter()
+            .min_by_key(|(_, (at, _))| *at)
+            .map(|(p, (at, peer))| (*p, peer, now.saturating_sub(*at)))
     }
 
     /// Whether catch-up exchanges are waiting (the shell starts the next one
@@ -366,6 +376,7 @@ mod tests {
             s.on_done(Partition(5), &id("b"), &report, 1),
             "it repaired: go on"
         );
+        assert_eq!(s.oldest_exchange(10), Some((Partition(5), &id("b"), 9)));
         // b went down meanwhile: its catch-up is skipped.
         let b_down = topology(&["a", "b", "c"], &["b"], &[], 16);
         let due = s.next(&b_down, 2, |_| 0).unwrap();
