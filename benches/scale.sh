@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# dynakv at two data sizes, side by side in one sitting.
+#
+#   bash benches/scale.sh                      (100,000 and 10,000,000 keys)
+#   SCALE_KEYS=2000000 bash benches/scale.sh   (a shorter second size)
+#
+# For each size, on a fresh 3-process cluster on 127.0.0.1 (N=3, R=2, W=2,
+# fsync periodic, `serve -c conf/local/nodeN.toml`): preload every key
+# once, then puts/s and gets/s with their p99 over DURATION seconds
+# (`dynakv bench`, CLIENTS clients, VALUE_SIZE-byte values); the RSS of the
+# three nodes and their disk use against the replicated raw data (3 x keys
+# x (key + value)); then node1 is killed (SIGKILL) and started again, and
+# the script times how long until node1 answers a get of one of its own
+# keys from its local copy (`dynakv inspect`). Prints one table with the
+# second size's ratio to the first.
+#
+# How long it takes: the preload writes KEYS keys at the cluster's put rate
+# (some 20,000/s on the 2-core VM, so about 8 minutes for 10,000,000),
+# then 2 x DURATION of load per size. TIME_LIMIT (seconds, default 3600)
+# bounds the whole run: past it, the script stops everything and exits
+# non-zero. Every process it started is stopped and its data removed at
+# the end, whatever happens.
+set -euo pipefail
+
+CLIENTS=${CLIENTS:-50}
+VALUE_SIZE=${VALUE_SIZE:-100}
+SMALL_KEYS=${SMALL_KEYS:-100000}
+SCALE_KEYS=${SCALE_KEYS:-10000000}
+DURATION=${DURATION:-20}
+TIME_LIMIT=${TIME_LIMIT:-3600}
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d /tmp/dynakv-scale.XXXXXX)
+DYNAKV="$ROOT/target/release/dynakv"
+NODES=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+RESULTS="$WORK/results"
+PIDS=(0 0 0)
+START=$(date +%s)
+
+say() { echo "== $*" >&2; }
+
+stop_all() {
+    for pid in "${PIDS[@]}"; do
+        [ "$pid" -gt 0 ] && kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        [ "$pid" -gt 0 ] && wait "$pid" 2>/dev/null || true
+    done
+    PIDS=(0 0 0)
+}
+
+cleanup() {
+    stop_all
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Ends the run once it has taken TIME_LIMIT seconds.
+check_time() {
+    if [ $(( $(date +%s) - START )) -gt "$TIME_LIMIT" ]; then
+        say "over TIME_LIMIT=${TIME_LIMIT}s: stopping"
+        exit 1
+    fi
+}
+
+# start_node I DIR: node I's process on data directory DIR.
+start_node() {
+    local i=$1 dir=$2
+    DYNAKV__NODE__DATA_DIR="$dir/node$i" DYNAKV__STORAGE__FSYNC=periodic DYNAKV__LOG__LEVEL=warn \
+        "$DYNAKV" serve -c "$ROOT/conf/local/node$i.toml" 2>>"$dir/node$i.log" &
+    PIDS[$((i - 1))]=$!
+}
+
+# Waits until "$@" succeeds, TIME_LIMIT permitting; prints the seconds taken.
+time_until() {
+    local t0 now
+    t0=$(date +%s.%N)
+    until "$@" >/dev/null 2>&1; do
+        check_time
+        sleep 0.05
+    done
+    now=$(date +%s.%N)
+    python3 -c "print(round($now - $t0, 2))"
+}
+
+rss_mb() {
+    local total=0 kb
+    for pid in "${PIDS[@]}"; do
+        kb=$(ps -o rss= -p "$pid" 2>/dev/null || echo 0)
+        total=$((total + kb))
+    done
+    echo $((total / 1024))
+}
+
+# measure KEYS: one size's row, appended to $RESULTS.
+measure() {
+    local keys=$1 dir="$WORK/k$1"
+    say "$keys keys: starting 3 nodes"
+    mkdir -p "$dir"
+    for i in 1 2 3; do start_node "$i" "$dir"; done
+    time_until "$DYNAKV" put scale-ready yes --node 127.0.0.1:7001 --timeout 1s >/dev/null
+    local common=(--node "$NODES" --clients "$CLIENTS" --value-size "$VALUE_SIZE"
+                  --keys "$keys" --json)
+    say "$keys keys: preloading"
+    local t0 t1 put get
+    t0=$(date +%s)
+    # The preload writes every key once; its own timed run is a second.
+    "$DYNAKV" bench "${common[@]}" --mix put=100 --duration 1s --preload >/dev/null
+    t1=$(date +%s)
+    check_time
+    say "$keys keys: puts, then gets, ${DURATION}s each"
+    put=$("$DYNAKV" bench "${common[@]}" --mix put=100 --duration "${DURATION}s")
+    get=$("$DYNAKV" bench "${common[@]}" --mix get=100 --duration "${DURATION}s")
+    check_time
+    local rss disk
+    rss=$(rss_mb)
+    disk=$(du -sb "$dir" | cut -f1)
+    say "$keys keys: restarting node1 after SIGKILL"
+    kill -9 "${PIDS[0]}"
+    wait "${PIDS[0]}" 2>/dev/null || true
+    start_node 1 "$dir"
+    local restart
+    restart=$(time_until "$DYNAKV" inspect bench-0 --node 127.0.0.1:7001 --timeout 1s)
+    stop_all
+    python3 - "$keys" "$VALUE_SIZE" "$((t1 - t0))" "$put" "$get" "$rss" "$disk" "$restart" \
+        <<'PY' | tee -a "$RESULTS" >&2
+import json, sys
+keys, size, preload = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+put, get = json.loads(sys.argv[4]), json.loads(sys.argv[5])
+rss, disk, restart = int(sys.argv[6]), int(sys.argv[7]), float(sys.argv[8])
+p, g = put["ops"]["put"], get["ops"]["get"]
+raw = 3 * keys * (len(f"bench-{keys - 1}") + size)
+print(json.dumps({"keys": keys, "preload_s": preload,
+                  "put": p["ops_per_sec"], "put_p99_ms": p["latency_us"]["p99"] / 1000,
+                  "get": g["ops_per_sec"], "get_p99_ms": g["latency_us"]["p99"] / 1000,
+                  "rss_mb": rss, "disk_gb": disk / 1e9, "disk_x_raw": disk / raw,
+                  "restart_s": restart,
+                  "errors": p.get("errors", 0) + g.get("errors", 0)}))
+PY
+    rm -rf "$dir"
+}
+
+[ -x "$DYNAKV" ] || { say "build it first: cargo build --release -p dynakv-actors"; exit 1; }
+measure "$SMALL_KEYS"
+measure "$SCALE_KEYS"
+
+python3 - "$RESULTS" "$CLIENTS" "$VALUE_SIZE" "$DURATION" "$(( $(date +%s) - START ))" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print(f"\n{sys.argv[2]} clients, {sys.argv[3]}-byte values, {sys.argv[4]} s per run, "
+      f"3 nodes on loopback, fsync periodic; the whole run took {sys.argv[5]} s\n")
+print(f"{'keys':>11} {'puts/s':>8} {'put p99':>8} {'gets/s':>8} {'get p99':>8} "
+      f"{'RSS, 3 nodes':>12} {'disk':>8} {'x raw':>6} {'restart':>8}")
+for r in rows:
+    print(f"{r['keys']:>11,} {r['put']:>8,.0f} {r['put_p99_ms']:>6.1f}ms {r['get']:>8,.0f} "
+          f"{r['get_p99_ms']:>6.1f}ms {r['rss_mb']:>9} MB {r['disk_gb']:>5.2f} GB "
+          f"{r['disk_x_raw']:>5.1f}x {r['restart_s']:>6.1f} s")
+if len(rows) == 2:
+    a, b = rows
+    print(f"\nat {b['keys']:,} keys against {a['keys']:,}: puts {b['put'] / a['put']:.2f}x, "
+          f"gets {b['get'] / a['get']:.2f}x, put p99 {b['put_p99_ms'] / a['put_p99_ms']:.2f}x, "
+          f"get p99 {b['get_p99_ms'] / a['get_p99_ms']:.2f}x")
+PY
