@@ -153,20 +153,17 @@ impl<'a> Placement<'a> {
     /// The namespaces a node at walk position `position` holds: those
     /// whose `n` is above it (`All` when that is every one).
     pub fn scope_at(&self, position: usize) -> Scope {
-        let mut names = self
-            .namespaces
-            .records()
-            .map(|(name, r)| (name.as_str(), r.settings.n));
-        if self.default_n > position && names.all(|(_, n)| usize::from(n) > position) {
-            return Scope::All;
-        }
-        let default = (self.default_n > position).then_some(DEFAULT);
-        let named = self
+        let named: Vec<&str> = self
             .namespaces
             .records()
             .filter(|(_, r)| usize::from(r.settings.n) > position)
-            .map(|(name, _)| name.as_str());
-        Scope::only(default.into_iter().chain(named))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let default = self.default_n > position;
+        if default && named.len() == self.namespaces.records().count() {
+            return Scope::All;
+        }
+        Scope::only(default.then_some(DEFAULT).into_iter().chain(named))
     }
 
     /// What `a` and `b` both hold of `p`: the namespaces whose `n` is

@@ -28,8 +28,7 @@ use crate::store::Entry;
 use crate::topology::Topology;
 
 use super::{
-    Fetched, HandoffMsg, Next, Progress, fetch_step, release_step, to_fetch, to_release,
-    verify_chunk,
+    Fetched, HandoffMsg, Next, Progress, fetch_step, release_step, to_fetch, verify_chunk,
 };
 
 #[derive(Debug, Clone)]
@@ -126,12 +125,12 @@ enum Busy {
     },
     /// The list of partitions the replica holds.
     Holding,
-    /// The push-only exchange of `syncing` with one replica of `release`
-    /// in `partition`, `remaining` after it; `synced` holds the root each
-    /// finished exchange started from, with its scope.
+    /// The push-only exchange of `syncing` with one replica of the
+    /// namespaces `release` in `partition`, `remaining` after it; `synced`
+    /// holds the root each finished exchange started from, with its scope.
     Syncing {
         partition: Partition,
-        release: Scope,
+        release: Vec<String>,
         syncing: Scope,
         remaining: Vec<(NodeId, Scope)>,
         synced: Vec<(Scope, u64)>,
@@ -476,13 +475,13 @@ impl HandoffDriver {
         lines
     }
 
-    /// Synchronises `release` in `partition` with the first of `replicas`
-    /// (the rest after it); with none left, drops it if the ring and the
-    /// namespaces still say so.
+    /// Synchronises the namespaces `release` in `partition` with the first
+    /// of `replicas` (the rest after it); with none left, drops them if the
+    /// ring and the namespace table still say so.
     fn sync_next(
         &mut self,
         partition: Partition,
-        release: Scope,
+        release: Vec<String>,
         mut replicas: Vec<(NodeId, Scope)>,
         synced: Vec<(Scope, u64)>,
     ) -> Vec<HandoffWork> {
@@ -502,11 +501,7 @@ impl HandoffDriver {
             }];
         }
         let still = self.placement().is_some_and(|place| {
-            let Scope::Only(names) = &release else {
-                return false;
-            };
-            let now = to_release(&place, &self.settings.me, &[(partition, names.clone())]);
-            now.first().is_some_and(|(_, scope)| *scope == release)
+            place.surplus(partition, &self.settings.me, &release).len() == release.len()
         });
         if !still || synced.is_empty() {
             return Vec::new();
@@ -514,7 +509,7 @@ impl HandoffDriver {
         self.busy = Busy::Dropping { partition };
         vec![HandoffWork::Drop {
             partition,
-            scope: release,
+            scope: Scope::only(release.iter().map(String::as_str)),
             synced,
         }]
     }

@@ -163,11 +163,11 @@ pub fn to_release(
     place: &Placement,
     me: &NodeId,
     held: &[(Partition, Vec<String>)],
-) -> Vec<(Partition, Scope)> {
+) -> Vec<(Partition, Vec<String>)> {
     held.iter()
         .filter_map(|(p, names)| {
             let surplus = place.surplus(*p, me, names);
-            (!surplus.is_empty()).then(|| (*p, Scope::only(surplus)))
+            (!surplus.is_empty()).then(|| (*p, surplus.into_iter().map(String::from).collect()))
         })
         .collect()
 }
@@ -185,12 +185,11 @@ pub enum Next {
     Wait,
     /// Every incoming partition is here: commit the incoming moves.
     Commit,
-    /// Synchronise the namespaces of `release` in `partition` with each of
-    /// `replicas` (over the namespaces of `release` it holds), then drop
-    /// them.
+    /// Synchronise the namespaces `release` in `partition` with each of
+    /// `replicas` (over those of them it holds), then drop them.
     Release {
         partition: Partition,
-        release: Scope,
+        release: Vec<String>,
         replicas: Vec<(NodeId, Scope)>,
     },
     /// A leaving node that owns and holds nothing: it has left.
@@ -251,19 +250,21 @@ pub fn release_step(
     is_up: impl Fn(&NodeId) -> bool,
 ) -> Next {
     for (partition, release) in to_release(place, me, held) {
-        let Scope::Only(names) = &release else {
-            continue;
-        };
-        let deepest = names.iter().map(|name| place.n_of(name)).max().unwrap_or(0);
+        let deepest = release
+            .iter()
+            .map(|name| place.n_of(name))
+            .max()
+            .unwrap_or(0);
         let replicas = place.ring.preference_list(partition, deepest);
         if !replicas.iter().all(|r| is_up(r)) {
             continue;
         }
+        let scope = Scope::only(release.iter().map(String::as_str));
         let replicas = replicas
             .into_iter()
             .filter(|r| *r != me)
             .filter_map(|r| {
-                let theirs = release.within(&place.held_by(partition, r));
+                let theirs = scope.within(&place.held_by(partition, r));
                 (!theirs.is_empty()).then(|| (r.clone(), theirs))
             })
             .collect();
@@ -516,9 +517,9 @@ mod tests {
         for m in members(4) {
             let held = held(&ring, &m.node);
             let release = to_release(&Placement::new(&after, &table, 3), &m.node, &held);
-            for (p, scope) in &release {
+            for (p, names) in &release {
                 assert!(!after.preference_list(*p, 3).contains(&&m.node));
-                assert_eq!(scope, &Scope::only(["default"]));
+                assert_eq!(names, &["default"]);
             }
             assert!(release.len() < held.len());
         }
@@ -566,10 +567,14 @@ mod tests {
         else {
             panic!("the third replica releases s");
         };
-        assert_eq!((partition, &release), (p, &Scope::only(["s"])));
+        assert_eq!((partition, release.as_slice()), (p, &["s".to_string()][..]));
         let synced: Vec<&NodeId> = replicas.iter().map(|(node, _)| node).collect();
         assert_eq!(synced, [&walk[0], &walk[1]]);
-        assert!(replicas.iter().all(|(_, scope)| *scope == release));
+        assert!(
+            replicas
+                .iter()
+                .all(|(_, scope)| *scope == Scope::only(["s"]))
+        );
         let down = |node: &NodeId| *node != walk[1];
         assert_eq!(
             release_step(&view, &place, &walk[2], &held, down),
