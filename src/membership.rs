@@ -711,15 +711,7 @@ mod tests {
             .map(|i| Membership::new(settings(i, &[1, 2, 3]), None, 0))
             .collect();
         rounds(&mut nodes, 3);
-        let defaults = namespace::Settings {
-            n: 3,
-            r: 2,
-            w: 2,
-            ttl_ms: 0,
-            max_siblings: 64,
-            max_value_bytes: 1024,
-            kind: namespace::Kind::Blob,
-        };
+        let defaults = namespace::test_settings(3);
         let wide = namespace::Request::Create {
             name: "wide".into(),
             changes: namespace::Changes::default(),

@@ -580,8 +580,24 @@ pub fn parse_ttl(s: &str) -> Result<u64> {
         })
 }
 
+/// Settings for the tests of every module: `n` replicas, majority
+/// quorums, no TTL.
+#[cfg(test)]
+pub(crate) fn test_settings(n: u8) -> Settings {
+    Settings {
+        n,
+        r: n / 2 + 1,
+        w: n / 2 + 1,
+        ttl_ms: 0,
+        max_siblings: 64,
+        max_value_bytes: 1 << 20,
+        kind: Kind::Blob,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_settings as settings;
     use proptest::prelude::*;
 
     use super::*;
@@ -661,18 +677,6 @@ mod tests {
             prop_assert!(stored.as_slice() < floor);
             prop_assert!(default_key.as_slice() > floor);
             prop_assert_eq!(scan_floor(&stored), None);
-        }
-    }
-
-    fn settings(n: u8) -> Settings {
-        Settings {
-            n,
-            r: n / 2 + 1,
-            w: n / 2 + 1,
-            ttl_ms: 0,
-            max_siblings: 64,
-            max_value_bytes: 1 << 20,
-            kind: Kind::Blob,
         }
     }
 

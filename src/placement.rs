@@ -212,15 +212,7 @@ mod tests {
     }
 
     fn table(spaces: &[(&str, u8)]) -> Table {
-        let defaults = namespace::Settings {
-            n: 3,
-            r: 2,
-            w: 2,
-            ttl_ms: 0,
-            max_siblings: 64,
-            max_value_bytes: 1 << 20,
-            kind: namespace::Kind::Blob,
-        };
+        let defaults = namespace::test_settings(3);
         let mut table = Table::default();
         for (name, n) in spaces {
             let changes = Changes {

@@ -540,15 +540,7 @@ mod tests {
     fn a_lowered_n_releases_its_namespace_from_the_deeper_replica_only() {
         let ring = Ring::new(&Ownership::found(16, &members(5), 3).unwrap());
         let mut table = Table::default();
-        let settings = crate::namespace::Settings {
-            n: 2,
-            r: 1,
-            w: 1,
-            ttl_ms: 0,
-            max_siblings: 8,
-            max_value_bytes: 1024,
-            kind: crate::namespace::Kind::Blob,
-        };
+        let settings = crate::namespace::test_settings(2);
         let name = crate::namespace::Name::new("s").unwrap();
         table.create(name, settings, &id("n0")).unwrap();
         let place = Placement::new(&ring, &table, 3);
