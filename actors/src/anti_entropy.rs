@@ -22,9 +22,7 @@ use dynakv::anti_entropy::{AeMsg, ExchangeReport, RootsCheck, Schedule};
 use dynakv::partition::Partition;
 use dynakv::peer::PeerMsg;
 use dynakv::store::Entry;
-use dynakv::tombstones::{
-    Collector, CollectorSettings, GcMsg, GcWork, delete_writes, led_partitions,
-};
+use dynakv::tombstones::{Collector, CollectorSettings, GcMsg, GcWork, delete_writes};
 use dynakv::topology::Topology;
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, info, warn};
@@ -207,33 +205,18 @@ impl AntiEntropy {
         }));
     }
 
-    /// Starts a tombstone collection round, unless one runs; first, while
-    /// the cluster has dropped namespaces, deletes a batch of their keys in
-    /// the partitions this node leads.
+    /// Starts a tombstone collection round, unless one runs.
     fn collect(&mut self, ctx: &mut Context<Self>) {
         let Some(t) = self.active() else { return };
-        if let Some(ring) = &t.ring
-            && t.view.namespaces.dropped().next().is_some()
-        {
-            let partitions = led_partitions(ring, &self.settings.me);
-            let limit = self.settings.collector.batch;
-            let deleted = self.replica.send(DeleteDropped { partitions, limit });
-            let t = t.clone();
-            ctx.spawn(deleted.into_actor(self).map(move |deleted, act, _| {
-                match answered(deleted) {
-                    Ok(deleted) => act.write_deletes(&t, deleted),
-                    Err(e) => warn!(error = %e, "cannot delete keys of dropped namespaces"),
-                }
-            }));
-        }
         let work = self.collector.on_tick(&t);
         self.gc_work(work, ctx);
     }
 
     /// Writes the tombstones this node minted over keys of dropped
     /// namespaces to the keys' other replicas (`tombstones::delete_writes`).
-    fn write_deletes(&self, t: &Topology, deleted: Vec<Entry>) {
+    fn write_deletes(&self, deleted: Vec<Entry>) {
         let me = &self.settings.me;
+        let Some(t) = self.active() else { return };
         let Some(place) = t.placement(me, self.settings.collector.n) else {
             return;
         };
@@ -256,6 +239,15 @@ impl AntiEntropy {
     fn gc_work(&mut self, work: Vec<GcWork>, ctx: &mut Context<Self>) {
         for w in work {
             match w {
+                GcWork::DeleteDropped { partitions, limit } => {
+                    let deleted = self.replica.send(DeleteDropped { partitions, limit });
+                    ctx.spawn(deleted.into_actor(self).map(|deleted, act, _| {
+                        match answered(deleted) {
+                            Ok(deleted) => act.write_deletes(deleted),
+                            Err(e) => warn!(error = %e, "cannot delete keys of dropped namespaces"),
+                        }
+                    }));
+                }
                 GcWork::Find { partition, limit } => {
                     let found = self.replica.send(FindTombstones { partition, limit });
                     ctx.spawn(found.into_actor(self).map(|found, act, ctx| {

@@ -12,7 +12,7 @@ use crate::node::NodeId;
 use crate::partition::Partition;
 use crate::placement::Scope;
 use crate::store::Store;
-use crate::tombstones::{GcMsg, GcWork};
+use crate::tombstones::{GcMsg, GcWork, delete_writes};
 
 use super::network::Msg;
 use super::{CALL_TIMEOUT, Call, Event, PROGRESS_KEY, Purpose, Sim};
@@ -253,6 +253,35 @@ impl Sim {
                     self.note(|| format!("n{i}: collected {keys} tombstones"));
                 }
                 GcWork::Ended { .. } => {}
+                // As the AntiEntropy actor does. The simulator's operator
+                // drops no namespace, so this finds nothing: a workload that
+                // drops one must enter these deletes in the history.
+                GcWork::DeleteDropped { partitions, limit } => {
+                    let me = self.nodes[i].id.clone();
+                    let node = &mut self.nodes[i];
+                    let Ok(deleted) = node.replica.delete_dropped(&partitions, limit, self.now)
+                    else {
+                        continue;
+                    };
+                    let t = node.membership.topology();
+                    let Some(place) = t.placement(&me, self.cfg.n) else {
+                        continue;
+                    };
+                    for (peer, msg) in delete_writes(&place, &me, deleted) {
+                        if let Some(to) = self.index(&peer) {
+                            let write = None;
+                            self.send(
+                                i,
+                                to,
+                                Msg::Replica {
+                                    session: 0,
+                                    write,
+                                    msg,
+                                },
+                            );
+                        }
+                    }
+                }
             }
         }
     }

@@ -63,6 +63,14 @@ pub enum GcWork {
     /// A round ended: `keys` tombstones collected on this node (None: a
     /// member failed to answer, and the rest waits for the next round).
     Ended { keys: Option<usize> },
+    /// Tombstone up to `limit` keys of dropped namespaces in `partitions`
+    /// (`Replica::delete_dropped`) and write the tombstones to the keys'
+    /// other replicas (`delete_writes`); collection then removes them.
+    /// Nothing to answer.
+    DeleteDropped {
+        partitions: Vec<Partition>,
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -128,7 +136,9 @@ impl Collector {
     }
 
     /// Starts a round over the partitions this node leads, unless one is
-    /// under way (or this node is out of the cluster).
+    /// under way (or this node is out of the cluster); first, while the
+    /// cluster has dropped namespaces, a batch of their keys there is
+    /// deleted.
     pub fn on_tick(&mut self, t: &Topology) -> Vec<GcWork> {
         if self.round.is_some() {
             return Vec::new();
@@ -143,7 +153,15 @@ impl Collector {
             .filter(|m| m.status.is_live())
             .map(|m| m.id.clone())
             .collect();
-        let partitions = led_partitions(ring, &self.settings.me).into();
+        let led = led_partitions(ring, &self.settings.me);
+        let mut work = Vec::new();
+        if t.view.namespaces.dropped().next().is_some() && !led.is_empty() {
+            work.push(GcWork::DeleteDropped {
+                partitions: led.clone(),
+                limit: self.settings.batch,
+            });
+        }
+        let partitions = led.into();
         self.round = Some(Round {
             ring: ring.clone(),
             namespaces: t.view.namespaces.clone(),
@@ -155,7 +173,8 @@ impl Collector {
             collected: 0,
             backlog: Backlog::default(),
         });
-        self.next_partition()
+        work.extend(self.next_partition());
+        work
     }
 
     /// The tombstones `Find` read.
@@ -471,5 +490,37 @@ mod tests {
             0,
         );
         assert_eq!(short, vec![GcWork::Ended { keys: None }]);
+    }
+
+    #[test]
+    fn while_a_namespace_is_dropped_a_round_first_deletes_a_batch_of_its_keys() {
+        let mut c = collector();
+        let t = topology(&["a", "b", "c"]);
+        let work = c.on_tick(&t);
+        assert!(
+            !work
+                .iter()
+                .any(|w| matches!(w, GcWork::DeleteDropped { .. }))
+        );
+        c.reset();
+        let mut view = (*t.view).clone();
+        let carts = crate::namespace::Name::new("carts").unwrap();
+        let settings = crate::namespace::test_settings(3);
+        view.namespaces
+            .create(carts.clone(), settings, &id("a"))
+            .unwrap();
+        view.namespaces.drop_namespace(&carts, &id("a")).unwrap();
+        let dropped = Topology::new(view, (*t.health).clone());
+        let work = c.on_tick(&dropped);
+        let led = led_partitions(dropped.ring.as_ref().unwrap(), &id("a"));
+        assert!(!led.is_empty());
+        assert_eq!(
+            work[0],
+            GcWork::DeleteDropped {
+                partitions: led,
+                limit: 10
+            }
+        );
+        assert!(matches!(work[1], GcWork::Find { .. }), "then the round");
     }
 }
