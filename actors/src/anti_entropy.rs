@@ -395,22 +395,7 @@ impl Handler<Summary> for AntiEntropy {
             let ring = act.topology.as_ref().and_then(|t| t.ring.as_deref());
             let mut lines = act.schedule.summary(ring, act.clock.now());
             lines[0].push_str(&format!(", {} tombstones collected", act.collected));
-            if let Some(backlog) = act.collector.backlog().filter(|b| b.awaiting > 0) {
-                let held: Vec<String> = backlog
-                    .held_back
-                    .iter()
-                    .map(|(member, keys)| format!("{member} ({keys})"))
-                    .collect();
-                let by = if held.is_empty() {
-                    "all waiting out the grace period".to_string()
-                } else {
-                    format!("held back by {}", held.join(", "))
-                };
-                lines.push(format!(
-                    "tombstones: {} awaiting collection at the last round, {by}",
-                    backlog.awaiting
-                ));
-            }
+            lines.extend(act.collector.summary());
             if !act.settings.enabled {
                 lines[0].push_str(" (disabled)");
             }

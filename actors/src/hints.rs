@@ -243,16 +243,7 @@ impl Handler<Summary> for Hints {
     /// long it has had some.
     fn handle(&mut self, _: Summary, ctx: &mut Context<Self>) -> Self::Result {
         shielded(NAME, self, ctx, |act, _| -> Self::Result {
-            act.driver
-                .waiting(act.clock.now())
-                .into_iter()
-                .map(|(owner, ms)| {
-                    format!(
-                        "hints: holding some for {owner} for {:.0} s without a break",
-                        ms as f64 / 1000.0
-                    )
-                })
-                .collect()
+            act.driver.summary(act.clock.now())
         })
     }
 }

@@ -122,6 +122,19 @@ impl HintDelivery {
             .collect()
     }
 
+    /// For `status`: each owner with hints here, and for how long, at `now`.
+    pub fn summary(&self, now: u64) -> Vec<String> {
+        self.waiting(now)
+            .into_iter()
+            .map(|(owner, ms)| {
+                format!(
+                    "hints: holding some for {owner} for {:.0} s without a break",
+                    ms as f64 / 1000.0
+                )
+            })
+            .collect()
+    }
+
     /// The view, ring or liveness changed. Returns whether an owner came
     /// up: worth a check at once rather than at the next tick.
     pub fn on_topology(&mut self, t: Topology) -> bool {
@@ -511,5 +524,9 @@ mod tests {
         assert_eq!(d.waiting(5_000), [(id("c"), 3_000)]);
         d.on_tick(&pending(&[("b", 2), ("c", 2)]), 4_000);
         assert_eq!(d.waiting(5_000), [(id("b"), 1_000), (id("c"), 3_000)]);
+        assert_eq!(
+            d.summary(5_000)[0],
+            "hints: holding some for b for 1 s without a break"
+        );
     }
 }

@@ -135,6 +135,28 @@ impl Collector {
         self.last.as_ref()
     }
 
+    /// For `status`: the tombstones the last round left, and who holds
+    /// them back (nothing when none wait).
+    pub fn summary(&self) -> Vec<String> {
+        let Some(backlog) = self.last.as_ref().filter(|b| b.awaiting > 0) else {
+            return Vec::new();
+        };
+        let held: Vec<String> = backlog
+            .held_back
+            .iter()
+            .map(|(member, keys)| format!("{member} ({keys})"))
+            .collect();
+        let by = if held.is_empty() {
+            "all waiting out the grace period".to_string()
+        } else {
+            format!("held back by {}", held.join(", "))
+        };
+        vec![format!(
+            "tombstones: {} awaiting collection at the last round, {by}",
+            backlog.awaiting
+        )]
+    }
+
     /// Starts a round over the partitions this node leads, unless one is
     /// under way (or this node is out of the cluster); first, while the
     /// cluster has dropped namespaces, a batch of their keys there is
@@ -478,6 +500,10 @@ mod tests {
             held_back: [(id("c"), 1)].into(),
         };
         assert_eq!(c.backlog(), Some(&held_by_c), "c holds it back");
+        assert_eq!(
+            c.summary(),
+            ["tombstones: 1 awaiting collection at the last round, held back by c (1)"]
+        );
         // A short answer does not fit either.
         let mut c = collector();
         c.on_tick(&t);
