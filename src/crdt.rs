@@ -21,9 +21,13 @@
 //!   A `CausalContext` records every dot ever seen, so a removed dot never
 //!   comes back from a replica that still held it.
 //!
-//! Not yet here (the data-types issue): maps and registers, the types'
-//! place in storage and on the wire, and folding retired writers' counter
-//! entries once every member acknowledged them.
+//! A key of a typed namespace holds one `Typed` state (beside the DVV
+//! siblings of `version::SiblingSet`, which such a key never has); a
+//! client sends an `Operation`, which the minting replica applies with
+//! `Typed::apply`, and reads a `Reading`, never siblings.
+//!
+//! Not yet here (the data-types issue): maps and registers, and folding
+//! retired writers' counter entries once every member acknowledged them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +35,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::version::{Actor, Dot};
+
+/// The most writers a context may name: every node incarnation that ever
+/// wrote a key has one (a bound on what a client or a peer can make us
+/// hold, far above any cluster's history between foldings).
+const MAX_CONTEXT_WRITERS: usize = 1 << 16;
+/// The most dots a context may hold beyond its writers' prefixes: they
+/// are the gaps of deltas still on their way, a few per writer.
+const MAX_CONTEXT_CLOUD: usize = 1 << 16;
 
 /// Every dot a replica has seen: a contiguous prefix per writer, and the
 /// dots seen beyond it (a delta's dots arrive out of order).
@@ -72,6 +84,50 @@ impl CausalContext {
             self.cloud.insert(dot);
             self.compact();
         }
+    }
+
+    /// Checks a context decoded from a client, a peer or disk: at most
+    /// `MAX_CONTEXT_WRITERS` writers and `MAX_CONTEXT_CLOUD` loose dots,
+    /// and in the compact form `join` keeps (so equal contexts compare
+    /// equal).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidContext(m));
+        if self.prefix.len() > MAX_CONTEXT_WRITERS || self.cloud.len() > MAX_CONTEXT_CLOUD {
+            return bad(format!(
+                "{} writers and {} loose dots, more than {MAX_CONTEXT_WRITERS} and {MAX_CONTEXT_CLOUD}",
+                self.prefix.len(),
+                self.cloud.len()
+            ));
+        }
+        if self.prefix.values().any(|&c| c == 0) {
+            return bad("a writer's prefix of 0".into());
+        }
+        if let Some(dot) = self.cloud.iter().find(|d| {
+            let prefix = self.prefix.get(&d.actor).copied().unwrap_or(0);
+            d.counter <= prefix + 1
+        }) {
+            return bad(format!("loose dot {dot} belongs in its writer's prefix"));
+        }
+        Ok(())
+    }
+
+    /// The context as the opaque bytes a client holds.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("encoding to a Vec cannot fail")
+    }
+
+    /// A context a client sent back (`to_bytes`), checked.
+    pub fn from_bytes(bytes: &[u8]) -> Result<CausalContext> {
+        let (context, rest): (CausalContext, _) = postcard::take_from_bytes(bytes)
+            .map_err(|e| Error::InvalidContext(format!("undecodable set context: {e}")))?;
+        if !rest.is_empty() {
+            return Err(Error::InvalidContext(format!(
+                "{} trailing bytes after a set context",
+                rest.len()
+            )));
+        }
+        context.validate()?;
+        Ok(context)
     }
 
     pub fn join(&mut self, other: &CausalContext) {
@@ -260,8 +316,204 @@ impl Set {
         }
     }
 
+    /// Removes the dots of `member` that `seen` (a reader's context)
+    /// contains: what that reader observed. Returns the delta.
+    pub fn remove_seen(&mut self, member: &[u8], seen: &CausalContext) -> Set {
+        let observed: Vec<Dot> = self
+            .dots_of(member)
+            .into_iter()
+            .filter(|d| seen.contains(d))
+            .collect();
+        self.remove(member, &observed)
+    }
+
+    /// Every dot seen: what a reader of this state has observed.
+    pub fn context(&self) -> &CausalContext {
+        &self.kernel.context
+    }
+
     pub fn join(&mut self, other: &Set) {
         self.kernel.join(&other.kernel);
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.kernel.context.validate()?;
+        match self
+            .kernel
+            .entries
+            .keys()
+            .find(|d| !self.kernel.context.contains(d))
+        {
+            Some(dot) => Err(Error::Malformed(format!(
+                "set member under {dot}, a dot outside its context"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a client asks of a key in a typed namespace. Variants are only
+/// ever appended (they are sent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    /// Add to a counter (negative: subtract).
+    Increment(i64),
+    /// Add members to a set.
+    Add(#[serde(with = "crate::wire::byte_lists")] Vec<Vec<u8>>),
+    /// Remove members from a set: the adds of them the request's context
+    /// saw (see `Typed::apply`).
+    Remove(#[serde(with = "crate::wire::byte_lists")] Vec<Vec<u8>>),
+}
+
+impl Operation {
+    /// "incr", "sadd" or "srem", for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::Increment(_) => "incr",
+            Operation::Add(_) => "sadd",
+            Operation::Remove(_) => "srem",
+        }
+    }
+
+    /// The members it names (none for an increment).
+    pub fn members(&self) -> &[Vec<u8>] {
+        match self {
+            Operation::Increment(_) => &[],
+            Operation::Add(m) | Operation::Remove(m) => m,
+        }
+    }
+
+    /// Whether it needs the context of a read: a remove takes away only
+    /// what was observed.
+    pub fn needs_context(&self) -> bool {
+        matches!(self, Operation::Remove(_))
+    }
+
+    /// The empty state of the type it applies to.
+    fn empty(&self) -> Typed {
+        match self {
+            Operation::Increment(_) => Typed::Counter(Counter::default()),
+            Operation::Add(_) | Operation::Remove(_) => Typed::Set(Set::default()),
+        }
+    }
+}
+
+/// A typed key's state. Variants are only ever appended (they are stored
+/// and sent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Typed {
+    Counter(Counter),
+    Set(Set),
+}
+
+/// What a read of a typed key returns: the merged value, never siblings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reading {
+    /// A counter's value (saturated to the range of an i64 should
+    /// concurrent increments have passed it).
+    Counter(i64),
+    /// A set's members, sorted.
+    Set(#[serde(with = "crate::wire::byte_lists")] Vec<Vec<u8>>),
+}
+
+impl Typed {
+    /// Applies `op` as writer `actor` to `state` (None: the key holds
+    /// nothing yet, and gets the empty state of `op`'s type); `seen` is
+    /// the context of the read a remove is based on. Returns the delta:
+    /// joined into any replica, it has the operation's effect. Refused,
+    /// with `state` left as it was, when `op` does not fit the state's
+    /// type or a counter would overflow.
+    pub fn apply(
+        state: &mut Option<Typed>,
+        actor: Actor,
+        op: &Operation,
+        seen: &CausalContext,
+    ) -> Result<Typed> {
+        let typed = state.get_or_insert_with(|| op.empty());
+        Ok(match (typed, op) {
+            (Typed::Counter(c), Operation::Increment(by)) => {
+                Typed::Counter(c.increment(actor, *by)?)
+            }
+            (Typed::Set(s), Operation::Add(members)) => {
+                let mut delta = Set::default();
+                for m in members {
+                    delta.join(&s.add(actor, m));
+                }
+                Typed::Set(delta)
+            }
+            (Typed::Set(s), Operation::Remove(members)) => {
+                let mut delta = Set::default();
+                for m in members {
+                    delta.join(&s.remove_seen(m, seen));
+                }
+                Typed::Set(delta)
+            }
+            (typed, op) => {
+                return Err(Error::InvalidRequest(format!(
+                    "{} does not apply to a {}",
+                    op.name(),
+                    typed.type_name()
+                )));
+            }
+        })
+    }
+
+    /// "counter" or "set".
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Typed::Counter(_) => "counter",
+            Typed::Set(_) => "set",
+        }
+    }
+
+    /// Joins `other` in. States of different types (a key can hold only
+    /// its namespace's, so only a bug makes them) keep the first type in
+    /// variant order, so the join stays commutative.
+    pub fn join(&mut self, other: &Typed) {
+        match (&mut *self, other) {
+            (Typed::Counter(a), Typed::Counter(b)) => a.join(b),
+            (Typed::Set(a), Typed::Set(b)) => a.join(b),
+            (Typed::Set(_), Typed::Counter(_)) => *self = other.clone(),
+            (Typed::Counter(_), Typed::Set(_)) => {}
+        }
+    }
+
+    /// The value a read returns.
+    pub fn reading(&self) -> Reading {
+        match self {
+            Typed::Counter(c) => {
+                Reading::Counter(i64::try_from(c.value()).unwrap_or(if c.value() < 0 {
+                    i64::MIN
+                } else {
+                    i64::MAX
+                }))
+            }
+            Typed::Set(s) => Reading::Set(s.members().into_iter().map(<[u8]>::to_vec).collect()),
+        }
+    }
+
+    /// What a reader observed (a remove with it takes away only that).
+    pub fn context(&self) -> CausalContext {
+        match self {
+            Typed::Counter(_) => CausalContext::default(),
+            Typed::Set(s) => s.context().clone(),
+        }
+    }
+
+    /// Checks a state decoded from a peer or disk.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Typed::Counter(_) => Ok(()),
+            Typed::Set(s) => s.validate(),
+        }
+    }
+
+    /// Bytes of member data held (for size reports).
+    pub fn value_bytes(&self) -> usize {
+        match self {
+            Typed::Counter(c) => 16 * c.writers(),
+            Typed::Set(s) => s.kernel.entries.values().map(Vec::len).sum(),
+        }
     }
 }
 
@@ -321,6 +573,78 @@ mod tests {
         let e = x.increment(Actor(1), i64::MAX).unwrap_err();
         assert!(e.to_string().contains("overflows"), "{e}");
         assert_eq!(x.value(), 3, "a refused increment changes nothing");
+    }
+
+    #[test]
+    fn contexts_round_trip_as_bytes_and_bad_ones_are_refused() {
+        let mut set = Set::default();
+        set.add(Actor(1), b"a");
+        set.add(Actor(2), b"b");
+        let mut context = set.context().clone();
+        context.insert(Dot {
+            actor: Actor(3),
+            counter: 5,
+        });
+        assert_eq!(
+            CausalContext::from_bytes(&context.to_bytes()).unwrap(),
+            context
+        );
+        assert!(CausalContext::from_bytes(&[]).is_err());
+        let mut trailing = context.to_bytes();
+        trailing.push(0);
+        assert!(CausalContext::from_bytes(&trailing).is_err());
+        // A loose dot that belongs in its writer's prefix is not compact.
+        let loose = CausalContext {
+            prefix: BTreeMap::new(),
+            cloud: BTreeSet::from([Dot {
+                actor: Actor(1),
+                counter: 1,
+            }]),
+        };
+        assert!(CausalContext::from_bytes(&loose.to_bytes()).is_err());
+        // A member under a dot its context never saw is malformed.
+        let mut bad = Set::default();
+        bad.kernel.entries.insert(
+            Dot {
+                actor: Actor(9),
+                counter: 1,
+            },
+            b"x".to_vec(),
+        );
+        assert!(Typed::Set(bad).validate().is_err());
+        assert!(Typed::Set(set).validate().is_ok());
+    }
+
+    #[test]
+    fn typed_states_join_commutatively_even_of_different_types() {
+        let mut counter = None;
+        Typed::apply(
+            &mut counter,
+            Actor(1),
+            &Operation::Increment(2),
+            &CausalContext::default(),
+        )
+        .unwrap();
+        let mut set = None;
+        let add = Operation::Add(vec![b"m".to_vec()]);
+        Typed::apply(&mut set, Actor(1), &add, &CausalContext::default()).unwrap();
+        let (counter, set) = (counter.unwrap(), set.unwrap());
+        let mut a = counter.clone();
+        a.join(&set);
+        let mut b = set.clone();
+        b.join(&counter);
+        assert_eq!(a, b);
+        let e = Typed::apply(
+            &mut Some(set),
+            Actor(1),
+            &Operation::Increment(1),
+            &CausalContext::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("incr does not apply to a set"),
+            "{e}"
+        );
     }
 
     #[derive(Debug, Clone)]

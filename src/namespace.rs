@@ -23,6 +23,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::MAX_N;
+use crate::crdt::{Operation, Reading};
 use crate::error::{Error, Result};
 use crate::node::NodeId;
 
@@ -158,20 +159,56 @@ pub fn scan_floor(prefix: &[u8]) -> Option<&'static [u8]> {
 pub enum Kind {
     /// Opaque values; concurrent writes are kept as siblings.
     Blob,
+    /// An exact counter (`crdt::Counter`), changed by increments.
+    Counter,
+    /// An add-wins set of byte strings (`crdt::Set`).
+    Set,
 }
 
 impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Blob => "blob",
+            Kind::Counter => "counter",
+            Kind::Set => "set",
         }
     }
 
     pub fn parse(s: &str) -> Result<Kind> {
         match s {
             "blob" => Ok(Kind::Blob),
+            "counter" => Ok(Kind::Counter),
+            "set" => Ok(Kind::Set),
             other => Err(Error::InvalidRequest(format!(
-                "type {other:?} is not a namespace type (blob)"
+                "type {other:?} is not a namespace type (blob, counter, set)"
+            ))),
+        }
+    }
+
+    /// What a read of a key that holds nothing returns: None for blobs
+    /// (not found), the type's empty value for a data type.
+    pub fn empty(self) -> Option<Reading> {
+        match self {
+            Kind::Blob => None,
+            Kind::Counter => Some(Reading::Counter(0)),
+            Kind::Set => Some(Reading::Set(Vec::new())),
+        }
+    }
+
+    /// Refuses `op` unless it applies to this type.
+    pub fn admit(self, op: &Operation) -> Result<()> {
+        match (self, op) {
+            (Kind::Counter, Operation::Increment(_))
+            | (Kind::Set, Operation::Add(_) | Operation::Remove(_)) => Ok(()),
+            (kind, op) => Err(Error::InvalidRequest(format!(
+                "{} does not apply to a {} namespace{}",
+                op.name(),
+                kind.as_str(),
+                match kind {
+                    Kind::Blob => " (use put and delete)",
+                    Kind::Counter => " (use incr)",
+                    Kind::Set => " (use sadd and srem)",
+                }
             ))),
         }
     }
@@ -221,6 +258,12 @@ impl Settings {
             return bad(format!(
                 "max_value_bytes = {} must be between 1 and {value_limit} (limits.max_value_bytes)",
                 self.max_value_bytes
+            ));
+        }
+        if self.kind != Kind::Blob && self.ttl_ms > 0 {
+            return bad(format!(
+                "a {} namespace cannot have a ttl (its keys never expire)",
+                self.kind.as_str()
             ));
         }
         Ok(())
@@ -516,7 +559,14 @@ pub fn change(
         }
         Request::Alter { name, changes } => {
             let name = Name::new(name)?;
-            let settings = changes.apply(table.existing(&name)?);
+            let current = table.existing(&name)?;
+            if changes.kind.is_some_and(|kind| kind != current.kind) {
+                return Err(Error::InvalidRequest(format!(
+                    "namespace {name} holds {} values: its type cannot change (create another namespace)",
+                    current.kind.as_str()
+                )));
+            }
+            let settings = changes.apply(current);
             settings.validate(members, defaults.max_value_bytes)?;
             table.alter(&name, settings, by)?;
             Ok(format!("namespace {name} altered"))
@@ -788,6 +838,44 @@ mod tests {
         for bad in ["", "-1h", "h", "1 fortnight", "99999999999999999999d"] {
             assert!(parse_ttl(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_data_types_namespace_keeps_its_type_and_has_no_ttl() {
+        let mut t = Table::default();
+        let defaults = settings(3);
+        let set = Changes {
+            kind: Some(Kind::parse("set").unwrap()),
+            ..Changes::default()
+        };
+        let create = Request::Create {
+            name: "carts".into(),
+            changes: set.clone(),
+        };
+        change(&mut t, create, &defaults, 3, &id("a")).unwrap();
+        assert_eq!(t.get("carts").map(|s| s.kind), Some(Kind::Set));
+        let alter = |changes| Request::Alter {
+            name: "carts".into(),
+            changes,
+        };
+        let blob = Changes {
+            kind: Some(Kind::Blob),
+            ..Changes::default()
+        };
+        let e = change(&mut t, alter(blob), &defaults, 3, &id("a")).unwrap_err();
+        assert!(e.to_string().contains("its type cannot change"), "{e}");
+        change(&mut t, alter(set), &defaults, 3, &id("a")).unwrap();
+        let ttl = Changes {
+            ttl_ms: Some(1000),
+            ..Changes::default()
+        };
+        let e = change(&mut t, alter(ttl), &defaults, 3, &id("a")).unwrap_err();
+        assert!(
+            e.to_string().contains("a set namespace cannot have a ttl"),
+            "{e}"
+        );
+        let e = Kind::parse("map").unwrap_err();
+        assert!(e.to_string().contains("(blob, counter, set)"), "{e}");
     }
 
     #[test]

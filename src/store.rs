@@ -103,13 +103,11 @@ pub fn encode_state(state: &SiblingSet) -> Vec<u8> {
 }
 
 pub fn decode_state(bytes: &[u8]) -> Result<SiblingSet> {
-    let (state, rest): (SiblingSet, _) = postcard::take_from_bytes(bytes)
-        .map_err(|e| Error::Storage(format!("undecodable sibling set: {e}")))?;
-    if !rest.is_empty() {
-        return Err(Error::Storage(format!(
-            "{} trailing bytes after a sibling set",
-            rest.len()
-        )));
-    }
-    Ok(state)
+    decode_stored(bytes).map(|(state, _)| state)
+}
+
+/// Decodes a stored state; `true` when it is in the encoding before data
+/// types, to be stored again in the current one.
+pub fn decode_stored(bytes: &[u8]) -> Result<(SiblingSet, bool)> {
+    SiblingSet::decode(bytes).map_err(|e| Error::Storage(format!("undecodable sibling set: {e}")))
 }

@@ -16,6 +16,11 @@
 //!   associative and idempotent, and drops a sibling only if the other side
 //!   knows it was superseded.
 //!
+//! A key of a typed namespace (counter, set) holds no siblings but one
+//! `crdt::Typed` state, which `merge` joins by its type's join: every path
+//! that merges sibling sets (writes, read repair, hints, anti-entropy,
+//! handoff) merges typed states with no change.
+//!
 //! Actors are per node *incarnation* (a fresh random id each time a node
 //! starts), not per node: a node that lost its recent writes in a crash must
 //! never hand out a dot it already used.
@@ -24,6 +29,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::crdt::{CausalContext, Operation, Typed};
 use crate::error::{Error, Result};
 
 /// A writer identity: one per node incarnation.
@@ -217,16 +223,83 @@ impl Context {
     }
 }
 
-/// All the versions of one key that are not known to be superseded.
+/// All the versions of one key that are not known to be superseded, or
+/// (in a typed namespace) its data-type state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiblingSet {
     /// Sorted by actor, one entry each.
+    entries: Vec<Entry>,
+    /// Boxed: most keys hold none, and every message and entry that
+    /// carries a sibling set stays as small as before data types.
+    typed: Option<Box<Typed>>,
+}
+
+/// The encoding of a sibling set before data types (protocol version 2
+/// and older stores): the entries alone.
+#[derive(Deserialize)]
+struct Untyped {
     entries: Vec<Entry>,
 }
 
 impl SiblingSet {
     pub fn new() -> Self {
         SiblingSet::default()
+    }
+
+    /// A state holding only `typed` (a typed key's state, or a delta).
+    pub fn of_typed(typed: Typed) -> Self {
+        SiblingSet {
+            entries: Vec::new(),
+            typed: Some(Box::new(typed)),
+        }
+    }
+
+    /// The data-type state, for a key of a typed namespace.
+    pub fn typed(&self) -> Option<&Typed> {
+        self.typed.as_deref()
+    }
+
+    /// Applies a data-type operation to the key's state (`Typed::apply`);
+    /// returns its delta.
+    pub fn apply(
+        &mut self,
+        actor: Actor,
+        operation: &Operation,
+        seen: &CausalContext,
+    ) -> Result<Typed> {
+        let mut typed = self.typed.take().map(|t| *t);
+        let delta = Typed::apply(&mut typed, actor, operation, seen);
+        self.typed = typed.map(Box::new);
+        delta
+    }
+
+    /// Decodes a state as stored: in the current encoding, or in the one
+    /// before data types (`true`: the caller should store it again in the
+    /// current one). Either must be exactly `bytes`.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<(SiblingSet, bool), String> {
+        fn exact<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> std::result::Result<T, String> {
+            match postcard::take_from_bytes(bytes) {
+                Ok((value, [])) => Ok(value),
+                Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        // An old encoding lacks the last field, so it never decodes as the
+        // current one (it ends too early), and the current one never as
+        // the old (it has a byte left over).
+        match exact::<SiblingSet>(bytes) {
+            Ok(state) => Ok((state, false)),
+            Err(e) => match exact::<Untyped>(bytes) {
+                Ok(Untyped { entries }) => Ok((
+                    SiblingSet {
+                        entries,
+                        typed: None,
+                    },
+                    true,
+                )),
+                Err(_) => Err(e),
+            },
+        }
     }
 
     /// The context a read of this state returns.
@@ -271,16 +344,18 @@ impl SiblingSet {
         self.entries.iter().map(|e| e.values.len()).sum()
     }
 
-    /// True when there is no sibling at all (not even a tombstone).
+    /// True when there is no sibling at all (not even a tombstone) and no
+    /// data-type state.
     pub fn is_empty(&self) -> bool {
-        self.sibling_count() == 0
+        self.sibling_count() == 0 && self.typed.is_none()
     }
 
     /// From when the key reads as not found, if nothing more is written to
     /// it: when its last sibling ends (0 when all are tombstones). None
-    /// when a sibling never ends, or there is none.
+    /// when a sibling never ends, or there is none, or the key holds a
+    /// data-type state (which never ends).
     pub fn ends_at(&self) -> Option<u64> {
-        if self.is_empty() {
+        if self.is_empty() || self.typed.is_some() {
             return None;
         }
         self.entries
@@ -302,7 +377,8 @@ impl SiblingSet {
             .iter()
             .flat_map(|e| &e.values)
             .map(Value::len)
-            .sum()
+            .sum::<usize>()
+            + self.typed().map_or(0, Typed::value_bytes)
     }
 
     /// A coordinator's write: drops the siblings `ctx` covers, keeps the rest,
@@ -338,6 +414,7 @@ impl SiblingSet {
                     values: Vec::new(),
                 })
                 .collect(),
+            typed: None,
         };
         let mut next = self.merge(&seen);
         match next.entries.binary_search_by_key(&actor, |e| e.actor) {
@@ -390,7 +467,15 @@ impl SiblingSet {
             };
             entries.extend(next);
         }
-        SiblingSet { entries }
+        let typed = match (&self.typed, &other.typed) {
+            (Some(a), Some(b)) => {
+                let mut joined = a.clone();
+                joined.join(b);
+                Some(joined)
+            }
+            (a, b) => a.clone().or_else(|| b.clone()),
+        };
+        SiblingSet { entries, typed }
     }
 
     /// Whether `self` already contains everything `other` knows: merging
@@ -426,6 +511,9 @@ impl SiblingSet {
         }
         if self.entries.len() > MAX_CONTEXT_ACTORS {
             return Err(Error::Malformed(format!("{} actors", self.entries.len())));
+        }
+        if let Some(typed) = &self.typed {
+            typed.validate()?;
         }
         Ok(())
     }
@@ -636,6 +724,7 @@ mod tests {
                 counter: 1,
                 values: vec![data("x"), data("y")],
             }],
+            typed: None,
         };
         assert!(bad.validate(100).is_err());
         let unsorted = SiblingSet {
@@ -651,6 +740,7 @@ mod tests {
                     values: vec![],
                 },
             ],
+            typed: None,
         };
         assert!(unsorted.validate(100).is_err());
         let mut many = SiblingSet::new();

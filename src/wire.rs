@@ -18,6 +18,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::crdt::{Operation, Reading};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handoff::{PlanChange, PlanReport};
 use crate::namespace;
@@ -26,7 +27,8 @@ use crate::routing::{Effect, RingSnapshot};
 
 /// Version byte at the start of every payload.
 /// 2: the membership view carries the namespace table.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// 3: a sibling set carries a typed key's data-type state.
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Length prefix + CRC.
 pub const HEADER_LEN: usize = 8;
 /// Default frame limit; configurable (`limits.max_frame_bytes`).
@@ -210,6 +212,8 @@ pub enum ClientOp {
     },
     /// A put whose value expires: `Put` with a TTL.
     PutExpiring(PutExpiring),
+    /// An operation on a key of a typed namespace (counter, set).
+    Apply(Apply),
 }
 
 // The operations on one key are structs of their own, shared by `ClientOp`
@@ -256,6 +260,20 @@ pub struct PutExpiring {
     pub ttl_ms: u64,
 }
 
+/// An operation on a key of a typed namespace. `context` is the opaque
+/// context of an earlier read (empty: none), which a remove needs: it
+/// takes away only the adds that read saw (without one, the coordinator
+/// reads at its R first, and removes what that read saw).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Apply {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    pub operation: Operation,
+    #[serde(with = "serde_bytes")]
+    pub context: Vec<u8>,
+    pub w: Option<u8>,
+}
+
 /// The operations on one key, as a routed request or a batch carries them
 /// (`ClientOp`'s; a separate enum, so a routed request cannot nest).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +282,7 @@ pub enum KeyOp {
     Put(Put),
     Delete(Delete),
     PutExpiring(PutExpiring),
+    Apply(Apply),
 }
 
 impl KeyOp {
@@ -275,7 +294,8 @@ impl KeyOp {
             | KeyOp::PutExpiring(PutExpiring {
                 put: Put { key, .. },
                 ..
-            }) => key,
+            })
+            | KeyOp::Apply(Apply { key, .. }) => key,
         }
     }
 
@@ -283,7 +303,9 @@ impl KeyOp {
     pub fn effect(&self) -> Effect {
         match self {
             KeyOp::Get(_) => Effect::Read,
-            KeyOp::Put(_) | KeyOp::Delete(_) | KeyOp::PutExpiring(_) => Effect::Write,
+            KeyOp::Put(_) | KeyOp::Delete(_) | KeyOp::PutExpiring(_) | KeyOp::Apply(_) => {
+                Effect::Write
+            }
         }
     }
 }
@@ -295,6 +317,7 @@ impl From<KeyOp> for ClientOp {
             KeyOp::Put(put) => ClientOp::Put(put),
             KeyOp::Delete(delete) => ClientOp::Delete(delete),
             KeyOp::PutExpiring(put) => ClientOp::PutExpiring(put),
+            KeyOp::Apply(apply) => ClientOp::Apply(apply),
         }
     }
 }
@@ -322,6 +345,7 @@ impl ClientOp {
                 put: Put { key, .. },
                 ..
             })
+            | ClientOp::Apply(Apply { key, .. })
             | ClientOp::Inspect { key } => key,
             ClientOp::List { prefix, .. } => prefix,
             ClientOp::Routed { op, .. } => op.key(),
@@ -350,10 +374,12 @@ impl ClientOp {
             ClientOp::Batch(_) => "batch",
             ClientOp::List { .. } => "list",
             ClientOp::PutExpiring(_) => "put",
+            ClientOp::Apply(apply) => apply.operation.name(),
             ClientOp::Routed { op, .. } => match op {
                 KeyOp::Get(_) => "get",
                 KeyOp::Put(_) | KeyOp::PutExpiring(_) => "put",
                 KeyOp::Delete(_) => "delete",
+                KeyOp::Apply(apply) => apply.operation.name(),
             },
         }
     }
@@ -418,6 +444,13 @@ pub enum ClientReply {
         keys: Vec<Vec<u8>>,
         next: Option<Vec<u8>>,
     },
+    /// A read of a typed key, or an operation applied to it: the merged
+    /// value (never siblings) and the context a remove sends back.
+    Typed {
+        reading: Reading,
+        #[serde(with = "serde_bytes")]
+        context: Vec<u8>,
+    },
 }
 
 /// The reply to one key's operation, as a `Stale` or a `Batch` carries it:
@@ -439,6 +472,11 @@ pub enum KeyReply {
     Error {
         kind: ErrorKind,
         message: String,
+    },
+    Typed {
+        reading: Reading,
+        #[serde(with = "serde_bytes")]
+        context: Vec<u8>,
     },
 }
 
@@ -469,6 +507,7 @@ impl TryFrom<ClientReply> for KeyReply {
             ClientReply::Value { values, context } => Ok(KeyReply::Value { values, context }),
             ClientReply::Written { context, others } => Ok(KeyReply::Written { context, others }),
             ClientReply::Error { kind, message } => Ok(KeyReply::Error { kind, message }),
+            ClientReply::Typed { reading, context } => Ok(KeyReply::Typed { reading, context }),
             other => Err(other),
         }
     }
@@ -480,6 +519,7 @@ impl From<KeyReply> for ClientReply {
             KeyReply::Value { values, context } => ClientReply::Value { values, context },
             KeyReply::Written { context, others } => ClientReply::Written { context, others },
             KeyReply::Error { kind, message } => ClientReply::Error { kind, message },
+            KeyReply::Typed { reading, context } => ClientReply::Typed { reading, context },
         }
     }
 }
@@ -492,6 +532,9 @@ pub struct LocalCopy {
     /// (actor, counter, value or None for a tombstone)
     pub siblings: Vec<(u64, u64, Option<Vec<u8>>)>,
     pub context: Vec<u8>,
+    /// A typed key's merged value here (None: the key holds no data-type
+    /// state).
+    pub reading: Option<Reading>,
 }
 
 /// `status`: what one node knows about the cluster and itself.
@@ -540,7 +583,7 @@ pub struct MemberLoad {
 /// A list of byte strings, each as bytes: the same postcard encoding as a
 /// plain `Vec<Vec<u8>>` (as are the `serde_bytes` fields), decoded in one
 /// copy instead of one call per byte.
-mod byte_lists {
+pub(crate) mod byte_lists {
     use serde::{Deserialize, Deserializer, Serializer};
     use serde_bytes::{ByteBuf, Bytes};
 
@@ -584,11 +627,11 @@ mod tests {
     #[test]
     fn golden_client_frame() {
         // CRC cross-checked with zlib.crc32.
-        // len 10 | crc | version 2 | id 7 | Put(2) | key "k" | value "v" | ctx [] | Some(2)
+        // len 10 | crc | version 3 | id 7 | Put(2) | key "k" | value "v" | ctx [] | Some(2)
         let frame = codec().to_frame(&put()).unwrap();
         assert_eq!(
             hex(&frame),
-            "0000000a815ea04f020702016b01760001 02".replace(' ', "")
+            "0000000a6e9ccb71030702016b01760001 02".replace(' ', "")
         );
         let (back, used): (ClientRequest, _) = codec().decode(&frame).unwrap().unwrap();
         assert_eq!((back, used), (put(), frame.len()));

@@ -240,7 +240,7 @@ async fn the_cli_creates_shows_lists_and_drops_namespaces() {
             "r = 3 must be between 1 and n = 2",
         ),
         (
-            vec!["ns", "create", "x", "--type", "counter"],
+            vec!["ns", "create", "x", "--type", "map"],
             "not a namespace type",
         ),
         (
@@ -270,6 +270,30 @@ async fn the_cli_creates_shows_lists_and_drops_namespaces() {
 
     let (ok, out, err) = cli(&["ns", "drop", "carts", "--node", &b]);
     assert!(ok && out == "namespace carts dropped", "{err}");
+
+    // Data types: operations in, one merged value out, as text or JSON.
+    for (name, kind) in [("hits", "counter"), ("bag", "set")] {
+        let (ok, _, err) = cli(&["ns", "create", name, "--type", kind, "--node", &a]);
+        assert!(ok, "{err}");
+    }
+    let incr = |by: &str| cli(&["incr", "--ns", "hits", "k", by, "--node", &a]);
+    assert_eq!(incr("5").1, "5");
+    assert_eq!(incr("-7").1, "-2");
+    let (ok, _, err) = incr("x");
+    assert!(!ok && err.contains("invalid digit"), "{err}");
+    let (ok, out, err) = cli(&["get", "--ns", "hits", "k", "--json", "--node", &b]);
+    assert!(ok && out == r#"{"value":-2}"#, "{out} {err}");
+    let (ok, _, err) = cli(&["sadd", "--ns", "bag", "k", "x", "y", "--node", &a]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&["srem", "--ns", "bag", "k", "x", "--node", &b]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&["smembers", "--ns", "bag", "k", "--json", "--node", &b]);
+    assert!(ok && out.starts_with(r#"{"context":"#), "{out} {err}");
+    assert!(out.contains(r#""members":["y"]"#), "{out}");
+    let (ok, out, err) = cli(&["get", "--ns", "bag", "k", "--node", &a]);
+    assert!(ok && out.starts_with("y\ncontext: "), "{out} {err}");
+    let (ok, _, err) = cli(&["incr", "--ns", "bag", "k", "--node", &a]);
+    assert!(!ok && err.contains("incr does not apply to a set"), "{err}");
 }
 
 #[actix_rt::test]

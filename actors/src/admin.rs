@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use actix::prelude::*;
+use dynakv::crdt::Typed;
 use dynakv::handoff::{PlanChange, preview};
 use dynakv::liveness::Health;
 use dynakv::membership::{MAX_MEMBERS, View};
@@ -133,6 +134,7 @@ impl Operations {
             | ClientOp::Put(_)
             | ClientOp::Delete(_)
             | ClientOp::PutExpiring(_)
+            | ClientOp::Apply(_)
             | ClientOp::Routed { .. }
             | ClientOp::Batch(_)
             | ClientOp::List { .. } => {
@@ -305,6 +307,7 @@ impl Operations {
                         })
                         .collect(),
                     context: state.context().to_bytes(),
+                    reading: state.typed().map(Typed::reading),
                 }))
             }
         }

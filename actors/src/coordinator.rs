@@ -23,7 +23,7 @@ use dynakv::replica::ReplicaMsg;
 use dynakv::ring::Ring;
 use dynakv::topology::Topology;
 use dynakv::version::Value;
-use dynakv::wire::{ClientOp, ClientReply, Delete, Get, KeyOp, KeyReply, Put, PutExpiring};
+use dynakv::wire::{Apply, ClientOp, ClientReply, Delete, Get, KeyOp, KeyReply, Put, PutExpiring};
 use dynakv::{Error, Result};
 use tokio::sync::oneshot;
 use tracing::debug_span;
@@ -85,7 +85,7 @@ impl Coordinator {
         }
     }
 
-    /// Plans a get, put or delete.
+    /// Plans a get, put, delete or data-type operation.
     fn plan(&self, op: ClientOp) -> Result<Planned> {
         let t = self.topology.as_ref();
         match op {
@@ -98,6 +98,12 @@ impl Coordinator {
                 let write = Write::new(Value::Tombstone, &context, w);
                 self.planner.write(t, key, write, wall_ms())
             }
+            ClientOp::Apply(Apply {
+                key,
+                operation,
+                context,
+                w,
+            }) => self.planner.apply(t, key, operation, &context, w),
             other => Err(Error::Internal(format!(
                 "{} is not a read or write",
                 other.name()
@@ -132,6 +138,7 @@ impl Coordinator {
         let Planned {
             op,
             key,
+            kind,
             partition,
             session,
             initial,
@@ -141,7 +148,16 @@ impl Coordinator {
         // CPU per put at the default level "info", which logs nothing in it).
         let span = debug_span!("session", op, partition = partition.0,
             request = self.next_request, node = %self.planner.me);
-        Session::new(session, initial, key, self.sessions.clone(), reply, span).start();
+        Session::new(
+            session,
+            initial,
+            key,
+            kind,
+            self.sessions.clone(),
+            reply,
+            span,
+        )
+        .start();
     }
 
     /// A batch: each operation is planned and runs as its own session;
@@ -353,6 +369,7 @@ impl Handler<Execute> for Coordinator {
                     | ClientOp::Put(_)
                     | ClientOp::Delete(_)
                     | ClientOp::PutExpiring(_)
+                    | ClientOp::Apply(_)
             ) {
                 return act.operate(op, reply);
             }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use dynakv::coordinator::{Outcome, Request, Session as Core, Step, client_reply};
+use dynakv::namespace::Kind;
 use dynakv::peer::PeerMsg;
 use dynakv::replica::ReplicaMsg;
 use dynakv::wire::ClientReply;
@@ -80,6 +81,8 @@ pub struct Session {
     /// Where the client's reply goes; taken when it is sent.
     reply: Option<oneshot::Sender<ClientReply>>,
     key: Vec<u8>,
+    /// The type of the key's namespace (what the client's reply shows).
+    kind: Kind,
     span: Span,
 }
 
@@ -88,6 +91,7 @@ impl Session {
         core: Core,
         initial: Vec<Request>,
         key: Vec<u8>,
+        kind: Kind,
         env: Arc<SessionEnv>,
         reply: oneshot::Sender<ClientReply>,
         span: Span,
@@ -98,6 +102,7 @@ impl Session {
             env,
             reply: Some(reply),
             key,
+            kind,
             span,
         }
     }
@@ -142,7 +147,7 @@ impl Session {
         if let Some(outcome) = outcome
             && let Some(reply) = self.reply.take()
         {
-            let _ = reply.send(client_reply(outcome, wall_ms()));
+            let _ = reply.send(client_reply(outcome, self.kind, wall_ms()));
         }
     }
 

@@ -26,22 +26,30 @@
 //!   The minted sibling set is then written to every other target; the
 //!   minter's own write counts toward W.
 //!
+//! - Data-type operation (counter, set): a put session whose minter applies
+//!   the operation (`Apply`) and whose other targets merge its delta; a
+//!   remove without a context reads at R first (`ObserveSession`).
+//!
 //! Errors that say the request itself is wrong (a bad context, too many
 //! siblings) end the session at once; a node that is down or slow only
 //! costs its vote.
 
 mod get;
+mod observe;
 mod put;
 mod request;
 mod route;
 mod tally;
 
 pub use get::GetSession;
-pub use put::{PutSession, Written};
+pub use observe::ObserveSession;
+pub use put::{Mint, PutSession, Written};
 pub use request::{Limits, Planned, Planner, Write};
 pub use route::{Replica, Route};
 
+use crate::crdt::Typed;
 use crate::error::Result;
+use crate::namespace::Kind;
 use crate::node::NodeId;
 use crate::replica::ReplicaMsg;
 use crate::version::SiblingSet;
@@ -87,11 +95,38 @@ pub enum Outcome {
 }
 
 /// The client's reply at `now` (ms since the Unix epoch) to a session's
-/// outcome: a read's live values (neither deleted nor expired) and
-/// context, or a write's new context with the live values of the siblings
-/// it kept (the ones a write with that context supersedes, besides the
-/// new value).
-pub fn client_reply(outcome: Result<Outcome>, now: u64) -> ClientReply {
+/// outcome on a key of a `kind` namespace: a read's live values (neither
+/// deleted nor expired) and context, or a write's new context with the
+/// live values of the siblings it kept (the ones a write with that context
+/// supersedes, besides the new value). A typed key's read answers its
+/// merged value and the context a remove sends back; an increment, the
+/// counter's new value; a set's add or remove, only that it was written
+/// (the set's members would cost its size on the wire).
+pub fn client_reply(outcome: Result<Outcome>, kind: Kind, now: u64) -> ClientReply {
+    match &outcome {
+        Ok(Outcome::Read(state)) if kind != Kind::Blob => {
+            let typed = state.typed();
+            if let Some(reading) = typed.map(Typed::reading).or_else(|| kind.empty()) {
+                return ClientReply::Typed {
+                    reading,
+                    context: typed.map(Typed::context).unwrap_or_default().to_bytes(),
+                };
+            }
+        }
+        Ok(Outcome::Written(Written { state, dot: None })) => {
+            return match state.typed() {
+                Some(counter @ Typed::Counter(_)) => ClientReply::Typed {
+                    reading: counter.reading(),
+                    context: Vec::new(),
+                },
+                _ => ClientReply::Written {
+                    context: Vec::new(),
+                    others: Vec::new(),
+                },
+            };
+        }
+        _ => {}
+    }
     match outcome {
         Ok(Outcome::Read(state)) => ClientReply::Value {
             values: state.live_values(now).map(<[u8]>::to_vec).collect(),
@@ -101,7 +136,7 @@ pub fn client_reply(outcome: Result<Outcome>, now: u64) -> ClientReply {
             context: state.context().to_bytes(),
             others: state
                 .siblings()
-                .filter(|s| s.dot != dot)
+                .filter(|s| Some(s.dot) != dot)
                 .filter_map(|s| s.value.live_at(now).map(<[u8]>::to_vec))
                 .collect(),
         },
@@ -109,10 +144,13 @@ pub fn client_reply(outcome: Result<Outcome>, now: u64) -> ClientReply {
     }
 }
 
-/// A get or a put session behind one interface, as the shells drive them.
+/// A get, a put or an observed remove behind one interface, as the shells
+/// drive them.
 pub enum Session {
     Get(GetSession),
     Put(PutSession),
+    /// Boxed: it holds a read and a write session.
+    Observe(Box<ObserveSession>),
 }
 
 impl Session {
@@ -120,6 +158,7 @@ impl Session {
         match self {
             Session::Get(g) => g.initial_answer().map(|r| r.map(Outcome::Read)),
             Session::Put(p) => p.initial_answer().map(|r| r.map(Outcome::Written)),
+            Session::Observe(o) => o.initial_answer().map(|r| r.map(Outcome::Written)),
         }
     }
 
@@ -127,6 +166,7 @@ impl Session {
         match self {
             Session::Get(g) => g.on_reply(from, reply).map(Outcome::Read),
             Session::Put(p) => p.on_reply(from, reply).map(Outcome::Written),
+            Session::Observe(o) => o.on_reply(from, reply).map(Outcome::Written),
         }
     }
 
@@ -136,6 +176,7 @@ impl Session {
         match self {
             Session::Get(g) => g.tally.has_fallback(),
             Session::Put(p) => p.tally.has_fallback(),
+            Session::Observe(o) => o.has_fallback(),
         }
     }
 
@@ -143,6 +184,7 @@ impl Session {
         match self {
             Session::Get(g) => g.on_slow(from).map(Outcome::Read),
             Session::Put(p) => p.on_slow(from).map(Outcome::Written),
+            Session::Observe(o) => o.on_slow(from).map(Outcome::Written),
         }
     }
 
@@ -150,6 +192,7 @@ impl Session {
         match self {
             Session::Get(g) => g.on_timeout().map(|r| r.map(Outcome::Read)),
             Session::Put(p) => p.on_timeout().map(|r| r.map(Outcome::Written)),
+            Session::Observe(o) => o.on_timeout().map(|r| r.map(Outcome::Written)),
         }
     }
 
@@ -157,14 +200,15 @@ impl Session {
         match self {
             Session::Get(g) => g.is_complete(),
             Session::Put(p) => p.is_complete(),
+            Session::Observe(o) => o.is_complete(),
         }
     }
 
-    /// The read repairs to send when the session ends (none for a put).
+    /// The read repairs to send when the session ends (none for a write).
     pub fn repairs(&self) -> Vec<Request> {
         match self {
             Session::Get(g) => g.repairs(),
-            Session::Put(_) => Vec::new(),
+            Session::Put(_) | Session::Observe(_) => Vec::new(),
         }
     }
 }
@@ -227,23 +271,23 @@ mod tests {
             .merge(&written);
         let written = Written {
             state: state.clone(),
-            dot,
+            dot: Some(dot),
         };
-        match client_reply(Ok(Outcome::Written(written.clone())), 9) {
+        match client_reply(Ok(Outcome::Written(written.clone())), Kind::Blob, 9) {
             ClientReply::Written { mut others, .. } => {
                 others.sort();
                 assert_eq!(others, vec![b"a".to_vec(), b"e".to_vec()]);
             }
             other => panic!("{other:?}"),
         }
-        match client_reply(Ok(Outcome::Written(written)), 10) {
+        match client_reply(Ok(Outcome::Written(written)), Kind::Blob, 10) {
             ClientReply::Written { context, others } => {
                 assert_eq!(others, vec![b"a".to_vec()]);
                 assert_eq!(context, state.context().to_bytes());
             }
             other => panic!("{other:?}"),
         }
-        match client_reply(Ok(Outcome::Read(state.clone())), 10) {
+        match client_reply(Ok(Outcome::Read(state.clone())), Kind::Blob, 10) {
             ClientReply::Value {
                 mut values,
                 context,
@@ -254,7 +298,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(client_reply(Err(down()), 0), ClientReply::error(&down()));
+        assert_eq!(
+            client_reply(Err(down()), Kind::Blob, 0),
+            ClientReply::error(&down())
+        );
     }
 
     fn route(targets: &[&str], fallbacks: &[&str]) -> Route {
@@ -335,13 +382,11 @@ mod tests {
             fallbacks: vec![id("d")],
             pending: vec![],
         };
-        let (mut s, _) = PutSession::start(
-            b"k".to_vec(),
-            Context::default(),
-            Value::Tombstone,
-            route,
-            2,
-        );
+        let mint = Mint::Version {
+            context: Context::default(),
+            value: Value::Tombstone,
+        };
+        let (mut s, _) = PutSession::start(b"k".to_vec(), mint, route, 2);
         let Step {
             send: next,
             answer: _,
@@ -358,14 +403,11 @@ mod tests {
     }
 
     fn put(targets: &[&str], fallbacks: &[&str], w: usize) -> (PutSession, Vec<Request>) {
-        let value = Value::Data(b"v".to_vec());
-        PutSession::start(
-            b"k".to_vec(),
-            Context::default(),
-            value,
-            route(targets, fallbacks),
-            w,
-        )
+        let mint = Mint::Version {
+            context: Context::default(),
+            value: Value::Data(b"v".to_vec()),
+        };
+        PutSession::start(b"k".to_vec(), mint, route(targets, fallbacks), w)
     }
 
     #[test]
@@ -505,6 +547,77 @@ mod tests {
     }
 
     #[test]
+    fn a_remove_without_context_removes_what_its_quorum_read_saw() {
+        use crate::crdt::{CausalContext, Operation, Typed};
+        let milk = Operation::Add(vec![b"milk".to_vec()]);
+        let added = |actor| {
+            let mut state = SiblingSet::new();
+            state
+                .apply(Actor(actor), &milk, &CausalContext::default())
+                .unwrap();
+            state
+        };
+        let remove = Operation::Remove(vec![b"milk".to_vec()]);
+        let (mut s, reads) =
+            ObserveSession::start(b"k".to_vec(), remove, route(&["a", "b", "c"], &[]), 2, 2);
+        assert_eq!(reads.len(), 3);
+        assert!(
+            reads
+                .iter()
+                .all(|r| matches!(r.msg, ReplicaMsg::Read { .. }))
+        );
+        // b has an add that a, the minter, has not received yet.
+        let state = |state| Ok(ReplicaMsg::State { state });
+        assert!(
+            s.on_reply(&id("a"), state(SiblingSet::new()))
+                .send
+                .is_empty()
+        );
+        let step = s.on_reply(&id("b"), state(added(7)));
+        assert!(step.answer.is_none());
+        let [apply] = step.send.as_slice() else {
+            panic!("{:?}", step.send)
+        };
+        assert_eq!(apply.to, id("a"), "the first target mints");
+        let ReplicaMsg::Apply { seen, .. } = &apply.msg else {
+            panic!("{:?}", apply.msg)
+        };
+        let seen_add = added(7).typed().unwrap().context();
+        assert_eq!(seen, &seen_add, "the remove carries what the read saw");
+        // A late read reply counts for the read only.
+        assert!(s.on_reply(&id("c"), state(added(8))).send.is_empty());
+        let delta = SiblingSet::of_typed(Typed::Set(Default::default()));
+        let applied = ReplicaMsg::Applied {
+            state: delta.clone(),
+            delta: delta.clone(),
+        };
+        let step = s.on_reply(&id("a"), Ok(applied));
+        let writes: Vec<NodeId> = step.send.iter().map(|r| r.to.clone()).collect();
+        assert_eq!(writes, [id("b"), id("c")], "the delta goes to the others");
+        assert!(step.answer.is_none());
+        let step = s.on_reply(&id("b"), Ok(ReplicaMsg::Ack));
+        assert_eq!(
+            step.answer,
+            Some(Ok(Written {
+                state: delta,
+                dot: None
+            }))
+        );
+        assert!(!s.is_complete());
+        s.on_reply(&id("c"), Ok(ReplicaMsg::Ack));
+        assert!(s.is_complete());
+        // A read that cannot reach R fails the remove, which never starts.
+        let remove = Operation::Remove(vec![b"milk".to_vec()]);
+        let (mut s, _) =
+            ObserveSession::start(b"k".to_vec(), remove, route(&["a", "b", "c"], &[]), 2, 2);
+        s.on_reply(&id("a"), Err(down()));
+        let step = s.on_reply(&id("b"), Err(down()));
+        assert!(matches!(step.answer, Some(Err(_))), "{:?}", step.answer);
+        assert!(step.send.is_empty());
+        assert!(s.is_complete());
+    }
+
+    #[test]
     fn put_mints_at_the_first_target_then_writes_the_rest() {
         let (mut s, reqs) = put(&["a", "b", "c"], &[], 2);
         assert_eq!(reqs.len(), 1);
@@ -524,7 +637,13 @@ mod tests {
             vec![id("b"), id("c")]
         );
         let Step { send: _, answer } = s.on_reply(&id("c"), Ok(ReplicaMsg::Ack));
-        assert_eq!(answer, Some(Ok(Written { state, dot })));
+        assert_eq!(
+            answer,
+            Some(Ok(Written {
+                state,
+                dot: Some(dot)
+            }))
+        );
         assert!(!s.is_complete());
         s.on_reply(&id("b"), Err(down()));
         assert!(s.is_complete());
@@ -669,13 +788,11 @@ mod tests {
             targets,
             ..Route::default()
         };
-        let (mut s, _) = PutSession::start(
-            b"k".to_vec(),
-            Context::default(),
-            Value::Tombstone,
-            route,
-            2,
-        );
+        let mint = Mint::Version {
+            context: Context::default(),
+            value: Value::Tombstone,
+        };
+        let (mut s, _) = PutSession::start(b"k".to_vec(), mint, route, 2);
         let Step {
             send: writes,
             answer: _,
@@ -692,13 +809,11 @@ mod tests {
             fallbacks: vec![],
             pending: vec![id("new")],
         };
-        let (mut s, _) = PutSession::start(
-            b"k".to_vec(),
-            Context::default(),
-            Value::Tombstone,
-            route,
-            3,
-        );
+        let mint = Mint::Version {
+            context: Context::default(),
+            value: Value::Tombstone,
+        };
+        let (mut s, _) = PutSession::start(b"k".to_vec(), mint, route, 3);
         let Step {
             send: writes,
             answer: _,

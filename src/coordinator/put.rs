@@ -1,7 +1,9 @@
-//! A put or delete: the first target that can mints the new version, the
-//! minted sibling set goes to every other target, and the client is
-//! answered after W acknowledgements.
+//! A put, a delete or a data-type operation: the first target that can
+//! mints the new version (or applies the operation), the minted sibling
+//! set (or the operation's delta) goes to every other target, and the
+//! client is answered after W acknowledgements.
 
+use crate::crdt::{CausalContext, Operation};
 use crate::error::{Error, ErrorKind, Result};
 use crate::node::NodeId;
 use crate::replica::ReplicaMsg;
@@ -11,43 +13,52 @@ use super::route::Route;
 use super::tally::{Tally, Vote};
 use super::{Request, Step};
 
-/// A put's answer: the minted sibling set and the new value's dot.
+/// A put's answer: the minted sibling set and the new value's dot (None
+/// for a data-type operation, which mints no sibling).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
     pub state: SiblingSet,
-    pub dot: Dot,
+    pub dot: Option<Dot>,
+}
+
+/// What the minting target makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mint {
+    /// A new version (a tombstone: a delete) over what `context` covers.
+    Version { context: Context, value: Value },
+    /// A data-type operation's effect; `seen` is the context of the read a
+    /// remove is based on.
+    Operation {
+        operation: Operation,
+        seen: CausalContext,
+    },
 }
 
 pub struct PutSession {
     key: Vec<u8>,
-    context: Context,
-    value: Value,
+    mint: Mint,
     pub(super) tally: Tally,
     pending: Vec<NodeId>,
     /// Index of the target asked to mint; None once minted (or given up).
     minter: Option<usize>,
     written: Option<Written>,
+    /// What the other targets merge once minted: the minted set, or a
+    /// data-type operation's delta.
+    replicated: SiblingSet,
 }
 
 impl PutSession {
-    /// Starts a write of `value` (or a tombstone) over what `context` covers,
-    /// answering after `w` acknowledgements; `fallbacks` replace targets
-    /// that fail.
-    pub fn start(
-        key: Vec<u8>,
-        context: Context,
-        value: Value,
-        route: Route,
-        w: usize,
-    ) -> (Self, Vec<Request>) {
+    /// Starts a write of what `mint` says, answering after `w`
+    /// acknowledgements; `fallbacks` replace targets that fail.
+    pub fn start(key: Vec<u8>, mint: Mint, route: Route, w: usize) -> (Self, Vec<Request>) {
         let mut session = PutSession {
             key,
-            context,
-            value,
+            mint,
             tally: Tally::new(route.targets, route.fallbacks, w),
             pending: route.pending,
             minter: None,
             written: None,
+            replicated: SiblingSet::new(),
         };
         let requests = session.mint_with(0);
         (session, requests)
@@ -64,14 +75,24 @@ impl PutSession {
         self.minter = next;
         next.map(|i| {
             let t = &self.tally.targets[i];
+            let (key, hint_for) = (self.key.clone(), t.hint_for.clone());
+            let msg = match &self.mint {
+                Mint::Version { context, value } => ReplicaMsg::Update {
+                    key,
+                    context: context.clone(),
+                    value: value.clone(),
+                    hint_for,
+                },
+                Mint::Operation { operation, seen } => ReplicaMsg::Apply {
+                    key,
+                    operation: operation.clone(),
+                    seen: seen.clone(),
+                    hint_for,
+                },
+            };
             Request {
                 to: t.node.clone(),
-                msg: ReplicaMsg::Update {
-                    key: self.key.clone(),
-                    context: self.context.clone(),
-                    value: self.value.clone(),
-                    hint_for: t.hint_for.clone(),
-                },
+                msg,
             }
         })
         .into_iter()
@@ -91,6 +112,28 @@ impl PutSession {
         }
     }
 
+    /// Target `i` minted `written`: `replicated` (the minted set, or an
+    /// operation's delta) goes to every other target. Returns the writes.
+    fn minted(&mut self, i: usize, replicated: SiblingSet, written: Written) -> Vec<Request> {
+        self.tally.votes[i] = Vote::Yes;
+        self.minter = None;
+        self.replicated = replicated;
+        self.written = Some(written);
+        let mut next: Vec<Request> = (0..self.tally.targets.len())
+            .filter(|&j| self.tally.votes[j] == Vote::Waiting)
+            .map(|j| self.write_to(j, &self.replicated))
+            .collect();
+        next.extend(self.pending.iter().map(|node| Request {
+            to: node.clone(),
+            msg: ReplicaMsg::Write {
+                key: self.key.clone(),
+                state: self.replicated.clone(),
+                hint_for: None,
+            },
+        }));
+        next
+    }
+
     /// Takes a reply from `from`; returns requests to send next and the
     /// client's answer if it is now due.
     pub fn on_reply(&mut self, from: &NodeId, reply: Result<ReplicaMsg>) -> Step<Written> {
@@ -104,21 +147,17 @@ impl PutSession {
         let mut next = Vec::new();
         match (self.minter == Some(i), reply) {
             (true, Ok(ReplicaMsg::Updated { state, dot })) => {
-                self.tally.votes[i] = Vote::Yes;
-                self.minter = None;
-                next = (0..self.tally.targets.len())
-                    .filter(|&j| self.tally.votes[j] == Vote::Waiting)
-                    .map(|j| self.write_to(j, &state))
-                    .collect();
-                next.extend(self.pending.iter().map(|node| Request {
-                    to: node.clone(),
-                    msg: ReplicaMsg::Write {
-                        key: self.key.clone(),
-                        state: state.clone(),
-                        hint_for: None,
+                next = self.minted(
+                    i,
+                    state.clone(),
+                    Written {
+                        state,
+                        dot: Some(dot),
                     },
-                }));
-                self.written = Some(Written { state, dot });
+                )
+            }
+            (true, Ok(ReplicaMsg::Applied { state, delta })) => {
+                next = self.minted(i, delta, Written { state, dot: None })
             }
             (true, Err(e)) if e.kind() == ErrorKind::InvalidRequest => {
                 // The request itself is wrong; every replica would refuse it.
@@ -148,8 +187,10 @@ impl PutSession {
                 self.tally.votes[i] = Vote::Yes
             }
             (false, _) => {
-                if let (Some(j), Some(w)) = (self.tally.fail(i), &self.written) {
-                    next.push(self.write_to(j, &w.state));
+                if let Some(j) = self.tally.fail(i)
+                    && self.written.is_some()
+                {
+                    next.push(self.write_to(j, &self.replicated));
                 }
             }
         }

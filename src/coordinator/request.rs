@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::crdt::{CausalContext, Operation};
 use crate::error::{Error, Result};
 use crate::fencing;
 use crate::namespace::{self, Settings};
@@ -16,7 +17,7 @@ use crate::topology::Topology;
 use crate::version::{Context, Value};
 
 use super::route::Route;
-use super::{GetSession, PutSession, Request, Session};
+use super::{GetSession, Mint, ObserveSession, PutSession, Request, Session};
 
 /// The request limits of a node's configuration.
 #[derive(Debug, Clone)]
@@ -58,9 +59,12 @@ impl<'a> Write<'a> {
 
 /// A request ready to run as a session.
 pub struct Planned {
-    /// "get", "put" or "delete", for metrics and logs.
+    /// "get", "put", "delete" or a data-type operation's name, for
+    /// metrics and logs.
     pub op: &'static str,
     pub key: Vec<u8>,
+    /// The type of the key's namespace (what its client reply shows).
+    pub kind: namespace::Kind,
     pub partition: Partition,
     pub session: Session,
     /// The requests the session sends first.
@@ -81,12 +85,14 @@ impl Planner {
         self.check_key(&key)?;
         let (t, ring) = self.formed(t)?;
         let ns = self.namespace(t, &key)?;
+        let kind = ns.kind;
         let r = quorum("r", r, ns.r, ns.n)?;
         let (partition, route) = self.route(t, ring, &key, ns.n);
         let (session, initial) = GetSession::start(key.clone(), route, r);
         Ok(Planned {
             op: "get",
             key,
+            kind,
             partition,
             session: Session::Get(session),
             initial,
@@ -112,6 +118,18 @@ impl Planner {
         self.check_key(&key)?;
         let (t, ring) = self.formed(t)?;
         let ns = self.namespace(t, &key)?;
+        let kind = ns.kind;
+        if ns.kind != namespace::Kind::Blob {
+            let op = if value.is_tombstone() {
+                "delete"
+            } else {
+                "put"
+            };
+            return Err(Error::InvalidRequest(format!(
+                "{op} does not apply to a {} namespace (its keys change by operations: incr, sadd, srem)",
+                ns.kind.as_str(),
+            )));
+        }
         if value.len() > ns.max_value_bytes as usize {
             return Err(Error::InvalidRequest(format!(
                 "value of {} bytes exceeds the limit of {}",
@@ -134,12 +152,74 @@ impl Planner {
         } else {
             "put"
         };
-        let (session, initial) = PutSession::start(key.clone(), context, value, route, w);
+        let mint = Mint::Version { context, value };
+        let (session, initial) = PutSession::start(key.clone(), mint, route, w);
         Ok(Planned {
             op,
             key,
+            kind,
             partition,
             session: Session::Put(session),
+            initial,
+        })
+    }
+
+    /// A data-type operation on `key` (`context`: the opaque context of
+    /// an earlier read, or empty), at W = `w` (None: the namespace's). A
+    /// remove without a context reads at the namespace's R first.
+    pub fn apply(
+        &self,
+        t: Option<&Topology>,
+        key: Vec<u8>,
+        operation: Operation,
+        context: &[u8],
+        w: Option<u8>,
+    ) -> Result<Planned> {
+        self.check_key(&key)?;
+        let (t, ring) = self.formed(t)?;
+        let ns = self.namespace(t, &key)?;
+        let kind = ns.kind;
+        ns.kind.admit(&operation)?;
+        let members = operation.members();
+        if matches!(operation, Operation::Add(_) | Operation::Remove(_)) && members.is_empty() {
+            return Err(Error::InvalidRequest(format!(
+                "{} names no member",
+                operation.name()
+            )));
+        }
+        if let Some(m) = members
+            .iter()
+            .find(|m| m.is_empty() || m.len() > ns.max_value_bytes as usize)
+        {
+            return Err(Error::InvalidRequest(format!(
+                "a member of {} bytes: members are 1 to {} bytes (the namespace's max_value_bytes)",
+                m.len(),
+                ns.max_value_bytes
+            )));
+        }
+        let w = quorum("w", w, ns.w, ns.n)?;
+        let (partition, route) = self.route(t, ring, &key, ns.n);
+        let op = operation.name();
+        let (session, initial) = if operation.needs_context() && context.is_empty() {
+            let r = usize::from(ns.r);
+            let (s, initial) = ObserveSession::start(key.clone(), operation, route, r, w);
+            (Session::Observe(Box::new(s)), initial)
+        } else {
+            let seen = if context.is_empty() {
+                CausalContext::default()
+            } else {
+                CausalContext::from_bytes(context)?
+            };
+            let mint = Mint::Operation { operation, seen };
+            let (s, initial) = PutSession::start(key.clone(), mint, route, w);
+            (Session::Put(s), initial)
+        };
+        Ok(Planned {
+            op,
+            key,
+            kind,
+            partition,
+            session,
             initial,
         })
     }
@@ -333,7 +413,7 @@ mod tests {
         let key = |k: &[u8]| namespace::key_in(&carts, k).unwrap();
         let targets = |planned: Planned| match planned.session {
             Session::Put(s) => s.targets().len(),
-            Session::Get(_) => planned.initial.len(),
+            Session::Get(_) | Session::Observe(_) => planned.initial.len(),
         };
         let get = p.get(Some(&t), key(b"k"), None).unwrap();
         assert_eq!(targets(get), 2, "a read of the namespace's 2 replicas");
@@ -429,6 +509,94 @@ mod tests {
     }
 
     #[test]
+    fn a_data_type_takes_its_own_operations_only() {
+        use crate::crdt::Operation;
+        use crate::replica::ReplicaMsg;
+        let mut t = topology(&["a", "b", "c"], &[], &[], 16);
+        let p = planner("a");
+        let mut create = |name: &str, kind| {
+            let name = namespace::Name::new(name).unwrap();
+            let settings = Settings {
+                kind,
+                ..p.limits.defaults.clone()
+            };
+            std::sync::Arc::make_mut(&mut t.view)
+                .namespaces
+                .create(name.clone(), settings, &id("a"))
+                .unwrap();
+            move |k: &[u8]| namespace::key_in(&name, k).unwrap()
+        };
+        let carts = create("carts", namespace::Kind::Set);
+        let hits = create("hits", namespace::Kind::Counter);
+        let add = |m: &[u8]| Operation::Add(vec![m.to_vec()]);
+        let remove = Operation::Remove(vec![b"m".to_vec()]);
+        // A remove without a context reads first; with one, it is applied.
+        let planned = p
+            .apply(Some(&t), carts(b"k"), remove.clone(), &[], None)
+            .unwrap();
+        assert!(matches!(planned.session, Session::Observe(_)));
+        assert!(matches!(planned.initial[0].msg, ReplicaMsg::Read { .. }));
+        let seen = crate::crdt::CausalContext::default().to_bytes();
+        let planned = p.apply(Some(&t), carts(b"k"), remove, &seen, None).unwrap();
+        assert_eq!((planned.op, planned.kind), ("srem", namespace::Kind::Set));
+        assert!(matches!(planned.initial[0].msg, ReplicaMsg::Apply { .. }));
+        let planned = p.apply(Some(&t), hits(b"k"), Operation::Increment(-3), &[], None);
+        assert_eq!(planned.unwrap().op, "incr");
+        for (request, says) in [
+            (
+                p.apply(Some(&t), carts(b"k"), Operation::Increment(1), &[], None),
+                "incr does not apply to a set namespace",
+            ),
+            (
+                p.apply(Some(&t), hits(b"k"), add(b"m"), &[], None),
+                "sadd does not apply to a counter namespace",
+            ),
+            (
+                p.apply(Some(&t), b"k".to_vec(), add(b"m"), &[], None),
+                "sadd does not apply to a blob namespace",
+            ),
+            (
+                p.apply(Some(&t), carts(b"k"), Operation::Add(vec![]), &[], None),
+                "sadd names no member",
+            ),
+            (
+                p.apply(Some(&t), carts(b"k"), add(&[7; 17]), &[], None),
+                "a member of 17 bytes",
+            ),
+            (
+                p.apply(Some(&t), carts(b"k"), add(b""), &[], None),
+                "a member of 0 bytes",
+            ),
+            (
+                p.apply(Some(&t), carts(b"k"), add(b"m"), &[1, 2, 3], None),
+                "set context",
+            ),
+            (
+                p.write(
+                    Some(&t),
+                    carts(b"k"),
+                    Write::new(Value::Data(b"v".to_vec()), &[], None),
+                    0,
+                ),
+                "put does not apply to a set namespace",
+            ),
+            (
+                p.write(
+                    Some(&t),
+                    hits(b"k"),
+                    Write::new(Value::Tombstone, &[], None),
+                    0,
+                ),
+                "delete does not apply to a counter namespace",
+            ),
+        ] {
+            let (kind, message) = refused(request);
+            assert_eq!(kind, ErrorKind::InvalidRequest, "{message}");
+            assert!(message.contains(says), "{message:?} should say {says:?}");
+        }
+    }
+
+    #[test]
     fn no_ring_yet_is_unavailable_and_a_removed_node_refuses() {
         let p = planner("a");
         let (kind, _) = refused(p.get(None, b"k".to_vec(), None));
@@ -451,7 +619,7 @@ mod tests {
         let mut p = planner("a");
         let hints = |planned: Planned| match planned.session {
             Session::Put(s) => s.targets().iter().filter(|t| t.hint_for.is_some()).count(),
-            Session::Get(_) => 0,
+            Session::Get(_) | Session::Observe(_) => 0,
         };
         let with = p
             .write(

@@ -41,6 +41,12 @@ impl Tally {
         self.targets.iter().position(|t| &t.node == from)
     }
 
+    /// Whether `from` is a target that has not answered yet.
+    pub(super) fn awaits(&self, from: &NodeId) -> bool {
+        self.index_of(from)
+            .is_some_and(|i| self.votes[i] == Vote::Waiting)
+    }
+
     pub(super) fn has_fallback(&self) -> bool {
         !self.fallbacks.is_empty()
     }

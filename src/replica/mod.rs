@@ -26,10 +26,12 @@ mod collect;
 mod hinted;
 mod scan;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::crdt::{CausalContext, Operation, Typed};
 use crate::error::{Error, Result};
 use crate::hints::HintLog;
 use crate::merkle::{HashTree, Leaves, item_hash, segment_of};
@@ -37,7 +39,9 @@ use crate::namespace;
 use crate::node::NodeId;
 use crate::partition::Partition;
 use crate::placement::Scope;
-use crate::store::{Store, decode_state, encode_state, split_storage_key, storage_key, stored_key};
+use crate::store::{
+    Store, decode_state, decode_stored, encode_state, split_storage_key, storage_key, stored_key,
+};
 use crate::version::{Actor, Context, Dot, SiblingSet, Value};
 use collect::mark;
 
@@ -90,6 +94,25 @@ pub enum ReplicaMsg {
     Keys {
         keys: Vec<Vec<u8>>,
         scanned_to: Option<Vec<u8>>,
+    },
+    /// Apply a data-type operation here, as its minting replica (a typed
+    /// namespace's write); `seen` is the context of the read a remove is
+    /// based on. Answered with `Applied`. `hint_for` as for `Update`.
+    Apply {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        operation: Operation,
+        seen: CausalContext,
+        hint_for: Option<NodeId>,
+    },
+    /// What the client's answer to an `Apply` needs (a counter's whole
+    /// state, one entry per writer; for a set, the delta again: the answer
+    /// shows no members, as the whole set would cost its size on the
+    /// wire), and the operation's delta: what the other replicas merge
+    /// (`Write`), a few bytes whatever the size of the state.
+    Applied {
+        state: SiblingSet,
+        delta: SiblingSet,
     },
 }
 
@@ -147,13 +170,17 @@ pub struct OpenReport {
     pub partitions: usize,
     /// Records that could not be decoded (left in place, logged by the shell).
     pub corrupt: Vec<Vec<u8>>,
+    /// Records stored again in the current encoding.
+    pub upgraded: u64,
 }
 
 impl<S: Store> Replica<S> {
     /// Opens a replica over `store` (data) and `hints`, scanning the data
-    /// once to count keys and build every partition's hash tree.
+    /// once to count keys and build every partition's hash tree. A state
+    /// stored in the encoding before data types is stored again in the
+    /// current one (so every replica hashes a state's same bytes).
     pub fn open(
-        store: S,
+        mut store: S,
         hints: S,
         q: u32,
         actor: Actor,
@@ -168,15 +195,23 @@ impl<S: Store> Replica<S> {
             let chunk = store.scan(&[], after.as_deref(), SCAN_CHUNK)?;
             for (stored, value) in &chunk {
                 let (p, key) = split_storage_key(stored)?;
-                match decode_state(value) {
-                    Ok(state) => {
+                match decode_stored(value) {
+                    Ok((state, old)) => {
+                        let value: Cow<[u8]> = if old {
+                            let current = encode_state(&state);
+                            store.put(stored, &current)?;
+                            report.upgraded += 1;
+                            Cow::Owned(current)
+                        } else {
+                            Cow::Borrowed(value)
+                        };
                         if let Some(at) = state.ends_at() {
                             mark(&mut tombstoned, p, at);
                         }
                         trees.entry(p).or_default().leaves(key).update(
                             segment_of(key, q),
                             None,
-                            Some(item_hash(key, value)),
+                            Some(item_hash(key, &value)),
                         );
                         let u = usage.entry(p).or_default();
                         u.keys += 1;
@@ -304,6 +339,28 @@ impl<S: Store> Replica<S> {
         Ok((next, dot))
     }
 
+    /// Applies a data-type operation as its minting replica (see
+    /// `Typed::apply`); returns what the client's answer needs (see
+    /// `ReplicaMsg::Applied`) and the delta to replicate.
+    pub fn apply_typed(
+        &mut self,
+        key: &[u8],
+        operation: &Operation,
+        seen: &CausalContext,
+        hint_for: Option<&NodeId>,
+    ) -> Result<(SiblingSet, SiblingSet)> {
+        let (next, bytes) = self.stored(key)?.unzip();
+        let mut next = next.unwrap_or_default();
+        let delta = next.apply(self.actor, operation, seen)?;
+        self.record_hint(key, hint_for)?;
+        self.store_state(key, bytes, &next)?;
+        let answer = match next.typed() {
+            Some(counter @ Typed::Counter(_)) => counter.clone(),
+            _ => delta.clone(),
+        };
+        Ok((SiblingSet::of_typed(answer), SiblingSet::of_typed(delta)))
+    }
+
     /// Merges a sibling set minted elsewhere. Returns the merged local copy;
     /// writes nothing when the local copy already contains `incoming`.
     pub fn merge(
@@ -323,7 +380,8 @@ impl<S: Store> Replica<S> {
         Ok(merged)
     }
 
-    /// Serves one replica request (`Read`, `Update`, `Write` or `List`) at
+    /// Serves one replica request (`Read`, `Update`, `Write`, `List` or
+    /// `Apply`) at
     /// `now` (ms since the Unix epoch: a listing hides what expired by
     /// then) and returns its answer.
     pub fn apply(&mut self, msg: ReplicaMsg, now: u64) -> Result<ReplicaMsg> {
@@ -354,10 +412,21 @@ impl<S: Store> Replica<S> {
                 prefix,
                 limit,
             } => self.list(partition, after, &prefix, limit, now),
+            ReplicaMsg::Apply {
+                key,
+                operation,
+                seen,
+                hint_for,
+            } => {
+                let (state, delta) =
+                    self.apply_typed(&key, &operation, &seen, hint_for.as_ref())?;
+                Ok(ReplicaMsg::Applied { state, delta })
+            }
             ReplicaMsg::State { .. }
             | ReplicaMsg::Updated { .. }
             | ReplicaMsg::Ack
-            | ReplicaMsg::Keys { .. } => Err(Error::InvalidRequest(
+            | ReplicaMsg::Keys { .. }
+            | ReplicaMsg::Applied { .. } => Err(Error::InvalidRequest(
                 "a reply was sent to the replica as a request".into(),
             )),
         }
@@ -857,6 +926,82 @@ mod tests {
             crate::tombstones::collect(&mut r, &[(b"k2".to_vec(), live)]).unwrap(),
             0
         );
+    }
+
+    #[test]
+    fn an_operation_is_applied_once_at_its_minter_and_replicated_as_its_delta() {
+        use crate::crdt::Reading;
+        let mut minter = replica();
+        let mut other = Replica::open(MemStore::default(), MemStore::default(), 64, Actor(2), 5)
+            .unwrap()
+            .0;
+        let none = CausalContext::default();
+        let add = |m: &str| Operation::Add(vec![m.as_bytes().to_vec()]);
+        for i in 0..1000 {
+            let (_, delta) = minter
+                .apply_typed(b"s", &add(&i.to_string()), &none, None)
+                .unwrap();
+            other.merge(b"s", &delta, None).unwrap();
+        }
+        let (answer, delta) = minter.apply_typed(b"s", &add("milk"), &none, None).unwrap();
+        assert!(
+            encode_state(&delta).len() < 64,
+            "an add to a set of 1000 replicates {} bytes",
+            encode_state(&delta).len()
+        );
+        assert_eq!(answer, delta, "a set's answer carries no members");
+        other.merge(b"s", &delta, None).unwrap();
+        assert_eq!(minter.read(b"s").unwrap(), other.read(b"s").unwrap());
+        assert_eq!(minter.trees, other.trees, "the replicas' trees agree");
+        // A remove takes away only what its context saw.
+        let seen = minter.read(b"s").unwrap().typed().unwrap().context();
+        other
+            .apply_typed(b"s", &add("milk"), &none, None)
+            .map(|(_, d)| minter.merge(b"s", &d, None))
+            .unwrap()
+            .unwrap();
+        let remove = Operation::Remove(vec![b"milk".to_vec()]);
+        let (_, delta) = minter.apply_typed(b"s", &remove, &seen, None).unwrap();
+        other.merge(b"s", &delta, None).unwrap();
+        let members = |r: &Replica<MemStore>| match r.read(b"s").unwrap().typed().unwrap().reading()
+        {
+            Reading::Set(m) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            members(&minter).contains(&b"milk".to_vec()),
+            "the unseen add survives"
+        );
+        assert_eq!(members(&minter), members(&other));
+        // A counter answers its value; a wrong type is refused.
+        let incr = Operation::Increment(5);
+        let (answer, _) = minter.apply_typed(b"c", &incr, &none, None).unwrap();
+        assert_eq!(answer.typed().unwrap().reading(), Reading::Counter(5));
+        let e = minter.apply_typed(b"s", &incr, &none, None).unwrap_err();
+        assert!(e.to_string().contains("does not apply to a set"), "{e}");
+        assert_eq!(minter.read(b"s").unwrap(), other.read(b"s").unwrap());
+    }
+
+    #[test]
+    fn a_state_stored_before_data_types_is_stored_again_when_opened() {
+        let state = SiblingSet::new()
+            .update(&Context::default(), data("v"), Actor(1))
+            .unwrap();
+        let current = encode_state(&state);
+        // The old encoding: the same, without the data-type field (None
+        // is its last byte).
+        let old = &current[..current.len() - 1];
+        assert_eq!(decode_stored(old).unwrap(), (state.clone(), true));
+        let at = storage_key(Partition::of_key(b"k", 64), b"k");
+        let mut store = MemStore::default();
+        store.put(&at, old).unwrap();
+        let (r, report) = Replica::open(store, MemStore::default(), 64, Actor(1), 5).unwrap();
+        assert_eq!((report.keys, report.upgraded), (1, 1));
+        assert_eq!(r.store().map.get(&at), Some(&current));
+        assert_eq!(r.read(b"k").unwrap(), state);
+        let mut fresh = replica();
+        fresh.merge(b"k", &state, None).unwrap();
+        assert_eq!(r.trees, fresh.trees, "trees hash the current bytes");
     }
 
     #[test]

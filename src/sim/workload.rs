@@ -219,7 +219,10 @@ impl Sim {
                     at: self.now,
                 });
             }
-            Ok(Answer::Written(Written { state, dot })) => {
+            Ok(Answer::Written(Written {
+                state,
+                dot: Some(dot),
+            })) => {
                 if let Some(w) = write {
                     let write = &mut self.history.writes[w];
                     write.acked = Some(dot);
@@ -230,6 +233,8 @@ impl Sim {
                     });
                 }
             }
+            // A data-type operation mints no dot; this workload sends none.
+            Ok(Answer::Written(Written { dot: None, .. })) => {}
             Err(e) => {
                 self.history.failed += 1;
                 self.note(|| format!("client {c}: key-{key}: error: {e}"));

@@ -18,6 +18,12 @@
 //!   sent again: a retried DVV put could leave its value twice, as two
 //!   siblings (`Error::is_indeterminate`).
 //!
+//! In a namespace of a data type (counter, set) a key changes by
+//! operations (`incr`, `sadd`, `srem`) and reads (`fetch`) as one merged
+//! value, never siblings. An operation that failed as `indeterminate` may
+//! have been applied: adding a set member again is harmless, but an
+//! increment sent again may count twice, so it is never resent here.
+//!
 //! Every call, connecting included, ends within the client's timeout
 //! (`Options::timeout`, 10 s by default): a node that stopped answering
 //! (SIGSTOP, a dead host behind a live socket) costs a `timeout` error,
@@ -40,12 +46,13 @@ mod router;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dynakv::crdt::{Operation, Reading};
 use dynakv::handoff::{PlanChange, PlanReport};
 use dynakv::namespace;
 use dynakv::routing::{ClusterMap, DEFAULT_RING_REFRESH_MS, Routing};
 use dynakv::wire::{
-    ClientOp, ClientReply, Delete, Get, KeyOp, KeyReply, LocalCopy, NetFault, Put, PutExpiring,
-    StatusReport,
+    Apply, ClientOp, ClientReply, Delete, Get, KeyOp, KeyReply, LocalCopy, NetFault, Put,
+    PutExpiring, StatusReport,
 };
 use dynakv::{Error, NodeId, Result};
 use tokio::task::JoinHandle;
@@ -67,6 +74,22 @@ pub struct ReadResult {
 pub struct WriteResult {
     pub context: Vec<u8>,
     pub others: Vec<Vec<u8>>,
+}
+
+/// What a read of a key returns: its siblings (a blob namespace) or its
+/// merged value (a data type's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    Values(ReadResult),
+    Typed(TypedResult),
+}
+
+/// A data type's merged value, and the context a remove sends back so it
+/// takes away only the adds this read saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypedResult {
+    pub reading: Reading,
+    pub context: Vec<u8>,
 }
 
 /// One page of a listing: its keys, and the token of the next page (None:
@@ -269,15 +292,105 @@ impl Client {
         reply.and_then(answered).map_err(|f| f.error)
     }
 
+    /// Reads a key of a blob namespace: its siblings and context.
     pub async fn get(&self, key: &[u8], r: Option<u8>) -> Result<ReadResult> {
+        match self.read(key, r).await? {
+            Read::Values(read) => Ok(read),
+            Read::Typed(_) => Err(Error::InvalidRequest(
+                "the key is in a namespace of a data type: fetch it".into(),
+            )),
+        }
+    }
+
+    /// Reads a key of a data type's namespace: its merged value.
+    pub async fn fetch(&self, key: &[u8], r: Option<u8>) -> Result<TypedResult> {
+        match self.read(key, r).await? {
+            Read::Typed(typed) => Ok(typed),
+            Read::Values(_) => Err(Error::InvalidRequest(
+                "the key is in a blob namespace: get it".into(),
+            )),
+        }
+    }
+
+    /// Reads a key of any namespace.
+    pub async fn read(&self, key: &[u8], r: Option<u8>) -> Result<Read> {
         let op = KeyOp::Get(Get {
             key: self.stored(key)?,
             r,
         });
         match self.shared.call_key(op).await? {
-            ClientReply::Value { values, context } => Ok(ReadResult { values, context }),
+            ClientReply::Value { values, context } => {
+                Ok(Read::Values(ReadResult { values, context }))
+            }
+            ClientReply::Typed { reading, context } => {
+                Ok(Read::Typed(TypedResult { reading, context }))
+            }
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Adds `by` (negative: subtracts) to a counter; returns its value
+    /// after the increment, as its minting replica saw it.
+    pub async fn incr(&self, key: &[u8], by: i64, w: Option<u8>) -> Result<i64> {
+        match self.apply(key, Operation::Increment(by), &[], w).await? {
+            ClientReply::Typed {
+                reading: Reading::Counter(value),
+                ..
+            } => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Adds members to a set.
+    pub async fn sadd(&self, key: &[u8], members: &[&[u8]], w: Option<u8>) -> Result<()> {
+        let members = members.iter().map(|m| m.to_vec()).collect();
+        applied(self.apply(key, Operation::Add(members), &[], w).await?)
+    }
+
+    /// Removes members from a set: the adds of them that the read whose
+    /// `context` this is saw (empty: the coordinator reads at R first and
+    /// removes what it saw). An add concurrent with the remove survives.
+    pub async fn srem(
+        &self,
+        key: &[u8],
+        members: &[&[u8]],
+        context: &[u8],
+        w: Option<u8>,
+    ) -> Result<()> {
+        let members = members.iter().map(|m| m.to_vec()).collect();
+        applied(
+            self.apply(key, Operation::Remove(members), context, w)
+                .await?,
+        )
+    }
+
+    /// A set's members, sorted, and the context a remove sends back.
+    pub async fn smembers(&self, key: &[u8], r: Option<u8>) -> Result<(Vec<Vec<u8>>, Vec<u8>)> {
+        match self.fetch(key, r).await? {
+            TypedResult {
+                reading: Reading::Set(members),
+                context,
+            } => Ok((members, context)),
+            TypedResult { reading, .. } => Err(Error::InvalidRequest(format!(
+                "the key holds a {reading:?}, not a set"
+            ))),
+        }
+    }
+
+    async fn apply(
+        &self,
+        key: &[u8],
+        operation: Operation,
+        context: &[u8],
+        w: Option<u8>,
+    ) -> Result<ClientReply> {
+        let op = KeyOp::Apply(Apply {
+            key: self.stored(key)?,
+            operation,
+            context: context.to_vec(),
+            w,
+        });
+        self.shared.call_key(op).await
     }
 
     pub async fn put(
@@ -504,6 +617,14 @@ fn key_error(reply: KeyReply) -> Error {
     match reply {
         KeyReply::Error { kind, message } => Error::from_wire(kind, message),
         other => unexpected(other.into()),
+    }
+}
+
+/// A set operation's answer: written, nothing to show.
+fn applied(reply: ClientReply) -> Result<()> {
+    match reply {
+        ClientReply::Written { .. } => Ok(()),
+        other => Err(unexpected(other)),
     }
 }
 

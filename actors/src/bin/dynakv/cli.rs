@@ -116,6 +116,56 @@ pub enum Command {
         #[command(flatten)]
         target: KeyTarget,
     },
+    /// Add to a counter (a namespace of type counter); prints its value.
+    Incr {
+        key: String,
+        /// How much (negative: subtract).
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+        #[arg(long)]
+        w: Option<u8>,
+        /// Print {"value": N}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// Add members to a set (a namespace of type set).
+    Sadd {
+        key: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+        #[arg(long)]
+        w: Option<u8>,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// Remove members from a set: the adds of them that a read saw (the
+    /// one whose context is given, else the coordinator's own read). An
+    /// add concurrent with the remove survives it.
+    Srem {
+        key: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+        /// Context from an earlier smembers (base64url: it may begin with `-`).
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        context: String,
+        #[arg(long)]
+        w: Option<u8>,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// A set's members, one per line, and the context.
+    Smembers {
+        key: String,
+        #[arg(long)]
+        r: Option<u8>,
+        /// Print {"members": [...], "context": C}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
     /// Read many keys in one request: each key's siblings and context, or
     /// its error.
     Mget {
@@ -364,7 +414,9 @@ pub struct NsSettings {
     pub max_siblings: Option<u32>,
     #[arg(long, allow_hyphen_values = true)]
     pub max_value_bytes: Option<u32>,
-    /// What values are: blob (opaque values, siblings when concurrent).
+    /// What values are: blob (opaque values, siblings when concurrent),
+    /// counter or set (data types: changed by operations, read as one
+    /// merged value). It cannot change once created.
     #[arg(long = "type", allow_hyphen_values = true)]
     pub kind: Option<String>,
 }

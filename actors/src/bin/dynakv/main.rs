@@ -13,7 +13,7 @@ use dynakv::handoff::PlanChange;
 use dynakv::namespace::{Changes, Kind, Request, parse_ttl};
 use dynakv::wire::NetFault;
 use dynakv::{Error, NodeId, Result};
-use dynakv_actors::client::{Client, Options};
+use dynakv_actors::client::{Client, Options, Read};
 use dynakv_actors::events::Event;
 use dynakv_actors::{bench, dev, logging, node};
 use serde_json::json;
@@ -24,7 +24,8 @@ mod output;
 
 use cli::{Cli, ClusterCommand, Command, FaultCommand, KeyTarget, NsCommand, NsSettings};
 use output::{
-    emit, print_local, print_namespaces, print_plan, print_reads, print_status, show, text,
+    emit, print_local, print_namespaces, print_plan, print_reads, print_status, print_typed, show,
+    text,
 };
 
 // glibc malloc's arena locking and consolidation showed up at the top of the
@@ -222,6 +223,32 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             let after = after.as_deref().map(token_arg).transpose()?;
             (target, Op::List(prefix, limit, after, json))
         }
+        Command::Incr {
+            key,
+            by,
+            w,
+            json,
+            target,
+        } => (target, Op::Incr(key, by, w, json)),
+        Command::Sadd {
+            key,
+            members,
+            w,
+            target,
+        } => (target, Op::Sadd(key, members, w)),
+        Command::Srem {
+            key,
+            members,
+            context,
+            w,
+            target,
+        } => (target, Op::Srem(key, members, context_arg(&context)?, w)),
+        Command::Smembers {
+            key,
+            r,
+            json,
+            target,
+        } => (target, Op::Get(key, r, json)),
         Command::Inspect { key, json, target } => (target, Op::Inspect(key, json)),
         Command::Status { json, target } => (KeyTarget::any(target), Op::Status(json)),
         Command::Fault {
@@ -276,8 +303,30 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             let written = client.delete(key.as_bytes(), &ctx, w).await?;
             say!("{}", B64.encode(&written.context));
         }
+        Op::Incr(key, by, w, as_json) => {
+            let value = client.incr(key.as_bytes(), by, w).await?;
+            if as_json {
+                say!("{}", json!({ "value": value }));
+            } else {
+                say!("{value}");
+            }
+        }
+        Op::Sadd(key, members, w) => {
+            let members: Vec<&[u8]> = members.iter().map(|m| m.as_bytes()).collect();
+            client.sadd(key.as_bytes(), &members, w).await?;
+        }
+        Op::Srem(key, members, ctx, w) => {
+            let members: Vec<&[u8]> = members.iter().map(|m| m.as_bytes()).collect();
+            client.srem(key.as_bytes(), &members, &ctx, w).await?;
+        }
         Op::Get(key, r, as_json) => {
-            let read = client.get(key.as_bytes(), r).await?;
+            let read = match client.read(key.as_bytes(), r).await? {
+                Read::Values(read) => read,
+                Read::Typed(typed) => {
+                    print_typed(&typed, as_json);
+                    return Ok(());
+                }
+            };
             let context = B64.encode(&read.context);
             if as_json {
                 let values: Vec<_> = read.values.iter().map(|v| show(v)).collect();
@@ -466,6 +515,12 @@ enum Op {
     Inspect(String, bool),
     Status(bool),
     Fault(NetFault),
+    /// Key, amount, W, JSON.
+    Incr(String, i64, Option<u8>, bool),
+    /// Key, members, W.
+    Sadd(String, Vec<String>, Option<u8>),
+    /// Key, members, context, W.
+    Srem(String, Vec<String>, Vec<u8>, Option<u8>),
 }
 
 impl Op {
@@ -474,7 +529,14 @@ impl Op {
     fn routes(&self) -> bool {
         matches!(
             self,
-            Op::Put(..) | Op::Get(..) | Op::Mget(..) | Op::Delete(..) | Op::List(..)
+            Op::Put(..)
+                | Op::Get(..)
+                | Op::Mget(..)
+                | Op::Delete(..)
+                | Op::List(..)
+                | Op::Incr(..)
+                | Op::Sadd(..)
+                | Op::Srem(..)
         )
     }
 }

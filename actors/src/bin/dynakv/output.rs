@@ -3,11 +3,12 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use dynakv::crdt::Reading;
 use dynakv::handoff::PlanReport;
 use dynakv::namespace::Info;
 use dynakv::wire::{LocalCopy, StatusReport};
 use dynakv::{Error, Result};
-use dynakv_actors::client::ReadResult;
+use dynakv_actors::client::{ReadResult, TypedResult};
 use serde_json::json;
 
 /// Writes to stdout. A reader that went away (`dynakv status | head -3`)
@@ -49,6 +50,27 @@ pub fn show(value: &[u8]) -> serde_json::Value {
     }
 }
 
+/// A data type's value: `{"value": N}` or `{"members": [...], "context":
+/// C}` as JSON; as text, the number, or each member on a line and then the
+/// context.
+pub fn print_typed(typed: &TypedResult, as_json: bool) {
+    let context = B64.encode(&typed.context);
+    match (&typed.reading, as_json) {
+        (Reading::Counter(value), true) => say!("{}", json!({ "value": value })),
+        (Reading::Counter(value), false) => say!("{value}"),
+        (Reading::Set(members), true) => {
+            let members: Vec<_> = members.iter().map(|m| show(m)).collect();
+            say!("{}", json!({ "members": members, "context": context }));
+        }
+        (Reading::Set(members), false) => {
+            for m in members {
+                say!("{}", text(m));
+            }
+            say!("context: {context}");
+        }
+    }
+}
+
 pub fn print_plan(report: &PlanReport, as_json: bool) -> Result<()> {
     if as_json {
         let text = serde_json::to_string(report).map_err(|e| Error::Internal(e.to_string()))?;
@@ -78,6 +100,12 @@ pub fn print_plan(report: &PlanReport, as_json: bool) -> Result<()> {
 }
 
 pub fn print_local(local: &LocalCopy, as_json: bool) {
+    let reading = local.reading.as_ref().map(|reading| match reading {
+        Reading::Counter(value) => json!({ "value": value }),
+        Reading::Set(members) => {
+            json!({ "members": members.iter().map(|m| show(m)).collect::<Vec<_>>() })
+        }
+    });
     let siblings: Vec<_> = local
         .siblings
         .iter()
@@ -96,12 +124,15 @@ pub fn print_local(local: &LocalCopy, as_json: bool) {
                 "partition": local.partition,
                 "siblings": siblings,
                 "context": B64.encode(&local.context),
+                "typed": reading,
             })
         );
         return;
     }
     say!("node {} partition {}", local.node, local.partition);
-    if local.siblings.is_empty() {
+    if let Some(reading) = reading {
+        say!("{reading}");
+    } else if local.siblings.is_empty() {
         say!("(no local copy)");
     }
     for (actor, counter, value) in &local.siblings {

@@ -1,0 +1,237 @@
+//! Data types (counter, set) on a real 3-node cluster: clients send
+//! operations, reads return one merged value, never siblings, and every
+//! acknowledged operation survives partitions and restarts.
+
+#![allow(clippy::unwrap_used)] // tests panic on purpose
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use dynakv::crdt::Reading;
+use dynakv::namespace::{Changes, Kind, Request};
+use dynakv_actors::client::Client;
+use dynakv_actors::testkit::{Cluster, check, wait_for};
+use futures_util::future::join_all;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Creates namespace `name` of type `kind` and waits until every node of
+/// `nodes` serves it.
+async fn create(nodes: &[Client], name: &str, kind: &str) {
+    let changes = Changes {
+        kind: Some(Kind::parse(kind).unwrap()),
+        ..Changes::default()
+    };
+    let request = Request::Create {
+        name: name.into(),
+        changes,
+    };
+    nodes[0].change_namespace(request).await.unwrap();
+    wait_for(WAIT, "every node to know the namespace", || async {
+        for node in nodes {
+            node.in_namespace(name)?.fetch(b"probe", None).await?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+async fn clients(cluster: &Cluster, ns: &str) -> Vec<Client> {
+    let mut nodes = Vec::new();
+    for i in 0..cluster.len() {
+        nodes.push(cluster.client(i).await.unwrap().in_namespace(ns).unwrap());
+    }
+    nodes
+}
+
+/// The members of `key` as `node` reads them at R = `r`.
+async fn members(node: &Client, key: &[u8], r: Option<u8>) -> dynakv::Result<BTreeSet<Vec<u8>>> {
+    let (members, _) = node.smembers(key, r).await?;
+    Ok(members.into_iter().collect())
+}
+
+/// Waits until every node's own copy of `key` reads `expected`.
+async fn converged(nodes: &[Client], key: &[u8], expected: Reading) {
+    wait_for(WAIT, "every replica to hold the same value", || async {
+        for node in nodes {
+            let local = node.inspect(key).await?;
+            check(local.reading.as_ref() == Some(&expected), || {
+                format!("{} holds {:?}", local.node, local.reading)
+            })?;
+            check(local.siblings.is_empty(), || {
+                format!("{} holds siblings", local.node)
+            })?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[actix_rt::test]
+async fn the_cart_keeps_every_acknowledged_add_through_a_partition() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let nodes = clients(&cluster, "carts").await;
+    create(&nodes, "carts", "set").await;
+    // Six shoppers, two per node, each adding its own items to one cart.
+    let shoppers: Vec<(usize, &Client)> = (0..6).map(|s| (s, &nodes[s % 3])).collect();
+    let add_round = |round: usize| {
+        join_all(shoppers.iter().map(move |&(s, node)| async move {
+            let item = format!("item-{s}-{round}");
+            let added = node.sadd(b"cart", &[item.as_bytes()], None).await;
+            // Every read is one merged set, whatever is in flight.
+            node.smembers(b"cart", Some(1)).await.unwrap();
+            (item, added)
+        }))
+    };
+    let mut acked = BTreeSet::new();
+    let mut record = |results: Vec<(String, dynakv::Result<()>)>| {
+        for (item, added) in results {
+            if added.is_ok() {
+                acked.insert(item.into_bytes());
+            }
+        }
+    };
+    for round in 0..5 {
+        record(add_round(round).await);
+    }
+    cluster.partition(&[2]).await;
+    for round in 5..10 {
+        record(add_round(round).await);
+    }
+    cluster.heal().await;
+    for round in 10..15 {
+        record(add_round(round).await);
+    }
+    // The majority side took the adds sent to it while node 2 was away.
+    assert!(acked.len() >= 60, "only {} adds acknowledged", acked.len());
+    let all = members(&nodes[0], b"cart", Some(3)).await.unwrap();
+    let missing: Vec<_> = acked
+        .difference(&all)
+        .map(|m| String::from_utf8_lossy(m))
+        .collect();
+    assert!(missing.is_empty(), "acknowledged adds missing: {missing:?}");
+    let everything = Reading::Set(
+        wait_for(WAIT, "a read at R = 3 after the heal", || async {
+            members(&nodes[0], b"cart", Some(3)).await
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .collect(),
+    );
+    converged(&nodes, b"cart", everything).await;
+    cluster.stop().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn an_add_concurrent_with_a_remove_wins_and_an_observed_one_goes() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let nodes = clients(&cluster, "carts").await;
+    create(&nodes, "carts", "set").await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.sadd(b"cart", &[b"milk", b"eggs"], None).await.unwrap();
+    let (seen, context) = a.smembers(b"cart", None).await.unwrap();
+    assert_eq!(seen, [b"eggs".to_vec(), b"milk".to_vec()]);
+    // b adds milk again; a removes the milk it saw, not b's.
+    b.sadd(b"cart", &[b"milk"], None).await.unwrap();
+    a.srem(b"cart", &[b"milk", b"eggs"], &context, None)
+        .await
+        .unwrap();
+    let after = members(b, b"cart", Some(3)).await.unwrap();
+    assert_eq!(after, BTreeSet::from([b"milk".to_vec()]), "the add wins");
+    // A remove without a context removes what the coordinator's quorum
+    // read saw: every add acknowledged before it.
+    b.sadd(b"cart", &[b"milk"], None).await.unwrap();
+    a.srem(b"cart", &[b"milk"], &[], None).await.unwrap();
+    assert!(members(b, b"cart", Some(3)).await.unwrap().is_empty());
+    converged(&nodes, b"cart", Reading::Set(Vec::new())).await;
+    // Operations that do not fit the namespace are refused, naming why.
+    let e = a.incr(b"cart", 1, None).await.unwrap_err();
+    assert!(
+        e.to_string().contains("incr does not apply to a set"),
+        "{e}"
+    );
+    let e = a.put(b"cart", b"v", &[], None).await.unwrap_err();
+    assert!(e.to_string().contains("put does not apply"), "{e}");
+    let e = a.get(b"cart", None).await.unwrap_err();
+    assert!(e.to_string().contains("fetch it"), "{e}");
+    cluster.stop().await.unwrap();
+}
+
+/// Whether `total` is `base` plus the sum of some of `maybe`.
+fn within_subset_sums(total: i64, base: i64, maybe: &[i64]) -> bool {
+    let mut sums = BTreeSet::from([base]);
+    for m in maybe {
+        let more: Vec<i64> = sums.iter().map(|s| s + m).collect();
+        sums.extend(more);
+    }
+    sums.contains(&total)
+}
+
+#[actix_rt::test]
+async fn a_counter_counts_every_acknowledged_increment_across_partitions_and_restarts() {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    let nodes = clients(&cluster, "hits").await;
+    create(&nodes, "hits", "counter").await;
+    let mut acked = 0i64;
+    let mut unknown = Vec::new();
+    // Ten clients, each incrementing by its own amount, in rounds.
+    let round = |nodes: Vec<Client>| async move {
+        join_all((0..10i64).map(|c| {
+            let node = nodes[c as usize % nodes.len()].clone();
+            async move { (c + 1, node.incr(b"visits", c + 1, None).await) }
+        }))
+        .await
+    };
+    let mut tally = |results: Vec<(i64, dynakv::Result<i64>)>| {
+        for (by, done) in results {
+            match done {
+                Ok(_) => acked += by,
+                Err(_) => unknown.push(by),
+            }
+        }
+    };
+    for _ in 0..3 {
+        tally(round(nodes.clone()).await);
+    }
+    cluster.partition(&[2]).await;
+    for _ in 0..3 {
+        tally(round(nodes.clone()).await);
+    }
+    cluster.heal().await;
+    // A restart gives node 1 a fresh writer identity; its old entry stays.
+    cluster.restart_node(1).await.unwrap();
+    let nodes = clients(&cluster, "hits").await;
+    wait_for(WAIT, "the restarted node to serve", || async {
+        nodes[1].fetch(b"visits", None).await
+    })
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        tally(round(nodes.clone()).await);
+    }
+    assert!(acked > 0);
+    let value = wait_for(WAIT, "a read at R = 3", || async {
+        match nodes[0].fetch(b"visits", Some(3)).await?.reading {
+            Reading::Counter(v) => Ok(v),
+            other => panic!("{other:?}"),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        within_subset_sums(value, acked, &unknown),
+        "{value} is not {acked} acknowledged plus some of {unknown:?}"
+    );
+    converged(&nodes, b"visits", Reading::Counter(value)).await;
+    let e = nodes[0].sadd(b"visits", &[b"x"], None).await.unwrap_err();
+    assert!(
+        e.to_string().contains("sadd does not apply to a counter"),
+        "{e}"
+    );
+    let e = nodes[0].incr(b"visits", i64::MAX, None).await.unwrap_err();
+    assert!(e.to_string().contains("overflows"), "{e}");
+    cluster.stop().await.unwrap();
+}
