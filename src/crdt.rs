@@ -60,6 +60,20 @@ impl CausalContext {
             || self.cloud.contains(dot)
     }
 
+    /// Every dot seen, writer by writer (a delta's context is a few).
+    pub fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        let prefixes = self
+            .prefix
+            .iter()
+            .flat_map(|(&actor, &c)| (1..=c).map(move |counter| Dot { actor, counter }));
+        prefixes.chain(self.cloud.iter().copied())
+    }
+
+    /// Whether any dot of `actor` was seen.
+    fn dots_of(&self, actor: Actor) -> bool {
+        self.prefix.contains_key(&actor) || self.cloud.iter().any(|d| d.actor == actor)
+    }
+
     /// The next dot `actor` mints: above every dot of it seen here.
     pub fn next(&self, actor: Actor) -> Dot {
         let prefix = self.prefix.get(&actor).copied().unwrap_or(0);
@@ -327,6 +341,12 @@ impl Set {
         self.remove(member, &observed)
     }
 
+    /// Every member with the dot it is present under (a member added by
+    /// concurrent writers is present under each of their dots).
+    pub fn entries(&self) -> impl Iterator<Item = (Dot, &[u8])> {
+        self.kernel.entries.iter().map(|(d, m)| (*d, m.as_slice()))
+    }
+
     /// Every dot seen: what a reader of this state has observed.
     pub fn context(&self) -> &CausalContext {
         &self.kernel.context
@@ -456,6 +476,17 @@ impl Typed {
                 )));
             }
         })
+    }
+
+    /// Whether `actor` wrote to this state (a counter entry, a set dot):
+    /// a replica that drops such a copy must write as another actor from
+    /// then on, or its next operation would start below what it wrote
+    /// (an increment lost in the join, a dot minted twice).
+    pub fn written_by(&self, actor: Actor) -> bool {
+        match self {
+            Typed::Counter(c) => c.writers.contains_key(&actor),
+            Typed::Set(s) => s.context().dots_of(actor),
+        }
     }
 
     /// "counter" or "set".

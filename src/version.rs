@@ -254,6 +254,13 @@ impl SiblingSet {
         }
     }
 
+    /// Whether `actor` wrote anything this state holds or has seen (a
+    /// sibling's dot, a data type's entry or dot): a replica that drops
+    /// such a copy takes another actor (`Actor::successor`).
+    pub fn written_by(&self, actor: Actor) -> bool {
+        self.context().get(actor) > 0 || self.typed().is_some_and(|t| t.written_by(actor))
+    }
+
     /// The data-type state, for a key of a typed namespace.
     pub fn typed(&self) -> Option<&Typed> {
         self.typed.as_deref()

@@ -74,7 +74,7 @@ impl<S: Store> Replica<S> {
             self.hints.clear(owner, key)?;
             cleared += 1;
             if !keep(key) && !self.hints.is_hinted_for_anyone(key)? {
-                forgot_own |= state.context().get(self.actor) > 0;
+                forgot_own |= state.written_by(self.actor);
                 self.remove(key)?;
             }
         }

@@ -499,7 +499,7 @@ impl<S: Store> Replica<S> {
                 return Ok(());
             }
             keys.push(key.to_vec());
-            forgot_own |= decode_state(value).is_ok_and(|s| s.context().get(actor) > 0);
+            forgot_own |= decode_state(value).is_ok_and(|s| s.written_by(actor));
             Ok(())
         })?;
         for key in &keys {
@@ -1086,6 +1086,30 @@ mod tests {
         );
         assert_eq!(r.hinted(&owner, 10).unwrap()[0].0, b"stray");
         assert!(!r.read(b"mine").unwrap().is_empty() && !r.read(b"stray").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_replica_that_drops_a_counter_it_wrote_writes_as_another_actor() {
+        // The simulator found this: a stand-in incremented a counter,
+        // handed it off and dropped its copy, then incremented the key
+        // again from nothing as the same actor; its entry, now lower than
+        // the one it had handed off, lost the increment in the join.
+        let mut r = replica();
+        let owner = NodeId::new("owner").unwrap();
+        let by = |n| Operation::Increment(n);
+        let none = CausalContext::default();
+        let (state, _) = r.apply_typed(b"c", &by(5), &none, Some(&owner)).unwrap();
+        let before = r.actor();
+        let batch = r.hinted(&owner, 10).unwrap();
+        r.handed_off(&owner, &batch, |_| false).unwrap();
+        assert!(r.read(b"c").unwrap().is_empty());
+        assert_ne!(r.actor(), before, "a fresh writer");
+        let (_, delta) = r.apply_typed(b"c", &by(1), &none, None).unwrap();
+        let merged = r.merge(b"c", &state, None).unwrap().merge(&delta);
+        assert_eq!(
+            merged.typed().unwrap().reading(),
+            crate::crdt::Reading::Counter(6)
+        );
     }
 
     #[test]
