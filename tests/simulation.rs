@@ -23,26 +23,30 @@ fn traced(cfg: SimConfig, seed: u64, wanted: &[&str]) -> Outcome {
     o
 }
 
-fn run_seeds(cfg: &SimConfig, seeds: std::ops::Range<u64>) -> (u64, usize) {
-    let (mut events, mut acked) = (0, 0);
+/// Events, acknowledged writes and counter and set operations of the
+/// seeds' runs, each checked.
+fn run_seeds(cfg: &SimConfig, seeds: std::ops::Range<u64>) -> (u64, usize, usize) {
+    let (mut events, mut acked, mut typed) = (0, 0, 0);
     for seed in seeds {
         match check_seed(cfg, seed) {
             Ok(o) => {
                 events += o.events;
                 acked += o.acked_writes;
+                typed += o.typed_ops;
             }
             Err(report) => panic!("{report}"),
         }
     }
-    (events, acked)
+    (events, acked, typed)
 }
 
 #[test]
 fn no_acknowledged_write_is_lost_and_replicas_converge_under_faults() {
-    let (events, acked) = run_seeds(&SimConfig::default(), 1..201);
-    // The runs did real work: many writes were acknowledged through crashes,
-    // partitions, drops and duplicates.
+    let (events, acked, typed) = run_seeds(&SimConfig::default(), 1..201);
+    // The runs did real work: many writes and counter and set operations
+    // were acknowledged through crashes, partitions, drops and duplicates.
     assert!(acked > 20_000, "only {acked} acknowledged writes");
+    assert!(typed > 5_000, "only {typed} counter and set operations");
     assert!(events > 1_000_000, "only {events} events");
 }
 

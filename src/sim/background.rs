@@ -269,16 +269,12 @@ impl Sim {
                     };
                     for (peer, msg) in delete_writes(&place, &me, deleted) {
                         if let Some(to) = self.index(&peer) {
-                            let write = None;
-                            self.send(
-                                i,
-                                to,
-                                Msg::Replica {
-                                    session: 0,
-                                    write,
-                                    msg,
-                                },
-                            );
+                            let replica = Msg::Replica {
+                                session: 0,
+                                serves: None,
+                                msg,
+                            };
+                            self.send(i, to, replica);
                         }
                     }
                 }

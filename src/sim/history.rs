@@ -28,6 +28,8 @@ use std::collections::BTreeMap;
 
 use crate::version::{Context, Dot, SiblingSet};
 
+use super::typed::{SetRead, TypedOp};
+
 /// One client write (put or delete).
 #[derive(Debug, Clone)]
 pub struct Write {
@@ -58,6 +60,9 @@ pub struct Read {
 pub struct History {
     pub writes: Vec<Write>,
     pub reads: Vec<Read>,
+    /// Operations on typed keys, and reads of sets (`super::typed`).
+    pub typed: Vec<TypedOp>,
+    pub set_reads: Vec<SetRead>,
     /// Operations that failed or got no answer.
     pub failed: usize,
     /// Keys some replica collected a tombstone (or an expired value) of,

@@ -43,6 +43,7 @@ mod disk;
 pub mod history;
 mod nemesis;
 mod network;
+pub mod typed;
 mod workload;
 mod world;
 
@@ -124,6 +125,8 @@ pub struct Outcome {
     /// A hash of every event, in order: equal for equal seeds.
     pub digest: u64,
     pub acked_writes: usize,
+    /// Counter and set operations run (and checked).
+    pub typed_ops: usize,
     pub reads: usize,
     pub failed_ops: usize,
     pub crashes: usize,
@@ -179,8 +182,13 @@ const EXPIRING_TTL: u64 = 3_000;
 /// its keys have `n` = 4 at first, 2 once altered.
 const WIDE: &str = "wide";
 /// The namespaces the operator creates, then alters at a random time
-/// while the faults run: (name, TTL, n at first, n once altered).
-const NAMESPACES: [(&str, u64, u8, u8); 2] = [(EXPIRING, EXPIRING_TTL, 2, 3), (WIDE, 0, 4, 2)];
+/// while the faults run: (name, type, TTL, n at first, n once altered).
+const NAMESPACES: [(&str, namespace::Kind, u64, u8, u8); 4] = [
+    (EXPIRING, namespace::Kind::Blob, EXPIRING_TTL, 2, 3),
+    (WIDE, namespace::Kind::Blob, 0, 4, 2),
+    (typed::TALLY, namespace::Kind::Counter, 0, 3, 2),
+    (typed::CARTS, namespace::Kind::Set, 0, 2, 3),
+];
 /// How often the operator tries to create or alter them until it can.
 const CREATE_RETRY: u64 = 200;
 

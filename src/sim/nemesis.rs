@@ -84,7 +84,7 @@ impl Sim {
     /// is left alone.
     pub(super) fn change_namespaces(&mut self, alter: bool) {
         let defaults = planner(&self.cfg, 0).limits.defaults;
-        for (name, ttl_ms, first_n, then_n) in NAMESPACES {
+        for (name, kind, ttl_ms, first_n, then_n) in NAMESPACES {
             let n = if alter { then_n } else { first_n };
             let node = &mut self.nodes[0];
             let current = node.membership.view().namespaces.get(name).map(|s| s.n);
@@ -94,6 +94,7 @@ impl Sim {
             let changes = namespace::Changes {
                 n: Some(n),
                 ttl_ms: Some(ttl_ms),
+                kind: Some(kind),
                 ..namespace::Changes::default()
             };
             let name = name.to_string();

@@ -12,6 +12,7 @@ use crate::replica::ReplicaMsg;
 use crate::store::Entry;
 use crate::tombstones::{self, GcMsg};
 
+use super::world::Serves;
 use super::{Call, Event, MAX_DELAY, Sim, addr};
 
 /// Messages between simulated nodes.
@@ -20,8 +21,9 @@ pub(super) enum Msg {
     Gossip(GossipMsg),
     Replica {
         session: u64,
-        /// The client write this request serves (to record minted dots).
-        write: Option<usize>,
+        /// The client operation this request serves (to record what is
+        /// minted for it).
+        serves: Option<Serves>,
         msg: ReplicaMsg,
     },
     ReplicaReply {
@@ -136,12 +138,13 @@ impl Sim {
         {
             return;
         }
-        // A mint (`Update`) is not idempotent, and the Bridge never sends
-        // a request twice (TCP, no retries): it is not duplicated here.
+        // A mint (`Update`, `Apply`) is not idempotent, and the Bridge
+        // never sends a request twice (TCP, no retries): it is not
+        // duplicated here.
         let mints = matches!(
             msg,
             Msg::Replica {
-                msg: ReplicaMsg::Update { .. },
+                msg: ReplicaMsg::Update { .. } | ReplicaMsg::Apply { .. },
                 ..
             }
         );
@@ -203,17 +206,31 @@ impl Sim {
             }
             Msg::Replica {
                 session,
-                write,
+                serves,
                 msg,
             } => {
+                let seen = match &msg {
+                    ReplicaMsg::Apply { seen, .. } => Some(seen.clone()),
+                    _ => None,
+                };
                 let reply = self.nodes[to].replica.apply(msg, self.now);
-                if let (Some(w), Ok(ReplicaMsg::Updated { dot, .. })) = (write, &reply) {
-                    self.history.writes[w].dots.push(*dot);
-                    let line = format!(
-                        "n{to}: minted {dot} for write #{w} of key-{}",
-                        self.history.writes[w].key
-                    );
-                    self.note(|| line);
+                match (serves, &reply) {
+                    (Some(Serves::Write(w)), Ok(ReplicaMsg::Updated { dot, .. })) => {
+                        self.history.writes[w].dots.push(*dot);
+                        let line = format!(
+                            "n{to}: minted {dot} for write #{w} of key-{}",
+                            self.history.writes[w].key
+                        );
+                        self.note(|| line);
+                    }
+                    (Some(Serves::Typed(i)), Ok(ReplicaMsg::Applied { delta, .. })) => {
+                        let op = &mut self.history.typed[i];
+                        op.deltas.extend(delta.typed().cloned());
+                        op.seen = seen;
+                        let line = format!("n{to}: applied typed #{i} to key-{}", op.key);
+                        self.note(|| line);
+                    }
+                    _ => {}
                 }
                 if session != 0 {
                     self.send(to, from, Msg::ReplicaReply { session, reply });

@@ -1,4 +1,5 @@
-//! The clients: gets, puts with contexts, blind puts and deletes against
+//! The clients: gets, puts with contexts, blind puts and deletes, and
+//! counter and set operations on typed keys (`super::typed`), against
 //! random coordinators, run as coordinator sessions (the core's `Session`,
 //! as the Coordinator actor runs them), with every operation recorded in
 //! the history.
@@ -8,6 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::coordinator::{
     Outcome as Answer, Request, Session as CoreSession, Step, Write as WriteOp, Written,
 };
+use crate::crdt::CausalContext;
 use crate::error::Result;
 use crate::node::NodeId;
 use crate::replica::ReplicaMsg;
@@ -15,13 +17,19 @@ use crate::version::{Context, Value};
 
 use super::history::{Read, Write, describe};
 use super::network::Msg;
+use super::typed::{TYPED_KEYS, TypedOp};
+use super::world::Serves;
 use super::{ATTEMPT_TIMEOUT, DEADLINE, Event, Session, Sim, expiry, planner};
 
 #[derive(Debug, Clone, Copy)]
 pub(super) enum ClientOp {
     Get,
-    Put { blind: bool },
+    Put {
+        blind: bool,
+    },
     Delete,
+    /// A counter or set operation, or a read, on a typed key.
+    Typed,
 }
 
 #[derive(Default)]
@@ -29,6 +37,8 @@ pub(super) struct Client {
     /// The session and node of the operation under way.
     pub(super) waiting: Option<(usize, u64)>,
     pub(super) contexts: BTreeMap<usize, Context>,
+    /// The context of the last read of each set key.
+    pub(super) set_contexts: BTreeMap<usize, CausalContext>,
     pub(super) written: u64,
     /// An operator's client runs this script (key, operation) and nothing
     /// else; the others pick at random.
@@ -52,6 +62,10 @@ impl Sim {
                 Some(step) => step,
                 None => return,
             },
+            None if self.rng.below(4) == 0 => {
+                let j = self.rng.below(TYPED_KEYS as u64) as usize;
+                (self.typed_index(j), ClientOp::Typed)
+            }
             None => {
                 let key = self.rng.below(self.cfg.keys as u64) as usize;
                 let op = match self.rng.below(10) {
@@ -74,11 +88,35 @@ impl Sim {
         let topology = node.membership.topology();
         let planner = planner(&self.cfg, coordinator);
         let k = self.keys[key].clone();
-        let (planned, write) = match op {
+        let (planned, serves) = match op {
             ClientOp::Get => {
                 self.note(|| format!("client {c}: get key-{key} via n{coordinator}"));
                 (planner.get(Some(&topology), k, None), None)
             }
+            ClientOp::Typed => match self.typed_operation(c, key) {
+                None => {
+                    self.note(|| format!("client {c}: fetch key-{key} via n{coordinator}"));
+                    (planner.get(Some(&topology), k, None), None)
+                }
+                Some((operation, context)) => {
+                    let line = format!("client {c}: {operation:?} key-{key} via n{coordinator}");
+                    self.note(|| line);
+                    let planned =
+                        planner.apply(Some(&topology), k, operation.clone(), &context, None);
+                    let i = self.history.typed.len();
+                    if planned.is_ok() {
+                        self.history.typed.push(TypedOp {
+                            key,
+                            operation,
+                            acked: false,
+                            seen: None,
+                            deltas: Vec::new(),
+                            start: self.now,
+                        });
+                    }
+                    (planned, Some(Serves::Typed(i)))
+                }
+            },
             ClientOp::Put { .. } | ClientOp::Delete => {
                 let context = match op {
                     ClientOp::Put { blind: true } => Context::default(),
@@ -118,7 +156,7 @@ impl Sim {
                         describe(&value)
                     );
                     self.note(|| line);
-                    (planned, Some(w))
+                    (planned, Some(Serves::Write(w)))
                 }
             }
         };
@@ -135,7 +173,7 @@ impl Sim {
         let mut s = Session {
             client: c,
             key,
-            write,
+            serves,
             core,
         };
         let initial = s.core.initial_answer();
@@ -145,7 +183,7 @@ impl Sim {
             self.end_session(coordinator, session);
             return;
         }
-        self.send_requests(coordinator, session, write, requests);
+        self.send_requests(coordinator, session, serves, requests);
         let life = self.nodes[coordinator].life;
         self.schedule(
             self.now + DEADLINE,
@@ -161,7 +199,7 @@ impl Sim {
         &mut self,
         node: usize,
         session: u64,
-        write: Option<usize>,
+        serves: Option<Serves>,
         reqs: Vec<Request>,
     ) {
         let life = self.nodes[node].life;
@@ -174,7 +212,7 @@ impl Sim {
                 to,
                 Msg::Replica {
                     session,
-                    write,
+                    serves,
                     msg: r.msg,
                 },
             );
@@ -195,12 +233,16 @@ impl Sim {
         let Some(s) = self.nodes[node].sessions.get(&session) else {
             return;
         };
-        let (c, key, write) = (s.client, s.key, s.write);
+        let (c, key, serves) = (s.client, s.key, s.serves);
         if self.clients[c].waiting != Some((node, session)) {
             return;
         }
         self.clients[c].waiting = None;
         match answer {
+            Ok(Answer::Read(state)) if self.is_typed(key) => {
+                self.note(|| format!("client {c}: fetched key-{key} {:?}", state.typed()));
+                self.typed_read(c, key, &state);
+            }
             Ok(Answer::Read(state)) => {
                 let values: Vec<Vec<u8>> =
                     state.live_values(self.now).map(<[u8]>::to_vec).collect();
@@ -223,7 +265,7 @@ impl Sim {
                 state,
                 dot: Some(dot),
             })) => {
-                if let Some(w) = write {
+                if let Some(Serves::Write(w)) = serves {
                     let write = &mut self.history.writes[w];
                     write.acked = Some(dot);
                     write.end = Some(self.now);
@@ -233,8 +275,12 @@ impl Sim {
                     });
                 }
             }
-            // A data-type operation mints no dot; this workload sends none.
-            Ok(Answer::Written(Written { dot: None, .. })) => {}
+            Ok(Answer::Written(Written { dot: None, .. })) => {
+                if let Some(Serves::Typed(i)) = serves {
+                    self.history.typed[i].acked = true;
+                    self.note(|| format!("client {c}: typed #{i} of key-{key} acknowledged"));
+                }
+            }
             Err(e) => {
                 self.history.failed += 1;
                 self.note(|| format!("client {c}: key-{key}: error: {e}"));
@@ -265,11 +311,11 @@ impl Sim {
             return;
         };
         let Step { send: next, answer } = step(&mut s.core);
-        let (complete, write) = (s.core.is_complete(), s.write);
+        let (complete, serves) = (s.core.is_complete(), s.serves);
         if let Some(answer) = answer {
             self.answer(node, session, answer);
         }
-        self.send_requests(node, session, write, next);
+        self.send_requests(node, session, serves, next);
         if complete {
             self.end_session(node, session);
         }
@@ -301,7 +347,7 @@ impl Sim {
                     to,
                     Msg::Replica {
                         session: 0,
-                        write: None,
+                        serves: None,
                         msg: r.msg,
                     },
                 );

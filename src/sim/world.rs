@@ -20,6 +20,7 @@ use crate::version::{Actor, SiblingSet};
 use super::disk::Disk;
 use super::history::History;
 use super::network::Msg;
+use super::typed::{self, TYPED_KEYS, typed_key};
 use super::workload::{Client, ClientOp};
 use super::*;
 
@@ -118,11 +119,19 @@ impl Ord for Scheduled {
 }
 
 /// A coordinator session and the client operation it serves.
+/// The client operation a replica request serves, whose minting the
+/// history records.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Serves {
+    Write(usize),
+    Typed(usize),
+}
+
 pub(super) struct Session {
     pub(super) client: usize,
     pub(super) key: usize,
-    /// The client write it serves (None for a get).
-    pub(super) write: Option<usize>,
+    /// The client operation it serves (None for a get).
+    pub(super) serves: Option<Serves>,
     pub(super) core: CoreSession,
 }
 
@@ -276,7 +285,10 @@ impl Sim {
         let doomed = if cfg.removal { DOOMED_KEYS } else { 0 };
         let operator = usize::from(cfg.removal);
         let mut sim = Sim {
-            keys: (0..cfg.keys + doomed).map(sim_key).collect(),
+            keys: (0..cfg.keys + doomed)
+                .map(sim_key)
+                .chain((0..TYPED_KEYS).map(typed_key))
+                .collect(),
             clients: (0..cfg.clients + operator)
                 .map(|_| Client::default())
                 .collect(),
@@ -443,7 +455,13 @@ impl Sim {
                 // A removed node's disk is written off, with every write
                 // only it held.
                 self.history.removed = self.nodes.iter().filter(|n| n.removed()).count();
-                self.history.check(&finals, self.cfg.fsync_always).err()
+                let h = &self.history;
+                h.check(&finals, self.cfg.fsync_always)
+                    .and_then(|()| {
+                        let durable = self.cfg.fsync_always;
+                        typed::check(&h.typed, &h.set_reads, &finals, durable, h.removed)
+                    })
+                    .err()
             }
         };
         Outcome {
@@ -451,6 +469,7 @@ impl Sim {
             events: self.events,
             digest: self.digest,
             acked_writes: self.history.acked_writes(),
+            typed_ops: self.history.typed.len(),
             reads: self.history.reads.len(),
             failed_ops: self.history.failed,
             crashes: self.crashes,

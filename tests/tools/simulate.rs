@@ -60,13 +60,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let began = Instant::now();
-    let (mut events, mut acked, mut reads) = (0u64, 0usize, 0usize);
+    let (mut events, mut acked, mut reads, mut typed) = (0u64, 0usize, 0usize, 0usize);
     for seed in start..start.saturating_add(seeds) {
         match check_seed(&cfg, seed) {
             Ok(o) => {
                 events += o.events;
                 acked += o.acked_writes;
                 reads += o.reads;
+                typed += o.typed_ops;
             }
             Err(report) => {
                 eprintln!("{report}");
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "{seeds} seeds from {start} passed: {events} simulated events, {acked} acknowledged writes and {reads} reads checked, in {:.1} s",
+        "{seeds} seeds from {start} passed: {events} simulated events, {acked} acknowledged writes, {reads} reads and {typed} counter and set operations checked, in {:.1} s",
         began.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS

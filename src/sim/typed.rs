@@ -1,0 +1,312 @@
+//! The data-type workload: counter and set operations on keys of the
+//! namespaces `TALLY` (counters) and `CARTS` (add-wins sets), planned and
+//! run like every client request, and their exact checks.
+//!
+//! The simulator sees every operation a minting replica applied (its
+//! delta) and the context each remove was applied with, so the checks are
+//! exact:
+//!
+//! - applied once: no operation has two deltas (a retried or re-minted
+//!   increment would count twice);
+//! - counters: the final value is the sum of the acknowledged increments
+//!   plus some of the unacknowledged ones that a replica applied (all of
+//!   them while no node was written off);
+//! - sets: an add's dot is in the final set unless an applied operation's
+//!   delta removed it (a remove that observed it, or a later add of the
+//!   same member that replaced it), or it was not acknowledged and a
+//!   removed node may have held it alone; a remove removes only dots its
+//!   context observed; a dot an acknowledged operation removed never comes
+//!   back; every member read was added by someone.
+//!
+//! With power losses (`fsync = periodic`) an applied operation may be
+//! lost, so only the first and the last check run.
+
+use std::collections::BTreeSet;
+
+use crate::crdt::{CausalContext, Operation, Set, Typed};
+use crate::namespace;
+use crate::version::{Dot, SiblingSet};
+
+use super::Sim;
+
+/// The counters' namespace, created by the operator with the others.
+pub(super) const TALLY: &str = "tally";
+/// The sets' namespace.
+pub(super) const CARTS: &str = "carts";
+/// Typed keys: the even ones counters, the odd ones sets.
+pub(super) const TYPED_KEYS: usize = 4;
+/// Members are drawn from a few, so adds of one member race each other
+/// and the removes of it.
+const MEMBERS: u64 = 4;
+/// Increments by one of these: small, some negative.
+const AMOUNTS: [i64; 6] = [-2, -1, 1, 2, 3, 5];
+
+/// Typed key `j`'s stored form.
+pub(super) fn typed_key(j: usize) -> Vec<u8> {
+    let name = if j.is_multiple_of(2) { TALLY } else { CARTS };
+    let name = namespace::Name::new(name).expect("a valid name");
+    namespace::key_in(&name, format!("typed-{j}").as_bytes()).expect("a valid key")
+}
+
+/// One client operation on a typed key.
+#[derive(Debug, Clone)]
+pub struct TypedOp {
+    pub key: usize,
+    pub operation: Operation,
+    pub acked: bool,
+    /// What a remove was applied with (recorded as the minter received it).
+    pub seen: Option<CausalContext>,
+    /// Every delta a replica minted for it (more than one: applied twice).
+    pub deltas: Vec<Typed>,
+    pub start: u64,
+}
+
+/// One successful read of a set.
+#[derive(Debug, Clone)]
+pub struct SetRead {
+    pub key: usize,
+    pub members: Vec<Vec<u8>>,
+}
+
+/// The dots `delta` removes: seen in its context, not among its entries.
+fn removes(delta: &Typed, dot: Dot) -> bool {
+    match delta {
+        Typed::Set(s) => s.context().contains(&dot) && !s.entries().any(|(d, _)| d == dot),
+        Typed::Counter(_) => false,
+    }
+}
+
+fn set_of(state: &SiblingSet) -> Set {
+    match state.typed() {
+        Some(Typed::Set(s)) => s.clone(),
+        _ => Set::default(),
+    }
+}
+
+/// Whether `total` is `base` plus the sum of some of `maybe`.
+fn within_subset_sums(total: i64, base: i64, maybe: &[i64]) -> bool {
+    let mut sums = BTreeSet::from([base]);
+    for m in maybe {
+        let more: Vec<i64> = sums.iter().map(|s| s + m).collect();
+        sums.extend(more);
+    }
+    sums.contains(&total)
+}
+
+/// Checks the typed operations against the final state of every key
+/// (`finals[key]`); `durable` and `removed` as for `History::check`.
+pub fn check(
+    ops: &[TypedOp],
+    reads: &[SetRead],
+    finals: &[SiblingSet],
+    durable: bool,
+    removed: usize,
+) -> std::result::Result<(), String> {
+    if let Some(op) = ops.iter().find(|op| op.deltas.len() > 1) {
+        return Err(format!(
+            "{:?} on key-{} (started at {} ms) was applied {} times",
+            op.operation,
+            op.key,
+            op.start,
+            op.deltas.len()
+        ));
+    }
+    let added: BTreeSet<&[u8]> = ops
+        .iter()
+        .flat_map(|op| match &op.operation {
+            Operation::Add(members) => members.as_slice(),
+            _ => &[],
+        })
+        .map(Vec::as_slice)
+        .collect();
+    for read in reads {
+        if let Some(m) = read.members.iter().find(|m| !added.contains(m.as_slice())) {
+            return Err(format!(
+                "a read of key-{} returned {:?}, which nobody added",
+                read.key,
+                String::from_utf8_lossy(m)
+            ));
+        }
+    }
+    if !durable {
+        return Ok(());
+    }
+    let minted = |op: &&TypedOp| !op.deltas.is_empty();
+    for (key, state) in finals.iter().enumerate() {
+        let of_key = || ops.iter().filter(move |op| op.key == key);
+        if let Some(Typed::Counter(c)) = state.typed() {
+            let amount = |op: &TypedOp| match op.operation {
+                Operation::Increment(by) => by,
+                _ => 0,
+            };
+            let acked: i64 = of_key().filter(|op| op.acked).map(amount).sum();
+            let maybe: Vec<i64> = of_key()
+                .filter(|op| !op.acked && (minted(op) || removed > 0))
+                .map(amount)
+                .collect();
+            let all: i64 = of_key().filter(minted).map(amount).sum();
+            let value = i64::try_from(c.value()).unwrap_or(i64::MAX);
+            let exact = removed > 0 || value == all;
+            if !exact || !within_subset_sums(value, acked, &maybe) {
+                return Err(format!(
+                    "counter key-{key} is {value}: acknowledged {acked}, applied {all}, unacknowledged {maybe:?}"
+                ));
+            }
+        }
+        let set = set_of(state);
+        for op in of_key().filter(minted) {
+            let delta = &op.deltas[0];
+            let removed_by = |dot: Dot| {
+                of_key()
+                    .filter(minted)
+                    .any(|other| removes(&other.deltas[0], dot))
+            };
+            if let Typed::Set(d) = delta {
+                for (dot, member) in d.entries() {
+                    let present = set.entries().any(|(f, _)| f == dot);
+                    let written_off = !op.acked && removed > 0;
+                    if !present && !written_off && !removed_by(dot) {
+                        return Err(format!(
+                            "the add of {:?} to key-{key} (dot {dot}, started at {} ms, {}) was lost",
+                            String::from_utf8_lossy(member),
+                            op.start,
+                            if op.acked {
+                                "acknowledged"
+                            } else {
+                                "not acknowledged"
+                            }
+                        ));
+                    }
+                }
+            }
+            if let (Operation::Remove(_), Some(seen), Typed::Set(d)) =
+                (&op.operation, &op.seen, delta)
+                && let Some(dot) = d.context().dots().find(|dot| !seen.contains(dot))
+            {
+                return Err(format!(
+                    "a remove on key-{key} (started at {} ms) took away {dot}, which it never observed",
+                    op.start
+                ));
+            }
+            if (op.acked || removed == 0)
+                && let Some((dot, member)) = set.entries().find(|(dot, _)| removes(delta, *dot))
+            {
+                return Err(format!(
+                    "{:?} came back to key-{key} as {dot}, though {:?} (started at {} ms) removed it",
+                    String::from_utf8_lossy(member),
+                    op.operation,
+                    op.start
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Sim {
+    /// The index of typed key `j` among the simulation's keys (after the
+    /// others).
+    pub(super) fn typed_index(&self, j: usize) -> usize {
+        self.keys.len() - TYPED_KEYS + j
+    }
+
+    /// Whether key `k` is a typed one.
+    pub(super) fn is_typed(&self, k: usize) -> bool {
+        k >= self.keys.len() - TYPED_KEYS
+    }
+
+    /// Picks client `c`'s next operation on typed key `k`: None for a read.
+    pub(super) fn typed_operation(&mut self, c: usize, k: usize) -> Option<(Operation, Vec<u8>)> {
+        let counter = (k - self.typed_index(0)).is_multiple_of(2);
+        let member = format!("m{}", self.rng.below(MEMBERS)).into_bytes();
+        match (counter, self.rng.below(6)) {
+            (_, 5) => None,
+            (true, _) => {
+                let by = AMOUNTS[self.rng.below(AMOUNTS.len() as u64) as usize];
+                Some((Operation::Increment(by), Vec::new()))
+            }
+            (false, 0..=2) => Some((Operation::Add(vec![member]), Vec::new())),
+            (false, _) => {
+                // Half the removes send the context of the client's last
+                // read of the key, half none (the coordinator reads first).
+                let context = match self.clients[c].set_contexts.get(&k) {
+                    Some(seen) if self.rng.below(2) == 0 => seen.to_bytes(),
+                    _ => Vec::new(),
+                };
+                Some((Operation::Remove(vec![member]), context))
+            }
+        }
+    }
+
+    /// Records a read of typed key `k` by client `c`; its context is what
+    /// the client's next removes of the key may send.
+    pub(super) fn typed_read(&mut self, c: usize, k: usize, state: &SiblingSet) {
+        if let Some(Typed::Set(set)) = state.typed() {
+            self.clients[c]
+                .set_contexts
+                .insert(k, set.context().clone());
+            self.history.set_reads.push(SetRead {
+                key: k,
+                members: set.members().into_iter().map(<[u8]>::to_vec).collect(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::Actor;
+
+    fn op(operation: Operation, acked: bool, deltas: Vec<Typed>) -> TypedOp {
+        TypedOp {
+            key: 0,
+            operation,
+            acked,
+            seen: None,
+            deltas,
+            start: 0,
+        }
+    }
+
+    /// The checks can fail: a lost increment, an increment applied twice,
+    /// a lost add and a resurrected member are each found.
+    #[test]
+    fn the_checks_find_lost_double_and_resurrected_operations() {
+        let mut counter = None;
+        let by3 = Operation::Increment(3);
+        let none = CausalContext::default();
+        let d = Typed::apply(&mut counter, Actor(1), &by3, &none).unwrap();
+        let finals = vec![SiblingSet::of_typed(counter.clone().unwrap())];
+        let ok = [op(by3.clone(), true, vec![d.clone()])];
+        assert_eq!(check(&ok, &[], &finals, true, 0), Ok(()));
+        let lost = [ok[0].clone(), op(by3.clone(), true, vec![d.clone()])];
+        assert!(check(&lost, &[], &finals, true, 0).is_err());
+        let twice = [op(by3, true, vec![d.clone(), d])];
+        assert!(check(&twice, &[], &finals, true, 0).is_err());
+
+        let mut set = None;
+        let add = Operation::Add(vec![b"m".to_vec()]);
+        let added = Typed::apply(&mut set, Actor(1), &add, &none).unwrap();
+        let empty = vec![SiblingSet::of_typed(Typed::Set(Set::default()))];
+        let adds = [op(add.clone(), true, vec![added.clone()])];
+        assert!(check(&adds, &[], &empty, true, 0).is_err(), "a lost add");
+        let full = vec![SiblingSet::of_typed(set.clone().unwrap())];
+        assert_eq!(check(&adds, &[], &full, true, 0), Ok(()));
+        let Some(Typed::Set(s)) = &set else { panic!() };
+        let remove = Operation::Remove(vec![b"m".to_vec()]);
+        let removed = Typed::apply(&mut set.clone(), Actor(2), &remove, s.context()).unwrap();
+        let mut with_remove = vec![op(add, true, vec![added]), op(remove, true, vec![removed])];
+        with_remove[1].seen = Some(s.context().clone());
+        assert!(
+            check(&with_remove, &[], &full, true, 0).is_err(),
+            "a removed member came back"
+        );
+        assert_eq!(check(&with_remove, &[], &empty, true, 0), Ok(()));
+        let phantom = [SetRead {
+            key: 0,
+            members: vec![b"x".to_vec()],
+        }];
+        assert!(check(&with_remove, &phantom, &empty, true, 0).is_err());
+    }
+}
