@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
+use dynakv::crdt::Reading;
 use dynakv::namespace::{Changes, Request};
-use dynakv_actors::bench::{self, Spec};
+use dynakv_actors::bench::{self, Op, Spec};
 use dynakv_actors::testkit::{Cluster, wait_for};
 
 #[actix_rt::test]
@@ -153,6 +154,48 @@ async fn a_run_in_a_namespace_writes_its_keys_there() {
             .keys
             .is_empty()
     );
+    cluster.stop().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn incr_and_sadd_run_beside_puts_in_namespaces_of_their_types() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let spec = Spec {
+        nodes: vec![cluster.config(0).node.client_addr.clone()],
+        cluster: cluster.config(0).cluster.name.clone(),
+        token: None,
+        namespace: "default".into(),
+        routing: Default::default(),
+        clients: 2,
+        duration: Duration::from_millis(500),
+        value_size: 64,
+        keys: 4,
+        mix: "put=1,incr=1,sadd=1".parse().unwrap(),
+        r: None,
+        w: Some(3),
+        preload: false,
+        check: false,
+        rate: None,
+        progress: false,
+    };
+    let report = bench::run(spec).await.unwrap();
+    assert!(report.tally.errors.is_empty(), "{:?}", report.tally.errors);
+    let done = |op| report.tally.ops.get(&op).map_or(0, |s| s.ok);
+    assert!(done(Op::Incr) > 0 && done(Op::Sadd) > 0 && done(Op::Put) > 0);
+    // Each increment and each add took effect, once (W = 3: every replica).
+    let client = cluster.client(1).await.unwrap();
+    let (mut counted, mut members) = (0, 0);
+    for n in 0..4 {
+        let key = format!("bench-{n}");
+        let counters = client.in_namespace("bench-counters").unwrap();
+        if let Reading::Counter(v) = counters.fetch(key.as_bytes(), None).await.unwrap().reading {
+            counted += v as u64;
+        }
+        let sets = client.in_namespace("bench-sets").unwrap();
+        members += sets.smembers(key.as_bytes(), None).await.unwrap().0.len() as u64;
+    }
+    assert_eq!(counted, done(Op::Incr));
+    assert_eq!(members, done(Op::Sadd));
     cluster.stop().await.unwrap();
 }
 

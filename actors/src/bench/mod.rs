@@ -12,6 +12,11 @@
 //!
 //! Values carry the writer and a sequence number in their first 12 bytes.
 //!
+//! `incr` and `sadd` run against the same key names in the namespaces
+//! `bench-counters` (type counter) and `bench-sets` (type set), which the
+//! bench creates if they do not exist: an increment by 1, and an add of a
+//! new random member (so a set grows by one member per add).
+//!
 //! By default each client sends its next request as soon as the last is
 //! answered (a closed loop, like redis-benchmark), so a server that stalls
 //! also stops the load and only the requests in flight see the stall.
@@ -25,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use dynakv::namespace::{Changes, Kind, Request};
 use dynakv::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -40,6 +46,13 @@ pub use spec::{Mix, Op, Spec};
 const STAMP: usize = 12;
 /// Latencies are recorded in microseconds up to a minute.
 const MAX_MICROS: u64 = 60_000_000;
+/// Where `incr` and `sadd` run.
+const COUNTERS: &str = "bench-counters";
+const SETS: &str = "bench-sets";
+/// How long a namespace the bench created may take to reach every node,
+/// and the keys read (from their coordinators) to see that it did.
+const NAMESPACE_WAIT: Duration = Duration::from_secs(30);
+const PROBES: u64 = 32;
 
 /// The last acknowledged write of a key by its owner.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +65,9 @@ enum Last {
 struct Worker {
     id: u32,
     client: Arc<Client>,
+    /// The same client in `bench-counters` and `bench-sets`.
+    counters: Arc<Client>,
+    sets: Arc<Client>,
     spec: Arc<Spec>,
     /// Context of the last write of each own key.
     contexts: HashMap<u64, Vec<u8>>,
@@ -105,6 +121,16 @@ impl Worker {
         Ok(())
     }
 
+    async fn incr(&mut self, n: u64) -> Result<()> {
+        self.counters.incr(&key_name(n), 1, self.spec.w).await?;
+        Ok(())
+    }
+
+    async fn sadd(&mut self, n: u64) -> Result<()> {
+        let member = self.rng.u64(..).to_be_bytes();
+        self.sets.sadd(&key_name(n), &[&member], self.spec.w).await
+    }
+
     async fn get(&mut self, n: u64) -> Result<()> {
         let read = self.client.get(&key_name(n), self.spec.r).await?;
         if let Some(last) = self.last.get(&n).copied() {
@@ -129,6 +155,8 @@ impl Worker {
             Op::Get => self.get(n).await,
             Op::Put => self.put(n).await,
             Op::Delete => self.delete(n).await,
+            Op::Incr => self.incr(n).await,
+            Op::Sadd => self.sadd(n).await,
         };
         match done {
             Ok(()) => self
@@ -204,11 +232,16 @@ pub async fn run(spec: Spec) -> Result<Report> {
         ..Options::default()
     };
     let client = Client::connect_cluster(&seeds, options).await?;
+    let counters =
+        Arc::new(typed_namespace(&client, &spec, Op::Incr, COUNTERS, Kind::Counter).await?);
+    let sets = Arc::new(typed_namespace(&client, &spec, Op::Sadd, SETS, Kind::Set).await?);
     let client = Arc::new(client.in_namespace(&spec.namespace)?);
     for id in 0..spec.clients {
         workers.push(Worker {
             id: id as u32,
             client: client.clone(),
+            counters: counters.clone(),
+            sets: sets.clone(),
             spec: spec.clone(),
             contexts: HashMap::new(),
             last: HashMap::new(),
@@ -305,6 +338,54 @@ pub async fn run(spec: Spec) -> Result<Report> {
         tally,
         preload,
     })
+}
+
+/// The client in namespace `name` of type `kind`, created if the mix runs
+/// `op` and it does not exist yet (then waited for until the node the
+/// client routes to serves it).
+async fn typed_namespace(
+    client: &Client,
+    spec: &Spec,
+    op: Op,
+    name: &str,
+    kind: Kind,
+) -> Result<Client> {
+    let typed = client.in_namespace(name)?;
+    if spec.mix.weight(op) == 0 {
+        return Ok(typed);
+    }
+    let show = Request::Show { name: name.into() };
+    match client.namespaces(show).await {
+        Ok(found) if found.iter().all(|i| i.settings.kind == kind) => return Ok(typed),
+        Ok(_) => {
+            return Err(Error::InvalidRequest(format!(
+                "namespace {name} exists, but not as a {}: drop it to bench {}",
+                kind.as_str(),
+                op.name()
+            )));
+        }
+        Err(_) => {}
+    }
+    let changes = Changes {
+        kind: Some(kind),
+        ..Changes::default()
+    };
+    let create = Request::Create {
+        name: name.into(),
+        changes,
+    };
+    client.change_namespace(create).await?;
+    // Keys spread over the nodes: each coordinator must know it.
+    let deadline = Instant::now() + NAMESPACE_WAIT;
+    for n in 0..PROBES {
+        while let Err(e) = typed.fetch(&key_name(n), None).await {
+            if Instant::now() >= deadline {
+                return Err(e);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(typed)
 }
 
 #[cfg(test)]

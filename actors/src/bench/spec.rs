@@ -13,16 +13,22 @@ pub enum Op {
     Get,
     Put,
     Delete,
+    /// An increment of a counter in the namespace `bench-counters`.
+    Incr,
+    /// An add of a new member to a set in the namespace `bench-sets`.
+    Sadd,
 }
 
 impl Op {
-    pub(super) const ALL: [Op; 3] = [Op::Get, Op::Put, Op::Delete];
+    pub(super) const ALL: [Op; 5] = [Op::Get, Op::Put, Op::Delete, Op::Incr, Op::Sadd];
 
     pub fn name(self) -> &'static str {
         match self {
             Op::Get => "get",
             Op::Put => "put",
             Op::Delete => "delete",
+            Op::Incr => "incr",
+            Op::Sadd => "sadd",
         }
     }
 }
@@ -30,7 +36,7 @@ impl Op {
 /// Relative weights of the operations, e.g. `get=50,put=50`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mix {
-    weights: [u32; 3],
+    weights: [u32; Op::ALL.len()],
 }
 
 impl Mix {
@@ -58,7 +64,7 @@ impl FromStr for Mix {
     type Err = String;
 
     fn from_str(text: &str) -> std::result::Result<Mix, String> {
-        let mut weights = [0u32; 3];
+        let mut weights = [0u32; Op::ALL.len()];
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, weight) = part
                 .split_once('=')
@@ -66,7 +72,9 @@ impl FromStr for Mix {
             let op = Op::ALL
                 .into_iter()
                 .find(|op| op.name() == name.trim())
-                .ok_or_else(|| format!("unknown operation {name:?} (get, put, delete)"))?;
+                .ok_or_else(|| {
+                    format!("unknown operation {name:?} (get, put, delete, incr, sadd)")
+                })?;
             weights[op as usize] = weight
                 .trim()
                 .parse::<u32>()
@@ -157,6 +165,9 @@ mod tests {
         let picks: Vec<Op> = (0..4).map(|r| mix.pick(r)).collect();
         assert_eq!(picks, vec![Op::Get, Op::Get, Op::Get, Op::Put]);
         assert_eq!(mix.pick(7), Op::Put);
+        let typed: Mix = "put=1,incr=1,sadd=1".parse().unwrap();
+        let picks: Vec<Op> = (0..3).map(|r| typed.pick(r)).collect();
+        assert_eq!(picks, vec![Op::Put, Op::Incr, Op::Sadd]);
         for bad in ["", "get=0", "scan=1", "get", "get=-1", "get=x"] {
             assert!(bad.parse::<Mix>().is_err(), "{bad:?}");
         }

@@ -249,7 +249,9 @@ pub enum Command {
         /// Keys are bench-0 .. bench-(K-1).
         #[arg(long, default_value_t = 100_000)]
         keys: u64,
-        /// Operation weights, e.g. get=50,put=50 (get, put, delete).
+        /// Operation weights, e.g. get=50,put=50 (get, put, delete; incr
+        /// and sadd on the same key names in the namespaces bench-counters
+        /// and bench-sets, created if absent).
         #[arg(long, default_value = "get=50,put=50")]
         mix: dynakv_actors::bench::Mix,
         #[arg(long)]
