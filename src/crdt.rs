@@ -32,6 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 
 use crate::error::{Error, Result};
 use crate::version::{Actor, Dot};
@@ -58,6 +59,11 @@ impl CausalContext {
             .get(&dot.actor)
             .is_some_and(|&c| dot.counter <= c)
             || self.cloud.contains(dot)
+    }
+
+    /// How many dots it holds.
+    pub fn size(&self) -> u64 {
+        self.prefix.values().sum::<u64>() + self.cloud.len() as u64
     }
 
     /// Every dot seen, writer by writer (a delta's context is a few).
@@ -168,60 +174,6 @@ impl CausalContext {
     }
 }
 
-/// Values named by dots, and the context of every dot seen: the part the
-/// dotted types share. An entry the other side has seen and no longer
-/// holds was removed there, and goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DotKernel<V> {
-    entries: BTreeMap<Dot, V>,
-    context: CausalContext,
-}
-
-impl<V> Default for DotKernel<V> {
-    fn default() -> Self {
-        DotKernel {
-            entries: BTreeMap::new(),
-            context: CausalContext::default(),
-        }
-    }
-}
-
-impl<V: Clone + PartialEq> DotKernel<V> {
-    pub fn join(&mut self, other: &DotKernel<V>) {
-        let context = &self.context;
-        self.entries
-            .retain(|dot, _| other.entries.contains_key(dot) || !other.context.contains(dot));
-        for (dot, value) in &other.entries {
-            if !self.entries.contains_key(dot) && !context.contains(dot) {
-                self.entries.insert(*dot, value.clone());
-            }
-        }
-        self.context.join(&other.context);
-    }
-
-    /// Adds `value` under `actor`'s next dot; returns the delta.
-    fn add(&mut self, actor: Actor, value: V) -> DotKernel<V> {
-        let dot = self.context.next(actor);
-        self.entries.insert(dot, value.clone());
-        self.context.insert(dot);
-        let mut delta = DotKernel::default();
-        delta.entries.insert(dot, value);
-        delta.context.insert(dot);
-        delta
-    }
-
-    /// Removes the entries of `dots`; returns the delta (their dots, seen,
-    /// and no entry).
-    fn remove(&mut self, dots: &[Dot]) -> DotKernel<V> {
-        let mut delta = DotKernel::default();
-        for dot in dots {
-            self.entries.remove(dot);
-            delta.context.insert(*dot);
-        }
-        delta
-    }
-}
-
 /// An exact counter: per writer, the sums of its increments and of its
 /// decrements (each only grows, so the join is the larger of each).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,40 +231,118 @@ impl Counter {
     }
 }
 
-/// An add-wins set of byte strings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// An add-wins set of byte strings: each member under the dots of the
+/// adds that keep it, and the context of every dot seen. A dot the other
+/// side has seen and no longer holds was removed there, and goes.
+///
+/// `index` (member to dots) is derived from `entries`, not stored or sent:
+/// a member's dots are found without a scan, and a delta joins into a set
+/// of any size in time proportional to the delta.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Set {
-    kernel: DotKernel<Vec<u8>>,
+    entries: BTreeMap<Dot, ByteBuf>,
+    context: CausalContext,
+    index: BTreeMap<Vec<u8>, BTreeSet<Dot>>,
+}
+
+/// A set as stored and sent: its entries and context.
+#[derive(Serialize, Deserialize)]
+struct SetState<E, C> {
+    entries: E,
+    context: C,
+}
+
+impl Serialize for Set {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        SetState {
+            entries: &self.entries,
+            context: &self.context,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Set {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Set, D::Error> {
+        let state = SetState::<BTreeMap<Dot, ByteBuf>, CausalContext>::deserialize(d)?;
+        let mut set = Set {
+            entries: BTreeMap::new(),
+            context: state.context,
+            index: BTreeMap::new(),
+        };
+        for (dot, member) in state.entries {
+            set.insert(dot, member);
+        }
+        Ok(set)
+    }
 }
 
 impl Set {
     /// The members, sorted, each once.
-    pub fn members(&self) -> BTreeSet<&[u8]> {
-        self.kernel.entries.values().map(Vec::as_slice).collect()
+    pub fn members(&self) -> impl Iterator<Item = &[u8]> {
+        self.index.keys().map(|m| m.as_slice())
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
     }
 
     pub fn contains(&self, member: &[u8]) -> bool {
-        self.kernel.entries.values().any(|m| m == member)
+        self.index.contains_key(member)
     }
 
     /// The dots under which `member` is present here: what a remove that
     /// observed this state takes away.
     pub fn dots_of(&self, member: &[u8]) -> Vec<Dot> {
-        self.kernel
-            .entries
-            .iter()
-            .filter(|(_, m)| m.as_slice() == member)
-            .map(|(dot, _)| *dot)
-            .collect()
+        self.index
+            .get(member)
+            .map(|dots| dots.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn insert(&mut self, dot: Dot, member: ByteBuf) {
+        self.index.entry(member.to_vec()).or_default().insert(dot);
+        self.entries.insert(dot, member);
+    }
+
+    /// Takes the entry under `dot` away, if there is one.
+    fn take(&mut self, dot: Dot) {
+        if let Some(member) = self.entries.remove(&dot)
+            && let Some(dots) = self.index.get_mut(member.as_slice())
+        {
+            dots.remove(&dot);
+            if dots.is_empty() {
+                self.index.remove(member.as_slice());
+            }
+        }
+    }
+
+    /// Removes the entries of `dots`; returns the delta (their dots, seen,
+    /// and no entry).
+    fn remove_dots(&mut self, dots: &[Dot]) -> Set {
+        let mut delta = Set::default();
+        for &dot in dots {
+            self.take(dot);
+            delta.context.insert(dot);
+        }
+        delta
     }
 
     /// Adds `member` as writer `actor` (its earlier dots here go: the new
     /// one covers them); returns the delta.
     pub fn add(&mut self, actor: Actor, member: &[u8]) -> Set {
         let old = self.dots_of(member);
-        let mut delta = self.kernel.remove(&old);
-        delta.join(&self.kernel.add(actor, member.to_vec()));
-        Set { kernel: delta }
+        let mut delta = self.remove_dots(&old);
+        let dot = self.context.next(actor);
+        self.context.insert(dot);
+        self.insert(dot, ByteBuf::from(member));
+        delta.context.insert(dot);
+        delta.insert(dot, ByteBuf::from(member));
+        delta
     }
 
     /// Removes the dots of `member` that `observed` names (those a reader
@@ -325,9 +355,7 @@ impl Set {
             .filter(|d| present.contains(d))
             .copied()
             .collect();
-        Set {
-            kernel: self.kernel.remove(&dots),
-        }
+        self.remove_dots(&dots)
     }
 
     /// Removes the dots of `member` that `seen` (a reader's context)
@@ -344,31 +372,56 @@ impl Set {
     /// Every member with the dot it is present under (a member added by
     /// concurrent writers is present under each of their dots).
     pub fn entries(&self) -> impl Iterator<Item = (Dot, &[u8])> {
-        self.kernel.entries.iter().map(|(d, m)| (*d, m.as_slice()))
+        self.entries.iter().map(|(d, m)| (*d, m.as_slice()))
     }
 
     /// Every dot seen: what a reader of this state has observed.
     pub fn context(&self) -> &CausalContext {
-        &self.kernel.context
+        &self.context
     }
 
     pub fn join(&mut self, other: &Set) {
-        self.kernel.join(&other.kernel);
+        // What `other` has seen and no longer holds goes: looked for among
+        // the dots of whichever side is smaller (a delta's context is a
+        // few dots, so joining one costs the delta, not the set).
+        let gone = |dot: &Dot| !other.entries.contains_key(dot);
+        let taken: Vec<Dot> = if other.context.size() < self.entries.len() as u64 {
+            other
+                .context
+                .dots()
+                .filter(|d| self.entries.contains_key(d) && gone(d))
+                .collect()
+        } else {
+            self.entries
+                .keys()
+                .filter(|d| gone(d) && other.context.contains(d))
+                .copied()
+                .collect()
+        };
+        for dot in taken {
+            self.take(dot);
+        }
+        for (dot, member) in &other.entries {
+            if !self.entries.contains_key(dot) && !self.context.contains(dot) {
+                self.insert(*dot, member.clone());
+            }
+        }
+        self.context.join(&other.context);
     }
 
     fn validate(&self) -> Result<()> {
-        self.kernel.context.validate()?;
-        match self
-            .kernel
-            .entries
-            .keys()
-            .find(|d| !self.kernel.context.contains(d))
-        {
+        self.context.validate()?;
+        match self.entries.keys().find(|d| !self.context.contains(d)) {
             Some(dot) => Err(Error::Malformed(format!(
                 "set member under {dot}, a dot outside its context"
             ))),
             None => Ok(()),
         }
+    }
+
+    /// Bytes of members held.
+    fn value_bytes(&self) -> usize {
+        self.entries.values().map(|m| m.len()).sum()
     }
 }
 
@@ -519,7 +572,7 @@ impl Typed {
                     i64::MAX
                 }))
             }
-            Typed::Set(s) => Reading::Set(s.members().into_iter().map(<[u8]>::to_vec).collect()),
+            Typed::Set(s) => Reading::Set(s.members().map(<[u8]>::to_vec).collect()),
         }
     }
 
@@ -543,7 +596,7 @@ impl Typed {
     pub fn value_bytes(&self) -> usize {
         match self {
             Typed::Counter(c) => 16 * c.writers(),
-            Typed::Set(s) => s.kernel.entries.values().map(Vec::len).sum(),
+            Typed::Set(s) => s.value_bytes(),
         }
     }
 }
@@ -588,7 +641,7 @@ mod tests {
         let delta = big.add(Actor(1), b"one more");
         let bytes = postcard::to_stdvec(&delta).unwrap().len();
         assert!(bytes < 64, "{bytes} bytes");
-        assert_eq!(big.members().len(), 10_001);
+        assert_eq!(big.len(), 10_001);
     }
 
     #[test]
@@ -635,12 +688,12 @@ mod tests {
         assert!(CausalContext::from_bytes(&loose.to_bytes()).is_err());
         // A member under a dot its context never saw is malformed.
         let mut bad = Set::default();
-        bad.kernel.entries.insert(
+        bad.insert(
             Dot {
                 actor: Actor(9),
                 counter: 1,
             },
-            b"x".to_vec(),
+            ByteBuf::from(b"x".to_vec()),
         );
         assert!(Typed::Set(bad).validate().is_err());
         assert!(Typed::Set(set).validate().is_ok());
@@ -756,9 +809,11 @@ mod tests {
             }
             for s in &mut sets {
                 s.join(&all);
-                prop_assert_eq!(s.members(), all.members());
+                prop_assert_eq!(&*s, &all);
             }
-            prop_assert_eq!(observer.members(), all.members());
+            prop_assert_eq!(&observer, &all, "deltas alone make the same state");
+            let decoded: Set = postcard::from_bytes(&postcard::to_stdvec(&all).unwrap()).unwrap();
+            prop_assert_eq!(&decoded, &all, "the index is rebuilt when decoded");
             prop_assert_eq!(total.value(), sum);
             prop_assert_eq!(counted.value(), sum);
             let mut twice = all.clone();

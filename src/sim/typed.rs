@@ -247,7 +247,7 @@ impl Sim {
                 .insert(k, set.context().clone());
             self.history.set_reads.push(SetRead {
                 key: k,
-                members: set.members().into_iter().map(<[u8]>::to_vec).collect(),
+                members: set.members().map(<[u8]>::to_vec).collect(),
             });
         }
     }
