@@ -359,10 +359,12 @@ impl SiblingSet {
 
     /// From when the key reads as not found, if nothing more is written to
     /// it: when its last sibling ends (0 when all are tombstones). None
-    /// when a sibling never ends, or there is none, or the key holds a
-    /// data-type state (which never ends).
+    /// when a sibling never ends, or there is none. A data-type state never
+    /// ends unless a tombstone was written over it (only the deletion of a
+    /// dropped namespace's keys writes one): then it is collected like any
+    /// deleted key.
     pub fn ends_at(&self) -> Option<u64> {
-        if self.is_empty() || self.typed.is_some() {
+        if self.sibling_count() == 0 {
             return None;
         }
         self.entries
@@ -721,6 +723,24 @@ mod tests {
             clock: vec![(A, u64::MAX)],
         };
         assert!(SiblingSet::new().update(&ctx, data("x"), A).is_err());
+    }
+
+    #[test]
+    fn a_data_type_state_ends_only_under_a_tombstone() {
+        use crate::crdt::{CausalContext, Operation};
+        let mut set = SiblingSet::new();
+        let add = Operation::Add(vec![b"m".to_vec()]);
+        set.apply(A, &add, &CausalContext::default()).unwrap();
+        assert_eq!(set.ends_at(), None, "a live set never ends");
+        assert!(!set.is_empty());
+        // A dropped namespace's key is deleted with a tombstone.
+        let deleted = set.update(&set.context(), Value::Tombstone, B).unwrap();
+        assert_eq!(deleted.ends_at(), Some(0));
+        assert!(deleted.is_gone_at(0));
+        assert_eq!(
+            SiblingSet::decode(&postcard::to_stdvec(&deleted).unwrap()),
+            Ok((deleted, false))
+        );
     }
 
     #[test]
