@@ -163,6 +163,11 @@ pub enum Kind {
     Counter,
     /// An add-wins set of byte strings (`crdt::Set`).
     Set,
+    /// A map of register and counter fields (`crdt::Map`); a register
+    /// keeps its concurrent values.
+    Map,
+    /// A map whose registers read as their latest write.
+    LwwMap,
 }
 
 impl Kind {
@@ -171,6 +176,8 @@ impl Kind {
             Kind::Blob => "blob",
             Kind::Counter => "counter",
             Kind::Set => "set",
+            Kind::Map => "map",
+            Kind::LwwMap => "map-lww",
         }
     }
 
@@ -179,8 +186,10 @@ impl Kind {
             "blob" => Ok(Kind::Blob),
             "counter" => Ok(Kind::Counter),
             "set" => Ok(Kind::Set),
+            "map" => Ok(Kind::Map),
+            "map-lww" => Ok(Kind::LwwMap),
             other => Err(Error::InvalidRequest(format!(
-                "type {other:?} is not a namespace type (blob, counter, set)"
+                "type {other:?} is not a namespace type (blob, counter, set, map, map-lww)"
             ))),
         }
     }
@@ -192,6 +201,7 @@ impl Kind {
             Kind::Blob => None,
             Kind::Counter => Some(Reading::Counter(0)),
             Kind::Set => Some(Reading::Set(Vec::new())),
+            Kind::Map | Kind::LwwMap => Some(Reading::Map(Vec::new())),
         }
     }
 
@@ -199,7 +209,13 @@ impl Kind {
     pub fn admit(self, op: &Operation) -> Result<()> {
         match (self, op) {
             (Kind::Counter, Operation::Increment(_))
-            | (Kind::Set, Operation::Add(_) | Operation::Remove(_)) => Ok(()),
+            | (Kind::Set, Operation::Add(_) | Operation::Remove(_))
+            | (
+                Kind::Map | Kind::LwwMap,
+                Operation::SetField { .. }
+                | Operation::IncrementField { .. }
+                | Operation::DeleteFields(_),
+            ) => Ok(()),
             (kind, op) => Err(Error::InvalidRequest(format!(
                 "{} does not apply to a {} namespace{}",
                 op.name(),
@@ -208,6 +224,7 @@ impl Kind {
                     Kind::Blob => " (use put and delete)",
                     Kind::Counter => " (use incr)",
                     Kind::Set => " (use sadd and srem)",
+                    Kind::Map | Kind::LwwMap => " (use hset, hincr and hdel)",
                 }
             ))),
         }
@@ -874,8 +891,12 @@ mod tests {
             e.to_string().contains("a set namespace cannot have a ttl"),
             "{e}"
         );
-        let e = Kind::parse("map").unwrap_err();
-        assert!(e.to_string().contains("(blob, counter, set)"), "{e}");
+        assert_eq!(Kind::parse("map-lww").unwrap(), Kind::LwwMap);
+        let e = Kind::parse("list").unwrap_err();
+        assert!(
+            e.to_string().contains("(blob, counter, set, map, map-lww)"),
+            "{e}"
+        );
     }
 
     #[test]

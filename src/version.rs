@@ -266,16 +266,17 @@ impl SiblingSet {
         self.typed.as_deref()
     }
 
-    /// Applies a data-type operation to the key's state (`Typed::apply`);
-    /// returns its delta.
+    /// Applies a data-type operation to the key's state at `at_ms`
+    /// (`Typed::apply`); returns its delta.
     pub fn apply(
         &mut self,
         actor: Actor,
         operation: &Operation,
         seen: &CausalContext,
+        at_ms: u64,
     ) -> Result<Typed> {
         let mut typed = self.typed.take().map(|t| *t);
-        let delta = Typed::apply(&mut typed, actor, operation, seen);
+        let delta = Typed::apply(&mut typed, actor, operation, seen, at_ms);
         self.typed = typed.map(Box::new);
         delta
     }
@@ -730,7 +731,7 @@ mod tests {
         use crate::crdt::{CausalContext, Operation};
         let mut set = SiblingSet::new();
         let add = Operation::Add(vec![b"m".to_vec()]);
-        set.apply(A, &add, &CausalContext::default()).unwrap();
+        set.apply(A, &add, &CausalContext::default(), 0).unwrap();
         assert_eq!(set.ends_at(), None, "a live set never ends");
         assert!(!set.is_empty());
         // A dropped namespace's key is deleted with a tombstone.

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use dynakv::crdt::Reading;
+use dynakv::crdt::{FieldReading, MapField, Reading};
 use dynakv::namespace::{Changes, Kind, Request};
 use dynakv_actors::client::Client;
 use dynakv_actors::testkit::{Cluster, check, wait_for};
@@ -160,6 +160,13 @@ async fn an_add_concurrent_with_a_remove_wins_and_an_observed_one_goes() {
     cluster.stop().await.unwrap();
 }
 
+fn wall_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
 /// Whether `total` is `base` plus the sum of some of `maybe`.
 fn within_subset_sums(total: i64, base: i64, maybe: &[i64]) -> bool {
     let mut sums = BTreeSet::from([base]);
@@ -233,5 +240,62 @@ async fn a_counter_counts_every_acknowledged_increment_across_partitions_and_res
     );
     let e = nodes[0].incr(b"visits", i64::MAX, None).await.unwrap_err();
     assert!(e.to_string().contains("overflows"), "{e}");
+    cluster.stop().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_map_keeps_concurrent_register_values_or_the_latest_and_sums_counters() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let mv = clients(&cluster, "profiles").await;
+    create(&mv, "profiles", "map").await;
+    let lww = clients(&cluster, "latest").await;
+    create(&lww, "latest", "map-lww").await;
+    // Node 2 cut off: each side writes the field "city" without seeing the
+    // other's write (the cut-off side with W = 1), and both count logins.
+    cluster.partition(&[2]).await;
+    for nodes in [&mv, &lww] {
+        nodes[0].hset(b"ann", b"city", b"Oslo", None).await.unwrap();
+        nodes[0].hincr(b"ann", b"logins", 2, None).await.unwrap();
+        // Rome is written on a later millisecond of the (shared) clock.
+        let oslo = wall_ms();
+        wait_for(WAIT, "the clock to move on", || async {
+            check(wall_ms() > oslo, || "the same millisecond".into())
+        })
+        .await
+        .unwrap();
+        nodes[2]
+            .hset(b"ann", b"city", b"Rome", Some(1))
+            .await
+            .unwrap();
+        nodes[2].hincr(b"ann", b"logins", 5, Some(1)).await.unwrap();
+    }
+    cluster.heal().await;
+    let field = |name: &str, value: FieldReading| MapField {
+        name: name.as_bytes().to_vec(),
+        value,
+    };
+    let values =
+        |v: &[&str]| FieldReading::Values(v.iter().map(|s| s.as_bytes().to_vec()).collect());
+    let both = Reading::Map(vec![
+        field("city", values(&["Oslo", "Rome"])),
+        field("logins", FieldReading::Count(7)),
+    ]);
+    // Every copy agrees; the registers keep both values, and a read of
+    // the last-writer-wins map shows the later one only.
+    converged(&mv, b"ann", both.clone()).await;
+    converged(&lww, b"ann", both).await;
+    let (fields, context) = lww[1].hgetall(b"ann", Some(3)).await.unwrap();
+    assert_eq!(fields[0], field("city", values(&["Rome"])));
+    let (fields, _) = mv[1].hgetall(b"ann", Some(3)).await.unwrap();
+    assert_eq!(fields[0], field("city", values(&["Oslo", "Rome"])));
+    // A write that saw both resolves them; a removal takes what it saw.
+    mv[1].hset(b"ann", b"city", b"Paris", None).await.unwrap();
+    lww[1]
+        .hdel(b"ann", &[b"city", b"logins"], &context, None)
+        .await
+        .unwrap();
+    let (fields, _) = mv[0].hgetall(b"ann", Some(3)).await.unwrap();
+    assert_eq!(fields[0], field("city", values(&["Paris"])));
+    assert!(lww[0].hgetall(b"ann", Some(3)).await.unwrap().0.is_empty());
     cluster.stop().await.unwrap();
 }

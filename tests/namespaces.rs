@@ -240,7 +240,7 @@ async fn the_cli_creates_shows_lists_and_drops_namespaces() {
             "r = 3 must be between 1 and n = 2",
         ),
         (
-            vec!["ns", "create", "x", "--type", "map"],
+            vec!["ns", "create", "x", "--type", "list"],
             "not a namespace type",
         ),
         (
@@ -294,6 +294,61 @@ async fn the_cli_creates_shows_lists_and_drops_namespaces() {
     assert!(ok && out.starts_with("y\ncontext: "), "{out} {err}");
     let (ok, _, err) = cli(&["incr", "--ns", "bag", "k", "--node", &a]);
     assert!(!ok && err.contains("incr does not apply to a set"), "{err}");
+
+    // Maps: register and counter fields; lww registers on request.
+    let (ok, _, err) = cli(&[
+        "ns",
+        "create",
+        "users",
+        "--type",
+        "map",
+        "--register",
+        "lww",
+        "--node",
+        &a,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = cli(&["ns", "show", "users", "--node", &a]);
+    assert!(ok && out.contains("map-lww"), "{out}");
+    let (ok, _, err) = cli(&[
+        "ns",
+        "create",
+        "x",
+        "--type",
+        "set",
+        "--register",
+        "lww",
+        "--node",
+        &a,
+    ]);
+    assert!(
+        !ok && err.contains("--register lww applies to a map"),
+        "{err}"
+    );
+    for args in [
+        vec!["hset", "--ns", "users", "ann", "name", "Ann"],
+        vec!["hset", "--ns", "users", "ann", "city", "Oslo"],
+        vec!["hincr", "--ns", "users", "ann", "logins", "3"],
+        vec!["hincr", "--ns", "users", "ann", "logins", "-1"],
+        vec!["hdel", "--ns", "users", "ann", "city"],
+    ] {
+        let mut args = args;
+        args.extend(["--node", a.as_str()]);
+        let (ok, _, err) = cli(&args);
+        assert!(ok, "{args:?}: {err}");
+    }
+    let (ok, out, err) = cli(&["hgetall", "--ns", "users", "ann", "--json", "--node", &b]);
+    assert!(
+        ok && out.contains(r#""fields":{"logins":2,"name":"Ann"}"#),
+        "{out} {err}"
+    );
+    let (ok, out, err) = cli(&["get", "--ns", "users", "ann", "--node", &b]);
+    assert!(
+        ok && out.starts_with("logins = 2\nname = \"Ann\"\ncontext: "),
+        "{out} {err}"
+    );
+    let (ok, _, err) = cli(&["hset", "--ns", "users", "ann", "", "v", "--node", &a]);
+    assert!(!ok && err.contains("a field name of 0 bytes"), "{err}");
 }
 
 #[actix_rt::test]

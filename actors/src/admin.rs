@@ -12,7 +12,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use actix::prelude::*;
-use dynakv::crdt::Typed;
 use dynakv::handoff::{PlanChange, preview};
 use dynakv::liveness::Health;
 use dynakv::membership::{MAX_MEMBERS, View};
@@ -307,7 +306,8 @@ impl Operations {
                         })
                         .collect(),
                     context: state.context().to_bytes(),
-                    reading: state.typed().map(Typed::reading),
+                    // Every concurrent register value, as stored.
+                    reading: state.typed().map(|t| t.reading(false)),
                 }))
             }
         }

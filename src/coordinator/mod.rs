@@ -106,7 +106,8 @@ pub fn client_reply(outcome: Result<Outcome>, kind: Kind, now: u64) -> ClientRep
     match &outcome {
         Ok(Outcome::Read(state)) if kind != Kind::Blob => {
             let typed = state.typed();
-            if let Some(reading) = typed.map(Typed::reading).or_else(|| kind.empty()) {
+            let lww = kind == Kind::LwwMap;
+            if let Some(reading) = typed.map(|t| t.reading(lww)).or_else(|| kind.empty()) {
                 return ClientReply::Typed {
                     reading,
                     context: typed.map(Typed::context).unwrap_or_default().to_bytes(),
@@ -116,7 +117,7 @@ pub fn client_reply(outcome: Result<Outcome>, kind: Kind, now: u64) -> ClientRep
         Ok(Outcome::Written(Written { state, dot: None })) => {
             return match state.typed() {
                 Some(counter @ Typed::Counter(_)) => ClientReply::Typed {
-                    reading: counter.reading(),
+                    reading: counter.reading(false),
                     context: Vec::new(),
                 },
                 _ => ClientReply::Written {
@@ -553,7 +554,7 @@ mod tests {
         let added = |actor| {
             let mut state = SiblingSet::new();
             state
-                .apply(Actor(actor), &milk, &CausalContext::default())
+                .apply(Actor(actor), &milk, &CausalContext::default(), 0)
                 .unwrap();
             state
         };

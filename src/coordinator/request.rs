@@ -180,23 +180,7 @@ impl Planner {
         let ns = self.namespace(t, &key)?;
         let kind = ns.kind;
         ns.kind.admit(&operation)?;
-        let members = operation.members();
-        if matches!(operation, Operation::Add(_) | Operation::Remove(_)) && members.is_empty() {
-            return Err(Error::InvalidRequest(format!(
-                "{} names no member",
-                operation.name()
-            )));
-        }
-        if let Some(m) = members
-            .iter()
-            .find(|m| m.is_empty() || m.len() > ns.max_value_bytes as usize)
-        {
-            return Err(Error::InvalidRequest(format!(
-                "a member of {} bytes: members are 1 to {} bytes (the namespace's max_value_bytes)",
-                m.len(),
-                ns.max_value_bytes
-            )));
-        }
+        operation.check(self.limits.max_key_bytes, ns.max_value_bytes as usize)?;
         let w = quorum("w", w, ns.w, ns.n)?;
         let (partition, route) = self.route(t, ring, &key, ns.n);
         let op = operation.name();
@@ -528,6 +512,7 @@ mod tests {
         };
         let carts = create("carts", namespace::Kind::Set);
         let hits = create("hits", namespace::Kind::Counter);
+        let users = create("users", namespace::Kind::LwwMap);
         let add = |m: &[u8]| Operation::Add(vec![m.to_vec()]);
         let remove = Operation::Remove(vec![b"m".to_vec()]);
         // A remove without a context reads first; with one, it is applied.
@@ -542,6 +527,15 @@ mod tests {
         assert!(matches!(planned.initial[0].msg, ReplicaMsg::Apply { .. }));
         let planned = p.apply(Some(&t), hits(b"k"), Operation::Increment(-3), &[], None);
         assert_eq!(planned.unwrap().op, "incr");
+        let hdel = Operation::DeleteFields(vec![b"f".to_vec()]);
+        let planned = p.apply(Some(&t), users(b"k"), hdel, &[], None).unwrap();
+        assert!(matches!(planned.session, Session::Observe(_)));
+        let field = |field: &[u8], value: &[u8]| Operation::SetField {
+            field: field.to_vec(),
+            value: value.to_vec(),
+        };
+        let planned = p.apply(Some(&t), users(b"k"), field(b"f", b"v"), &[], None);
+        assert_eq!(planned.unwrap().op, "hset");
         for (request, says) in [
             (
                 p.apply(Some(&t), carts(b"k"), Operation::Increment(1), &[], None),
@@ -570,6 +564,28 @@ mod tests {
             (
                 p.apply(Some(&t), carts(b"k"), add(b"m"), &[1, 2, 3], None),
                 "set context",
+            ),
+            (
+                p.apply(Some(&t), carts(b"k"), field(b"f", b"v"), &[], None),
+                "hset does not apply to a set namespace",
+            ),
+            (
+                p.apply(Some(&t), users(b"k"), field(&[7; 9], b"v"), &[], None),
+                "a field name of 9 bytes: field names are 1 to 8 bytes",
+            ),
+            (
+                p.apply(Some(&t), users(b"k"), field(b"f", &[7; 17]), &[], None),
+                "value of 17 bytes exceeds the limit of 16",
+            ),
+            (
+                p.apply(
+                    Some(&t),
+                    users(b"k"),
+                    Operation::DeleteFields(vec![]),
+                    &[],
+                    None,
+                ),
+                "hdel names no field",
             ),
             (
                 p.write(

@@ -106,9 +106,9 @@ pub enum ReplicaMsg {
         hint_for: Option<NodeId>,
     },
     /// What the client's answer to an `Apply` needs (a counter's whole
-    /// state, one entry per writer; for a set, the delta again: the answer
-    /// shows no members, as the whole set would cost its size on the
-    /// wire), and the operation's delta: what the other replicas merge
+    /// state, one entry per writer; for a set or a map, the delta again:
+    /// the answer shows no members or fields, as the whole state would
+    /// cost its size on the wire), and the operation's delta: what the other replicas merge
     /// (`Write`), a few bytes whatever the size of the state.
     Applied {
         state: SiblingSet,
@@ -339,19 +339,21 @@ impl<S: Store> Replica<S> {
         Ok((next, dot))
     }
 
-    /// Applies a data-type operation as its minting replica (see
-    /// `Typed::apply`); returns what the client's answer needs (see
-    /// `ReplicaMsg::Applied`) and the delta to replicate.
+    /// Applies a data-type operation as its minting replica at `now` (ms
+    /// since the Unix epoch: a map register's time, see `Typed::apply`);
+    /// returns what the client's answer needs (see `ReplicaMsg::Applied`)
+    /// and the delta to replicate.
     pub fn apply_typed(
         &mut self,
         key: &[u8],
         operation: &Operation,
         seen: &CausalContext,
         hint_for: Option<&NodeId>,
+        now: u64,
     ) -> Result<(SiblingSet, SiblingSet)> {
         let (next, bytes) = self.stored(key)?.unzip();
         let mut next = next.unwrap_or_default();
-        let delta = next.apply(self.actor, operation, seen)?;
+        let delta = next.apply(self.actor, operation, seen, now)?;
         self.record_hint(key, hint_for)?;
         self.store_state(key, bytes, &next)?;
         let answer = match next.typed() {
@@ -419,7 +421,7 @@ impl<S: Store> Replica<S> {
                 hint_for,
             } => {
                 let (state, delta) =
-                    self.apply_typed(&key, &operation, &seen, hint_for.as_ref())?;
+                    self.apply_typed(&key, &operation, &seen, hint_for.as_ref(), now)?;
                 Ok(ReplicaMsg::Applied { state, delta })
             }
             ReplicaMsg::State { .. }
@@ -939,11 +941,13 @@ mod tests {
         let add = |m: &str| Operation::Add(vec![m.as_bytes().to_vec()]);
         for i in 0..1000 {
             let (_, delta) = minter
-                .apply_typed(b"s", &add(&i.to_string()), &none, None)
+                .apply_typed(b"s", &add(&i.to_string()), &none, None, 0)
                 .unwrap();
             other.merge(b"s", &delta, None).unwrap();
         }
-        let (answer, delta) = minter.apply_typed(b"s", &add("milk"), &none, None).unwrap();
+        let (answer, delta) = minter
+            .apply_typed(b"s", &add("milk"), &none, None, 0)
+            .unwrap();
         assert!(
             encode_state(&delta).len() < 64,
             "an add to a set of 1000 replicates {} bytes",
@@ -956,18 +960,18 @@ mod tests {
         // A remove takes away only what its context saw.
         let seen = minter.read(b"s").unwrap().typed().unwrap().context();
         other
-            .apply_typed(b"s", &add("milk"), &none, None)
+            .apply_typed(b"s", &add("milk"), &none, None, 0)
             .map(|(_, d)| minter.merge(b"s", &d, None))
             .unwrap()
             .unwrap();
         let remove = Operation::Remove(vec![b"milk".to_vec()]);
-        let (_, delta) = minter.apply_typed(b"s", &remove, &seen, None).unwrap();
+        let (_, delta) = minter.apply_typed(b"s", &remove, &seen, None, 0).unwrap();
         other.merge(b"s", &delta, None).unwrap();
-        let members = |r: &Replica<MemStore>| match r.read(b"s").unwrap().typed().unwrap().reading()
-        {
-            Reading::Set(m) => m,
-            other => panic!("{other:?}"),
-        };
+        let members =
+            |r: &Replica<MemStore>| match r.read(b"s").unwrap().typed().unwrap().reading(false) {
+                Reading::Set(m) => m,
+                other => panic!("{other:?}"),
+            };
         assert!(
             members(&minter).contains(&b"milk".to_vec()),
             "the unseen add survives"
@@ -975,9 +979,9 @@ mod tests {
         assert_eq!(members(&minter), members(&other));
         // A counter answers its value; a wrong type is refused.
         let incr = Operation::Increment(5);
-        let (answer, _) = minter.apply_typed(b"c", &incr, &none, None).unwrap();
-        assert_eq!(answer.typed().unwrap().reading(), Reading::Counter(5));
-        let e = minter.apply_typed(b"s", &incr, &none, None).unwrap_err();
+        let (answer, _) = minter.apply_typed(b"c", &incr, &none, None, 0).unwrap();
+        assert_eq!(answer.typed().unwrap().reading(false), Reading::Counter(5));
+        let e = minter.apply_typed(b"s", &incr, &none, None, 0).unwrap_err();
         assert!(e.to_string().contains("does not apply to a set"), "{e}");
         assert_eq!(minter.read(b"s").unwrap(), other.read(b"s").unwrap());
     }
@@ -1098,16 +1102,16 @@ mod tests {
         let owner = NodeId::new("owner").unwrap();
         let by = |n| Operation::Increment(n);
         let none = CausalContext::default();
-        let (state, _) = r.apply_typed(b"c", &by(5), &none, Some(&owner)).unwrap();
+        let (state, _) = r.apply_typed(b"c", &by(5), &none, Some(&owner), 0).unwrap();
         let before = r.actor();
         let batch = r.hinted(&owner, 10).unwrap();
         r.handed_off(&owner, &batch, |_| false).unwrap();
         assert!(r.read(b"c").unwrap().is_empty());
         assert_ne!(r.actor(), before, "a fresh writer");
-        let (_, delta) = r.apply_typed(b"c", &by(1), &none, None).unwrap();
+        let (_, delta) = r.apply_typed(b"c", &by(1), &none, None, 0).unwrap();
         let merged = r.merge(b"c", &state, None).unwrap().merge(&delta);
         assert_eq!(
-            merged.typed().unwrap().reading(),
+            merged.typed().unwrap().reading(false),
             crate::crdt::Reading::Counter(6)
         );
     }

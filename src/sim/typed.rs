@@ -72,7 +72,7 @@ pub struct SetRead {
 fn removes(delta: &Typed, dot: Dot) -> bool {
     match delta {
         Typed::Set(s) => s.context().contains(&dot) && !s.entries().any(|(d, _)| d == dot),
-        Typed::Counter(_) => false,
+        Typed::Counter(_) | Typed::Map(_) => false,
     }
 }
 
@@ -276,7 +276,7 @@ mod tests {
         let mut counter = None;
         let by3 = Operation::Increment(3);
         let none = CausalContext::default();
-        let d = Typed::apply(&mut counter, Actor(1), &by3, &none).unwrap();
+        let d = Typed::apply(&mut counter, Actor(1), &by3, &none, 0).unwrap();
         let finals = vec![SiblingSet::of_typed(counter.clone().unwrap())];
         let ok = [op(by3.clone(), true, vec![d.clone()])];
         assert_eq!(check(&ok, &[], &finals, true, 0), Ok(()));
@@ -287,7 +287,7 @@ mod tests {
 
         let mut set = None;
         let add = Operation::Add(vec![b"m".to_vec()]);
-        let added = Typed::apply(&mut set, Actor(1), &add, &none).unwrap();
+        let added = Typed::apply(&mut set, Actor(1), &add, &none, 0).unwrap();
         let empty = vec![SiblingSet::of_typed(Typed::Set(Set::default()))];
         let adds = [op(add.clone(), true, vec![added.clone()])];
         assert!(check(&adds, &[], &empty, true, 0).is_err(), "a lost add");
@@ -295,7 +295,7 @@ mod tests {
         assert_eq!(check(&adds, &[], &full, true, 0), Ok(()));
         let Some(Typed::Set(s)) = &set else { panic!() };
         let remove = Operation::Remove(vec![b"m".to_vec()]);
-        let removed = Typed::apply(&mut set.clone(), Actor(2), &remove, s.context()).unwrap();
+        let removed = Typed::apply(&mut set.clone(), Actor(2), &remove, s.context(), 0).unwrap();
         let mut with_remove = vec![op(add, true, vec![added]), op(remove, true, vec![removed])];
         with_remove[1].seen = Some(s.context().clone());
         assert!(

@@ -46,7 +46,7 @@ mod router;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dynakv::crdt::{Operation, Reading};
+use dynakv::crdt::{MapField, Operation, Reading};
 use dynakv::handoff::{PlanChange, PlanReport};
 use dynakv::namespace;
 use dynakv::routing::{ClusterMap, DEFAULT_RING_REFRESH_MS, Routing};
@@ -377,6 +377,50 @@ impl Client {
         }
     }
 
+    /// Writes a map's register field (replacing the values read so far).
+    pub async fn hset(&self, key: &[u8], field: &[u8], value: &[u8], w: Option<u8>) -> Result<()> {
+        let op = Operation::SetField {
+            field: field.to_vec(),
+            value: value.to_vec(),
+        };
+        applied(self.apply(key, op, &[], w).await?)
+    }
+
+    /// Adds `by` (negative: subtracts) to a map's counter field.
+    pub async fn hincr(&self, key: &[u8], field: &[u8], by: i64, w: Option<u8>) -> Result<()> {
+        let op = Operation::IncrementField {
+            field: field.to_vec(),
+            by,
+        };
+        applied(self.apply(key, op, &[], w).await?)
+    }
+
+    /// Removes fields from a map: what the read whose `context` this is
+    /// saw of them (empty: what the coordinator's own read at R sees).
+    pub async fn hdel(
+        &self,
+        key: &[u8],
+        fields: &[&[u8]],
+        context: &[u8],
+        w: Option<u8>,
+    ) -> Result<()> {
+        let op = Operation::DeleteFields(fields.iter().map(|f| f.to_vec()).collect());
+        applied(self.apply(key, op, context, w).await?)
+    }
+
+    /// A map's fields, sorted by name, and the context an hdel sends back.
+    pub async fn hgetall(&self, key: &[u8], r: Option<u8>) -> Result<(Vec<MapField>, Vec<u8>)> {
+        match self.fetch(key, r).await? {
+            TypedResult {
+                reading: Reading::Map(fields),
+                context,
+            } => Ok((fields, context)),
+            TypedResult { reading, .. } => Err(Error::InvalidRequest(format!(
+                "the key holds a {reading:?}, not a map"
+            ))),
+        }
+    }
+
     async fn apply(
         &self,
         key: &[u8],
@@ -620,7 +664,7 @@ fn key_error(reply: KeyReply) -> Error {
     }
 }
 
-/// A set operation's answer: written, nothing to show.
+/// A set or map operation's answer: written, nothing to show.
 fn applied(reply: ClientReply) -> Result<()> {
     match reply {
         ClientReply::Written { .. } => Ok(()),

@@ -166,6 +166,53 @@ pub enum Command {
         #[command(flatten)]
         target: KeyTarget,
     },
+    /// Write a map's register field (a namespace of type map).
+    Hset {
+        key: String,
+        field: String,
+        value: String,
+        #[arg(long)]
+        w: Option<u8>,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// Add to a map's counter field.
+    Hincr {
+        key: String,
+        field: String,
+        /// How much (negative: subtract).
+        #[arg(allow_negative_numbers = true)]
+        by: i64,
+        #[arg(long)]
+        w: Option<u8>,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// Remove fields from a map: what a read saw of them (the one whose
+    /// context is given, else the coordinator's own read).
+    Hdel {
+        key: String,
+        #[arg(required = true)]
+        fields: Vec<String>,
+        /// Context from an earlier hgetall (base64url: it may begin with `-`).
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        context: String,
+        #[arg(long)]
+        w: Option<u8>,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// A map's fields, one `NAME = VALUE` per line, and the context.
+    Hgetall {
+        key: String,
+        #[arg(long)]
+        r: Option<u8>,
+        /// Print {"fields": {...}, "context": C}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
     /// Read many keys in one request: each key's siblings and context, or
     /// its error.
     Mget {
@@ -417,8 +464,12 @@ pub struct NsSettings {
     #[arg(long, allow_hyphen_values = true)]
     pub max_value_bytes: Option<u32>,
     /// What values are: blob (opaque values, siblings when concurrent),
-    /// counter or set (data types: changed by operations, read as one
+    /// counter, set or map (data types: changed by operations, read as one
     /// merged value). It cannot change once created.
     #[arg(long = "type", allow_hyphen_values = true)]
     pub kind: Option<String>,
+    /// A map's registers: mv (keep concurrent values, the default) or lww
+    /// (the latest write wins).
+    #[arg(long, allow_hyphen_values = true)]
+    pub register: Option<String>,
 }

@@ -248,7 +248,34 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             r,
             json,
             target,
+        }
+        | Command::Hgetall {
+            key,
+            r,
+            json,
+            target,
         } => (target, Op::Get(key, r, json)),
+        Command::Hset {
+            key,
+            field,
+            value,
+            w,
+            target,
+        } => (target, Op::Hset(key, field, value, w)),
+        Command::Hincr {
+            key,
+            field,
+            by,
+            w,
+            target,
+        } => (target, Op::Hincr(key, field, by, w)),
+        Command::Hdel {
+            key,
+            fields,
+            context,
+            w,
+            target,
+        } => (target, Op::Hdel(key, fields, context_arg(&context)?, w)),
         Command::Inspect { key, json, target } => (target, Op::Inspect(key, json)),
         Command::Status { json, target } => (KeyTarget::any(target), Op::Status(json)),
         Command::Fault {
@@ -318,6 +345,19 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
         Op::Srem(key, members, ctx, w) => {
             let members: Vec<&[u8]> = members.iter().map(|m| m.as_bytes()).collect();
             client.srem(key.as_bytes(), &members, &ctx, w).await?;
+        }
+        Op::Hset(key, field, value, w) => {
+            let (key, field) = (key.as_bytes(), field.as_bytes());
+            client.hset(key, field, value.as_bytes(), w).await?;
+        }
+        Op::Hincr(key, field, by, w) => {
+            client
+                .hincr(key.as_bytes(), field.as_bytes(), by, w)
+                .await?;
+        }
+        Op::Hdel(key, fields, ctx, w) => {
+            let fields: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
+            client.hdel(key.as_bytes(), &fields, &ctx, w).await?;
         }
         Op::Get(key, r, as_json) => {
             let read = match client.read(key.as_bytes(), r).await? {
@@ -425,8 +465,24 @@ fn changes(s: NsSettings) -> Result<Changes> {
         ttl_ms: s.ttl.as_deref().map(parse_ttl).transpose()?,
         max_siblings: s.max_siblings,
         max_value_bytes: s.max_value_bytes,
-        kind: s.kind.as_deref().map(Kind::parse).transpose()?,
+        kind: kind(s.kind.as_deref(), s.register.as_deref())?,
     })
+}
+
+/// A namespace type from `--type` and `--register` (`lww` makes a map's
+/// registers last-writer-wins: the type `map-lww`).
+fn kind(kind: Option<&str>, register: Option<&str>) -> Result<Option<Kind>> {
+    let kind = kind.map(Kind::parse).transpose()?;
+    match (kind, register) {
+        (kind, None | Some("mv")) => Ok(kind),
+        (Some(Kind::Map | Kind::LwwMap), Some("lww")) => Ok(Some(Kind::LwwMap)),
+        (_, Some("lww")) => Err(Error::InvalidRequest(
+            "--register lww applies to a map: give --type map".into(),
+        )),
+        (_, Some(other)) => Err(Error::InvalidRequest(format!(
+            "--register {other:?} is not a register (mv, lww)"
+        ))),
+    }
 }
 
 /// A client of the first node of `nodes` that answers (for commands about
@@ -521,6 +577,12 @@ enum Op {
     Sadd(String, Vec<String>, Option<u8>),
     /// Key, members, context, W.
     Srem(String, Vec<String>, Vec<u8>, Option<u8>),
+    /// Key, field, value, W.
+    Hset(String, String, String, Option<u8>),
+    /// Key, field, amount, W.
+    Hincr(String, String, i64, Option<u8>),
+    /// Key, fields, context, W.
+    Hdel(String, Vec<String>, Vec<u8>, Option<u8>),
 }
 
 impl Op {
@@ -537,6 +599,9 @@ impl Op {
                 | Op::Incr(..)
                 | Op::Sadd(..)
                 | Op::Srem(..)
+                | Op::Hset(..)
+                | Op::Hincr(..)
+                | Op::Hdel(..)
         )
     }
 }

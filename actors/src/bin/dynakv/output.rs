@@ -3,7 +3,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use dynakv::crdt::Reading;
+use dynakv::crdt::{FieldReading, Reading};
 use dynakv::handoff::PlanReport;
 use dynakv::namespace::Info;
 use dynakv::wire::{LocalCopy, StatusReport};
@@ -50,25 +50,63 @@ pub fn show(value: &[u8]) -> serde_json::Value {
     }
 }
 
-/// A data type's value: `{"value": N}` or `{"members": [...], "context":
-/// C}` as JSON; as text, the number, or each member on a line and then the
-/// context.
+/// A data type's value as JSON: `{"value": N}`, `{"members": [...]}` or
+/// `{"fields": {NAME: VALUE}}` (a register's value, its concurrent values
+/// as a list, or a counter's number).
+fn reading_json(reading: &Reading) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    match reading {
+        Reading::Counter(value) => out.insert("value".into(), json!(value)),
+        Reading::Set(members) => {
+            let members: Vec<_> = members.iter().map(|m| show(m)).collect();
+            out.insert("members".into(), json!(members))
+        }
+        Reading::Map(fields) => {
+            let fields: serde_json::Map<String, serde_json::Value> = fields
+                .iter()
+                .map(|f| (text(&f.name), field_json(&f.value)))
+                .collect();
+            out.insert("fields".into(), json!(fields))
+        }
+    };
+    out
+}
+
+fn field_json(value: &FieldReading) -> serde_json::Value {
+    match value {
+        FieldReading::Count(n) => json!(n),
+        FieldReading::Values(values) if values.len() == 1 => show(&values[0]),
+        FieldReading::Values(values) => json!(values.iter().map(|v| show(v)).collect::<Vec<_>>()),
+    }
+}
+
+/// A data type's value: as JSON, `reading_json` with the context a
+/// removal sends back (sets and maps); as text, the number, each member on
+/// a line, or each field as `NAME = VALUE`, then the context.
 pub fn print_typed(typed: &TypedResult, as_json: bool) {
     let context = B64.encode(&typed.context);
-    match (&typed.reading, as_json) {
-        (Reading::Counter(value), true) => say!("{}", json!({ "value": value })),
-        (Reading::Counter(value), false) => say!("{value}"),
-        (Reading::Set(members), true) => {
-            let members: Vec<_> = members.iter().map(|m| show(m)).collect();
-            say!("{}", json!({ "members": members, "context": context }));
+    let counter = matches!(typed.reading, Reading::Counter(_));
+    if as_json {
+        let mut out = reading_json(&typed.reading);
+        if !counter {
+            out.insert("context".into(), json!(context));
         }
-        (Reading::Set(members), false) => {
+        return say!("{}", serde_json::Value::Object(out));
+    }
+    match &typed.reading {
+        Reading::Counter(value) => return say!("{value}"),
+        Reading::Set(members) => {
             for m in members {
                 say!("{}", text(m));
             }
-            say!("context: {context}");
+        }
+        Reading::Map(fields) => {
+            for f in fields {
+                say!("{} = {}", text(&f.name), field_json(&f.value));
+            }
         }
     }
+    say!("context: {context}");
 }
 
 pub fn print_plan(report: &PlanReport, as_json: bool) -> Result<()> {
@@ -100,12 +138,10 @@ pub fn print_plan(report: &PlanReport, as_json: bool) -> Result<()> {
 }
 
 pub fn print_local(local: &LocalCopy, as_json: bool) {
-    let reading = local.reading.as_ref().map(|reading| match reading {
-        Reading::Counter(value) => json!({ "value": value }),
-        Reading::Set(members) => {
-            json!({ "members": members.iter().map(|m| show(m)).collect::<Vec<_>>() })
-        }
-    });
+    let reading = local
+        .reading
+        .as_ref()
+        .map(|r| serde_json::Value::Object(reading_json(r)));
     let siblings: Vec<_> = local
         .siblings
         .iter()

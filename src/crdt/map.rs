@@ -1,0 +1,251 @@
+//! The map: named fields, each a register (`hset`) or a counter (`hincr`),
+//! held under the dots of the operations that keep them in the kernel the
+//! set uses, so a removal (`hdel`) takes away only what it observed.
+//!
+//! - A register keeps every value written concurrently (as siblings are
+//!   kept), or, in a last-writer-wins namespace, reads as the one with the
+//!   latest clock of its minting replica (ties: the higher dot). A write replaces the
+//!   values it observed.
+//! - A counter keeps one running total per writer, under that writer's
+//!   latest dot; its value is the sum. A removal concurrent with an
+//!   increment keeps that writer's whole total (the increment wins, as in
+//!   Riak's maps).
+//! - A write of one type replaces the field's observed values of the other
+//!   type; concurrent writes of both types keep both, and the field reads
+//!   as its registers.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::CausalContext;
+use super::kernel::{Kernel, Keyed};
+use crate::error::{Error, Result};
+use crate::version::{Actor, Dot};
+
+/// One field's value under one dot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Field {
+    name: ByteBuf,
+    value: FieldValue,
+}
+
+/// Variants are only ever appended (they are stored and sent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FieldValue {
+    /// A register's value, and its minting replica's wall clock (ms since
+    /// the Unix epoch) for last-writer-wins.
+    Register { value: ByteBuf, at_ms: u64 },
+    /// One writer's running total of a counter field.
+    Count(i64),
+}
+
+impl Keyed for Field {
+    fn key(&self) -> &[u8] {
+        &self.name
+    }
+}
+
+/// What a read shows of one field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapField {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    pub value: FieldReading,
+}
+
+/// Variants are only ever appended (they are sent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FieldReading {
+    /// A register's values: one, or the concurrent ones (by dot).
+    Values(#[serde(with = "crate::wire::byte_lists")] Vec<Vec<u8>>),
+    /// A counter's value (saturated to the range of an i64).
+    Count(i64),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Map {
+    kernel: Kernel<Field>,
+}
+
+impl Map {
+    /// Writes `value` to the register `name` as writer `actor` at `at_ms`,
+    /// replacing what this replica holds of the field; returns the delta.
+    pub fn set(&mut self, actor: Actor, name: &[u8], value: &[u8], at_ms: u64) -> Map {
+        let old = self.kernel.dots_of(name);
+        let mut delta = self.kernel.remove_dots(&old);
+        let field = Field {
+            name: ByteBuf::from(name),
+            value: FieldValue::Register {
+                value: ByteBuf::from(value),
+                at_ms,
+            },
+        };
+        delta.join(&self.kernel.add(actor, field));
+        Map { kernel: delta }
+    }
+
+    /// Adds `by` to the counter `name` as writer `actor`: its running total
+    /// (the sum of its dots held here: one, as every increment replaces
+    /// the last) moves to a new dot, and the field's registers held here
+    /// go. Returns the delta; refused if the total would leave the range
+    /// of an i64.
+    pub fn increment(&mut self, actor: Actor, name: &[u8], by: i64) -> Result<Map> {
+        let mut own = 0;
+        let mut replaced = Vec::new();
+        for (dot, field) in self.kernel.values_of(name) {
+            match field.value {
+                FieldValue::Count(total) if dot.actor == actor => {
+                    own = total.checked_add(own).unwrap_or(total);
+                    replaced.push(dot);
+                }
+                FieldValue::Count(_) => {}
+                FieldValue::Register { .. } => replaced.push(dot),
+            }
+        }
+        let total = own.checked_add(by).ok_or_else(|| {
+            Error::InvalidRequest(format!("incrementing by {by} overflows the counter"))
+        })?;
+        let mut delta = self.kernel.remove_dots(&replaced);
+        let field = Field {
+            name: ByteBuf::from(name),
+            value: FieldValue::Count(total),
+        };
+        delta.join(&self.kernel.add(actor, field));
+        Ok(Map { kernel: delta })
+    }
+
+    /// Removes what `seen` (a reader's context) observed of field `name`.
+    pub fn remove_seen(&mut self, name: &[u8], seen: &CausalContext) -> Map {
+        Map {
+            kernel: self.kernel.remove_seen(name, seen),
+        }
+    }
+
+    /// Every field as a read shows it; `lww`: a register reads as its
+    /// latest value only.
+    pub fn fields(&self, lww: bool) -> Vec<MapField> {
+        self.kernel
+            .keys()
+            .map(|name| {
+                let mut values: Vec<(u64, Dot, &[u8])> = Vec::new();
+                let mut count = 0i128;
+                for (dot, field) in self.kernel.values_of(name) {
+                    match &field.value {
+                        FieldValue::Register { value, at_ms } => values.push((*at_ms, dot, value)),
+                        FieldValue::Count(total) => count += i128::from(*total),
+                    }
+                }
+                let value = if values.is_empty() {
+                    let saturated = if count < 0 { i64::MIN } else { i64::MAX };
+                    FieldReading::Count(i64::try_from(count).unwrap_or(saturated))
+                } else {
+                    if lww {
+                        values.sort();
+                        values.drain(..values.len() - 1);
+                    }
+                    FieldReading::Values(values.into_iter().map(|(_, _, v)| v.to_vec()).collect())
+                };
+                MapField {
+                    name: name.to_vec(),
+                    value,
+                }
+            })
+            .collect()
+    }
+
+    pub fn context(&self) -> &CausalContext {
+        self.kernel.context()
+    }
+
+    pub fn join(&mut self, other: &Map) {
+        self.kernel.join(&other.kernel);
+    }
+
+    pub(super) fn validate(&self) -> Result<()> {
+        self.kernel.validate()
+    }
+
+    /// Bytes of field names and values held.
+    pub(super) fn value_bytes(&self) -> usize {
+        self.kernel
+            .entries()
+            .map(|(_, f)| {
+                f.name.len()
+                    + match &f.value {
+                        FieldValue::Register { value, .. } => value.len(),
+                        FieldValue::Count(_) => 8,
+                    }
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(m: &Map, lww: bool) -> Vec<(String, FieldReading)> {
+        m.fields(lww)
+            .into_iter()
+            .map(|f| (String::from_utf8(f.name).unwrap(), f.value))
+            .collect()
+    }
+
+    fn text(v: &[&str]) -> FieldReading {
+        FieldReading::Values(v.iter().map(|s| s.as_bytes().to_vec()).collect())
+    }
+
+    #[test]
+    fn concurrent_writes_of_a_register_are_kept_or_the_latest_wins() {
+        let (a, b) = (Actor(1), Actor(2));
+        let mut x = Map::default();
+        let mut y = Map::default();
+        let dx = x.set(a, b"name", b"ann", 10);
+        let dy = y.set(b, b"name", b"bob", 20);
+        x.join(&dy);
+        y.join(&dx);
+        assert_eq!(x, y);
+        assert_eq!(values(&x, false), [("name".into(), text(&["ann", "bob"]))]);
+        assert_eq!(values(&x, true), [("name".into(), text(&["bob"]))]);
+        // A write that saw both replaces both.
+        let d = x.set(a, b"name", b"cy", 5);
+        y.join(&d);
+        assert_eq!(values(&y, false), [("name".into(), text(&["cy"]))]);
+    }
+
+    #[test]
+    fn counter_fields_sum_their_writers_and_a_removal_takes_what_it_saw() {
+        let (a, b) = (Actor(1), Actor(2));
+        let mut x = Map::default();
+        let mut y = Map::default();
+        let d1 = x.increment(a, b"visits", 3).unwrap();
+        let d2 = x.increment(a, b"visits", 2).unwrap();
+        let d3 = y.increment(b, b"visits", 10).unwrap();
+        y.join(&d2);
+        y.join(&d1);
+        x.join(&d3);
+        assert_eq!(x, y);
+        assert_eq!(
+            values(&x, false),
+            [("visits".into(), FieldReading::Count(15))]
+        );
+        // x removes what it saw while y increments again: y's whole total
+        // survives, a's is gone.
+        let seen = x.context().clone();
+        let gone = x.remove_seen(b"visits", &seen);
+        let more = y.increment(b, b"visits", 1).unwrap();
+        x.join(&more);
+        y.join(&gone);
+        assert_eq!(x, y);
+        assert_eq!(
+            values(&x, false),
+            [("visits".into(), FieldReading::Count(11))]
+        );
+        let e = x.increment(b, b"visits", i64::MAX).unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+        // A register write replaces the counter it saw.
+        x.set(a, b"visits", b"many", 0);
+        assert_eq!(values(&x, false), [("visits".into(), text(&["many"]))]);
+    }
+}
