@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 use crate::version::{Context, Dot, SiblingSet};
 
-use super::typed::{SetRead, TypedOp};
+use super::typed::{TypedOp, TypedRead};
 
 /// One client write (put or delete).
 #[derive(Debug, Clone)]
@@ -62,7 +62,7 @@ pub struct History {
     pub reads: Vec<Read>,
     /// Operations on typed keys, and reads of sets (`super::typed`).
     pub typed: Vec<TypedOp>,
-    pub set_reads: Vec<SetRead>,
+    pub typed_reads: Vec<TypedRead>,
     /// Operations that failed or got no answer.
     pub failed: usize,
     /// Keys some replica collected a tombstone (or an expired value) of,

@@ -183,11 +183,12 @@ const EXPIRING_TTL: u64 = 3_000;
 const WIDE: &str = "wide";
 /// The namespaces the operator creates, then alters at a random time
 /// while the faults run: (name, type, TTL, n at first, n once altered).
-const NAMESPACES: [(&str, namespace::Kind, u64, u8, u8); 4] = [
+const NAMESPACES: [(&str, namespace::Kind, u64, u8, u8); 5] = [
     (EXPIRING, namespace::Kind::Blob, EXPIRING_TTL, 2, 3),
     (WIDE, namespace::Kind::Blob, 0, 4, 2),
     (typed::TALLY, namespace::Kind::Counter, 0, 3, 2),
     (typed::CARTS, namespace::Kind::Set, 0, 2, 3),
+    (typed::PROFILES, namespace::Kind::Map, 0, 3, 3),
 ];
 /// How often the operator tries to create or alter them until it can.
 const CREATE_RETRY: u64 = 200;

@@ -1,6 +1,8 @@
-//! The data-type workload: counter and set operations on keys of the
-//! namespaces `TALLY` (counters) and `CARTS` (add-wins sets), planned and
-//! run like every client request, and their exact checks.
+//! The data-type workload: counter, set and map operations on keys of the
+//! namespaces `TALLY` (counters), `CARTS` (add-wins sets) and `PROFILES`
+//! (maps: increments of the field `n`, writes and removals of the field
+//! `r`), planned and run like every client request, and their exact
+//! checks.
 //!
 //! The simulator sees every operation a minting replica applied (its
 //! delta) and the context each remove was applied with, so the checks are
@@ -8,9 +10,11 @@
 //!
 //! - applied once: no operation has two deltas (a retried or re-minted
 //!   increment would count twice);
-//! - counters: the final value is the sum of the acknowledged increments
-//!   plus some of the unacknowledged ones that a replica applied (all of
-//!   them while no node was written off);
+//! - counters (and a map's field `n`): the final value is the sum of the
+//!   acknowledged increments plus some of the unacknowledged ones that a
+//!   replica applied (all of them while no node was written off);
+//! - maps: every value the field `r` holds or a read returned was written
+//!   by someone;
 //! - sets: an add's dot is in the final set unless an applied operation's
 //!   delta removed it (a remove that observed it, or a later add of the
 //!   same member that replaced it), or it was not acknowledged and a
@@ -23,7 +27,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::crdt::{CausalContext, Operation, Set, Typed};
+use crate::crdt::{CausalContext, FieldReading, Operation, Reading, Set, Typed};
 use crate::namespace;
 use crate::version::{Dot, SiblingSet};
 
@@ -33,8 +37,13 @@ use super::Sim;
 pub(super) const TALLY: &str = "tally";
 /// The sets' namespace.
 pub(super) const CARTS: &str = "carts";
-/// Typed keys: the even ones counters, the odd ones sets.
-pub(super) const TYPED_KEYS: usize = 4;
+/// The maps' namespace.
+pub(super) const PROFILES: &str = "profiles";
+/// Typed keys: counters, sets and maps in turn.
+pub(super) const TYPED_KEYS: usize = 6;
+/// A map's counter field, and its register field.
+const COUNT_FIELD: &[u8] = b"n";
+const REGISTER_FIELD: &[u8] = b"r";
 /// Members are drawn from a few, so adds of one member race each other
 /// and the removes of it.
 const MEMBERS: u64 = 4;
@@ -43,7 +52,7 @@ const AMOUNTS: [i64; 6] = [-2, -1, 1, 2, 3, 5];
 
 /// Typed key `j`'s stored form.
 pub(super) fn typed_key(j: usize) -> Vec<u8> {
-    let name = if j.is_multiple_of(2) { TALLY } else { CARTS };
+    let name = [TALLY, CARTS, PROFILES][j % 3];
     let name = namespace::Name::new(name).expect("a valid name");
     namespace::key_in(&name, format!("typed-{j}").as_bytes()).expect("a valid key")
 }
@@ -61,11 +70,12 @@ pub struct TypedOp {
     pub start: u64,
 }
 
-/// One successful read of a set.
+/// One successful read of a set (its members) or a map (the values of
+/// its register field).
 #[derive(Debug, Clone)]
-pub struct SetRead {
+pub struct TypedRead {
     pub key: usize,
-    pub members: Vec<Vec<u8>>,
+    pub values: Vec<Vec<u8>>,
 }
 
 /// The dots `delta` removes: seen in its context, not among its entries.
@@ -74,6 +84,21 @@ fn removes(delta: &Typed, dot: Dot) -> bool {
         Typed::Set(s) => s.context().contains(&dot) && !s.entries().any(|(d, _)| d == dot),
         Typed::Counter(_) | Typed::Map(_) => false,
     }
+}
+
+/// A map's count in `COUNT_FIELD` and the values of `REGISTER_FIELD`.
+fn map_fields(map: &Typed) -> (i64, Vec<Vec<u8>>) {
+    let (mut count, mut values) = (0, Vec::new());
+    if let Reading::Map(fields) = map.reading(false) {
+        for field in fields {
+            match field.value {
+                FieldReading::Count(n) if field.name == COUNT_FIELD => count = n,
+                FieldReading::Values(v) if field.name == REGISTER_FIELD => values = v,
+                _ => {}
+            }
+        }
+    }
+    (count, values)
 }
 
 fn set_of(state: &SiblingSet) -> Set {
@@ -97,7 +122,7 @@ fn within_subset_sums(total: i64, base: i64, maybe: &[i64]) -> bool {
 /// (`finals[key]`); `durable` and `removed` as for `History::check`.
 pub fn check(
     ops: &[TypedOp],
-    reads: &[SetRead],
+    reads: &[TypedRead],
     finals: &[SiblingSet],
     durable: bool,
     removed: usize,
@@ -115,18 +140,23 @@ pub fn check(
         .iter()
         .flat_map(|op| match &op.operation {
             Operation::Add(members) => members.as_slice(),
+            Operation::SetField { value, .. } => std::slice::from_ref(value),
             _ => &[],
         })
         .map(Vec::as_slice)
         .collect();
+    let phantom = |key: usize, values: &[Vec<u8>]| match values
+        .iter()
+        .find(|v| !added.contains(v.as_slice()))
+    {
+        Some(v) => Err(format!(
+            "key-{key} held {:?}, which nobody added or wrote",
+            String::from_utf8_lossy(v)
+        )),
+        None => Ok(()),
+    };
     for read in reads {
-        if let Some(m) = read.members.iter().find(|m| !added.contains(m.as_slice())) {
-            return Err(format!(
-                "a read of key-{} returned {:?}, which nobody added",
-                read.key,
-                String::from_utf8_lossy(m)
-            ));
-        }
+        phantom(read.key, &read.values)?;
     }
     if !durable {
         return Ok(());
@@ -134,9 +164,18 @@ pub fn check(
     let minted = |op: &&TypedOp| !op.deltas.is_empty();
     for (key, state) in finals.iter().enumerate() {
         let of_key = || ops.iter().filter(move |op| op.key == key);
-        if let Some(Typed::Counter(c)) = state.typed() {
+        let counted = match state.typed() {
+            Some(Typed::Counter(c)) => Some(i64::try_from(c.value()).unwrap_or(i64::MAX)),
+            Some(map @ Typed::Map(_)) => {
+                let (count, values) = map_fields(map);
+                phantom(key, &values)?;
+                Some(count)
+            }
+            _ => None,
+        };
+        if let Some(value) = counted {
             let amount = |op: &TypedOp| match op.operation {
-                Operation::Increment(by) => by,
+                Operation::Increment(by) | Operation::IncrementField { by, .. } => by,
                 _ => 0,
             };
             let acked: i64 = of_key().filter(|op| op.acked).map(amount).sum();
@@ -145,7 +184,6 @@ pub fn check(
                 .map(amount)
                 .collect();
             let all: i64 = of_key().filter(minted).map(amount).sum();
-            let value = i64::try_from(c.value()).unwrap_or(i64::MAX);
             let exact = removed > 0 || value == all;
             if !exact || !within_subset_sums(value, acked, &maybe) {
                 return Err(format!(
@@ -217,39 +255,47 @@ impl Sim {
 
     /// Picks client `c`'s next operation on typed key `k`: None for a read.
     pub(super) fn typed_operation(&mut self, c: usize, k: usize) -> Option<(Operation, Vec<u8>)> {
-        let counter = (k - self.typed_index(0)).is_multiple_of(2);
         let member = format!("m{}", self.rng.below(MEMBERS)).into_bytes();
-        match (counter, self.rng.below(6)) {
+        let by = AMOUNTS[self.rng.below(AMOUNTS.len() as u64) as usize];
+        // Half the removals send the context of the client's last read of
+        // the key, half none (the coordinator reads first).
+        let context = match self.clients[c].seen_contexts.get(&k) {
+            Some(seen) if self.rng.below(2) == 0 => seen.to_bytes(),
+            _ => Vec::new(),
+        };
+        let blind = Vec::new();
+        match ((k - self.typed_index(0)) % 3, self.rng.below(6)) {
             (_, 5) => None,
-            (true, _) => {
-                let by = AMOUNTS[self.rng.below(AMOUNTS.len() as u64) as usize];
-                Some((Operation::Increment(by), Vec::new()))
+            (0, _) => Some((Operation::Increment(by), blind)),
+            (1, 0..=2) => Some((Operation::Add(vec![member]), blind)),
+            (1, _) => Some((Operation::Remove(vec![member]), context)),
+            (_, 0..=1) => {
+                let field = COUNT_FIELD.to_vec();
+                Some((Operation::IncrementField { field, by }, blind))
             }
-            (false, 0..=2) => Some((Operation::Add(vec![member]), Vec::new())),
-            (false, _) => {
-                // Half the removes send the context of the client's last
-                // read of the key, half none (the coordinator reads first).
-                let context = match self.clients[c].set_contexts.get(&k) {
-                    Some(seen) if self.rng.below(2) == 0 => seen.to_bytes(),
-                    _ => Vec::new(),
-                };
-                Some((Operation::Remove(vec![member]), context))
+            (_, 2 | 3) => {
+                let field = REGISTER_FIELD.to_vec();
+                let value = member;
+                Some((Operation::SetField { field, value }, blind))
+            }
+            (_, _) => {
+                let fields = vec![REGISTER_FIELD.to_vec()];
+                Some((Operation::DeleteFields(fields), context))
             }
         }
     }
 
     /// Records a read of typed key `k` by client `c`; its context is what
-    /// the client's next removes of the key may send.
+    /// the client's next removals of the key may send.
     pub(super) fn typed_read(&mut self, c: usize, k: usize, state: &SiblingSet) {
-        if let Some(Typed::Set(set)) = state.typed() {
-            self.clients[c]
-                .set_contexts
-                .insert(k, set.context().clone());
-            self.history.set_reads.push(SetRead {
-                key: k,
-                members: set.members().map(<[u8]>::to_vec).collect(),
-            });
-        }
+        let Some(typed) = state.typed() else { return };
+        let values = match typed {
+            Typed::Set(set) => set.members().map(<[u8]>::to_vec).collect(),
+            Typed::Map(_) => map_fields(typed).1,
+            Typed::Counter(_) => return,
+        };
+        self.clients[c].seen_contexts.insert(k, typed.context());
+        self.history.typed_reads.push(TypedRead { key: k, values });
     }
 }
 
@@ -303,9 +349,9 @@ mod tests {
             "a removed member came back"
         );
         assert_eq!(check(&with_remove, &[], &empty, true, 0), Ok(()));
-        let phantom = [SetRead {
+        let phantom = [TypedRead {
             key: 0,
-            members: vec![b"x".to_vec()],
+            values: vec![b"x".to_vec()],
         }];
         assert!(check(&with_remove, &phantom, &empty, true, 0).is_err());
     }

@@ -37,8 +37,8 @@ pub(super) struct Client {
     /// The session and node of the operation under way.
     pub(super) waiting: Option<(usize, u64)>,
     pub(super) contexts: BTreeMap<usize, Context>,
-    /// The context of the last read of each set key.
-    pub(super) set_contexts: BTreeMap<usize, CausalContext>,
+    /// The context of the last read of each set and map key.
+    pub(super) seen_contexts: BTreeMap<usize, CausalContext>,
     pub(super) written: u64,
     /// An operator's client runs this script (key, operation) and nothing
     /// else; the others pick at random.

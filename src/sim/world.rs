@@ -459,7 +459,7 @@ impl Sim {
                 h.check(&finals, self.cfg.fsync_always)
                     .and_then(|()| {
                         let durable = self.cfg.fsync_always;
-                        typed::check(&h.typed, &h.set_reads, &finals, durable, h.removed)
+                        typed::check(&h.typed, &h.typed_reads, &finals, durable, h.removed)
                     })
                     .err()
             }

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "{seeds} seeds from {start} passed: {events} simulated events, {acked} acknowledged writes, {reads} reads and {typed} counter and set operations checked, in {:.1} s",
+        "{seeds} seeds from {start} passed: {events} simulated events, {acked} acknowledged writes, {reads} reads and {typed} counter, set and map operations checked, in {:.1} s",
         began.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS
