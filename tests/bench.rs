@@ -10,6 +10,29 @@ use dynakv::namespace::{Changes, Request};
 use dynakv_actors::bench::{self, Op, Spec};
 use dynakv_actors::testkit::{Cluster, wait_for};
 
+/// A short run against `cluster`'s first node, in `default`, with
+/// `clients` clients over `keys` keys; tests change what they need.
+fn spec(cluster: &Cluster, clients: usize, keys: u64, mix: &str) -> Spec {
+    Spec {
+        nodes: vec![cluster.config(0).node.client_addr.clone()],
+        cluster: cluster.config(0).cluster.name.clone(),
+        token: None,
+        namespace: "default".into(),
+        routing: Default::default(),
+        clients,
+        duration: Duration::from_millis(500),
+        value_size: 64,
+        keys,
+        mix: mix.parse().unwrap(),
+        r: None,
+        w: None,
+        preload: false,
+        check: false,
+        rate: None,
+        progress: false,
+    }
+}
+
 #[actix_rt::test]
 async fn a_short_mixed_run_with_checks_finds_no_stale_reads() {
     let cluster = Cluster::start(3).await.unwrap();
@@ -18,21 +41,10 @@ async fn a_short_mixed_run_with_checks_finds_no_stale_reads() {
         .collect();
     let spec = Spec {
         nodes,
-        cluster: cluster.config(0).cluster.name.clone(),
-        token: None,
-        namespace: "default".into(),
-        routing: Default::default(),
-        clients: 6,
         duration: Duration::from_millis(700),
-        value_size: 64,
-        keys: 60,
-        mix: "get=50,put=40,delete=10".parse().unwrap(),
-        r: None,
-        w: None,
         preload: true,
         check: true,
-        rate: None,
-        progress: false,
+        ..spec(&cluster, 6, 60, "get=50,put=40,delete=10")
     };
     let report = bench::run(spec).await.unwrap();
     assert_eq!(report.preload.map(|(keys, _)| keys), Some(60));
@@ -68,22 +80,9 @@ async fn a_short_mixed_run_with_checks_finds_no_stale_reads() {
 async fn a_run_at_a_rate_offers_no_more_than_its_schedule() {
     let cluster = Cluster::start(3).await.unwrap();
     let spec = Spec {
-        nodes: vec![cluster.config(0).node.client_addr.clone()],
-        cluster: cluster.config(0).cluster.name.clone(),
-        token: None,
-        namespace: "default".into(),
-        routing: Default::default(),
-        clients: 4,
         duration: Duration::from_secs(1),
-        value_size: 64,
-        keys: 40,
-        mix: "get=50,put=50".parse().unwrap(),
-        r: None,
-        w: None,
-        preload: false,
-        check: false,
         rate: Some(200),
-        progress: false,
+        ..spec(&cluster, 4, 40, "get=50,put=50")
     };
     let report = bench::run(spec).await.unwrap();
     assert!(report.tally.errors.is_empty(), "{:?}", report.tally.errors);
@@ -122,22 +121,11 @@ async fn a_run_in_a_namespace_writes_its_keys_there() {
     .await
     .unwrap();
     let spec = Spec {
-        nodes: vec![cluster.config(0).node.client_addr.clone()],
-        cluster: cluster.config(0).cluster.name.clone(),
-        token: None,
         namespace: "carts".into(),
-        routing: Default::default(),
-        clients: 2,
         duration: Duration::from_millis(300),
-        value_size: 64,
-        keys: 20,
-        mix: "get=50,put=50".parse().unwrap(),
-        r: None,
         w: Some(3),
         preload: true,
-        check: false,
-        rate: None,
-        progress: false,
+        ..spec(&cluster, 2, 20, "get=50,put=50")
     };
     let report = bench::run(spec).await.unwrap();
     assert!(report.tally.errors.is_empty(), "{:?}", report.tally.errors);
@@ -161,22 +149,8 @@ async fn a_run_in_a_namespace_writes_its_keys_there() {
 async fn incr_and_sadd_run_beside_puts_in_namespaces_of_their_types() {
     let cluster = Cluster::start(3).await.unwrap();
     let spec = Spec {
-        nodes: vec![cluster.config(0).node.client_addr.clone()],
-        cluster: cluster.config(0).cluster.name.clone(),
-        token: None,
-        namespace: "default".into(),
-        routing: Default::default(),
-        clients: 2,
-        duration: Duration::from_millis(500),
-        value_size: 64,
-        keys: 4,
-        mix: "put=1,incr=1,sadd=1".parse().unwrap(),
-        r: None,
         w: Some(3),
-        preload: false,
-        check: false,
-        rate: None,
-        progress: false,
+        ..spec(&cluster, 2, 4, "put=1,incr=1,sadd=1")
     };
     let report = bench::run(spec).await.unwrap();
     assert!(report.tally.errors.is_empty(), "{:?}", report.tally.errors);
