@@ -56,7 +56,8 @@ pub struct MapField {
 /// Variants are only ever appended (they are sent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FieldReading {
-    /// A register's values: one, or the concurrent ones (by dot).
+    /// A register's values: one, or the concurrent ones, oldest first (by
+    /// their minting replicas' clocks, then by dot).
     Values(#[serde(with = "crate::wire::byte_lists")] Vec<Vec<u8>>),
     /// A counter's value (saturated to the range of an i64).
     Count(i64),
@@ -140,8 +141,8 @@ impl Map {
                     let saturated = if count < 0 { i64::MIN } else { i64::MAX };
                     FieldReading::Count(i64::try_from(count).unwrap_or(saturated))
                 } else {
+                    values.sort();
                     if lww {
-                        values.sort();
                         values.drain(..values.len() - 1);
                     }
                     FieldReading::Values(values.into_iter().map(|(_, _, v)| v.to_vec()).collect())
