@@ -42,17 +42,17 @@
 
 mod connection;
 mod router;
+mod typed;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dynakv::crdt::{MapField, Operation, Reading};
 use dynakv::handoff::{PlanChange, PlanReport};
 use dynakv::namespace;
 use dynakv::routing::{ClusterMap, DEFAULT_RING_REFRESH_MS, Routing};
 use dynakv::wire::{
-    Apply, ClientOp, ClientReply, Delete, Get, KeyOp, KeyReply, LocalCopy, NetFault, Put,
-    PutExpiring, StatusReport,
+    ClientOp, ClientReply, Delete, Get, KeyOp, KeyReply, LocalCopy, NetFault, Put, PutExpiring,
+    StatusReport,
 };
 use dynakv::{Error, NodeId, Result};
 use tokio::task::JoinHandle;
@@ -60,6 +60,7 @@ use tokio::time::Instant;
 
 use connection::{connecting, unexpected};
 use router::{Shared, answered, refresh_every};
+pub use typed::TypedResult;
 
 /// What a get returns: every live sibling and the context to write back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,14 +83,6 @@ pub struct WriteResult {
 pub enum Read {
     Values(ReadResult),
     Typed(TypedResult),
-}
-
-/// A data type's merged value, and the context a remove sends back so it
-/// takes away only the adds this read saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TypedResult {
-    pub reading: Reading,
-    pub context: Vec<u8>,
 }
 
 /// One page of a listing: its keys, and the token of the next page (None:
@@ -302,16 +295,6 @@ impl Client {
         }
     }
 
-    /// Reads a key of a data type's namespace: its merged value.
-    pub async fn fetch(&self, key: &[u8], r: Option<u8>) -> Result<TypedResult> {
-        match self.read(key, r).await? {
-            Read::Typed(typed) => Ok(typed),
-            Read::Values(_) => Err(Error::InvalidRequest(
-                "the key is in a blob namespace: get it".into(),
-            )),
-        }
-    }
-
     /// Reads a key of any namespace.
     pub async fn read(&self, key: &[u8], r: Option<u8>) -> Result<Read> {
         let op = KeyOp::Get(Get {
@@ -327,114 +310,6 @@ impl Client {
             }
             other => Err(unexpected(other)),
         }
-    }
-
-    /// Adds `by` (negative: subtracts) to a counter; returns its value
-    /// after the increment, as its minting replica saw it.
-    pub async fn incr(&self, key: &[u8], by: i64, w: Option<u8>) -> Result<i64> {
-        match self.apply(key, Operation::Increment(by), &[], w).await? {
-            ClientReply::Typed {
-                reading: Reading::Counter(value),
-                ..
-            } => Ok(value),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Adds members to a set.
-    pub async fn sadd(&self, key: &[u8], members: &[&[u8]], w: Option<u8>) -> Result<()> {
-        let members = members.iter().map(|m| m.to_vec()).collect();
-        applied(self.apply(key, Operation::Add(members), &[], w).await?)
-    }
-
-    /// Removes members from a set: the adds of them that the read whose
-    /// `context` this is saw (empty: the coordinator reads at R first and
-    /// removes what it saw). An add concurrent with the remove survives.
-    pub async fn srem(
-        &self,
-        key: &[u8],
-        members: &[&[u8]],
-        context: &[u8],
-        w: Option<u8>,
-    ) -> Result<()> {
-        let members = members.iter().map(|m| m.to_vec()).collect();
-        applied(
-            self.apply(key, Operation::Remove(members), context, w)
-                .await?,
-        )
-    }
-
-    /// A set's members, sorted, and the context a remove sends back.
-    pub async fn smembers(&self, key: &[u8], r: Option<u8>) -> Result<(Vec<Vec<u8>>, Vec<u8>)> {
-        match self.fetch(key, r).await? {
-            TypedResult {
-                reading: Reading::Set(members),
-                context,
-            } => Ok((members, context)),
-            TypedResult { reading, .. } => Err(Error::InvalidRequest(format!(
-                "the key holds a {reading:?}, not a set"
-            ))),
-        }
-    }
-
-    /// Writes a map's register field (replacing the values read so far).
-    pub async fn hset(&self, key: &[u8], field: &[u8], value: &[u8], w: Option<u8>) -> Result<()> {
-        let op = Operation::SetField {
-            field: field.to_vec(),
-            value: value.to_vec(),
-        };
-        applied(self.apply(key, op, &[], w).await?)
-    }
-
-    /// Adds `by` (negative: subtracts) to a map's counter field.
-    pub async fn hincr(&self, key: &[u8], field: &[u8], by: i64, w: Option<u8>) -> Result<()> {
-        let op = Operation::IncrementField {
-            field: field.to_vec(),
-            by,
-        };
-        applied(self.apply(key, op, &[], w).await?)
-    }
-
-    /// Removes fields from a map: what the read whose `context` this is
-    /// saw of them (empty: what the coordinator's own read at R sees).
-    pub async fn hdel(
-        &self,
-        key: &[u8],
-        fields: &[&[u8]],
-        context: &[u8],
-        w: Option<u8>,
-    ) -> Result<()> {
-        let op = Operation::DeleteFields(fields.iter().map(|f| f.to_vec()).collect());
-        applied(self.apply(key, op, context, w).await?)
-    }
-
-    /// A map's fields, sorted by name, and the context an hdel sends back.
-    pub async fn hgetall(&self, key: &[u8], r: Option<u8>) -> Result<(Vec<MapField>, Vec<u8>)> {
-        match self.fetch(key, r).await? {
-            TypedResult {
-                reading: Reading::Map(fields),
-                context,
-            } => Ok((fields, context)),
-            TypedResult { reading, .. } => Err(Error::InvalidRequest(format!(
-                "the key holds a {reading:?}, not a map"
-            ))),
-        }
-    }
-
-    async fn apply(
-        &self,
-        key: &[u8],
-        operation: Operation,
-        context: &[u8],
-        w: Option<u8>,
-    ) -> Result<ClientReply> {
-        let op = KeyOp::Apply(Apply {
-            key: self.stored(key)?,
-            operation,
-            context: context.to_vec(),
-            w,
-        });
-        self.shared.call_key(op).await
     }
 
     pub async fn put(
@@ -661,14 +536,6 @@ fn key_error(reply: KeyReply) -> Error {
     match reply {
         KeyReply::Error { kind, message } => Error::from_wire(kind, message),
         other => unexpected(other.into()),
-    }
-}
-
-/// A set or map operation's answer: written, nothing to show.
-fn applied(reply: ClientReply) -> Result<()> {
-    match reply {
-        ClientReply::Written { .. } => Ok(()),
-        other => Err(unexpected(other)),
     }
 }
 
