@@ -373,11 +373,12 @@ impl<S: Store> Replica<S> {
     ) -> Result<SiblingSet> {
         incoming.validate(self.sibling_limit(key).saturating_mul(MERGE_SIBLING_FACTOR))?;
         self.record_hint(key, hint_for)?;
-        let stored = self.stored(key)?;
-        let current = stored.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
+        let (current, bytes) = self.stored(key)?.unzip();
+        let held = current.is_some();
+        let current = current.unwrap_or_default();
         let merged = current.merge(incoming);
-        if stored.is_none() || merged != current {
-            self.store_state(key, stored.map(|(_, bytes)| bytes), &merged)?;
+        if !held || merged != current {
+            self.store_state(key, bytes, &merged)?;
         }
         Ok(merged)
     }
