@@ -279,7 +279,15 @@ pub struct AntiEntropySection {
     /// this many ms apart: longer than any message stays in flight, so a
     /// delayed write of an older version cannot bring the value back.
     pub gc_grace_ms: u64,
+    /// A delete's tombstone is kept at least this long (ms after the
+    /// delete) before it may be collected: a node restored from a backup
+    /// younger than this cannot bring a deleted value back. 0: collect as
+    /// soon as every member allows.
+    pub keep_deleted_ms: u64,
 }
+
+/// A week: a backup up to a week old restores without bringing deletes back.
+pub const KEEP_DELETED_MS: u64 = 7 * 24 * 3600 * 1000;
 
 impl Default for AntiEntropySection {
     fn default() -> Self {
@@ -290,6 +298,7 @@ impl Default for AntiEntropySection {
             gc_interval_ms: 10_000,
             gc_batch: 100,
             gc_grace_ms: 60_000,
+            keep_deleted_ms: KEEP_DELETED_MS,
         }
     }
 }

@@ -32,11 +32,13 @@
 //! - talking to peers: [`wire`] (frames, the client and peer protocols),
 //!   [`peer`] (peer messages, envelopes), [`handshake`] (opening a link),
 //!   [`calls`] (calls in flight, retry backoff), [`auth`] (tokens);
+//! - [`backup`]: the format of a node's backup (records and manifest);
 //! - [`config`]: the typed, validated node configuration; [`error`]: the
 //!   crate's one error type.
 
 pub mod anti_entropy;
 pub mod auth;
+pub mod backup;
 pub mod calls;
 pub mod config;
 pub mod coordinator;

@@ -185,7 +185,7 @@ mod tests {
         };
         let frame = codec().to_frame(&env).unwrap();
         // version | "a" | "b" | Request(5) | Ping
-        assert_eq!(hex(&frame[8..]), "0301610162010500");
+        assert_eq!(hex(&frame[8..]), "0401610162010500");
         let (back, _): (Envelope, _) = codec().decode(&frame).unwrap().unwrap();
         assert_eq!(back, env);
     }

@@ -88,11 +88,20 @@ pub enum Value {
         data: Vec<u8>,
         expires_ms: u64,
     },
+    /// A tombstone with the time of its delete (ms since the Unix epoch,
+    /// by the coordinator's clock): kept at least `keep_deleted_ms` past
+    /// it before collection, so a node restored from a backup younger than
+    /// that finds the delete still held by the cluster and cannot bring the
+    /// value back. (`Tombstone`, from earlier versions and the deletes
+    /// collection itself writes, is collectable at once.)
+    Deleted {
+        at_ms: u64,
+    },
 }
 
 impl Value {
     pub fn is_tombstone(&self) -> bool {
-        matches!(self, Value::Tombstone)
+        matches!(self, Value::Tombstone | Value::Deleted { .. })
     }
 
     /// The bytes written, whether or not they have expired (None for a
@@ -100,7 +109,7 @@ impl Value {
     pub fn data(&self) -> Option<&[u8]> {
         match self {
             Value::Data(d) | Value::Expiring { data: d, .. } => Some(d),
-            Value::Tombstone => None,
+            Value::Tombstone | Value::Deleted { .. } => None,
         }
     }
 
@@ -118,8 +127,17 @@ impl Value {
     pub fn ends_at(&self) -> Option<u64> {
         match self {
             Value::Data(_) => None,
-            Value::Tombstone => Some(0),
+            Value::Tombstone | Value::Deleted { .. } => Some(0),
             Value::Expiring { expires_ms, .. } => Some(*expires_ms),
+        }
+    }
+
+    /// From when tombstone collection may forget the value: as `ends_at`,
+    /// but a timed delete only `keep_ms` after it was made.
+    pub fn collectable_at(&self, keep_ms: u64) -> Option<u64> {
+        match self {
+            Value::Deleted { at_ms } => Some(at_ms.saturating_add(keep_ms)),
+            other => other.ends_at(),
         }
     }
 
@@ -372,6 +390,19 @@ impl SiblingSet {
             .iter()
             .flat_map(|e| &e.values)
             .try_fold(0, |last, v| Some(last.max(v.ends_at()?)))
+    }
+
+    /// From when tombstone collection may forget the key, if nothing more
+    /// is written to it: `ends_at`, with each timed delete kept `keep_ms`
+    /// (`Value::collectable_at`).
+    pub fn collectable_at(&self, keep_ms: u64) -> Option<u64> {
+        if self.sibling_count() == 0 {
+            return None;
+        }
+        self.entries
+            .iter()
+            .flat_map(|e| &e.values)
+            .try_fold(0, |last, v| Some(last.max(v.collectable_at(keep_ms)?)))
     }
 
     /// True when the key reads as not found at `now` though it holds
@@ -724,6 +755,37 @@ mod tests {
             clock: vec![(A, u64::MAX)],
         };
         assert!(SiblingSet::new().update(&ctx, data("x"), A).is_err());
+    }
+
+    #[test]
+    fn a_timed_delete_reads_as_gone_at_once_and_is_collectable_after_its_keep() {
+        let s = SiblingSet::default()
+            .update(&Context::default(), data("v"), A)
+            .unwrap();
+        let d = s
+            .update(&s.context(), Value::Deleted { at_ms: 100 }, A)
+            .unwrap();
+        assert!(d.is_gone_at(0) && d.ends_at() == Some(0));
+        assert_eq!(d.collectable_at(50), Some(150));
+        // An untimed tombstone (earlier versions) is collectable at once;
+        // an expiring value at its deadline, whatever the keep.
+        let old = s.update(&s.context(), Value::Tombstone, A).unwrap();
+        assert_eq!(old.collectable_at(50), Some(0));
+        let expiring = Value::Expiring {
+            data: b"v".to_vec(),
+            expires_ms: 70,
+        };
+        assert_eq!(expiring.collectable_at(50), Some(70));
+        // Concurrent siblings: the latest of them; a live one: never.
+        let both = d.merge(&old.update(&Context::default(), expiring, B).unwrap());
+        assert_eq!(both.collectable_at(50), Some(150));
+        let live = d.merge(&s.update(&Context::default(), data("w"), B).unwrap());
+        assert_eq!(live.collectable_at(50), None);
+        // Stored and sent as a new variant: earlier indexes unchanged.
+        assert_eq!(
+            postcard::to_stdvec(&Value::Deleted { at_ms: 1 }).unwrap(),
+            [3, 1]
+        );
     }
 
     #[test]

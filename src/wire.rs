@@ -18,6 +18,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::backup;
 use crate::crdt::{Operation, Reading};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handoff::{PlanChange, PlanReport};
@@ -28,7 +29,8 @@ use crate::routing::{Effect, RingSnapshot};
 /// Version byte at the start of every payload.
 /// 2: the membership view carries the namespace table.
 /// 3: a sibling set carries a typed key's data-type state.
-pub const PROTOCOL_VERSION: u8 = 3;
+/// 4: a delete's tombstone carries its time (`Value::Deleted`); backups.
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Length prefix + CRC.
 pub const HEADER_LEN: usize = 8;
 /// Default frame limit; configurable (`limits.max_frame_bytes`).
@@ -214,6 +216,8 @@ pub enum ClientOp {
     PutExpiring(PutExpiring),
     /// An operation on a key of a typed namespace (counter, set).
     Apply(Apply),
+    /// A page of a backup of this node's storage (`crate::backup`).
+    Backup(backup::PageRequest),
 }
 
 // The operations on one key are structs of their own, shared by `ClientOp`
@@ -375,6 +379,7 @@ impl ClientOp {
             ClientOp::List { .. } => "list",
             ClientOp::PutExpiring(_) => "put",
             ClientOp::Apply(apply) => apply.operation.name(),
+            ClientOp::Backup(_) => "backup",
             ClientOp::Routed { op, .. } => match op {
                 KeyOp::Get(_) => "get",
                 KeyOp::Put(_) | KeyOp::PutExpiring(_) => "put",
@@ -451,6 +456,8 @@ pub enum ClientReply {
         #[serde(with = "serde_bytes")]
         context: Vec<u8>,
     },
+    /// The answer to `Backup`.
+    Backup(backup::Page),
 }
 
 /// The reply to one key's operation, as a `Stale` or a `Batch` carries it:
@@ -627,11 +634,11 @@ mod tests {
     #[test]
     fn golden_client_frame() {
         // CRC cross-checked with zlib.crc32.
-        // len 10 | crc | version 3 | id 7 | Put(2) | key "k" | value "v" | ctx [] | Some(2)
+        // len 10 | crc | version 4 | id 7 | Put(2) | key "k" | value "v" | ctx [] | Some(2)
         let frame = codec().to_frame(&put()).unwrap();
         assert_eq!(
             hex(&frame),
-            "0000000a6e9ccb71030702016b01760001 02".replace(' ', "")
+            "0000000a8c40d008040702016b01760001 02".replace(' ', "")
         );
         let (back, used): (ClientRequest, _) = codec().decode(&frame).unwrap().unwrap();
         assert_eq!((back, used), (put(), frame.len()));

@@ -23,6 +23,7 @@ fn ae_only(c: &mut Config) {
     c.anti_entropy.interval_ms = 5;
     c.anti_entropy.gc_interval_ms = 200;
     c.anti_entropy.gc_grace_ms = 300;
+    c.anti_entropy.keep_deleted_ms = 0;
     c.hints.deliver = false;
 }
 

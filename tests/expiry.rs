@@ -30,7 +30,7 @@ async fn an_expired_value_reads_as_not_found_and_brings_nothing_older_back() {
     // Collection waits 10 s past the deadline (two acknowledgements that
     // far apart), so the first reads after it find the value still stored
     // and must hide it themselves.
-    let extra = "[anti_entropy]\ngc_interval_ms = 300\ngc_grace_ms = 10000\n";
+    let extra = "[anti_entropy]\ngc_interval_ms = 300\ngc_grace_ms = 10000\nkeep_deleted_ms = 0\n";
     let mut cluster = ProcessCluster::start(3, extra);
     for i in 0..3 {
         cluster.wait_formed(i, 3, WAIT).await;

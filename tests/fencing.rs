@@ -135,7 +135,7 @@ async fn every_node_refuses_the_pushes_of_a_removed_node_that_does_not_know_yet(
 #[actix_rt::test]
 async fn a_removed_node_restarted_on_old_data_stays_out_and_brings_nothing_back() {
     const KEYS: usize = 60;
-    let extra = "[anti_entropy]\ngc_interval_ms = 300\ngc_grace_ms = 600\n";
+    let extra = "[anti_entropy]\ngc_interval_ms = 300\ngc_grace_ms = 600\nkeep_deleted_ms = 0\n";
     let mut cluster = ProcessCluster::start(4, extra);
     for i in 0..4 {
         cluster.wait_formed(i, 4, WAIT).await;

@@ -469,6 +469,7 @@ async fn a_dropped_namespaces_keys_are_deleted_everywhere() {
     let cluster = Cluster::start_with(3, |c| {
         c.anti_entropy.gc_interval_ms = 200;
         c.anti_entropy.gc_grace_ms = 300;
+        c.anti_entropy.keep_deleted_ms = 0;
     })
     .await
     .unwrap();

@@ -281,6 +281,7 @@ async fn tombstones_waiting_to_be_collected_are_shown_in_metrics_and_status() {
     let cluster = Cluster::start_with(3, |c| {
         c.anti_entropy.gc_interval_ms = 100;
         c.anti_entropy.gc_grace_ms = 3_600_000;
+        c.anti_entropy.keep_deleted_ms = 0;
     })
     .await
     .unwrap();

@@ -2,8 +2,9 @@
 //! `status` (asking every member that is not down for its load), `inspect`
 //! (this replica's copy of a key), `plan` (what a membership change would
 //! move), membership changes (through membership) and fault injection
-//! (through the Bridge, when `testing.fault_injection` is on), and `ring`
-//! (the snapshot a cluster-aware client routes by).
+//! (through the Bridge, when `testing.fault_injection` is on), `ring`
+//! (the snapshot a cluster-aware client routes by), and the pages of a
+//! backup (`crate::backup`).
 //!
 //! `prepare` checks a request on the coordinator's thread; `answer` then
 //! gathers what it needs without holding the coordinator.
@@ -12,6 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use actix::prelude::*;
+use dynakv::backup::PageRequest;
 use dynakv::handoff::{PlanChange, preview};
 use dynakv::liveness::Health;
 use dynakv::membership::{MAX_MEMBERS, View};
@@ -26,6 +28,7 @@ use dynakv::wire::{
 use dynakv::{Error, NodeId, Result};
 use std::sync::Arc;
 
+use crate::backup::{Backups, TakePage};
 use crate::bridge::{Bridge, call};
 use crate::faults::{Control, Fault};
 use crate::messages::{Admin, Summary};
@@ -45,6 +48,8 @@ pub struct Operations {
     /// Whether `fault` requests are accepted.
     pub fault_injection: bool,
     pub replica: Addr<Replica>,
+    /// Pages of backups of this node's storage.
+    pub backups: Addr<Backups>,
     pub bridge: Addr<Bridge>,
     pub membership: Recipient<Admin>,
     /// The concerns that add lines to `status`.
@@ -78,6 +83,7 @@ pub enum Prepared {
     Fault(Fault),
     Ring(Box<RingSnapshot>),
     Namespaces(Vec<namespace::Info>),
+    Backup(PageRequest),
 }
 
 impl Operations {
@@ -124,6 +130,7 @@ impl Operations {
                     .ok_or_else(|| Error::Unavailable("the cluster is not formed yet".into()))?;
                 Prepared::Ring(Box::new(RingSnapshot::of(t, self.n)))
             }
+            ClientOp::Backup(request) => Prepared::Backup(request),
             ClientOp::Hello { .. } => {
                 return Err(Error::InvalidRequest(
                     "hello is only valid as the first message".into(),
@@ -241,6 +248,14 @@ impl Operations {
         match prepared {
             Prepared::Ring(snapshot) => Ok(ClientReply::Ring(*snapshot)),
             Prepared::Namespaces(answer) => Ok(ClientReply::Namespaces(answer)),
+            Prepared::Backup(request) => {
+                let page = self
+                    .backups
+                    .send(TakePage(request))
+                    .await
+                    .map_err(mailbox_error)??;
+                Ok(ClientReply::Backup(page))
+            }
             Prepared::Admin(op) => {
                 let message = self.membership.send(op).await.map_err(mailbox_error)??;
                 Ok(ClientReply::Done { message })

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod anti_entropy;
+pub mod backup;
 pub mod bench;
 pub mod bridge;
 pub mod client;

@@ -47,6 +47,7 @@ use tracing::{info, warn};
 
 use crate::admin::Operations;
 use crate::anti_entropy::{AntiEntropy, AntiEntropySettings};
+use crate::backup::Backups;
 use crate::bridge::{Bridge, BridgeSettings, Handle, PeerRequest, Watch};
 use crate::client_server::{ClientServer, ClientSettings, DrainAll};
 use crate::clock::Clock;
@@ -169,6 +170,7 @@ fn start_on(
     // crash lost writes it had coordinated.
     let writer =
         Writer(getrandom::u64().map_err(|e| Error::Internal(format!("no randomness: {e}")))?);
+    let backups = Backups::start(storage.clone(), me.to_string(), config.cluster.name.clone());
     let replica = Replica::start(
         storage,
         ReplicaSettings {
@@ -177,6 +179,7 @@ fn start_on(
             max_siblings: config.limits.max_siblings as usize,
             fsync: config.storage.fsync,
             fsync_interval: Duration::from_millis(config.storage.fsync_interval_ms),
+            keep_deleted_ms: config.anti_entropy.keep_deleted_ms,
         },
         &on,
     )?;
@@ -340,6 +343,7 @@ fn start_on(
         namespace_defaults: config.default_namespace(),
         fault_injection: config.testing.fault_injection,
         replica: replica.clone(),
+        backups,
         bridge: bridge.clone(),
         membership: membership.clone().recipient(),
         reporters: vec![

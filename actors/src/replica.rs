@@ -25,7 +25,7 @@ use dynakv::handoff::HandoffMsg;
 use dynakv::namespace;
 use dynakv::partition::Partition;
 use dynakv::peer::{NodeLoad, PeerMsg};
-use dynakv::replica::{Replica as Core, ReplicaMsg, Usage, read_answer};
+use dynakv::replica::{ReplicaMsg, Usage, read_answer};
 use dynakv::store::Entry;
 use dynakv::store::stored_key;
 use dynakv::tombstones::GcMsg;
@@ -44,7 +44,7 @@ pub use crate::storage_worker::{
 };
 use crate::storage_worker::{
     ApplyBatch, Barrier, Counters, FreeMemtables, MergeAll, SetNamespaces, StorageWorker, SyncNow,
-    Syncer,
+    Syncer, open_core,
 };
 pub use crate::storage_worker::{ReplicaSettings, ReplicaStats, Stats};
 use crate::supervise::{mailbox_error, shielded};
@@ -170,13 +170,7 @@ impl Replica {
         settings: ReplicaSettings,
         on: &ArbiterHandle,
     ) -> Result<Addr<Replica>> {
-        let (core, report) = Core::open(
-            storage.data(),
-            storage.hints(),
-            settings.partitions,
-            settings.writer,
-            settings.max_siblings,
-        )?;
+        let (core, report) = open_core(&storage, &settings)?;
         if !report.corrupt.is_empty() {
             error!(
                 records = report.corrupt.len(),

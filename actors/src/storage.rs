@@ -26,12 +26,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::ops::Bound;
+
+use dynakv::backup::Section;
 use dynakv::config::StorageSection;
 use dynakv::store::Store;
 use dynakv::{Error, Result};
 use fjall::{
     AbstractTree, Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch as WriteBatch,
-    PersistMode, Slice,
+    PersistMode, Readable, Slice, Snapshot,
 };
 use tracing::warn;
 
@@ -218,6 +221,55 @@ impl Storage {
         self.store(&self.meta, Slot::Meta)
     }
 
+    /// The store of one section of a backup.
+    pub fn section(&self, section: Section) -> FjallStore {
+        match section {
+            Section::Data => self.data(),
+            Section::Hints => self.hints(),
+            Section::Meta => self.meta(),
+        }
+    }
+
+    /// A consistent view of every store as it is now, for a backup.
+    pub fn snapshot(&self) -> Snapshot {
+        self.db.snapshot()
+    }
+
+    /// Records of `section` in `snapshot` after `after` (None: from the
+    /// first), up to about `max_bytes` of keys and values (at least one
+    /// record if any is left).
+    pub fn snapshot_page(
+        &self,
+        snapshot: &Snapshot,
+        section: Section,
+        after: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<SnapshotPage> {
+        let keyspace = match section {
+            Section::Data => &self.data,
+            Section::Hints => &self.hints,
+            Section::Meta => &self.meta,
+        };
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for guard in snapshot.range::<&[u8], _>(keyspace, (from, Bound::Unbounded)) {
+            if bytes >= max_bytes {
+                return Ok(SnapshotPage {
+                    records: out,
+                    more: true,
+                });
+            }
+            let (k, v) = guard.into_inner().map_err(storage_error)?;
+            bytes += k.len() + v.len();
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(SnapshotPage {
+            records: out,
+            more: false,
+        })
+    }
+
     /// Holds writes back until `commit` (committing any still held).
     pub fn begin(&self) -> Result<()> {
         self.shared.commit()?;
@@ -306,6 +358,13 @@ impl Storage {
     pub fn disk_bytes(&self) -> u64 {
         self.data.disk_space() + self.hints.disk_space()
     }
+}
+
+/// Records of one section of a snapshot (`Storage::snapshot_page`).
+pub struct SnapshotPage {
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The section holds more after these.
+    pub more: bool,
 }
 
 /// Above the largest memtable the configuration allows (1024 MiB, scaled

@@ -30,7 +30,7 @@ use dynakv::handoff::{self, HandoffMsg};
 use dynakv::namespace;
 use dynakv::partition::Partition;
 use dynakv::placement::Scope;
-use dynakv::replica::{Replica as Core, ReplicaMsg, Usage};
+use dynakv::replica::{OpenReport, Replica as Core, ReplicaMsg, Usage};
 use dynakv::store::Entry;
 use dynakv::tombstones::{self, GcMsg};
 use dynakv::version::Actor as Writer;
@@ -144,6 +144,24 @@ pub struct ReplicaSettings {
     pub max_siblings: usize,
     pub fsync: Fsync,
     pub fsync_interval: Duration,
+    /// `anti_entropy.keep_deleted_ms`.
+    pub keep_deleted_ms: u64,
+}
+
+/// Opens the core replica over `storage` with `settings`.
+pub(crate) fn open_core(
+    storage: &Storage,
+    settings: &ReplicaSettings,
+) -> Result<(Core<FjallStore>, OpenReport)> {
+    let (mut core, report) = Core::open(
+        storage.data(),
+        storage.hints(),
+        settings.partitions,
+        settings.writer,
+        settings.max_siblings,
+    )?;
+    core.keep_deleted(settings.keep_deleted_ms);
+    Ok((core, report))
 }
 
 /// The catch-up message with this replica's roots of a scope in these
@@ -252,14 +270,7 @@ impl StorageWorker {
     /// dot twice.
     fn reopen(&mut self) {
         self.settings.writer = self.settings.writer.successor();
-        let s = &self.settings;
-        self.core = match Core::open(
-            self.storage.data(),
-            self.storage.hints(),
-            s.partitions,
-            s.writer,
-            s.max_siblings,
-        ) {
+        self.core = match open_core(&self.storage, &self.settings) {
             Ok((mut core, _)) => {
                 core.set_namespaces(self.namespaces.clone());
                 Some(core)
@@ -535,6 +546,7 @@ mod tests {
             max_siblings: 10,
             fsync,
             fsync_interval: Duration::from_secs(1),
+            keep_deleted_ms: 0,
         };
         let counters = Arc::new(Counters::default());
         let c = counters.clone();

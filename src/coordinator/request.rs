@@ -101,7 +101,7 @@ impl Planner {
 
     /// A write of `key`, coordinated at `now` (ms since the Unix epoch):
     /// a value with a TTL (the write's, else its namespace's) expires that
-    /// long after `now`.
+    /// long after `now`, and a delete is dated `now`.
     pub fn write(
         &self,
         t: Option<&Topology>,
@@ -142,6 +142,8 @@ impl Planner {
                 data,
                 expires_ms: now.saturating_add(ttl),
             },
+            // A delete carries its time, for how long it is kept.
+            (Value::Tombstone, _) => Value::Deleted { at_ms: now },
             (value, _) => value,
         };
         let w = quorum("w", w, ns.w, ns.n)?;
@@ -445,7 +447,11 @@ mod tests {
             Write::new(Value::Tombstone, &[], None),
             5,
         );
-        assert_eq!(minted(delete.unwrap()), Value::Tombstone);
+        assert_eq!(
+            minted(delete.unwrap()),
+            Value::Deleted { at_ms: 5 },
+            "dated"
+        );
         let put = p.write(
             Some(&t),
             key(b"k"),

@@ -12,8 +12,9 @@ use crate::store::{Entry, Store, decode_state};
 use crate::version::{SiblingSet, Value};
 
 impl<S: Store> Replica<S> {
-    /// Up to `limit` keys of `p` that read as not found at `now` (ms
-    /// since the Unix epoch): every sibling a tombstone or expired.
+    /// Up to `limit` keys of `p` that collection may take at `now` (ms
+    /// since the Unix epoch): every sibling a tombstone or expired, and
+    /// every timed delete older than `keep_deleted_ms`.
     pub fn tombstones(
         &mut self,
         p: Partition,
@@ -28,7 +29,7 @@ impl<S: Store> Replica<S> {
         self.scan_partition(p, |key, value| {
             if found.len() < limit {
                 let state = decode_state(value)?;
-                match state.ends_at() {
+                match state.collectable_at(self.keep_deleted_ms) {
                     Some(at) if at <= now => found.push((key.to_vec(), state)),
                     Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
                     None => {}
@@ -70,8 +71,9 @@ impl<S: Store> Replica<S> {
                     let (entries, end) = self.chunk_of(p, prefix, after.as_deref(), SCAN_CHUNK)?;
                     for (key, state) in entries {
                         if deleted.len() < limit && !state.is_gone_at(now) {
+                            let delete = Value::Deleted { at_ms: now };
                             let (tombstone, _) =
-                                self.update(&key, &state.context(), Value::Tombstone, None)?;
+                                self.update(&key, &state.context(), delete, None)?;
                             deleted.push((key.clone(), tombstone));
                         }
                         after = Some(key);

@@ -18,9 +18,10 @@
 //! - the stored key is `partition (u32, big-endian) ++ user key`, so a
 //!   partition is one contiguous range;
 //! - every partition holding a key whose siblings are all tombstones or
-//!   expiring values (`SiblingSet::ends_at`) is in `tombstoned`, at a time
-//!   no later than that key is gone (it may name more, and earlier), so the
-//!   search for keys to collect scans only those, once due.
+//!   expiring values (`SiblingSet::collectable_at`) is in `tombstoned`, at
+//!   a time no later than that key may be collected (it may name more, and
+//!   earlier), so the search for keys to collect scans only those, once
+//!   due.
 
 mod collect;
 mod hinted;
@@ -154,6 +155,9 @@ pub struct Replica<S: Store> {
     /// every key of every partition each round (and every expiring key
     /// until it expired).
     tombstoned: HashMap<Partition, u64>,
+    /// How long a timed delete is kept before collection
+    /// (`Value::Deleted`; 0 until `keep_deleted` says).
+    keep_deleted_ms: u64,
 }
 
 /// Keys and bytes (keys plus encoded sibling sets) one partition holds.
@@ -205,7 +209,8 @@ impl<S: Store> Replica<S> {
                         } else {
                             Cow::Borrowed(value)
                         };
-                        if let Some(at) = state.ends_at() {
+                        // Marked with no keep yet: earlier is allowed.
+                        if let Some(at) = state.collectable_at(0) {
                             mark(&mut tombstoned, p, at);
                         }
                         trees.entry(p).or_default().leaves(key).update(
@@ -238,12 +243,19 @@ impl<S: Store> Replica<S> {
             trees,
             usage,
             tombstoned,
+            keep_deleted_ms: 0,
         };
         Ok((replica, report))
     }
 
     pub fn actor(&self) -> Actor {
         self.actor
+    }
+
+    /// Keeps each timed delete `ms` before tombstone collection may take
+    /// it (`anti_entropy.keep_deleted_ms`).
+    pub fn keep_deleted(&mut self, ms: u64) {
+        self.keep_deleted_ms = ms;
     }
 
     /// The cluster's namespaces, as the membership view last said: their
@@ -531,7 +543,7 @@ impl<S: Store> Replica<S> {
         let p = Partition::of_key(key, self.q);
         let encoded = encode_state(new);
         self.store.put(&storage_key(p, key), &encoded)?;
-        if let Some(at) = new.ends_at() {
+        if let Some(at) = new.collectable_at(self.keep_deleted_ms) {
             mark(&mut self.tombstoned, p, at);
         }
         let u = self.usage.entry(p).or_default();
@@ -879,6 +891,28 @@ mod tests {
             .unwrap();
         assert!(r.tombstones(p, 10, 0).unwrap().is_empty());
         assert!(!r.tombstoned.contains_key(&p));
+    }
+
+    #[test]
+    fn a_timed_delete_is_found_for_collection_only_once_it_was_kept() {
+        let mut r = replica();
+        r.keep_deleted(5000);
+        let p = Partition::of_key(b"k", 64);
+        let (live, _) = r
+            .update(b"k", &Context::default(), data("v"), None)
+            .unwrap();
+        let delete = Value::Deleted { at_ms: 1000 };
+        let (deleted, _) = r.update(b"k", &live.context(), delete, None).unwrap();
+        assert!(
+            r.read(b"k").unwrap().live_values(1000).next().is_none(),
+            "reads as gone at once"
+        );
+        assert!(r.tombstones(p, 10, 5999).unwrap().is_empty());
+        assert_eq!(r.tombstoned.get(&p), Some(&6000), "searched again at 6000");
+        assert_eq!(
+            r.tombstones(p, 10, 6000).unwrap(),
+            vec![(b"k".to_vec(), deleted)]
+        );
     }
 
     #[test]

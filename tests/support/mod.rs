@@ -103,25 +103,32 @@ impl ProcessCluster {
     /// Writes a config per node (every other node as a seed, `extra` TOML
     /// appended to each) and starts them all, on loopback.
     pub fn start(n: usize, extra: &str) -> ProcessCluster {
+        Self::start_sized(n, 1024, extra)
+    }
+
+    /// The same, with `partitions` partitions (fewer make anti-entropy
+    /// go round them sooner).
+    pub fn start_sized(n: usize, partitions: u32, extra: &str) -> ProcessCluster {
         let addrs = (0..n)
             .map(|_| {
                 let addr = || format!("127.0.0.1:{}", free_port());
                 (addr(), addr())
             })
             .collect();
-        Self::start_at(addrs, None, extra)
+        Self::start_at(addrs, None, partitions, extra)
     }
 
     /// The same, each node in its own network namespace of `net`.
     pub fn start_in(net: Namespaces, n: usize, extra: &str) -> ProcessCluster {
         let addrs = (0..n).map(|i| net.addrs(i)).collect();
-        Self::start_at(addrs, Some(net), extra)
+        Self::start_at(addrs, Some(net), 1024, extra)
     }
 
     /// `addrs`: each node's client and peer address.
     fn start_at(
         addrs: Vec<(String, String)>,
         net: Option<Namespaces>,
+        partitions: u32,
         extra: &str,
     ) -> ProcessCluster {
         let dir = tempfile::tempdir().unwrap();
@@ -135,7 +142,7 @@ impl ProcessCluster {
                 .collect();
             let toml = format!(
                 "[node]\nid = \"node{id}\"\nclient_addr = \"{client}\"\npeer_addr = \"{peer}\"\n\
-                 data_dir = \"{data}\"\n\n[cluster]\nseeds = [{seeds}]\n\n\
+                 data_dir = \"{data}\"\n\n[cluster]\nseeds = [{seeds}]\npartitions = {partitions}\n\n\
                  [gossip]\ninterval_ms = 100\nsuspect_after_ms = 1000\ndown_after_ms = 3000\n\n\
                  [hints]\ninterval_ms = 200\n\n[timeouts]\nrequest_ms = 2000\nconnect_ms = 500\n{extra}\n",
                 id = i + 1,
@@ -263,6 +270,14 @@ impl ProcessCluster {
 
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Node `i`'s data directory and configuration file.
+    pub fn node_paths(&self, i: usize) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join(format!("node{}", i + 1)),
+            self.configs[i].clone(),
+        )
     }
 
     /// Waits until node `i` answers status with a formed ring of `members`.

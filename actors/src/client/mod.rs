@@ -448,6 +448,18 @@ impl Client {
         }
     }
 
+    /// A page of a backup of this node's storage (`crate::backup::take`
+    /// asks for every page).
+    pub async fn backup_page(
+        &self,
+        request: dynakv::backup::PageRequest,
+    ) -> Result<dynakv::backup::Page> {
+        match self.call(ClientOp::Backup(request)).await? {
+            ClientReply::Backup(page) => Ok(page),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub async fn inspect(&self, key: &[u8]) -> Result<LocalCopy> {
         let key = self.stored(key)?;
         match self.call(ClientOp::Inspect { key }).await? {

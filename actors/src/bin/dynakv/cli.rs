@@ -332,6 +332,39 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Back up one node's storage (a consistent snapshot: keys with their
+    /// siblings and tombstones, hints, membership view) into a directory.
+    Backup {
+        /// Client address of the node to back up.
+        #[arg(long, default_value = "127.0.0.1:7001")]
+        node: String,
+        /// Directory to write the backup to (created if missing; must not
+        /// hold a backup yet).
+        #[arg(long)]
+        out: PathBuf,
+        /// Cluster name the node must have (empty: any).
+        #[arg(long, default_value = "")]
+        cluster: String,
+    },
+    /// Prepare a node's data directory from a backup (checked whole first).
+    /// Start the node on it with its old node.id: it writes as a fresh
+    /// writer, and what the cluster wrote since comes back by anti-entropy.
+    Restore {
+        /// Backup directory (`dynakv backup --out`).
+        #[arg(long)]
+        from: PathBuf,
+        /// Data directory to create; must be missing or empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The node's configuration file, for its storage settings and
+        /// how long deletes are kept (anti_entropy.keep_deleted_ms).
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Restore a backup older than deletes are kept, though values
+        /// deleted since it was taken may come back.
+        #[arg(long)]
+        force: bool,
+    },
     /// Inject network faults (the node needs testing.fault_injection = true).
     Fault {
         #[command(subcommand)]

@@ -15,7 +15,7 @@ use dynakv::wire::NetFault;
 use dynakv::{Error, NodeId, Result};
 use dynakv_actors::client::{Client, Options, Read};
 use dynakv_actors::events::Event;
-use dynakv_actors::{bench, dev, logging, node};
+use dynakv_actors::{backup, bench, dev, logging, node};
 use serde_json::json;
 
 mod cli;
@@ -83,6 +83,12 @@ fn main() -> ExitCode {
             };
             actix::System::new().block_on(run_bench(spec, json))
         }
+        Command::Restore {
+            from,
+            data_dir,
+            config,
+            force,
+        } => restore(&from, &data_dir, config, force),
         command => {
             logging::init("warn", LogFormat::Text);
             let options = Options {
@@ -128,6 +134,28 @@ fn serve(path: Option<PathBuf>, log_format: Option<String>) -> Result<()> {
         }
         handle.stop().await
     })
+}
+
+fn restore(
+    from: &std::path::Path,
+    data_dir: &std::path::Path,
+    config: Option<PathBuf>,
+    force: bool,
+) -> Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let m = backup::restore(from, data_dir, &config, force)?;
+    say!(
+        "restored node {}'s backup (cluster {:?}, taken at {} ms since the epoch) into {}: \
+         {} keys, {} hints; start it with node.id = {:?}",
+        m.node,
+        m.cluster,
+        m.taken_ms,
+        data_dir.display(),
+        m.keys,
+        m.hints,
+        m.node
+    );
+    Ok(())
 }
 
 async fn run_bench(spec: bench::Spec, as_json: bool) -> Result<()> {
@@ -288,8 +316,26 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             command: FaultCommand::Heal { target },
         } => (KeyTarget::any(target), Op::Fault(NetFault::Heal)),
         Command::Cluster { command } => return cluster(command, options).await,
+        Command::Backup { node, out, cluster } => {
+            let client = Client::connect_with(&node, Options { cluster, ..options }).await?;
+            let m = backup::take(&client, &out).await?;
+            say!(
+                "backed up node {} of cluster {:?} to {}: {} keys, {} hints, {} bytes (taken at {} ms since the epoch)",
+                m.node,
+                m.cluster,
+                out.display(),
+                m.keys,
+                m.hints,
+                m.bytes,
+                m.taken_ms
+            );
+            return Ok(());
+        }
         Command::Ns { command } => return namespaces(command, options).await,
-        Command::Serve { .. } | Command::Dev { .. } | Command::Bench { .. } => {
+        Command::Serve { .. }
+        | Command::Dev { .. }
+        | Command::Bench { .. }
+        | Command::Restore { .. } => {
             unreachable!("handled in main")
         }
     };
