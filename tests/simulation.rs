@@ -81,6 +81,34 @@ fn a_removed_member_back_on_old_data_brings_nothing_back() {
     assert!(o.fenced > 0, "{o:?}");
 }
 
+/// Deletes kept 5 simulated seconds before collection (as
+/// `anti_entropy.keep_deleted_ms` keeps them for a restore), in the runs
+/// that collect the most (a removed member's keys are deleted): nothing
+/// comes back, and collection still happens within the run.
+#[test]
+fn deletes_kept_before_collection_lose_nothing_and_are_still_collected() {
+    let keep = |periodic| SimConfig {
+        keep_deleted_ms: 5_000,
+        removal: true,
+        ..config(periodic, false)
+    };
+    run_seeds(&keep(false), 1..101);
+    run_seeds(&keep(true), 1..51);
+    let o = simulate(
+        &SimConfig {
+            trace: true,
+            ..keep(false)
+        },
+        1,
+    );
+    assert!(
+        o.trace
+            .iter()
+            .any(|l| l.contains(": collected ") && l.ends_with(" tombstones")),
+        "no tombstone was collected"
+    );
+}
+
 #[test]
 fn partitions_really_move() {
     let o = traced(

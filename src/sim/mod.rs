@@ -87,6 +87,9 @@ pub struct SimConfig {
     /// later on its old disk (and old view), after the cluster has deleted
     /// and collected keys it still holds.
     pub removal: bool,
+    /// How long each replica keeps a delete before collection may take it
+    /// (`anti_entropy.keep_deleted_ms`; simulated ms).
+    pub keep_deleted_ms: u64,
     /// Keep a readable trace of events (printed on failure).
     pub trace: bool,
 }
@@ -111,6 +114,7 @@ impl Default for SimConfig {
             partitions_faults: true,
             scaling: false,
             removal: false,
+            keep_deleted_ms: 0,
             trace: false,
         }
     }

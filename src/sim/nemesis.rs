@@ -205,7 +205,7 @@ impl Sim {
         let cfg = self.cfg.clone();
         let now = self.now;
         let node = &mut self.nodes[i];
-        let (replica, _) = match Replica::open(
+        let (mut replica, _) = match Replica::open(
             node.data.clone(),
             node.hints.clone(),
             cfg.partitions,
@@ -215,6 +215,7 @@ impl Sim {
             Ok(r) => r,
             Err(e) => panic!("reopening a simulated replica failed: {e}"),
         };
+        replica.keep_deleted(cfg.keep_deleted_ms);
         node.replica = replica;
         node.membership = Membership::new(settings(&cfg, i), node.view.clone(), now);
         node.running = true;

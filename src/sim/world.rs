@@ -256,13 +256,14 @@ impl Sim {
         let mut nodes = Vec::with_capacity(cfg.nodes);
         for i in 0..cfg.nodes {
             let (data, hints) = (Disk::default(), Disk::default());
-            let (replica, _) = Replica::open(
+            let (mut replica, _) = Replica::open(
                 data.clone(),
                 hints.clone(),
                 cfg.partitions,
                 Actor(rng.next_u64()),
                 64,
             )?;
+            replica.keep_deleted(cfg.keep_deleted_ms);
             nodes.push(Node {
                 id: node_id(i),
                 running: i < founders(&cfg),
