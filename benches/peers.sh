@@ -13,6 +13,10 @@
 #     (linearizable gets);
 #   - Redis: one unreplicated server (Debian's redis-server), appendonly
 #     with appendfsync everysec and always; load from redis-benchmark.
+# With TLS=1, dynakv also runs with fsync "periodic" and [tls] on (certs from
+# `dynakv certs init`; the bench verifies the nodes), and the table ends
+# with TLS's cost as ratios to the plaintext run. PEERS (default "etcd
+# redis") names the peers to run; PEERS= runs dynakv alone.
 # Prints one table with dynakv's ratio to each peer. With ROUNDS=n the five
 # runs are repeated n times in turn; the table shows each figure's median,
 # which steadies the ratios on a machine whose speed drifts, and dynakv's
@@ -26,6 +30,8 @@ VALUE_SIZE=${VALUE_SIZE:-100}
 KEYS=${KEYS:-100000}
 DURATION=${DURATION:-20}
 ROUNDS=${ROUNDS:-1}
+TLS=${TLS:-0}
+PEERS=${PEERS-etcd redis}
 # redis-benchmark takes a request count, not a time: unless set here, a
 # short probe sizes it so that each Redis test lasts about DURATION.
 REDIS_REQUESTS=${REDIS_REQUESTS:-}
@@ -101,24 +107,35 @@ PY
 DYNAKV="$ROOT/target/release/dynakv"
 NODES=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 
+# run_dynakv MODE [tls]
 run_dynakv() {
-    local mode=$1
-    say "dynakv, 3 nodes, fsync=$mode"
-    rm -rf "$WORK/dynakv-$mode"
+    local mode=$1 tls=${2:-}
+    local label="fsync=$mode${tls:+ tls}" run="$WORK/dynakv-$mode${tls:+-tls}"
+    say "dynakv, 3 nodes, $label"
+    rm -rf "$run"
+    local client_tls=()
+    if [ -n "$tls" ]; then
+        [ -f "$WORK/certs/ca.pem" ] || "$DYNAKV" certs init "$WORK/certs" >/dev/null
+        client_tls=(--tls-ca "$WORK/certs/ca.pem")
+    fi
     for i in 1 2 3; do
-        DYNAKV__NODE__DATA_DIR="$WORK/dynakv-$mode/node$i" DYNAKV__STORAGE__FSYNC="$mode" \
-            DYNAKV__LOG__LEVEL=warn \
-            "$DYNAKV" serve -c "$ROOT/conf/local/node$i.toml" 2>"$WORK/dynakv-$mode-$i.log" &
+        local env=(DYNAKV__NODE__DATA_DIR="$run/node$i" DYNAKV__STORAGE__FSYNC="$mode"
+                   DYNAKV__LOG__LEVEL=warn)
+        if [ -n "$tls" ]; then
+            env+=(DYNAKV__TLS__CERT="$WORK/certs/node$i.pem" DYNAKV__TLS__KEY="$WORK/certs/node$i-key.pem"
+                  DYNAKV__TLS__CA="$WORK/certs/ca.pem")
+        fi
+        env "${env[@]}" "$DYNAKV" serve -c "$ROOT/conf/local/node$i.toml" 2>"$run.$i.log" &
         PIDS+=($!)
     done
-    wait_for "$DYNAKV" put peers-ready yes --node 127.0.0.1:7001 ||
-        { say "skipping dynakv fsync=$mode: the cluster did not answer"; stop_all; return 0; }
+    wait_for "$DYNAKV" put peers-ready yes --node 127.0.0.1:7001 "${client_tls[@]}" ||
+        { say "skipping dynakv $label: the cluster did not answer"; stop_all; return 0; }
     local common=(--node "$NODES" --clients "$CLIENTS" --duration "${DURATION}s"
-                  --value-size "$VALUE_SIZE" --keys "$KEYS" --json)
+                  --value-size "$VALUE_SIZE" --keys "$KEYS" --json "${client_tls[@]}")
     local put get
     put=$("$DYNAKV" bench "${common[@]}" --mix put=100 --preload)
     get=$("$DYNAKV" bench "${common[@]}" --mix get=100)
-    record dynakv "fsync=$mode" "$put" "$get"
+    record dynakv "$label" "$put" "$get"
     stop_all
 }
 
@@ -200,10 +217,10 @@ cargo build -q --release -p dynakv-actors --manifest-path "$ROOT/Cargo.toml"
 for round in $(seq "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && say "round $round of $ROUNDS"
     run_dynakv periodic
+    [ "$TLS" = 1 ] && run_dynakv periodic tls
     run_dynakv always
-    run_etcd
-    run_redis everysec
-    run_redis always
+    case " $PEERS " in *" etcd "*) run_etcd ;; esac
+    case " $PEERS " in *" redis "*) run_redis everysec; run_redis always ;; esac
 done
 
 python3 - "$RESULTS" "$CLIENTS" "$VALUE_SIZE" "$KEYS" "$DURATION" "$ROUNDS" <<'PY'
@@ -240,6 +257,14 @@ for r in rows:
     if always:
         line += f"; fsync=always {always['put'] / r['put']:.2f}x puts"
     print(line)
+tls = mine.get("fsync=periodic tls")
+if periodic and tls:
+    print(f"\nTLS's cost (fsync=periodic, TLS on / off): {tls['put'] / periodic['put']:.2f}x puts, "
+          f"{tls['get'] / periodic['get']:.2f}x gets, p99 {tls['p99_put_ms'] / periodic['p99_put_ms']:.2f}x puts, "
+          f"{tls['p99_get_ms'] / periodic['p99_get_ms']:.2f}x gets")
+    pt = groups.get(("dynakv", "fsync=periodic tls"), [])
+    if len(pt) > 1:
+        print("  round by round, puts: " + " ".join(f"{t['put'] / p['put']:.2f}x" for t, p in zip(pt, groups[("dynakv", "fsync=periodic")])))
 # Each round runs the systems minutes apart, so a round's own ratio is the
 # one least moved by the machine's drift; show them all.
 paired = groups.get(("dynakv", "fsync=periodic"), [])

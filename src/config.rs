@@ -52,6 +52,7 @@ pub struct Config {
     pub anti_entropy: AntiEntropySection,
     pub handoff: HandoffSection,
     pub security: SecuritySection,
+    pub tls: TlsSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
     pub testing: TestingSection,
@@ -336,6 +337,47 @@ pub struct SecuritySection {
     pub client_token: String,
 }
 
+/// TLS on the client and peer ports (rustls). On when `cert` and `key` are
+/// set: both ports then speak only TLS, peers present their certificates
+/// to each other and verify them against `ca` (mutual TLS, beside the
+/// cluster secret), and clients verify the node's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM file of this node's certificate chain (empty: TLS off).
+    pub cert: String,
+    /// PEM file of its private key.
+    pub key: String,
+    /// PEM file of the certificate authority peers' (and clients')
+    /// certificates must chain to.
+    pub ca: String,
+    /// Clients, too, must present a certificate the CA signed.
+    pub require_client_cert: bool,
+}
+
+impl TlsSection {
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty()
+    }
+
+    /// Cert, key and CA are all set or all empty; a client certificate is
+    /// only asked for with TLS on.
+    fn validate(&self) -> Result<()> {
+        let set = [&self.cert, &self.key, &self.ca].map(|f| !f.is_empty());
+        if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {
+            return Err(Error::Config(
+                "tls.cert, tls.key and tls.ca must be set together (or none, for no TLS)".into(),
+            ));
+        }
+        if self.require_client_cert && !self.enabled() {
+            return Err(Error::Config(
+                "tls.require_client_cert needs tls.cert, tls.key and tls.ca".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Hinted handoff: writes a stand-in holds for an owner that was down.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -497,6 +539,7 @@ impl Config {
         if self.node.data_dir.as_os_str().is_empty() {
             return bad("node.data_dir is empty".into());
         }
+        self.tls.validate()?;
         if !(1..=MAX_WEIGHT).contains(&self.node.weight) {
             return bad(format!(
                 "node.weight = {} must be between 1 and {MAX_WEIGHT}",
@@ -735,6 +778,8 @@ mod tests {
         assert!(err("[storage]\nfsync = \"sometimes\"").contains("sometimes"));
         assert!(err("[storage]\nmemtable_mb = 2").contains("storage.memtable_mb = 2"));
         assert!(err("[limits]\nmax_frame_bytes = 1000").contains("max_frame_bytes"));
+        assert!(err("[tls]\ncert = \"c.pem\"").contains("must be set together"));
+        assert!(err("[tls]\nrequire_client_cert = true").contains("needs tls.cert"));
         assert!(
             err("[cluster]\nreplicas = 3").contains("replicas"),
             "unknown keys are errors"

@@ -23,7 +23,6 @@ use dynakv::wire::{ClientOp, ClientReply, ClientRequest, ClientResponse, FrameCo
 use dynakv::{Error, ErrorKind, NodeId};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, warn};
@@ -34,6 +33,7 @@ use crate::listener::{Accepted, Listener};
 use crate::metrics::{Label, Metrics};
 use crate::supervise::send_error;
 use crate::supervise::shielded;
+use crate::tls::{self, NodeTls};
 
 type ServerCodec = Codec<ClientRequest, ClientResponse>;
 
@@ -50,7 +50,12 @@ pub struct ClientSettings {
     /// How long a connection may sit idle before it is closed (None: ever).
     pub idle: Option<Duration>,
     pub metrics: Metrics,
+    /// TLS on this port (None: plaintext).
+    pub tls: Option<NodeTls>,
 }
+
+/// How long a client has to complete the TLS handshake.
+pub(crate) const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// How long a refused client is given to read why.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
@@ -125,7 +130,7 @@ impl Handler<DrainAll> for ClientServer {
 }
 
 impl ClientServer {
-    fn accept(&mut self, accepted: Accepted) {
+    fn accept(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
         let (stream, from) = match accepted {
             Ok(a) => a,
             Err(e) => return warn!(error = %e, "accepting a client connection failed"),
@@ -134,18 +139,45 @@ impl ClientServer {
             let limit = self.settings.max_connections;
             warn!(%from, limit, "refusing a client connection: too many open");
             self.settings.metrics.client_refused();
-            return refuse(stream, &self.settings, limit);
+            // Over TLS the reason could only be told after a handshake.
+            if self.settings.tls.is_none() {
+                refuse(stream, &self.settings, limit);
+            }
+            return;
         }
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, "TCP_NODELAY not set");
         }
+        let Some(tls) = self.settings.tls.clone() else {
+            return self.open_conn(tls::plain(stream), from);
+        };
+        let handshake = async move {
+            match tokio::time::timeout(TLS_HANDSHAKE, tls::accept(&tls.clients, stream)).await {
+                Ok(done) => done,
+                Err(elapsed) => Err((tls::Refusal::Other, std::io::Error::other(elapsed))),
+            }
+        };
+        ctx.spawn(
+            handshake
+                .into_actor(self)
+                .map(move |done, act, _| match done {
+                    Ok(halves) => act.open_conn(halves, from),
+                    Err((refusal, e)) => {
+                        warn!(%from, reason = refusal.reason(), "refusing a client connection: {}", refusal.describe(&e));
+                        act.settings.metrics.tls_refused("client", refusal.reason());
+                    }
+                }),
+        );
+    }
+
+    /// Starts the actor of a connection that is ready for frames.
+    fn open_conn(&mut self, (read, write): (tls::ReadHalf, tls::WriteHalf), from: SocketAddr) {
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
         self.settings.metrics.client_connections(open);
         let settings = self.settings.clone();
         let coordinator = self.coordinator.clone();
         let open = self.open.clone();
         let conn = ClientConn::create(move |ctx| {
-            let (read, write) = stream.into_split();
             ctx.add_stream(FramedRead::new(read, ServerCodec::new(settings.max_frame)));
             let writer = FramedWrite::new(write, ServerCodec::new(settings.max_frame), ctx);
             ClientConn {
@@ -170,7 +202,7 @@ impl ClientServer {
 
 impl StreamHandler<Accepted> for ClientServer {
     fn handle(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
-        shielded(NAME, self, ctx, |act, _| act.accept(accepted))
+        shielded(NAME, self, ctx, |act, ctx| act.accept(accepted, ctx))
     }
 }
 
@@ -203,7 +235,7 @@ pub struct ClientConn {
     settings: ClientSettings,
     peer: SocketAddr,
     coordinator: Addr<Coordinator>,
-    writer: FramedWrite<ClientResponse, OwnedWriteHalf, ServerCodec>,
+    writer: FramedWrite<ClientResponse, tls::WriteHalf, ServerCodec>,
     greeted: bool,
     /// When the last request arrived (or the connection opened).
     last_heard: Instant,

@@ -7,6 +7,7 @@ pub mod anti_entropy;
 pub mod backup;
 pub mod bench;
 pub mod bridge;
+pub mod certs;
 pub mod client;
 pub mod client_server;
 pub mod clock;
@@ -34,3 +35,4 @@ pub mod storage_worker;
 pub mod supervise;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tls;

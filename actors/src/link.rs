@@ -19,12 +19,13 @@ use dynakv::NodeId;
 use dynakv::handshake::Handshake;
 use dynakv::peer::{Envelope, PeerFrame, PeerHello};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, warn};
 
 use crate::codec::{Codec, CodecError};
 use crate::metrics::Metrics;
+use crate::tls::{self, NodeTls};
 
 /// Frames a link holds while it connects; more are dropped.
 const LINK_QUEUE: usize = 65_536;
@@ -85,6 +86,8 @@ pub(crate) struct LinkSettings {
     pub(crate) metrics: Metrics,
     pub(crate) max_frame: u32,
     pub(crate) connect_timeout: Duration,
+    /// TLS on peer links (None: plaintext).
+    pub(crate) tls: Option<NodeTls>,
 }
 
 /// A link's address as the Bridge keeps it: shared, since cloning an actix
@@ -104,7 +107,9 @@ pub struct Link {
     metrics: Metrics,
     max_frame: u32,
     connect_timeout: Duration,
-    writer: Option<FramedWrite<PeerFrame, OwnedWriteHalf, PeerCodec>>,
+    writer: Option<FramedWrite<PeerFrame, tls::WriteHalf, PeerCodec>>,
+    /// How an outbound link opens TLS (None: plaintext).
+    dial: Option<TlsConnector>,
     queue: Vec<PeerFrame>,
     /// This link's own address, once it has given it out.
     me: Option<LinkAddr>,
@@ -127,14 +132,17 @@ impl Link {
             max_frame: settings.max_frame,
             connect_timeout: settings.connect_timeout,
             writer: None,
+            dial: settings.tls.map(|t| t.dial),
             queue: Vec::new(),
             me: None,
         }
     }
 
+    /// A link the peer opened, over its connection's halves (TLS already
+    /// accepted, if on).
     pub(crate) fn inbound(
         reports: LinkReports,
-        stream: TcpStream,
+        stream: (tls::ReadHalf, tls::WriteHalf),
         hello: PeerHello,
         settings: LinkSettings,
         ctx: &mut Context<Self>,
@@ -148,6 +156,7 @@ impl Link {
             max_frame: settings.max_frame,
             connect_timeout: settings.connect_timeout,
             writer: None,
+            dial: None,
             queue: Vec::new(),
             me: None,
         };
@@ -155,11 +164,7 @@ impl Link {
         link
     }
 
-    fn attach(&mut self, stream: TcpStream, ctx: &mut Context<Self>) {
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(error = %e, "TCP_NODELAY not set");
-        }
-        let (read, write) = stream.into_split();
+    fn attach(&mut self, (read, write): (tls::ReadHalf, tls::WriteHalf), ctx: &mut Context<Self>) {
         ctx.add_stream(FramedRead::new(read, PeerCodec::new(self.max_frame)));
         self.writer = Some(FramedWrite::new(write, PeerCodec::new(self.max_frame), ctx));
     }
@@ -202,8 +207,22 @@ impl Actor for Link {
             return;
         };
         let timeout = self.connect_timeout;
+        let dial = self.dial.clone();
+        let open = async move {
+            let stream = TcpStream::connect(&addr).await.map_err(|e| tls::Failed {
+                refusal: tls::Refusal::Other,
+                message: e.to_string(),
+            })?;
+            if let Err(e) = stream.set_nodelay(true) {
+                debug!(error = %e, "TCP_NODELAY not set");
+            }
+            match dial {
+                Some(dial) => tls::connect(&dial, &addr, stream).await,
+                None => Ok(tls::plain(stream)),
+            }
+        };
         ctx.wait(
-            async move { tokio::time::timeout(timeout, TcpStream::connect(addr)).await }
+            async move { tokio::time::timeout(timeout, open).await }
                 .into_actor(self)
                 .map(|connected, link, ctx| match connected {
                     Ok(Ok(stream)) => {
@@ -212,8 +231,13 @@ impl Actor for Link {
                             link.write(hello);
                         }
                     }
-                    Ok(Err(e)) => {
-                        debug!(addr = ?link.addr, error = %e, "peer connect failed");
+                    Ok(Err(failed)) if failed.refusal != tls::Refusal::Other => {
+                        warn!(addr = ?link.addr, reason = failed.refusal.reason(), "peer connect refused: {}", failed.message);
+                        link.metrics.tls_refused("peer", failed.refusal.reason());
+                        ctx.stop();
+                    }
+                    Ok(Err(failed)) => {
+                        debug!(addr = ?link.addr, error = %failed.message, "peer connect failed");
                         ctx.stop();
                     }
                     Err(_) => {

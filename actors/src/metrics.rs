@@ -45,6 +45,14 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsLabels {
+    /// "client" or "peer".
+    port: &'static str,
+    /// Why (`crate::tls::Refusal::reason`).
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MemberLabels {
     member: String,
 }
@@ -80,6 +88,7 @@ struct Inner {
     storage_disk_bytes: Gauge,
     client_connections: Gauge,
     peers_refused: Counter,
+    tls_refused: Family<TlsLabels, Counter>,
     peer_requests_fenced: Counter,
     client_connections_refused: Counter,
     peer_requests_sent: Counter,
@@ -129,6 +138,7 @@ impl Metrics {
             storage_disk_bytes: Gauge::default(),
             client_connections: Gauge::default(),
             peers_refused: Counter::default(),
+            tls_refused: Family::default(),
             peer_requests_fenced: Counter::default(),
             client_connections_refused: Counter::default(),
             peer_requests_sent: Counter::default(),
@@ -262,6 +272,12 @@ impl Metrics {
             inner.peers_refused.clone(),
         );
         r.register(
+            "tls_handshakes_refused",
+            "TLS handshakes refused, by port and reason (not-tls, unknown-ca, expired, \
+             no-client-cert, other)",
+            inner.tls_refused.clone(),
+        );
+        r.register(
             "peer_requests_fenced",
             "Peer requests refused because their sender left or was removed from the cluster",
             inner.peer_requests_fenced.clone(),
@@ -386,6 +402,14 @@ impl Metrics {
     /// A peer connection refused.
     pub fn peer_refused(&self) {
         self.0.peers_refused.inc();
+    }
+
+    /// A TLS handshake refused on `port` ("client" or "peer").
+    pub fn tls_refused(&self, port: &'static str, reason: &'static str) {
+        self.0
+            .tls_refused
+            .get_or_create(&TlsLabels { port, reason })
+            .inc();
     }
 
     /// A peer request refused: its sender left or was removed.

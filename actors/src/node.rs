@@ -63,6 +63,7 @@ use crate::replica::{Flush, Replica, ReplicaSettings};
 use crate::ring::{Ring, Subscribe};
 use crate::session::Router;
 use crate::storage::Storage;
+use crate::tls::NodeTls;
 use dynakv::peer::Concern;
 
 /// The node's listening sockets, bound before the actors start (so a test
@@ -152,6 +153,7 @@ fn start_on(
 ) -> Result<NodeHandle> {
     config.validate()?;
     let me = config.node_id();
+    let tls = NodeTls::load(&config.tls)?;
     let metrics = Metrics::new();
     let events = Events::new(metrics.clone());
     let local = |l: &std::net::TcpListener| {
@@ -193,6 +195,7 @@ fn start_on(
             connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
             secret: config.security.cluster_secret.clone(),
             metrics: metrics.clone(),
+            tls: tls.clone(),
         },
         listeners.peer,
     );
@@ -376,6 +379,7 @@ fn start_on(
             idle: (config.limits.client_idle_ms > 0)
                 .then(|| Duration::from_millis(config.limits.client_idle_ms)),
             metrics: metrics.clone(),
+            tls,
         },
         listeners.client,
         coordinator.clone(),

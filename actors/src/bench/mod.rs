@@ -227,6 +227,7 @@ pub async fn run(spec: Spec) -> Result<Report> {
     let options = Options {
         cluster: spec.cluster.clone(),
         token: spec.token.clone(),
+        tls: spec.tls.clone(),
         routing: spec.routing,
         pool_size: spec.clients.div_ceil(seeds.len()).clamp(1, 64),
         ..Options::default()

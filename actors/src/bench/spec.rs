@@ -98,6 +98,8 @@ pub struct Spec {
     pub routing: Routing,
     pub cluster: String,
     pub token: Option<String>,
+    /// TLS to the nodes (None: plaintext).
+    pub tls: Option<crate::tls::ClientTls>,
     /// The namespace of the keys (it must exist).
     pub namespace: String,
     pub clients: usize,

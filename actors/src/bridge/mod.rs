@@ -48,6 +48,7 @@ pub use api::{
     call,
 };
 
+use crate::client_server::TLS_HANDSHAKE;
 use crate::clock::Clock;
 use crate::faults::{Control, Fault, Faults};
 use crate::link::{
@@ -55,6 +56,7 @@ use crate::link::{
 };
 use crate::listener::{Accepted, Listener};
 use crate::supervise::shielded;
+use crate::tls::{self, NodeTls};
 
 /// First and longest wait before reconnecting to a peer that failed, in
 /// ms: a restarting peer is back within a few tries; a dead one costs a
@@ -78,6 +80,8 @@ pub struct BridgeSettings {
     /// The cluster secret peers prove they hold (empty: no authentication).
     pub secret: String,
     pub metrics: Metrics,
+    /// TLS on the peer port and on links this node opens (None: plaintext).
+    pub tls: Option<NodeTls>,
 }
 
 pub struct Bridge {
@@ -156,6 +160,7 @@ impl Bridge {
             metrics: self.settings.metrics.clone(),
             max_frame: self.settings.max_frame,
             connect_timeout: self.settings.connect_timeout,
+            tls: self.settings.tls.clone(),
         }
     }
 
@@ -362,16 +367,41 @@ impl Bridge {
         match accepted {
             Ok((stream, from)) => {
                 debug!(%from, "peer connection accepted");
-                let (reports, hello) = (self.reports(ctx), self.hello());
-                let settings = self.link_settings();
-                let link = Link::create(move |link_ctx| {
-                    Link::inbound(reports, stream, hello, settings, link_ctx)
-                });
-                self.inbound.retain(|l| l.upgrade().is_some());
-                self.inbound.push(link.downgrade());
+                if let Err(e) = stream.set_nodelay(true) {
+                    debug!(error = %e, "TCP_NODELAY not set");
+                }
+                let Some(tls) = self.settings.tls.clone() else {
+                    return self.start_inbound(tls::plain(stream), ctx);
+                };
+                let handshake = async move {
+                    let accepted = tls::accept(&tls.peers, stream);
+                    match tokio::time::timeout(TLS_HANDSHAKE, accepted).await {
+                        Ok(done) => done,
+                        Err(elapsed) => Err((tls::Refusal::Other, std::io::Error::other(elapsed))),
+                    }
+                };
+                ctx.spawn(handshake.into_actor(self).map(move |done, act, ctx| match done {
+                    Ok(halves) => act.start_inbound(halves, ctx),
+                    Err((refusal, e)) => {
+                        warn!(%from, reason = refusal.reason(), "refusing a peer connection: {}", refusal.describe(&e));
+                        act.settings.metrics.tls_refused("peer", refusal.reason());
+                    }
+                }));
             }
             Err(e) => warn!(error = %e, "accepting a peer connection failed"),
         }
+    }
+}
+
+impl Bridge {
+    /// Starts the link of a peer connection that is ready for frames.
+    fn start_inbound(&mut self, stream: (tls::ReadHalf, tls::WriteHalf), ctx: &mut Context<Self>) {
+        let (reports, hello) = (self.reports(ctx), self.hello());
+        let settings = self.link_settings();
+        let link =
+            Link::create(move |link_ctx| Link::inbound(reports, stream, hello, settings, link_ctx));
+        self.inbound.retain(|l| l.upgrade().is_some());
+        self.inbound.push(link.downgrade());
     }
 }
 
@@ -638,6 +668,7 @@ mod tests {
             max_frame: 1 << 20,
             connect_timeout: Duration::from_secs(30),
             secret: String::new(),
+            tls: None,
             metrics: Metrics::new(),
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::tls;
 use dynakv::wire::{ClientOp, ClientReply, ClientRequest, ClientResponse, DEFAULT_MAX_FRAME};
 use dynakv::{Error, NodeId, Result};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Mutex as AsyncMutex, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -38,7 +38,7 @@ impl Failed {
 type Waiters = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<ClientReply>>>>>;
 
 pub(crate) struct Connection {
-    writer: AsyncMutex<FramedWrite<OwnedWriteHalf, ClientCodec>>,
+    writer: AsyncMutex<FramedWrite<tls::WriteHalf, ClientCodec>>,
     /// None once the connection has failed.
     waiters: Waiters,
     pub node: NodeId,
@@ -55,7 +55,10 @@ impl Connection {
         stream
             .set_nodelay(true)
             .map_err(|e| Error::Unavailable(format!("socket setup failed: {e}")))?;
-        let (read, write) = stream.into_split();
+        let (read, write) = match &options.tls {
+            Some(tls) => tls.connect(addr, stream).await?,
+            None => tls::plain(stream),
+        };
         let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
         let mut conn = Connection {
             writer: AsyncMutex::new(FramedWrite::new(write, ClientCodec::new(DEFAULT_MAX_FRAME))),

@@ -44,6 +44,7 @@ mod connection;
 mod router;
 mod typed;
 
+use crate::tls::ClientTls;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,6 +116,8 @@ pub struct Options {
     pub pool_size: usize,
     /// Most nodes one request is tried at.
     pub max_attempts: usize,
+    /// TLS to nodes whose `[tls]` is on (None: plaintext).
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for Options {
@@ -127,6 +130,7 @@ impl Default for Options {
             ring_refresh: Duration::from_millis(DEFAULT_RING_REFRESH_MS),
             pool_size: 2,
             max_attempts: 4,
+            tls: None,
         }
     }
 }

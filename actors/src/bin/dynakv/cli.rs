@@ -23,6 +23,17 @@ pub struct Cli {
     /// a node that stopped answering fails the command instead of hanging.
     #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    /// PEM file of the CA to verify nodes against: talk TLS to nodes whose
+    /// [tls] is on.
+    #[arg(long, global = true, env = "DYNAKV_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM file of this client's certificate, for nodes that require one
+    /// (tls.require_client_cert); with --tls-key.
+    #[arg(long, global = true, env = "DYNAKV_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of this client's private key; with --tls-cert.
+    #[arg(long, global = true, env = "DYNAKV_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -365,10 +376,35 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Development TLS certificates (`dynakv certs init DIR`).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Inject network faults (the node needs testing.fault_injection = true).
     Fault {
         #[command(subcommand)]
         command: FaultCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CertsCommand {
+    /// Make a local CA (DIR/ca.pem, ca-key.pem) and a certificate and key
+    /// per node (DIR/NODE.pem, NODE-key.pem) and for clients (client.pem,
+    /// client-key.pem), each valid for localhost, 127.0.0.1, ::1, its name
+    /// and --hosts. For development: production clusters use their own CA.
+    Init {
+        dir: PathBuf,
+        /// Node names, comma-separated.
+        #[arg(long, default_value = "node1,node2,node3", value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// More host names or addresses every certificate is valid for.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Days the certificates are valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
 }
 

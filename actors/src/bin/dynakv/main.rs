@@ -15,14 +15,17 @@ use dynakv::wire::NetFault;
 use dynakv::{Error, NodeId, Result};
 use dynakv_actors::client::{Client, Options, Read};
 use dynakv_actors::events::Event;
-use dynakv_actors::{backup, bench, dev, logging, node};
+use dynakv_actors::tls::ClientTls;
+use dynakv_actors::{backup, bench, certs, dev, logging, node};
 use serde_json::json;
 
 mod cli;
 #[macro_use]
 mod output;
 
-use cli::{Cli, ClusterCommand, Command, FaultCommand, KeyTarget, NsCommand, NsSettings};
+use cli::{
+    CertsCommand, Cli, ClusterCommand, Command, FaultCommand, KeyTarget, NsCommand, NsSettings,
+};
 use output::{
     emit, print_local, print_namespaces, print_plan, print_reads, print_status, print_typed, show,
     text,
@@ -35,6 +38,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let tls = client_tls(&cli);
     let outcome = match cli.command {
         Command::Serve { config, log_format } => serve(config, log_format),
         Command::Dev {
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
                 routing,
                 cluster,
                 token: cli.token,
+                tls: None,
                 namespace: ns,
                 clients,
                 duration,
@@ -81,8 +86,24 @@ fn main() -> ExitCode {
                 rate,
                 progress: !json && std::io::stderr().is_terminal(),
             };
-            actix::System::new().block_on(run_bench(spec, json))
+            tls.and_then(|tls| {
+                let spec = bench::Spec { tls, ..spec };
+                actix::System::new().block_on(run_bench(spec, json))
+            })
         }
+        Command::Certs {
+            command:
+                CertsCommand::Init {
+                    dir,
+                    nodes,
+                    hosts,
+                    days,
+                },
+        } => certs::init(&dir, &nodes, &hosts, days).map(|files| {
+            for file in files {
+                say!("wrote {}", file.display());
+            }
+        }),
         Command::Restore {
             from,
             data_dir,
@@ -91,12 +112,15 @@ fn main() -> ExitCode {
         } => restore(&from, &data_dir, config, force),
         command => {
             logging::init("warn", LogFormat::Text);
-            let options = Options {
-                token: cli.token,
-                timeout: cli.timeout,
-                ..Options::default()
-            };
-            actix::System::new().block_on(client_command(command, options))
+            tls.and_then(|tls| {
+                let options = Options {
+                    token: cli.token,
+                    timeout: cli.timeout,
+                    tls,
+                    ..Options::default()
+                };
+                actix::System::new().block_on(client_command(command, options))
+            })
         }
     };
     match outcome {
@@ -105,6 +129,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The client's TLS, from --tls-ca (and --tls-cert, --tls-key).
+fn client_tls(cli: &Cli) -> Result<Option<ClientTls>> {
+    let identity = cli.tls_cert.as_deref().zip(cli.tls_key.as_deref());
+    match &cli.tls_ca {
+        Some(ca) => ClientTls::load(ca, identity).map(Some),
+        None if identity.is_some() => Err(Error::InvalidRequest(
+            "--tls-cert and --tls-key need --tls-ca (the CA to verify the node against)".into(),
+        )),
+        None => Ok(None),
     }
 }
 
@@ -335,7 +371,8 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
         Command::Serve { .. }
         | Command::Dev { .. }
         | Command::Bench { .. }
-        | Command::Restore { .. } => {
+        | Command::Restore { .. }
+        | Command::Certs { .. } => {
             unreachable!("handled in main")
         }
     };
