@@ -268,7 +268,7 @@ if periodic and tls:
 # Each round runs the systems minutes apart, so a round's own ratio is the
 # one least moved by the machine's drift; show them all.
 paired = groups.get(("dynakv", "fsync=periodic"), [])
-if len(paired) > 1:
+if len(paired) > 1 and any(system != "dynakv" for system, _ in groups):
     print("\nfsync=periodic puts to each peer's, round by round:")
     for (system, mode), rs in groups.items():
         if system != "dynakv":
