@@ -54,9 +54,6 @@ pub struct ClientSettings {
     pub tls: Option<NodeTls>,
 }
 
-/// How long a client has to complete the TLS handshake.
-pub(crate) const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
-
 /// How long a refused client is given to read why.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
@@ -151,23 +148,14 @@ impl ClientServer {
         let Some(tls) = self.settings.tls.clone() else {
             return self.open_conn(tls::plain(stream), from);
         };
-        let handshake = async move {
-            match tokio::time::timeout(TLS_HANDSHAKE, tls::accept(&tls.clients, stream)).await {
-                Ok(done) => done,
-                Err(elapsed) => Err((tls::Refusal::Other, std::io::Error::other(elapsed))),
+        let metrics = self.settings.metrics.clone();
+        let handshake =
+            async move { tls::accept(&tls.clients, stream, from, "client", &metrics).await };
+        ctx.spawn(handshake.into_actor(self).map(move |done, act, _| {
+            if let Some(halves) = done {
+                act.open_conn(halves, from);
             }
-        };
-        ctx.spawn(
-            handshake
-                .into_actor(self)
-                .map(move |done, act, _| match done {
-                    Ok(halves) => act.open_conn(halves, from),
-                    Err((refusal, e)) => {
-                        warn!(%from, reason = refusal.reason(), "refusing a client connection: {}", refusal.describe(&e));
-                        act.settings.metrics.tls_refused("client", refusal.reason());
-                    }
-                }),
-        );
+        }));
     }
 
     /// Starts the actor of a connection that is ready for frames.

@@ -11,8 +11,10 @@
 //! Connections of either kind are handed on as boxed read and write
 //! halves, so the framing code is the same with and without TLS.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dynakv::config::TlsSection;
 use dynakv::{Error, Result};
@@ -23,6 +25,9 @@ use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::warn;
+
+use crate::metrics::Metrics;
 
 pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
@@ -223,15 +228,27 @@ pub async fn connect(
     }
 }
 
-/// Accepts TLS over `stream` with `acceptor`.
+/// How long the other side has to complete a TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Accepts TLS over `stream` (from `from`) with `acceptor`, within
+/// `HANDSHAKE`; a refusal is logged and counted for `port` ("client" or
+/// "peer").
 pub async fn accept(
     acceptor: &TlsAcceptor,
     stream: TcpStream,
-) -> std::result::Result<(ReadHalf, WriteHalf), (Refusal, std::io::Error)> {
-    match acceptor.accept(stream).await {
-        Ok(tls) => Ok(halves(tls)),
-        Err(e) => Err((Refusal::of(&e), e)),
-    }
+    from: SocketAddr,
+    port: &'static str,
+    metrics: &Metrics,
+) -> Option<(ReadHalf, WriteHalf)> {
+    let (refusal, e) = match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => return Some(halves(tls)),
+        Ok(Err(e)) => (Refusal::of(&e), e),
+        Err(elapsed) => (Refusal::Other, std::io::Error::other(elapsed)),
+    };
+    warn!(%from, port, reason = refusal.reason(), "refusing a TLS connection: {}", refusal.describe(&e));
+    metrics.tls_refused(port, refusal.reason());
+    None
 }
 
 /// Why a TLS handshake failed, as logged and counted.

@@ -48,7 +48,6 @@ pub use api::{
     call,
 };
 
-use crate::client_server::TLS_HANDSHAKE;
 use crate::clock::Clock;
 use crate::faults::{Control, Fault, Faults};
 use crate::link::{
@@ -373,18 +372,12 @@ impl Bridge {
                 let Some(tls) = self.settings.tls.clone() else {
                     return self.start_inbound(tls::plain(stream), ctx);
                 };
-                let handshake = async move {
-                    let accepted = tls::accept(&tls.peers, stream);
-                    match tokio::time::timeout(TLS_HANDSHAKE, accepted).await {
-                        Ok(done) => done,
-                        Err(elapsed) => Err((tls::Refusal::Other, std::io::Error::other(elapsed))),
-                    }
-                };
-                ctx.spawn(handshake.into_actor(self).map(move |done, act, ctx| match done {
-                    Ok(halves) => act.start_inbound(halves, ctx),
-                    Err((refusal, e)) => {
-                        warn!(%from, reason = refusal.reason(), "refusing a peer connection: {}", refusal.describe(&e));
-                        act.settings.metrics.tls_refused("peer", refusal.reason());
+                let metrics = self.settings.metrics.clone();
+                let handshake =
+                    async move { tls::accept(&tls.peers, stream, from, "peer", &metrics).await };
+                ctx.spawn(handshake.into_actor(self).map(|done, act, ctx| {
+                    if let Some(halves) = done {
+                        act.start_inbound(halves, ctx);
                     }
                 }));
             }
