@@ -80,13 +80,30 @@ async fn a_restored_node_has_every_acknowledged_write_and_no_delete_comes_back()
     let dir = tempfile::tempdir().unwrap();
     let backup = dir.path().join("backup");
     let backup_arg = backup.to_str().unwrap();
-    let (ok, out, err) = cli(&["backup", "--node", &addrs[0], "--out", backup_arg]);
+    let began = std::time::Instant::now();
+    let rate = 20_000;
+    let (ok, out, err) = cli(&[
+        "backup",
+        "--node",
+        &addrs[0],
+        "--out",
+        backup_arg,
+        "--max-bytes-per-sec",
+        &rate.to_string(),
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("backed up node node1"), "{out}");
     let manifest = dynakv::backup::Manifest::parse(
         &std::fs::read_to_string(backup.join("manifest.json")).unwrap(),
     )
     .unwrap();
+    // Paced: it cannot have taken less than its bytes at that rate.
+    let paced = Duration::from_secs_f64(manifest.bytes as f64 / f64::from(rate));
+    assert!(
+        began.elapsed() >= paced,
+        "{:?} < {paced:?}",
+        began.elapsed()
+    );
     assert_eq!(manifest.node, "node1");
     assert_eq!(manifest.keys, 40 + 40 + 3, "every key node 1 held");
     // A second backup into the same directory is refused.

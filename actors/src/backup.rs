@@ -215,7 +215,9 @@ fn is_empty_dir(dir: &Path) -> Result<bool> {
 /// `dynakv backup`: writes a backup of the node `client` talks to into
 /// `dir` (created if missing; it must hold no backup yet): the records
 /// first, the manifest last, each under a temporary name until complete.
-pub async fn take(client: &Client, dir: &Path) -> Result<Manifest> {
+/// Pages are asked for at most `max_bytes_per_sec` (0: as fast as the
+/// node answers), so a backup leaves the node room for its clients.
+pub async fn take(client: &Client, dir: &Path, max_bytes_per_sec: u64) -> Result<Manifest> {
     std::fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
     for name in [RECORDS_FILE, MANIFEST_FILE] {
         if dir.join(name).exists() {
@@ -233,11 +235,16 @@ pub async fn take(client: &Client, dir: &Path) -> Result<Manifest> {
         after: None,
         max_bytes: PAGE_BYTES,
     };
+    let began = tokio::time::Instant::now();
     let first = loop {
         let page = client.backup_page(request.clone()).await?;
         for record in &page.records {
             out.write_all(&tally.frame(record)?)
                 .map_err(io_error("writing", &partial))?;
+        }
+        if max_bytes_per_sec > 0 {
+            let due = Duration::from_secs_f64(tally.bytes as f64 / max_bytes_per_sec as f64);
+            tokio::time::sleep_until(began + due).await;
         }
         match page.next {
             Some(after) => {

@@ -356,6 +356,10 @@ pub enum Command {
         /// Cluster name the node must have (empty: any).
         #[arg(long, default_value = "")]
         cluster: String,
+        /// Most bytes per second to read from the node (0: no limit), so
+        /// the backup leaves it room for its clients.
+        #[arg(long, default_value_t = 50 << 20)]
+        max_bytes_per_sec: u64,
     },
     /// Prepare a node's data directory from a backup (checked whole first).
     /// Start the node on it with its old node.id: it writes as a fresh

@@ -352,9 +352,14 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             command: FaultCommand::Heal { target },
         } => (KeyTarget::any(target), Op::Fault(NetFault::Heal)),
         Command::Cluster { command } => return cluster(command, options).await,
-        Command::Backup { node, out, cluster } => {
+        Command::Backup {
+            node,
+            out,
+            cluster,
+            max_bytes_per_sec,
+        } => {
             let client = Client::connect_with(&node, Options { cluster, ..options }).await?;
-            let m = backup::take(&client, &out).await?;
+            let m = backup::take(&client, &out, max_bytes_per_sec).await?;
             say!(
                 "backed up node {} of cluster {:?} to {}: {} keys, {} hints, {} bytes (taken at {} ms since the epoch)",
                 m.node,
