@@ -25,6 +25,17 @@ impl Disk {
         d.synced = d.now.clone();
     }
 
+    /// A separate disk holding what this one holds now, all of it synced:
+    /// a backup of it (taken from a storage snapshot, which sees every
+    /// write, synced or not), or that backup restored.
+    pub(super) fn copy(&self) -> Disk {
+        let now = self.0.borrow().now.clone();
+        Disk(Rc::new(RefCell::new(DiskState {
+            synced: now.clone(),
+            now,
+        })))
+    }
+
     pub(super) fn lose_unsynced(&self) {
         let mut d = self.0.borrow_mut();
         d.now = d.synced.clone();

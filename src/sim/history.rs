@@ -69,7 +69,8 @@ pub struct History {
     /// with the context of each sibling set collected (every live replica
     /// had seen that much) and when.
     pub collected: BTreeMap<usize, Vec<(Context, u64)>>,
-    /// Nodes removed from the cluster (their disks written off).
+    /// Nodes whose disks were written off: removed from the cluster, or
+    /// restored from a backup (what they wrote after it is gone).
     pub removed: usize,
 }
 

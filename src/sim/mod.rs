@@ -5,7 +5,7 @@
 //! failure detection, coordinator sessions over routed preference lists,
 //! replica merge, hinted handoff, anti-entropy exchanges, tombstone
 //! collection, fencing; with `scaling` a join and a leave with partition
-//! handoff; with `removal` a member removed while down that comes back on
+//! handoff; with `restore` a member restored from a backup of its disks; with `removal` a member removed while down that comes back on
 //! its old disk and must be fenced out) run over a simulated network that
 //! drops, delays, duplicates (all but mints, which the Bridge never
 //! resends) and reorders messages, partitions and heals, and crashes and
@@ -87,6 +87,10 @@ pub struct SimConfig {
     /// later on its old disk (and old view), after the cluster has deleted
     /// and collected keys it still holds.
     pub removal: bool,
+    /// A founder's disks are backed up, the operator deletes keys it holds,
+    /// and later the node loses its disks and is restored from the backup
+    /// (a fresh writer, as `dynakv restore` starts one).
+    pub restore: bool,
     /// How long each replica keeps a delete before collection may take it
     /// (`anti_entropy.keep_deleted_ms`; simulated ms).
     pub keep_deleted_ms: u64,
@@ -114,6 +118,7 @@ impl Default for SimConfig {
             partitions_faults: true,
             scaling: false,
             removal: false,
+            restore: false,
             keep_deleted_ms: 0,
             trace: false,
         }

@@ -1,6 +1,7 @@
 //! The faults of a run: crashes (power losses with `fsync = periodic`) and
 //! restarts, network partitions and heals, an operator's leave and
-//! removal; and the end of the faults, when every node runs again.
+//! removal, a backup and a restore from it; and the end of the faults,
+//! when every node runs again.
 
 use crate::membership::Membership;
 use crate::namespace;
@@ -8,6 +9,7 @@ use crate::replica::Replica;
 use crate::version::Actor;
 
 use super::workload::ClientOp;
+use super::world::Backup;
 use super::{CREATE_RETRY, DOOMED_KEYS, Event, NAMESPACES, Sim, founders, planner, settings};
 
 impl Sim {
@@ -149,6 +151,52 @@ impl Sim {
         let back = self.now + 4_000 + self.rng.below(6_000);
         self.schedule(back, Event::Restart { node: r });
         // The operator deletes the doomed keys, which the removed node holds.
+        self.delete_doomed();
+    }
+
+    /// The `restore` scenario's backup: a copy of a founder's disks (as
+    /// `dynakv backup` reads one storage snapshot); then the operator
+    /// deletes the doomed keys, which the backup holds, and the node's
+    /// disks are lost some seconds later.
+    pub(super) fn back_up(&mut self) {
+        let r = self.rng.below(founders(&self.cfg) as u64) as usize;
+        let node = &self.nodes[r];
+        self.backup = Some(Backup {
+            node: r,
+            data: node.data.copy(),
+            hints: node.hints.copy(),
+            meta: node.meta.copy(),
+            view: node.view.clone(),
+            restored: false,
+        });
+        self.note(|| format!("backup of n{r}"));
+        self.delete_doomed();
+        let lost = self.now + 3_000 + self.rng.below(5_000);
+        self.schedule(lost, Event::Restore);
+    }
+
+    /// The backed-up node loses its disks and starts again on a restored
+    /// copy of the backup, as a fresh writer.
+    pub(super) fn restore(&mut self) {
+        let Some(b) = &mut self.backup else { return };
+        b.restored = true;
+        let r = b.node;
+        let (data, hints, meta, view) =
+            (b.data.copy(), b.hints.copy(), b.meta.copy(), b.view.clone());
+        if self.nodes[r].running {
+            self.crash(r);
+        }
+        let node = &mut self.nodes[r];
+        node.data = data;
+        node.hints = hints;
+        node.meta = meta;
+        node.view = view;
+        self.note(|| format!("n{r} loses its disks and is restored from the backup"));
+        self.schedule(self.now + 200, Event::Restart { node: r });
+    }
+
+    /// The operator reads and deletes each doomed key.
+    fn delete_doomed(&mut self) {
         let operator = self.cfg.clients;
         let doomed = self.cfg.keys..self.cfg.keys + DOOMED_KEYS;
         let steps = doomed.flat_map(|k| [(k, ClientOp::Get), (k, ClientOp::Delete)]);

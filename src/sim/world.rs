@@ -93,6 +93,10 @@ pub(super) enum Event {
     },
     /// The operator alters the `n` of the namespaces `NAMESPACES` (at node 0).
     AlterNamespaces,
+    /// A founder's disks are backed up.
+    Backup,
+    /// The backed-up node loses its disks and starts on the backup.
+    Restore,
 }
 
 pub(super) struct Scheduled {
@@ -248,6 +252,19 @@ pub struct Sim {
     pub(super) released: usize,
     pub(super) fenced: usize,
     pub(super) trace: Vec<String>,
+    /// The `restore` scenario's backup, once taken.
+    pub(super) backup: Option<Backup>,
+}
+
+/// A node's disks and persisted view as a backup holds them.
+pub(super) struct Backup {
+    pub(super) node: usize,
+    pub(super) data: Disk,
+    pub(super) hints: Disk,
+    pub(super) meta: Disk,
+    pub(super) view: Option<View>,
+    /// The node has lost its disks and was restored from this.
+    pub(super) restored: bool,
 }
 
 impl Sim {
@@ -283,8 +300,9 @@ impl Sim {
                 handoff: HandoffDriver::new(handoff_settings(&cfg, i), Progress::default()),
             });
         }
-        let doomed = if cfg.removal { DOOMED_KEYS } else { 0 };
-        let operator = usize::from(cfg.removal);
+        let scripted = cfg.removal || cfg.restore;
+        let doomed = if scripted { DOOMED_KEYS } else { 0 };
+        let operator = usize::from(scripted);
         let mut sim = Sim {
             keys: (0..cfg.keys + doomed)
                 .map(sim_key)
@@ -313,6 +331,7 @@ impl Sim {
             released: 0,
             fenced: 0,
             trace: Vec::new(),
+            backup: None,
         };
         for i in 0..founders(&sim.cfg) {
             sim.start_timers(i);
@@ -323,9 +342,14 @@ impl Sim {
             let leave = 8_000 + sim.rng.below(6_000);
             sim.schedule(leave, Event::Leave);
         }
-        if sim.cfg.removal {
+        if sim.cfg.restore {
+            let backup = 2_500 + sim.rng.below(1_000);
+            sim.schedule(backup, Event::Backup);
+        } else if sim.cfg.removal {
             let remove = 3_000 + sim.rng.below(6_000);
             sim.schedule(remove, Event::Remove);
+        }
+        if scripted {
             let doomed = sim.cfg.keys..sim.cfg.keys + DOOMED_KEYS;
             let puts = doomed.map(|k| (k, ClientOp::Put { blind: true }));
             sim.clients[sim.cfg.clients].script = Some(puts.collect());
@@ -454,8 +478,11 @@ impl Sim {
                 let finals: Vec<SiblingSet> =
                     (0..self.keys.len()).map(|k| self.final_state(k)).collect();
                 // A removed node's disk is written off, with every write
-                // only it held.
-                self.history.removed = self.nodes.iter().filter(|n| n.removed()).count();
+                // only it held; so is what a restored node wrote after its
+                // backup.
+                let restored = self.backup.as_ref().is_some_and(|b| b.restored);
+                self.history.removed =
+                    self.nodes.iter().filter(|n| n.removed()).count() + usize::from(restored);
                 let h = &self.history;
                 h.check(&finals, self.cfg.fsync_always)
                     .and_then(|()| {
@@ -542,6 +569,8 @@ impl Sim {
             }
             Event::Leave => self.begin_leave(),
             Event::Remove => self.remove_one(),
+            Event::Backup => self.back_up(),
+            Event::Restore => self.restore(),
             Event::CreateNamespace => self.change_namespaces(false),
             Event::AlterNamespaces => self.change_namespaces(true),
             Event::HandoffWake { node, life } => {

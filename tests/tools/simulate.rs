@@ -5,7 +5,8 @@
 //! Options: --seeds N (default 1000), --start S (first seed, default 1),
 //! --periodic (fsync = periodic: crashes are power losses), --scaling (a
 //! node joins and another leaves during each run), --removal (a node is
-//! removed while down and comes back on its old disk), --keep-deleted MS
+//! removed while down and comes back on its old disk), --restore (a node
+//! is backed up, loses its disks and is restored), --keep-deleted MS
 //! (each delete is kept that long before collection), --seed S (one
 //! seed, with its trace). Exits 1 on the first violation, printing the seed
 //! and the events that led to it.
@@ -41,6 +42,10 @@ fn main() -> ExitCode {
             }
             "--removal" => {
                 cfg.removal = true;
+                Ok(())
+            }
+            "--restore" => {
+                cfg.restore = true;
                 Ok(())
             }
             "--keep-deleted" => number("--keep-deleted").map(|v| cfg.keep_deleted_ms = v),
