@@ -193,6 +193,45 @@ async fn a_restored_node_has_every_acknowledged_write_and_no_delete_comes_back()
         data_arg,
     ]);
     assert!(!ok && err.contains("not a finished backup"), "{err}");
+    // Into another node's configuration.
+    let (_, other_config) = cluster.node_paths(1);
+    let other_arg = other_config.to_str().unwrap();
+    let (ok, _, err) = cli(&[
+        "restore",
+        "--from",
+        backup_arg,
+        "--data-dir",
+        data_arg,
+        "-c",
+        other_arg,
+    ]);
+    assert!(
+        !ok && err.contains("configuration is of node \"node2\""),
+        "{err}"
+    );
+    // Older than deletes are kept: refused, unless forced.
+    let short_keep = dir.path().join("short-keep.toml");
+    std::fs::write(
+        &short_keep,
+        "[node]\nid = \"node1\"\n\n[anti_entropy]\nkeep_deleted_ms = 1\n",
+    )
+    .unwrap();
+    let short_arg = short_keep.to_str().unwrap();
+    let (ok, _, err) = cli(&[
+        "restore",
+        "--from",
+        backup_arg,
+        "--data-dir",
+        data_arg,
+        "-c",
+        short_arg,
+    ]);
+    assert!(!ok && err.contains("--force"), "{err}");
+    assert!(
+        !data_dir.exists(),
+        "a refused restore wrote {}",
+        data_dir.display()
+    );
 
     let (ok, out, err) = cli(&[
         "restore",

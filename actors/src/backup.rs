@@ -317,7 +317,15 @@ fn open_records(from: &Path) -> Result<Records<BufReader<File>>> {
 /// A backup older than `anti_entropy.keep_deleted_ms` is refused unless
 /// `force`: the cluster may have collected the tombstones of deletes made
 /// since, and the restored node would bring those values back.
-pub fn restore(from: &Path, data_dir: &Path, config: &Config, force: bool) -> Result<Manifest> {
+///
+/// With `same_node`, the backup must be of the node `config` names.
+pub fn restore(
+    from: &Path,
+    data_dir: &Path,
+    config: &Config,
+    same_node: bool,
+    force: bool,
+) -> Result<Manifest> {
     if !is_empty_dir(data_dir)? {
         return Err(Error::InvalidRequest(format!(
             "{} is not empty: restore into an empty or new data directory",
@@ -325,6 +333,13 @@ pub fn restore(from: &Path, data_dir: &Path, config: &Config, force: bool) -> Re
         )));
     }
     let manifest = verify(from)?;
+    if same_node && manifest.node != config.node.id {
+        return Err(Error::InvalidRequest(format!(
+            "the backup is of node {:?}, and the configuration is of node {:?}: a node \
+             starts only on its own data",
+            manifest.node, config.node.id
+        )));
+    }
     let age = Duration::from_millis(wall_ms().saturating_sub(manifest.taken_ms));
     let keep = Duration::from_millis(config.anti_entropy.keep_deleted_ms);
     if age > keep && !force {

@@ -372,7 +372,8 @@ pub enum Command {
         #[arg(long)]
         data_dir: PathBuf,
         /// The node's configuration file, for its storage settings and
-        /// how long deletes are kept (anti_entropy.keep_deleted_ms).
+        /// how long deletes are kept (anti_entropy.keep_deleted_ms); the
+        /// backup must be of the node it names.
         #[arg(short = 'c', long = "config")]
         config: Option<PathBuf>,
         /// Restore a backup older than deletes are kept, though values

@@ -178,8 +178,9 @@ fn restore(
     config: Option<PathBuf>,
     force: bool,
 ) -> Result<()> {
+    let same_node = config.is_some();
     let config = Config::load(config.as_deref())?;
-    let m = backup::restore(from, data_dir, &config, force)?;
+    let m = backup::restore(from, data_dir, &config, same_node, force)?;
     say!(
         "restored node {}'s backup (cluster {:?}, taken at {} ms since the epoch) into {}: \
          {} keys, {} hints; start it with node.id = {:?}",
