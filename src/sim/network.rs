@@ -78,6 +78,7 @@ impl Msg {
                 let (what, key) = match msg {
                     ReplicaMsg::Read { key } => ("read", key),
                     ReplicaMsg::Update { key, .. } => ("update", key),
+                    ReplicaMsg::Apply { key, operation, .. } => (operation.name(), key),
                     ReplicaMsg::Write { key, state, .. } => {
                         return format!(
                             "write {} {:?}",
