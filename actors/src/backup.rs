@@ -236,7 +236,7 @@ pub async fn take(client: &Client, dir: &Path, max_bytes_per_sec: u64) -> Result
         max_bytes: PAGE_BYTES,
     };
     let began = tokio::time::Instant::now();
-    let first = loop {
+    let last = loop {
         let page = client.backup_page(request.clone()).await?;
         for record in &page.records {
             out.write_all(&tally.frame(record)?)
@@ -265,9 +265,9 @@ pub async fn take(client: &Client, dir: &Path, max_bytes_per_sec: u64) -> Result
     std::fs::rename(&partial, &records).map_err(io_error("renaming", &partial))?;
     let manifest = Manifest {
         format: FORMAT,
-        node: first.node,
-        cluster: first.cluster,
-        taken_ms: first.taken_ms,
+        node: last.node,
+        cluster: last.cluster,
+        taken_ms: last.taken_ms,
         keys: tally.keys,
         hints: tally.hints,
         meta: tally.meta,
