@@ -9,27 +9,22 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use clap::Parser;
 use dynakv::config::{Config, LogFormat};
-use dynakv::handoff::PlanChange;
-use dynakv::namespace::{Changes, Kind, Request, parse_ttl};
+use dynakv::namespace::parse_ttl;
 use dynakv::wire::NetFault;
-use dynakv::{Error, NodeId, Result};
+use dynakv::{Error, Result};
 use dynakv_actors::client::{Client, Options, Read};
 use dynakv_actors::events::Event;
 use dynakv_actors::tls::ClientTls;
 use dynakv_actors::{backup, bench, certs, dev, logging, node};
 use serde_json::json;
 
-mod cli;
 #[macro_use]
 mod output;
+mod admin;
+mod cli;
 
-use cli::{
-    CertsCommand, Cli, ClusterCommand, Command, FaultCommand, KeyTarget, NsCommand, NsSettings,
-};
-use output::{
-    emit, print_local, print_namespaces, print_plan, print_reads, print_status, print_typed, show,
-    text,
-};
+use cli::{CertsCommand, Cli, Command, FaultCommand, KeyTarget};
+use output::{emit, print_local, print_reads, print_status, print_typed, show, text};
 
 // glibc malloc's arena locking and consolidation showed up at the top of the
 // server's profile under load; mimalloc keeps per-thread free lists.
@@ -352,7 +347,7 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
         Command::Fault {
             command: FaultCommand::Heal { target },
         } => (KeyTarget::any(target), Op::Fault(NetFault::Heal)),
-        Command::Cluster { command } => return cluster(command, options).await,
+        Command::Cluster { command } => return admin::cluster(command, options).await,
         Command::Backup {
             node,
             out,
@@ -373,7 +368,7 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             );
             return Ok(());
         }
-        Command::Ns { command } => return namespaces(command, options).await,
+        Command::Ns { command } => return admin::namespaces(command, options).await,
         Command::Serve { .. }
         | Command::Dev { .. }
         | Command::Bench { .. }
@@ -502,78 +497,6 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
     Ok(())
 }
 
-async fn namespaces(command: NsCommand, options: Options) -> Result<()> {
-    let (target, request, json) = match command {
-        NsCommand::Create {
-            name,
-            settings,
-            target,
-        } => (
-            target,
-            Request::Create {
-                name,
-                changes: changes(settings)?,
-            },
-            false,
-        ),
-        NsCommand::Alter {
-            name,
-            settings,
-            target,
-        } => (
-            target,
-            Request::Alter {
-                name,
-                changes: changes(settings)?,
-            },
-            false,
-        ),
-        NsCommand::Drop { name, target } => (target, Request::Drop { name }, false),
-        NsCommand::Show { name, json, target } => (target, Request::Show { name }, json),
-        NsCommand::List { json, target } => (target, Request::List, json),
-    };
-    let options = Options {
-        cluster: target.cluster,
-        ..options
-    };
-    let client = first_answering(&target.node, options).await?;
-    if request.changes_table() {
-        say!("{}", client.change_namespace(request).await?);
-        return Ok(());
-    }
-    let shown = matches!(request, Request::Show { .. });
-    print_namespaces(&client.namespaces(request).await?, shown, json)
-}
-
-/// The settings given on the command line, checked.
-fn changes(s: NsSettings) -> Result<Changes> {
-    Ok(Changes {
-        n: s.n,
-        r: s.r,
-        w: s.w,
-        ttl_ms: s.ttl.as_deref().map(parse_ttl).transpose()?,
-        max_siblings: s.max_siblings,
-        max_value_bytes: s.max_value_bytes,
-        kind: kind(s.kind.as_deref(), s.register.as_deref())?,
-    })
-}
-
-/// A namespace type from `--type` and `--register` (`lww` makes a map's
-/// registers last-writer-wins: the type `map-lww`).
-fn kind(kind: Option<&str>, register: Option<&str>) -> Result<Option<Kind>> {
-    let kind = kind.map(Kind::parse).transpose()?;
-    match (kind, register) {
-        (kind, None | Some("mv")) => Ok(kind),
-        (Some(Kind::Map | Kind::LwwMap), Some("lww")) => Ok(Some(Kind::LwwMap)),
-        (_, Some("lww")) => Err(Error::InvalidRequest(
-            "--register lww applies to a map: give --type map".into(),
-        )),
-        (_, Some(other)) => Err(Error::InvalidRequest(format!(
-            "--register {other:?} is not a register (mv, lww)"
-        ))),
-    }
-}
-
 /// A client of the first node of `nodes` that answers (for commands about
 /// one node, given a list).
 async fn first_answering(nodes: &[String], options: Options) -> Result<Client> {
@@ -591,63 +514,6 @@ async fn first_answering(nodes: &[String], options: Options) -> Result<Client> {
         "no node answered ({})",
         refused.join("; ")
     )))
-}
-
-async fn cluster(command: ClusterCommand, options: Options) -> Result<()> {
-    let connect = async |addr: &str| Client::connect_with(addr, options.clone()).await;
-    let message = match command {
-        ClusterCommand::Join { node, seed } => connect(&node).await?.join(&seed).await?,
-        ClusterCommand::Leave { node } => connect(&node).await?.leave().await?,
-        ClusterCommand::Remove { node, via } => connect(&via).await?.remove(&node).await?,
-        ClusterCommand::Plan {
-            join,
-            leave,
-            weight,
-            via,
-            json,
-        } => {
-            let change = plan_change(join, leave, weight)?;
-            let report = connect(&via).await?.plan(change).await?;
-            return print_plan(&report, json);
-        }
-    };
-    say!("{message}");
-    Ok(())
-}
-
-fn plan_change(
-    join: Option<String>,
-    leave: Option<String>,
-    weight: Option<String>,
-) -> Result<PlanChange> {
-    let id =
-        |s: &str| NodeId::new(s).map_err(|e| Error::InvalidRequest(format!("bad node id: {e}")));
-    let number = |s: &str| {
-        s.parse::<u32>()
-            .map_err(|_| Error::InvalidRequest(format!("bad weight {s:?}")))
-    };
-    match (join, leave, weight) {
-        (Some(j), None, None) => {
-            let (node, w) = j.split_once(':').unwrap_or((&j, "1"));
-            Ok(PlanChange::Join {
-                node: id(node)?,
-                weight: number(w)?,
-            })
-        }
-        (None, Some(l), None) => Ok(PlanChange::Leave { node: id(&l)? }),
-        (None, None, Some(w)) => {
-            let (node, w) = w
-                .split_once('=')
-                .ok_or_else(|| Error::InvalidRequest("--weight takes ID=WEIGHT".into()))?;
-            Ok(PlanChange::Weight {
-                node: id(node)?,
-                weight: number(w)?,
-            })
-        }
-        _ => Err(Error::InvalidRequest(
-            "give one of --join, --leave, --weight".into(),
-        )),
-    }
 }
 
 enum Op {
