@@ -30,6 +30,13 @@ fn sorted(mut values: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     values
 }
 
+/// `dynakv restore` from `from` into `data_dir`, with `-c config` if given.
+fn restore(from: &str, data_dir: &str, config: Option<&str>) -> (bool, String, String) {
+    let mut args = vec!["restore", "--from", from, "--data-dir", data_dir];
+    args.extend(config.map(|c| ["-c", c]).into_iter().flatten());
+    cli(&args)
+}
+
 /// The data records of the backup in `dir`.
 fn backed_up(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let file = std::fs::File::open(dir.join(dynakv::backup::RECORDS_FILE)).unwrap();
@@ -169,15 +176,7 @@ async fn a_restored_node_has_every_acknowledged_write_and_no_delete_comes_back()
     bytes[middle] ^= 1;
     std::fs::write(damaged.join("records"), bytes).unwrap();
     let damaged_arg = damaged.to_str().unwrap();
-    let (ok, _, err) = cli(&[
-        "restore",
-        "--from",
-        damaged_arg,
-        "--data-dir",
-        data_arg,
-        "-c",
-        config_arg,
-    ]);
+    let (ok, _, err) = restore(damaged_arg, data_arg, Some(config_arg));
     assert!(!ok && err.contains("damaged"), "{err}");
     assert!(
         !data_dir.exists(),
@@ -185,26 +184,12 @@ async fn a_restored_node_has_every_acknowledged_write_and_no_delete_comes_back()
         data_dir.display()
     );
     // So is a directory that holds no finished backup.
-    let (ok, _, err) = cli(&[
-        "restore",
-        "--from",
-        dir.path().to_str().unwrap(),
-        "--data-dir",
-        data_arg,
-    ]);
+    let (ok, _, err) = restore(dir.path().to_str().unwrap(), data_arg, None);
     assert!(!ok && err.contains("not a finished backup"), "{err}");
     // Into another node's configuration.
     let (_, other_config) = cluster.node_paths(1);
     let other_arg = other_config.to_str().unwrap();
-    let (ok, _, err) = cli(&[
-        "restore",
-        "--from",
-        backup_arg,
-        "--data-dir",
-        data_arg,
-        "-c",
-        other_arg,
-    ]);
+    let (ok, _, err) = restore(backup_arg, data_arg, Some(other_arg));
     assert!(
         !ok && err.contains("configuration is of node \"node2\""),
         "{err}"
@@ -217,15 +202,7 @@ async fn a_restored_node_has_every_acknowledged_write_and_no_delete_comes_back()
     )
     .unwrap();
     let short_arg = short_keep.to_str().unwrap();
-    let (ok, _, err) = cli(&[
-        "restore",
-        "--from",
-        backup_arg,
-        "--data-dir",
-        data_arg,
-        "-c",
-        short_arg,
-    ]);
+    let (ok, _, err) = restore(backup_arg, data_arg, Some(short_arg));
     assert!(!ok && err.contains("--force"), "{err}");
     assert!(
         !data_dir.exists(),
@@ -233,19 +210,11 @@ async fn a_restored_node_has_every_acknowledged_write_and_no_delete_comes_back()
         data_dir.display()
     );
 
-    let (ok, out, err) = cli(&[
-        "restore",
-        "--from",
-        backup_arg,
-        "--data-dir",
-        data_arg,
-        "-c",
-        config_arg,
-    ]);
+    let (ok, out, err) = restore(backup_arg, data_arg, Some(config_arg));
     assert!(ok, "{err}");
     assert!(out.contains("83 keys"), "{out}");
     // Into a directory that is not empty, never.
-    let (ok, _, err) = cli(&["restore", "--from", backup_arg, "--data-dir", data_arg]);
+    let (ok, _, err) = restore(backup_arg, data_arg, None);
     assert!(!ok && err.contains("not empty"), "{err}");
 
     // The restored store holds the backup's records byte for byte:
