@@ -20,6 +20,7 @@
 //! replicas through anti-entropy and read repair.
 
 use std::io::Read;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -141,6 +142,40 @@ impl Manifest {
     pub fn to_json(&self) -> String {
         // A struct of plain fields always serializes.
         serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Whether this backup may be restored at `now_ms`: of node `node`
+    /// (when given), and no older than deletes are kept (`keep_ms`, from
+    /// `anti_entropy.keep_deleted_ms`), unless `force`. An older backup may
+    /// hold values whose deletes the cluster has collected since, and the
+    /// restored node would bring them back.
+    pub fn restorable(
+        &self,
+        node: Option<&str>,
+        now_ms: u64,
+        keep_ms: u64,
+        force: bool,
+    ) -> Result<()> {
+        if let Some(node) = node.filter(|n| *n != self.node) {
+            return Err(Error::InvalidRequest(format!(
+                "the backup is of node {:?}, and the configuration is of node {node:?}: a \
+                 node starts only on its own data",
+                self.node
+            )));
+        }
+        let age = now_ms.saturating_sub(self.taken_ms);
+        if age > keep_ms && !force {
+            let span = |ms: u64| humantime::format_duration(Duration::from_secs(ms / 1000));
+            return Err(Error::InvalidRequest(format!(
+                "the backup was taken {} ago, longer than deletes are kept \
+                 (anti_entropy.keep_deleted_ms: {}): the cluster may have forgotten deletes \
+                 made since, and this node would bring the deleted values back. Restore \
+                 anyway with --force",
+                span(age),
+                span(keep_ms)
+            )));
+        }
+        Ok(())
     }
 
     /// Whether `tally`, counted over the records file, is what this
@@ -359,6 +394,23 @@ mod tests {
         assert!(e.to_string().contains("format"), "{e}");
         assert!(Manifest::parse("{\"node\": 1}").is_err());
         assert!(Manifest::parse("").is_err());
+    }
+
+    #[test]
+    fn only_a_young_enough_backup_of_the_same_node_is_restorable() {
+        let m = Manifest {
+            taken_ms: 1_000,
+            ..manifest(&Tally::default())
+        };
+        m.restorable(Some("n1"), 5_000, 4_000, false).unwrap();
+        m.restorable(None, 5_000, 4_000, false).unwrap();
+        let e = m.restorable(Some("n2"), 5_000, 4_000, false).unwrap_err();
+        assert!(e.to_string().contains("of node \"n1\""), "{e}");
+        let e = m.restorable(Some("n1"), 5_001, 4_000, false).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        m.restorable(Some("n1"), 5_001, 4_000, true).unwrap();
+        // Another node's backup is refused even when forced.
+        assert!(m.restorable(Some("n2"), 5_000, 4_000, true).is_err());
     }
 
     #[test]

@@ -333,25 +333,12 @@ pub fn restore(
         )));
     }
     let manifest = verify(from)?;
-    if same_node && manifest.node != config.node.id {
-        return Err(Error::InvalidRequest(format!(
-            "the backup is of node {:?}, and the configuration is of node {:?}: a node \
-             starts only on its own data",
-            manifest.node, config.node.id
-        )));
-    }
-    let age = Duration::from_millis(wall_ms().saturating_sub(manifest.taken_ms));
-    let keep = Duration::from_millis(config.anti_entropy.keep_deleted_ms);
-    if age > keep && !force {
-        return Err(Error::InvalidRequest(format!(
-            "the backup was taken {} ago, longer than deletes are kept \
-             (anti_entropy.keep_deleted_ms: {}): the cluster may have forgotten deletes \
-             made since, and this node would bring the deleted values back. Restore \
-             anyway with --force",
-            humantime::format_duration(Duration::from_secs(age.as_secs())),
-            humantime::format_duration(keep)
-        )));
-    }
+    manifest.restorable(
+        same_node.then_some(config.node.id.as_str()),
+        wall_ms(),
+        config.anti_entropy.keep_deleted_ms,
+        force,
+    )?;
     let written = write_records(from, data_dir, &config.storage, &manifest);
     if written.is_err() {
         let _ = std::fs::remove_dir_all(data_dir);
