@@ -23,7 +23,7 @@ pub enum Error {
     Truncated(String),
     #[error("{0} trailing bytes after the message")]
     TrailingBytes(usize),
-    #[error("unknown protocol version {0}")]
+    #[error("protocol version {0} is not one this build speaks ({speaks})", speaks = crate::protocol::Versions::this_build())]
     UnknownVersion(u8),
     #[error("malformed message: {0}")]
     Malformed(String),

@@ -1,10 +1,13 @@
 //! The link handshake: how two nodes open a peer connection, and what a
 //! link takes once it is open.
 //!
-//! The connecting side says `Hello` (its cluster, id and a fresh nonce).
-//! The accepting side checks the cluster and answers `Welcome`: its own
-//! hello, with its proof of the cluster secret over both nonces
-//! (`crate::auth`). The connecting side sends its own `Proof` first (so a
+//! The connecting side says `Hello` (its cluster, id, a fresh nonce and
+//! the protocol versions it speaks). The accepting side checks the cluster
+//! and the versions and answers `Welcome`: its own hello, with its proof of
+//! the cluster secret over both nonces (`crate::auth`). Both sides speak
+//! the highest version both hellos hold (`crate::protocol`); with none in
+//! common, each refuses the other, naming both ranges (the acceptor still
+//! sends its welcome, so the connector can say why too). The connecting side sends its own `Proof` first (so a
 //! peer with another secret learns why it is refused, and logs it), then
 //! checks the acceptor's, and is ready. The accepting side checks the
 //! connector's proof and is ready. No envelope is taken before; after, an
@@ -16,6 +19,7 @@
 use crate::auth::{self, Role};
 use crate::node::NodeId;
 use crate::peer::{Envelope, PeerFrame, PeerHello};
+use crate::protocol::Versions;
 
 /// What the link does with one frame.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -58,6 +62,8 @@ pub struct Handshake {
     secret: Vec<u8>,
     /// The peer's hello, once received.
     peer: Option<PeerHello>,
+    /// The protocol version both speak, once agreed.
+    version: Option<u8>,
     state: State,
 }
 
@@ -70,6 +76,7 @@ impl Handshake {
             mine,
             secret: secret.to_vec(),
             peer: None,
+            version: None,
             state: State::AwaitWelcome,
         };
         (h, hello)
@@ -82,12 +89,23 @@ impl Handshake {
             mine,
             secret: secret.to_vec(),
             peer: None,
+            version: None,
             state: State::AwaitHello,
         }
     }
 
     pub fn is_ready(&self) -> bool {
         self.state == State::Ready
+    }
+
+    /// The protocol version the link speaks, once both hellos are in.
+    pub fn version(&self) -> Option<u8> {
+        self.version
+    }
+
+    /// The protocol versions the peer speaks, once it said.
+    pub fn peer_versions(&self) -> Option<Versions> {
+        self.peer.as_ref().and_then(|h| h.versions)
     }
 
     /// The peer, once it said who it is.
@@ -133,15 +151,28 @@ impl Handshake {
             &h.nonce,
             &self.mine.nonce,
         );
+        let send = vec![PeerFrame::Welcome {
+            hello: self.mine.clone(),
+            proof,
+        }];
+        let version = self.agree(&h).map_err(|reason| Refused {
+            send: send.clone(),
+            ..refused(reason)
+        })?;
+        self.version = Some(version);
         self.peer = Some(h);
         self.state = State::AwaitProof;
         Ok(Step {
-            send: vec![PeerFrame::Welcome {
-                hello: self.mine.clone(),
-                proof,
-            }],
+            send,
             ..Step::default()
         })
+    }
+
+    /// The version to speak with the peer whose hello is `h`.
+    fn agree(&self, h: &PeerHello) -> Result<u8, String> {
+        let mine = self.mine.versions.unwrap_or_default();
+        mine.agree(h.node.as_str(), h.versions)
+            .map_err(|e| e.to_string())
     }
 
     /// Connector: the acceptor's hello and proof. Ours goes out first.
@@ -152,6 +183,7 @@ impl Handshake {
                 h.node, h.cluster, self.mine.cluster
             )));
         }
+        let version = self.agree(&h).map_err(refused)?;
         let mine = auth::prove(
             &self.secret,
             Role::Connector,
@@ -178,6 +210,7 @@ impl Handshake {
         }
         let peer = h.node.clone();
         self.peer = Some(h);
+        self.version = Some(version);
         self.state = State::Ready;
         Ok(Step {
             send,
@@ -269,6 +302,14 @@ mod tests {
             cluster: cluster.into(),
             node: NodeId::new(node).unwrap(),
             nonce: [nonce; auth::NONCE_LEN],
+            versions: Some(Versions::this_build()),
+        }
+    }
+
+    fn speaking(node: &str, nonce: u8, versions: Option<Versions>) -> PeerHello {
+        PeerHello {
+            versions,
+            ..hello(node, "c", nonce)
         }
     }
 
@@ -312,6 +353,59 @@ mod tests {
         let step = acc.on_frame(envelope("a", "b")).unwrap();
         assert!(step.deliver.is_some());
         assert!(conn.on_frame(envelope("b", "a")).unwrap().deliver.is_some());
+    }
+
+    #[test]
+    fn both_sides_speak_the_highest_common_version() {
+        let v = |min, max| Some(Versions { min, max });
+        let (conn, acc) = open(
+            speaking("a", 1, v(4, 5)),
+            b"s",
+            speaking("b", 2, v(4, 4)),
+            b"s",
+        )
+        .unwrap();
+        assert_eq!((conn.version(), acc.version()), (Some(4), Some(4)));
+        assert_eq!(conn.peer_versions(), v(4, 4));
+        let (conn, acc) = open(
+            speaking("a", 1, v(4, 6)),
+            b"s",
+            speaking("b", 2, v(5, 9)),
+            b"s",
+        )
+        .unwrap();
+        assert_eq!((conn.version(), acc.version()), (Some(6), Some(6)));
+    }
+
+    #[test]
+    fn no_common_version_is_refused_on_both_sides_naming_both_ranges() {
+        let v = |min, max| Some(Versions { min, max });
+        let (conn, first) = Handshake::connector(speaking("a", 1, v(4, 5)), b"s");
+        let mut acc = Handshake::acceptor(speaking("b", 2, v(6, 7)), b"s");
+        let refusal = acc.on_frame(first).unwrap_err();
+        assert!(refusal.counted, "{refusal:?}");
+        assert!(
+            refusal.reason.contains("a speaks 4..5") && refusal.reason.contains("6..7"),
+            "{refusal:?}"
+        );
+        // The acceptor's welcome still goes out, so the connector says why.
+        let welcome = refusal.send.into_iter().next().expect("a welcome");
+        let refusal = conn.clone().on_frame(welcome).unwrap_err();
+        assert!(
+            refusal.reason.contains("b speaks 6..7") && refusal.reason.contains("4..5"),
+            "{refusal:?}"
+        );
+        assert!(!conn.is_ready() && !acc.is_ready());
+
+        // A node from before ranges (protocol 4) is told how to upgrade.
+        let mut acc = Handshake::acceptor(hello("b", "c", 2), b"s");
+        let refusal = acc
+            .on_frame(PeerFrame::Hello(speaking("a", 1, None)))
+            .unwrap_err();
+        assert!(
+            refusal.reason.contains("full-cluster restart"),
+            "{refusal:?}"
+        );
     }
 
     #[test]

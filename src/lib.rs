@@ -31,6 +31,7 @@
 //!   deletes once every owner has them);
 //! - talking to peers: [`wire`] (frames, the client and peer protocols),
 //!   [`peer`] (peer messages, envelopes), [`handshake`] (opening a link),
+//!   [`protocol`] (version ranges and what each version added),
 //!   [`calls`] (calls in flight, retry backoff), [`auth`] (tokens);
 //! - [`backup`]: the format of a node's backup (records and manifest);
 //! - [`config`]: the typed, validated node configuration; [`error`]: the
@@ -58,6 +59,7 @@ pub mod ownership;
 pub mod partition;
 pub mod peer;
 pub mod placement;
+pub mod protocol;
 pub mod replica;
 pub mod ring;
 pub mod routing;

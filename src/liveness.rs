@@ -129,6 +129,16 @@ impl FailureDetector {
         })
     }
 
+    /// `peer` said it is stopping: it is down until it is heard from again
+    /// (a connection, an answer, a newer heartbeat).
+    pub fn stopped(&mut self, peer: &NodeId) -> Option<Health> {
+        let p = self.peers.get_mut(peer)?;
+        (p.health != Health::Down).then(|| {
+            p.health = Health::Down;
+            Health::Down
+        })
+    }
+
     /// `peer` accepted a connection or answered directly: it is up.
     pub fn reached(&mut self, peer: &NodeId, now: u64) -> Option<Health> {
         let p = self.peers.get_mut(peer)?;

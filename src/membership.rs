@@ -43,6 +43,9 @@ pub enum GossipMsg {
         view: View,
         heartbeats: Heartbeats,
     },
+    /// The sender is stopping (to restart, or for good): route around it
+    /// now rather than once its heartbeat goes stale. Protocol 5.
+    Stopping,
 }
 
 /// Where a gossip message goes: a known member, or a seed address whose
@@ -251,6 +254,18 @@ impl Membership {
         (out, changed)
     }
 
+    /// Whom to tell that this node is stopping: every other member still
+    /// in the cluster that this node believes up (a down one is routed
+    /// around already).
+    pub fn to_tell_of_stop(&self) -> Vec<NodeId> {
+        self.view
+            .members
+            .values()
+            .filter(|m| m.id != self.me && m.status.is_live() && self.detector.is_up(&m.id))
+            .map(|m| m.id.clone())
+            .collect()
+    }
+
     /// A request to `peer` failed (refused, lost, or unanswered in time).
     pub fn on_unreachable(&mut self, peer: &NodeId) -> Changed {
         Changed {
@@ -278,6 +293,13 @@ impl Membership {
         let (view, heartbeats, push) = match msg {
             GossipMsg::Push { view, heartbeats } => (view, heartbeats, true),
             GossipMsg::Reply { view, heartbeats } => (view, heartbeats, false),
+            GossipMsg::Stopping => {
+                let changed = Changed {
+                    view: false,
+                    liveness: self.detector.stopped(from).is_some(),
+                };
+                return Ok((None, changed));
+            }
         };
         if self.view.is_fenced(from) {
             return Err(Error::Removed(format!(

@@ -19,6 +19,7 @@ use crate::handoff::HandoffMsg;
 use crate::hints::HintMsg;
 use crate::membership::GossipMsg;
 use crate::node::NodeId;
+use crate::protocol::{self, Versions};
 use crate::replica::ReplicaMsg;
 use crate::tombstones::GcMsg;
 use crate::view::Member;
@@ -68,6 +69,10 @@ pub struct PeerHello {
     pub node: NodeId,
     /// Fresh for every connection; the other side's proof answers it.
     pub nonce: Nonce,
+    /// The protocol versions the sender speaks (None: a node from before
+    /// version 5, which said nothing).
+    #[serde(with = "crate::protocol::since_5")]
+    pub versions: Option<Versions>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,7 +116,28 @@ pub enum Concern {
     Stats,
 }
 
+impl PeerFrame {
+    /// The first protocol version that has this frame's message: it is
+    /// never encoded at an older one (`crate::protocol`).
+    pub fn since(&self) -> u8 {
+        match self {
+            PeerFrame::Envelope(env) => env.msg.since(),
+            PeerFrame::Hello(_) | PeerFrame::Welcome { .. } | PeerFrame::Proof(_) => {
+                protocol::HELLO_VERSION
+            }
+        }
+    }
+}
+
 impl PeerMsg {
+    /// The first protocol version that has this message.
+    pub fn since(&self) -> u8 {
+        match self {
+            PeerMsg::Gossip(GossipMsg::Stopping) => 5,
+            _ => protocol::MIN_PROTOCOL_VERSION,
+        }
+    }
+
     /// The concern that answers this message as a request (None: an
     /// answer, or the Bridge's own ping).
     pub fn concern(&self) -> Option<Concern> {
@@ -185,7 +211,9 @@ mod tests {
         };
         let frame = codec().to_frame(&env).unwrap();
         // version | "a" | "b" | Request(5) | Ping
-        assert_eq!(hex(&frame[8..]), "0401610162010500");
+        assert_eq!(hex(&frame[8..]), "0501610162010500");
+        let old = codec().at(4).to_frame(&env).unwrap();
+        assert_eq!(hex(&old[8..]), "0401610162010500", "release 4's bytes");
         let (back, _): (Envelope, _) = codec().decode(&frame).unwrap().unwrap();
         assert_eq!(back, env);
     }

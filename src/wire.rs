@@ -13,7 +13,8 @@
 //!
 //! Compatibility: postcard is not self-describing, so every enum here only
 //! ever gains variants at the end, and a change to an existing message bumps
-//! `PROTOCOL_VERSION`. The golden-bytes tests fail on accidental changes.
+//! `PROTOCOL_VERSION` and keeps the older layout readable and writable
+//! (`crate::protocol`). The golden-bytes tests fail on accidental changes.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -24,22 +25,22 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::handoff::{PlanChange, PlanReport};
 use crate::namespace;
 use crate::node::NodeId;
+use crate::protocol;
 use crate::routing::{Effect, RingSnapshot};
 
-/// Version byte at the start of every payload.
-/// 2: the membership view carries the namespace table.
-/// 3: a sibling set carries a typed key's data-type state.
-/// 4: a delete's tombstone carries its time (`Value::Deleted`); backups.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub use crate::protocol::PROTOCOL_VERSION;
 /// Length prefix + CRC.
 pub const HEADER_LEN: usize = 8;
 /// Default frame limit; configurable (`limits.max_frame_bytes`).
 pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
 
-/// Encodes and decodes frames under a size limit.
+/// Encodes frames at one protocol version (this build's newest unless
+/// told otherwise) and decodes frames of any version this build speaks,
+/// under a size limit.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameCodec {
     max_frame: u32,
+    version: u8,
 }
 
 impl Default for FrameCodec {
@@ -50,7 +51,15 @@ impl Default for FrameCodec {
 
 impl FrameCodec {
     pub fn new(max_frame: u32) -> Self {
-        FrameCodec { max_frame }
+        FrameCodec {
+            max_frame,
+            version: PROTOCOL_VERSION,
+        }
+    }
+
+    /// The same codec, encoding at `version` (`crate::protocol`).
+    pub fn at(self, version: u8) -> Self {
+        FrameCodec { version, ..self }
     }
 
     pub fn max_frame(&self) -> u32 {
@@ -61,8 +70,10 @@ impl FrameCodec {
     pub fn encode<T: Serialize>(&self, msg: &T, out: &mut Vec<u8>) -> Result<()> {
         let start = out.len();
         out.extend_from_slice(&[0; HEADER_LEN]);
-        out.push(PROTOCOL_VERSION);
-        let encoded = postcard::to_extend(msg, std::mem::take(out));
+        out.push(self.version);
+        let encoded = protocol::at(self.version, || {
+            postcard::to_extend(msg, std::mem::take(out))
+        });
         *out = encoded.map_err(|e| Error::Internal(format!("encoding failed: {e}")))?;
         let payload_len = out.len() - start - HEADER_LEN;
         if payload_len > self.max_frame as usize {
@@ -125,10 +136,12 @@ pub fn decode_payload<T: DeserializeOwned>(expected: u32, payload: &[u8]) -> Res
     let Some((&version, body)) = payload.split_first() else {
         return Err(Error::Truncated("empty payload".into()));
     };
-    if version != PROTOCOL_VERSION {
+    let speaks = protocol::Versions::this_build();
+    if !(speaks.min..=speaks.max).contains(&version) && version != protocol::HELLO_VERSION {
         return Err(Error::UnknownVersion(version));
     }
-    let (msg, rest) = postcard::take_from_bytes(body).map_err(|e| match e {
+    let decoded = protocol::at(version, || postcard::take_from_bytes(body));
+    let (msg, rest) = decoded.map_err(|e| match e {
         postcard::Error::DeserializeUnexpectedEnd => Error::Truncated(e.to_string()),
         other => Error::Malformed(other.to_string()),
     })?;
@@ -157,6 +170,10 @@ pub enum ClientOp {
     Hello {
         cluster: String,
         token: Option<String>,
+        /// The protocol versions the client speaks (None: a client from
+        /// before version 5, which speaks 4).
+        #[serde(with = "crate::protocol::since_5")]
+        versions: Option<protocol::Versions>,
     },
     Get(Get),
     Put(Put),
@@ -398,9 +415,14 @@ pub struct ClientResponse {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientReply {
+    /// The node's answer to a hello, encoded at the version the two
+    /// speak from then on.
     Hello {
         node: NodeId,
         cluster: String,
+        /// The protocol versions the node speaks (absent at protocol 4).
+        #[serde(with = "crate::protocol::since_5")]
+        versions: Option<protocol::Versions>,
     },
     /// A read: every live sibling (empty when not found or deleted) and the
     /// context to write back.
@@ -578,6 +600,10 @@ pub struct MemberStatus {
     pub load: Option<MemberLoad>,
     /// Hints the members that answered hold for this member.
     pub hints_pending: u64,
+    /// The protocol versions the member speaks, as its hello said (None:
+    /// no link to it is open; this node itself: its own).
+    #[serde(with = "crate::protocol::since_5")]
+    pub protocol: Option<protocol::Versions>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -638,10 +664,39 @@ mod tests {
         let frame = codec().to_frame(&put()).unwrap();
         assert_eq!(
             hex(&frame),
-            "0000000a8c40d008040702016b01760001 02".replace(' ', "")
+            "0000000a6382bb36050702016b01760001 02".replace(' ', "")
         );
         let (back, used): (ClientRequest, _) = codec().decode(&frame).unwrap().unwrap();
         assert_eq!((back, used), (put(), frame.len()));
+        // At protocol 4, the bytes release 4 wrote; they decode the same.
+        let old = codec().at(4).to_frame(&put()).unwrap();
+        assert_eq!(
+            hex(&old),
+            "0000000a8c40d008040702016b01760001 02".replace(' ', "")
+        );
+        let (back, _): (ClientRequest, _) = codec().decode(&old).unwrap().unwrap();
+        assert_eq!(back, put());
+    }
+
+    #[test]
+    fn a_hello_at_protocol_4_has_the_old_layout_and_no_range() {
+        let hello = ClientOp::Hello {
+            cluster: "c".into(),
+            token: None,
+            versions: Some(protocol::Versions::this_build()),
+        };
+        let req = ClientRequest { id: 0, op: hello };
+        let old = codec().at(4).to_frame(&req).unwrap();
+        // version 4 | id 0 | Hello(0) | "c" | None: release 4's bytes.
+        assert_eq!(hex(&old[8..]), "0400000163 00".replace(' ', ""));
+        let (back, _): (ClientRequest, _) = codec().decode(&old).unwrap().unwrap();
+        assert!(
+            matches!(back.op, ClientOp::Hello { versions: None, .. }),
+            "{back:?}"
+        );
+        let new = codec().to_frame(&req).unwrap();
+        let (back, _): (ClientRequest, _) = codec().decode(&new).unwrap().unwrap();
+        assert_eq!(back, req);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use dynakv::protocol::Versions;
 use dynakv::replica::ReplicaMsg;
 use dynakv::version::{Context, Value};
 use dynakv::wire::{ClientOp, ClientReply, ClientRequest, ClientResponse, FrameCodec};
@@ -279,6 +280,7 @@ async fn malformed_frames_get_an_error_and_hurt_nobody_else() {
     let hello = client_frame(ClientOp::Hello {
         cluster: String::new(),
         token: None,
+        versions: Some(Versions::this_build()),
     });
     // bad CRC after a good hello
     let mut bad_crc = client_frame(ClientOp::Status);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use dynakv::auth::{self, NONCE_LEN, Role};
 use dynakv::peer::{Corr, Envelope, PeerFrame, PeerHello, PeerMsg};
+use dynakv::protocol::Versions;
 use dynakv::replica::ReplicaMsg;
 use dynakv::version::{Context, Value};
 use dynakv::wire::FrameCodec;
@@ -108,6 +109,7 @@ async fn raw_write(cluster: &Cluster, secret: &str, key: &[u8]) -> Option<PeerMs
         cluster: config.cluster.name.clone(),
         node: mallory.clone(),
         nonce,
+        versions: Some(Versions::this_build()),
     });
     s.write_all(&codec.to_frame(&hello).unwrap()).await.unwrap();
     let mut buf = Vec::new();
@@ -214,6 +216,7 @@ async fn a_peer_that_stalls_in_the_handshake_is_closed() {
         cluster: config.cluster.name.clone(),
         node: NodeId::new("slowpoke").unwrap(),
         nonce: [1u8; NONCE_LEN],
+        versions: Some(Versions::this_build()),
     });
     s.write_all(&FrameCodec::default().to_frame(&hello).unwrap())
         .await

@@ -20,6 +20,7 @@ use dynakv::membership::{MAX_MEMBERS, View};
 use dynakv::namespace;
 use dynakv::partition::Partition;
 use dynakv::peer::{NodeLoad, PeerMsg};
+use dynakv::protocol::Versions;
 use dynakv::routing::RingSnapshot;
 use dynakv::topology::Topology;
 use dynakv::wire::{
@@ -29,7 +30,7 @@ use dynakv::{Error, NodeId, Result};
 use std::sync::Arc;
 
 use crate::backup::{Backups, TakePage};
-use crate::bridge::{Bridge, call};
+use crate::bridge::{Bridge, PeerVersions, call};
 use crate::faults::{Control, Fault};
 use crate::messages::{Admin, Summary};
 use crate::replica::{PartitionUsage, ReadLocal, Replica, Stats};
@@ -47,6 +48,8 @@ pub struct Operations {
     pub namespace_defaults: dynakv::namespace::Settings,
     /// Whether `fault` requests are accepted.
     pub fault_injection: bool,
+    /// The protocol versions this node speaks.
+    pub versions: Versions,
     pub replica: Addr<Replica>,
     /// Pages of backups of this node's storage.
     pub backups: Addr<Backups>,
@@ -217,6 +220,7 @@ impl Operations {
                 replicated: count(&replicated, &m.id),
                 load: None,
                 hints_pending: 0,
+                protocol: None,
             })
             .collect();
         let asked = t
@@ -347,7 +351,10 @@ impl Operations {
             })
             .collect();
         loads.insert(report.node.clone(), mine);
+        let mut speaks = self.bridge.send(PeerVersions).await.unwrap_or_default();
+        speaks.insert(report.node.clone(), self.versions);
         for m in &mut report.members {
+            m.protocol = speaks.get(&m.node).copied();
             m.load = loads.get(&m.node).map(|l| MemberLoad {
                 keys: l.keys,
                 bytes: l.bytes,

@@ -19,6 +19,7 @@ use actix::WeakAddr;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use dynakv::auth;
+use dynakv::protocol::{HELLO_VERSION, Versions};
 use dynakv::wire::{ClientOp, ClientReply, ClientRequest, ClientResponse, FrameCodec};
 use dynakv::{Error, ErrorKind, NodeId};
 use tokio::io::AsyncWriteExt;
@@ -27,7 +28,7 @@ use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, warn};
 
-use crate::codec::{Codec, CodecError};
+use crate::codec::{Codec, CodecError, Speaking};
 use crate::coordinator::{Coordinator, Execute};
 use crate::listener::{Accepted, Listener};
 use crate::metrics::{Label, Metrics};
@@ -52,6 +53,8 @@ pub struct ClientSettings {
     pub metrics: Metrics,
     /// TLS on this port (None: plaintext).
     pub tls: Option<NodeTls>,
+    /// The protocol versions this node speaks.
+    pub versions: Versions,
 }
 
 /// How long a refused client is given to read why.
@@ -167,12 +170,18 @@ impl ClientServer {
         let open = self.open.clone();
         let conn = ClientConn::create(move |ctx| {
             ctx.add_stream(FramedRead::new(read, ServerCodec::new(settings.max_frame)));
-            let writer = FramedWrite::new(write, ServerCodec::new(settings.max_frame), ctx);
+            let codec = ServerCodec::new(settings.max_frame);
+            // Until the hello, the oldest version: a client of any can
+            // read why it is refused.
+            let speaking = codec.speaking();
+            speaking.set(settings.versions.min);
+            let writer = FramedWrite::new(write, codec, ctx);
             ClientConn {
                 settings,
                 peer: from,
                 coordinator,
                 writer,
+                speaking,
                 greeted: false,
                 last_heard: Instant::now(),
                 closing: false,
@@ -207,7 +216,9 @@ fn refuse(mut stream: TcpStream, settings: &ClientSettings, limit: usize) {
             ),
         },
     };
-    let frame = FrameCodec::new(settings.max_frame).to_frame(&reply);
+    let frame = FrameCodec::new(settings.max_frame)
+        .at(settings.versions.min)
+        .to_frame(&reply);
     actix::spawn(async move {
         let Ok(frame) = frame else { return };
         let written = async {
@@ -224,6 +235,8 @@ pub struct ClientConn {
     peer: SocketAddr,
     coordinator: Addr<Coordinator>,
     writer: FramedWrite<ClientResponse, tls::WriteHalf, ServerCodec>,
+    /// The version the writer encodes at: agreed by the hello.
+    speaking: Speaking,
     greeted: bool,
     /// When the last request arrived (or the connection opened).
     last_heard: Instant,
@@ -288,17 +301,32 @@ impl ClientConn {
                     &Error::Unauthorized("missing or wrong client token".into()),
                 )
             }
-            ClientOp::Hello { cluster, .. }
-                if cluster.is_empty() || cluster == self.settings.cluster =>
-            {
-                self.greeted = true;
-                self.reply(
-                    id,
-                    ClientReply::Hello {
-                        node: self.settings.me.clone(),
-                        cluster: self.settings.cluster.clone(),
-                    },
-                );
+            ClientOp::Hello {
+                cluster, versions, ..
+            } if cluster.is_empty() || cluster == self.settings.cluster => {
+                // A client from before ranges speaks 4.
+                let theirs = versions.unwrap_or(Versions { min: 4, max: 4 });
+                let who = format!("client {}", self.peer);
+                match self.settings.versions.agree(&who, Some(theirs)) {
+                    Ok(version) => {
+                        self.speaking.set(version);
+                        self.greeted = true;
+                        self.reply(
+                            id,
+                            ClientReply::Hello {
+                                node: self.settings.me.clone(),
+                                cluster: self.settings.cluster.clone(),
+                                versions: Some(self.settings.versions),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        // Told at the version its hello came in.
+                        self.speaking
+                            .set(versions.map_or(theirs.max, |_| HELLO_VERSION));
+                        self.refuse(id, &e)
+                    }
+                }
             }
             ClientOp::Hello { cluster, .. } => self.refuse(
                 id,

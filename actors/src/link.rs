@@ -15,15 +15,17 @@ use std::time::Duration;
 
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
+use dynakv::ErrorKind;
 use dynakv::NodeId;
 use dynakv::handshake::Handshake;
-use dynakv::peer::{Envelope, PeerFrame, PeerHello};
+use dynakv::peer::{Corr, Envelope, PeerFrame, PeerHello, PeerMsg};
+use dynakv::protocol::{HELLO_VERSION, Versions};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, warn};
 
-use crate::codec::{Codec, CodecError};
+use crate::codec::{Codec, CodecError, Speaking};
 use crate::metrics::Metrics;
 use crate::tls::{self, NodeTls};
 
@@ -50,6 +52,8 @@ type PeerCodec = Codec<PeerFrame, PeerFrame>;
 pub(crate) struct LinkUp {
     pub(crate) link: LinkAddr,
     pub(crate) peer: NodeId,
+    /// The protocol versions the peer's hello said it speaks.
+    pub(crate) speaks: Versions,
     /// Set for outbound links opened by address.
     pub(crate) addr: Option<String>,
     pub(crate) outbound: bool,
@@ -108,6 +112,8 @@ pub struct Link {
     max_frame: u32,
     connect_timeout: Duration,
     writer: Option<FramedWrite<PeerFrame, tls::WriteHalf, PeerCodec>>,
+    /// The version the writer encodes at: the hellos' until they agree.
+    speaking: Speaking,
     /// How an outbound link opens TLS (None: plaintext).
     dial: Option<TlsConnector>,
     queue: Vec<PeerFrame>,
@@ -132,6 +138,7 @@ impl Link {
             max_frame: settings.max_frame,
             connect_timeout: settings.connect_timeout,
             writer: None,
+            speaking: Speaking::default(),
             dial: settings.tls.map(|t| t.dial),
             queue: Vec::new(),
             me: None,
@@ -156,6 +163,7 @@ impl Link {
             max_frame: settings.max_frame,
             connect_timeout: settings.connect_timeout,
             writer: None,
+            speaking: Speaking::default(),
             dial: None,
             queue: Vec::new(),
             me: None,
@@ -166,16 +174,52 @@ impl Link {
 
     fn attach(&mut self, (read, write): (tls::ReadHalf, tls::WriteHalf), ctx: &mut Context<Self>) {
         ctx.add_stream(FramedRead::new(read, PeerCodec::new(self.max_frame)));
-        self.writer = Some(FramedWrite::new(write, PeerCodec::new(self.max_frame), ctx));
+        let codec = PeerCodec::new(self.max_frame);
+        self.speaking = codec.speaking();
+        self.speaking.set(HELLO_VERSION);
+        self.writer = Some(FramedWrite::new(write, codec, ctx));
     }
 
-    fn write(&mut self, mut frame: PeerFrame) {
+    fn write(&mut self, mut frame: PeerFrame, ctx: &mut Context<Self>) {
         // Envelopes are addressed to whoever this link reaches.
         if let (PeerFrame::Envelope(env), Some(peer)) = (&mut frame, self.handshake.peer()) {
             env.to = peer.clone();
         }
+        let speaking = self.speaking.get();
+        if frame.since() > speaking {
+            return self.withhold(frame, speaking, ctx);
+        }
         if let Some(w) = &mut self.writer {
             w.write(frame);
+        }
+    }
+
+    /// A message newer than the link's version never goes out: a request
+    /// is answered here with an error, as the peer would have; anything
+    /// else is dropped.
+    fn withhold(&mut self, frame: PeerFrame, speaking: u8, ctx: &mut Context<Self>) {
+        let PeerFrame::Envelope(env) = frame else {
+            return;
+        };
+        debug!(peer = %env.to, message = env.msg.name(), speaking, "not sent: the peer's protocol is older than the message");
+        if let Corr::Request(id) = env.corr {
+            let message = format!(
+                "{} speaks protocol {speaking}; a {} message needs {}",
+                env.to,
+                env.msg.name(),
+                env.msg.since()
+            );
+            let answer = Envelope {
+                from: env.to,
+                to: env.from,
+                corr: Corr::Reply(id),
+                msg: PeerMsg::Error {
+                    kind: ErrorKind::Unavailable,
+                    message,
+                },
+            };
+            let link = self.me(ctx);
+            self.reports.inbound.do_send(Inbound { env: answer, link });
         }
     }
 
@@ -228,7 +272,7 @@ impl Actor for Link {
                     Ok(Ok(stream)) => {
                         link.attach(stream, ctx);
                         if let Some(hello) = link.hello.take() {
-                            link.write(hello);
+                            link.write(hello, ctx);
                         }
                     }
                     Ok(Err(failed)) if failed.refusal != tls::Refusal::Other => {
@@ -262,9 +306,9 @@ impl Actor for Link {
 impl Handler<Frame> for Link {
     type Result = ();
 
-    fn handle(&mut self, Frame(frame): Frame, _: &mut Context<Self>) {
+    fn handle(&mut self, Frame(frame): Frame, ctx: &mut Context<Self>) {
         if self.handshake.is_ready() {
-            self.write(frame);
+            self.write(frame, ctx);
         } else if self.queue.len() < LINK_QUEUE {
             self.queue.push(frame);
         }
@@ -305,7 +349,7 @@ impl StreamHandler<std::result::Result<PeerFrame, CodecError>> for Link {
                 // Close once these are out; the writer's `finished` stops
                 // the link.
                 for frame in refused.send {
-                    self.write(frame);
+                    self.write(frame, ctx);
                 }
                 if let Some(w) = &mut self.writer {
                     w.close();
@@ -314,16 +358,21 @@ impl StreamHandler<std::result::Result<PeerFrame, CodecError>> for Link {
             }
         };
         for frame in step.send {
-            self.write(frame);
+            self.write(frame, ctx);
         }
         if let Some(peer) = step.ready {
+            // The hellos are out: from here on, the version they agreed.
+            if let Some(version) = self.handshake.version() {
+                self.speaking.set(version);
+            }
             for frame in std::mem::take(&mut self.queue) {
-                self.write(frame);
+                self.write(frame, ctx);
             }
             let link = self.me(ctx);
             self.reports.up.do_send(LinkUp {
                 link,
                 peer,
+                speaks: self.handshake.peer_versions().unwrap_or_default(),
                 addr: self.addr.clone(),
                 outbound: self.handshake.is_connector(),
             });

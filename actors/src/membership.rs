@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use dynakv::membership::{Changed, GossipMsg, Membership as Core, Settings, Status, View};
+use dynakv::membership::{
+    Changed, Destination, GossipMsg, Membership as Core, Settings, Status, View,
+};
 use dynakv::peer::PeerMsg;
 use dynakv::store::Store;
 use dynakv::{Error, NodeId, Result};
@@ -85,6 +87,14 @@ pub struct GossipIn {
     pub msg: GossipMsg,
 }
 
+/// This node is stopping: tell the peers, so they route around it at once;
+/// answers once they acknowledged, or `within` passed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AnnounceStop {
+    pub within: Duration,
+}
+
 /// Asks for the current view.
 #[derive(Message)]
 #[rtype(result = "Arc<View>")]
@@ -112,6 +122,9 @@ pub struct Membership {
     clock: Clock,
     /// Whether this node's removal was reported (logged once).
     fence_reported: bool,
+    /// The node is stopping and said so: it gossips no more (which would
+    /// tell its peers it is up).
+    stopping: bool,
 }
 
 impl Membership {
@@ -143,6 +156,7 @@ impl Membership {
             rng: fastrand::Rng::new(),
             clock,
             fence_reported: false,
+            stopping: false,
         })
     }
 
@@ -203,6 +217,9 @@ impl Membership {
     }
 
     fn receive(&mut self, from: &NodeId, msg: GossipMsg) -> Result<Option<GossipMsg>> {
+        if self.stopping {
+            return Err(Error::Unavailable("this node is stopping".into()));
+        }
         match self.core.on_gossip(from, msg, self.clock.now()) {
             Ok((reply, changed)) => {
                 self.publish(changed);
@@ -216,6 +233,9 @@ impl Membership {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
         let (outgoing, changed) = self.core.tick(self.clock.now(), self.rng.u64(..));
         self.publish(changed);
         for out in outgoing {
@@ -285,13 +305,40 @@ impl Handler<PeerRequest> for Membership {
         shielded(NAME, self, ctx, |act, _| match msg {
             PeerMsg::Gossip(msg) => reply.answer(match act.receive(&from, msg) {
                 Ok(Some(answer)) => Ok(PeerMsg::Gossip(answer)),
-                Ok(None) => return,
+                // Taken (a stop notice): the sender may be waiting to know.
+                Ok(None) => Ok(PeerMsg::Pong),
                 Err(e) => Err(e),
             }),
             other => reply.error(&Error::InvalidRequest(format!(
                 "membership takes no {} request",
                 other.name()
             ))),
+        })
+    }
+}
+
+impl Handler<AnnounceStop> for Membership {
+    type Result = ResponseFuture<()>;
+
+    fn handle(
+        &mut self,
+        AnnounceStop { within }: AnnounceStop,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        self.stopping = true;
+        let peers = self.core.to_tell_of_stop();
+        let told = futures_util::future::join_all(peers.into_iter().map(|peer| {
+            let msg = PeerMsg::Gossip(GossipMsg::Stopping);
+            ask(&self.bridge, Destination::Node(peer), msg, within)
+        }));
+        Box::pin(async move {
+            let answers = told.await;
+            let acked = answers.iter().filter(|a| a.is_ok()).count();
+            info!(
+                acked,
+                asked = answers.len(),
+                "told the peers this node is stopping"
+            );
         })
     }
 }

@@ -268,7 +268,7 @@ impl Metrics {
         );
         r.register(
             "peer_connections_refused",
-            "Peer connections refused (wrong cluster or no proof of the cluster secret)",
+            "Peer connections refused (wrong cluster, no proof of the cluster secret, or no protocol version in common)",
             inner.peers_refused.clone(),
         );
         r.register(

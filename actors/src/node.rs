@@ -56,7 +56,7 @@ use crate::events::Events;
 use crate::faults::{Control, Fault};
 use crate::handoff::{Handoff, MembershipLinks, Wiring as HandoffWiring};
 use crate::hints::{Hints, HintsSettings};
-use crate::membership::{Membership, Wiring as MembershipWiring};
+use crate::membership::{AnnounceStop, Membership, Wiring as MembershipWiring};
 use crate::metrics::Metrics;
 use crate::metrics_server::MetricsServer;
 use crate::replica::{Flush, Replica, ReplicaSettings};
@@ -65,6 +65,9 @@ use crate::session::Router;
 use crate::storage::Storage;
 use crate::tls::NodeTls;
 use dynakv::peer::Concern;
+
+/// Longest a stopping node waits for its peers to acknowledge that it is.
+const STOP_NOTICE_WITHIN: Duration = Duration::from_millis(500);
 
 /// The node's listening sockets, bound before the actors start (so a test
 /// can bind port 0 and learn the port first).
@@ -153,6 +156,7 @@ fn start_on(
 ) -> Result<NodeHandle> {
     config.validate()?;
     let me = config.node_id();
+    let versions = config.testing.versions()?;
     let tls = NodeTls::load(&config.tls)?;
     let metrics = Metrics::new();
     let events = Events::new(metrics.clone());
@@ -196,6 +200,7 @@ fn start_on(
             secret: config.security.cluster_secret.clone(),
             metrics: metrics.clone(),
             tls: tls.clone(),
+            versions,
         },
         listeners.peer,
     );
@@ -345,6 +350,7 @@ fn start_on(
         n: config.cluster.n,
         namespace_defaults: config.default_namespace(),
         fault_injection: config.testing.fault_injection,
+        versions,
         replica: replica.clone(),
         backups,
         bridge: bridge.clone(),
@@ -380,6 +386,7 @@ fn start_on(
                 .then(|| Duration::from_millis(config.limits.client_idle_ms)),
             metrics: metrics.clone(),
             tls,
+            versions,
         },
         listeners.client,
         coordinator.clone(),
@@ -422,6 +429,12 @@ impl NodeHandle {
     /// finish (or fail) within the request timeout, makes every write
     /// durable, then stops every actor of the node.
     pub async fn stop(self) -> Result<()> {
+        let _ = self
+            .membership
+            .send(AnnounceStop {
+                within: STOP_NOTICE_WITHIN,
+            })
+            .await;
         let _ = self
             .client_server
             .send(DrainAll {

@@ -154,6 +154,7 @@ impl Config {
             return bad("node.data_dir is empty".into());
         }
         self.tls.validate()?;
+        self.testing.versions()?;
         if !(1..=MAX_WEIGHT).contains(&self.node.weight) {
             return bad(format!(
                 "node.weight = {} must be between 1 and {MAX_WEIGHT}",

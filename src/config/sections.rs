@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::protocol::Versions;
 
 /// This node's identity and where it listens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,6 +386,16 @@ pub struct TestingSection {
     /// Accept the client protocol's `fault` request, which partitions this
     /// node from chosen peers (its Bridge drops their traffic) until healed.
     pub fault_injection: bool,
+    /// Speak no protocol newer than this (None: this build's newest), as
+    /// the previous release would: for upgrade tests.
+    pub protocol_version: Option<u8>,
+}
+
+impl TestingSection {
+    /// The protocol versions this node speaks.
+    pub fn versions(&self) -> Result<Versions> {
+        Versions::capped(self.protocol_version)
+    }
 }
 
 impl Default for LogSection {

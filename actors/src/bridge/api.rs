@@ -11,6 +11,7 @@ use actix::prelude::*;
 use dynakv::fencing::Admission;
 use dynakv::membership::{Destination, Member};
 use dynakv::peer::{Concern, Corr, Envelope, PeerFrame, PeerMsg};
+use dynakv::protocol::Versions;
 use dynakv::{Error, NodeId, Result};
 use tokio::sync::oneshot;
 
@@ -131,6 +132,11 @@ pub struct Watch {
     pub reachability: Recipient<Reachability>,
     pub fenced: Recipient<Fenced>,
 }
+
+/// The protocol versions each peer's latest hello said it speaks.
+#[derive(Message)]
+#[rtype(result = "HashMap<NodeId, Versions>")]
+pub struct PeerVersions;
 
 /// Where the answer to one inbound request goes: back on the connection it
 /// came on. A one-way request takes no answer.

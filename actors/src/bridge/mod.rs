@@ -38,14 +38,15 @@ use dynakv::calls::{Backoff, Pending, Waiting};
 use dynakv::fencing::{Admission, Refusal};
 use dynakv::membership::Destination;
 use dynakv::peer::{Concern, Corr, Envelope, PeerFrame, PeerHello, PeerMsg};
+use dynakv::protocol::Versions;
 
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, info, warn};
 
 mod api;
 pub use api::{
-    Call, CallAnswer, Fenced, Handle, PeerReply, PeerRequest, Reachability, SetPeers, Watch, ask,
-    call,
+    Call, CallAnswer, Fenced, Handle, PeerReply, PeerRequest, PeerVersions, Reachability, SetPeers,
+    Watch, ask, call,
 };
 
 use crate::clock::Clock;
@@ -81,6 +82,8 @@ pub struct BridgeSettings {
     pub metrics: Metrics,
     /// TLS on the peer port and on links this node opens (None: plaintext).
     pub tls: Option<NodeTls>,
+    /// The protocol versions this node speaks.
+    pub versions: Versions,
 }
 
 pub struct Bridge {
@@ -94,6 +97,8 @@ pub struct Bridge {
     seed_links: HashMap<String, LinkAddr>,
     /// Links peers opened to us (closed with the Bridge).
     inbound: Vec<WeakAddr<Link>>,
+    /// What each peer's latest hello said it speaks.
+    speaks: HashMap<NodeId, Versions>,
     /// Peers whose connection failed: when a new one may be opened.
     backoff: Backoff,
     pending: Pending<Waiter>,
@@ -118,6 +123,7 @@ impl Bridge {
             links: HashMap::new(),
             seed_links: HashMap::new(),
             inbound: Vec::new(),
+            speaks: HashMap::new(),
             backoff: Backoff::new(BACKOFF_MIN_MS, BACKOFF_MAX_MS),
             pending: Pending::default(),
             sweep_at: None,
@@ -140,6 +146,7 @@ impl Bridge {
             cluster: self.settings.cluster.clone(),
             node: self.settings.me.clone(),
             nonce,
+            versions: Some(self.settings.versions),
         }
     }
 
@@ -452,6 +459,14 @@ impl Handler<Handle> for Bridge {
     }
 }
 
+impl Handler<PeerVersions> for Bridge {
+    type Result = MessageResult<PeerVersions>;
+
+    fn handle(&mut self, _: PeerVersions, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.speaks.clone())
+    }
+}
+
 impl Handler<Watch> for Bridge {
     type Result = ();
 
@@ -487,6 +502,7 @@ impl Handler<LinkUp> for Bridge {
 
     fn handle(&mut self, up: LinkUp, ctx: &mut Context<Self>) {
         shielded(NAME, self, ctx, |act, _| {
+            act.speaks.insert(up.peer.clone(), up.speaks);
             if !up.outbound {
                 return;
             }
@@ -663,6 +679,7 @@ mod tests {
             secret: String::new(),
             tls: None,
             metrics: Metrics::new(),
+            versions: dynakv::protocol::Versions::this_build(),
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let bridge = Bridge::new(settings, listener).start();

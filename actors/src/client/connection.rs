@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::tls;
+use dynakv::protocol::{HELLO_VERSION, Versions};
 use dynakv::wire::{ClientOp, ClientReply, ClientRequest, ClientResponse, DEFAULT_MAX_FRAME};
 use dynakv::{Error, NodeId, Result};
 use futures_util::{SinkExt, StreamExt};
@@ -60,8 +61,11 @@ impl Connection {
             None => tls::plain(stream),
         };
         let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
+        let codec = ClientCodec::new(DEFAULT_MAX_FRAME);
+        let speaking = codec.speaking();
+        speaking.set(HELLO_VERSION);
         let mut conn = Connection {
-            writer: AsyncMutex::new(FramedWrite::new(write, ClientCodec::new(DEFAULT_MAX_FRAME))),
+            writer: AsyncMutex::new(FramedWrite::new(write, codec)),
             waiters,
             node: NodeId::new("unknown").expect("a valid id"),
             addr: addr.to_string(),
@@ -86,13 +90,20 @@ impl Connection {
                 *w = None;
             }
         });
+        let mine = Versions::this_build();
         let op = ClientOp::Hello {
             cluster: options.cluster.clone(),
             token: options.token.clone(),
+            versions: Some(mine),
         };
         let answer = conn.send(0, op, hello).await.map_err(|f| f.error)?;
         match answer {
-            ClientReply::Hello { node, .. } => conn.node = node,
+            ClientReply::Hello { node, versions, .. } => {
+                // A node's answer at protocol 4 cannot name its range.
+                let theirs = versions.unwrap_or(Versions { min: 4, max: 4 });
+                speaking.set(mine.agree(node.as_str(), Some(theirs))?);
+                conn.node = node;
+            }
             ClientReply::Error { kind, message } => return Err(Error::from_wire(kind, message)),
             other => return Err(unexpected(other)),
         }

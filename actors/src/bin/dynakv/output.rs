@@ -209,7 +209,7 @@ pub fn print_status(s: &StatusReport, as_json: bool) -> Result<()> {
         s.n
     );
     say!(
-        "{:<16} {:<8} {:<8} {:>10} {:>10} {:>6} {:>8} {:>8} {:>6}  {:<21} {:<21}",
+        "{:<16} {:<8} {:<8} {:>10} {:>10} {:>6} {:>8} {:>8} {:>6} {:>8}  {:<21} {:<21}",
         "member",
         "state",
         "liveness",
@@ -219,6 +219,7 @@ pub fn print_status(s: &StatusReport, as_json: bool) -> Result<()> {
         "replicas",
         "hints",
         "weight",
+        "protocol",
         "peer",
         "client"
     );
@@ -234,7 +235,7 @@ pub fn print_status(s: &StatusReport, as_json: bool) -> Result<()> {
             None => ("?".into(), "?".into()),
         };
         say!(
-            "{:<16} {:<8} {:<8} {:>10} {:>10} {:>5.1}% {:>8} {:>8} {:>6}  {:<21} {:<21}",
+            "{:<16} {:<8} {:<8} {:>10} {:>10} {:>5.1}% {:>8} {:>8} {:>6} {:>8}  {:<21} {:<21}",
             m.node.as_str(),
             m.state,
             m.liveness,
@@ -244,12 +245,16 @@ pub fn print_status(s: &StatusReport, as_json: bool) -> Result<()> {
             m.replicated,
             m.hints_pending,
             m.weight,
+            m.protocol.map_or("?".into(), |v| v.to_string()),
             m.peer_addr,
             m.client_addr
         );
     }
     if s.members.iter().any(|m| m.load.is_none()) {
         say!("(? = the member did not answer; hints count only members that did)");
+    }
+    if s.members.iter().any(|m| m.protocol.is_none()) {
+        say!("(protocol ? = no link to the member is open, or this node speaks protocol 4)");
     }
     for note in &s.notes {
         say!("note: {note}");

@@ -1,0 +1,232 @@
+//! Protocol versions: which ones a node speaks, which one a pair of nodes
+//! (or a client and a node) speaks, and how a frame of an older version
+//! leaves out what later versions added.
+//!
+//! Every hello, on the peer port and on the client port, carries the
+//! sender's range (`Versions`). Both ends take the highest version in both
+//! ranges and encode every later frame at it; a pair with none in common
+//! does not connect, and both ends log both ranges. A frame is decoded at
+//! the version its first byte names, so either end reads what the other
+//! wrote however the link was agreed.
+//!
+//! What a version adds is of two kinds:
+//! - a field: it carries `#[serde(with = "crate::protocol::since_5")]`, is
+//!   left out of frames encoded at an older version, and reads as its
+//!   default from them;
+//! - a message (an enum variant, appended): its `since` says when, and a
+//!   frame holding it is never encoded at an older version; the link
+//!   answers the sender instead (`PeerFrame::since`).
+//!
+//! Hellos (and the peer handshake's other frames) are always encoded at
+//! `HELLO_VERSION`, the first version with ranges, and their layout never
+//! changes again, so any two nodes from 5 on can tell why they cannot talk.
+//! Versions before 5 had no ranges: a node of protocol 4 is told it needs
+//! a full-cluster restart to upgrade (its clients, which only ever dial,
+//! are still served at 4).
+//!
+//! The version a frame is being encoded or decoded at is a thread-local
+//! set by `FrameCodec` around the postcard call (`at`): postcard cannot
+//! carry a context through serde, and the frame is encoded on one thread.
+
+use std::cell::Cell;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The newest protocol version this build speaks.
+/// 2: the membership view carries the namespace table.
+/// 3: a sibling set carries a typed key's data-type state.
+/// 4: a delete's tombstone carries its time (`Value::Deleted`); backups.
+/// 5: hellos carry version ranges; `status` shows each member's range; a
+///    stopping node tells its peers (`GossipMsg::Stopping`).
+pub const PROTOCOL_VERSION: u8 = 5;
+/// The oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u8 = 4;
+/// The version every hello is encoded at: the first with ranges.
+pub const HELLO_VERSION: u8 = 5;
+
+/// The protocol versions a node speaks, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    pub min: u8,
+    pub max: u8,
+}
+
+impl Default for Versions {
+    fn default() -> Self {
+        Versions::this_build()
+    }
+}
+
+impl Versions {
+    /// Everything this build speaks.
+    pub const fn this_build() -> Self {
+        Versions {
+            min: MIN_PROTOCOL_VERSION,
+            max: PROTOCOL_VERSION,
+        }
+    }
+
+    /// This build's range, capped at `max` (`testing.protocol_version`: a
+    /// node that speaks like an older release, for upgrade tests).
+    pub fn capped(max: Option<u8>) -> Result<Self> {
+        let Some(max) = max else {
+            return Ok(Versions::this_build());
+        };
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&max) {
+            return Err(Error::Config(format!(
+                "testing.protocol_version = {max}: this build speaks {}",
+                Versions::this_build()
+            )));
+        }
+        Ok(Versions {
+            min: MIN_PROTOCOL_VERSION,
+            max,
+        })
+    }
+
+    /// The highest version both ranges hold, if any.
+    pub fn common(self, other: Versions) -> Option<u8> {
+        let top = self.max.min(other.max);
+        (top >= self.min.max(other.min)).then_some(top)
+    }
+
+    /// The version spoken with a peer whose hello carried `theirs` (None:
+    /// a node from before ranges), or why there is none, naming both.
+    pub fn agree(self, who: &str, theirs: Option<Versions>) -> Result<u8> {
+        let Some(theirs) = theirs else {
+            return Err(Error::Unavailable(format!(
+                "{who} speaks a protocol older than 5, which has no version ranges; \
+                 upgrading from it takes a full-cluster restart (this node speaks {self})"
+            )));
+        };
+        self.common(theirs).ok_or_else(|| {
+            Error::Unavailable(format!(
+                "no protocol version in common: {who} speaks {theirs}, this node speaks {self}"
+            ))
+        })
+    }
+}
+
+impl fmt::Display for Versions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}..{}", self.min, self.max)
+        }
+    }
+}
+
+thread_local! {
+    static SPEAKING: Cell<u8> = const { Cell::new(PROTOCOL_VERSION) };
+}
+
+/// The version being encoded or decoded on this thread (this build's
+/// newest outside a frame: stored data is always written in full).
+pub fn speaking() -> u8 {
+    SPEAKING.with(Cell::get)
+}
+
+/// Runs `f` encoding or decoding at `version`.
+pub fn at<R>(version: u8, f: impl FnOnce() -> R) -> R {
+    struct Restore(u8);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SPEAKING.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SPEAKING.with(|s| s.replace(version)));
+    f()
+}
+
+/// A field added in protocol 5: left out of older frames, read from them
+/// as its default. Postcard encodes a unit as nothing, so an older frame
+/// holds exactly the bytes its own version wrote.
+pub mod since_5 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    const SINCE: u8 = 5;
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        if super::speaking() < SINCE {
+            s.serialize_unit()
+        } else {
+            value.serialize(s)
+        }
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: Deserialize<'de> + Default,
+        D: Deserializer<'de>,
+    {
+        if super::speaking() < SINCE {
+            <()>::deserialize(d)?;
+            Ok(T::default())
+        } else {
+            T::deserialize(d)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Grown {
+        old: u32,
+        #[serde(with = "since_5")]
+        new: Option<u32>,
+    }
+
+    #[test]
+    fn a_field_since_5_is_left_out_below_5_and_read_as_its_default() {
+        let grown = Grown {
+            old: 7,
+            new: Some(9),
+        };
+        let old = at(4, || postcard::to_stdvec(&grown)).unwrap();
+        assert_eq!(
+            old,
+            postcard::to_stdvec(&7u32).unwrap(),
+            "exactly the old bytes"
+        );
+        let back: Grown = at(4, || postcard::from_bytes(&old)).unwrap();
+        assert_eq!(back, Grown { old: 7, new: None });
+        let new = at(5, || postcard::to_stdvec(&grown)).unwrap();
+        assert_eq!(
+            at(5, || postcard::from_bytes::<Grown>(&new)).unwrap(),
+            grown
+        );
+        assert_eq!(speaking(), PROTOCOL_VERSION, "restored after each call");
+    }
+
+    #[test]
+    fn ranges_agree_on_their_highest_common_version_or_name_both() {
+        let v = |min, max| Versions { min, max };
+        assert_eq!(v(4, 5).common(v(4, 4)), Some(4));
+        assert_eq!(v(4, 5).common(v(5, 7)), Some(5));
+        assert_eq!(v(4, 5).common(v(6, 7)), None);
+        let refused = v(4, 5).agree("n2", Some(v(6, 7))).unwrap_err().to_string();
+        assert!(
+            refused.contains("6..7") && refused.contains("4..5"),
+            "{refused}"
+        );
+        let legacy = v(4, 5).agree("n2", None).unwrap_err().to_string();
+        assert!(legacy.contains("full-cluster restart"), "{legacy}");
+        assert_eq!(v(4, 5).agree("n2", Some(v(4, 5))).unwrap(), 5);
+    }
+
+    #[test]
+    fn the_test_cap_stays_inside_this_build() {
+        assert_eq!(Versions::capped(None).unwrap(), Versions::this_build());
+        assert_eq!(Versions::capped(Some(4)).unwrap().max, 4);
+        for bad in [3, PROTOCOL_VERSION + 1] {
+            assert!(Versions::capped(Some(bad)).is_err());
+        }
+    }
+}
