@@ -16,7 +16,9 @@
 # With TLS=1, dynakv also runs with fsync "periodic" and [tls] on (certs from
 # `dynakv certs init`; the bench verifies the nodes), and the table ends
 # with TLS's cost as ratios to the plaintext run. PEERS (default "etcd
-# redis") names the peers to run; PEERS= runs dynakv alone.
+# redis") names the peers to run; PEERS= runs dynakv alone. DYNAKV=PATH
+# runs that dynakv binary instead of building this tree (to compare builds
+# side by side: alternate runs of each).
 # Prints one table with dynakv's ratio to each peer. With ROUNDS=n the five
 # runs are repeated n times in turn; the table shows each figure's median,
 # which steadies the ratios on a machine whose speed drifts, and dynakv's
@@ -104,7 +106,9 @@ print(json.dumps({"system": system, "mode": mode,
 PY
 }
 
-DYNAKV="$ROOT/target/release/dynakv"
+# DYNAKV names another dynakv binary to run (e.g. an earlier build, to
+# compare); by default this tree's release build, built first.
+DYNAKV=${DYNAKV:-}
 NODES=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 
 # run_dynakv MODE [tls]
@@ -211,8 +215,12 @@ PY
 
 need python3 || { say "python3 is needed to read the results"; exit 1; }
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { say "ROUNDS must be a positive whole number, not '$ROUNDS'"; exit 1; }
-say "building dynakv"
-cargo build -q --release -p dynakv-actors --manifest-path "$ROOT/Cargo.toml"
+if [ -z "$DYNAKV" ]; then
+    say "building dynakv"
+    cargo build -q --release -p dynakv-actors --manifest-path "$ROOT/Cargo.toml"
+    DYNAKV="$ROOT/target/release/dynakv"
+fi
+[ -x "$DYNAKV" ] || { say "DYNAKV=$DYNAKV is not an executable"; exit 1; }
 : >"$RESULTS"
 for round in $(seq "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && say "round $round of $ROUNDS"

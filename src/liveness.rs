@@ -229,6 +229,19 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_notice_is_down_at_once_and_a_suspicion_does_not_lift_it() {
+        let mut d = detector();
+        assert_eq!(d.stopped(&id("a")), Some(Health::Down));
+        assert_eq!(d.stopped(&id("a")), None);
+        // Its connection dropping afterwards changes nothing.
+        assert_eq!(d.failed(&id("a")), None);
+        assert_eq!(d.health(&id("a")), Health::Down);
+        // Back: a connection from the restarted process.
+        assert_eq!(d.reached(&id("a"), 100), Some(Health::Up));
+        assert!(d.stopped(&id("stranger")).is_none());
+    }
+
+    #[test]
     fn own_heartbeat_travels_and_self_is_always_up() {
         let mut d = detector();
         d.beat();

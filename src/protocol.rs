@@ -61,6 +61,10 @@ impl Default for Versions {
 }
 
 impl Versions {
+    /// What a client hello (or a node's answer to one) without a range
+    /// speaks: release 4's, which has only 4.
+    pub const BEFORE_RANGES: Versions = Versions { min: 4, max: 4 };
+
     /// Everything this build speaks.
     pub const fn this_build() -> Self {
         Versions {

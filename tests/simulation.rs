@@ -150,6 +150,20 @@ fn partitions_really_move() {
     assert!(o.fetched > 0 && o.released > 0, "{o:?}");
 }
 
+/// Clean stops (as for a rolling upgrade) tell the peers, which route
+/// around the node at once and take it back when it returns.
+#[test]
+fn clean_stops_that_tell_the_peers_lose_nothing() {
+    let notices = |periodic| SimConfig {
+        stop_notices: true,
+        ..config(periodic, false)
+    };
+    run_seeds(&notices(false), 1..61);
+    run_seeds(&notices(true), 1..31);
+    let o = traced(notices(false), 7, &["telling its peers"]);
+    assert!(o.stops > 0 && o.crashes > 0, "{o:?}");
+}
+
 #[test]
 fn faults_are_really_injected() {
     let o = simulate(&SimConfig::default(), 7);

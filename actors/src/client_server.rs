@@ -304,8 +304,7 @@ impl ClientConn {
             ClientOp::Hello {
                 cluster, versions, ..
             } if cluster.is_empty() || cluster == self.settings.cluster => {
-                // A client from before ranges speaks 4.
-                let theirs = versions.unwrap_or(Versions { min: 4, max: 4 });
+                let theirs = versions.unwrap_or(Versions::BEFORE_RANGES);
                 let who = format!("client {}", self.peer);
                 match self.settings.versions.agree(&who, Some(theirs)) {
                     Ok(version) => {

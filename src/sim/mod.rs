@@ -5,7 +5,8 @@
 //! failure detection, coordinator sessions over routed preference lists,
 //! replica merge, hinted handoff, anti-entropy exchanges, tombstone
 //! collection, fencing; with `scaling` a join and a leave with partition
-//! handoff; with `restore` a member restored from a backup of its disks; with `removal` a member removed while down that comes back on
+//! handoff; with `restore` a member restored from a backup of its disks; with
+//! `stop_notices` clean stops that tell the peers; with `removal` a member removed while down that comes back on
 //! its old disk and must be fenced out) run over a simulated network that
 //! drops, delays, duplicates (all but mints, which the Bridge never
 //! resends) and reorders messages, partitions and heals, and crashes and
@@ -91,6 +92,10 @@ pub struct SimConfig {
     /// and later the node loses its disks and is restored from the backup
     /// (a fresh writer, as `dynakv restore` starts one).
     pub restore: bool,
+    /// Half the crashes are clean stops instead (a restart for an
+    /// upgrade): the node tells the peers it believes up that it is
+    /// stopping (`GossipMsg::Stopping`), syncs, and ends.
+    pub stop_notices: bool,
     /// How long each replica keeps a delete before collection may take it
     /// (`anti_entropy.keep_deleted_ms`; simulated ms).
     pub keep_deleted_ms: u64,
@@ -119,6 +124,7 @@ impl Default for SimConfig {
             scaling: false,
             removal: false,
             restore: false,
+            stop_notices: false,
             keep_deleted_ms: 0,
             trace: false,
         }
@@ -139,6 +145,8 @@ pub struct Outcome {
     pub reads: usize,
     pub failed_ops: usize,
     pub crashes: usize,
+    /// Clean stops, which told the peers (`stop_notices`).
+    pub stops: usize,
     pub partitions: usize,
     /// Partitions fetched by handoff, and released.
     pub fetched: usize,

@@ -1,9 +1,9 @@
-//! The faults of a run: crashes (power losses with `fsync = periodic`) and
-//! restarts, network partitions and heals, an operator's leave and
+//! The faults of a run: crashes (power losses with `fsync = periodic`),
+//! clean stops that tell the peers, and restarts, network partitions and heals, an operator's leave and
 //! removal, a backup and a restore from it; and the end of the faults,
 //! when every node runs again.
 
-use crate::membership::Membership;
+use crate::membership::{Destination, GossipMsg, Membership};
 use crate::namespace;
 use crate::replica::Replica;
 use crate::version::Actor;
@@ -22,7 +22,11 @@ impl Sim {
             0 if self.cfg.crashes && down < 2 => {
                 let i = self.rng.below(self.cfg.nodes as u64) as usize;
                 if self.nodes[i].running {
-                    self.crash(i);
+                    if self.cfg.stop_notices && self.rng.below(2) == 0 {
+                        self.stop_cleanly(i);
+                    } else {
+                        self.crash(i);
+                    }
                     let at = self.now + 200 + self.rng.below(4_000);
                     self.schedule(at, Event::Restart { node: i });
                 }
@@ -221,6 +225,21 @@ impl Sim {
                 if power_loss { " (power loss)" } else { "" }
             )
         });
+        self.stop(i);
+    }
+
+    /// SIGTERM (as for an upgrade): the node tells the peers it believes
+    /// up that it is stopping, syncs its disks, and ends.
+    pub(super) fn stop_cleanly(&mut self, i: usize) {
+        self.stops += 1;
+        self.note(|| format!("stop n{i}, telling its peers"));
+        for peer in self.nodes[i].membership.to_tell_of_stop() {
+            self.send_gossip(i, Destination::Node(peer), GossipMsg::Stopping);
+        }
+        let node = &self.nodes[i];
+        node.data.sync();
+        node.hints.sync();
+        node.meta.sync();
         self.stop(i);
     }
 

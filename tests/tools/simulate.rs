@@ -6,7 +6,8 @@
 //! --periodic (fsync = periodic: crashes are power losses), --scaling (a
 //! node joins and another leaves during each run), --removal (a node is
 //! removed while down and comes back on its old disk), --restore (a node
-//! is backed up, loses its disks and is restored), --keep-deleted MS
+//! is backed up, loses its disks and is restored), --stop-notices (half
+//! the crashes are clean stops that tell the peers), --keep-deleted MS
 //! (each delete is kept that long before collection), --seed S (one
 //! seed, with its trace). Exits 1 on the first violation, printing the seed
 //! and the events that led to it.
@@ -46,6 +47,10 @@ fn main() -> ExitCode {
             }
             "--restore" => {
                 cfg.restore = true;
+                Ok(())
+            }
+            "--stop-notices" => {
+                cfg.stop_notices = true;
                 Ok(())
             }
             "--keep-deleted" => number("--keep-deleted").map(|v| cfg.keep_deleted_ms = v),

@@ -100,7 +100,7 @@ impl Connection {
         match answer {
             ClientReply::Hello { node, versions, .. } => {
                 // A node's answer at protocol 4 cannot name its range.
-                let theirs = versions.unwrap_or(Versions { min: 4, max: 4 });
+                let theirs = versions.unwrap_or(Versions::BEFORE_RANGES);
                 speaking.set(mine.agree(node.as_str(), Some(theirs))?);
                 conn.node = node;
             }
