@@ -105,15 +105,10 @@ impl Hints {
                     };
                     self.then(sent, ctx, move |act, sent| act.driver.on_sent(&owner, sent));
                 }
-                HintWork::Clear {
-                    owner,
-                    delivered,
-                    keep,
-                } => {
+                HintWork::Clear { owner, delivered } => {
                     let cleared = self.replica.send(HandedOff {
                         owner: owner.clone(),
                         delivered,
-                        keep,
                     });
                     self.then(cleared, ctx, move |act, cleared| {
                         let now = act.clock.now();

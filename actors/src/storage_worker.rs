@@ -17,7 +17,6 @@
 //!
 //! Only the `Replica` actor talks to them.
 
-use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,14 +78,12 @@ pub struct TakeHints {
     pub limit: usize,
 }
 
-/// `owner` has durably merged `delivered`: clear those hints, and drop the
-/// local copy of every delivered key not in `keep`.
+/// `owner` has durably merged `delivered`: clear those hints.
 #[derive(Message)]
 #[rtype(result = "Result<usize>")]
 pub struct HandedOff {
     pub owner: NodeId,
     pub delivered: Vec<Entry>,
-    pub keep: BTreeSet<Vec<u8>>,
 }
 
 /// Clears hints of a departed owner that have nothing left to hand over
@@ -399,7 +396,7 @@ macro_rules! core_handlers {
 core_handlers! {
     TakeHints(m) -> Vec<Entry>, writes: false, |core| core.hinted(&m.owner, m.limit);
     ForgetMootHints(m) -> usize, writes: true, |core| core.forget_moot_hints(&m.owner, m.limit, &m.replicates);
-    HandedOff(m) -> usize, writes: true, |core| core.handed_off(&m.owner, &m.delivered, |k| m.keep.contains(k));
+    HandedOff(m) -> usize, writes: true, |core| core.handed_off(&m.owner, &m.delivered);
     AeBegin(m) -> (Exchange, AeMsg), writes: false, |core| Ok(Exchange::begin(m.partition, m.scope.clone(), core.tree_in(m.partition, &m.scope), m.push_only));
     AeContinue(AeContinue(mut ex, reply)) -> (Exchange, Option<AeMsg>), writes: true, |core| {
         let next = ex.on_reply(reply, core)?;

@@ -4,8 +4,9 @@
 //!
 //! Per owner, one delivery run at a time: take a batch of hinted keys with
 //! their current state, send it, and once the owner acknowledged merging
-//! it durably, clear those hints (keeping this node's own copy of the keys
-//! it replicates itself), pause, and take the next batch, until none are
+//! it durably, clear those hints (this node's own copy stays: a copy of a
+//! key it does not replicate goes when handoff releases its partition,
+//! once every replica has it), pause, and take the next batch, until none are
 //! left or a batch clears nothing (every key changed while in flight: the
 //! next check retries). A failed step ends the run; the next check starts
 //! a new one. The hints of an owner that departed are cleared where there is
@@ -16,7 +17,7 @@
 //! for: `on_batch` after `Take`, `on_sent` after `Send`, `on_cleared` after
 //! `Clear`, `on_resume` at a `Resume`'s time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::error::Result;
 use crate::node::NodeId;
@@ -53,13 +54,11 @@ pub enum HintWork {
         entries: Vec<Entry>,
         timeout_ms: u64,
     },
-    /// `owner` merged `delivered`: clear their hints and drop this node's
-    /// copy of every key not in `keep` (`Replica::handed_off`); answer with
-    /// `on_cleared`.
+    /// `owner` merged `delivered`: clear their hints
+    /// (`Replica::handed_off`); answer with `on_cleared`.
     Clear {
         owner: NodeId,
         delivered: Vec<Entry>,
-        keep: BTreeSet<Vec<u8>>,
     },
     /// Call `on_resume(owner)` at `at` (ms).
     Resume { owner: NodeId, at: u64 },
@@ -226,11 +225,9 @@ impl HintDelivery {
         if sent.is_err() {
             return vec![self.end(owner, false)];
         }
-        let keep = self.kept(&batch);
         vec![HintWork::Clear {
             owner: owner.clone(),
             delivered: batch,
-            keep,
         }]
     }
 
@@ -303,24 +300,6 @@ impl HintDelivery {
             keys: completed.then(|| run.map_or(0, |r| r.delivered)),
         }
     }
-
-    /// The keys of `batch` this node replicates itself, now or once moves
-    /// complete (its copies stay).
-    fn kept(&self, batch: &[Entry]) -> BTreeSet<Vec<u8>> {
-        let me = &self.settings.me;
-        let Some(place) = self
-            .topology
-            .as_ref()
-            .and_then(|t| t.placement(me, self.settings.n))
-        else {
-            return batch.iter().map(|(k, _)| k.clone()).collect();
-        };
-        batch
-            .iter()
-            .filter(|(k, _)| place.held_by(place.ring.partition_of(k), me).holds(k))
-            .map(|(k, _)| k.clone())
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -385,20 +364,10 @@ mod tests {
         );
         // Nothing is cleared before the owner acknowledged.
         let work = d.on_sent(&b, Ok(()));
-        let [
-            HintWork::Clear {
-                delivered, keep, ..
-            },
-        ] = &work[..]
-        else {
+        let [HintWork::Clear { delivered, .. }] = &work[..] else {
             panic!("{work:?}");
         };
         assert_eq!(delivered, &batch);
-        assert_eq!(
-            keep.len(),
-            2,
-            "with 3 nodes and N = 3, a replicates every key"
-        );
         let work = d.on_cleared(&b, Ok(2), 1_000);
         assert_eq!(
             work,
@@ -423,34 +392,6 @@ mod tests {
             }]
         );
         assert_eq!(d.delivering().count(), 0);
-    }
-
-    #[test]
-    fn only_the_keys_this_node_replicates_keep_their_copy() {
-        let mut d = driver();
-        let t = topology(&["a", "b", "c", "d", "e", "f"], &[], &[]);
-        let ring = t.ring.clone().unwrap();
-        d.on_topology(t);
-        let b = id("b");
-        d.on_tick(&pending(&[("b", 1)]), 0);
-        let batch: Vec<Entry> = (0..40).map(|i| entry(&format!("k{i}"))).collect();
-        d.on_batch(&b, Ok(batch.clone()));
-        let work = d.on_sent(&b, Ok(()));
-        let [HintWork::Clear { keep, .. }] = &work[..] else {
-            panic!("{work:?}");
-        };
-        let mine = ring.replicated_by(&id("a"), 3);
-        let expected: BTreeSet<Vec<u8>> = batch
-            .iter()
-            .filter(|(k, _)| mine.contains(&ring.partition_of(k)))
-            .map(|(k, _)| k.clone())
-            .collect();
-        assert_eq!(keep, &expected);
-        assert!(
-            !keep.is_empty() && keep.len() < batch.len(),
-            "{}",
-            keep.len()
-        );
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! set as usual (so reads that reach it see the write) and records a *hint*:
 //! "key K belongs to owner O". Once O is seen up again, the stand-in sends O
 //! the current sibling set of each hinted key in batches; O merges them
-//! durably and acknowledges; only then does the stand-in clear the hints
-//! (and drop its own copy if it does not replicate the key itself).
+//! durably and acknowledges; only then does the stand-in clear the hints.
+//! Its own copy stays until handoff releases it (a key it does not
+//! replicate), which happens only once every replica of the key holds it:
+//! the owner may already have had the write (its answer was lost, not its
+//! write), and then the stand-in's copy is one of the acknowledged two.
 //!
 //! Hints are keyed by `owner ++ key`, so many writes to one key while its
 //! owner is down leave one hint, and delivery always carries the latest

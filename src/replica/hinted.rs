@@ -53,33 +53,28 @@ impl<S: Store> Replica<S> {
         let q = self.q;
         let batch = self.hinted(owner, limit)?;
         let moot = crate::hints::moot(batch, |k| replicates.contains(&Partition::of_key(k, q)));
-        self.handed_off(owner, &moot, |_| true)
+        self.handed_off(owner, &moot)
     }
 
     /// `owner` merged `delivered` durably: clear each hint whose key is
     /// unchanged since (a key written meanwhile keeps its hint for the next
-    /// batch), and drop this replica's copy of the keys `keep` rejects.
+    /// batch). The local copy stays, even of a key this replica does not
+    /// replicate: the owner may have held the write already, so this copy
+    /// can be one of the acknowledged ones, and the owner the only other.
+    /// A copy beyond this replica's partitions goes when handoff releases
+    /// it, once every replica of the key has it.
     pub fn handed_off(
         &mut self,
         owner: &NodeId,
         delivered: &[(Vec<u8>, SiblingSet)],
-        keep: impl Fn(&[u8]) -> bool,
     ) -> Result<usize> {
         let mut cleared = 0;
-        let mut forgot_own = false;
         for (key, state) in delivered {
             if self.read(key)? != *state {
                 continue;
             }
             self.hints.clear(owner, key)?;
             cleared += 1;
-            if !keep(key) && !self.hints.is_hinted_for_anyone(key)? {
-                forgot_own |= state.written_by(self.actor);
-                self.remove(key)?;
-            }
-        }
-        if forgot_own {
-            self.forget_writer();
         }
         Ok(cleared)
     }

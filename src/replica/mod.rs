@@ -1139,8 +1139,9 @@ mod tests {
         let none = CausalContext::default();
         let (state, _) = r.apply_typed(b"c", &by(5), &none, Some(&owner), 0).unwrap();
         let before = r.actor();
-        let batch = r.hinted(&owner, 10).unwrap();
-        r.handed_off(&owner, &batch, |_| false).unwrap();
+        let p = Partition::of_key(b"c", 64);
+        let all = Scope::only(r.held()[0].1.iter().map(String::as_str));
+        assert_eq!(r.release(p, &all, &[]).unwrap(), Some(1));
         assert!(r.read(b"c").unwrap().is_empty());
         assert_ne!(r.actor(), before, "a fresh writer");
         let (_, delta) = r.apply_typed(b"c", &by(1), &none, None, 0).unwrap();
@@ -1152,7 +1153,7 @@ mod tests {
     }
 
     #[test]
-    fn hinted_writes_are_handed_off_then_dropped_unless_kept() {
+    fn hinted_writes_are_handed_off_and_every_copy_stays() {
         let mut r = replica();
         let owner = NodeId::new("owner").unwrap();
         let (s1, _) = r
@@ -1167,19 +1168,19 @@ mod tests {
         // a write to k2 races with the delivery: its hint stays
         r.update(b"k2", &Context::default(), data("late"), Some(&owner))
             .unwrap();
-        let cleared = r.handed_off(&owner, &batch, |k| k == b"k1").unwrap();
+        let cleared = r.handed_off(&owner, &batch).unwrap();
         assert_eq!(cleared, 1);
         assert_eq!(r.hints_pending()[&owner], 1);
-        assert_eq!(r.read(b"k1").unwrap(), s1, "kept: this node replicates k1");
+        assert_eq!(r.read(b"k1").unwrap(), s1);
         let batch = r.hinted(&owner, 10).unwrap();
         assert_eq!(batch[0].0, b"k2");
-        r.handed_off(&owner, &batch, |_| false).unwrap();
+        r.handed_off(&owner, &batch).unwrap();
         assert!(r.hints_pending().is_empty());
         assert!(
-            r.read(b"k2").unwrap().is_empty(),
-            "dropped: not a replica of k2"
+            !r.read(b"k2").unwrap().is_empty(),
+            "a copy goes only by handoff's release"
         );
-        assert_eq!(r.key_count(), 2);
+        assert_eq!(r.key_count(), 3);
         assert_eq!(r.trees, rebuilt_trees(&r));
         let reopened = Replica::open(r.store().clone(), MemStore::default(), 64, Actor(3), 5)
             .unwrap()

@@ -47,15 +47,9 @@ impl Sim {
                     self.send(i, to, Msg::HintDeliver { id, entries });
                     continue;
                 }
-                HintWork::Clear {
-                    owner,
-                    delivered,
-                    keep,
-                } => {
+                HintWork::Clear { owner, delivered } => {
                     let node = &mut self.nodes[i];
-                    let cleared = node
-                        .replica
-                        .handed_off(&owner, &delivered, |k| keep.contains(k));
+                    let cleared = node.replica.handed_off(&owner, &delivered);
                     if let Ok(n @ 1..) = cleared {
                         self.note(|| format!("n{i}: {n} hints for {owner} delivered"));
                     }
