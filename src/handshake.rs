@@ -358,23 +358,14 @@ mod tests {
     #[test]
     fn both_sides_speak_the_highest_common_version() {
         let v = |min, max| Some(Versions { min, max });
-        let (conn, acc) = open(
-            speaking("a", 1, v(4, 5)),
-            b"s",
-            speaking("b", 2, v(4, 4)),
-            b"s",
-        )
-        .unwrap();
-        assert_eq!((conn.version(), acc.version()), (Some(4), Some(4)));
-        assert_eq!(conn.peer_versions(), v(4, 4));
-        let (conn, acc) = open(
-            speaking("a", 1, v(4, 6)),
-            b"s",
-            speaking("b", 2, v(5, 9)),
-            b"s",
-        )
-        .unwrap();
-        assert_eq!((conn.version(), acc.version()), (Some(6), Some(6)));
+        for (a, b, agreed) in [(v(4, 5), v(4, 4), 4), (v(4, 6), v(5, 9), 6)] {
+            let (conn, acc) = open(speaking("a", 1, a), b"s", speaking("b", 2, b), b"s").unwrap();
+            assert_eq!(
+                (conn.version(), acc.version()),
+                (Some(agreed), Some(agreed))
+            );
+            assert_eq!((conn.peer_versions(), acc.peer_versions()), (b, a));
+        }
     }
 
     #[test]

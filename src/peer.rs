@@ -129,6 +129,32 @@ impl PeerFrame {
     }
 }
 
+impl Envelope {
+    /// What a link answers in its peer's place when this message is newer
+    /// than the version the link speaks (it is never sent): an error to a
+    /// request, nothing to anything else.
+    pub fn withheld(self, speaking: u8) -> Option<Envelope> {
+        let Corr::Request(id) = self.corr else {
+            return None;
+        };
+        let message = format!(
+            "{} speaks protocol {speaking}; a {} message needs {}",
+            self.to,
+            self.msg.name(),
+            self.msg.since()
+        );
+        Some(Envelope {
+            from: self.to,
+            to: self.from,
+            corr: Corr::Reply(id),
+            msg: PeerMsg::Error {
+                kind: ErrorKind::Unavailable,
+                message,
+            },
+        })
+    }
+}
+
 impl PeerMsg {
     /// The first protocol version that has this message.
     pub fn since(&self) -> u8 {
@@ -216,6 +242,39 @@ mod tests {
         assert_eq!(hex(&old[8..]), "0401610162010500", "release 4's bytes");
         let (back, _): (Envelope, _) = codec().decode(&frame).unwrap().unwrap();
         assert_eq!(back, env);
+    }
+
+    #[test]
+    fn a_message_of_5_is_withheld_from_4_and_a_request_answered_in_the_peers_place() {
+        let (a, b) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+        let stop = |corr| Envelope {
+            from: a.clone(),
+            to: b.clone(),
+            corr,
+            msg: PeerMsg::Gossip(GossipMsg::Stopping),
+        };
+        assert_eq!(PeerFrame::Envelope(stop(Corr::OneWay)).since(), 5);
+        assert_eq!(
+            PeerFrame::Envelope(Envelope {
+                msg: PeerMsg::Ping,
+                ..stop(Corr::OneWay)
+            })
+            .since(),
+            4
+        );
+        assert_eq!(stop(Corr::OneWay).withheld(4), None);
+        let answer = stop(Corr::Request(9)).withheld(4).unwrap();
+        assert_eq!(
+            (&answer.from, &answer.to, answer.corr),
+            (&b, &a, Corr::Reply(9))
+        );
+        match answer.msg {
+            PeerMsg::Error { kind, message } => {
+                assert_eq!(kind, ErrorKind::Unavailable);
+                assert!(message.contains("b speaks protocol 4"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     proptest! {

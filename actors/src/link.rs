@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
-use dynakv::ErrorKind;
 use dynakv::NodeId;
 use dynakv::handshake::Handshake;
-use dynakv::peer::{Corr, Envelope, PeerFrame, PeerHello, PeerMsg};
+use dynakv::peer::{Envelope, PeerFrame, PeerHello};
 use dynakv::protocol::{HELLO_VERSION, Versions};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -194,30 +193,14 @@ impl Link {
         }
     }
 
-    /// A message newer than the link's version never goes out: a request
-    /// is answered here with an error, as the peer would have; anything
-    /// else is dropped.
+    /// A message newer than the link's version never goes out; a request
+    /// is answered here, as the peer would have (`Envelope::withheld`).
     fn withhold(&mut self, frame: PeerFrame, speaking: u8, ctx: &mut Context<Self>) {
         let PeerFrame::Envelope(env) = frame else {
             return;
         };
         debug!(peer = %env.to, message = env.msg.name(), speaking, "not sent: the peer's protocol is older than the message");
-        if let Corr::Request(id) = env.corr {
-            let message = format!(
-                "{} speaks protocol {speaking}; a {} message needs {}",
-                env.to,
-                env.msg.name(),
-                env.msg.since()
-            );
-            let answer = Envelope {
-                from: env.to,
-                to: env.from,
-                corr: Corr::Reply(id),
-                msg: PeerMsg::Error {
-                    kind: ErrorKind::Unavailable,
-                    message,
-                },
-            };
+        if let Some(answer) = env.withheld(speaking) {
             let link = self.me(ctx);
             self.reports.inbound.do_send(Inbound { env: answer, link });
         }
