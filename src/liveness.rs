@@ -47,6 +47,9 @@ struct Peer {
     /// When the heartbeat last advanced (or the peer was first heard of).
     progress_at: u64,
     health: Health,
+    /// It said it is stopping: only direct contact brings it back (the
+    /// heartbeats others relay are from before it stopped).
+    stopped: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +80,7 @@ impl FailureDetector {
                 heartbeat: 0,
                 progress_at: now,
                 health: Health::Up,
+                stopped: false,
             });
         }
     }
@@ -110,7 +114,7 @@ impl FailureDetector {
             {
                 p.heartbeat = beat;
                 p.progress_at = now;
-                if p.health != Health::Up {
+                if p.health != Health::Up && !p.stopped {
                     p.health = Health::Up;
                     changed.push((id.clone(), Health::Up));
                 }
@@ -129,10 +133,12 @@ impl FailureDetector {
         })
     }
 
-    /// `peer` said it is stopping: it is down until it is heard from again
-    /// (a connection, an answer, a newer heartbeat).
+    /// `peer` said it is stopping: it is down until it is heard from
+    /// directly again (a connection, an answer); a heartbeat another node
+    /// relays is not enough.
     pub fn stopped(&mut self, peer: &NodeId) -> Option<Health> {
         let p = self.peers.get_mut(peer)?;
+        p.stopped = true;
         (p.health != Health::Down).then(|| {
             p.health = Health::Down;
             Health::Down
@@ -143,6 +149,7 @@ impl FailureDetector {
     pub fn reached(&mut self, peer: &NodeId, now: u64) -> Option<Health> {
         let p = self.peers.get_mut(peer)?;
         p.progress_at = now;
+        p.stopped = false;
         (p.health != Health::Up).then(|| {
             p.health = Health::Up;
             Health::Up
@@ -233,8 +240,10 @@ mod tests {
         let mut d = detector();
         assert_eq!(d.stopped(&id("a")), Some(Health::Down));
         assert_eq!(d.stopped(&id("a")), None);
-        // Its connection dropping afterwards changes nothing.
+        // Its connection dropping afterwards changes nothing, nor does a
+        // heartbeat of it another node relays.
         assert_eq!(d.failed(&id("a")), None);
+        assert!(d.observe(&beats(7), 50).is_empty());
         assert_eq!(d.health(&id("a")), Health::Down);
         // Back: a connection from the restarted process.
         assert_eq!(d.reached(&id("a"), 100), Some(Health::Up));

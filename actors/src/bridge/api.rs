@@ -133,6 +133,12 @@ pub struct Watch {
     pub fenced: Recipient<Fenced>,
 }
 
+/// The node is stopping: accept no new peer connections (a peer that
+/// reconnected would take it for up again).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopAccepting;
+
 /// The protocol versions each peer's latest hello said it speaks.
 #[derive(Message)]
 #[rtype(result = "HashMap<NodeId, Versions>")]

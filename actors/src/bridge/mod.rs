@@ -46,7 +46,7 @@ use tracing::{debug, info, warn};
 mod api;
 pub use api::{
     Call, CallAnswer, Fenced, Handle, PeerReply, PeerRequest, PeerVersions, Reachability, SetPeers,
-    Watch, ask, call,
+    StopAccepting, Watch, ask, call,
 };
 
 use crate::clock::Clock;
@@ -99,6 +99,9 @@ pub struct Bridge {
     inbound: Vec<WeakAddr<Link>>,
     /// What each peer's latest hello said it speaks.
     speaks: HashMap<NodeId, Versions>,
+    /// The node is stopping: peers that told to route around it are not
+    /// let back in by a new connection (open ones carry on).
+    stopping: bool,
     /// Peers whose connection failed: when a new one may be opened.
     backoff: Backoff,
     pending: Pending<Waiter>,
@@ -124,6 +127,7 @@ impl Bridge {
             seed_links: HashMap::new(),
             inbound: Vec::new(),
             speaks: HashMap::new(),
+            stopping: false,
             backoff: Backoff::new(BACKOFF_MIN_MS, BACKOFF_MAX_MS),
             pending: Pending::default(),
             sweep_at: None,
@@ -371,6 +375,9 @@ impl Actor for Bridge {
 impl Bridge {
     fn accept(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
         match accepted {
+            Ok((_, from)) if self.stopping => {
+                debug!(%from, "peer connection refused: this node is stopping");
+            }
             Ok((stream, from)) => {
                 debug!(%from, "peer connection accepted");
                 if let Err(e) = stream.set_nodelay(true) {
@@ -456,6 +463,14 @@ impl Handler<Handle> for Bridge {
         shielded(NAME, self, ctx, |act, _| {
             act.handlers.insert(h.concern, h.handler);
         })
+    }
+}
+
+impl Handler<StopAccepting> for Bridge {
+    type Result = ();
+
+    fn handle(&mut self, _: StopAccepting, _: &mut Context<Self>) {
+        self.stopping = true;
     }
 }
 
