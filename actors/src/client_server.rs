@@ -145,20 +145,14 @@ impl ClientServer {
             }
             return;
         }
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(error = %e, "TCP_NODELAY not set");
-        }
-        let Some(tls) = self.settings.tls.clone() else {
-            return self.open_conn(tls::plain(stream), from);
+        let accepting = tls::Accepting {
+            port: "client",
+            acceptor: self.settings.tls.as_ref().map(|t| t.clients.clone()),
+            metrics: self.settings.metrics.clone(),
         };
-        let metrics = self.settings.metrics.clone();
-        let handshake =
-            async move { tls::accept(&tls.clients, stream, from, "client", &metrics).await };
-        ctx.spawn(handshake.into_actor(self).map(move |done, act, _| {
-            if let Some(halves) = done {
-                act.open_conn(halves, from);
-            }
-        }));
+        accepting.ready(stream, from, self, ctx, move |act, halves, _| {
+            act.open_conn(halves, from)
+        });
     }
 
     /// Starts the actor of a connection that is ready for frames.

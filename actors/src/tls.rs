@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::prelude::*;
 use dynakv::config::TlsSection;
 use dynakv::{Error, Result};
 use rustls::pki_types::pem::PemObject;
@@ -25,7 +26,7 @@ use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
 
@@ -249,6 +250,46 @@ pub async fn accept(
     warn!(%from, port, reason = refusal.reason(), "refusing a TLS connection: {}", refusal.describe(&e));
     metrics.tls_refused(port, refusal.reason());
     None
+}
+
+/// How a port readies the connections it accepts.
+pub struct Accepting {
+    /// "client" or "peer", for logs and metrics.
+    pub port: &'static str,
+    /// TLS on the port (None: plaintext).
+    pub acceptor: Option<TlsAcceptor>,
+    pub metrics: Metrics,
+}
+
+impl Accepting {
+    /// Readies a connection accepted from `from`, as both ports do:
+    /// TCP_NODELAY, then TLS when the port has it. The halves go to `open`
+    /// on `act` (at once, or once the handshake is done); a refused
+    /// handshake goes no further (`accept` logs and counts it).
+    pub fn ready<A>(
+        self,
+        stream: TcpStream,
+        from: SocketAddr,
+        act: &mut A,
+        ctx: &mut Context<A>,
+        open: impl FnOnce(&mut A, (ReadHalf, WriteHalf), &mut Context<A>) + 'static,
+    ) where
+        A: Actor<Context = Context<A>>,
+    {
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "TCP_NODELAY not set");
+        }
+        let Some(acceptor) = self.acceptor else {
+            return open(act, plain(stream), ctx);
+        };
+        let (port, metrics) = (self.port, self.metrics);
+        let handshake = async move { accept(&acceptor, stream, from, port, &metrics).await };
+        ctx.spawn(handshake.into_actor(act).map(move |done, act, ctx| {
+            if let Some(halves) = done {
+                open(act, halves, ctx);
+            }
+        }));
+    }
 }
 
 /// Why a TLS handshake failed, as logged and counted.

@@ -380,20 +380,12 @@ impl Bridge {
             }
             Ok((stream, from)) => {
                 debug!(%from, "peer connection accepted");
-                if let Err(e) = stream.set_nodelay(true) {
-                    debug!(error = %e, "TCP_NODELAY not set");
-                }
-                let Some(tls) = self.settings.tls.clone() else {
-                    return self.start_inbound(tls::plain(stream), ctx);
+                let accepting = tls::Accepting {
+                    port: "peer",
+                    acceptor: self.settings.tls.as_ref().map(|t| t.peers.clone()),
+                    metrics: self.settings.metrics.clone(),
                 };
-                let metrics = self.settings.metrics.clone();
-                let handshake =
-                    async move { tls::accept(&tls.peers, stream, from, "peer", &metrics).await };
-                ctx.spawn(handshake.into_actor(self).map(|done, act, ctx| {
-                    if let Some(halves) = done {
-                        act.start_inbound(halves, ctx);
-                    }
-                }));
+                accepting.ready(stream, from, self, ctx, Bridge::start_inbound);
             }
             Err(e) => warn!(error = %e, "accepting a peer connection failed"),
         }
