@@ -88,6 +88,9 @@ pub struct Membership {
     /// Whether this node takes part in the cluster: from the start with
     /// `auto_join` (or a persisted view), else once told to `join`.
     enabled: bool,
+    /// This node is stopping and told its peers (`stop`): it gossips no
+    /// more and takes no gossip, either of which would tell them it is up.
+    stopping: bool,
 }
 
 /// The settings membership needs from the node's configuration.
@@ -148,6 +151,7 @@ impl Membership {
             seeds,
             view,
             enabled,
+            stopping: false,
         };
         membership.track_members(now);
         membership.settle();
@@ -212,7 +216,7 @@ impl Membership {
     /// announcing it to whoever has not heard (those who have refuse it).
     pub fn tick(&mut self, now: u64, rand: u64) -> (Vec<Outgoing>, Changed) {
         let removed = self.member(&self.me).map(|m| m.status) == Some(Status::Removed);
-        if !self.enabled || removed {
+        if !self.enabled || removed || self.stopping {
             return (Vec::new(), Changed::default());
         }
         self.detector.beat();
@@ -254,10 +258,17 @@ impl Membership {
         (out, changed)
     }
 
-    /// Whom to tell that this node is stopping: every other member still
-    /// in the cluster that this node believes up (a down one is routed
-    /// around already).
-    pub fn to_tell_of_stop(&self) -> Vec<NodeId> {
+    /// Whether this node is stopping (`stop`).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// This node is stopping: from now on it gossips no more and refuses
+    /// gossip. Returns whom to tell (`GossipMsg::Stopping`): every other
+    /// member still in the cluster that this node believes up (a down one
+    /// is routed around already).
+    pub fn stop(&mut self) -> Vec<NodeId> {
+        self.stopping = true;
         self.view
             .members
             .values()
@@ -290,6 +301,9 @@ impl Membership {
         msg: GossipMsg,
         now: u64,
     ) -> Result<(Option<Outgoing>, Changed)> {
+        if self.stopping {
+            return Err(Error::Unavailable("this node is stopping".into()));
+        }
         let (view, heartbeats, push) = match msg {
             GossipMsg::Push { view, heartbeats } => (view, heartbeats, true),
             GossipMsg::Reply { view, heartbeats } => (view, heartbeats, false),
@@ -725,6 +739,38 @@ mod tests {
         assert!(views[0].members.values().all(|m| m.status == Status::Up));
         let ring = nodes[0].ring().unwrap();
         assert_eq!(ring.owned_counts().len(), 3);
+    }
+
+    #[test]
+    fn a_stopping_node_tells_its_peers_which_hold_it_down_and_it_goes_quiet() {
+        let mut nodes: Vec<Membership> = (1..=3)
+            .map(|i| Membership::new(settings(i, &[1, 2, 3]), None, 0))
+            .collect();
+        rounds(&mut nodes, 3);
+        let n1 = nodes[0].me.clone();
+        let told = nodes[0].stop();
+        assert_eq!(told, vec![nodes[1].me.clone(), nodes[2].me.clone()]);
+        assert!(nodes[0].is_stopping());
+        let (out, _) = nodes[0].tick(1_000, 1);
+        assert!(out.is_empty(), "a stopping node gossips no more");
+        let (n2, from_n2) = (nodes[1].me.clone(), push(nodes[1].view().clone()));
+        assert!(nodes[0].on_gossip(&n2, from_n2, 1_000).is_err());
+        let (reply, changed) = nodes[1].on_gossip(&n1, GossipMsg::Stopping, 1_000).unwrap();
+        assert!(reply.is_none() && changed.liveness);
+        assert_eq!(nodes[1].health_map()[&n1], Health::Down);
+        // Gossip from the third node relaying a newer heartbeat of n1 does
+        // not bring it back.
+        let relayed = GossipMsg::Push {
+            view: nodes[2].view().clone(),
+            heartbeats: [(n1.clone(), 1_000)].into_iter().collect(),
+        };
+        let n3 = nodes[2].me.clone();
+        nodes[1].on_gossip(&n3, relayed, 1_100).unwrap();
+        assert_eq!(nodes[1].health_map()[&n1], Health::Down);
+        // Direct gossip from n1 (restarted) does.
+        let direct = push(nodes[0].view().clone());
+        nodes[1].on_gossip(&n1, direct, 1_200).unwrap();
+        assert_eq!(nodes[1].health_map()[&n1], Health::Up);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use dynakv::store::Store;
 use dynakv::{Error, NodeId, Result};
 use tracing::{debug, error, info, warn};
 
-use crate::bridge::{Bridge, Fenced, PeerRequest, Reachability, SetPeers, ask};
+use crate::bridge::{Bridge, Fenced, PeerRequest, Reachability, SetPeers, StopAccepting, ask};
 use crate::clock::Clock;
 use crate::events::{Event, Events};
 use crate::messages::{Admin, CommitIncoming, MarkLeft};
@@ -87,8 +87,9 @@ pub struct GossipIn {
     pub msg: GossipMsg,
 }
 
-/// This node is stopping: tell the peers, so they route around it at once;
-/// answers once they acknowledged, or `within` passed.
+/// This node is stopping: tell the peers, so they route around it at once,
+/// and let no new peer connection in; answers once they acknowledged, or
+/// `within` passed.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AnnounceStop {
@@ -122,9 +123,6 @@ pub struct Membership {
     clock: Clock,
     /// Whether this node's removal was reported (logged once).
     fence_reported: bool,
-    /// The node is stopping and said so: it gossips no more (which would
-    /// tell its peers it is up).
-    stopping: bool,
 }
 
 impl Membership {
@@ -156,7 +154,6 @@ impl Membership {
             rng: fastrand::Rng::new(),
             clock,
             fence_reported: false,
-            stopping: false,
         })
     }
 
@@ -217,9 +214,6 @@ impl Membership {
     }
 
     fn receive(&mut self, from: &NodeId, msg: GossipMsg) -> Result<Option<GossipMsg>> {
-        if self.stopping {
-            return Err(Error::Unavailable("this node is stopping".into()));
-        }
         match self.core.on_gossip(from, msg, self.clock.now()) {
             Ok((reply, changed)) => {
                 self.publish(changed);
@@ -233,9 +227,6 @@ impl Membership {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        if self.stopping {
-            return;
-        }
         let (outgoing, changed) = self.core.tick(self.clock.now(), self.rng.u64(..));
         self.publish(changed);
         for out in outgoing {
@@ -262,7 +253,13 @@ const NAME: &str = "membership";
 impl Supervised for Membership {
     fn restarting(&mut self, _: &mut Context<Self>) {
         match load_view(&self.meta) {
-            Ok(view) => self.core = Core::new(self.settings.clone(), view, self.clock.now()),
+            Ok(view) => {
+                let stopping = self.core.is_stopping();
+                self.core = Core::new(self.settings.clone(), view, self.clock.now());
+                if stopping {
+                    self.core.stop();
+                }
+            }
             Err(e) => {
                 warn!(error = %e, "the persisted view is unreadable; keeping the one in memory")
             }
@@ -325,8 +322,9 @@ impl Handler<AnnounceStop> for Membership {
         AnnounceStop { within }: AnnounceStop,
         _: &mut Context<Self>,
     ) -> Self::Result {
-        self.stopping = true;
-        let peers = self.core.to_tell_of_stop();
+        // A peer that reconnected would take this node for up again.
+        self.bridge.do_send(StopAccepting);
+        let peers = self.core.stop();
         let told = futures_util::future::join_all(peers.into_iter().map(|peer| {
             let msg = PeerMsg::Gossip(GossipMsg::Stopping);
             ask(&self.bridge, Destination::Node(peer), msg, within)

@@ -48,7 +48,7 @@ use tracing::{info, warn};
 use crate::admin::Operations;
 use crate::anti_entropy::{AntiEntropy, AntiEntropySettings};
 use crate::backup::Backups;
-use crate::bridge::{Bridge, BridgeSettings, Handle, PeerRequest, StopAccepting, Watch};
+use crate::bridge::{Bridge, BridgeSettings, Handle, PeerRequest, Watch};
 use crate::client_server::{ClientServer, ClientSettings, DrainAll};
 use crate::clock::Clock;
 use crate::coordinator::Coordinator;
@@ -429,7 +429,6 @@ impl NodeHandle {
     /// finish (or fail) within the request timeout, makes every write
     /// durable, then stops every actor of the node.
     pub async fn stop(self) -> Result<()> {
-        let _ = self.bridge.send(StopAccepting).await;
         let _ = self
             .membership
             .send(AnnounceStop {

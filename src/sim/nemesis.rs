@@ -233,7 +233,7 @@ impl Sim {
     pub(super) fn stop_cleanly(&mut self, i: usize) {
         self.stops += 1;
         self.note(|| format!("stop n{i}, telling its peers"));
-        for peer in self.nodes[i].membership.to_tell_of_stop() {
+        for peer in self.nodes[i].membership.stop() {
             self.send_gossip(i, Destination::Node(peer), GossipMsg::Stopping);
         }
         let node = &self.nodes[i];
