@@ -63,7 +63,7 @@ impl Default for Versions {
 impl Versions {
     /// What a client hello (or a node's answer to one) without a range
     /// speaks: release 4's, which has only 4.
-    pub const BEFORE_RANGES: Versions = Versions { min: 4, max: 4 };
+    const BEFORE_RANGES: Versions = Versions { min: 4, max: 4 };
 
     /// Everything this build speaks.
     pub const fn this_build() -> Self {
@@ -111,6 +111,19 @@ impl Versions {
                 "no protocol version in common: {who} speaks {theirs}, this node speaks {self}"
             ))
         })
+    }
+
+    /// `agree` on the client port, where a hello (or a node's answer to
+    /// one) without a range is release 4's and is served at 4. On refusal,
+    /// also the version to tell it at: the one its hello came in.
+    pub fn agree_on_client_port(
+        self,
+        who: &str,
+        theirs: Option<Versions>,
+    ) -> std::result::Result<u8, (Error, u8)> {
+        let told_at = theirs.map_or(Versions::BEFORE_RANGES.max, |_| HELLO_VERSION);
+        self.agree(who, Some(theirs.unwrap_or(Versions::BEFORE_RANGES)))
+            .map_err(|e| (e, told_at))
     }
 }
 
@@ -223,6 +236,20 @@ mod tests {
         let legacy = v(4, 5).agree("n2", None).unwrap_err().to_string();
         assert!(legacy.contains("full-cluster restart"), "{legacy}");
         assert_eq!(v(4, 5).agree("n2", Some(v(4, 5))).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_client_without_a_range_is_served_at_4_and_a_refusal_told_at_its_hellos_version() {
+        let v = |min, max| Versions { min, max };
+        assert_eq!(v(4, 5).agree_on_client_port("c", None).unwrap(), 4);
+        assert_eq!(v(4, 5).agree_on_client_port("c", Some(v(4, 5))).unwrap(), 5);
+        let (e, at) = v(5, 6).agree_on_client_port("c", None).unwrap_err();
+        assert!(e.to_string().contains("c speaks 4"), "{e}");
+        assert_eq!(at, 4);
+        let (_, at) = v(4, 5)
+            .agree_on_client_port("c", Some(v(9, 9)))
+            .unwrap_err();
+        assert_eq!(at, HELLO_VERSION);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use actix::WeakAddr;
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use dynakv::auth;
-use dynakv::protocol::{HELLO_VERSION, Versions};
+use dynakv::protocol::Versions;
 use dynakv::wire::{ClientOp, ClientReply, ClientRequest, ClientResponse, FrameCodec};
 use dynakv::{Error, ErrorKind, NodeId};
 use tokio::io::AsyncWriteExt;
@@ -298,9 +298,8 @@ impl ClientConn {
             ClientOp::Hello {
                 cluster, versions, ..
             } if cluster.is_empty() || cluster == self.settings.cluster => {
-                let theirs = versions.unwrap_or(Versions::BEFORE_RANGES);
                 let who = format!("client {}", self.peer);
-                match self.settings.versions.agree(&who, Some(theirs)) {
+                match self.settings.versions.agree_on_client_port(&who, versions) {
                     Ok(version) => {
                         self.speaking.set(version);
                         self.greeted = true;
@@ -313,10 +312,8 @@ impl ClientConn {
                             },
                         );
                     }
-                    Err(e) => {
-                        // Told at the version its hello came in.
-                        self.speaking
-                            .set(versions.map_or(theirs.max, |_| HELLO_VERSION));
+                    Err((e, told_at)) => {
+                        self.speaking.set(told_at);
                         self.refuse(id, &e)
                     }
                 }

@@ -99,9 +99,8 @@ impl Connection {
         let answer = conn.send(0, op, hello).await.map_err(|f| f.error)?;
         match answer {
             ClientReply::Hello { node, versions, .. } => {
-                // A node's answer at protocol 4 cannot name its range.
-                let theirs = versions.unwrap_or(Versions::BEFORE_RANGES);
-                speaking.set(mine.agree(node.as_str(), Some(theirs))?);
+                let agreed = mine.agree_on_client_port(node.as_str(), versions);
+                speaking.set(agreed.map_err(|(e, _)| e)?);
                 conn.node = node;
             }
             ClientReply::Error { kind, message } => return Err(Error::from_wire(kind, message)),
