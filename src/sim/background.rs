@@ -322,7 +322,7 @@ impl Sim {
                 }
                 HandoffWork::SaveProgress(progress) => {
                     let node = &mut self.nodes[i];
-                    if let Err(e) = node.meta.put(PROGRESS_KEY, &progress.to_bytes()) {
+                    if let Err(e) = node.disks.meta.put(PROGRESS_KEY, &progress.to_bytes()) {
                         panic!("the simulated disk failed: {e}");
                     }
                     continue;

@@ -42,6 +42,38 @@ impl Disk {
     }
 }
 
+/// A node's disks: its data, its hints, and `meta` (handoff progress).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Disks {
+    pub(super) data: Disk,
+    pub(super) hints: Disk,
+    pub(super) meta: Disk,
+}
+
+impl Disks {
+    pub(super) fn sync(&self) {
+        self.data.sync();
+        self.hints.sync();
+        self.meta.sync();
+    }
+
+    /// Separate disks holding what these hold now (`Disk::copy`).
+    pub(super) fn copy(&self) -> Disks {
+        Disks {
+            data: self.data.copy(),
+            hints: self.hints.copy(),
+            meta: self.meta.copy(),
+        }
+    }
+
+    /// A power loss: every disk is back to its last sync.
+    pub(super) fn lose_unsynced(&self) {
+        self.data.lose_unsynced();
+        self.hints.lose_unsynced();
+        self.meta.lose_unsynced();
+    }
+}
+
 impl Store for Disk {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.0.borrow().now.get(key)

@@ -167,9 +167,7 @@ impl Sim {
         let node = &self.nodes[r];
         self.backup = Some(Backup {
             node: r,
-            data: node.data.copy(),
-            hints: node.hints.copy(),
-            meta: node.meta.copy(),
+            disks: node.disks.copy(),
             view: node.view.clone(),
             restored: false,
         });
@@ -185,15 +183,12 @@ impl Sim {
         let Some(b) = &mut self.backup else { return };
         b.restored = true;
         let r = b.node;
-        let (data, hints, meta, view) =
-            (b.data.copy(), b.hints.copy(), b.meta.copy(), b.view.clone());
+        let (disks, view) = (b.disks.copy(), b.view.clone());
         if self.nodes[r].running {
             self.crash(r);
         }
         let node = &mut self.nodes[r];
-        node.data = data;
-        node.hints = hints;
-        node.meta = meta;
+        node.disks = disks;
         node.view = view;
         self.note(|| format!("n{r} loses its disks and is restored from the backup"));
         self.schedule(self.now + 200, Event::Restart { node: r });
@@ -214,10 +209,7 @@ impl Sim {
         self.crashes += 1;
         let power_loss = !self.cfg.fsync_always;
         if power_loss {
-            let node = &self.nodes[i];
-            node.data.lose_unsynced();
-            node.hints.lose_unsynced();
-            node.meta.lose_unsynced();
+            self.nodes[i].disks.lose_unsynced();
         }
         self.note(|| {
             format!(
@@ -236,10 +228,7 @@ impl Sim {
         for peer in self.nodes[i].membership.stop() {
             self.send_gossip(i, Destination::Node(peer), GossipMsg::Stopping);
         }
-        let node = &self.nodes[i];
-        node.data.sync();
-        node.hints.sync();
-        node.meta.sync();
+        self.nodes[i].disks.sync();
         self.stop(i);
     }
 
@@ -273,8 +262,8 @@ impl Sim {
         let now = self.now;
         let node = &mut self.nodes[i];
         let (mut replica, _) = match Replica::open(
-            node.data.clone(),
-            node.hints.clone(),
+            node.disks.data.clone(),
+            node.disks.hints.clone(),
             cfg.partitions,
             actor,
             64,

@@ -17,7 +17,7 @@ use crate::store::Store;
 use crate::tombstones::Collector;
 use crate::version::{Actor, SiblingSet};
 
-use super::disk::Disk;
+use super::disk::{Disk, Disks};
 use super::history::History;
 use super::network::Msg;
 use super::typed::{self, TYPED_KEYS, typed_key};
@@ -175,10 +175,8 @@ pub(super) struct Node {
     pub(super) running: bool,
     /// Bumped on every start; timers of an earlier life are ignored.
     pub(super) life: u64,
-    pub(super) data: Disk,
-    pub(super) hints: Disk,
-    /// Handoff progress (persisted in `meta`).
-    pub(super) meta: Disk,
+    /// Its data, hints and handoff progress (persisted in `meta`).
+    pub(super) disks: Disks,
     /// Left the cluster and stopped for good.
     pub(super) retired: bool,
     /// The persisted membership view.
@@ -220,7 +218,7 @@ impl Node {
         self.schedule = Schedule::new(self.id.clone(), cfg.n, AE_BYTES_PER_SEC);
         self.delivery = HintDelivery::new(hint_settings(cfg, i));
         self.collector = Collector::new(collector_settings(cfg, i));
-        let progress = match self.meta.get(PROGRESS_KEY) {
+        let progress = match self.disks.meta.get(PROGRESS_KEY) {
             Ok(Some(bytes)) => Progress::from_bytes(&bytes).unwrap_or_default(),
             _ => Progress::default(),
         };
@@ -260,9 +258,7 @@ pub struct Sim {
 /// A node's disks and persisted view as a backup holds them.
 pub(super) struct Backup {
     pub(super) node: usize,
-    pub(super) data: Disk,
-    pub(super) hints: Disk,
-    pub(super) meta: Disk,
+    pub(super) disks: Disks,
     pub(super) view: Option<View>,
     /// The node has lost its disks and was restored from this.
     pub(super) restored: bool,
@@ -273,10 +269,10 @@ impl Sim {
         let mut rng = Rng::new(seed);
         let mut nodes = Vec::with_capacity(cfg.nodes);
         for i in 0..cfg.nodes {
-            let (data, hints) = (Disk::default(), Disk::default());
+            let disks = Disks::default();
             let (mut replica, _) = Replica::open(
-                data.clone(),
-                hints.clone(),
+                disks.data.clone(),
+                disks.hints.clone(),
                 cfg.partitions,
                 Actor(rng.next_u64()),
                 64,
@@ -286,9 +282,7 @@ impl Sim {
                 id: node_id(i),
                 running: i < founders(&cfg),
                 life: 0,
-                data,
-                hints,
-                meta: Disk::default(),
+                disks,
                 retired: false,
                 view: None,
                 membership: Membership::new(settings(&cfg, i), None, 0),
@@ -624,9 +618,7 @@ impl Sim {
             Timer::Sync => {
                 // With fsync = always every write is durable already.
                 if !self.cfg.fsync_always {
-                    self.nodes[i].data.sync();
-                    self.nodes[i].hints.sync();
-                    self.nodes[i].meta.sync();
+                    self.nodes[i].disks.sync();
                 }
                 self.cfg.sync_every
             }
