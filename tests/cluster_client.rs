@@ -8,7 +8,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dynakv::ErrorKind;
@@ -16,7 +16,7 @@ use dynakv::routing::Routing;
 use dynakv_actors::client::{Client, Options};
 use dynakv_actors::membership::CurrentView;
 use dynakv_actors::testkit::{Cluster, check, metric, wait_for};
-use support::{ProcessCluster, cli};
+use support::{ProcessCluster, Writers, cli};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -177,56 +177,20 @@ async fn a_client_carries_on_through_the_others_when_its_node_is_killed() {
     let client = Arc::new(Client::connect_cluster(&seeds, options).await.unwrap());
     assert_eq!(client.node().await.unwrap().as_str(), "node1");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked_total = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let (client, stop, acked_total) = (client.clone(), stop.clone(), acked_total.clone());
-            tokio::spawn(async move {
-                let (mut acked, mut failed) = (Vec::new(), Vec::new());
-                let mut i = 0u32;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("w{w}-{i}");
-                    match client
-                        .put(key.as_bytes(), &i.to_le_bytes(), &[], None)
-                        .await
-                    {
-                        Ok(_) => {
-                            acked.push((key, i));
-                            acked_total.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => failed.push((key, e)),
-                    }
-                    i += 1;
-                }
-                (acked, failed)
-            })
-        })
-        .collect();
-
-    let acked_at = |n: usize| {
-        let acked_total = acked_total.clone();
-        async move {
-            wait_for(WAIT, "acknowledged writes", || async {
-                let now = acked_total.load(Ordering::Relaxed);
-                check(now >= n, || format!("{now} of {n} acknowledged"))
-            })
-            .await
-            .unwrap()
-        }
-    };
-    acked_at(400).await;
+    let writers = Writers::start(client.clone(), WRITERS);
+    writers.acked_at_least(400, WAIT).await;
     cluster.kill(0);
-    let at_kill = acked_total.load(Ordering::Relaxed);
+    let at_kill = writers.acked();
     // Well past one refresh period and the failure detector's timeouts.
-    acked_at(at_kill + 1500).await;
-    stop.store(true, Ordering::Relaxed);
-
-    let (mut acked, mut failed) = (Vec::new(), Vec::new());
-    for w in writers {
-        let (a, f) = w.await.unwrap();
-        acked.extend(a);
-        failed.extend(f);
+    writers.acked_at_least(at_kill + 1500, WAIT).await;
+    let writes = writers.stop().await;
+    let mut acked = Vec::new();
+    let mut failed = Vec::new();
+    for w in writes {
+        match w.result {
+            Ok(()) => acked.push((w.key, w.value)),
+            Err(e) => failed.push((w.key, e)),
+        }
     }
     assert!(
         failed.len() <= WRITERS,

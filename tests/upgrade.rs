@@ -8,17 +8,16 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use dynakv::NodeId;
 use dynakv::auth::NONCE_LEN;
 use dynakv::peer::{PeerFrame, PeerHello};
 use dynakv::protocol::Versions;
 use dynakv::wire::{ClientOp, ClientReply, ClientRequest, ClientResponse, FrameCodec, Put};
-use dynakv::{Error, NodeId};
 use dynakv_actors::client::{Client, Options};
 use dynakv_actors::testkit::{Cluster, check, metric, wait_for};
-use support::ProcessCluster;
+use support::{ProcessCluster, Write, Writers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -267,15 +266,6 @@ async fn a_stop_notice_goes_only_to_peers_that_speak_5() {
     cluster.stop().await.unwrap();
 }
 
-/// One write: its key and value, when it was sent and how it ended.
-struct Outcome {
-    key: String,
-    value: u32,
-    sent: Instant,
-    ended: Instant,
-    result: Result<(), Error>,
-}
-
 #[actix_rt::test]
 async fn a_cluster_of_the_previous_version_upgrades_one_node_at_a_time_under_load() {
     const WRITERS: usize = 4;
@@ -292,53 +282,12 @@ async fn a_cluster_of_the_previous_version_upgrades_one_node_at_a_time_under_loa
     };
     let client = Arc::new(Client::connect_cluster(&seeds, options).await.unwrap());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let (client, stop, acked) = (client.clone(), stop.clone(), acked.clone());
-            tokio::spawn(async move {
-                let mut outcomes = Vec::new();
-                let mut i = 0u32;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("w{w}-{i}");
-                    let sent = Instant::now();
-                    let result = client
-                        .put(key.as_bytes(), &i.to_le_bytes(), &[], None)
-                        .await
-                        .map(|_| ());
-                    if result.is_ok() {
-                        acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    outcomes.push(Outcome {
-                        key,
-                        value: i,
-                        sent,
-                        ended: Instant::now(),
-                        result,
-                    });
-                    i += 1;
-                }
-                outcomes
-            })
-        })
-        .collect();
-    let acked_at = |n: usize| {
-        let acked = acked.clone();
-        async move {
-            wait_for(WAIT, "acknowledged writes", || async {
-                let now = acked.load(Ordering::Relaxed);
-                check(now >= n, || format!("{now} of {n} acknowledged"))
-            })
-            .await
-            .unwrap()
-        }
-    };
+    let writers = Writers::start(client.clone(), WRITERS);
 
     // Each node in turn: stopped as the old release, started as the new.
     let mut windows = Vec::new();
     for i in 0..3 {
-        acked_at(acked.load(Ordering::Relaxed) + 300).await;
+        writers.acked_at_least(writers.acked() + 300, WAIT).await;
         let (_, config) = cluster.node_paths(i);
         let toml = std::fs::read_to_string(&config).unwrap();
         std::fs::write(&config, toml.replace(CAP, "")).unwrap();
@@ -368,12 +317,8 @@ async fn a_cluster_of_the_previous_version_upgrades_one_node_at_a_time_under_loa
         .unwrap();
         windows.push((began, Instant::now()));
     }
-    acked_at(acked.load(Ordering::Relaxed) + 300).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut outcomes = Vec::new();
-    for w in writers {
-        outcomes.extend(w.await.unwrap());
-    }
+    writers.acked_at_least(writers.acked() + 300, WAIT).await;
+    let outcomes = writers.stop().await;
 
     // Every link speaks 5 now.
     let status = Client::connect(&cluster.client_addrs[0], "")
@@ -386,7 +331,7 @@ async fn a_cluster_of_the_previous_version_upgrades_one_node_at_a_time_under_loa
         assert_eq!(m.protocol, Some(Versions::this_build()), "{m:?}");
     }
     // Errors only while a node restarted.
-    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
+    let failed: Vec<&Write> = outcomes.iter().filter(|o| o.result.is_err()).collect();
     for o in &failed {
         let inside = windows
             .iter()
@@ -398,7 +343,7 @@ async fn a_cluster_of_the_previous_version_upgrades_one_node_at_a_time_under_loa
         );
     }
     // No acknowledged write is lost: R = 3 reads every replica.
-    let written: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_ok()).collect();
+    let written: Vec<&Write> = outcomes.iter().filter(|o| o.result.is_ok()).collect();
     for o in &written {
         let read = client.get(o.key.as_bytes(), Some(3)).await.unwrap();
         assert_eq!(

@@ -313,3 +313,85 @@ impl Drop for ProcessCluster {
         }
     }
 }
+
+/// One write of a `Writers` loop: its key and value, when it was sent and
+/// when it ended, and how.
+pub struct Write {
+    pub key: String,
+    pub value: u32,
+    pub sent: std::time::Instant,
+    pub ended: std::time::Instant,
+    pub result: Result<(), Error>,
+}
+
+/// Write loops through one client, each with one put in flight, on keys
+/// `w{writer}-{i}` with value `i`, until stopped.
+pub struct Writers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    loops: Vec<tokio::task::JoinHandle<Vec<Write>>>,
+}
+
+impl Writers {
+    pub fn start(client: std::sync::Arc<Client>, writers: usize) -> Writers {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let loops = (0..writers)
+            .map(|w| {
+                let (client, stop, acked) = (client.clone(), stop.clone(), acked.clone());
+                tokio::spawn(async move {
+                    let mut writes = Vec::new();
+                    let mut i = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("w{w}-{i}");
+                        let sent = std::time::Instant::now();
+                        let result = client
+                            .put(key.as_bytes(), &i.to_le_bytes(), &[], None)
+                            .await
+                            .map(|_| ());
+                        if result.is_ok() {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let ended = std::time::Instant::now();
+                        writes.push(Write {
+                            key,
+                            value: i,
+                            sent,
+                            ended,
+                            result,
+                        });
+                        i += 1;
+                    }
+                    writes
+                })
+            })
+            .collect();
+        Writers { stop, acked, loops }
+    }
+
+    /// Writes acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `n` writes in all were acknowledged.
+    pub async fn acked_at_least(&self, n: usize, deadline: Duration) {
+        wait_for(deadline, "acknowledged writes", || async {
+            let now = self.acked();
+            check(now >= n, || format!("{now} of {n} acknowledged"))
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Stops the loops; every write they made.
+    pub async fn stop(self) -> Vec<Write> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut writes = Vec::new();
+        for l in self.loops {
+            writes.extend(l.await.unwrap());
+        }
+        writes
+    }
+}
