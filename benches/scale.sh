@@ -11,8 +11,10 @@
 # three nodes and their disk use against the replicated raw data (3 x keys
 # x (key + value)); then node1 is killed (SIGKILL) and started again, and
 # the script times how long until node1 answers a get of one of its own
-# keys from its local copy (`dynakv inspect`). Prints one table with the
-# second size's ratio to the first.
+# keys from its local copy (`dynakv inspect`: "restart"), and until its
+# start-up scan has rebuilt its hash trees, so anti-entropy and handoff
+# run again (its log's "storage scanned": "scan"). Prints one table with
+# the second size's ratio to the first. DYNAKV=PATH runs another binary.
 #
 # How long it takes: the preload writes KEYS keys at the cluster's put rate
 # (some 20,000/s on the 2-core VM, so about 8 minutes for 10,000,000),
@@ -31,7 +33,7 @@ TIME_LIMIT=${TIME_LIMIT:-3600}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/dynakv-scale.XXXXXX)
-DYNAKV="$ROOT/target/release/dynakv"
+DYNAKV=${DYNAKV:-"$ROOT/target/release/dynakv"}
 NODES=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 RESULTS="$WORK/results"
 PIDS=(0 0 0)
@@ -63,10 +65,11 @@ check_time() {
     fi
 }
 
-# start_node I DIR: node I's process on data directory DIR.
+# start_node I DIR [LEVEL]: node I's process on data directory DIR,
+# logging at LEVEL (warn).
 start_node() {
-    local i=$1 dir=$2
-    DYNAKV__NODE__DATA_DIR="$dir/node$i" DYNAKV__STORAGE__FSYNC=periodic DYNAKV__LOG__LEVEL=warn \
+    local i=$1 dir=$2 level=${3:-warn}
+    DYNAKV__NODE__DATA_DIR="$dir/node$i" DYNAKV__STORAGE__FSYNC=periodic DYNAKV__LOG__LEVEL=$level \
         "$DYNAKV" serve -c "$ROOT/conf/local/node$i.toml" 2>>"$dir/node$i.log" &
     PIDS[$((i - 1))]=$!
 }
@@ -118,23 +121,28 @@ measure() {
     say "$keys keys: restarting node1 after SIGKILL"
     kill -9 "${PIDS[0]}"
     wait "${PIDS[0]}" 2>/dev/null || true
-    start_node 1 "$dir"
-    local restart
+    : >"$dir/node1.log"
+    start_node 1 "$dir" info
+    local t2 restart scan
+    t2=$(date +%s.%N)
     restart=$(time_until "$DYNAKV" inspect bench-0 --node 127.0.0.1:7001 --timeout 1s)
+    time_until grep -q "storage scanned" "$dir/node1.log" >/dev/null
+    scan=$(python3 -c "print(round($(date +%s.%N) - $t2, 2))")
     stop_all
-    python3 - "$keys" "$VALUE_SIZE" "$((t1 - t0))" "$put" "$get" "$rss" "$disk" "$restart" \
+    python3 - "$keys" "$VALUE_SIZE" "$((t1 - t0))" "$put" "$get" "$rss" "$disk" "$restart" "$scan" \
         <<'PY' | tee -a "$RESULTS" >&2
 import json, sys
 keys, size, preload = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 put, get = json.loads(sys.argv[4]), json.loads(sys.argv[5])
 rss, disk, restart = int(sys.argv[6]), int(sys.argv[7]), float(sys.argv[8])
+scan = float(sys.argv[9])
 p, g = put["ops"]["put"], get["ops"]["get"]
 raw = 3 * keys * (len(f"bench-{keys - 1}") + size)
 print(json.dumps({"keys": keys, "preload_s": preload,
                   "put": p["ops_per_sec"], "put_p99_ms": p["latency_us"]["p99"] / 1000,
                   "get": g["ops_per_sec"], "get_p99_ms": g["latency_us"]["p99"] / 1000,
                   "rss_mb": rss, "disk_gb": disk / 1e9, "disk_x_raw": disk / raw,
-                  "restart_s": restart,
+                  "restart_s": restart, "scan_s": scan,
                   "errors": p.get("errors", 0) + g.get("errors", 0)}))
 PY
     rm -rf "$dir"
@@ -150,11 +158,11 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 print(f"\n{sys.argv[2]} clients, {sys.argv[3]}-byte values, {sys.argv[4]} s per run, "
       f"3 nodes on loopback, fsync periodic; the whole run took {sys.argv[5]} s\n")
 print(f"{'keys':>11} {'puts/s':>8} {'put p99':>8} {'gets/s':>8} {'get p99':>8} "
-      f"{'RSS, 3 nodes':>12} {'disk':>8} {'x raw':>6} {'restart':>8}")
+      f"{'RSS, 3 nodes':>12} {'disk':>8} {'x raw':>6} {'restart':>8} {'scan':>7}")
 for r in rows:
     print(f"{r['keys']:>11,} {r['put']:>8,.0f} {r['put_p99_ms']:>6.1f}ms {r['get']:>8,.0f} "
           f"{r['get_p99_ms']:>6.1f}ms {r['rss_mb']:>9} MB {r['disk_gb']:>5.2f} GB "
-          f"{r['disk_x_raw']:>5.1f}x {r['restart_s']:>6.1f} s")
+          f"{r['disk_x_raw']:>5.1f}x {r['restart_s']:>6.1f} s {r['scan_s']:>5.1f} s")
 if len(rows) == 2:
     a, b = rows
     print(f"\nat {b['keys']:,} keys against {a['keys']:,}: puts {b['put'] / a['put']:.2f}x, "

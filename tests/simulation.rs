@@ -160,7 +160,7 @@ fn clean_stops_that_tell_the_peers_lose_nothing() {
     };
     run_seeds(&notices(false), 1..61);
     run_seeds(&notices(true), 1..31);
-    let o = traced(notices(false), 7, &["telling its peers"]);
+    let o = traced(notices(false), 1, &["telling its peers"]);
     assert!(o.stops > 0 && o.crashes > 0, "{o:?}");
 }
 

@@ -32,7 +32,6 @@ use dynakv::tombstones::GcMsg;
 use dynakv::version::SiblingSet;
 use dynakv::{Error, Result};
 use tokio::sync::oneshot;
-use tracing::{error, info};
 
 use crate::bridge::PeerRequest;
 use crate::messages::RingChanged;
@@ -163,25 +162,14 @@ const MAX_BATCH: usize = 256;
 
 impl Replica {
     /// Starts the replica concern over `storage`: opens the core replica
-    /// (scanning storage once to build the hash trees), then its worker and
-    /// syncer threads, then the supervised front.
+    /// (its worker scans storage to build the hash trees while it serves),
+    /// then its worker and syncer threads, then the supervised front.
     pub fn start(
         storage: Storage,
         settings: ReplicaSettings,
         on: &ArbiterHandle,
     ) -> Result<Addr<Replica>> {
-        let (core, report) = open_core(&storage, &settings)?;
-        if !report.corrupt.is_empty() {
-            error!(
-                records = report.corrupt.len(),
-                "undecodable records in storage; they read as errors"
-            );
-        }
-        info!(
-            keys = report.keys,
-            partitions = report.partitions,
-            "storage opened"
-        );
+        let core = open_core(&storage, &settings)?;
         let counters = Arc::new(Counters::default());
         let first = Mutex::new(Some(core));
         let (worker_storage, worker_counters) = (storage.clone(), counters.clone());

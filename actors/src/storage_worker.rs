@@ -5,7 +5,10 @@
 //!   handoff chunks, tombstone collection. One worker thread serialises
 //!   every read-modify-write of a key. A panic inside the core is caught:
 //!   the worker reopens the replica from storage (state rebuilt from disk)
-//!   and answers that request with an error.
+//!   and answers that request with an error. Opening reads no data: the
+//!   replica serves at once, and the worker runs its start-up scan (hash
+//!   trees, usage) a step at a time between requests (`Load`, sent to
+//!   itself, queued behind what arrived meanwhile).
 //!   With `fsync = "always"` it makes each batch of requests durable
 //!   before answering it; requests arriving meanwhile form the next batch,
 //!   so concurrent writes share one fsync (group commit).
@@ -20,8 +23,9 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use actix::WeakAddr;
 use actix::prelude::*;
 use dynakv::anti_entropy::{self, AeMsg, Exchange};
 use dynakv::config::Fsync;
@@ -29,12 +33,12 @@ use dynakv::handoff::{self, HandoffMsg};
 use dynakv::namespace;
 use dynakv::partition::Partition;
 use dynakv::placement::Scope;
-use dynakv::replica::{OpenReport, Replica as Core, ReplicaMsg, Usage};
+use dynakv::replica::{Replica as Core, ReplicaMsg, Usage};
 use dynakv::store::Entry;
 use dynakv::tombstones::{self, GcMsg};
 use dynakv::version::Actor as Writer;
 use dynakv::{Error, NodeId, Result};
-use tracing::error;
+use tracing::{error, info};
 
 use crate::clock::wall_ms;
 use crate::storage::{FjallStore, Storage};
@@ -145,12 +149,10 @@ pub struct ReplicaSettings {
     pub keep_deleted_ms: u64,
 }
 
-/// Opens the core replica over `storage` with `settings`.
-pub(crate) fn open_core(
-    storage: &Storage,
-    settings: &ReplicaSettings,
-) -> Result<(Core<FjallStore>, OpenReport)> {
-    let (mut core, report) = Core::open(
+/// Opens the core replica over `storage` with `settings`, without reading
+/// the data (the worker's `Load` steps scan it).
+pub(crate) fn open_core(storage: &Storage, settings: &ReplicaSettings) -> Result<Core<FjallStore>> {
+    let mut core = Core::opening(
         storage.data(),
         storage.hints(),
         settings.partitions,
@@ -158,8 +160,18 @@ pub(crate) fn open_core(
         settings.max_siblings,
     )?;
     core.keep_deleted(settings.keep_deleted_ms);
-    Ok((core, report))
+    Ok(core)
 }
+
+/// Stored keys the start-up scan reads per step: a few milliseconds, the
+/// most a request waits behind it.
+const LOAD_STEP: usize = 1024;
+
+/// One step of the replica's start-up scan (the worker sends it to itself
+/// until the scan is done).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Load;
 
 /// The catch-up message with this replica's roots of a scope in these
 /// partitions.
@@ -239,6 +251,11 @@ pub struct StorageWorker {
     counters: Arc<Counters>,
     /// The last namespaces given, for a core reopened after a panic.
     namespaces: namespace::Table,
+    /// This worker's address, for its `Load` steps (set once started;
+    /// weak, so the worker still stops once the front lets go of it).
+    me: Option<WeakAddr<StorageWorker>>,
+    /// When the start-up scan under way began.
+    loading_since: Option<Instant>,
 }
 
 impl StorageWorker {
@@ -254,11 +271,20 @@ impl StorageWorker {
             settings,
             counters,
             namespaces: namespace::Table::default(),
+            me: None,
+            loading_since: Some(Instant::now()),
         };
         if worker.core.is_none() {
             worker.reopen();
         }
         worker
+    }
+
+    /// Queues the next step of the start-up scan.
+    fn load_soon(&self) {
+        if let Some(me) = self.me.as_ref().and_then(WeakAddr::upgrade) {
+            me.do_send(Load);
+        }
     }
 
     /// Rebuilds the replica from what storage holds, as a fresh writer: the
@@ -268,8 +294,10 @@ impl StorageWorker {
     fn reopen(&mut self) {
         self.settings.writer = self.settings.writer.successor();
         self.core = match open_core(&self.storage, &self.settings) {
-            Ok((mut core, _)) => {
+            Ok(mut core) => {
                 core.set_namespaces(self.namespaces.clone());
+                self.loading_since = Some(Instant::now());
+                self.load_soon();
                 Some(core)
             }
             Err(e) => {
@@ -314,6 +342,46 @@ impl StorageWorker {
 
 impl Actor for StorageWorker {
     type Context = SyncContext<Self>;
+
+    fn started(&mut self, ctx: &mut SyncContext<Self>) {
+        self.me = Some(ctx.address().downgrade());
+        self.load_soon();
+    }
+}
+
+impl Handler<Load> for StorageWorker {
+    type Result = ();
+
+    fn handle(&mut self, _: Load, _: &mut SyncContext<Self>) {
+        let Some(since) = self.loading_since else {
+            return;
+        };
+        match self.with_core(|core| core.load(LOAD_STEP)) {
+            Ok(None) => self.load_soon(),
+            Ok(Some(report)) => {
+                self.loading_since = None;
+                if !report.corrupt.is_empty() {
+                    error!(
+                        records = report.corrupt.len(),
+                        "undecodable records in storage; they read as errors"
+                    );
+                }
+                info!(
+                    keys = report.keys,
+                    partitions = report.partitions,
+                    upgraded = report.upgraded,
+                    took_ms = since.elapsed().as_millis() as u64,
+                    "storage scanned: hash trees built, anti-entropy and handoff can run"
+                );
+            }
+            // A panic reopened the replica, whose own scan is queued.
+            Err(_) if self.loading_since != Some(since) => {}
+            Err(e) => {
+                self.loading_since = None;
+                error!(error = %e, "the start-up scan of storage failed; anti-entropy and handoff wait for a restart");
+            }
+        }
+    }
 }
 
 impl StorageWorker {
@@ -397,18 +465,18 @@ core_handlers! {
     TakeHints(m) -> Vec<Entry>, writes: false, |core| core.hinted(&m.owner, m.limit);
     ForgetMootHints(m) -> usize, writes: true, |core| core.forget_moot_hints(&m.owner, m.limit, &m.replicates);
     HandedOff(m) -> usize, writes: true, |core| core.handed_off(&m.owner, &m.delivered);
-    AeBegin(m) -> (Exchange, AeMsg), writes: false, |core| Ok(Exchange::begin(m.partition, m.scope.clone(), core.tree_in(m.partition, &m.scope), m.push_only));
+    AeBegin(m) -> (Exchange, AeMsg), writes: false, |core| Ok(Exchange::begin(m.partition, m.scope.clone(), core.tree_in(m.partition, &m.scope)?, m.push_only));
     AeContinue(AeContinue(mut ex, reply)) -> (Exchange, Option<AeMsg>), writes: true, |core| {
         let next = ex.on_reply(reply, core)?;
         Ok((ex, next))
     };
     AeRespond(AeRespond(msg)) -> AeMsg, writes: true, |core| anti_entropy::respond(core, msg);
-    AeRoots(AeRoots(scope, partitions)) -> AeMsg, writes: false, |core| Ok(anti_entropy::roots(core, &scope, &partitions));
+    AeRoots(AeRoots(scope, partitions)) -> AeMsg, writes: false, |core| anti_entropy::roots(core, &scope, &partitions);
     FindTombstones(m) -> Vec<Entry>, writes: false, |core| core.tombstones(m.partition, m.limit, wall_ms());
     DeleteDropped(m) -> Vec<Entry>, writes: true, |core| core.delete_dropped(&m.partitions, m.limit, wall_ms());
     GcRespond(GcRespond(msg)) -> GcMsg, writes: true, |core| tombstones::respond(core, msg);
     HandoffRespond(HandoffRespond(msg)) -> HandoffMsg, writes: false, |core| handoff::respond(core, msg);
-    HeldPartitions(_m) -> Vec<(Partition, Vec<String>)>, writes: false, |core| Ok(core.held());
+    HeldPartitions(_m) -> Vec<(Partition, Vec<String>)>, writes: false, |core| core.held();
     DropPartition(m) -> Option<usize>, writes: true, |core| core.release(m.partition, &m.scope, &m.synced);
     PartitionUsage(_m) -> Vec<(Partition, Usage)>, writes: false, |core| Ok(core.usage().iter().map(|(p, u)| (*p, *u)).collect());
 }
@@ -616,5 +684,44 @@ mod tests {
         );
         assert_eq!(counters.written.load(Ordering::SeqCst), 1);
         assert_eq!(counters.syncs.load(Ordering::SeqCst), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_reopened_replica_serves_during_its_start_up_scan_and_counts_those_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &StorageSection::default(), "n1").unwrap();
+        let (first, _) = worker(&storage, Fsync::Periodic);
+        for chunk in 0..20 {
+            let batch = (0..250).map(|i| update(&format!("k{chunk}-{i}"))).collect();
+            first.send(ApplyBatch(batch)).await.unwrap();
+        }
+        // A second replica over the same data scans it while it serves
+        // overwrites of scanned and unscanned keys, and new keys.
+        let (second, _) = worker(&storage, Fsync::Periodic);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut round = 0;
+        loop {
+            round += 1;
+            let batch = (0..20)
+                .map(|i| update(&format!("k{}-{}", (round + i) % 20, round * 7 % 250)))
+                .chain([update(&format!("new{round}"))])
+                .collect();
+            for reply in second.send(ApplyBatch(batch)).await.unwrap() {
+                assert!(reply.is_ok(), "{reply:?}");
+            }
+            // Known once the scan is done.
+            if second.send(HeldPartitions).await.unwrap().is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the start-up scan did not end");
+        }
+        assert!(round > 0);
+        let all: Vec<Partition> = (0..8).map(Partition).collect();
+        let roots = second.send(AeRoots(Scope::All, all.clone())).await.unwrap();
+        let (rebuilt, report) =
+            Core::open(storage.data(), storage.hints(), 8, Writer(9), 10).unwrap();
+        assert_eq!(report.keys, 5000 + round as u64);
+        let expected = anti_entropy::roots(&rebuilt, &Scope::All, &all).unwrap();
+        assert_eq!(roots.unwrap(), expected, "the trees count every write");
     }
 }

@@ -415,7 +415,7 @@ pub fn respond<S: Store>(local: &mut Replica<S>, msg: AeMsg) -> Result<AeMsg> {
             let mut partitions = Vec::new();
             for (p, root) in roots {
                 check(p)?;
-                if local.tree_in(p, &scope).root() != root {
+                if local.tree_in(p, &scope)?.root() != root {
                     partitions.push(p);
                 }
             }
@@ -423,7 +423,7 @@ pub fn respond<S: Store>(local: &mut Replica<S>, msg: AeMsg) -> Result<AeMsg> {
         }
         AeRequest::Root(Root { partition, root }) => {
             check(partition)?;
-            let tree = local.tree_in(partition, &scope);
+            let tree = local.tree_in(partition, &scope)?;
             Ok(if tree.root() == root {
                 AeMsg::Same
             } else {
@@ -434,7 +434,7 @@ pub fn respond<S: Store>(local: &mut Replica<S>, msg: AeMsg) -> Result<AeMsg> {
         }
         AeRequest::LeavesOf(LeavesOf { partition, inner }) => {
             check(partition)?;
-            let tree = local.tree_in(partition, &scope);
+            let tree = local.tree_in(partition, &scope)?;
             let leaves = inner
                 .into_iter()
                 .filter(|&i| usize::from(i) < FANOUT)
@@ -484,12 +484,16 @@ pub fn respond<S: Store>(local: &mut Replica<S>, msg: AeMsg) -> Result<AeMsg> {
 
 /// The catch-up message comparing the roots of `scope` in `partitions`
 /// (see `Schedule::on_topology`).
-pub fn roots<S: Store>(local: &Replica<S>, scope: &Scope, partitions: &[Partition]) -> AeMsg {
+pub fn roots<S: Store>(
+    local: &Replica<S>,
+    scope: &Scope,
+    partitions: &[Partition],
+) -> Result<AeMsg> {
     let roots = partitions
         .iter()
-        .map(|&p| (p, local.tree_in(p, scope).root()))
-        .collect();
-    AeRequest::Roots(Roots { roots }).about(scope)
+        .map(|&p| Ok((p, local.tree_in(p, scope)?.root())))
+        .collect::<Result<_>>()?;
+    Ok(AeRequest::Roots(Roots { roots }).about(scope))
 }
 
 /// Runs a whole exchange of every namespace of `p` between two replicas
@@ -499,7 +503,7 @@ pub fn exchange_locally<S: Store>(
     responder: &mut Replica<S>,
     p: Partition,
 ) -> Result<ExchangeReport> {
-    let (ex, msg) = Exchange::start(p, initiator.tree(p));
+    let (ex, msg) = Exchange::start(p, initiator.tree(p)?);
     complete_locally(ex, msg, initiator, responder)
 }
 
@@ -602,7 +606,7 @@ mod tests {
         assert_eq!(report.pulled + report.pushed, 4, "{report:?}");
         assert_eq!(a.store().map, b.store().map);
         for p in 0..Q {
-            assert_eq!(a.tree(Partition(p)), b.tree(Partition(p)));
+            assert_eq!(a.tree(Partition(p)).unwrap(), b.tree(Partition(p)).unwrap());
         }
     }
 
@@ -610,14 +614,14 @@ mod tests {
     fn one_roots_message_finds_the_partitions_that_differ() {
         let (a, mut b) = diverged(200);
         let all: Vec<Partition> = (0..Q).map(Partition).collect();
-        let msg = roots(&a, &Scope::All, &all);
+        let msg = roots(&a, &Scope::All, &all).unwrap();
         let AeMsg::RootsDiffer { partitions } = respond(&mut b, msg).unwrap() else {
             panic!("not a RootsDiffer");
         };
         let expected: Vec<Partition> = all
             .iter()
             .copied()
-            .filter(|&p| a.tree(p).root() != b.tree(p).root())
+            .filter(|&p| a.tree(p).unwrap().root() != b.tree(p).unwrap().root())
             .collect();
         assert!(!expected.is_empty());
         assert_eq!(partitions, expected);
@@ -636,12 +640,16 @@ mod tests {
         let (mut a, mut b) = diverged(300);
         let before = a.store().map.clone();
         for p in (0..Q).map(Partition) {
-            let root = a.tree(p).root();
-            let (ex, msg) = Exchange::begin(p, Scope::All, a.tree(p), true);
+            let root = a.tree(p).unwrap().root();
+            let (ex, msg) = Exchange::begin(p, Scope::All, a.tree(p).unwrap(), true);
             let report = complete_locally(ex, msg, &mut a, &mut b).unwrap();
             assert_eq!(report.started_from, root);
             assert_eq!(report.pulled, 0);
-            assert_eq!(a.tree(p).root(), root, "the releasing side is unchanged");
+            assert_eq!(
+                a.tree(p).unwrap().root(),
+                root,
+                "the releasing side is unchanged"
+            );
         }
         assert_eq!(a.store().map, before);
         // Everything `a` holds is at `b` now; `b`'s own writes stayed there.
@@ -654,7 +662,7 @@ mod tests {
         );
         let mut released = a;
         for p in (0..Q).map(Partition) {
-            let root = released.tree(p).root();
+            let root = released.tree(p).unwrap().root();
             put(&mut released, "late", "write after the sync");
             let p_late = Partition::of_key(b"late", Q);
             let dropped = released
@@ -681,7 +689,7 @@ mod tests {
         let wide = Scope::only(["wide"]);
         let mut repaired = 0;
         for p in (0..Q).map(Partition) {
-            let (ex, msg) = Exchange::begin(p, wide.clone(), a.tree_in(p, &wide), false);
+            let (ex, msg) = Exchange::begin(p, wide.clone(), a.tree_in(p, &wide).unwrap(), false);
             if p.0 == 0 {
                 let AeMsg::Scoped { scope, .. } = &msg else {
                     panic!("a scoped exchange asks inside Scoped: {msg:?}");
@@ -690,14 +698,14 @@ mod tests {
             }
             let report = complete_locally(ex, msg, &mut a, &mut b).unwrap();
             repaired += report.pushed + report.pulled;
-            assert_eq!(a.tree_in(p, &wide), b.tree_in(p, &wide));
+            assert_eq!(a.tree_in(p, &wide).unwrap(), b.tree_in(p, &wide).unwrap());
         }
         assert_eq!(repaired, 200, "the keys of wide, and nothing else");
         let narrow = Scope::only(["narrow"]);
         let default = Scope::only(["default"]);
         for p in (0..Q).map(Partition) {
-            assert!(a.tree_in(p, &narrow).root() == HashTree::new().root());
-            assert!(b.tree_in(p, &default).root() == HashTree::new().root());
+            assert!(a.tree_in(p, &narrow).unwrap().root() == HashTree::new().root());
+            assert!(b.tree_in(p, &default).unwrap().root() == HashTree::new().root());
         }
         let key = ns_key("narrow", "n1");
         let p = Partition::of_key(key.as_bytes(), Q);
@@ -731,7 +739,7 @@ mod tests {
         let mut a = replica(1);
         put(&mut a, "k", "v");
         let p = Partition::of_key(b"k", Q);
-        let (mut ex, _) = Exchange::start(p, a.tree(p));
+        let (mut ex, _) = Exchange::start(p, a.tree(p).unwrap());
         assert!(ex.on_reply(AeMsg::Pushed, &mut a).is_err());
         let mut b = replica(2);
         assert!(

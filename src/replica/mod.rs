@@ -13,15 +13,16 @@
 //! Invariants:
 //! - a stored value is always the DVV merge of everything this replica was
 //!   given for the key, so writes are idempotent and order-independent;
-//! - the leaves of a (partition, namespace) always equal a rebuild from a
-//!   scan of it;
+//! - the leaves of a (partition, namespace) the start-up load has passed
+//!   always equal a rebuild from a scan of it (see `Loading`);
 //! - the stored key is `partition (u32, big-endian) ++ user key`, so a
 //!   partition is one contiguous range;
 //! - every partition holding a key whose siblings are all tombstones or
 //!   expiring values (`SiblingSet::collectable_at`) is in `tombstoned`, at
 //!   a time no later than that key may be collected (it may name more, and
 //!   earlier), so the search for keys to collect scans only those, once
-//!   due.
+//!   due (once loaded: until then a partition not reached yet may be
+//!   missing, which only delays its collection).
 
 mod collect;
 mod hinted;
@@ -130,7 +131,7 @@ pub fn read_answer(stored: Option<&[u8]>) -> Result<ReplicaMsg> {
 /// limit is enforced where writes are minted), but never by this factor: a
 /// bound on what a peer can make us store.
 const MERGE_SIBLING_FACTOR: usize = 4;
-/// Entries read per step when scanning storage at start-up.
+/// Entries read per step when scanning storage.
 const SCAN_CHUNK: usize = 4096;
 
 pub struct Replica<S: Store> {
@@ -145,10 +146,7 @@ pub struct Replica<S: Store> {
     /// come from `namespaces`.
     max_siblings: usize,
     namespaces: namespace::Table,
-    /// Each held partition's hash-tree leaves, per namespace (a scope's
-    /// tree is built on demand from those of its namespaces).
-    trees: HashMap<Partition, Shelf>,
-    usage: HashMap<Partition, Usage>,
+    tally: Tally,
     /// Partitions that may hold deleted or expiring keys, with the earliest
     /// time one of them may be gone: marked by every such key stored, moved
     /// on or cleared by a search. Without it, tombstone collection decoded
@@ -158,6 +156,25 @@ pub struct Replica<S: Store> {
     /// How long a timed delete is kept before collection
     /// (`Value::Deleted`; 0 until `keep_deleted` says).
     keep_deleted_ms: u64,
+    /// The start-up scan still under way, if it is.
+    loading: Option<Loading>,
+}
+
+/// The start-up scan, a chunk at a time (`Replica::load`). The replica
+/// serves reads and writes from the moment it is opened; what only the
+/// scan can rebuild (hash-tree leaves, usage, tombstone marks) is built in
+/// storage-key order, and a write keeps those current only for keys the
+/// scan has passed: a later key is counted when the scan reaches it, as it
+/// then is. So a partition the scan has finished has exact leaves whatever
+/// was written meanwhile, and one it has not reached answers no tree
+/// (`Error::Unavailable`): anti-entropy and handoff wait for it rather
+/// than trust a tree that is not whole. A start therefore costs what
+/// opening storage costs, not a scan of every key.
+#[derive(Debug, Clone, Default)]
+struct Loading {
+    /// The last storage key scanned (None: none yet).
+    after: Option<Vec<u8>>,
+    report: OpenReport,
 }
 
 /// Keys and bytes (keys plus encoded sibling sets) one partition holds.
@@ -179,60 +196,27 @@ pub struct OpenReport {
 }
 
 impl<S: Store> Replica<S> {
-    /// Opens a replica over `store` (data) and `hints`, scanning the data
-    /// once to count keys and build every partition's hash tree. A state
-    /// stored in the encoding before data types is stored again in the
-    /// current one (so every replica hashes a state's same bytes).
+    /// Opens a replica over `store` (data) and `hints` and scans the data
+    /// to the end at once (`opening`, then `load` until done).
     pub fn open(
-        mut store: S,
+        store: S,
         hints: S,
         q: u32,
         actor: Actor,
         max_siblings: usize,
     ) -> Result<(Self, OpenReport)> {
-        let mut report = OpenReport::default();
-        let mut trees: HashMap<Partition, Shelf> = HashMap::new();
-        let mut usage: HashMap<Partition, Usage> = HashMap::new();
-        let mut tombstoned = HashMap::new();
-        let mut after: Option<Vec<u8>> = None;
+        let mut replica = Self::opening(store, hints, q, actor, max_siblings)?;
         loop {
-            let chunk = store.scan(&[], after.as_deref(), SCAN_CHUNK)?;
-            for (stored, value) in &chunk {
-                let (p, key) = split_storage_key(stored)?;
-                match decode_stored(value) {
-                    Ok((state, old)) => {
-                        let value: Cow<[u8]> = if old {
-                            let current = encode_state(&state);
-                            store.put(stored, &current)?;
-                            report.upgraded += 1;
-                            Cow::Owned(current)
-                        } else {
-                            Cow::Borrowed(value)
-                        };
-                        // Marked with no keep yet: earlier is allowed.
-                        if let Some(at) = state.collectable_at(0) {
-                            mark(&mut tombstoned, p, at);
-                        }
-                        trees.entry(p).or_default().leaves(key).update(
-                            segment_of(key, q),
-                            None,
-                            Some(item_hash(key, &value)),
-                        );
-                        let u = usage.entry(p).or_default();
-                        u.keys += 1;
-                        u.bytes += (key.len() + value.len()) as u64;
-                        report.keys += 1;
-                    }
-                    Err(_) => report.corrupt.push(stored.clone()),
-                }
-            }
-            match chunk.last() {
-                Some((k, _)) if chunk.len() == SCAN_CHUNK => after = Some(k.clone()),
-                _ => break,
+            if let Some(report) = replica.load(SCAN_CHUNK)? {
+                return Ok((replica, report));
             }
         }
-        report.partitions = trees.len();
-        let replica = Replica {
+    }
+
+    /// Opens a replica over `store` (data) and `hints` without reading the
+    /// data: it serves at once, and `load` scans the data in steps.
+    pub fn opening(store: S, hints: S, q: u32, actor: Actor, max_siblings: usize) -> Result<Self> {
+        Ok(Replica {
             store,
             hints: HintLog::open(hints)?,
             q,
@@ -240,12 +224,130 @@ impl<S: Store> Replica<S> {
             minted: 0,
             max_siblings,
             namespaces: namespace::Table::default(),
-            trees,
-            usage,
-            tombstoned,
+            tally: Tally::default(),
+            tombstoned: HashMap::new(),
             keep_deleted_ms: 0,
+            loading: Some(Loading::default()),
+        })
+    }
+
+    /// One step of the start-up scan: up to `limit` stored keys counted
+    /// into the hash-tree leaves, usage and tombstone marks. A state stored
+    /// in the encoding before data types is stored again in the current
+    /// one (so every replica hashes a state's same bytes). Returns what the
+    /// whole scan found once it is done (and at every later call).
+    pub fn load(&mut self, limit: usize) -> Result<Option<OpenReport>> {
+        let Some(loading) = &self.loading else {
+            return Ok(Some(OpenReport {
+                keys: self.key_count(),
+                partitions: self.tally.trees.len(),
+                ..OpenReport::default()
+            }));
         };
-        Ok((replica, report))
+        let limit = limit.max(1);
+        let chunk = self.store.scan(&[], loading.after.as_deref(), limit)?;
+        let mut report = OpenReport::default();
+        for (stored, value) in &chunk {
+            let (p, key) = split_storage_key(stored)?;
+            let Ok((state, old)) = decode_stored(value) else {
+                report.corrupt.push(stored.clone());
+                continue;
+            };
+            let value: Cow<[u8]> = if old {
+                let current = encode_state(&state);
+                self.store.put(stored, &current)?;
+                report.upgraded += 1;
+                Cow::Owned(current)
+            } else {
+                Cow::Borrowed(value)
+            };
+            if let Some(at) = state.collectable_at(self.keep_deleted_ms) {
+                mark(&mut self.tombstoned, p, at);
+            }
+            self.tally.count(self.q, p, key, None, Some(&value));
+            report.keys += 1;
+        }
+        let loading = self.loading.get_or_insert_default();
+        loading.report.keys += report.keys;
+        loading.report.upgraded += report.upgraded;
+        loading.report.corrupt.append(&mut report.corrupt);
+        if let Some((last, _)) = chunk.last() {
+            loading.after = Some(last.clone());
+        }
+        if chunk.len() == limit {
+            return Ok(None);
+        }
+        let mut report = std::mem::take(&mut loading.report);
+        report.partitions = self.tally.trees.len();
+        self.loading = None;
+        Ok(Some(report))
+    }
+
+    /// Whether the start-up scan is still under way.
+    pub fn is_loading(&self) -> bool {
+        self.loading.is_some()
+    }
+
+    /// Whether the start-up scan has passed storage key `stored` (so a
+    /// write to it keeps the leaves and usage current).
+    fn scanned(&self, stored: &[u8]) -> bool {
+        self.loading
+            .as_ref()
+            .is_none_or(|l| l.after.as_deref().is_some_and(|after| stored <= after))
+    }
+
+    /// Whether the leaves and usage kept equal a rebuild from storage
+    /// (the simulator's and tests' check of the invariant).
+    #[cfg(any(test, feature = "sim"))]
+    pub fn verify_tally(&self) -> std::result::Result<(), String> {
+        if self.loading.is_some() {
+            return Err("the start-up scan is still under way".into());
+        }
+        let mut rebuilt = Tally::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let chunk = self
+                .store
+                .scan(&[], after.as_deref(), SCAN_CHUNK)
+                .map_err(|e| e.to_string())?;
+            for (stored, value) in &chunk {
+                let (p, key) = split_storage_key(stored).map_err(|e| e.to_string())?;
+                rebuilt.count(self.q, p, key, None, Some(value));
+            }
+            match chunk.last() {
+                Some((k, _)) if chunk.len() == SCAN_CHUNK => after = Some(k.clone()),
+                _ => break,
+            }
+        }
+        if let Some((p, _)) = (self.tally.trees.iter())
+            .chain(&rebuilt.trees)
+            .find(|(p, _)| self.tally.trees.get(p) != rebuilt.trees.get(p))
+        {
+            return Err(format!("partition {p}'s leaves differ from a rebuild"));
+        }
+        if self.tally.usage != rebuilt.usage {
+            return Err("the usage differs from a rebuild".into());
+        }
+        Ok(())
+    }
+
+    /// Partition `p`'s leaves are whole: the start-up scan is past it.
+    fn settled(&self, p: Partition) -> Result<()> {
+        let Some(loading) = &self.loading else {
+            return Ok(());
+        };
+        let past = loading
+            .after
+            .as_deref()
+            .and_then(|after| split_storage_key(after).ok())
+            .is_some_and(|(at, _)| at > p);
+        if past {
+            return Ok(());
+        }
+        Err(Error::Unavailable(format!(
+            "partition {p}'s hash tree is still being built after the start ({} keys scanned)",
+            loading.report.keys
+        )))
     }
 
     pub fn actor(&self) -> Actor {
@@ -282,12 +384,12 @@ impl<S: Store> Replica<S> {
     }
 
     pub fn key_count(&self) -> u64 {
-        self.usage.values().map(|u| u.keys).sum()
+        self.tally.usage.values().map(|u| u.keys).sum()
     }
 
     /// Keys and bytes held per partition (partitions holding none are absent).
     pub fn usage(&self) -> &HashMap<Partition, Usage> {
-        &self.usage
+        &self.tally.usage
     }
 
     pub fn store(&self) -> &S {
@@ -295,16 +397,20 @@ impl<S: Store> Replica<S> {
     }
 
     /// The hash tree of everything `p` holds (empty if nothing).
-    pub fn tree(&self, p: Partition) -> HashTree {
+    pub fn tree(&self, p: Partition) -> Result<HashTree> {
         self.tree_in(p, &Scope::All)
     }
 
-    /// The hash tree of the keys of `p` in the namespaces of `scope`.
-    pub fn tree_in(&self, p: Partition, scope: &Scope) -> HashTree {
-        self.trees
+    /// The hash tree of the keys of `p` in the namespaces of `scope`;
+    /// unavailable until the start-up scan is past `p`.
+    pub fn tree_in(&self, p: Partition, scope: &Scope) -> Result<HashTree> {
+        self.settled(p)?;
+        Ok(self
+            .tally
+            .trees
             .get(&p)
             .map(|shelf| shelf.combined(scope).tree())
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 
     /// The local copy of `key`; empty if absent.
@@ -454,34 +560,31 @@ impl<S: Store> Replica<S> {
         let stored = storage_key(p, key);
         if let Some(bytes) = self.store.get(&stored)? {
             self.store.remove(&stored)?;
-            let u = self.usage.entry(p).or_default();
-            u.keys = u.keys.saturating_sub(1);
-            u.bytes = u.bytes.saturating_sub((key.len() + bytes.len()) as u64);
-            if u.keys == 0 {
-                self.usage.remove(&p);
-            }
-            let shelf = self.trees.entry(p).or_default();
-            shelf
-                .leaves(key)
-                .update(segment_of(key, self.q), Some(item_hash(key, &bytes)), None);
-            shelf.0.retain(|_, leaves| !leaves.is_empty());
-            if shelf.0.is_empty() {
-                self.trees.remove(&p);
+            if self.scanned(&stored) {
+                self.tally.count(self.q, p, key, Some(&bytes), None);
             }
         }
         Ok(())
     }
 
     /// The partitions this replica holds data for, each with the
-    /// namespaces it holds keys of, by partition.
-    pub fn held(&self) -> Vec<(Partition, Vec<String>)> {
+    /// namespaces it holds keys of, by partition; unavailable until the
+    /// start-up scan is done.
+    pub fn held(&self) -> Result<Vec<(Partition, Vec<String>)>> {
+        if let Some(loading) = &self.loading {
+            return Err(Error::Unavailable(format!(
+                "the held partitions are known once the start-up scan is done ({} keys scanned)",
+                loading.report.keys
+            )));
+        }
         let mut held: Vec<(Partition, Vec<String>)> = self
+            .tally
             .trees
             .iter()
             .map(|(p, shelf)| (*p, shelf.0.keys().cloned().collect()))
             .collect();
         held.sort();
-        held
+        Ok(held)
     }
 
     /// Drops the keys of `p` in `scope` (handed off, or copies beyond
@@ -495,11 +598,10 @@ impl<S: Store> Replica<S> {
         scope: &Scope,
         synced: &[(Scope, u64)],
     ) -> Result<Option<usize>> {
-        if synced
-            .iter()
-            .any(|(synced_scope, root)| self.tree_in(p, synced_scope).root() != *root)
-        {
-            return Ok(None);
+        for (synced_scope, root) in synced {
+            if self.tree_in(p, synced_scope)?.root() != *root {
+                return Ok(None);
+            }
         }
         self.drop_keys(p, scope).map(Some)
     }
@@ -542,27 +644,52 @@ impl<S: Store> Replica<S> {
     fn store_state(&mut self, key: &[u8], old: Option<Vec<u8>>, new: &SiblingSet) -> Result<()> {
         let p = Partition::of_key(key, self.q);
         let encoded = encode_state(new);
-        self.store.put(&storage_key(p, key), &encoded)?;
+        let stored = storage_key(p, key);
+        self.store.put(&stored, &encoded)?;
         if let Some(at) = new.collectable_at(self.keep_deleted_ms) {
             mark(&mut self.tombstoned, p, at);
         }
-        let u = self.usage.entry(p).or_default();
-        match &old {
-            Some(bytes) => {
-                u.bytes = u.bytes.saturating_sub(bytes.len() as u64) + encoded.len() as u64
-            }
-            None => {
-                u.keys += 1;
-                u.bytes += (key.len() + encoded.len()) as u64;
-            }
+        if self.scanned(&stored) {
+            self.tally
+                .count(self.q, p, key, old.as_deref(), Some(&encoded));
         }
-        let old_hash = old.map(|bytes| item_hash(key, &bytes));
-        self.trees.entry(p).or_default().leaves(key).update(
-            segment_of(key, self.q),
-            old_hash,
-            Some(item_hash(key, &encoded)),
-        );
         Ok(())
+    }
+}
+
+/// What the start-up scan rebuilds and every write keeps current: each
+/// held partition's hash-tree leaves, per namespace (a scope's tree is
+/// built on demand from those of its namespaces), and its usage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Tally {
+    trees: HashMap<Partition, Shelf>,
+    usage: HashMap<Partition, Usage>,
+}
+
+impl Tally {
+    /// Moves `key`'s contribution to the leaves and usage of `p` from its
+    /// stored encoding `old` to `new` (None: absent).
+    fn count(&mut self, q: u32, p: Partition, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) {
+        if old.is_none() && new.is_none() {
+            return;
+        }
+        let u = self.usage.entry(p).or_default();
+        let size = |bytes: Option<&[u8]>| bytes.map_or(0, |b| (key.len() + b.len()) as u64);
+        u.keys = (u.keys + u64::from(new.is_some())).saturating_sub(u64::from(old.is_some()));
+        u.bytes = (u.bytes + size(new)).saturating_sub(size(old));
+        if u.keys == 0 {
+            self.usage.remove(&p);
+        }
+        let shelf = self.trees.entry(p).or_default();
+        shelf.leaves(key).update(
+            segment_of(key, q),
+            old.map(|bytes| item_hash(key, bytes)),
+            new.map(|bytes| item_hash(key, bytes)),
+        );
+        shelf.0.retain(|_, leaves| !leaves.is_empty());
+        if shelf.0.is_empty() {
+            self.trees.remove(&p);
+        }
     }
 }
 
@@ -613,6 +740,7 @@ mod tests {
         Replica::open(r.store().clone(), MemStore::default(), 64, Actor(1), 5)
             .unwrap()
             .0
+            .tally
             .trees
     }
 
@@ -824,8 +952,8 @@ mod tests {
             b.merge(&key, &s, None).unwrap();
         }
         assert_eq!(a.store().map, b.store().map);
-        assert_eq!(a.trees, b.trees);
-        assert_eq!(a.trees, rebuilt_trees(&a));
+        assert_eq!(a.tally.trees, b.tally.trees);
+        assert_eq!(a.tally.trees, rebuilt_trees(&a));
         let reopened = Replica::open(b.store().clone(), MemStore::default(), 64, Actor(3), 5)
             .unwrap()
             .0;
@@ -991,7 +1119,10 @@ mod tests {
         assert_eq!(answer, delta, "a set's answer carries no members");
         other.merge(b"s", &delta, None).unwrap();
         assert_eq!(minter.read(b"s").unwrap(), other.read(b"s").unwrap());
-        assert_eq!(minter.trees, other.trees, "the replicas' trees agree");
+        assert_eq!(
+            minter.tally.trees, other.tally.trees,
+            "the replicas' trees agree"
+        );
         // A remove takes away only what its context saw.
         let seen = minter.read(b"s").unwrap().typed().unwrap().context();
         other
@@ -1040,7 +1171,10 @@ mod tests {
         assert_eq!(r.read(b"k").unwrap(), state);
         let mut fresh = replica();
         fresh.merge(b"k", &state, None).unwrap();
-        assert_eq!(r.trees, fresh.trees, "trees hash the current bytes");
+        assert_eq!(
+            r.tally.trees, fresh.tally.trees,
+            "trees hash the current bytes"
+        );
     }
 
     #[test]
@@ -1140,7 +1274,7 @@ mod tests {
         let (state, _) = r.apply_typed(b"c", &by(5), &none, Some(&owner), 0).unwrap();
         let before = r.actor();
         let p = Partition::of_key(b"c", 64);
-        let all = Scope::only(r.held()[0].1.iter().map(String::as_str));
+        let all = Scope::only(r.held().unwrap()[0].1.iter().map(String::as_str));
         assert_eq!(r.release(p, &all, &[]).unwrap(), Some(1));
         assert!(r.read(b"c").unwrap().is_empty());
         assert_ne!(r.actor(), before, "a fresh writer");
@@ -1181,10 +1315,65 @@ mod tests {
             "a copy goes only by handoff's release"
         );
         assert_eq!(r.key_count(), 3);
-        assert_eq!(r.trees, rebuilt_trees(&r));
+        assert_eq!(r.tally.trees, rebuilt_trees(&r));
         let reopened = Replica::open(r.store().clone(), MemStore::default(), 64, Actor(3), 5)
             .unwrap()
             .0;
         assert_eq!(r.usage(), reopened.usage());
+    }
+
+    #[test]
+    fn a_replica_serves_while_its_start_up_scan_runs_and_ends_with_exact_trees() {
+        let mut r = replica();
+        let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+        for k in &keys {
+            r.update(k.as_bytes(), &Context::default(), data("v1"), None)
+                .unwrap();
+        }
+        let mut r =
+            Replica::opening(r.store().clone(), MemStore::default(), 64, Actor(2), 5).unwrap();
+        assert!(r.held().is_err(), "nothing is known to be held yet");
+        let first = Partition::of_key(keys[0].as_bytes(), 64);
+        assert!(r.tree(first).is_err(), "no tree before the scan reaches it");
+        let mut steps = 0;
+        let report = loop {
+            // Writes land ahead of the scan, behind it and in the chunk it
+            // is in: new keys, overwrites and removals.
+            let k = &keys[(steps * 37) % keys.len()];
+            let read = r.read(k.as_bytes()).unwrap();
+            r.update(k.as_bytes(), &read.context(), data("v2"), None)
+                .unwrap();
+            r.update(
+                format!("new{steps}").as_bytes(),
+                &Context::default(),
+                data("n"),
+                None,
+            )
+            .unwrap();
+            r.remove(keys[(steps * 53 + 7) % keys.len()].as_bytes())
+                .unwrap();
+            // Every partition the scan is past answers a tree already.
+            for p in (0..64).map(Partition) {
+                if r.settled(p).is_ok() {
+                    assert_eq!(r.tree(p).unwrap().root(), whole(&r, p), "partition {p}");
+                }
+            }
+            steps += 1;
+            if let Some(report) = r.load(7).unwrap() {
+                break report;
+            }
+        };
+        assert!(steps > 10, "the scan took {steps} steps");
+        assert!(report.keys > 250, "{report:?}");
+        assert_eq!(r.verify_tally(), Ok(()));
+        assert_eq!(r.tally.trees, rebuilt_trees(&r));
+        assert!(r.held().is_ok());
+    }
+
+    /// The root of `p`'s tree as a full rebuild from storage has it.
+    fn whole(r: &Replica<MemStore>, p: Partition) -> u64 {
+        let (rebuilt, _) =
+            Replica::open(r.store().clone(), MemStore::default(), 64, Actor(9), 5).unwrap();
+        rebuilt.tree(p).unwrap().root()
     }
 }

@@ -103,7 +103,12 @@ impl Sim {
             let Some(to) = self.index(&peer) else {
                 continue;
             };
-            let msg = roots(&self.nodes[i].replica, &scope, &partitions);
+            // As the actor does: a comparison the trees cannot make yet
+            // (still being built after a start) is tried again later.
+            let Ok(msg) = roots(&self.nodes[i].replica, &scope, &partitions) else {
+                self.nodes[i].schedule.on_roots_failed(&peer);
+                continue;
+            };
             let id = self.call(i, Call::Roots { peer }, CALL_TIMEOUT);
             self.send(i, to, Msg::Ae { id, msg });
         }
@@ -130,7 +135,10 @@ impl Sim {
             return self.exchange_ended(i, purpose, p, peer, Err(Error::Timeout));
         };
         let push_only = purpose == Purpose::Sync;
-        let tree = self.nodes[i].replica.tree_in(p, &scope);
+        let tree = match self.nodes[i].replica.tree_in(p, &scope) {
+            Ok(tree) => tree,
+            Err(e) => return self.exchange_ended(i, purpose, p, peer, Err(e)),
+        };
         let (ex, msg) = Exchange::begin(p, scope, tree, push_only);
         let id = self.call(i, Call::Exchange { ex, purpose, peer }, CALL_TIMEOUT);
         self.send(i, to, Msg::Ae { id, msg });
@@ -339,7 +347,7 @@ impl Sim {
                 HandoffWork::Held => {
                     let node = &mut self.nodes[i];
                     let held = node.replica.held();
-                    node.handoff.on_held(Ok(held))
+                    node.handoff.on_held(held)
                 }
                 HandoffWork::Sync {
                     partition,

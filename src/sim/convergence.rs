@@ -68,7 +68,11 @@ impl Sim {
         if let (Some(ring), Some(table)) = (self.common_ring(), self.common_namespaces()) {
             let place = Placement::new(&ring, &table, self.cfg.n);
             for n in self.nodes.iter().filter(|n| n.is_member()) {
-                for (p, names) in n.replica.held() {
+                let held = match n.replica.held() {
+                    Ok(held) => held,
+                    Err(e) => return format!("{}: {e}", n.id),
+                };
+                for (p, names) in held {
                     let surplus = place.surplus(p, &n.id, &names);
                     if !surplus.is_empty() {
                         return format!("{} still holds {surplus:?} of {p}", n.id);
@@ -77,6 +81,14 @@ impl Sim {
                 if n.membership.member(&n.id).map(|m| m.status) == Some(Status::Leaving) {
                     return format!("{} is still leaving", n.id);
                 }
+            }
+        }
+        // Every running replica's hash-tree leaves and usage are what a
+        // rebuild from its storage gives (a start's scan ran in steps while
+        // it served writes).
+        for n in self.nodes.iter().filter(|n| n.running) {
+            if let Err(e) = n.replica.verify_tally() {
+                return format!("{}: {e}", n.id);
             }
         }
         for k in 0..self.keys.len() {

@@ -178,6 +178,9 @@ const GC_EVERY: u64 = 1_000;
 const HANDOFF_EVERY: u64 = 100;
 /// Keys per fetched chunk: small, so transfers take several steps.
 const CHUNK_KEYS: u32 = 2;
+/// Keys a restarted replica's start-up scan counts per timer event: small,
+/// so writes, exchanges and handoff run while it is under way.
+const LOAD_STEP: usize = 2;
 /// Longer than any message's delay (`MAX_DELAY`).
 const GC_GRACE: u64 = 2_000;
 const ATTEMPT_TIMEOUT: u64 = 250;

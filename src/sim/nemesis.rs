@@ -261,7 +261,8 @@ impl Sim {
         let cfg = self.cfg.clone();
         let now = self.now;
         let node = &mut self.nodes[i];
-        let (mut replica, _) = match Replica::open(
+        // Serving at once, its start-up scan a few keys per timer event.
+        let mut replica = match Replica::opening(
             node.disks.data.clone(),
             node.disks.hints.clone(),
             cfg.partitions,

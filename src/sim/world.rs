@@ -585,6 +585,9 @@ impl Sim {
     }
 
     pub(super) fn on_timer(&mut self, i: usize, timer: Timer) {
+        if let Err(e) = self.nodes[i].replica.load(LOAD_STEP) {
+            panic!("a simulated replica's start-up scan failed: {e}");
+        }
         let every = match timer {
             Timer::Gossip => {
                 let (now, rand) = (self.now, self.rng.next_u64());
