@@ -686,9 +686,12 @@ impl Tally {
             old.map(|bytes| item_hash(key, bytes)),
             new.map(|bytes| item_hash(key, bytes)),
         );
-        shelf.0.retain(|_, leaves| !leaves.is_empty());
-        if shelf.0.is_empty() {
-            self.trees.remove(&p);
+        // Only a removal can empty leaves (checking costs a pass over them).
+        if new.is_none() {
+            shelf.0.retain(|_, leaves| !leaves.is_empty());
+            if shelf.0.is_empty() {
+                self.trees.remove(&p);
+            }
         }
     }
 }
