@@ -145,6 +145,8 @@ pub struct Outcome {
     pub reads: usize,
     pub failed_ops: usize,
     pub crashes: usize,
+    /// Crashes of a node whose start-up scan was still under way.
+    pub crashes_while_loading: usize,
     /// Clean stops, which told the peers (`stop_notices`).
     pub stops: usize,
     pub partitions: usize,

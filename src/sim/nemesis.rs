@@ -207,6 +207,7 @@ impl Sim {
 
     pub(super) fn crash(&mut self, i: usize) {
         self.crashes += 1;
+        self.crashes_while_loading += usize::from(self.nodes[i].replica.is_loading());
         let power_loss = !self.cfg.fsync_always;
         if power_loss {
             self.nodes[i].disks.lose_unsynced();
