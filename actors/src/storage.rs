@@ -154,16 +154,6 @@ pub struct Storage {
     shared: Arc<Shared>,
 }
 
-/// The most journal kept, in bytes: three memtables (at least 64 MiB,
-/// fjall's minimum). A journal is kept until every keyspace has flushed
-/// what it holds of it, and the small keyspaces (meta, hints) fill their
-/// memtables rarely; with fjall's default of 512 MiB a node SIGKILLed under
-/// load replayed some 400 MB of journal at its next start, 1.5 s at
-/// 2,000,000 keys. Past the limit fjall flushes the oldest memtables.
-fn journal_limit(memtable_bytes: u64) -> u64 {
-    memtable_bytes.saturating_mul(3).max(64 << 20)
-}
-
 impl Storage {
     /// Opens (or creates) the database of node `node` in `dir` with the
     /// sizes of `settings` (its fsync mode is the replica's business).
@@ -178,7 +168,6 @@ impl Storage {
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         let db = Database::builder(dir)
             .cache_size(cache_mb.saturating_mul(1 << 20))
-            .max_journaling_size(journal_limit(memtable_bytes))
             .open()
             .map_err(|e| Error::Storage(format!("cannot open {}: {e}", dir.display())))?;
         // fjall records a keyspace's memtable size when it creates it and
