@@ -41,7 +41,9 @@ use crate::error::{Error, Result};
 /// 4: a delete's tombstone carries its time (`Value::Deleted`); backups.
 /// 5: hellos carry version ranges; `status` shows each member's range; a
 ///    stopping node tells its peers (`GossipMsg::Stopping`).
-pub const PROTOCOL_VERSION: u8 = 5;
+/// 6: a counter carries its folds (retired writers' entries folded by
+///    tombstone collection, `GcMsg::ProbeAs`, `HeldAs`, `Fold`).
+pub const PROTOCOL_VERSION: u8 = 6;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u8 = 4;
 /// The version every hello is encoded at: the first with ranges.
@@ -189,6 +191,46 @@ pub mod since_5 {
     }
 }
 
+/// A field added in protocol 6. Unlike `since_5`, it is never dropped
+/// silently: an older frame can carry it only at its default (an older
+/// node would misread a counter without its folds), and encoding any other
+/// value at an older version fails, so the message is not sent.
+pub mod since_6 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    const SINCE: u8 = 6;
+
+    pub fn serialize<T, S>(value: &T, s: S) -> Result<S::Ok, S::Error>
+    where
+        T: Serialize + Default + PartialEq,
+        S: Serializer,
+    {
+        if super::speaking() >= SINCE {
+            value.serialize(s)
+        } else if *value == T::default() {
+            s.serialize_unit()
+        } else {
+            Err(serde::ser::Error::custom(format!(
+                "this needs protocol {SINCE}, and the peer speaks {}",
+                super::speaking()
+            )))
+        }
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: Deserialize<'de> + Default,
+        D: Deserializer<'de>,
+    {
+        if super::speaking() < SINCE {
+            <()>::deserialize(d)?;
+            Ok(T::default())
+        } else {
+            T::deserialize(d)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +262,29 @@ mod tests {
             grown
         );
         assert_eq!(speaking(), PROTOCOL_VERSION, "restored after each call");
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Grown6 {
+        old: u32,
+        #[serde(with = "since_6")]
+        new: u32,
+    }
+
+    #[test]
+    fn a_field_since_6_goes_below_6_only_at_its_default() {
+        let at_default = Grown6 { old: 7, new: 0 };
+        let old = at(5, || postcard::to_stdvec(&at_default)).unwrap();
+        assert_eq!(old, postcard::to_stdvec(&7u32).unwrap());
+        let back: Grown6 = at(5, || postcard::from_bytes(&old)).unwrap();
+        assert_eq!(back, at_default);
+        let set = Grown6 { old: 7, new: 9 };
+        assert!(
+            at(5, || postcard::to_stdvec(&set)).is_err(),
+            "never dropped"
+        );
+        let new = at(6, || postcard::to_stdvec(&set)).unwrap();
+        assert_eq!(at(6, || postcard::from_bytes::<Grown6>(&new)).unwrap(), set);
     }
 
     #[test]

@@ -25,11 +25,12 @@
 //! starts), not per node: a node that lost its recent writes in a crash must
 //! never hand out a dot it already used.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::crdt::{CausalContext, Operation, Typed};
+use crate::crdt::{CausalContext, Counter, Operation, Typed};
 use crate::error::{Error, Result};
 
 /// A writer identity: one per node incarnation.
@@ -284,6 +285,26 @@ impl SiblingSet {
         self.typed.as_deref()
     }
 
+    /// The counter a counter key holds.
+    pub fn counter(&self) -> Option<&Counter> {
+        match self.typed() {
+            Some(Typed::Counter(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// This state with its counter's entries of writers not in `current`
+    /// folded (`Counter::fold`); None if it holds no counter.
+    pub fn fold_counter(&self, current: &BTreeSet<Actor>) -> Result<Option<SiblingSet>> {
+        let Some(counter) = self.counter() else {
+            return Ok(None);
+        };
+        Ok(Some(SiblingSet {
+            entries: self.entries.clone(),
+            typed: Some(Box::new(Typed::Counter(counter.fold(current)?))),
+        }))
+    }
+
     /// Applies a data-type operation to the key's state at `at_ms`
     /// (`Typed::apply`); returns its delta.
     pub fn apply(
@@ -299,9 +320,10 @@ impl SiblingSet {
         delta
     }
 
-    /// Decodes a state as stored: in the current encoding, or in the one
-    /// before data types (`true`: the caller should store it again in the
-    /// current one). Either must be exactly `bytes`.
+    /// Decodes a state as stored: in the current encoding, in protocol 5's
+    /// (before counters' folds) or in the one before data types (`true`:
+    /// the caller should store it again in the current one). Each must be
+    /// exactly `bytes`.
     pub fn decode(bytes: &[u8]) -> std::result::Result<(SiblingSet, bool), String> {
         fn exact<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> std::result::Result<T, String> {
             match postcard::take_from_bytes(bytes) {
@@ -312,18 +334,23 @@ impl SiblingSet {
         }
         // An old encoding lacks the last field, so it never decodes as the
         // current one (it ends too early), and the current one never as
-        // the old (it has a byte left over).
+        // the old (it has a byte left over): the state's typed part before
+        // data types, a counter's folds (the last field of a counter's
+        // state) before protocol 6.
         match exact::<SiblingSet>(bytes) {
             Ok(state) => Ok((state, false)),
-            Err(e) => match exact::<Untyped>(bytes) {
-                Ok(Untyped { entries }) => Ok((
-                    SiblingSet {
-                        entries,
-                        typed: None,
-                    },
-                    true,
-                )),
-                Err(_) => Err(e),
+            Err(e) => match crate::protocol::at(5, || exact::<SiblingSet>(bytes)) {
+                Ok(state) => Ok((state, true)),
+                Err(_) => match exact::<Untyped>(bytes) {
+                    Ok(Untyped { entries }) => Ok((
+                        SiblingSet {
+                            entries,
+                            typed: None,
+                        },
+                        true,
+                    )),
+                    Err(_) => Err(e),
+                },
             },
         }
     }
@@ -786,6 +813,18 @@ mod tests {
             postcard::to_stdvec(&Value::Deleted { at_ms: 1 }).unwrap(),
             [3, 1]
         );
+    }
+
+    #[test]
+    fn a_counter_stored_before_folds_is_read_and_marked_for_storing_again() {
+        let mut s = SiblingSet::new();
+        s.apply(A, &Operation::Increment(4), &CausalContext::default(), 0)
+            .unwrap();
+        let old = crate::protocol::at(5, || postcard::to_stdvec(&s)).unwrap();
+        let current = postcard::to_stdvec(&s).unwrap();
+        assert_ne!(old, current, "protocol 6 adds the folds");
+        assert_eq!(SiblingSet::decode(&old).unwrap(), (s.clone(), true));
+        assert_eq!(SiblingSet::decode(&current).unwrap(), (s, false));
     }
 
     #[test]

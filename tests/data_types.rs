@@ -8,8 +8,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use dynakv::crdt::{FieldReading, MapField, Reading};
-use dynakv::namespace::{Changes, Kind, Request};
+use dynakv::namespace::{Changes, Kind, Name, Request, key_in};
 use dynakv_actors::client::Client;
+use dynakv_actors::replica::ReadLocal;
 use dynakv_actors::testkit::{Cluster, check, wait_for};
 use futures_util::future::join_all;
 
@@ -304,5 +305,79 @@ async fn a_map_keeps_concurrent_register_values_or_the_latest_and_sums_counters(
     let (fields, _) = mv[0].hgetall(b"ann", Some(3)).await.unwrap();
     assert_eq!(fields[0], field("city", values(&["Paris"])));
     assert!(lww[0].hgetall(b"ann", Some(3)).await.unwrap().0.is_empty());
+    cluster.stop().await.unwrap();
+}
+
+/// The entries of node `i`'s copy of counter `k` of namespace `tally`.
+async fn entries(cluster: &Cluster, i: usize) -> dynakv::Result<usize> {
+    let stored = key_in(&Name::new("tally")?, b"k")?;
+    let read = cluster.node(i).replica.send(ReadLocal(stored));
+    let local = read
+        .await
+        .map_err(|e| dynakv::Error::Internal(e.to_string()))??;
+    Ok(local.counter().map_or(0, |c| c.entries()))
+}
+
+#[actix_rt::test]
+async fn a_counter_incremented_through_twenty_restarts_keeps_an_entry_per_writer_in_use() {
+    // Each start of a node is a fresh writer, with its own entry in every
+    // counter it increments; collection folds the retired ones.
+    let mut cluster = Cluster::start_with(3, |c| {
+        c.anti_entropy.gc_interval_ms = 100;
+        c.anti_entropy.gc_grace_ms = 300;
+        c.anti_entropy.keep_deleted_ms = 0;
+    })
+    .await
+    .unwrap();
+    let nodes = clients(&cluster, "tally").await;
+    create(&nodes, "tally", "counter").await;
+    let (mut acked, mut unknown) = (0i64, Vec::new());
+    let mut most = 0;
+    for restart in 1..=20i64 {
+        cluster.restart_node(1).await.unwrap();
+        let node = cluster
+            .client(1)
+            .await
+            .unwrap()
+            .in_namespace("tally")
+            .unwrap();
+        // Node 1 is a replica of every key (N = 3 of 3), so it mints.
+        wait_for(WAIT, "the restarted node to serve", || async {
+            node.fetch(b"k", None).await
+        })
+        .await
+        .unwrap();
+        match node.incr(b"k", restart, None).await {
+            Ok(_) => acked += restart,
+            Err(_) => unknown.push(restart),
+        }
+        most = most.max(entries(&cluster, 1).await.unwrap());
+    }
+    let folded = wait_for(WAIT, "every copy to fold the retired writers", || async {
+        let mut held = Vec::new();
+        for i in 0..3 {
+            held.push(entries(&cluster, i).await?);
+        }
+        check(held.iter().all(|&e| (1..=3).contains(&e)), || {
+            format!("entries per copy: {held:?}")
+        })?;
+        Ok(held)
+    })
+    .await
+    .unwrap();
+    println!("counter entries: at most {most} during 20 restarts, {folded:?} after folding");
+    let nodes = clients(&cluster, "tally").await;
+    let value = wait_for(WAIT, "a read at R = 3", || async {
+        match nodes[0].fetch(b"k", Some(3)).await?.reading {
+            Reading::Counter(v) => Ok(v),
+            other => panic!("{other:?}"),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        within_subset_sums(value, acked, &unknown),
+        "{value} is not {acked} acknowledged plus some of {unknown:?}"
+    );
     cluster.stop().await.unwrap();
 }

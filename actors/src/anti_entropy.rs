@@ -33,7 +33,7 @@ use crate::events::{Event, Events};
 use crate::exchange::exchange;
 use crate::messages::{RingChanged, Summary};
 use crate::replica::{
-    AeBegin, AeRespond, AeRoots, DeleteDropped, FindTombstones, GcRespond, Replica,
+    AeBegin, AeRespond, AeRoots, DeleteDropped, FindToCollect, GcRespond, Replica,
 };
 use crate::supervise::{answered, mailbox_error, shielded};
 
@@ -248,8 +248,16 @@ impl AntiEntropy {
                         }
                     }));
                 }
-                GcWork::Find { partition, limit } => {
-                    let found = self.replica.send(FindTombstones { partition, limit });
+                GcWork::Find {
+                    partition,
+                    limit,
+                    current,
+                } => {
+                    let found = self.replica.send(FindToCollect {
+                        partition,
+                        limit,
+                        current,
+                    });
                     ctx.spawn(found.into_actor(self).map(|found, act, ctx| {
                         shielded(NAME, act, ctx, |act, ctx| {
                             let work = act.collector.on_found(answered(found));
@@ -271,7 +279,14 @@ impl AntiEntropy {
                         })
                     }));
                 }
-                GcWork::Ended { keys: Some(keys) } => {
+                GcWork::Ended { keys, folded } => {
+                    if folded > 0 {
+                        info!(counters = folded, "counters folded");
+                    }
+                    let Some(keys) = keys else {
+                        debug!("tombstone collection postponed");
+                        continue;
+                    };
                     if keys > 0 {
                         self.collected += keys as u64;
                         info!(keys, "tombstones collected");
@@ -288,7 +303,6 @@ impl AntiEntropy {
                         });
                     }
                 }
-                GcWork::Ended { keys: None } => debug!("tombstone collection postponed"),
             }
         }
     }

@@ -37,7 +37,7 @@ use crate::bridge::PeerRequest;
 use crate::messages::RingChanged;
 use crate::storage::{FjallStore, Storage};
 pub use crate::storage_worker::{
-    AeBegin, AeContinue, AeRespond, AeRoots, DeleteDropped, DropPartition, FindTombstones,
+    AeBegin, AeContinue, AeRespond, AeRoots, DeleteDropped, DropPartition, FindToCollect,
     ForgetMootHints, GcRespond, HandedOff, HandoffRespond, HeldPartitions, PanicInCore,
     PartitionUsage, TakeHints,
 };
@@ -441,7 +441,7 @@ forward_to_worker!(
     AeContinue => (Exchange, Option<AeMsg>),
     AeRespond => AeMsg,
     AeRoots => AeMsg,
-    FindTombstones => Vec<Entry>,
+    FindToCollect => Vec<Entry>,
     DeleteDropped => Vec<Entry>,
     GcRespond => GcMsg,
     HandoffRespond => HandoffMsg,

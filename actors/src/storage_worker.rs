@@ -20,6 +20,7 @@
 //!
 //! Only the `Replica` actor talks to them.
 
+use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,12 +185,14 @@ pub struct AeRoots(pub Scope, pub Vec<Partition>);
 #[rtype(result = "Result<AeMsg>")]
 pub struct AeRespond(pub AeMsg);
 
-/// Up to `limit` tombstone-only keys of a partition.
+/// Up to `limit` tombstone-only keys of a partition, and counters naming
+/// writers other than `current` (`Replica::to_collect`).
 #[derive(Message)]
 #[rtype(result = "Result<Vec<Entry>>")]
-pub struct FindTombstones {
+pub struct FindToCollect {
     pub partition: Partition,
     pub limit: usize,
+    pub current: BTreeSet<Writer>,
 }
 
 /// A tombstone probe or collect, answered from the local replica
@@ -472,7 +475,7 @@ core_handlers! {
     };
     AeRespond(AeRespond(msg)) -> AeMsg, writes: true, |core| anti_entropy::respond(core, msg);
     AeRoots(AeRoots(scope, partitions)) -> AeMsg, writes: false, |core| anti_entropy::roots(core, &scope, &partitions);
-    FindTombstones(m) -> Vec<Entry>, writes: false, |core| core.tombstones(m.partition, m.limit, wall_ms());
+    FindToCollect(m) -> Vec<Entry>, writes: false, |core| core.to_collect(m.partition, m.limit, wall_ms(), &m.current);
     DeleteDropped(m) -> Vec<Entry>, writes: true, |core| core.delete_dropped(&m.partitions, m.limit, wall_ms());
     GcRespond(GcRespond(msg)) -> GcMsg, writes: true, |core| tombstones::respond(core, msg);
     HandoffRespond(HandoffRespond(msg)) -> HandoffMsg, writes: false, |core| handoff::respond(core, msg);

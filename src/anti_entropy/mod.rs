@@ -788,7 +788,7 @@ mod tests {
             .collect();
         let replicas = |_| ids.iter().cloned().collect();
         let probe = |r: &mut [Replica<MemStore>]| {
-            let found = r[0].tombstones(p, 10, 0).unwrap();
+            let found = r[0].to_collect(p, 10, 0, &Default::default()).unwrap();
             let answers: Vec<(NodeId, Vec<Holding>)> = r
                 .iter()
                 .zip(&ids)

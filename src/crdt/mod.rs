@@ -28,8 +28,9 @@
 //! client sends an `Operation`, which the minting replica applies with
 //! `Typed::apply`, and reads a `Reading`, never siblings.
 //!
-//! Not yet here (the data-types issue): folding retired writers' counter
-//! entries once every member acknowledged them.
+//! A counter's entries of writers no member writes as any more are folded
+//! by tombstone collection (`Counter::fold`), so a counter does not grow
+//! an entry per restart of every node that writes it.
 
 mod context;
 mod counter;
@@ -308,7 +309,7 @@ impl Typed {
     /// Bytes of member data held (for size reports).
     pub fn value_bytes(&self) -> usize {
         match self {
-            Typed::Counter(c) => 16 * c.writers(),
+            Typed::Counter(c) => 16 * c.entries(),
             Typed::Set(s) => s.value_bytes(),
             Typed::Map(m) => m.value_bytes(),
         }

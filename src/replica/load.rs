@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::collect::mark;
-use super::{OpenReport, Replica, SCAN_CHUNK, Shelf, Usage};
+use super::{OpenReport, Replica, Shelf, Usage};
 use crate::error::{Error, Result};
 use crate::merkle::{item_hash, segment_of};
 use crate::partition::Partition;
@@ -63,6 +63,7 @@ impl<S: Store> Replica<S> {
             if let Some(at) = state.collectable_at(self.keep_deleted_ms) {
                 mark(&mut self.tombstoned, p, at);
             }
+            self.note_counter(p, &state);
             self.tally.count(self.q, p, key, None, Some(&value));
             report.keys += 1;
         }
@@ -107,14 +108,14 @@ impl<S: Store> Replica<S> {
         loop {
             let chunk = self
                 .store
-                .scan(&[], after.as_deref(), SCAN_CHUNK)
+                .scan(&[], after.as_deref(), super::SCAN_CHUNK)
                 .map_err(|e| e.to_string())?;
             for (stored, value) in &chunk {
                 let (p, key) = split_storage_key(stored).map_err(|e| e.to_string())?;
                 rebuilt.count(self.q, p, key, None, Some(value));
             }
             match chunk.last() {
-                Some((k, _)) if chunk.len() == SCAN_CHUNK => after = Some(k.clone()),
+                Some((k, _)) if chunk.len() == super::SCAN_CHUNK => after = Some(k.clone()),
                 _ => break,
             }
         }

@@ -30,7 +30,7 @@ mod hinted;
 mod load;
 mod scan;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -153,6 +153,11 @@ pub struct Replica<S: Store> {
     /// every key of every partition each round (and every expiring key
     /// until it expired).
     tombstoned: HashMap<Partition, u64>,
+    /// Per partition holding counters, every writer their copies name
+    /// (entries and folds' records): added to by every counter stored,
+    /// made exact by each search. Collection searches a partition for
+    /// counters to fold only while it names a writer no member writes as.
+    counter_writers: HashMap<Partition, BTreeSet<Actor>>,
     /// How long a timed delete is kept before collection
     /// (`Value::Deleted`; 0 until `keep_deleted` says).
     keep_deleted_ms: u64,
@@ -209,6 +214,7 @@ impl<S: Store> Replica<S> {
             namespaces: namespace::Table::default(),
             tally: Tally::default(),
             tombstoned: HashMap::new(),
+            counter_writers: HashMap::new(),
             keep_deleted_ms: 0,
             loading: Some(Loading::default()),
         })
@@ -504,6 +510,16 @@ impl<S: Store> Replica<S> {
         self.actor = self.actor.successor();
     }
 
+    /// Notes the writers a counter stored in `p` names.
+    fn note_counter(&mut self, p: Partition, state: &SiblingSet) {
+        if let Some(counter) = state.counter() {
+            self.counter_writers
+                .entry(p)
+                .or_default()
+                .extend(counter.named());
+        }
+    }
+
     /// Writes `new` over the stored encoding `old` (None: a new key).
     fn store_state(&mut self, key: &[u8], old: Option<Vec<u8>>, new: &SiblingSet) -> Result<()> {
         let p = Partition::of_key(key, self.q);
@@ -513,6 +529,7 @@ impl<S: Store> Replica<S> {
         if let Some(at) = new.collectable_at(self.keep_deleted_ms) {
             mark(&mut self.tombstoned, p, at);
         }
+        self.note_counter(p, new);
         if self.scanned(&stored) {
             self.tally
                 .count(self.q, p, key, old.as_deref(), Some(&encoded));
@@ -824,13 +841,17 @@ mod tests {
             .unwrap();
         let planted_at = storage_key(p, &other);
         r.store.put(&planted_at, &encode_state(&planted)).unwrap();
-        assert!(r.tombstones(p, 10, 0).unwrap().is_empty());
+        assert!(
+            r.to_collect(p, 10, 0, &Default::default())
+                .unwrap()
+                .is_empty()
+        );
         // Opening scans everything, so it knows.
         let mut reopened = Replica::open(r.store().clone(), MemStore::default(), 64, Actor(1), 5)
             .unwrap()
             .0;
         assert_eq!(
-            reopened.tombstones(p, 10, 0).unwrap(),
+            reopened.to_collect(p, 10, 0, &Default::default()).unwrap(),
             vec![(other, planted)]
         );
         r.store.remove(&planted_at).unwrap();
@@ -839,13 +860,17 @@ mod tests {
             .update(b"k", &live.context(), Value::Tombstone, None)
             .unwrap();
         assert_eq!(
-            r.tombstones(p, 10, 0).unwrap(),
+            r.to_collect(p, 10, 0, &Default::default()).unwrap(),
             vec![(b"k".to_vec(), deleted.clone())]
         );
         // ... and a search that finds none clears the mark.
         r.update(b"k", &deleted.context(), data("again"), None)
             .unwrap();
-        assert!(r.tombstones(p, 10, 0).unwrap().is_empty());
+        assert!(
+            r.to_collect(p, 10, 0, &Default::default())
+                .unwrap()
+                .is_empty()
+        );
         assert!(!r.tombstoned.contains_key(&p));
     }
 
@@ -863,10 +888,14 @@ mod tests {
             r.read(b"k").unwrap().live_values(1000).next().is_none(),
             "reads as gone at once"
         );
-        assert!(r.tombstones(p, 10, 5999).unwrap().is_empty());
+        assert!(
+            r.to_collect(p, 10, 5999, &Default::default())
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(r.tombstoned.get(&p), Some(&6000), "searched again at 6000");
         assert_eq!(
-            r.tombstones(p, 10, 6000).unwrap(),
+            r.to_collect(p, 10, 6000, &Default::default()).unwrap(),
             vec![(b"k".to_vec(), deleted)]
         );
     }
@@ -899,10 +928,14 @@ mod tests {
         );
         // Before the deadline nothing is found, and the partition stays
         // marked: the value expires later.
-        assert!(r.tombstones(p, 10, 999).unwrap().is_empty());
+        assert!(
+            r.to_collect(p, 10, 999, &Default::default())
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(r.tombstoned.get(&p), Some(&1000), "searched again at 1000");
         assert_eq!(
-            r.tombstones(p, 10, 1000).unwrap(),
+            r.to_collect(p, 10, 1000, &Default::default()).unwrap(),
             vec![(b"k".to_vec(), state.clone())]
         );
         // Collected like a tombstone: only while the copy is that one.
@@ -1112,6 +1145,53 @@ mod tests {
             merged.typed().unwrap().reading(false),
             crate::crdt::Reading::Counter(6)
         );
+    }
+
+    #[test]
+    fn counters_naming_a_retired_writer_are_found_and_folded_only_while_unchanged() {
+        let mut r = replica();
+        let by = |n| Operation::Increment(n);
+        let none = CausalContext::default();
+        r.apply_typed(b"c", &by(5), &none, None, 0).unwrap();
+        let mut elsewhere = SiblingSet::new();
+        let delta = elsewhere.apply(Actor(7), &by(2), &none, 0).unwrap();
+        r.merge(b"c", &SiblingSet::of_typed(delta), None).unwrap();
+        r.update(b"plain", &Context::default(), data("v"), None)
+            .unwrap();
+        let p = Partition::of_key(b"c", 64);
+        let writers = |w: &[u64]| w.iter().copied().map(Actor).collect::<BTreeSet<_>>();
+        assert!(
+            r.to_collect(p, 10, 0, &writers(&[1, 7]))
+                .unwrap()
+                .is_empty()
+        );
+        let found = r.to_collect(p, 10, 0, &writers(&[1])).unwrap();
+        assert_eq!(found, vec![(b"c".to_vec(), r.read(b"c").unwrap())]);
+        // A reopened replica finds it the same way.
+        let (mut reopened, _) =
+            Replica::open(r.store().clone(), MemStore::default(), 64, Actor(2), 5).unwrap();
+        assert_eq!(
+            reopened.to_collect(p, 10, 0, &writers(&[1])).unwrap(),
+            found
+        );
+        // A copy that changed since the probe is not folded.
+        let probed = found[0].1.clone();
+        r.apply_typed(b"c", &by(1), &none, None, 0).unwrap();
+        assert!(!r.fold_counter(b"c", &probed, &writers(&[1])).unwrap());
+        let probed = r.read(b"c").unwrap();
+        assert!(r.fold_counter(b"c", &probed, &writers(&[1])).unwrap());
+        let value = |r: &Replica<MemStore>| r.read(b"c").unwrap().typed().unwrap().reading(false);
+        assert_eq!(value(&r), crate::crdt::Reading::Counter(8));
+        // The fold's record is looked for and forgotten by the next fold.
+        let again = r.to_collect(p, 10, 0, &writers(&[1])).unwrap();
+        assert_eq!(again.len(), 1);
+        assert!(r.fold_counter(b"c", &again[0].1, &writers(&[1])).unwrap());
+        let counter = r.read(b"c").unwrap();
+        assert_eq!(counter.counter().unwrap().entries(), 1);
+        assert_eq!(value(&r), crate::crdt::Reading::Counter(8));
+        assert!(r.to_collect(p, 10, 0, &writers(&[1])).unwrap().is_empty());
+        assert_eq!(r.counter_writers.get(&p), Some(&writers(&[1])));
+        r.verify_tally().unwrap();
     }
 
     #[test]

@@ -232,9 +232,15 @@ impl Sim {
     fn gc_work(&mut self, i: usize, work: Vec<GcWork>) {
         for w in work {
             match w {
-                GcWork::Find { partition, limit } => {
+                GcWork::Find {
+                    partition,
+                    limit,
+                    current,
+                } => {
                     let node = &mut self.nodes[i];
-                    let found = node.replica.tombstones(partition, limit, self.now);
+                    let found = node
+                        .replica
+                        .to_collect(partition, limit, self.now, &current);
                     let next = node.collector.on_found(found);
                     self.gc_work(i, next);
                 }
@@ -249,12 +255,15 @@ impl Sim {
                     let id = self.call(i, Call::Gc { to }, timeout_ms);
                     self.send(i, node, Msg::Gc { id, msg });
                 }
-                GcWork::Ended {
-                    keys: Some(keys @ 1..),
-                } => {
-                    self.note(|| format!("n{i}: collected {keys} tombstones"));
+                GcWork::Ended { keys, folded } => {
+                    if let Some(keys @ 1..) = keys {
+                        self.note(|| format!("n{i}: collected {keys} tombstones"));
+                    }
+                    if folded > 0 {
+                        self.folded += folded;
+                        self.note(|| format!("n{i}: folded {folded} counters"));
+                    }
                 }
-                GcWork::Ended { .. } => {}
                 // As the AntiEntropy actor does. The simulator's operator
                 // drops no namespace, so this finds nothing: a workload that
                 // drops one must enter these deletes in the history.

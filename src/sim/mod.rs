@@ -147,6 +147,8 @@ pub struct Outcome {
     pub crashes: usize,
     /// Crashes of a node whose start-up scan was still under way.
     pub crashes_while_loading: usize,
+    /// Counters folded by tombstone collection (each on each holder).
+    pub folded: usize,
     /// Clean stops, which told the peers (`stop_notices`).
     pub stops: usize,
     pub partitions: usize,

@@ -9,6 +9,11 @@
 //! does not fit postpones the rest of the round to the next tick: time
 //! alone never collects anything.
 //!
+//! A batch may also hold counters to fold (`crate::crdt::Counter::fold`):
+//! they are probed and ripen like tombstones, with `ProbeAs`, whose answers
+//! also name the writer each member writes as, and once ripe are folded on
+//! the members holding them, keeping the entries of those writers.
+//!
 //! Time is an input (`now`, ms). The driver returns `GcWork` for the shell
 //! to carry out; `on_found` answers `Find`, `on_answer` answers `Ask`.
 
@@ -23,6 +28,7 @@ use crate::placement::Placement;
 use crate::ring::Ring;
 use crate::store::Entry;
 use crate::topology::Topology;
+use crate::version::Actor;
 
 use super::{GcMsg, Holding, Ripening, led_partitions};
 
@@ -50,9 +56,14 @@ fn ask(to: &NodeId, msg: GcMsg, timeout_ms: u64) -> GcWork {
 /// What the shell does for the collector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GcWork {
-    /// Read up to `limit` tombstone-only keys of `partition`
-    /// (`Replica::tombstones`); answer with `on_found`.
-    Find { partition: Partition, limit: usize },
+    /// Read up to `limit` tombstone-only keys of `partition`, and counters
+    /// naming writers other than `current` (`Replica::to_collect`); answer
+    /// with `on_found`.
+    Find {
+        partition: Partition,
+        limit: usize,
+        current: BTreeSet<Actor>,
+    },
     /// Ask member `to` (this node too: its own replica) `msg`, a probe or a
     /// collect, waiting at most `timeout_ms`; answer with `on_answer`.
     Ask {
@@ -60,9 +71,10 @@ pub enum GcWork {
         msg: GcMsg,
         timeout_ms: u64,
     },
-    /// A round ended: `keys` tombstones collected on this node (None: a
-    /// member failed to answer, and the rest waits for the next round).
-    Ended { keys: Option<usize> },
+    /// A round ended: `keys` tombstones collected and `folded` counters
+    /// folded on this node (`keys` None: a member failed to answer, and the
+    /// rest waits for the next round).
+    Ended { keys: Option<usize>, folded: usize },
     /// Tombstone up to `limit` keys of dropped namespaces in `partitions`
     /// (`Replica::delete_dropped`) and write the tombstones to the keys'
     /// other replicas (`delete_writes`); collection then removes them.
@@ -79,10 +91,13 @@ enum Stage {
     Probing {
         found: Vec<Entry>,
         answers: Vec<(NodeId, Vec<Holding>)>,
+        /// The writer each member named (`HeldAs`), if asked.
+        writers: BTreeMap<NodeId, Actor>,
         waiting: BTreeSet<NodeId>,
     },
+    /// Collects and folds sent, one entry per message.
     Collecting {
-        waiting: BTreeSet<NodeId>,
+        waiting: Vec<NodeId>,
     },
 }
 
@@ -97,6 +112,7 @@ struct Round {
     partitions: VecDeque<Partition>,
     stage: Stage,
     collected: usize,
+    folded: usize,
     backlog: Backlog,
 }
 
@@ -118,6 +134,10 @@ pub struct Collector {
     round: Option<Round>,
     /// The last round that went through every partition.
     last: Option<Backlog>,
+    /// The writers the members named at the last probe that asked: a
+    /// counter naming another is looked for (a fold decides only on the
+    /// answers of its own probes).
+    writers: BTreeSet<Actor>,
 }
 
 impl Collector {
@@ -127,6 +147,7 @@ impl Collector {
             ripening: Ripening::default(),
             round: None,
             last: None,
+            writers: BTreeSet::new(),
         }
     }
 
@@ -190,9 +211,10 @@ impl Collector {
             members,
             partitions,
             stage: Stage::Collecting {
-                waiting: BTreeSet::new(),
+                waiting: Vec::new(),
             },
             collected: 0,
+            folded: 0,
             backlog: Backlog::default(),
         });
         work.extend(self.next_partition());
@@ -212,12 +234,16 @@ impl Collector {
             Err(_) => self.abort(),
             Ok(found) if found.is_empty() => self.next_partition(),
             Ok(found) => {
+                let folds = found.iter().any(|(_, state)| is_fold(state));
                 let work = round
                     .members
                     .iter()
                     .map(|m| {
-                        let probe = GcMsg::Probe {
-                            entries: found.clone(),
+                        let entries = found.clone();
+                        let probe = if folds {
+                            GcMsg::ProbeAs { entries }
+                        } else {
+                            GcMsg::Probe { entries }
                         };
                         ask(m, probe, timeout)
                     })
@@ -225,6 +251,7 @@ impl Collector {
                 round.stage = Stage::Probing {
                     found,
                     answers: Vec::new(),
+                    writers: BTreeMap::new(),
                     waiting: round.members.iter().cloned().collect(),
                 };
                 work
@@ -241,6 +268,7 @@ impl Collector {
             Stage::Probing {
                 found,
                 answers,
+                writers,
                 waiting,
             } => {
                 if !waiting.remove(from) {
@@ -249,6 +277,10 @@ impl Collector {
                 match answer {
                     Ok(GcMsg::Held { held }) if held.len() == found.len() => {
                         answers.push((from.clone(), held));
+                    }
+                    Ok(GcMsg::HeldAs { held, writer }) if held.len() == found.len() => {
+                        answers.push((from.clone(), held));
+                        writers.insert(from.clone(), writer);
                     }
                     // Every member must answer: anything else postpones.
                     _ => return self.abort(),
@@ -265,36 +297,56 @@ impl Collector {
                 for (node, keys) in decision.held_back {
                     *round.backlog.held_back.entry(node).or_default() += keys;
                 }
-                let (entries, holders) = (decision.collect, decision.holders);
-                if entries.is_empty() {
+                // Every member named its writer, or nothing is folded.
+                let current: Option<BTreeSet<Actor>> =
+                    (writers.len() == answers.len()).then(|| writers.values().copied().collect());
+                if let Some(current) = &current {
+                    self.writers = current.clone();
+                }
+                let (folds, tombstones): (Vec<Entry>, Vec<Entry>) = decision
+                    .collect
+                    .into_iter()
+                    .partition(|(_, state)| is_fold(state));
+                let mut messages = Vec::new();
+                if !tombstones.is_empty() {
+                    messages.push(GcMsg::Collect {
+                        entries: tombstones,
+                    });
+                }
+                if let (Some(current), false) = (current, folds.is_empty()) {
+                    messages.push(GcMsg::Fold {
+                        entries: folds,
+                        current: current.into_iter().collect(),
+                    });
+                }
+                if messages.is_empty() {
                     return self.next_partition();
                 }
                 let timeout = self.settings.ask_timeout_ms;
-                let work = holders
-                    .iter()
-                    .map(|h| {
-                        let collect = GcMsg::Collect {
-                            entries: entries.clone(),
-                        };
-                        ask(h, collect, timeout)
-                    })
-                    .collect();
+                let mut work = Vec::new();
+                let mut waiting = Vec::new();
+                for h in &decision.holders {
+                    for msg in &messages {
+                        work.push(ask(h, msg.clone(), timeout));
+                        waiting.push(h.clone());
+                    }
+                }
                 if let Some(round) = &mut self.round {
-                    round.stage = Stage::Collecting {
-                        waiting: holders.into_iter().collect(),
-                    };
+                    round.stage = Stage::Collecting { waiting };
                 }
                 work
             }
             Stage::Collecting { waiting } => {
-                if !waiting.remove(from) {
+                let Some(i) = waiting.iter().position(|w| w == from) else {
                     return Vec::new();
-                }
-                // A failed collect is harmless: the key is found again.
-                if let (Ok(GcMsg::Collected { removed }), true) =
-                    (answer, *from == self.settings.me)
-                {
-                    round.collected += removed as usize;
+                };
+                waiting.swap_remove(i);
+                // A failed collect or fold is harmless: the key is found
+                // again.
+                match (answer, *from == self.settings.me) {
+                    (Ok(GcMsg::Collected { removed }), true) => round.collected += removed as usize,
+                    (Ok(GcMsg::Folded { counters }), true) => round.folded += counters as usize,
+                    _ => {}
                 }
                 if waiting.is_empty() {
                     self.next_partition()
@@ -326,20 +378,29 @@ impl Collector {
                 vec![GcWork::Find {
                     partition,
                     limit: self.settings.batch,
+                    current: self.writers.clone(),
                 }]
             }
             None => {
-                let keys = round.collected;
+                let (keys, folded) = (round.collected, round.folded);
                 self.last = self.round.take().map(|r| r.backlog);
-                vec![GcWork::Ended { keys: Some(keys) }]
+                vec![GcWork::Ended {
+                    keys: Some(keys),
+                    folded,
+                }]
             }
         }
     }
 
     fn abort(&mut self) -> Vec<GcWork> {
-        self.round = None;
-        vec![GcWork::Ended { keys: None }]
+        let folded = self.round.take().map_or(0, |r| r.folded);
+        vec![GcWork::Ended { keys: None, folded }]
     }
+}
+
+/// Whether a found key is a counter to fold rather than a tombstone.
+fn is_fold(state: &crate::version::SiblingSet) -> bool {
+    state.ends_at().is_none() && state.counter().is_some()
 }
 
 #[cfg(test)]
@@ -423,7 +484,13 @@ mod tests {
         while let [GcWork::Find { .. }] = work[..] {
             work = c.on_found(Ok(Vec::new()));
         }
-        assert_eq!(work, vec![GcWork::Ended { keys: Some(0) }]);
+        assert_eq!(
+            work,
+            vec![GcWork::Ended {
+                keys: Some(0),
+                folded: 0
+            }]
+        );
         let waiting_out_the_grace = Backlog {
             awaiting: 1,
             held_back: BTreeMap::new(),
@@ -434,7 +501,8 @@ mod tests {
             work,
             vec![GcWork::Find {
                 partition,
-                limit: 10
+                limit: 10,
+                current: BTreeSet::new(),
             }]
         );
         let probes = c.on_found(Ok(vec![tombstone("k")]));
@@ -455,8 +523,142 @@ mod tests {
         while let [GcWork::Find { .. }] = end[..] {
             end = c.on_found(Ok(Vec::new()));
         }
-        assert_eq!(end, vec![GcWork::Ended { keys: Some(1) }], "one here");
+        assert_eq!(
+            end,
+            vec![GcWork::Ended {
+                keys: Some(1),
+                folded: 0
+            }],
+            "one here"
+        );
         assert_eq!(c.backlog(), Some(&Backlog::default()), "nothing waits");
+    }
+
+    fn counter(k: &str, writers: &[u64]) -> Entry {
+        let mut state = SiblingSet::new();
+        for &w in writers {
+            let op = crate::crdt::Operation::Increment(1);
+            state.apply(Actor(w), &op, &Default::default(), 0).unwrap();
+        }
+        (k.as_bytes().to_vec(), state)
+    }
+
+    /// Answers every probe `Same` for each key, naming writer `1 + i` for
+    /// the i-th member of a, b, c, except that `plain` answers without
+    /// naming one; returns what the collector asks next.
+    fn answer_as(
+        c: &mut Collector,
+        work: Vec<GcWork>,
+        now: u64,
+        plain: Option<&str>,
+    ) -> Vec<GcWork> {
+        let mut next = Vec::new();
+        for w in work {
+            let GcWork::Ask {
+                to,
+                msg: GcMsg::ProbeAs { entries },
+                ..
+            } = w
+            else {
+                panic!("{w:?}");
+            };
+            let held = vec![Holding::Same; entries.len()];
+            let writer = Actor(match to.as_str() {
+                "a" => 1,
+                "b" => 2,
+                _ => 3,
+            });
+            let answer = if plain == Some(to.as_str()) {
+                GcMsg::Held { held }
+            } else {
+                GcMsg::HeldAs { held, writer }
+            };
+            next.extend(c.on_answer(&to, Ok(answer), now));
+        }
+        next
+    }
+
+    #[test]
+    fn a_counter_is_folded_after_the_grace_keeping_the_writers_the_members_named() {
+        let t = topology(&["a", "b", "c"]);
+        let found = || vec![counter("n", &[1, 2, 9]), tombstone("k")];
+        for plain in [None, Some("b")] {
+            let mut c = collector();
+            let work = c.on_tick(&t);
+            let [GcWork::Find { ref current, .. }] = work[..] else {
+                panic!("{work:?}");
+            };
+            assert!(current.is_empty(), "no writer known yet");
+            let probes = c.on_found(Ok(found()));
+            assert_eq!(probes.len(), 3);
+            let mut work = answer_as(&mut c, probes, 0, None);
+            while let [GcWork::Find { .. }] = work[..] {
+                work = c.on_found(Ok(Vec::new()));
+            }
+            assert_eq!(
+                work,
+                vec![GcWork::Ended {
+                    keys: Some(0),
+                    folded: 0
+                }]
+            );
+            // The next round looks for counters naming other writers.
+            let work = c.on_tick(&t);
+            let [GcWork::Find { ref current, .. }] = work[..] else {
+                panic!("{work:?}");
+            };
+            assert_eq!(*current, BTreeSet::from([Actor(1), Actor(2), Actor(3)]));
+            let probes = c.on_found(Ok(found()));
+            let asks = answer_as(&mut c, probes, 150, plain);
+            let (mut collects, mut folds) = (0, 0);
+            let mut end = Vec::new();
+            for w in asks {
+                let GcWork::Ask { to, msg, .. } = w else {
+                    panic!("{w:?}");
+                };
+                let answer = match msg {
+                    GcMsg::Collect { entries } => {
+                        assert_eq!(entries, vec![tombstone("k")]);
+                        collects += 1;
+                        GcMsg::Collected { removed: 1 }
+                    }
+                    GcMsg::Fold { entries, current } => {
+                        assert_eq!(entries, vec![counter("n", &[1, 2, 9])]);
+                        assert_eq!(current, vec![Actor(1), Actor(2), Actor(3)]);
+                        folds += 1;
+                        GcMsg::Folded { counters: 1 }
+                    }
+                    other => panic!("{other:?}"),
+                };
+                end = c.on_answer(&to, Ok(answer), 150);
+            }
+            while let [GcWork::Find { .. }] = end[..] {
+                end = c.on_found(Ok(Vec::new()));
+            }
+            match plain {
+                None => {
+                    assert_eq!((collects, folds), (3, 3), "every holder does both");
+                    assert_eq!(
+                        end,
+                        vec![GcWork::Ended {
+                            keys: Some(1),
+                            folded: 1
+                        }]
+                    );
+                }
+                // A member that did not name its writer: nothing is folded.
+                Some(_) => {
+                    assert_eq!((collects, folds), (3, 0));
+                    assert_eq!(
+                        end,
+                        vec![GcWork::Ended {
+                            keys: Some(1),
+                            folded: 0
+                        }]
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -466,7 +668,13 @@ mod tests {
         c.on_tick(&t);
         c.on_found(Ok(vec![tombstone("k")]));
         let failed = c.on_answer(&id("b"), Err(crate::Error::Timeout), 0);
-        assert_eq!(failed, vec![GcWork::Ended { keys: None }]);
+        assert_eq!(
+            failed,
+            vec![GcWork::Ended {
+                keys: None,
+                folded: 0
+            }]
+        );
         assert!(!c.is_collecting());
 
         c.on_tick(&t);
@@ -515,7 +723,13 @@ mod tests {
             }),
             0,
         );
-        assert_eq!(short, vec![GcWork::Ended { keys: None }]);
+        assert_eq!(
+            short,
+            vec![GcWork::Ended {
+                keys: None,
+                folded: 0
+            }]
+        );
     }
 
     #[test]

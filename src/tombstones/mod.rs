@@ -40,7 +40,7 @@ use crate::placement::Placement;
 use crate::replica::{Replica, ReplicaMsg};
 use crate::ring::Ring;
 use crate::store::Store;
-use crate::version::SiblingSet;
+use crate::version::{Actor, SiblingSet};
 
 /// Messages of tombstone collection (`PeerMsg::Tombstones`). Variants are
 /// only ever appended.
@@ -61,6 +61,26 @@ pub enum GcMsg {
     },
     Collected {
         removed: u32,
+    },
+    /// A probe that also asks which writer the member's replica writes as
+    /// (answered by `HeldAs`; protocol 6): sent when the batch holds
+    /// counters to fold.
+    ProbeAs {
+        entries: Vec<(Vec<u8>, SiblingSet)>,
+    },
+    /// `Held`, and the writer the member's replica writes as.
+    HeldAs {
+        held: Vec<Holding>,
+        writer: Actor,
+    },
+    /// Fold each counter whose copy is still the given state, keeping the
+    /// entries of the writers in `current` (`Replica::fold_counter`).
+    Fold {
+        entries: Vec<(Vec<u8>, SiblingSet)>,
+        current: Vec<Actor>,
+    },
+    Folded {
+        counters: u32,
     },
 }
 
@@ -98,7 +118,24 @@ pub fn respond<S: Store>(local: &mut Replica<S>, msg: GcMsg) -> Result<GcMsg> {
         GcMsg::Collect { entries } => Ok(GcMsg::Collected {
             removed: collect(local, &entries)? as u32,
         }),
-        GcMsg::Held { .. } | GcMsg::Collected { .. } => Err(Error::InvalidRequest(
+        GcMsg::ProbeAs { entries } => Ok(GcMsg::HeldAs {
+            held: probe(local, &entries)?,
+            writer: local.actor(),
+        }),
+        GcMsg::Fold { entries, current } => {
+            let current = current.into_iter().collect();
+            let mut counters = 0;
+            for (key, probed) in &entries {
+                if local.fold_counter(key, probed, &current)? {
+                    counters += 1;
+                }
+            }
+            Ok(GcMsg::Folded { counters })
+        }
+        GcMsg::Held { .. }
+        | GcMsg::Collected { .. }
+        | GcMsg::HeldAs { .. }
+        | GcMsg::Folded { .. } => Err(Error::InvalidRequest(
             "a tombstone answer was sent as a request".into(),
         )),
     }

@@ -72,7 +72,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let began = Instant::now();
-    let (mut events, mut acked, mut reads, mut typed) = (0u64, 0usize, 0usize, 0usize);
+    let (mut events, mut acked, mut reads, mut typed, mut folded) =
+        (0u64, 0usize, 0usize, 0usize, 0usize);
     for seed in start..start.saturating_add(seeds) {
         match check_seed(&cfg, seed) {
             Ok(o) => {
@@ -80,6 +81,7 @@ fn main() -> ExitCode {
                 acked += o.acked_writes;
                 reads += o.reads;
                 typed += o.typed_ops;
+                folded += o.folded;
             }
             Err(report) => {
                 eprintln!("{report}");
@@ -95,7 +97,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "{seeds} seeds from {start} passed: {events} simulated events, {acked} acknowledged writes, {reads} reads and {typed} counter, set and map operations checked, in {:.1} s",
+        "{seeds} seeds from {start} passed: {events} simulated events, {acked} acknowledged writes, {reads} reads and {typed} counter, set and map operations checked ({folded} counter folds), in {:.1} s",
         began.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS
