@@ -25,6 +25,12 @@
 //! the grace period apart ([`Ripening`]), longer than any message stays in
 //! flight. The deterministic simulator found this: without the grace, a
 //! delayed write resurrected a deleted value.
+//!
+//! Counters ride the same rounds (`crate::crdt::Counter::fold`): a counter
+//! naming a writer no member writes as any more is probed with `ProbeAs`,
+//! whose answers also name each member's writer, ripens as a tombstone
+//! does, and is then folded (`Fold`) on the members still holding exactly
+//! the probed copy, keeping the entries of the writers the members named.
 
 use std::collections::{BTreeMap, BTreeSet};
 
