@@ -516,25 +516,6 @@ impl SiblingSet {
     /// counter wins, and the winner's values are kept only down to the
     /// oldest value the other side still holds or has not yet seen.
     pub fn merge(&self, other: &SiblingSet) -> SiblingSet {
-        let (mut a, mut b) = (
-            self.entries.iter().peekable(),
-            other.entries.iter().peekable(),
-        );
-        let mut entries = Vec::with_capacity(self.entries.len().max(other.entries.len()));
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (None, None) => break,
-                (Some(_), None) => a.next().cloned(),
-                (None, Some(_)) => b.next().cloned(),
-                (Some(x), Some(y)) if x.actor < y.actor => a.next().cloned(),
-                (Some(x), Some(y)) if x.actor > y.actor => b.next().cloned(),
-                (Some(_), Some(_)) => {
-                    let (x, y) = (a.next().expect("peeked"), b.next().expect("peeked"));
-                    Some(merge_entry(x, y))
-                }
-            };
-            entries.extend(next);
-        }
         let typed = match (&self.typed, &other.typed) {
             (Some(a), Some(b)) => {
                 let mut joined = a.clone();
@@ -543,7 +524,23 @@ impl SiblingSet {
             }
             (a, b) => a.clone().or_else(|| b.clone()),
         };
-        SiblingSet { entries, typed }
+        SiblingSet {
+            entries: merge_entries(&self.entries, &other.entries),
+            typed,
+        }
+    }
+
+    /// `merge` in place: a typed state joins `other` without being copied
+    /// (a large set's copy costs as much as decoding it).
+    pub fn join(&mut self, other: &SiblingSet) {
+        if !other.entries.is_empty() {
+            self.entries = merge_entries(&self.entries, &other.entries);
+        }
+        match (&mut self.typed, &other.typed) {
+            (Some(a), Some(b)) => a.join(b),
+            (None, Some(b)) => self.typed = Some(b.clone()),
+            (_, None) => {}
+        }
     }
 
     /// Whether `self` already contains everything `other` knows: merging
@@ -585,6 +582,27 @@ impl SiblingSet {
         }
         Ok(())
     }
+}
+
+/// The entries of two states merged, actor by actor (both sorted by actor).
+fn merge_entries(mine: &[Entry], theirs: &[Entry]) -> Vec<Entry> {
+    let (mut a, mut b) = (mine.iter().peekable(), theirs.iter().peekable());
+    let mut entries = Vec::with_capacity(mine.len().max(theirs.len()));
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => a.next().cloned(),
+            (None, Some(_)) => b.next().cloned(),
+            (Some(x), Some(y)) if x.actor < y.actor => a.next().cloned(),
+            (Some(x), Some(y)) if x.actor > y.actor => b.next().cloned(),
+            (Some(_), Some(_)) => {
+                let (x, y) = (a.next().expect("peeked"), b.next().expect("peeked"));
+                Some(merge_entry(x, y))
+            }
+        };
+        entries.extend(next);
+    }
+    entries
 }
 
 fn merge_entry(x: &Entry, y: &Entry) -> Entry {

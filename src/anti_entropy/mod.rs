@@ -338,11 +338,8 @@ impl Exchange {
                 let mut sent_here = BTreeMap::new();
                 for (key, state) in entries {
                     self.check_key(&key, q)?;
-                    if !self.push_only {
-                        let before = local.read(&key)?;
-                        if local.merge(&key, &state, None)? != before {
-                            self.report.pulled += 1;
-                        }
+                    if !self.push_only && local.merge(&key, &state, None)? {
+                        self.report.pulled += 1;
                     }
                     sent_here.insert(key, state);
                 }

@@ -54,6 +54,7 @@ impl<S: Store> Replica<S> {
             };
             let value: Cow<[u8]> = if old {
                 let current = encode_state(&state);
+                self.decoded.forget(stored);
                 self.store.put(stored, &current)?;
                 report.upgraded += 1;
                 Cow::Owned(current)

@@ -26,6 +26,7 @@
 //!   missing, which only delays its collection).
 
 mod collect;
+mod decoded;
 mod hinted;
 mod load;
 mod scan;
@@ -163,6 +164,8 @@ pub struct Replica<S: Store> {
     keep_deleted_ms: u64,
     /// The start-up scan still under way, if it is.
     loading: Option<Loading>,
+    /// Decoded copies of the large typed states written last.
+    decoded: decoded::Decoded,
 }
 
 /// Keys and bytes (keys plus encoded sibling sets) one partition holds.
@@ -217,11 +220,19 @@ impl<S: Store> Replica<S> {
             counter_writers: HashMap::new(),
             keep_deleted_ms: 0,
             loading: Some(Loading::default()),
+            decoded: decoded::Decoded::default(),
         })
     }
 
     pub fn actor(&self) -> Actor {
         self.actor
+    }
+
+    /// Keeps the decoded copy of every state it writes, not only of large
+    /// ones (the simulator's replicas: its faults then run against them).
+    #[cfg(feature = "sim")]
+    pub fn keep_every_decoded_state(&mut self) {
+        self.decoded.keep_any_size();
     }
 
     /// Keeps each timed delete `ms` before tombstone collection may take
@@ -296,6 +307,15 @@ impl<S: Store> Replica<S> {
         }
     }
 
+    /// `stored`, taken from the decoded copies when one is kept (a write
+    /// that changes the key keeps its new state again).
+    fn take_stored(&mut self, key: &[u8]) -> Result<Option<(SiblingSet, Vec<u8>)>> {
+        match self.decoded.take(&stored_key(key, self.q)) {
+            Some(kept) => Ok(Some(kept)),
+            None => self.stored(key),
+        }
+    }
+
     /// Coordinates a write: the new value supersedes what `ctx` covers and
     /// gets a fresh dot of this replica's actor. Refused if the key would
     /// hold more than the sibling limit (the client must resolve first).
@@ -339,36 +359,41 @@ impl<S: Store> Replica<S> {
         hint_for: Option<&NodeId>,
         now: u64,
     ) -> Result<(SiblingSet, SiblingSet)> {
-        let (next, bytes) = self.stored(key)?.unzip();
+        let (next, bytes) = self.take_stored(key)?.unzip();
         let mut next = next.unwrap_or_default();
         let delta = next.apply(self.actor, operation, seen, now)?;
         self.record_hint(key, hint_for)?;
-        self.store_state(key, bytes, &next)?;
+        let encoded = encode_state(&next);
+        self.store_encoded(key, bytes, &next, &encoded)?;
         let answer = match next.typed() {
             Some(counter @ Typed::Counter(_)) => counter.clone(),
             _ => delta.clone(),
         };
+        self.decoded.keep(stored_key(key, self.q), next, encoded);
         Ok((SiblingSet::of_typed(answer), SiblingSet::of_typed(delta)))
     }
 
-    /// Merges a sibling set minted elsewhere. Returns the merged local copy;
-    /// writes nothing when the local copy already contains `incoming`.
+    /// Merges a sibling set minted elsewhere. Returns whether the local
+    /// copy changed; writes nothing when it already contained `incoming`.
     pub fn merge(
         &mut self,
         key: &[u8],
         incoming: &SiblingSet,
         hint_for: Option<&NodeId>,
-    ) -> Result<SiblingSet> {
+    ) -> Result<bool> {
         incoming.validate(self.sibling_limit(key).saturating_mul(MERGE_SIBLING_FACTOR))?;
         self.record_hint(key, hint_for)?;
-        let (current, bytes) = self.stored(key)?.unzip();
-        let held = current.is_some();
-        let current = current.unwrap_or_default();
-        let merged = current.merge(incoming);
-        if !held || merged != current {
-            self.store_state(key, bytes, &merged)?;
+        let (current, bytes) = self.take_stored(key)?.unzip();
+        let mut merged = current.unwrap_or_default();
+        merged.join(incoming);
+        let encoded = encode_state(&merged);
+        // Equal states encode alike: the bytes tell whether it changed.
+        let changed = bytes.as_deref() != Some(encoded.as_slice());
+        if changed {
+            self.store_encoded(key, bytes, &merged, &encoded)?;
         }
-        Ok(merged)
+        self.decoded.keep(stored_key(key, self.q), merged, encoded);
+        Ok(changed)
     }
 
     /// Serves one replica request (`Read`, `Update`, `Write`, `List` or
@@ -428,6 +453,7 @@ impl<S: Store> Replica<S> {
     pub fn remove(&mut self, key: &[u8]) -> Result<()> {
         let p = Partition::of_key(key, self.q);
         let stored = storage_key(p, key);
+        self.decoded.forget(&stored);
         if let Some(bytes) = self.store.get(&stored)? {
             self.store.remove(&stored)?;
             if self.scanned(&stored) {
@@ -522,17 +548,28 @@ impl<S: Store> Replica<S> {
 
     /// Writes `new` over the stored encoding `old` (None: a new key).
     fn store_state(&mut self, key: &[u8], old: Option<Vec<u8>>, new: &SiblingSet) -> Result<()> {
+        self.store_encoded(key, old, new, &encode_state(new))
+    }
+
+    /// `store_state` of `new` encoded as `encoded`.
+    fn store_encoded(
+        &mut self,
+        key: &[u8],
+        old: Option<Vec<u8>>,
+        new: &SiblingSet,
+        encoded: &[u8],
+    ) -> Result<()> {
         let p = Partition::of_key(key, self.q);
-        let encoded = encode_state(new);
         let stored = storage_key(p, key);
-        self.store.put(&stored, &encoded)?;
+        self.decoded.forget(&stored);
+        self.store.put(&stored, encoded)?;
         if let Some(at) = new.collectable_at(self.keep_deleted_ms) {
             mark(&mut self.tombstoned, p, at);
         }
         self.note_counter(p, new);
         if self.scanned(&stored) {
             self.tally
-                .count(self.q, p, key, old.as_deref(), Some(&encoded));
+                .count(self.q, p, key, old.as_deref(), Some(encoded));
         }
         Ok(())
     }
@@ -1140,11 +1177,49 @@ mod tests {
         assert!(r.read(b"c").unwrap().is_empty());
         assert_ne!(r.actor(), before, "a fresh writer");
         let (_, delta) = r.apply_typed(b"c", &by(1), &none, None, 0).unwrap();
-        let merged = r.merge(b"c", &state, None).unwrap().merge(&delta);
+        r.merge(b"c", &state, None).unwrap();
+        let merged = r.read(b"c").unwrap().merge(&delta);
         assert_eq!(
             merged.typed().unwrap().reading(false),
             crate::crdt::Reading::Counter(6)
         );
+    }
+
+    #[test]
+    fn a_large_sets_kept_copy_follows_every_write_of_its_key() {
+        let (mut r, mut other) = (replica(), replica());
+        let none = CausalContext::default();
+        let add = |members: Vec<Vec<u8>>| Operation::Add(members);
+        let many: Vec<Vec<u8>> = (0..10_000u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let members = |r: &Replica<MemStore>| match r.read(b"s").unwrap().typed() {
+            Some(Typed::Set(set)) => set.len(),
+            _ => 0,
+        };
+        let (_, big) = r.apply_typed(b"s", &add(many), &none, None, 0).unwrap();
+        assert!(
+            encode_state(&r.read(b"s").unwrap()).len() > 64 << 10,
+            "large enough to keep"
+        );
+        assert!(other.merge(b"s", &big, None).unwrap());
+        for m in [b"x", b"y"] {
+            let (_, delta) = r
+                .apply_typed(b"s", &add(vec![m.to_vec()]), &none, None, 0)
+                .unwrap();
+            assert!(other.merge(b"s", &delta, None).unwrap());
+            assert!(!other.merge(b"s", &delta, None).unwrap(), "already held");
+        }
+        assert_eq!((members(&r), members(&other)), (10_002, 10_002));
+        assert_eq!(r.read(b"s").unwrap(), other.read(b"s").unwrap());
+        // Removed (collected, handed off): the next add starts from nothing.
+        r.remove(b"s").unwrap();
+        other.remove(b"s").unwrap();
+        let (_, delta) = r
+            .apply_typed(b"s", &add(vec![b"z".to_vec()]), &none, None, 0)
+            .unwrap();
+        other.merge(b"s", &delta, None).unwrap();
+        assert_eq!((members(&r), members(&other)), (1, 1));
+        r.verify_tally().unwrap();
+        other.verify_tally().unwrap();
     }
 
     #[test]

@@ -274,6 +274,7 @@ impl Sim {
             Err(e) => panic!("reopening a simulated replica failed: {e}"),
         };
         replica.keep_deleted(cfg.keep_deleted_ms);
+        replica.keep_every_decoded_state();
         node.replica = replica;
         node.membership = Membership::new(settings(&cfg, i), node.view.clone(), now);
         node.running = true;

@@ -280,6 +280,7 @@ impl Sim {
                 64,
             )?;
             replica.keep_deleted(cfg.keep_deleted_ms);
+            replica.keep_every_decoded_state();
             nodes.push(Node {
                 id: node_id(i),
                 running: i < founders(&cfg),
