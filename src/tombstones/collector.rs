@@ -313,11 +313,19 @@ impl Collector {
                         entries: tombstones,
                     });
                 }
-                if let (Some(current), false) = (current, folds.is_empty()) {
-                    messages.push(GcMsg::Fold {
-                        entries: folds,
-                        current: current.into_iter().collect(),
-                    });
+                if let Some(current) = current {
+                    // Only what a fold would change (a counter found before
+                    // the members' writers were known may name none retired).
+                    let folds: Vec<Entry> = folds
+                        .into_iter()
+                        .filter(|(_, state)| state.counter().is_some_and(|c| c.foldable(&current)))
+                        .collect();
+                    if !folds.is_empty() {
+                        messages.push(GcMsg::Fold {
+                            entries: folds,
+                            current: current.into_iter().collect(),
+                        });
+                    }
                 }
                 if messages.is_empty() {
                     return self.next_partition();
@@ -581,7 +589,14 @@ mod tests {
     #[test]
     fn a_counter_is_folded_after_the_grace_keeping_the_writers_the_members_named() {
         let t = topology(&["a", "b", "c"]);
-        let found = || vec![counter("n", &[1, 2, 9]), tombstone("k")];
+        // Counter m names only writers the members write as: not folded.
+        let found = || {
+            vec![
+                counter("n", &[1, 2, 9]),
+                counter("m", &[1, 2, 3]),
+                tombstone("k"),
+            ]
+        };
         for plain in [None, Some("b")] {
             let mut c = collector();
             let work = c.on_tick(&t);
