@@ -49,8 +49,20 @@ impl Decoded {
         self.min_bytes = 0;
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.copies.is_empty()
+    }
+
+    /// Whether a state encoded as `bytes` would be kept.
+    pub(super) fn worth(&self, bytes: &[u8]) -> bool {
+        (self.min_bytes..=BUDGET).contains(&bytes.len())
+    }
+
     /// Takes the copy of `stored` out, if one is kept.
     pub(super) fn take(&mut self, stored: &[u8]) -> Option<(SiblingSet, Vec<u8>)> {
+        if self.copies.is_empty() {
+            return None;
+        }
         let (state, bytes) = self.copies.remove(stored)?;
         self.bytes -= bytes.len();
         self.order.retain(|k| k != stored);
@@ -66,7 +78,7 @@ impl Decoded {
     /// enough to be worth it; the least recently kept go to stay within
     /// the budget.
     pub(super) fn keep(&mut self, stored: Vec<u8>, state: SiblingSet, bytes: Vec<u8>) {
-        if bytes.len() < self.min_bytes || bytes.len() > BUDGET {
+        if !self.worth(&bytes) {
             return;
         }
         self.forget(&stored);

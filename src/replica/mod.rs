@@ -310,9 +310,20 @@ impl<S: Store> Replica<S> {
     /// `stored`, taken from the decoded copies when one is kept (a write
     /// that changes the key keeps its new state again).
     fn take_stored(&mut self, key: &[u8]) -> Result<Option<(SiblingSet, Vec<u8>)>> {
+        if self.decoded.is_empty() {
+            return self.stored(key);
+        }
         match self.decoded.take(&stored_key(key, self.q)) {
             Some(kept) => Ok(Some(kept)),
             None => self.stored(key),
+        }
+    }
+
+    /// Keeps the decoded copy of `key`'s state just stored, if it is large
+    /// enough to be worth it.
+    fn keep_decoded(&mut self, key: &[u8], state: SiblingSet, encoded: Vec<u8>) {
+        if self.decoded.worth(&encoded) {
+            self.decoded.keep(stored_key(key, self.q), state, encoded);
         }
     }
 
@@ -369,7 +380,7 @@ impl<S: Store> Replica<S> {
             Some(counter @ Typed::Counter(_)) => counter.clone(),
             _ => delta.clone(),
         };
-        self.decoded.keep(stored_key(key, self.q), next, encoded);
+        self.keep_decoded(key, next, encoded);
         Ok((SiblingSet::of_typed(answer), SiblingSet::of_typed(delta)))
     }
 
@@ -392,7 +403,7 @@ impl<S: Store> Replica<S> {
         if changed {
             self.store_encoded(key, bytes, &merged, &encoded)?;
         }
-        self.decoded.keep(stored_key(key, self.q), merged, encoded);
+        self.keep_decoded(key, merged, encoded);
         Ok(changed)
     }
 
