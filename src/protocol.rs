@@ -231,6 +231,23 @@ pub mod since_6 {
     }
 }
 
+/// For a variant added in protocol 6 inside data (`serialize_with` on
+/// it): encoding it at an older version fails, so the message holding it
+/// is not sent to a node that could not read it.
+pub fn refused_before_6<T: Serialize, S: serde::Serializer>(
+    value: &T,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    if speaking() < 6 {
+        Err(serde::ser::Error::custom(format!(
+            "this needs protocol 6, and the peer speaks {}",
+            speaking()
+        )))
+    } else {
+        value.serialize(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

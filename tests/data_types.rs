@@ -305,6 +305,41 @@ async fn a_map_keeps_concurrent_register_values_or_the_latest_and_sums_counters(
     let (fields, _) = mv[0].hgetall(b"ann", Some(3)).await.unwrap();
     assert_eq!(fields[0], field("city", values(&["Paris"])));
     assert!(lww[0].hgetall(b"ann", Some(3)).await.unwrap().0.is_empty());
+    // A set field: members added through two nodes, one removed with the
+    // context of a read that saw it.
+    let tags = |m: &[&str]| {
+        let members = FieldReading::Members(m.iter().map(|s| s.as_bytes().to_vec()).collect());
+        field("tags", members)
+    };
+    mv[0]
+        .hsadd(b"bo", b"tags", &[b"red", b"blue"], None)
+        .await
+        .unwrap();
+    mv[1]
+        .hsadd(b"bo", b"tags", &[b"green"], None)
+        .await
+        .unwrap();
+    let (fields, context) = mv[2].hgetall(b"bo", Some(3)).await.unwrap();
+    assert_eq!(fields, vec![tags(&["blue", "green", "red"])]);
+    mv[2]
+        .hsrem(b"bo", b"tags", &[b"red"], &context, None)
+        .await
+        .unwrap();
+    mv[0]
+        .hsrem(b"bo", b"tags", &[b"green"], &[], None)
+        .await
+        .unwrap();
+    let (fields, _) = mv[1].hgetall(b"bo", Some(3)).await.unwrap();
+    assert_eq!(fields, vec![tags(&["blue"])]);
+    let e = mv[0].hsadd(b"bo", b"tags", &[], None).await.unwrap_err();
+    assert!(e.to_string().contains("hsadd names no member"), "{e}");
+    let sets = clients(&cluster, "carts").await;
+    create(&sets, "carts", "set").await;
+    let e = sets[0].hsadd(b"c", b"f", &[b"x"], None).await.unwrap_err();
+    assert!(
+        e.to_string().contains("hsadd does not apply to a set"),
+        "{e}"
+    );
     cluster.stop().await.unwrap();
 }
 

@@ -331,6 +331,8 @@ async fn the_cli_creates_shows_lists_and_drops_namespaces() {
         vec!["hincr", "--ns", "users", "ann", "logins", "3"],
         vec!["hincr", "--ns", "users", "ann", "logins", "-1"],
         vec!["hdel", "--ns", "users", "ann", "city"],
+        vec!["hsadd", "--ns", "users", "ann", "tags", "a", "b", "c"],
+        vec!["hsrem", "--ns", "users", "ann", "tags", "b"],
     ] {
         let mut args = args;
         args.extend(["--node", a.as_str()]);
@@ -339,12 +341,14 @@ async fn the_cli_creates_shows_lists_and_drops_namespaces() {
     }
     let (ok, out, err) = cli(&["hgetall", "--ns", "users", "ann", "--json", "--node", &b]);
     assert!(
-        ok && out.contains(r#""fields":{"logins":2,"name":"Ann"}"#),
+        ok && out.contains(r#""fields":{"logins":2,"name":"Ann","tags":{"members":["a","c"]}}"#),
         "{out} {err}"
     );
     let (ok, out, err) = cli(&["get", "--ns", "users", "ann", "--node", &b]);
     assert!(
-        ok && out.starts_with("logins = 2\nname = \"Ann\"\ncontext: "),
+        ok && out.starts_with(
+            "logins = 2\nname = \"Ann\"\ntags = {\"members\":[\"a\",\"c\"]}\ncontext: "
+        ),
         "{out} {err}"
     );
     let (ok, _, err) = cli(&["hset", "--ns", "users", "ann", "", "v", "--node", &a]);

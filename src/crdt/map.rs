@@ -1,4 +1,5 @@
-//! The map: named fields, each a register (`hset`) or a counter (`hincr`),
+//! The map: named fields, each a register (`hset`), a counter (`hincr`) or
+//! an add-wins set (`hsadd`, `hsrem`),
 //! held under the dots of the operations that keep them in the kernel the
 //! set uses, so a removal (`hdel`) takes away only what it observed.
 //!
@@ -10,9 +11,11 @@
 //!   latest dot; its value is the sum. A removal concurrent with an
 //!   increment keeps that writer's whole total (the increment wins, as in
 //!   Riak's maps).
+//! - A set holds each member under the dots of the adds that keep it, as
+//!   `Set` does: a removal takes only the adds it observed.
 //! - A write of one type replaces the field's observed values of the other
-//!   type; concurrent writes of both types keep both, and the field reads
-//!   as its registers.
+//!   types; concurrent writes of several types keep each, and the field
+//!   reads as its registers, else its members, else its count.
 
 use std::collections::BTreeMap;
 
@@ -39,6 +42,9 @@ pub enum FieldValue {
     Register { value: ByteBuf, at_ms: u64 },
     /// One writer's running total of a counter field.
     Count(i64),
+    /// One member of a set field (protocol 6: never sent to a node of 5,
+    /// which could not read it).
+    Member(#[serde(serialize_with = "crate::protocol::refused_before_6")] ByteBuf),
 }
 
 impl Keyed for Field {
@@ -63,6 +69,8 @@ pub enum FieldReading {
     Values(#[serde(with = "crate::wire::byte_lists")] Vec<Vec<u8>>),
     /// A counter's value (saturated to the range of an i64).
     Count(i64),
+    /// A set's members, sorted, each once.
+    Members(#[serde(with = "crate::wire::byte_lists")] Vec<Vec<u8>>),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,7 +106,7 @@ impl Map {
             .kernel
             .values_of(name)
             .filter(|(dot, field)| {
-                dot.actor == actor || matches!(field.value, FieldValue::Register { .. })
+                dot.actor == actor || !matches!(field.value, FieldValue::Count(_))
             })
             .map(|(dot, _)| dot)
             .collect();
@@ -112,6 +120,52 @@ impl Map {
         };
         delta.join(&self.kernel.add(actor, field));
         Ok(Map { kernel: delta })
+    }
+
+    /// Adds `members` to the set `name` as writer `actor`: each gets a new
+    /// dot replacing its adds held here, and the field's registers and
+    /// counts held here go. Returns the delta.
+    pub fn add_members(&mut self, actor: Actor, name: &[u8], members: &[Vec<u8>]) -> Map {
+        let replaced: Vec<Dot> = self
+            .kernel
+            .values_of(name)
+            .filter(|(_, field)| match &field.value {
+                FieldValue::Member(m) => members.iter().any(|x| x == m.as_slice()),
+                FieldValue::Register { .. } | FieldValue::Count(_) => true,
+            })
+            .map(|(dot, _)| dot)
+            .collect();
+        let mut delta = self.kernel.remove_dots(&replaced);
+        for member in members {
+            let field = Field {
+                name: ByteBuf::from(name),
+                value: FieldValue::Member(ByteBuf::from(member.as_slice())),
+            };
+            delta.join(&self.kernel.add(actor, field));
+        }
+        Map { kernel: delta }
+    }
+
+    /// Removes from the set `name` the adds of `members` that `seen` (a
+    /// reader's context) observed. Returns the delta.
+    pub fn remove_members_seen(
+        &mut self,
+        name: &[u8],
+        members: &[Vec<u8>],
+        seen: &CausalContext,
+    ) -> Map {
+        let observed: Vec<Dot> = self
+            .kernel
+            .values_of(name)
+            .filter(|(dot, field)| {
+                seen.contains(dot)
+                    && matches!(&field.value, FieldValue::Member(m) if members.iter().any(|x| x == m.as_slice()))
+            })
+            .map(|(dot, _)| dot)
+            .collect();
+        Map {
+            kernel: self.kernel.remove_dots(&observed),
+        }
     }
 
     /// Removes what `seen` (a reader's context) observed of field `name`.
@@ -128,21 +182,28 @@ impl Map {
             .keys()
             .map(|name| {
                 let mut values: Vec<(u64, Dot, &[u8])> = Vec::new();
+                let mut members: Vec<&[u8]> = Vec::new();
                 for (dot, field) in self.kernel.values_of(name) {
-                    if let FieldValue::Register { value, at_ms } = &field.value {
-                        values.push((*at_ms, dot, value));
+                    match &field.value {
+                        FieldValue::Register { value, at_ms } => values.push((*at_ms, dot, value)),
+                        FieldValue::Member(m) => members.push(m),
+                        FieldValue::Count(_) => {}
                     }
                 }
                 let count: i128 = self.totals(name).values().map(|&t| i128::from(t)).sum();
-                let value = if values.is_empty() {
-                    let saturated = if count < 0 { i64::MIN } else { i64::MAX };
-                    FieldReading::Count(i64::try_from(count).unwrap_or(saturated))
-                } else {
+                let value = if !values.is_empty() {
                     values.sort();
                     if lww {
                         values.drain(..values.len() - 1);
                     }
                     FieldReading::Values(values.into_iter().map(|(_, _, v)| v.to_vec()).collect())
+                } else if !members.is_empty() {
+                    members.sort();
+                    members.dedup();
+                    FieldReading::Members(members.into_iter().map(<[u8]>::to_vec).collect())
+                } else {
+                    let saturated = if count < 0 { i64::MIN } else { i64::MAX };
+                    FieldReading::Count(i64::try_from(count).unwrap_or(saturated))
                 };
                 MapField {
                     name: name.to_vec(),
@@ -192,6 +253,7 @@ impl Map {
                     + match &f.value {
                         FieldValue::Register { value, .. } => value.len(),
                         FieldValue::Count(_) => 8,
+                        FieldValue::Member(m) => m.len(),
                     }
             })
             .sum()
@@ -259,6 +321,56 @@ mod tests {
             values(&other, false),
             [("n".into(), FieldReading::Count(4))]
         );
+    }
+
+    fn members(v: &[&str]) -> FieldReading {
+        FieldReading::Members(v.iter().map(|s| s.as_bytes().to_vec()).collect())
+    }
+
+    #[test]
+    fn set_fields_are_add_wins_and_a_removal_takes_what_it_saw() {
+        let (a, b) = (Actor(1), Actor(2));
+        let mut x = Map::default();
+        let mut y = Map::default();
+        let added = x.add_members(a, b"tags", &[b"red".to_vec(), b"blue".to_vec()]);
+        y.join(&added);
+        // y adds red again; x, already holding that add, removes red with
+        // the context of a read from before it: only the add it saw goes.
+        let seen = x.context().clone();
+        let again = y.add_members(b, b"tags", &[b"red".to_vec()]);
+        x.join(&again);
+        let removed = x.remove_members_seen(b"tags", &[b"red".to_vec()], &seen);
+        y.join(&removed);
+        assert_eq!(x, y);
+        assert_eq!(
+            values(&x, false),
+            [("tags".into(), members(&["blue", "red"]))]
+        );
+        // A removal that saw every add takes the member for good.
+        let seen = y.context().clone();
+        let gone = y.remove_members_seen(b"tags", &[b"red".to_vec()], &seen);
+        x.join(&gone);
+        x.join(&again);
+        assert_eq!(values(&x, false), [("tags".into(), members(&["blue"]))]);
+        // A register write replaces the members it saw; hdel the rest.
+        x.set(a, b"tags", b"none", 0);
+        assert_eq!(values(&x, false), [("tags".into(), text(&["none"]))]);
+        x.add_members(a, b"tags", &[b"green".to_vec()]);
+        assert_eq!(values(&x, false), [("tags".into(), members(&["green"]))]);
+        let seen = x.context().clone();
+        x.remove_seen(b"tags", &seen);
+        assert!(values(&x, false).is_empty());
+    }
+
+    #[test]
+    fn a_set_field_is_never_sent_to_a_node_of_protocol_5() {
+        let mut m = Map::default();
+        m.increment(Actor(1), b"n", 1).unwrap();
+        assert!(crate::protocol::at(5, || postcard::to_stdvec(&m)).is_ok());
+        m.add_members(Actor(1), b"tags", &[b"x".to_vec()]);
+        assert!(crate::protocol::at(5, || postcard::to_stdvec(&m)).is_err());
+        let bytes = postcard::to_stdvec(&m).unwrap();
+        assert_eq!(postcard::from_bytes::<Map>(&bytes).unwrap(), m);
     }
 
     #[test]

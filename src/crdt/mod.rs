@@ -20,7 +20,7 @@
 //!   the dots it observed, so an add concurrent with a remove survives it.
 //!   A `CausalContext` records every dot ever seen, so a removed dot never
 //!   comes back from a replica that still held it.
-//! - `Map`: named register and counter fields in the same dot kernel as
+//! - `Map`: named register, counter and set fields in the same dot kernel as
 //!   the set (`map.rs`).
 //!
 //! A key of a typed namespace holds one `Typed` state (beside the DVV
@@ -74,6 +74,21 @@ pub enum Operation {
     },
     /// Remove fields from a map: what the request's context saw of them.
     DeleteFields(#[serde(with = "crate::wire::byte_lists")] Vec<Vec<u8>>),
+    /// Add members to a map's set field (protocol 6).
+    AddToField {
+        #[serde(with = "serde_bytes")]
+        field: Vec<u8>,
+        #[serde(with = "crate::wire::byte_lists")]
+        members: Vec<Vec<u8>>,
+    },
+    /// Remove members from a map's set field: the adds of them the
+    /// request's context saw (protocol 6).
+    RemoveFromField {
+        #[serde(with = "serde_bytes")]
+        field: Vec<u8>,
+        #[serde(with = "crate::wire::byte_lists")]
+        members: Vec<Vec<u8>>,
+    },
 }
 
 impl Operation {
@@ -87,6 +102,8 @@ impl Operation {
             Operation::SetField { .. } => "hset",
             Operation::IncrementField { .. } => "hincr",
             Operation::DeleteFields(_) => "hdel",
+            Operation::AddToField { .. } => "hsadd",
+            Operation::RemoveFromField { .. } => "hsrem",
         }
     }
 
@@ -130,13 +147,26 @@ impl Operation {
             Operation::DeleteFields(fields) => fields
                 .iter()
                 .try_for_each(|f| sized("field name", f, max_name)),
+            Operation::AddToField { field, members }
+            | Operation::RemoveFromField { field, members } => {
+                sized("field name", field, max_name)?;
+                if members.is_empty() {
+                    return bad(format!("{} names no member", self.name()));
+                }
+                members
+                    .iter()
+                    .try_for_each(|m| sized("member", m, max_value))
+            }
         }
     }
 
     /// Whether it needs the context of a read: a removal takes away only
     /// what was observed.
     pub fn needs_context(&self) -> bool {
-        matches!(self, Operation::Remove(_) | Operation::DeleteFields(_))
+        matches!(
+            self,
+            Operation::Remove(_) | Operation::DeleteFields(_) | Operation::RemoveFromField { .. }
+        )
     }
 
     /// The empty state of the type it applies to.
@@ -146,7 +176,9 @@ impl Operation {
             Operation::Add(_) | Operation::Remove(_) => Typed::Set(Set::default()),
             Operation::SetField { .. }
             | Operation::IncrementField { .. }
-            | Operation::DeleteFields(_) => Typed::Map(Map::default()),
+            | Operation::DeleteFields(_)
+            | Operation::AddToField { .. }
+            | Operation::RemoveFromField { .. } => Typed::Map(Map::default()),
         }
     }
 }
@@ -212,6 +244,12 @@ impl Typed {
             }
             (Typed::Map(m), Operation::IncrementField { field, by }) => {
                 Typed::Map(m.increment(actor, field, *by)?)
+            }
+            (Typed::Map(m), Operation::AddToField { field, members }) => {
+                Typed::Map(m.add_members(actor, field, members))
+            }
+            (Typed::Map(m), Operation::RemoveFromField { field, members }) => {
+                Typed::Map(m.remove_members_seen(field, members, seen))
             }
             (Typed::Map(m), Operation::DeleteFields(fields)) => {
                 let mut delta = Map::default();
@@ -487,6 +525,8 @@ mod tests {
         Set(usize, u8, u8),
         Incr(usize, u8, i8),
         Delete(usize, u8),
+        AddMember(usize, u8, u8),
+        RemoveMember(usize, u8, u8),
         Sync(usize, usize),
     }
 
@@ -495,6 +535,8 @@ mod tests {
             (0..3usize, 0..3u8, any::<u8>()).prop_map(|(r, f, v)| MapOp::Set(r, f, v)),
             (0..3usize, 0..3u8, any::<i8>()).prop_map(|(r, f, by)| MapOp::Incr(r, f, by)),
             (0..3usize, 0..3u8).prop_map(|(r, f)| MapOp::Delete(r, f)),
+            (0..3usize, 0..3u8, 0..4u8).prop_map(|(r, f, m)| MapOp::AddMember(r, f, m)),
+            (0..3usize, 0..3u8, 0..4u8).prop_map(|(r, f, m)| MapOp::RemoveMember(r, f, m)),
             (0..3usize, 0..3usize).prop_map(|(a, b)| MapOp::Sync(a, b)),
         ]
     }
@@ -517,6 +559,11 @@ mod tests {
                 match op {
                     MapOp::Set(r, f, v) => deltas.push(maps[r].set(Actor(r as u64 + 1), &[f], &[v], at)),
                     MapOp::Incr(r, f, by) => deltas.push(maps[r].increment(Actor(r as u64 + 1), &[f], i64::from(by)).unwrap()),
+                    MapOp::AddMember(r, f, m) => deltas.push(maps[r].add_members(Actor(r as u64 + 1), &[f], &[vec![m]])),
+                    MapOp::RemoveMember(r, f, m) => {
+                        let seen = maps[r].context().clone();
+                        deltas.push(maps[r].remove_members_seen(&[f], &[vec![m]], &seen));
+                    }
                     MapOp::Delete(r, f) => {
                         let seen = maps[r].context().clone();
                         deltas.push(maps[r].remove_seen(&[f], &seen));

@@ -15,7 +15,7 @@ pub enum Kind {
     Counter,
     /// An add-wins set of byte strings (`crdt::Set`).
     Set,
-    /// A map of register and counter fields (`crdt::Map`); a register
+    /// A map of register, counter and set fields (`crdt::Map`); a register
     /// keeps its concurrent values.
     Map,
     /// A map whose registers read as their latest write.
@@ -66,7 +66,9 @@ impl Kind {
                 Kind::Map | Kind::LwwMap,
                 Operation::SetField { .. }
                 | Operation::IncrementField { .. }
-                | Operation::DeleteFields(_),
+                | Operation::DeleteFields(_)
+                | Operation::AddToField { .. }
+                | Operation::RemoveFromField { .. },
             ) => Ok(()),
             (kind, op) => Err(Error::InvalidRequest(format!(
                 "{} does not apply to a {} namespace{}",
@@ -76,7 +78,7 @@ impl Kind {
                     Kind::Blob => " (use put and delete)",
                     Kind::Counter => " (use incr)",
                     Kind::Set => " (use sadd and srem)",
-                    Kind::Map | Kind::LwwMap => " (use hset, hincr and hdel)",
+                    Kind::Map | Kind::LwwMap => " (use hset, hincr, hsadd, hsrem and hdel)",
                 }
             ))),
         }

@@ -94,6 +94,39 @@ impl Client {
         applied(self.apply(key, op, &[], w).await?)
     }
 
+    /// Adds members to a map's set field.
+    pub async fn hsadd(
+        &self,
+        key: &[u8],
+        field: &[u8],
+        members: &[&[u8]],
+        w: Option<u8>,
+    ) -> Result<()> {
+        let op = Operation::AddToField {
+            field: field.to_vec(),
+            members: members.iter().map(|m| m.to_vec()).collect(),
+        };
+        applied(self.apply(key, op, &[], w).await?)
+    }
+
+    /// Removes members from a map's set field: the adds of them the read
+    /// whose `context` this is saw (empty: what the coordinator's own read
+    /// at R sees).
+    pub async fn hsrem(
+        &self,
+        key: &[u8],
+        field: &[u8],
+        members: &[&[u8]],
+        context: &[u8],
+        w: Option<u8>,
+    ) -> Result<()> {
+        let op = Operation::RemoveFromField {
+            field: field.to_vec(),
+            members: members.iter().map(|m| m.to_vec()).collect(),
+        };
+        applied(self.apply(key, op, context, w).await?)
+    }
+
     /// Removes fields from a map: what the read whose `context` this is
     /// saw of them (empty: what the coordinator's own read at R sees).
     pub async fn hdel(

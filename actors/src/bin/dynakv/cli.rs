@@ -199,6 +199,32 @@ pub enum Command {
         #[command(flatten)]
         target: KeyTarget,
     },
+    /// Add members to a map's set field.
+    Hsadd {
+        key: String,
+        field: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+        #[arg(long)]
+        w: Option<u8>,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// Remove members from a map's set field: the adds of them that a read
+    /// saw (the one whose context is given, else the coordinator's own).
+    Hsrem {
+        key: String,
+        field: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+        /// Context from an earlier hgetall (base64url: it may begin with `-`).
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        context: String,
+        #[arg(long)]
+        w: Option<u8>,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
     /// Remove fields from a map: what a read saw of them (the one whose
     /// context is given, else the coordinator's own read).
     Hdel {

@@ -336,6 +336,24 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             w,
             target,
         } => (target, Op::Hdel(key, fields, context_arg(&context)?, w)),
+        Command::Hsadd {
+            key,
+            field,
+            members,
+            w,
+            target,
+        } => (target, Op::Hsadd(key, field, members, w)),
+        Command::Hsrem {
+            key,
+            field,
+            members,
+            context,
+            w,
+            target,
+        } => (
+            target,
+            Op::Hsrem(key, field, members, context_arg(&context)?, w),
+        ),
         Command::Inspect { key, json, target } => (target, Op::Inspect(key, json)),
         Command::Status { json, target } => (KeyTarget::any(target), Op::Status(json)),
         Command::Fault {
@@ -443,6 +461,18 @@ async fn client_command(command: Command, options: Options) -> Result<()> {
             let fields: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
             client.hdel(key.as_bytes(), &fields, &ctx, w).await?;
         }
+        Op::Hsadd(key, field, members, w) => {
+            let members: Vec<&[u8]> = members.iter().map(|m| m.as_bytes()).collect();
+            client
+                .hsadd(key.as_bytes(), field.as_bytes(), &members, w)
+                .await?;
+        }
+        Op::Hsrem(key, field, members, ctx, w) => {
+            let members: Vec<&[u8]> = members.iter().map(|m| m.as_bytes()).collect();
+            client
+                .hsrem(key.as_bytes(), field.as_bytes(), &members, &ctx, w)
+                .await?;
+        }
         Op::Get(key, r, as_json) => {
             let read = match client.read(key.as_bytes(), r).await? {
                 Read::Values(read) => read,
@@ -538,6 +568,10 @@ enum Op {
     Hincr(String, String, i64, Option<u8>),
     /// Key, fields, context, W.
     Hdel(String, Vec<String>, Vec<u8>, Option<u8>),
+    /// Key, field, members, W.
+    Hsadd(String, String, Vec<String>, Option<u8>),
+    /// Key, field, members, context, W.
+    Hsrem(String, String, Vec<String>, Vec<u8>, Option<u8>),
 }
 
 impl Op {
@@ -557,6 +591,8 @@ impl Op {
                 | Op::Hset(..)
                 | Op::Hincr(..)
                 | Op::Hdel(..)
+                | Op::Hsadd(..)
+                | Op::Hsrem(..)
         )
     }
 }

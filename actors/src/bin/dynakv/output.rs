@@ -77,6 +77,10 @@ fn field_json(value: &FieldReading) -> serde_json::Value {
         FieldReading::Count(n) => json!(n),
         FieldReading::Values(values) if values.len() == 1 => show(&values[0]),
         FieldReading::Values(values) => json!(values.iter().map(|v| show(v)).collect::<Vec<_>>()),
+        // A set field: an object, so it never reads as a register's values.
+        FieldReading::Members(members) => {
+            json!({ "members": members.iter().map(|m| show(m)).collect::<Vec<_>>() })
+        }
     }
 }
 
