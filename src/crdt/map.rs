@@ -217,6 +217,17 @@ impl Map {
         self.kernel.context()
     }
 
+    /// The members of the set field `name`, each with a dot it is held
+    /// under (a member added by concurrent writers is held under each).
+    pub fn members_of<'a>(&'a self, name: &[u8]) -> impl Iterator<Item = (Dot, &'a [u8])> + 'a {
+        self.kernel
+            .values_of(name)
+            .filter_map(|(dot, field)| match &field.value {
+                FieldValue::Member(m) => Some((dot, m.as_slice())),
+                _ => None,
+            })
+    }
+
     /// Each writer's running total of the counter `name`: the one under
     /// its latest dot held here. Every increment mints its total from the
     /// writer's own latest, so an earlier dot of the writer still held

@@ -1,8 +1,8 @@
 //! The data-type workload: counter, set and map operations on keys of the
 //! namespaces `TALLY` (counters), `CARTS` (add-wins sets) and `PROFILES`
 //! (maps: increments of the field `n`, writes and removals of the field
-//! `r`), planned and run like every client request, and their exact
-//! checks.
+//! `r`, adds and removes of members of the set field `s`), planned and run
+//! like every client request, and their exact checks.
 //!
 //! The simulator sees every operation a minting replica applied (its
 //! delta) and the context each remove was applied with, so the checks are
@@ -15,7 +15,7 @@
 //!   replica applied (all of them while no node was written off);
 //! - maps: every value the field `r` holds or a read returned was written
 //!   by someone;
-//! - sets: an add's dot is in the final set unless an applied operation's
+//! - sets (and a map's field `s`): an add's dot is in the final set unless an applied operation's
 //!   delta removed it (a remove that observed it, or a later add of the
 //!   same member that replaced it), or it was not acknowledged and a
 //!   removed node may have held it alone; a remove removes only dots its
@@ -27,7 +27,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::crdt::{CausalContext, FieldReading, Operation, Reading, Set, Typed};
+use crate::crdt::{CausalContext, FieldReading, Operation, Reading, Typed};
 use crate::namespace;
 use crate::version::{Dot, SiblingSet};
 
@@ -41,9 +41,10 @@ pub(super) const CARTS: &str = "carts";
 pub(super) const PROFILES: &str = "profiles";
 /// Typed keys: counters, sets and maps in turn.
 pub(super) const TYPED_KEYS: usize = 6;
-/// A map's counter field, and its register field.
+/// A map's counter field, its register field and its set field.
 const COUNT_FIELD: &[u8] = b"n";
 const REGISTER_FIELD: &[u8] = b"r";
+const SET_FIELD: &[u8] = b"s";
 /// Members are drawn from a few, so adds of one member race each other
 /// and the removes of it.
 const MEMBERS: u64 = 4;
@@ -71,18 +72,31 @@ pub struct TypedOp {
 }
 
 /// One successful read of a set (its members) or a map (the values of
-/// its register field).
+/// its register field and the members of its set field).
 #[derive(Debug, Clone)]
 pub struct TypedRead {
     pub key: usize,
     pub values: Vec<Vec<u8>>,
 }
 
-/// The dots `delta` removes: seen in its context, not among its entries.
+/// The members a set holds, or a map in its set field, with their dots.
+fn members(typed: &Typed) -> Vec<(Dot, &[u8])> {
+    match typed {
+        Typed::Set(s) => s.entries().collect(),
+        Typed::Map(m) => m.members_of(SET_FIELD).collect(),
+        Typed::Counter(_) => Vec::new(),
+    }
+}
+
+/// Whether `delta` removes `dot`: seen in its context, not among its
+/// entries.
 fn removes(delta: &Typed, dot: Dot) -> bool {
     match delta {
         Typed::Set(s) => s.context().contains(&dot) && !s.entries().any(|(d, _)| d == dot),
-        Typed::Counter(_) | Typed::Map(_) => false,
+        Typed::Map(m) => {
+            m.context().contains(&dot) && !m.members_of(SET_FIELD).any(|(d, _)| d == dot)
+        }
+        Typed::Counter(_) => false,
     }
 }
 
@@ -99,13 +113,6 @@ fn map_fields(map: &Typed) -> (i64, Vec<Vec<u8>>) {
         }
     }
     (count, values)
-}
-
-fn set_of(state: &SiblingSet) -> Set {
-    match state.typed() {
-        Some(Typed::Set(s)) => s.clone(),
-        _ => Set::default(),
-    }
 }
 
 /// Whether `total` is `base` plus the sum of some of `maybe`.
@@ -139,7 +146,7 @@ pub fn check(
     let added: BTreeSet<&[u8]> = ops
         .iter()
         .flat_map(|op| match &op.operation {
-            Operation::Add(members) => members.as_slice(),
+            Operation::Add(members) | Operation::AddToField { members, .. } => members.as_slice(),
             Operation::SetField { value, .. } => std::slice::from_ref(value),
             _ => &[],
         })
@@ -191,7 +198,7 @@ pub fn check(
                 ));
             }
         }
-        let set = set_of(state);
+        let held = state.typed().map(members).unwrap_or_default();
         for op in of_key().filter(minted) {
             let delta = &op.deltas[0];
             let removed_by = |dot: Dot| {
@@ -199,9 +206,12 @@ pub fn check(
                     .filter(minted)
                     .any(|other| removes(&other.deltas[0], dot))
             };
-            if let Typed::Set(d) = delta {
-                for (dot, member) in d.entries() {
-                    let present = set.entries().any(|(f, _)| f == dot);
+            if matches!(
+                op.operation,
+                Operation::Add(_) | Operation::AddToField { .. }
+            ) {
+                for (dot, member) in members(delta) {
+                    let present = held.iter().any(|(f, _)| *f == dot);
                     let written_off = !op.acked && removed > 0;
                     if !present && !written_off && !removed_by(dot) {
                         return Err(format!(
@@ -217,9 +227,12 @@ pub fn check(
                     }
                 }
             }
-            if let (Operation::Remove(_), Some(seen), Typed::Set(d)) =
-                (&op.operation, &op.seen, delta)
-                && let Some(dot) = d.context().dots().find(|dot| !seen.contains(dot))
+            let removal = matches!(
+                op.operation,
+                Operation::Remove(_) | Operation::RemoveFromField { .. }
+            );
+            if let (true, Some(seen)) = (removal, &op.seen)
+                && let Some(dot) = delta.context().dots().find(|dot| !seen.contains(dot))
             {
                 return Err(format!(
                     "a remove on key-{key} (started at {} ms) took away {dot}, which it never observed",
@@ -227,7 +240,7 @@ pub fn check(
                 ));
             }
             if (op.acked || removed == 0)
-                && let Some((dot, member)) = set.entries().find(|(dot, _)| removes(delta, *dot))
+                && let Some((dot, member)) = held.iter().find(|(dot, _)| removes(delta, *dot))
             {
                 return Err(format!(
                     "{:?} came back to key-{key} as {dot}, though {:?} (started at {} ms) removed it",
@@ -264,11 +277,21 @@ impl Sim {
             _ => Vec::new(),
         };
         let blind = Vec::new();
-        match ((k - self.typed_index(0)) % 3, self.rng.below(6)) {
+        let (kind, pick) = ((k - self.typed_index(0)) % 3, self.rng.below(6));
+        match (kind, pick) {
             (_, 5) => None,
             (0, _) => Some((Operation::Increment(by), blind)),
             (1, 0..=2) => Some((Operation::Add(vec![member]), blind)),
             (1, _) => Some((Operation::Remove(vec![member]), context)),
+            // A map: half its operations on the set field.
+            _ if self.rng.below(2) == 0 => {
+                let (field, members) = (SET_FIELD.to_vec(), vec![member]);
+                if pick <= 2 {
+                    Some((Operation::AddToField { field, members }, blind))
+                } else {
+                    Some((Operation::RemoveFromField { field, members }, context))
+                }
+            }
             (_, 0..=1) => {
                 let field = COUNT_FIELD.to_vec();
                 Some((Operation::IncrementField { field, by }, blind))
@@ -291,7 +314,11 @@ impl Sim {
         let Some(typed) = state.typed() else { return };
         let values = match typed {
             Typed::Set(set) => set.members().map(<[u8]>::to_vec).collect(),
-            Typed::Map(_) => map_fields(typed).1,
+            Typed::Map(_) => {
+                let mut values = map_fields(typed).1;
+                values.extend(members(typed).into_iter().map(|(_, m)| m.to_vec()));
+                values
+            }
             Typed::Counter(_) => return,
         };
         self.clients[c].seen_contexts.insert(k, typed.context());
@@ -302,6 +329,7 @@ impl Sim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crdt::{Map, Set};
     use crate::version::Actor;
 
     fn op(operation: Operation, acked: bool, deltas: Vec<Typed>) -> TypedOp {
@@ -354,5 +382,16 @@ mod tests {
             values: vec![b"x".to_vec()],
         }];
         assert!(check(&with_remove, &phantom, &empty, true, 0).is_err());
+
+        // The same of a map's set field.
+        let mut map = None;
+        let (field, members) = (SET_FIELD.to_vec(), vec![b"m".to_vec()]);
+        let add = Operation::AddToField { field, members };
+        let added = Typed::apply(&mut map, Actor(1), &add, &none, 0).unwrap();
+        let adds = [op(add, true, vec![added])];
+        let empty = vec![SiblingSet::of_typed(Typed::Map(Map::default()))];
+        assert!(check(&adds, &[], &empty, true, 0).is_err(), "a lost add");
+        let full = vec![SiblingSet::of_typed(map.unwrap())];
+        assert_eq!(check(&adds, &[], &full, true, 0), Ok(()));
     }
 }
