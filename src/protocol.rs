@@ -161,6 +161,30 @@ pub fn at<R>(version: u8, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Reads a field added in protocol `since`: from an older frame, which
+/// holds nothing for it, as its default.
+fn read_since<'de, T, D>(since: u8, d: D) -> std::result::Result<T, D::Error>
+where
+    T: Deserialize<'de> + Default,
+    D: serde::Deserializer<'de>,
+{
+    if speaking() < since {
+        <()>::deserialize(d)?;
+        Ok(T::default())
+    } else {
+        T::deserialize(d)
+    }
+}
+
+/// Why something added in protocol `since` is not encoded at the version
+/// being spoken.
+fn refused<E: serde::ser::Error>(since: u8) -> E {
+    E::custom(format!(
+        "this needs protocol {since}, and the peer speaks {}",
+        speaking()
+    ))
+}
+
 /// A field added in protocol 5: left out of older frames, read from them
 /// as its default. Postcard encodes a unit as nothing, so an older frame
 /// holds exactly the bytes its own version wrote.
@@ -182,12 +206,7 @@ pub mod since_5 {
         T: Deserialize<'de> + Default,
         D: Deserializer<'de>,
     {
-        if super::speaking() < SINCE {
-            <()>::deserialize(d)?;
-            Ok(T::default())
-        } else {
-            T::deserialize(d)
-        }
+        super::read_since(SINCE, d)
     }
 }
 
@@ -210,10 +229,7 @@ pub mod since_6 {
         } else if *value == T::default() {
             s.serialize_unit()
         } else {
-            Err(serde::ser::Error::custom(format!(
-                "this needs protocol {SINCE}, and the peer speaks {}",
-                super::speaking()
-            )))
+            Err(super::refused(SINCE))
         }
     }
 
@@ -222,12 +238,7 @@ pub mod since_6 {
         T: Deserialize<'de> + Default,
         D: Deserializer<'de>,
     {
-        if super::speaking() < SINCE {
-            <()>::deserialize(d)?;
-            Ok(T::default())
-        } else {
-            T::deserialize(d)
-        }
+        super::read_since(SINCE, d)
     }
 }
 
@@ -239,10 +250,7 @@ pub fn refused_before_6<T: Serialize, S: serde::Serializer>(
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     if speaking() < 6 {
-        Err(serde::ser::Error::custom(format!(
-            "this needs protocol 6, and the peer speaks {}",
-            speaking()
-        )))
+        Err(refused(6))
     } else {
         value.serialize(s)
     }

@@ -175,6 +175,25 @@ fn within_subset_sums(total: i64, base: i64, maybe: &[i64]) -> bool {
     sums.contains(&total)
 }
 
+/// Reads counter `key` through `node` at R = 3 (retrying while a link is
+/// still reconnecting) and checks it is `acked` plus some of `unknown`;
+/// returns the value.
+async fn counted_at_r3(node: &Client, key: &[u8], acked: i64, unknown: &[i64]) -> i64 {
+    let value = wait_for(WAIT, "a read at R = 3", || async {
+        match node.fetch(key, Some(3)).await?.reading {
+            Reading::Counter(v) => Ok(v),
+            other => panic!("{other:?}"),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        within_subset_sums(value, acked, unknown),
+        "{value} is not {acked} acknowledged plus some of {unknown:?}"
+    );
+    value
+}
+
 #[actix_rt::test]
 async fn a_counter_counts_every_acknowledged_increment_across_partitions_and_restarts() {
     let mut cluster = Cluster::start(3).await.unwrap();
@@ -218,18 +237,7 @@ async fn a_counter_counts_every_acknowledged_increment_across_partitions_and_res
         tally(round(nodes.clone()).await);
     }
     assert!(acked > 0);
-    let value = wait_for(WAIT, "a read at R = 3", || async {
-        match nodes[0].fetch(b"visits", Some(3)).await?.reading {
-            Reading::Counter(v) => Ok(v),
-            other => panic!("{other:?}"),
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        within_subset_sums(value, acked, &unknown),
-        "{value} is not {acked} acknowledged plus some of {unknown:?}"
-    );
+    let value = counted_at_r3(&nodes[0], b"visits", acked, &unknown).await;
     converged(&nodes, b"visits", Reading::Counter(value)).await;
     let e = nodes[0].sadd(b"visits", &[b"x"], None).await.unwrap_err();
     assert!(
@@ -402,17 +410,6 @@ async fn a_counter_incremented_through_twenty_restarts_keeps_an_entry_per_writer
     .unwrap();
     println!("counter entries: at most {most} during 20 restarts, {folded:?} after folding");
     let nodes = clients(&cluster, "tally").await;
-    let value = wait_for(WAIT, "a read at R = 3", || async {
-        match nodes[0].fetch(b"k", Some(3)).await?.reading {
-            Reading::Counter(v) => Ok(v),
-            other => panic!("{other:?}"),
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        within_subset_sums(value, acked, &unknown),
-        "{value} is not {acked} acknowledged plus some of {unknown:?}"
-    );
+    counted_at_r3(&nodes[0], b"k", acked, &unknown).await;
     cluster.stop().await.unwrap();
 }

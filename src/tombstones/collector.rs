@@ -439,6 +439,15 @@ mod tests {
         (k.as_bytes().to_vec(), t)
     }
 
+    /// Goes through the round's remaining partitions, finding nothing in
+    /// them; returns the work after the last.
+    fn rest_of_round(c: &mut Collector, mut work: Vec<GcWork>) -> Vec<GcWork> {
+        while let [GcWork::Find { .. }] = work[..] {
+            work = c.on_found(Ok(Vec::new()));
+        }
+        work
+    }
+
     /// Runs probes to completion with every member answering `Same`.
     fn all_same(c: &mut Collector, work: Vec<GcWork>, now: u64) -> Vec<GcWork> {
         let mut next = Vec::new();
@@ -488,10 +497,7 @@ mod tests {
             }
         )));
         // Finish this round without more tombstones, then again after the grace.
-        let mut work = next;
-        while let [GcWork::Find { .. }] = work[..] {
-            work = c.on_found(Ok(Vec::new()));
-        }
+        let work = rest_of_round(&mut c, next);
         assert_eq!(
             work,
             vec![GcWork::Ended {
@@ -528,9 +534,7 @@ mod tests {
             };
             end = c.on_answer(&to, Ok(GcMsg::Collected { removed: 1 }), 150);
         }
-        while let [GcWork::Find { .. }] = end[..] {
-            end = c.on_found(Ok(Vec::new()));
-        }
+        end = rest_of_round(&mut c, end);
         assert_eq!(
             end,
             vec![GcWork::Ended {
@@ -606,10 +610,8 @@ mod tests {
             assert!(current.is_empty(), "no writer known yet");
             let probes = c.on_found(Ok(found()));
             assert_eq!(probes.len(), 3);
-            let mut work = answer_as(&mut c, probes, 0, None);
-            while let [GcWork::Find { .. }] = work[..] {
-                work = c.on_found(Ok(Vec::new()));
-            }
+            let probed = answer_as(&mut c, probes, 0, None);
+            let work = rest_of_round(&mut c, probed);
             assert_eq!(
                 work,
                 vec![GcWork::Ended {
@@ -647,9 +649,7 @@ mod tests {
                 };
                 end = c.on_answer(&to, Ok(answer), 150);
             }
-            while let [GcWork::Find { .. }] = end[..] {
-                end = c.on_found(Ok(Vec::new()));
-            }
+            end = rest_of_round(&mut c, end);
             match plain {
                 None => {
                     assert_eq!((collects, folds), (3, 3), "every holder does both");
@@ -715,9 +715,7 @@ mod tests {
             )),
             "{last:?}"
         );
-        while let [GcWork::Find { .. }] = last[..] {
-            last = c.on_found(Ok(Vec::new()));
-        }
+        rest_of_round(&mut c, last);
         let held_by_c = Backlog {
             awaiting: 1,
             held_back: [(id("c"), 1)].into(),
