@@ -1,21 +1,35 @@
 //! Failure detection: which peers this node currently believes are up.
 //!
-//! Fed by two kinds of evidence:
-//! - *gossip*: every node bumps its own heartbeat counter each gossip round
-//!   and gossip carries everyone's latest counters (merged by maximum); a
-//!   peer whose counter advanced recently is alive, whoever relayed it;
-//! - *direct*: a request to the peer failed (connection refused or lost, no
-//!   answer in time), or a connection to it was just established.
+//! The work and the bytes it costs a node per round do not grow with the
+//! cluster (SWIM's suspicion and refutation, carried by gossip's digests):
+//! - *probes*: each gossip round is an exchange with one random peer, and
+//!   doubles as a probe of it. A peer that leaves a probe unanswered for
+//!   `suspect_after`, or that a request failed to reach (the shell reports
+//!   it), is *suspected*.
+//! - *reports*: every node keeps a `Report` per member, its incarnation
+//!   and whether it is suspected at it, merged by keeping the later
+//!   (`supersedes`). Reports are part of what gossip's digests compare, so
+//!   a suspicion reaches every node as a view change does, in O(log n)
+//!   rounds, and never dies out on the way. A node that receives a
+//!   suspicion of itself refutes it: it takes a higher incarnation, whose
+//!   report wins everywhere.
+//! - *timeouts*: a suspicion not lifted for `down_after - suspect_after`
+//!   makes the peer `Down`. Only suspected peers are looked at.
+//! - *direct contact*: a message from the peer, or a connection to it,
+//!   makes it `Up` here at once.
 //!
-//! A peer is `Up` while its heartbeat keeps advancing; `Suspect` after
-//! `suspect_after` without progress or right after a failed request; `Down`
-//! after `down_after` without progress. Any progress, or a fresh connection,
-//! makes it `Up` again. Liveness only changes routing (which nodes take a
-//! request), never ownership: the ring does not look at it.
+//! Incarnations start at the process's start time (the shell's wall clock,
+//! in ms), so a restarted node outranks every suspicion of its earlier run.
+//!
+//! Peers that gossip protocol 6 carry heartbeat counters instead
+//! (`Heartbeats`): an advancing counter counts as contact, and they are
+//! given every counter this node knows (its own advances every round).
+//! Liveness only changes routing (which nodes take a request), never
+//! ownership: the ring does not look at it.
 //!
 //! Time is an input (`now`, milliseconds on any monotonic clock).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,17 +52,35 @@ impl Health {
     }
 }
 
-/// Heartbeat counters by node, as carried in gossip.
+/// Heartbeat counters by node, as protocol 6 gossip carries them.
 pub type Heartbeats = BTreeMap<NodeId, u64>;
+
+/// What the cluster says of one member's liveness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub incarnation: u64,
+    /// Suspected at `incarnation`.
+    pub suspect: bool,
+}
+
+impl Report {
+    /// The merge order: a later incarnation, then a suspicion of the same.
+    pub fn supersedes(&self, other: &Report) -> bool {
+        (self.incarnation, self.suspect) > (other.incarnation, other.suspect)
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Peer {
+    report: Report,
     heartbeat: u64,
-    /// When the heartbeat last advanced (or the peer was first heard of).
-    progress_at: u64,
+    /// This node's belief, which direct contact can make `Up` whatever
+    /// the report says.
     health: Health,
-    /// It said it is stopping: only direct contact brings it back (the
-    /// heartbeats others relay are from before it stopped).
+    /// Since when this node holds it suspected.
+    since: u64,
+    /// It said it is stopping: only direct contact or a later incarnation
+    /// brings it back (counters others relay are from before it stopped).
     stopped: bool,
 }
 
@@ -57,64 +89,132 @@ pub struct FailureDetector {
     me: NodeId,
     suspect_after: u64,
     down_after: u64,
-    own_heartbeat: u64,
+    own: Report,
+    heartbeat: u64,
     peers: BTreeMap<NodeId, Peer>,
+    /// Peers held suspected now: all that `tick` looks at.
+    suspects: BTreeSet<NodeId>,
+    /// Probes not answered yet: when the first was sent.
+    probes: BTreeMap<NodeId, u64>,
+    /// Bumped on every change of a report: what a cache of them keys on.
+    changes: u64,
 }
 
 impl FailureDetector {
-    pub fn new(me: NodeId, suspect_after: u64, down_after: u64) -> Self {
+    /// `incarnation`: this run's, above every earlier run's (the shells use
+    /// the start time).
+    pub fn new(me: NodeId, suspect_after: u64, down_after: u64, incarnation: u64) -> Self {
         FailureDetector {
             me,
             suspect_after,
             down_after: down_after.max(suspect_after),
-            own_heartbeat: 0,
+            own: Report {
+                incarnation,
+                suspect: false,
+            },
+            heartbeat: incarnation,
             peers: BTreeMap::new(),
+            suspects: BTreeSet::new(),
+            probes: BTreeMap::new(),
+            changes: 0,
         }
     }
 
-    /// Starts tracking `peer` (a new member). It counts as up until it has
-    /// had `suspect_after` to show a heartbeat.
-    pub fn track(&mut self, peer: &NodeId, now: u64) {
-        if *peer != self.me {
-            self.peers.entry(peer.clone()).or_insert(Peer {
-                heartbeat: 0,
-                progress_at: now,
-                health: Health::Up,
-                stopped: false,
-            });
+    /// Starts tracking `peer` (a new member): up until shown otherwise.
+    pub fn track(&mut self, peer: &NodeId) {
+        if *peer != self.me && !self.peers.contains_key(peer) {
+            self.peers.insert(
+                peer.clone(),
+                Peer {
+                    report: Report::default(),
+                    heartbeat: 0,
+                    health: Health::Up,
+                    since: 0,
+                    stopped: false,
+                },
+            );
+            self.changes += 1;
         }
     }
 
     pub fn forget(&mut self, peer: &NodeId) {
-        self.peers.remove(peer);
+        if self.peers.remove(peer).is_some() {
+            self.changes += 1;
+        }
+        self.suspects.remove(peer);
+        self.probes.remove(peer);
     }
 
-    /// Advances this node's own heartbeat (once per gossip round).
+    /// Advances this node's heartbeat (once per gossip round).
     pub fn beat(&mut self) {
-        self.own_heartbeat += 1;
+        self.heartbeat += 1;
     }
 
-    /// Every counter this node knows, its own included, for gossip.
-    pub fn heartbeats(&self) -> Heartbeats {
-        let mut beats: Heartbeats = self
+    pub fn heartbeat(&self) -> u64 {
+        self.heartbeat
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.own.incarnation
+    }
+
+    /// A probe (a gossip exchange) went to `peer` at `now`.
+    pub fn probed(&mut self, peer: &NodeId, now: u64) {
+        if self.peers.contains_key(peer) {
+            self.probes.entry(peer.clone()).or_insert(now);
+        }
+    }
+
+    /// Every report this node holds, its own included, in id order.
+    pub fn reports(&self) -> Vec<(NodeId, Report)> {
+        let mut all: Vec<(NodeId, Report)> = self
             .peers
             .iter()
-            .map(|(id, p)| (id.clone(), p.heartbeat))
+            .map(|(id, p)| (id.clone(), p.report))
             .collect();
-        beats.insert(self.me.clone(), self.own_heartbeat);
-        beats
+        let at = all.partition_point(|(id, _)| *id < self.me);
+        all.insert(at, (self.me.clone(), self.own));
+        all
     }
 
-    /// Takes counters from gossip. Returns the peers whose health changed.
-    pub fn observe(&mut self, beats: &Heartbeats, now: u64) -> Vec<(NodeId, Health)> {
+    /// Grows with every change of a report (a cache of them keys on it).
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Merges reports from a peer at `now`. Returns the peers whose health
+    /// changed here.
+    pub fn merge(&mut self, reports: &[(NodeId, Report)], now: u64) -> Vec<(NodeId, Health)> {
         let mut changed = Vec::new();
-        for (id, &beat) in beats {
-            if let Some(p) = self.peers.get_mut(id)
-                && beat > p.heartbeat
-            {
-                p.heartbeat = beat;
-                p.progress_at = now;
-                if p.health != Health::Up && !p.stopped {
+        for (id, theirs) in reports {
+            if *id == self.me {
+                // Refute a suspicion of this run: a higher incarnation wins.
+                if theirs.suspect && theirs.incarnation >= self.own.incarnation {
+                    self.own.incarnation = theirs.incarnation + 1;
+                    self.changes += 1;
+                }
+                continue;
+            }
+            let Some(p) = self.peers.get_mut(id) else {
+                continue;
+            };
+            if !theirs.supersedes(&p.report) {
+                continue;
+            }
+            let lifted = p.report.incarnation < theirs.incarnation;
+            p.report = *theirs;
+            self.changes += 1;
+            if theirs.suspect {
+                p.since = now;
+                self.suspects.insert(id.clone());
+                if p.health == Health::Up {
+                    p.health = Health::Suspect;
+                    changed.push((id.clone(), Health::Suspect));
+                }
+            } else if lifted && (p.health != Health::Up || p.stopped) {
+                p.stopped = false;
+                self.suspects.remove(id);
+                if p.health != Health::Up {
                     p.health = Health::Up;
                     changed.push((id.clone(), Health::Up));
                 }
@@ -123,54 +223,116 @@ impl FailureDetector {
         changed
     }
 
-    /// A request to `peer` failed: suspect it now rather than waiting for
-    /// its heartbeat to go stale.
-    pub fn failed(&mut self, peer: &NodeId) -> Option<Health> {
+    /// A message from `peer` (whose heartbeat is `heartbeat`) arrived:
+    /// direct contact. Returns its new health if that changed.
+    pub fn heard(&mut self, peer: &NodeId, heartbeat: u64) -> Option<Health> {
         let p = self.peers.get_mut(peer)?;
-        (p.health == Health::Up).then(|| {
-            p.health = Health::Suspect;
-            Health::Suspect
-        })
+        p.heartbeat = p.heartbeat.max(heartbeat);
+        self.reached(peer)
+    }
+
+    /// Counters from a protocol 6 peer's gossip: an advancing one counts
+    /// as contact. Returns the peers whose health changed.
+    pub fn observe(&mut self, beats: &Heartbeats) -> Vec<(NodeId, Health)> {
+        let mut changed = Vec::new();
+        for (id, &beat) in beats {
+            let Some(p) = self.peers.get_mut(id) else {
+                continue;
+            };
+            if beat <= p.heartbeat {
+                continue;
+            }
+            p.heartbeat = beat;
+            if !p.stopped
+                && let Some(h) = self.reached(id)
+            {
+                changed.push((id.clone(), h));
+            }
+        }
+        changed
+    }
+
+    /// Every counter this node knows, its own included, for protocol 6
+    /// peers.
+    pub fn heartbeats(&self) -> Heartbeats {
+        let mut beats: Heartbeats = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.heartbeat > 0)
+            .map(|(id, p)| (id.clone(), p.heartbeat))
+            .collect();
+        beats.insert(self.me.clone(), self.heartbeat);
+        beats
+    }
+
+    /// A request to `peer` failed, or a probe went unanswered: suspect it
+    /// now, and let gossip tell the others.
+    pub fn failed(&mut self, peer: &NodeId, now: u64) -> Option<Health> {
+        let p = self.peers.get_mut(peer)?;
+        if p.health != Health::Up {
+            return None;
+        }
+        if !p.report.suspect {
+            p.report.suspect = true;
+            self.changes += 1;
+        }
+        p.since = now;
+        p.health = Health::Suspect;
+        self.suspects.insert(peer.clone());
+        Some(Health::Suspect)
     }
 
     /// `peer` said it is stopping: it is down until it is heard from
-    /// directly again (a connection, an answer); a heartbeat another node
-    /// relays is not enough.
-    pub fn stopped(&mut self, peer: &NodeId) -> Option<Health> {
+    /// directly again, or with a later incarnation.
+    pub fn stopped(&mut self, peer: &NodeId, now: u64) -> Option<Health> {
         let p = self.peers.get_mut(peer)?;
         p.stopped = true;
+        p.since = now;
+        self.suspects.insert(peer.clone());
+        self.probes.remove(peer);
         (p.health != Health::Down).then(|| {
             p.health = Health::Down;
             Health::Down
         })
     }
 
-    /// `peer` accepted a connection or answered directly: it is up.
-    pub fn reached(&mut self, peer: &NodeId, now: u64) -> Option<Health> {
+    /// `peer` answered, or accepted a connection: it is up here (a
+    /// suspicion in its report stands until it refutes it).
+    pub fn reached(&mut self, peer: &NodeId) -> Option<Health> {
         let p = self.peers.get_mut(peer)?;
-        p.progress_at = now;
         p.stopped = false;
+        self.probes.remove(peer);
+        self.suspects.remove(peer);
         (p.health != Health::Up).then(|| {
             p.health = Health::Up;
             Health::Up
         })
     }
 
-    /// Applies the timeouts. Returns the peers whose health changed.
+    /// Applies the timeouts: unanswered probes become suspicions, old
+    /// suspicions downs. Returns the peers whose health changed.
     pub fn tick(&mut self, now: u64) -> Vec<(NodeId, Health)> {
         let mut changed = Vec::new();
-        for (id, p) in &mut self.peers {
-            let silent = now.saturating_sub(p.progress_at);
-            let health = if silent >= self.down_after {
-                Health::Down
-            } else if silent >= self.suspect_after {
-                Health::Suspect
-            } else {
+        let unanswered: Vec<NodeId> = self
+            .probes
+            .iter()
+            .filter(|(_, sent)| now.saturating_sub(**sent) >= self.suspect_after)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in unanswered {
+            self.probes.remove(&id);
+            if let Some(h) = self.failed(&id, now) {
+                changed.push((id, h));
+            }
+        }
+        let window = self.down_after - self.suspect_after;
+        for id in &self.suspects {
+            let Some(p) = self.peers.get_mut(id) else {
                 continue;
             };
-            if health > p.health {
-                p.health = health;
-                changed.push((id.clone(), health));
+            if now.saturating_sub(p.since) >= window && p.health != Health::Down {
+                p.health = Health::Down;
+                changed.push((id.clone(), Health::Down));
             }
         }
         changed
@@ -191,73 +353,4 @@ impl FailureDetector {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(s: &str) -> NodeId {
-        NodeId::new(s).unwrap()
-    }
-
-    fn detector() -> FailureDetector {
-        let mut d = FailureDetector::new(id("me"), 3000, 10_000);
-        d.track(&id("a"), 0);
-        d
-    }
-
-    fn beats(n: u64) -> Heartbeats {
-        [(id("a"), n)].into_iter().collect()
-    }
-
-    #[test]
-    fn silence_leads_to_suspect_then_down_and_progress_back_to_up() {
-        let mut d = detector();
-        assert!(d.is_up(&id("a")));
-        assert!(d.tick(2999).is_empty());
-        assert_eq!(d.tick(3000), vec![(id("a"), Health::Suspect)]);
-        assert!(d.tick(5000).is_empty(), "no repeated transitions");
-        assert_eq!(d.tick(10_000), vec![(id("a"), Health::Down)]);
-        assert!(!d.is_up(&id("a")));
-        assert_eq!(d.observe(&beats(1), 12_000), vec![(id("a"), Health::Up)]);
-        assert!(d.is_up(&id("a")));
-        // a counter that does not advance is no evidence
-        assert!(d.observe(&beats(1), 20_000).is_empty());
-        assert_eq!(d.tick(20_000), vec![(id("a"), Health::Suspect)]);
-        assert_eq!(d.tick(22_000), vec![(id("a"), Health::Down)]);
-    }
-
-    #[test]
-    fn a_failed_request_suspects_at_once_and_a_connection_clears_it() {
-        let mut d = detector();
-        assert_eq!(d.failed(&id("a")), Some(Health::Suspect));
-        assert_eq!(d.failed(&id("a")), None);
-        assert!(!d.is_up(&id("a")));
-        assert_eq!(d.reached(&id("a"), 100), Some(Health::Up));
-        assert!(d.is_up(&id("a")));
-    }
-
-    #[test]
-    fn a_stop_notice_is_down_at_once_and_a_suspicion_does_not_lift_it() {
-        let mut d = detector();
-        assert_eq!(d.stopped(&id("a")), Some(Health::Down));
-        assert_eq!(d.stopped(&id("a")), None);
-        // Its connection dropping afterwards changes nothing, nor does a
-        // heartbeat of it another node relays.
-        assert_eq!(d.failed(&id("a")), None);
-        assert!(d.observe(&beats(7), 50).is_empty());
-        assert_eq!(d.health(&id("a")), Health::Down);
-        // Back: a connection from the restarted process.
-        assert_eq!(d.reached(&id("a"), 100), Some(Health::Up));
-        assert!(d.stopped(&id("stranger")).is_none());
-    }
-
-    #[test]
-    fn own_heartbeat_travels_and_self_is_always_up() {
-        let mut d = detector();
-        d.beat();
-        d.beat();
-        assert_eq!(d.heartbeats()[&id("me")], 2);
-        assert!(d.is_up(&id("me")));
-        assert_eq!(d.health(&id("stranger")), Health::Down);
-        assert!(d.failed(&id("stranger")).is_none());
-    }
-}
+mod tests;

@@ -53,6 +53,15 @@ impl Assignment {
     fn precedes(&self, other: &Assignment) -> bool {
         (self.epoch, &self.owner, &self.next) < (other.epoch, &other.owner, &other.next)
     }
+
+    /// Takes `other` if it comes later. Returns whether it did.
+    fn keep_later(&mut self, other: &Assignment) -> bool {
+        let later = self.precedes(other);
+        if later {
+            *self = other.clone();
+        }
+        later
+    }
 }
 
 /// A member as the planner sees it: its id and its capacity weight.
@@ -159,12 +168,22 @@ impl Ownership {
         }
         let mut changed = false;
         for (mine, theirs) in self.entries.iter_mut().zip(&other.entries) {
-            if mine.precedes(theirs) {
-                *mine = theirs.clone();
-                changed = true;
-            }
+            changed |= mine.keep_later(theirs);
         }
         Ok(changed)
+    }
+
+    /// Merges single entries, by partition, as `merge` merges a whole
+    /// table (a partition out of range is skipped: the caller refuses it).
+    /// Returns whether anything changed.
+    pub fn merge_entries(&mut self, entries: &[(u32, Assignment)]) -> bool {
+        let mut changed = false;
+        for (p, theirs) in entries {
+            if let Some(mine) = self.entries.get_mut(*p as usize) {
+                changed |= mine.keep_later(theirs);
+            }
+        }
+        changed
     }
 
     /// Marks each move as in flight (`next = to`), bumping the epoch.

@@ -159,7 +159,7 @@ impl PeerMsg {
     /// The first protocol version that has this message.
     pub fn since(&self) -> u8 {
         match self {
-            PeerMsg::Gossip(GossipMsg::Stopping) => 5,
+            PeerMsg::Gossip(gossip) => gossip.since().max(protocol::MIN_PROTOCOL_VERSION),
             PeerMsg::Tombstones(
                 GcMsg::ProbeAs { .. }
                 | GcMsg::HeldAs { .. }
@@ -243,7 +243,7 @@ mod tests {
         };
         let frame = codec().to_frame(&env).unwrap();
         // version | "a" | "b" | Request(5) | Ping
-        assert_eq!(hex(&frame[8..]), "0601610162010500");
+        assert_eq!(hex(&frame[8..]), "0701610162010500");
         let old = codec().at(4).to_frame(&env).unwrap();
         assert_eq!(hex(&old[8..]), "0401610162010500", "release 4's bytes");
         let (back, _): (Envelope, _) = codec().decode(&frame).unwrap().unwrap();

@@ -43,7 +43,9 @@ use crate::error::{Error, Result};
 ///    stopping node tells its peers (`GossipMsg::Stopping`).
 /// 6: a counter carries its folds (retired writers' entries folded by
 ///    tombstone collection, `GcMsg::ProbeAs`, `HeldAs`, `Fold`).
-pub const PROTOCOL_VERSION: u8 = 6;
+/// 7: gossip by digest and liveness rumors (`GossipMsg::Digest`, `Agree`,
+///    `Summary`, `Records`, `Delta`); protocol 6 peers still get pushes.
+pub const PROTOCOL_VERSION: u8 = 7;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u8 = 4;
 /// The version every hello is encoded at: the first with ranges.

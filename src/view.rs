@@ -27,7 +27,7 @@ use crate::ownership::{Capacity, Ownership};
 use crate::ring::Ring;
 
 /// Most members a view may hold: bounds what a peer can make us store.
-pub const MAX_MEMBERS: usize = 1024;
+pub const MAX_MEMBERS: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Status {

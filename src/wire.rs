@@ -660,11 +660,11 @@ mod tests {
     #[test]
     fn golden_client_frame() {
         // CRC cross-checked with zlib.crc32.
-        // len 10 | crc | version 6 | id 7 | Put(2) | key "k" | value "v" | ctx [] | Some(2)
+        // len 10 | crc | version 7 | id 7 | Put(2) | key "k" | value "v" | ctx [] | Some(2)
         let frame = codec().to_frame(&put()).unwrap();
         assert_eq!(
             hex(&frame),
-            "0000000a88b50035060702016b01760001 02".replace(' ', "")
+            "0000000a67776b0b070702016b01760001 02".replace(' ', "")
         );
         let (back, used): (ClientRequest, _) = codec().decode(&frame).unwrap().unwrap();
         assert_eq!((back, used), (put(), frame.len()));

@@ -140,7 +140,7 @@ impl Membership {
             meta,
             events,
         } = wiring;
-        let core = Core::new(settings.clone(), load_view(&meta)?, clock.now());
+        let core = Core::new(settings.clone(), load_view(&meta)?);
         Ok(Membership {
             core,
             settings,
@@ -230,19 +230,25 @@ impl Membership {
         let (outgoing, changed) = self.core.tick(self.clock.now(), self.rng.u64(..));
         self.publish(changed);
         for out in outgoing {
-            let msg = PeerMsg::Gossip(out.msg);
-            let timeout = self.call_timeout;
-            let call = ask(&self.bridge, out.to, msg, timeout);
-            ctx.spawn(call.into_actor(self).map(|answer, act, ctx| {
-                shielded(NAME, act, ctx, |act, _| match answer {
-                    Ok((from, PeerMsg::Gossip(reply))) => {
-                        let _ = act.receive(&from, reply);
-                    }
-                    Ok((from, other)) => debug!(%from, ?other, "unexpected answer to gossip"),
-                    Err(e) => debug!(error = %e, "gossip round failed"),
-                })
-            }));
+            self.exchange(ctx, out.to, out.msg);
         }
+    }
+
+    /// Sends `to` a request of a gossip round; an answer that calls for
+    /// the round's next request gets it.
+    fn exchange(&mut self, ctx: &mut Context<Self>, to: Destination, msg: GossipMsg) {
+        let call = ask(&self.bridge, to, PeerMsg::Gossip(msg), self.call_timeout);
+        ctx.spawn(call.into_actor(self).map(|answer, act, ctx| {
+            shielded(NAME, act, ctx, |act, ctx| match answer {
+                Ok((from, PeerMsg::Gossip(reply))) => {
+                    if let Ok(Some(next)) = act.receive(&from, reply) {
+                        act.exchange(ctx, Destination::Node(from), next);
+                    }
+                }
+                Ok((from, other)) => debug!(%from, ?other, "unexpected answer to gossip"),
+                Err(e) => debug!(error = %e, "gossip round failed"),
+            })
+        }));
     }
 }
 
@@ -255,7 +261,7 @@ impl Supervised for Membership {
         match load_view(&self.meta) {
             Ok(view) => {
                 let stopping = self.core.is_stopping();
-                self.core = Core::new(self.settings.clone(), view, self.clock.now());
+                self.core = Core::new(self.settings.clone(), view);
                 if stopping {
                     self.core.stop();
                 }
@@ -347,8 +353,12 @@ impl Handler<Reachability> for Membership {
     fn handle(&mut self, r: Reachability, ctx: &mut Context<Self>) {
         shielded(NAME, self, ctx, |act, _| {
             let changed = match &r {
-                Reachability::Lost(peer) => act.core.on_unreachable(peer),
-                Reachability::Reached(peer) => act.core.on_reachable(peer, act.clock.now()),
+                Reachability::Lost(peer) => act.core.on_unreachable(peer, act.clock.now()),
+                Reachability::Reached(peer) => act.core.on_reachable(peer),
+                Reachability::Speaks(peer, max) => {
+                    act.core.speaks(peer, *max);
+                    return;
+                }
             };
             if changed.liveness {
                 debug!(?r, "direct evidence of a peer's liveness");

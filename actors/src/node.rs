@@ -229,6 +229,8 @@ fn start_on(
         suspect_after: config.gossip.suspect_after_ms,
         down_after: config.gossip.down_after_ms,
         auto_join: config.cluster.auto_join,
+        incarnation: crate::clock::wall_ms(),
+        protocol: versions.max,
     };
     let membership = Membership::new(
         membership_settings,

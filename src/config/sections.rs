@@ -191,12 +191,13 @@ impl Default for TimeoutsSection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GossipSection {
-    /// Interval between gossip rounds (each pushes the view to one random peer).
+    /// Interval between gossip rounds (each exchanges views with one
+    /// random peer and probes it).
     pub interval_ms: u64,
-    /// A peer whose heartbeat has not advanced for this long is suspect
+    /// A peer that leaves a probe unanswered for this long is suspect
     /// (requests are routed around it).
     pub suspect_after_ms: u64,
-    /// ... and after this long, down.
+    /// ... and once suspected for `down_after_ms - suspect_after_ms`, down.
     pub down_after_ms: u64,
 }
 

@@ -20,6 +20,8 @@ fn settings(i: usize, seeds: &[usize]) -> Settings {
         suspect_after: 3000,
         down_after: 10_000,
         auto_join: true,
+        incarnation: 0,
+        protocol: crate::protocol::PROTOCOL_VERSION,
     }
 }
 
@@ -41,7 +43,7 @@ fn run(nodes: &mut [Membership], mut queue: Vec<(NodeId, Outgoing)>) {
             Destination::Node(id) => id.clone(),
             Destination::Addr(a) => nodes
                 .iter()
-                .find(|n| &n.view.members[&n.me].peer_addr == a)
+                .find(|n| &n.view().members[&n.me].peer_addr == a)
                 .unwrap()
                 .me
                 .clone(),
@@ -67,7 +69,7 @@ fn rounds(nodes: &mut [Membership], count: u64) {
 #[test]
 fn nodes_started_with_the_same_seeds_found_identical_tables() {
     let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None, 0))
+        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
         .collect();
     assert!(
         nodes.iter().all(|n| n.ring().is_none()),
@@ -84,7 +86,7 @@ fn nodes_started_with_the_same_seeds_found_identical_tables() {
 #[test]
 fn a_stopping_node_tells_its_peers_which_hold_it_down_and_it_goes_quiet() {
     let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None, 0))
+        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
         .collect();
     rounds(&mut nodes, 3);
     let n1 = nodes[0].me.clone();
@@ -116,7 +118,7 @@ fn a_stopping_node_tells_its_peers_which_hold_it_down_and_it_goes_quiet() {
 #[test]
 fn a_leave_that_would_leave_fewer_members_than_a_namespaces_n_is_refused() {
     let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None, 0))
+        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
         .collect();
     rounds(&mut nodes, 3);
     let defaults = namespace::test_settings(3);
@@ -150,15 +152,15 @@ fn a_leave_that_would_leave_fewer_members_than_a_namespaces_n_is_refused() {
 
 #[test]
 fn a_lone_node_founds_at_once() {
-    let m = Membership::new(settings(1, &[]), None, 0);
+    let m = Membership::new(settings(1, &[]), None);
     assert!(m.ring().is_some());
     assert_eq!(m.member(m.me()).unwrap().status, Status::Up);
 }
 
 #[test]
 fn a_later_node_claims_its_share_as_pending_moves() {
-    let mut nodes = vec![Membership::new(settings(1, &[]), None, 0)];
-    nodes.push(Membership::new(settings(2, &[1]), None, 0));
+    let mut nodes = vec![Membership::new(settings(1, &[]), None)];
+    nodes.push(Membership::new(settings(2, &[1]), None));
     rounds(&mut nodes, 3);
     let table = nodes[0].view().ownership.clone().unwrap();
     let incoming = table.incoming(nodes[1].me());
@@ -176,11 +178,11 @@ fn a_later_node_claims_its_share_as_pending_moves() {
 
 #[test]
 fn a_restart_keeps_the_view_and_refreshes_its_record() {
-    let m = Membership::new(settings(1, &[]), None, 0);
+    let m = Membership::new(settings(1, &[]), None);
     let persisted = m.view().clone();
     let mut s = settings(1, &[]);
     s.me.client_addr = "127.0.0.1:9999".into();
-    let again = Membership::new(s, Some(persisted.clone()), 0);
+    let again = Membership::new(s, Some(persisted.clone()));
     let rec = again.member(again.me()).unwrap();
     assert_eq!(rec.client_addr, "127.0.0.1:9999");
     assert!(rec.version > persisted.members[again.me()].version);
@@ -189,7 +191,7 @@ fn a_restart_keeps_the_view_and_refreshes_its_record() {
 
 #[test]
 fn a_stale_own_record_after_a_restart_is_outranked() {
-    let mut a = Membership::new(settings(1, &[]), None, 0);
+    let mut a = Membership::new(settings(1, &[]), None);
     let mut gossip = a.view().clone();
     gossip.members.get_mut(a.me()).unwrap().version += 3;
     let stale_version = gossip.members[a.me()].version;
@@ -201,7 +203,7 @@ fn a_stale_own_record_after_a_restart_is_outranked() {
 
 #[test]
 fn bad_gossip_is_rejected_and_leaves_the_view_alone() {
-    let mut a = Membership::new(settings(1, &[]), None, 0);
+    let mut a = Membership::new(settings(1, &[]), None);
     let before = a.view().clone();
     let from = NodeId::new("n9").unwrap();
     let stranger = |peer: &str, client: &str| Member {
@@ -279,9 +281,9 @@ fn bad_gossip_is_rejected_and_leaves_the_view_alone() {
 }
 
 #[test]
-fn heartbeats_in_gossip_keep_peers_up_and_silence_takes_them_down() {
+fn unanswered_probes_take_a_peer_down_and_its_gossip_brings_it_back() {
     let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None, 0))
+        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
         .collect();
     rounds(&mut nodes, 3);
     let n3 = nodes[2].me().clone();
@@ -294,7 +296,7 @@ fn heartbeats_in_gossip_keep_peers_up_and_silence_takes_them_down() {
         now += 100;
         for i in 0..2 {
             let (me, other) = (alive[i].me().clone(), alive[1 - i].me().clone());
-            let (out, _) = alive[i].tick(now, now);
+            let (out, _) = alive[i].tick(now, now / 100);
             for o in out
                 .into_iter()
                 .filter(|o| o.to == Destination::Node(other.clone()))
@@ -306,7 +308,10 @@ fn heartbeats_in_gossip_keep_peers_up_and_silence_takes_them_down() {
         }
         seen.push(alive[0].health(&n3));
     }
-    assert!(seen.contains(&Health::Suspect), "suspect before down");
+    assert!(
+        seen.contains(&Health::Suspect),
+        "suspect before down: {seen:?}"
+    );
     assert_eq!(alive[0].health(&n3), Health::Down);
     assert_eq!(
         alive[0].health(alive[1].me()),
@@ -315,7 +320,7 @@ fn heartbeats_in_gossip_keep_peers_up_and_silence_takes_them_down() {
     );
     assert_eq!(alive[0].health_map()[&n3], Health::Down);
 
-    // node 3 speaks again: its newer heartbeat brings it back up
+    // node 3 speaks again (protocol 6 here): its gossip brings it back up
     let mut back = nodes[2].clone();
     back.tick(now, 0);
     let push = GossipMsg::Push {
@@ -326,23 +331,23 @@ fn heartbeats_in_gossip_keep_peers_up_and_silence_takes_them_down() {
     assert!(changed.liveness);
     assert_eq!(alive[0].health(&n3), Health::Up);
     // a failed request suspects it at once
-    assert!(alive[0].on_unreachable(&n3).liveness);
+    assert!(alive[0].on_unreachable(&n3, now).liveness);
     assert_eq!(alive[0].health(&n3), Health::Suspect);
-    assert!(alive[0].on_reachable(&n3, now).liveness);
+    assert!(alive[0].on_reachable(&n3).liveness);
 }
 
 /// Three nodes; n3 is removed by n1 while n3 is away, with n3's own
 /// record at a higher version than n1 knew (it restarted often).
 fn removed_while_away() -> (Vec<Membership>, View) {
     let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None, 0))
+        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
         .collect();
     rounds(&mut nodes, 3);
     let mut away = nodes.pop().unwrap();
     // Restarts with new addresses bump its record past what n1 saw.
     let mut stale = away.view().clone();
     stale.members.get_mut(away.me()).unwrap().version += 10;
-    away.view = stale.clone();
+    *away.known.edit() = stale.clone();
     nodes[0].remove(away.me()).unwrap();
     rounds(&mut nodes, 2);
     (nodes, stale)
@@ -373,7 +378,7 @@ fn a_removal_wins_over_any_older_record_of_the_removed_node() {
 fn a_removed_node_learns_from_a_refusal_and_stops_gossiping() {
     let (nodes, stale) = removed_while_away();
     let gone = NodeId::new("n3").unwrap();
-    let mut back = Membership::new(settings(3, &[1, 2, 3]), Some(stale), 0);
+    let mut back = Membership::new(settings(3, &[1, 2, 3]), Some(stale));
     assert!(!back.is_fenced());
     let (out, _) = back.tick(0, 1);
     assert!(!out.is_empty(), "it gossips until it learns");
@@ -402,14 +407,14 @@ fn a_removed_node_learns_from_a_refusal_and_stops_gossiping() {
     assert!(out.is_empty(), "a removed node gossips no more");
     assert!(back.join("127.0.0.1:7101".into()).is_err());
     // A restart on that view stays out.
-    let again = Membership::new(settings(3, &[1, 2, 3]), Some(back.view().clone()), 0);
+    let again = Membership::new(settings(3, &[1, 2, 3]), Some(back.view().clone()));
     assert!(again.is_fenced());
 }
 
 #[test]
 fn five_nodes_converge_to_one_view_and_one_ring() {
     let mut nodes: Vec<Membership> = (1..=5)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3, 4, 5]), None, 0))
+        .map(|i| Membership::new(settings(i, &[1, 2, 3, 4, 5]), None))
         .collect();
     let mut rounds_needed = 0;
     while rounds_needed < 20 {
@@ -431,7 +436,7 @@ fn nodes_waiting_for_a_missing_seed_keep_each_other_alive() {
     // node 4 is a seed of everyone but never starts: no table is founded,
     // yet the three others keep exchanging heartbeats
     let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3, 4]), None, 0))
+        .map(|i| Membership::new(settings(i, &[1, 2, 3, 4]), None))
         .collect();
     for round in 0..100u64 {
         let now = round * 100;
@@ -442,7 +447,10 @@ fn nodes_waiting_for_a_missing_seed_keep_each_other_alive() {
                 let to = match &o.to {
                     Destination::Node(id) => id.clone(),
                     Destination::Addr(a) => {
-                        match nodes.iter().find(|n| &n.view.members[&n.me].peer_addr == a) {
+                        match nodes
+                            .iter()
+                            .find(|n| &n.view().members[&n.me].peer_addr == a)
+                        {
                             Some(n) => n.me.clone(),
                             None => continue, // the missing seed
                         }
@@ -470,5 +478,147 @@ fn nodes_waiting_for_a_missing_seed_keep_each_other_alive() {
                 other.me()
             );
         }
+    }
+}
+
+#[test]
+fn agreeing_nodes_exchange_a_fingerprint_whatever_the_cluster_size() {
+    let mut nodes: Vec<Membership> = (1..=3)
+        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
+        .collect();
+    rounds(&mut nodes, 3);
+    let (mut out, _) = nodes[0].tick(1_000, 0);
+    let opening = out.pop().unwrap();
+    let Destination::Node(to) = opening.to.clone() else {
+        panic!("a member, not a seed: {opening:?}");
+    };
+    assert!(matches!(opening.msg, GossipMsg::Digest { .. }));
+    let n1 = nodes[0].me().clone();
+    let j = nodes.iter().position(|n| n.me == to).unwrap();
+    let (answer, changed) = nodes[j].on_gossip(&n1, opening.msg, 1_000).unwrap();
+    let answer = answer.unwrap().msg;
+    assert!(matches!(answer, GossipMsg::Agree { .. }), "{answer:?}");
+    assert!(!changed.any());
+    let (next, _) = nodes[0].on_gossip(&to, answer, 1_000).unwrap();
+    assert!(next.is_none(), "the round is over");
+
+    // The opening is as long with thousands of members in the view.
+    let mut crowded = nodes[0].view().clone();
+    for i in 0..4000 {
+        let id = NodeId::new(format!("m{i}")).unwrap();
+        let member = Member {
+            id: id.clone(),
+            peer_addr: format!("10.1.{}.{}:7100", i / 250, i % 250),
+            client_addr: format!("10.1.{}.{}:7000", i / 250, i % 250),
+            weight: 1,
+            status: Status::Up,
+            version: 1,
+        };
+        crowded.members.insert(id, member);
+    }
+    let mut big = Membership::new(settings(1, &[1, 2, 3]), Some(crowded));
+    let (out, _) = big.tick(1_000, 5);
+    let size = postcard::to_stdvec(&out[0].msg).unwrap().len();
+    assert!(size < 64, "a {size}-byte opening");
+}
+
+#[test]
+fn a_change_travels_by_records_and_views_converge() {
+    let mut nodes: Vec<Membership> = (1..=5)
+        .map(|i| Membership::new(settings(i, &[1, 2, 3, 4, 5]), None))
+        .collect();
+    rounds(&mut nodes, 4);
+    let defaults = namespace::test_settings(3);
+    let create = namespace::Request::Create {
+        name: "logs".into(),
+        changes: namespace::Changes::default(),
+    };
+    nodes[2].namespace(create, &defaults).unwrap();
+    nodes[4].leave().unwrap();
+    rounds(&mut nodes, 6);
+    let views: Vec<&View> = nodes.iter().map(|n| n.view()).collect();
+    assert!(views.windows(2).all(|w| w[0] == w[1]), "views differ");
+    assert!(
+        views[0]
+            .namespaces
+            .live()
+            .any(|(name, _)| name.as_str() == "logs")
+    );
+    assert_eq!(views[0].members[nodes[4].me()].status, Status::Leaving);
+    let roots: Vec<u64> = nodes.iter_mut().map(|n| n.root()).collect();
+    assert!(roots.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn records_that_would_let_one_node_pass_for_another_are_refused() {
+    let mut nodes: Vec<Membership> = (1..=3)
+        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
+        .collect();
+    rounds(&mut nodes, 3);
+    let before = nodes[0].view().clone();
+    let n2 = nodes[1].me().clone();
+    let mut thief = before.members[nodes[2].me()].clone();
+    thief.id = NodeId::new("intruder").unwrap();
+    let records = Records {
+        members: vec![thief],
+        ..Records::default()
+    };
+    let msg = GossipMsg::Delta {
+        records,
+        heartbeat: 0,
+    };
+    assert!(nodes[0].on_gossip(&n2, msg, 0).is_err());
+    let out_of_range = GossipMsg::Records {
+        buckets: vec![100_000],
+        records: Records::default(),
+        heartbeat: 0,
+    };
+    assert!(nodes[0].on_gossip(&n2, out_of_range, 0).is_err());
+    assert_eq!(nodes[0].view(), &before);
+}
+
+#[test]
+fn a_node_of_protocol_6_gossips_by_push_with_nodes_that_speak_7() {
+    let mut nodes: Vec<Membership> = (1..=3)
+        .map(|i| {
+            let mut s = settings(i, &[1, 2, 3]);
+            if i == 3 {
+                s.protocol = 6;
+            }
+            Membership::new(s, None)
+        })
+        .collect();
+    let n3 = nodes[2].me().clone();
+    // Their hellos told nodes 1 and 2 that node 3 speaks 6.
+    for n in &mut nodes[..2] {
+        n.speaks(&n3, 6);
+    }
+    rounds(&mut nodes, 4);
+    nodes[0].leave().unwrap();
+    for round in 0..40u64 {
+        let now = 1_000 + round * 100;
+        for i in 0..3 {
+            let me = nodes[i].me().clone();
+            let (out, _) = nodes[i].tick(now, round + i as u64);
+            for o in &out {
+                let to_old = o.to == Destination::Node(n3.clone());
+                let pushes = matches!(o.msg, GossipMsg::Push { .. });
+                assert!(pushes == (i == 2 || to_old), "{me} sent {:?}", o.msg);
+            }
+            run(
+                &mut nodes,
+                out.into_iter().map(|o| (me.clone(), o)).collect(),
+            );
+        }
+    }
+    let views: Vec<&View> = nodes.iter().map(|n| n.view()).collect();
+    assert!(views.windows(2).all(|w| w[0] == w[1]), "views differ");
+    assert_eq!(views[0].members[nodes[0].me()].status, Status::Leaving);
+    for n in &nodes {
+        assert!(
+            n.health_map().values().all(|h| *h == Health::Up),
+            "{:?}",
+            n.health_map()
+        );
     }
 }

@@ -44,6 +44,7 @@ mod disk;
 pub mod history;
 mod nemesis;
 mod network;
+pub mod scale;
 pub mod typed;
 mod workload;
 mod world;
@@ -292,7 +293,8 @@ fn hint_settings(cfg: &SimConfig, i: usize) -> DeliverySettings {
     }
 }
 
-fn settings(cfg: &SimConfig, i: usize) -> Settings {
+/// Node `i`'s membership settings, for a run started at `incarnation`.
+fn settings(cfg: &SimConfig, i: usize, incarnation: u64) -> Settings {
     Settings {
         me: Member {
             id: node_id(i),
@@ -309,6 +311,8 @@ fn settings(cfg: &SimConfig, i: usize) -> Settings {
         suspect_after: SUSPECT_AFTER,
         down_after: DOWN_AFTER,
         auto_join: true,
+        incarnation,
+        protocol: crate::protocol::PROTOCOL_VERSION,
     }
 }
 

@@ -276,7 +276,7 @@ impl Sim {
         replica.keep_deleted(cfg.keep_deleted_ms);
         replica.keep_every_decoded_state();
         node.replica = replica;
-        node.membership = Membership::new(settings(&cfg, i), node.view.clone(), now);
+        node.membership = Membership::new(settings(&cfg, i, now), node.view.clone());
         node.running = true;
         node.life += 1;
         node.start_drivers(&cfg, i);

@@ -182,10 +182,12 @@ impl Sim {
             self.note(|| format!("n{from} -> n{to}: {what}"));
         }
         let from_id = self.nodes[from].id.clone();
-        let request = matches!(
+        let request = match &msg {
+            Msg::Gossip(g) => g.is_request(),
+            _ => false,
+        } || matches!(
             msg,
-            Msg::Gossip(GossipMsg::Push { .. })
-                | Msg::Replica { .. }
+            Msg::Replica { .. }
                 | Msg::HintDeliver { .. }
                 | Msg::Ae { .. }
                 | Msg::Gc { .. }

@@ -288,7 +288,7 @@ impl Sim {
                 disks,
                 retired: false,
                 view: None,
-                membership: Membership::new(settings(&cfg, i), None, 0),
+                membership: Membership::new(settings(&cfg, i, 0), None),
                 replica,
                 sessions: BTreeMap::new(),
                 calls: BTreeMap::new(),

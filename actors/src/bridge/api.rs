@@ -104,6 +104,8 @@ pub enum Reachability {
     Reached(NodeId),
     /// The peer refused or dropped a connection, or left a request unanswered.
     Lost(NodeId),
+    /// The peer's hello said the newest protocol it speaks is this.
+    Speaks(NodeId, u8),
 }
 
 /// An inbound request from an authenticated peer, for the concern that

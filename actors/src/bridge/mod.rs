@@ -510,6 +510,7 @@ impl Handler<LinkUp> for Bridge {
     fn handle(&mut self, up: LinkUp, ctx: &mut Context<Self>) {
         shielded(NAME, self, ctx, |act, _| {
             act.speaks.insert(up.peer.clone(), up.speaks);
+            act.report(Reachability::Speaks(up.peer.clone(), up.speaks.max));
             if !up.outbound {
                 return;
             }
