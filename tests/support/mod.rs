@@ -92,6 +92,8 @@ pub fn free_port() -> u16 {
 pub struct ProcessCluster {
     pub dir: TempDir,
     pub client_addrs: Vec<String>,
+    peer_addrs: Vec<String>,
+    partitions: u32,
     configs: Vec<PathBuf>,
     procs: Vec<Option<Child>>,
     /// Set when each node runs in its own network namespace. Declared
@@ -131,40 +133,64 @@ impl ProcessCluster {
         partitions: u32,
         extra: &str,
     ) -> ProcessCluster {
-        let dir = tempfile::tempdir().unwrap();
-        let mut configs = Vec::new();
-        for (i, (client, peer)) in addrs.iter().enumerate() {
-            let seeds: Vec<String> = addrs
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, (_, p))| format!("\"{p}\""))
-                .collect();
-            let toml = format!(
-                "[node]\nid = \"node{id}\"\nclient_addr = \"{client}\"\npeer_addr = \"{peer}\"\n\
-                 data_dir = \"{data}\"\n\n[cluster]\nseeds = [{seeds}]\npartitions = {partitions}\n\n\
-                 [gossip]\ninterval_ms = 100\nsuspect_after_ms = 1000\ndown_after_ms = 3000\n\n\
-                 [hints]\ninterval_ms = 200\n\n[timeouts]\nrequest_ms = 2000\nconnect_ms = 500\n{extra}\n",
-                id = i + 1,
-                data = dir.path().join(format!("node{}", i + 1)).display(),
-                seeds = seeds.join(", "),
-            );
-            let path = dir.path().join(format!("node{}.toml", i + 1));
-            std::fs::write(&path, toml).unwrap();
-            configs.push(path);
-        }
         let n = addrs.len();
         let mut cluster = ProcessCluster {
-            client_addrs: addrs.into_iter().map(|(c, _)| c).collect(),
-            dir,
-            configs,
-            procs: (0..n).map(|_| None).collect(),
+            client_addrs: addrs.iter().map(|(c, _)| c.clone()).collect(),
+            peer_addrs: addrs.iter().map(|(_, p)| p.clone()).collect(),
+            partitions,
+            dir: tempfile::tempdir().unwrap(),
+            configs: Vec::new(),
+            procs: Vec::new(),
             net,
         };
+        for i in 0..n {
+            let seeds: Vec<&str> = (0..n)
+                .filter(|j| *j != i)
+                .map(|j| cluster.peer_addrs[j].as_str())
+                .collect();
+            let path = cluster.write_config(i, &seeds, extra);
+            cluster.configs.push(path);
+            cluster.procs.push(None);
+        }
         for i in 0..n {
             cluster.spawn(i);
         }
         cluster
+    }
+
+    /// Writes node `i`'s config (`extra` TOML appended) and returns its path.
+    fn write_config(&self, i: usize, seeds: &[&str], extra: &str) -> PathBuf {
+        let seeds: Vec<String> = seeds.iter().map(|p| format!("\"{p}\"")).collect();
+        let toml = format!(
+            "[node]\nid = \"node{id}\"\nclient_addr = \"{client}\"\npeer_addr = \"{peer}\"\n\
+             data_dir = \"{data}\"\n\n[cluster]\nseeds = [{seeds}]\npartitions = {partitions}\n\n\
+             [gossip]\ninterval_ms = 100\nsuspect_after_ms = 1000\ndown_after_ms = 3000\n\n\
+             [hints]\ninterval_ms = 200\n\n[timeouts]\nrequest_ms = 2000\nconnect_ms = 500\n{extra}\n",
+            id = i + 1,
+            client = self.client_addrs[i],
+            peer = self.peer_addrs[i],
+            data = self.dir.path().join(format!("node{}", i + 1)).display(),
+            seeds = seeds.join(", "),
+            partitions = self.partitions,
+        );
+        let path = self.dir.path().join(format!("node{}.toml", i + 1));
+        std::fs::write(&path, toml).unwrap();
+        path
+    }
+
+    /// Starts one more node on loopback, with node 1 as its only seed: it
+    /// joins the running cluster. Returns its index.
+    pub fn add(&mut self, extra: &str) -> usize {
+        assert!(self.net.is_none(), "nodes are added on loopback only");
+        let i = self.client_addrs.len();
+        self.client_addrs.push(format!("127.0.0.1:{}", free_port()));
+        self.peer_addrs.push(format!("127.0.0.1:{}", free_port()));
+        let seed = self.peer_addrs[0].clone();
+        let path = self.write_config(i, &[&seed], extra);
+        self.configs.push(path);
+        self.procs.push(None);
+        self.spawn(i);
+        i
     }
 
     fn log_path(&self, i: usize) -> PathBuf {
