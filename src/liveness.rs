@@ -4,8 +4,8 @@
 //! cluster (SWIM's suspicion and refutation, carried by gossip's digests):
 //! - *probes*: each gossip round is an exchange with one random peer, and
 //!   doubles as a probe of it. A peer that leaves a probe unanswered for
-//!   `suspect_after`, or that a request failed to reach (the shell reports
-//!   it), is *suspected*.
+//!   `suspect_after` is *suspected*. (One that a request failed to reach,
+//!   as the shell reports, is suspect here only.)
 //! - *reports*: every node keeps a `Report` per member, its incarnation
 //!   and whether it is suspected at it, merged by keeping the later
 //!   (`supersedes`). Reports are part of what gossip's digests compare, so
@@ -265,21 +265,29 @@ impl FailureDetector {
         beats
     }
 
-    /// A request to `peer` failed, or a probe went unanswered: suspect it
-    /// now, and let gossip tell the others.
+    /// A request to `peer` failed: suspect it here, now. (A connection
+    /// that failed once is no news for the whole cluster; an unanswered
+    /// probe is.)
     pub fn failed(&mut self, peer: &NodeId, now: u64) -> Option<Health> {
         let p = self.peers.get_mut(peer)?;
         if p.health != Health::Up {
             return None;
         }
-        if !p.report.suspect {
-            p.report.suspect = true;
-            self.changes += 1;
-        }
         p.since = now;
         p.health = Health::Suspect;
         self.suspects.insert(peer.clone());
         Some(Health::Suspect)
+    }
+
+    /// A probe of `peer` went unanswered: suspect it, and let gossip tell
+    /// the others (its report says so until it refutes it).
+    fn unanswered(&mut self, peer: &NodeId, now: u64) -> Option<Health> {
+        let p = self.peers.get_mut(peer)?;
+        if !p.report.suspect {
+            p.report.suspect = true;
+            self.changes += 1;
+        }
+        self.failed(peer, now)
     }
 
     /// `peer` said it is stopping: it is down until it is heard from
@@ -321,7 +329,7 @@ impl FailureDetector {
             .collect();
         for id in unanswered {
             self.probes.remove(&id);
-            if let Some(h) = self.failed(&id, now) {
+            if let Some(h) = self.unanswered(&id, now) {
                 changed.push((id, h));
             }
         }

@@ -51,8 +51,15 @@ fn a_suspicion_travels_in_reports_and_the_suspect_refutes_it_for_everyone() {
     // Everyone learns a's incarnation from a's own report.
     sync(&a, &mut me, 0);
     sync(&a, &mut b, 0);
+    // A failed request is no news for the others.
     let before = me.changes();
     assert_eq!(me.failed(&id("a"), 0), Some(Health::Suspect));
+    assert_eq!(me.changes(), before);
+    assert!(me.reports().contains(&(id("a"), report(100, false))));
+    me.reached(&id("a"));
+    // An unanswered probe is.
+    me.probed(&id("a"), 0);
+    assert_eq!(me.tick(3000), vec![(id("a"), Health::Suspect)]);
     assert!(me.changes() > before, "a report changed");
     assert!(me.reports().contains(&(id("a"), report(100, true))));
     assert_eq!(sync(&me, &mut b, 10), vec![(id("a"), Health::Suspect)]);
@@ -74,7 +81,8 @@ fn a_suspicion_travels_in_reports_and_the_suspect_refutes_it_for_everyone() {
 #[test]
 fn contact_lifts_a_suspicion_here_and_its_report_stands_until_refuted() {
     let mut me = detector("me");
-    me.failed(&id("a"), 0);
+    me.probed(&id("a"), 0);
+    me.tick(3000);
     assert_eq!(me.heard(&id("a"), 0), Some(Health::Up));
     assert!(me.reports().contains(&(id("a"), report(0, true))));
     assert!(me.tick(20_000).is_empty(), "not taken down after contact");

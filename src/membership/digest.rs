@@ -117,7 +117,7 @@ impl Summary {
         Summary { buckets }
     }
 
-    /// The fingerprint of the whole view.
+    /// The fingerprint of the whole view and of the reports.
     pub fn root(&self) -> u64 {
         hash(&self.buckets)
     }

@@ -58,7 +58,7 @@ pub enum GossipMsg {
         heartbeats: Heartbeats,
     },
     /// The sender is stopping (to restart, or for good): route around it
-    /// now rather than once its heartbeat goes stale. Protocol 5.
+    /// now rather than once a probe of it goes unanswered. Protocol 5.
     Stopping,
     /// A round's opening (protocol 7): the fingerprint of the sender's
     /// view and liveness reports (`Summary::root`). Answered with `Agree`
