@@ -180,12 +180,14 @@ impl Storage {
         // deep level otherwise searched index blocks that missed the block
         // cache (about 20 MB a node at 10,000,000 keys). Measured at
         // 2,000,000 keys a node (`scale.sh`, two pairs): gets 1.24x and
-        // 1.25x, puts 1.04x and 1.25x, RSS +40 MB a node. Values of 4 KiB
-        // and more (encoded sibling sets) go to blob files, out of the
-        // compactions (fjall's key-value separation): at 64 KiB values puts
-        // went from 873 to 3,099 a second and their p99 from 349 to 37 ms
-        // (`peers.sh`, VALUE_SIZE=65536). A keyspace keeps the options it
-        // was created with: a data directory made before stays as it was.
+        // 1.25x, puts 1.04x and 1.25x, RSS +40 MB a node. Values of 512
+        // bytes and more (encoded sibling sets) go to blob files, out of
+        // the compactions (fjall's key-value separation): at 64 KiB values
+        // puts went from 873 to 3,099 a second and their p99 from 349 to
+        // 37 ms (`peers.sh`, VALUE_SIZE=65536, with 4 KiB as the
+        // threshold); 512 instead of 4 KiB then gave 1 KiB values 1.10-1.24x
+        // the puts and gets unchanged. A keyspace keeps the options it was
+        // created with: a data directory made before stays as it was.
         let keyspace = |name: &str| {
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default()
@@ -193,7 +195,7 @@ impl Storage {
                     .index_block_pinning_policy(fjall::config::PinningPolicy::all(true))
                     .filter_block_pinning_policy(fjall::config::PinningPolicy::all(true))
                     .with_kv_separation(Some(
-                        fjall::KvSeparationOptions::default().separation_threshold(4096),
+                        fjall::KvSeparationOptions::default().separation_threshold(512),
                     ))
             })
             .map_err(storage_error)
