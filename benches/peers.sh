@@ -24,7 +24,8 @@
 # which steadies the ratios on a machine whose speed drifts, and dynakv's
 # put ratio to each peer follows round by round. A peer that cannot be
 # installed is skipped with a message. Every server started here is stopped
-# at the end.
+# at the end. BESIDE=1 runs something else: small gets alone and beside
+# 1 MiB puts (see run_beside).
 set -euo pipefail
 
 CLIENTS=${CLIENTS:-50}
@@ -111,13 +112,12 @@ PY
 DYNAKV=${DYNAKV:-}
 NODES=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 
-# run_dynakv MODE [tls]
-run_dynakv() {
-    local mode=$1 tls=${2:-}
-    local label="fsync=$mode${tls:+ tls}" run="$WORK/dynakv-$mode${tls:+-tls}"
-    say "dynakv, 3 nodes, $label"
+# start_dynakv MODE RUN [tls]: 3 nodes with their data under RUN; sets
+# client_tls to the bench's TLS options. Fails if they do not answer.
+start_dynakv() {
+    local mode=$1 run=$2 tls=${3:-}
     rm -rf "$run"
-    local client_tls=()
+    client_tls=()
     if [ -n "$tls" ]; then
         [ -f "$WORK/certs/ca.pem" ] || "$DYNAKV" certs init "$WORK/certs" >/dev/null
         client_tls=(--tls-ca "$WORK/certs/ca.pem")
@@ -132,7 +132,15 @@ run_dynakv() {
         env "${env[@]}" "$DYNAKV" serve -c "$ROOT/conf/local/node$i.toml" 2>"$run.$i.log" &
         PIDS+=($!)
     done
-    wait_for "$DYNAKV" put peers-ready yes --node 127.0.0.1:7001 "${client_tls[@]}" ||
+    wait_for "$DYNAKV" put peers-ready yes --node 127.0.0.1:7001 "${client_tls[@]}"
+}
+
+# run_dynakv MODE [tls]
+run_dynakv() {
+    local mode=$1 tls=${2:-}
+    local label="fsync=$mode${tls:+ tls}" run="$WORK/dynakv-$mode${tls:+-tls}"
+    say "dynakv, 3 nodes, $label"
+    start_dynakv "$mode" "$run" "$tls" ||
         { say "skipping dynakv $label: the cluster did not answer"; stop_all; return 0; }
     local common=(--node "$NODES" --clients "$CLIENTS" --duration "${DURATION}s"
                   --value-size "$VALUE_SIZE" --keys "$KEYS" --json "${client_tls[@]}")
@@ -140,6 +148,43 @@ run_dynakv() {
     put=$("$DYNAKV" bench "${common[@]}" --mix put=100 --preload)
     get=$("$DYNAKV" bench "${common[@]}" --mix get=100)
     record dynakv "$label" "$put" "$get"
+    stop_all
+}
+
+# BESIDE=1: instead of the comparison, dynakv (fsync periodic) serves
+# VALUE_SIZE-byte gets alone, then beside BIG_CLIENTS clients putting
+# BIG_SIZE-byte values (1 MiB by default) to keys of their own namespace,
+# ROUNDS times; prints the gets' p99 each way and their ratio.
+BESIDE=${BESIDE:-0}
+BIG_SIZE=${BIG_SIZE:-1048576}
+BIG_CLIENTS=${BIG_CLIENTS:-4}
+
+run_beside() {
+    say "dynakv, 3 nodes: $VALUE_SIZE-byte gets alone and beside $BIG_SIZE-byte puts"
+    start_dynakv periodic "$WORK/dynakv-beside" || { say "the cluster did not answer"; exit 1; }
+    "$DYNAKV" ns create big --node 127.0.0.1:7001 >/dev/null
+    local common=(--node "$NODES" --clients "$CLIENTS" --duration "${DURATION}s"
+                  --value-size "$VALUE_SIZE" --keys "$KEYS" --json)
+    "$DYNAKV" bench "${common[@]}" --mix put=100 --preload >/dev/null
+    local p99='import json, sys; r = json.load(sys.stdin)["ops"]; print(r[sys.argv[1]]["latency_us"]["p99"] / 1000, r[sys.argv[1]]["ops_per_sec"])'
+    for round in $(seq "$ROUNDS"); do
+        local alone beside big
+        alone=$("$DYNAKV" bench "${common[@]}" --mix get=100 | python3 -c "$p99" get)
+        "$DYNAKV" bench --node "$NODES" --ns big --clients "$BIG_CLIENTS" --value-size "$BIG_SIZE" \
+            --keys 1000 --duration "$((DURATION + 4))s" --mix put=100 --json >"$WORK/big.json" &
+        local big_pid=$!
+        sleep 2
+        beside=$("$DYNAKV" bench "${common[@]}" --mix get=100 | python3 -c "$p99" get)
+        wait "$big_pid"
+        big=$(python3 -c "$p99" put <"$WORK/big.json")
+        python3 - "$round" "$alone" "$beside" "$big" <<'PY'
+import sys
+r, (a, ar), (b, br), (p, pr) = sys.argv[1], *(s.split() for s in sys.argv[2:5])
+print(f"round {r}: gets alone p99 {float(a):.2f} ms ({float(ar):.0f}/s); beside the big puts "
+      f"p99 {float(b):.2f} ms ({float(br):.0f}/s): {float(b) / float(a):.2f}x; "
+      f"big puts {float(pr):.0f}/s, p99 {float(p):.0f} ms")
+PY
+    done
     stop_all
 }
 
@@ -222,6 +267,10 @@ if [ -z "$DYNAKV" ]; then
 fi
 [ -x "$DYNAKV" ] || { say "DYNAKV=$DYNAKV is not an executable"; exit 1; }
 : >"$RESULTS"
+if [ "$BESIDE" = 1 ]; then
+    run_beside
+    exit 0
+fi
 for round in $(seq "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && say "round $round of $ROUNDS"
     run_dynakv periodic
