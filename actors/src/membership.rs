@@ -1,12 +1,13 @@
 //! Membership: gossips this node's view of the cluster and detects failures.
 //!
-//! Receives: peers' gossip (`PeerRequest`, via the Bridge; a push is
-//! answered with this node's view), `Reachability` (the Bridge saw a peer
-//! fail or connect),
-//! `Fenced` (a peer refused this node: it was removed or left), its own
-//! gossip timer, and replies to its pushes.
-//! Emits: pushes to one random peer per interval (to every unknown seed
-//! until the cluster is founded), the address book and the fencing
+//! Receives: peers' gossip (`PeerRequest`, via the Bridge; each request of
+//! a round is answered as the core says), `Reachability` (the Bridge saw a
+//! peer fail or connect, or heard which protocol it speaks), `Fenced` (a
+//! peer refused this node: it was removed or left), its own gossip timer,
+//! and the answers to its rounds (an answer that calls for the round's
+//! next request gets it).
+//! Emits: a round with one random peer per interval (a push to every
+//! unknown seed until the cluster is founded), the address book and the fencing
 //! admission to the Bridge, and `ViewChanged` (view and liveness) to the
 //! Ring actor. Persists the view in the `meta` keyspace on every change, so
 //! a restart keeps the ring (and a node that is out stays out: it refuses
@@ -255,7 +256,7 @@ impl Membership {
 const NAME: &str = "membership";
 
 /// A restarted membership rebuilds its state from the persisted view;
-/// heartbeats and liveness start afresh and gossip refills them.
+/// liveness starts afresh and gossip refills it.
 impl Supervised for Membership {
     fn restarting(&mut self, _: &mut Context<Self>) {
         match load_view(&self.meta) {
