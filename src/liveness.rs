@@ -188,9 +188,12 @@ impl FailureDetector {
         let mut changed = Vec::new();
         for (id, theirs) in reports {
             if *id == self.me {
-                // Refute a suspicion of this run: a higher incarnation wins.
-                if theirs.suspect && theirs.incarnation >= self.own.incarnation {
-                    self.own.incarnation = theirs.incarnation + 1;
+                // Refute a suspicion of this incarnation with a higher one;
+                // take a later one of this node's own (it refuted before a
+                // restart of this state machine), so the reports agree.
+                let floor = theirs.incarnation + u64::from(theirs.suspect);
+                if floor > self.own.incarnation {
+                    self.own.incarnation = floor;
                     self.changes += 1;
                 }
                 continue;

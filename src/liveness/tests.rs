@@ -76,6 +76,12 @@ fn a_suspicion_travels_in_reports_and_the_suspect_refutes_it_for_everyone() {
     // Nor does a suspicion of an earlier run make a refute again.
     assert!(a.merge(&[(id("a"), report(99, true))], 60).is_empty());
     assert_eq!(a.incarnation(), 101);
+    // Restarted with its start's incarnation, a takes its own later one
+    // back from the others, so their reports agree again.
+    let mut restarted = detector("a");
+    restarted.merge(&b.reports(), 70);
+    assert_eq!(restarted.incarnation(), 101);
+    assert!(restarted.reports().contains(&(id("a"), report(101, false))));
 }
 
 #[test]
