@@ -1,4 +1,7 @@
 use super::*;
+use crate::liveness::Heartbeats;
+use crate::namespace;
+use crate::ownership::Ownership;
 
 fn settings(i: usize, seeds: &[usize]) -> Settings {
     Settings {
