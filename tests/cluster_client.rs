@@ -7,16 +7,15 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dynakv::ErrorKind;
 use dynakv::routing::Routing;
+use dynakv::{Error, ErrorKind};
 use dynakv_actors::client::{Client, Options};
 use dynakv_actors::membership::CurrentView;
 use dynakv_actors::testkit::{Cluster, check, metric, wait_for};
-use support::{ProcessCluster, Writers, cli};
+use support::{ProcessCluster, Writers, check_acked, cli};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -168,13 +167,7 @@ async fn a_client_carries_on_through_the_others_when_its_node_is_killed() {
     for i in 0..3 {
         cluster.wait_formed(i, 3, WAIT).await;
     }
-    let seeds: Vec<&str> = cluster.client_addrs.iter().map(String::as_str).collect();
-    let options = Options {
-        ring_refresh: Duration::from_secs(1),
-        timeout: Duration::from_secs(5),
-        ..Options::default()
-    };
-    let client = Arc::new(Client::connect_cluster(&seeds, options).await.unwrap());
+    let client = cluster.client().await;
     assert_eq!(client.node().await.unwrap().as_str(), "node1");
 
     let writers = Writers::start(client.clone(), WRITERS);
@@ -184,14 +177,10 @@ async fn a_client_carries_on_through_the_others_when_its_node_is_killed() {
     // Well past one refresh period and the failure detector's timeouts.
     writers.acked_at_least(at_kill + 1500, WAIT).await;
     let writes = writers.stop().await;
-    let mut acked = Vec::new();
-    let mut failed = Vec::new();
-    for w in writes {
-        match w.result {
-            Ok(()) => acked.push((w.key, w.value)),
-            Err(e) => failed.push((w.key, e)),
-        }
-    }
+    let failed: Vec<(&String, &Error)> = writes
+        .iter()
+        .filter_map(|w| w.result.as_ref().err().map(|e| (&w.key, e)))
+        .collect();
     assert!(
         failed.len() <= WRITERS,
         "only the requests in flight at the kill may fail: {failed:?}"
@@ -204,14 +193,11 @@ async fn a_client_carries_on_through_the_others_when_its_node_is_killed() {
     }
     // R = 2 of the two nodes left: every acknowledged write (on 2 of 3
     // replicas, so on at least one live one) is read.
-    for (key, i) in &acked {
-        let read = client.get(key.as_bytes(), Some(2)).await.unwrap();
-        assert_eq!(read.values, vec![i.to_le_bytes().to_vec()], "{key}");
-    }
+    let acked = check_acked(&client, &writes, 2).await;
     println!(
         "{} writes acknowledged ({} after the kill), {} failed at the kill",
-        acked.len(),
-        acked.len() - at_kill,
+        acked,
+        acked - at_kill,
         failed.len()
     );
 

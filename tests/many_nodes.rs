@@ -6,13 +6,12 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynakv::Error;
-use dynakv_actors::client::{Client, Options};
+use dynakv_actors::client::Client;
 use dynakv_actors::testkit::{check, wait_for};
-use support::{ProcessCluster, Write, Writers};
+use support::{ProcessCluster, Writers, check_acked};
 
 const NODES: usize = 16;
 const WAIT: Duration = Duration::from_secs(180);
@@ -86,13 +85,7 @@ async fn sixteen_processes_form_take_a_join_and_a_leave_under_load_and_agree() {
     .await;
     let formed = began.elapsed();
 
-    let seeds: Vec<&str> = cluster.client_addrs.iter().map(String::as_str).collect();
-    let options = Options {
-        ring_refresh: Duration::from_secs(1),
-        timeout: Duration::from_secs(5),
-        ..Options::default()
-    };
-    let client = Arc::new(Client::connect_cluster(&seeds, options).await.unwrap());
+    let client = cluster.client().await;
     let writers = Writers::start(client.clone(), 4);
     writers.acked_at_least(200, WAIT).await;
 
@@ -131,20 +124,11 @@ async fn sixteen_processes_form_take_a_join_and_a_leave_under_load_and_agree() {
     let outcomes = writers.stop().await;
 
     // No acknowledged write is lost: R = 3 reads every replica.
-    let written: Vec<&Write> = outcomes.iter().filter(|o| o.result.is_ok()).collect();
-    for o in &written {
-        let read = client.get(o.key.as_bytes(), Some(3)).await.unwrap();
-        assert_eq!(
-            read.values,
-            vec![o.value.to_le_bytes().to_vec()],
-            "{}",
-            o.key
-        );
-    }
+    let written = check_acked(&client, &outcomes, 3).await;
     println!(
         "16 processes: formed in {formed:?}; a 17th joined (every view agreeing, it serving) in \
          {joined:?}; one left in {left:?}; {} writes acknowledged meanwhile, {} failed, none lost",
-        written.len(),
-        outcomes.len() - written.len()
+        written,
+        outcomes.len() - written
     );
 }

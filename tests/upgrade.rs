@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynakv::NodeId;
@@ -15,9 +14,9 @@ use dynakv::auth::NONCE_LEN;
 use dynakv::peer::{PeerFrame, PeerHello};
 use dynakv::protocol::Versions;
 use dynakv::wire::{ClientOp, ClientReply, ClientRequest, ClientResponse, FrameCodec, Put};
-use dynakv_actors::client::{Client, Options};
+use dynakv_actors::client::Client;
 use dynakv_actors::testkit::{Cluster, check, metric, wait_for};
-use support::{ProcessCluster, Write, Writers};
+use support::{ProcessCluster, Write, Writers, check_acked};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -275,13 +274,7 @@ async fn a_cluster_of_the_previous_version_upgrades_one_node_at_a_time_under_loa
     for i in 0..3 {
         cluster.wait_formed(i, 3, WAIT).await;
     }
-    let seeds: Vec<&str> = cluster.client_addrs.iter().map(String::as_str).collect();
-    let options = Options {
-        ring_refresh: Duration::from_secs(1),
-        timeout: Duration::from_secs(5),
-        ..Options::default()
-    };
-    let client = Arc::new(Client::connect_cluster(&seeds, options).await.unwrap());
+    let client = cluster.client().await;
 
     let writers = Writers::start(client.clone(), WRITERS);
 
@@ -344,16 +337,7 @@ async fn a_cluster_of_the_previous_version_upgrades_one_node_at_a_time_under_loa
         );
     }
     // No acknowledged write is lost: R = 3 reads every replica.
-    let written: Vec<&Write> = outcomes.iter().filter(|o| o.result.is_ok()).collect();
-    for o in &written {
-        let read = client.get(o.key.as_bytes(), Some(3)).await.unwrap();
-        assert_eq!(
-            read.values,
-            vec![o.value.to_le_bytes().to_vec()],
-            "{}",
-            o.key
-        );
-    }
+    let written = check_acked(&client, &outcomes, 3).await;
     let windows_ms: Vec<u128> = windows
         .iter()
         .map(|(b, e)| e.duration_since(*b).as_millis())
@@ -361,7 +345,7 @@ async fn a_cluster_of_the_previous_version_upgrades_one_node_at_a_time_under_loa
     let errors: Vec<String> = failed.iter().map(|o| format!("{:?}", o.result)).collect();
     println!(
         "upgrade: {} writes acknowledged, {} failed (all inside the restart windows of {windows_ms:?} ms): {errors:?}",
-        written.len(),
+        written,
         failed.len()
     );
 }

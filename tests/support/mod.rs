@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use dynakv::Error;
-use dynakv_actors::client::Client;
+use dynakv_actors::client::{Client, Options};
 use dynakv_actors::testkit::{check, wait_for};
 use netns::Namespaces;
 use tempfile::TempDir;
@@ -306,6 +306,18 @@ impl ProcessCluster {
         )
     }
 
+    /// A cluster-aware client seeded with every node, refreshing its ring
+    /// every second.
+    pub async fn client(&self) -> std::sync::Arc<Client> {
+        let seeds: Vec<&str> = self.client_addrs.iter().map(String::as_str).collect();
+        let options = Options {
+            ring_refresh: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            ..Options::default()
+        };
+        std::sync::Arc::new(Client::connect_cluster(&seeds, options).await.unwrap())
+    }
+
     /// Waits until node `i` answers status with a formed ring of `members`.
     pub async fn wait_formed(&self, i: usize, members: usize, deadline: Duration) {
         let what = format!("node{} to form a cluster of {members}", i + 1);
@@ -348,6 +360,23 @@ pub struct Write {
     pub sent: std::time::Instant,
     pub ended: std::time::Instant,
     pub result: Result<(), Error>,
+}
+
+/// Reads every acknowledged write of `writes` at `r` and checks that it
+/// holds the value written (nothing acknowledged was lost). Returns how
+/// many it read.
+pub async fn check_acked(client: &Client, writes: &[Write], r: u8) -> usize {
+    let acked: Vec<&Write> = writes.iter().filter(|w| w.result.is_ok()).collect();
+    for w in &acked {
+        let read = client.get(w.key.as_bytes(), Some(r)).await.unwrap();
+        assert_eq!(
+            read.values,
+            vec![w.value.to_le_bytes().to_vec()],
+            "{}",
+            w.key
+        );
+    }
+    acked.len()
 }
 
 /// Write loops through one client, each with one put in flight, on keys
