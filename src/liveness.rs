@@ -165,6 +165,12 @@ impl FailureDetector {
         }
     }
 
+    /// The probe of `peer` went unanswered for a reason that says nothing
+    /// about it (it could not read the message): no evidence either way.
+    pub fn cancel_probe(&mut self, peer: &NodeId) {
+        self.probes.remove(peer);
+    }
+
     /// Every report this node holds, its own included, in id order.
     pub fn reports(&self) -> Vec<(NodeId, Report)> {
         let mut all: Vec<(NodeId, Report)> = self

@@ -105,6 +105,9 @@ fn report_hashes(reports: &[(NodeId, Report)]) -> Vec<u64> {
 }
 
 impl Summary {
+    /// The summary of `view` and `reports` (in id order), worked out whole
+    /// (`Known::summary` keeps its parts between changes).
+    #[cfg(test)]
     pub fn of(view: &View, reports: &[(NodeId, Report)]) -> Summary {
         Summary::assemble(&view_hashes(view), &report_hashes(reports))
     }

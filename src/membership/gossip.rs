@@ -26,7 +26,7 @@ impl Membership {
         } else if self.legacy.insert(peer.clone()) {
             // A digest sent before this was known went unanswered: no
             // evidence against the peer.
-            self.detector.reached(peer);
+            self.detector.cancel_probe(peer);
         }
     }
 
@@ -51,20 +51,16 @@ impl Membership {
 
     /// The opening of a round with `to` at `now` (a probe of it).
     fn opening(&mut self, to: &Destination, now: u64) -> GossipMsg {
-        match to {
-            Destination::Node(peer) if !self.pushes_to(peer) => {
-                self.detector.probed(peer, now);
-                GossipMsg::Digest {
+        if let Destination::Node(peer) = to {
+            self.detector.probed(peer, now);
+            if !self.pushes_to(peer) {
+                return GossipMsg::Digest {
                     root: self.summary().root(),
                     heartbeat: self.detector.heartbeat(),
-                }
+                };
             }
-            Destination::Node(peer) => {
-                self.detector.probed(peer, now);
-                self.push()
-            }
-            Destination::Addr(_) => self.push(),
         }
+        self.push()
     }
 
     /// One gossip round at time `now`: beat, apply the failure detector's

@@ -625,3 +625,26 @@ fn a_node_of_protocol_6_gossips_by_push_with_nodes_that_speak_7() {
         );
     }
 }
+
+#[test]
+fn a_digest_an_older_peer_could_not_read_is_no_evidence_against_it() {
+    let mut nodes: Vec<Membership> = (1..=3)
+        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
+        .collect();
+    rounds(&mut nodes, 3);
+    let n3 = nodes[2].me().clone();
+    // rand 1 picks n3 among n1's others (n2, n3).
+    let (out, _) = nodes[0].tick(1_000, 1);
+    assert_eq!(out[0].to, Destination::Node(n3.clone()));
+    assert!(matches!(out[0].msg, GossipMsg::Digest { .. }));
+    // Its link withheld the digest: n3's hello said 6.
+    nodes[0].speaks(&n3, 6);
+    nodes[0].tick(4_100, 0);
+    assert_eq!(nodes[0].health(&n3), Health::Up);
+    let (out, _) = nodes[0].tick(4_200, 1);
+    assert!(
+        matches!(out[0].msg, GossipMsg::Push { .. }),
+        "{:?}",
+        out[0].msg
+    );
+}
