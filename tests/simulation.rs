@@ -250,13 +250,9 @@ fn rounds_until(
     limit: u64,
     done: impl Fn(&mut dynakv::sim::scale::Scale) -> bool,
 ) -> u64 {
-    for round in 1..=limit {
-        scale.round();
-        if done(scale) {
-            return round;
-        }
-    }
-    panic!("not done within {limit} rounds");
+    scale
+        .rounds_until(limit, done)
+        .unwrap_or_else(|| panic!("not done within {limit} rounds"))
 }
 
 /// Gossip at a few hundred nodes, on the shipped membership code (the

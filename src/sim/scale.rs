@@ -149,6 +149,14 @@ impl Scale {
         }
     }
 
+    /// Runs rounds until `done` holds, at most `limit`; how many it took.
+    pub fn rounds_until(&mut self, limit: u64, done: impl Fn(&mut Scale) -> bool) -> Option<u64> {
+        (1..=limit).find(|_| {
+            self.round();
+            done(self)
+        })
+    }
+
     fn exchange(&mut self, from: usize, out: Outgoing) {
         let mut next = Some((from, out));
         while let Some((from, out)) = next.take() {

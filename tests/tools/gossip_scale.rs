@@ -46,14 +46,11 @@ struct Row {
 /// time.
 fn until(scale: &mut Scale, done: impl Fn(&mut Scale) -> bool) -> (u64, Duration) {
     let began = Instant::now();
-    for round in 1..=PATIENCE {
-        scale.round();
-        if done(scale) {
-            return (round, began.elapsed());
-        }
-    }
-    eprintln!("gave up after {PATIENCE} rounds");
-    (PATIENCE, began.elapsed())
+    let rounds = scale.rounds_until(PATIENCE, done).unwrap_or_else(|| {
+        eprintln!("gave up after {PATIENCE} rounds");
+        PATIENCE
+    });
+    (rounds, began.elapsed())
 }
 
 fn measure(nodes: usize, partitions: u32, seed: u64) -> Row {
