@@ -358,7 +358,7 @@ impl Handler<Reachability> for Membership {
                 Reachability::Reached(peer) => act.core.on_reachable(peer),
                 Reachability::Speaks(peer, max) => {
                     act.core.speaks(peer, *max);
-                    return;
+                    Changed::default()
                 }
             };
             if changed.liveness {
