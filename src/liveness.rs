@@ -237,6 +237,13 @@ impl FailureDetector {
     pub fn heard(&mut self, peer: &NodeId, heartbeat: u64) -> Option<Health> {
         let p = self.peers.get_mut(peer)?;
         p.heartbeat = p.heartbeat.max(heartbeat);
+        self.probes.remove(peer);
+        if p.stopped {
+            // An answer sent before its stop notice, arriving after it.
+            // Its next run's report (a later incarnation) lifts the stop,
+            // and so does a new connection to it.
+            return None;
+        }
         self.reached(peer)
     }
 

@@ -138,6 +138,9 @@ fn a_stop_notice_is_down_at_once_and_only_contact_or_a_new_incarnation_lifts_it(
     assert!(d.observe(&[(id("a"), 7)].into_iter().collect()).is_empty());
     assert!(d.merge(&[(id("a"), report(500, false))], 30).is_empty());
     assert_eq!(d.health(&id("a")), Health::Down);
+    // Nor does an answer it sent before the notice, arriving after it.
+    assert_eq!(d.heard(&id("a"), 0), None);
+    assert_eq!(d.health(&id("a")), Health::Down);
     // Back: the restarted process's incarnation, relayed.
     assert_eq!(
         d.merge(&[(id("a"), report(9000, false))], 40),
