@@ -12,6 +12,13 @@
 //! A listing reads one replica per partition and does not read-repair: a
 //! key written while it runs, or held only by replicas not asked, may be
 //! missed. Tombstoned keys are hidden.
+//!
+//! A token also says the Q it was made at. If Q doubled since, the
+//! listing goes on from the first child of the cursor's partition, after
+//! the same key, and reads the other children from their starts: a key of
+//! theirs returned before the split may be returned again, none is
+//! skipped. A node that has not heard of the split yet refuses a token
+//! made after it.
 
 use serde::{Deserialize, Serialize};
 
@@ -36,11 +43,12 @@ struct Cursor {
     after: Option<Vec<u8>>,
 }
 
-/// One call of a listing: ask a replica of `partition` for up to `limit`
-/// live keys after `after`.
+/// One call of a listing: ask a replica of `partition` (of `partitions`)
+/// for up to `limit` live keys after `after`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     pub partition: Partition,
+    pub partitions: u32,
     pub after: Option<Vec<u8>>,
     pub limit: u32,
 }
@@ -71,11 +79,25 @@ impl Listing {
             }
         } else {
             let bad = || Error::InvalidRequest("not a continuation token of this cluster".into());
-            let (cursor, rest): (Cursor, _) =
+            let (mut cursor, rest): (Cursor, _) =
                 postcard::take_from_bytes(token).map_err(|_| bad())?;
-            if !rest.is_empty() || cursor.partition >= q {
+            // Tokens from before splits existed end with the cursor.
+            let made_at = match rest {
+                [] => q,
+                rest => match postcard::take_from_bytes::<u32>(rest) {
+                    Ok((made_at, [])) => made_at,
+                    _ => return Err(bad()),
+                },
+            };
+            if made_at > q {
+                return Err(Error::Unavailable(format!(
+                    "the listing was continued at {made_at} partitions; this node knows of {q} yet"
+                )));
+            }
+            if !made_at.is_power_of_two() || cursor.partition >= made_at {
                 return Err(bad());
             }
+            cursor.partition <<= q.trailing_zeros() - made_at.trailing_zeros();
             cursor
         };
         Ok(Listing {
@@ -93,6 +115,7 @@ impl Listing {
         }
         Some(Step {
             partition: Partition(self.cursor.partition),
+            partitions: self.q,
             after: self.cursor.after.clone(),
             limit: (self.limit - self.keys.len()) as u32,
         })
@@ -142,8 +165,12 @@ impl Listing {
     /// The page: its keys, and the token of the next page (None: the
     /// listing is complete).
     pub fn page(self) -> (Vec<Vec<u8>>, Option<Vec<u8>>) {
-        let token = (self.cursor.partition < self.q)
-            .then(|| postcard::to_stdvec(&self.cursor).expect("encoding to a Vec cannot fail"));
+        let token = (self.cursor.partition < self.q).then(|| {
+            let mut token =
+                postcard::to_stdvec(&self.cursor).expect("encoding to a Vec cannot fail");
+            token.extend(postcard::to_stdvec(&self.q).expect("encoding to a Vec cannot fail"));
+            token
+        });
         (self.keys, token)
     }
 }
@@ -250,6 +277,39 @@ mod tests {
         .unwrap();
         let e = Listing::new(&beyond, 10, 64).unwrap_err();
         assert!(e.to_string().contains("continuation token"), "{e}");
+    }
+
+    #[test]
+    fn a_listing_across_a_split_skips_no_key() {
+        let all: Vec<Vec<u8>> = keys(2_000, 64).into_values().flatten().collect();
+        let mut seen = Vec::new();
+        let mut token = Vec::new();
+        let mut pages = 0;
+        loop {
+            // Q doubles after the fifth page.
+            let q = if pages < 5 { 64 } else { 128 };
+            let held = keys(2_000, q);
+            let mut listing = Listing::new(&token, 100, q).unwrap();
+            while let Some(step) = listing.next() {
+                assert_eq!(step.partitions, q);
+                let (keys, scanned) = answer(&held, &step, 7);
+                listing.on_keys(keys, scanned).unwrap();
+            }
+            let (keys, next) = listing.page();
+            seen.extend(keys);
+            pages += 1;
+            match next {
+                Some(t) => token = t,
+                None => break,
+            }
+            if pages == 5 {
+                let e = Listing::new(&token, 100, 32).unwrap_err();
+                assert_eq!(e.kind(), crate::error::ErrorKind::Unavailable, "{e}");
+            }
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), all.len(), "every key at least once");
     }
 
     #[test]

@@ -156,30 +156,76 @@ impl Ownership {
         &self.entries[p.index()]
     }
 
-    /// CRDT merge: per partition, keep the entry that comes later in the
-    /// total order. Returns whether anything changed.
-    pub fn merge(&mut self, other: &Ownership) -> Result<bool> {
-        if other.entries.len() != self.entries.len() {
-            return Err(Error::InvalidRequest(format!(
-                "ownership tables disagree on the partition count ({} here, {} there)",
-                self.entries.len(),
-                other.entries.len()
+    /// The table once Q doubles: each child partition takes its parent's
+    /// entry whole (owner, move in flight and epoch), so no data moves and
+    /// every preference list stays as it was. Fails past `MAX_PARTITIONS`.
+    pub fn split(&self) -> Result<Ownership> {
+        validate_partition_count(self.partition_count().saturating_mul(2))?;
+        let entries = self
+            .entries
+            .iter()
+            .flat_map(|e| [e.clone(), e.clone()])
+            .collect();
+        Ok(Ownership { entries })
+    }
+
+    /// This table split until it has `q` partitions (`q` a power of two
+    /// at least its own).
+    pub fn split_to(&self, q: u32) -> Result<Ownership> {
+        let mut table = self.clone();
+        while table.partition_count() < q {
+            table = table.split()?;
+        }
+        if table.partition_count() != q {
+            return Err(Error::Malformed(format!(
+                "an ownership table of {} partitions cannot become one of {q}",
+                self.partition_count()
             )));
         }
+        Ok(table)
+    }
+
+    /// CRDT merge: per partition, keep the entry that comes later in the
+    /// total order. A table of fewer partitions is split to the larger Q
+    /// first (Q only grows: a split is itself an update that every table
+    /// takes). Returns whether anything changed.
+    pub fn merge(&mut self, other: &Ownership) -> Result<bool> {
         let mut changed = false;
+        if other.partition_count() > self.partition_count() {
+            *self = self.split_to(other.partition_count())?;
+            changed = true;
+        }
+        let split;
+        let other = if other.partition_count() < self.partition_count() {
+            split = other.split_to(self.partition_count())?;
+            &split
+        } else {
+            other
+        };
         for (mine, theirs) in self.entries.iter_mut().zip(&other.entries) {
             changed |= mine.keep_later(theirs);
         }
         Ok(changed)
     }
 
-    /// Merges single entries, by partition, as `merge` merges a whole
-    /// table (a partition out of range is skipped: the caller refuses it).
-    /// Returns whether anything changed.
-    pub fn merge_entries(&mut self, entries: &[(u32, Assignment)]) -> bool {
+    /// Merges single entries of a table of `q` partitions (at most this
+    /// one's), by partition, as `merge` merges a whole table: an entry of
+    /// a smaller Q is merged into each of its partition's descendants here.
+    /// A partition out of range is skipped: the caller refuses it. Returns
+    /// whether anything changed.
+    pub fn merge_entries(&mut self, q: u32, entries: &[(u32, Assignment)]) -> bool {
+        let Some(shift) = self
+            .partition_count()
+            .trailing_zeros()
+            .checked_sub(q.trailing_zeros())
+        else {
+            return false;
+        };
         let mut changed = false;
         for (p, theirs) in entries {
-            if let Some(mine) = self.entries.get_mut(*p as usize) {
+            let first = (*p as usize) << shift;
+            let descendants = self.entries.iter_mut().skip(first).take(1 << shift);
+            for mine in descendants {
                 changed |= mine.keep_later(theirs);
             }
         }
@@ -504,21 +550,61 @@ mod tests {
     }
 
     #[test]
-    fn merge_rejects_tables_of_another_size() {
-        let mut a = Ownership::found(64, &equal(3), 3).unwrap();
-        let b = Ownership::found(128, &equal(3), 3).unwrap();
-        assert!(a.merge(&b).is_err());
+    fn a_split_keeps_every_owner_and_preference_list() {
+        let mut t = Ownership::found(64, &equal(5), 3).unwrap();
+        let moves = t.plan(&equal(6), 3).unwrap();
+        t.begin(&moves);
+        let split = t.split().unwrap();
+        assert_eq!(split.partition_count(), 128);
+        let (before, after) = (Ring::new(&t), Ring::new(&split));
+        for i in 0..1000u32 {
+            let key = i.to_be_bytes();
+            let (p, c) = (before.partition_of(&key), after.partition_of(&key));
+            assert_eq!(t.entry(p), split.entry(c));
+            assert_eq!(before.preference_list(p, 3), after.preference_list(c, 3));
+            assert_eq!(
+                before.pending_preference_list(p, 3),
+                after.pending_preference_list(c, 3)
+            );
+        }
+        assert!(
+            Ownership::found(1 << 16, &equal(3), 3)
+                .unwrap()
+                .split()
+                .is_err()
+        );
     }
 
-    /// Tables reachable from one founding through random plans and commits,
-    /// as different nodes would see them.
+    #[test]
+    fn a_table_merges_into_a_split_one_as_its_split() {
+        let mut old = Ownership::found(64, &equal(3), 3).unwrap();
+        let mut split = old.split().unwrap();
+        // A move begun on the unsplit table reaches both children.
+        let moves = old.plan(&equal(4), 3).unwrap();
+        old.begin(&moves);
+        assert!(split.merge(&old).unwrap());
+        assert_eq!(split, old.split().unwrap());
+        // And the unsplit table takes the split.
+        let mut other = Ownership::found(64, &equal(3), 3).unwrap();
+        assert!(other.merge(&split).unwrap());
+        assert_eq!(other, split);
+        assert!(!other.merge(&old).unwrap());
+    }
+
+    /// Tables reachable from one founding through random plans, commits and
+    /// splits, as different nodes would see them.
     fn tables() -> impl Strategy<Value = Vec<Ownership>> {
-        prop::collection::vec((0usize..8, 1u32..3, any::<bool>()), 1..6).prop_map(|steps| {
+        let step = (0usize..8, 1u32..3, any::<bool>(), 0u8..5);
+        prop::collection::vec(step, 1..6).prop_map(|steps| {
             let base = Ownership::found(64, &equal(3), 3).unwrap();
             let mut out = vec![base.clone()];
             let mut t = base;
             let mut members = equal(3);
-            for (node, weight, commit) in steps {
+            for (node, weight, commit, split) in steps {
+                // Now and then Q doubles (at most twice).
+                if split == 0 && t.partition_count() < 256 {
+                    t = t.split().unwrap();
+                }
                 let node = id(&format!("n{node:02}"));
                 match members.iter_mut().find(|m| m.node == node) {
                     Some(m) => m.weight = weight,

@@ -2,7 +2,16 @@
 //!
 //! A key's partition is the top log2(Q) bits of its stable hash (xxh3 with
 //! a pinned seed, part of the on-disk and on-wire format). Q is a power of
-//! two, fixed when the cluster is created.
+//! two, chosen when the cluster is created, and can only double
+//! (`dynakv cluster split`): partition `p` then becomes the children `2p`
+//! and `2p + 1`, the two halves of its hash range, so every partition at a
+//! later Q lies inside exactly one partition at an earlier one.
+//!
+//! Storage keeps the Q a node was configured with (`cluster.partitions`,
+//! the Q it founded or joined at, which never changes) as its *layout*: a
+//! stored key's prefix is its partition at that Q, so a split moves no
+//! stored key; a partition at a later Q is read as the part of its
+//! ancestor's range whose keys hash into it (`Partition::ancestor`).
 
 use std::fmt;
 
@@ -67,6 +76,18 @@ impl Partition {
         Partition::of_hash(key_hash(key), q)
     }
 
+    /// The partition at `from` (a smaller or equal Q) holding this one at
+    /// `q`: the prefix of its hash range.
+    pub fn ancestor(self, q: u32, from: u32) -> Partition {
+        debug_assert!(from <= q, "an ancestor is at a smaller Q");
+        Partition(self.0 >> (q.trailing_zeros() - from.trailing_zeros()))
+    }
+
+    /// The two halves of this partition once Q doubles.
+    pub fn children(self) -> [Partition; 2] {
+        [Partition(2 * self.0), Partition(2 * self.0 + 1)]
+    }
+
     pub fn index(self) -> usize {
         self.0 as usize
     }
@@ -98,6 +119,19 @@ mod tests {
         assert_eq!(Partition::of_key(b"", 1024), Partition(217));
         assert_eq!(Partition::of_key(b"hello", 1024), Partition(137));
         assert_eq!(Partition::of_key(b"user:42", 1024), Partition(983));
+    }
+
+    #[test]
+    fn a_split_partitions_children_hold_exactly_its_keys() {
+        for i in 0..2000u32 {
+            let key = i.to_be_bytes();
+            let parent = Partition::of_key(&key, 64);
+            let child = Partition::of_key(&key, 128);
+            assert!(parent.children().contains(&child));
+            assert_eq!(child.ancestor(128, 64), parent);
+            assert_eq!(Partition::of_key(&key, 1024).ancestor(1024, 64), parent);
+            assert_eq!(parent.ancestor(64, 64), parent);
+        }
     }
 
     #[test]

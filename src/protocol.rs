@@ -45,7 +45,11 @@ use crate::error::{Error, Result};
 ///    tombstone collection, `GcMsg::ProbeAs`, `HeldAs`, `Fold`).
 /// 7: gossip by digest and liveness rumors (`GossipMsg::Digest`, `Agree`,
 ///    `Summary`, `Records`, `Delta`); protocol 6 peers still get pushes.
-pub const PROTOCOL_VERSION: u8 = 7;
+/// 8: Q can double (`dynakv cluster split`): what names partitions says
+///    at which Q (`Summary`, `Records`, `HandoffMsg::Fetch`,
+///    `ReplicaMsg::List`); protocol 7 peers get whole views, which they
+///    refuse once Q has changed.
+pub const PROTOCOL_VERSION: u8 = 8;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u8 = 4;
 /// The version every hello is encoded at: the first with ranges.
@@ -194,6 +198,31 @@ pub mod since_5 {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     const SINCE: u8 = 5;
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        if super::speaking() < SINCE {
+            s.serialize_unit()
+        } else {
+            value.serialize(s)
+        }
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: Deserialize<'de> + Default,
+        D: Deserializer<'de>,
+    {
+        super::read_since(SINCE, d)
+    }
+}
+
+/// A field added in protocol 8, as `since_5` (left out of older frames,
+/// read from them as its default): a partition count, 0 from an older
+/// peer, which never saw Q change.
+pub mod since_8 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    const SINCE: u8 = 8;
 
     pub fn serialize<T: Serialize, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
         if super::speaking() < SINCE {

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::namespace;
 use crate::node::NodeId;
 use crate::ownership::{Capacity, Ownership};
+use crate::partition::validate_partition_count;
 use crate::ring::Ring;
 
 /// Most members a view may hold: bounds what a peer can make us store.
@@ -171,17 +172,21 @@ impl View {
         }
     }
 
-    /// Checks a view that arrived from a peer before it is merged.
-    pub fn validate(&self, cluster: &str, partitions: u32) -> Result<()> {
+    /// Checks a view that arrived from a peer before it is merged. Its Q
+    /// may be any the cluster can have reached from `layout`, the Q this
+    /// node stores its data at (`cluster.partitions`): that one doubled
+    /// by splits, never less.
+    pub fn validate(&self, cluster: &str, layout: u32) -> Result<()> {
         if self.cluster != cluster {
             return Err(Error::Malformed(format!(
                 "view of cluster {:?}, not {cluster:?}",
                 self.cluster
             )));
         }
-        if self.partitions != partitions {
+        validate_partition_count(self.partitions).map_err(|e| Error::Malformed(e.to_string()))?;
+        if self.partitions < layout {
             return Err(Error::Malformed(format!(
-                "view with {} partitions, this cluster has {partitions}",
+                "view with {} partitions, fewer than this node's cluster.partitions = {layout}",
                 self.partitions
             )));
         }
@@ -202,7 +207,7 @@ impl View {
         }
         self.namespaces.validate()?;
         if let Some(table) = &self.ownership {
-            if table.partition_count() != partitions {
+            if table.partition_count() != self.partitions {
                 return Err(Error::Malformed("ownership table of another size".into()));
             }
             if let Some(e) = table.entries().iter().find(|e| {
@@ -220,9 +225,31 @@ impl View {
         Ok(())
     }
 
-    /// CRDT merge. Returns whether anything changed.
+    /// Doubles Q (`dynakv cluster split`): each partition becomes its two
+    /// halves, owned and replicated as it was.
+    pub fn split(&mut self) -> Result<()> {
+        let Some(table) = &self.ownership else {
+            return Err(Error::InvalidRequest(
+                "the cluster is not founded yet: set cluster.partitions instead".into(),
+            ));
+        };
+        let table = table.split()?;
+        self.partitions = table.partition_count();
+        self.ownership = Some(table);
+        Ok(())
+    }
+
+    /// CRDT merge. The larger Q wins (the other view's table is taken as
+    /// split to it). Returns whether anything changed.
     pub fn merge(&mut self, other: &View) -> Result<bool> {
         let mut changed = false;
+        if other.partitions > self.partitions {
+            if let Some(table) = &self.ownership {
+                self.ownership = Some(table.split_to(other.partitions)?);
+            }
+            self.partitions = other.partitions;
+            changed = true;
+        }
         for (id, theirs) in &other.members {
             match self.members.get(id) {
                 Some(mine) if !theirs.supersedes(mine) => {}
@@ -235,7 +262,7 @@ impl View {
         match (&mut self.ownership, &other.ownership) {
             (Some(mine), Some(theirs)) => changed |= mine.merge(theirs)?,
             (None, Some(theirs)) => {
-                self.ownership = Some(theirs.clone());
+                self.ownership = Some(theirs.split_to(self.partitions)?);
                 changed = true;
             }
             (_, None) => {}

@@ -235,6 +235,8 @@ pub enum ClientOp {
     Apply(Apply),
     /// A page of a backup of this node's storage (`crate::backup`).
     Backup(backup::PageRequest),
+    /// Membership: double the partition count (protocol 8).
+    Split,
 }
 
 // The operations on one key are structs of their own, shared by `ClientOp`
@@ -397,6 +399,7 @@ impl ClientOp {
             ClientOp::PutExpiring(_) => "put",
             ClientOp::Apply(apply) => apply.operation.name(),
             ClientOp::Backup(_) => "backup",
+            ClientOp::Split => "split",
             ClientOp::Routed { op, .. } => match op {
                 KeyOp::Get(_) => "get",
                 KeyOp::Put(_) | KeyOp::PutExpiring(_) => "put",
@@ -660,11 +663,11 @@ mod tests {
     #[test]
     fn golden_client_frame() {
         // CRC cross-checked with zlib.crc32.
-        // len 10 | crc | version 7 | id 7 | Put(2) | key "k" | value "v" | ctx [] | Some(2)
+        // len 10 | crc | version 8 | id 7 | Put(2) | key "k" | value "v" | ctx [] | Some(2)
         let frame = codec().to_frame(&put()).unwrap();
         assert_eq!(
             hex(&frame),
-            "0000000a67776b0b070702016b01760001 02".replace(' ', "")
+            "0000000a967c3086080702016b01760001 02".replace(' ', "")
         );
         let (back, used): (ClientRequest, _) = codec().decode(&frame).unwrap().unwrap();
         assert_eq!((back, used), (put(), frame.len()));

@@ -108,6 +108,7 @@ impl Operations {
             ClientOp::Join { seed } => Prepared::Admin(Admin::Join { seed }),
             ClientOp::Leave => Prepared::Admin(Admin::Leave),
             ClientOp::Remove { node } => Prepared::Admin(Admin::Remove { node }),
+            ClientOp::Split => Prepared::Admin(Admin::Split),
             ClientOp::Plan { change } => {
                 let view = t
                     .map(|t| t.view.clone())

@@ -284,6 +284,7 @@ async fn read_pages(
                 after: step.after.clone(),
                 prefix: prefix.to_vec(),
                 limit: step.limit,
+                partitions: step.partitions,
             };
             match router.call(node.clone(), ask).await {
                 Ok(ReplicaMsg::Keys { keys, scanned_to }) => {

@@ -142,8 +142,8 @@ impl Handoff {
                     info!("every incoming partition fetched; committing");
                     self.membership.commit.do_send(CommitIncoming);
                 }
-                HandoffWork::Held => {
-                    let held = self.replica.send(HeldPartitions);
+                HandoffWork::Held { partitions } => {
+                    let held = self.replica.send(HeldPartitions(partitions));
                     self.then(held, ctx, |act, held| act.driver.on_held(answered(held)));
                 }
                 HandoffWork::Sync {
@@ -171,11 +171,13 @@ impl Handoff {
                     });
                 }
                 HandoffWork::Drop {
+                    partitions,
                     partition,
                     scope,
                     synced,
                 } => {
                     let dropped = self.replica.send(DropPartition {
+                        partitions,
                         partition,
                         scope,
                         synced,

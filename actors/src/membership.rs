@@ -432,6 +432,7 @@ impl Handler<Admin> for Membership {
                     "leaving: partitions are being handed off".to_string(),
                 ),
                 Admin::Namespace { request, defaults } => act.core.namespace(request, &defaults)?,
+                Admin::Split => act.core.split()?,
                 Admin::Remove { node } => {
                     let view = act.core.view();
                     let id = view

@@ -40,6 +40,8 @@ pub enum Admin {
     Leave,
     /// Drop a dead member (by id or address) from the ring.
     Remove { node: String },
+    /// Double the partition count.
+    Split,
     /// Create, alter or drop a namespace; `defaults` are the default
     /// namespace's settings, for what a create does not set.
     Namespace {

@@ -39,7 +39,7 @@ use crate::storage::{FjallStore, Storage};
 pub use crate::storage_worker::{
     AeBegin, AeContinue, AeRespond, AeRoots, DeleteDropped, DropPartition, FindToCollect,
     ForgetMootHints, GcRespond, HandedOff, HandoffRespond, HeldPartitions, PanicInCore,
-    PartitionUsage, TakeHints,
+    PartitionUsage, SetPartitions, TakeHints,
 };
 use crate::storage_worker::{
     ApplyBatch, Barrier, Counters, FreeMemtables, MergeAll, SetNamespaces, StorageWorker, SyncNow,
@@ -104,8 +104,8 @@ fn dropped() -> Error {
     Error::Unavailable("the replica dropped the request".into())
 }
 
-/// The namespaces' settings (their sibling limits) follow the view: the
-/// worker is given the table each time it changes.
+/// The namespaces' settings (their sibling limits) and the partition count
+/// follow the view: the worker is given each when it changes.
 impl Handler<RingChanged> for Replica {
     type Result = ();
 
@@ -114,6 +114,10 @@ impl Handler<RingChanged> for Replica {
             if t.view.namespaces != act.namespaces {
                 act.namespaces = t.view.namespaces.clone();
                 act.worker.do_send(SetNamespaces(act.namespaces.clone()));
+            }
+            if t.view.partitions > act.partitions {
+                act.partitions = t.view.partitions;
+                act.worker.do_send(SetPartitions(act.partitions));
             }
         })
     }
@@ -138,7 +142,8 @@ pub struct Flush;
 pub struct Replica {
     /// The data store, for reads the row cache can answer.
     data: FjallStore,
-    partitions: u32,
+    /// The Q stored keys are prefixed at (`cluster.partitions`).
+    layout: u32,
     worker: Addr<StorageWorker>,
     syncer: Addr<Syncer>,
     fsync: Fsync,
@@ -148,8 +153,9 @@ pub struct Replica {
     /// Batches the worker has not finished applying; while one is, the
     /// next batch gathers what arrives meanwhile.
     with_worker: usize,
-    /// The namespaces last given to the worker.
+    /// The namespaces and Q last given to the worker.
     namespaces: namespace::Table,
+    partitions: u32,
 }
 
 /// The worker finished applying a batch.
@@ -186,6 +192,7 @@ impl Replica {
         let syncer = SyncArbiter::start(1, move || Syncer::new(storage.clone(), counters.clone()));
         let front = Replica {
             data,
+            layout: settings.partitions,
             partitions: settings.partitions,
             worker,
             syncer,
@@ -205,7 +212,7 @@ impl Replica {
 
     /// The answer to a read, if the row cache holds the key.
     fn cached_read(&self, key: &[u8]) -> Option<Result<ReplicaMsg>> {
-        let stored = self.data.cached(&stored_key(key, self.partitions))?;
+        let stored = self.data.cached(&stored_key(key, self.layout))?;
         Some(read_answer(stored.as_deref()))
     }
 

@@ -207,17 +207,18 @@ pub struct GcRespond(pub GcMsg);
 #[rtype(result = "Result<HandoffMsg>")]
 pub struct HandoffRespond(pub HandoffMsg);
 
-/// The partitions this replica holds data for, with their namespaces
-/// (`Replica::held`).
+/// The partitions (at this Q) this replica holds data for, with their
+/// namespaces (`Replica::held`).
 #[derive(Message)]
 #[rtype(result = "Result<Vec<(Partition, Vec<String>)>>")]
-pub struct HeldPartitions;
+pub struct HeldPartitions(pub u32);
 
 /// Drops the keys of `scope` in a partition released, unless they changed
 /// since their syncs began (`Replica::release`).
 #[derive(Message)]
 #[rtype(result = "Result<Option<usize>>")]
 pub struct DropPartition {
+    pub partitions: u32,
     pub partition: Partition,
     pub scope: Scope,
     pub synced: Vec<(Scope, u64)>,
@@ -242,6 +243,12 @@ pub struct DeleteDropped {
 #[rtype(result = "()")]
 pub struct SetNamespaces(pub namespace::Table);
 
+/// The cluster's Q doubled (`Replica::set_partitions`): the trees are
+/// built again by a scan, as at the start.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetPartitions(pub u32);
+
 /// Makes the storage worker panic (tests of supervision).
 #[derive(Message)]
 #[rtype(result = "Result<()>")]
@@ -252,8 +259,9 @@ pub struct StorageWorker {
     storage: Storage,
     settings: ReplicaSettings,
     counters: Arc<Counters>,
-    /// The last namespaces given, for a core reopened after a panic.
+    /// The last namespaces and Q given, for a core reopened after a panic.
     namespaces: namespace::Table,
+    partitions: u32,
     /// This worker's address, for its `Load` steps (set once started;
     /// weak, so the worker still stops once the front lets go of it).
     me: Option<WeakAddr<StorageWorker>>,
@@ -274,6 +282,7 @@ impl StorageWorker {
             settings,
             counters,
             namespaces: namespace::Table::default(),
+            partitions: settings.partitions,
             me: None,
             loading_since: Some(Instant::now()),
         };
@@ -299,6 +308,9 @@ impl StorageWorker {
         self.core = match open_core(&self.storage, &self.settings) {
             Ok(mut core) => {
                 core.set_namespaces(self.namespaces.clone());
+                if let Err(e) = core.set_partitions(self.partitions) {
+                    error!(error = %e, "cannot take the cluster's partition count");
+                }
                 self.loading_since = Some(Instant::now());
                 self.load_soon();
                 Some(core)
@@ -479,8 +491,8 @@ core_handlers! {
     DeleteDropped(m) -> Vec<Entry>, writes: true, |core| core.delete_dropped(&m.partitions, m.limit, wall_ms());
     GcRespond(GcRespond(msg)) -> GcMsg, writes: true, |core| tombstones::respond(core, msg);
     HandoffRespond(HandoffRespond(msg)) -> HandoffMsg, writes: false, |core| handoff::respond(core, msg);
-    HeldPartitions(_m) -> Vec<(Partition, Vec<String>)>, writes: false, |core| core.held();
-    DropPartition(m) -> Option<usize>, writes: true, |core| core.release(m.partition, &m.scope, &m.synced);
+    HeldPartitions(HeldPartitions(q)) -> Vec<(Partition, Vec<String>)>, writes: false, |core| core.held(q);
+    DropPartition(m) -> Option<usize>, writes: true, |core| core.release(m.partitions, m.partition, &m.scope, &m.synced);
     PartitionUsage(_m) -> Vec<(Partition, Usage)>, writes: false, |core| Ok(core.usage().iter().map(|(p, u)| (*p, *u)).collect());
 }
 
@@ -492,6 +504,32 @@ impl Handler<SetNamespaces> for StorageWorker {
             core.set_namespaces(table.clone());
         }
         self.namespaces = table;
+    }
+}
+
+impl Handler<SetPartitions> for StorageWorker {
+    type Result = ();
+
+    fn handle(&mut self, SetPartitions(q): SetPartitions, _: &mut SyncContext<Self>) {
+        let Some(core) = &mut self.core else {
+            return;
+        };
+        match core.set_partitions(q) {
+            Ok(()) => {
+                self.partitions = q;
+                info!(
+                    partitions = q,
+                    "the cluster split: building the hash trees again"
+                );
+                if self.loading_since.is_none() {
+                    self.load_soon();
+                }
+                self.loading_since = Some(Instant::now());
+            }
+            Err(e) => {
+                error!(error = %e, partitions = q, "cannot take the cluster's partition count")
+            }
+        }
     }
 }
 
@@ -713,7 +751,7 @@ mod tests {
                 assert!(reply.is_ok(), "{reply:?}");
             }
             // Known once the scan is done.
-            if second.send(HeldPartitions).await.unwrap().is_ok() {
+            if second.send(HeldPartitions(8)).await.unwrap().is_ok() {
                 break;
             }
             assert!(Instant::now() < deadline, "the start-up scan did not end");

@@ -152,7 +152,7 @@ impl Cluster {
             for node in self.running() {
                 let held = node
                     .replica
-                    .send(HeldPartitions)
+                    .send(HeldPartitions(ring.partition_count()))
                     .await
                     .map_err(mailbox_error)??;
                 for (p, names) in &held {

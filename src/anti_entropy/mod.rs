@@ -663,7 +663,7 @@ mod tests {
             put(&mut released, "late", "write after the sync");
             let p_late = Partition::of_key(b"late", Q);
             let dropped = released
-                .release(p, &Scope::All, &[(Scope::All, root)])
+                .release(Q, p, &Scope::All, &[(Scope::All, root)])
                 .unwrap();
             assert_eq!(dropped.is_none(), p == p_late, "{p}");
         }

@@ -18,6 +18,11 @@
 //!
 //! Time is an input (`now`, ms). The driver returns `HandoffWork` for the
 //! shell to carry out, and takes each answer back with its `on_*` method.
+//!
+//! Whatever it waits for was asked at the Q of its topology then; an
+//! answer that comes back after Q changed is dropped (a merged chunk is
+//! kept, its progress not recorded), and the step is decided again at the
+//! new Q.
 
 use crate::anti_entropy::ExchangeReport;
 use crate::error::{Error, Result};
@@ -36,7 +41,8 @@ pub struct HandoffSettings {
     pub me: NodeId,
     /// Replicas per key of the namespace `default` (`[cluster] n`).
     pub n: usize,
-    /// Partitions in the ring (Q).
+    /// The Q this node stores data at (`cluster.partitions`): the ring's
+    /// until the cluster splits.
     pub partitions: u32,
     /// Keys asked for per chunk.
     pub chunk_keys: u32,
@@ -64,9 +70,9 @@ pub enum HandoffWork {
     /// Every incoming partition is here: ask membership to commit this
     /// node's incoming moves. Nothing to answer.
     Commit,
-    /// Read which partitions the replica holds, with the namespaces held
-    /// in each (`Replica::held`); answer with `on_held`.
-    Held,
+    /// Read which partitions (at `partitions`) the replica holds, with
+    /// the namespaces held in each (`Replica::held`); answer with `on_held`.
+    Held { partitions: u32 },
     /// Run a push-only exchange of `scope` in `partition` with `with`
     /// (`exchange`); answer with `on_synced`.
     Sync {
@@ -78,6 +84,7 @@ pub enum HandoffWork {
     /// since the syncs began: each `synced` root still that of its scope
     /// (`Replica::release`); answer with `on_dropped`.
     Drop {
+        partitions: u32,
         partition: Partition,
         scope: Scope,
         synced: Vec<(Scope, u64)>,
@@ -101,7 +108,7 @@ pub enum HandoffWork {
     Released { partition: Partition, keys: usize },
 }
 
-/// What the driver waits for.
+/// What the driver waits for (asked at `busy_at`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Busy {
     Idle,
@@ -167,6 +174,8 @@ pub struct HandoffDriver {
     topology: Option<Topology>,
     progress: Progress,
     busy: Busy,
+    /// The Q `busy` was asked at.
+    busy_at: u32,
     transfer: Option<Transfer>,
     totals: Totals,
 }
@@ -175,9 +184,10 @@ impl HandoffDriver {
     /// A driver resuming from `progress` (as persisted).
     pub fn new(settings: HandoffSettings, progress: Progress) -> Self {
         HandoffDriver {
+            progress: progress.known_at(settings.partitions),
+            busy_at: settings.partitions,
             settings,
             topology: None,
-            progress,
             busy: Busy::Idle,
             transfer: None,
             totals: Totals::default(),
@@ -211,6 +221,7 @@ impl HandoffDriver {
         };
         let before = self.progress.clone();
         let next = fetch_step(&t.view, &place, me, &mut self.progress, |s| t.is_up(s));
+        self.busy_at = t.view.partitions;
         let mut work = Vec::new();
         if self.progress != before {
             work.push(HandoffWork::SaveProgress(self.progress.clone()));
@@ -240,6 +251,7 @@ impl HandoffDriver {
                         partition,
                         after: after.clone(),
                         limit: self.settings.chunk_keys,
+                        partitions: self.busy_at,
                     },
                     timeout_ms: self.settings.call_timeout_ms,
                 });
@@ -254,7 +266,9 @@ impl HandoffDriver {
             Some(_) => {}
             None => {
                 self.busy = Busy::Holding;
-                work.push(HandoffWork::Held);
+                work.push(HandoffWork::Held {
+                    partitions: self.busy_at,
+                });
             }
         }
         work
@@ -269,6 +283,9 @@ impl HandoffDriver {
             return Vec::new();
         };
         let partition = *partition;
+        if !self.still_at_busy_q() {
+            return self.interrupted();
+        }
         let checked = chunk.and_then(|c| match c {
             HandoffMsg::Chunk {
                 entries,
@@ -280,7 +297,7 @@ impl HandoffDriver {
                     checksum,
                     partition,
                     after.as_deref(),
-                    self.settings.partitions,
+                    self.busy_at,
                 )?;
                 Ok((entries, last))
             }
@@ -324,7 +341,7 @@ impl HandoffDriver {
         else {
             return Vec::new();
         };
-        if merged.is_err() {
+        if merged.is_err() || !self.still_at_busy_q() {
             return self.interrupted();
         }
         let step = Fetched::after_chunk(upto, last);
@@ -362,6 +379,9 @@ impl HandoffDriver {
             return Vec::new();
         }
         self.busy = Busy::Idle;
+        if !self.still_at_busy_q() {
+            return Vec::new();
+        }
         let (Ok(held), Some(t), Some(place)) = (held, &self.topology, self.placement()) else {
             return Vec::new();
         };
@@ -390,6 +410,9 @@ impl HandoffDriver {
         else {
             return Vec::new();
         };
+        if !self.still_at_busy_q() {
+            return Vec::new();
+        }
         match synced {
             Ok(report) => {
                 roots.push((syncing, report.started_from));
@@ -417,7 +440,7 @@ impl HandoffDriver {
     /// Forgets what was under way (the shell lost it: a restart), resuming
     /// from `progress` as persisted.
     pub fn reset(&mut self, progress: Progress) {
-        self.progress = progress;
+        self.progress = progress.known_at(self.settings.partitions);
         self.busy = Busy::Idle;
         self.transfer = None;
     }
@@ -508,6 +531,7 @@ impl HandoffDriver {
         }
         self.busy = Busy::Dropping { partition };
         vec![HandoffWork::Drop {
+            partitions: self.busy_at,
             partition,
             scope: Scope::only(release.iter().map(String::as_str)),
             synced,
@@ -518,6 +542,14 @@ impl HandoffDriver {
     fn placement(&self) -> Option<Placement<'_>> {
         let t = self.topology.as_ref()?;
         t.placement(&self.settings.me, self.settings.n)
+    }
+
+    /// Whether the topology's Q is still the one what the driver waits
+    /// for was asked at.
+    fn still_at_busy_q(&self) -> bool {
+        self.topology
+            .as_ref()
+            .is_none_or(|t| t.view.partitions == self.busy_at)
     }
 
     /// A fetch failed: resume at a later tick, where it stopped.

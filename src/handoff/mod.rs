@@ -33,6 +33,12 @@
 //! Fetch progress is kept per partition (last key received), persisted by
 //! the shell, so a fetch interrupted by a crash of either side resumes where
 //! it stopped.
+//!
+//! When Q doubles, each partition's progress passes to both its children:
+//! a partition is fetched in key order, so the last key received of the
+//! parent is one of each child too. A fetch names its Q, and a source at
+//! another refuses it; an answer that arrives after the driver's Q
+//! changed is dropped, and so is a list of held partitions.
 
 use std::collections::BTreeMap;
 
@@ -62,6 +68,10 @@ pub enum HandoffMsg {
         partition: Partition,
         after: Option<Vec<u8>>,
         limit: u32,
+        /// The Q `partition` is at (0 from a node of protocol 7: the
+        /// source's).
+        #[serde(with = "crate::protocol::since_8")]
+        partitions: u32,
     },
     /// A chunk of a partition, in key order. `checksum` is the CRC-32 of the
     /// entries' encoding; `last` says the partition ends here.
@@ -98,7 +108,11 @@ pub fn respond<S: Store>(local: &Replica<S>, msg: HandoffMsg) -> Result<HandoffM
             partition,
             after,
             limit,
+            partitions,
         } => {
+            if partitions != 0 {
+                local.check_partitions(partitions)?;
+            }
             if partition.0 >= local.partition_count() {
                 return Err(Error::Malformed(format!(
                     "partition {partition} out of range"
@@ -210,6 +224,7 @@ pub fn fetch_step(
     is_up: impl Fn(&NodeId) -> bool,
 ) -> Option<Next> {
     let (ring, n) = (place.ring, place.extent());
+    progress.split_to(ring.partition_count());
     let status = view.members.get(me).map(|m| m.status);
     if progress.is_empty() && status == Some(Status::Up) {
         progress.adopt(ring, me, n);
@@ -288,9 +303,19 @@ pub fn release_step(
 /// A membership change an operator considers (`dynakv cluster plan`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PlanChange {
-    Join { node: NodeId, weight: u32 },
-    Leave { node: NodeId },
-    Weight { node: NodeId, weight: u32 },
+    Join {
+        node: NodeId,
+        weight: u32,
+    },
+    Leave {
+        node: NodeId,
+    },
+    Weight {
+        node: NodeId,
+        weight: u32,
+    },
+    /// Doubling Q (`dynakv cluster split`).
+    Split,
 }
 
 /// What a change would move, per node.
@@ -299,6 +324,12 @@ pub struct PlanReport {
     /// Partitions whose owner would change.
     pub moves: u32,
     pub rows: Vec<PlanRow>,
+    /// Q after the change (0 from a node of protocol 7).
+    #[serde(with = "crate::protocol::since_8")]
+    pub partitions: u32,
+    /// The largest partition's bytes after the change, as estimated.
+    #[serde(with = "crate::protocol::since_8")]
+    pub largest_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,7 +359,23 @@ pub fn preview(
     let mut members = view.active();
     let position =
         |members: &[Capacity], node: &NodeId| members.iter().position(|m| m.node == *node);
+    let q = table.partition_count();
+    let largest = |q: u32, bytes: &dyn Fn(Partition) -> u64| {
+        (0..q).map(|p| bytes(Partition(p))).max().unwrap_or(0)
+    };
     match change {
+        PlanChange::Split => {
+            // A child holds about half its parent: its keys hash evenly.
+            let halves = |p: Partition| bytes_of(Partition(p.0 / 2)).div_ceil(2);
+            let mut split = view.clone();
+            split.split()?;
+            return Ok(PlanReport {
+                moves: 0,
+                rows: Vec::new(),
+                partitions: split.partitions,
+                largest_bytes: largest(split.partitions, &halves),
+            });
+        }
         PlanChange::Join { node, weight } => {
             if position(&members, node).is_some() {
                 return Err(Error::InvalidRequest(format!("{node} is already a member")));
@@ -381,6 +428,8 @@ pub fn preview(
     Ok(PlanReport {
         moves: moves.len() as u32,
         rows: rows.into_values().collect(),
+        partitions: q,
+        largest_bytes: largest(q, &bytes_of),
     })
 }
 
@@ -397,6 +446,15 @@ fn empty_row(node: &NodeId) -> PlanRow {
 /// Where fetches stand, per home partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
+    partitions: BTreeMap<Partition, Fetched>,
+    /// The Q the partitions are at (0: not known yet; persisted before
+    /// splits, at the node's `cluster.partitions`).
+    q: u32,
+}
+
+/// Progress as persisted before splits.
+#[derive(Deserialize)]
+struct ProgressV1 {
     partitions: BTreeMap<Partition, Fetched>,
 }
 
@@ -419,6 +477,36 @@ impl Fetched {
 }
 
 impl Progress {
+    /// Progress persisted without its Q is at `q` (the layout: Q had
+    /// never changed then).
+    pub fn known_at(mut self, q: u32) -> Self {
+        if self.q == 0 {
+            self.q = q;
+        }
+        self
+    }
+
+    /// Brings the progress to `q` partitions (Q doubled since, once or
+    /// more): each partition's passes to its descendants.
+    pub fn split_to(&mut self, q: u32) {
+        if self.q == 0 || self.partitions.is_empty() {
+            self.q = q;
+            return;
+        }
+        if q <= self.q {
+            return;
+        }
+        let shift = q.trailing_zeros() - self.q.trailing_zeros();
+        self.partitions = std::mem::take(&mut self.partitions)
+            .into_iter()
+            .flat_map(|(p, fetched)| {
+                let first = p.0 << shift;
+                (first..first + (1 << shift)).map(move |c| (Partition(c), fetched.clone()))
+            })
+            .collect();
+        self.q = q;
+    }
+
     pub fn get(&self, p: Partition) -> Option<&Fetched> {
         self.partitions.get(&p)
     }
@@ -455,6 +543,17 @@ impl Progress {
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Progress> {
         let (p, rest): (Progress, _) = postcard::take_from_bytes(bytes)
+            .or_else(|e| {
+                postcard::take_from_bytes::<ProgressV1>(bytes)
+                    .map(|(old, rest)| {
+                        let progress = Progress {
+                            partitions: old.partitions,
+                            q: 0,
+                        };
+                        (progress, rest)
+                    })
+                    .map_err(|_| e)
+            })
             .map_err(|e| Error::Storage(format!("unreadable handoff progress: {e}")))?;
         if !rest.is_empty() {
             return Err(Error::Storage(

@@ -1,9 +1,9 @@
 //! Changes of membership and ownership: founding the table and claiming
 //! this node's share after every view change, and the operator's join,
-//! leave, remove and namespace changes, with the commits and the final
-//! record that end them.
+//! leave, remove, split and namespace changes, with the commits and the
+//! final record that end them.
 
-use super::{Changed, Membership};
+use super::{Changed, Membership, SPLIT_PROTOCOL};
 use crate::error::{Error, Result};
 use crate::fencing;
 use crate::namespace;
@@ -165,6 +165,38 @@ impl Membership {
             serving,
             &self.me,
         )?;
+        let changed = Changed {
+            view: true,
+            liveness: false,
+        };
+        Ok((changed, done))
+    }
+
+    /// Doubles Q (`dynakv cluster split`): every partition becomes its two
+    /// halves, owned and replicated as it was, so nothing moves; gossip
+    /// carries the larger table, which every view takes (`View::merge`).
+    /// Refused while a member is known to speak a protocol older than 8
+    /// (it would refuse the split view and be left behind). Returns what
+    /// was done.
+    pub fn split(&mut self) -> Result<(Changed, String)> {
+        if self.digest_peers < SPLIT_PROTOCOL {
+            return Err(Error::InvalidRequest(format!(
+                "this node speaks protocol {}; a split needs {SPLIT_PROTOCOL} on every member",
+                self.digest_peers
+            )));
+        }
+        let live = self.known.live();
+        if let Some(old) = self.legacy.iter().find(|p| live.contains(p)) {
+            return Err(Error::InvalidRequest(format!(
+                "{old} speaks a protocol older than {SPLIT_PROTOCOL}: upgrade every member before splitting"
+            )));
+        }
+        let from = self.view().partitions;
+        self.known.edit().split()?;
+        let done = format!(
+            "split: {from} partitions are {} now; each half keeps its owner and replicas, so no data moves",
+            self.view().partitions
+        );
         let changed = Changed {
             view: true,
             liveness: false,

@@ -15,6 +15,12 @@
 //!
 //! Both then hold the join of the two views in every bucket that differed,
 //! as a whole-view exchange would have left them.
+//!
+//! Summaries and records say the Q their table has (from protocol 8; 0
+//! from an older peer: the receiver's own). Views of two Qs differ in
+//! every chunk, so a round between them sends both tables whole, and the
+//! one of fewer partitions is split to the other's as it is merged
+//! (`View::merge`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -47,6 +53,9 @@ const SEED: u64 = 0x6479_6e61_6b76_0007;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub buckets: Vec<u64>,
+    /// The Q of the table summarised (0 from a peer of protocol 7).
+    #[serde(with = "crate::protocol::since_8")]
+    pub partitions: u32,
 }
 
 /// A view's records in some buckets.
@@ -55,8 +64,24 @@ pub struct Records {
     pub members: Vec<Member>,
     pub reports: Vec<(NodeId, Report)>,
     pub namespaces: Option<namespace::Table>,
-    /// Ownership entries, by partition.
+    /// Ownership entries, by partition at `partitions`.
     pub entries: Vec<(u32, Assignment)>,
+    /// The Q of the sender's table (0 from a peer of protocol 7).
+    #[serde(with = "crate::protocol::since_8")]
+    pub partitions: u32,
+}
+
+/// The Q a peer's summary or records are at, checked against this node's
+/// layout (`View::validate`'s rule); 0 (a peer of protocol 7) is `mine`.
+fn peer_partitions(said: u32, layout: u32, mine: u32) -> Result<u32> {
+    let q = if said == 0 { mine } else { said };
+    crate::partition::validate_partition_count(q).map_err(|e| Error::Malformed(e.to_string()))?;
+    if q < layout {
+        return Err(Error::Malformed(format!(
+            "a view of {q} partitions, fewer than this node's cluster.partitions = {layout}"
+        )));
+    }
+    Ok(q)
 }
 
 fn member_bucket(id: &NodeId) -> usize {
@@ -109,15 +134,18 @@ impl Summary {
     /// (`Known::summary` keeps its parts between changes).
     #[cfg(test)]
     pub fn of(view: &View, reports: &[(NodeId, Report)]) -> Summary {
-        Summary::assemble(&view_hashes(view), &report_hashes(reports))
+        Summary::assemble(&view_hashes(view), &report_hashes(reports), view.partitions)
     }
 
-    fn assemble(view: &[u64], reports: &[u64]) -> Summary {
+    fn assemble(view: &[u64], reports: &[u64], partitions: u32) -> Summary {
         let mut buckets = Vec::with_capacity(view.len() + reports.len());
         buckets.extend_from_slice(&view[..MEMBER_BUCKETS]);
         buckets.extend_from_slice(reports);
         buckets.extend_from_slice(&view[MEMBER_BUCKETS..]);
-        Summary { buckets }
+        Summary {
+            buckets,
+            partitions,
+        }
     }
 
     /// The fingerprint of the whole view and of the reports.
@@ -125,8 +153,10 @@ impl Summary {
         hash(&self.buckets)
     }
 
-    /// Checks a summary from a peer of a cluster of `q` partitions.
-    pub fn check(&self, q: u32) -> Result<()> {
+    /// Checks a summary from a peer, for a node of `layout` whose view
+    /// has `mine` partitions.
+    pub fn check(&self, layout: u32, mine: u32) -> Result<()> {
+        let q = peer_partitions(self.partitions, layout, mine)?;
         let bare = NAMESPACES + 1;
         let full = buckets_of(q);
         if self.buckets.len() != bare && self.buckets.len() != full {
@@ -169,6 +199,7 @@ impl Records {
         let mut wanted_reports = [false; MEMBER_BUCKETS];
         let mut records = Records::default();
         let len = chunk_len(view.partitions);
+        records.partitions = view.partitions;
         for &b in buckets {
             let b = b as usize;
             if b < REPORTS {
@@ -199,9 +230,11 @@ impl Records {
         records
     }
 
-    /// Checks the bounds of records from a peer of a cluster of `q`
-    /// partitions (`View::validate` checks the view they make).
-    pub fn check(&self, q: u32) -> Result<()> {
+    /// Checks the bounds of records from a peer, for a node of `layout`
+    /// whose view has `mine` partitions (`View::validate` checks the view
+    /// they make). Returns the Q they are at.
+    pub fn check(&self, layout: u32, mine: u32) -> Result<u32> {
+        let q = peer_partitions(self.partitions, layout, mine)?;
         if self.members.len() > MAX_MEMBERS
             || self.reports.len() > MAX_MEMBERS
             || self.entries.len() > q as usize
@@ -218,7 +251,7 @@ impl Records {
                 "ownership of partition {p} of {q}"
             )));
         }
-        Ok(())
+        Ok(q)
     }
 
     /// The member records by id (the last of any id given twice).
@@ -229,11 +262,20 @@ impl Records {
             .collect()
     }
 
-    /// Merges the records into `view` (as `View::merge` would the view they
-    /// came from); the reports are the failure detector's to merge. Entries of a table `view` lacks count only when they are
-    /// the whole table. Returns whether anything changed.
-    pub fn merge_into(&self, view: &mut View) -> Result<bool> {
+    /// Merges the records, checked to be at `q` partitions, into `view`
+    /// (as `View::merge` would the view they came from); the reports are
+    /// the failure detector's to merge. Entries of a table `view` lacks
+    /// count only when they are the whole table. Returns whether anything
+    /// changed.
+    pub fn merge_into(&self, view: &mut View, q: u32) -> Result<bool> {
         let mut changed = false;
+        if q > view.partitions {
+            if let Some(table) = &view.ownership {
+                view.ownership = Some(table.split_to(q)?);
+            }
+            view.partitions = q;
+            changed = true;
+        }
         for theirs in &self.members {
             match view.members.get(&theirs.id) {
                 Some(mine) if !theirs.supersedes(mine) => {}
@@ -247,8 +289,8 @@ impl Records {
             changed |= view.namespaces.merge(namespaces);
         }
         match &mut view.ownership {
-            Some(table) => changed |= table.merge_entries(&self.entries),
-            None if self.entries.len() == view.partitions as usize => {
+            Some(table) => changed |= table.merge_entries(q, &self.entries),
+            None if q == view.partitions && self.entries.len() == q as usize => {
                 let mut entries = self.entries.clone();
                 entries.sort_by_key(|(p, _)| *p);
                 entries.dedup_by_key(|(p, _)| *p);
@@ -337,7 +379,7 @@ impl Known {
             self.report_hashes = Some((changes, report_hashes(&reports())));
         }
         let (_, hashes) = self.report_hashes.as_ref().expect("just worked out");
-        Summary::assemble(view, hashes)
+        Summary::assemble(view, hashes, self.view.partitions)
     }
 }
 

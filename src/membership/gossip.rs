@@ -1,11 +1,15 @@
 //! Gossip rounds and failure detection: opening a round each tick,
 //! answering and following up each message of a round (by digest with
-//! peers of protocol 7, by whole views with older ones), and checking what
+//! peers of protocol 8, by whole views with older ones), and checking what
 //! peers send before it is merged.
+//!
+//! A peer of protocol 7 gossips by digest too, but its summaries and
+//! records do not say their Q, so it is answered with whole views (as
+//! protocol 6 peers are), which carry theirs; it refuses one whose Q
+//! differs from its own (a split it cannot take).
 
 use std::collections::BTreeMap;
 
-use super::messages::DIGEST_PROTOCOL;
 use super::{Changed, Destination, GossipMsg, Membership, Outgoing, Records, Summary};
 use crate::error::{Error, Result};
 use crate::liveness::Heartbeats;
@@ -21,7 +25,7 @@ impl Membership {
 
     /// `peer`'s hello said the newest protocol it speaks is `max`.
     pub fn speaks(&mut self, peer: &NodeId, max: u8) {
-        if max >= DIGEST_PROTOCOL {
+        if max >= self.digest_peers {
             self.legacy.remove(peer);
         } else if self.legacy.insert(peer.clone()) {
             // A digest sent before this was known went unanswered: no
@@ -195,6 +199,8 @@ impl Membership {
                 let heartbeat = self.detector.heartbeat();
                 let reply = if root == summary.root() {
                     GossipMsg::Agree { heartbeat }
+                } else if self.pushes_to(from) {
+                    self.push()
                 } else {
                     GossipMsg::Summary { summary, heartbeat }
                 };
@@ -202,7 +208,7 @@ impl Membership {
             }
             GossipMsg::Agree { heartbeat } => Ok((None, self.heard(from, heartbeat))),
             GossipMsg::Summary { summary, heartbeat } => {
-                summary.check(self.view().partitions)?;
+                summary.check(self.layout, self.view().partitions)?;
                 let changed = self.heard(from, heartbeat);
                 let buckets = self.summary().differing(&summary);
                 if buckets.is_empty() {
@@ -220,7 +226,8 @@ impl Membership {
                 records,
                 heartbeat,
             } => {
-                Summary::check_buckets(&buckets, self.view().partitions)?;
+                let q = records.check(self.layout, self.view().partitions)?;
+                Summary::check_buckets(&buckets, q.max(self.view().partitions))?;
                 let changed = self.take_records(from, &records, now)? | self.heard(from, heartbeat);
                 let reply = GossipMsg::Delta {
                     records: self.records(&buckets),
@@ -235,10 +242,9 @@ impl Membership {
         }
     }
 
-    /// A message of protocol 7 came from `from` (it speaks 7, then), its
-    /// heartbeat `heartbeat`.
+    /// A message of a round by digest came from `from`, its heartbeat
+    /// `heartbeat`.
     fn heard(&mut self, from: &NodeId, heartbeat: u64) -> Changed {
-        self.legacy.remove(from);
         Changed {
             view: false,
             liveness: self.detector.heard(from, heartbeat).is_some(),
@@ -253,7 +259,7 @@ impl Membership {
         view: &View,
         heartbeats: &Heartbeats,
     ) -> Result<Changed> {
-        view.validate(&self.view().cluster, self.view().partitions)?;
+        view.validate(&self.view().cluster, self.layout)?;
         if heartbeats.len() > MAX_MEMBERS {
             return Err(Error::Malformed(format!("{} heartbeats", heartbeats.len())));
         }
@@ -274,12 +280,12 @@ impl Membership {
     /// Merges records from `from`: they are checked, and so is the view
     /// they make, before it replaces this node's.
     fn take_records(&mut self, from: &NodeId, records: &Records, now: u64) -> Result<Changed> {
-        records.check(self.view().partitions)?;
+        let q = records.check(self.layout, self.view().partitions)?;
         self.check_identity(from, &records.member_map())?;
         let mut merged = self.view().clone();
         let mut changed = Changed::default();
-        if records.merge_into(&mut merged)? {
-            merged.validate(&self.view().cluster, self.view().partitions)?;
+        if records.merge_into(&mut merged, q)? {
+            merged.validate(&self.view().cluster, self.layout)?;
             *self.known.edit() = merged;
             self.track_members();
             self.settle();

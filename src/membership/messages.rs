@@ -10,6 +10,9 @@ use crate::view::View;
 
 /// The first protocol version that gossips by digest.
 pub const DIGEST_PROTOCOL: u8 = 7;
+/// The first protocol version whose digests say their Q, and which can
+/// split partitions.
+pub const SPLIT_PROTOCOL: u8 = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GossipMsg {

@@ -38,7 +38,7 @@ mod messages;
 
 use digest::Known;
 pub use digest::{Records, Summary};
-pub use messages::{Changed, DIGEST_PROTOCOL, Destination, GossipMsg, Outgoing};
+pub use messages::{Changed, DIGEST_PROTOCOL, Destination, GossipMsg, Outgoing, SPLIT_PROTOCOL};
 
 /// This node's membership state machine.
 #[derive(Debug, Clone)]
@@ -56,8 +56,14 @@ pub struct Membership {
     stopping: bool,
     /// Whether this node gossips by digest (it speaks protocol 7).
     digests: bool,
+    /// The protocol a peer must speak to be sent digests: 8 (whose
+    /// summaries and records say their Q) once this node speaks it.
+    digest_peers: u8,
     /// Peers that do not (they speak an older protocol): they get pushes.
     legacy: BTreeSet<NodeId>,
+    /// The Q this node stores data at (`cluster.partitions`): every view
+    /// it takes has at least as many partitions.
+    layout: u32,
 }
 
 /// The settings membership needs from the node's configuration.
@@ -130,7 +136,9 @@ impl Membership {
             enabled,
             stopping: false,
             digests: settings.protocol >= DIGEST_PROTOCOL,
+            digest_peers: settings.protocol.min(SPLIT_PROTOCOL),
             legacy: BTreeSet::new(),
+            layout: settings.partitions,
         };
         membership.track_members();
         membership.settle();

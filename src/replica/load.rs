@@ -47,7 +47,8 @@ impl<S: Store> Replica<S> {
         let chunk = self.store.scan(&[], loading.after.as_deref(), limit)?;
         let mut report = OpenReport::default();
         for (stored, value) in &chunk {
-            let (p, key) = split_storage_key(stored)?;
+            let (at, key) = split_storage_key(stored)?;
+            let p = self.partition_of(at, key);
             let Ok((state, old)) = decode_stored(value) else {
                 report.corrupt.push(stored.clone());
                 continue;
@@ -112,8 +113,8 @@ impl<S: Store> Replica<S> {
                 .scan(&[], after.as_deref(), super::SCAN_CHUNK)
                 .map_err(|e| e.to_string())?;
             for (stored, value) in &chunk {
-                let (p, key) = split_storage_key(stored).map_err(|e| e.to_string())?;
-                rebuilt.count(self.q, p, key, None, Some(value));
+                let (at, key) = split_storage_key(stored).map_err(|e| e.to_string())?;
+                rebuilt.count(self.q, self.partition_of(at, key), key, None, Some(value));
             }
             match chunk.last() {
                 Some((k, _)) if chunk.len() == super::SCAN_CHUNK => after = Some(k.clone()),
@@ -141,7 +142,7 @@ impl<S: Store> Replica<S> {
             .after
             .as_deref()
             .and_then(|after| split_storage_key(after).ok())
-            .is_some_and(|(at, _)| at > p);
+            .is_some_and(|(at, _)| at > p.ancestor(self.q, self.layout));
         if past {
             return Ok(());
         }

@@ -91,6 +91,10 @@ pub enum ReplicaMsg {
         #[serde(with = "serde_bytes")]
         prefix: Vec<u8>,
         limit: u32,
+        /// The Q `partition` is at (0 from a protocol 7 coordinator: this
+        /// replica's).
+        #[serde(with = "crate::protocol::since_8")]
+        partitions: u32,
     },
     /// Live keys in order, and the last key scanned when the scan stopped
     /// before the partition's end (None: the partition is done).
@@ -138,7 +142,13 @@ const SCAN_CHUNK: usize = 4096;
 pub struct Replica<S: Store> {
     store: S,
     hints: HintLog<S>,
+    /// The cluster's Q as this replica last heard (`set_partitions`): what
+    /// partitions named to it mean, and what its trees are kept per.
     q: u32,
+    /// The Q its stored keys are prefixed at (`cluster.partitions`),
+    /// which never changes: a partition at `q` is read as the part of its
+    /// ancestor at `layout` whose keys hash into it (`crate::partition`).
+    layout: u32,
     actor: Actor,
     /// The highest counter `actor` has minted on any key: a key that holds
     /// no value of `actor` gets its next dot above it (`update_above`).
@@ -211,6 +221,7 @@ impl<S: Store> Replica<S> {
             store,
             hints: HintLog::open(hints)?,
             q,
+            layout: q,
             actor,
             minted: 0,
             max_siblings,
@@ -264,6 +275,67 @@ impl<S: Store> Replica<S> {
         self.q
     }
 
+    /// The cluster's Q is `q` from now on (it doubled, once or more): what
+    /// was kept per partition is kept per child, and the hash trees and
+    /// usage, which a child's cannot be told from its parent's, are built
+    /// again by a scan run as the start-up one is (`load`), while the
+    /// replica serves. Q never shrinks.
+    pub fn set_partitions(&mut self, q: u32) -> Result<()> {
+        if q == self.q {
+            return Ok(());
+        }
+        crate::partition::validate_partition_count(q)?;
+        if q < self.q {
+            return Err(Error::InvalidRequest(format!(
+                "the partition count only grows ({} here, {q} asked)",
+                self.q
+            )));
+        }
+        let from = self.q;
+        let split = |p: &Partition| {
+            let first = p.0 << (q.trailing_zeros() - from.trailing_zeros());
+            (first..first + q / from).map(Partition)
+        };
+        self.tombstoned = (self.tombstoned.iter())
+            .flat_map(|(p, at)| split(p).map(move |c| (c, *at)))
+            .collect();
+        self.counter_writers = (self.counter_writers.iter())
+            .flat_map(|(p, writers)| split(p).map(move |c| (c, writers.clone())))
+            .collect();
+        self.q = q;
+        self.tally = Tally::default();
+        self.loading = Some(Loading::default());
+        Ok(())
+    }
+
+    /// Refuses a request about partitions at a Q other than this
+    /// replica's (the node's actors learn of a split one by one).
+    pub fn check_partitions(&self, q: u32) -> Result<()> {
+        if q != self.q {
+            return Err(Error::Unavailable(format!(
+                "asked about {q} partitions, this replica has {}: a split is spreading",
+                self.q
+            )));
+        }
+        Ok(())
+    }
+
+    /// Where `key` is stored, and its partition (at `q`).
+    fn place(&self, key: &[u8]) -> (Vec<u8>, Partition) {
+        let hash = crate::partition::key_hash(key);
+        let stored = storage_key(Partition::of_hash(hash, self.layout), key);
+        (stored, Partition::of_hash(hash, self.q))
+    }
+
+    /// The partition at `q` of a key stored under layout partition `at`.
+    fn partition_of(&self, at: Partition, key: &[u8]) -> Partition {
+        if self.q == self.layout {
+            at
+        } else {
+            Partition::of_key(key, self.q)
+        }
+    }
+
     pub fn key_count(&self) -> u64 {
         self.tally.usage.values().map(|u| u.keys).sum()
     }
@@ -301,7 +373,7 @@ impl<S: Store> Replica<S> {
 
     /// The stored copy and its encoding, if the key is stored.
     fn stored(&self, key: &[u8]) -> Result<Option<(SiblingSet, Vec<u8>)>> {
-        match self.store.get(&stored_key(key, self.q))? {
+        match self.store.get(&stored_key(key, self.layout))? {
             Some(bytes) => Ok(Some((decode_state(&bytes)?, bytes))),
             None => Ok(None),
         }
@@ -313,7 +385,7 @@ impl<S: Store> Replica<S> {
         if self.decoded.is_empty() {
             return self.stored(key);
         }
-        match self.decoded.take(&stored_key(key, self.q)) {
+        match self.decoded.take(&stored_key(key, self.layout)) {
             Some(kept) => Ok(Some(kept)),
             None => self.stored(key),
         }
@@ -323,7 +395,8 @@ impl<S: Store> Replica<S> {
     /// enough to be worth it.
     fn keep_decoded(&mut self, key: &[u8], state: SiblingSet, encoded: Vec<u8>) {
         if self.decoded.worth(&encoded) {
-            self.decoded.keep(stored_key(key, self.q), state, encoded);
+            self.decoded
+                .keep(stored_key(key, self.layout), state, encoded);
         }
     }
 
@@ -438,7 +511,13 @@ impl<S: Store> Replica<S> {
                 after,
                 prefix,
                 limit,
-            } => self.list(partition, after, &prefix, limit, now),
+                partitions,
+            } => {
+                if partitions != 0 {
+                    self.check_partitions(partitions)?;
+                }
+                self.list(partition, after, &prefix, limit, now)
+            }
             ReplicaMsg::Apply {
                 key,
                 operation,
@@ -462,8 +541,7 @@ impl<S: Store> Replica<S> {
     /// Removes `key` from this replica (a stand-in's copy after handoff, a
     /// collected tombstone).
     pub fn remove(&mut self, key: &[u8]) -> Result<()> {
-        let p = Partition::of_key(key, self.q);
-        let stored = storage_key(p, key);
+        let (stored, p) = self.place(key);
         self.decoded.forget(&stored);
         if let Some(bytes) = self.store.get(&stored)? {
             self.store.remove(&stored)?;
@@ -474,10 +552,11 @@ impl<S: Store> Replica<S> {
         Ok(())
     }
 
-    /// The partitions this replica holds data for, each with the
+    /// The partitions (at `q`) this replica holds data for, each with the
     /// namespaces it holds keys of, by partition; unavailable until the
     /// start-up scan is done.
-    pub fn held(&self) -> Result<Vec<(Partition, Vec<String>)>> {
+    pub fn held(&self, q: u32) -> Result<Vec<(Partition, Vec<String>)>> {
+        self.check_partitions(q)?;
         if let Some(loading) = &self.loading {
             return Err(Error::Unavailable(format!(
                 "the held partitions are known once the start-up scan is done ({} keys scanned)",
@@ -501,10 +580,12 @@ impl<S: Store> Replica<S> {
     /// Returns how many keys went.
     pub fn release(
         &mut self,
+        q: u32,
         p: Partition,
         scope: &Scope,
         synced: &[(Scope, u64)],
     ) -> Result<Option<usize>> {
+        self.check_partitions(q)?;
         for (synced_scope, root) in synced {
             if self.tree_in(p, synced_scope)?.root() != *root {
                 return Ok(None);
@@ -570,8 +651,7 @@ impl<S: Store> Replica<S> {
         new: &SiblingSet,
         encoded: &[u8],
     ) -> Result<()> {
-        let p = Partition::of_key(key, self.q);
-        let stored = storage_key(p, key);
+        let (stored, p) = self.place(key);
         self.decoded.forget(&stored);
         self.store.put(&stored, encoded)?;
         if let Some(at) = new.collectable_at(self.keep_deleted_ms) {
@@ -674,6 +754,7 @@ mod tests {
                     after: after.clone(),
                     prefix: prefix.to_vec(),
                     limit: 2,
+                    partitions: r.q,
                 };
                 let Ok(ReplicaMsg::Keys { keys, scanned_to }) = r.apply(asked, 0) else {
                     panic!("a listing was not answered with keys");
@@ -963,6 +1044,7 @@ mod tests {
                 after: None,
                 prefix: Vec::new(),
                 limit: 10,
+                partitions: 0,
             };
             match r.apply(asked, now).unwrap() {
                 ReplicaMsg::Keys { keys, .. } => keys,
@@ -1183,8 +1265,8 @@ mod tests {
         let (state, _) = r.apply_typed(b"c", &by(5), &none, Some(&owner), 0).unwrap();
         let before = r.actor();
         let p = Partition::of_key(b"c", 64);
-        let all = Scope::only(r.held().unwrap()[0].1.iter().map(String::as_str));
-        assert_eq!(r.release(p, &all, &[]).unwrap(), Some(1));
+        let all = Scope::only(r.held(64).unwrap()[0].1.iter().map(String::as_str));
+        assert_eq!(r.release(64, p, &all, &[]).unwrap(), Some(1));
         assert!(r.read(b"c").unwrap().is_empty());
         assert_ne!(r.actor(), before, "a fresh writer");
         let (_, delta) = r.apply_typed(b"c", &by(1), &none, None, 0).unwrap();
@@ -1326,7 +1408,7 @@ mod tests {
         }
         let mut r =
             Replica::opening(r.store().clone(), MemStore::default(), 64, Actor(2), 5).unwrap();
-        assert!(r.held().is_err(), "nothing is known to be held yet");
+        assert!(r.held(64).is_err(), "nothing is known to be held yet");
         let first = Partition::of_key(keys[0].as_bytes(), 64);
         assert!(r.tree(first).is_err(), "no tree before the scan reaches it");
         let mut steps = 0;
@@ -1361,7 +1443,77 @@ mod tests {
         assert!(report.keys > 250, "{report:?}");
         assert_eq!(r.verify_tally(), Ok(()));
         assert_eq!(r.tally.trees, rebuilt_trees(&r));
-        assert!(r.held().is_ok());
+        assert!(r.held(64).is_ok());
+    }
+
+    #[test]
+    fn a_split_replica_serves_each_child_as_its_part_of_the_parent() {
+        let mut r = replica();
+        let keys: Vec<String> = (0..400).map(|i| format!("k{i}")).collect();
+        for k in &keys {
+            r.update(k.as_bytes(), &Context::default(), data("v1"), None)
+                .unwrap();
+        }
+        r.remove(keys[0].as_bytes()).unwrap();
+        let deleted = keys[1].as_bytes();
+        let read = r.read(deleted).unwrap();
+        r.update(deleted, &read.context(), Value::Tombstone, None)
+            .unwrap();
+        let stored_before = r.store().clone();
+        r.set_partitions(256).unwrap();
+        assert!(r.set_partitions(128).is_err(), "Q only grows");
+        assert!(r.held(256).is_err(), "the trees are being built again");
+        // It serves meanwhile, and writes land in the children.
+        r.update(b"during", &Context::default(), data("d"), None)
+            .unwrap();
+        while r.load(50).unwrap().is_none() {}
+        assert_eq!(r.verify_tally(), Ok(()));
+        assert!(r.held(64).is_err(), "a question at the old Q");
+        let held = r.held(256).unwrap();
+        assert!(held.iter().all(|(p, _)| p.0 < 256) && held.len() > 64);
+        // Stored keys did not move: they stay under their layout prefix.
+        let moved = r
+            .store()
+            .map
+            .keys()
+            .filter(|k| !stored_before.map.contains_key(*k));
+        assert_eq!(moved.count(), 1, "only the new key");
+        // Each child's scans, chunks and listing hold exactly its keys.
+        let mut seen = 0;
+        for c in (0..256).map(Partition) {
+            let mut scanned = Vec::new();
+            r.scan_partition(c, |k, _| {
+                scanned.push(k.to_vec());
+                Ok(())
+            })
+            .unwrap();
+            let (mut chunked, mut after) = (Vec::new(), None);
+            loop {
+                let (entries, last) = r.chunk(c, after.as_deref(), 3).unwrap();
+                after = entries.last().map(|(k, _)| k.clone());
+                chunked.extend(entries.into_iter().map(|(k, _)| k));
+                if last {
+                    break;
+                }
+            }
+            assert_eq!(scanned, chunked, "{c}");
+            assert!(scanned.iter().all(|k| Partition::of_key(k, 256) == c));
+            seen += scanned.len();
+            let tree = r.tree(c).unwrap();
+            assert_eq!(tree.root(), r.tree_in(c, &Scope::All).unwrap().root());
+        }
+        assert_eq!(seen, 400, "399 left, one tombstone, one new");
+        // The tombstone's marks moved to its child, where collection finds it.
+        let child = Partition::of_key(deleted, 256);
+        assert!(r.tombstoned.contains_key(&child));
+        // Another replica of the same data, split, has the same trees.
+        let (mut other, _) =
+            Replica::open(r.store().clone(), MemStore::default(), 64, Actor(3), 5).unwrap();
+        other.set_partitions(256).unwrap();
+        while other.load(1000).unwrap().is_none() {}
+        for c in (0..256).map(Partition) {
+            assert_eq!(other.tree(c).unwrap(), r.tree(c).unwrap(), "{c}");
+        }
     }
 
     /// The root of `p`'s tree as a full rebuild from storage has it.

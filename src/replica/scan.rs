@@ -38,12 +38,15 @@ impl<S: Store> Replica<S> {
         p: Partition,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
-        let prefix = p.prefix();
+        let prefix = self.stored_range(p);
         let mut after: Option<Vec<u8>> = None;
         loop {
             let chunk = self.store.scan(&prefix, after.as_deref(), SCAN_CHUNK)?;
             for (stored, value) in &chunk {
-                f(&stored[prefix.len()..], value)?;
+                let key = &stored[prefix.len()..];
+                if self.holds(p, key) {
+                    f(key, value)?;
+                }
             }
             match chunk.last() {
                 Some((k, _)) if chunk.len() == SCAN_CHUNK => after = Some(k.clone()),
@@ -121,17 +124,44 @@ impl<S: Store> Replica<S> {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<Entry>, bool)> {
-        let partition = p.prefix();
-        let scanned = storage_key(p, prefix);
+        let stored_at = p.ancestor(self.q, self.layout);
+        let scanned = storage_key(stored_at, prefix);
         // A scan starts inside the prefix's range (a cursor before it
         // would end the scan at once).
-        let after = after.filter(|a| *a >= prefix).map(|k| storage_key(p, k));
-        let rows = self.store.scan(&scanned, after.as_deref(), limit)?;
-        let last = rows.len() < limit;
-        let entries = rows
-            .into_iter()
-            .map(|(stored, value)| Ok((stored[partition.len()..].to_vec(), decode_state(&value)?)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((entries, last))
+        let mut after = after
+            .filter(|a| *a >= prefix)
+            .map(|k| storage_key(stored_at, k));
+        let mut entries = Vec::new();
+        // Past a split, the stored range also holds the keys of `p`'s
+        // siblings this node replicates: read on until `limit` are `p`'s.
+        loop {
+            let rows = self.store.scan(&scanned, after.as_deref(), limit)?;
+            let end = rows.len() < limit;
+            after = rows.last().map(|(stored, _)| stored.clone());
+            for (stored, value) in rows {
+                let key = &stored[scanned.len() - prefix.len()..];
+                if self.holds(p, key) {
+                    entries.push((key.to_vec(), decode_state(&value)?));
+                    if entries.len() == limit {
+                        return Ok((entries, false));
+                    }
+                }
+            }
+            if end {
+                return Ok((entries, true));
+            }
+        }
+    }
+
+    /// The stored prefix holding partition `p`'s keys: its ancestor's at
+    /// the layout.
+    fn stored_range(&self, p: Partition) -> [u8; 4] {
+        p.ancestor(self.q, self.layout).prefix()
+    }
+
+    /// Whether `key`, stored in `p`'s range, is of `p` (always, until Q
+    /// passes the layout).
+    fn holds(&self, p: Partition, key: &[u8]) -> bool {
+        self.q == self.layout || Partition::of_key(key, self.q) == p
     }
 }

@@ -353,9 +353,9 @@ impl Sim {
                     }
                     continue;
                 }
-                HandoffWork::Held => {
+                HandoffWork::Held { partitions } => {
                     let node = &mut self.nodes[i];
-                    let held = node.replica.held();
+                    let held = node.replica.held(partitions);
                     node.handoff.on_held(held)
                 }
                 HandoffWork::Sync {
@@ -367,12 +367,13 @@ impl Sim {
                     continue;
                 }
                 HandoffWork::Drop {
+                    partitions,
                     partition,
                     scope,
                     synced,
                 } => {
                     let node = &mut self.nodes[i];
-                    let dropped = node.replica.release(partition, &scope, &synced);
+                    let dropped = node.replica.release(partitions, partition, &scope, &synced);
                     if let Ok(None) = dropped {
                         self.note(|| format!("n{i}: {partition} written to since its sync"));
                     }

@@ -68,7 +68,7 @@ impl Sim {
         if let (Some(ring), Some(table)) = (self.common_ring(), self.common_namespaces()) {
             let place = Placement::new(&ring, &table, self.cfg.n);
             for n in self.nodes.iter().filter(|n| n.is_member()) {
-                let held = match n.replica.held() {
+                let held = match n.replica.held(ring.partition_count()) {
                     Ok(held) => held,
                     Err(e) => return format!("{}: {e}", n.id),
                 };

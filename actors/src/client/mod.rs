@@ -499,6 +499,11 @@ impl Client {
         )
     }
 
+    /// Asks this node to double the cluster's partition count.
+    pub async fn split(&self) -> Result<String> {
+        done(self.call(ClientOp::Split).await?)
+    }
+
     /// What a membership change would move.
     pub async fn plan(&self, change: PlanChange) -> Result<PlanReport> {
         match self.call(ClientOp::Plan { change }).await? {

@@ -29,9 +29,11 @@ fn view(count: usize, q: u32) -> View {
 fn exchange(a: &mut View, b: &mut View) -> (usize, usize) {
     let buckets = Summary::of(a, &[]).differing(&Summary::of(b, &[]));
     let there = Records::of(a, &[], &buckets);
-    there.merge_into(b).unwrap();
+    let q = there.check(8, b.partitions).unwrap();
+    there.merge_into(b, q).unwrap();
     let back = Records::of(b, &[], &buckets);
-    back.merge_into(a).unwrap();
+    let q = back.check(8, a.partitions).unwrap();
+    back.merge_into(a, q).unwrap();
     (there.members.len(), there.entries.len())
 }
 
@@ -85,12 +87,57 @@ fn a_view_without_a_table_takes_a_whole_one_and_no_part() {
     let mut part = Records::of(&founded, &[], &buckets);
     part.entries.pop();
     let mut copy = bare.clone();
-    assert!(!part.merge_into(&mut copy).unwrap(), "a part of a table");
+    assert!(
+        !part.merge_into(&mut copy, 64).unwrap(),
+        "a part of a table"
+    );
     assert!(copy.ownership.is_none());
     Records::of(&founded, &[], &buckets)
-        .merge_into(&mut bare)
+        .merge_into(&mut bare, 64)
         .unwrap();
     assert_eq!(bare, founded);
+}
+
+#[test]
+fn views_of_two_partition_counts_meet_at_the_larger() {
+    for q in [64, 1024] {
+        let mut split = view(5, q);
+        split.split().unwrap();
+        let mut old = view(5, q);
+        // A move the unsplit view began reaches both children.
+        let table = old.ownership.as_mut().unwrap();
+        let moved = crate::partition::Partition(7);
+        table.begin(&[crate::ownership::Move {
+            partition: moved,
+            from: table.entry(moved).owner.clone(),
+            to: member(4).id,
+        }]);
+        let mut expected = old.clone();
+        expected.split().unwrap();
+        exchange(&mut old, &mut split);
+        assert_eq!(old, expected);
+        assert_eq!(split, expected);
+        assert_eq!(
+            Summary::of(&old, &[]).root(),
+            Summary::of(&split, &[]).root()
+        );
+        let children = moved.children();
+        for c in children {
+            assert_eq!(
+                split.ownership.as_ref().unwrap().entry(c).next,
+                Some(member(4).id)
+            );
+        }
+    }
+    // A peer of protocol 7 says no Q: its records are at the receiver's.
+    let v = view(3, 64);
+    let mut r = Records::of(&v, &[], &[129]);
+    r.partitions = 0;
+    assert_eq!(r.check(64, 64).unwrap(), 64);
+    assert!(
+        r.check(128, 64).is_err(),
+        "fewer partitions than the layout"
+    );
 }
 
 #[test]
@@ -98,22 +145,32 @@ fn summaries_bucket_lists_and_records_from_peers_are_bounded() {
     let v = view(3, 1024);
     let s = Summary::of(&v, &[]);
     assert_eq!(s.buckets.len(), 2 * MEMBER_BUCKETS + 1 + MAX_CHUNKS);
-    s.check(1024).unwrap();
-    assert!(s.check(64).is_err(), "another partition count");
+    s.check(64, 1024).unwrap();
+    s.check(64, 64).unwrap();
+    assert!(
+        s.check(2048, 2048).is_err(),
+        "fewer partitions than the layout"
+    );
+    let mut wrong = s.clone();
+    wrong.partitions = 64;
+    assert!(wrong.check(64, 1024).is_err(), "buckets of another count");
+    wrong.partitions = 1000;
+    assert!(wrong.check(64, 1024).is_err(), "not a power of two");
     let short = Summary {
         buckets: vec![0; 3],
+        partitions: 1024,
     };
-    assert!(short.check(1024).is_err());
+    assert!(short.check(64, 1024).is_err());
     Summary::check_buckets(&[0, 64, 128, 384], 1024).unwrap();
     assert!(Summary::check_buckets(&[385], 1024).is_err());
     assert!(Summary::check_buckets(&vec![0; 400], 1024).is_err());
     let mut r = Records::of(&v, &[], &[129]);
-    r.check(1024).unwrap();
+    r.check(64, 1024).unwrap();
     r.entries.push((1024, r.entries[0].1.clone()));
-    assert!(r.check(1024).is_err(), "a partition out of range");
+    assert!(r.check(64, 1024).is_err(), "a partition out of range");
     let crowd = Records {
         members: vec![member(1); MAX_MEMBERS + 1],
         ..Records::default()
     };
-    assert!(crowd.check(1024).is_err());
+    assert!(crowd.check(64, 1024).is_err());
 }

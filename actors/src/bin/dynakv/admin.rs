@@ -88,14 +88,16 @@ pub async fn cluster(command: ClusterCommand, options: Options) -> Result<()> {
         ClusterCommand::Join { node, seed } => connect(&node).await?.join(&seed).await?,
         ClusterCommand::Leave { node } => connect(&node).await?.leave().await?,
         ClusterCommand::Remove { node, via } => connect(&via).await?.remove(&node).await?,
+        ClusterCommand::Split { via } => connect(&via).await?.split().await?,
         ClusterCommand::Plan {
             join,
             leave,
             weight,
+            split,
             via,
             json,
         } => {
-            let change = plan_change(join, leave, weight)?;
+            let change = plan_change(join, leave, weight, split)?;
             let report = connect(&via).await?.plan(change).await?;
             return print_plan(&report, json);
         }
@@ -108,7 +110,11 @@ fn plan_change(
     join: Option<String>,
     leave: Option<String>,
     weight: Option<String>,
+    split: bool,
 ) -> Result<PlanChange> {
+    if split {
+        return Ok(PlanChange::Split);
+    }
     let id =
         |s: &str| NodeId::new(s).map_err(|e| Error::InvalidRequest(format!("bad node id: {e}")));
     let number = |s: &str| {
@@ -134,7 +140,7 @@ fn plan_change(
             })
         }
         _ => Err(Error::InvalidRequest(
-            "give one of --join, --leave, --weight".into(),
+            "give one of --join, --leave, --weight, --split".into(),
         )),
     }
 }

@@ -482,6 +482,13 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "127.0.0.1:7001")]
         via: String,
     },
+    /// Double the number of partitions, online: each becomes its two halves,
+    /// owned and replicated as it was, so no data moves.
+    Split {
+        /// Client address of a member to ask.
+        #[arg(long, default_value = "127.0.0.1:7001")]
+        via: String,
+    },
     /// Show what a change would move, without changing anything.
     Plan {
         /// A node joining: ID or ID:WEIGHT.
@@ -493,6 +500,9 @@ pub enum ClusterCommand {
         /// A new weight: ID=WEIGHT.
         #[arg(long, group = "change")]
         weight: Option<String>,
+        /// Doubling the number of partitions.
+        #[arg(long, group = "change")]
+        split: bool,
         /// Client address of a member to ask.
         #[arg(long, default_value = "127.0.0.1:7001")]
         via: String,

@@ -119,7 +119,18 @@ pub fn print_plan(report: &PlanReport, as_json: bool) -> Result<()> {
         say!("{text}");
         return Ok(());
     }
+    if report.partitions > 0 {
+        say!(
+            "{} partitions after the change; the largest about {} bytes",
+            report.partitions,
+            report.largest_bytes
+        );
+    }
     say!("{} partitions would change owner", report.moves);
+    if report.rows.is_empty() {
+        say!("no data would move");
+        return Ok(());
+    }
     say!(
         "{:<16} {:>9} {:>14} {:>9} {:>14}",
         "node",
