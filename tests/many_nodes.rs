@@ -1,5 +1,6 @@
 //! Sixteen `serve` processes on this machine (Q = 64): the cluster forms,
-//! takes a join and a leave under load without losing a write, and every
+//! splits to Q = 128, takes a join (a node configured with the founding
+//! Q) and a leave, all under load without losing a write, and every
 //! member ends with the same view. Prints how long each step took.
 
 #![allow(clippy::unwrap_used)] // tests panic on purpose
@@ -9,6 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use dynakv::Error;
+use dynakv::handoff::PlanChange;
 use dynakv_actors::client::Client;
 use dynakv_actors::testkit::{check, wait_for};
 use support::{ProcessCluster, Writers, check_acked};
@@ -16,19 +18,19 @@ use support::{ProcessCluster, Writers, check_acked};
 const NODES: usize = 16;
 const WAIT: Duration = Duration::from_secs(180);
 
-/// One member as a node sees it: id, state, partitions owned and
-/// replicated.
-type Seen = Vec<(String, String, u32, u32)>;
+/// The cluster as a node sees it: Q, and each member's id, state,
+/// partitions owned and replicated.
+type Seen = (u32, Vec<(String, String, u32, u32)>);
 
 async fn seen(addr: &str) -> Result<Seen, Error> {
     let status = Client::connect(addr, "").await?.status().await?;
-    let mut members: Seen = status
+    let mut members: Vec<_> = status
         .members
         .into_iter()
         .map(|m| (m.node.to_string(), m.state, m.owned, m.replicated))
         .collect();
     members.sort();
-    Ok(members)
+    Ok((status.partitions, members))
 }
 
 /// Waits until every node of `asked` sees the same members, states and
@@ -69,18 +71,18 @@ async fn agreed(
     }
 }
 
-fn serving(members: &Seen, count: usize) -> bool {
+fn serving((_, members): &Seen, count: usize) -> bool {
     let up = members.iter().filter(|m| m.1 == "up" && m.2 > 0).count();
     up == count
 }
 
 #[actix_rt::test]
-async fn sixteen_processes_form_take_a_join_and_a_leave_under_load_and_agree() {
+async fn sixteen_processes_form_split_take_a_join_and_a_leave_under_load_and_agree() {
     let began = Instant::now();
     let mut cluster = ProcessCluster::start_sized(NODES, 64, "");
     let all: Vec<usize> = (0..NODES).collect();
     agreed(&cluster, &all, "16 nodes to form", |m| {
-        m.len() == NODES && serving(m, NODES)
+        m.1.len() == NODES && serving(m, NODES)
     })
     .await;
     let formed = began.elapsed();
@@ -89,12 +91,28 @@ async fn sixteen_processes_form_take_a_join_and_a_leave_under_load_and_agree() {
     let writers = Writers::start(client.clone(), 4);
     writers.acked_at_least(200, WAIT).await;
 
+    // The plan first: Q doubles, nothing moves.
+    let plan = client.plan(PlanChange::Split).await.unwrap();
+    assert_eq!((plan.partitions, plan.moves), (128, 0), "{plan:?}");
+    let began = Instant::now();
+    let done = client.split().await.unwrap();
+    assert!(done.contains("128"), "{done}");
+    let before_split = writers.acked();
+    let split = agreed(&cluster, &all, "the split to reach every node", |m| {
+        m.0 == 128 && serving(m, NODES)
+    })
+    .await;
+    let owned: u32 = split.1.iter().map(|m| m.2).sum();
+    assert_eq!(owned, 128, "{split:?}");
+    let spread = began.elapsed();
+    writers.acked_at_least(before_split + 200, WAIT).await;
+
     let began = Instant::now();
     let joiner = cluster.add("");
     let mut asked = all.clone();
     asked.push(joiner);
     agreed(&cluster, &asked, "the 17th node to join", |m| {
-        m.len() == NODES + 1 && serving(m, NODES + 1)
+        m.0 == 128 && m.1.len() == NODES + 1 && serving(m, NODES + 1)
     })
     .await;
     let joined = began.elapsed();
@@ -113,7 +131,7 @@ async fn sixteen_processes_form_take_a_join_and_a_leave_under_load_and_agree() {
     // A node that has left gossips no more, so the others may not hear it
     // say so: gone is leaving (or left) and owning nothing.
     agreed(&cluster, &asked, "node2 to leave", |m| {
-        let gone = m.iter().any(|x| {
+        let gone = m.1.iter().any(|x| {
             x.0 == leaver_id && matches!(x.1.as_str(), "leaving" | "left") && (x.2, x.3) == (0, 0)
         });
         gone && serving(m, NODES)
@@ -126,8 +144,9 @@ async fn sixteen_processes_form_take_a_join_and_a_leave_under_load_and_agree() {
     // No acknowledged write is lost: R = 3 reads every replica.
     let written = check_acked(&client, &outcomes, 3).await;
     println!(
-        "16 processes: formed in {formed:?}; a 17th joined (every view agreeing, it serving) in \
-         {joined:?}; one left in {left:?}; {} writes acknowledged meanwhile, {} failed, none lost",
+        "16 processes: formed in {formed:?}; split from 64 to 128 partitions (every view \
+         agreeing) in {spread:?}; a 17th joined (every view agreeing, it serving) in {joined:?}; \
+         one left in {left:?}; {} writes acknowledged meanwhile, {} failed, none lost",
         written,
         outcomes.len() - written
     );

@@ -175,6 +175,26 @@ fn partitions_really_move() {
     assert!(o.fetched > 0 && o.released > 0, "{o:?}");
 }
 
+/// An operator doubles Q twice while clients write, nodes crash and the
+/// network partitions (with a join and a leave in some runs): nothing
+/// acknowledged is lost, and the replicas converge on the split ring.
+#[test]
+fn splits_while_clients_write_and_faults_run_lose_nothing() {
+    let split = |periodic, scaling| SimConfig {
+        split: true,
+        ..config(periodic, scaling)
+    };
+    run_seeds(&split(false, false), 1..101);
+    run_seeds(&split(true, false), 1..51);
+    run_seeds(&split(false, true), 1..51);
+    let o = traced(
+        split(false, false),
+        3,
+        &["16 partitions are 32 now", "32 partitions are 64 now"],
+    );
+    assert!(o.splits == 2 && o.crashes > 0 && o.partitions > 0, "{o:?}");
+}
+
 /// Clean stops (as for a rolling upgrade) tell the peers, which route
 /// around the node at once and take it back when it returns.
 #[test]

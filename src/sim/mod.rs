@@ -7,7 +7,8 @@
 //! collection, fencing; with `scaling` a join and a leave with partition
 //! handoff; with `restore` a member restored from a backup of its disks; with
 //! `stop_notices` clean stops that tell the peers; with `removal` a member removed while down that comes back on
-//! its old disk and must be fenced out) run over a simulated network that
+//! its old disk and must be fenced out; with `split` Q doubled twice
+//! while clients write and faults run) run over a simulated network that
 //! drops, delays, duplicates (all but mints, which the Bridge never
 //! resends) and reorders messages, partitions and heals, and crashes and
 //! restarts nodes, on a simulated clock. Everything random comes from one
@@ -97,6 +98,9 @@ pub struct SimConfig {
     /// upgrade): the node tells the peers it believes up that it is
     /// stopping (`GossipMsg::Stopping`), syncs, and ends.
     pub stop_notices: bool,
+    /// An operator doubles Q twice during the run (`dynakv cluster split`
+    /// at a random member that is up).
+    pub split: bool,
     /// How long each replica keeps a delete before collection may take it
     /// (`anti_entropy.keep_deleted_ms`; simulated ms).
     pub keep_deleted_ms: u64,
@@ -126,6 +130,7 @@ impl Default for SimConfig {
             removal: false,
             restore: false,
             stop_notices: false,
+            split: false,
             keep_deleted_ms: 0,
             trace: false,
         }
@@ -158,6 +163,8 @@ pub struct Outcome {
     pub released: usize,
     /// Peer requests refused because their sender was out of the cluster.
     pub fenced: usize,
+    /// Splits of Q an operator made (`split`).
+    pub splits: usize,
     /// Simulated ms from the heal to convergence.
     pub converged_after: u64,
     /// The first violation found, if any.

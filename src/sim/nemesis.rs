@@ -84,6 +84,37 @@ impl Sim {
         }
     }
 
+    /// An operator doubles Q at a member that is up (tried again later
+    /// until the cluster is founded and one is).
+    pub(super) fn split_partitions(&mut self) {
+        let up: Vec<usize> = (0..self.cfg.nodes)
+            .filter(|&i| self.nodes[i].running && self.nodes[i].is_member())
+            .collect();
+        let split = match up.as_slice() {
+            [] => Err(crate::Error::Unavailable("no member is up".into())),
+            up => {
+                let i = up[self.rng.below(up.len() as u64) as usize];
+                let node = &mut self.nodes[i];
+                node.membership.split().map(|(changed, done)| {
+                    node.keep_view(changed);
+                    format!("n{i}: {done}")
+                })
+            }
+        };
+        match split {
+            Ok(done) => {
+                self.splits += 1;
+                self.note(|| done);
+            }
+            Err(e) => {
+                self.note(|| format!("no split yet: {e}"));
+                if self.now < self.cfg.fault_time {
+                    self.schedule(self.now + 500, Event::Split);
+                }
+            }
+        }
+    }
+
     /// Creates the namespaces (`alter`: alters their `n`) through node 0,
     /// as `dynakv ns create` and `ns alter` do; tried again until the
     /// cluster has formed and node 0 is up. A namespace already as asked

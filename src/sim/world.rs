@@ -97,6 +97,8 @@ pub(super) enum Event {
     Backup,
     /// The backed-up node loses its disks and starts on the backup.
     Restore,
+    /// An operator doubles Q at a member that is up.
+    Split,
 }
 
 pub(super) struct Scheduled {
@@ -252,6 +254,7 @@ pub struct Sim {
     pub(super) fetched: usize,
     pub(super) released: usize,
     pub(super) fenced: usize,
+    pub(super) splits: usize,
     pub(super) trace: Vec<String>,
     /// The `restore` scenario's backup, once taken.
     pub(super) backup: Option<Backup>,
@@ -331,6 +334,7 @@ impl Sim {
             fetched: 0,
             released: 0,
             fenced: 0,
+            splits: 0,
             trace: Vec::new(),
             backup: None,
         };
@@ -342,6 +346,12 @@ impl Sim {
             sim.schedule(join, Event::Join);
             let leave = 8_000 + sim.rng.below(6_000);
             sim.schedule(leave, Event::Leave);
+        }
+        if sim.cfg.split {
+            for (from, span) in [(2_500, 5_000), (9_000, 6_000)] {
+                let at = from + sim.rng.below(span);
+                sim.schedule(at, Event::Split);
+            }
         }
         if sim.cfg.restore {
             let backup = 2_500 + sim.rng.below(1_000);
@@ -509,6 +519,7 @@ impl Sim {
             fetched: self.fetched,
             released: self.released,
             fenced: self.fenced,
+            splits: self.splits,
             converged_after: converged_at.map_or(0, |t| t - heal_at),
             violation,
             trace: self.trace,
@@ -577,6 +588,7 @@ impl Sim {
             Event::Restore => self.restore(),
             Event::CreateNamespace => self.change_namespaces(false),
             Event::AlterNamespaces => self.change_namespaces(true),
+            Event::Split => self.split_partitions(),
             Event::HandoffWake { node, life } => {
                 if self.nodes[node].running && self.nodes[node].life == life {
                     self.handoff_tick(node);
@@ -592,6 +604,15 @@ impl Sim {
     }
 
     pub(super) fn on_timer(&mut self, i: usize, timer: Timer) {
+        // The replica takes a larger Q from the view as its actor does:
+        // in its own time, so the node's drivers may ask it at the other.
+        let node = &mut self.nodes[i];
+        let q = node.membership.view().partitions;
+        if q > node.replica.partition_count()
+            && let Err(e) = node.replica.set_partitions(q)
+        {
+            panic!("a simulated replica refused Q = {q}: {e}");
+        }
         if let Err(e) = self.nodes[i].replica.load(LOAD_STEP) {
             panic!("a simulated replica's start-up scan failed: {e}");
         }

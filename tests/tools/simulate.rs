@@ -7,7 +7,8 @@
 //! node joins and another leaves during each run), --removal (a node is
 //! removed while down and comes back on its old disk), --restore (a node
 //! is backed up, loses its disks and is restored), --stop-notices (half
-//! the crashes are clean stops that tell the peers), --keep-deleted MS
+//! the crashes are clean stops that tell the peers), --split (Q doubles
+//! twice while clients write), --keep-deleted MS
 //! (each delete is kept that long before collection), --seed S (one
 //! seed, with its trace). Exits 1 on the first violation, printing the seed
 //! and the events that led to it.
@@ -51,6 +52,10 @@ fn main() -> ExitCode {
             }
             "--stop-notices" => {
                 cfg.stop_notices = true;
+                Ok(())
+            }
+            "--split" => {
+                cfg.split = true;
                 Ok(())
             }
             "--keep-deleted" => number("--keep-deleted").map(|v| cfg.keep_deleted_ms = v),
