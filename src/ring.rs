@@ -1,8 +1,8 @@
 //! The ring: keys to partitions, partitions to preference lists.
 //!
 //! The 64-bit key-hash space is cut into Q equal partitions (Q a power of two,
-//! fixed when the cluster is created): a key's partition is the top log2(Q)
-//! bits of its hash. The `Ownership` table names one owner per partition; the
+//! chosen when the cluster is created, doubled by a split): a key's partition
+//! is the top log2(Q) bits of its hash. The `Ownership` table names one owner per partition; the
 //! preference list of a partition is the first N distinct nodes met walking
 //! the table from that partition onwards, and continuing the walk gives the
 //! fallback order for sloppy quorum.

@@ -316,3 +316,22 @@ fn at_300_nodes_gossip_idles_in_small_messages_and_spreads_changes_in_a_few_roun
     });
     assert!(known <= 10, "the join took {known} rounds");
 }
+
+/// A cluster founded small grows by splitting as it grows (the
+/// `gossip_scale` example's `--grow` takes 3 nodes at Q = 256 to 1,000):
+/// here 3 nodes at Q = 64 to 70, each member keeping at least 8
+/// partitions, every step settling with owners balanced.
+#[test]
+fn a_cluster_founded_small_grows_by_splitting_as_it_grows() {
+    use dynakv::sim::scale::Scale;
+
+    let mut scale = Scale::formed(3, 64, 3);
+    rounds_until(&mut scale, 20, Scale::agree);
+    let steps = scale.grow(70, 8, 100).unwrap();
+    let last = *steps.last().unwrap();
+    assert_eq!((last.nodes, last.partitions), (70, 1024), "{steps:?}");
+    assert_eq!(steps.iter().map(|g| g.splits).sum::<u32>(), 4, "{steps:?}");
+    for g in &steps {
+        assert!(g.fewest >= 8 && g.most - g.fewest <= 1, "{g:?}");
+    }
+}

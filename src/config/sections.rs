@@ -43,7 +43,9 @@ impl Default for NodeSection {
 pub struct ClusterSection {
     /// Name checked in every hello; nodes of different clusters never talk.
     pub name: String,
-    /// Number of partitions Q, a power of two; fixed when the cluster is created.
+    /// Number of partitions Q, a power of two, the cluster is founded with;
+    /// the Q this node's stored keys are laid out at, which stays when the
+    /// cluster splits (`dynakv cluster split`) past it.
     pub partitions: u32,
     /// Replicas per key.
     pub n: u8,

@@ -4,7 +4,10 @@
 //! exchange within its round and drops what is sent to a crashed node.
 //! It counts what gossip costs (messages and bytes) and lets a caller ask
 //! how many nodes know of a change; `examples/gossip_scale` (in
-//! `tests/tools`) runs it at 100 to 2,000 nodes and times it.
+//! `tests/tools`) runs it at 100 to 2,000 nodes and times it. `grow`
+//! takes a small cluster to a large one, a batch of joins at a time,
+//! splitting Q whenever the nodes would own too few partitions each
+//! (handoff is taken as instant: each node commits what moves to it).
 
 use std::collections::HashMap;
 
@@ -37,6 +40,24 @@ impl Traffic {
         self.bytes += bytes;
         self.largest = self.largest.max(bytes);
     }
+}
+
+/// One step of `Scale::grow`: the splits made first, then the joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Growth {
+    /// Members and Q once the step settled.
+    pub nodes: usize,
+    pub partitions: u32,
+    pub joined: usize,
+    pub splits: u32,
+    /// Rounds until every split, then the joins, settled.
+    pub split_rounds: u64,
+    pub join_rounds: u64,
+    /// The fewest and most partitions a member owns.
+    pub fewest: usize,
+    pub most: usize,
+    /// The largest gossip message of the step, in bytes.
+    pub largest: u64,
 }
 
 pub struct Scale {
@@ -187,6 +208,96 @@ impl Scale {
         self.nodes.push(node);
         self.running.push(true);
         i
+    }
+
+    /// Node `i` doubles Q (`dynakv cluster split`).
+    pub fn split(&mut self, i: usize) -> crate::Result<()> {
+        self.nodes[i].split().map(|_| ())
+    }
+
+    /// Every running node holds the data of what moves to it (handoff
+    /// taken as instant) and commits it.
+    pub fn commit_all(&mut self) {
+        for (node, up) in self.nodes.iter_mut().zip(&self.running) {
+            if *up {
+                node.commit_incoming();
+            }
+        }
+    }
+
+    /// Whether every running node agrees on a view in which every member is
+    /// up and nothing moves.
+    pub fn settled(&mut self) -> bool {
+        if !self.agree() {
+            return false;
+        }
+        let Some(i) = self.running.iter().position(|r| *r) else {
+            return true;
+        };
+        let view = self.nodes[i].view();
+        let all_up = view.members.values().all(|m| m.status == Status::Up);
+        all_up && view.ring().is_some_and(|ring| !ring.is_moving())
+    }
+
+    /// Grows the cluster to `target` members, a quarter more at a time:
+    /// before each batch of joins, Q doubles (at node 0) while the members
+    /// would own fewer than `per_node` partitions each. Each step runs
+    /// rounds (committing what moves) until the cluster has settled, at
+    /// most `patience` per split or batch. Returns the steps, or what did
+    /// not settle.
+    pub fn grow(
+        &mut self,
+        target: usize,
+        per_node: u32,
+        patience: u64,
+    ) -> Result<Vec<Growth>, String> {
+        let mut steps = Vec::new();
+        while self.nodes.len() < target {
+            let len = self.nodes.len();
+            let next = (len + len / 4).clamp(len + 1, target);
+            self.take_traffic();
+            let (mut splits, mut split_rounds) = (0, 0);
+            while self.nodes[0].view().partitions / (next as u32) < per_node {
+                self.split(0)
+                    .map_err(|e| format!("split at {len} nodes: {e}"))?;
+                splits += 1;
+                split_rounds += self
+                    .rounds_until(patience, Scale::agree)
+                    .ok_or(format!("a split at {len} nodes did not spread"))?;
+            }
+            for _ in len..next {
+                self.join();
+            }
+            let join_rounds = self
+                .rounds_until(patience, |s| {
+                    s.commit_all();
+                    s.settled()
+                })
+                .ok_or(format!(
+                    "{} joins at {len} nodes did not settle",
+                    next - len
+                ))?;
+            let view = self.nodes[0].view();
+            let ring = view.ring().ok_or("no ring")?;
+            let owned: Vec<usize> = ring.owned_counts().into_iter().map(|(_, c)| c).collect();
+            // A member the ring does not name owns nothing.
+            let fewest = match owned.iter().min() {
+                Some(&min) if owned.len() == view.members.len() => min,
+                _ => 0,
+            };
+            steps.push(Growth {
+                nodes: view.members.len(),
+                partitions: view.partitions,
+                joined: next - len,
+                splits,
+                split_rounds,
+                join_rounds,
+                fewest,
+                most: owned.iter().copied().max().unwrap_or(0),
+                largest: self.traffic.largest,
+            });
+        }
+        Ok(steps)
     }
 
     /// Node `i` starts leaving.

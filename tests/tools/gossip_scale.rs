@@ -18,6 +18,16 @@
 //! - the time to recompute the ring from a view (`View::ring`).
 //!
 //! Prints one table. The cluster of 2,000 nodes holds some 3 GB.
+//!
+//!     cargo run --release --features sim --example gossip_scale -- --grow 1000
+//!
+//! instead founds a cluster of 3 nodes at Q = 256 and grows it to 1,000
+//! (or the size given), a quarter more nodes at a time, splitting Q at a
+//! member first whenever the nodes would own fewer than 8 partitions
+//! each; prints each step: the splits and the rounds they took to reach
+//! every node, the rounds until the joins settled (every view agreeing,
+//! every member up, nothing moving: handoff is taken as instant), and the
+//! fewest and most partitions a member owns.
 
 use std::time::{Duration, Instant};
 
@@ -110,10 +120,39 @@ fn measure(nodes: usize, partitions: u32, seed: u64) -> Row {
     }
 }
 
+/// `--grow`: from 3 nodes at Q = 256 to `target` nodes.
+fn grow(target: usize, seed: u64) {
+    let began = Instant::now();
+    let mut scale = Scale::formed(3, 256, seed);
+    until(&mut scale, Scale::agree);
+    println!(
+        "nodes  joined  Q      splits  split rounds  join rounds  owned (fewest..most)  largest msg"
+    );
+    let steps = scale.grow(target, 8, PATIENCE).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(1)
+    });
+    for g in steps {
+        println!(
+            "{:>5}  {:>6}  {:>5}  {:>6}  {:>12}  {:>11}  {:>20}  {:>11}",
+            g.nodes,
+            g.joined,
+            g.partitions,
+            g.splits,
+            g.split_rounds,
+            g.join_rounds,
+            format!("{}..{}", g.fewest, g.most),
+            g.largest
+        );
+    }
+    println!("grown to {target} nodes in {:?}", began.elapsed());
+}
+
 fn main() {
     let mut sizes = vec![100, 500, 1000, 2000];
     let mut partitions = 16_384u32;
     let mut seed = 1u64;
+    let mut grow_to = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -136,11 +175,15 @@ fn main() {
                     .unwrap_or_else(|| bad("a power of two"))
             }
             "--seed" => seed = value.parse().unwrap_or_else(|_| bad("a number")),
+            "--grow" => grow_to = Some(value.parse().unwrap_or_else(|_| bad("a number"))),
             _ => {
                 eprintln!("unknown option {arg}; see the file's header");
                 std::process::exit(2)
             }
         }
+    }
+    if let Some(target) = grow_to {
+        return grow(target, seed);
     }
     println!(
         "nodes  steady B/msg  steady B/node/s  steady CPU/round/node  join known  join agreed  change B/msg  change B/node/s  change CPU/round/node  largest  leave known  crash known  ring (Q={partitions})"
