@@ -126,11 +126,13 @@ impl Hints {
                 HintWork::ForgetMoot {
                     owner,
                     limit,
+                    partitions,
                     replicates,
                 } => {
                     let forget = self.replica.send(ForgetMootHints {
                         owner,
                         limit,
+                        partitions,
                         replicates,
                     });
                     ctx.spawn(forget.into_actor(self).map(|cleared, _, _| {

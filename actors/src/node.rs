@@ -171,6 +171,7 @@ fn start_on(
     let storage = Storage::open(&config.node.data_dir, &config.storage, &config.node.id)?;
     let meta = storage.meta();
     crate::membership::check_start(&meta, &me, &config.node.data_dir)?;
+    storage.check_layout(config.cluster.partitions)?;
     let meta_for_handoff = storage.meta();
     // A fresh writer identity per start: a node never reuses a dot, even if a
     // crash lost writes it had coordinated.

@@ -38,6 +38,10 @@ use fjall::{
 };
 use tracing::warn;
 
+/// Where `meta` records the Q this directory's stored keys are laid out
+/// at (`cluster.partitions` when it was created).
+const LAYOUT_KEY: &[u8] = b"layout";
+
 fn storage_error(e: impl std::fmt::Display) -> Error {
     Error::Storage(e.to_string())
 }
@@ -218,6 +222,31 @@ impl Storage {
                 }),
             }),
         })
+    }
+
+    /// Checks `cluster.partitions` against the Q this directory's stored
+    /// keys are laid out at, recording it at the first start (a directory
+    /// from before the record has always used the configured one, which
+    /// could not change then). An operator who sets it to the cluster's Q
+    /// after a split would make every stored key unreadable: refused.
+    pub fn check_layout(&self, partitions: u32) -> Result<()> {
+        let mut meta = self.meta();
+        let Some(bytes) = meta.get(LAYOUT_KEY)? else {
+            meta.put(LAYOUT_KEY, &partitions.to_be_bytes())?;
+            return self.persist();
+        };
+        let at = <[u8; 4]>::try_from(bytes.as_slice())
+            .map(u32::from_be_bytes)
+            .map_err(|_| Error::Storage("unreadable layout record in meta".into()))?;
+        if at != partitions {
+            return Err(Error::Config(format!(
+                "cluster.partitions = {partitions}, but the data directory {} stores its keys at \
+                 {at}: set it back to {at} (the Q this node was first started with, which stays \
+                 when the cluster splits)",
+                self.dir.display()
+            )));
+        }
+        Ok(())
     }
 
     fn store(&self, keyspace: &Keyspace, slot: Slot) -> FjallStore {
@@ -653,6 +682,19 @@ mod tests {
             storage.data().get(&5u32.to_be_bytes()).unwrap().as_deref(),
             Some(&value[..])
         );
+    }
+
+    #[test]
+    fn a_data_directory_keeps_the_partition_count_it_was_laid_out_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || Storage::open(dir.path(), &StorageSection::default(), "n1").unwrap();
+        let storage = open();
+        storage.check_layout(256).unwrap();
+        drop(storage);
+        let storage = open();
+        storage.check_layout(256).unwrap();
+        let e = storage.check_layout(512).unwrap_err();
+        assert!(e.to_string().contains("set it back to 256"), "{e}");
     }
 
     #[test]

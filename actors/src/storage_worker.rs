@@ -98,6 +98,8 @@ pub struct HandedOff {
 pub struct ForgetMootHints {
     pub owner: NodeId,
     pub limit: usize,
+    /// The Q `replicates` is at.
+    pub partitions: u32,
     pub replicates: Vec<Partition>,
 }
 
@@ -478,7 +480,7 @@ macro_rules! core_handlers {
 
 core_handlers! {
     TakeHints(m) -> Vec<Entry>, writes: false, |core| core.hinted(&m.owner, m.limit);
-    ForgetMootHints(m) -> usize, writes: true, |core| core.forget_moot_hints(&m.owner, m.limit, &m.replicates);
+    ForgetMootHints(m) -> usize, writes: true, |core| core.forget_moot_hints(&m.owner, m.limit, m.partitions, &m.replicates);
     HandedOff(m) -> usize, writes: true, |core| core.handed_off(&m.owner, &m.delivered);
     AeBegin(m) -> (Exchange, AeMsg), writes: false, |core| Ok(Exchange::begin(m.partition, m.scope.clone(), core.tree_in(m.partition, &m.scope)?, m.push_only));
     AeContinue(AeContinue(mut ex, reply)) -> (Exchange, Option<AeMsg>), writes: true, |core| {

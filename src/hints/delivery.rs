@@ -63,11 +63,12 @@ pub enum HintWork {
     /// Call `on_resume(owner)` at `at` (ms).
     Resume { owner: NodeId, at: u64 },
     /// `owner` departed: clear up to `limit` of its hints with nothing left
-    /// to hand over, given the partitions this node `replicates`
-    /// (`Replica::forget_moot_hints`). Nothing to answer.
+    /// to hand over, given the partitions (of `partitions`) this node
+    /// `replicates` (`Replica::forget_moot_hints`). Nothing to answer.
     ForgetMoot {
         owner: NodeId,
         limit: usize,
+        partitions: u32,
         replicates: Vec<Partition>,
     },
     /// A run to `owner` ended, having handed it `keys` keys (None: it failed
@@ -170,6 +171,7 @@ impl HintDelivery {
                 work.push(HintWork::ForgetMoot {
                     owner: owner.clone(),
                     limit: self.settings.batch_size,
+                    partitions: ring.partition_count(),
                     // Every partition it holds anything of: a copy kept
                     // beyond its namespace's `n` is released by handoff.
                     replicates: ring.replicated_by(

@@ -48,9 +48,9 @@ impl<S: Store> Replica<S> {
         &mut self,
         owner: &NodeId,
         limit: usize,
+        q: u32,
         replicates: &[Partition],
     ) -> Result<usize> {
-        let q = self.q;
         let batch = self.hinted(owner, limit)?;
         let moot = crate::hints::moot(batch, |k| replicates.contains(&Partition::of_key(k, q)));
         self.handed_off(owner, &moot)

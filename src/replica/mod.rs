@@ -1241,7 +1241,7 @@ mod tests {
             Partition::of_key(b"stray", 64),
             "the keys' partitions"
         );
-        let cleared = r.forget_moot_hints(&owner, 10, &[mine]).unwrap();
+        let cleared = r.forget_moot_hints(&owner, 10, 64, &[mine]).unwrap();
         assert_eq!(cleared, 2, "the released key's and the replicated key's");
         assert_eq!(
             r.hints_pending()[&owner],

@@ -71,10 +71,13 @@ impl Sim {
                 HintWork::ForgetMoot {
                     owner,
                     limit,
+                    partitions,
                     replicates,
                 } => {
                     let node = &mut self.nodes[i];
-                    if let Ok(n @ 1..) = node.replica.forget_moot_hints(&owner, limit, &replicates)
+                    if let Ok(n @ 1..) =
+                        node.replica
+                            .forget_moot_hints(&owner, limit, partitions, &replicates)
                     {
                         self.note(|| format!("n{i}: {n} hints for departed {owner} cleared"));
                     }
