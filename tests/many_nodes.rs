@@ -10,10 +10,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use dynakv::Error;
-use dynakv::handoff::PlanChange;
 use dynakv_actors::client::Client;
 use dynakv_actors::testkit::{check, wait_for};
-use support::{ProcessCluster, Writers, check_acked};
+use support::{ProcessCluster, Writers, check_acked, cli};
 
 const NODES: usize = 16;
 const WAIT: Duration = Duration::from_secs(180);
@@ -91,12 +90,20 @@ async fn sixteen_processes_form_split_take_a_join_and_a_leave_under_load_and_agr
     let writers = Writers::start(client.clone(), 4);
     writers.acked_at_least(200, WAIT).await;
 
-    // The plan first: Q doubles, nothing moves.
-    let plan = client.plan(PlanChange::Split).await.unwrap();
-    assert_eq!((plan.partitions, plan.moves), (128, 0), "{plan:?}");
+    // The plan first, from the command line: Q doubles, nothing moves.
+    let via = cluster.client_addrs[0].clone();
+    let (ok, out, err) = cli(&["cluster", "plan", "--split", "--via", &via]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("128 partitions after the change") && out.contains("no data would move"),
+        "{out}"
+    );
     let began = Instant::now();
-    let done = client.split().await.unwrap();
-    assert!(done.contains("128"), "{done}");
+    let (ok, out, err) = cli(&["cluster", "split", "--via", &via]);
+    assert!(
+        ok && out.contains("64 partitions are 128 now"),
+        "{out} {err}"
+    );
     let before_split = writers.acked();
     let split = agreed(&cluster, &all, "the split to reach every node", |m| {
         m.0 == 128 && serving(m, NODES)

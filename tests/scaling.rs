@@ -376,3 +376,66 @@ async fn cluster_join_and_plan_from_the_client() {
     assert!(owned.iter().all(|(_, c)| *c == 16), "{owned:?}");
     cluster.stop().await.unwrap();
 }
+
+/// A split of a serving cluster: nothing moves, every key stays on its
+/// replicas and in listings, and a node configured with the founding Q
+/// joins the split cluster.
+#[actix_rt::test]
+async fn a_split_moves_nothing_and_the_cluster_grows_on() {
+    let mut cluster = Cluster::start_with(3, small).await.unwrap();
+    let client = Arc::new(cluster.client(0).await.unwrap());
+    let written = load(client.clone(), "k", 300).await;
+    let plan = client
+        .plan(dynakv::handoff::PlanChange::Split)
+        .await
+        .unwrap();
+    assert_eq!((plan.partitions, plan.moves), (128, 0), "{plan:?}");
+    assert!(plan.largest_bytes > 0, "{plan:?}");
+    let fetched_before = fetched(&cluster).await;
+    client.split().await.unwrap();
+    wait_for(WAIT, "every node to split", || async {
+        for n in cluster.running() {
+            let view = n.membership.send(CurrentView).await.unwrap();
+            if view.partitions != 128 {
+                return Err(Error::Unavailable(format!(
+                    "{} has {}",
+                    n.id, view.partitions
+                )));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    cluster.settled(WAIT).await.unwrap();
+    assert_eq!(
+        fetched(&cluster).await,
+        fetched_before,
+        "a split moves nothing"
+    );
+    check_placement(&cluster, &written).await;
+    assert_eq!(list_all(&client).await, 300);
+    // A node configured with the founding Q joins and takes its share.
+    let i = cluster.add_node(small).await.unwrap();
+    cluster.settled(WAIT).await.unwrap();
+    let view = cluster.node(i).membership.send(CurrentView).await.unwrap();
+    assert_eq!(view.partitions, 128);
+    let ring = view.ring().unwrap();
+    let owned = ring.owned_counts();
+    assert!(owned.iter().all(|(_, c)| *c == 32), "{owned:?}");
+    check_placement(&cluster, &written).await;
+    cluster.stop().await.unwrap();
+}
+
+/// How many keys a full listing returns.
+async fn list_all(client: &Client) -> usize {
+    let (mut count, mut token) = (0, None);
+    loop {
+        let page = client.list(b"", 100, token.as_deref()).await.unwrap();
+        count += page.keys.len();
+        match page.next {
+            Some(t) => token = Some(t),
+            None => return count,
+        }
+    }
+}
