@@ -191,55 +191,51 @@ fn refused<E: serde::ser::Error>(since: u8) -> E {
     ))
 }
 
-/// A field added in protocol 5: left out of older frames, read from them
-/// as its default. Postcard encodes a unit as nothing, so an older frame
-/// holds exactly the bytes its own version wrote.
-pub mod since_5 {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+/// A module for `#[serde(with = ...)]` on a field added in protocol
+/// `$since`: left out of older frames, read from them as its default.
+/// Postcard encodes a unit as nothing, so an older frame holds exactly
+/// the bytes its own version wrote.
+macro_rules! left_out_before {
+    ($(#[$doc:meta])* $name:ident, $since:expr) => {
+        $(#[$doc])*
+        pub mod $name {
+            use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    const SINCE: u8 = 5;
+            const SINCE: u8 = $since;
 
-    pub fn serialize<T: Serialize, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
-        if super::speaking() < SINCE {
-            s.serialize_unit()
-        } else {
-            value.serialize(s)
+            pub fn serialize<T: Serialize, S: Serializer>(
+                value: &T,
+                s: S,
+            ) -> Result<S::Ok, S::Error> {
+                if super::speaking() < SINCE {
+                    s.serialize_unit()
+                } else {
+                    value.serialize(s)
+                }
+            }
+
+            pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+            where
+                T: Deserialize<'de> + Default,
+                D: Deserializer<'de>,
+            {
+                super::read_since(SINCE, d)
+            }
         }
-    }
-
-    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
-    where
-        T: Deserialize<'de> + Default,
-        D: Deserializer<'de>,
-    {
-        super::read_since(SINCE, d)
-    }
+    };
 }
 
-/// A field added in protocol 8, as `since_5` (left out of older frames,
-/// read from them as its default): a partition count, 0 from an older
-/// peer, which never saw Q change.
-pub mod since_8 {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    const SINCE: u8 = 8;
-
-    pub fn serialize<T: Serialize, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
-        if super::speaking() < SINCE {
-            s.serialize_unit()
-        } else {
-            value.serialize(s)
-        }
-    }
-
-    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
-    where
-        T: Deserialize<'de> + Default,
-        D: Deserializer<'de>,
-    {
-        super::read_since(SINCE, d)
-    }
-}
+left_out_before!(
+    /// A field added in protocol 5 (version ranges).
+    since_5,
+    5
+);
+left_out_before!(
+    /// A field added in protocol 8: a partition count, 0 from an older
+    /// peer, which never saw Q change.
+    since_8,
+    8
+);
 
 /// A field added in protocol 6. Unlike `since_5`, it is never dropped
 /// silently: an older frame can carry it only at its default (an older
@@ -318,6 +314,30 @@ mod tests {
             grown
         );
         assert_eq!(speaking(), PROTOCOL_VERSION, "restored after each call");
+    }
+
+    #[test]
+    fn a_fetch_below_8_is_the_bytes_of_7_and_names_no_partition_count() {
+        use crate::handoff::HandoffMsg;
+        use crate::partition::Partition;
+        let fetch = |partitions| HandoffMsg::Fetch {
+            partition: Partition(5),
+            after: None,
+            limit: 10,
+            partitions,
+        };
+        let old = at(7, || postcard::to_stdvec(&fetch(128))).unwrap();
+        assert_eq!(
+            old,
+            at(8, || postcard::to_stdvec(&fetch(0))).unwrap()[..old.len()]
+        );
+        let back: HandoffMsg = at(7, || postcard::from_bytes(&old)).unwrap();
+        assert_eq!(back, fetch(0), "a peer of 7 names none");
+        let new = at(8, || postcard::to_stdvec(&fetch(128))).unwrap();
+        assert_eq!(
+            at(8, || postcard::from_bytes::<HandoffMsg>(&new)).unwrap(),
+            fetch(128)
+        );
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
