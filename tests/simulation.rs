@@ -327,7 +327,8 @@ fn a_cluster_founded_small_grows_by_splitting_as_it_grows() {
 
     let mut scale = Scale::formed(3, 64, 3);
     rounds_until(&mut scale, 20, Scale::agree);
-    let steps = scale.grow(70, 8, 100).unwrap();
+    let mut steps = Vec::new();
+    scale.grow(70, 8, 100, |g| steps.push(g)).unwrap();
     let last = *steps.last().unwrap();
     assert_eq!((last.nodes, last.partitions), (70, 1024), "{steps:?}");
     assert_eq!(steps.iter().map(|g| g.splits).sum::<u32>(), 4, "{steps:?}");

@@ -243,15 +243,15 @@ impl Scale {
     /// before each batch of joins, Q doubles (at node 0) while the members
     /// would own fewer than `per_node` partitions each. Each step runs
     /// rounds (committing what moves) until the cluster has settled, at
-    /// most `patience` per split or batch. Returns the steps, or what did
-    /// not settle.
+    /// most `patience` per split or batch, and is given to `step` once
+    /// settled. Fails with what did not settle.
     pub fn grow(
         &mut self,
         target: usize,
         per_node: u32,
         patience: u64,
-    ) -> Result<Vec<Growth>, String> {
-        let mut steps = Vec::new();
+        mut step: impl FnMut(Growth),
+    ) -> Result<(), String> {
         while self.nodes.len() < target {
             let len = self.nodes.len();
             let next = (len + len / 4).clamp(len + 1, target);
@@ -285,7 +285,7 @@ impl Scale {
                 Some(&min) if owned.len() == view.members.len() => min,
                 _ => 0,
             };
-            steps.push(Growth {
+            step(Growth {
                 nodes: view.members.len(),
                 partitions: view.partitions,
                 joined: next - len,
@@ -297,7 +297,7 @@ impl Scale {
                 largest: self.traffic.largest,
             });
         }
-        Ok(steps)
+        Ok(())
     }
 
     /// Node `i` starts leaving.

@@ -128,11 +128,7 @@ fn grow(target: usize, seed: u64) {
     println!(
         "nodes  joined  Q      splits  split rounds  join rounds  owned (fewest..most)  largest msg"
     );
-    let steps = scale.grow(target, 8, PATIENCE).unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(1)
-    });
-    for g in steps {
+    let grown = scale.grow(target, 8, PATIENCE, |g| {
         println!(
             "{:>5}  {:>6}  {:>5}  {:>6}  {:>12}  {:>11}  {:>20}  {:>11}",
             g.nodes,
@@ -144,6 +140,10 @@ fn grow(target: usize, seed: u64) {
             format!("{}..{}", g.fewest, g.most),
             g.largest
         );
+    });
+    if let Err(e) = grown {
+        eprintln!("{e}");
+        std::process::exit(1)
     }
     println!("grown to {target} nodes in {:?}", began.elapsed());
 }
