@@ -415,6 +415,12 @@ async fn a_split_moves_nothing_and_the_cluster_grows_on() {
     );
     check_placement(&cluster, &written).await;
     assert_eq!(list_all(&client).await, 300);
+    // A restarted member opens its storage at the founding Q and takes
+    // the split one from its persisted view (its trees built again).
+    cluster.stop_node(1).await.unwrap();
+    cluster.restart_node(1).await.unwrap();
+    cluster.settled(WAIT).await.unwrap();
+    check_placement(&cluster, &written).await;
     // A node configured with the founding Q joins and takes its share.
     let i = cluster.add_node(small).await.unwrap();
     cluster.settled(WAIT).await.unwrap();
