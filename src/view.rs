@@ -239,11 +239,13 @@ impl View {
         Ok(())
     }
 
-    /// CRDT merge. The larger Q wins (the other view's table is taken as
-    /// split to it). Returns whether anything changed.
+    /// CRDT merge. The larger Q of a founded table wins (the other view's
+    /// table is taken as split to it); a view without one says only its
+    /// node's configuration, which never splits a cluster. Returns whether
+    /// anything changed.
     pub fn merge(&mut self, other: &View) -> Result<bool> {
         let mut changed = false;
-        if other.partitions > self.partitions {
+        if other.partitions > self.partitions && other.ownership.is_some() {
             if let Some(table) = &self.ownership {
                 self.ownership = Some(table.split_to(other.partitions)?);
             }

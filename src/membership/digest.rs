@@ -269,7 +269,9 @@ impl Records {
     /// changed.
     pub fn merge_into(&self, view: &mut View, q: u32) -> Result<bool> {
         let mut changed = false;
-        if q > view.partitions {
+        // Only a table's entries raise Q: a view without one says only its
+        // node's configuration, which never splits a cluster.
+        if q > view.partitions && !self.entries.is_empty() {
             if let Some(table) = &view.ownership {
                 view.ownership = Some(table.split_to(q)?);
             }

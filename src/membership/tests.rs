@@ -718,3 +718,38 @@ fn a_split_waits_for_every_member_to_speak_8() {
         .unwrap();
     assert!(matches!(reply.unwrap().msg, GossipMsg::Push { .. }));
 }
+
+#[test]
+fn a_node_configured_with_a_larger_q_neither_joins_nor_splits_the_cluster() {
+    let mut nodes: Vec<Membership> = (1..=3)
+        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
+        .collect();
+    rounds(&mut nodes, 4);
+    let mut s = settings(4, &[1]);
+    s.partitions = 128;
+    let mut big = Membership::new(s, None);
+    let n4 = big.me().clone();
+    // Its records and whole view reach a member: the cluster stays at 64.
+    let (out, _) = big.tick(1_000, 0);
+    for o in out {
+        let _ = nodes[0].on_gossip(&n4, o.msg, 1_000);
+    }
+    let bare = GossipMsg::Records {
+        buckets: (0..200).collect(),
+        records: Records::of(big.view(), &[], &(0..200).collect::<Vec<_>>()),
+        heartbeat: 1,
+    };
+    let _ = nodes[0].on_gossip(&n4, bare, 1_000);
+    assert_eq!(nodes[0].view().partitions, 64);
+    // The cluster's table is refused there, with the reason.
+    let n1 = nodes[0].me().clone();
+    let e = big
+        .on_gossip(&n1, push(nodes[0].view().clone()), 1_000)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("fewer than this node's cluster.partitions = 128"),
+        "{e}"
+    );
+    assert!(big.view().ownership.is_none());
+}
