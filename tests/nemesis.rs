@@ -4,7 +4,8 @@
 //! and comes back with its connections stale), and partitions them: two
 //! nodes against three through the Bridges' fault control, and, as root,
 //! with each node in its own network namespace, by cutting veth links.
-//! Then everything heals and the recorded history is checked: every
+//! A third of the way in, an operator splits Q (from 1,024 to 2,048) at
+//! whichever node answers. Then everything heals and the recorded history is checked: every
 //! acknowledged write is still there unless a later acknowledged write
 //! superseded it, nothing superseded comes back, a deleted key stays
 //! deleted, and no read ever returned a value nobody wrote.
@@ -352,6 +353,27 @@ fn judge(key: &str, log: &KeyLog, values: &[Vec<u8>]) -> Result<(), String> {
 const SETTINGS: &str = "[storage]\nfsync = \"always\"\n[anti_entropy]\ninterval_ms = 20\n\
                         [testing]\nfault_injection = true\n";
 
+/// From `at` until `until`, asks one node after another to split Q until
+/// one does; returns which.
+async fn split_during_faults(addrs: Vec<String>, at: Instant, until: Instant) -> Option<usize> {
+    actix_rt::time::sleep_until(at.into()).await;
+    while Instant::now() < until {
+        for i in 0..addrs.len() {
+            let Some(c) = connect(&addrs, i).await else {
+                continue;
+            };
+            // A split asked earlier may have reached this node meanwhile.
+            match c.status().await {
+                Ok(s) if s.partitions > 1024 => return Some(i),
+                Ok(_) if c.split().await.is_ok() => return Some(i),
+                _ => {}
+            }
+        }
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
 /// One fault-suite run at a time: each is five processes on two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -399,13 +421,38 @@ async fn run(mut cluster: ProcessCluster) {
             until,
         )));
     }
+    let split = actix_rt::spawn(split_during_faults(
+        cluster.client_addrs.clone(),
+        until - FAULT_TIME * 2 / 3,
+        until,
+    ));
     let faults = nemesis(&mut cluster, until).await;
     for t in tasks {
         t.await.unwrap();
     }
+    let split_by = split.await.unwrap();
     for i in 0..NODES {
         cluster.wait_formed(i, NODES, WAIT).await;
     }
+    // Every node agrees on the split Q (2,048; 4,096 if a split asked of
+    // a paused node timed out and took effect besides the next one's).
+    let spread = wait_for(WAIT, "the split to reach every node", || async {
+        let mut seen = BTreeSet::new();
+        for i in 0..NODES {
+            let c = connect(&cluster.client_addrs, i)
+                .await
+                .ok_or_else(|| Error::Unavailable(format!("no connection to node{}", i + 1)))?;
+            seen.insert(c.status().await?.partitions);
+        }
+        match seen.iter().collect::<Vec<_>>()[..] {
+            [q] if *q > 1024 => Ok(()),
+            _ => Err(Error::Unavailable(format!(
+                "the nodes have {seen:?} partitions"
+            ))),
+        }
+    })
+    .await;
+    assert!(spread.is_ok(), "{spread:?} (split by {split_by:?})");
 
     // Heal: hints and anti-entropy (no reads yet, so no read repair) must
     // leave each key on exactly N = 3 nodes with identical copies (none
@@ -486,9 +533,11 @@ async fn run(mut cluster: ProcessCluster) {
         "only {} writes acknowledged",
         record.acked
     );
+    assert!(split_by.is_some(), "no node took the split");
     eprintln!(
-        "nemesis: {faults:?}\n{} fault events, {} writes acknowledged, {} failed, {} reads, \
+        "nemesis: {faults:?}, Q split at node{}\n{} fault events, {} writes acknowledged, {} failed, {} reads, \
          replicas identical {converged_in:.1?} after the heal",
+        split_by.map_or(0, |i| i + 1),
         faults.len(),
         record.acked,
         record.failed,
