@@ -18,7 +18,7 @@
 //! difference, not the size of the data.
 
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::partition::key_hash;
 
@@ -192,6 +192,7 @@ mod tests {
 
     #[test]
     fn an_item_hash_is_the_hash_of_its_bytes_in_one_piece() {
+        use xxhash_rust::xxh3::xxh3_64_with_seed;
         for (key, value) in [
             (&b""[..], vec![]),
             (b"k", b"v".to_vec()),
