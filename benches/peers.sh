@@ -154,10 +154,13 @@ run_dynakv() {
 # BESIDE=1: instead of the comparison, dynakv (fsync periodic) serves
 # VALUE_SIZE-byte gets alone, then beside BIG_CLIENTS clients putting
 # BIG_SIZE-byte values (1 MiB by default) to keys of their own namespace,
-# ROUNDS times; prints the gets' p99 each way and their ratio.
+# ROUNDS times; prints the gets' p99 each way and their ratio. BIG_RATE
+# offers the big puts at that many a second in all (default: as fast as
+# they are answered).
 BESIDE=${BESIDE:-0}
 BIG_SIZE=${BIG_SIZE:-1048576}
 BIG_CLIENTS=${BIG_CLIENTS:-4}
+BIG_RATE=${BIG_RATE:-}
 
 run_beside() {
     say "dynakv, 3 nodes: $VALUE_SIZE-byte gets alone and beside $BIG_SIZE-byte puts"
@@ -171,7 +174,8 @@ run_beside() {
         local alone beside big
         alone=$("$DYNAKV" bench "${common[@]}" --mix get=100 | python3 -c "$p99" get)
         "$DYNAKV" bench --node "$NODES" --ns big --clients "$BIG_CLIENTS" --value-size "$BIG_SIZE" \
-            --keys 1000 --duration "$((DURATION + 4))s" --mix put=100 --json >"$WORK/big.json" &
+            --keys 1000 --duration "$((DURATION + 4))s" --mix put=100 --json \
+            ${BIG_RATE:+--rate "$BIG_RATE"} >"$WORK/big.json" &
         local big_pid=$!
         sleep 2
         beside=$("$DYNAKV" bench "${common[@]}" --mix get=100 | python3 -c "$p99" get)
