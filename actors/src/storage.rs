@@ -38,6 +38,14 @@ use fjall::{
 };
 use tracing::warn;
 
+/// The largest stored value the row cache keeps. A larger one is read
+/// from storage: a few would push thousands of small rows out, and its
+/// copy costs more than the lookup the cache saves. Measured beside 1 MiB
+/// puts (`peers.sh BESIDE=1`, benches/README), when they went through the
+/// cache they evicted the small keys, whose gets then queued behind the
+/// large writes at the storage worker.
+const ROW_CACHE_MAX_VALUE: usize = 64 << 10;
+
 /// Where `meta` records the Q this directory's stored keys are laid out
 /// at (`cluster.partitions` when it was created).
 const LAYOUT_KEY: &[u8] = b"layout";
@@ -461,6 +469,22 @@ impl FjallStore {
         Some(row.map(|v| v.to_vec()))
     }
 
+    /// The row cache learns `key`'s latest copy: kept if small, else
+    /// forgotten (so no older copy is answered in its place).
+    fn remember(&self, key: Slice, value: Option<Slice>) {
+        let Some(rows) = self.rows() else {
+            return;
+        };
+        if value
+            .as_ref()
+            .is_some_and(|v| v.len() > ROW_CACHE_MAX_VALUE)
+        {
+            rows.remove(&key);
+        } else {
+            rows.insert(key, value);
+        }
+    }
+
     /// A write of `key` failed: the cache must not claim it happened.
     fn forget(&self, key: &[u8], e: fjall::Error) -> Error {
         if let Some(rows) = self.rows() {
@@ -475,9 +499,7 @@ impl FjallStore {
         self.shared.refuse_after_failed_sync()?;
         let mut pending = self.shared.pending()?;
         let (key, value) = (Slice::from(key), value.map(Slice::from));
-        if let Some(rows) = self.rows() {
-            rows.insert(key.clone(), value.clone());
-        }
+        self.remember(key.clone(), value.clone());
         let Some(p) = pending.as_mut() else {
             return Ok(false);
         };
@@ -501,9 +523,7 @@ impl Store for FjallStore {
             return Ok(cached);
         }
         let stored = self.keyspace.get(key).map_err(storage_error)?;
-        if let Some(rows) = self.rows() {
-            rows.insert(Slice::from(key), stored.clone());
-        }
+        self.remember(Slice::from(key), stored.clone());
         Ok(stored.map(|v| v.to_vec()))
     }
 
@@ -749,6 +769,21 @@ mod tests {
         let mut hints = storage.hints();
         hints.put(b"k", b"h").unwrap();
         assert_eq!(hints.cached(b"k"), None);
+        // A large value is not kept, and its write forgets the small copy
+        // before it; reads then come from storage.
+        let large = vec![7u8; ROW_CACHE_MAX_VALUE + 1];
+        fj.put(b"big", b"small").unwrap();
+        fj.put(b"big", &large).unwrap();
+        assert_eq!(fj.cached(b"big"), None);
+        assert_eq!(fj.get(b"big").unwrap(), Some(large.clone()));
+        assert_eq!(fj.cached(b"big"), None, "a read does not keep it either");
+        storage.begin().unwrap();
+        fj.put(b"big", b"small again").unwrap();
+        assert_eq!(fj.cached(b"big"), Some(Some(b"small again".to_vec())));
+        fj.put(b"big", &large).unwrap();
+        assert_eq!(fj.cached(b"big"), None);
+        storage.commit().unwrap();
+        assert_eq!(fj.get(b"big").unwrap(), Some(large));
     }
 
     #[test]
