@@ -97,7 +97,11 @@ impl Listing {
             if !made_at.is_power_of_two() || cursor.partition >= made_at {
                 return Err(bad());
             }
-            cursor.partition <<= q.trailing_zeros() - made_at.trailing_zeros();
+            // On from the first half of the cursor's partition.
+            cursor.partition = Partition(cursor.partition)
+                .descendants(made_at, q)
+                .next()
+                .map_or(cursor.partition, |p| p.0);
             cursor
         };
         Ok(Listing {

@@ -214,19 +214,16 @@ impl Ownership {
     /// A partition out of range is skipped: the caller refuses it. Returns
     /// whether anything changed.
     pub fn merge_entries(&mut self, q: u32, entries: &[(u32, Assignment)]) -> bool {
-        let Some(shift) = self
-            .partition_count()
-            .trailing_zeros()
-            .checked_sub(q.trailing_zeros())
-        else {
+        let here = self.partition_count();
+        if q > here {
             return false;
-        };
+        }
         let mut changed = false;
         for (p, theirs) in entries {
-            let first = (*p as usize) << shift;
-            let descendants = self.entries.iter_mut().skip(first).take(1 << shift);
-            for mine in descendants {
-                changed |= mine.keep_later(theirs);
+            for d in Partition(*p).descendants(q, here) {
+                if let Some(mine) = self.entries.get_mut(d.index()) {
+                    changed |= mine.keep_later(theirs);
+                }
             }
         }
         changed

@@ -83,6 +83,14 @@ impl Partition {
         Partition(self.0 >> (q.trailing_zeros() - from.trailing_zeros()))
     }
 
+    /// The partitions at `to` (a larger or equal Q) that make up this one
+    /// at `from`: a run of `to / from`, the halves of halves.
+    pub fn descendants(self, from: u32, to: u32) -> impl Iterator<Item = Partition> {
+        let shift = to.trailing_zeros().saturating_sub(from.trailing_zeros());
+        let first = self.0 << shift;
+        (first..first + (1 << shift)).map(Partition)
+    }
+
     /// The two halves of this partition once Q doubles.
     pub fn children(self) -> [Partition; 2] {
         [Partition(2 * self.0), Partition(2 * self.0 + 1)]
@@ -131,6 +139,12 @@ mod tests {
             assert_eq!(child.ancestor(128, 64), parent);
             assert_eq!(Partition::of_key(&key, 1024).ancestor(1024, 64), parent);
             assert_eq!(parent.ancestor(64, 64), parent);
+            assert!(
+                parent
+                    .descendants(64, 1024)
+                    .any(|d| d == Partition::of_key(&key, 1024))
+            );
+            assert!(parent.descendants(64, 128).eq(parent.children()));
         }
     }
 

@@ -496,13 +496,10 @@ impl Progress {
         if q <= self.q {
             return;
         }
-        let shift = q.trailing_zeros() - self.q.trailing_zeros();
+        let from = self.q;
         self.partitions = std::mem::take(&mut self.partitions)
             .into_iter()
-            .flat_map(|(p, fetched)| {
-                let first = p.0 << shift;
-                (first..first + (1 << shift)).map(move |c| (Partition(c), fetched.clone()))
-            })
+            .flat_map(|(p, fetched)| p.descendants(from, q).map(move |c| (c, fetched.clone())))
             .collect();
         self.q = q;
     }

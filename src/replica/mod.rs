@@ -292,15 +292,11 @@ impl<S: Store> Replica<S> {
             )));
         }
         let from = self.q;
-        let split = |p: &Partition| {
-            let first = p.0 << (q.trailing_zeros() - from.trailing_zeros());
-            (first..first + q / from).map(Partition)
-        };
         self.tombstoned = (self.tombstoned.iter())
-            .flat_map(|(p, at)| split(p).map(move |c| (c, *at)))
+            .flat_map(|(p, at)| p.descendants(from, q).map(move |c| (c, *at)))
             .collect();
         self.counter_writers = (self.counter_writers.iter())
-            .flat_map(|(p, writers)| split(p).map(move |c| (c, writers.clone())))
+            .flat_map(|(p, writers)| p.descendants(from, q).map(move |c| (c, writers.clone())))
             .collect();
         self.q = q;
         self.tally = Tally::default();
