@@ -46,6 +46,7 @@ pub mod history;
 mod nemesis;
 mod network;
 pub mod scale;
+mod timers;
 pub mod typed;
 mod workload;
 mod world;
