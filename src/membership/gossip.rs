@@ -228,7 +228,8 @@ impl Membership {
             } => {
                 let q = records.check(self.layout, self.view().partitions)?;
                 Summary::check_buckets(&buckets, q.max(self.view().partitions))?;
-                let changed = self.take_records(from, &records, now)? | self.heard(from, heartbeat);
+                let changed =
+                    self.take_records(from, &records, q, now)? | self.heard(from, heartbeat);
                 let reply = GossipMsg::Delta {
                     records: self.records(&buckets),
                     heartbeat: self.detector.heartbeat(),
@@ -236,7 +237,9 @@ impl Membership {
                 Ok((answer(reply), changed))
             }
             GossipMsg::Delta { records, heartbeat } => {
-                let changed = self.take_records(from, &records, now)? | self.heard(from, heartbeat);
+                let q = records.check(self.layout, self.view().partitions)?;
+                let changed =
+                    self.take_records(from, &records, q, now)? | self.heard(from, heartbeat);
                 Ok((None, changed))
             }
         }
@@ -277,10 +280,16 @@ impl Membership {
         Ok(changed)
     }
 
-    /// Merges records from `from`: they are checked, and so is the view
-    /// they make, before it replaces this node's.
-    fn take_records(&mut self, from: &NodeId, records: &Records, now: u64) -> Result<Changed> {
-        let q = records.check(self.layout, self.view().partitions)?;
+    /// Merges records from `from`, checked to be at `q` partitions
+    /// (`Records::check`); the view they make is checked before it
+    /// replaces this node's.
+    fn take_records(
+        &mut self,
+        from: &NodeId,
+        records: &Records,
+        q: u32,
+        now: u64,
+    ) -> Result<Changed> {
         self.check_identity(from, &records.member_map())?;
         let mut merged = self.view().clone();
         let mut changed = Changed::default();
