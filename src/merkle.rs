@@ -49,6 +49,22 @@ pub fn item_hash(key: &[u8], encoded_value: &[u8]) -> u64 {
     hasher.digest().max(1)
 }
 
+/// The item hash of a set's or a map's state (`Typed::kernel`): of the
+/// key, the type's rank, the encoded context and the digest of the
+/// entries, so that a write to a large set hashes what it changed rather
+/// than the whole state, and every replica gets the same hash whatever
+/// its storage holds (a stored state and the deltas beside it). Never 0.
+pub fn kernel_item_hash(key: &[u8], rank: u8, context: &[u8], digest: u128) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(ITEM_SEED ^ 0x6b65_726e);
+    hasher.update(&(key.len() as u64).to_le_bytes());
+    hasher.update(key);
+    hasher.update(&[rank]);
+    hasher.update(&(context.len() as u64).to_le_bytes());
+    hasher.update(context);
+    hasher.update(&digest.to_le_bytes());
+    hasher.digest().max(1)
+}
+
 /// A partition's segment leaves, as a replica keeps them per write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leaves(Vec<u64>);

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
+use crate::merkle::{item_hash, kernel_item_hash};
 use crate::partition::Partition;
 use crate::version::SiblingSet;
 
@@ -110,4 +111,34 @@ pub fn decode_state(bytes: &[u8]) -> Result<SiblingSet> {
 /// types, to be stored again in the current one.
 pub fn decode_stored(bytes: &[u8]) -> Result<(SiblingSet, bool)> {
     SiblingSet::decode(bytes).map_err(|e| Error::Storage(format!("undecodable sibling set: {e}")))
+}
+
+/// The item hash of `key`'s `state`, stored as `encoded`: a set's or a
+/// map's from its kernel (`merkle::kernel_item_hash`, which needs no
+/// encoding), any other state's from its encoding.
+pub fn state_item_hash(key: &[u8], state: &SiblingSet, encoded: &[u8]) -> u64 {
+    match state.kernel() {
+        Some((rank, context, digest)) => {
+            let context = postcard::to_stdvec(context).expect("encoding to a Vec cannot fail");
+            kernel_item_hash(key, rank, &context, digest)
+        }
+        None => item_hash(key, encoded),
+    }
+}
+
+/// `state_item_hash` of a stored encoding: only a set or a map is
+/// decoded (an undecodable record is hashed as its bytes).
+pub fn stored_item_hash(key: &[u8], encoded: &[u8]) -> u64 {
+    if holds_kernel(encoded)
+        && let Ok(state) = decode_state(encoded)
+    {
+        return state_item_hash(key, &state, encoded);
+    }
+    item_hash(key, encoded)
+}
+
+/// Whether an encoded sibling set is a set's or a map's: no entries,
+/// then `Some`, then the variant of `Typed::Set` or `Typed::Map`.
+pub fn holds_kernel(encoded: &[u8]) -> bool {
+    matches!(encoded, [0, 1, 1 | 2, ..])
 }

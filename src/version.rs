@@ -285,6 +285,15 @@ impl SiblingSet {
         self.typed.as_deref()
     }
 
+    /// A set's or a map's kernel (`Typed::kernel`), if that is all it
+    /// holds.
+    pub fn kernel(&self) -> Option<(u8, &crate::crdt::CausalContext, u128)> {
+        match self.entries.is_empty() {
+            true => self.typed()?.kernel(),
+            false => None,
+        }
+    }
+
     /// The counter a counter key holds.
     pub fn counter(&self) -> Option<&Counter> {
         match self.typed() {

@@ -27,6 +27,16 @@ pub struct Kernel<V> {
     entries: BTreeMap<Dot, V>,
     context: CausalContext,
     index: BTreeMap<Vec<u8>, BTreeSet<Dot>>,
+    /// The sum of the entries' hashes (`entry_hash`), kept per insert and
+    /// removal: what a large state's item hash is made of, so a write
+    /// hashes its change and not the whole state (`Typed::digest`).
+    digest: u128,
+}
+
+/// One entry's share of a kernel's digest.
+fn entry_hash<V: Serialize>(dot: Dot, value: &V) -> u128 {
+    let bytes = postcard::to_stdvec(&(dot, value)).expect("encoding to a Vec cannot fail");
+    xxhash_rust::xxh3::xxh3_128(&bytes)
 }
 
 impl<V> Default for Kernel<V> {
@@ -35,6 +45,7 @@ impl<V> Default for Kernel<V> {
             entries: BTreeMap::new(),
             context: CausalContext::default(),
             index: BTreeMap::new(),
+            digest: 0,
         }
     }
 }
@@ -109,19 +120,28 @@ impl<V: Keyed> Kernel<V> {
         &self.context
     }
 
+    /// The sum of the entries' hashes: equal entries, equal digests.
+    pub fn digest(&self) -> u128 {
+        self.digest
+    }
+
     pub(super) fn insert(&mut self, dot: Dot, value: V) {
+        self.take(dot);
         self.index
             .entry(value.key().to_vec())
             .or_default()
             .insert(dot);
+        self.digest = self.digest.wrapping_add(entry_hash(dot, &value));
         self.entries.insert(dot, value);
     }
 
     /// Takes the entry under `dot` away, if there is one.
     fn take(&mut self, dot: Dot) {
-        if let Some(value) = self.entries.remove(&dot)
-            && let Some(dots) = self.index.get_mut(value.key())
-        {
+        let Some(value) = self.entries.remove(&dot) else {
+            return;
+        };
+        self.digest = self.digest.wrapping_sub(entry_hash(dot, &value));
+        if let Some(dots) = self.index.get_mut(value.key()) {
             dots.remove(&dot);
             if dots.is_empty() {
                 self.index.remove(value.key());

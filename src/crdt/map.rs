@@ -247,6 +247,11 @@ impl Map {
         latest.into_iter().map(|(a, (_, t))| (a, t)).collect()
     }
 
+    /// The digest of its entries (`Kernel::digest`).
+    pub fn digest(&self) -> u128 {
+        self.kernel.digest()
+    }
+
     pub fn join(&mut self, other: &Map) {
         self.kernel.join(&other.kernel);
     }

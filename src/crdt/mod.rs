@@ -335,6 +335,17 @@ impl Typed {
         }
     }
 
+    /// A set's or a map's rank, context and entries' digest: all its item
+    /// hash needs (`merkle::kernel_item_hash`), each kept current by its
+    /// writes. None for a counter, which is small and hashed as encoded.
+    pub fn kernel(&self) -> Option<(u8, &CausalContext, u128)> {
+        match self {
+            Typed::Counter(_) => None,
+            Typed::Set(s) => Some((self.rank(), s.context(), s.digest())),
+            Typed::Map(m) => Some((self.rank(), m.context(), m.digest())),
+        }
+    }
+
     /// Checks a state decoded from a peer or disk.
     pub fn validate(&self) -> Result<()> {
         match self {

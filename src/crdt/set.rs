@@ -90,6 +90,11 @@ impl Set {
         self.kernel.context()
     }
 
+    /// The digest of its entries (`Kernel::digest`).
+    pub fn digest(&self) -> u128 {
+        self.kernel.digest()
+    }
+
     pub fn join(&mut self, other: &Set) {
         self.kernel.join(&other.kernel);
     }

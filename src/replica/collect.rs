@@ -90,7 +90,7 @@ impl<S: Store> Replica<S> {
         probed: &SiblingSet,
         current: &BTreeSet<Actor>,
     ) -> Result<bool> {
-        let Some((local, bytes)) = self.stored(key)? else {
+        let Some((local, record)) = self.stored(key)? else {
             return Ok(false);
         };
         if local != *probed {
@@ -99,7 +99,7 @@ impl<S: Store> Replica<S> {
         let Some(folded) = local.fold_counter(current)? else {
             return Ok(false);
         };
-        self.store_state(key, Some(bytes), &folded)?;
+        self.store_state(key, Some(record), &folded)?;
         Ok(true)
     }
 

@@ -4,13 +4,15 @@
 //! add's 150 ms on every replica, so a replica keeps the state it just
 //! wrote and joins the next delta into it.
 //!
-//! A copy here always equals what storage holds under its key: every
-//! write of the key forgets it first (`Replica::store_encoded`, `remove`,
-//! the start-up scan's rewrite), and a write puts the new state back only
-//! once storage took it.
+//! A copy here always equals what storage holds under its key (its record
+//! and tail joined): every write of the key forgets it first
+//! (`Replica::store_state`, `store_change`, `remove`, the start-up scan's
+//! rewrite), and a write puts the new state back only once storage took
+//! it.
 
 use std::collections::{HashMap, VecDeque};
 
+use super::Record;
 use crate::version::SiblingSet;
 
 /// States encoded smaller than this are decoded when needed.
@@ -24,8 +26,8 @@ pub(super) struct Decoded {
     /// States encoded smaller are not kept (`MIN_BYTES`; the simulator
     /// keeps every state, so that its faults run against the copies).
     min_bytes: usize,
-    /// Per stored key: the state and its encoding.
-    copies: HashMap<Vec<u8>, (SiblingSet, Vec<u8>)>,
+    /// Per stored key: the state and what it counts for.
+    copies: HashMap<Vec<u8>, (SiblingSet, Record)>,
     /// Keys, least recently kept first.
     order: VecDeque<Vec<u8>>,
     bytes: usize,
@@ -53,20 +55,20 @@ impl Decoded {
         self.copies.is_empty()
     }
 
-    /// Whether a state encoded as `bytes` would be kept.
-    pub(super) fn worth(&self, bytes: &[u8]) -> bool {
-        (self.min_bytes..=BUDGET).contains(&bytes.len())
+    /// Whether a state stored in `bytes` would be kept.
+    pub(super) fn worth(&self, bytes: u64) -> bool {
+        (self.min_bytes as u64..=BUDGET as u64).contains(&bytes)
     }
 
     /// Takes the copy of `stored` out, if one is kept.
-    pub(super) fn take(&mut self, stored: &[u8]) -> Option<(SiblingSet, Vec<u8>)> {
+    pub(super) fn take(&mut self, stored: &[u8]) -> Option<(SiblingSet, Record)> {
         if self.copies.is_empty() {
             return None;
         }
-        let (state, bytes) = self.copies.remove(stored)?;
-        self.bytes -= bytes.len();
+        let (state, record) = self.copies.remove(stored)?;
+        self.bytes -= record.bytes as usize;
         self.order.retain(|k| k != stored);
-        Some((state, bytes))
+        Some((state, record))
     }
 
     /// Forgets the copy of `stored` (storage is about to change).
@@ -77,22 +79,23 @@ impl Decoded {
     /// Keeps `state`, stored under `stored` as `bytes`, if it is large
     /// enough to be worth it; the least recently kept go to stay within
     /// the budget.
-    pub(super) fn keep(&mut self, stored: Vec<u8>, state: SiblingSet, bytes: Vec<u8>) {
-        if !self.worth(&bytes) {
+    pub(super) fn keep(&mut self, stored: Vec<u8>, state: SiblingSet, record: Record) {
+        if !self.worth(record.bytes) {
             return;
         }
         self.forget(&stored);
-        while self.bytes + bytes.len() > BUDGET {
+        let bytes = record.bytes as usize;
+        while self.bytes + bytes > BUDGET {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
-            if let Some((_, b)) = self.copies.remove(&oldest) {
-                self.bytes -= b.len();
+            if let Some((_, r)) = self.copies.remove(&oldest) {
+                self.bytes -= r.bytes as usize;
             }
         }
-        self.bytes += bytes.len();
+        self.bytes += bytes;
         self.order.push_back(stored.clone());
-        self.copies.insert(stored, (state, bytes));
+        self.copies.insert(stored, (state, record));
     }
 }
 
@@ -102,14 +105,14 @@ mod tests {
     use crate::crdt::{Set, Typed};
     use crate::version::Actor;
 
-    fn large(members: u32) -> (SiblingSet, Vec<u8>) {
+    fn large(members: u32) -> (SiblingSet, Record) {
         let mut set = Set::default();
         for i in 0..members {
             set.add(Actor(1), &i.to_be_bytes());
         }
         let state = SiblingSet::of_typed(Typed::Set(set));
-        let bytes = crate::store::encode_state(&state);
-        (state, bytes)
+        let record = Record::of(b"k", &state, &crate::store::encode_state(&state), 0);
+        (state, record)
     }
 
     #[test]
@@ -119,11 +122,11 @@ mod tests {
         d.keep(b"small".to_vec(), small, small_bytes);
         assert!(d.take(b"small").is_none(), "too small to keep");
         let (big, bytes) = large(10_000);
-        assert!(bytes.len() >= MIN_BYTES);
-        let each = bytes.len();
+        assert!(bytes.bytes >= MIN_BYTES as u64);
+        let each = bytes.bytes as usize;
         let fit = BUDGET / each;
         for i in 0..fit + 2 {
-            d.keep(format!("k{i}").into_bytes(), big.clone(), bytes.clone());
+            d.keep(format!("k{i}").into_bytes(), big.clone(), bytes);
             assert!(d.bytes <= BUDGET);
         }
         assert_eq!(d.copies.len(), fit);

@@ -6,11 +6,13 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::collect::mark;
+use super::tails::TAIL;
 use super::{OpenReport, Replica, Shelf, Usage};
 use crate::error::{Error, Result};
-use crate::merkle::{item_hash, segment_of};
+use crate::merkle::segment_of;
 use crate::partition::Partition;
-use crate::store::{Store, decode_stored, encode_state, split_storage_key};
+use crate::store::{Store, decode_stored, encode_state, split_storage_key, state_item_hash};
+use crate::version::SiblingSet;
 
 /// The start-up scan, a chunk at a time (`Replica::load`). The replica
 /// serves reads and writes from the moment it is opened; what only the
@@ -44,12 +46,15 @@ impl<S: Store> Replica<S> {
             }));
         };
         let limit = limit.max(1);
-        let chunk = self.store.scan(&[], loading.after.as_deref(), limit)?;
+        let mut chunk = self.store.scan(&[], loading.after.as_deref(), limit)?;
+        // Tails come after every partition, and are read with their keys.
+        let full = chunk.len() == limit && chunk.last().is_some_and(|(k, _)| k[..] < TAIL[..]);
+        chunk.retain(|(k, _)| k[..] < TAIL[..]);
         let mut report = OpenReport::default();
         for (stored, value) in &chunk {
             let (at, key) = split_storage_key(stored)?;
             let p = self.partition_of(at, key);
-            let Ok((state, old)) = decode_stored(value) else {
+            let Ok((mut state, old)) = decode_stored(value) else {
                 report.corrupt.push(stored.clone());
                 continue;
             };
@@ -66,7 +71,17 @@ impl<S: Store> Replica<S> {
                 mark(&mut self.tombstoned, p, at);
             }
             self.note_counter(p, &state);
-            self.tally.count(self.q, p, key, None, Some(&value));
+            let tail = self.tails.get(stored).map_or(0, |t| t.bytes);
+            if tail > 0
+                && self
+                    .tails
+                    .join_into(&self.store, stored, &mut state)
+                    .is_err()
+            {
+                report.corrupt.push(stored.clone());
+            }
+            let record = Record::of(key, &state, &value, tail);
+            self.tally.count(self.q, p, key, None, Some(record));
             report.keys += 1;
         }
         let loading = self.loading.get_or_insert_default();
@@ -76,7 +91,7 @@ impl<S: Store> Replica<S> {
         if let Some((last, _)) = chunk.last() {
             loading.after = Some(last.clone());
         }
-        if chunk.len() == limit {
+        if full {
             return Ok(None);
         }
         let mut report = std::mem::take(&mut loading.report);
@@ -112,12 +127,15 @@ impl<S: Store> Replica<S> {
                 .store
                 .scan(&[], after.as_deref(), super::SCAN_CHUNK)
                 .map_err(|e| e.to_string())?;
-            for (stored, value) in &chunk {
+            for (stored, value) in chunk.iter().filter(|(k, _)| k[..] < TAIL[..]) {
                 let (at, key) = split_storage_key(stored).map_err(|e| e.to_string())?;
-                rebuilt.count(self.q, self.partition_of(at, key), key, None, Some(value));
+                let record = self.record(key, stored, value).map_err(|e| e.to_string())?;
+                rebuilt.count(self.q, self.partition_of(at, key), key, None, Some(record));
             }
             match chunk.last() {
-                Some((k, _)) if chunk.len() == super::SCAN_CHUNK => after = Some(k.clone()),
+                Some((k, _)) if chunk.len() == super::SCAN_CHUNK && k[..] < TAIL[..] => {
+                    after = Some(k.clone())
+                }
                 _ => break,
             }
         }
@@ -153,6 +171,27 @@ impl<S: Store> Replica<S> {
     }
 }
 
+/// What one stored key counts for in its partition's leaves and usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Record {
+    /// Its item hash (`store::state_item_hash`).
+    pub(super) hash: u64,
+    /// The bytes of its key, record and tail.
+    pub(super) bytes: u64,
+}
+
+impl Record {
+    /// What `key`'s `state` counts for, stored as `encoded` with `tail`
+    /// bytes of deltas beside it (a set's or map's hash is its kernel's,
+    /// so `state` may be the default for any other's).
+    pub(super) fn of(key: &[u8], state: &SiblingSet, encoded: &[u8], tail: u64) -> Record {
+        Record {
+            hash: state_item_hash(key, state, encoded),
+            bytes: (key.len() + encoded.len()) as u64 + tail,
+        }
+    }
+}
+
 /// What the start-up scan rebuilds and every write keeps current: each
 /// held partition's hash-tree leaves, per namespace (a scope's tree is
 /// built on demand from those of its namespaces), and its usage.
@@ -163,32 +202,30 @@ pub(super) struct Tally {
 }
 
 impl Tally {
-    /// Moves `key`'s contribution to the leaves and usage of `p` from its
-    /// stored encoding `old` to `new` (None: absent).
+    /// Moves `key`'s contribution to the leaves and usage of `p` from
+    /// `old` to `new` (None: absent).
     pub(super) fn count(
         &mut self,
         q: u32,
         p: Partition,
         key: &[u8],
-        old: Option<&[u8]>,
-        new: Option<&[u8]>,
+        old: Option<Record>,
+        new: Option<Record>,
     ) {
         if old.is_none() && new.is_none() {
             return;
         }
         let u = self.usage.entry(p).or_default();
-        let size = |bytes: Option<&[u8]>| bytes.map_or(0, |b| (key.len() + b.len()) as u64);
+        let size = |r: Option<Record>| r.map_or(0, |r| r.bytes);
         u.keys = (u.keys + u64::from(new.is_some())).saturating_sub(u64::from(old.is_some()));
         u.bytes = (u.bytes + size(new)).saturating_sub(size(old));
         if u.keys == 0 {
             self.usage.remove(&p);
         }
         let shelf = self.trees.entry(p).or_default();
-        shelf.leaves(key).update(
-            segment_of(key, q),
-            old.map(|bytes| item_hash(key, bytes)),
-            new.map(|bytes| item_hash(key, bytes)),
-        );
+        shelf
+            .leaves(key)
+            .update(segment_of(key, q), old.map(|r| r.hash), new.map(|r| r.hash));
         // Only a removal can empty leaves (checking costs a pass over them).
         if new.is_none() {
             shelf.0.retain(|_, leaves| !leaves.is_empty());

@@ -31,6 +31,8 @@ mod hinted;
 mod load;
 mod partitions;
 mod scan;
+mod stored;
+mod tails;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -44,10 +46,9 @@ use crate::namespace;
 use crate::node::NodeId;
 use crate::partition::Partition;
 use crate::placement::Scope;
-use crate::store::{Store, decode_state, encode_state, stored_key};
+use crate::store::{Store, decode_state, encode_state};
 use crate::version::{Actor, Context, Dot, SiblingSet, Value};
-use collect::mark;
-use load::{Loading, Tally};
+use load::{Loading, Record, Tally};
 
 /// Messages of the replica concern between nodes (`PeerMsg::Replica`).
 /// Variants are only ever appended.
@@ -177,6 +178,8 @@ pub struct Replica<S: Store> {
     loading: Option<Loading>,
     /// Decoded copies of the large typed states written last.
     decoded: decoded::Decoded,
+    /// The keys whose large set or map has deltas stored beside it.
+    tails: tails::Tails,
 }
 
 /// Keys and bytes (keys plus encoded sibling sets) one partition holds.
@@ -219,6 +222,7 @@ impl<S: Store> Replica<S> {
     /// data: it serves at once, and `load` scans the data in steps.
     pub fn opening(store: S, hints: S, q: u32, actor: Actor, max_siblings: usize) -> Result<Self> {
         Ok(Replica {
+            tails: tails::Tails::open(&store)?,
             store,
             hints: HintLog::open(hints)?,
             q,
@@ -245,6 +249,7 @@ impl<S: Store> Replica<S> {
     #[cfg(feature = "sim")]
     pub fn keep_every_decoded_state(&mut self) {
         self.decoded.keep_any_size();
+        self.tails.take_any_size();
     }
 
     /// Keeps each timed delete `ms` before tombstone collection may take
@@ -306,40 +311,6 @@ impl<S: Store> Replica<S> {
             .unwrap_or_default())
     }
 
-    /// The local copy of `key`; empty if absent.
-    pub fn read(&self, key: &[u8]) -> Result<SiblingSet> {
-        Ok(self.stored(key)?.map(|(s, _)| s).unwrap_or_default())
-    }
-
-    /// The stored copy and its encoding, if the key is stored.
-    fn stored(&self, key: &[u8]) -> Result<Option<(SiblingSet, Vec<u8>)>> {
-        match self.store.get(&stored_key(key, self.layout))? {
-            Some(bytes) => Ok(Some((decode_state(&bytes)?, bytes))),
-            None => Ok(None),
-        }
-    }
-
-    /// `stored`, taken from the decoded copies when one is kept (a write
-    /// that changes the key keeps its new state again).
-    fn take_stored(&mut self, key: &[u8]) -> Result<Option<(SiblingSet, Vec<u8>)>> {
-        if self.decoded.is_empty() {
-            return self.stored(key);
-        }
-        match self.decoded.take(&stored_key(key, self.layout)) {
-            Some(kept) => Ok(Some(kept)),
-            None => self.stored(key),
-        }
-    }
-
-    /// Keeps the decoded copy of `key`'s state just stored, if it is large
-    /// enough to be worth it.
-    fn keep_decoded(&mut self, key: &[u8], state: SiblingSet, encoded: Vec<u8>) {
-        if self.decoded.worth(&encoded) {
-            self.decoded
-                .keep(stored_key(key, self.layout), state, encoded);
-        }
-    }
-
     /// Coordinates a write: the new value supersedes what `ctx` covers and
     /// gets a fresh dot of this replica's actor. Refused if the key would
     /// hold more than the sibling limit (the client must resolve first).
@@ -366,7 +337,7 @@ impl<S: Store> Replica<S> {
             counter: next.context().get(self.actor),
         };
         self.record_hint(key, hint_for)?;
-        self.store_state(key, stored.map(|(_, bytes)| bytes), &next)?;
+        self.store_state(key, stored.map(|(_, record)| record), &next)?;
         self.minted = self.minted.max(dot.counter);
         Ok((next, dot))
     }
@@ -383,18 +354,17 @@ impl<S: Store> Replica<S> {
         hint_for: Option<&NodeId>,
         now: u64,
     ) -> Result<(SiblingSet, SiblingSet)> {
-        let (next, bytes) = self.take_stored(key)?.unzip();
+        let (next, old) = self.take_stored(key)?.unzip();
         let mut next = next.unwrap_or_default();
-        let delta = next.apply(self.actor, operation, seen, now)?;
+        let delta = SiblingSet::of_typed(next.apply(self.actor, operation, seen, now)?);
         self.record_hint(key, hint_for)?;
-        let encoded = encode_state(&next);
-        self.store_encoded(key, bytes, &next, &encoded)?;
+        let record = self.store_change(key, old, &next, &delta)?;
         let answer = match next.typed() {
-            Some(counter @ Typed::Counter(_)) => counter.clone(),
+            Some(counter @ Typed::Counter(_)) => SiblingSet::of_typed(counter.clone()),
             _ => delta.clone(),
         };
-        self.keep_decoded(key, next, encoded);
-        Ok((SiblingSet::of_typed(answer), SiblingSet::of_typed(delta)))
+        self.keep_decoded(key, next, record);
+        Ok((answer, delta))
     }
 
     /// Merges a sibling set minted elsewhere. Returns whether the local
@@ -407,16 +377,27 @@ impl<S: Store> Replica<S> {
     ) -> Result<bool> {
         incoming.validate(self.sibling_limit(key).saturating_mul(MERGE_SIBLING_FACTOR))?;
         self.record_hint(key, hint_for)?;
-        let (current, bytes) = self.take_stored(key)?.unzip();
+        let (current, old) = self.take_stored(key)?.unzip();
         let mut merged = current.unwrap_or_default();
+        // A set or map tells a change by its kernel (its context, and its
+        // entries' digest), without encoding it; any other state by its
+        // encoding, which equal states share.
+        let kernel = |s: &SiblingSet| s.kernel().map(|(r, c, d)| (r, c.clone(), d));
+        let before = kernel(&merged);
         merged.join(incoming);
-        let encoded = encode_state(&merged);
-        // Equal states encode alike: the bytes tell whether it changed.
-        let changed = bytes.as_deref() != Some(encoded.as_slice());
-        if changed {
-            self.store_encoded(key, bytes, &merged, &encoded)?;
-        }
-        self.keep_decoded(key, merged, encoded);
+        let (changed, record) = match (old, before.is_some() && kernel(&merged).is_some()) {
+            (Some(old), true) if before == kernel(&merged) => (false, old),
+            (old, true) => (true, self.store_change(key, old, &merged, incoming)?),
+            (old, false) => {
+                let encoded = encode_state(&merged);
+                let record = Record::of(key, &merged, &encoded, 0);
+                match old {
+                    Some(old) if old == record => (false, old),
+                    _ => (true, self.store_whole(key, old, &merged, &encoded)?),
+                }
+            }
+        };
+        self.keep_decoded(key, merged, record);
         Ok(changed)
     }
 
@@ -484,9 +465,14 @@ impl<S: Store> Replica<S> {
         let (stored, p) = self.place(key);
         self.decoded.forget(&stored);
         if let Some(bytes) = self.store.get(&stored)? {
+            let old = match self.scanned(&stored) {
+                true => Some(self.record(key, &stored, &bytes)?),
+                false => None,
+            };
             self.store.remove(&stored)?;
-            if self.scanned(&stored) {
-                self.tally.count(self.q, p, key, Some(&bytes), None);
+            self.tails.drop(&mut self.store, &stored)?;
+            if let Some(old) = old {
+                self.tally.count(self.q, p, key, Some(old), None);
             }
         }
         Ok(())
@@ -512,33 +498,6 @@ impl<S: Store> Replica<S> {
                 .or_default()
                 .extend(counter.named());
         }
-    }
-
-    /// Writes `new` over the stored encoding `old` (None: a new key).
-    fn store_state(&mut self, key: &[u8], old: Option<Vec<u8>>, new: &SiblingSet) -> Result<()> {
-        self.store_encoded(key, old, new, &encode_state(new))
-    }
-
-    /// `store_state` of `new` encoded as `encoded`.
-    fn store_encoded(
-        &mut self,
-        key: &[u8],
-        old: Option<Vec<u8>>,
-        new: &SiblingSet,
-        encoded: &[u8],
-    ) -> Result<()> {
-        let (stored, p) = self.place(key);
-        self.decoded.forget(&stored);
-        self.store.put(&stored, encoded)?;
-        if let Some(at) = new.collectable_at(self.keep_deleted_ms) {
-            mark(&mut self.tombstoned, p, at);
-        }
-        self.note_counter(p, new);
-        if self.scanned(&stored) {
-            self.tally
-                .count(self.q, p, key, old.as_deref(), Some(encoded));
-        }
-        Ok(())
     }
 }
 

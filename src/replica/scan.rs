@@ -4,12 +4,12 @@
 use super::{Replica, SCAN_CHUNK};
 use crate::error::{Error, Result};
 use crate::listing;
-use crate::merkle::{item_hash, segment_of};
+use crate::merkle::segment_of;
 use crate::namespace;
 use crate::partition::Partition;
 use crate::placement::Scope;
 use crate::replica::ReplicaMsg;
-use crate::store::{Entry, Store, decode_state, storage_key};
+use crate::store::{Entry, Store, decode_state, encode_state, storage_key, stored_item_hash};
 
 impl<S: Store> Replica<S> {
     /// The (key, item hash) of every key of `p` in `scope` and the given
@@ -25,14 +25,15 @@ impl<S: Store> Replica<S> {
         let mut items = Vec::new();
         self.scan_partition(p, |key, value| {
             if wanted.contains(&segment_of(key, self.q)) && scope.holds(key) {
-                items.push((key.to_vec(), item_hash(key, value)));
+                items.push((key.to_vec(), stored_item_hash(key, value)));
             }
             Ok(())
         })?;
         Ok(items)
     }
 
-    /// Calls `f` with every (user key, encoded state) of partition `p`.
+    /// Calls `f` with every (user key, encoded state) of partition `p` (a
+    /// key with a tail: its record and tail joined, encoded).
     pub fn scan_partition(
         &self,
         p: Partition,
@@ -44,8 +45,12 @@ impl<S: Store> Replica<S> {
             let chunk = self.store.scan(&prefix, after.as_deref(), SCAN_CHUNK)?;
             for (stored, value) in &chunk {
                 let key = &stored[prefix.len()..];
-                if self.holds(p, key) {
-                    f(key, value)?;
+                if !self.holds(p, key) {
+                    continue;
+                }
+                match self.tails.get(stored) {
+                    None => f(key, value)?,
+                    Some(_) => f(key, &encode_state(&self.assemble(key, stored, value)?.0))?,
                 }
             }
             match chunk.last() {
@@ -141,7 +146,11 @@ impl<S: Store> Replica<S> {
             for (stored, value) in rows {
                 let key = &stored[scanned.len() - prefix.len()..];
                 if self.holds(p, key) {
-                    entries.push((key.to_vec(), decode_state(&value)?));
+                    let state = match self.tails.get(&stored) {
+                        None => decode_state(&value)?,
+                        Some(_) => self.assemble(key, &stored, &value)?.0,
+                    };
+                    entries.push((key.to_vec(), state));
                     if entries.len() == limit {
                         return Ok((entries, false));
                     }
