@@ -213,7 +213,7 @@ impl Replica {
     /// The answer to a read, if the row cache holds the key.
     fn cached_read(&self, key: &[u8]) -> Option<Result<ReplicaMsg>> {
         let stored = self.data.cached(&stored_key(key, self.layout))?;
-        Some(read_answer(stored.as_deref()))
+        read_answer(stored.as_deref())
     }
 
     /// Queues a request for the next batch; the batch leaves once the

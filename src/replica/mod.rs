@@ -125,13 +125,23 @@ pub enum ReplicaMsg {
     },
 }
 
-/// The answer to a `Read` of a key whose stored copy is `stored` (None: not
-/// stored), for a caller that found the copy without the replica (in the
-/// row cache in front of storage).
-pub fn read_answer(stored: Option<&[u8]>) -> Result<ReplicaMsg> {
-    Ok(ReplicaMsg::State {
-        state: stored.map(decode_state).transpose()?.unwrap_or_default(),
-    })
+/// The answer to a `Read` of a key whose stored record is `stored` (None:
+/// not stored), for a caller that found the record without the replica
+/// (in the row cache in front of storage). None for a set's or a map's:
+/// deltas stored beside its record may belong to it (`tails`), which
+/// only the replica joins in.
+pub fn read_answer(stored: Option<&[u8]>) -> Option<Result<ReplicaMsg>> {
+    if stored.is_some_and(crate::store::holds_kernel) {
+        return None;
+    }
+    Some(
+        stored
+            .map(decode_state)
+            .transpose()
+            .map(|state| ReplicaMsg::State {
+                state: state.unwrap_or_default(),
+            }),
+    )
 }
 
 /// Sets merged in from peers may exceed the configured sibling limit (the
@@ -244,8 +254,9 @@ impl<S: Store> Replica<S> {
         self.actor
     }
 
-    /// Keeps the decoded copy of every state it writes, not only of large
-    /// ones (the simulator's replicas: its faults then run against them).
+    /// Keeps the decoded copy of every state it writes, and gives every
+    /// set and map a tail, not only large ones (the simulator's replicas:
+    /// its faults then run against both).
     #[cfg(feature = "sim")]
     pub fn keep_every_decoded_state(&mut self) {
         self.decoded.keep_any_size();
@@ -1024,16 +1035,19 @@ mod tests {
             .update(&Context::default(), data("v"), Actor(1))
             .unwrap();
         assert_eq!(
-            read_answer(Some(&encode_state(&state))).unwrap(),
+            read_answer(Some(&encode_state(&state))).unwrap().unwrap(),
             ReplicaMsg::State { state }
         );
         assert_eq!(
-            read_answer(None).unwrap(),
+            read_answer(None).unwrap().unwrap(),
             ReplicaMsg::State {
                 state: SiblingSet::default()
             }
         );
-        assert!(read_answer(Some(b"\xff\xff")).is_err());
+        assert!(read_answer(Some(b"\xff\xff")).unwrap().is_err());
+        // A set's record may not be all of it: the replica reads its tail.
+        let set = SiblingSet::of_typed(Typed::Set(crate::crdt::Set::default()));
+        assert!(read_answer(Some(&encode_state(&set))).is_none());
     }
 
     #[test]

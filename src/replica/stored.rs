@@ -95,12 +95,12 @@ impl<S: Store> Replica<S> {
         new: &SiblingSet,
         encoded: &[u8],
     ) -> Result<Record> {
-        let (stored, _) = self.place(key);
+        let (stored, p) = self.place(key);
         self.decoded.forget(&stored);
         self.store.put(&stored, encoded)?;
         self.tails.drop(&mut self.store, &stored)?;
         let record = Record::of(key, new, encoded, 0);
-        self.stored_now(key, &stored, old, new, record);
+        self.stored_now(key, (&stored, p), old, new, record);
         Ok(record)
     }
 
@@ -114,7 +114,7 @@ impl<S: Store> Replica<S> {
         new: &SiblingSet,
         delta: &SiblingSet,
     ) -> Result<Record> {
-        let (stored, _) = self.place(key);
+        let (stored, p) = self.place(key);
         if let Some(old) = old
             && new.kernel().is_some()
         {
@@ -126,7 +126,7 @@ impl<S: Store> Replica<S> {
                     hash: state_item_hash(key, new, &[]),
                     bytes: old.bytes + encoded.len() as u64,
                 };
-                self.stored_now(key, &stored, Some(old), new, record);
+                self.stored_now(key, (&stored, p), Some(old), new, record);
                 return Ok(record);
             }
         }
@@ -134,17 +134,16 @@ impl<S: Store> Replica<S> {
     }
 
     /// Keeps the marks, counter writers, leaves and usage current after
-    /// `new` was stored under `stored`, counting for `record` (`old`
-    /// before).
-    pub(super) fn stored_now(
+    /// `new` was stored under `stored` (of partition `p`), counting for
+    /// `record` (`old` before).
+    fn stored_now(
         &mut self,
         key: &[u8],
-        stored: &[u8],
+        (stored, p): (&[u8], crate::partition::Partition),
         old: Option<Record>,
         new: &SiblingSet,
         record: Record,
     ) {
-        let p = self.place(key).1;
         if let Some(at) = new.collectable_at(self.keep_deleted_ms) {
             mark(&mut self.tombstoned, p, at);
         }

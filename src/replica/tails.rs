@@ -120,7 +120,10 @@ impl Tails {
 
     /// The tail of `stored`, if it has one.
     pub(super) fn get(&self, stored: &[u8]) -> Option<Tail> {
-        self.tails.get(stored).copied()
+        match self.tails.is_empty() {
+            true => None,
+            false => self.tails.get(stored).copied(),
+        }
     }
 
     /// Whether a delta of `delta` bytes to the record of `stored`, of
@@ -157,7 +160,7 @@ impl Tails {
         stored: &[u8],
         state: &mut SiblingSet,
     ) -> Result<()> {
-        if !self.tails.contains_key(stored) {
+        if self.get(stored).is_none() {
             return Ok(());
         }
         for (_, delta) in Self::entries(store, stored)? {
@@ -169,7 +172,7 @@ impl Tails {
     /// Drops the tail of `stored` (its record was written whole, or
     /// removed).
     pub(super) fn drop<S: Store>(&mut self, store: &mut S, stored: &[u8]) -> Result<()> {
-        if self.tails.remove(stored).is_none() {
+        if self.tails.is_empty() || self.tails.remove(stored).is_none() {
             return Ok(());
         }
         for (key, _) in Self::entries(store, stored)? {
