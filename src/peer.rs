@@ -166,6 +166,7 @@ impl PeerMsg {
                 | GcMsg::Fold { .. }
                 | GcMsg::Folded { .. },
             ) => 6,
+            PeerMsg::Tombstones(GcMsg::ProbeFolds { .. }) => 9,
             _ => protocol::MIN_PROTOCOL_VERSION,
         }
     }
@@ -243,7 +244,7 @@ mod tests {
         };
         let frame = codec().to_frame(&env).unwrap();
         // version | "a" | "b" | Request(5) | Ping
-        assert_eq!(hex(&frame[8..]), "0801610162010500");
+        assert_eq!(hex(&frame[8..]), "0901610162010500");
         let old = codec().at(4).to_frame(&env).unwrap();
         assert_eq!(hex(&old[8..]), "0401610162010500", "release 4's bytes");
         let (back, _): (Envelope, _) = codec().decode(&frame).unwrap().unwrap();

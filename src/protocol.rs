@@ -49,7 +49,9 @@ use crate::error::{Error, Result};
 ///    at which Q (`Summary`, `Records`, `HandoffMsg::Fetch`,
 ///    `ReplicaMsg::List`); protocol 7 peers get whole views, which they
 ///    refuse once Q has changed.
-pub const PROTOCOL_VERSION: u8 = 8;
+/// 9: a map's counter fields are folded (`FieldValue::Folded`, probed
+///    with `GcMsg::ProbeFolds`): retired writers' entries become one.
+pub const PROTOCOL_VERSION: u8 = 9;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u8 = 4;
 /// The version every hello is encoded at: the first with ranges.
@@ -276,8 +278,24 @@ pub fn refused_before_6<T: Serialize, S: serde::Serializer>(
     value: &T,
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
-    if speaking() < 6 {
-        Err(refused(6))
+    refused_before(6, value, s)
+}
+
+/// `refused_before_6`, for data added in protocol 9.
+pub fn refused_before_9<T: Serialize, S: serde::Serializer>(
+    value: &T,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    refused_before(9, value, s)
+}
+
+fn refused_before<T: Serialize, S: serde::Serializer>(
+    since: u8,
+    value: &T,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    if speaking() < since {
+        Err(refused(since))
     } else {
         value.serialize(s)
     }

@@ -302,16 +302,42 @@ impl SiblingSet {
         }
     }
 
-    /// This state with its counter's entries of writers not in `current`
-    /// folded (`Counter::fold`); None if it holds no counter.
+    /// This state with the entries of writers not in `current` folded: a
+    /// counter's (`Counter::fold`) or a map's counter fields'
+    /// (`Map::fold`); None if it holds neither, or a map's fold changes
+    /// nothing.
     pub fn fold_counter(&self, current: &BTreeSet<Actor>) -> Result<Option<SiblingSet>> {
-        let Some(counter) = self.counter() else {
-            return Ok(None);
+        let typed = match self.typed() {
+            Some(Typed::Counter(counter)) => Typed::Counter(counter.fold(current)?),
+            Some(Typed::Map(map)) => match map.fold(current) {
+                Some(folded) => Typed::Map(folded),
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
         };
         Ok(Some(SiblingSet {
             entries: self.entries.clone(),
-            typed: Some(Box::new(Typed::Counter(counter.fold(current)?))),
+            typed: Some(Box::new(typed)),
         }))
+    }
+
+    /// Whether a fold keeping the entries of `current` would change this
+    /// state (a counter's or a map's counter fields').
+    pub fn foldable(&self, current: &BTreeSet<Actor>) -> bool {
+        match self.typed() {
+            Some(Typed::Counter(c)) => c.foldable(current),
+            Some(Typed::Map(m)) => m.foldable(current),
+            _ => false,
+        }
+    }
+
+    /// Every writer a counter's entries, or a map's counter fields', name.
+    pub fn count_writers(&self) -> Vec<Actor> {
+        match self.typed() {
+            Some(Typed::Counter(c)) => c.named().collect(),
+            Some(Typed::Map(m)) => m.count_writers().collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Applies a data-type operation to the key's state at `at_ms`

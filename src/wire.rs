@@ -663,11 +663,11 @@ mod tests {
     #[test]
     fn golden_client_frame() {
         // CRC cross-checked with zlib.crc32.
-        // len 10 | crc | version 8 | id 7 | Put(2) | key "k" | value "v" | ctx [] | Some(2)
+        // len 10 | crc | version 9 | id 7 | Put(2) | key "k" | value "v" | ctx [] | Some(2)
         let frame = codec().to_frame(&put()).unwrap();
         assert_eq!(
             hex(&frame),
-            "0000000a967c3086080702016b01760001 02".replace(' ', "")
+            "0000000a79be5bb8090702016b01760001 02".replace(' ', "")
         );
         let (back, used): (ClientRequest, _) = codec().decode(&frame).unwrap().unwrap();
         assert_eq!((back, used), (put(), frame.len()));

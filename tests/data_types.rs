@@ -413,3 +413,88 @@ async fn a_counter_incremented_through_twenty_restarts_keeps_an_entry_per_writer
     counted_at_r3(&nodes[0], b"k", acked, &unknown).await;
     cluster.stop().await.unwrap();
 }
+
+/// The counter entries of writers (folds aside) in node `i`'s copy of map
+/// `m` of namespace `users`.
+async fn field_writers(cluster: &Cluster, i: usize) -> dynakv::Result<usize> {
+    let stored = key_in(&Name::new("users")?, b"m")?;
+    let read = cluster.node(i).replica.send(ReadLocal(stored));
+    let local = read
+        .await
+        .map_err(|e| dynakv::Error::Internal(e.to_string()))??;
+    Ok(match local.typed() {
+        Some(dynakv::crdt::Typed::Map(map)) => map.count_writers().count(),
+        _ => 0,
+    })
+}
+
+#[actix_rt::test]
+async fn a_map_counter_field_incremented_through_restarts_folds_its_retired_writers() {
+    let mut cluster = Cluster::start_with(3, |c| {
+        c.anti_entropy.gc_interval_ms = 100;
+        c.anti_entropy.gc_grace_ms = 300;
+        c.anti_entropy.keep_deleted_ms = 0;
+    })
+    .await
+    .unwrap();
+    let nodes = clients(&cluster, "users").await;
+    create(&nodes, "users", "map").await;
+    let (mut acked, mut unknown) = (0i64, Vec::new());
+    let mut most = 0;
+    for restart in 1..=20i64 {
+        cluster.restart_node(1).await.unwrap();
+        let node = cluster
+            .client(1)
+            .await
+            .unwrap()
+            .in_namespace("users")
+            .unwrap();
+        wait_for(WAIT, "the restarted node to serve", || async {
+            node.fetch(b"m", None).await
+        })
+        .await
+        .unwrap();
+        match node.hincr(b"m", b"logins", restart, None).await {
+            Ok(()) => acked += restart,
+            Err(_) => unknown.push(restart),
+        }
+        most = most.max(field_writers(&cluster, 1).await.unwrap());
+    }
+    let folded = wait_for(WAIT, "every copy to fold the retired writers", || async {
+        let mut held = Vec::new();
+        for i in 0..3 {
+            held.push(field_writers(&cluster, i).await?);
+        }
+        check(held.iter().all(|&e| e <= 1), || {
+            format!("writers' entries per copy: {held:?}")
+        })?;
+        Ok(held)
+    })
+    .await
+    .unwrap();
+    println!("map counter entries: at most {most} during 20 restarts, {folded:?} after folding");
+    assert!(
+        most >= 10,
+        "the retired writers' entries were there to fold: {most}"
+    );
+    let nodes = clients(&cluster, "users").await;
+    let value = wait_for(WAIT, "a read at R = 3", || async {
+        let (fields, _) = nodes[0].hgetall(b"m", Some(3)).await?;
+        match &fields[..] {
+            [
+                MapField {
+                    value: FieldReading::Count(n),
+                    ..
+                },
+            ] => Ok(*n),
+            other => panic!("{other:?}"),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        within_subset_sums(value, acked, &unknown),
+        "{value} is not {acked} acknowledged plus some of {unknown:?}"
+    );
+    cluster.stop().await.unwrap();
+}

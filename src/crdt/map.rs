@@ -17,7 +17,7 @@
 //!   types; concurrent writes of several types keep each, and the field
 //!   reads as its registers, else its members, else its count.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -45,7 +45,31 @@ pub enum FieldValue {
     /// One member of a set field (protocol 6: never sent to a node of 5,
     /// which could not read it).
     Member(#[serde(serialize_with = "crate::protocol::refused_before_6")] ByteBuf),
+    /// The running totals of retired writers of a counter field, folded
+    /// into one under a dot of `FOLDS` (`Map::fold`), and the dots of the
+    /// entries it replaced: a removal that observed all of those takes it
+    /// too (protocol 9).
+    Folded {
+        #[serde(serialize_with = "crate::protocol::refused_before_9")]
+        total: i64,
+        from: Vec<Dot>,
+    },
 }
+
+impl FieldValue {
+    /// A counter's running total: an entry's or a fold's.
+    fn total(&self) -> Option<i64> {
+        match self {
+            FieldValue::Count(t) | FieldValue::Folded { total: t, .. } => Some(*t),
+            FieldValue::Register { .. } | FieldValue::Member(_) => None,
+        }
+    }
+}
+
+/// The writer of folds' entries (`Map::fold`): no node writes as it (a
+/// node's writer is a hash), so its dots are minted only by folds, which
+/// every member makes alike from the same copy.
+pub const FOLDS: Actor = Actor(0);
 
 impl Keyed for Field {
     fn key(&self) -> &[u8] {
@@ -105,9 +129,7 @@ impl Map {
         let replaced: Vec<Dot> = self
             .kernel
             .values_of(name)
-            .filter(|(dot, field)| {
-                dot.actor == actor || !matches!(field.value, FieldValue::Count(_))
-            })
+            .filter(|(dot, field)| dot.actor == actor || field.value.total().is_none())
             .map(|(dot, _)| dot)
             .collect();
         let total = own.checked_add(by).ok_or_else(|| {
@@ -131,7 +153,9 @@ impl Map {
             .values_of(name)
             .filter(|(_, field)| match &field.value {
                 FieldValue::Member(m) => members.iter().any(|x| x == m.as_slice()),
-                FieldValue::Register { .. } | FieldValue::Count(_) => true,
+                FieldValue::Register { .. } | FieldValue::Count(_) | FieldValue::Folded { .. } => {
+                    true
+                }
             })
             .map(|(dot, _)| dot)
             .collect();
@@ -168,11 +192,90 @@ impl Map {
         }
     }
 
-    /// Removes what `seen` (a reader's context) observed of field `name`.
+    /// Removes what `seen` (a reader's context) observed of field `name`:
+    /// its entries under dots `seen` holds, and a fold whose replaced
+    /// entries it all observed (the reader saw, before the fold, what the
+    /// fold holds). The delta names a fold's replaced dots too, so a
+    /// replica that has not folded drops them.
     pub fn remove_seen(&mut self, name: &[u8], seen: &CausalContext) -> Map {
-        Map {
-            kernel: self.kernel.remove_seen(name, seen),
+        let mut observed = Vec::new();
+        for (dot, field) in self.kernel.values_of(name) {
+            match &field.value {
+                _ if seen.contains(&dot) => observed.push(dot),
+                FieldValue::Folded { from, .. } if from.iter().all(|d| seen.contains(d)) => {
+                    observed.push(dot);
+                    observed.extend(from.iter().copied());
+                }
+                _ => {}
+            }
         }
+        Map {
+            kernel: self.kernel.remove_dots(&observed),
+        }
+    }
+
+    /// Whether a fold keeping the counter entries of the writers in
+    /// `current` would change this map: a counter field holds an entry of
+    /// another writer, or more than one fold.
+    pub fn foldable(&self, current: &BTreeSet<Actor>) -> bool {
+        self.kernel
+            .keys()
+            .any(|name| self.to_fold(name, current).is_some())
+    }
+
+    /// The dots of field `name`'s counter entries a fold would replace,
+    /// if it would change the field.
+    fn to_fold(&self, name: &[u8], current: &BTreeSet<Actor>) -> Option<Vec<Dot>> {
+        let retired: Vec<Dot> = self
+            .kernel
+            .values_of(name)
+            .filter(|(dot, field)| field.value.total().is_some() && !current.contains(&dot.actor))
+            .map(|(dot, _)| dot)
+            .collect();
+        let changes = retired.len() > 1 || retired.iter().any(|d| d.actor != FOLDS);
+        changes.then_some(retired)
+    }
+
+    /// The writers of counter entries this map holds (folds' aside).
+    pub fn count_writers(&self) -> impl Iterator<Item = Actor> + '_ {
+        self.kernel
+            .entries()
+            .filter(|(dot, field)| field.value.total().is_some() && dot.actor != FOLDS)
+            .map(|(dot, _)| dot.actor)
+    }
+
+    /// This map with each counter field's entries of writers not in
+    /// `current` (no member writes as them any more) and its earlier fold
+    /// replaced by one entry under a new dot of `FOLDS` holding their
+    /// totals' sum; None if that changes nothing. Every member folding the
+    /// same copy makes the same map. A copy that missed the fold has seen
+    /// none of the new dot and all of the replaced ones, so joining it
+    /// takes them away and counts nothing twice. A field whose sum would
+    /// leave the range of an i64 is left as it is.
+    pub fn fold(&self, current: &BTreeSet<Actor>) -> Option<Map> {
+        let mut next = self.clone();
+        let mut changed = false;
+        for name in self.kernel.keys() {
+            let Some(from) = self.to_fold(name, current) else {
+                continue;
+            };
+            let sum = self
+                .totals(name)
+                .into_iter()
+                .filter(|(actor, _)| !current.contains(actor))
+                .try_fold(0i64, |sum, (_, t)| sum.checked_add(t));
+            let Some(total) = sum else {
+                continue;
+            };
+            next.kernel.remove_dots(&from);
+            let field = Field {
+                name: ByteBuf::from(name),
+                value: FieldValue::Folded { total, from },
+            };
+            next.kernel.add(FOLDS, field);
+            changed = true;
+        }
+        changed.then_some(next)
     }
 
     /// Every field as a read shows it; `lww`: a register reads as its
@@ -187,7 +290,7 @@ impl Map {
                     match &field.value {
                         FieldValue::Register { value, at_ms } => values.push((*at_ms, dot, value)),
                         FieldValue::Member(m) => members.push(m),
-                        FieldValue::Count(_) => {}
+                        FieldValue::Count(_) | FieldValue::Folded { .. } => {}
                     }
                 }
                 let count: i128 = self.totals(name).values().map(|&t| i128::from(t)).sum();
@@ -237,7 +340,7 @@ impl Map {
     fn totals(&self, name: &[u8]) -> BTreeMap<Actor, i64> {
         let mut latest: BTreeMap<Actor, (u64, i64)> = BTreeMap::new();
         for (dot, field) in self.kernel.values_of(name) {
-            if let FieldValue::Count(total) = field.value {
+            if let Some(total) = field.value.total() {
                 let at = latest.entry(dot.actor).or_insert((dot.counter, total));
                 if dot.counter >= at.0 {
                     *at = (dot.counter, total);
@@ -270,6 +373,7 @@ impl Map {
                         FieldValue::Register { value, .. } => value.len(),
                         FieldValue::Count(_) => 8,
                         FieldValue::Member(m) => m.len(),
+                        FieldValue::Folded { from, .. } => 8 + 16 * from.len(),
                     }
             })
             .sum()
@@ -422,5 +526,124 @@ mod tests {
         // A register write replaces the counter it saw.
         x.set(a, b"visits", b"many", 0);
         assert_eq!(values(&x, false), [("visits".into(), text(&["many"]))]);
+    }
+
+    fn count(m: &Map, name: &[u8]) -> i64 {
+        match m.fields(false).into_iter().find(|f| f.name == name) {
+            Some(MapField {
+                value: FieldReading::Count(n),
+                ..
+            }) => n,
+            other => panic!("no count: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_fold_keeps_each_counter_fields_value_and_a_copy_it_missed_is_not_counted_twice() {
+        // Writers 1 to 3 are retired (their nodes restarted as others), 9
+        // is current.
+        let current: BTreeSet<Actor> = [Actor(9)].into();
+        let mut m = Map::default();
+        for (w, by) in [(1, 5), (2, -2), (3, 10), (1, 1)] {
+            m.increment(Actor(w), b"visits", by).unwrap();
+        }
+        m.increment(Actor(9), b"visits", 100).unwrap();
+        m.increment(Actor(2), b"likes", 4).unwrap();
+        m.set(Actor(2), b"name", b"ann", 0);
+        let stale = m.clone();
+        assert!(m.foldable(&current));
+        let folded = m.fold(&current).unwrap();
+        assert_eq!(
+            m.fold(&current),
+            Some(folded.clone()),
+            "every member folds alike"
+        );
+        assert_eq!(
+            (count(&folded, b"visits"), count(&folded, b"likes")),
+            (114, 4)
+        );
+        assert_eq!(
+            values(&folded, false)[1],
+            values(&m, false)[1],
+            "a register stays"
+        );
+        // One entry per field for the retired, the current writer's apart.
+        let counts = |m: &Map| {
+            m.kernel
+                .entries()
+                .filter(|(_, f)| f.value.total().is_some())
+                .count()
+        };
+        assert_eq!((counts(&m), counts(&folded)), (5, 3));
+        assert!(
+            !folded.foldable(&current),
+            "a fold alone is not folded again"
+        );
+        assert_eq!(folded.count_writers().collect::<Vec<_>>(), [Actor(9)]);
+        // A copy that missed the fold, joined either way.
+        for (mut a, b) in [
+            (stale.clone(), folded.clone()),
+            (folded.clone(), stale.clone()),
+        ] {
+            a.join(&b);
+            assert_eq!(count(&a, b"visits"), 114);
+            assert_eq!(a, folded);
+        }
+        // The current writer increments on; a later fold retires it and
+        // takes the first fold with it.
+        let mut later = folded.clone();
+        let d = later.increment(Actor(9), b"visits", 1).unwrap();
+        let refolded = later.fold(&BTreeSet::new()).unwrap();
+        assert_eq!((count(&refolded, b"visits"), counts(&refolded)), (115, 2));
+        let mut behind = folded.clone();
+        behind.join(&d);
+        behind.join(&refolded);
+        assert_eq!(behind, refolded);
+        let mut stale_too = stale;
+        stale_too.join(&refolded);
+        assert_eq!(stale_too, refolded, "a copy kept away over two folds");
+    }
+
+    #[test]
+    fn a_removal_that_saw_what_a_fold_took_takes_the_fold_too() {
+        let current: BTreeSet<Actor> = [Actor(9)].into();
+        let mut m = Map::default();
+        m.increment(Actor(1), b"visits", 5).unwrap();
+        m.increment(Actor(2), b"visits", 7).unwrap();
+        // A reader saw both entries, and deletes the field after the fold.
+        let seen = m.context().clone();
+        let unfolded = m.clone();
+        let mut folded = m.fold(&current).unwrap();
+        let gone = folded.remove_seen(b"visits", &seen);
+        assert!(folded.fields(false).is_empty(), "no field comes back");
+        let mut other = unfolded.clone();
+        other.join(&gone);
+        assert!(
+            other.fields(false).is_empty(),
+            "a replica that has not folded drops it too"
+        );
+        other.join(&folded);
+        assert_eq!(other, folded);
+        // A reader that saw only one of them leaves the fold alone: the
+        // fold holds an increment it never observed.
+        let mut partial = Map::default();
+        partial.join(&unfolded);
+        let mut half = CausalContext::default();
+        half.insert(unfolded.kernel.dots_of(b"visits")[0]);
+        let mut refolded = unfolded.fold(&current).unwrap();
+        refolded.remove_seen(b"visits", &half);
+        assert_eq!(count(&refolded, b"visits"), 12);
+    }
+
+    #[test]
+    fn a_fold_is_never_sent_to_a_node_of_protocol_8() {
+        let mut m = Map::default();
+        m.increment(Actor(1), b"visits", 5).unwrap();
+        let folded = m.fold(&BTreeSet::new()).unwrap();
+        let at = |v| crate::protocol::at(v, || postcard::to_stdvec(&folded));
+        assert!(at(8).is_err());
+        let bytes = at(9).unwrap();
+        assert_eq!(postcard::from_bytes::<Map>(&bytes).unwrap(), folded);
+        assert!(crate::protocol::at(8, || postcard::to_stdvec(&m)).is_ok());
     }
 }

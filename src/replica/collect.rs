@@ -52,11 +52,9 @@ impl<S: Store> Replica<S> {
                 }
                 Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
                 None => {
-                    if let Some(counter) = state.counter() {
-                        named.extend(counter.named());
-                        if counter.foldable(current) {
-                            found.push((key.to_vec(), state));
-                        }
+                    named.extend(state.count_writers());
+                    if state.foldable(current) {
+                        found.push((key.to_vec(), state));
                     }
                 }
             }

@@ -501,13 +501,12 @@ impl<S: Store> Replica<S> {
         self.actor = self.actor.successor();
     }
 
-    /// Notes the writers a counter stored in `p` names.
+    /// Notes the writers a counter (or a map's counter fields) stored in
+    /// `p` names.
     fn note_counter(&mut self, p: Partition, state: &SiblingSet) {
-        if let Some(counter) = state.counter() {
-            self.counter_writers
-                .entry(p)
-                .or_default()
-                .extend(counter.named());
+        let writers = state.count_writers();
+        if !writers.is_empty() {
+            self.counter_writers.entry(p).or_default().extend(writers);
         }
     }
 }
@@ -1206,6 +1205,50 @@ mod tests {
         let counter = r.read(b"c").unwrap();
         assert_eq!(counter.counter().unwrap().entries(), 1);
         assert_eq!(value(&r), crate::crdt::Reading::Counter(8));
+        assert!(r.to_collect(p, 10, 0, &writers(&[1])).unwrap().is_empty());
+        assert_eq!(r.counter_writers.get(&p), Some(&writers(&[1])));
+        r.verify_tally().unwrap();
+    }
+
+    #[test]
+    fn maps_with_counter_fields_of_a_retired_writer_are_found_and_folded() {
+        let mut r = replica();
+        let none = CausalContext::default();
+        let hincr = |by| Operation::IncrementField {
+            field: b"visits".to_vec(),
+            by,
+        };
+        // Writers 7 and 8 (nodes since restarted) counted, and so did this
+        // replica's writer, 1; a set's members are no counter.
+        for (w, by) in [(7, 3), (8, 4)] {
+            let mut elsewhere = SiblingSet::new();
+            let delta = elsewhere.apply(Actor(w), &hincr(by), &none, 0).unwrap();
+            r.merge(b"m", &SiblingSet::of_typed(delta), None).unwrap();
+        }
+        r.apply_typed(b"m", &hincr(5), &none, None, 0).unwrap();
+        r.apply_typed(b"s", &Operation::Add(vec![b"x".to_vec()]), &none, None, 0)
+            .unwrap();
+        let p = Partition::of_key(b"m", 64);
+        let writers = |w: &[u64]| w.iter().copied().map(Actor).collect::<BTreeSet<_>>();
+        assert_eq!(r.counter_writers.get(&p), Some(&writers(&[1, 7, 8])));
+        assert!(
+            r.to_collect(p, 10, 0, &writers(&[1, 7, 8]))
+                .unwrap()
+                .is_empty()
+        );
+        let found = r.to_collect(p, 10, 0, &writers(&[1])).unwrap();
+        assert_eq!(found, vec![(b"m".to_vec(), r.read(b"m").unwrap())]);
+        assert!(r.fold_counter(b"m", &found[0].1, &writers(&[1])).unwrap());
+        let folded = r.read(b"m").unwrap();
+        let Some(Typed::Map(map)) = folded.typed() else {
+            panic!("a map");
+        };
+        assert_eq!(
+            map.fields(false)[0].value,
+            crate::crdt::FieldReading::Count(12)
+        );
+        assert_eq!(map.count_writers().collect::<Vec<_>>(), [Actor(1)]);
+        // Folded, it is not found again, and its partition names only 1.
         assert!(r.to_collect(p, 10, 0, &writers(&[1])).unwrap().is_empty());
         assert_eq!(r.counter_writers.get(&p), Some(&writers(&[1])));
         r.verify_tally().unwrap();

@@ -100,7 +100,7 @@ impl<S: Store> Replica<S> {
         self.store.put(&stored, encoded)?;
         self.tails.drop(&mut self.store, &stored)?;
         let record = Record::of(key, new, encoded, 0);
-        self.stored_now(key, (&stored, p), old, new, record);
+        self.stored_now(key, (&stored, p), old, (new, new), record);
         Ok(record)
     }
 
@@ -126,7 +126,7 @@ impl<S: Store> Replica<S> {
                     hash: state_item_hash(key, new, &[]),
                     bytes: old.bytes + encoded.len() as u64,
                 };
-                self.stored_now(key, (&stored, p), Some(old), new, record);
+                self.stored_now(key, (&stored, p), Some(old), (new, delta), record);
                 return Ok(record);
             }
         }
@@ -135,19 +135,21 @@ impl<S: Store> Replica<S> {
 
     /// Keeps the marks, counter writers, leaves and usage current after
     /// `new` was stored under `stored` (of partition `p`), counting for
-    /// `record` (`old` before).
+    /// `record` (`old` before); `change` is what it added (`new`, or the
+    /// delta joined into a large map, whose writers are all a write can
+    /// add, so its whole state is not gone through).
     fn stored_now(
         &mut self,
         key: &[u8],
         (stored, p): (&[u8], crate::partition::Partition),
         old: Option<Record>,
-        new: &SiblingSet,
+        (new, change): (&SiblingSet, &SiblingSet),
         record: Record,
     ) {
         if let Some(at) = new.collectable_at(self.keep_deleted_ms) {
             mark(&mut self.tombstoned, p, at);
         }
-        self.note_counter(p, new);
+        self.note_counter(p, change);
         if self.scanned(stored) {
             self.tally.count(self.q, p, key, old, Some(record));
         }

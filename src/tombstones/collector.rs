@@ -235,15 +235,18 @@ impl Collector {
             Ok(found) if found.is_empty() => self.next_partition(),
             Ok(found) => {
                 let folds = found.iter().any(|(_, state)| is_fold(state));
+                let maps = found
+                    .iter()
+                    .any(|(_, state)| is_fold(state) && state.counter().is_none());
                 let work = round
                     .members
                     .iter()
                     .map(|m| {
                         let entries = found.clone();
-                        let probe = if folds {
-                            GcMsg::ProbeAs { entries }
-                        } else {
-                            GcMsg::Probe { entries }
+                        let probe = match (folds, maps) {
+                            (_, true) => GcMsg::ProbeFolds { entries },
+                            (true, false) => GcMsg::ProbeAs { entries },
+                            (false, false) => GcMsg::Probe { entries },
                         };
                         ask(m, probe, timeout)
                     })
@@ -318,7 +321,7 @@ impl Collector {
                     // the members' writers were known may name none retired).
                     let folds: Vec<Entry> = folds
                         .into_iter()
-                        .filter(|(_, state)| state.counter().is_some_and(|c| c.foldable(&current)))
+                        .filter(|(_, state)| state.foldable(&current))
                         .collect();
                     if !folds.is_empty() {
                         messages.push(GcMsg::Fold {
@@ -406,9 +409,11 @@ impl Collector {
     }
 }
 
-/// Whether a found key is a counter to fold rather than a tombstone.
+/// Whether a found key is a counter (or a map's counter fields) to fold
+/// rather than a tombstone.
 fn is_fold(state: &crate::version::SiblingSet) -> bool {
-    state.ends_at().is_none() && state.counter().is_some()
+    use crate::crdt::Typed;
+    state.ends_at().is_none() && matches!(state.typed(), Some(Typed::Counter(_) | Typed::Map(_)))
 }
 
 #[cfg(test)]
@@ -568,7 +573,7 @@ mod tests {
         for w in work {
             let GcWork::Ask {
                 to,
-                msg: GcMsg::ProbeAs { entries },
+                msg: GcMsg::ProbeAs { entries } | GcMsg::ProbeFolds { entries },
                 ..
             } = w
             else {
@@ -588,6 +593,50 @@ mod tests {
             next.extend(c.on_answer(&to, Ok(answer), now));
         }
         next
+    }
+
+    #[test]
+    fn a_map_to_fold_is_probed_with_protocol_9s_probe_and_folded_like_a_counter() {
+        let t = topology(&["a", "b", "c"]);
+        let mut m = SiblingSet::new();
+        for w in [1, 9] {
+            let op = crate::crdt::Operation::IncrementField {
+                field: b"f".to_vec(),
+                by: 1,
+            };
+            m.apply(Actor(w), &op, &Default::default(), 0).unwrap();
+        }
+        let found = || vec![(b"m".to_vec(), m.clone()), counter("n", &[1, 9])];
+        let mut c = collector();
+        c.on_tick(&t);
+        let probes = c.on_found(Ok(found()));
+        assert!(
+            probes.iter().all(|w| matches!(
+                w,
+                GcWork::Ask {
+                    msg: GcMsg::ProbeFolds { .. },
+                    ..
+                }
+            )),
+            "a member of 8 must refuse it: {probes:?}"
+        );
+        let probed = answer_as(&mut c, probes, 0, None);
+        rest_of_round(&mut c, probed);
+        c.on_tick(&t);
+        let probes = c.on_found(Ok(found()));
+        let asks = answer_as(&mut c, probes, 150, None);
+        let folds: Vec<_> = asks
+            .iter()
+            .filter_map(|w| match w {
+                GcWork::Ask {
+                    msg: GcMsg::Fold { entries, .. },
+                    ..
+                } => Some(entries.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(folds.len(), 3, "every holder folds");
+        assert!(folds.iter().all(|e| *e == found()));
     }
 
     #[test]

@@ -88,6 +88,12 @@ pub enum GcMsg {
     Folded {
         counters: u32,
     },
+    /// `ProbeAs` for a batch holding maps to fold (protocol 9): a member
+    /// of 8 cannot hold a map's fold, so it is never sent this probe, and
+    /// nothing is folded until every member speaks 9.
+    ProbeFolds {
+        entries: Vec<(Vec<u8>, SiblingSet)>,
+    },
 }
 
 /// What one member holds for one probed key.
@@ -124,7 +130,7 @@ pub fn respond<S: Store>(local: &mut Replica<S>, msg: GcMsg) -> Result<GcMsg> {
         GcMsg::Collect { entries } => Ok(GcMsg::Collected {
             removed: collect(local, &entries)? as u32,
         }),
-        GcMsg::ProbeAs { entries } => Ok(GcMsg::HeldAs {
+        GcMsg::ProbeAs { entries } | GcMsg::ProbeFolds { entries } => Ok(GcMsg::HeldAs {
             held: probe(local, &entries)?,
             writer: local.actor(),
         }),
