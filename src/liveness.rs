@@ -358,6 +358,13 @@ impl FailureDetector {
                 p.health = Health::Down;
                 changed.push((id.clone(), Health::Down));
             }
+            // A stop notice holds for `down_after`: an answer sent before
+            // it cannot be that late, and a notice that arrived after the
+            // restart it announced (its run's report already known) would
+            // otherwise hold the peer down for good.
+            if p.stopped && now.saturating_sub(p.since) >= self.down_after {
+                p.stopped = false;
+            }
         }
         changed
     }

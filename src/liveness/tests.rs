@@ -153,6 +153,22 @@ fn a_stop_notice_is_down_at_once_and_only_contact_or_a_new_incarnation_lifts_it(
 }
 
 #[test]
+fn a_stop_notice_that_arrives_after_the_restart_it_announced_holds_only_a_while() {
+    // The simulator found this (`--stop-notices`, seed 1424): the notice
+    // came after the restarted run's report, so no later one lifted it,
+    // and the peer stayed down with its hints and handoff waiting.
+    let mut d = detector("me");
+    d.merge(&[(id("a"), report(9000, false))], 0);
+    assert_eq!(d.stopped(&id("a"), 100), Some(Health::Down));
+    assert_eq!(d.heard(&id("a"), 1), None, "held for now");
+    d.tick(100 + 9_999);
+    assert_eq!(d.heard(&id("a"), 2), None);
+    d.tick(100 + 10_000);
+    assert_eq!(d.health(&id("a")), Health::Down, "until it is heard from");
+    assert_eq!(d.heard(&id("a"), 3), Some(Health::Up));
+}
+
+#[test]
 fn heartbeats_of_protocol_6_peers_count_as_contact_and_ours_advance() {
     let mut d = detector("me");
     d.failed(&id("a"), 0);
