@@ -139,7 +139,7 @@ fn deletes_kept_before_collection_lose_nothing_and_are_still_collected() {
 /// deletes kept past the run (`keep_deleted_ms`), nothing acknowledged is
 /// lost and no deleted value comes back. Without the keep, collection
 /// forgets a delete before the restore and the checks find the deleted
-/// value back (seed 17), so the scenario does reach the hazard.
+/// value back (seed 10), so the scenario does reach the hazard.
 #[test]
 fn a_node_restored_from_a_backup_brings_no_delete_back() {
     let restore = |periodic, keep_deleted_ms| SimConfig {
@@ -156,7 +156,7 @@ fn a_node_restored_from_a_backup_brings_no_delete_back() {
     );
     assert!(o.acked_writes > 0);
     let found =
-        check_seed(&restore(false, 0), 8).expect_err("no delete came back without the keep");
+        check_seed(&restore(false, 0), 10).expect_err("no delete came back without the keep");
     assert!(found.contains("although delete"), "{found}");
 }
 
@@ -246,8 +246,8 @@ fn a_trace_names_the_events_of_a_run() {
 
 /// The seeds that found bugs (see `tombstones::Ripening`,
 /// `Replica::forget_writer`, `View::has_departed`,
-/// `Replica::release_partition`, `Replica::handed_off` and `Map::totals`)
-/// keep passing.
+/// `Replica::release_partition`, `Replica::handed_off`, `Map::totals`
+/// and `FailureDetector::tick`'s end to a stop notice) keep passing.
 #[test]
 fn the_seeds_that_found_bugs_pass() {
     run_seeds(&SimConfig::default(), 1055..1056);
@@ -262,6 +262,11 @@ fn the_seeds_that_found_bugs_pass() {
     for seed in [554, 558, 1047] {
         run_seeds(&restore, seed..seed + 1);
     }
+    let notices = SimConfig {
+        stop_notices: true,
+        ..SimConfig::default()
+    };
+    run_seeds(&notices, 1424..1425);
 }
 
 /// Runs rounds until `done` holds; how many it took (at most `limit`).
