@@ -103,8 +103,8 @@ async fn a_client_from_before_ranges_is_served_at_4_and_one_with_none_in_common_
     let status = client.status().await.unwrap();
     assert_eq!(status.members[0].protocol, Some(Versions::this_build()));
 
-    // A client of a future release that dropped 4 and 5.
-    let future = Some(Versions { min: 9, max: 9 });
+    // A client of a future release that speaks only 10.
+    let future = Some(Versions { min: 10, max: 10 });
     let answers: Vec<(u8, ClientResponse)> =
         converse(&addr, &[request(5, 0, hello(future))], false).await;
     match &answers[..] {
@@ -118,7 +118,7 @@ async fn a_client_from_before_ranges_is_served_at_4_and_one_with_none_in_common_
             ),
         ] => {
             assert!(
-                message.contains("speaks 9")
+                message.contains("speaks 10")
                     && message.contains(&Versions::this_build().to_string()),
                 "{message}"
             );
@@ -147,7 +147,7 @@ async fn a_peer_with_no_common_version_is_refused_and_sees_both_ranges() {
     );
 
     // The welcome names the node's range, then the node closes.
-    let future = Some(Versions { min: 9, max: 9 });
+    let future = Some(Versions { min: 10, max: 10 });
     let answers: Vec<(u8, PeerFrame)> =
         converse(&config.node.peer_addr, &[frame(5, hello(future))], false).await;
     match &answers[..] {

@@ -6,14 +6,18 @@
 //! write (its leaves per namespace: see `crate::placement`). Storage is behind the small `Store` trait: fjall in the node, a
 //! `BTreeMap` in tests and the simulator.
 //!
-//! Here: opening, reads, writes and merges; the start-up scan and the
-//! leaves and usage it rebuilds in `load`. Reading by range (segments,
-//! chunks, listing pages) is in `scan`, what tombstone collection asks in
-//! `collect`, the hints kept for other owners in `hinted`.
+//! Here: opening, writes and merges; how a key's state is read from and
+//! written to storage in `stored` (a large set's or map's deltas kept
+//! beside its record in `tails`, decoded copies of large states in
+//! `decoded`); the start-up scan and the leaves and usage it rebuilds in
+//! `load`. Reading by range (segments, chunks, listing pages) is in
+//! `scan`, what tombstone collection asks in `collect`, the hints kept
+//! for other owners in `hinted`.
 //!
 //! Invariants:
-//! - a stored value is always the DVV merge of everything this replica was
-//!   given for the key, so writes are idempotent and order-independent;
+//! - a stored value (its record joined with its tail) is always the DVV
+//!   merge of everything this replica was given for the key, so writes
+//!   are idempotent and order-independent;
 //! - the leaves of a (partition, namespace) the start-up load has passed
 //!   always equal a rebuild from a scan of it (see `Loading`);
 //! - the stored key is `partition (u32, big-endian) ++ user key`, so a
