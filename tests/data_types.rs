@@ -351,20 +351,66 @@ async fn a_map_keeps_concurrent_register_values_or_the_latest_and_sums_counters(
     cluster.stop().await.unwrap();
 }
 
-/// The entries of node `i`'s copy of counter `k` of namespace `tally`.
-async fn entries(cluster: &Cluster, i: usize) -> dynakv::Result<usize> {
-    let stored = key_in(&Name::new("tally")?, b"k")?;
-    let read = cluster.node(i).replica.send(ReadLocal(stored));
-    let local = read
-        .await
-        .map_err(|e| dynakv::Error::Internal(e.to_string()))??;
-    Ok(local.counter().map_or(0, |c| c.entries()))
+/// What the restart tests increment: a counter key, or a map's counter
+/// field.
+#[derive(Clone, Copy)]
+enum Counted {
+    Counter,
+    MapField,
 }
 
-#[actix_rt::test]
-async fn a_counter_incremented_through_twenty_restarts_keeps_an_entry_per_writer_in_use() {
-    // Each start of a node is a fresh writer, with its own entry in every
-    // counter it increments; collection folds the retired ones.
+impl Counted {
+    fn namespace(self) -> (&'static str, &'static str) {
+        match self {
+            Counted::Counter => ("tally", "counter"),
+            Counted::MapField => ("users", "map"),
+        }
+    }
+
+    async fn incr(self, node: &Client, by: i64) -> dynakv::Result<()> {
+        match self {
+            Counted::Counter => node.incr(b"k", by, None).await.map(|_| ()),
+            Counted::MapField => node.hincr(b"k", b"logins", by, None).await,
+        }
+    }
+
+    /// The writers' entries (a map's folds aside) in node `i`'s copy.
+    async fn entries(self, cluster: &Cluster, i: usize) -> dynakv::Result<usize> {
+        let stored = key_in(&Name::new(self.namespace().0)?, b"k")?;
+        let read = cluster.node(i).replica.send(ReadLocal(stored));
+        let local = read
+            .await
+            .map_err(|e| dynakv::Error::Internal(e.to_string()))??;
+        Ok(match local.typed() {
+            Some(dynakv::crdt::Typed::Counter(c)) => c.entries(),
+            Some(dynakv::crdt::Typed::Map(map)) => map.count_writers().count(),
+            _ => 0,
+        })
+    }
+
+    /// The value read at R = 3.
+    async fn value(self, node: &Client) -> dynakv::Result<i64> {
+        Ok(match node.fetch(b"k", Some(3)).await?.reading {
+            Reading::Counter(v) => v,
+            Reading::Map(fields) => match &fields[..] {
+                [
+                    MapField {
+                        value: FieldReading::Count(n),
+                        ..
+                    },
+                ] => *n,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        })
+    }
+}
+
+/// Node 1 restarts 20 times and increments after each start, as a fresh
+/// writer each time; collection folds the retired writers' entries.
+/// Checks the value, and returns the most entries node 1 held on the way
+/// and each copy's once folded to at most `folded`.
+async fn incremented_through_twenty_restarts(kind: Counted, folded: usize) -> (usize, Vec<usize>) {
     let mut cluster = Cluster::start_with(3, |c| {
         c.anti_entropy.gc_interval_ms = 100;
         c.anti_entropy.gc_grace_ms = 300;
@@ -372,129 +418,65 @@ async fn a_counter_incremented_through_twenty_restarts_keeps_an_entry_per_writer
     })
     .await
     .unwrap();
-    let nodes = clients(&cluster, "tally").await;
-    create(&nodes, "tally", "counter").await;
+    let (ns, type_name) = kind.namespace();
+    let nodes = clients(&cluster, ns).await;
+    create(&nodes, ns, type_name).await;
     let (mut acked, mut unknown) = (0i64, Vec::new());
     let mut most = 0;
     for restart in 1..=20i64 {
         cluster.restart_node(1).await.unwrap();
-        let node = cluster
-            .client(1)
-            .await
-            .unwrap()
-            .in_namespace("tally")
-            .unwrap();
+        let node = cluster.client(1).await.unwrap().in_namespace(ns).unwrap();
         // Node 1 is a replica of every key (N = 3 of 3), so it mints.
         wait_for(WAIT, "the restarted node to serve", || async {
             node.fetch(b"k", None).await
         })
         .await
         .unwrap();
-        match node.incr(b"k", restart, None).await {
-            Ok(_) => acked += restart,
+        match kind.incr(&node, restart).await {
+            Ok(()) => acked += restart,
             Err(_) => unknown.push(restart),
         }
-        most = most.max(entries(&cluster, 1).await.unwrap());
+        most = most.max(kind.entries(&cluster, 1).await.unwrap());
     }
-    let folded = wait_for(WAIT, "every copy to fold the retired writers", || async {
+    let held = wait_for(WAIT, "every copy to fold the retired writers", || async {
         let mut held = Vec::new();
         for i in 0..3 {
-            held.push(entries(&cluster, i).await?);
+            held.push(kind.entries(&cluster, i).await?);
         }
-        check(held.iter().all(|&e| (1..=3).contains(&e)), || {
+        check(held.iter().all(|&e| e <= folded), || {
             format!("entries per copy: {held:?}")
         })?;
         Ok(held)
     })
     .await
     .unwrap();
-    println!("counter entries: at most {most} during 20 restarts, {folded:?} after folding");
-    let nodes = clients(&cluster, "tally").await;
-    counted_at_r3(&nodes[0], b"k", acked, &unknown).await;
-    cluster.stop().await.unwrap();
-}
-
-/// The counter entries of writers (folds aside) in node `i`'s copy of map
-/// `m` of namespace `users`.
-async fn field_writers(cluster: &Cluster, i: usize) -> dynakv::Result<usize> {
-    let stored = key_in(&Name::new("users")?, b"m")?;
-    let read = cluster.node(i).replica.send(ReadLocal(stored));
-    let local = read
-        .await
-        .map_err(|e| dynakv::Error::Internal(e.to_string()))??;
-    Ok(match local.typed() {
-        Some(dynakv::crdt::Typed::Map(map)) => map.count_writers().count(),
-        _ => 0,
-    })
-}
-
-#[actix_rt::test]
-async fn a_map_counter_field_incremented_through_restarts_folds_its_retired_writers() {
-    let mut cluster = Cluster::start_with(3, |c| {
-        c.anti_entropy.gc_interval_ms = 100;
-        c.anti_entropy.gc_grace_ms = 300;
-        c.anti_entropy.keep_deleted_ms = 0;
-    })
-    .await
-    .unwrap();
-    let nodes = clients(&cluster, "users").await;
-    create(&nodes, "users", "map").await;
-    let (mut acked, mut unknown) = (0i64, Vec::new());
-    let mut most = 0;
-    for restart in 1..=20i64 {
-        cluster.restart_node(1).await.unwrap();
-        let node = cluster
-            .client(1)
-            .await
-            .unwrap()
-            .in_namespace("users")
-            .unwrap();
-        wait_for(WAIT, "the restarted node to serve", || async {
-            node.fetch(b"m", None).await
-        })
+    let nodes = clients(&cluster, ns).await;
+    let value = wait_for(WAIT, "a read at R = 3", || kind.value(&nodes[0]))
         .await
         .unwrap();
-        match node.hincr(b"m", b"logins", restart, None).await {
-            Ok(()) => acked += restart,
-            Err(_) => unknown.push(restart),
-        }
-        most = most.max(field_writers(&cluster, 1).await.unwrap());
-    }
-    let folded = wait_for(WAIT, "every copy to fold the retired writers", || async {
-        let mut held = Vec::new();
-        for i in 0..3 {
-            held.push(field_writers(&cluster, i).await?);
-        }
-        check(held.iter().all(|&e| e <= 1), || {
-            format!("writers' entries per copy: {held:?}")
-        })?;
-        Ok(held)
-    })
-    .await
-    .unwrap();
-    println!("map counter entries: at most {most} during 20 restarts, {folded:?} after folding");
-    assert!(
-        most >= 10,
-        "the retired writers' entries were there to fold: {most}"
-    );
-    let nodes = clients(&cluster, "users").await;
-    let value = wait_for(WAIT, "a read at R = 3", || async {
-        let (fields, _) = nodes[0].hgetall(b"m", Some(3)).await?;
-        match &fields[..] {
-            [
-                MapField {
-                    value: FieldReading::Count(n),
-                    ..
-                },
-            ] => Ok(*n),
-            other => panic!("{other:?}"),
-        }
-    })
-    .await
-    .unwrap();
     assert!(
         within_subset_sums(value, acked, &unknown),
         "{value} is not {acked} acknowledged plus some of {unknown:?}"
     );
     cluster.stop().await.unwrap();
+    (most, held)
+}
+
+#[actix_rt::test]
+async fn a_counter_incremented_through_twenty_restarts_keeps_an_entry_per_writer_in_use() {
+    // Each start of a node is a fresh writer, with its own entry in every
+    // counter it increments.
+    let (most, folded) = incremented_through_twenty_restarts(Counted::Counter, 3).await;
+    println!("counter entries: at most {most} during 20 restarts, {folded:?} after folding");
+    assert!(folded.iter().all(|&e| e >= 1));
+}
+
+#[actix_rt::test]
+async fn a_map_counter_field_incremented_through_restarts_folds_its_retired_writers() {
+    let (most, folded) = incremented_through_twenty_restarts(Counted::MapField, 1).await;
+    println!("map counter entries: at most {most} during 20 restarts, {folded:?} after folding");
+    assert!(
+        most >= 10,
+        "the retired writers' entries were there to fold: {most}"
+    );
 }
