@@ -69,6 +69,35 @@ fn rounds(nodes: &mut [Membership], count: u64) {
     }
 }
 
+/// Three nodes seeding from each other, after `settle` gossip rounds.
+fn three(settle: u64) -> Vec<Membership> {
+    let mut nodes: Vec<Membership> = (1..=3)
+        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
+        .collect();
+    rounds(&mut nodes, settle);
+    nodes
+}
+
+/// `three(4)` where node 3 speaks only up to `protocol`, as its hellos
+/// told nodes 1 and 2; and node 3's id.
+fn three_with_an_older_third(protocol: u8) -> (Vec<Membership>, NodeId) {
+    let mut nodes: Vec<Membership> = (1..=3)
+        .map(|i| {
+            let mut s = settings(i, &[1, 2, 3]);
+            if i == 3 {
+                s.protocol = protocol;
+            }
+            Membership::new(s, None)
+        })
+        .collect();
+    let n3 = nodes[2].me().clone();
+    for n in &mut nodes[..2] {
+        n.speaks(&n3, protocol);
+    }
+    rounds(&mut nodes, 4);
+    (nodes, n3)
+}
+
 #[test]
 fn nodes_started_with_the_same_seeds_found_identical_tables() {
     let mut nodes: Vec<Membership> = (1..=3)
@@ -88,10 +117,7 @@ fn nodes_started_with_the_same_seeds_found_identical_tables() {
 
 #[test]
 fn a_stopping_node_tells_its_peers_which_hold_it_down_and_it_goes_quiet() {
-    let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
-        .collect();
-    rounds(&mut nodes, 3);
+    let mut nodes = three(3);
     let n1 = nodes[0].me.clone();
     let told = nodes[0].stop();
     assert_eq!(told, vec![nodes[1].me.clone(), nodes[2].me.clone()]);
@@ -120,10 +146,7 @@ fn a_stopping_node_tells_its_peers_which_hold_it_down_and_it_goes_quiet() {
 
 #[test]
 fn a_leave_that_would_leave_fewer_members_than_a_namespaces_n_is_refused() {
-    let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
-        .collect();
-    rounds(&mut nodes, 3);
+    let mut nodes = three(3);
     let defaults = namespace::test_settings(3);
     let wide = namespace::Request::Create {
         name: "wide".into(),
@@ -285,10 +308,7 @@ fn bad_gossip_is_rejected_and_leaves_the_view_alone() {
 
 #[test]
 fn unanswered_probes_take_a_peer_down_and_its_gossip_brings_it_back() {
-    let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
-        .collect();
-    rounds(&mut nodes, 3);
+    let nodes = three(3);
     let n3 = nodes[2].me().clone();
     assert_eq!(nodes[0].health(&n3), Health::Up);
     // node 3 falls silent; nodes 1 and 2 keep gossiping with each other
@@ -342,10 +362,7 @@ fn unanswered_probes_take_a_peer_down_and_its_gossip_brings_it_back() {
 /// Three nodes; n3 is removed by n1 while n3 is away, with n3's own
 /// record at a higher version than n1 knew (it restarted often).
 fn removed_while_away() -> (Vec<Membership>, View) {
-    let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
-        .collect();
-    rounds(&mut nodes, 3);
+    let mut nodes = three(3);
     let mut away = nodes.pop().unwrap();
     // Restarts with new addresses bump its record past what n1 saw.
     let mut stale = away.view().clone();
@@ -486,10 +503,7 @@ fn nodes_waiting_for_a_missing_seed_keep_each_other_alive() {
 
 #[test]
 fn agreeing_nodes_exchange_a_fingerprint_whatever_the_cluster_size() {
-    let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
-        .collect();
-    rounds(&mut nodes, 3);
+    let mut nodes = three(3);
     let (mut out, _) = nodes[0].tick(1_000, 0);
     let opening = out.pop().unwrap();
     let Destination::Node(to) = opening.to.clone() else {
@@ -554,10 +568,7 @@ fn a_change_travels_by_records_and_views_converge() {
 
 #[test]
 fn records_that_would_let_one_node_pass_for_another_are_refused() {
-    let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
-        .collect();
-    rounds(&mut nodes, 3);
+    let mut nodes = three(3);
     let before = nodes[0].view().clone();
     let n2 = nodes[1].me().clone();
     let mut thief = before.members[nodes[2].me()].clone();

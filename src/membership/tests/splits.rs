@@ -37,20 +37,7 @@ fn a_split_spreads_by_digest_and_keeps_every_preference_list() {
 
 #[test]
 fn a_split_waits_for_every_member_to_speak_8() {
-    let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| {
-            let mut s = settings(i, &[1, 2, 3]);
-            if i == 3 {
-                s.protocol = 7;
-            }
-            Membership::new(s, None)
-        })
-        .collect();
-    let n3 = nodes[2].me().clone();
-    for n in &mut nodes[..2] {
-        n.speaks(&n3, 7);
-    }
-    rounds(&mut nodes, 4);
+    let (mut nodes, n3) = three_with_an_older_third(7);
     let e = nodes[0].split().unwrap_err();
     assert!(
         e.to_string().contains("n3 speaks a protocol older than 8"),
@@ -74,10 +61,7 @@ fn a_split_waits_for_every_member_to_speak_8() {
 
 #[test]
 fn a_node_configured_with_a_larger_q_neither_joins_nor_splits_the_cluster() {
-    let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
-        .collect();
-    rounds(&mut nodes, 4);
+    let mut nodes = three(4);
     let mut s = settings(4, &[1]);
     s.partitions = 128;
     let mut big = Membership::new(s, None);

@@ -4,21 +4,7 @@ use super::*;
 
 #[test]
 fn a_node_of_protocol_6_gossips_by_push_with_nodes_that_speak_7() {
-    let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| {
-            let mut s = settings(i, &[1, 2, 3]);
-            if i == 3 {
-                s.protocol = 6;
-            }
-            Membership::new(s, None)
-        })
-        .collect();
-    let n3 = nodes[2].me().clone();
-    // Their hellos told nodes 1 and 2 that node 3 speaks 6.
-    for n in &mut nodes[..2] {
-        n.speaks(&n3, 6);
-    }
-    rounds(&mut nodes, 4);
+    let (mut nodes, n3) = three_with_an_older_third(6);
     nodes[0].leave().unwrap();
     for round in 0..40u64 {
         let now = 1_000 + round * 100;
@@ -50,10 +36,7 @@ fn a_node_of_protocol_6_gossips_by_push_with_nodes_that_speak_7() {
 
 #[test]
 fn a_digest_an_older_peer_could_not_read_is_no_evidence_against_it() {
-    let mut nodes: Vec<Membership> = (1..=3)
-        .map(|i| Membership::new(settings(i, &[1, 2, 3]), None))
-        .collect();
-    rounds(&mut nodes, 3);
+    let mut nodes = three(3);
     let n3 = nodes[2].me().clone();
     // rand 1 picks n3 among n1's others (n2, n3).
     let (out, _) = nodes[0].tick(1_000, 1);
