@@ -8,7 +8,7 @@ use super::{Replica, SCAN_CHUNK};
 use crate::error::Result;
 use crate::namespace;
 use crate::partition::Partition;
-use crate::store::{Entry, Store, decode_state};
+use crate::store::{Entry, Store};
 use crate::version::{Actor, SiblingSet, Value};
 
 impl<S: Store> Replica<S> {
@@ -39,12 +39,12 @@ impl<S: Store> Replica<S> {
         let mut named = BTreeSet::new();
         // Keys past a full batch are not decoded: the marks then stay.
         let mut partial = false;
-        self.scan_partition(p, |key, value| {
+        self.scan_partition(p, |key, stored| {
             if found.len() >= limit {
                 partial = true;
                 return Ok(());
             }
-            let state = decode_state(value)?;
+            let state = stored.state()?;
             match state.collectable_at(self.keep_deleted_ms) {
                 Some(at) if at <= now => {
                     found.push((key.to_vec(), state));

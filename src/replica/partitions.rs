@@ -7,7 +7,7 @@ use super::load::{Loading, Tally};
 use crate::error::{Error, Result};
 use crate::partition::Partition;
 use crate::placement::Scope;
-use crate::store::{Store, decode_state, storage_key};
+use crate::store::{Store, storage_key};
 
 impl<S: Store> Replica<S> {
     /// The cluster's Q is `q` from now on (it doubled, once or more): what
@@ -114,12 +114,12 @@ impl<S: Store> Replica<S> {
         let mut keys = Vec::new();
         let mut forgot_own = false;
         let actor = self.actor;
-        self.scan_partition(p, |key, value| {
+        self.scan_partition(p, |key, stored| {
             if !scope.holds(key) {
                 return Ok(());
             }
             keys.push(key.to_vec());
-            forgot_own |= decode_state(value).is_ok_and(|s| s.written_by(actor));
+            forgot_own |= stored.state().is_ok_and(|s| s.written_by(actor));
             Ok(())
         })?;
         for key in &keys {

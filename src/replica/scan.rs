@@ -9,7 +9,29 @@ use crate::namespace;
 use crate::partition::Partition;
 use crate::placement::Scope;
 use crate::replica::ReplicaMsg;
-use crate::store::{Entry, Store, decode_state, encode_state, storage_key, stored_item_hash};
+use crate::store::{Entry, Store, storage_key};
+use crate::version::SiblingSet;
+
+/// What a partition scan found stored for one key: its record, decoded
+/// (with its tail joined in) or hashed only when asked.
+pub struct Scanned<'a, S: Store> {
+    replica: &'a Replica<S>,
+    key: &'a [u8],
+    stored: &'a [u8],
+    bytes: &'a [u8],
+}
+
+impl<S: Store> Scanned<'_, S> {
+    /// The key's state.
+    pub fn state(&self) -> Result<SiblingSet> {
+        self.replica.state_of(self.stored, self.bytes)
+    }
+
+    /// Its item hash (a set or map is decoded for it).
+    pub fn hash(&self) -> Result<u64> {
+        Ok(self.replica.record(self.key, self.stored, self.bytes)?.hash)
+    }
+}
 
 impl<S: Store> Replica<S> {
     /// The (key, item hash) of every key of `p` in `scope` and the given
@@ -23,21 +45,21 @@ impl<S: Store> Replica<S> {
         let wanted: std::collections::HashSet<usize> =
             segments.iter().map(|&s| usize::from(s)).collect();
         let mut items = Vec::new();
-        self.scan_partition(p, |key, value| {
+        self.scan_partition(p, |key, stored| {
             if wanted.contains(&segment_of(key, self.q)) && scope.holds(key) {
-                items.push((key.to_vec(), stored_item_hash(key, value)));
+                items.push((key.to_vec(), stored.hash()?));
             }
             Ok(())
         })?;
         Ok(items)
     }
 
-    /// Calls `f` with every (user key, encoded state) of partition `p` (a
-    /// key with a tail: its record and tail joined, encoded).
+    /// Calls `f` with every user key of partition `p` and what is stored
+    /// for it (read on demand: `Scanned`).
     pub fn scan_partition(
         &self,
         p: Partition,
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+        mut f: impl FnMut(&[u8], Scanned<'_, S>) -> Result<()>,
     ) -> Result<()> {
         let prefix = self.stored_range(p);
         let mut after: Option<Vec<u8>> = None;
@@ -48,10 +70,13 @@ impl<S: Store> Replica<S> {
                 if !self.holds(p, key) {
                     continue;
                 }
-                match self.tails.get(stored) {
-                    None => f(key, value)?,
-                    Some(_) => f(key, &encode_state(&self.assemble(key, stored, value)?.0))?,
-                }
+                let scanned = Scanned {
+                    replica: self,
+                    key,
+                    stored,
+                    bytes: value,
+                };
+                f(key, scanned)?;
             }
             match chunk.last() {
                 Some((k, _)) if chunk.len() == SCAN_CHUNK => after = Some(k.clone()),
@@ -146,11 +171,7 @@ impl<S: Store> Replica<S> {
             for (stored, value) in rows {
                 let key = &stored[scanned.len() - prefix.len()..];
                 if self.holds(p, key) {
-                    let state = match self.tails.get(&stored) {
-                        None => decode_state(&value)?,
-                        Some(_) => self.assemble(key, &stored, &value)?.0,
-                    };
-                    entries.push((key.to_vec(), state));
+                    entries.push((key.to_vec(), self.state_of(&stored, &value)?));
                     if entries.len() == limit {
                         return Ok((entries, false));
                     }

@@ -13,11 +13,17 @@ impl<S: Store> Replica<S> {
     /// The local copy of `key`; empty if absent.
     pub fn read(&self, key: &[u8]) -> Result<SiblingSet> {
         let stored = stored_key(key, self.layout);
-        let Some(bytes) = self.store.get(&stored)? else {
-            return Ok(SiblingSet::default());
-        };
-        let mut state = decode_state(&bytes)?;
-        self.tails.join_into(&self.store, &stored, &mut state)?;
+        match self.store.get(&stored)? {
+            Some(bytes) => self.state_of(&stored, &bytes),
+            None => Ok(SiblingSet::default()),
+        }
+    }
+
+    /// The state stored under `stored` as `bytes`, with the deltas of its
+    /// tail joined in.
+    pub(super) fn state_of(&self, stored: &[u8], bytes: &[u8]) -> Result<SiblingSet> {
+        let mut state = decode_state(bytes)?;
+        self.tails.join_into(&self.store, stored, &mut state)?;
         Ok(state)
     }
 
@@ -39,8 +45,7 @@ impl<S: Store> Replica<S> {
         stored: &[u8],
         bytes: &[u8],
     ) -> Result<(SiblingSet, Record)> {
-        let mut state = decode_state(bytes)?;
-        self.tails.join_into(&self.store, stored, &mut state)?;
+        let state = self.state_of(stored, bytes)?;
         let tail = self.tails.get(stored).map_or(0, |t| t.bytes);
         let record = Record::of(key, &state, bytes, tail);
         Ok((state, record))
