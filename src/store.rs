@@ -75,6 +75,11 @@ impl Store for MemStore {
     }
 }
 
+/// The prefix of the deltas kept beside large sets' and maps' records
+/// (`replica::tails`): above every partition's, so partition scans never
+/// meet them. They are only ever scanned, never got one by one.
+pub const TAIL: [u8; 4] = [0xFF; 4];
+
 /// The stored key of `key`: partition prefix, then the user key.
 pub fn storage_key(p: Partition, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + key.len());
@@ -124,17 +129,6 @@ pub fn state_item_hash(key: &[u8], state: &SiblingSet, encoded: &[u8]) -> u64 {
         }
         None => item_hash(key, encoded),
     }
-}
-
-/// `state_item_hash` of a stored encoding: only a set or a map is
-/// decoded (an undecodable record is hashed as its bytes).
-pub fn stored_item_hash(key: &[u8], encoded: &[u8]) -> u64 {
-    if holds_kernel(encoded)
-        && let Ok(state) = decode_state(encoded)
-    {
-        return state_item_hash(key, &state, encoded);
-    }
-    item_hash(key, encoded)
 }
 
 /// Whether an encoded sibling set is a set's or a map's: no entries,

@@ -470,11 +470,15 @@ impl FjallStore {
     }
 
     /// The row cache learns `key`'s latest copy: kept if small, else
-    /// forgotten (so no older copy is answered in its place).
+    /// forgotten (so no older copy is answered in its place). A tail's
+    /// delta is only ever scanned, so it is not kept.
     fn remember(&self, key: Slice, value: Option<Slice>) {
         let Some(rows) = self.rows() else {
             return;
         };
+        if key.starts_with(&dynakv::store::TAIL) {
+            return;
+        }
         if value
             .as_ref()
             .is_some_and(|v| v.len() > ROW_CACHE_MAX_VALUE)
@@ -784,6 +788,14 @@ mod tests {
         assert_eq!(fj.cached(b"big"), None);
         storage.commit().unwrap();
         assert_eq!(fj.get(b"big").unwrap(), Some(large));
+        // A tail's delta is never kept: only scans read it.
+        let tail = [&dynakv::store::TAIL[..], b"k1"].concat();
+        fj.put(&tail, b"delta").unwrap();
+        assert_eq!(fj.cached(&tail), None);
+        assert_eq!(
+            fj.scan(&tail, None, 1).unwrap(),
+            vec![(tail.clone(), b"delta".to_vec())]
+        );
     }
 
     #[test]

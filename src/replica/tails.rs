@@ -23,8 +23,7 @@ use crate::error::{Error, Result};
 use crate::store::{Store, decode_state};
 use crate::version::SiblingSet;
 
-/// The prefix of every tail entry: above every partition's.
-pub(super) const TAIL: [u8; 4] = [0xFF; 4];
+pub(super) use crate::store::TAIL;
 
 /// Records from this size (stored key, record and tail) take deltas.
 const FROM_BYTES: u64 = 64 << 10;
