@@ -16,7 +16,7 @@ use dynakv_actors::events::Event;
 use dynakv_actors::handoff::FetchTotals;
 use dynakv_actors::membership::CurrentView;
 use dynakv_actors::replica::{ReadLocal, Stats};
-use dynakv_actors::testkit::{Cluster, wait_for, wait_for_event};
+use dynakv_actors::testkit::{Cluster, check, wait_for, wait_for_event};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -329,8 +329,21 @@ async fn an_interrupted_transfer_resumes_after_the_receiver_restarts() {
     let before = keys(&cluster).await.unwrap().unwrap().keys;
     cluster.stop_node(i).await.unwrap();
     cluster.restart_node(i).await.unwrap();
-    let after = keys(&cluster).await.unwrap().unwrap().keys;
-    assert!(after >= before, "what was fetched before the crash stays");
+    // The restarted replica counts its keys as its start-up scan reaches
+    // them: what was fetched before the crash stays once it is done.
+    wait_for(
+        WAIT,
+        "what was fetched before the crash to stay",
+        || async {
+            let after = keys(&cluster)
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??
+                .keys;
+            check(after >= before, || format!("{after} keys of {before}"))
+        },
+    )
+    .await
+    .unwrap();
     cluster.settled(WAIT).await.unwrap();
     check_placement(&cluster, &written).await;
     cluster.stop().await.unwrap();
