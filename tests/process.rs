@@ -525,6 +525,119 @@ async fn with_fsync_always_every_acknowledged_write_survives_sigkill_of_every_no
     assert_all_present(&cluster, 0, &acked).await;
 }
 
+/// How many start-up scans node `i`'s log says were finished.
+fn scans_done(cluster: &ProcessCluster, i: usize) -> usize {
+    cluster.log(i).matches("storage scanned").count()
+}
+
+/// A node SIGKILLed in the middle of its start-up scan, twice, then let
+/// run: nothing of a scan is on disk, so the last start scans everything
+/// again; its hash trees and key count cover every key, and anti-entropy,
+/// which waits for the scan, brings it the writes it missed while down.
+/// The scan is paced (`storage.scan_keys_per_sec`) so that the kills land
+/// in it; the test checks that they did.
+#[actix_rt::test]
+async fn a_node_killed_during_its_start_up_scan_scans_again_and_misses_nothing() {
+    const KEYS: usize = 20_000;
+    const MISSED: usize = 300;
+    let mut cluster = ProcessCluster::start_sized(
+        3,
+        64,
+        "[storage]\nscan_keys_per_sec = 3000\n[anti_entropy]\ninterval_ms = 20\n\
+         [hints]\ndeliver = false\n",
+    );
+    for i in 0..3 {
+        cluster.wait_formed(i, 3, WAIT).await;
+    }
+    let client = Client::connect(&cluster.client_addrs[0], "").await.unwrap();
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("scan{i}")).collect();
+    for chunk in keys.chunks(1000) {
+        let items: Vec<(&[u8], &[u8], &[u8])> = chunk
+            .iter()
+            .map(|k| (k.as_bytes(), b"first".as_slice(), [].as_slice()))
+            .collect();
+        for written in client.put_many(&items, None).await.unwrap() {
+            written.unwrap();
+        }
+    }
+
+    // Node 3 misses writes of new keys and overwrites of old ones. Hints
+    // are kept, not delivered, and no read repairs node 3: only
+    // anti-entropy can bring them.
+    cluster.kill(2);
+    let mut missed = Vec::new();
+    for (i, old) in keys.iter().take(MISSED).enumerate() {
+        let (key, value) = match i % 2 {
+            0 => (format!("missed{i}"), b"new".to_vec()),
+            _ => (old.clone(), b"second".to_vec()),
+        };
+        let context = client.get(key.as_bytes(), None).await.unwrap().context;
+        client
+            .put(key.as_bytes(), &value, &context, None)
+            .await
+            .unwrap();
+        missed.push((key, value));
+    }
+
+    let scanned = scans_done(&cluster, 2);
+    for _ in 0..2 {
+        cluster.start_again(2);
+        wait_for(WAIT, "node3 to serve", || async {
+            Client::connect(&cluster.client_addrs[2], "")
+                .await?
+                .status()
+                .await?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            scans_done(&cluster, 2),
+            scanned,
+            "the kill is meant to land in the scan, which ended first"
+        );
+        cluster.kill(2);
+    }
+
+    cluster.start_again(2);
+    wait_for(
+        Duration::from_secs(60),
+        "node3's copies of what it missed",
+        || async {
+            let node3 = Client::connect(&cluster.client_addrs[2], "").await?;
+            for (key, value) in &missed {
+                let local = node3.inspect(key.as_bytes()).await?;
+                let values: Vec<_> = local.siblings.iter().filter_map(|s| s.2.clone()).collect();
+                check(values == vec![value.clone()], || {
+                    format!("{key} holds {values:?}")
+                })?;
+            }
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        scans_done(&cluster, 2),
+        scanned + 1,
+        "{}",
+        cluster.log_tail(2)
+    );
+    let total = (KEYS + MISSED / 2) as u64;
+    wait_for(WAIT, "node3 to count every key", || async {
+        let keys = Client::connect(&cluster.client_addrs[2], "")
+            .await?
+            .status()
+            .await?
+            .keys;
+        check(keys == total, || {
+            format!("node3 counts {keys} keys of {total}")
+        })
+    })
+    .await
+    .unwrap();
+}
+
 /// A node that stops answering (SIGSTOP: its sockets still accept) fails a
 /// CLI command within the command's timeout instead of hanging it.
 #[actix_rt::test]

@@ -187,6 +187,7 @@ fn start_on(
             fsync: config.storage.fsync,
             fsync_interval: Duration::from_millis(config.storage.fsync_interval_ms),
             keep_deleted_ms: config.anti_entropy.keep_deleted_ms,
+            scan_keys_per_sec: config.storage.scan_keys_per_sec,
         },
         &on,
     )?;

@@ -179,6 +179,7 @@ impl Replica {
         let counters = Arc::new(Counters::default());
         let first = Mutex::new(Some(core));
         let (worker_storage, worker_counters) = (storage.clone(), counters.clone());
+        let timers = on.clone();
         let worker = SyncArbiter::start(1, move || {
             let core = first.lock().ok().and_then(|mut c| c.take());
             StorageWorker::new(
@@ -186,6 +187,7 @@ impl Replica {
                 worker_storage.clone(),
                 settings,
                 worker_counters.clone(),
+                timers.clone(),
             )
         });
         let data = storage.data();

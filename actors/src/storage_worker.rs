@@ -150,6 +150,16 @@ pub struct ReplicaSettings {
     pub fsync_interval: Duration,
     /// `anti_entropy.keep_deleted_ms`.
     pub keep_deleted_ms: u64,
+    /// `storage.scan_keys_per_sec` (0: unpaced).
+    pub scan_keys_per_sec: u64,
+}
+
+impl ReplicaSettings {
+    /// The wait between two steps of the start-up scan, if it is paced.
+    fn scan_pause(&self) -> Option<Duration> {
+        (self.scan_keys_per_sec > 0)
+            .then(|| Duration::from_secs_f64(LOAD_STEP as f64 / self.scan_keys_per_sec as f64))
+    }
 }
 
 /// Opens the core replica over `storage` with `settings`, without reading
@@ -267,6 +277,8 @@ pub struct StorageWorker {
     /// This worker's address, for its `Load` steps (set once started;
     /// weak, so the worker still stops once the front lets go of it).
     me: Option<WeakAddr<StorageWorker>>,
+    /// The node's arbiter, whose timers pace the start-up scan.
+    timers: ArbiterHandle,
     /// When the start-up scan under way began.
     loading_since: Option<Instant>,
 }
@@ -277,12 +289,14 @@ impl StorageWorker {
         storage: Storage,
         settings: ReplicaSettings,
         counters: Arc<Counters>,
+        timers: ArbiterHandle,
     ) -> Self {
         let mut worker = StorageWorker {
             core,
             storage,
             settings,
             counters,
+            timers,
             namespaces: namespace::Table::default(),
             partitions: settings.partitions,
             me: None,
@@ -294,10 +308,25 @@ impl StorageWorker {
         worker
     }
 
-    /// Queues the next step of the start-up scan.
+    /// Queues the next step of the start-up scan: at once, or after the
+    /// pause `storage.scan_keys_per_sec` asks for.
     fn load_soon(&self) {
-        if let Some(me) = self.me.as_ref().and_then(WeakAddr::upgrade) {
-            me.do_send(Load);
+        let Some(me) = self.me.clone() else {
+            return;
+        };
+        let send = move || {
+            if let Some(me) = me.upgrade() {
+                me.do_send(Load);
+            }
+        };
+        match self.settings.scan_pause() {
+            None => send(),
+            Some(pause) => {
+                self.timers.spawn(async move {
+                    actix_rt::time::sleep(pause).await;
+                    send();
+                });
+            }
         }
     }
 
@@ -655,11 +684,13 @@ mod tests {
             fsync,
             fsync_interval: Duration::from_secs(1),
             keep_deleted_ms: 0,
+            scan_keys_per_sec: 0,
         };
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
+        let timers = Arbiter::current();
         let addr = SyncArbiter::start(1, move || {
-            StorageWorker::new(None, storage.clone(), settings, c.clone())
+            StorageWorker::new(None, storage.clone(), settings, c.clone(), timers.clone())
         });
         (addr, counters)
     }

@@ -98,6 +98,9 @@ pub struct StorageSection {
     /// Size at which a keyspace's in-memory table is flushed, in MiB;
     /// each node scales it by 0.75-1.25 (`memtable_bytes`).
     pub memtable_mb: u64,
+    /// Keys a second the start-up scan reads at most (0: as fast as it
+    /// can between requests).
+    pub scan_keys_per_sec: u64,
 }
 
 impl StorageSection {
@@ -126,6 +129,7 @@ impl Default for StorageSection {
             cache_mb: 64,
             row_cache_mb: 64,
             memtable_mb: 32,
+            scan_keys_per_sec: 0,
         }
     }
 }

@@ -159,13 +159,18 @@ impl ProcessCluster {
     }
 
     /// Writes node `i`'s config (`extra` TOML appended) and returns its path.
+    /// An `extra` with a `[hints]` table replaces the one written here.
     fn write_config(&self, i: usize, seeds: &[&str], extra: &str) -> PathBuf {
         let seeds: Vec<String> = seeds.iter().map(|p| format!("\"{p}\"")).collect();
+        let hints = match extra.contains("[hints]") {
+            true => "",
+            false => "[hints]\ninterval_ms = 200\n\n",
+        };
         let toml = format!(
             "[node]\nid = \"node{id}\"\nclient_addr = \"{client}\"\npeer_addr = \"{peer}\"\n\
              data_dir = \"{data}\"\n\n[cluster]\nseeds = [{seeds}]\npartitions = {partitions}\n\n\
              [gossip]\ninterval_ms = 100\nsuspect_after_ms = 1000\ndown_after_ms = 3000\n\n\
-             [hints]\ninterval_ms = 200\n\n[timeouts]\nrequest_ms = 2000\nconnect_ms = 500\n{extra}\n",
+             {hints}[timeouts]\nrequest_ms = 2000\nconnect_ms = 500\n{extra}\n",
             id = i + 1,
             client = self.client_addrs[i],
             peer = self.peer_addrs[i],
