@@ -527,7 +527,11 @@ impl Store for FjallStore {
             return Ok(cached);
         }
         let stored = self.keyspace.get(key).map_err(storage_error)?;
-        self.remember(Slice::from(key), stored.clone());
+        // A copy: the value fjall returns may share the whole block it was
+        // read from, which the cache would keep alive while weighing the
+        // value alone (measured: 0.9 GB a node past the configured caches
+        // after 10 s of gets at 3,000,000 keys).
+        self.remember(Slice::from(key), stored.as_deref().map(Slice::from));
         Ok(stored.map(|v| v.to_vec()))
     }
 
