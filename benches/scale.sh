@@ -9,8 +9,9 @@
 # once, then puts/s and gets/s with their p99 over DURATION seconds
 # (`dynakv bench`, CLIENTS clients, VALUE_SIZE-byte values); the RSS of the
 # three nodes and their disk use against the replicated raw data (3 x keys
-# x (key + value)); then node1 is killed (SIGKILL) and started again, and
-# the script times how long until node1 answers a get of one of its own
+# x (key + value)); then node1 is killed (SIGKILL) 10 s into a run of puts
+# and started again (the table shows the journals it left: what its start
+# replays), and the script times how long until node1 answers a get of one of its own
 # keys from its local copy (`dynakv inspect`: "restart"), and until its
 # start-up scan has rebuilt its hash trees, so anti-entropy and handoff
 # run again (its log's "storage scanned": "scan"). Prints one table with
@@ -18,7 +19,7 @@
 #
 # How long it takes: the preload writes KEYS keys at the cluster's put rate
 # (some 20,000/s on the 2-core VM, so about 8 minutes for 10,000,000),
-# then 2 x DURATION of load per size. TIME_LIMIT (seconds, default 3600)
+# then 2 x DURATION of load and some 20 s of restart per size. TIME_LIMIT (seconds, default 3600)
 # bounds the whole run: past it, the script stops everything and exits
 # non-zero. Every process it started is stopped and its data removed at
 # the end, whatever happens.
@@ -118,7 +119,14 @@ measure() {
     local rss disk
     rss=$(rss_mb)
     disk=$(du -sb "$dir" | cut -f1)
-    say "$keys keys: restarting node1 after SIGKILL"
+    say "$keys keys: restarting node1 after SIGKILL under puts"
+    # The kill lands under load, so the journals it leaves behind are
+    # those of a busy node; the load runs on against the other two.
+    "$DYNAKV" bench "${common[@]}" --mix put=100 --duration 20s >/dev/null 2>&1 &
+    local load=$!
+    sleep 10
+    local journal
+    journal=$(du -cb "$dir"/node1/*.jnl | tail -1 | cut -f1)
     kill -9 "${PIDS[0]}"
     wait "${PIDS[0]}" 2>/dev/null || true
     : >"$dir/node1.log"
@@ -128,21 +136,22 @@ measure() {
     restart=$(time_until "$DYNAKV" inspect bench-0 --node 127.0.0.1:7001 --timeout 1s)
     time_until grep -q "storage scanned" "$dir/node1.log" >/dev/null
     scan=$(python3 -c "print(round($(date +%s.%N) - $t2, 2))")
+    wait "$load" || true
     stop_all
     python3 - "$keys" "$VALUE_SIZE" "$((t1 - t0))" "$put" "$get" "$rss" "$disk" "$restart" "$scan" \
-        <<'PY' | tee -a "$RESULTS" >&2
+        "$journal" <<'PY' | tee -a "$RESULTS" >&2
 import json, sys
 keys, size, preload = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 put, get = json.loads(sys.argv[4]), json.loads(sys.argv[5])
 rss, disk, restart = int(sys.argv[6]), int(sys.argv[7]), float(sys.argv[8])
-scan = float(sys.argv[9])
+scan, journal = float(sys.argv[9]), int(sys.argv[10])
 p, g = put["ops"]["put"], get["ops"]["get"]
 raw = 3 * keys * (len(f"bench-{keys - 1}") + size)
 print(json.dumps({"keys": keys, "preload_s": preload,
                   "put": p["ops_per_sec"], "put_p99_ms": p["latency_us"]["p99"] / 1000,
                   "get": g["ops_per_sec"], "get_p99_ms": g["latency_us"]["p99"] / 1000,
                   "rss_mb": rss, "disk_gb": disk / 1e9, "disk_x_raw": disk / raw,
-                  "restart_s": restart, "scan_s": scan,
+                  "restart_s": restart, "scan_s": scan, "journal_mb": journal >> 20,
                   "errors": p.get("errors", 0) + g.get("errors", 0)}))
 PY
     rm -rf "$dir"
@@ -158,11 +167,11 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 print(f"\n{sys.argv[2]} clients, {sys.argv[3]}-byte values, {sys.argv[4]} s per run, "
       f"3 nodes on loopback, fsync periodic; the whole run took {sys.argv[5]} s\n")
 print(f"{'keys':>11} {'puts/s':>8} {'put p99':>8} {'gets/s':>8} {'get p99':>8} "
-      f"{'RSS, 3 nodes':>12} {'disk':>8} {'x raw':>6} {'restart':>8} {'scan':>7}")
+      f"{'RSS, 3 nodes':>12} {'disk':>8} {'x raw':>6} {'journal':>8} {'restart':>8} {'scan':>7}")
 for r in rows:
     print(f"{r['keys']:>11,} {r['put']:>8,.0f} {r['put_p99_ms']:>6.1f}ms {r['get']:>8,.0f} "
           f"{r['get_p99_ms']:>6.1f}ms {r['rss_mb']:>9} MB {r['disk_gb']:>5.2f} GB "
-          f"{r['disk_x_raw']:>5.1f}x {r['restart_s']:>6.1f} s {r['scan_s']:>5.1f} s")
+          f"{r['disk_x_raw']:>5.1f}x {r['journal_mb']:>5} MB {r['restart_s']:>6.1f} s {r['scan_s']:>5.1f} s")
 if len(rows) == 2:
     a, b = rows
     print(f"\nat {b['keys']:,} keys against {a['keys']:,}: puts {b['put'] / a['put']:.2f}x, "

@@ -301,7 +301,8 @@ impl Actor for Replica {
         if self.fsync == Fsync::Periodic {
             ctx.run_interval(self.fsync_interval, |act, _| act.syncer.do_send(SyncNow));
         }
-        // A written-out memtable lingers at most this long.
+        // A written-out memtable lingers at most this long, and so does a
+        // journal only rarely written keyspaces still hold.
         ctx.run_interval(Duration::from_secs(1), |act, _| {
             act.syncer.do_send(FreeMemtables)
         });

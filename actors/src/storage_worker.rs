@@ -607,7 +607,8 @@ pub(crate) struct Barrier(pub u64);
 #[rtype(result = "Result<()>")]
 pub(crate) struct SyncNow;
 
-/// Free the memtables fjall is done with (see `Storage::free_memtables`).
+/// Free the memtables fjall is done with, and let it drop old journals
+/// (see `Storage::free_memtables` and `Storage::release_journals`).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct FreeMemtables;
@@ -653,6 +654,7 @@ impl Handler<FreeMemtables> for Syncer {
 
     fn handle(&mut self, _: FreeMemtables, _: &mut SyncContext<Self>) {
         self.storage.free_memtables();
+        self.storage.release_journals();
     }
 }
 
