@@ -33,6 +33,7 @@ pub mod session;
 pub mod storage;
 pub mod storage_worker;
 pub mod supervise;
+mod syncer;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  fjall ── Storage ── StorageWorker (SyncArbiter: reads, writes, trees)
-//!                       └─ Syncer (fsync on the configured schedule)
+//!                       └─ Syncer (syncer.rs: fsync on the configured schedule)
 //!           Replica ──── owns the StorageWorker; local get/put/merge
 //!
 //!  peer port ── Bridge ── Link per peer (handshake, frames, reconnects)

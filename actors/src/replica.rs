@@ -41,12 +41,10 @@ pub use crate::storage_worker::{
     ForgetMootHints, GcRespond, HandedOff, HandoffRespond, HeldPartitions, PanicInCore,
     PartitionUsage, SetPartitions, TakeHints,
 };
-use crate::storage_worker::{
-    ApplyBatch, Barrier, Counters, FreeMemtables, MergeAll, SetNamespaces, StorageWorker, SyncNow,
-    Syncer, open_core,
-};
+use crate::storage_worker::{ApplyBatch, MergeAll, SetNamespaces, StorageWorker, open_core};
 pub use crate::storage_worker::{ReplicaSettings, ReplicaStats, Stats};
 use crate::supervise::{mailbox_error, shielded};
+use crate::syncer::{Barrier, Counters, FreeMemtables, SyncNow, Syncer};
 
 /// A request to this node's replica; answered with the reply message.
 #[derive(Message)]

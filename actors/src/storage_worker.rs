@@ -12,18 +12,14 @@
 //!   With `fsync = "always"` it makes each batch of requests durable
 //!   before answering it; requests arriving meanwhile form the next batch,
 //!   so concurrent writes share one fsync (group commit).
-//! - `Syncer` fsyncs everything else: on the periodic timer, at shutdown,
-//!   and for merges of handed-over entries. A barrier for write number `s`
-//!   returns at once if a sync already covered `s`; otherwise it syncs
-//!   everything written so far. Barriers that queue up while one fsync runs
-//!   are then covered by it.
+//! - `Syncer` (`crate::syncer`) fsyncs everything else.
 //!
 //! Only the `Replica` actor talks to them.
 
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::WeakAddr;
@@ -43,25 +39,7 @@ use tracing::{error, info};
 
 use crate::clock::wall_ms;
 use crate::storage::{FjallStore, Storage};
-
-/// Counters shared by the worker and the syncer (both write and sync).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    written: AtomicU64,
-    /// The last write number a sync covered.
-    synced: AtomicU64,
-    syncs: AtomicU64,
-}
-
-/// Makes everything written so far durable with `persist`.
-fn sync(counters: &Counters, persist: impl FnOnce() -> Result<()>) -> Result<()> {
-    // Everything written before this load is covered by the persist.
-    let upto = counters.written.load(Ordering::SeqCst);
-    persist()?;
-    counters.syncs.fetch_add(1, Ordering::Relaxed);
-    counters.synced.fetch_max(upto, Ordering::SeqCst);
-    Ok(())
-}
+use crate::syncer::{Counters, sync};
 
 /// Applies replica messages in order and returns each one's reply; with
 /// `fsync = "always"` the writes are durable by then.
@@ -595,71 +573,9 @@ impl Handler<Stats> for StorageWorker {
     }
 }
 
-// --- syncer ----------------------------------------------------------------
-
-/// Wait until write number `.0` is durable.
-#[derive(Message)]
-#[rtype(result = "Result<()>")]
-pub(crate) struct Barrier(pub u64);
-
-/// Make everything written so far durable.
-#[derive(Message)]
-#[rtype(result = "Result<()>")]
-pub(crate) struct SyncNow;
-
-/// Free the memtables fjall is done with, and let it drop old journals
-/// (see `Storage::free_memtables` and `Storage::release_journals`).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct FreeMemtables;
-
-pub struct Syncer {
-    storage: Storage,
-    counters: Arc<Counters>,
-}
-
-impl Syncer {
-    pub(crate) fn new(storage: Storage, counters: Arc<Counters>) -> Self {
-        Syncer { storage, counters }
-    }
-}
-
-impl Actor for Syncer {
-    type Context = SyncContext<Self>;
-}
-
-impl Handler<Barrier> for Syncer {
-    type Result = Result<()>;
-
-    fn handle(&mut self, Barrier(seq): Barrier, _: &mut SyncContext<Self>) -> Self::Result {
-        if self.counters.synced.load(Ordering::SeqCst) >= seq {
-            return Ok(());
-        }
-        sync(&self.counters, || self.storage.persist_beside_writes())
-    }
-}
-
-impl Handler<SyncNow> for Syncer {
-    type Result = Result<()>;
-
-    fn handle(&mut self, _: SyncNow, _: &mut SyncContext<Self>) -> Self::Result {
-        // The periodic timer drops the answer: the failure is logged here.
-        sync(&self.counters, || self.storage.persist_beside_writes())
-            .inspect_err(|e| error!(error = %e, "fsync failed; later writes will be refused"))
-    }
-}
-
-impl Handler<FreeMemtables> for Syncer {
-    type Result = ();
-
-    fn handle(&mut self, _: FreeMemtables, _: &mut SyncContext<Self>) {
-        self.storage.free_memtables();
-        self.storage.release_journals();
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use crate::syncer::{Barrier, Syncer};
     use std::time::Duration;
 
     use dynakv::config::StorageSection;
