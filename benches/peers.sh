@@ -25,7 +25,10 @@
 # put ratio to each peer follows round by round. A peer that cannot be
 # installed is skipped with a message. Every server started here is stopped
 # at the end. BESIDE=1 runs something else: small gets alone and beside
-# 1 MiB puts (see run_beside).
+# 1 MiB puts (see run_beside). MODES (default "periodic always") names
+# dynakv's fsync modes to run, REDIS_MODES (default "everysec always")
+# Redis's; RESULTS_OUT=FILE appends each run's result, one JSON line each
+# (benches/scale.sh reads them).
 set -euo pipefail
 
 CLIENTS=${CLIENTS:-50}
@@ -35,6 +38,9 @@ DURATION=${DURATION:-20}
 ROUNDS=${ROUNDS:-1}
 TLS=${TLS:-0}
 PEERS=${PEERS-etcd redis}
+MODES=${MODES-periodic always}
+REDIS_MODES=${REDIS_MODES-everysec always}
+RESULTS_OUT=${RESULTS_OUT:-}
 # redis-benchmark takes a request count, not a time: unless set here, a
 # short probe sizes it so that each Redis test lasts about DURATION.
 REDIS_REQUESTS=${REDIS_REQUESTS:-}
@@ -277,12 +283,14 @@ if [ "$BESIDE" = 1 ]; then
 fi
 for round in $(seq "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && say "round $round of $ROUNDS"
-    run_dynakv periodic
-    [ "$TLS" = 1 ] && run_dynakv periodic tls
-    run_dynakv always
+    for mode in $MODES; do
+        run_dynakv "$mode"
+        [ "$TLS" = 1 ] && [ "$mode" = periodic ] && run_dynakv periodic tls
+    done
     case " $PEERS " in *" etcd "*) run_etcd ;; esac
-    case " $PEERS " in *" redis "*) run_redis everysec; run_redis always ;; esac
+    case " $PEERS " in *" redis "*) for mode in $REDIS_MODES; do run_redis "$mode"; done ;; esac
 done
+[ -n "$RESULTS_OUT" ] && cat "$RESULTS" >>"$RESULTS_OUT"
 
 python3 - "$RESULTS" "$CLIENTS" "$VALUE_SIZE" "$KEYS" "$DURATION" "$ROUNDS" <<'PY'
 import json, statistics, sys

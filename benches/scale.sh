@@ -17,9 +17,21 @@
 # run again (its log's "storage scanned": "scan"). Prints one table with
 # the second size's ratio to the first. DYNAKV=PATH runs another binary.
 #
+# Then the value sizes, through benches/peers.sh: for each SIZE:KEYS of
+# VALUE_SIZES (default 1 KiB x 100,000, 64 KiB x 10,000, 1 MiB x 1,000),
+# dynakv (fsync periodic) and Redis `SET`/`GET` (appendfsync everysec, one
+# server, redis-benchmark; installed when missing and root) each run
+# DURATION seconds of puts and of gets; the table gives both in MB/s and
+# dynakv's ratio to Redis. Last, CLIENTS clients' 100-byte gets alone and
+# beside 4 clients putting 1 MiB values as fast as they are answered
+# (`BESIDE=1 peers.sh`): the gets' p99 each way. VALUE_SIZES= skips both.
+#
 # How long it takes: the preload writes KEYS keys at the cluster's put rate
 # (some 20,000/s on the 2-core VM, so about 8 minutes for 10,000,000),
-# then 2 x DURATION of load and some 20 s of restart per size. TIME_LIMIT (seconds, default 3600)
+# then 2 x DURATION of load and some 20 s of restart per size; the value
+# sizes take about 4 x DURATION each, and 1 MiB beside small gets about
+# 3 x DURATION. The whole run took about 15 minutes on the 2-core VM.
+# TIME_LIMIT (seconds, default 3600)
 # bounds the whole run: past it, the script stops everything and exits
 # non-zero. Every process it started is stopped and its data removed at
 # the end, whatever happens.
@@ -30,6 +42,7 @@ VALUE_SIZE=${VALUE_SIZE:-100}
 SMALL_KEYS=${SMALL_KEYS:-100000}
 SCALE_KEYS=${SCALE_KEYS:-10000000}
 DURATION=${DURATION:-20}
+VALUE_SIZES=${VALUE_SIZES-1024:100000 65536:10000 1048576:1000}
 TIME_LIMIT=${TIME_LIMIT:-3600}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -157,11 +170,50 @@ PY
     rm -rf "$dir"
 }
 
+# peers VAR=VALUE...: benches/peers.sh with those settings, stopped when
+# TIME_LIMIT runs out.
+peers() {
+    local left=$(( TIME_LIMIT - ($(date +%s) - START) ))
+    [ "$left" -gt 0 ] || { say "over TIME_LIMIT=${TIME_LIMIT}s: stopping"; exit 1; }
+    env DYNAKV="$DYNAKV" CLIENTS="$CLIENTS" DURATION="$DURATION" "$@" \
+        timeout "$left" bash "$ROOT/benches/peers.sh"
+}
+
+# value_sizes: dynakv and Redis at each of VALUE_SIZES into $SIZES (one
+# JSON line per system and size), then 1 MiB puts beside small gets into
+# $BESIDE_LINE.
+value_sizes() {
+    local pair size keys
+    for pair in $VALUE_SIZES; do
+        size=${pair%%:*} keys=${pair##*:}
+        [[ "$size" =~ ^[1-9][0-9]*$ && "$keys" =~ ^[1-9][0-9]*$ ]] ||
+            { say "VALUE_SIZES takes SIZE:KEYS pairs of whole numbers, not '$pair'"; exit 1; }
+        say "$size-byte values, $keys keys: dynakv and Redis"
+        : >"$WORK/one"
+        peers PEERS=redis MODES=periodic REDIS_MODES=everysec VALUE_SIZE="$size" KEYS="$keys" \
+            RESULTS_OUT="$WORK/one" >/dev/null
+        python3 - "$size" "$keys" "$WORK/one" >>"$SIZES" <<'PY'
+import json, sys
+for line in open(sys.argv[3]):
+    r = json.loads(line)
+    r.update(size=int(sys.argv[1]), keys=int(sys.argv[2]))
+    print(json.dumps(r))
+PY
+    done
+    say "100-byte gets alone and beside 1 MiB puts"
+    peers PEERS= BESIDE=1 VALUE_SIZE=100 | grep '^round' >"$BESIDE_LINE" || true
+}
+
 [ -x "$DYNAKV" ] || { say "build it first: cargo build --release -p dynakv-actors"; exit 1; }
+SIZES="$WORK/sizes" BESIDE_LINE="$WORK/beside"
+: >"$SIZES"
+: >"$BESIDE_LINE"
 measure "$SMALL_KEYS"
 measure "$SCALE_KEYS"
+[ -n "$VALUE_SIZES" ] && value_sizes
 
-python3 - "$RESULTS" "$CLIENTS" "$VALUE_SIZE" "$DURATION" "$(( $(date +%s) - START ))" <<'PY'
+python3 - "$RESULTS" "$CLIENTS" "$VALUE_SIZE" "$DURATION" "$(( $(date +%s) - START ))" \
+    "$SIZES" "$BESIDE_LINE" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print(f"\n{sys.argv[2]} clients, {sys.argv[3]}-byte values, {sys.argv[4]} s per run, "
@@ -177,4 +229,22 @@ if len(rows) == 2:
     print(f"\nat {b['keys']:,} keys against {a['keys']:,}: puts {b['put'] / a['put']:.2f}x, "
           f"gets {b['get'] / a['get']:.2f}x, put p99 {b['put_p99_ms'] / a['put_p99_ms']:.2f}x, "
           f"get p99 {b['get_p99_ms'] / a['get_p99_ms']:.2f}x")
+sizes = [json.loads(l) for l in open(sys.argv[6]) if l.strip()]
+if sizes:
+    print(f"\nValue sizes (dynakv fsync periodic, Redis appendfsync everysec), MB/s:\n")
+    print(f"{'value':>9} {'keys':>9} {'dynakv puts':>12} {'gets':>8} {'Redis SET':>10} {'GET':>8} "
+          f"{'puts x Redis':>13} {'gets x Redis':>13} {'put p99':>9}")
+    for size in sorted({r["size"] for r in sizes}):
+        mine = next((r for r in sizes if r["size"] == size and r["system"] == "dynakv"), None)
+        redis = next((r for r in sizes if r["size"] == size and r["system"] == "redis"), None)
+        if not mine or not redis:
+            print(f"{size:>9,} (a run is missing: see the messages above)")
+            continue
+        mb = lambda ops: ops * size / 1e6
+        print(f"{size:>9,} {mine['keys']:>9,} {mb(mine['put']):>12.1f} {mb(mine['get']):>8.1f} "
+              f"{mb(redis['put']):>10.1f} {mb(redis['get']):>8.1f} {mine['put'] / redis['put']:>12.2f}x "
+              f"{mine['get'] / redis['get']:>12.2f}x {mine['p99_put_ms']:>7.1f}ms")
+beside = open(sys.argv[7]).read().strip()
+if beside:
+    print(f"\n100-byte gets alone and beside 1 MiB puts (4 clients, uncapped):\n  {beside}")
 PY
