@@ -346,6 +346,7 @@ fn start_on(
             defaults: config.default_namespace(),
             max_key_bytes: config.limits.max_key_bytes as usize,
             owner_hints: config.hints.deliver,
+            read_from: config.cluster.read_from,
         },
     };
     let operations = Operations {

@@ -37,7 +37,7 @@ impl Default for NodeSection {
     }
 }
 
-/// Settings every member of a cluster must share.
+/// Settings every member of a cluster must share, but `read_from`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSection {
@@ -58,6 +58,21 @@ pub struct ClusterSection {
     /// Join (or found) the seeds' cluster at start-up. Without it a fresh
     /// node waits for `dynakv cluster join`.
     pub auto_join: bool,
+    /// Which replicas the reads this node coordinates ask (members may
+    /// differ here: it is the coordinator's choice).
+    pub read_from: ReadFrom,
+}
+
+/// Which replicas a read asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    /// R of them, the coordinator's own copy and owners first; another
+    /// only in place of one that fails or is slow.
+    Quorum,
+    /// All N, as the Dynamo paper does: read repair finds every stale
+    /// copy, and a slow replica costs nothing while R others answer.
+    All,
 }
 
 impl Default for ClusterSection {
@@ -70,6 +85,7 @@ impl Default for ClusterSection {
             w: 2,
             seeds: Vec::new(),
             auto_join: true,
+            read_from: ReadFrom::Quorum,
         }
     }
 }

@@ -1,6 +1,7 @@
-//! A get: reads every target, answers after R replies with the merge of
-//! what it read, then names the replicas to repair.
+//! A get: reads R targets (or every one), answers after R replies with the
+//! merge of what it read, then names the replicas to repair.
 
+use crate::config::ReadFrom;
 use crate::error::{Error, Result};
 use crate::node::NodeId;
 use crate::replica::ReplicaMsg;
@@ -19,13 +20,27 @@ pub struct GetSession {
 }
 
 impl GetSession {
-    /// Starts a read of `key` from `targets`, answering after `r` replies;
-    /// `fallbacks` replace targets that fail.
-    pub fn start(key: Vec<u8>, route: Route, r: usize) -> (Self, Vec<Request>) {
-        let requests = route.targets.iter().map(|t| read(&t.node, &key)).collect();
+    /// Starts a read of `key` from the route's targets, answering after `r`
+    /// replies. With `ReadFrom::Quorum` it asks only `r` of them: the
+    /// first (the coordinator, when it is a target), owners before
+    /// stand-ins; the others are spares, asked in place of a target that
+    /// fails. Fallbacks replace targets once no spare is left.
+    pub fn start(key: Vec<u8>, route: Route, r: usize, from: ReadFrom) -> (Self, Vec<Request>) {
+        let mut targets = route.targets;
+        let spares = match from {
+            ReadFrom::All => Vec::new(),
+            ReadFrom::Quorum => {
+                // A stable sort: the coordinator stays first among owners.
+                targets.sort_by_key(|t| !t.owns);
+                targets.split_off(r.min(targets.len()))
+            }
+        };
+        let requests = targets.iter().map(|t| read(&t.node, &key)).collect();
+        let mut tally = Tally::new(targets, route.fallbacks, r);
+        tally.spares = spares.into();
         let session = GetSession {
-            states: vec![None; route.targets.len()],
-            tally: Tally::new(route.targets, route.fallbacks, r),
+            states: vec![None; tally.targets.len()],
+            tally,
             key,
             merged: SiblingSet::new(),
         };
@@ -68,8 +83,9 @@ impl GetSession {
         }
     }
 
-    /// Target `from` has not answered within its per-request time: a
-    /// fallback reads in its place if one is left; else it is waited for.
+    /// Target `from` has not answered within its per-request time: a spare
+    /// or a fallback reads in its place if one is left; else it is waited
+    /// for.
     pub fn on_slow(&mut self, from: &NodeId) -> Step<SiblingSet> {
         if !self.tally.has_fallback() {
             return Step::none();

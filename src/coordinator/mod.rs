@@ -9,16 +9,20 @@
 //! with a quorum error when the shell reports the deadline.
 //!
 //! Sloppy quorum: when a target fails (refused, lost, or silent past its
-//! per-request timeout), the next fallback takes its place, holding a hint
-//! for the owner the failed target stood for. A target that is only slow
-//! (`on_slow`) is replaced only while a fallback is left; otherwise, and
-//! always for the put's minter (nobody else may mint), the session keeps
-//! waiting for it until the deadline: a late answer still counts, so a busy
-//! replica in a cluster of N nodes costs latency, not the write.
+//! per-request timeout), a get's next spare (a routed replica it has not
+//! asked) or else the next fallback takes its place, the fallback holding a
+//! hint for the owner the failed target stood for. A target that is only
+//! slow (`on_slow`) is replaced only while a spare or fallback is left;
+//! otherwise, and always for the put's minter (nobody else may mint), the
+//! session keeps waiting for it until the deadline: a late answer still
+//! counts, so a busy replica in a cluster of N nodes costs latency, not the
+//! write.
 //!
-//! - Get: reads every target, merges what it reads; once every target has
-//!   answered (or the deadline passed) `repairs()` names the replicas that
-//!   answered with less than the merged set (read repair).
+//! - Get: reads R targets (the first, owners before stand-ins; with
+//!   `ReadFrom::All` every target), and a spare target in place of one
+//!   that fails or is slow; merges what it reads; once every target asked
+//!   has answered (or the deadline passed) `repairs()` names the replicas
+//!   that answered with less than the merged set (read repair).
 //! - Put: asks the first target to mint the new version (`Update`); if that
 //!   target refuses or cannot be reached, the next one mints. If it does not
 //!   answer, it may still mint, so nobody else does (a second dot for the
@@ -217,6 +221,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ReadFrom;
     use crate::error::Error;
     use crate::liveness::Health;
     use crate::version::Actor;
@@ -399,8 +404,9 @@ mod tests {
         assert_eq!(stand_in, &Replica::stand_in(id("d"), id("a")));
     }
 
+    /// A get that reads every target, as the Dynamo paper's does.
     fn get(targets: &[&str], fallbacks: &[&str], r: usize) -> GetSession {
-        GetSession::start(b"k".to_vec(), route(targets, fallbacks), r).0
+        GetSession::start(b"k".to_vec(), route(targets, fallbacks), r, ReadFrom::All).0
     }
 
     fn put(targets: &[&str], fallbacks: &[&str], w: usize) -> (PutSession, Vec<Request>) {
@@ -413,7 +419,8 @@ mod tests {
 
     #[test]
     fn get_answers_after_r_replies_and_repairs_stale_replicas() {
-        let (mut s, reqs) = GetSession::start(b"k".to_vec(), route(&["a", "b", "c"], &[]), 2);
+        let three = route(&["a", "b", "c"], &[]);
+        let (mut s, reqs) = GetSession::start(b"k".to_vec(), three, 2, ReadFrom::All);
         assert_eq!(reqs.len(), 3);
         assert!(s.initial_answer().is_none());
         let newer = state("new", 1);
@@ -451,6 +458,74 @@ mod tests {
         assert_eq!(repairs.len(), 1);
         assert_eq!(repairs[0].to, id("b"));
         assert!(matches!(&repairs[0].msg, ReplicaMsg::Write { state, .. } if *state == newer));
+    }
+
+    #[test]
+    fn a_quorum_get_asks_r_owners_and_a_spare_before_a_fallback_in_place_of_one_that_fails() {
+        // The coordinator "a" first, then the owner "c" before the
+        // stand-in "s"; "d" is a fallback.
+        let mixed = Route {
+            targets: vec![
+                Replica::owner(id("a")),
+                Replica::stand_in(id("s"), id("b")),
+                Replica::owner(id("c")),
+            ],
+            fallbacks: vec![id("d")],
+            pending: vec![],
+        };
+        let (mut s, reqs) = GetSession::start(b"k".to_vec(), mixed, 2, ReadFrom::Quorum);
+        assert_eq!(reqs, vec![read(&id("a"), b"k"), read(&id("c"), b"k")]);
+        let Step { send: next, answer } = s.on_reply(&id("c"), Err(down()));
+        assert!(answer.is_none());
+        assert_eq!(next, vec![read(&id("s"), b"k")], "the spare, not d");
+        let x = |v: &str| Ok(ReplicaMsg::State { state: state(v, 1) });
+        assert!(s.on_reply(&id("a"), x("x")).answer.is_none());
+        let Step { send: _, answer } = s.on_reply(&id("s"), x("x"));
+        assert_eq!(answer, Some(Ok(state("x", 1))));
+        assert!(s.is_complete(), "nobody else was asked");
+        assert!(s.repairs().is_empty());
+        // A second failure would have gone to the fallback.
+        let two = route(&["a", "b"], &["d"]);
+        let (mut s, _) = GetSession::start(b"k".to_vec(), two, 1, ReadFrom::Quorum);
+        assert_eq!(
+            s.on_reply(&id("a"), Err(down())).send,
+            vec![read(&id("b"), b"k")]
+        );
+        assert_eq!(
+            s.on_reply(&id("b"), Err(down())).send,
+            vec![read(&id("d"), b"k")]
+        );
+    }
+
+    #[test]
+    fn a_quorum_get_reads_a_spare_in_place_of_a_slow_target_and_repairs_what_it_read() {
+        let three = route(&["a", "b", "c"], &[]);
+        let (mut s, reqs) = GetSession::start(b"k".to_vec(), three, 2, ReadFrom::Quorum);
+        assert_eq!(reqs.len(), 2);
+        assert!(s.tally.has_fallback(), "a spare can replace a slow target");
+        assert_eq!(s.on_slow(&id("b")).send, vec![read(&id("c"), b"k")]);
+        assert!(!s.tally.has_fallback());
+        let newer = state("new", 1);
+        s.on_reply(
+            &id("a"),
+            Ok(ReplicaMsg::State {
+                state: newer.clone(),
+            }),
+        );
+        let Step { send: _, answer } = s.on_reply(
+            &id("c"),
+            Ok(ReplicaMsg::State {
+                state: SiblingSet::new(),
+            }),
+        );
+        assert_eq!(answer, Some(Ok(newer)));
+        assert!(s.is_complete(), "b counts as failed once replaced");
+        let repairs: Vec<_> = s.repairs().into_iter().map(|r| r.to).collect();
+        assert_eq!(
+            repairs,
+            vec![id("c")],
+            "b was not read, so it is not repaired"
+        );
     }
 
     #[test]
@@ -559,8 +634,13 @@ mod tests {
             state
         };
         let remove = Operation::Remove(vec![b"milk".to_vec()]);
-        let (mut s, reads) =
-            ObserveSession::start(b"k".to_vec(), remove, route(&["a", "b", "c"], &[]), 2, 2);
+        let (mut s, reads) = ObserveSession::start(
+            b"k".to_vec(),
+            remove,
+            route(&["a", "b", "c"], &[]),
+            (2, ReadFrom::All),
+            2,
+        );
         assert_eq!(reads.len(), 3);
         assert!(
             reads
@@ -609,8 +689,13 @@ mod tests {
         assert!(s.is_complete());
         // A read that cannot reach R fails the remove, which never starts.
         let remove = Operation::Remove(vec![b"milk".to_vec()]);
-        let (mut s, _) =
-            ObserveSession::start(b"k".to_vec(), remove, route(&["a", "b", "c"], &[]), 2, 2);
+        let (mut s, _) = ObserveSession::start(
+            b"k".to_vec(),
+            remove,
+            route(&["a", "b", "c"], &[]),
+            (2, ReadFrom::All),
+            2,
+        );
         s.on_reply(&id("a"), Err(down()));
         let step = s.on_reply(&id("b"), Err(down()));
         assert!(matches!(step.answer, Some(Err(_))), "{:?}", step.answer);

@@ -9,6 +9,7 @@
 //! that node, else to the write. A failure given to the wrong one costs
 //! at worst a vote (a remove applied twice removes the same dots).
 
+use crate::config::ReadFrom;
 use crate::crdt::{Operation, Typed};
 use crate::error::Result;
 use crate::node::NodeId;
@@ -35,16 +36,16 @@ struct Plan {
 }
 
 impl ObserveSession {
-    /// Starts the read of `key` at `r`; `operation` (a remove) follows at
-    /// `w`, to the same route.
+    /// Starts the read of `key` at `r` from the replicas `from` names;
+    /// `operation` (a remove) follows at `w`, to the same route.
     pub fn start(
         key: Vec<u8>,
         operation: Operation,
         route: Route,
-        r: usize,
+        (r, from): (usize, ReadFrom),
         w: usize,
     ) -> (Self, Vec<Request>) {
-        let (read, initial) = GetSession::start(key.clone(), route.clone(), r);
+        let (read, initial) = GetSession::start(key.clone(), route.clone(), r, from);
         let session = ObserveSession {
             read,
             write: None,

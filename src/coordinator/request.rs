@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::config::ReadFrom;
 use crate::crdt::{CausalContext, Operation};
 use crate::error::{Error, Result};
 use crate::fencing;
@@ -31,6 +32,8 @@ pub struct Limits {
     /// Whether owners keep hints for other owners (`hints.deliver`: where
     /// hints are not handed over, such a hint would never go).
     pub owner_hints: bool,
+    /// Which replicas a read asks (`cluster.read_from`).
+    pub read_from: ReadFrom,
 }
 
 /// What a put or delete writes: `value` (a tombstone: a delete) over what
@@ -88,7 +91,7 @@ impl Planner {
         let kind = ns.kind;
         let r = quorum("r", r, ns.r, ns.n)?;
         let (partition, route) = self.route(t, ring, &key, ns.n);
-        let (session, initial) = GetSession::start(key.clone(), route, r);
+        let (session, initial) = GetSession::start(key.clone(), route, r, self.limits.read_from);
         Ok(Planned {
             op: "get",
             key,
@@ -188,7 +191,8 @@ impl Planner {
         let op = operation.name();
         let (session, initial) = if operation.needs_context() && context.is_empty() {
             let r = usize::from(ns.r);
-            let (s, initial) = ObserveSession::start(key.clone(), operation, route, r, w);
+            let read = (r, self.limits.read_from);
+            let (s, initial) = ObserveSession::start(key.clone(), operation, route, read, w);
             (Session::Observe(Box::new(s)), initial)
         } else {
             let seen = if context.is_empty() {
@@ -296,6 +300,7 @@ mod tests {
                 },
                 max_key_bytes: 8,
                 owner_hints: true,
+                read_from: ReadFrom::Quorum,
             },
         }
     }
@@ -310,10 +315,16 @@ mod tests {
     #[test]
     fn a_good_request_is_planned_as_a_session_to_its_targets() {
         let t = topology(&["a", "b", "c"], &[], &[], 16);
-        let p = planner("a");
+        let mut p = planner("a");
         let get = p.get(Some(&t), b"k".to_vec(), None).unwrap();
         assert_eq!(get.op, "get");
+        let asked: Vec<_> = get.initial.iter().map(|r| r.to.clone()).collect();
+        assert_eq!(asked.len(), 2, "a read of R replicas");
+        assert_eq!(asked[0], id("a"), "this node's own copy first");
+        p.limits.read_from = ReadFrom::All;
+        let get = p.get(Some(&t), b"k".to_vec(), None).unwrap();
         assert_eq!(get.initial.len(), 3, "a read of every replica");
+        p.limits.read_from = ReadFrom::Quorum;
         let put = p
             .write(
                 Some(&t),
@@ -395,7 +406,8 @@ mod tests {
             .namespaces
             .create(carts.clone(), settings.clone(), &id("a"))
             .unwrap();
-        let p = planner("a");
+        let mut p = planner("a");
+        p.limits.read_from = ReadFrom::All;
         let key = |k: &[u8]| namespace::key_in(&carts, k).unwrap();
         let targets = |planned: Planned| match planned.session {
             Session::Put(s) => s.targets().len(),

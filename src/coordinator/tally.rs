@@ -1,5 +1,6 @@
-//! The targets of a session, their votes, and the fallbacks left to
-//! replace a target that fails (sloppy quorum).
+//! The targets of a session, their votes, and what is left to replace a
+//! target that fails: replicas a quorum read did not ask yet (spares),
+//! then fallbacks (sloppy quorum).
 
 use std::collections::VecDeque;
 
@@ -15,11 +16,15 @@ pub(super) enum Vote {
     No,
 }
 
-/// The targets of a session, their votes, and the fallbacks left.
+/// The targets of a session, their votes, and the spares and fallbacks
+/// left.
 #[derive(Debug, Clone)]
 pub(super) struct Tally {
     pub(super) targets: Vec<Replica>,
     pub(super) votes: Vec<Vote>,
+    /// Routed replicas not asked yet, each asked as it is when a target
+    /// fails (a quorum read asks only R of them first).
+    pub(super) spares: VecDeque<Replica>,
     pub(super) fallbacks: VecDeque<NodeId>,
     pub(super) needed: usize,
     /// Whether the client has its answer.
@@ -31,6 +36,7 @@ impl Tally {
         Tally {
             votes: vec![Vote::Waiting; targets.len()],
             targets,
+            spares: VecDeque::new(),
             fallbacks: fallbacks.into(),
             needed,
             answered: false,
@@ -47,14 +53,21 @@ impl Tally {
             .is_some_and(|i| self.votes[i] == Vote::Waiting)
     }
 
+    /// Whether a spare or a fallback is left to replace a target.
     pub(super) fn has_fallback(&self) -> bool {
-        !self.fallbacks.is_empty()
+        !self.spares.is_empty() || !self.fallbacks.is_empty()
     }
 
-    /// Records target `i`'s failure and, if a fallback is left, adds it as a
-    /// new target standing in for the same owner. Returns its index.
+    /// Records target `i`'s failure and adds a new target in its place if
+    /// one is left: the next spare, else the next fallback, standing in
+    /// for the owner target `i` stood for. Returns its index.
     pub(super) fn fail(&mut self, i: usize) -> Option<usize> {
         self.votes[i] = Vote::No;
+        if let Some(spare) = self.spares.pop_front() {
+            self.targets.push(spare);
+            self.votes.push(Vote::Waiting);
+            return Some(self.targets.len() - 1);
+        }
         let node = self.fallbacks.pop_front()?;
         let failed = &self.targets[i];
         let owner = match (&failed.hint_for, failed.owns) {
@@ -75,7 +88,7 @@ impl Tally {
     }
 
     pub(super) fn impossible(&self) -> bool {
-        self.votes.iter().filter(|v| **v != Vote::No).count() < self.needed
+        self.votes.iter().filter(|v| **v != Vote::No).count() + self.spares.len() < self.needed
     }
 
     pub(super) fn complete(&self) -> bool {

@@ -51,6 +51,7 @@ pub mod typed;
 mod workload;
 mod world;
 
+use crate::config::ReadFrom;
 use crate::coordinator::{Limits, Planner};
 use crate::handoff::HandoffSettings;
 use crate::hints::DeliverySettings;
@@ -324,7 +325,8 @@ fn settings(cfg: &SimConfig, i: usize, incarnation: u64) -> Settings {
     }
 }
 
-/// Request planning as the Coordinator actor does it.
+/// Request planning as the Coordinator actor does it; even nodes read
+/// from a quorum, odd ones from all replicas.
 fn planner(cfg: &SimConfig, i: usize) -> Planner {
     Planner {
         me: node_id(i),
@@ -340,6 +342,12 @@ fn planner(cfg: &SimConfig, i: usize) -> Planner {
             },
             max_key_bytes: 64,
             owner_hints: true,
+            // Both ways in every run: each node decides for itself.
+            read_from: if i.is_multiple_of(2) {
+                ReadFrom::Quorum
+            } else {
+                ReadFrom::All
+            },
         },
     }
 }
