@@ -207,6 +207,45 @@ async fn slow_replicas_that_no_stand_in_can_replace_are_waited_for() {
 }
 
 #[actix_rt::test]
+async fn a_quorum_read_asks_a_spare_when_the_replica_it_asked_hangs() {
+    // node1 asks R = 2 replicas: itself and the next owner. That owner
+    // hangs (node1 drops what it sends it and what comes back) but is
+    // not suspected yet: only the spare can make the read's quorum before
+    // the deadline. Failure detection is slowed so the dropped gossip
+    // does not take the owner out of the route first.
+    let cluster = Cluster::start_with(3, |c| {
+        c.timeouts.request_ms = 4000;
+        c.gossip.suspect_after_ms = 60_000;
+        c.gossip.down_after_ms = 120_000;
+    })
+    .await
+    .unwrap();
+    let ring = ring(&cluster, 0).await;
+    let (me, hung) = (cluster.id(0), cluster.id(1));
+    let key = (0..)
+        .map(|i| format!("key-{i}"))
+        .find(|k| {
+            let pl = ring.preference_list(ring.partition_of(k.as_bytes()), 3);
+            pl.into_iter().find(|n| *n != &me) == Some(&hung)
+        })
+        .unwrap();
+    let client = cluster.client(0).await.unwrap();
+    client
+        .put(key.as_bytes(), b"v", &[], Some(3))
+        .await
+        .unwrap();
+    cluster
+        .node(0)
+        .bridge
+        .send(Control(Fault::Partition(BTreeSet::from([hung]))))
+        .await
+        .unwrap();
+    let read = client.get(key.as_bytes(), Some(2)).await.unwrap();
+    assert_eq!(read.values, vec![b"v".to_vec()]);
+    cluster.stop().await.unwrap();
+}
+
+#[actix_rt::test]
 async fn a_partitioned_owner_gets_every_write_back_and_the_hints_are_gone() {
     let cluster = Cluster::start(5).await.unwrap();
     let owner = 2;

@@ -2,7 +2,7 @@
 //! merge of what it read, then names the replicas to repair.
 
 use crate::config::ReadFrom;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::node::NodeId;
 use crate::replica::ReplicaMsg;
 use crate::version::SiblingSet;
@@ -84,13 +84,24 @@ impl GetSession {
     }
 
     /// Target `from` has not answered within its per-request time: a spare
-    /// or a fallback reads in its place if one is left; else it is waited
-    /// for.
+    /// or a fallback reads beside it if one is left. Its late answer still
+    /// counts: the first R answers make the read.
     pub fn on_slow(&mut self, from: &NodeId) -> Step<SiblingSet> {
-        if !self.tally.has_fallback() {
+        let Some(i) = self
+            .tally
+            .index_of(from)
+            .filter(|&i| self.tally.votes[i] == Vote::Waiting)
+        else {
             return Step::none();
+        };
+        let Some(j) = self.tally.add_for(i) else {
+            return Step::none();
+        };
+        self.states.push(None);
+        Step {
+            send: vec![read(&self.tally.targets[j].node, &self.key)],
+            answer: None,
         }
-        self.on_reply(from, Err(Error::Timeout))
     }
 
     /// The deadline passed: answer with a quorum error if not answered yet.

@@ -12,11 +12,12 @@
 //! per-request timeout), a get's next spare (a routed replica it has not
 //! asked) or else the next fallback takes its place, the fallback holding a
 //! hint for the owner the failed target stood for. A target that is only
-//! slow (`on_slow`) is replaced only while a spare or fallback is left;
-//! otherwise, and always for the put's minter (nobody else may mint), the
-//! session keeps waiting for it until the deadline: a late answer still
-//! counts, so a busy replica in a cluster of N nodes costs latency, not the
-//! write.
+//! slow (`on_slow`) keeps its place in a get, which asks the next spare or
+//! fallback too, and whichever answers counts; a put replaces it only while
+//! a fallback is left. Otherwise, and always for the put's minter (nobody
+//! else may mint), the session keeps waiting for it until the deadline: a
+//! late answer still counts, so a busy replica in a cluster of N nodes
+//! costs latency, not the write.
 //!
 //! - Get: reads R targets (the first, owners before stand-ins; with
 //!   `ReadFrom::All` every target), and a spare target in place of one
@@ -498,34 +499,44 @@ mod tests {
     }
 
     #[test]
-    fn a_quorum_get_reads_a_spare_in_place_of_a_slow_target_and_repairs_what_it_read() {
-        let three = route(&["a", "b", "c"], &[]);
-        let (mut s, reqs) = GetSession::start(b"k".to_vec(), three, 2, ReadFrom::Quorum);
+    fn a_quorum_get_reads_a_spare_beside_a_slow_target_and_counts_whichever_answers() {
+        let state_of = |v: Option<&str>| {
+            Ok(ReplicaMsg::State {
+                state: v.map_or_else(SiblingSet::new, |v| state(v, 1)),
+            })
+        };
+        let newer = state("new", 1);
+        // The spare answers first, and the read does not wait for b.
+        let (mut s, reqs) = GetSession::start(
+            b"k".to_vec(),
+            route(&["a", "b", "c"], &[]),
+            2,
+            ReadFrom::Quorum,
+        );
         assert_eq!(reqs.len(), 2);
         assert!(s.tally.has_fallback(), "a spare can replace a slow target");
         assert_eq!(s.on_slow(&id("b")).send, vec![read(&id("c"), b"k")]);
         assert!(!s.tally.has_fallback());
-        let newer = state("new", 1);
-        s.on_reply(
-            &id("a"),
-            Ok(ReplicaMsg::State {
-                state: newer.clone(),
-            }),
-        );
-        let Step { send: _, answer } = s.on_reply(
-            &id("c"),
-            Ok(ReplicaMsg::State {
-                state: SiblingSet::new(),
-            }),
-        );
-        assert_eq!(answer, Some(Ok(newer)));
-        assert!(s.is_complete(), "b counts as failed once replaced");
+        assert!(s.on_slow(&id("b")).send.is_empty(), "no one is left");
+        s.on_reply(&id("a"), state_of(Some("new")));
+        let Step { send: _, answer } = s.on_reply(&id("c"), state_of(None));
+        assert_eq!(answer, Some(Ok(newer.clone())));
+        assert!(!s.is_complete(), "b may still answer");
+        s.on_reply(&id("b"), state_of(None));
+        assert!(s.is_complete());
         let repairs: Vec<_> = s.repairs().into_iter().map(|r| r.to).collect();
-        assert_eq!(
-            repairs,
-            vec![id("c")],
-            "b was not read, so it is not repaired"
+        assert_eq!(repairs, vec![id("b"), id("c")], "both answered with less");
+        // The slow target answers first after all: its answer counts.
+        let (mut s, _) = GetSession::start(
+            b"k".to_vec(),
+            route(&["a", "b", "c"], &[]),
+            2,
+            ReadFrom::Quorum,
         );
+        s.on_slow(&id("b"));
+        s.on_reply(&id("a"), state_of(Some("new")));
+        let Step { send: _, answer } = s.on_reply(&id("b"), state_of(Some("new")));
+        assert_eq!(answer, Some(Ok(newer)));
     }
 
     #[test]

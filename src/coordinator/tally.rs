@@ -59,10 +59,16 @@ impl Tally {
     }
 
     /// Records target `i`'s failure and adds a new target in its place if
-    /// one is left: the next spare, else the next fallback, standing in
-    /// for the owner target `i` stood for. Returns its index.
+    /// one is left (`add_for`). Returns its index.
     pub(super) fn fail(&mut self, i: usize) -> Option<usize> {
         self.votes[i] = Vote::No;
+        self.add_for(i)
+    }
+
+    /// Adds a new target for target `i`, if one is left: the next spare,
+    /// else the next fallback, standing in for the owner target `i` stood
+    /// for. Returns its index.
+    pub(super) fn add_for(&mut self, i: usize) -> Option<usize> {
         if let Some(spare) = self.spares.pop_front() {
             self.targets.push(spare);
             self.votes.push(Vote::Waiting);
