@@ -244,12 +244,16 @@ run_redis() {
     wait_for redis-cli -p 6390 ping || { say "skipping redis: no answer to ping"; stop_all; return 0; }
     local csv requests=$REDIS_REQUESTS
     if [ -z "$requests" ]; then
-        csv=$(redis-benchmark -h 127.0.0.1 -p 6390 -c "$CLIENTS" -n 100000 \
+        # The probe: 100,000 requests of up to 1 KiB, fewer of larger
+        # values (1,000 of 1 MiB), so that it takes seconds at any size.
+        local probe=$(( 100000 * 1024 / (VALUE_SIZE > 1024 ? VALUE_SIZE : 1024) ))
+        [ "$probe" -lt 1000 ] && probe=1000
+        csv=$(redis-benchmark -h 127.0.0.1 -p 6390 -c "$CLIENTS" -n "$probe" \
             -d "$VALUE_SIZE" -r "$KEYS" -t set --csv 2>/dev/null)
-        requests=$(python3 - "$csv" "$DURATION" <<'PY'
+        requests=$(python3 - "$csv" "$DURATION" "$probe" <<'PY'
 import csv, io, sys
 rate = float(next(csv.DictReader(io.StringIO(sys.argv[1])))["rps"])
-print(max(100000, int(rate * float(sys.argv[2]))))
+print(max(int(sys.argv[3]), int(rate * float(sys.argv[2]))))
 PY
 )
     fi

@@ -30,7 +30,7 @@
 # (some 20,000/s on the 2-core VM, so about 8 minutes for 10,000,000),
 # then 2 x DURATION of load and some 20 s of restart per size; the value
 # sizes take about 4 x DURATION each, and 1 MiB beside small gets about
-# 3 x DURATION. The whole run took about 15 minutes on the 2-core VM.
+# 3 x DURATION. The whole run takes some 17 minutes on the 2-core VM.
 # TIME_LIMIT (seconds, default 3600)
 # bounds the whole run: past it, the script stops everything and exits
 # non-zero. Every process it started is stopped and its data removed at
