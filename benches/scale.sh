@@ -16,6 +16,8 @@
 # start-up scan has rebuilt its hash trees, so anti-entropy and handoff
 # run again (its log's "storage scanned": "scan"). Prints one table with
 # the second size's ratio to the first. DYNAKV=PATH runs another binary.
+# RANDOM_VALUES=1 writes random bytes instead of 'x' (`--random-values`):
+# values that do not compress, for the disk's true amplification.
 #
 # Then the value sizes, through benches/peers.sh: for each SIZE:KEYS of
 # VALUE_SIZES (default 1 KiB x 100,000, 64 KiB x 10,000, 1 MiB x 1,000),
@@ -39,6 +41,7 @@ set -euo pipefail
 
 CLIENTS=${CLIENTS:-50}
 VALUE_SIZE=${VALUE_SIZE:-100}
+RANDOM_VALUES=${RANDOM_VALUES:-0}
 SMALL_KEYS=${SMALL_KEYS:-100000}
 SCALE_KEYS=${SCALE_KEYS:-10000000}
 DURATION=${DURATION:-20}
@@ -118,6 +121,7 @@ measure() {
     time_until "$DYNAKV" put scale-ready yes --node 127.0.0.1:7001 --timeout 1s >/dev/null
     local common=(--node "$NODES" --clients "$CLIENTS" --value-size "$VALUE_SIZE"
                   --keys "$keys" --json)
+    [ "$RANDOM_VALUES" = 1 ] && common+=(--random-values)
     say "$keys keys: preloading"
     local t0 t1 put get
     t0=$(date +%s)
@@ -213,10 +217,11 @@ measure "$SCALE_KEYS"
 [ -n "$VALUE_SIZES" ] && value_sizes
 
 python3 - "$RESULTS" "$CLIENTS" "$VALUE_SIZE" "$DURATION" "$(( $(date +%s) - START ))" \
-    "$SIZES" "$BESIDE_LINE" <<'PY'
+    "$SIZES" "$BESIDE_LINE" "$RANDOM_VALUES" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print(f"\n{sys.argv[2]} clients, {sys.argv[3]}-byte values, {sys.argv[4]} s per run, "
+values = "random " if sys.argv[8] == "1" else ""
+print(f"\n{sys.argv[2]} clients, {sys.argv[3]}-byte {values}values, {sys.argv[4]} s per run, "
       f"3 nodes on loopback, fsync periodic; the whole run took {sys.argv[5]} s\n")
 print(f"{'keys':>11} {'puts/s':>8} {'put p99':>8} {'gets/s':>8} {'get p99':>8} "
       f"{'RSS, 3 nodes':>12} {'disk':>8} {'x raw':>6} {'journal':>8} {'restart':>8} {'scan':>7}")

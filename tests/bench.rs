@@ -23,6 +23,7 @@ fn spec(cluster: &Cluster, clients: usize, keys: u64, mix: &str) -> Spec {
         clients,
         duration: Duration::from_millis(500),
         value_size: 64,
+        random_values: false,
         keys,
         mix: mix.parse().unwrap(),
         r: None,
@@ -174,6 +175,34 @@ async fn incr_and_sadd_run_beside_puts_in_namespaces_of_their_types() {
     cluster.stop().await.unwrap();
 }
 
+#[actix_rt::test]
+async fn random_values_are_random_past_their_stamp() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let spec = Spec {
+        random_values: true,
+        value_size: 1024,
+        preload: true,
+        ..spec(&cluster, 1, 2, "put=1")
+    };
+    bench::run(spec).await.unwrap();
+    let client = cluster.client(0).await.unwrap();
+    let mut seen = Vec::new();
+    for key in [&b"bench-0"[..], b"bench-1"] {
+        let read = client.get(key, None).await.unwrap();
+        let [value] = &read.values[..] else {
+            panic!("{read:?}")
+        };
+        assert_eq!(value.len(), 1024);
+        // The 1,012 bytes past the stamp take most of the 256 byte values
+        // (about 252 on average); 'x' alone would be one.
+        let distinct: std::collections::BTreeSet<u8> = value[12..].iter().copied().collect();
+        assert!(distinct.len() > 200, "{} distinct bytes", distinct.len());
+        seen.push(value[12..].to_vec());
+    }
+    assert_ne!(seen[0], seen[1], "each value its own bytes");
+    cluster.stop().await.unwrap();
+}
+
 #[test]
 fn bad_specs_are_refused() {
     let good = Spec {
@@ -186,6 +215,7 @@ fn bad_specs_are_refused() {
         clients: 2,
         duration: Duration::from_secs(1),
         value_size: 100,
+        random_values: false,
         keys: 10,
         mix: "get=1".parse().unwrap(),
         r: None,

@@ -92,6 +92,9 @@ impl Worker {
     fn value(&mut self) -> Vec<u8> {
         self.seq += 1;
         let mut v = vec![b'x'; self.spec.value_size];
+        if self.spec.random_values {
+            self.rng.fill(&mut v);
+        }
         v[..4].copy_from_slice(&self.id.to_be_bytes());
         v[4..STAMP].copy_from_slice(&self.seq.to_be_bytes());
         v

@@ -105,6 +105,8 @@ pub struct Spec {
     pub clients: usize,
     pub duration: Duration,
     pub value_size: usize,
+    /// Fill values with random bytes (incompressible) instead of 'x'.
+    pub random_values: bool,
     pub keys: u64,
     pub mix: Mix,
     pub r: Option<u8>,

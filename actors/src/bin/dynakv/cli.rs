@@ -330,6 +330,10 @@ pub enum Command {
         duration: std::time::Duration,
         #[arg(long, default_value_t = 100)]
         value_size: usize,
+        /// Fill values with random bytes, which do not compress (default:
+        /// 'x' after a 12-byte stamp, as redis-benchmark's are 'x').
+        #[arg(long)]
+        random_values: bool,
         /// Keys are bench-0 .. bench-(K-1).
         #[arg(long, default_value_t = 100_000)]
         keys: u64,
