@@ -56,11 +56,7 @@ impl GetSession {
     /// Takes a reply (or the failure to get one) from `from`; returns the
     /// requests to send next and the client's answer if it is now due.
     pub fn on_reply(&mut self, from: &NodeId, reply: Result<ReplicaMsg>) -> Step<SiblingSet> {
-        let Some(i) = self
-            .tally
-            .index_of(from)
-            .filter(|&i| self.tally.votes[i] == Vote::Waiting)
-        else {
+        let Some(i) = self.tally.waiting(from) else {
             return Step::none();
         };
         let mut next = Vec::new();
@@ -72,8 +68,7 @@ impl GetSession {
             }
             Ok(_) | Err(_) => {
                 if let Some(j) = self.tally.fail(i) {
-                    self.states.push(None);
-                    next.push(read(&self.tally.targets[j].node, &self.key));
+                    next.push(self.read_added(j));
                 }
             }
         }
@@ -87,21 +82,22 @@ impl GetSession {
     /// or a fallback reads beside it if one is left. Its late answer still
     /// counts: the first R answers make the read.
     pub fn on_slow(&mut self, from: &NodeId) -> Step<SiblingSet> {
-        let Some(i) = self
-            .tally
-            .index_of(from)
-            .filter(|&i| self.tally.votes[i] == Vote::Waiting)
-        else {
+        let Some(i) = self.tally.waiting(from) else {
             return Step::none();
         };
         let Some(j) = self.tally.add_for(i) else {
             return Step::none();
         };
-        self.states.push(None);
         Step {
-            send: vec![read(&self.tally.targets[j].node, &self.key)],
+            send: vec![self.read_added(j)],
             answer: None,
         }
+    }
+
+    /// The read of target `j`, just added in another's place or beside it.
+    fn read_added(&mut self, j: usize) -> Request {
+        self.states.push(None);
+        read(&self.tally.targets[j].node, &self.key)
     }
 
     /// The deadline passed: answer with a quorum error if not answered yet.

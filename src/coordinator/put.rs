@@ -137,11 +137,7 @@ impl PutSession {
     /// Takes a reply from `from`; returns requests to send next and the
     /// client's answer if it is now due.
     pub fn on_reply(&mut self, from: &NodeId, reply: Result<ReplicaMsg>) -> Step<Written> {
-        let Some(i) = self
-            .tally
-            .index_of(from)
-            .filter(|&i| self.tally.votes[i] == Vote::Waiting)
-        else {
+        let Some(i) = self.tally.waiting(from) else {
             return Step::none();
         };
         let mut next = Vec::new();

@@ -47,10 +47,15 @@ impl Tally {
         self.targets.iter().position(|t| &t.node == from)
     }
 
+    /// The index of `from` if it is a target that has not answered yet.
+    pub(super) fn waiting(&self, from: &NodeId) -> Option<usize> {
+        self.index_of(from)
+            .filter(|&i| self.votes[i] == Vote::Waiting)
+    }
+
     /// Whether `from` is a target that has not answered yet.
     pub(super) fn awaits(&self, from: &NodeId) -> bool {
-        self.index_of(from)
-            .is_some_and(|i| self.votes[i] == Vote::Waiting)
+        self.waiting(from).is_some()
     }
 
     /// Whether a spare or a fallback is left to replace a target.
