@@ -27,8 +27,8 @@
 # at the end. BESIDE=1 runs something else: small gets alone and beside
 # 1 MiB puts (see run_beside). MODES (default "periodic always") names
 # dynakv's fsync modes to run, REDIS_MODES (default "everysec always")
-# Redis's; RESULTS_OUT=FILE appends each run's result, one JSON line each
-# (benches/scale.sh reads them).
+# Redis's; RESULTS_OUT=FILE appends each run's result, one JSON line each with
+# its value size and key count (benches/scale.sh reads them).
 set -euo pipefail
 
 CLIENTS=${CLIENTS:-50}
@@ -102,11 +102,11 @@ wait_for() {
 
 # record SYSTEM MODE PUT_JSON GET_JSON: one result line from two JSON reports.
 record() {
-    python3 - "$1" "$2" "$3" "$4" <<'PY' | tee -a "$RESULTS" >&2
+    python3 - "$1" "$2" "$3" "$4" "$VALUE_SIZE" "$KEYS" <<'PY' | tee -a "$RESULTS" >&2
 import json, sys
 system, mode, put, get = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 p, g = put["ops"]["put"], get["ops"]["get"]
-print(json.dumps({"system": system, "mode": mode,
+print(json.dumps({"system": system, "mode": mode, "size": int(sys.argv[5]), "keys": int(sys.argv[6]),
                   "put": p["ops_per_sec"], "get": g["ops_per_sec"],
                   "p99_put_ms": p["latency_us"]["p99"] / 1000, "p99_get_ms": g["latency_us"]["p99"] / 1000,
                   "errors": p.get("errors", 0) + g.get("errors", 0)}))
@@ -259,12 +259,13 @@ PY
     fi
     csv=$(redis-benchmark -h 127.0.0.1 -p 6390 -c "$CLIENTS" -n "$requests" \
         -d "$VALUE_SIZE" -r "$KEYS" -t set,get --csv 2>/dev/null)
-    python3 - "$mode" "$csv" <<'PY' | tee -a "$RESULTS" >&2
+    python3 - "$mode" "$csv" "$VALUE_SIZE" "$KEYS" <<'PY' | tee -a "$RESULTS" >&2
 import csv, io, json, sys
 mode, text = sys.argv[1], sys.argv[2]
 rows = {r["test"]: r for r in csv.DictReader(io.StringIO(text))}
 s, g = rows["SET"], rows["GET"]
 print(json.dumps({"system": "redis", "mode": f"appendfsync {mode}",
+                  "size": int(sys.argv[3]), "keys": int(sys.argv[4]),
                   "put": float(s["rps"]), "get": float(g["rps"]),
                   "p99_put_ms": float(s["p99_latency_ms"]), "p99_get_ms": float(g["p99_latency_ms"]),
                   "errors": 0}))

@@ -183,8 +183,8 @@ peers() {
         timeout "$left" bash "$ROOT/benches/peers.sh"
 }
 
-# value_sizes: dynakv and Redis at each of VALUE_SIZES into $SIZES (one
-# JSON line per system and size), then 1 MiB puts beside small gets into
+# value_sizes: dynakv and Redis at each of VALUE_SIZES into $SIZES
+# (peers.sh's result lines, one per system and size), then 1 MiB puts beside small gets into
 # $BESIDE_LINE.
 value_sizes() {
     local pair size keys
@@ -193,16 +193,8 @@ value_sizes() {
         [[ "$size" =~ ^[1-9][0-9]*$ && "$keys" =~ ^[1-9][0-9]*$ ]] ||
             { say "VALUE_SIZES takes SIZE:KEYS pairs of whole numbers, not '$pair'"; exit 1; }
         say "$size-byte values, $keys keys: dynakv and Redis"
-        : >"$WORK/one"
         peers PEERS=redis MODES=periodic REDIS_MODES=everysec VALUE_SIZE="$size" KEYS="$keys" \
-            RESULTS_OUT="$WORK/one" >/dev/null
-        python3 - "$size" "$keys" "$WORK/one" >>"$SIZES" <<'PY'
-import json, sys
-for line in open(sys.argv[3]):
-    r = json.loads(line)
-    r.update(size=int(sys.argv[1]), keys=int(sys.argv[2]))
-    print(json.dumps(r))
-PY
+            RESULTS_OUT="$SIZES" >/dev/null
     done
     say "100-byte gets alone and beside 1 MiB puts"
     peers PEERS= BESIDE=1 VALUE_SIZE=100 | grep '^round' >"$BESIDE_LINE" || true
