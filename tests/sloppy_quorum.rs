@@ -210,11 +210,13 @@ async fn slow_replicas_that_no_stand_in_can_replace_are_waited_for() {
 async fn a_quorum_read_asks_a_spare_when_the_replica_it_asked_hangs() {
     // node1 asks R = 2 replicas: itself and the next owner. That owner
     // hangs (node1 drops what it sends it and what comes back) but is
-    // not suspected yet: only the spare can make the read's quorum before
-    // the deadline. Failure detection is slowed so the dropped gossip
-    // does not take the owner out of the route first.
+    // not suspected yet: only the spare can make the read's quorum. It is
+    // read after `read_spare_ms` (100 ms): the slice of the deadline a
+    // fallback waits (15 s here) would outlast the client's 10 s timeout.
+    // Failure detection is slowed so the dropped gossip does not take the
+    // owner out of the route first.
     let cluster = Cluster::start_with(3, |c| {
-        c.timeouts.request_ms = 4000;
+        c.timeouts.request_ms = 60_000;
         c.gossip.suspect_after_ms = 60_000;
         c.gossip.down_after_ms = 120_000;
     })

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use actix::prelude::*;
 use dynakv::coordinator::{Planned, Planner, Write};
@@ -65,11 +66,13 @@ impl Coordinator {
         max_in_flight: usize,
         max_batch: usize,
         router: Router,
+        read_spare: Duration,
         operations: Operations,
         events: Events,
     ) -> Self {
         let sessions = SessionEnv {
             attempt_timeout: router.timeout / (u32::from(planner.limits.defaults.n) + 1),
+            read_spare,
             router,
             events,
             in_flight: AtomicUsize::new(0),

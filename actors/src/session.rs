@@ -69,6 +69,9 @@ pub struct SessionEnv {
     /// fallback, if one is left, is then asked in its place (a late answer
     /// still counts until the deadline).
     pub attempt_timeout: Duration,
+    /// The same while a quorum read has a replica it did not ask yet
+    /// (`timeouts.read_spare_ms`); the core picks (`slow_after`).
+    pub read_spare: Duration,
     pub events: Events,
     /// Sessions running; each decrements it when it ends.
     pub in_flight: AtomicUsize,
@@ -134,7 +137,11 @@ impl Session {
         // After a slice of the deadline a silent target is slow: a fallback,
         // if one is left, takes its place while there is time.
         if timed {
-            ctx.run_later(self.env.attempt_timeout, move |act, ctx| {
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            let after = self
+                .core
+                .slow_after(ms(self.env.attempt_timeout), ms(self.env.read_spare));
+            ctx.run_later(Duration::from_millis(after), move |act, ctx| {
                 for to in &sent {
                     let step = act.core.on_slow(to);
                     act.advance(step, ctx);

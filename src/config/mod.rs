@@ -221,8 +221,15 @@ impl Config {
             ));
         }
 
-        if self.timeouts.request_ms == 0 || self.timeouts.connect_ms == 0 {
-            return bad("timeouts.* must be positive".into());
+        let t = &self.timeouts;
+        for (name, ms) in [
+            ("request_ms", t.request_ms),
+            ("connect_ms", t.connect_ms),
+            ("read_spare_ms", t.read_spare_ms),
+        ] {
+            if ms == 0 {
+                return bad(format!("timeouts.{name} must be positive"));
+            }
         }
         let g = &self.gossip;
         if g.interval_ms == 0 {
@@ -393,6 +400,7 @@ mod tests {
         assert!(err("[storage]\nfsync = \"sometimes\"").contains("sometimes"));
         assert!(err("[storage]\nmemtable_mb = 2").contains("storage.memtable_mb = 2"));
         assert!(err("[limits]\nmax_frame_bytes = 1000").contains("max_frame_bytes"));
+        assert!(err("[timeouts]\nread_spare_ms = 0").contains("timeouts.read_spare_ms"));
         assert!(err("[tls]\ncert = \"c.pem\"").contains("must be set together"));
         assert!(err("[tls]\nrequire_client_cert = true").contains("needs tls.cert"));
         assert!(

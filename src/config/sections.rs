@@ -199,6 +199,10 @@ pub struct TimeoutsSection {
     pub request_ms: u64,
     /// Giving up on opening a peer connection.
     pub connect_ms: u64,
+    /// A replica a quorum read asked that has not answered by then is
+    /// slow: a replica not asked yet reads beside it (the first answers
+    /// count). Capped by the slice of `request_ms` a fallback waits.
+    pub read_spare_ms: u64,
 }
 
 impl Default for TimeoutsSection {
@@ -206,6 +210,7 @@ impl Default for TimeoutsSection {
         TimeoutsSection {
             request_ms: 5000,
             connect_ms: 2000,
+            read_spare_ms: 100,
         }
     }
 }

@@ -51,6 +51,7 @@ pub use observe::ObserveSession;
 pub use put::{Mint, PutSession, Written};
 pub use request::{Limits, Planned, Planner, Write};
 pub use route::{Replica, Route};
+use tally::Tally;
 
 use crate::crdt::Typed;
 use crate::error::Result;
@@ -179,10 +180,22 @@ impl Session {
     /// Whether a slow target could still be replaced (else `on_slow` does
     /// nothing, and a shell need not time targets).
     pub fn has_fallback(&self) -> bool {
+        self.tally().has_fallback()
+    }
+
+    /// How long, in ms, a target just asked may stay silent before the
+    /// shell calls `on_slow`: `spare_ms` (`timeouts.read_spare_ms`)
+    /// while a quorum read has a spare replica left, else `attempt_ms`
+    /// (the deadline's slice for a fallback).
+    pub fn slow_after(&self, attempt_ms: u64, spare_ms: u64) -> u64 {
+        self.tally().slow_after(attempt_ms, spare_ms)
+    }
+
+    fn tally(&self) -> &Tally {
         match self {
-            Session::Get(g) => g.tally.has_fallback(),
-            Session::Put(p) => p.tally.has_fallback(),
-            Session::Observe(o) => o.has_fallback(),
+            Session::Get(g) => &g.tally,
+            Session::Put(p) => &p.tally,
+            Session::Observe(o) => o.tally(),
         }
     }
 
@@ -828,6 +841,28 @@ mod tests {
         } = s.on_slow(&id("a"));
         assert_eq!(next.len(), 1);
         assert!(!s.has_fallback(), "d was the last one");
+    }
+
+    #[test]
+    fn a_target_is_slow_sooner_while_a_quorum_read_has_a_spare() {
+        let quorum = |targets: &[&str], fallbacks: &[&str]| {
+            let route = route(targets, fallbacks);
+            Session::Get(GetSession::start(b"k".to_vec(), route, 2, ReadFrom::Quorum).0)
+        };
+        let mut s = quorum(&["a", "b", "c"], &["d"]);
+        assert_eq!(
+            s.slow_after(1250, 100),
+            100,
+            "c could read beside a slow one"
+        );
+        assert_eq!(s.slow_after(50, 100), 50, "never later than the attempt");
+        assert_eq!(s.on_slow(&id("b")).send, vec![read(&id("c"), b"k")]);
+        assert_eq!(s.slow_after(1250, 100), 1250, "only the fallback is left");
+        assert_eq!(quorum(&["a", "b"], &["d"]).slow_after(1250, 100), 1250);
+        let all = Session::Get(get(&["a", "b", "c"], &["d"], 2));
+        assert_eq!(all.slow_after(1250, 100), 1250, "every replica was asked");
+        let write = Session::Put(put(&["a", "b", "c"], &["d"], 2).0);
+        assert_eq!(write.slow_after(1250, 100), 1250);
     }
 
     #[test]

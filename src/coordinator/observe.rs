@@ -18,6 +18,7 @@ use crate::version::SiblingSet;
 
 use super::put::{Mint, PutSession, Written};
 use super::route::Route;
+use super::tally::Tally;
 use super::{GetSession, Request, Step};
 
 pub struct ObserveSession {
@@ -104,10 +105,11 @@ impl ObserveSession {
         Step { send, answer }
     }
 
-    pub fn has_fallback(&self) -> bool {
+    /// The targets of the phase under way: the write's once it started.
+    pub(super) fn tally(&self) -> &Tally {
         match &self.write {
-            Some(write) => write.tally.has_fallback(),
-            None => self.read.tally.has_fallback(),
+            Some(write) => &write.tally,
+            None => &self.read.tally,
         }
     }
 

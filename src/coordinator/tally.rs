@@ -63,6 +63,17 @@ impl Tally {
         !self.spares.is_empty() || !self.fallbacks.is_empty()
     }
 
+    /// How long a target may stay silent before it is slow: `spare_ms`
+    /// while a spare replica is left to read beside it (a quorum read, whose
+    /// spares hold the key as the target does), `attempt_ms` otherwise.
+    pub(super) fn slow_after(&self, attempt_ms: u64, spare_ms: u64) -> u64 {
+        if self.spares.is_empty() {
+            attempt_ms
+        } else {
+            spare_ms.min(attempt_ms)
+        }
+    }
+
     /// Records target `i`'s failure and adds a new target in its place if
     /// one is left (`add_for`). Returns its index.
     pub(super) fn fail(&mut self, i: usize) -> Option<usize> {

@@ -198,6 +198,9 @@ const LOAD_STEP: usize = 2;
 /// Longer than any message's delay (`MAX_DELAY`).
 const GC_GRACE: u64 = 2_000;
 const ATTEMPT_TIMEOUT: u64 = 250;
+/// A quorum read's `timeouts.read_spare_ms`: well under the delays
+/// messages take, so spares often read beside slow targets.
+const READ_SPARE: u64 = 60;
 const DEADLINE: u64 = 1_000;
 const CALL_TIMEOUT: u64 = 1_000;
 const MAX_DELAY: u64 = 400;

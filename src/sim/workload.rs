@@ -19,7 +19,7 @@ use super::history::{Read, Write, describe};
 use super::network::Msg;
 use super::typed::{TYPED_KEYS, TypedOp};
 use super::world::Serves;
-use super::{ATTEMPT_TIMEOUT, DEADLINE, Event, Session, Sim, expiry, planner};
+use super::{ATTEMPT_TIMEOUT, DEADLINE, Event, READ_SPARE, Session, Sim, expiry, planner};
 
 #[derive(Debug, Clone, Copy)]
 pub(super) enum ClientOp {
@@ -203,6 +203,12 @@ impl Sim {
         reqs: Vec<Request>,
     ) {
         let life = self.nodes[node].life;
+        let slow_after = self.nodes[node]
+            .sessions
+            .get(&session)
+            .map_or(ATTEMPT_TIMEOUT, |s| {
+                s.core.slow_after(ATTEMPT_TIMEOUT, READ_SPARE)
+            });
         for r in reqs {
             let Some(to) = self.index(&r.to) else {
                 continue;
@@ -217,7 +223,7 @@ impl Sim {
                 },
             );
             self.schedule(
-                self.now + ATTEMPT_TIMEOUT,
+                self.now + slow_after,
                 Event::Attempt {
                     node,
                     life,
