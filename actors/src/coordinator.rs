@@ -13,8 +13,8 @@
 //! request (status, inspect, plan, namespaces, membership changes, fault
 //! injection) is answered by `crate::admin`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -76,6 +76,7 @@ impl Coordinator {
             router,
             events,
             in_flight: AtomicUsize::new(0),
+            read_latency: Mutex::default(),
         };
         Coordinator {
             planner,

@@ -8,12 +8,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use dynakv::coordinator::{Outcome, Request, Session as Core, Step, client_reply};
+use dynakv::coordinator::{Outcome, ReadLatency, Request, Session as Core, Step, client_reply};
 use dynakv::namespace::Kind;
 use dynakv::peer::PeerMsg;
 use dynakv::replica::ReplicaMsg;
@@ -69,12 +69,24 @@ pub struct SessionEnv {
     /// fallback, if one is left, is then asked in its place (a late answer
     /// still counts until the deadline).
     pub attempt_timeout: Duration,
-    /// The same while a quorum read has a replica it did not ask yet
+    /// The same while a quorum read has a replica it did not ask yet: the
+    /// recent replica reads' 99th percentile, and at least this
     /// (`timeouts.read_spare_ms`); the core picks (`slow_after`).
     pub read_spare: Duration,
+    /// How long replicas took to answer this coordinator's reads.
+    pub read_latency: Mutex<ReadLatency>,
     pub events: Events,
     /// Sessions running; each decrements it when it ends.
     pub in_flight: AtomicUsize,
+}
+
+impl SessionEnv {
+    fn read_latency(&self) -> MutexGuard<'_, ReadLatency> {
+        // The estimate stays usable even if a panic poisoned the lock.
+        self.read_latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 pub struct Session {
@@ -117,7 +129,9 @@ impl Session {
         // Targets are timed only while a fallback could replace one.
         let timed = self.core.has_fallback();
         let mut sent = Vec::new();
+        let asked = Instant::now();
         for Request { to, msg } in requests {
+            let is_read = matches!(msg, ReplicaMsg::Read { .. });
             // A peer has the whole deadline: a late answer still counts.
             let reply = self
                 .env
@@ -125,11 +139,12 @@ impl Session {
                 .call(to.clone(), msg)
                 .instrument(self.span.clone());
             let from = to.clone();
-            ctx.spawn(
-                reply
-                    .into_actor(self)
-                    .map(move |reply, act, ctx| act.on_reply(&from, reply, ctx)),
-            );
+            ctx.spawn(reply.into_actor(self).map(move |reply, act, ctx| {
+                if is_read && reply.is_ok() {
+                    act.env.read_latency().record(ms(asked.elapsed()));
+                }
+                act.on_reply(&from, reply, ctx)
+            }));
             if timed {
                 sent.push(to);
             }
@@ -137,10 +152,11 @@ impl Session {
         // After a slice of the deadline a silent target is slow: a fallback,
         // if one is left, takes its place while there is time.
         if timed {
-            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-            let after = self
-                .core
-                .slow_after(ms(self.env.attempt_timeout), ms(self.env.read_spare));
+            let spare = self
+                .env
+                .read_latency()
+                .spare_after_ms(ms(self.env.read_spare));
+            let after = self.core.slow_after(ms(self.env.attempt_timeout), spare);
             ctx.run_later(Duration::from_millis(after), move |act, ctx| {
                 for to in &sent {
                     let step = act.core.on_slow(to);
@@ -218,4 +234,9 @@ impl Actor for Session {
             "session ended without an answer".into(),
         ))));
     }
+}
+
+/// Whole milliseconds, saturating.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

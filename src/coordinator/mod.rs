@@ -40,6 +40,7 @@
 //! costs its vote.
 
 mod get;
+mod latency;
 mod observe;
 mod put;
 mod request;
@@ -47,6 +48,7 @@ mod route;
 mod tally;
 
 pub use get::GetSession;
+pub use latency::ReadLatency;
 pub use observe::ObserveSession;
 pub use put::{Mint, PutSession, Written};
 pub use request::{Limits, Planned, Planner, Write};
@@ -184,7 +186,7 @@ impl Session {
     }
 
     /// How long, in ms, a target just asked may stay silent before the
-    /// shell calls `on_slow`: `spare_ms` (`timeouts.read_spare_ms`)
+    /// shell calls `on_slow`: `spare_ms` (`ReadLatency::spare_after_ms`)
     /// while a quorum read has a spare replica left, else `attempt_ms`
     /// (the deadline's slice for a fallback).
     pub fn slow_after(&self, attempt_ms: u64, spare_ms: u64) -> u64 {

@@ -198,8 +198,10 @@ const LOAD_STEP: usize = 2;
 /// Longer than any message's delay (`MAX_DELAY`).
 const GC_GRACE: u64 = 2_000;
 const ATTEMPT_TIMEOUT: u64 = 250;
-/// A quorum read's `timeouts.read_spare_ms`: well under the delays
-/// messages take, so spares often read beside slow targets.
+/// A quorum read's wait before a spare (`timeouts.read_spare_ms`, the
+/// floor under the node's latency estimate, which the simulator does not
+/// keep): well under the delays messages take, so spares often read
+/// beside slow targets.
 const READ_SPARE: u64 = 60;
 const DEADLINE: u64 = 1_000;
 const CALL_TIMEOUT: u64 = 1_000;
