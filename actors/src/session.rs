@@ -70,7 +70,7 @@ pub struct SessionEnv {
     /// still counts until the deadline).
     pub attempt_timeout: Duration,
     /// The same while a quorum read has a replica it did not ask yet: the
-    /// recent replica reads' 99th percentile, and at least this
+    /// median replica's recent 99th percentile, and at least this
     /// (`timeouts.read_spare_ms`); the core picks (`slow_after`).
     pub read_spare: Duration,
     /// How long replicas took to answer this coordinator's reads.
@@ -141,7 +141,7 @@ impl Session {
             let from = to.clone();
             ctx.spawn(reply.into_actor(self).map(move |reply, act, ctx| {
                 if is_read && reply.is_ok() {
-                    act.env.read_latency().record(ms(asked.elapsed()));
+                    act.env.read_latency().record(&from, ms(asked.elapsed()));
                 }
                 act.on_reply(&from, reply, ctx)
             }));

@@ -200,7 +200,7 @@ pub struct TimeoutsSection {
     /// Giving up on opening a peer connection.
     pub connect_ms: u64,
     /// A replica a quorum read asked that has not answered by then (or by
-    /// the recent 99th percentile of replicas' answers, if later) is
+    /// the median replica's recent 99th percentile, if later) is
     /// slow: a replica not asked yet reads beside it (the first answers
     /// count). Capped by the slice of `request_ms` a fallback waits.
     pub read_spare_ms: u64,

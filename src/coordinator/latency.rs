@@ -2,37 +2,73 @@
 //! about that long before it reads a spare beside a silent replica (as
 //! Cassandra's speculative retry waits for the 99th percentile). A fixed
 //! wait below the load's own tail would read spares for reads that were
-//! merely slow, adding load when there is least room for it.
+//! merely slow, adding load when there is least room for it. Each
+//! replica's answers are kept apart and the wait is the median of their
+//! percentiles: one slow replica must not teach the node to wait for it.
+
+use std::collections::BTreeMap;
+
+use crate::node::NodeId;
 
 /// Buckets of milliseconds: bucket `i > 0` holds `2^(i-1) ..= 2^i - 1`,
 /// bucket 0 holds 0.
 const BUCKETS: usize = 32;
-/// Answers between two updates of the percentile; each update also halves
-/// the counts, so older answers weigh less and less.
+/// Answers of one replica between two updates of its percentile; each
+/// update also halves the counts, so older answers weigh less and less.
 const UPDATE_EVERY: u32 = 256;
 
-/// Recent replica answers to reads, by latency, and the upper bound of the
-/// bucket holding their 99th percentile.
+/// How long the replicas this node reads from took to answer.
 #[derive(Debug, Clone, Default)]
 pub struct ReadLatency {
+    replicas: BTreeMap<NodeId, Percentile>,
+    /// The lower median of the replicas' percentiles.
+    wait_ms: u64,
+}
+
+impl ReadLatency {
+    /// Replica `from` answered a read after `ms` milliseconds (a failure
+    /// or a silence is no answer: it is not recorded).
+    pub fn record(&mut self, from: &NodeId, ms: u64) {
+        if !self.replicas.contains_key(from) {
+            self.replicas.insert(from.clone(), Percentile::default());
+        }
+        let Some(p) = self.replicas.get_mut(from) else {
+            return;
+        };
+        if p.record(ms) {
+            let mut p99s: Vec<u64> = self.replicas.values().map(|p| p.p99_ms).collect();
+            p99s.sort_unstable();
+            self.wait_ms = p99s[(p99s.len() - 1) / 2];
+        }
+    }
+
+    /// How long a quorum read waits for a target before reading a spare
+    /// beside it: the median replica's recent 99th percentile (rounded up
+    /// to its bucket's bound), and at least `floor_ms`
+    /// (`timeouts.read_spare_ms`).
+    pub fn spare_after_ms(&self, floor_ms: u64) -> u64 {
+        self.wait_ms.max(floor_ms)
+    }
+}
+
+/// One replica's recent answers by latency, and the upper bound of the
+/// bucket holding their 99th percentile.
+#[derive(Debug, Clone, Default)]
+struct Percentile {
     counts: [u32; BUCKETS],
     since_update: u32,
     p99_ms: u64,
 }
 
-impl ReadLatency {
-    /// One replica answered a read after `ms` milliseconds (a failure or a
-    /// silence is no answer: it is not recorded).
-    pub fn record(&mut self, ms: u64) {
+impl Percentile {
+    /// Counts one answer; whether the percentile was updated.
+    fn record(&mut self, ms: u64) -> bool {
         let bucket = (u64::BITS - ms.leading_zeros()) as usize;
         self.counts[bucket.min(BUCKETS - 1)] += 1;
         self.since_update += 1;
-        if self.since_update >= UPDATE_EVERY {
-            self.update();
+        if self.since_update < UPDATE_EVERY {
+            return false;
         }
-    }
-
-    fn update(&mut self) {
         let total: u64 = self.counts.iter().map(|&c| u64::from(c)).sum();
         let wanted = total - total / 100;
         let mut seen = 0;
@@ -47,13 +83,7 @@ impl ReadLatency {
             *c /= 2;
         }
         self.since_update = 0;
-    }
-
-    /// How long a quorum read waits for a target before reading a spare
-    /// beside it: the recent 99th percentile (rounded up to its bucket's
-    /// bound), and at least `floor_ms` (`timeouts.read_spare_ms`).
-    pub fn spare_after_ms(&self, floor_ms: u64) -> u64 {
-        self.p99_ms.max(floor_ms)
+        true
     }
 }
 
@@ -61,10 +91,16 @@ impl ReadLatency {
 mod tests {
     use super::*;
 
-    fn recorded(samples: impl IntoIterator<Item = u64>) -> ReadLatency {
+    fn node(name: &str) -> NodeId {
+        NodeId::new(name).unwrap()
+    }
+
+    /// Answers from the replicas in turn, `ms(i)` for the i-th.
+    fn recorded(names: &[&str], n: usize, ms: impl Fn(usize) -> u64) -> ReadLatency {
+        let nodes: Vec<NodeId> = names.iter().map(|n| node(n)).collect();
         let mut l = ReadLatency::default();
-        for ms in samples {
-            l.record(ms);
+        for i in 0..n {
+            l.record(&nodes[i % nodes.len()], ms(i));
         }
         l
     }
@@ -72,7 +108,7 @@ mod tests {
     #[test]
     fn the_floor_holds_until_the_tail_passes_it() {
         assert_eq!(ReadLatency::default().spare_after_ms(100), 100);
-        let fast = recorded((0..1000).map(|i| i % 5));
+        let fast = recorded(&["a"], 1000, |i| i as u64 % 5);
         assert_eq!(fast.spare_after_ms(100), 100);
         assert_eq!(fast.spare_after_ms(1), 7, "4 ms reads: the 4-7 bucket");
     }
@@ -80,26 +116,37 @@ mod tests {
     #[test]
     fn the_wait_follows_the_99th_percentile_and_not_the_slowest() {
         // 2% of answers at 200 ms: the percentile is there.
-        let slow = recorded((0..1024).map(|i| if i % 50 == 0 { 200 } else { 2 }));
+        let slow = recorded(&["a"], 1024, |i| if i % 50 == 0 { 200 } else { 2 });
         assert_eq!(slow.spare_after_ms(100), 255);
         // 0.5% at 5 s: outliers past the percentile do not move it.
-        let outliers = recorded((0..1024).map(|i| if i % 200 == 0 { 5000 } else { 2 }));
+        let outliers = recorded(&["a"], 1024, |i| if i % 200 == 0 { 5000 } else { 2 });
         assert_eq!(outliers.spare_after_ms(100), 100);
     }
 
     #[test]
+    fn a_loaded_cluster_waits_longer_but_one_slow_replica_does_not() {
+        let loaded = recorded(&["a", "b", "c"], 3072, |i| if i % 40 < 3 { 300 } else { 2 });
+        assert_eq!(loaded.spare_after_ms(100), 511);
+        // c answers everything in 800 ms: a spare still reads beside it
+        // after the floor.
+        let one_slow = recorded(&["a", "b", "c"], 3072, |i| if i % 3 == 2 { 800 } else { 2 });
+        assert_eq!(one_slow.spare_after_ms(100), 100);
+    }
+
+    #[test]
     fn older_answers_fade() {
-        let mut l = recorded((0..1024).map(|_| 300));
+        let a = node("a");
+        let mut l = recorded(&["a"], 1024, |_| 300);
         assert_eq!(l.spare_after_ms(100), 511);
         for _ in 0..4096 {
-            l.record(1);
+            l.record(&a, 1);
         }
         assert_eq!(l.spare_after_ms(100), 100, "the load eased");
     }
 
     #[test]
     fn any_latency_has_a_bucket() {
-        let l = recorded([u64::MAX; UPDATE_EVERY as usize]);
+        let l = recorded(&["a"], UPDATE_EVERY as usize, |_| u64::MAX);
         assert_eq!(l.spare_after_ms(0), (1 << (BUCKETS - 1)) - 1);
     }
 }
