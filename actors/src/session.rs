@@ -126,7 +126,8 @@ impl Session {
         if requests.is_empty() {
             return;
         }
-        // Targets are timed only while a fallback could replace one.
+        // Targets are timed only while a spare or a fallback could replace
+        // one.
         let timed = self.core.has_fallback();
         let mut sent = Vec::new();
         let asked = Instant::now();
@@ -149,8 +150,9 @@ impl Session {
                 sent.push(to);
             }
         }
-        // After a slice of the deadline a silent target is slow: a fallback,
-        // if one is left, takes its place while there is time.
+        // A silent target is slow after a slice of the deadline, or sooner
+        // while a quorum read has a spare (the replicas' usual read time):
+        // a spare reads beside it, or a fallback takes its place.
         if timed {
             let spare = self
                 .env
