@@ -15,10 +15,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use actix::prelude::*;
-use dynakv::coordinator::{Planned, Planner, Write};
+use dynakv::coordinator::{Planned, Planner, ReadLatency, Write};
 use dynakv::listing::{Listing, coverage};
 use dynakv::replica::ReplicaMsg;
 use dynakv::ring::Ring;
@@ -66,17 +65,16 @@ impl Coordinator {
         max_in_flight: usize,
         max_batch: usize,
         router: Router,
-        read_spare: Duration,
+        read_spare_ms: u64,
         operations: Operations,
         events: Events,
     ) -> Self {
         let sessions = SessionEnv {
             attempt_timeout: router.timeout / (u32::from(planner.limits.defaults.n) + 1),
-            read_spare,
             router,
             events,
             in_flight: AtomicUsize::new(0),
-            read_latency: Mutex::default(),
+            read_latency: Mutex::new(ReadLatency::new(read_spare_ms)),
         };
         Coordinator {
             planner,

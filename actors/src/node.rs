@@ -372,7 +372,7 @@ fn start_on(
         config.limits.max_in_flight as usize,
         config.limits.max_batch as usize,
         router,
-        Duration::from_millis(config.timeouts.read_spare_ms),
+        config.timeouts.read_spare_ms,
         operations,
         events.clone(),
     );

@@ -69,11 +69,10 @@ pub struct SessionEnv {
     /// fallback, if one is left, is then asked in its place (a late answer
     /// still counts until the deadline).
     pub attempt_timeout: Duration,
-    /// The same while a quorum read has a replica it did not ask yet: the
-    /// median replica's recent 99th percentile, and at least this
-    /// (`timeouts.read_spare_ms`); the core picks (`slow_after`).
-    pub read_spare: Duration,
-    /// How long replicas took to answer this coordinator's reads.
+    /// How long replicas took to answer this coordinator's reads, and so
+    /// how long a target may stay silent while a quorum read has a replica
+    /// it did not ask yet; the core picks which wait applies
+    /// (`slow_after`).
     pub read_latency: Mutex<ReadLatency>,
     pub events: Events,
     /// Sessions running; each decrements it when it ends.
@@ -154,10 +153,7 @@ impl Session {
         // while a quorum read has a spare (the replicas' usual read time):
         // a spare reads beside it, or a fallback takes its place.
         if timed {
-            let spare = self
-                .env
-                .read_latency()
-                .spare_after_ms(ms(self.env.read_spare));
+            let spare = self.env.read_latency().spare_after_ms();
             let after = self.core.slow_after(ms(self.env.attempt_timeout), spare);
             ctx.run_later(Duration::from_millis(after), move |act, ctx| {
                 for to in &sent {

@@ -20,12 +20,22 @@ const UPDATE_EVERY: u32 = 256;
 /// How long the replicas this node reads from took to answer.
 #[derive(Debug, Clone, Default)]
 pub struct ReadLatency {
+    /// The shortest wait (`timeouts.read_spare_ms`).
+    floor_ms: u64,
     replicas: BTreeMap<NodeId, Percentile>,
     /// The lower median of the replicas' percentiles.
     wait_ms: u64,
 }
 
 impl ReadLatency {
+    /// No answers yet: the wait is `floor_ms` until they say otherwise.
+    pub fn new(floor_ms: u64) -> Self {
+        ReadLatency {
+            floor_ms,
+            ..ReadLatency::default()
+        }
+    }
+
     /// Replica `from` answered a read after `ms` milliseconds (a failure
     /// or a silence is no answer: it is not recorded).
     pub fn record(&mut self, from: &NodeId, ms: u64) {
@@ -44,10 +54,9 @@ impl ReadLatency {
 
     /// How long a quorum read waits for a target before reading a spare
     /// beside it: the median replica's recent 99th percentile (rounded up
-    /// to its bucket's bound), and at least `floor_ms`
-    /// (`timeouts.read_spare_ms`).
-    pub fn spare_after_ms(&self, floor_ms: u64) -> u64 {
-        self.wait_ms.max(floor_ms)
+    /// to its bucket's bound), and at least the floor.
+    pub fn spare_after_ms(&self) -> u64 {
+        self.wait_ms.max(self.floor_ms)
     }
 }
 
@@ -95,10 +104,20 @@ mod tests {
         NodeId::new(name).unwrap()
     }
 
-    /// Answers from the replicas in turn, `ms(i)` for the i-th.
+    /// Answers from the replicas in turn, `ms(i)` for the i-th, under
+    /// a floor of 100 ms.
     fn recorded(names: &[&str], n: usize, ms: impl Fn(usize) -> u64) -> ReadLatency {
+        recorded_above(100, names, n, ms)
+    }
+
+    fn recorded_above(
+        floor_ms: u64,
+        names: &[&str],
+        n: usize,
+        ms: impl Fn(usize) -> u64,
+    ) -> ReadLatency {
         let nodes: Vec<NodeId> = names.iter().map(|n| node(n)).collect();
-        let mut l = ReadLatency::default();
+        let mut l = ReadLatency::new(floor_ms);
         for i in 0..n {
             l.record(&nodes[i % nodes.len()], ms(i));
         }
@@ -107,46 +126,46 @@ mod tests {
 
     #[test]
     fn the_floor_holds_until_the_tail_passes_it() {
-        assert_eq!(ReadLatency::default().spare_after_ms(100), 100);
-        let fast = recorded(&["a"], 1000, |i| i as u64 % 5);
-        assert_eq!(fast.spare_after_ms(100), 100);
-        assert_eq!(fast.spare_after_ms(1), 7, "4 ms reads: the 4-7 bucket");
+        assert_eq!(ReadLatency::new(100).spare_after_ms(), 100);
+        let fast = |floor| recorded_above(floor, &["a"], 1000, |i| i as u64 % 5);
+        assert_eq!(fast(100).spare_after_ms(), 100);
+        assert_eq!(fast(1).spare_after_ms(), 7, "4 ms reads: the 4-7 bucket");
     }
 
     #[test]
     fn the_wait_follows_the_99th_percentile_and_not_the_slowest() {
         // 2% of answers at 200 ms: the percentile is there.
         let slow = recorded(&["a"], 1024, |i| if i % 50 == 0 { 200 } else { 2 });
-        assert_eq!(slow.spare_after_ms(100), 255);
+        assert_eq!(slow.spare_after_ms(), 255);
         // 0.5% at 5 s: outliers past the percentile do not move it.
         let outliers = recorded(&["a"], 1024, |i| if i % 200 == 0 { 5000 } else { 2 });
-        assert_eq!(outliers.spare_after_ms(100), 100);
+        assert_eq!(outliers.spare_after_ms(), 100);
     }
 
     #[test]
     fn a_loaded_cluster_waits_longer_but_one_slow_replica_does_not() {
         let loaded = recorded(&["a", "b", "c"], 3072, |i| if i % 40 < 3 { 300 } else { 2 });
-        assert_eq!(loaded.spare_after_ms(100), 511);
+        assert_eq!(loaded.spare_after_ms(), 511);
         // c answers everything in 800 ms: a spare still reads beside it
         // after the floor.
         let one_slow = recorded(&["a", "b", "c"], 3072, |i| if i % 3 == 2 { 800 } else { 2 });
-        assert_eq!(one_slow.spare_after_ms(100), 100);
+        assert_eq!(one_slow.spare_after_ms(), 100);
     }
 
     #[test]
     fn older_answers_fade() {
         let a = node("a");
         let mut l = recorded(&["a"], 1024, |_| 300);
-        assert_eq!(l.spare_after_ms(100), 511);
+        assert_eq!(l.spare_after_ms(), 511);
         for _ in 0..4096 {
             l.record(&a, 1);
         }
-        assert_eq!(l.spare_after_ms(100), 100, "the load eased");
+        assert_eq!(l.spare_after_ms(), 100, "the load eased");
     }
 
     #[test]
     fn any_latency_has_a_bucket() {
-        let l = recorded(&["a"], UPDATE_EVERY as usize, |_| u64::MAX);
-        assert_eq!(l.spare_after_ms(0), (1 << (BUCKETS - 1)) - 1);
+        let l = recorded_above(0, &["a"], UPDATE_EVERY as usize, |_| u64::MAX);
+        assert_eq!(l.spare_after_ms(), (1 << (BUCKETS - 1)) - 1);
     }
 }
