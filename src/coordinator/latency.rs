@@ -16,6 +16,13 @@ const BUCKETS: usize = 32;
 /// Answers of one replica between two updates of its percentile; each
 /// update also halves the counts, so older answers weigh less and less.
 const UPDATE_EVERY: u32 = 256;
+/// Answers (from any replica) after which a replica that gave none of
+/// them is forgotten: one that left the cluster, or stopped holding keys
+/// this node reads, must not hold its last percentile in the median for
+/// the rest of the node's life. Large enough that a live replica of a
+/// cluster of a thousand nodes, asked by this node for about one read in
+/// a thousand, answers hundreds of them.
+const FORGET_AFTER: u64 = 1 << 20;
 
 /// How long the replicas this node reads from took to answer.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +30,8 @@ pub struct ReadLatency {
     /// The shortest wait (`timeouts.read_spare_ms`).
     floor_ms: u64,
     replicas: BTreeMap<NodeId, Percentile>,
+    /// Answers recorded, from every replica.
+    answers: u64,
     /// The lower median of the replicas' percentiles.
     wait_ms: u64,
 }
@@ -39,17 +48,28 @@ impl ReadLatency {
     /// Replica `from` answered a read after `ms` milliseconds (a failure
     /// or a silence is no answer: it is not recorded).
     pub fn record(&mut self, from: &NodeId, ms: u64) {
+        self.answers += 1;
         if !self.replicas.contains_key(from) {
             self.replicas.insert(from.clone(), Percentile::default());
         }
         let Some(p) = self.replicas.get_mut(from) else {
             return;
         };
+        p.last_answer = self.answers;
         if p.record(ms) {
+            let answers = self.answers;
+            self.replicas
+                .retain(|_, p| answers - p.last_answer < FORGET_AFTER);
             let mut p99s: Vec<u64> = self.replicas.values().map(|p| p.p99_ms).collect();
             p99s.sort_unstable();
             self.wait_ms = p99s[(p99s.len() - 1) / 2];
         }
+    }
+
+    /// The replicas whose answers count.
+    #[cfg(test)]
+    fn replicas(&self) -> usize {
+        self.replicas.len()
     }
 
     /// How long a quorum read waits for a target before reading a spare
@@ -67,6 +87,8 @@ struct Percentile {
     counts: [u32; BUCKETS],
     since_update: u32,
     p99_ms: u64,
+    /// `ReadLatency::answers` at this replica's latest answer.
+    last_answer: u64,
 }
 
 impl Percentile {
@@ -161,6 +183,36 @@ mod tests {
             l.record(&a, 1);
         }
         assert_eq!(l.spare_after_ms(), 100, "the load eased");
+    }
+
+    #[test]
+    fn a_replica_that_no_longer_answers_is_forgotten() {
+        let (a, b, gone) = (node("a"), node("b"), node("gone"));
+        let mut l = recorded(
+            &["a", "b", "gone"],
+            3072,
+            |i| if i % 3 == 0 { 2 } else { 300 },
+        );
+        assert_eq!(l.replicas(), 3);
+        assert_eq!(l.spare_after_ms(), 511, "b and gone are slow");
+        // gone left; b and a answer fast from now on. Until gone is
+        // forgotten its old percentile is one of the three.
+        let mut i = 0u64;
+        while l.replicas() == 3 {
+            assert!(
+                i < FORGET_AFTER + 2 * u64::from(UPDATE_EVERY),
+                "gone never forgotten"
+            );
+            l.record(if i.is_multiple_of(2) { &a } else { &b }, 2);
+            i += 1;
+        }
+        assert!(i >= FORGET_AFTER - 1, "forgotten after {i} answers");
+        assert_eq!(l.spare_after_ms(), 100);
+        // Answering again brings it back.
+        for _ in 0..UPDATE_EVERY {
+            l.record(&gone, 2);
+        }
+        assert_eq!(l.replicas(), 3);
     }
 
     #[test]
