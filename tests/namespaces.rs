@@ -143,6 +143,42 @@ async fn namespaces_made_on_any_node_reach_every_node_and_survive_a_restart() {
     cluster.stop().await.unwrap();
 }
 
+/// The caller of a change learns when every member holds it (Cassandra's
+/// schema agreement): a member cut off from gossip is named until the cut
+/// heals, and once all agree every node serves the new namespace at once.
+#[actix_rt::test]
+async fn the_caller_learns_when_every_member_holds_a_change() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let made = cluster.client(0).await.unwrap();
+    cluster.partition(&[2]).await;
+    made.change_namespace(create("carts", Changes::default()))
+        .await
+        .unwrap();
+    let cut = made
+        .namespace_agreement(Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert!(!cut.is_complete(), "{cut:?}");
+    assert_eq!(cut.behind.last(), Some(&cluster.id(2)), "{cut:?}");
+    assert!(cut.unreachable.is_empty(), "{cut:?}");
+
+    cluster.heal().await;
+    let all = made.namespace_agreement(WAIT).await.unwrap();
+    assert!(all.is_complete(), "{all:?}");
+    let mut ids: Vec<_> = (0..3).map(|i| cluster.id(i)).collect();
+    ids.sort();
+    assert_eq!(all.agreed, ids);
+    for i in 0..3 {
+        let carts = cluster
+            .client(i)
+            .await
+            .unwrap()
+            .in_namespace("carts")
+            .unwrap();
+        carts.put(b"k", b"v", &[], None).await.unwrap();
+    }
+}
+
 #[actix_rt::test]
 async fn bad_namespace_requests_are_refused_naming_what_is_wrong() {
     let cluster = Cluster::start(3).await.unwrap();
@@ -214,15 +250,12 @@ async fn the_cli_creates_shows_lists_and_drops_namespaces() {
         &a,
     ]);
     assert!(ok, "{err}");
-    assert_eq!(out, "namespace carts created");
-
-    let shown = wait_for(WAIT, "node 2 to know carts", || async {
-        let (ok, out, err) = cli(&["ns", "show", "carts", "--json", "--node", &b]);
-        check(ok, || err)?;
-        Ok(serde_json::from_str::<serde_json::Value>(&out).unwrap())
-    })
-    .await
-    .unwrap();
+    // The command returns once every member has the change: node 2 knows
+    // carts at once.
+    assert_eq!(out, "namespace carts created\non all 3 members");
+    let (ok, out, err) = cli(&["ns", "show", "carts", "--json", "--node", &b]);
+    assert!(ok, "{err}");
+    let shown = serde_json::from_str::<serde_json::Value>(&out).unwrap();
     assert_eq!(shown["r"], 1);
     assert_eq!(shown["max_siblings"], 8);
     assert_eq!(shown["type"], "blob");
@@ -269,7 +302,10 @@ async fn the_cli_creates_shows_lists_and_drops_namespaces() {
     assert!(!ok && err.contains("no namespace nope"), "{err}");
 
     let (ok, out, err) = cli(&["ns", "drop", "carts", "--node", &b]);
-    assert!(ok && out == "namespace carts dropped", "{err}");
+    assert!(
+        ok && out == "namespace carts dropped\non all 3 members",
+        "{out} {err}"
+    );
 
     // Data types: operations in, one merged value out, as text or JSON.
     for (name, kind) in [("hits", "counter"), ("bag", "set")] {
@@ -353,6 +389,30 @@ async fn the_cli_creates_shows_lists_and_drops_namespaces() {
     );
     let (ok, _, err) = cli(&["hset", "--ns", "users", "ann", "", "v", "--node", &a]);
     assert!(!ok && err.contains("a field name of 0 bytes"), "{err}");
+}
+
+/// A member that hangs (SIGSTOP) does not keep the command from hearing
+/// the others: it names the hung one after `--timeout` and succeeds, and
+/// the change is on every member that answers.
+#[actix_rt::test]
+async fn a_change_names_a_hung_member_and_still_reaches_the_others() {
+    let cluster = ProcessCluster::start(3, "");
+    for i in 0..3 {
+        cluster.wait_formed(i, 3, WAIT).await;
+    }
+    let [a, b] = [0, 1].map(|i| cluster.client_addrs[i].clone());
+    cluster.signal(2, "STOP");
+    let (ok, out, err) = cli(&["ns", "create", "carts", "--timeout", "3s", "--node", &a]);
+    cluster.signal(2, "CONT");
+    assert!(ok, "{err}");
+    assert_eq!(out, "namespace carts created");
+    assert_eq!(
+        err,
+        "warning: on 2 of 3 members after 3s; node3 did not answer \
+         (gossip takes the change to them)"
+    );
+    let (ok, _, err) = cli(&["ns", "show", "carts", "--node", &b]);
+    assert!(ok, "{err}");
 }
 
 #[actix_rt::test]

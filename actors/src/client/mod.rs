@@ -40,6 +40,7 @@
 //! # let _ = written; Ok(()) }
 //! ```
 
+mod agreement;
 mod connection;
 mod router;
 mod typed;
@@ -59,6 +60,7 @@ use dynakv::{Error, NodeId, Result};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use agreement::Agreement;
 use connection::{connecting, unexpected};
 use router::{Shared, answered, refresh_every};
 pub use typed::TypedResult;
@@ -513,7 +515,8 @@ impl Client {
     }
 
     /// Creates, alters or drops a namespace (at this client's node; gossip
-    /// takes the change to every other node). Returns what was done.
+    /// takes the change to every other node, `namespace_agreement` says
+    /// when it has). Returns what was done.
     pub async fn change_namespace(&self, request: namespace::Request) -> Result<String> {
         done(self.call(ClientOp::Namespace(request)).await?)
     }

@@ -44,13 +44,47 @@ pub async fn namespaces(command: NsCommand, options: Options) -> Result<()> {
         cluster: target.cluster,
         ..options
     };
+    let within = options.timeout;
     let client = first_answering(&target.node, options).await?;
     if request.changes_table() {
         say!("{}", client.change_namespace(request).await?);
-        return Ok(());
+        return agreed(&client, within).await;
     }
     let shown = matches!(request, Request::Show { .. });
     print_namespaces(&client.namespaces(request).await?, shown, json)
+}
+
+/// Waits until every member holds the change (`--timeout`), as a script
+/// that uses a namespace right after creating it needs; says which members
+/// do not have it yet if some still do not. The change is made either way:
+/// gossip takes it to them once they can be reached.
+async fn agreed(client: &Client, within: std::time::Duration) -> Result<()> {
+    let agreement = client.namespace_agreement(within).await?;
+    if agreement.is_complete() {
+        say!("on all {} members", agreement.agreed.len());
+        return Ok(());
+    }
+    let names = |ids: &[NodeId]| {
+        ids.iter()
+            .map(NodeId::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut missing = Vec::new();
+    if !agreement.behind.is_empty() {
+        missing.push(format!("not yet on {}", names(&agreement.behind)));
+    }
+    if !agreement.unreachable.is_empty() {
+        missing.push(format!("{} did not answer", names(&agreement.unreachable)));
+    }
+    eprintln!(
+        "warning: on {} of {} members after {}; {} (gossip takes the change to them)",
+        agreement.agreed.len(),
+        agreement.agreed.len() + agreement.behind.len() + agreement.unreachable.len(),
+        humantime::format_duration(within),
+        missing.join("; ")
+    );
+    Ok(())
 }
 
 /// The settings given on the command line, checked.
