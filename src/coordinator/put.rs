@@ -217,7 +217,10 @@ impl PutSession {
     fn answer_if_due(&mut self) -> Option<Result<Written>> {
         if self.tally.answered {
             None
-        } else if let Some(written) = self.written.clone().filter(|_| self.tally.reached()) {
+        } else if let Some(written) = self.written.as_ref().filter(|_| self.tally.reached()) {
+            // Cloned only when answered: the set holds the value, which may
+            // be megabytes.
+            let written = written.clone();
             self.tally.answer(Ok(written))
         } else if self.tally.impossible() || (self.written.is_none() && self.minter.is_none()) {
             self.tally.time_out()
