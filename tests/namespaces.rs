@@ -155,12 +155,12 @@ async fn the_caller_learns_when_every_member_holds_a_change() {
         .await
         .unwrap();
     let cut = made
-        .namespace_agreement(Duration::from_millis(500))
+        .namespace_agreement(Duration::from_secs(5))
         .await
         .unwrap();
     assert!(!cut.is_complete(), "{cut:?}");
-    assert_eq!(cut.behind.last(), Some(&cluster.id(2)), "{cut:?}");
-    assert!(cut.unreachable.is_empty(), "{cut:?}");
+    assert!(cut.behind.contains(&cluster.id(2)), "{cut:?}");
+    assert!(!cut.agreed.contains(&cluster.id(2)), "{cut:?}");
 
     cluster.heal().await;
     let all = made.namespace_agreement(WAIT).await.unwrap();
@@ -402,13 +402,13 @@ async fn a_change_names_a_hung_member_and_still_reaches_the_others() {
     }
     let [a, b] = [0, 1].map(|i| cluster.client_addrs[i].clone());
     cluster.signal(2, "STOP");
-    let (ok, out, err) = cli(&["ns", "create", "carts", "--timeout", "3s", "--node", &a]);
+    let (ok, out, err) = cli(&["ns", "create", "carts", "--timeout", "5s", "--node", &a]);
     cluster.signal(2, "CONT");
     assert!(ok, "{err}");
     assert_eq!(out, "namespace carts created");
     assert_eq!(
         err,
-        "warning: on 2 of 3 members after 3s; node3 did not answer \
+        "warning: on 2 of 3 members after 5s; node3 did not answer \
          (gossip takes the change to them)"
     );
     let (ok, _, err) = cli(&["ns", "show", "carts", "--node", &b]);

@@ -9,6 +9,7 @@
 //! wait until every member lists the same namespaces, and learn which
 //! ones do not yet.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dynakv::namespace::{Info, Request};
@@ -20,7 +21,8 @@ use tokio::time::{Instant, sleep, timeout};
 use super::connection::unexpected;
 use super::{Client, Options};
 
-/// How long to wait between two rounds of asking the members.
+/// How long to wait between two rounds of asking the members that do not
+/// agree yet.
 const POLL: Duration = Duration::from_millis(50);
 /// How long one member has to answer in a round: a member that hangs
 /// (stopped, its host gone) must not hold up hearing from the others.
@@ -31,9 +33,9 @@ const ASK: Duration = Duration::from_secs(1);
 pub struct Agreement {
     /// Members that list the same namespaces as this client's node.
     pub agreed: Vec<NodeId>,
-    /// Members that answered with a different list.
+    /// Members whose latest answer was a different list.
     pub behind: Vec<NodeId>,
-    /// Members that did not answer (stopped, unreachable).
+    /// Members that never answered (stopped, unreachable).
     pub unreachable: Vec<NodeId>,
 }
 
@@ -44,6 +46,23 @@ impl Agreement {
     }
 }
 
+/// What the rounds so far heard from one member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    Agreed,
+    Behind,
+}
+
+/// What the rounds so far learned, about `ours`, this node's list then.
+/// A member that has a table keeps it (changes only join), so one that
+/// agreed is not asked again until this node's list changes; one that
+/// answered behind and then did not answer in time is still behind.
+#[derive(Default)]
+struct Rounds {
+    ours: Vec<Info>,
+    heard: BTreeMap<NodeId, Heard>,
+}
+
 impl Client {
     /// Waits at most `within` until every member of the cluster (all but
     /// those that left or were removed) lists the namespaces this client's
@@ -52,8 +71,9 @@ impl Client {
     /// everywhere before using it.
     pub async fn namespace_agreement(&self, within: Duration) -> Result<Agreement> {
         let deadline = Instant::now() + within;
+        let mut rounds = Rounds::default();
         loop {
-            let agreement = self.agreement(deadline).await?;
+            let agreement = self.agreement(deadline, &mut rounds).await?;
             if agreement.is_complete() || Instant::now() + POLL >= deadline {
                 return Ok(agreement);
             }
@@ -61,11 +81,15 @@ impl Client {
         }
     }
 
-    /// One round: this node's list and its view's members, then every
-    /// member's list (this node's included), asked all at once, each for
-    /// at most `ASK` and not past `deadline`.
-    async fn agreement(&self, deadline: Instant) -> Result<Agreement> {
+    /// One round: this node's list and its view's members, then the list
+    /// of every member not yet known to agree (this node's included),
+    /// asked all at once, each for at most `ASK` and not past `deadline`.
+    async fn agreement(&self, deadline: Instant, rounds: &mut Rounds) -> Result<Agreement> {
         let ours = self.namespaces(Request::List).await?;
+        if ours != rounds.ours {
+            rounds.ours = ours;
+            rounds.heard.retain(|_, heard| *heard != Heard::Agreed);
+        }
         let view = match self.call(ClientOp::Ring).await? {
             ClientReply::Ring(snapshot) => snapshot.view,
             other => return Err(unexpected(other)),
@@ -74,23 +98,37 @@ impl Client {
             timeout: ASK.min(deadline.saturating_duration_since(Instant::now())),
             ..self.shared.options.clone()
         };
-        let members: Vec<_> = view
+        let members: Vec<&NodeId> = view
             .members
             .values()
             .filter(|m| m.status.is_live())
+            .map(|m| &m.id)
             .collect();
-        let lists = join_all(members.iter().map(|m| {
+        let asked: Vec<_> = view
+            .members
+            .values()
+            .filter(|m| m.status.is_live() && rounds.heard.get(&m.id) != Some(&Heard::Agreed))
+            .collect();
+        let lists = join_all(asked.iter().map(|m| {
             let options = options.clone();
             async move { timeout(options.timeout, listed(&m.client_addr, options)).await }
         }))
         .await;
+        for (member, list) in asked.into_iter().zip(lists) {
+            if let Ok(Ok(theirs)) = list {
+                let heard = match theirs == rounds.ours {
+                    true => Heard::Agreed,
+                    false => Heard::Behind,
+                };
+                rounds.heard.insert(member.id.clone(), heard);
+            }
+        }
         let mut agreement = Agreement::default();
-        for (member, list) in members.into_iter().zip(lists) {
-            let id = member.id.clone();
-            match list {
-                Ok(Ok(theirs)) if theirs == ours => agreement.agreed.push(id),
-                Ok(Ok(_)) => agreement.behind.push(id),
-                Ok(Err(_)) | Err(_) => agreement.unreachable.push(id),
+        for id in members {
+            match rounds.heard.get(id) {
+                Some(Heard::Agreed) => agreement.agreed.push(id.clone()),
+                Some(Heard::Behind) => agreement.behind.push(id.clone()),
+                None => agreement.unreachable.push(id.clone()),
             }
         }
         Ok(agreement)
