@@ -98,16 +98,14 @@ impl Client {
             timeout: ASK.min(deadline.saturating_duration_since(Instant::now())),
             ..self.shared.options.clone()
         };
-        let members: Vec<&NodeId> = view
+        let live: Vec<_> = view
             .members
             .values()
             .filter(|m| m.status.is_live())
-            .map(|m| &m.id)
             .collect();
-        let asked: Vec<_> = view
-            .members
-            .values()
-            .filter(|m| m.status.is_live() && rounds.heard.get(&m.id) != Some(&Heard::Agreed))
+        let asked: Vec<_> = live
+            .iter()
+            .filter(|m| rounds.heard.get(&m.id) != Some(&Heard::Agreed))
             .collect();
         let lists = join_all(asked.iter().map(|m| {
             let options = options.clone();
@@ -116,19 +114,21 @@ impl Client {
         .await;
         for (member, list) in asked.into_iter().zip(lists) {
             if let Ok(Ok(theirs)) = list {
-                let heard = match theirs == rounds.ours {
-                    true => Heard::Agreed,
-                    false => Heard::Behind,
+                let heard = if theirs == rounds.ours {
+                    Heard::Agreed
+                } else {
+                    Heard::Behind
                 };
                 rounds.heard.insert(member.id.clone(), heard);
             }
         }
         let mut agreement = Agreement::default();
-        for id in members {
-            match rounds.heard.get(id) {
-                Some(Heard::Agreed) => agreement.agreed.push(id.clone()),
-                Some(Heard::Behind) => agreement.behind.push(id.clone()),
-                None => agreement.unreachable.push(id.clone()),
+        for member in live {
+            let id = member.id.clone();
+            match rounds.heard.get(&id) {
+                Some(Heard::Agreed) => agreement.agreed.push(id),
+                Some(Heard::Behind) => agreement.behind.push(id),
+                None => agreement.unreachable.push(id),
             }
         }
         Ok(agreement)
