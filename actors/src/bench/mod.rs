@@ -345,8 +345,8 @@ pub async fn run(spec: Spec) -> Result<Report> {
 }
 
 /// The client in namespace `name` of type `kind`, created if the mix runs
-/// `op` and it does not exist yet (then waited for until every node has
-/// it).
+/// `op` and it does not exist yet (then waited for until every node that
+/// answers has it).
 async fn typed_namespace(
     client: &Client,
     spec: &Spec,
