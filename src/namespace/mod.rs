@@ -26,8 +26,10 @@ use crate::config::MAX_N;
 use crate::error::{Error, Result};
 use crate::node::NodeId;
 
+mod agreement;
 mod kind;
 
+pub use agreement::{Agreement, Rounds};
 pub use kind::Kind;
 
 /// The namespace every request without one uses.

@@ -1,5 +1,6 @@
 //! Namespace agreement: whether every member already holds the namespace
-//! table this client's node holds.
+//! table this client's node holds. The core's `Rounds` decides whom to
+//! ask and tallies the answers; this asks.
 //!
 //! A namespace change is made at one node and reaches the others by
 //! gossip, within a few rounds. Until a node has it, that node refuses the
@@ -9,12 +10,11 @@
 //! wait until every member lists the same namespaces, and learn which
 //! ones do not yet.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use dynakv::namespace::{Info, Request};
+use dynakv::Result;
+use dynakv::namespace::{Agreement, Info, Request, Rounds};
 use dynakv::wire::{ClientOp, ClientReply};
-use dynakv::{NodeId, Result};
 use futures_util::future::join_all;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -27,41 +27,6 @@ const POLL: Duration = Duration::from_millis(50);
 /// How long one member has to answer in a round: a member that hangs
 /// (stopped, its host gone) must not hold up hearing from the others.
 const ASK: Duration = Duration::from_secs(1);
-
-/// How far this client's node's namespace table has spread.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Agreement {
-    /// Members that list the same namespaces as this client's node.
-    pub agreed: Vec<NodeId>,
-    /// Members whose latest answer was a different list.
-    pub behind: Vec<NodeId>,
-    /// Members that never answered (stopped, unreachable).
-    pub unreachable: Vec<NodeId>,
-}
-
-impl Agreement {
-    /// Whether every member lists the same namespaces.
-    pub fn is_complete(&self) -> bool {
-        self.behind.is_empty() && self.unreachable.is_empty()
-    }
-}
-
-/// What the rounds so far heard from one member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Heard {
-    Agreed,
-    Behind,
-}
-
-/// What the rounds so far learned, about `ours`, this node's list then.
-/// A member that has a table keeps it (changes only join), so one that
-/// agreed is not asked again until this node's list changes; one that
-/// answered behind and then did not answer in time is still behind.
-#[derive(Default)]
-struct Rounds {
-    ours: Vec<Info>,
-    heard: BTreeMap<NodeId, Heard>,
-}
 
 impl Client {
     /// Waits at most `within` until every member of the cluster (all but
@@ -85,11 +50,7 @@ impl Client {
     /// of every member not yet known to agree (this node's included),
     /// asked all at once, each for at most `ASK` and not past `deadline`.
     async fn agreement(&self, deadline: Instant, rounds: &mut Rounds) -> Result<Agreement> {
-        let ours = self.namespaces(Request::List).await?;
-        if ours != rounds.ours {
-            rounds.ours = ours;
-            rounds.heard.retain(|_, heard| *heard != Heard::Agreed);
-        }
+        rounds.ours(self.namespaces(Request::List).await?);
         let view = match self.call(ClientOp::Ring).await? {
             ClientReply::Ring(snapshot) => snapshot.view,
             other => return Err(unexpected(other)),
@@ -103,10 +64,7 @@ impl Client {
             .values()
             .filter(|m| m.status.is_live())
             .collect();
-        let asked: Vec<_> = live
-            .iter()
-            .filter(|m| rounds.heard.get(&m.id) != Some(&Heard::Agreed))
-            .collect();
+        let asked: Vec<_> = live.iter().filter(|m| rounds.asks(&m.id)).collect();
         let lists = join_all(asked.iter().map(|m| {
             let options = options.clone();
             async move { timeout(options.timeout, listed(&m.client_addr, options)).await }
@@ -114,24 +72,10 @@ impl Client {
         .await;
         for (member, list) in asked.into_iter().zip(lists) {
             if let Ok(Ok(theirs)) = list {
-                let heard = if theirs == rounds.ours {
-                    Heard::Agreed
-                } else {
-                    Heard::Behind
-                };
-                rounds.heard.insert(member.id.clone(), heard);
+                rounds.heard(member.id.clone(), &theirs);
             }
         }
-        let mut agreement = Agreement::default();
-        for member in live {
-            let id = member.id.clone();
-            match rounds.heard.get(&id) {
-                Some(Heard::Agreed) => agreement.agreed.push(id),
-                Some(Heard::Behind) => agreement.behind.push(id),
-                None => agreement.unreachable.push(id),
-            }
-        }
-        Ok(agreement)
+        Ok(rounds.tally(live.iter().map(|m| &m.id)))
     }
 }
 

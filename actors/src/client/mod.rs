@@ -60,8 +60,8 @@ use dynakv::{Error, NodeId, Result};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use agreement::Agreement;
 use connection::{connecting, unexpected};
+pub use dynakv::namespace::Agreement;
 use router::{Shared, answered, refresh_every};
 pub use typed::TypedResult;
 
