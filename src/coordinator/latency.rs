@@ -66,12 +66,6 @@ impl ReadLatency {
         }
     }
 
-    /// The replicas whose answers count.
-    #[cfg(test)]
-    fn replicas(&self) -> usize {
-        self.replicas.len()
-    }
-
     /// How long a quorum read waits for a target before reading a spare
     /// beside it: the median replica's recent 99th percentile (rounded up
     /// to its bucket's bound), and at least the floor.
@@ -193,12 +187,12 @@ mod tests {
             3072,
             |i| if i % 3 == 0 { 2 } else { 300 },
         );
-        assert_eq!(l.replicas(), 3);
+        assert_eq!(l.replicas.len(), 3);
         assert_eq!(l.spare_after_ms(), 511, "b and gone are slow");
         // gone left; b and a answer fast from now on. Until gone is
         // forgotten its old percentile is one of the three.
         let mut i = 0u64;
-        while l.replicas() == 3 {
+        while l.replicas.len() == 3 {
             assert!(
                 i < FORGET_AFTER + 2 * u64::from(UPDATE_EVERY),
                 "gone never forgotten"
@@ -212,7 +206,7 @@ mod tests {
         for _ in 0..UPDATE_EVERY {
             l.record(&gone, 2);
         }
-        assert_eq!(l.replicas(), 3);
+        assert_eq!(l.replicas.len(), 3);
     }
 
     #[test]
