@@ -15,9 +15,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use dynakv::coordinator::{Planned, Planner, ReadLatency, Write};
+use dynakv::config::LimitsSection;
+use dynakv::coordinator::{
+    Admit, LargeWrites, Planned, Planner, ReadLatency, Write, YieldSettings,
+};
 use dynakv::listing::{Listing, coverage};
 use dynakv::replica::ReplicaMsg;
 use dynakv::ring::Ring;
@@ -62,24 +66,29 @@ pub struct Coordinator {
 impl Coordinator {
     pub fn new(
         planner: Planner,
-        max_in_flight: usize,
-        max_batch: usize,
+        limits: &LimitsSection,
         router: Router,
         read_spare_ms: u64,
         operations: Operations,
         events: Events,
     ) -> Self {
+        let large_writes = YieldSettings {
+            large_bytes: u64::from(limits.large_write_bytes),
+            bound_percent: u64::from(limits.small_p99_bound_percent),
+        };
         let sessions = SessionEnv {
             attempt_timeout: router.timeout / (u32::from(planner.limits.defaults.n) + 1),
             router,
             events,
             in_flight: AtomicUsize::new(0),
             read_latency: Mutex::new(ReadLatency::new(read_spare_ms)),
+            large_writes: Mutex::new(LargeWrites::new(large_writes, 0)),
+            epoch: Instant::now(),
         };
         Coordinator {
             planner,
-            max_in_flight,
-            max_batch,
+            max_in_flight: limits.max_in_flight as usize,
+            max_batch: limits.max_batch as usize,
             sessions: Arc::new(sessions),
             operations: Arc::new(operations),
             topology: None,
@@ -128,13 +137,15 @@ impl Coordinator {
         self.planner.write(t, key, write, wall_ms())
     }
 
-    /// Starts a session, which gives the client its reply.
-    fn session(&mut self, planned: Planned, reply: oneshot::Sender<ClientReply>) {
+    /// Starts a session, which gives the client its reply; a large write's
+    /// when `LargeWrites` lets it (`bytes`: the value bytes a put writes).
+    fn session(&mut self, planned: Planned, bytes: u64, reply: oneshot::Sender<ClientReply>) {
         let running = self.sessions.in_flight.load(Ordering::Relaxed);
         if running >= self.max_in_flight {
             let _ = reply.send(ClientReply::error(&Error::Overloaded));
             return;
         }
+        let large = self.sessions.large_writes().is_large(bytes);
         self.sessions.in_flight.fetch_add(1, Ordering::Relaxed);
         self.next_request += 1;
         let Planned {
@@ -150,7 +161,7 @@ impl Coordinator {
         // CPU per put at the default level "info", which logs nothing in it).
         let span = debug_span!("session", op, partition = partition.0,
             request = self.next_request, node = %self.planner.me);
-        Session::new(
+        let session = Session::new(
             session,
             initial,
             key,
@@ -158,8 +169,14 @@ impl Coordinator {
             self.sessions.clone(),
             reply,
             span,
-        )
-        .start();
+        );
+        if large {
+            // Detached: the session starts (or is refused) even if this
+            // actor restarts meanwhile.
+            actix::spawn(paced(session.large_write(), self.sessions.clone(), bytes));
+        } else {
+            session.start();
+        }
     }
 
     /// A batch: each operation is planned and runs as its own session;
@@ -178,8 +195,10 @@ impl Coordinator {
             .into_iter()
             .map(|op| {
                 let (tx, rx) = oneshot::channel();
-                match self.plan(op.into()) {
-                    Ok(planned) => self.session(planned, tx),
+                let op = ClientOp::from(op);
+                let bytes = written_bytes(&op);
+                match self.plan(op) {
+                    Ok(planned) => self.session(planned, bytes, tx),
                     Err(e) => {
                         let _ = tx.send(ClientReply::error(&e));
                     }
@@ -308,6 +327,37 @@ async fn read_pages(
     Ok(listing.page())
 }
 
+/// Starts a large write's session when `LargeWrites` lets it, or refuses
+/// it as overloaded if that would be after half its deadline.
+async fn paced(session: Session, env: Arc<SessionEnv>, bytes: u64) {
+    let half = u64::try_from((env.router.timeout / 2).as_micros()).unwrap_or(u64::MAX);
+    let deadline = env.now_us().saturating_add(half);
+    loop {
+        let decision = env.large_writes().admit(env.now_us(), bytes, deadline);
+        match decision {
+            Admit::After(us) => {
+                if us > 0 {
+                    tokio::time::sleep(Duration::from_micros(us)).await;
+                }
+                session.start();
+                return;
+            }
+            Admit::Later(us) => tokio::time::sleep(Duration::from_micros(us)).await,
+            Admit::Refuse => return session.refuse(Error::Overloaded),
+        }
+    }
+}
+
+/// The value bytes `op` writes: a put's value, else 0.
+fn written_bytes(op: &ClientOp) -> u64 {
+    match op {
+        ClientOp::Put(put) | ClientOp::PutExpiring(PutExpiring { put, .. }) => {
+            put.value.len() as u64
+        }
+        _ => 0,
+    }
+}
+
 /// Where the reply to a routed request goes when the client routes by
 /// another ring than `current`: the reply, marked stale, goes on to
 /// `reply`, so the client refreshes its ring at once.
@@ -376,8 +426,9 @@ impl Handler<Execute> for Coordinator {
             ) {
                 return act.operate(op, reply);
             }
+            let bytes = written_bytes(&op);
             match act.plan(op) {
-                Ok(planned) => act.session(planned, reply),
+                Ok(planned) => act.session(planned, bytes, reply),
                 Err(e) => {
                     let _ = reply.send(ClientReply::error(&e));
                 }

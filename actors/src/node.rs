@@ -369,8 +369,7 @@ fn start_on(
     };
     let coordinator = Coordinator::new(
         planner,
-        config.limits.max_in_flight as usize,
-        config.limits.max_batch as usize,
+        &config.limits,
         router,
         config.timeouts.read_spare_ms,
         operations,

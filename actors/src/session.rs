@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use dynakv::coordinator::{Outcome, ReadLatency, Request, Session as Core, Step, client_reply};
+use dynakv::coordinator::{
+    LargeWrites, Outcome, ReadLatency, Request, Session as Core, Step, client_reply,
+};
 use dynakv::namespace::Kind;
 use dynakv::peer::PeerMsg;
 use dynakv::replica::ReplicaMsg;
@@ -77,6 +79,11 @@ pub struct SessionEnv {
     pub events: Events,
     /// Sessions running; each decrements it when it ends.
     pub in_flight: AtomicUsize,
+    /// How fast large writes may start: each small session's time to its
+    /// answer paces them.
+    pub large_writes: Mutex<LargeWrites>,
+    /// What `large_writes` counts time from.
+    pub epoch: Instant,
 }
 
 impl SessionEnv {
@@ -85,6 +92,17 @@ impl SessionEnv {
         self.read_latency
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn large_writes(&self) -> MutexGuard<'_, LargeWrites> {
+        self.large_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// µs since `epoch`: the time `large_writes` is given.
+    pub fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 }
 
@@ -98,6 +116,9 @@ pub struct Session {
     /// The type of the key's namespace (what the client's reply shows).
     kind: Kind,
     span: Span,
+    /// When a small session (not a large write) was started: its time to
+    /// the answer paces the large writes.
+    small_since: Option<Instant>,
 }
 
 impl Session {
@@ -118,7 +139,23 @@ impl Session {
             key,
             kind,
             span,
+            small_since: Some(Instant::now()),
         }
+    }
+
+    /// Marks the session a large write's: its time does not pace large
+    /// writes.
+    pub fn large_write(mut self) -> Self {
+        self.small_since = None;
+        self
+    }
+
+    /// Answers the client with `e` instead of starting.
+    pub fn refuse(mut self, e: Error) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(ClientReply::error(&e));
+        }
+        self.env.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn send(&mut self, requests: Vec<Request>, ctx: &mut Context<Self>) {
@@ -169,6 +206,11 @@ impl Session {
             && let Some(reply) = self.reply.take()
         {
             let _ = reply.send(client_reply(outcome, self.kind, wall_ms()));
+            if let Some(since) = self.small_since {
+                let took = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let now = self.env.now_us();
+                self.env.large_writes().small_done(now, took);
+            }
         }
     }
 

@@ -210,8 +210,15 @@ impl Config {
             || l.max_in_flight == 0
             || l.max_in_flight_per_connection == 0
             || l.max_batch == 0
+            || l.large_write_bytes == 0
         {
             return bad("limits.* must all be positive".into());
+        }
+        if (1..100).contains(&l.small_p99_bound_percent) {
+            return bad(format!(
+                "limits.small_p99_bound_percent = {} must be 0 (large writes never slowed) or at least 100",
+                l.small_p99_bound_percent
+            ));
         }
         let needed = u64::from(l.max_key_bytes) + u64::from(l.max_value_bytes) + FRAME_OVERHEAD;
         if u64::from(l.max_frame_bytes) < needed {

@@ -174,6 +174,13 @@ pub struct LimitsSection {
     /// for this long is closed (0: never), so idle connections cannot
     /// hold every slot of `max_connections`. In ms.
     pub client_idle_ms: u64,
+    /// A put of at least this many value bytes is a large write: it yields
+    /// to small requests (`coordinator::LargeWrites`).
+    pub large_write_bytes: u32,
+    /// How far small requests' p99 may rise above their p99 without large
+    /// writes before this node slows the large writes it coordinates, in
+    /// percent (at least 100); 0: large writes are never slowed.
+    pub small_p99_bound_percent: u32,
 }
 
 impl Default for LimitsSection {
@@ -188,6 +195,8 @@ impl Default for LimitsSection {
             max_in_flight: 16_384,
             max_batch: 1000,
             client_idle_ms: 300_000,
+            large_write_bytes: 64 << 10,
+            small_p99_bound_percent: 150,
         }
     }
 }

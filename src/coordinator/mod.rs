@@ -46,6 +46,7 @@ mod put;
 mod request;
 mod route;
 mod tally;
+mod yielding;
 
 pub use get::GetSession;
 pub use latency::ReadLatency;
@@ -54,6 +55,7 @@ pub use put::{Mint, PutSession, Written};
 pub use request::{Limits, Planned, Planner, Write};
 pub use route::{Replica, Route};
 use tally::Tally;
+pub use yielding::{Admit, LargeWrites, YieldSettings};
 
 use crate::crdt::Typed;
 use crate::error::Result;
