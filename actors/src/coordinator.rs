@@ -6,9 +6,11 @@
 //! the context, the route to the key's targets) and runs as one `Session`
 //! actor, which sends the client its reply. Any node coordinates any key:
 //! the version of a put is minted by the first target, a replica of the
-//! key, so coordination needs no forwarding. A routed get, put or delete
-//! names the ring its client routes by; when this node's is another, the
-//! reply says so. A batch runs one session per operation; a listing page
+//! key, so coordination needs no forwarding. A large write's session
+//! starts when the core's `LargeWrites` lets it: while small requests run
+//! beside them, large writes are paced by the small requests' tail. A
+//! routed get, put or delete names the ring its client routes by; when
+//! this node's is another, the reply says so. A batch runs one session per operation; a listing page
 //! follows the core's `Listing`, one replica per partition. An operator's
 //! request (status, inspect, plan, namespaces, membership changes, fault
 //! injection) is answered by `crate::admin`.
