@@ -10,10 +10,11 @@
 //! starts when the core's `LargeWrites` lets it: while small requests run
 //! beside them, large writes are paced by the small requests' tail. A
 //! routed get, put or delete names the ring its client routes by; when
-//! this node's is another, the reply says so. A batch runs one session per operation; a listing page
-//! follows the core's `Listing`, one replica per partition. An operator's
-//! request (status, inspect, plan, namespaces, membership changes, fault
-//! injection) is answered by `crate::admin`.
+//! this node's is another, the reply says so. A batch runs one session
+//! per operation; a listing page follows the core's `Listing`, one
+//! replica per partition. An operator's request (status, inspect, plan,
+//! namespaces, membership changes, fault injection) is answered by
+//! `crate::admin`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,6 +57,8 @@ pub struct Coordinator {
     max_in_flight: usize,
     /// Operations one batch request may carry.
     max_batch: usize,
+    /// Which writes are large (paced by `SessionEnv::large_writes`).
+    large_writes: YieldSettings,
     /// Shared by every session (a clone per session would allocate).
     sessions: Arc<SessionEnv>,
     /// What operators' requests ask once they leave this actor; shared, so
@@ -74,10 +77,8 @@ impl Coordinator {
         operations: Operations,
         events: Events,
     ) -> Self {
-        let large_writes = YieldSettings {
-            large_bytes: u64::from(limits.large_write_bytes),
-            bound_percent: u64::from(limits.small_p99_bound_percent),
-        };
+        let timeout_ms = u64::try_from(router.timeout.as_millis()).unwrap_or(u64::MAX);
+        let large_writes = YieldSettings::new(limits, timeout_ms);
         let sessions = SessionEnv {
             attempt_timeout: router.timeout / (u32::from(planner.limits.defaults.n) + 1),
             router,
@@ -91,6 +92,7 @@ impl Coordinator {
             planner,
             max_in_flight: limits.max_in_flight as usize,
             max_batch: limits.max_batch as usize,
+            large_writes,
             sessions: Arc::new(sessions),
             operations: Arc::new(operations),
             topology: None,
@@ -147,7 +149,7 @@ impl Coordinator {
             let _ = reply.send(ClientReply::error(&Error::Overloaded));
             return;
         }
-        let large = self.sessions.large_writes().is_large(bytes);
+        let large = self.large_writes.is_large(bytes);
         self.sessions.in_flight.fetch_add(1, Ordering::Relaxed);
         self.next_request += 1;
         let Planned {
@@ -330,12 +332,11 @@ async fn read_pages(
 }
 
 /// Starts a large write's session when `LargeWrites` lets it, or refuses
-/// it as overloaded if that would be after half its deadline.
+/// it as overloaded if it would wait too long.
 async fn paced(session: Session, env: Arc<SessionEnv>, bytes: u64) {
-    let half = u64::try_from((env.router.timeout / 2).as_micros()).unwrap_or(u64::MAX);
-    let deadline = env.now_us().saturating_add(half);
+    let arrived = env.now_us();
     loop {
-        let decision = env.large_writes().admit(env.now_us(), bytes, deadline);
+        let decision = env.large_writes().admit(env.now_us(), bytes, arrived);
         match decision {
             Admit::After(us) => {
                 if us > 0 {

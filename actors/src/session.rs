@@ -116,9 +116,9 @@ pub struct Session {
     /// The type of the key's namespace (what the client's reply shows).
     kind: Kind,
     span: Span,
-    /// When a small session (not a large write) was started: its time to
-    /// the answer paces the large writes.
-    small_since: Option<Instant>,
+    /// When a small session (not a large write) was started (`now_us`):
+    /// its time to the answer paces the large writes.
+    small_since: Option<u64>,
 }
 
 impl Session {
@@ -131,6 +131,7 @@ impl Session {
         reply: oneshot::Sender<ClientReply>,
         span: Span,
     ) -> Self {
+        let small_since = Some(env.now_us());
         Session {
             core,
             initial,
@@ -139,7 +140,7 @@ impl Session {
             key,
             kind,
             span,
-            small_since: Some(Instant::now()),
+            small_since,
         }
     }
 
@@ -207,9 +208,10 @@ impl Session {
         {
             let _ = reply.send(client_reply(outcome, self.kind, wall_ms()));
             if let Some(since) = self.small_since {
-                let took = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
                 let now = self.env.now_us();
-                self.env.large_writes().small_done(now, took);
+                self.env
+                    .large_writes()
+                    .small_done(now, now.saturating_sub(since));
             }
         }
     }

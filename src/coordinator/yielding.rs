@@ -26,6 +26,8 @@
 
 use std::collections::VecDeque;
 
+use crate::config::LimitsSection;
+
 /// How the coordinator treats large writes (`limits.large_write_bytes`,
 /// `limits.small_p99_bound_percent`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,26 @@ pub struct YieldSettings {
     /// How far the small requests' p99 may rise above their baseline
     /// before large writes are slowed, in percent; 0: never slowed.
     pub bound_percent: u64,
+    /// The longest a large write waits for its start before it is refused.
+    pub max_wait_us: u64,
+}
+
+impl YieldSettings {
+    /// From the configuration: a large write waits at most half of
+    /// `timeouts.request_ms`, so that its session still has the other
+    /// half.
+    pub fn new(limits: &LimitsSection, request_ms: u64) -> Self {
+        YieldSettings {
+            large_bytes: u64::from(limits.large_write_bytes),
+            bound_percent: u64::from(limits.small_p99_bound_percent),
+            max_wait_us: request_ms.saturating_mul(1000) / 2,
+        }
+    }
+
+    /// Whether a write of `bytes` value bytes is large and so paced.
+    pub fn is_large(&self, bytes: u64) -> bool {
+        self.bound_percent > 0 && bytes >= self.large_bytes
+    }
 }
 
 /// One window of small requests' latencies, µs.
@@ -72,8 +94,8 @@ pub struct LargeWrites {
     window_start_us: u64,
     phase: Phase,
     small: Histogram,
-    /// Value bytes of the large writes started in this window.
-    large_bytes: u64,
+    /// Whether a large write was given its start in this window.
+    large_started: bool,
     /// Whether a large write had to wait in this window.
     waited: bool,
     /// Windows since the last probe.
@@ -91,7 +113,7 @@ pub enum Admit {
     /// most a window ahead, so that it starts at the rate of its time, not
     /// of when it arrived.
     Later(u64),
-    /// The write would start past its deadline: refuse it (overloaded).
+    /// The write would wait past `max_wait_us`: refuse it (overloaded).
     Refuse,
 }
 
@@ -104,26 +126,18 @@ impl LargeWrites {
             window_start_us: now_us,
             phase: Phase::Paced,
             small: Histogram::default(),
-            large_bytes: 0,
+            large_started: false,
             waited: false,
             since_probe: 0,
             baselines: VecDeque::new(),
         }
     }
 
-    /// Whether a write of `bytes` value bytes is large and so paced.
-    pub fn is_large(&self, bytes: u64) -> bool {
-        self.settings.bound_percent > 0 && bytes >= self.settings.large_bytes
-    }
-
-    /// The rate large writes start at now (bytes a second); None: unpaced.
-    pub fn rate(&self) -> Option<f64> {
-        self.rate
-    }
-
-    /// A large write of `bytes` asks at `now_us` when it may start; one
-    /// that could not start by `deadline_us` is refused (and not counted).
-    pub fn admit(&mut self, now_us: u64, bytes: u64, deadline_us: u64) -> Admit {
+    /// A large write of `bytes` that arrived at `arrived_us` asks at
+    /// `now_us` when it may start; one that could not start within
+    /// `max_wait_us` of its arrival is refused (and not counted).
+    pub fn admit(&mut self, now_us: u64, bytes: u64, arrived_us: u64) -> Admit {
+        let deadline_us = arrived_us.saturating_add(self.settings.max_wait_us);
         self.roll(now_us);
         let now = now_us as f64;
         let mut start = now;
@@ -146,7 +160,7 @@ impl LargeWrites {
         if let Some(rate) = self.rate {
             self.next_free_us = start + bytes as f64 * 1e6 / rate;
         }
-        self.large_bytes += bytes;
+        self.large_started = true;
         Admit::After(wait)
     }
 
@@ -183,11 +197,11 @@ impl LargeWrites {
     fn close(&mut self) {
         let small = self.small.count();
         let p99 = self.small.p99();
-        let took = self.large_bytes;
+        let started = self.large_started;
         let backlog = self.waited;
         let phase = self.phase;
         self.small = Histogram::default();
-        self.large_bytes = 0;
+        self.large_started = false;
         self.waited = false;
         self.since_probe += 1;
         self.phase = Phase::Paced;
@@ -211,7 +225,7 @@ impl LargeWrites {
             self.baselines.clear();
             return;
         }
-        if took == 0 && self.rate.is_none() {
+        if !started && self.rate.is_none() {
             return self.remember(p99);
         }
         let Some(&baseline) = self.baselines.iter().min() else {
@@ -334,6 +348,7 @@ mod tests {
         YieldSettings {
             large_bytes: 64 << 10,
             bound_percent: 150,
+            max_wait_us: 2_500_000,
         }
     }
 
@@ -381,7 +396,7 @@ mod tests {
         let mut now = start_us;
         while now < end {
             for send in next_send.iter_mut().filter(|send| **send <= now) {
-                *send = match lw.admit(now, MIB, now + 2_500_000) {
+                *send = match lw.admit(now, MIB, now) {
                     Admit::After(wait) => {
                         starts.push(now + wait);
                         now + wait + 20_000
@@ -421,7 +436,7 @@ mod tests {
             rate >= 5.0 * MIB as f64,
             "large writes still go: {rate} bytes/s"
         );
-        assert!(lw.rate().is_some());
+        assert!(lw.rate.is_some());
     }
 
     #[test]
@@ -440,15 +455,15 @@ mod tests {
     fn without_small_requests_large_writes_are_not_paced() {
         let mut lw = LargeWrites::new(settings(), 0);
         run(&mut lw, 0, 10, 1000, 100);
-        assert!(lw.rate().is_some(), "paced while small requests ran");
+        assert!(lw.rate.is_some(), "paced while small requests ran");
         // The small requests stop: once a window has seen none, large
         // writes start at once.
         let mut now = 10_000_000;
         for _ in 0..3 {
             now += WINDOW_US;
-            lw.admit(now, MIB, u64::MAX);
+            lw.admit(now, MIB, now);
         }
-        assert_eq!(lw.rate(), None);
+        assert_eq!(lw.rate, None);
         assert_eq!(lw.admit(now, MIB, now), Admit::After(0));
     }
 
@@ -456,13 +471,13 @@ mod tests {
     fn a_write_starts_at_most_a_window_ahead_and_not_past_its_deadline() {
         let mut lw = LargeWrites::new(settings(), 0);
         run(&mut lw, 0, 10, 1000, 1000);
-        assert_eq!(lw.rate(), Some(FLOOR), "held to the floor");
+        assert_eq!(lw.rate, Some(FLOOR), "held to the floor");
         // Writes arriving together at the floor rate: one a second. (The
         // first asks again, as the small requests go on, until a probe
         // holding large writes is over.)
         let mut now = 10_000_000;
         let first = loop {
-            match lw.admit(now, MIB, now + 2_500_000) {
+            match lw.admit(now, MIB, now) {
                 Admit::After(us) => break us,
                 Admit::Later(_) if now < 11_000_000 => {
                     now += 10_000;
@@ -472,17 +487,16 @@ mod tests {
             }
         };
         assert!(first <= WINDOW_US);
-        let asks: Vec<_> = (0..2)
-            .map(|_| lw.admit(now, MIB, now + 2_500_000))
-            .collect();
+        let asks: Vec<_> = (0..2).map(|_| lw.admit(now, MIB, now)).collect();
         assert!(
             matches!(asks[0], Admit::Later(after) if after + WINDOW_US >= first + 999_000),
             "{asks:?}"
         );
         // Asking again does not move a waiting write's turn forward, and
         // a write that could only start after its deadline is refused.
-        assert_eq!(lw.admit(now, MIB, now + first), Admit::Refuse);
-        assert_eq!(lw.admit(now, MIB, now + 2_500_000), asks[0]);
+        let waited = now + first - settings().max_wait_us;
+        assert_eq!(lw.admit(now, MIB, waited), Admit::Refuse);
+        assert_eq!(lw.admit(now, MIB, now), asks[0]);
     }
 
     #[test]
@@ -491,9 +505,8 @@ mod tests {
             bound_percent: 0,
             ..settings()
         };
-        let lw = LargeWrites::new(off, 0);
-        assert!(!lw.is_large(MIB));
-        assert!(LargeWrites::new(settings(), 0).is_large(64 << 10));
-        assert!(!LargeWrites::new(settings(), 0).is_large((64 << 10) - 1));
+        assert!(!off.is_large(MIB));
+        assert!(settings().is_large(64 << 10));
+        assert!(!settings().is_large((64 << 10) - 1));
     }
 }
